@@ -1,0 +1,3 @@
+"""Staged batch pipelines and the ``recsys-mtl`` command line."""
+
+__all__: list[str] = []

@@ -1,0 +1,227 @@
+"""The stage runner: typed artifact handles, content-hash caching, atomic stage directories.
+
+A :class:`Stage` is a plain function plus a declaration of what it reads (dotted config keys),
+which upstream artifacts it consumes and which files it writes. :class:`Pipeline` checks the
+wiring when it is built: consuming an artifact that no earlier stage produces fails before
+anything runs.
+
+Each stage's fingerprint hashes the stage name and version, the package version, the canonical
+JSON of the config keys it reads (file paths replaced by the digest of the files' contents) and
+its upstream stages' fingerprints. A stage whose fingerprint matches its completed directory is
+skipped. A stage writes into ``RUN_DIR/.tmp-<stage>/`` and the directory is renamed into place
+only when the stage has finished, so a killed run leaves either the previous complete stage
+directory or none: a rerun resumes from the last complete stage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsys_mtl import __version__
+from recsys_mtl.config import RunConfig
+from recsys_mtl.tracking import NullTracker
+
+__all__ = ["Artifact", "Pipeline", "PipelineError", "Stage", "StageContext", "run_pipeline"]
+
+MARKER = "_stage.json"
+
+
+class PipelineError(ValueError):
+    """A pipeline wired wrongly (a programming error, raised when the graph is built)."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A handle to one file that one stage writes."""
+
+    stage: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    func: Callable[[StageContext], dict[str, Any]]
+    reads: tuple[str, ...]
+    outputs: tuple[str, ...]
+    inputs: tuple[Artifact, ...] = ()
+    version: int = 1
+    # Config keys holding file paths: their files' contents enter the fingerprint, the path not.
+    content_keys: Callable[[RunConfig], dict[str, str]] | None = None
+
+    def out(self, name: str) -> Artifact:
+        if name not in self.outputs:
+            raise PipelineError(f"stage {self.name!r} declares no output {name!r}")
+        return Artifact(self.name, name)
+
+
+@dataclass
+class StageContext:
+    config: RunConfig
+    run_dir: Path
+    out_dir: Path
+    stage: Stage
+    tracker: NullTracker
+    inputs: dict[Artifact, Path] = field(default_factory=dict)
+
+    def input(self, artifact: Artifact) -> Path:
+        if artifact not in self.inputs:
+            raise PipelineError(f"stage {self.stage.name!r} did not declare input {artifact}")
+        return self.inputs[artifact]
+
+    def output(self, name: str) -> Path:
+        if name not in self.stage.outputs:
+            raise PipelineError(f"stage {self.stage.name!r} declares no output {name!r}")
+        return self.out_dir / name
+
+
+class Pipeline:
+    """An ordered list of stages whose wiring is checked at construction."""
+
+    def __init__(self, stages: list[Stage]) -> None:
+        produced: set[Artifact] = set()
+        names: set[str] = set()
+        for s in stages:
+            if s.name in names:
+                raise PipelineError(f"stage name {s.name!r} used twice")
+            for a in s.inputs:
+                if a not in produced:
+                    raise PipelineError(
+                        f"stage {s.name!r} consumes {a.stage}/{a.name}, which no earlier stage produces"
+                    )
+            names.add(s.name)
+            produced.update(Artifact(s.name, o) for o in s.outputs)
+        self.stages = stages
+
+    def __iter__(self):
+        return iter(self.stages)
+
+
+def _select(doc: dict[str, Any], dotted: str) -> Any:
+    node: Any = doc
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise PipelineError(f"config has no key {dotted!r}")
+        node = node[part]
+    return node
+
+
+def _drop(doc: Any, dotted: str) -> None:
+    parts = dotted.split(".")
+    node = doc
+    for part in parts[:-1]:
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
+
+
+def fingerprint(stage: Stage, config: RunConfig, upstream: dict[str, str]) -> str:
+    """Hex digest over the stage identity, the config it reads, contents and upstream keys."""
+    doc = config.model_dump(mode="json")
+    content = stage.content_keys(config) if stage.content_keys else {}
+    for key in content:
+        _drop(doc, key)
+    payload = {
+        "stage": stage.name,
+        "version": stage.version,
+        "package": __version__,
+        "config": {k: _select(doc, k) for k in stage.reads},
+        "content": content,
+        "upstream": {s: upstream[s] for s in sorted({a.stage for a in stage.inputs})},
+    }
+    try:
+        text = json.dumps(payload, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as e:  # an unhashable value must never fall back to random
+        raise PipelineError(f"stage {stage.name!r}: config is not canonical JSON ({e})") from e
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _read_marker(stage_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((stage_dir / MARKER).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    config: RunConfig,
+    run_dir: str | Path,
+    *,
+    force: bool = False,
+    tracker: NullTracker | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) every stage; returns ``{stage: {"seconds", "skipped", "result"}}``."""
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    for stale in run.glob(".tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    tracker = tracker or NullTracker()
+    keys: dict[str, str] = {}
+    outcome: dict[str, dict[str, Any]] = {}
+    total = len(pipeline.stages)
+    for n, stage in enumerate(pipeline, start=1):
+        key = fingerprint(stage, config, keys)
+        keys[stage.name] = key
+        final = run / stage.name
+        marker = _read_marker(final)
+        complete = (
+            marker is not None
+            and marker.get("fingerprint") == key
+            and all((final / o).exists() for o in stage.outputs)
+        )
+        params = {"stage.version": stage.version, "stage.fingerprint": key[:16]}
+        if complete and not force:
+            assert marker is not None
+            _log(f"[{n}/{total}] {stage.name}: unchanged, skipped")
+            outcome[stage.name] = {"seconds": 0.0, "skipped": True, "result": marker["result"]}
+            tracker.stage_run(stage.name, params, _numeric(marker["result"]), True, 0.0)
+            continue
+        _log(f"[{n}/{total}] {stage.name}: running")
+        tmp = run / f".tmp-{stage.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        inputs = {a: run / a.stage / a.name for a in stage.inputs}
+        ctx = StageContext(config, run, tmp, stage, tracker, inputs)
+        t0 = time.perf_counter()
+        try:
+            result = stage.func(ctx) or {}
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        seconds = time.perf_counter() - t0
+        missing = [o for o in stage.outputs if not (tmp / o).exists()]
+        if missing:
+            raise PipelineError(f"stage {stage.name!r} did not write {missing}")
+        marker_doc = {
+            "fingerprint": key,
+            "seconds": seconds,
+            "finished_at": time.time(),
+            "result": result,
+        }
+        (tmp / MARKER).write_text(json.dumps(marker_doc, indent=2, default=str))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _log(f"[{n}/{total}] {stage.name}: done in {seconds:.2f}s")
+        outcome[stage.name] = {"seconds": seconds, "skipped": False, "result": result}
+        tracker.stage_run(stage.name, params, _numeric(result), False, seconds)
+    return outcome
+
+
+def _numeric(result: dict[str, Any]) -> dict[str, float]:
+    metrics = result.get("metrics", {}) if isinstance(result, dict) else {}
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}

@@ -1,0 +1,312 @@
+"""Run configuration: frozen, validated models loaded from YAML, with ``--set key=value`` overrides.
+
+An unknown key, a wrong type or an out-of-range value is a :class:`~recsys_mtl.errors.UserError`
+whose one-line message names the file, the line and the dotted key.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from recsys_mtl.errors import UserError
+
+__all__ = [
+    "ColdStartConfig",
+    "ColumnsConfig",
+    "DataConfig",
+    "FeaturesConfig",
+    "ModelConfig",
+    "RunConfig",
+    "SplitConfig",
+    "SyntheticConfig",
+    "TrackingConfig",
+    "TrainConfig",
+    "flatten",
+    "load_config",
+    "parse_overrides",
+]
+
+KNOWN_TASKS = ("rating", "interaction", "like")
+DATA_FORMATS = (
+    "auto",
+    "synthetic",
+    "ml-100k",
+    "ml-1m",
+    "ml-10m",
+    "ml-20m",
+    "ml-25m",
+    "ml-32m",
+    "ml-latest",
+    "ml-latest-small",
+    "csv",
+    "parquet",
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Frozen):
+    """The built-in MovieLens-shaped generator (used when ``data.format`` is ``synthetic``)."""
+
+    users: int = Field(943, ge=2, description="number of users")
+    items: int = Field(1682, ge=2, description="number of items")
+    ratings: int = Field(
+        100_000, ge=1, description="target number of distinct (user, item) ratings"
+    )
+    layout: Literal["ml-100k", "ml-1m", "ml-latest"] = Field(
+        "ml-100k", description="GroupLens layout the files are written in"
+    )
+    factors: int = Field(8, ge=1, description="latent dimension of the true preference model")
+    noise: float = Field(0.5, ge=0.0, description="std of the Gaussian rating noise")
+    seed: int = 0
+
+
+class ColumnsConfig(_Frozen):
+    """Column mapping for generic CSV/Parquet logs: canonical name -> the file's column name."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    rating: str = "rating"
+    ts: str | None = Field("ts", description="timestamp column; null uses row order as time")
+
+
+class DataConfig(_Frozen):
+    path: str | None = Field(None, description="a GroupLens folder, or a CSV/Parquet file")
+    format: Literal[DATA_FORMATS] = "auto"  # type: ignore[valid-type]
+    rating_scale: tuple[float, float] | None = Field(
+        None, description="[low, high]; default per format (1-5, or 0.5-5 for half stars)"
+    )
+    columns: ColumnsConfig = ColumnsConfig()
+    separator: str = Field(",", min_length=1, max_length=1, description="generic CSV separator")
+    timestamp_format: str | None = Field(
+        None, description="strptime format of string timestamps in generic logs"
+    )
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    @field_validator("rating_scale")
+    @classmethod
+    def _scale_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"low must be below high, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.format != "synthetic" and self.path is None:
+            raise ValueError("data.path is required unless data.format is 'synthetic'")
+        return self
+
+
+class FeaturesConfig(_Frozen):
+    negatives_per_positive: int = Field(
+        1, ge=0, le=100, description="sampled unseen items per rating (interaction task)"
+    )
+    like_threshold: float = Field(4.0, description="like = rating >= like_threshold")
+    time_bins: int = Field(30, ge=1, le=10_000, description="equal-width bins over the log's time")
+    year_bucket: int = Field(5, ge=1, le=100, description="years per release-year bucket")
+    zip_prefix: int = Field(1, ge=1, le=5, description="leading zip characters kept as a feature")
+    seed: int = 0
+
+
+class ColdStartConfig(_Frozen):
+    user_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="share of users held out")
+    support_size: int = Field(10, ge=1, description="K: first ratings by time used for adaptation")
+
+
+class SplitConfig(_Frozen):
+    strategy: Literal["random", "temporal", "leave_last_out", "predefined", "cold_start_users"] = (
+        "random"
+    )
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    valid_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="share of the training part kept for early stopping"
+    )
+    seed: int = 0
+    train: str | None = Field(None, description="predefined: the training file (log format)")
+    test: str | None = Field(None, description="predefined: the test file (log format)")
+    cold_start: ColdStartConfig = ColdStartConfig()
+
+    @model_validator(mode="after")
+    def _predefined_files(self) -> SplitConfig:
+        if self.strategy == "predefined" and (self.train is None or self.test is None):
+            raise ValueError("strategy 'predefined' needs split.train and split.test")
+        return self
+
+
+class ModelConfig(_Frozen):
+    name: str = Field("bias", description="a ranker registry name")
+    params: dict[str, Any] = Field(default_factory=dict, description="the ranker's own settings")
+
+
+class TrainConfig(_Frozen):
+    epochs: int = Field(10, ge=1, le=100_000)
+    seed: int = 0
+
+
+class TrackingConfig(_Frozen):
+    enabled: bool = True
+    experiment: str = Field("recsys-mtl", min_length=1)
+
+
+class RunConfig(_Frozen):
+    name: str = "run"
+    data: DataConfig
+    features: FeaturesConfig = FeaturesConfig()
+    split: SplitConfig = SplitConfig()
+    model: ModelConfig = ModelConfig()
+    tasks: list[str] = Field(default_factory=lambda: ["rating"], min_length=1)
+    train: TrainConfig = TrainConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if t not in KNOWN_TASKS:
+                raise ValueError(f"unknown task {t!r}; known: {', '.join(KNOWN_TASKS)}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"tasks repeat a name: {v}")
+        return v
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _line_index(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map each dotted key path of a composed YAML document to its 1-based line."""
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, str(key_node.value))
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_line_index(value_node, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            path = (*prefix, str(i))
+            lines[path] = item.start_mark.line + 1
+            lines.update(_line_index(item, path))
+    return lines
+
+
+def parse_overrides(items: list[str]) -> dict[tuple[str, ...], Any]:
+    """Parse ``key=value`` strings; values are YAML scalars or flow collections."""
+    out: dict[tuple[str, ...], Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise UserError(f"--set {key}: value {raw!r} is not valid YAML ({e.problem})") from e
+        out[tuple(key.split("."))] = value
+    return out
+
+
+def _apply_override(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = doc
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise UserError(f"--set {'.'.join(path)}: {'.'.join(path[: i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(
+    path: str | Path | None,
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Load a YAML config file (or ``base`` when ``path`` is None) and apply ``--set`` overrides.
+
+    Relative data paths in the file are resolved against the current directory, as a user
+    typing a command expects.
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    source = str(path) if path is not None else "<config>"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"{source}: config file not found")
+        text = p.read_text()
+        try:
+            node = yaml.compose(text)
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark is not None else source
+            raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+        if doc is None:
+            doc = {}
+        if not isinstance(doc, dict):
+            raise UserError(f"{source}: the top level must be a mapping of sections")
+        if node is not None:
+            lines = _line_index(node)
+    else:
+        doc = copy.deepcopy(base or {})
+    override_map = parse_overrides(overrides or [])
+    for key, value in override_map.items():
+        _apply_override(doc, key, value)
+    try:
+        return RunConfig.model_validate(doc)
+    except ValidationError as e:
+        raise UserError(_describe(e, source, lines, set(override_map))) from e
+
+
+def _describe(
+    err: ValidationError,
+    source: str,
+    lines: dict[tuple[str, ...], int],
+    overridden: set[tuple[str, ...]],
+) -> str:
+    first = err.errors()[0]
+    loc = tuple(str(x) for x in first["loc"] if not str(x).startswith("function-after"))
+    key = ".".join(loc) if loc else "(top level)"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = first.get("input")
+    if first["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict | list):
+        msg = f"{msg} (got {got!r})"
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in overridden:
+            return f"--set {'.'.join(loc[:n])}: {key}: {msg}"
+    line = None
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in lines:
+            line = lines[loc[:n]]
+            break
+    where = f"{source}:{line}" if line is not None else source
+    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
+    return f"{where}: {key}: {msg}{more}"
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts/models to ``{"a.b.c": value}`` (lists become strings)."""
+    if isinstance(obj, BaseModel):
+        obj = obj.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        if not obj and prefix:
+            out[prefix[:-1]] = "{}"
+    else:
+        out[prefix[:-1]] = ",".join(map(str, obj)) if isinstance(obj, list | tuple) else obj
+    return out

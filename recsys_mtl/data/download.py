@@ -1,0 +1,115 @@
+"""Download GroupLens MovieLens archives with a progress bar and an MD5 check.
+
+Archives with a fixed published checksum are checked against it; the others (``ml-32m``,
+``ml-latest``, ``ml-latest-small``, which GroupLens updates) against the ``.md5`` file published
+beside the archive. The archive is streamed to a ``.part`` file, checked, extracted into a
+temporary folder and renamed into place: an interrupted download never leaves a folder that
+looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import sys
+import urllib.error
+import urllib.request
+import zipfile
+from pathlib import Path
+
+from recsys_mtl.errors import UserError
+
+__all__ = ["BASE_URL", "DATASETS", "DownloadError", "download"]
+
+BASE_URL = "https://files.grouplens.org/datasets/movielens/"
+# name -> (archive, md5 or None when it must be read from the published .md5 file)
+DATASETS: dict[str, tuple[str, str | None]] = {
+    "ml-100k": ("ml-100k.zip", "0e33842e24a9c977be4e0107933c0723"),
+    "ml-1m": ("ml-1m.zip", "c4d9eecfca2ab87c1945afe126590906"),
+    "ml-10m": ("ml-10m.zip", "ce571fd55effeba0271552578f2648bd"),
+    "ml-20m": ("ml-20m.zip", "cd245b17a1ae2cc31bb14903e1204af3"),
+    "ml-25m": ("ml-25m.zip", "6b51fb2759a8657d3bfcbfc42b592ada"),
+    "ml-32m": ("ml-32m.zip", None),
+    "ml-latest-small": ("ml-latest-small.zip", None),
+    "ml-latest": ("ml-latest.zip", None),
+}
+
+
+class DownloadError(UserError):
+    """The network or the server failed (exit code 1, one line, no traceback)."""
+
+    exit_code = 1
+
+
+def _open(url: str, timeout: float):  # noqa: ANN202
+    try:
+        return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) URLs only)
+    except urllib.error.HTTPError as e:
+        raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
+    except (urllib.error.URLError, OSError) as e:
+        raise DownloadError(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from e
+
+
+def _published_md5(url: str, timeout: float) -> str:
+    with _open(url + ".md5", timeout) as r:
+        text = r.read(4096).decode("ascii", errors="replace")
+    m = re.search(r"\b([0-9a-fA-F]{32})\b", text)
+    if not m:
+        raise DownloadError(f"{url}.md5: no MD5 checksum in the published file")
+    return m.group(1).lower()
+
+
+def download(
+    name: str,
+    to: str | Path,
+    *,
+    base_url: str = BASE_URL,
+    progress: bool = True,
+    timeout: float = 60.0,
+) -> Path:
+    """Download and extract MovieLens ``name`` into ``to/name``; returns that folder."""
+    if name not in DATASETS:
+        raise UserError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
+    from tqdm import tqdm
+
+    archive, md5 = DATASETS[name]
+    dest_root = Path(to).expanduser()
+    final = dest_root / name
+    if final.is_dir():
+        print(f"{final}: already downloaded", file=sys.stderr)
+        return final
+    dest_root.mkdir(parents=True, exist_ok=True)
+    url = base_url.rstrip("/") + "/" + archive
+    expected = md5 or _published_md5(url, timeout)
+    part = dest_root / f".{archive}.part"
+    digest = hashlib.md5(usedforsecurity=False)
+    with _open(url, timeout) as r, open(part, "wb") as f:
+        size = int(r.headers.get("Content-Length") or 0) or None
+        bar = tqdm(total=size, unit="B", unit_scale=True, desc=archive, disable=not progress, file=sys.stderr)
+        while block := r.read(1 << 20):
+            f.write(block)
+            digest.update(block)
+            bar.update(len(block))
+        bar.close()
+    if digest.hexdigest() != expected:
+        part.unlink()
+        raise DownloadError(f"{url}: MD5 {digest.hexdigest()} does not match the expected {expected}; nothing kept")
+    tmp = dest_root / f".{name}.extracting"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(part) as z:
+            root = tmp.resolve()
+            for member in z.namelist():  # refuse entries that would escape the target folder
+                if not (root / member).resolve().is_relative_to(root):
+                    raise DownloadError(f"{url}: archive entry {member!r} escapes the target folder")
+            z.extractall(tmp)
+    except zipfile.BadZipFile as e:
+        raise DownloadError(f"{url}: not a zip archive ({e})") from e
+    finally:
+        part.unlink(missing_ok=True)
+    entries = [p for p in tmp.iterdir() if not p.name.startswith("__MACOSX")]
+    src = entries[0] if len(entries) == 1 and entries[0].is_dir() else tmp
+    src.rename(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return final

@@ -1,0 +1,216 @@
+"""Features: contiguous ids, side features, time features, task labels and sampled negatives.
+
+Outputs (in ``out_dir``):
+
+* ``interactions.parquet``: one row per rating (``interaction = 1``) and per sampled negative
+  (``interaction = 0``): ``row`` (the rating's position in the log; a negative carries the row of
+  the rating it was drawn for, so splits keep the pair together), ``uidx, iidx`` (contiguous,
+  0-based), ``rating`` and ``like`` (null on negatives), ``interaction``, ``ts``, ``day``,
+  ``dow``, ``time_bin``;
+* ``user_features.parquet``: ``uidx, user_id, age_bucket, gender, occupation, zip_prefix``;
+* ``item_features.parquet``: ``iidx, item_id, title, year, year_bucket, genres (list[i32])``;
+  these two tables are also the id maps (raw id <-> index);
+* ``spec.json``: vocab sizes and kinds of every feature, the tasks and their labels.
+
+Categorical codes reserve 0 for "unknown". Negatives are drawn uniformly from the items the user
+never rated anywhere in the log, so a negative is never a positive.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from recsys_mtl.config import FeaturesConfig
+from recsys_mtl.io import write_json, write_parquet
+
+__all__ = ["AGE_BOUNDS", "TASK_SPECS", "build_features", "sample_negatives"]
+
+AGE_BOUNDS = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups
+TASK_SPECS: dict[str, dict[str, str]] = {
+    "rating": {"kind": "regression", "label": "rating", "rows": "interaction == 1"},
+    "interaction": {"kind": "binary", "label": "interaction", "rows": "all"},
+    "like": {"kind": "binary", "label": "like", "rows": "interaction == 1"},
+}
+
+
+def _codes(values: pl.Series, vocab: list[Any] | None = None) -> tuple[pl.Series, list[Any]]:
+    """Categorical codes 1..V for known values and 0 for null/unknown, with the vocab."""
+    if vocab is None:
+        vocab = values.drop_nulls().unique().sort().to_list()
+    codes = values.replace_strict(vocab, list(range(1, len(vocab) + 1)), default=0, return_dtype=pl.Int32)
+    return codes.fill_null(0), vocab
+
+
+def _member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Vectorized membership of ``queries`` in the sorted array ``sorted_keys``."""
+    if sorted_keys.size == 0:
+        return np.zeros(queries.shape, dtype=bool)
+    pos = np.searchsorted(sorted_keys, queries)
+    pos = np.minimum(pos, sorted_keys.size - 1)
+    return sorted_keys[pos] == queries
+
+
+def sample_negatives(
+    uidx: np.ndarray,
+    iidx: np.ndarray,
+    n_items: int,
+    per_positive: int,
+    rng: np.random.Generator,
+    max_rounds: int = 100,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Draw ``per_positive`` unrated items for each rating (rejection sampling, vectorized).
+
+    Returns (index of the rating each negative belongs to, negative item, number of draws that
+    found no unrated item after ``max_rounds``: users who rated (almost) every item).
+    """
+    if per_positive == 0 or uidx.size == 0:
+        empty = np.empty(0, np.int64)
+        return empty, empty, 0
+    positives = np.unique(uidx.astype(np.int64) * n_items + iidx)
+    owner = np.repeat(np.arange(uidx.size, dtype=np.int64), per_positive)
+    user = uidx[owner].astype(np.int64)
+    item = rng.integers(0, n_items, owner.size)
+    bad = np.flatnonzero(_member(positives, user * n_items + item))
+    for _ in range(max_rounds):
+        if bad.size == 0:
+            break
+        item[bad] = rng.integers(0, n_items, bad.size)
+        bad = bad[_member(positives, user[bad] * n_items + item[bad])]
+    keep = np.ones(owner.size, dtype=bool)
+    keep[bad] = False
+    return owner[keep], item[keep], int(bad.size)
+
+
+def build_features(ingest_dir: str | Path, cfg: FeaturesConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Build the feature tables of an ingested log; returns the feature spec (also written)."""
+    src, out = Path(ingest_dir), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    inter = pl.read_parquet(src / "interactions.parquet")
+    users = pl.read_parquet(src / "users.parquet").sort("user_id")
+    items = pl.read_parquet(src / "items.parquet").sort("item_id")
+    ingest_report = json.loads((src / "report.json").read_text())
+    lo, hi = ingest_report["rating_scale"]
+
+    # Users.
+    user_ids = users["user_id"]
+    ages = users["age"].fill_null(-1).to_numpy()
+    buckets = np.searchsorted(AGE_BOUNDS, ages, side="right") + 1
+    age_bucket = pl.Series(np.where(ages < 0, 0, buckets), dtype=pl.Int32)
+    gender, gender_vocab = _codes(users["gender"])
+    occupation, occ_vocab = _codes(users["occupation"])
+    zip_prefix, zip_vocab = _codes(users["zip"].str.slice(0, cfg.zip_prefix).str.to_uppercase())
+    user_features = pl.DataFrame(
+        {
+            "uidx": np.arange(users.height, dtype=np.int32),
+            "user_id": user_ids,
+            "age_bucket": age_bucket,
+            "gender": gender,
+            "occupation": occupation,
+            "zip_prefix": zip_prefix,
+        }
+    )
+
+    # Items.
+    genre_vocab: list[str] = list(ingest_report.get("genres") or [])
+    if not genre_vocab:
+        genre_vocab = items["genres"].explode().drop_nulls().unique().sort().to_list()
+    genre_codes = items["genres"].list.eval(
+        pl.element().replace_strict(genre_vocab, list(range(len(genre_vocab))), default=None, return_dtype=pl.Int32)
+    ).list.drop_nulls()
+    years = items["year"]
+    y0 = years.min() if years.drop_nulls().len() else 0
+    year_bucket = ((years - y0) // cfg.year_bucket + 1).fill_null(0).cast(pl.Int32)
+    n_year = int(year_bucket.max() or 0) + 1
+    item_features = pl.DataFrame(
+        {
+            "iidx": np.arange(items.height, dtype=np.int32),
+            "item_id": items["item_id"],
+            "title": items["title"],
+            "year": years,
+            "year_bucket": year_bucket,
+            "genres": genre_codes,
+        }
+    )
+
+    # Interactions: ids, labels, time.
+    uidx = inter["user_id"].replace_strict(user_ids, user_features["uidx"], return_dtype=pl.Int32)
+    iidx = inter["item_id"].replace_strict(items["item_id"], item_features["iidx"], return_dtype=pl.Int32)
+    ts = inter["ts"]
+    t_min, t_max = int(ts.min()), int(ts.max())
+    positives = pl.DataFrame(
+        {
+            "row": np.arange(inter.height, dtype=np.int64),
+            "uidx": uidx,
+            "iidx": iidx,
+            "rating": inter["rating"],
+            "like": (inter["rating"] >= cfg.like_threshold).cast(pl.Int8),
+            "interaction": np.ones(inter.height, dtype=np.int8),
+            "ts": ts,
+        }
+    )
+    rng = np.random.default_rng(cfg.seed)
+    owner, neg_items, unavailable = sample_negatives(
+        uidx.to_numpy(), iidx.to_numpy(), items.height, cfg.negatives_per_positive, rng
+    )
+    negatives = pl.DataFrame(
+        {
+            "row": owner,
+            "uidx": uidx.to_numpy()[owner],
+            "iidx": neg_items.astype(np.int32),
+            "rating": pl.repeat(None, owner.size, dtype=pl.Float32, eager=True),
+            "like": pl.repeat(None, owner.size, dtype=pl.Int8, eager=True),
+            "interaction": np.zeros(owner.size, dtype=np.int8),
+            "ts": ts.to_numpy()[owner],
+        },
+        schema=positives.schema,
+    )
+    day = (pl.col("ts") - t_min) // 86_400
+    span = t_max - t_min + 1
+    table = pl.concat([positives, negatives]).with_columns(
+        day.cast(pl.Int32).alias("day"),
+        ((pl.col("ts") // 86_400 + 3) % 7).cast(pl.Int8).alias("dow"),  # Monday = 0
+        ((pl.col("ts") - t_min) * cfg.time_bins // span).cast(pl.Int32).alias("time_bin"),
+    )
+
+    spec: dict[str, Any] = {
+        "n_users": users.height,
+        "n_items": items.height,
+        "rating_scale": [lo, hi],
+        "like_threshold": cfg.like_threshold,
+        "negatives_per_positive": cfg.negatives_per_positive,
+        "time_range": [t_min, t_max],
+        "features": {
+            "user_id": {"kind": "id", "table": "user", "vocab": users.height},
+            "item_id": {"kind": "id", "table": "item", "vocab": items.height},
+            "age_bucket": {"kind": "categorical", "table": "user", "vocab": len(AGE_BOUNDS) + 2,
+                           "bounds": AGE_BOUNDS},
+            "gender": {"kind": "categorical", "table": "user", "vocab": len(gender_vocab) + 1,
+                       "values": gender_vocab},
+            "occupation": {"kind": "categorical", "table": "user", "vocab": len(occ_vocab) + 1,
+                           "values": occ_vocab},
+            "zip_prefix": {"kind": "categorical", "table": "user", "vocab": len(zip_vocab) + 1},
+            "year_bucket": {"kind": "categorical", "table": "item", "vocab": n_year,
+                            "first_year": y0, "years_per_bucket": cfg.year_bucket},
+            "genres": {"kind": "multi_hot", "table": "item", "vocab": len(genre_vocab),
+                       "values": genre_vocab},
+            "time_bin": {"kind": "categorical", "table": "interaction", "vocab": cfg.time_bins},
+            "dow": {"kind": "categorical", "table": "interaction", "vocab": 7},
+            "day": {"kind": "numeric", "table": "interaction"},
+        },
+        "tasks": TASK_SPECS,
+        "stats": {
+            "positives": positives.height,
+            "negatives": negatives.height,
+            "negatives_unavailable": unavailable,
+        },
+    }  # fmt: skip
+    write_parquet(table, out / "interactions.parquet")
+    write_parquet(user_features, out / "user_features.parquet")
+    write_parquet(item_features, out / "item_features.parquet")
+    write_json(spec, out / "spec.json")
+    return spec

@@ -1,0 +1,437 @@
+"""Readers for every GroupLens MovieLens layout and for generic CSV/Parquet logs.
+
+Layouts, detected from the files in a folder:
+
+* ``ml-100k``: ``u.data`` (tab-separated), ``u.user`` and ``u.item`` (``|``-separated, latin-1,
+  19 genre flags named in ``u.genre``).
+* ``ml-1m`` / ``ml-10m``: ``ratings.dat``, ``users.dat`` (ml-1m only), ``movies.dat``,
+  ``tags.dat`` (ml-10m), all ``::``-separated. Polars has no multi-character separator, so each
+  line is split on the literal ``::`` in one vectorized call.
+* ``ml-20m``/``ml-25m``/``ml-32m``/``ml-latest(-small)``: ``ratings.csv`` with the header
+  ``userId,movieId,rating,timestamp``, ``movies.csv`` (quoted titles, ``|``-separated genres, the
+  year in the title), ``tags.csv``.
+* generic: one CSV or Parquet file with a column mapping (``data.columns``).
+
+Readers return parsed, not yet validated, rows; see :mod:`recsys_mtl.data.ingest`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from recsys_mtl.config import DataConfig
+from recsys_mtl.data.lines import cast_fields, quarantine_frame, read_lines, split_fields
+from recsys_mtl.errors import UserError
+
+__all__ = ["Layout", "RawTables", "detect_layout", "read_layout"]
+
+ML100K_GENRES = [
+    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
+    "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance",
+    "Sci-Fi", "Thriller", "War", "Western",
+]  # fmt: skip
+ML1M_OCCUPATIONS = [
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student",
+    "customer service", "doctor/health care", "executive/managerial", "farmer", "homemaker",
+    "K-12 student", "lawyer", "programmer", "retired", "sales/marketing", "scientist",
+    "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
+]  # fmt: skip
+CSV_RATINGS_HEADER = "userId,movieId,rating,timestamp"
+NO_GENRES = "(no genres listed)"
+_NAMED = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m", "ml-latest-small", "ml-latest")
+_RATING_TYPES = {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "ts": pl.Int64}
+_RATING_FIELDS = list(_RATING_TYPES)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which reader applies to a path, and the files it reads."""
+
+    name: str  # dataset name for reports: ml-100k, ml-1m, ..., csv, parquet
+    kind: str  # reader: ml-100k | ml-dat | ml-csv | csv | parquet
+    root: Path
+    files: dict[str, Path]  # role (ratings, users, items, genres, tags) -> file
+    rating_scale: tuple[float, float]
+
+    def data_files(self) -> list[Path]:
+        return list(self.files.values())
+
+
+@dataclass
+class RawTables:
+    """Parsed tables of one log, before value-level validation of the interactions."""
+
+    interactions: pl.LazyFrame  # line, raw, reason, user_id, item_id, rating, ts
+    ratings_source: str
+    blank_lines: int
+    users: pl.DataFrame | None = None  # user_id, age, gender, occupation, zip
+    items: pl.DataFrame | None = None  # item_id, title, year, genres (list[str])
+    tags: pl.DataFrame | None = None  # user_id, item_id, tag, ts
+    genres: list[str] | None = None
+    side_rejects: list[pl.DataFrame] = field(default_factory=list)
+    side_reports: dict[str, dict] = field(default_factory=dict)
+
+
+def _named_from(folder: Path, default: str) -> str:
+    name = folder.name.lower()
+    if name == "ml-10m100k":
+        return "ml-10m"
+    return name if name in _NAMED else default
+
+
+def detect_layout(path: str | Path, fmt: str = "auto") -> Layout:
+    """Find the layout of ``path`` (a folder or a file); ``fmt`` other than ``auto`` must agree."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: data path does not exist")
+    if p.is_file():
+        suffix = p.suffix.lower()
+        kind = "parquet" if suffix in (".parquet", ".pq") else "csv"
+        if fmt in ("csv", "parquet"):
+            kind = fmt
+        elif fmt != "auto":
+            raise UserError(f"{p}: data.format {fmt!r} expects a folder, got a file")
+        return Layout(kind, kind, p.parent, {"ratings": p}, (1.0, 5.0))
+    if fmt in ("csv", "parquet"):
+        raise UserError(f"{p}: data.format {fmt!r} expects a file, got a folder")
+
+    def present(*names: str) -> dict[str, Path]:
+        return {n: p / n for n in names if (p / n).is_file()}
+
+    if (p / "u.data").is_file():
+        f = present("u.user", "u.item", "u.genre")
+        files = {"ratings": p / "u.data"}
+        roles = {"u.user": "users", "u.item": "items", "u.genre": "genres"}
+        files.update({roles[k]: v for k, v in f.items()})
+        layout = Layout("ml-100k", "ml-100k", p, files, (1.0, 5.0))
+    elif (p / "ratings.dat").is_file():
+        files = {"ratings": p / "ratings.dat"}
+        roles = {"users.dat": "users", "movies.dat": "items", "tags.dat": "tags"}
+        files.update({roles[k]: v for k, v in present(*roles).items()})
+        # ml-1m has users.dat and whole stars; ml-10m has no users.dat and half stars.
+        name = "ml-1m" if "users" in files else "ml-10m"
+        scale = (1.0, 5.0) if name == "ml-1m" else (0.5, 5.0)
+        layout = Layout(name, "ml-dat", p, files, scale)
+    elif (p / "ratings.csv").is_file():
+        files = {"ratings": p / "ratings.csv"}
+        roles = {"movies.csv": "items", "tags.csv": "tags"}
+        files.update({roles[k]: v for k, v in present(*roles).items()})
+        layout = Layout(_named_from(p, "ml-latest"), "ml-csv", p, files, (0.5, 5.0))
+    else:
+        listed = ", ".join(sorted(x.name for x in p.iterdir())[:8]) or "nothing"
+        raise UserError(
+            f"{p}: not a MovieLens folder (expected u.data, ratings.dat or ratings.csv; "
+            f"found {listed})"
+        )
+    if fmt not in ("auto", "synthetic"):
+        expected = {"ml-100k": "ml-100k", "ml-1m": "ml-dat", "ml-10m": "ml-dat"}.get(fmt, "ml-csv")
+        if layout.kind != expected:
+            raise UserError(f"{p}: data.format is {fmt!r} but the folder holds a {layout.name} log")
+        layout = Layout(fmt, layout.kind, p, layout.files, layout.rating_scale)
+    return layout
+
+
+# --------------------------------------------------------------------------------------------
+# Ratings
+
+
+def read_ratings_file(path: Path, kind: str) -> tuple[pl.LazyFrame, int]:
+    """Parse a GroupLens ratings file of layout ``kind``; returns (rows, blank line count)."""
+    if kind == "ml-csv":
+        header = _first_line(path)
+        if header != CSV_RATINGS_HEADER:
+            raise UserError(
+                f"{path}:1: header is {header!r}, expected {CSV_RATINGS_HEADER!r} "
+                "(a MovieLens ratings.csv)"
+            )
+        lines, sep = read_lines(path, skip_header=True), ","
+    else:
+        lines, sep = read_lines(path), ("\t" if kind == "ml-100k" else "::")
+    blank = lines["raw"].null_count()
+    lf = cast_fields(split_fields(lines, sep, _RATING_FIELDS), _RATING_TYPES)
+    return lf, blank
+
+
+def _first_line(path: Path) -> str:
+    with open(path, "rb") as f:
+        first = f.readline(4096)
+    return first.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Side tables
+
+
+def _side_table(
+    path: Path,
+    table: str,
+    lines: pl.DataFrame,
+    sep: str,
+    names: list[str],
+    dtypes: dict[str, pl.DataType],
+    rt: RawTables,
+    *,
+    allow_extra: bool = False,
+) -> pl.DataFrame:
+    """Parse a side table; bad rows and repeated ids go to quarantine, the first id is kept."""
+    df = cast_fields(split_fields(lines, sep, names, allow_extra=allow_extra), dtypes).collect()
+    return _keep_first_id(df, path, table, rt, blank=lines["raw"].null_count())
+
+
+def _keep_first_id(
+    df: pl.DataFrame, path: Path, table: str, rt: RawTables, blank: int = 0
+) -> pl.DataFrame:
+    id_col = df.columns[df.columns.index("reason") + 1]
+    ok = pl.col("reason").is_null()
+    df = df.with_columns(
+        pl.when(ok & pl.col(id_col).is_null()).then(pl.lit(f"missing_{id_col}")).otherwise("reason")
+    )
+    valid = df.filter(pl.col("reason").is_null())
+    dup_lines = valid.filter(~pl.col(id_col).is_first_distinct())["line"]
+    df = df.with_columns(
+        pl.when(pl.col("line").is_in(dup_lines.implode()))
+        .then(pl.lit("duplicate_id"))
+        .otherwise("reason")
+        .alias("reason")
+    )
+    rejects = df.filter(pl.col("reason").is_not_null())
+    rt.side_rejects.append(quarantine_frame(rejects, table, path.name))
+    kept = df.filter(pl.col("reason").is_null()).drop("line", "raw", "reason")
+    rt.side_reports[table] = {
+        "source": path.name,
+        "rows_read": df.height,
+        "rows_kept": kept.height,
+        "rows_quarantined": _counts(rejects),
+        "blank_lines": blank,
+    }
+    return kept
+
+
+def _counts(rejects: pl.DataFrame) -> dict[str, int]:
+    if rejects.height == 0:
+        return {}
+    vc = rejects.group_by("reason").len().sort("reason")
+    return dict(zip(vc["reason"].to_list(), vc["len"].to_list(), strict=True))
+
+
+def _decode_dat(path: Path) -> pl.DataFrame:
+    """``.dat`` side files are UTF-8 in newer releases and latin-1 in ml-1m."""
+    try:
+        path.read_bytes().decode("utf-8")
+        return read_lines(path, "utf-8")
+    except UnicodeDecodeError:
+        return read_lines(path, "latin-1")
+
+
+def _year_from_title() -> pl.Expr:
+    return pl.col("title").str.extract(r"\((\d{4})\)\s*$", 1).cast(pl.Int32, strict=False)
+
+
+def _genre_list(col: str = "genres") -> pl.Expr:
+    return pl.col(col).str.split("|").list.filter(pl.element() != NO_GENRES)
+
+
+def _read_ml100k_side(layout: Layout, rt: RawTables) -> None:
+    genres = ML100K_GENRES
+    if "genres" in layout.files:
+        g = read_lines(layout.files["genres"], "latin-1").drop_nulls("raw")
+        names = g["raw"].str.split("|").list.get(0, null_on_oob=True).to_list()
+        genres = [n for n in names if n]
+    rt.genres = genres
+    if "users" in layout.files:
+        path = layout.files["users"]
+        names = ["user_id", "age", "gender", "occupation", "zip"]
+        types = {"user_id": pl.Int64, "age": pl.Int32}
+        rt.users = _side_table(path, "users", read_lines(path, "latin-1"), "|", names, types, rt)
+    if "items" in layout.files:
+        path = layout.files["items"]
+        flags = [f"g{k}" for k in range(len(genres))]
+        names = ["item_id", "title", "release", "video_release", "url", *flags]
+        df = _side_table(
+            path, "items", read_lines(path, "latin-1"), "|", names, {"item_id": pl.Int64}, rt
+        )
+        genre_list = pl.concat_list(
+            [pl.when(pl.col(f) == "1").then(pl.lit(g)) for f, g in zip(flags, genres, strict=True)]
+        ).list.drop_nulls()
+        year = pl.col("release").str.slice(-4).cast(pl.Int32, strict=False)
+        rt.items = df.select(
+            "item_id",
+            "title",
+            pl.coalesce(year, _year_from_title()).alias("year"),
+            genre_list.alias("genres"),
+        )
+
+
+def _read_dat_side(layout: Layout, rt: RawTables) -> None:
+    if "users" in layout.files:
+        path = layout.files["users"]
+        names = ["user_id", "gender", "age", "occupation", "zip"]
+        types = {"user_id": pl.Int64, "age": pl.Int32, "occupation": pl.Int32}
+        df = _side_table(path, "users", _decode_dat(path), "::", names, types, rt)
+        occ = pl.col("occupation").replace_strict(
+            list(range(len(ML1M_OCCUPATIONS))), ML1M_OCCUPATIONS, default=None
+        )
+        rt.users = df.select("user_id", "age", "gender", occ.alias("occupation"), "zip")
+    if "items" in layout.files:
+        path = layout.files["items"]
+        names = ["item_id", "title", "genres"]
+        df = _side_table(path, "items", _decode_dat(path), "::", names, {"item_id": pl.Int64}, rt)
+        rt.items = df.select("item_id", "title", _year_from_title().alias("year"), _genre_list())
+    if "tags" in layout.files:
+        path = layout.files["tags"]
+        names = ["user_id", "item_id", "tag", "ts"]
+        types = {"user_id": pl.Int64, "item_id": pl.Int64, "ts": pl.Int64}
+        lf = cast_fields(split_fields(_decode_dat(path), "::", names), types)
+        rt.tags = _rows_only(lf.collect(), path, "tags", rt)
+
+
+def _read_quoted_csv(path: Path, expected: list[str]) -> pl.DataFrame:
+    """A small quoted CSV side file as strings, with line numbers and a ``raw`` rendering."""
+    try:
+        df = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
+    except pl.exceptions.ComputeError as e:
+        raise UserError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from e
+    if df.columns != expected:
+        raise UserError(f"{path}:1: header is {','.join(df.columns)!r}, expected {','.join(expected)!r}")
+    raw = pl.concat_str([pl.col(c).fill_null("") for c in expected], separator=",")
+    return df.with_row_index("line", offset=2).select(
+        pl.col("line").cast(pl.Int64), raw.alias("raw"), *expected
+    )
+
+
+def _csv_side(df: pl.DataFrame, names: list[str], types: dict[str, pl.DataType]) -> pl.DataFrame:
+    renamed = df.rename(dict(zip(df.columns[2:], names, strict=True)))
+    bad = pl.col("raw").str.contains("\ufffd", literal=True)
+    lf = renamed.lazy().with_columns(
+        pl.when(bad).then(pl.lit("bad_encoding")).otherwise(pl.lit(None, pl.String)).alias("reason")
+    )
+    return cast_fields(lf.select("line", "raw", "reason", *names), types).collect()
+
+
+def _read_csv_side(layout: Layout, rt: RawTables) -> None:
+    if "items" in layout.files:
+        path = layout.files["items"]
+        df = _csv_side(
+            _read_quoted_csv(path, ["movieId", "title", "genres"]),
+            ["item_id", "title", "genres"],
+            {"item_id": pl.Int64},
+        )
+        df = _keep_first_id(df, path, "items", rt)
+        rt.items = df.select("item_id", "title", _year_from_title().alias("year"), _genre_list())
+    if "tags" in layout.files:
+        path = layout.files["tags"]
+        df = _csv_side(
+            _read_quoted_csv(path, ["userId", "movieId", "tag", "timestamp"]),
+            ["user_id", "item_id", "tag", "ts"],
+            {"user_id": pl.Int64, "item_id": pl.Int64, "ts": pl.Int64},
+        )
+        rt.tags = _rows_only(df, path, "tags", rt)
+
+
+def _rows_only(df: pl.DataFrame, path: Path, table: str, rt: RawTables) -> pl.DataFrame:
+    rejects = df.filter(pl.col("reason").is_not_null())
+    rt.side_rejects.append(quarantine_frame(rejects, table, path.name))
+    kept = df.filter(pl.col("reason").is_null()).drop("line", "raw", "reason")
+    rt.side_reports[table] = {
+        "source": path.name,
+        "rows_read": df.height,
+        "rows_kept": kept.height,
+        "rows_quarantined": _counts(rejects),
+    }
+    return kept
+
+
+# --------------------------------------------------------------------------------------------
+# Generic CSV / Parquet
+
+
+def _read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
+    path = layout.files["ratings"]
+    cols = cfg.columns
+    wanted = {"user_id": cols.user_id, "item_id": cols.item_id, "rating": cols.rating}
+    if cols.ts is not None:
+        wanted["ts"] = cols.ts
+    if layout.kind == "parquet":
+        try:
+            df = pl.read_parquet(path)
+        except Exception as e:  # polars raises several error types for a non-Parquet file
+            raise UserError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from e
+        _check_columns(path, df.columns, wanted)
+        df = df.select(
+            [pl.col(src).cast(pl.String).alias(dst) for dst, src in wanted.items()]
+        ).with_row_index("line", offset=1)
+        raw = pl.concat_str([pl.col(c).fill_null("") for c in wanted], separator=",")
+        lf = df.lazy().with_columns(
+            pl.col("line").cast(pl.Int64), raw.alias("raw"), pl.lit(None, pl.String).alias("reason")
+        )
+        blank = 0
+    else:
+        header = [h.strip().strip('"') for h in _first_line(path).split(cfg.separator)]
+        _check_columns(path, header, wanted)
+        lines = read_lines(path, skip_header=True)
+        blank = lines["raw"].null_count()
+        lf = split_fields(lines, cfg.separator, header, strip_quotes=True)
+        lf = lf.rename({src: dst for dst, src in wanted.items() if src != dst})
+    if cols.ts is None:
+        lf = lf.with_columns(pl.col("line").cast(pl.String).alias("ts"))
+    lf = lf.select("line", "raw", "reason", *_RATING_FIELDS)
+    id_types = {c: _id_dtype(lf, c) for c in ("user_id", "item_id")}
+    lf = cast_fields(lf, {**id_types, "rating": pl.Float64})
+    return _parse_ts(lf, cfg.timestamp_format), blank
+
+
+def _check_columns(path: Path, have: list[str], wanted: dict[str, str]) -> None:
+    for dst, src in wanted.items():
+        if src not in have:
+            raise UserError(
+                f"{path}: column {src!r} (data.columns.{dst}) not found; columns are: "
+                + ", ".join(have[:20])
+            )
+
+
+def _id_dtype(lf: pl.LazyFrame, col: str) -> pl.DataType:
+    """Integer ids stay integers; anything else keeps string ids."""
+    text = pl.col(col).str.strip_chars()
+    bad = lf.select(((text != "") & text.cast(pl.Int64, strict=False).is_null()).any()).collect()
+    return pl.String() if bad.item() else pl.Int64()
+
+
+def _parse_ts(lf: pl.LazyFrame, fmt: str | None) -> pl.LazyFrame:
+    text = pl.col("ts")
+    if fmt is not None:
+        parsed = text.str.strptime(pl.Datetime("us"), fmt, strict=False).dt.epoch("s")
+    else:
+        as_date = text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
+        parsed = pl.coalesce(text.cast(pl.Int64, strict=False), as_date)
+    reason = (
+        pl.when(pl.col("reason").is_not_null())
+        .then("reason")
+        .when(text.is_null() | (text == ""))
+        .then(pl.lit("missing_ts"))
+        .when(parsed.is_null())
+        .then(pl.lit("invalid_ts"))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    return lf.with_columns(reason.alias("reason"), parsed.alias("ts"))
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def read_layout(layout: Layout, cfg: DataConfig) -> RawTables:
+    """Parse every file of ``layout``; side tables are validated here, ratings in ingest."""
+    if layout.kind in ("csv", "parquet"):
+        lf, blank = _read_generic(layout, cfg)
+        return RawTables(lf, layout.files["ratings"].name, blank)
+    lf, blank = read_ratings_file(layout.files["ratings"], layout.kind)
+    rt = RawTables(lf, layout.files["ratings"].name, blank)
+    {"ml-100k": _read_ml100k_side, "ml-dat": _read_dat_side, "ml-csv": _read_csv_side}[
+        layout.kind
+    ](layout, rt)
+    if rt.genres is None and rt.items is not None:
+        rt.genres = sorted(set(rt.items["genres"].explode().drop_nulls().to_list()))
+    return rt
+

@@ -1,0 +1,176 @@
+"""Ingest: a raw rating log -> canonical Parquet tables, with every rejected row kept aside.
+
+Outputs (in ``out_dir``):
+
+* ``interactions.parquet``: ``user_id, item_id, rating (f32), ts (i64, epoch seconds)`` in log
+  order (the order later breaks ties between equal timestamps);
+* ``users.parquet``: ``user_id, age, gender, occupation, zip`` (nulls where the log has none);
+* ``items.parquet``: ``item_id, title, year, genres (list[str])``;
+* ``tags.parquet`` when the log has tags;
+* ``quarantine.parquet``: ``table, source, line, reason, raw`` for every rejected row;
+* ``report.json``: rows read = rows kept + rows quarantined (per reason), per table.
+
+Duplicate (user, item) pairs: the latest rating is kept (by timestamp, then by position in the
+log); the others are quarantined as ``duplicate_pair``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from recsys_mtl.config import DataConfig
+from recsys_mtl.data.grouplens import Layout, RawTables, detect_layout, read_layout
+from recsys_mtl.data.lines import QUARANTINE_SCHEMA, quarantine_frame
+from recsys_mtl.errors import UserError
+from recsys_mtl.io import write_json, write_parquet
+
+__all__ = ["IngestResult", "ingest", "resolve_layout", "validate_interactions"]
+
+DUPLICATE_POLICY = "keep_latest"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    report: dict[str, Any]
+    out_dir: Path
+
+
+def resolve_layout(cfg: DataConfig, work_dir: Path) -> Layout:
+    """The layout to read; for ``synthetic`` the generator first writes its files in ``work_dir``."""
+    if cfg.format == "synthetic":
+        from recsys_mtl.data.synthetic import write_synthetic
+
+        raw_dir = write_synthetic(cfg.synthetic, work_dir / "raw")
+        return detect_layout(raw_dir)
+    assert cfg.path is not None  # enforced by DataConfig
+    return detect_layout(Path(cfg.path).expanduser(), cfg.format)
+
+
+def validate_interactions(
+    lf: pl.LazyFrame,
+    scale: tuple[float, float],
+    known_users: pl.Series | None,
+    known_items: pl.Series | None,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Apply the value rules to parsed rows; returns (kept rows, rejected rows with reasons).
+
+    ``lf`` has ``line, raw, reason, user_id, item_id, rating, ts``. Rules, first match wins:
+    a parse-level reason; ``rating_out_of_scale`` (also NaN/inf); ``invalid_ts`` (negative);
+    ``unknown_user`` / ``unknown_item`` (id absent from a side table); ``duplicate_pair``.
+    """
+    lo, hi = scale
+    r = pl.col("rating")
+    rule = pl.when(pl.col("reason").is_not_null()).then("reason")
+    rule = rule.when(~r.is_finite() | (r < lo) | (r > hi)).then(pl.lit("rating_out_of_scale"))
+    rule = rule.when(pl.col("ts") < 0).then(pl.lit("invalid_ts"))
+    if known_users is not None:
+        rule = rule.when(~pl.col("user_id").is_in(known_users.implode())).then(pl.lit("unknown_user"))
+    if known_items is not None:
+        rule = rule.when(~pl.col("item_id").is_in(known_items.implode())).then(pl.lit("unknown_item"))
+    df = lf.with_columns(rule.otherwise(pl.lit(None, pl.String)).alias("reason")).collect()
+
+    ok = pl.col("reason").is_null()
+    pair = pl.struct("user_id", "item_id")
+    dup_mask = df.select((ok & pair.is_duplicated().over(ok)).alias("d"))["d"]
+    if dup_mask.any():
+        # Only the (few) duplicated pairs are sorted: the latest by (ts, line) survives.
+        dups = df.filter(dup_mask).sort("ts", "line")
+        losers = dups.filter(~pl.struct("user_id", "item_id").is_last_distinct())["line"]
+        df = df.with_columns(
+            pl.when(pl.col("line").is_in(losers.implode()))
+            .then(pl.lit("duplicate_pair"))
+            .otherwise("reason")
+            .alias("reason")
+        )
+    rejects = df.filter(pl.col("reason").is_not_null()).select("line", "reason", "raw")
+    kept = df.filter(pl.col("reason").is_null()).select(
+        "user_id", "item_id", pl.col("rating").cast(pl.Float32), "ts"
+    )
+    return kept, rejects
+
+
+def _counts(rejects: pl.DataFrame) -> dict[str, int]:
+    if rejects.height == 0:
+        return {}
+    vc = rejects.group_by("reason").len().sort("reason")
+    return dict(zip(vc["reason"].to_list(), vc["len"].to_list(), strict=True))
+
+
+def _derive_users(kept: pl.DataFrame) -> pl.DataFrame:
+    return kept.select(pl.col("user_id").unique().sort()).with_columns(
+        pl.lit(None, pl.Int32).alias("age"),
+        pl.lit(None, pl.String).alias("gender"),
+        pl.lit(None, pl.String).alias("occupation"),
+        pl.lit(None, pl.String).alias("zip"),
+    )
+
+
+def _derive_items(kept: pl.DataFrame) -> pl.DataFrame:
+    return kept.select(pl.col("item_id").unique().sort()).with_columns(
+        pl.lit(None, pl.String).alias("title"),
+        pl.lit(None, pl.Int32).alias("year"),
+        pl.lit([], pl.List(pl.String)).alias("genres"),
+    )
+
+
+def ingest(cfg: DataConfig, out_dir: str | Path, work_dir: str | Path | None = None) -> IngestResult:
+    """Read, validate and write the canonical tables of the log ``cfg`` describes."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    layout = resolve_layout(cfg, Path(work_dir) if work_dir is not None else out)
+    raw: RawTables = read_layout(layout, cfg)
+    scale = tuple(cfg.rating_scale) if cfg.rating_scale is not None else layout.rating_scale
+    known_users = raw.users["user_id"] if raw.users is not None else None
+    known_items = raw.items["item_id"] if raw.items is not None else None
+    kept, rejects = validate_interactions(raw.interactions, scale, known_users, known_items)
+    if kept.height == 0:
+        counts = _counts(rejects)
+        top = max(counts, key=counts.get) if counts else "the file has no data lines"
+        raise UserError(
+            f"{layout.files['ratings']}: no usable ratings ({rejects.height} rows rejected; "
+            f"most common reason: {top})"
+        )
+    users = raw.users if raw.users is not None else _derive_users(kept)
+    items = raw.items if raw.items is not None else _derive_items(kept)
+
+    quarantine = pl.concat(
+        [
+            pl.DataFrame(schema=QUARANTINE_SCHEMA),
+            quarantine_frame(rejects, "interactions", raw.ratings_source),
+            *raw.side_rejects,
+        ]
+    )
+    write_parquet(kept, out / "interactions.parquet")
+    write_parquet(users, out / "users.parquet")
+    write_parquet(items, out / "items.parquet")
+    if raw.tags is not None:
+        write_parquet(raw.tags, out / "tags.parquet")
+    write_parquet(quarantine, out / "quarantine.parquet")
+
+    counts = _counts(rejects)
+    report: dict[str, Any] = {
+        "dataset": layout.name,
+        "layout": layout.kind,
+        "files": {role: p.name for role, p in layout.files.items()},
+        "rating_scale": list(scale),
+        "duplicate_policy": DUPLICATE_POLICY,
+        "interactions": {
+            "source": raw.ratings_source,
+            "rows_read": kept.height + rejects.height,
+            "rows_kept": kept.height,
+            "rows_quarantined": counts,
+            "blank_lines": raw.blank_lines,
+        },
+        "side_tables": raw.side_reports,
+        "users": users.height,
+        "items": items.height,
+        "rated_users": kept["user_id"].n_unique(),
+        "rated_items": kept["item_id"].n_unique(),
+        "genres": raw.genres or [],
+    }
+    write_json(report, out / "report.json")
+    return IngestResult(report, out)

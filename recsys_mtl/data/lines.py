@@ -1,0 +1,125 @@
+"""Line-level parsing that never drops a row silently.
+
+A file is read as one string column (one row a line, 1-based line numbers kept), split on a
+literal separator of any length (``\\t``, ``|``, ``::``, ``,``) and cast field by field. Each row
+that cannot be used gets the first reason that applies, in this order: ``bad_encoding``,
+``malformed_line`` (wrong number of fields), ``missing_<field>``, ``invalid_<field>``.
+All of it is vectorized polars work; there is no Python loop over lines.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import polars as pl
+
+from recsys_mtl.errors import UserError
+
+__all__ = ["QUARANTINE_SCHEMA", "cast_fields", "quarantine_frame", "read_lines", "split_fields"]
+
+QUARANTINE_SCHEMA = {
+    "table": pl.String,
+    "source": pl.String,
+    "line": pl.Int64,
+    "reason": pl.String,
+    "raw": pl.String,
+}
+_UNUSED_SEP = "\x1f"  # ASCII unit separator: never present in rating logs
+
+
+def read_lines(path: Path, encoding: str = "utf-8", skip_header: bool = False) -> pl.DataFrame:
+    """Read a text file as ``(line: Int64, raw: String)``; blank lines have ``raw`` null.
+
+    ``encoding`` is ``utf-8`` (undecodable bytes become U+FFFD, flagged later as
+    ``bad_encoding``) or ``latin-1`` (decodes any byte sequence).
+    """
+    source: Path | io.BytesIO = path
+    if encoding == "latin-1":
+        source = io.BytesIO(path.read_bytes().decode("latin-1").encode("utf-8"))
+    elif encoding != "utf-8":
+        raise ValueError(f"unsupported encoding {encoding!r}")
+    try:
+        df = pl.read_csv(
+            source,
+            separator=_UNUSED_SEP,
+            has_header=False,
+            quote_char=None,
+            new_columns=["raw"],
+            schema_overrides={"raw": pl.String},
+            encoding="utf8-lossy",
+        )
+    except pl.exceptions.NoDataError:
+        df = pl.DataFrame({"raw": []}, schema={"raw": pl.String})
+    except pl.exceptions.ComputeError as e:
+        raise UserError(f"{path}: cannot be read as text lines ({str(e).splitlines()[0]})") from e
+    if df.width != 1:
+        raise UserError(f"{path}: contains the control character \\x1f; not a rating log")
+    df = df.with_row_index("line", offset=1).with_columns(pl.col("line").cast(pl.Int64))
+    if skip_header:
+        df = df.slice(1)
+    return df
+
+
+def split_fields(
+    lines: pl.DataFrame | pl.LazyFrame,
+    separator: str,
+    names: list[str],
+    *,
+    strip_quotes: bool = False,
+    allow_extra: bool = False,
+) -> pl.LazyFrame:
+    """Split ``raw`` into string columns ``names``; set ``reason`` where the line is unusable.
+
+    ``allow_extra`` keeps lines with more fields than ``names`` (the extra ones are ignored),
+    for layouts whose last field may itself contain the separator.
+    """
+    lf = lines.lazy().filter(pl.col("raw").is_not_null())
+    n = len(names)
+    count = pl.col("raw").str.count_matches(separator, literal=True)
+    wrong_count = (count < n - 1) if allow_extra else (count != n - 1)
+    parts = pl.col("raw").str.split_exact(separator, n - 1).struct.rename_fields(names)
+    lf = lf.with_columns(
+        pl.when(pl.col("raw").str.contains("\ufffd", literal=True))
+        .then(pl.lit("bad_encoding"))
+        .when(wrong_count)
+        .then(pl.lit("malformed_line"))
+        .otherwise(pl.lit(None, dtype=pl.String))
+        .alias("reason"),
+        parts.alias("_parts"),
+    ).unnest("_parts")
+    cleaned = [pl.col(c).str.strip_chars() for c in names]
+    if strip_quotes:
+        cleaned = [c.str.strip_chars('"') for c in cleaned]
+    return lf.with_columns(cleaned)
+
+
+def cast_fields(lf: pl.LazyFrame, dtypes: dict[str, pl.DataType]) -> pl.LazyFrame:
+    """Cast string fields; an empty field is ``missing_<name>``, an unparseable one ``invalid_<name>``."""
+    reason = pl.col("reason")
+    for name, dtype in dtypes.items():
+        text = pl.col(name)
+        cast = text.cast(dtype, strict=False)
+        reason = (
+            pl.when(reason.is_not_null())
+            .then(reason)
+            .when(text.is_null() | (text == ""))
+            .then(pl.lit(f"missing_{name}"))
+            .when(cast.is_null())
+            .then(pl.lit(f"invalid_{name}"))
+            .otherwise(pl.lit(None, dtype=pl.String))
+        )
+    return lf.with_columns(
+        reason.alias("reason"), *[pl.col(n).cast(t, strict=False) for n, t in dtypes.items()]
+    )
+
+
+def quarantine_frame(rejects: pl.DataFrame, table: str, source: str) -> pl.DataFrame:
+    """Rows with ``line``, ``reason`` and ``raw`` as a quarantine table for ``table``/``source``."""
+    return rejects.select(
+        pl.lit(table).alias("table"),
+        pl.lit(source).alias("source"),
+        pl.col("line").cast(pl.Int64),
+        pl.col("reason").cast(pl.String),
+        pl.col("raw").cast(pl.String),
+    )

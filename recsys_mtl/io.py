@@ -1,0 +1,75 @@
+"""Atomic file writes and content digests.
+
+Every artifact is written under a temporary name in the same directory and renamed into place,
+so a killed process never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "file_digest", "paths_digest", "write_json", "write_parquet"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    return Path(path)
+
+
+def write_parquet(df: Any, path: str | Path) -> Path:
+    """Write a polars DataFrame to Parquet, atomically."""
+    with atomic_path(path) as tmp:
+        df.write_parquet(tmp)
+    return Path(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
+    """BLAKE2b digest of a file's bytes (hex, 32 characters)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def paths_digest(paths: list[Path], root: Path | None = None) -> str:
+    """Digest of several files' names (relative to ``root``) and contents, order-independent."""
+    h = hashlib.blake2b(digest_size=16)
+    for p in sorted(paths, key=lambda q: str(q)):
+        name = str(p.relative_to(root)) if root is not None else p.name
+        h.update(name.encode())
+        h.update(file_digest(p).encode())
+    return h.hexdigest()
