@@ -187,7 +187,10 @@ def _keep_first_id(
     id_col = df.columns[df.columns.index("reason") + 1]
     ok = pl.col("reason").is_null()
     df = df.with_columns(
-        pl.when(ok & pl.col(id_col).is_null()).then(pl.lit(f"missing_{id_col}")).otherwise("reason")
+        pl.when(ok & pl.col(id_col).is_null())
+        .then(pl.lit(f"missing_{id_col}"))
+        .otherwise("reason")
+        .alias("reason")
     )
     valid = df.filter(pl.col("reason").is_null())
     dup_lines = valid.filter(~pl.col(id_col).is_first_distinct())["line"]

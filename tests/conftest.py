@@ -1,0 +1,55 @@
+"""Shared fixtures: the real MovieLens-100K folder (when present), tiny logs, the CLI in-process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", REPO.parent / "shared" / "data" / "ml-100k"))
+
+
+@pytest.fixture(scope="session")
+def ml100k() -> Path:
+    if not (ML100K / "u.data").is_file():
+        pytest.skip(f"MovieLens-100K not found at {ML100K} (set RECSYS_MTL_ML100K to its folder)")
+    return ML100K
+
+
+@pytest.fixture(autouse=True)
+def _no_tracking_by_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # Tests run in their own folder so that no mlflow.db / mlruns lands in the checkout.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]):
+    """Run ``recsys-mtl ARGS`` in-process; returns (exit code, stdout, stderr)."""
+    from pipelines.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def write(path: Path, text: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+def tiny_config(tmp_path: Path, data: dict, **sections) -> Path:
+    """A config YAML in tmp_path with tracking off and small defaults."""
+    import yaml
+
+    doc = {"name": "t", "data": data, "tracking": {"enabled": False}, **sections}
+    return write(tmp_path / "config.yaml", yaml.safe_dump(doc))

@@ -1,0 +1,76 @@
+"""Config loading: unknown keys, wrong types and bad values name the file, line and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from recsys_mtl.config import load_config
+from recsys_mtl.errors import UserError
+from tests.conftest import write
+
+GOOD = "name: t\ndata:\n  format: synthetic\nsplit:\n  strategy: random\n  test_fraction: 0.2\n"
+
+
+def test_a_valid_file_loads_into_frozen_sections(tmp_path):
+    cfg = load_config(write(tmp_path / "c.yaml", GOOD))
+    assert cfg.split.test_fraction == 0.2
+    with pytest.raises(Exception, match="frozen"):
+        cfg.split.seed = 3  # type: ignore[misc]
+
+
+def test_unknown_key_names_file_line_and_dotted_key(tmp_path):
+    path = write(tmp_path / "c.yaml", GOOD + "  test_fractoin: 0.3\n")
+    with pytest.raises(UserError, match=r"c\.yaml:7: split\.test_fractoin: unknown key"):
+        load_config(path)
+
+
+def test_out_of_range_value_names_the_key_and_the_value(tmp_path):
+    path = write(tmp_path / "c.yaml", GOOD.replace("0.2", "1.5"))
+    with pytest.raises(
+        UserError, match=r"c\.yaml:6: split\.test_fraction: .*less than 1 \(got 1\.5\)"
+    ):
+        load_config(path)
+
+
+def test_wrong_type_is_reported(tmp_path):
+    path = write(tmp_path / "c.yaml", GOOD + "train:\n  epochs: many\n")
+    with pytest.raises(UserError, match=r"c\.yaml:8: train\.epochs: .*integer"):
+        load_config(path)
+
+
+def test_set_overrides_are_typed_and_validated(tmp_path):
+    path = write(tmp_path / "c.yaml", GOOD)
+    cfg = load_config(path, ["split.seed=7", "tasks=[rating, like]", "data.synthetic.users=50"])
+    assert (cfg.split.seed, cfg.tasks, cfg.data.synthetic.users) == (7, ["rating", "like"], 50)
+    with pytest.raises(UserError, match=r"--set split\.seed: split\.seed: .*integer"):
+        load_config(path, ["split.seed=abc"])
+    with pytest.raises(UserError, match=r"--set split\.sede: split\.sede: unknown key"):
+        load_config(path, ["split.sede=1"])
+    with pytest.raises(UserError, match="expected key=value"):
+        load_config(path, ["split.seed"])
+
+
+def test_unknown_task_and_strategy_list_the_known_ones(tmp_path):
+    path = write(tmp_path / "c.yaml", GOOD + "tasks: [rating, clicks]\n")
+    with pytest.raises(UserError, match="unknown task 'clicks'; known: rating, interaction, like"):
+        load_config(path)
+    path = write(tmp_path / "c.yaml", GOOD.replace("random", "by_magic"))
+    with pytest.raises(UserError, match=r"c\.yaml:5: split\.strategy: Input should be 'random'"):
+        load_config(path)
+
+
+def test_predefined_split_requires_both_files(tmp_path):
+    path = write(tmp_path / "c.yaml", GOOD.replace("random", "predefined"))
+    with pytest.raises(UserError, match="needs split.train and split.test"):
+        load_config(path)
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = write(tmp_path / "c.yaml", "data:\n  format: [unclosed\n")
+    with pytest.raises(UserError, match=r"c\.yaml:\d+: not valid YAML"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")
