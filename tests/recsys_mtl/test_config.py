@@ -61,7 +61,7 @@ def test_unknown_task_and_strategy_list_the_known_ones(tmp_path):
 
 def test_predefined_split_requires_both_files(tmp_path):
     path = write(tmp_path / "c.yaml", GOOD.replace("random", "predefined"))
-    with pytest.raises(UserError, match="needs split.train and split.test"):
+    with pytest.raises(UserError, match=r"needs split\.train and split\.test"):
         load_config(path)
 
 
