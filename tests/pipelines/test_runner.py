@@ -1,0 +1,147 @@
+"""The stage runner: wiring checked at build, content-hash caching, atomic stages, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.cli import run_command
+from pipelines.runner import Artifact, Pipeline, PipelineError, Stage, run_pipeline
+from recsys_mtl.config import load_config
+from tests.conftest import REPO, tiny_config, write
+
+SYN = {"format": "synthetic", "synthetic": {"users": 100, "items": 150, "ratings": 3000}}
+
+
+def _skipped(summary: dict) -> dict[str, bool]:
+    return {k: v["skipped"] for k, v in summary["stages"].items()}
+
+
+def test_a_stage_consuming_an_unproduced_artifact_fails_when_the_pipeline_is_built():
+    a = Stage("a", lambda ctx: {}, reads=(), outputs=("x.txt",))
+    b = Stage("b", lambda ctx: {}, reads=(), outputs=("y.txt",), inputs=(Artifact("a", "z.txt"),))
+    with pytest.raises(PipelineError, match=r"consumes a/z\.txt, which no earlier stage produces"):
+        Pipeline([a, b])
+    with pytest.raises(PipelineError, match="declares no output"):
+        a.out("nope.txt")
+
+
+def test_second_run_skips_every_stage_and_keeps_the_metrics(tmp_path):
+    cfg = tiny_config(tmp_path, SYN)
+    first = run_command(str(cfg), [], str(tmp_path / "run"), False)
+    second = run_command(str(cfg), [], str(tmp_path / "run"), False)
+    assert not any(_skipped(first).values())
+    assert all(_skipped(second).values())
+    assert second["metrics"] == first["metrics"] and "rating/rmse" in first["metrics"]
+    forced = run_command(str(cfg), [], str(tmp_path / "run"), True)
+    assert not any(_skipped(forced).values())
+
+
+@pytest.mark.parametrize(
+    ("override", "rerun"),
+    [
+        ("model.params.reg_user=3", {"train", "evaluate"}),
+        ("train.epochs=3", {"train", "evaluate"}),
+        ("split.seed=5", {"split", "train", "evaluate"}),
+        ("features.like_threshold=3.5", {"features", "split", "train", "evaluate"}),
+        ("data.synthetic.seed=9", {"ingest", "features", "split", "train", "evaluate"}),
+        ("name=renamed", set()),
+    ],
+)
+def test_changing_one_key_reruns_exactly_the_stages_that_read_it_and_their_dependents(
+    tmp_path, override, rerun
+):
+    cfg = tiny_config(tmp_path, SYN)
+    run_command(str(cfg), [], str(tmp_path / "run"), False)
+    again = run_command(str(cfg), [override], str(tmp_path / "run"), False)
+    assert {k for k, skipped in _skipped(again).items() if not skipped} == rerun
+
+
+def test_data_fingerprint_follows_file_contents_not_paths(tmp_path):
+    src = tmp_path / "a" / "ml-100k"
+    write(
+        src / "u.data",
+        "".join(
+            f"{u}\t{i}\t{(u + i) % 5 + 1}\t{u * 10 + i}\n"
+            for u in range(1, 30)
+            for i in range(1, 20)
+        ),
+    )
+    cfg = tiny_config(tmp_path, {"path": str(src)})
+    run_command(str(cfg), [], str(tmp_path / "run"), False)
+    moved = tmp_path / "b" / "ml-100k"
+    shutil.copytree(src, moved)
+    again = run_command(str(cfg), [f"data.path={moved}"], str(tmp_path / "run"), False)
+    assert all(_skipped(again).values())
+    with open(moved / "u.data", "a") as f:
+        f.write("99\t1\t5\t1\n")
+    changed = run_command(str(cfg), [f"data.path={moved}"], str(tmp_path / "run"), False)
+    assert not _skipped(changed)["ingest"] and changed["data"]["rows_read"] == 29 * 19 + 1
+
+
+def test_a_failing_stage_leaves_no_stage_directory(tmp_path):
+    def ok(ctx):
+        ctx.output("x.txt").write_text("done")
+        return {}
+
+    def boom(ctx):
+        ctx.output("y.txt").write_text("half")
+        raise RuntimeError("stage failed")
+
+    a = Stage("a", ok, reads=(), outputs=("x.txt",))
+    b = Stage("b", boom, reads=(), outputs=("y.txt",), inputs=(a.out("x.txt"),))
+    cfg = load_config(None, base={"data": {"format": "synthetic"}})
+    with pytest.raises(RuntimeError, match="stage failed"):
+        run_pipeline(Pipeline([a, b]), cfg, tmp_path)
+    assert (tmp_path / "a" / "x.txt").read_text() == "done"
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_stage_resumes_from_the_last_complete_stage(tmp_path):
+    big = {"format": "synthetic", "synthetic": {"users": 3000, "items": 2000, "ratings": 400_000}}
+    cfg = tiny_config(tmp_path, big, features={"negatives_per_positive": 4})
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(cfg), "--out", str(run_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while (
+        not (run_dir / ".tmp-features").exists()
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / "summary.json").exists(), "the run finished before it could be killed"
+    assert (run_dir / "ingest" / "_stage.json").exists()
+    assert not (run_dir / "features").exists()  # nothing half-written in a final place
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert _skipped(summary) == {
+        "ingest": True,
+        "features": False,
+        "split": False,
+        "train": False,
+        "evaluate": False,
+    }
+    assert not list(run_dir.glob(".tmp-*")) and "ingest: unchanged, skipped" in done.stderr
+
+
+def test_run_directory_defaults_to_runs_slash_config_name(tmp_path, cli):
+    cfg = tiny_config(tmp_path, SYN)
+    code, out, _ = cli("run", cfg)
+    assert code == 0 and json.loads(out)["run_dir"] == str(Path("runs") / "t")
+    assert (tmp_path / "runs" / "t" / "summary.json").exists()
