@@ -139,20 +139,71 @@ def detect_layout(path: str | Path, fmt: str = "auto") -> Layout:
 
 
 def read_ratings_file(path: Path, kind: str) -> tuple[pl.LazyFrame, int]:
-    """Parse a GroupLens ratings file of layout ``kind``; returns (rows, blank line count)."""
-    if kind == "ml-csv":
+    """Parse a GroupLens ratings file of layout ``kind``; returns (rows, blank line count).
+
+    Clean files take a typed fast path (one ``read_csv`` with a fixed schema, about 5x faster
+    than line mode); ``raw`` is then null and filled in later for the few rejected rows. Any
+    sign of trouble (a parse error, a null, a line count that does not match) falls back to
+    line mode, which attributes a reason to every bad line.
+    """
+    skip_header = kind == "ml-csv"
+    if skip_header:
         header = _first_line(path)
         if header != CSV_RATINGS_HEADER:
             raise UserError(
                 f"{path}:1: header is {header!r}, expected {CSV_RATINGS_HEADER!r} "
                 "(a MovieLens ratings.csv)"
             )
-        lines, sep = read_lines(path, skip_header=True), ","
-    else:
-        lines, sep = read_lines(path), ("\t" if kind == "ml-100k" else "::")
+    sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
+    fast = _typed_read(path, sep, skip_header)
+    if fast is not None:
+        return fast.lazy(), 0
+    lines = read_lines(path, skip_header=skip_header)
     blank = lines["raw"].null_count()
     lf = cast_fields(split_fields(lines, sep, _RATING_FIELDS), _RATING_TYPES)
     return lf, blank
+
+
+def _count_lines(path: Path) -> int:
+    """Number of lines (a last line without a newline counts), in constant memory."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
+
+def _typed_read(path: Path, sep: str, skip_header: bool) -> pl.DataFrame | None:
+    """The whole file with a fixed schema, or None unless every line parsed cleanly."""
+    # "::" is read as ":" with the empty fields in between: exact for all-numeric lines.
+    parts = _RATING_FIELDS if sep != "::" else [f for n in _RATING_FIELDS for f in (n, f"_{n}")][:-1]
+    schema = {n: (_RATING_TYPES.get(n, pl.String)) for n in parts}
+    try:
+        df = pl.read_csv(
+            path,
+            separator=sep[0],
+            has_header=False,
+            skip_rows=int(skip_header),
+            schema=schema,
+            quote_char=None,
+        )
+    except (pl.exceptions.PolarsError, UnicodeDecodeError):
+        return None
+    fields_null = df.select(pl.any_horizontal(pl.col(_RATING_FIELDS).is_null()).any()).item()
+    gaps = [c for c in parts if c not in _RATING_TYPES]
+    gaps_filled = bool(gaps) and df.select(pl.any_horizontal(pl.col(gaps).is_not_null()).any()).item()
+    if fields_null or gaps_filled:
+        return None
+    if df.height + int(skip_header) != _count_lines(path):
+        return None  # blank lines were skipped: line numbers would drift
+    start = 1 + int(skip_header)
+    return df.select(
+        pl.int_range(start, start + df.height, dtype=pl.Int64).alias("line"),
+        pl.lit(None, pl.String).alias("raw"),
+        pl.lit(None, pl.String).alias("reason"),
+        *_RATING_FIELDS,
+    )
 
 
 def _first_line(path: Path) -> str:

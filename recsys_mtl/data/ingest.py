@@ -24,7 +24,7 @@ import polars as pl
 
 from recsys_mtl.config import DataConfig
 from recsys_mtl.data.grouplens import Layout, RawTables, detect_layout, read_layout
-from recsys_mtl.data.lines import QUARANTINE_SCHEMA, quarantine_frame
+from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
 
@@ -73,10 +73,8 @@ def validate_interactions(
         rule = rule.when(~pl.col("item_id").is_in(known_items.implode())).then(pl.lit("unknown_item"))
     df = lf.with_columns(rule.otherwise(pl.lit(None, pl.String)).alias("reason")).collect()
 
-    ok = pl.col("reason").is_null()
-    pair = pl.struct("user_id", "item_id")
-    dup_mask = df.select((ok & pair.is_duplicated().over(ok)).alias("d"))["d"]
-    if dup_mask.any():
+    dup_mask = _duplicated_pairs(df)
+    if dup_mask is not None:
         # Only the (few) duplicated pairs are sorted: the latest by (ts, line) survives.
         dups = df.filter(dup_mask).sort("ts", "line")
         losers = dups.filter(~pl.struct("user_id", "item_id").is_last_distinct())["line"]
@@ -91,6 +89,21 @@ def validate_interactions(
         "user_id", "item_id", pl.col("rating").cast(pl.Float32), "ts"
     )
     return kept, rejects
+
+
+def _duplicated_pairs(df: pl.DataFrame) -> pl.Series | None:
+    """Mask of valid rows whose (user, item) pair occurs more than once, or None if none does."""
+    ok = pl.col("reason").is_null()
+    ints = df.schema["user_id"].is_integer() and df.schema["item_id"].is_integer()
+    if ints and df.height:
+        hi = df.select(pl.col("user_id").max(), pl.col("item_id").max(), pl.col("user_id", "item_id").min().name.suffix("_min")).row(0)
+        ints = None not in hi and min(hi[2], hi[3]) >= 0 and (hi[0] + 1) * (hi[1] + 1) < 2**62
+    # One Int64 key per pair is several times faster to hash than a struct of two columns.
+    pair = pl.col("user_id") * (hi[1] + 1) + pl.col("item_id") if ints else pl.struct("user_id", "item_id")
+    valid = df.select(pl.when(ok).then(pair).alias("k"))["k"]
+    if valid.drop_nulls().n_unique() == valid.drop_nulls().len():
+        return None
+    return valid.is_not_null() & valid.is_duplicated()
 
 
 def _counts(rejects: pl.DataFrame) -> dict[str, int]:
@@ -127,6 +140,8 @@ def ingest(cfg: DataConfig, out_dir: str | Path, work_dir: str | Path | None = N
     known_users = raw.users["user_id"] if raw.users is not None else None
     known_items = raw.items["item_id"] if raw.items is not None else None
     kept, rejects = validate_interactions(raw.interactions, scale, known_users, known_items)
+    if layout.kind not in ("csv", "parquet"):
+        rejects = fill_raw(rejects, layout.files["ratings"])
     if kept.height == 0:
         counts = _counts(rejects)
         top = max(counts, key=counts.get) if counts else "the file has no data lines"

@@ -16,7 +16,14 @@ import polars as pl
 
 from recsys_mtl.errors import UserError
 
-__all__ = ["QUARANTINE_SCHEMA", "cast_fields", "quarantine_frame", "read_lines", "split_fields"]
+__all__ = [
+    "QUARANTINE_SCHEMA",
+    "cast_fields",
+    "fill_raw",
+    "quarantine_frame",
+    "read_lines",
+    "split_fields",
+]
 
 QUARANTINE_SCHEMA = {
     "table": pl.String,
@@ -122,4 +129,16 @@ def quarantine_frame(rejects: pl.DataFrame, table: str, source: str) -> pl.DataF
         pl.col("line").cast(pl.Int64),
         pl.col("reason").cast(pl.String),
         pl.col("raw").cast(pl.String),
+    )
+
+
+def fill_raw(rejects: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """Fill a null ``raw`` column of rejected rows with the text of their lines in ``path``."""
+    missing = rejects["raw"].is_null()
+    if rejects.height == 0 or not missing.any():
+        return rejects
+    wanted = rejects.filter(missing)["line"].implode()
+    text = read_lines(path).filter(pl.col("line").is_in(wanted)).rename({"raw": "_text"})
+    return rejects.join(text, on="line", how="left", maintain_order="left").select(
+        pl.exclude("raw", "_text"), pl.coalesce("raw", "_text").alias("raw")
     )

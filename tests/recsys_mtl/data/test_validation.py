@@ -115,3 +115,36 @@ def test_the_installed_command_prints_no_traceback_for_bad_input(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "data path does not exist" in proc.stderr
+
+
+def test_clean_files_and_files_needing_line_mode_give_the_same_tables(tmp_path):
+    lines = ["1::10::4::100", "1::20::3::200", "2::10::5::300"]
+    clean = write(tmp_path / "a" / "ratings.dat", "\n".join(lines) + "\n")
+    messy = write(tmp_path / "b" / "ratings.dat", "\n".join([*lines[:2], "", lines[2], "junk"]) + "\n")
+    ingest(DataConfig(path=str(clean.parent), format="ml-10m"), tmp_path / "oa")
+    report = ingest(DataConfig(path=str(messy.parent), format="ml-10m"), tmp_path / "ob").report
+    a = pl.read_parquet(tmp_path / "oa" / "interactions.parquet")
+    b = pl.read_parquet(tmp_path / "ob" / "interactions.parquet")
+    assert a.equals(b) and a.height == 3
+    assert report["interactions"]["rows_quarantined"] == {"malformed_line": 1}
+    q = pl.read_parquet(tmp_path / "ob" / "quarantine.parquet")
+    assert q.select("line", "raw").rows() == [(5, "junk")]
+
+
+def test_value_rejects_in_a_clean_file_keep_their_exact_line_text(tmp_path):
+    root = tmp_path / "ml-100k"
+    write(root / "u.data", "1\t10\t4\t100\n1\t11\t7\t100\n1\t10\t2\t50\n")
+    ingest(DataConfig(path=str(root)), tmp_path / "o")
+    q = pl.read_parquet(tmp_path / "o" / "quarantine.parquet").sort("line")
+    assert q.select("line", "reason", "raw").rows() == [
+        (2, "rating_out_of_scale", "1\t11\t7\t100"),
+        (3, "duplicate_pair", "1\t10\t2\t50"),
+    ]
+
+
+def test_duplicates_with_string_ids_keep_the_latest(tmp_path):
+    path = write(tmp_path / "log.csv", "user_id,item_id,rating,ts\nu1,a,1,5\nu1,a,3,9\nu2,a,2,1\n")
+    report = ingest(DataConfig(path=str(path)), tmp_path / "o").report
+    df = pl.read_parquet(tmp_path / "o" / "interactions.parquet")
+    assert df.rows() == [("u1", "a", 3.0, 9), ("u2", "a", 2.0, 1)]
+    assert report["interactions"]["rows_quarantined"] == {"duplicate_pair": 1}
