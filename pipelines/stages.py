@@ -188,14 +188,28 @@ FEATURES = Stage(
     "features",
     _features,
     reads=("features",),
-    inputs=(INGEST.out("report.json"),),
+    inputs=tuple(
+        INGEST.out(n)
+        for n in ("interactions.parquet", "users.parquet", "items.parquet", "report.json")
+    ),
     outputs=("interactions.parquet", "user_features.parquet", "item_features.parquet", "spec.json"),
 )
 SPLIT = Stage(
     "split",
     _split,
     reads=("split",),
-    inputs=(INGEST.out("report.json"), FEATURES.out("spec.json")),
+    inputs=(
+        INGEST.out("report.json"),
+        *(
+            FEATURES.out(n)
+            for n in (
+                "interactions.parquet",
+                "user_features.parquet",
+                "item_features.parquet",
+                "spec.json",
+            )
+        ),
+    ),
     outputs=(
         "train.parquet",
         "valid.parquet",
@@ -216,7 +230,11 @@ EVALUATE = Stage(
     "evaluate",
     _evaluate,
     reads=("tasks",),
-    inputs=(TRAIN.out("model.json"), TRAIN.out("model.pt"), SPLIT.out("report.json")),
+    inputs=(
+        TRAIN.out("model.json"),
+        TRAIN.out("model.pt"),
+        *(SPLIT.out(n) for n in ("valid.parquet", "test.parquet", "report.json")),
+    ),
     outputs=("metrics.json",),
 )
 
