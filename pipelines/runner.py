@@ -72,6 +72,15 @@ class StageContext:
     stage: Stage
     tracker: NullTracker
     inputs: dict[Artifact, Path] = field(default_factory=dict)
+    fingerprint: str = ""
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """A folder that survives a killed stage (unlike ``out_dir``), keyed by the fingerprint,
+        for checkpoints to resume from; removed when the stage completes."""
+        path = self.run_dir / ".checkpoints" / f"{self.stage.name}-{self.fingerprint[:16]}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def input(self, artifact: Artifact) -> Path:
         if artifact not in self.inputs:
@@ -195,7 +204,7 @@ def run_pipeline(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         inputs = {a: run / a.stage / a.name for a in stage.inputs}
-        ctx = StageContext(config, run, tmp, stage, tracker, inputs)
+        ctx = StageContext(config, run, tmp, stage, tracker, inputs, key)
         t0 = time.perf_counter()
         try:
             result = stage.func(ctx) or {}
@@ -216,6 +225,8 @@ def run_pipeline(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        for done in (run / ".checkpoints").glob(f"{stage.name}-*"):
+            shutil.rmtree(done, ignore_errors=True)
         _log(f"[{n}/{total}] {stage.name}: done in {seconds:.2f}s")
         outcome[stage.name] = {"seconds": seconds, "skipped": False, "result": result}
         tracker.stage_run(stage.name, params, _numeric(result), False, seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -89,84 +90,131 @@ def validate_model(cfg: RunConfig) -> tuple[type, Any]:
         key = ".".join(["model.params", *map(str, err["loc"])])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise UserError(f"{key}: {msg} (ranker {cfg.model.name!r})") from e
-    unsupported = [t for t in cfg.tasks if t not in cls.tasks]
+    unsupported = [t for t in cfg.tasks if t not in cls.tasks_supported]
     if unsupported:
         raise UserError(
-            f"tasks: ranker {cfg.model.name!r} serves {list(cls.tasks)}, not {unsupported}"
+            f"tasks: ranker {cfg.model.name!r} serves {list(cls.tasks_supported)}, not {unsupported}"
         )
     return cls, params
 
 
-def _load_positives(path: Path) -> pl.DataFrame:
-    return pl.read_parquet(path).filter(pl.col("interaction") == 1)
+def _build_model(
+    cfg: RunConfig, features_dir: Path, split_dir: Path, params: Any, cls: type
+) -> Any:
+    from recsys_mtl.models import load_context
 
-
-def _tensors(df: pl.DataFrame) -> tuple[Any, Any, Any]:
-    import torch
-
-    return (
-        torch.tensor(df["uidx"].cast(pl.Int64).to_numpy()),
-        torch.tensor(df["iidx"].cast(pl.Int64).to_numpy()),
-        torch.tensor(df["rating"].cast(pl.Float64).to_numpy()),
-    )
+    return cls(params, load_context(features_dir, split_dir), cfg.tasks)
 
 
 def _train(ctx: StageContext) -> dict[str, Any]:
     import torch
 
+    from recsys_mtl.train.data import load_part
+    from recsys_mtl.train.trainer import NonFiniteLossError, fit
+    from recsys_mtl.train.weighting import StaticWeighting
+
     cfg = ctx.config
     cls, params = validate_model(cfg)
-    spec = json.loads(ctx.input(FEATURES.out("spec.json")).read_text())
+    features_dir = ctx.input(FEATURES.out("spec.json")).parent
+    split_dir = ctx.input(SPLIT.out("train.parquet")).parent
     torch.manual_seed(cfg.train.seed)
-    model = cls(params, spec["n_users"], spec["n_items"], tuple(spec["rating_scale"]))
-    train = _load_positives(ctx.input(SPLIT.out("train.parquet")))
-    history = model.fit(*_tensors(train), sweeps=cfg.train.epochs)
-    for step, value in enumerate(history):
-        ctx.tracker.log_metrics({"train/rating/rmse": value}, step=step)
+    model = _build_model(cfg, features_dir, split_dir, params, cls)
+    train = load_part(split_dir / "train.parquet", cfg.tasks)
+    result: dict[str, Any]
+    if cls.closed_form:
+        history = model.fit(train["user"], train["item"], train["rating"], sweeps=cfg.train.epochs)
+        for step, value in enumerate(history):
+            ctx.tracker.log_metrics({"train/rating/rmse": value}, step=step)
+        result = {"metrics": {"train/rating/rmse": history[-1]}}
+    else:
+        valid = load_part(split_dir / "valid.parquet", cfg.tasks)
+        weighting = StaticWeighting(cfg.tasks, cfg.weighting.weights)
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            ctx.tracker.log_metrics(metrics, step=epoch)
+            shown = ", ".join(
+                f"{k}={v:.4f}"
+                for k, v in metrics.items()
+                if k.endswith("loss") or k == "valid/objective"
+            )
+            print(f"    epoch {epoch}: {shown}", file=sys.stderr, flush=True)
+
+        try:
+            res = fit(
+                model, train, valid, cfg.tasks, cfg.train, weighting, ctx.checkpoint_dir, on_epoch
+            )
+        except NonFiniteLossError as e:
+            raise UserError(f"training diverged: {e} (lower train.lr or check the data)") from e
+        result = {
+            "metrics": {
+                "train/epochs": res.epochs_run,
+                "train/best_epoch": res.best_epoch,
+                "train/seconds": res.seconds,
+                "train/samples_per_s": res.samples_per_s,
+                "train/seconds_per_epoch": res.seconds
+                / max(1, res.epochs_run - (res.resumed_from or 0)),
+            },
+            "stopped_early": res.stopped_early,
+            "resumed_from_epoch": res.resumed_from,
+        }
     with atomic_path(ctx.output("model.pt")) as tmp:
         torch.save(model.state_dict(), tmp)
-    meta = {
-        "name": cfg.model.name,
-        "params": params.model_dump(mode="json"),
-        "n_users": spec["n_users"],
-        "n_items": spec["n_items"],
-        "rating_scale": spec["rating_scale"],
-        "tasks": cfg.tasks,
-    }
+    meta = {"name": cfg.model.name, "params": params.model_dump(mode="json"), "tasks": cfg.tasks}
     write_json(meta, ctx.output("model.json"))
-    return {"metrics": {"train/rating/rmse": history[-1]}}
+    ctx.tracker.log_artifacts([ctx.output("model.pt"), ctx.output("model.json")], "model")
+    return result
 
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
+    import numpy as np
     import torch
 
-    from recsys_mtl.metrics import mae, rmse
     from recsys_mtl.models import RANKERS
+    from recsys_mtl.train.data import load_part
+    from recsys_mtl.train.evaluate import pointwise_metrics, ranking_metrics
 
+    cfg = ctx.config
     meta = json.loads(ctx.input(TRAIN.out("model.json")).read_text())
     cls = RANKERS.get(meta["name"], "model.name")
-    model = cls(
-        cls.config_class.model_validate(meta["params"]),
-        meta["n_users"],
-        meta["n_items"],
-        tuple(meta["rating_scale"]),
-    )
-    state = torch.load(ctx.input(TRAIN.out("model.pt")), weights_only=True)
-    model.load_state_dict(state)
+    features_dir = ctx.input(FEATURES.out("spec.json")).parent
     split_dir = ctx.input(SPLIT.out("report.json")).parent
+    model = _build_model(
+        cfg, features_dir, split_dir, cls.config_class.model_validate(meta["params"]), cls
+    )
+    model.load_state_dict(torch.load(ctx.input(TRAIN.out("model.pt")), weights_only=True))
+    model.eval()
+    tasks = meta["tasks"]
+    scale = model.ctx.rating_scale
     support = split_dir / "support.parquet"
-    if support.exists():  # cold-start users: their biases come from the support ratings only
-        model.adapt_users(*_tensors(_load_positives(support)))
+    if support.exists() and hasattr(model, "adapt_users"):
+        # cold-start users: the bias baseline fits their biases from the support ratings alone
+        sup = load_part(support, tasks, positives_only=True)
+        model.adapt_users(sup["user"], sup["item"], sup["rating"])
     metrics: dict[str, float] = {}
-    for part, prefix in (("test", ""), ("valid", "valid/")):
-        df = _load_positives(split_dir / f"{part}.parquet")
-        if df.height == 0:
-            continue
-        users, items, target = _tensors(df)
-        with torch.no_grad():
-            pred = model(users, items)["rating"]
-        metrics[f"{prefix}rating/rmse"] = rmse(pred, target).item()
-        metrics[f"{prefix}rating/mae"] = mae(pred, target).item()
+    test = load_part(split_dir / "test.parquet", tasks, positives_only=False)
+    metrics.update(pointwise_metrics(model, test, tasks, scale))
+    valid = load_part(split_dir / "valid.parquet", tasks, positives_only=False)
+    if valid["user"].numel():
+        metrics.update(
+            {f"valid/{k}": v for k, v in pointwise_metrics(model, valid, tasks, scale).items()}
+        )
+    if not cls.closed_form:
+        table = pl.read_parquet(
+            features_dir / "interactions.parquet", columns=["uidx", "iidx", "interaction"]
+        )
+        n_items = model.ctx.n_items
+        pos = table.filter(pl.col("interaction") == 1)
+        rated = np.sort(pos["uidx"].cast(pl.Int64).to_numpy() * n_items + pos["iidx"].to_numpy())
+        seen_parts = [pl.read_parquet(split_dir / f"{p}.parquet") for p in ("train", "valid")]
+        seen = pl.concat(seen_parts).filter(pl.col("interaction") == 1)
+        test_pos = {k: v[test["interaction"] > 0.5] for k, v in test.items()}
+        e = cfg.evaluate
+        metrics.update(
+            ranking_metrics(
+                model, test_pos, (seen["uidx"].cast(pl.Int64).to_numpy(), seen["iidx"].cast(pl.Int64).to_numpy()),
+                rated, n_items, tasks, k=e.k, sampled_negatives=e.sampled_negatives, seed=e.seed, full=e.full_ranking,
+            )
+        )  # fmt: skip
     write_json(metrics, ctx.output("metrics.json"))
     return {"metrics": metrics}
 
@@ -222,18 +270,39 @@ SPLIT = Stage(
 TRAIN = Stage(
     "train",
     _train,
-    reads=("model", "tasks", "train"),
-    inputs=(FEATURES.out("spec.json"), SPLIT.out("train.parquet")),
+    reads=("model", "tasks", "train", "weighting"),
+    inputs=(
+        *(FEATURES.out(n) for n in ("user_features.parquet", "item_features.parquet", "spec.json")),
+        *(SPLIT.out(n) for n in ("train.parquet", "valid.parquet", "train_user_items.parquet")),
+    ),
     outputs=("model.pt", "model.json"),
 )
 EVALUATE = Stage(
     "evaluate",
     _evaluate,
-    reads=("tasks",),
+    reads=("tasks", "evaluate"),
     inputs=(
         TRAIN.out("model.json"),
         TRAIN.out("model.pt"),
-        *(SPLIT.out(n) for n in ("valid.parquet", "test.parquet", "report.json")),
+        *(
+            FEATURES.out(n)
+            for n in (
+                "interactions.parquet",
+                "user_features.parquet",
+                "item_features.parquet",
+                "spec.json",
+            )
+        ),
+        *(
+            SPLIT.out(n)
+            for n in (
+                "train.parquet",
+                "valid.parquet",
+                "test.parquet",
+                "train_user_items.parquet",
+                "report.json",
+            )
+        ),
     ),
     outputs=("metrics.json",),
 )

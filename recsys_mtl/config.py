@@ -19,6 +19,7 @@ __all__ = [
     "ColdStartConfig",
     "ColumnsConfig",
     "DataConfig",
+    "EvaluateConfig",
     "FeaturesConfig",
     "ModelConfig",
     "RunConfig",
@@ -26,6 +27,7 @@ __all__ = [
     "SyntheticConfig",
     "TrackingConfig",
     "TrainConfig",
+    "WeightingConfig",
     "flatten",
     "load_config",
     "parse_overrides",
@@ -146,8 +148,36 @@ class ModelConfig(_Frozen):
 
 
 class TrainConfig(_Frozen):
-    epochs: int = Field(10, ge=1, le=100_000)
+    epochs: int = Field(10, ge=1, le=100_000, description="maximum epochs (ALS sweeps for bias)")
     seed: int = 0
+    batch_size: int = Field(1024, ge=1, description="examples per step")
+    lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of dense parameters")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of dense parameters")
+    embedding_optimizer: Literal["adam", "adagrad"] = Field(
+        "adam", description="optimizer of embedding tables (row-wise adaptive, no weight decay)"
+    )
+    embedding_lr: float | None = Field(None, gt=0.0, description="default: train.lr")
+    l2: float = Field(0.0, ge=0.0, description="weight of the L2 penalty on looked-up embeddings")
+    patience: int = Field(
+        3, ge=1, description="epochs without validation improvement before stopping"
+    )
+    device: str = Field("cpu", pattern="^(cpu|cuda(:[0-9]+)?)$")
+
+
+class WeightingConfig(_Frozen):
+    name: Literal["static"] = Field("static", description="how task losses are combined")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="static weight per task (missing tasks: 1.0)"
+    )
+
+
+class EvaluateConfig(_Frozen):
+    k: int = Field(10, ge=1, description="cut-off of HR/NDCG/Recall@K")
+    sampled_negatives: int = Field(
+        99, ge=1, description="NCF protocol: unseen items ranked per test item"
+    )
+    seed: int = Field(0, description="seed of the sampled negatives")
+    full_ranking: bool = Field(True, description="also rank all unseen items per user")
 
 
 class TrackingConfig(_Frozen):
@@ -163,6 +193,8 @@ class RunConfig(_Frozen):
     model: ModelConfig = ModelConfig()
     tasks: list[str] = Field(default_factory=lambda: ["rating"], min_length=1)
     train: TrainConfig = TrainConfig()
+    weighting: WeightingConfig = WeightingConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("tasks")
@@ -174,6 +206,17 @@ class RunConfig(_Frozen):
         if len(set(v)) != len(v):
             raise ValueError(f"tasks repeat a name: {v}")
         return v
+
+    @model_validator(mode="after")
+    def _weights_name_tasks(self) -> RunConfig:
+        for t, w in self.weighting.weights.items():
+            if t not in self.tasks:
+                raise ValueError(
+                    f"weighting.weights names {t!r}, which is not in tasks {self.tasks}"
+                )
+            if w < 0:
+                raise ValueError(f"weighting.weights.{t} must be >= 0, got {w}")
+        return self
 
 
 # --------------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ class NullTracker:
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         return None
 
-    def log_artifacts(self, paths: list[Path]) -> None:
+    def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         return None
 
     def finish(self, status: str = "FINISHED") -> None:
@@ -104,10 +104,10 @@ class MlflowTracker(NullTracker):
         if self.run_id:
             self._metrics(self.run_id, metrics, step)
 
-    def log_artifacts(self, paths: list[Path]) -> None:
+    def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         for p in paths:
             if self.run_id and Path(p).exists():
-                self.client.log_artifact(self.run_id, str(p))
+                self.client.log_artifact(self.run_id, str(p), artifact_path=folder)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:

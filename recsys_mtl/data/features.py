@@ -28,7 +28,7 @@ import polars as pl
 from recsys_mtl.config import FeaturesConfig
 from recsys_mtl.io import write_json, write_parquet
 
-__all__ = ["AGE_BOUNDS", "TASK_SPECS", "build_features", "sample_negatives"]
+__all__ = ["AGE_BOUNDS", "TASK_SPECS", "build_features", "draw_unrated", "sample_negatives"]
 
 AGE_BOUNDS = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups
 TASK_SPECS: dict[str, dict[str, str]] = {
@@ -55,6 +55,40 @@ def _member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return sorted_keys[pos] == queries
 
 
+def draw_unrated(
+    users: np.ndarray,
+    rated_keys: np.ndarray,
+    n_items: int,
+    per_row: int,
+    rng: np.random.Generator,
+    order: np.ndarray | None = None,
+    max_rounds: int = 100,
+) -> np.ndarray:
+    """``(len(users), per_row)`` items drawn uniformly among those each user has not rated.
+
+    ``rated_keys`` are the sorted ``user * n_items + item`` keys of every rating. Rejection
+    sampling, vectorized; a draw that finds no unrated item after ``max_rounds`` (a user who
+    rated almost everything) is -1. ``order`` (rows grouped by user) makes the membership
+    tests cache-friendly: consecutive binary searches fall in the same small region of the
+    keys (4-5x faster than in log order); it defaults to a stable arg-sort of ``users``.
+    """
+    n, k = users.size, per_row
+    if order is None:
+        order = np.argsort(users, kind="stable")
+    base = np.repeat(users[order].astype(np.int64) * n_items, k)
+    item = rng.integers(0, n_items, n * k)
+    bad = np.flatnonzero(_member(rated_keys, base + item))
+    for _ in range(max_rounds):
+        if bad.size == 0:
+            break
+        item[bad] = rng.integers(0, n_items, bad.size)
+        bad = bad[_member(rated_keys, base[bad] + item[bad])]
+    item[bad] = -1
+    out = np.empty((n, k), dtype=np.int64)
+    out[order] = item.reshape(n, k)  # back to the callers' row order
+    return out
+
+
 def sample_negatives(
     uidx: np.ndarray,
     iidx: np.ndarray,
@@ -63,41 +97,23 @@ def sample_negatives(
     rng: np.random.Generator,
     max_rounds: int = 100,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Draw ``per_positive`` unrated items for each rating (rejection sampling, vectorized).
+    """Draw ``per_positive`` unrated items for each rating ``(uidx[r], iidx[r])``.
 
-    Returns (index of the rating each negative belongs to, in ascending order; the negative
-    item; the number of draws that found no unrated item after ``max_rounds``: users who rated
-    (almost) every item).
+    Returns (index of the rating each negative belongs to, ascending; the negative item; the
+    number of draws that found no unrated item).
     """
     if per_positive == 0 or uidx.size == 0:
         empty = np.empty(0, np.int64)
         return empty, empty, 0
-    n, k = uidx.size, per_positive
-    # One multi-threaded arg-sort of the pair keys gives the sorted keys for membership tests
-    # and the ratings grouped by user. Drawing in that order keeps consecutive binary searches
-    # in the same small region of the keys, in cache (4-5x faster than in log order). ingest
-    # made the pairs distinct, so no unique is needed.
+    # One multi-threaded arg-sort of the pair keys gives both the sorted keys and the ratings
+    # grouped by user; ingest made the pairs distinct, so no unique is needed.
     keys = uidx.astype(np.int64) * n_items + iidx
-    by_user = pl.Series(keys).arg_sort().to_numpy()
-    positives = keys[by_user]
-    base = np.repeat(positives - positives % n_items, k)  # user * n_items, per draw
-    item = rng.integers(0, n_items, n * k)
-    bad = np.flatnonzero(_member(positives, base + item))
-    for _ in range(max_rounds):
-        if bad.size == 0:
-            break
-        item[bad] = rng.integers(0, n_items, bad.size)
-        bad = bad[_member(positives, base[bad] + item[bad])]
-    found = np.ones(n * k, dtype=bool)
-    found[bad] = False
-    # Back to log order, so that callers gather their rating rows sequentially.
-    item_by_row = np.empty((n, k), dtype=item.dtype)
-    item_by_row[by_user] = item.reshape(n, k)
-    found_by_row = np.empty((n, k), dtype=bool)
-    found_by_row[by_user] = found.reshape(n, k)
-    mask = found_by_row.ravel()
-    owner = np.repeat(np.arange(n, dtype=np.int64), k)
-    return owner[mask], item_by_row.ravel()[mask], int(bad.size)
+    by_key = pl.Series(keys).arg_sort().to_numpy()
+    items = draw_unrated(uidx, keys[by_key], n_items, per_positive, rng, order=by_key, max_rounds=max_rounds)
+    flat = items.ravel()
+    found = flat >= 0
+    owner = np.repeat(np.arange(uidx.size, dtype=np.int64), per_positive)
+    return owner[found], flat[found], int((~found).sum())
 
 
 def build_features(ingest_dir: str | Path, cfg: FeaturesConfig, out_dir: str | Path) -> dict[str, Any]:

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch import nn
 
+from recsys_mtl.models.base import Ranker
+from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.registry import RANKERS
 
 __all__ = ["BiasBaseline", "BiasConfig"]
@@ -33,21 +34,20 @@ class BiasConfig(BaseModel):
 
 
 @RANKERS.register("bias")
-class BiasBaseline(nn.Module):
-    """Predicts the rating of ``(user, item)`` index pairs; tasks: ``rating``."""
+class BiasBaseline(Ranker):
+    """Predicts the rating of ``(user, item)`` index pairs; fitted in closed form, no trainer."""
 
-    tasks = ("rating",)
+    tasks_supported = ("rating",)
     config_class = BiasConfig
+    closed_form = True
 
     def __init__(
-        self, cfg: BiasConfig, n_users: int, n_items: int, scale: tuple[float, float]
+        self, cfg: BiasConfig, ctx: FeatureContext, tasks: list[str] | None = None
     ) -> None:
-        super().__init__()
-        self.cfg = cfg
+        super().__init__(cfg, ctx, tasks or ["rating"])
         self.register_buffer("mu", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("user_bias", torch.zeros(n_users, dtype=torch.float64))
-        self.register_buffer("item_bias", torch.zeros(n_items, dtype=torch.float64))
-        self.register_buffer("scale", torch.tensor(scale, dtype=torch.float64))
+        self.register_buffer("user_bias", torch.zeros(ctx.n_users, dtype=torch.float64))
+        self.register_buffer("item_bias", torch.zeros(ctx.n_items, dtype=torch.float64))
 
     @staticmethod
     def _ridge(index: torch.Tensor, residual: torch.Tensor, size: int, reg: float) -> torch.Tensor:
@@ -86,7 +86,7 @@ class BiasBaseline(nn.Module):
         seen = torch.unique(users)
         self.user_bias[seen] = fitted[seen]
 
-    def forward(self, users: torch.Tensor, items: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``users, items``: ``(B,)`` int64 -> ``{"rating": (B,)}`` clipped to the rating scale."""
-        pred = self.mu + self.user_bias[users] + self.item_bias[items]
-        return {"rating": pred.clamp(self.scale[0], self.scale[1]).float()}
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``batch["user"], batch["item"]``: ``(B,)`` int64 -> ``{"rating": (B,)}``."""
+        pred = self.mu + self.user_bias[batch["user"]] + self.item_bias[batch["item"]]
+        return {"rating": pred.float()}

@@ -1,0 +1,113 @@
+"""What a ranker knows about the data besides the batch: sizes, side features, implicit feedback.
+
+Rankers keep these tables as (non-persistent) buffers and look features up by index, so a
+batch is only ``{"user", "item", "time_bin", "day"}`` and scoring every item for a user, or
+adapting a user's parameters from a few ratings, needs nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+__all__ = ["USER_CATEGORICALS", "FeatureContext", "load_context"]
+
+USER_CATEGORICALS = ("age_bucket", "gender", "occupation", "zip_prefix")
+
+
+@dataclass(frozen=True)
+class FeatureContext:
+    n_users: int
+    n_items: int
+    rating_scale: tuple[float, float]
+    rating_mean: float  # mean training rating: the starting point of every rating head
+    n_time_bins: int
+    user_cats: torch.Tensor  # (n_users, 4) int64 codes, 0 = unknown
+    user_cat_vocab: tuple[int, ...]
+    item_year: torch.Tensor  # (n_items,) int64 year bucket, 0 = unknown
+    n_year: int
+    genre_offsets: torch.Tensor  # (n_items + 1,) CSR offsets into genre_values
+    genre_values: torch.Tensor  # genre indices
+    n_genres: int
+    implicit_offsets: torch.Tensor  # (n_users + 1,) CSR offsets: items each user rated in train
+    implicit_values: torch.Tensor
+    user_mean_day: torch.Tensor  # (n_users,) float, mean day of the user's training ratings
+
+    @staticmethod
+    def csr(lists: list[np.ndarray] | pl.Series, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """CSR (offsets, values) of a polars list column with ``n`` rows."""
+        s = lists if isinstance(lists, pl.Series) else pl.Series(lists)
+        lengths = s.list.len().fill_null(0).to_numpy().astype(np.int64)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum(lengths)
+        values = s.explode().drop_nulls().to_numpy().astype(np.int64)
+        return torch.from_numpy(offsets), torch.from_numpy(values)
+
+    @classmethod
+    def synthetic(cls, n_users: int = 20, n_items: int = 30, seed: int = 0) -> FeatureContext:
+        """A small random context for tests and examples."""
+        g = np.random.default_rng(seed)
+        lists = pl.List(pl.Int64)
+        genres = pl.Series(
+            [g.choice(5, size=g.integers(0, 3), replace=False).tolist() for _ in range(n_items)],
+            dtype=lists,
+        )
+        implicit = pl.Series(
+            [
+                g.choice(n_items, size=min(n_items, g.integers(1, 6)), replace=False).tolist()
+                for _ in range(n_users)
+            ],
+            dtype=lists,
+        )
+        go, gv = cls.csr(genres, n_items)
+        io, iv = cls.csr(implicit, n_users)
+        vocab = (8, 3, 22, 11)
+        cats = np.stack([g.integers(0, v, n_users) for v in vocab], 1)
+        return cls(
+            n_users, n_items, (1.0, 5.0), 3.5, 10, torch.from_numpy(cats), vocab,
+            torch.from_numpy(g.integers(0, 6, n_items)), 6, go, gv, 5, io, iv,
+            torch.from_numpy(g.uniform(0, 100, n_users)).float(),
+        )  # fmt: skip
+
+
+def load_context(features_dir: str | Path, split_dir: str | Path) -> FeatureContext:
+    """Build the context from a features folder and the training part of a split folder."""
+    fdir, sdir = Path(features_dir), Path(split_dir)
+    spec = json.loads((fdir / "spec.json").read_text())
+    feats = spec["features"]
+    users = pl.read_parquet(fdir / "user_features.parquet").sort("uidx")
+    items = pl.read_parquet(fdir / "item_features.parquet").sort("iidx")
+    n_users, n_items = spec["n_users"], spec["n_items"]
+    train = pl.read_parquet(sdir / "train.parquet").filter(pl.col("interaction") == 1)
+    implicit = pl.read_parquet(sdir / "train_user_items.parquet")
+    lists = pl.DataFrame({"uidx": np.arange(n_users, dtype=np.int32)}).join(
+        implicit, on="uidx", how="left", maintain_order="left"
+    )["items"]
+    io, iv = FeatureContext.csr(lists, n_users)
+    go, gv = FeatureContext.csr(items["genres"], n_items)
+    day = train.group_by("uidx").agg(pl.col("day").mean())
+    mean_day = np.full(n_users, float(train["day"].mean() or 0.0))
+    mean_day[day["uidx"].to_numpy()] = day["day"].to_numpy()
+    cats = users.select(USER_CATEGORICALS).to_numpy().astype(np.int64)
+    return FeatureContext(
+        n_users=n_users,
+        n_items=n_items,
+        rating_scale=tuple(spec["rating_scale"]),
+        rating_mean=float(train["rating"].mean() or np.mean(spec["rating_scale"])),
+        n_time_bins=feats["time_bin"]["vocab"],
+        user_cats=torch.from_numpy(cats),
+        user_cat_vocab=tuple(feats[c]["vocab"] for c in USER_CATEGORICALS),
+        item_year=torch.from_numpy(items["year_bucket"].to_numpy().astype(np.int64)),
+        n_year=feats["year_bucket"]["vocab"],
+        genre_offsets=go,
+        genre_values=gv,
+        n_genres=max(1, feats["genres"]["vocab"]),
+        implicit_offsets=io,
+        implicit_values=iv,
+        user_mean_day=torch.from_numpy(mean_day).float(),
+    )

@@ -1,0 +1,38 @@
+"""Per-task losses as pure functions of tensors.
+
+Each task is computed only on its rows: ``rating`` and ``like`` on observed ratings
+(``interaction == 1``), ``interaction`` on every row (ratings and sampled negatives).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from recsys_mtl.models.base import TASK_KINDS
+
+__all__ = ["task_losses", "task_mask"]
+
+
+def task_mask(task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Boolean ``(B,)`` mask of the rows a task is trained and evaluated on."""
+    if task == "interaction":
+        return torch.ones_like(batch["interaction"], dtype=torch.bool)
+    return batch["interaction"] > 0.5
+
+
+def task_losses(
+    outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], tasks: list[str]
+) -> dict[str, torch.Tensor]:
+    """``{task: scalar}``: MSE for regression, BCE-with-logits for binary tasks (masked means)."""
+    losses = {}
+    for t in tasks:
+        m = task_mask(t, batch)
+        pred, label = outputs[t][m], batch[t][m]
+        if pred.numel() == 0:
+            losses[t] = outputs[t].sum() * 0.0  # keeps the graph; a batch may lack a task's rows
+        elif TASK_KINDS[t] == "regression":
+            losses[t] = F.mse_loss(pred, label)
+        else:
+            losses[t] = F.binary_cross_entropy_with_logits(pred, label)
+    return losses

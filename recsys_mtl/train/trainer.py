@@ -1,0 +1,203 @@
+"""The training loop: seeded shuffling, two optimizers, early stopping, checkpoints and resume.
+
+* Shuffling: epoch ``e`` uses ``torch.randperm`` with a generator seeded by ``(seed, e)``, so a
+  resumed run sees exactly the batches an uninterrupted one would.
+* Optimizers: AdamW for dense parameters; Adam or Adagrad (row-wise adaptive, no weight decay)
+  for embedding tables, whose rows are touched sparsely.
+* Early stopping on the validation part only: the weighted sum of validation task losses.
+* A checkpoint (model, optimizers, RNG, history, best weights) is written atomically after
+  every epoch; :func:`fit` resumes from it when it exists, and the result is the same as an
+  uninterrupted run.
+* Non-finite losses stop training with an error naming the task and the step.
+* Side effects stay at the edge: ``on_epoch(epoch, metrics)`` receives each epoch's metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recsys_mtl.config import TrainConfig
+from recsys_mtl.io import atomic_path
+from recsys_mtl.train.data import size, take
+from recsys_mtl.train.losses import task_losses
+from recsys_mtl.train.weighting import Weighting
+
+__all__ = ["NonFiniteLossError", "TrainResult", "fit"]
+
+CHECKPOINT = "last.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainResult:
+    epochs_run: int
+    best_epoch: int
+    best_valid_loss: float
+    stopped_early: bool
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    samples_per_s: float = 0.0
+    resumed_from: int | None = None
+
+
+def _optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    from recsys_mtl.models.embeddings import EmbeddingTables
+
+    table_params = {
+        id(p) for m in model.modules() if isinstance(m, EmbeddingTables) for p in m.parameters()
+    }
+    emb = [p for p in model.parameters() if id(p) in table_params]
+    dense = [p for p in model.parameters() if id(p) not in table_params]
+    opts: list[torch.optim.Optimizer] = []
+    if dense:
+        opts.append(torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay))
+    if emb:
+        lr = cfg.embedding_lr or cfg.lr
+        cls = torch.optim.Adagrad if cfg.embedding_optimizer == "adagrad" else torch.optim.Adam
+        opts.append(cls(emb, lr=lr))
+    return opts
+
+
+@torch.no_grad()
+def validation_losses(
+    model: nn.Module, data: dict[str, torch.Tensor], tasks: list[str], batch_size: int = 8192
+) -> dict[str, float]:
+    """Mean task losses over a whole part (each task over its own rows)."""
+    sums = {t: 0.0 for t in tasks}
+    counts = {t: 0 for t in tasks}
+    from recsys_mtl.train.losses import task_mask
+
+    was = model.training
+    model.eval()
+    for s in range(0, size(data), batch_size):
+        batch = take(data, torch.arange(s, min(s + batch_size, size(data))))
+        losses = task_losses(model(batch), batch, tasks)
+        for t in tasks:
+            n = int(task_mask(t, batch).sum())
+            sums[t] += float(losses[t]) * n
+            counts[t] += n
+    model.train(was)
+    return {t: sums[t] / max(counts[t], 1) for t in tasks}
+
+
+def fit(
+    model: nn.Module,
+    train: dict[str, torch.Tensor],
+    valid: dict[str, torch.Tensor] | None,
+    tasks: list[str],
+    cfg: TrainConfig,
+    weighting: Weighting,
+    checkpoint_dir: str | Path | None = None,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` in place; at the end it holds the weights of its best validation epoch."""
+    opts = _optimizers(model, cfg)
+    ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "best": float("inf"),
+        "best_epoch": -1,
+        "bad": 0,
+        "history": [],
+    }
+    best_weights = copy.deepcopy(model.state_dict())
+    resumed = None
+    if ckpt is not None and ckpt.exists():
+        saved = torch.load(ckpt, weights_only=True)
+        model.load_state_dict(saved["model"])
+        for opt, s in zip(opts, saved["optimizers"], strict=True):
+            opt.load_state_dict(s)
+        torch.set_rng_state(saved["rng"])
+        best_weights = saved["best_weights"]
+        state = saved["state"]
+        resumed = state["epoch"]
+    weights = getattr(weighting, "weights", {})
+    n = size(train)
+    t0 = time.perf_counter()
+    seen = 0
+    stopped = False
+    model.train()
+    for epoch in range(state["epoch"], cfg.epochs):
+        if state["bad"] >= cfg.patience:
+            stopped = True
+            break
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)
+        sums = {t: torch.zeros(()) for t in tasks}
+        steps = 0
+        for s in range(0, n, cfg.batch_size):
+            batch = take(train, perm[s : s + cfg.batch_size])
+            out = model(batch)
+            losses = task_losses(out, batch, tasks)
+            total, weights = weighting.combine(losses)
+            if cfg.l2 > 0 and "_reg" in out:
+                total = total + cfg.l2 * out["_reg"]
+            if not torch.isfinite(total):
+                bad = [t for t, v in losses.items() if not torch.isfinite(v)] or ["l2 penalty"]
+                raise NonFiniteLossError(
+                    f"non-finite loss in task {bad[0]!r} at epoch {epoch}, step {steps}"
+                )
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            total.backward()
+            for opt in opts:
+                opt.step()
+            for t in tasks:
+                sums[t] += losses[t].detach()
+            steps += 1
+        seen += n
+        metrics = {f"train/{t}/loss": float(sums[t]) / max(steps, 1) for t in tasks}
+        metrics.update({f"weight/{t}": float(w) for t, w in weights.items()})
+        if valid is not None and size(valid) > 0:
+            vl = validation_losses(model, valid, tasks)
+            objective = sum(weights.get(t, 1.0) * vl[t] for t in tasks)
+            metrics.update({f"valid/{t}/loss": v for t, v in vl.items()})
+        else:
+            objective = sum(weights.get(t, 1.0) * metrics[f"train/{t}/loss"] for t in tasks)
+        metrics["valid/objective"] = objective
+        if objective < state["best"] - 1e-6:
+            state.update(best=objective, best_epoch=epoch, bad=0)
+            best_weights = copy.deepcopy(model.state_dict())
+        else:
+            state["bad"] += 1
+        state["epoch"] = epoch + 1
+        state["history"].append({"epoch": epoch, **metrics})
+        if ckpt is not None:
+            with atomic_path(ckpt) as tmp:
+                torch.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizers": [o.state_dict() for o in opts],
+                        "rng": torch.get_rng_state(),
+                        "best_weights": best_weights,
+                        "state": state,
+                    },
+                    tmp,
+                )
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+    else:
+        stopped = state["bad"] >= cfg.patience
+    model.load_state_dict(best_weights)
+    seconds = time.perf_counter() - t0
+    return TrainResult(
+        epochs_run=state["epoch"],
+        best_epoch=state["best_epoch"],
+        best_valid_loss=state["best"],
+        stopped_early=stopped,
+        history=state["history"],
+        seconds=seconds,
+        samples_per_s=seen / seconds if seconds > 0 else 0.0,
+        resumed_from=resumed,
+    )
