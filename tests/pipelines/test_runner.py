@@ -145,3 +145,34 @@ def test_run_directory_defaults_to_runs_slash_config_name(tmp_path, cli):
     code, out, _ = cli("run", cfg)
     assert code == 0 and json.loads(out)["run_dir"] == str(Path("runs") / "t")
     assert (tmp_path / "runs" / "t" / "summary.json").exists()
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_training_resumes_from_the_last_epoch_checkpoint(tmp_path):
+    data = {"format": "synthetic", "synthetic": {"users": 300, "items": 400, "ratings": 20_000}}
+    cfg = tiny_config(
+        tmp_path, data, model={"name": "bellkor", "params": {"dim": 16}}, tasks=["rating", "like"],
+        train={"epochs": 15, "patience": 15, "batch_size": 256}, evaluate={"full_ranking": False},
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(cfg), "--out", str(run_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while (
+        not list(run_dir.glob(".checkpoints/train-*/last.pt"))
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.01)
+    time.sleep(0.5)  # let it train into the next epochs
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "train").exists(), "training finished before it could be killed"
+    subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    marker = json.loads((run_dir / "train" / "_stage.json").read_text())
+    assert marker["result"]["resumed_from_epoch"] >= 1
+    assert marker["result"]["metrics"]["train/epochs"] == 15
+    assert not list(run_dir.glob(".checkpoints/train-*"))  # removed once the stage completed
