@@ -119,14 +119,15 @@ def _train(ctx: StageContext) -> dict[str, Any]:
     split_dir = ctx.input(SPLIT.out("train.parquet")).parent
     torch.manual_seed(cfg.train.seed)
     model = _build_model(cfg, features_dir, split_dir, params, cls)
-    train = load_part(split_dir / "train.parquet", cfg.tasks)
     result: dict[str, Any]
-    if cls.closed_form:
+    if cls.closed_form:  # fitted on the observed ratings in closed form
+        train = load_part(split_dir / "train.parquet", cfg.tasks, positives_only=True)
         history = model.fit(train["user"], train["item"], train["rating"], sweeps=cfg.train.epochs)
         for step, value in enumerate(history):
-            ctx.tracker.log_metrics({"train/rating/rmse": value}, step=step)
-        result = {"metrics": {"train/rating/rmse": history[-1]}}
+            ctx.tracker.log_metrics({"train/fit": value}, step=step)
+        result = {"metrics": {"train/fit": history[-1]}}
     else:
+        train = load_part(split_dir / "train.parquet", cfg.tasks)
         valid = load_part(split_dir / "valid.parquet", cfg.tasks)
         weighting = StaticWeighting(cfg.tasks, cfg.weighting.weights)
 
@@ -198,23 +199,23 @@ def _evaluate(ctx: StageContext) -> dict[str, Any]:
         metrics.update(
             {f"valid/{k}": v for k, v in pointwise_metrics(model, valid, tasks, scale).items()}
         )
-    if not cls.closed_form:
-        table = pl.read_parquet(
-            features_dir / "interactions.parquet", columns=["uidx", "iidx", "interaction"]
+    # every ranker is ranked, by its interaction, like or rating output
+    table = pl.read_parquet(
+        features_dir / "interactions.parquet", columns=["uidx", "iidx", "interaction"]
+    )
+    n_items = model.ctx.n_items
+    pos = table.filter(pl.col("interaction") == 1)
+    rated = np.sort(pos["uidx"].cast(pl.Int64).to_numpy() * n_items + pos["iidx"].to_numpy())
+    seen_parts = [pl.read_parquet(split_dir / f"{p}.parquet") for p in ("train", "valid")]
+    seen = pl.concat(seen_parts).filter(pl.col("interaction") == 1)
+    test_pos = {k: v[test["interaction"] > 0.5] for k, v in test.items()}
+    e = cfg.evaluate
+    metrics.update(
+        ranking_metrics(
+            model, test_pos, (seen["uidx"].cast(pl.Int64).to_numpy(), seen["iidx"].cast(pl.Int64).to_numpy()),
+            rated, n_items, tasks, k=e.k, sampled_negatives=e.sampled_negatives, seed=e.seed, full=e.full_ranking,
         )
-        n_items = model.ctx.n_items
-        pos = table.filter(pl.col("interaction") == 1)
-        rated = np.sort(pos["uidx"].cast(pl.Int64).to_numpy() * n_items + pos["iidx"].to_numpy())
-        seen_parts = [pl.read_parquet(split_dir / f"{p}.parquet") for p in ("train", "valid")]
-        seen = pl.concat(seen_parts).filter(pl.col("interaction") == 1)
-        test_pos = {k: v[test["interaction"] > 0.5] for k, v in test.items()}
-        e = cfg.evaluate
-        metrics.update(
-            ranking_metrics(
-                model, test_pos, (seen["uidx"].cast(pl.Int64).to_numpy(), seen["iidx"].cast(pl.Int64).to_numpy()),
-                rated, n_items, tasks, k=e.k, sampled_negatives=e.sampled_negatives, seed=e.seed, full=e.full_ranking,
-            )
-        )  # fmt: skip
+    )  # fmt: skip
     write_json(metrics, ctx.output("metrics.json"))
     return {"metrics": metrics}
 

@@ -75,3 +75,14 @@ def test_registry_lists_known_rankers_on_a_bad_name():
         UserError, match=r"model\.name: unknown ranker 'svd'; known: bellkor, bias, cross_stitch"
     ):
         RANKERS.get("svd", "model.name")
+
+
+def test_popularity_ranks_items_by_training_counts():
+    from recsys_mtl.models.popularity import Popularity, PopularityConfig
+
+    m = Popularity(PopularityConfig(), FeatureContext.synthetic(n_users=5, n_items=4))
+    m.fit(torch.tensor([0, 1, 2, 0]), torch.tensor([3, 3, 1, 1]), torch.ones(4))
+    m.fit(torch.tensor([0, 1, 2]), torch.tensor([3, 3, 1]), torch.ones(3))  # refit replaces counts
+    scores = m({"item": torch.tensor([0, 1, 2, 3])})["interaction"]
+    assert torch.argsort(scores, descending=True)[:2].tolist() == [3, 1]
+    assert scores[0] == scores[2] == 0
