@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--out", help="run directory (default: runs/<config name>)")
     run.add_argument("--force", action="store_true", help="rerun every stage, even unchanged ones")
+    run.add_argument(
+        "--with-single-task-baselines",
+        action="store_true",
+        help="also train each task alone with the same budget and write transfer.json",
+    )
 
     data = sub.add_parser("data", help="data sets: download, ingest, synthesize")
     dsub = data.add_subparsers(dest="data_command", required=True)
@@ -63,9 +68,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run_command(
-    config_path: str, overrides: list[str], out: str | None, force: bool
+    config_path: str,
+    overrides: list[str],
+    out: str | None,
+    force: bool,
+    single_task_baselines: bool = False,
 ) -> dict[str, Any]:
-    """Run the pipeline of ``config_path``; returns the summary (also written as summary.json)."""
+    """Run the pipeline of ``config_path``; returns the summary (also written as summary.json).
+
+    ``single_task_baselines`` also trains each task alone and adds the transfer report.
+    """
     from pipelines.runner import run_pipeline
     from pipelines.stages import build_pipeline, validate_model
     from recsys_mtl.config import flatten, load_config
@@ -99,6 +111,23 @@ def run_command(
         "seconds": round(time.perf_counter() - t0, 4),
         "version": __version__,
     }
+    if single_task_baselines and len(cfg.tasks) > 1:
+        from pipelines.transfer import with_single_task_baselines
+        from recsys_mtl.train.evaluate import ranking_task
+
+        def single(ov: list[str], out_dir: str) -> dict[str, Any]:
+            return run_command(config_path, [*ov, "tracking.enabled=false"], out_dir, force)
+
+        transfer = with_single_task_baselines(
+            single, overrides, run_dir, cfg.tasks, metrics, ranking_task(cfg.tasks)
+        )
+        summary["transfer"] = transfer
+        write_json(transfer, run_dir / "transfer.json")
+        flagged = [t for t, r in transfer.items() if r["negative_transfer"]]
+        print(f"transfer: negative transfer on {flagged or 'no task'}", file=sys.stderr)
+        tracker.log_metrics(
+            {f"transfer/{n}": r["gain"] for t in transfer.values() for n, r in t["metrics"].items()}
+        )
     write_json(summary, run_dir / "summary.json")
     (run_dir / "config.resolved.json").write_text(json.dumps(summary["config"], indent=2))
     tracker.log_metrics(metrics)
@@ -107,6 +136,7 @@ def run_command(
             run_dir / "summary.json",
             run_dir / "config.resolved.json",
             run_dir / "ingest" / "report.json",
+            run_dir / "transfer.json",
         ]
     )
     tracker.finish()
@@ -155,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
-            summary = run_command(args.config, args.overrides, args.out, args.force)
+            summary = run_command(
+                args.config, args.overrides, args.out, args.force, args.with_single_task_baselines
+            )
             print(json.dumps({"run_dir": summary["run_dir"], "metrics": summary["metrics"]}))
             return 0
         return _data(args)
