@@ -11,7 +11,9 @@ from recsys_mtl.config import load_config
 from tests.conftest import REPO
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: Path(p).name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: Path(p).name
+)
 def test_shipped_config_is_valid(path):
     cfg = load_config(path)
     validate_model(cfg)

@@ -23,7 +23,13 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
-from recsys_mtl.data.lines import cast_fields, quarantine_frame, read_lines, split_fields
+from recsys_mtl.data.lines import (
+    cast_fields,
+    quarantine_frame,
+    read_lines,
+    reason_counts,
+    split_fields,
+)
 from recsys_mtl.errors import UserError
 
 __all__ = ["Layout", "RawTables", "detect_layout", "read_layout"]
@@ -251,24 +257,7 @@ def _keep_first_id(
         .otherwise("reason")
         .alias("reason")
     )
-    rejects = df.filter(pl.col("reason").is_not_null())
-    rt.side_rejects.append(quarantine_frame(rejects, table, path.name))
-    kept = df.filter(pl.col("reason").is_null()).drop("line", "raw", "reason")
-    rt.side_reports[table] = {
-        "source": path.name,
-        "rows_read": df.height,
-        "rows_kept": kept.height,
-        "rows_quarantined": _counts(rejects),
-        "blank_lines": blank,
-    }
-    return kept
-
-
-def _counts(rejects: pl.DataFrame) -> dict[str, int]:
-    if rejects.height == 0:
-        return {}
-    vc = rejects.group_by("reason").len().sort("reason")
-    return dict(zip(vc["reason"].to_list(), vc["len"].to_list(), strict=True))
+    return _rows_only(df, path, table, rt, blank)
 
 
 def _decode_dat(path: Path) -> pl.DataFrame:
@@ -385,7 +374,8 @@ def _read_csv_side(layout: Layout, rt: RawTables) -> None:
         rt.tags = _rows_only(df, path, "tags", rt)
 
 
-def _rows_only(df: pl.DataFrame, path: Path, table: str, rt: RawTables) -> pl.DataFrame:
+def _rows_only(df: pl.DataFrame, path: Path, table: str, rt: RawTables, blank: int = 0) -> pl.DataFrame:
+    """Keep rows without a reason; quarantine and count the others."""
     rejects = df.filter(pl.col("reason").is_not_null())
     rt.side_rejects.append(quarantine_frame(rejects, table, path.name))
     kept = df.filter(pl.col("reason").is_null()).drop("line", "raw", "reason")
@@ -393,7 +383,8 @@ def _rows_only(df: pl.DataFrame, path: Path, table: str, rt: RawTables) -> pl.Da
         "source": path.name,
         "rows_read": df.height,
         "rows_kept": kept.height,
-        "rows_quarantined": _counts(rejects),
+        "rows_quarantined": reason_counts(rejects),
+        "blank_lines": blank,
     }
     return kept
 

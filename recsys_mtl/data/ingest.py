@@ -24,7 +24,7 @@ import polars as pl
 
 from recsys_mtl.config import DataConfig
 from recsys_mtl.data.grouplens import Layout, RawTables, detect_layout, read_layout
-from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame
+from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame, reason_counts
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
 
@@ -106,13 +106,6 @@ def _duplicated_pairs(df: pl.DataFrame) -> pl.Series | None:
     return valid.is_not_null() & valid.is_duplicated()
 
 
-def _counts(rejects: pl.DataFrame) -> dict[str, int]:
-    if rejects.height == 0:
-        return {}
-    vc = rejects.group_by("reason").len().sort("reason")
-    return dict(zip(vc["reason"].to_list(), vc["len"].to_list(), strict=True))
-
-
 def _derive_users(kept: pl.DataFrame) -> pl.DataFrame:
     return kept.select(pl.col("user_id").unique().sort()).with_columns(
         pl.lit(None, pl.Int32).alias("age"),
@@ -143,7 +136,7 @@ def ingest(cfg: DataConfig, out_dir: str | Path, work_dir: str | Path | None = N
     if layout.kind not in ("csv", "parquet"):
         rejects = fill_raw(rejects, layout.files["ratings"])
     if kept.height == 0:
-        counts = _counts(rejects)
+        counts = reason_counts(rejects)
         top = max(counts, key=counts.get) if counts else "the file has no data lines"
         raise UserError(
             f"{layout.files['ratings']}: no usable ratings ({rejects.height} rows rejected; "
@@ -166,7 +159,7 @@ def ingest(cfg: DataConfig, out_dir: str | Path, work_dir: str | Path | None = N
         write_parquet(raw.tags, out / "tags.parquet")
     write_parquet(quarantine, out / "quarantine.parquet")
 
-    counts = _counts(rejects)
+    counts = reason_counts(rejects)
     report: dict[str, Any] = {
         "dataset": layout.name,
         "layout": layout.kind,

@@ -22,6 +22,7 @@ __all__ = [
     "fill_raw",
     "quarantine_frame",
     "read_lines",
+    "reason_counts",
     "split_fields",
 ]
 
@@ -142,3 +143,11 @@ def fill_raw(rejects: pl.DataFrame, path: Path) -> pl.DataFrame:
     return rejects.join(text, on="line", how="left", maintain_order="left").select(
         pl.exclude("raw", "_text"), pl.coalesce("raw", "_text").alias("raw")
     )
+
+
+def reason_counts(rejects: pl.DataFrame) -> dict[str, int]:
+    """``{reason: rows}`` of a rejects table, sorted by reason."""
+    if rejects.height == 0:
+        return {}
+    vc = rejects.group_by("reason").len().sort("reason")
+    return dict(zip(vc["reason"].to_list(), vc["len"].to_list(), strict=True))

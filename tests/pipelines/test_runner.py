@@ -105,26 +105,29 @@ def test_a_failing_stage_leaves_no_stage_directory(tmp_path):
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".tmp-*"))
 
 
+def _kill_when(cfg: Path, run_dir: Path, ready, settle: float = 0.0) -> tuple[list[str], dict]:
+    """Start ``recsys-mtl run`` in a subprocess, SIGKILL it once ``ready()``; returns its command."""
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(cfg), "--out", str(run_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        cmd, cwd=run_dir.parent, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while not ready() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    return cmd, env
+
+
 @pytest.mark.slow
 def test_a_run_killed_mid_stage_resumes_from_the_last_complete_stage(tmp_path):
     big = {"format": "synthetic", "synthetic": {"users": 3000, "items": 2000, "ratings": 400_000}}
     cfg = tiny_config(tmp_path, big, features={"negatives_per_positive": 4})
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(cfg), "--out", str(run_dir)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
-    )
-    deadline = time.monotonic() + 120
-    while (
-        not (run_dir / ".tmp-features").exists()
-        and proc.poll() is None
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.002)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    cmd, env = _kill_when(cfg, run_dir, lambda: (run_dir / ".tmp-features").exists())
     assert not (run_dir / "summary.json").exists(), "the run finished before it could be killed"
     assert (run_dir / "ingest" / "_stage.json").exists()
     assert not (run_dir / "features").exists()  # nothing half-written in a final place
@@ -155,21 +158,10 @@ def test_a_run_killed_during_training_resumes_from_the_last_epoch_checkpoint(tmp
         train={"epochs": 15, "patience": 15, "batch_size": 256}, evaluate={"full_ranking": False},
     )  # fmt: skip
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(cfg), "--out", str(run_dir)]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL
+    # once the first epoch's checkpoint exists, let it train into the next epochs, then kill
+    cmd, env = _kill_when(
+        cfg, run_dir, lambda: bool(list(run_dir.glob(".checkpoints/train-*/last.pt"))), settle=0.5
     )
-    deadline = time.monotonic() + 120
-    while (
-        not list(run_dir.glob(".checkpoints/train-*/last.pt"))
-        and proc.poll() is None
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.01)
-    time.sleep(0.5)  # let it train into the next epochs
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
     assert not (run_dir / "train").exists(), "training finished before it could be killed"
     subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
     marker = json.loads((run_dir / "train" / "_stage.json").read_text())
