@@ -141,6 +141,11 @@ def _train(ctx: StageContext) -> dict[str, Any]:
             print(f"    epoch {epoch}: {shown}", file=sys.stderr, flush=True)
 
         try:
+            pretrained = None
+            if getattr(params, "pretrain", False):
+                pretrained = _pretrain_neumf(
+                    model, params, train, valid, cfg, weighting, ctx.checkpoint_dir
+                )
             res = fit(
                 model, train, valid, cfg.tasks, cfg.train, weighting, ctx.checkpoint_dir, on_epoch
             )
@@ -156,6 +161,7 @@ def _train(ctx: StageContext) -> dict[str, Any]:
                 / max(1, res.epochs_run - (res.resumed_from or 0)),
             },
             "stopped_early": res.stopped_early,
+            "pretrained": pretrained,
             "resumed_from_epoch": res.resumed_from,
         }
     with atomic_path(ctx.output("model.pt")) as tmp:
@@ -164,6 +170,32 @@ def _train(ctx: StageContext) -> dict[str, Any]:
     write_json(meta, ctx.output("model.json"))
     ctx.tracker.log_artifacts([ctx.output("model.pt"), ctx.output("model.json")], "model")
     return result
+
+
+def _pretrain_neumf(
+    model: Any, params: Any, train: Any, valid: Any, cfg: RunConfig, weighting: Any, ckpt: Path
+) -> dict[str, int]:
+    """He et al.'s pre-training: fit a GMF and an MLP with the same budget, then join them.
+
+    Returns the epochs each part ran. Their checkpoints sit beside the NeuMF one, so a killed
+    run resumes inside pre-training too.
+    """
+    import torch
+
+    from recsys_mtl.models.ncf import GMF, MLP, NCFConfig
+    from recsys_mtl.train.trainer import fit
+
+    base = NCFConfig(**params.model_dump(include=set(NCFConfig.model_fields)))
+    parts, epochs = [], {}
+    for cls in (GMF, MLP):
+        torch.manual_seed(cfg.train.seed)
+        part = cls(base, model.ctx, cfg.tasks)
+        print(f"    pre-training {cls.__name__}", file=sys.stderr, flush=True)
+        res = fit(part, train, valid, cfg.tasks, cfg.train, weighting, ckpt / cls.__name__.lower())
+        parts.append(part)
+        epochs[cls.__name__.lower()] = res.epochs_run
+    model.load_pretrained(*parts, alpha=params.pretrain_alpha)
+    return epochs
 
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:

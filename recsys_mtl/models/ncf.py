@@ -21,7 +21,7 @@ from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec, ones_lengths
 from recsys_mtl.models.registry import RANKERS
 
-__all__ = ["GMF", "MLP", "NCFConfig", "NeuMF", "mlp_stack"]
+__all__ = ["GMF", "MLP", "NCFConfig", "NeuMF", "NeuMFConfig", "mlp_stack"]
 
 
 class NCFConfig(RankerConfig):
@@ -109,6 +109,30 @@ class MLP(_NCF):
     use_gmf = False
 
 
+class NeuMFConfig(NCFConfig):
+    pretrain: bool = Field(
+        False,
+        description="initialize from a GMF and an MLP trained first (the paper's pre-training)",
+    )
+    pretrain_alpha: float = Field(
+        0.5, ge=0.0, le=1.0, description="weight of the GMF side in the joined output layer"
+    )
+
+
 @RANKERS.register("neumf")
 class NeuMF(_NCF):
-    pass
+    config_class = NeuMFConfig
+
+    @torch.no_grad()
+    def load_pretrained(self, gmf: GMF, mlp: MLP, alpha: float) -> None:
+        """Copy a trained GMF's and MLP's weights in; the output layer joins their output layers
+        as ``[alpha * h_gmf, (1 - alpha) * h_mlp]`` (He et al., section 3.4.1), so right after
+        loading NeuMF outputs ``alpha * GMF + (1 - alpha) * MLP``."""
+        for name in ("gmf_user", "gmf_item"):
+            self.emb.weight(name).copy_(gmf.emb.weight(name))
+        for name in ("mlp_user", "mlp_item"):
+            self.emb.weight(name).copy_(mlp.emb.weight(name))
+        self.mlp.load_state_dict(mlp.mlp.state_dict())
+        for head, g, m in zip(self.heads, gmf.heads, mlp.heads, strict=True):
+            head.weight.copy_(torch.cat([alpha * g.weight, (1 - alpha) * m.weight], 1))
+            head.bias.copy_(alpha * g.bias + (1 - alpha) * m.bias)
