@@ -78,6 +78,21 @@ def _split(ctx: StageContext) -> dict[str, Any]:
     return {"metrics": metrics}
 
 
+def build_weighting(cfg: RunConfig) -> Any:
+    """The configured weighting; a bad name or parameter is a UserError naming the key."""
+    from recsys_mtl.weighting import WEIGHTINGS
+
+    cls = WEIGHTINGS.get(cfg.weighting.name, "weighting.name")
+    try:
+        params = cls.params_class.model_validate(cfg.weighting.params)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(["weighting.params", *map(str, err["loc"])])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise UserError(f"{key}: {msg} (weighting {cfg.weighting.name!r})") from e
+    return cls(cfg.tasks, params, seed=cfg.train.seed, static=cfg.weighting.weights)
+
+
 def validate_model(cfg: RunConfig) -> tuple[type, Any]:
     """The ranker class and its validated params; a bad name, param or task is a UserError."""
     from recsys_mtl.models import RANKERS
@@ -90,6 +105,7 @@ def validate_model(cfg: RunConfig) -> tuple[type, Any]:
         key = ".".join(["model.params", *map(str, err["loc"])])
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         raise UserError(f"{key}: {msg} (ranker {cfg.model.name!r})") from e
+    build_weighting(cfg)
     unsupported = [t for t in cfg.tasks if t not in cls.tasks_supported]
     if unsupported:
         raise UserError(
@@ -111,7 +127,6 @@ def _train(ctx: StageContext) -> dict[str, Any]:
 
     from recsys_mtl.train.data import load_part
     from recsys_mtl.train.trainer import NonFiniteLossError, fit
-    from recsys_mtl.train.weighting import StaticWeighting
 
     cfg = ctx.config
     cls, params = validate_model(cfg)
@@ -129,7 +144,7 @@ def _train(ctx: StageContext) -> dict[str, Any]:
     else:
         train = load_part(split_dir / "train.parquet", cfg.tasks)
         valid = load_part(split_dir / "valid.parquet", cfg.tasks)
-        weighting = StaticWeighting(cfg.tasks, cfg.weighting.weights)
+        weighting = build_weighting(cfg)
 
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             ctx.tracker.log_metrics(metrics, step=epoch)
@@ -169,7 +184,35 @@ def _train(ctx: StageContext) -> dict[str, Any]:
     meta = {"name": cfg.model.name, "params": params.model_dump(mode="json"), "tasks": cfg.tasks}
     write_json(meta, ctx.output("model.json"))
     ctx.tracker.log_artifacts([ctx.output("model.pt"), ctx.output("model.json")], "model")
+    if not cls.closed_form and len(cfg.tasks) > 1:
+        plot = _plot_weights(
+            res.history, cfg.tasks, ctx.out_dir / "weights.png", cfg.weighting.name
+        )
+        ctx.tracker.log_artifacts([plot])
     return result
+
+
+def _plot_weights(
+    history: list[dict[str, float]], tasks: list[str], path: Path, method: str
+) -> Path:
+    """The task weights per epoch as a PNG (the MLflow artifact ``weights.png``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    epochs = [h["epoch"] for h in history]
+    for t in tasks:
+        ax.plot(epochs, [h[f"weight/{t}"] for h in history], marker="o", label=t)
+    ax.set(xlabel="epoch", ylabel="mean task weight", title=f"task weights ({method})")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
 
 
 def _pretrain_neumf(

@@ -165,7 +165,8 @@ class TrainConfig(_Frozen):
 
 
 class WeightingConfig(_Frozen):
-    name: Literal["static"] = Field("static", description="how task losses are combined")
+    name: str = Field("static", description="a weighting registry name (how task losses combine)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's own settings")
     weights: dict[str, float] = Field(
         default_factory=dict, description="static weight per task (missing tasks: 1.0)"
     )

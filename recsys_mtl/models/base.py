@@ -55,6 +55,25 @@ class Ranker(nn.Module):
         self.register_buffer("implicit_values", ctx.implicit_values, persistent=False)
         self.register_buffer("user_mean_day", ctx.user_mean_day, persistent=False)
 
+    # Parameter names holding one task's parameters only (heads, towers, gates, per-task biases).
+    task_specific = (
+        "heads.", "towers.", "gates.", "task_experts", "task_gates", "global_bias",
+        "interaction_scale", "user_bias", "item_bias", "item_time_bias", "user_drift",
+    )  # fmt: skip
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters that more than one task's loss reaches: what gradient-based weightings
+        (PCGrad, MGDA, CAGrad, ...) combine. Per-task embeddings (``share_embeddings: false``)
+        and the names in ``task_specific`` are excluded."""
+        private = tuple(f".{t}_" for t in self.tasks)
+        return [
+            p
+            for n, p in self.named_parameters()
+            if p.requires_grad
+            and not any(k in n for k in self.task_specific)
+            and not any(k in n for k in private)
+        ]
+
     def head_bias_init(self) -> torch.Tensor:
         """Starting output offset per task: the mean training rating for ``rating``, else 0."""
         return torch.tensor([self.ctx.rating_mean if t == "rating" else 0.0 for t in self.tasks])

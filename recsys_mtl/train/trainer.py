@@ -8,7 +8,14 @@
 * A checkpoint (model, optimizers, RNG, history, best weights) is written atomically after
   every epoch; :func:`fit` resumes from it when it exists, and the result is the same as an
   uninterrupted run.
-* Non-finite losses stop training with an error naming the task and the step.
+* Task losses are combined by a weighting (:mod:`recsys_mtl.weighting`): loss-based methods
+  return the objective; gradient-based ones receive each task's gradient of the shared
+  parameters and return the gradient to descend, which replaces the shared parameters'
+  gradient after one backward pass of the weighted objective (that pass gives the
+  task-specific parameters their gradients). Learnable weights join the optimizers; the
+  weighting's state is checkpointed with the model. Early stopping compares epochs on the
+  validation losses combined with the static weights, which do not move during training.
+* Non-finite losses or gradients stop training with an error naming the task and the step.
 * Side effects stay at the edge: ``on_epoch(epoch, metrics)`` receives each epoch's metrics.
 """
 
@@ -28,7 +35,7 @@ from recsys_mtl.config import TrainConfig
 from recsys_mtl.io import atomic_path
 from recsys_mtl.train.data import size, take
 from recsys_mtl.train.losses import task_losses
-from recsys_mtl.train.weighting import Weighting
+from recsys_mtl.weighting.base import Weighting
 
 __all__ = ["NonFiniteLossError", "TrainResult", "fit"]
 
@@ -51,7 +58,9 @@ class TrainResult:
     resumed_from: int | None = None
 
 
-def _optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+def _optimizers(
+    model: nn.Module, cfg: TrainConfig, weighting: Weighting | None = None
+) -> list[torch.optim.Optimizer]:
     from recsys_mtl.models.embeddings import EmbeddingTables
 
     table_params = {
@@ -66,7 +75,46 @@ def _optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimize
         lr = cfg.embedding_lr or cfg.lr
         cls = torch.optim.Adagrad if cfg.embedding_optimizer == "adagrad" else torch.optim.Adam
         opts.append(cls(emb, lr=lr))
+    learnable = weighting.parameters() if weighting is not None else []
+    if learnable:  # e.g. uncertainty weighting's log-variances: no weight decay
+        opts.append(torch.optim.Adam(learnable, lr=cfg.lr))
     return opts
+
+
+def _task_gradients(
+    losses: dict[str, torch.Tensor],
+    tasks: list[str],
+    shared: list[nn.Parameter],
+    epoch: int,
+    step: int,
+) -> torch.Tensor:
+    """``(T, P)``: each task's gradient of the shared parameters, flattened."""
+    rows = []
+    for t in tasks:
+        grads = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
+        parts = [
+            (g if g is not None else torch.zeros_like(p)).reshape(-1)
+            for g, p in zip(grads, shared, strict=True)
+        ]
+        flat = torch.cat(parts)
+        if not torch.isfinite(flat).all():
+            raise NonFiniteLossError(
+                f"non-finite gradient in task {t!r} at epoch {epoch}, step {step}"
+            )
+        rows.append(flat)
+    return torch.stack(rows)
+
+
+def _replace_shared_grad(
+    shared: list[nn.Parameter], weighted: torch.Tensor, combined: torch.Tensor
+) -> None:
+    """After backward of the weighted objective, swap its shared-parameter part for ``combined``."""
+    offset = 0
+    for p in shared:
+        n = p.numel()
+        delta = (combined[offset : offset + n] - weighted[offset : offset + n]).view_as(p)
+        p.grad = delta.clone() if p.grad is None else p.grad + delta
+        offset += n
 
 
 @torch.no_grad()
@@ -102,7 +150,8 @@ def fit(
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; at the end it holds the weights of its best validation epoch."""
-    opts = _optimizers(model, cfg)
+    opts = _optimizers(model, cfg, weighting)
+    shared = model.shared_parameters() if weighting.needs_gradients else []
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     state: dict[str, Any] = {
         "epoch": 0,
@@ -119,10 +168,11 @@ def fit(
         for opt, s in zip(opts, saved["optimizers"], strict=True):
             opt.load_state_dict(s)
         torch.set_rng_state(saved["rng"])
+        weighting.load_state_dict(saved["weighting"])
         best_weights = saved["best_weights"]
         state = saved["state"]
         resumed = state["epoch"]
-    weights = getattr(weighting, "weights", {})
+    static = {t: float(w) for t, w in zip(tasks, weighting.static, strict=True)}
     n = size(train)
     t0 = time.perf_counter()
     seen = 0
@@ -135,36 +185,57 @@ def fit(
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=g)
         sums = {t: torch.zeros(()) for t in tasks}
+        weight_sums = {t: 0.0 for t in tasks}
         steps = 0
         for s in range(0, n, cfg.batch_size):
             batch = take(train, perm[s : s + cfg.batch_size])
             out = model(batch)
             losses = task_losses(out, batch, tasks)
-            total, weights = weighting.combine(losses)
+            for t in tasks:
+                if not torch.isfinite(losses[t]):
+                    raise NonFiniteLossError(
+                        f"non-finite loss in task {t!r} at epoch {epoch}, step {steps}"
+                    )
+            if weighting.needs_gradients:
+                grads = _task_gradients(losses, tasks, shared, epoch, steps)
+                combined, weights = weighting.combine_gradients(grads, losses)
+                w = torch.tensor([weights[t] for t in tasks], dtype=grads.dtype)
+                total = sum(w[k] * losses[t] for k, t in enumerate(tasks))
+            else:
+                total, weights = weighting.combine(losses)
             if cfg.l2 > 0 and "_reg" in out:
                 total = total + cfg.l2 * out["_reg"]
             if not torch.isfinite(total):
-                bad = [t for t, v in losses.items() if not torch.isfinite(v)] or ["l2 penalty"]
                 raise NonFiniteLossError(
-                    f"non-finite loss in task {bad[0]!r} at epoch {epoch}, step {steps}"
+                    f"non-finite loss in task 'l2 penalty' at epoch {epoch}, step {steps}"
                 )
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             total.backward()
+            if weighting.needs_gradients:
+                _replace_shared_grad(shared, (w[:, None] * grads).sum(0), combined)
             for opt in opts:
                 opt.step()
+            if weighting.needs_loss_after_step:
+                with torch.no_grad():
+                    again = task_losses(model(batch), batch, tasks)
+                weighting.after_step({t: v.detach() for t, v in losses.items()}, again)
             for t in tasks:
                 sums[t] += losses[t].detach()
+                weight_sums[t] += weights[t]
             steps += 1
         seen += n
         metrics = {f"train/{t}/loss": float(sums[t]) / max(steps, 1) for t in tasks}
-        metrics.update({f"weight/{t}": float(w) for t, w in weights.items()})
+        weighting.end_epoch({t: metrics[f"train/{t}/loss"] for t in tasks})
+        metrics.update(
+            {f"weight/{t}": weight_sums[t] / max(steps, 1) for t in tasks}
+        )  # epoch means
         if valid is not None and size(valid) > 0:
             vl = validation_losses(model, valid, tasks)
-            objective = sum(weights.get(t, 1.0) * vl[t] for t in tasks)
+            objective = sum(static[t] * vl[t] for t in tasks)
             metrics.update({f"valid/{t}/loss": v for t, v in vl.items()})
         else:
-            objective = sum(weights.get(t, 1.0) * metrics[f"train/{t}/loss"] for t in tasks)
+            objective = sum(static[t] * metrics[f"train/{t}/loss"] for t in tasks)
         metrics["valid/objective"] = objective
         if objective < state["best"] - 1e-6:
             state.update(best=objective, best_epoch=epoch, bad=0)
@@ -180,6 +251,7 @@ def fit(
                         "model": model.state_dict(),
                         "optimizers": [o.state_dict() for o in opts],
                         "rng": torch.get_rng_state(),
+                        "weighting": weighting.state_dict(),
                         "best_weights": best_weights,
                         "state": state,
                     },

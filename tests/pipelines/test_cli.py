@@ -55,3 +55,25 @@ def test_a_task_the_ranker_cannot_serve_is_a_config_error(tmp_path, cli):
         "--set", "tracking.enabled=false",
     )  # fmt: skip
     assert code == 2 and "ranker 'bias' serves ['rating'], not ['interaction']" in err
+
+
+def test_a_weighting_run_saves_the_weight_trajectory_plot(tmp_path, cli):
+    code, _, err = cli(
+        "run", REPO / "configs" / "quickstart.yaml", "--set", "model.name=gmf", "--set", "model.params={}",
+        "--set", "tasks=[rating, like]", "--set", "weighting.name=dwa", "--set", "train.epochs=3",
+        "--set", "data.synthetic.ratings=5000", "--set", "evaluate.full_ranking=false",
+        "--set", "tracking.enabled=false", "--out", tmp_path / "r",
+    )  # fmt: skip
+    assert code == 0, err
+    png = (tmp_path / "r" / "train" / "weights.png").read_bytes()
+    assert png.startswith(b"\x89PNG")
+
+
+def test_an_unknown_weighting_or_parameter_is_a_config_error(tmp_path, cli):
+    base = ["run", REPO / "configs" / "quickstart.yaml", "--set", "tracking.enabled=false"]
+    code, _, err = cli(*base, "--set", "weighting.name=magic")
+    assert (
+        code == 2 and "weighting.name: unknown weighting 'magic'; known: aligned_mtl, cagrad" in err
+    )
+    code, _, err = cli(*base, "--set", "weighting.name=cagrad", "--set", "weighting.params={cc: 1}")
+    assert code == 2 and "weighting.params.cc: unknown key (weighting 'cagrad')" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
@@ -9,7 +10,7 @@ from torch.testing import assert_close
 from recsys_mtl.config import TrainConfig
 from recsys_mtl.models import RANKERS, FeatureContext
 from recsys_mtl.train.trainer import NonFiniteLossError, fit, validation_losses
-from recsys_mtl.train.weighting import StaticWeighting
+from recsys_mtl.weighting import WEIGHTINGS
 
 CTX = FeatureContext.synthetic(n_users=40, n_items=50, seed=1)
 TASKS = ["rating", "interaction", "like"]
@@ -31,6 +32,10 @@ def _data(n: int = 600, seed: int = 0, flip_like: bool = False) -> dict[str, tor
     }  # fmt: skip
 
 
+def _static(tasks: list[str]):
+    return WEIGHTINGS.get("static")(tasks)
+
+
 def _model(seed: int = 0, name: str = "mmoe"):
     cls = RANKERS.get(name)
     torch.manual_seed(seed)
@@ -46,7 +51,7 @@ def test_training_lowers_every_validation_loss():
         valid,
         TASKS,
         TrainConfig(epochs=8, batch_size=64, lr=5e-3),
-        StaticWeighting(TASKS),
+        _static(TASKS),
     )
     after = validation_losses(model, valid, TASKS)
     assert all(after[t] < before[t] for t in TASKS), (before, after)
@@ -57,7 +62,7 @@ def test_resuming_from_a_checkpoint_gives_the_same_model_as_one_uninterrupted_ru
     train, valid = _data(), _data(seed=1)
     cfg = TrainConfig(epochs=4, batch_size=64, lr=5e-3, patience=10)
     whole = _model(name=name)
-    fit(whole, train, valid, TASKS, cfg, StaticWeighting(TASKS))
+    fit(whole, train, valid, TASKS, cfg, _static(TASKS))
     part = _model(name=name)
     first = fit(
         part,
@@ -65,12 +70,12 @@ def test_resuming_from_a_checkpoint_gives_the_same_model_as_one_uninterrupted_ru
         valid,
         TASKS,
         cfg.model_copy(update={"epochs": 2}),
-        StaticWeighting(TASKS),
+        _static(TASKS),
         tmp_path,
     )
     assert first.epochs_run == 2 and (tmp_path / "last.pt").exists()
     resumed = _model(seed=99, name=name)  # different init: everything must come from the checkpoint
-    res = fit(resumed, train, valid, TASKS, cfg, StaticWeighting(TASKS), tmp_path)
+    res = fit(resumed, train, valid, TASKS, cfg, _static(TASKS), tmp_path)
     assert res.resumed_from == 2 and res.epochs_run == 4
     for k, v in whole.state_dict().items():
         assert_close(resumed.state_dict()[k], v, msg=k)
@@ -85,7 +90,7 @@ def test_early_stopping_on_validation_keeps_the_best_epoch():
         valid,
         ["like"],
         TrainConfig(epochs=30, batch_size=64, lr=1e-2, patience=2),
-        StaticWeighting(["like"]),
+        _static(["like"]),
     )
     assert res.stopped_early and res.epochs_run == res.best_epoch + 3
     assert res.best_valid_loss == min(h["valid/objective"] for h in res.history)
@@ -101,14 +106,8 @@ def test_a_non_finite_loss_stops_training_naming_task_and_step():
             None,
             TASKS,
             TrainConfig(epochs=1, batch_size=600),
-            StaticWeighting(TASKS),
+            _static(TASKS),
         )
-
-
-def test_static_weighting_sums_weighted_losses_and_defaults_to_one():
-    w = StaticWeighting(["rating", "like"], {"like": 0.5})
-    total, used = w.combine({"rating": torch.tensor(2.0), "like": torch.tensor(4.0)})
-    assert total.item() == 4.0 and used == {"rating": 1.0, "like": 0.5}
 
 
 def test_embedding_tables_get_their_own_optimizer():
@@ -128,3 +127,65 @@ def test_embedding_tables_get_their_own_optimizer():
         kinds["Adagrad"] == n_emb
         and kinds["AdamW"] == sum(p.numel() for p in model.parameters()) - n_emb
     )
+
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS.names())
+@pytest.mark.parametrize("name", ["bellkor", "mmoe"])
+@pytest.mark.parametrize("tasks", [["rating", "like"], TASKS], ids=["2tasks", "3tasks"])
+def test_every_weighting_trains_every_kind_of_ranker(weighting, name, tasks):
+    cls = RANKERS.get(name)
+    torch.manual_seed(0)
+    model = cls(cls.config_class(), CTX, tasks)
+    w = WEIGHTINGS.get(weighting)(tasks)
+    res = fit(
+        model,
+        _data(200),
+        _data(100, seed=1),
+        tasks,
+        TrainConfig(epochs=2, batch_size=50, lr=5e-3),
+        w,
+    )
+    assert res.epochs_run == 2
+    last = res.history[-1]
+    assert all(np.isfinite(last[f"weight/{t}"]) for t in tasks)
+    assert all(np.isfinite(last[f"valid/{t}/loss"]) for t in tasks)
+
+
+def test_gradient_weightings_replace_the_shared_gradient_only():
+    from recsys_mtl.train.trainer import _replace_shared_grad
+
+    p = torch.nn.Parameter(torch.zeros(3))
+    p.grad = torch.tensor([1.0, 2.0, 3.0])  # weighted sum (1, 1, 1) plus an l2 part (0, 1, 2)
+    _replace_shared_grad([p], torch.tensor([1.0, 1.0, 1.0]), torch.tensor([5.0, 5.0, 5.0]))
+    assert_close(p.grad, torch.tensor([5.0, 6.0, 7.0]))
+
+
+def test_shared_parameters_exclude_heads_towers_gates_and_private_tables():
+    cls = RANKERS.get("mmoe")
+    model = cls(cls.config_class(share_embeddings=False), CTX, ["rating", "like"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    shared = [names[id(p)] for p in model.shared_parameters()]
+    assert shared and all(not n.startswith(("heads.", "towers.", "gates.")) for n in shared)
+    assert not any(".rating_" in n or ".like_" in n for n in shared)
+    assert any(n.startswith("experts.") for n in shared)
+
+
+def test_a_stateful_weighting_resumes_exactly(tmp_path):
+    train, valid = _data(), _data(seed=1)
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=5e-3, patience=10)
+    whole = _model()
+    fit(whole, train, valid, TASKS, cfg, WEIGHTINGS.get("dwa")(TASKS))
+    part = _model()
+    fit(
+        part,
+        train,
+        valid,
+        TASKS,
+        cfg.model_copy(update={"epochs": 2}),
+        WEIGHTINGS.get("dwa")(TASKS),
+        tmp_path,
+    )
+    resumed = _model(seed=5)
+    fit(resumed, train, valid, TASKS, cfg, WEIGHTINGS.get("dwa")(TASKS), tmp_path)
+    for k, v in whole.state_dict().items():
+        assert_close(resumed.state_dict()[k], v, msg=k)
