@@ -183,6 +183,9 @@ def main() -> None:
     ap.add_argument("--splits", default="random,leave_last_out")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--single-task", action="store_true", help="also train each task alone")
+    ap.add_argument(
+        "--no-multi-task", action="store_true", help="with --single-task: only the single-task runs"
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--dir", default=None, help="run folders (default: a temp dir)")
     ap.add_argument("--print-commands", action="store_true")
@@ -201,7 +204,8 @@ def main() -> None:
         for seed in seeds:
             for m in models:
                 fixed = MODELS[m].get("tasks")
-                jobs.append((m, fixed or MULTI, split, seed))
+                if not (args.no_multi_task and not fixed):
+                    jobs.append((m, fixed or MULTI, split, seed))
                 if args.single_task and not fixed:
                     jobs += [(m, [t], split, seed) for t in MULTI]
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="recsys-mtl-rankers-"))
