@@ -63,9 +63,16 @@ REPORTED = [
 
 
 def _command(
-    model: str, tasks: list[str], split: str, seed: int, out: Path, quick: bool
+    model: str,
+    tasks: list[str],
+    split: str,
+    seed: int,
+    out: Path,
+    quick: bool,
+    extra: dict | None = None,
 ) -> list[str]:
     spec = {k: v for k, v in MODELS[model].items() if k != "tasks"}
+    spec.update(extra or {})
     if quick and "train.epochs" in spec:
         spec["train.epochs"] = min(5, int(spec["train.epochs"]))
     sets = {
@@ -94,13 +101,16 @@ def _command(
     return cmd
 
 
-def _run(job: tuple[str, list[str], str, int], base: Path, quick: bool) -> dict:
-    model, tasks, split, seed = job
-    out = base / f"{split}-s{seed}" / f"{model}-{'+'.join(tasks)}"
+def _run(job: tuple, base: Path, quick: bool) -> dict:
+    """``job``: (model, tasks, split, seed) or (model, tasks, split, seed, {extra overrides})."""
+    model, tasks, split, seed = job[:4]
+    extra = job[4] if len(job) > 4 else {}
+    tag = f"-{extra['weighting.name']}" if "weighting.name" in extra else ""
+    out = base / f"{split}-s{seed}" / f"{model}-{'+'.join(tasks)}{tag}"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     proc = subprocess.run(
-        _command(model, tasks, split, seed, out, quick),
+        _command(model, tasks, split, seed, out, quick, extra),
         capture_output=True,
         text=True,
         env=env,
@@ -117,6 +127,8 @@ def _run(job: tuple[str, list[str], str, int], base: Path, quick: bool) -> dict:
         "seconds": wall,
     }
     labels = {"model": model, "tasks": "+".join(tasks), "split": split, "seed": seed}
+    if "weighting.name" in extra:
+        labels["weighting"] = extra["weighting.name"]
     print(
         f"  {labels}: " + ", ".join(f"{k}={metrics[k]:.4f}" for k in REPORTED if k in metrics),
         file=sys.stderr,
