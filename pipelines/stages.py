@@ -78,18 +78,28 @@ def _split(ctx: StageContext) -> dict[str, Any]:
     return {"metrics": metrics}
 
 
+def _params(schema: type, values: dict[str, Any], key: str, what: str) -> Any:
+    """``values`` validated by a component's own settings class; errors name the dotted key."""
+    try:
+        return schema.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        dotted = ".".join([key, *map(str, err["loc"])])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise UserError(f"{dotted}: {msg} ({what})") from e
+
+
 def build_weighting(cfg: RunConfig) -> Any:
     """The configured weighting; a bad name or parameter is a UserError naming the key."""
     from recsys_mtl.weighting import WEIGHTINGS
 
     cls = WEIGHTINGS.get(cfg.weighting.name, "weighting.name")
-    try:
-        params = cls.params_class.model_validate(cfg.weighting.params)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(["weighting.params", *map(str, err["loc"])])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise UserError(f"{key}: {msg} (weighting {cfg.weighting.name!r})") from e
+    params = _params(
+        cls.params_class,
+        cfg.weighting.params,
+        "weighting.params",
+        f"weighting {cfg.weighting.name!r}",
+    )
     return cls(cfg.tasks, params, seed=cfg.train.seed, static=cfg.weighting.weights)
 
 
@@ -98,13 +108,9 @@ def validate_model(cfg: RunConfig) -> tuple[type, Any]:
     from recsys_mtl.models import RANKERS
 
     cls = RANKERS.get(cfg.model.name, "model.name")
-    try:
-        params = cls.config_class.model_validate(cfg.model.params)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(["model.params", *map(str, err["loc"])])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        raise UserError(f"{key}: {msg} (ranker {cfg.model.name!r})") from e
+    params = _params(
+        cls.config_class, cfg.model.params, "model.params", f"ranker {cfg.model.name!r}"
+    )
     build_weighting(cfg)
     unsupported = [t for t in cfg.tasks if t not in cls.tasks_supported]
     if unsupported:

@@ -51,6 +51,10 @@ class Weighting:
         self.params = params if params is not None else self.params_class()
         self.generator = torch.Generator().manual_seed(seed)
         self.static = torch.tensor([float((static or {}).get(t, 1.0)) for t in tasks])
+        self.setup()
+
+    def setup(self) -> None:
+        """Create the method's own state (called at the end of ``__init__``)."""
 
     # -- loss-based interface -------------------------------------------------------------
     def combine(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

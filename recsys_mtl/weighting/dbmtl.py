@@ -27,14 +27,7 @@ class DBMTL(Weighting):
     params_class = DBMTLParams
     needs_gradients = True
 
-    def __init__(
-        self,
-        tasks: list[str],
-        params: Any = None,
-        seed: int = 0,
-        static: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(tasks, params, seed, static)
+    def setup(self) -> None:
         self.ema: torch.Tensor | None = None
 
     def combine_gradients(

@@ -28,16 +28,9 @@ class DWAParams(BaseModel):
 class DWA(Weighting):
     params_class = DWAParams
 
-    def __init__(
-        self,
-        tasks: list[str],
-        params: Any = None,
-        seed: int = 0,
-        static: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(tasks, params, seed, static)
+    def setup(self) -> None:
         self.history: list[list[float]] = []
-        self.current = torch.ones(len(tasks))
+        self.current = torch.ones(len(self.tasks))
 
     def weights(self) -> torch.Tensor:
         return self.current.clone()

@@ -35,15 +35,8 @@ class FAMO(Weighting):
     needs_loss_after_step = True
     eps = 1e-8
 
-    def __init__(
-        self,
-        tasks: list[str],
-        params: Any = None,
-        seed: int = 0,
-        static: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(tasks, params, seed, static)
-        self.logits = nn.Parameter(torch.zeros(len(tasks)))
+    def setup(self) -> None:
+        self.logits = nn.Parameter(torch.zeros(len(self.tasks)))
         self.opt = torch.optim.Adam(
             [self.logits], lr=self.params.lr, weight_decay=self.params.gamma
         )

@@ -35,15 +35,8 @@ class GradNorm(Weighting):
     params_class = GradNormParams
     needs_gradients = True
 
-    def __init__(
-        self,
-        tasks: list[str],
-        params: Any = None,
-        seed: int = 0,
-        static: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(tasks, params, seed, static)
-        self.w = nn.Parameter(torch.ones(len(tasks)))
+    def setup(self) -> None:
+        self.w = nn.Parameter(torch.ones(len(self.tasks)))
         self.opt = torch.optim.Adam([self.w], lr=self.params.lr)
         self.initial: torch.Tensor | None = None
 

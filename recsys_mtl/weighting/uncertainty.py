@@ -25,17 +25,10 @@ __all__ = ["Uncertainty"]
 
 @WEIGHTINGS.register("uw")
 class Uncertainty(Weighting):
-    def __init__(
-        self,
-        tasks: list[str],
-        params: Any = None,
-        seed: int = 0,
-        static: dict[str, float] | None = None,
-    ) -> None:
-        super().__init__(tasks, params, seed, static)
-        self.log_vars = nn.Parameter(torch.zeros(len(tasks)))
+    def setup(self) -> None:
+        self.log_vars = nn.Parameter(torch.zeros(len(self.tasks)))
         self.factor = torch.tensor(
-            [0.5 if TASK_KINDS.get(t) == "regression" else 1.0 for t in tasks]
+            [0.5 if TASK_KINDS.get(t) == "regression" else 1.0 for t in self.tasks]
         )
 
     def parameters(self) -> list[nn.Parameter]:

@@ -195,7 +195,12 @@ def test_a_non_finite_gradient_stops_training_naming_task_and_step():
     from recsys_mtl.train.trainer import _task_gradients
 
     p = torch.nn.Parameter(torch.tensor([0.0, 1.0]))
-    losses = {"rating": p.pow(2).sum(), "like": p.sqrt().sum()}  # finite loss, infinite gradient at 0
+    losses = {
+        "rating": p.pow(2).sum(),
+        "like": p.sqrt().sum(),
+    }  # finite loss, infinite gradient at 0
     assert torch.isfinite(losses["like"])
-    with pytest.raises(NonFiniteLossError, match=r"non-finite gradient in task 'like' at epoch 3, step 7"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"non-finite gradient in task 'like' at epoch 3, step 7"
+    ):
         _task_gradients(losses, ["rating", "like"], [p], epoch=3, step=7)
