@@ -11,8 +11,8 @@
 * Task losses are combined by a weighting (:mod:`recsys_mtl.weighting`): loss-based methods
   return the objective; gradient-based ones receive each task's gradient of the shared
   parameters and return the gradient to descend, which replaces the shared parameters'
-  gradient after one backward pass of the weighted objective (that pass gives the
-  task-specific parameters their gradients). Learnable weights join the optimizers; the
+  gradient after one backward pass of the statically weighted objective (that pass gives
+  each task-specific parameter its own task's gradient, whatever weights the method chose). Learnable weights join the optimizers; the
   weighting's state is checkpointed with the model. Early stopping compares epochs on the
   validation losses combined with the static weights, which do not move during training.
 * Non-finite losses or gradients stop training with an error naming the task and the step.
@@ -199,7 +199,9 @@ def fit(
             if weighting.needs_gradients:
                 grads = _task_gradients(losses, tasks, shared, epoch, steps)
                 combined, weights = weighting.combine_gradients(grads, losses)
-                w = torch.tensor([weights[t] for t in tasks], dtype=grads.dtype)
+                # The method's weights apply to the shared parameters only (replaced below);
+                # each task-specific parameter gets its own task's gradient, statically weighted.
+                w = weighting.static.to(grads.dtype)
                 total = sum(w[k] * losses[t] for k, t in enumerate(tasks))
             else:
                 total, weights = weighting.combine(losses)

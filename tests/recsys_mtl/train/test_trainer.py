@@ -204,3 +204,21 @@ def test_a_non_finite_gradient_stops_training_naming_task_and_step():
         NonFiniteLossError, match=r"non-finite gradient in task 'like' at epoch 3, step 7"
     ):
         _task_gradients(losses, ["rating", "like"], [p], epoch=3, step=7)
+
+
+@pytest.mark.parametrize("weighting", ["aligned_mtl", "mgda", "db_mtl"])
+def test_gradient_methods_leave_task_specific_parameters_their_own_task_gradient(weighting):
+    from recsys_mtl.train.losses import task_losses
+
+    torch.manual_seed(0)
+    model = RANKERS.get("mmoe")(RANKERS.get("mmoe").config_class(), CTX, TASKS)
+    batch = _data(64)
+    # what a plain step would give the rating head
+    (expected,) = torch.autograd.grad(
+        task_losses(model(batch), batch, TASKS)["rating"], [model.heads[0].weight]
+    )
+    captured = {}
+    model.heads[0].weight.register_hook(lambda g: captured.setdefault("g", g.clone()))
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-9)
+    fit(model, batch, None, TASKS, cfg, WEIGHTINGS.get(weighting)(TASKS))
+    assert_close(captured["g"], expected)
