@@ -65,6 +65,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--dir", default=None)
+    ap.add_argument(
+        "--single-task-results",
+        default=None,
+        help="reuse the single-task rows of a rankers.py JSON line (same settings and seeds) instead of rerunning them",
+    )
     args = ap.parse_args()
     models, methods, seeds = (
         args.models.split(","),
@@ -81,10 +86,22 @@ def main() -> None:
         for m in models
         for w in methods
     ]
-    jobs += [(m, [t], "random", s) for s in seeds for m in models for t in TASKS]
+    reused = []
+    if args.single_task_results:
+        for r in json.loads(Path(args.single_task_results).read_text())["rows"]:
+            lab = r["labels"]
+            if (
+                lab.get("seed") in seeds
+                and lab["model"] in models
+                and lab["tasks"] in TASKS
+                and lab["split"] == "random"
+            ):
+                reused.append(r)
+    else:
+        jobs += [(m, [t], "random", s) for s in seeds for m in models for t in TASKS]
     print(f"{len(jobs)} runs in {base}", file=sys.stderr)
     with ThreadPoolExecutor(args.jobs) as pool:
-        rows = list(pool.map(lambda j: rankers._run(j, base, args.quick), jobs))
+        rows = list(pool.map(lambda j: rankers._run(j, base, args.quick), jobs)) + reused
 
     single = {}
     for r in rows:
