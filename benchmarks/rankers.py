@@ -87,6 +87,11 @@ def _command(
         "tracking.enabled": "false",
         **spec,
     }
+    return run_command_line(sets, out)
+
+
+def run_command_line(sets: dict, out: Path) -> list[str]:
+    """``recsys-mtl run configs/ml100k.yaml --out OUT --set k=v ...`` as an argument list."""
     cmd = [
         sys.executable,
         "-m",

@@ -31,23 +31,18 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import rankers  # noqa: E402  (the shared runner of the benchmarks)
+
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 NEURAL = ["bellkor", "gmf", "mlp", "neumf", "shared_bottom", "mmoe", "ple", "cross_stitch"]
 ML1M = {"users": 6040, "items": 3706, "ratings": 1_000_209}
 
 
 def _run(sets: dict, out: Path, threads: int) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipelines.cli",
-        "run",
-        str(ROOT / "configs" / "ml100k.yaml"),
-        "--out",
-        str(out),
-    ]
-    for k, v in {"tracking.enabled": "false", "evaluate.full_ranking": "false", **sets}.items():
-        cmd += ["--set", f"{k}={v}"]
+    cmd = rankers.run_command_line(
+        {"tracking.enabled": "false", "evaluate.full_ranking": "false", **sets}, out
+    )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=out.parent)

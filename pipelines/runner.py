@@ -63,6 +63,10 @@ class Stage:
             raise PipelineError(f"stage {self.name!r} declares no output {name!r}")
         return Artifact(self.name, name)
 
+    def outs(self, *names: str) -> tuple[Artifact, ...]:
+        """Handles to the named outputs, or to every output when no name is given."""
+        return tuple(self.out(n) for n in (names or self.outputs))
+
 
 @dataclass
 class StageContext:

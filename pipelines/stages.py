@@ -318,28 +318,14 @@ FEATURES = Stage(
     "features",
     _features,
     reads=("features",),
-    inputs=tuple(
-        INGEST.out(n)
-        for n in ("interactions.parquet", "users.parquet", "items.parquet", "report.json")
-    ),
+    inputs=INGEST.outs("interactions.parquet", "users.parquet", "items.parquet", "report.json"),
     outputs=("interactions.parquet", "user_features.parquet", "item_features.parquet", "spec.json"),
 )
 SPLIT = Stage(
     "split",
     _split,
     reads=("split",),
-    inputs=(
-        INGEST.out("report.json"),
-        *(
-            FEATURES.out(n)
-            for n in (
-                "interactions.parquet",
-                "user_features.parquet",
-                "item_features.parquet",
-                "spec.json",
-            )
-        ),
-    ),
+    inputs=(INGEST.out("report.json"), *FEATURES.outs()),
     outputs=(
         "train.parquet",
         "valid.parquet",
@@ -354,8 +340,8 @@ TRAIN = Stage(
     _train,
     reads=("model", "tasks", "train", "weighting"),
     inputs=(
-        *(FEATURES.out(n) for n in ("user_features.parquet", "item_features.parquet", "spec.json")),
-        *(SPLIT.out(n) for n in ("train.parquet", "valid.parquet", "train_user_items.parquet")),
+        *FEATURES.outs("user_features.parquet", "item_features.parquet", "spec.json"),
+        *SPLIT.outs("train.parquet", "valid.parquet", "train_user_items.parquet"),
     ),
     outputs=("model.pt", "model.json"),
 )
@@ -363,29 +349,7 @@ EVALUATE = Stage(
     "evaluate",
     _evaluate,
     reads=("tasks", "evaluate"),
-    inputs=(
-        TRAIN.out("model.json"),
-        TRAIN.out("model.pt"),
-        *(
-            FEATURES.out(n)
-            for n in (
-                "interactions.parquet",
-                "user_features.parquet",
-                "item_features.parquet",
-                "spec.json",
-            )
-        ),
-        *(
-            SPLIT.out(n)
-            for n in (
-                "train.parquet",
-                "valid.parquet",
-                "test.parquet",
-                "train_user_items.parquet",
-                "report.json",
-            )
-        ),
-    ),
+    inputs=(*TRAIN.outs(), *FEATURES.outs(), *SPLIT.outs()),
     outputs=("metrics.json",),
 )
 

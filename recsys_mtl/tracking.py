@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MlflowTracker", "NullTracker", "Tracker", "default_tracking_uri"]
+__all__ = ["MlflowTracker", "NullTracker", "default_tracking_uri"]
 
 
 def default_tracking_uri() -> str:
@@ -45,9 +45,6 @@ class NullTracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         return None
-
-
-Tracker = NullTracker  # the interface; MlflowTracker implements the same methods
 
 
 class MlflowTracker(NullTracker):

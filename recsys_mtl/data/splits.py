@@ -23,7 +23,6 @@ SVD++-style models) and ``report.json``.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,6 +207,3 @@ def split_dataset(
     write_json(report, out / "report.json")
     return report
 
-
-def read_report(split_dir: str | Path) -> dict[str, Any]:
-    return json.loads((Path(split_dir) / "report.json").read_text())
