@@ -55,6 +55,40 @@ MODELS: dict[str, dict] = {
     "ple": {"model.params": "{}", **DEEP},
     "cross_stitch": {"model.params": "{}", **DEEP},
 }
+# The training recipe per split (chosen on validation, seed 0), for every trained ranker:
+# * random (rating prediction): early stopping on the rating task's validation loss when
+#   rating is a task, then a refit on train + valid for the chosen number of epochs;
+# * leave_last_out (top-K ranking, NCF-style): 4 negatives per rating drawn anew every epoch,
+#   early stopping on the interaction loss, the rating and like tasks as auxiliaries at weight
+#   0.1, then the same refit (which also learns from each user's latest training rating).
+RECIPES: dict[str, dict] = {
+    "random": {"train.refit": "true"},
+    "leave_last_out": {
+        "features.negatives_per_positive": 4,
+        "train.resample_negatives": "true",
+        "train.refit": "true",
+    },
+}
+AUXILIARY_WEIGHT = 0.1
+USE_RECIPES = True  # benchmarks/weighting.py compares weightings without them
+
+
+def recipe(model: str, tasks: list[str], split: str) -> dict:
+    """The split's recipe for ``model`` trained on ``tasks`` (closed-form rankers get none)."""
+    if model in ("popularity", "bias") or not USE_RECIPES:
+        return {}
+    out = dict(RECIPES.get(split, {}))
+    main = "interaction" if split == "leave_last_out" else "rating"
+    if main in tasks:
+        out["train.monitor"] = main
+        if len(tasks) > 1 and split == "leave_last_out":
+            weights = {t: 1.0 if t == main else AUXILIARY_WEIGHT for t in tasks}
+            out["weighting.weights"] = (
+                "{" + ", ".join(f"{t}: {w}" for t, w in weights.items()) + "}"
+            )
+    return out
+
+
 REPORTED = [
     "rating/rmse", "rating/mae", "interaction/auc", "like/auc",
     "ranking/hr@10", "ranking/ndcg@10", "ranking_full/hr@10", "ranking_full/ndcg@10",
@@ -72,6 +106,7 @@ def _command(
     extra: dict | None = None,
 ) -> list[str]:
     spec = {k: v for k, v in MODELS[model].items() if k != "tasks"}
+    spec.update(recipe(model, tasks, split))
     spec.update(extra or {})
     if quick and "train.epochs" in spec:
         spec["train.epochs"] = min(5, int(spec["train.epochs"]))

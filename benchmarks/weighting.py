@@ -29,6 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import rankers
 
+# The weightings are compared under one plain recipe: early stopping on the static-weighted
+# validation objective, no refit, the features' fixed negatives.
+rankers.USE_RECIPES = False
+
 METRICS = {
     "rating/rmse": True,
     "interaction/auc": False,

@@ -117,6 +117,10 @@ def validate_model(cfg: RunConfig) -> tuple[type, Any]:
         raise UserError(
             f"tasks: ranker {cfg.model.name!r} serves {list(cls.tasks_supported)}, not {unsupported}"
         )
+    if cfg.train.refit and getattr(params, "pretrain", False):
+        raise UserError(
+            "train.refit: not available with model.params.pretrain (refit trains from scratch)"
+        )
     return cls, params
 
 
@@ -131,7 +135,7 @@ def _build_model(
 def _train(ctx: StageContext) -> dict[str, Any]:
     import torch
 
-    from recsys_mtl.train.data import load_part
+    from recsys_mtl.train.data import load_part, size
     from recsys_mtl.train.trainer import NonFiniteLossError, fit
 
     cfg = ctx.config
@@ -170,6 +174,9 @@ def _train(ctx: StageContext) -> dict[str, Any]:
             res = fit(
                 model, train, valid, cfg.tasks, cfg.train, weighting, ctx.checkpoint_dir, on_epoch
             )
+            refit = None
+            if cfg.train.refit and size(valid) > 0:
+                model, refit = _refit(model, res.best_epoch + 1, train, valid, cfg, ctx)
         except NonFiniteLossError as e:
             raise UserError(f"training diverged: {e} (lower train.lr or check the data)") from e
         result = {
@@ -177,11 +184,13 @@ def _train(ctx: StageContext) -> dict[str, Any]:
                 "train/epochs": res.epochs_run,
                 "train/best_epoch": res.best_epoch,
                 "train/seconds": res.seconds,
+                "train/refit_epochs": refit or 0,
                 "train/samples_per_s": res.samples_per_s,
                 "train/seconds_per_epoch": res.seconds
                 / max(1, res.epochs_run - (res.resumed_from or 0)),
             },
             "stopped_early": res.stopped_early,
+            "refit_epochs": refit,
             "pretrained": pretrained,
             "resumed_from_epoch": res.resumed_from,
         }
@@ -196,6 +205,36 @@ def _train(ctx: StageContext) -> dict[str, Any]:
         )
         ctx.tracker.log_artifacts([plot])
     return result
+
+
+def _refit(
+    model: Any, epochs: int, train: Any, valid: Any, cfg: RunConfig, ctx: StageContext
+) -> tuple[Any, int]:
+    """Train a fresh model (same seed) on train + valid for the epochs early stopping chose.
+
+    The validation part has done its job (choosing the epoch count); the final model also
+    learns from it. Its checkpoints sit under ``refit/`` beside the first fit's, so a killed
+    run resumes here too.
+    """
+    import torch
+
+    from recsys_mtl.train.data import concat
+    from recsys_mtl.train.trainer import fit
+
+    print(f"    refit on train + valid for {epochs} epochs", file=sys.stderr, flush=True)
+    torch.manual_seed(cfg.train.seed)
+    fresh = type(model)(model.cfg, model.ctx, cfg.tasks)
+    settings = cfg.train.model_copy(update={"epochs": epochs, "patience": epochs + 1})
+    fit(
+        fresh,
+        concat(train, valid),
+        None,
+        cfg.tasks,
+        settings,
+        build_weighting(cfg),
+        ctx.checkpoint_dir / "refit",
+    )
+    return fresh, epochs
 
 
 def _plot_weights(

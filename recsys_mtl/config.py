@@ -161,6 +161,18 @@ class TrainConfig(_Frozen):
     patience: int = Field(
         3, ge=1, description="epochs without validation improvement before stopping"
     )
+    monitor: str = Field(
+        "objective",
+        description="early stopping on: objective (validation task losses, static weights) "
+        "or one task's validation loss",
+    )
+    refit: bool = Field(
+        False,
+        description="after early stopping, train anew on train + valid for the best epoch count",
+    )
+    resample_negatives: bool = Field(
+        False, description="draw the interaction task's negatives anew every epoch"
+    )
     device: str = Field("cpu", pattern="^(cpu|cuda(:[0-9]+)?)$")
 
 
@@ -217,6 +229,11 @@ class RunConfig(_Frozen):
                 )
             if w < 0:
                 raise ValueError(f"weighting.weights.{t} must be >= 0, got {w}")
+        if self.train.monitor != "objective" and self.train.monitor not in self.tasks:
+            raise ValueError(
+                f"train.monitor must be 'objective' or one of tasks {self.tasks}, "
+                f"got {self.train.monitor!r}"
+            )
         return self
 
 

@@ -8,7 +8,7 @@ adapting a user's parameters from a few ratings, needs nothing else.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,9 @@ class FeatureContext:
     implicit_offsets: torch.Tensor  # (n_users + 1,) CSR offsets: items each user rated in train
     implicit_values: torch.Tensor
     user_mean_day: torch.Tensor  # (n_users,) float, mean day of the user's training ratings
+    # sorted keys ``user * day_span + day`` of the (user, day) pairs of the training part
+    user_days: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
+    day_span: int = 1
 
     @staticmethod
     def csr(lists: list[np.ndarray] | pl.Series, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,6 +75,7 @@ class FeatureContext:
             n_users, n_items, (1.0, 5.0), 3.5, 10, torch.from_numpy(cats), vocab,
             torch.from_numpy(g.integers(0, 6, n_items)), 6, go, gv, 5, io, iv,
             torch.from_numpy(g.uniform(0, 100, n_users)).float(),
+            torch.from_numpy(np.unique(g.integers(0, n_users * 100, n_users * 5))), 100,
         )  # fmt: skip
 
 
@@ -94,6 +98,9 @@ def load_context(features_dir: str | Path, split_dir: str | Path) -> FeatureCont
     mean_day = np.full(n_users, float(train["day"].mean() or 0.0))
     mean_day[day["uidx"].to_numpy()] = day["day"].to_numpy()
     cats = users.select(USER_CATEGORICALS).to_numpy().astype(np.int64)
+    t_min, t_max = spec["time_range"]
+    span = (t_max - t_min) // 86_400 + 1  # every day of the log: keys never collide
+    user_days = np.unique(train["uidx"].cast(pl.Int64).to_numpy() * span + train["day"].to_numpy())
     return FeatureContext(
         n_users=n_users,
         n_items=n_items,
@@ -110,4 +117,6 @@ def load_context(features_dir: str | Path, split_dir: str | Path) -> FeatureCont
         implicit_offsets=io,
         implicit_values=iv,
         user_mean_day=torch.from_numpy(mean_day).float(),
+        user_days=torch.from_numpy(user_days.astype(np.int64)),
+        day_span=span,
     )

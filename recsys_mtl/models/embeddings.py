@@ -102,8 +102,13 @@ class EmbeddingTables(nn.Module):
         if self.backend == "torch":
             out = {}
             for name, (values, lengths) in features.items():
-                offsets = torch.cumsum(lengths, 0) - lengths
-                out[name] = self.tables[name](values, offsets)
+                table = self.tables[name]
+                if values.numel() == lengths.numel() and bool((lengths == 1).all()):
+                    # one id per bag: a gather, whose backward is a scatter-add into the table
+                    # (EmbeddingBag's backward sorts the ids first: 2-5x slower per step on CPU)
+                    out[name] = table.weight.index_select(0, values)
+                else:
+                    out[name] = table(values, torch.cumsum(lengths, 0) - lengths)
             return out
         from torchrec import KeyedJaggedTensor
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-__all__ = ["FIELDS", "load_part", "take"]
+__all__ = ["FIELDS", "concat", "load_part", "size", "take"]
 
 FIELDS = ("user", "item", "time_bin", "day", "rating", "like", "interaction")
 
@@ -42,3 +42,8 @@ def take(data: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.
 
 def size(data: dict[str, torch.Tensor]) -> int:
     return int(data["user"].shape[0])
+
+
+def concat(*parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Parts one after another (for training on train + valid)."""
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}

@@ -222,3 +222,70 @@ def test_gradient_methods_leave_task_specific_parameters_their_own_task_gradient
     cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-9)
     fit(model, batch, None, TASKS, cfg, WEIGHTINGS.get(weighting)(TASKS))
     assert_close(captured["g"], expected)
+
+
+def test_monitoring_one_task_stops_on_that_tasks_validation_loss():
+    model, train = _model(), _data()
+    valid = _data(seed=1, flip_like=True)  # "like" gets worse on validation, rating better
+    res = fit(
+        model,
+        train,
+        valid,
+        TASKS,
+        TrainConfig(epochs=12, batch_size=64, lr=1e-2, patience=3, monitor="rating"),
+        _static(TASKS),
+    )
+    losses = [h["valid/rating/loss"] for h in res.history]
+    assert res.best_epoch == int(np.argmin(losses))
+    assert res.best_valid_loss == pytest.approx(min(losses))
+    assert [h["valid/objective"] for h in res.history] == losses
+
+
+def _with_negatives(n: int = 400, seed: int = 0) -> dict[str, torch.Tensor]:
+    data = _data(n, seed)
+    data["interaction"] = (torch.arange(n) % 3 != 0).float()  # every third row a negative
+    return data
+
+
+def test_resampled_negatives_are_unrated_items_drawn_anew_each_epoch():
+    from recsys_mtl.train.negatives import NegativeResampler
+
+    train = _with_negatives()
+    pos = train["interaction"] > 0.5
+    rated = set(zip(train["user"][pos].tolist(), train["item"][pos].tolist(), strict=True))
+    resample = NegativeResampler(train, CTX.n_items, seed=3)
+    first, second = resample(train, 0), resample(train, 1)
+    for part in (first, second):
+        assert torch.equal(part["item"][pos], train["item"][pos])  # positives untouched
+        for k in ("user", "day", "rating", "interaction"):
+            assert torch.equal(part[k], train[k])
+        negs = zip(part["user"][~pos].tolist(), part["item"][~pos].tolist(), strict=True)
+        assert not rated & set(negs)  # no negative is an item the user rated in training
+    assert not torch.equal(first["item"][~pos], second["item"][~pos])
+    assert torch.equal(resample(train, 1)["item"], second["item"])  # seeded by (seed, epoch)
+    assert torch.equal(train["item"], _with_negatives()["item"])  # the input is not modified
+
+
+def test_resampling_negatives_resumes_exactly(tmp_path):
+    train, valid = _with_negatives(), _with_negatives(seed=1)
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=5e-3, patience=10, resample_negatives=True)
+    whole = _model(name="bellkor")
+    fit(whole, train, valid, TASKS, cfg, _static(TASKS))
+    part = _model(name="bellkor")
+    fit(part, train, valid, TASKS, cfg.model_copy(update={"epochs": 2}), _static(TASKS), tmp_path)
+    resumed = _model(seed=99, name="bellkor")
+    fit(resumed, train, valid, TASKS, cfg, _static(TASKS), tmp_path)
+    fixed = _model(name="bellkor")
+    fit(
+        fixed,
+        train,
+        valid,
+        TASKS,
+        cfg.model_copy(update={"resample_negatives": False}),
+        _static(TASKS),
+    )
+    for k, v in whole.state_dict().items():
+        assert_close(resumed.state_dict()[k], v, msg=k)
+    assert not torch.equal(
+        fixed.state_dict()["emb.tables.item.weight"], whole.state_dict()["emb.tables.item.weight"]
+    )

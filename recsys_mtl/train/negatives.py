@@ -1,0 +1,47 @@
+"""Fresh negatives every epoch for the interaction task (as in He et al.'s NCF training).
+
+The features stage samples one fixed set of negatives; a model trained on the same negatives
+for many epochs learns those items rather than "unrated". With ``train.resample_negatives``
+each epoch replaces the item of every negative row of the training part by an item drawn
+uniformly among those the user did not rate *in the training part* (so a held-out item can be
+drawn, as in the NCF protocol; nothing about the test part reaches training). The user, time
+and labels of the row stay. Draws are seeded by ``(seed, epoch)``: a resumed run sees the
+same negatives as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recsys_mtl.data.features import draw_unrated
+
+__all__ = ["NegativeResampler"]
+
+
+class NegativeResampler:
+    """Redraws the items of a training part's negative rows, vectorized."""
+
+    def __init__(self, train: dict[str, torch.Tensor], n_items: int, seed: int) -> None:
+        positive = (train["interaction"] > 0.5).numpy()
+        users = train["user"].numpy()
+        self.n_items = n_items
+        self.seed = seed
+        self.rows = np.flatnonzero(~positive)
+        self.users = users[self.rows]
+        self.order = np.argsort(self.users, kind="stable")
+        self.rated = np.unique(
+            users[positive].astype(np.int64) * n_items + train["item"].numpy()[positive]
+        )
+
+    def __call__(self, train: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
+        """``train`` with new negative items for ``epoch`` (a new dict; the input is untouched)."""
+        if self.rows.size == 0:
+            return train
+        rng = np.random.default_rng([self.seed, epoch])
+        drawn = draw_unrated(self.users, self.rated, self.n_items, 1, rng, order=self.order)[:, 0]
+        keep = drawn >= 0  # a user who rated every item keeps the stored negative
+        item = train["item"].clone()
+        rows = torch.from_numpy(self.rows[keep])
+        item[rows] = torch.from_numpy(drawn[keep])
+        return {**train, "item": item}

@@ -1,0 +1,83 @@
+"""BellKor's time effects: the user-day bias applies to days seen in training, and only there."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recsys_mtl.models import RANKERS, FeatureContext
+from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec
+
+CTX = FeatureContext.synthetic(n_users=20, n_items=30)
+
+
+def _model(**params):
+    cls = RANKERS.get("bellkor")
+    torch.manual_seed(0)
+    return cls(cls.config_class(dim=4, **params), CTX, ["rating", "interaction"])
+
+
+def _seen_and_unseen() -> tuple[dict[str, torch.Tensor], np.ndarray]:
+    keys = CTX.user_days.numpy()
+    seen = keys[:3]
+    unseen = np.setdiff1d(np.arange(CTX.n_users * CTX.day_span), keys)[:3]
+    both = np.concatenate([seen, unseen])
+    batch = {
+        "user": torch.from_numpy(both // CTX.day_span),
+        "item": torch.tensor([1, 2, 3, 1, 2, 3]),
+        "time_bin": torch.zeros(6, dtype=torch.int64),
+        "day": torch.from_numpy(both % CTX.day_span),
+    }
+    return batch, both
+
+
+def test_the_user_day_bias_moves_seen_days_only_and_only_the_rating_task():
+    model = _model()
+    batch, _ = _seen_and_unseen()
+    before = model(batch)
+    with torch.no_grad():
+        model.emb.weight("user_day_bias").fill_(0.5)  # every row, the spare one included
+    after = model(batch)
+    diff = after["rating"] - before["rating"]
+    torch.testing.assert_close(diff, torch.tensor([0.5, 0.5, 0.5, 0.0, 0.0, 0.0]))
+    torch.testing.assert_close(after["interaction"], before["interaction"])
+
+
+def test_unseen_days_get_no_gradient_and_seen_days_their_own_row():
+    model = _model()
+    batch, keys = _seen_and_unseen()
+    model(batch)["rating"].sum().backward()
+    grad = model.emb.weight("user_day_bias").grad[:, 0]
+    rows = np.searchsorted(CTX.user_days.numpy(), keys[:3])
+    expected = torch.zeros_like(grad)
+    expected[torch.from_numpy(rows)] = 1.0
+    torch.testing.assert_close(grad, expected)
+
+
+def test_a_day_outside_the_log_is_unseen_not_another_users_day():
+    model = _model()
+    batch, _ = _seen_and_unseen()
+    shifted = {**batch, "user": batch["user"] - 1, "day": batch["day"] + CTX.day_span}
+    keep = shifted["user"] >= 0  # user - 1 with day + span has the same key as (user, day)
+    shifted = {k: v[keep] for k, v in shifted.items()}
+    rows, seen = model._user_day_rows(shifted["user"], shifted["day"])
+    assert not seen.any() and (rows == CTX.user_days.numel()).all()
+
+
+def test_without_the_user_day_bias_the_table_is_absent():
+    assert "user_day_bias" not in _model(user_day_bias=False).emb.specs
+    assert "user_day_bias" not in _model(time_effects=False).emb.specs
+
+
+def test_single_id_lookups_match_embedding_bag_in_value_and_gradient():
+    ids = torch.tensor([3, 1, 3, 0, 7, 3])
+    tables = EmbeddingTables([TableSpec("t", 10, 4)], "torch")
+    out = tables({"t": (ids, torch.ones_like(ids))})["t"]
+    (out * torch.arange(24.0).view(6, 4)).sum().backward()
+    reference = torch.nn.EmbeddingBag(10, 4, mode="sum")
+    with torch.no_grad():
+        reference.weight.copy_(tables.weight("t"))
+    ref = reference(ids, torch.arange(6))
+    (ref * torch.arange(24.0).view(6, 4)).sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(tables.weight("t").grad, reference.weight.grad)
