@@ -176,7 +176,15 @@ def _train(ctx: StageContext) -> dict[str, Any]:
             )
             refit = None
             if cfg.train.refit and size(valid) > 0:
-                model, refit = _refit(model, res.best_epoch + 1, train, valid, cfg, ctx)
+                model, refit = _refit(
+                    model,
+                    res.best_epoch + 1,
+                    train,
+                    valid,
+                    cfg,
+                    ctx,
+                    lambda e, m: on_epoch(e, {f"refit/{k}": v for k, v in m.items()}),
+                )
         except NonFiniteLossError as e:
             raise UserError(f"training diverged: {e} (lower train.lr or check the data)") from e
         result = {
@@ -208,7 +216,13 @@ def _train(ctx: StageContext) -> dict[str, Any]:
 
 
 def _refit(
-    model: Any, epochs: int, train: Any, valid: Any, cfg: RunConfig, ctx: StageContext
+    model: Any,
+    epochs: int,
+    train: Any,
+    valid: Any,
+    cfg: RunConfig,
+    ctx: StageContext,
+    on_epoch: Any = None,
 ) -> tuple[Any, int]:
     """Train a fresh model (same seed) on train + valid for the epochs early stopping chose.
 
@@ -233,6 +247,7 @@ def _refit(
         settings,
         build_weighting(cfg),
         ctx.checkpoint_dir / "refit",
+        on_epoch,
     )
     return fresh, epochs
 
