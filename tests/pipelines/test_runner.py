@@ -168,3 +168,32 @@ def test_a_run_killed_during_training_resumes_from_the_last_epoch_checkpoint(tmp
     assert marker["result"]["resumed_from_epoch"] >= 1
     assert marker["result"]["metrics"]["train/epochs"] == 15
     assert not list(run_dir.glob(".checkpoints/train-*"))  # removed once the stage completed
+
+
+@pytest.mark.slow
+def test_a_run_killed_during_the_refit_resumes_it_and_ends_with_the_uninterrupted_model(tmp_path):
+    import torch
+
+    data = {"format": "synthetic", "synthetic": {"users": 300, "items": 400, "ratings": 20_000}}
+    cfg = tiny_config(
+        tmp_path, data, model={"name": "bellkor", "params": {"dim": 16}}, tasks=["rating", "like"],
+        train={"epochs": 12, "patience": 12, "batch_size": 256, "refit": True},
+        evaluate={"full_ranking": False},
+    )  # fmt: skip
+    run_dir = tmp_path / "run"
+    cmd, env = _kill_when(
+        cfg,
+        run_dir,
+        lambda: bool(list(run_dir.glob(".checkpoints/train-*/refit/last.pt"))),
+        settle=0.3,
+    )
+    assert not (run_dir / "train").exists(), "training finished before it could be killed"
+    subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    marker = json.loads((run_dir / "train" / "_stage.json").read_text())
+    assert marker["result"]["refit_epochs"] == marker["result"]["metrics"]["train/best_epoch"] + 1
+    whole = tmp_path / "whole"
+    subprocess.run([*cmd[:-1], str(whole)], cwd=tmp_path, env=env, capture_output=True, check=True)
+    resumed = torch.load(run_dir / "train" / "model.pt", weights_only=True)
+    uninterrupted = torch.load(whole / "train" / "model.pt", weights_only=True)
+    for k, v in uninterrupted.items():
+        assert torch.equal(resumed[k], v), k
