@@ -176,9 +176,10 @@ def _train(ctx: StageContext) -> dict[str, Any]:
             )
             refit = None
             if cfg.train.refit and size(valid) > 0:
-                model, refit = _refit(
+                refit = res.best_epoch + 1
+                model = _refit(
                     model,
-                    res.best_epoch + 1,
+                    refit,
                     train,
                     valid,
                     cfg,
@@ -223,7 +224,7 @@ def _refit(
     cfg: RunConfig,
     ctx: StageContext,
     on_epoch: Any = None,
-) -> tuple[Any, int]:
+) -> Any:
     """Train a fresh model (same seed) on train + valid for the epochs early stopping chose.
 
     The validation part has done its job (choosing the epoch count); the final model also
@@ -249,7 +250,7 @@ def _refit(
         ctx.checkpoint_dir / "refit",
         on_epoch,
     )
-    return fresh, epochs
+    return fresh
 
 
 def _plot_weights(

@@ -40,9 +40,6 @@ class BellKorConfig(RankerConfig):
     user_day_bias: bool = Field(True, description="a bias per (user, day) with time_effects")
     beta: float = Field(0.4, gt=0.0, le=1.0, description="exponent of the user drift")
     init_std: float = Field(0.01, gt=0.0)
-    bias_reg: float = Field(
-        0.0, ge=0.0, description="L2 on the looked-up biases, relative to train.l2 on factors"
-    )
 
 
 @RANKERS.register("bellkor")
@@ -109,9 +106,6 @@ class BellKor(Ranker):
         e = self.emb(feats)
         p, q = e["user"], e["item"]
         reg = p.pow(2).sum() + q.pow(2).sum()
-        if self.cfg.bias_reg > 0:
-            biases = [v for k, v in e.items() if k not in ("user", "item")]
-            reg = reg + self.cfg.bias_reg * sum(b.pow(2).sum() for b in biases)
         if self.cfg.implicit:
             users, inverse = torch.unique(u, return_inverse=True)
             bags = gather_jagged(self.implicit_offsets, self.implicit_values, users)

@@ -100,7 +100,8 @@ def load_context(features_dir: str | Path, split_dir: str | Path) -> FeatureCont
     cats = users.select(USER_CATEGORICALS).to_numpy().astype(np.int64)
     t_min, t_max = spec["time_range"]
     span = (t_max - t_min) // 86_400 + 1  # every day of the log: keys never collide
-    user_days = np.unique(train["uidx"].cast(pl.Int64).to_numpy() * span + train["day"].to_numpy())
+    key = pl.col("uidx").cast(pl.Int64) * span + pl.col("day")
+    user_days = train.select(key.unique().sort()).to_series().to_numpy()
     return FeatureContext(
         n_users=n_users,
         n_items=n_items,

@@ -30,7 +30,8 @@ class NegativeResampler:
         self.rows = np.flatnonzero(~positive)
         self.users = users[self.rows]
         self.order = np.argsort(self.users, kind="stable")
-        self.rated = np.unique(
+        # ingest made (user, item) pairs distinct: a sort gives the keys draw_unrated searches
+        self.rated = np.sort(
             users[positive].astype(np.int64) * n_items + train["item"].numpy()[positive]
         )
 

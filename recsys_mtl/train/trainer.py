@@ -152,7 +152,6 @@ def fit(
     weighting: Weighting,
     checkpoint_dir: str | Path | None = None,
     on_epoch: Callable[[int, dict[str, float]], None] | None = None,
-    n_items: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; at the end it holds the weights of its best validation epoch."""
     opts = _optimizers(model, cfg, weighting)
@@ -186,9 +185,7 @@ def fit(
 
     resample = None
     if cfg.resample_negatives and "interaction" in tasks:
-        if n_items is None:
-            n_items = int(model.ctx.n_items)
-        resample = NegativeResampler(train, n_items, cfg.seed)
+        resample = NegativeResampler(train, int(model.ctx.n_items), cfg.seed)
     n = size(train)
     t0 = time.perf_counter()
     seen = 0
