@@ -78,10 +78,8 @@ def run_command(
 
     ``single_task_baselines`` also trains each task alone and adds the transfer report.
     """
-    from pipelines.runner import run_pipeline
-    from pipelines.stages import build_pipeline, validate_model
+    from pipelines.stages import validate_model
     from recsys_mtl.config import flatten, load_config
-    from recsys_mtl.io import write_json
     from recsys_mtl.tracking import MlflowTracker, NullTracker
 
     cfg = load_config(config_path, overrides)
@@ -93,10 +91,34 @@ def run_command(
     )
     t0 = time.perf_counter()
     try:
-        outcome = run_pipeline(build_pipeline(), cfg, run_dir, force=force, tracker=tracker)
-    except BaseException:
+        summary = _run_and_summarize(
+            cfg, config_path, overrides, run_dir, force, single_task_baselines, tracker, t0
+        )
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        raise
+    except BaseException:  # the MLflow run never stays open after a failure
         tracker.finish("FAILED")
         raise
+    tracker.finish()
+    return summary
+
+
+def _run_and_summarize(
+    cfg: Any,
+    config_path: str,
+    overrides: list[str],
+    run_dir: Path,
+    force: bool,
+    single_task_baselines: bool,
+    tracker: Any,
+    t0: float,
+) -> dict[str, Any]:
+    from pipelines.runner import run_pipeline
+    from pipelines.stages import build_pipeline
+    from recsys_mtl.io import write_json
+
+    outcome = run_pipeline(build_pipeline(), cfg, run_dir, force=force, tracker=tracker)
     metrics = outcome["evaluate"]["result"].get("metrics", {})
     summary = {
         "config": cfg.model_dump(mode="json"),
@@ -139,7 +161,6 @@ def run_command(
             run_dir / "transfer.json",
         ]
     )
-    tracker.finish()
     return summary
 
 
@@ -181,8 +202,31 @@ def _data_config(**kwargs: Any) -> Any:
     return _validated(DataConfig, **kwargs)
 
 
+def _setup_logging() -> None:
+    """Progress to stderr through ``logging`` (workers add their name through the logger)."""
+    import logging
+
+    class _Stderr(logging.StreamHandler):  # whatever sys.stderr is at the time of the record
+        @property
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value: Any) -> None:
+            pass
+
+    root = logging.getLogger("recsys_mtl")
+    if not root.handlers:
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        root.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _setup_logging()
     try:
         if args.command == "run":
             summary = run_command(

@@ -5,18 +5,23 @@ which upstream artifacts it consumes and which files it writes. :class:`Pipeline
 wiring when it is built: consuming an artifact that no earlier stage produces fails before
 anything runs.
 
-Each stage's fingerprint hashes the stage name and version, the package version, the canonical
-JSON of the config keys it reads (file paths replaced by the digest of the files' contents) and
-its upstream stages' fingerprints. A stage whose fingerprint matches its completed directory is
-skipped. A stage writes into ``RUN_DIR/.tmp-<stage>/`` and the directory is renamed into place
-only when the stage has finished, so a killed run leaves either the previous complete stage
-directory or none: a rerun resumes from the last complete stage.
+Each stage's fingerprint hashes the stage name and version, the package version, the source
+code it runs (every ``.py`` file of the module defining its function and of the packages it
+declares in ``code``; read once per process), the canonical JSON of the config keys it reads
+(file paths replaced by the digest of the files' contents) and its upstream stages'
+fingerprints. A stage whose fingerprint matches its completed directory is skipped. A stage
+writes into ``RUN_DIR/.tmp-<stage>/`` and the directory is renamed into place only when the
+stage has finished, so a killed run leaves either the previous complete stage directory or
+none: a rerun resumes from the last complete stage.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
+import logging
 import os
 import shutil
 import sys
@@ -28,9 +33,20 @@ from typing import Any
 
 from recsys_mtl import __version__
 from recsys_mtl.config import RunConfig
+from recsys_mtl.io import file_digest
 from recsys_mtl.tracking import NullTracker
 
-__all__ = ["Artifact", "Pipeline", "PipelineError", "Stage", "StageContext", "run_pipeline"]
+__all__ = [
+    "Artifact",
+    "Pipeline",
+    "PipelineError",
+    "Stage",
+    "StageContext",
+    "code_digest",
+    "fingerprint",
+    "run_pipeline",
+    "stage_code",
+]
 
 MARKER = "_stage.json"
 
@@ -57,6 +73,16 @@ class Stage:
     version: int = 1
     # Config keys holding file paths: their files' contents enter the fingerprint, the path not.
     content_keys: Callable[[RunConfig], dict[str, str]] | None = None
+    # Dotted packages/modules whose source the stage runs (e.g. "recsys_mtl.data"): every .py
+    # file under them enters the fingerprint, so editing their code reruns the stage. The module
+    # defining ``func`` is always included; list here what it calls into.
+    code: tuple[str, ...] = ()
+    # Files a stage may write besides ``outputs`` (a run with a refit keeps the selected model).
+    optional: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.code, str):  # ("recsys_mtl.data") without the comma
+            raise PipelineError(f"stage {self.name!r}: code must be a tuple of module names")
 
     def out(self, name: str) -> Artifact:
         if name not in self.outputs:
@@ -92,7 +118,7 @@ class StageContext:
         return self.inputs[artifact]
 
     def output(self, name: str) -> Path:
-        if name not in self.stage.outputs:
+        if name not in self.stage.outputs and name not in self.stage.optional:
             raise PipelineError(f"stage {self.stage.name!r} declares no output {name!r}")
         return self.out_dir / name
 
@@ -137,8 +163,63 @@ def _drop(doc: Any, dotted: str) -> None:
         node.pop(parts[-1], None)
 
 
+def _source_files(module: str) -> list[tuple[str, Path]]:
+    """``(relative name, path)`` of the source of ``module``: every ``.py`` file under a
+    package, sorted by relative path, or the module's own file."""
+    if module == "__main__":  # a script run directly has no spec; hash its file
+        path = getattr(sys.modules.get("__main__"), "__file__", None)
+        return [("__main__.py", Path(path))] if path else []
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as e:
+        raise PipelineError(f"code {module!r} cannot be found ({e})") from e
+    if spec is None:
+        raise PipelineError(f"code {module!r} is not an importable module or package")
+    if spec.submodule_search_locations:  # a package (namespace packages may have several)
+        files: list[tuple[str, Path]] = []
+        for n, location in enumerate(spec.submodule_search_locations):
+            root = Path(location)
+            files += sorted(
+                ((f"{n}/{p.relative_to(root).as_posix()}", p) for p in root.rglob("*.py")),
+                key=lambda rel_path: rel_path[0],
+            )
+        return files
+    if spec.origin and spec.has_location:
+        return [(Path(spec.origin).name, Path(spec.origin))]
+    return []  # built-in or frozen: no source file of ours to hash
+
+
+@functools.cache  # per process, keyed by the tuple (an unbounded lru_cache)
+def code_digest(modules: tuple[str, ...]) -> str:
+    """Digest of the source files of ``modules`` (dotted names), by name and content.
+
+    Cached per process and per tuple, so a pipeline reads each stage's files once; call
+    ``code_digest.cache_clear()`` to see source edited while the process runs.
+    """
+    h = hashlib.blake2b(digest_size=16)
+    for module in modules:
+        h.update(f"module:{module}\n".encode())
+        for rel, path in _source_files(module):
+            h.update(f"{rel}\0{file_digest(path)}\n".encode())
+    return h.hexdigest()
+
+
+def stage_code(stage: Stage) -> tuple[str, ...]:
+    """The modules whose source enters ``stage``'s fingerprint: its function's module and
+    its declared ``code``, deduplicated and sorted (one cache key per set)."""
+    func: Any = stage.func
+    while isinstance(func, functools.partial):
+        func = func.func
+    own = getattr(func, "__module__", None)
+    return tuple(sorted({*stage.code, *([own] if own else [])}))
+
+
 def fingerprint(stage: Stage, config: RunConfig, upstream: dict[str, str]) -> str:
-    """Hex digest over the stage identity, the config it reads, contents and upstream keys."""
+    """Hex digest over the stage identity, code, the config it reads, contents, upstream keys."""
+    try:
+        code = code_digest(stage_code(stage))
+    except PipelineError as e:
+        raise PipelineError(f"stage {stage.name!r}: {e}") from e
     doc = config.model_dump(mode="json")
     content = stage.content_keys(config) if stage.content_keys else {}
     for key in content:
@@ -147,6 +228,7 @@ def fingerprint(stage: Stage, config: RunConfig, upstream: dict[str, str]) -> st
         "stage": stage.name,
         "version": stage.version,
         "package": __version__,
+        "code": code,
         "config": {k: _select(doc, k) for k in stage.reads},
         "content": content,
         "upstream": {s: upstream[s] for s in sorted({a.stage for a in stage.inputs})},
@@ -165,8 +247,11 @@ def _read_marker(stage_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+log = logging.getLogger("recsys_mtl.pipeline")
+
+
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    log.info(msg)
 
 
 def run_pipeline(

@@ -158,8 +158,11 @@ class TrainConfig(_Frozen):
     )
     embedding_lr: float | None = Field(None, gt=0.0, description="default: train.lr")
     l2: float = Field(0.0, ge=0.0, description="weight of the L2 penalty on looked-up embeddings")
-    patience: int = Field(
-        3, ge=1, description="epochs without validation improvement before stopping"
+    patience: int | None = Field(
+        3,
+        ge=1,
+        description="epochs without validation improvement before stopping; null trains "
+        "every epoch (the only choice without a validation part)",
     )
     monitor: str = Field(
         "objective",
@@ -173,7 +176,11 @@ class TrainConfig(_Frozen):
     resample_negatives: bool = Field(
         False, description="draw the interaction task's negatives anew every epoch"
     )
-    device: str = Field("cpu", pattern="^(cpu|cuda(:[0-9]+)?)$")
+    device: str = Field(
+        "auto",
+        pattern="^(auto|cpu|cuda(:[0-9]+)?)$",
+        description="where training and evaluation run: auto (CUDA when available), cpu, cuda[:N]",
+    )
 
 
 class WeightingConfig(_Frozen):

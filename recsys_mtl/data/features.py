@@ -28,7 +28,14 @@ import polars as pl
 from recsys_mtl.config import FeaturesConfig
 from recsys_mtl.io import write_json, write_parquet
 
-__all__ = ["AGE_BOUNDS", "TASK_SPECS", "build_features", "draw_unrated", "sample_negatives"]
+__all__ = [
+    "AGE_BOUNDS",
+    "TASK_SPECS",
+    "build_features",
+    "draw_unrated",
+    "pair_keys",
+    "sample_negatives",
+]
 
 AGE_BOUNDS = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups
 TASK_SPECS: dict[str, dict[str, str]] = {
@@ -44,6 +51,12 @@ def _codes(values: pl.Series, vocab: list[Any] | None = None) -> tuple[pl.Series
         vocab = values.drop_nulls().unique().sort().to_list()
     codes = values.replace_strict(vocab, list(range(1, len(vocab) + 1)), default=0, return_dtype=pl.Int32)
     return codes.fill_null(0), vocab
+
+
+def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """One int64 key per (user, item) pair, ``user * n_items + item``: sorted, these keys are
+    how membership of a pair in a set of ratings is tested (``np.searchsorted``)."""
+    return np.asarray(users).astype(np.int64) * n_items + np.asarray(items).astype(np.int64)
 
 
 def _member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -63,26 +76,49 @@ def draw_unrated(
     rng: np.random.Generator,
     order: np.ndarray | None = None,
     max_rounds: int = 100,
+    distinct: bool = False,
 ) -> np.ndarray:
     """``(len(users), per_row)`` items drawn uniformly among those each user has not rated.
 
-    ``rated_keys`` are the sorted ``user * n_items + item`` keys of every rating. Rejection
-    sampling, vectorized; a draw that finds no unrated item after ``max_rounds`` (a user who
-    rated almost everything) is -1. ``order`` (rows grouped by user) makes the membership
-    tests cache-friendly: consecutive binary searches fall in the same small region of the
-    keys (4-5x faster than in log order); it defaults to a stable arg-sort of ``users``.
+    ``rated_keys`` are the sorted :func:`pair_keys` of every rating. Rejection sampling,
+    vectorized; a draw that finds no unrated item after ``max_rounds`` (a user who rated almost
+    everything) is -1. With ``distinct`` the items of one row are also all different (sampling
+    without replacement, as the NCF evaluation protocol ranks 99 distinct items): a repeated
+    item is redrawn like a rated one, and a row that cannot be completed keeps -1 entries.
+    ``order`` (rows grouped by user) makes the membership tests cache-friendly: consecutive
+    binary searches fall in the same small region of the keys (4-5x faster than in log
+    order); it defaults to a stable arg-sort of ``users``.
     """
     n, k = users.size, per_row
     if order is None:
         order = np.argsort(users, kind="stable")
     base = np.repeat(users[order].astype(np.int64) * n_items, k)
     item = rng.integers(0, n_items, n * k)
-    bad = np.flatnonzero(_member(rated_keys, base + item))
+
+    def rejected(pos: np.ndarray) -> np.ndarray:
+        """Positions (whole rows, in row order) whose draw is rated or repeats its row."""
+        bad = _member(rated_keys, base[pos] + item[pos])
+        if distinct and k > 1:
+            block = item[pos].reshape(-1, k)
+            by_value = np.argsort(block, axis=1, kind="stable")
+            ranked = np.take_along_axis(block, by_value, 1)
+            repeat = np.zeros(block.shape, dtype=bool)
+            repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]  # every copy after the first
+            again = np.zeros(block.shape, dtype=bool)
+            np.put_along_axis(again, by_value, repeat, 1)
+            bad |= again.ravel()
+        return pos[bad]
+
+    bad = rejected(np.arange(n * k))
     for _ in range(max_rounds):
         if bad.size == 0:
             break
         item[bad] = rng.integers(0, n_items, bad.size)
-        bad = bad[_member(rated_keys, base[bad] + item[bad])]
+        if distinct:  # a redraw can repeat another item of its row: recheck those rows whole
+            rows = np.unique(bad // k)
+            bad = rejected((rows[:, None] * k + np.arange(k)).ravel())
+        else:
+            bad = bad[_member(rated_keys, base[bad] + item[bad])]
     item[bad] = -1
     out = np.empty((n, k), dtype=np.int64)
     out[order] = item.reshape(n, k)  # back to the callers' row order
@@ -107,7 +143,7 @@ def sample_negatives(
         return empty, empty, 0
     # One multi-threaded arg-sort of the pair keys gives both the sorted keys and the ratings
     # grouped by user; ingest made the pairs distinct, so no unique is needed.
-    keys = uidx.astype(np.int64) * n_items + iidx
+    keys = pair_keys(uidx, iidx, n_items)
     by_key = pl.Series(keys).arg_sort().to_numpy()
     items = draw_unrated(uidx, keys[by_key], n_items, per_positive, rng, order=by_key, max_rounds=max_rounds)
     flat = items.ravel()

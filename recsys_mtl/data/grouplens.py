@@ -12,11 +12,17 @@ Layouts, detected from the files in a folder:
   year in the title), ``tags.csv``.
 * generic: one CSV or Parquet file with a column mapping (``data.columns``).
 
+Side-table text (users, items, tags) is UTF-8, and a line of it that is not valid UTF-8 is read
+as Windows-1252 / Latin-1 (:func:`recsys_mtl.data.lines.decode_text`), counted in the table's
+report as ``rows_decoded_as_latin1``: no item is lost over the encoding of its title. Rating
+logs stay strict: a rating line with undecodable bytes is quarantined as ``bad_encoding``.
+
 Readers return parsed, not yet validated, rows; see :mod:`recsys_mtl.data.ingest`.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +31,10 @@ import polars as pl
 from recsys_mtl.config import DataConfig
 from recsys_mtl.data.lines import (
     cast_fields,
+    decode_text,
     quarantine_frame,
     read_lines,
+    read_side_lines,
     reason_counts,
     split_fields,
 )
@@ -47,7 +55,16 @@ ML1M_OCCUPATIONS = [
 ]  # fmt: skip
 CSV_RATINGS_HEADER = "userId,movieId,rating,timestamp"
 NO_GENRES = "(no genres listed)"
-_NAMED = ("ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-32m", "ml-latest-small", "ml-latest")
+_NAMED = (
+    "ml-100k",
+    "ml-1m",
+    "ml-10m",
+    "ml-20m",
+    "ml-25m",
+    "ml-32m",
+    "ml-latest-small",
+    "ml-latest",
+)
 _RATING_TYPES = {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "ts": pl.Int64}
 _RATING_FIELDS = list(_RATING_TYPES)
 
@@ -183,7 +200,9 @@ def _count_lines(path: Path) -> int:
 def _typed_read(path: Path, sep: str, skip_header: bool) -> pl.DataFrame | None:
     """The whole file with a fixed schema, or None unless every line parsed cleanly."""
     # "::" is read as ":" with the empty fields in between: exact for all-numeric lines.
-    parts = _RATING_FIELDS if sep != "::" else [f for n in _RATING_FIELDS for f in (n, f"_{n}")][:-1]
+    parts = (
+        _RATING_FIELDS if sep != "::" else [f for n in _RATING_FIELDS for f in (n, f"_{n}")][:-1]
+    )
     schema = {n: (_RATING_TYPES.get(n, pl.String)) for n in parts}
     try:
         df = pl.read_csv(
@@ -198,7 +217,9 @@ def _typed_read(path: Path, sep: str, skip_header: bool) -> pl.DataFrame | None:
         return None
     fields_null = df.select(pl.any_horizontal(pl.col(_RATING_FIELDS).is_null()).any()).item()
     gaps = [c for c in parts if c not in _RATING_TYPES]
-    gaps_filled = bool(gaps) and df.select(pl.any_horizontal(pl.col(gaps).is_not_null()).any()).item()
+    gaps_filled = (
+        bool(gaps) and df.select(pl.any_horizontal(pl.col(gaps).is_not_null()).any()).item()
+    )
     if fields_null or gaps_filled:
         return None
     if df.height + int(skip_header) != _count_lines(path):
@@ -225,7 +246,6 @@ def _first_line(path: Path) -> str:
 def _side_table(
     path: Path,
     table: str,
-    lines: pl.DataFrame,
     sep: str,
     names: list[str],
     dtypes: dict[str, pl.DataType],
@@ -234,12 +254,14 @@ def _side_table(
     allow_extra: bool = False,
 ) -> pl.DataFrame:
     """Parse a side table; bad rows and repeated ids go to quarantine, the first id is kept."""
-    df = cast_fields(split_fields(lines, sep, names, allow_extra=allow_extra), dtypes).collect()
-    return _keep_first_id(df, path, table, rt, blank=lines["raw"].null_count())
+    lines, legacy = read_side_lines(path)
+    lf = split_fields(lines, sep, names, allow_extra=allow_extra, check_encoding=False)
+    df = cast_fields(lf, dtypes).collect()
+    return _keep_first_id(df, path, table, rt, blank=lines["raw"].null_count(), legacy=legacy)
 
 
 def _keep_first_id(
-    df: pl.DataFrame, path: Path, table: str, rt: RawTables, blank: int = 0
+    df: pl.DataFrame, path: Path, table: str, rt: RawTables, blank: int = 0, legacy: int = 0
 ) -> pl.DataFrame:
     id_col = df.columns[df.columns.index("reason") + 1]
     ok = pl.col("reason").is_null()
@@ -257,16 +279,7 @@ def _keep_first_id(
         .otherwise("reason")
         .alias("reason")
     )
-    return _rows_only(df, path, table, rt, blank)
-
-
-def _decode_dat(path: Path) -> pl.DataFrame:
-    """``.dat`` side files are UTF-8 in newer releases and latin-1 in ml-1m."""
-    try:
-        path.read_bytes().decode("utf-8")
-        return read_lines(path, "utf-8")
-    except UnicodeDecodeError:
-        return read_lines(path, "latin-1")
+    return _rows_only(df, path, table, rt, blank, legacy)
 
 
 def _year_from_title() -> pl.Expr:
@@ -280,7 +293,7 @@ def _genre_list(col: str = "genres") -> pl.Expr:
 def _read_ml100k_side(layout: Layout, rt: RawTables) -> None:
     genres = ML100K_GENRES
     if "genres" in layout.files:
-        g = read_lines(layout.files["genres"], "latin-1").drop_nulls("raw")
+        g = read_side_lines(layout.files["genres"])[0].drop_nulls("raw")
         names = g["raw"].str.split("|").list.get(0, null_on_oob=True).to_list()
         genres = [n for n in names if n]
     rt.genres = genres
@@ -288,14 +301,12 @@ def _read_ml100k_side(layout: Layout, rt: RawTables) -> None:
         path = layout.files["users"]
         names = ["user_id", "age", "gender", "occupation", "zip"]
         types = {"user_id": pl.Int64, "age": pl.Int32}
-        rt.users = _side_table(path, "users", read_lines(path, "latin-1"), "|", names, types, rt)
+        rt.users = _side_table(path, "users", "|", names, types, rt)
     if "items" in layout.files:
         path = layout.files["items"]
         flags = [f"g{k}" for k in range(len(genres))]
         names = ["item_id", "title", "release", "video_release", "url", *flags]
-        df = _side_table(
-            path, "items", read_lines(path, "latin-1"), "|", names, {"item_id": pl.Int64}, rt
-        )
+        df = _side_table(path, "items", "|", names, {"item_id": pl.Int64}, rt)
         genre_list = pl.concat_list(
             [pl.when(pl.col(f) == "1").then(pl.lit(g)) for f, g in zip(flags, genres, strict=True)]
         ).list.drop_nulls()
@@ -313,7 +324,7 @@ def _read_dat_side(layout: Layout, rt: RawTables) -> None:
         path = layout.files["users"]
         names = ["user_id", "gender", "age", "occupation", "zip"]
         types = {"user_id": pl.Int64, "age": pl.Int32, "occupation": pl.Int32}
-        df = _side_table(path, "users", _decode_dat(path), "::", names, types, rt)
+        df = _side_table(path, "users", "::", names, types, rt)
         occ = pl.col("occupation").replace_strict(
             list(range(len(ML1M_OCCUPATIONS))), ML1M_OCCUPATIONS, default=None
         )
@@ -321,61 +332,76 @@ def _read_dat_side(layout: Layout, rt: RawTables) -> None:
     if "items" in layout.files:
         path = layout.files["items"]
         names = ["item_id", "title", "genres"]
-        df = _side_table(path, "items", _decode_dat(path), "::", names, {"item_id": pl.Int64}, rt)
+        df = _side_table(path, "items", "::", names, {"item_id": pl.Int64}, rt)
         rt.items = df.select("item_id", "title", _year_from_title().alias("year"), _genre_list())
     if "tags" in layout.files:
         path = layout.files["tags"]
         names = ["user_id", "item_id", "tag", "ts"]
         types = {"user_id": pl.Int64, "item_id": pl.Int64, "ts": pl.Int64}
-        lf = cast_fields(split_fields(_decode_dat(path), "::", names), types)
-        rt.tags = _rows_only(lf.collect(), path, "tags", rt)
+        lines, legacy = read_side_lines(path)
+        lf = cast_fields(split_fields(lines, "::", names, check_encoding=False), types)
+        rt.tags = _rows_only(lf.collect(), path, "tags", rt, legacy=legacy)
 
 
-def _read_quoted_csv(path: Path, expected: list[str]) -> pl.DataFrame:
-    """A small quoted CSV side file as strings, with line numbers and a ``raw`` rendering."""
+def _read_quoted_csv(path: Path, expected: list[str]) -> tuple[pl.DataFrame, int]:
+    """A small quoted CSV side file as strings, with line numbers and a ``raw`` rendering.
+
+    Returns ``(rows, number of lines decoded as Windows-1252 / Latin-1)``.
+    """
+    text, legacy = decode_text(path.read_bytes())
+    source: Path | io.BytesIO = path if legacy == 0 else io.BytesIO(text.encode("utf-8"))
     try:
-        df = pl.read_csv(path, infer_schema=False, encoding="utf8-lossy")
+        df = pl.read_csv(source, infer_schema=False, encoding="utf8-lossy")
+    except pl.exceptions.NoDataError as e:
+        raise UserError(
+            f"{path.absolute()}: the file is empty (expected the header {','.join(expected)!r})"
+        ) from e
     except pl.exceptions.ComputeError as e:
         raise UserError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from e
     if df.columns != expected:
-        raise UserError(f"{path}:1: header is {','.join(df.columns)!r}, expected {','.join(expected)!r}")
+        raise UserError(
+            f"{path}:1: header is {','.join(df.columns)!r}, expected {','.join(expected)!r}"
+        )
     raw = pl.concat_str([pl.col(c).fill_null("") for c in expected], separator=",")
-    return df.with_row_index("line", offset=2).select(
+    rows = df.with_row_index("line", offset=2).select(
         pl.col("line").cast(pl.Int64), raw.alias("raw"), *expected
     )
+    return rows, legacy
 
 
 def _csv_side(df: pl.DataFrame, names: list[str], types: dict[str, pl.DataType]) -> pl.DataFrame:
     renamed = df.rename(dict(zip(df.columns[2:], names, strict=True)))
-    bad = pl.col("raw").str.contains("\ufffd", literal=True)
-    lf = renamed.lazy().with_columns(
-        pl.when(bad).then(pl.lit("bad_encoding")).otherwise(pl.lit(None, pl.String)).alias("reason")
-    )
+    # decode_text leaves no undecodable bytes: a side row has no bad_encoding reason.
+    lf = renamed.lazy().with_columns(pl.lit(None, pl.String).alias("reason"))
     return cast_fields(lf.select("line", "raw", "reason", *names), types).collect()
 
 
 def _read_csv_side(layout: Layout, rt: RawTables) -> None:
     if "items" in layout.files:
         path = layout.files["items"]
-        df = _csv_side(
-            _read_quoted_csv(path, ["movieId", "title", "genres"]),
-            ["item_id", "title", "genres"],
-            {"item_id": pl.Int64},
-        )
-        df = _keep_first_id(df, path, "items", rt)
+        rows, legacy = _read_quoted_csv(path, ["movieId", "title", "genres"])
+        df = _csv_side(rows, ["item_id", "title", "genres"], {"item_id": pl.Int64})
+        df = _keep_first_id(df, path, "items", rt, legacy=legacy)
         rt.items = df.select("item_id", "title", _year_from_title().alias("year"), _genre_list())
     if "tags" in layout.files:
         path = layout.files["tags"]
+        rows, legacy = _read_quoted_csv(path, ["userId", "movieId", "tag", "timestamp"])
         df = _csv_side(
-            _read_quoted_csv(path, ["userId", "movieId", "tag", "timestamp"]),
+            rows,
             ["user_id", "item_id", "tag", "ts"],
             {"user_id": pl.Int64, "item_id": pl.Int64, "ts": pl.Int64},
         )
-        rt.tags = _rows_only(df, path, "tags", rt)
+        rt.tags = _rows_only(df, path, "tags", rt, legacy=legacy)
 
 
-def _rows_only(df: pl.DataFrame, path: Path, table: str, rt: RawTables, blank: int = 0) -> pl.DataFrame:
-    """Keep rows without a reason; quarantine and count the others."""
+def _rows_only(
+    df: pl.DataFrame, path: Path, table: str, rt: RawTables, blank: int = 0, legacy: int = 0
+) -> pl.DataFrame:
+    """Keep rows without a reason; quarantine and count the others.
+
+    ``legacy`` is the number of lines of ``path`` that were not valid UTF-8 and were decoded as
+    Windows-1252 / Latin-1 (reported as ``rows_decoded_as_latin1``).
+    """
     rejects = df.filter(pl.col("reason").is_not_null())
     rt.side_rejects.append(quarantine_frame(rejects, table, path.name))
     kept = df.filter(pl.col("reason").is_null()).drop("line", "raw", "reason")
@@ -385,6 +411,7 @@ def _rows_only(df: pl.DataFrame, path: Path, table: str, rt: RawTables, blank: i
         "rows_kept": kept.height,
         "rows_quarantined": reason_counts(rejects),
         "blank_lines": blank,
+        "rows_decoded_as_latin1": legacy,
     }
     return kept
 
@@ -403,7 +430,9 @@ def _read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
         try:
             df = pl.read_parquet(path)
         except Exception as e:  # polars raises several error types for a non-Parquet file
-            raise UserError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})") from e
+            raise UserError(
+                f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})"
+            ) from e
         _check_columns(path, df.columns, wanted)
         df = df.select(
             [pl.col(src).cast(pl.String).alias(dst) for dst, src in wanted.items()]
@@ -414,7 +443,13 @@ def _read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
         )
         blank = 0
     else:
-        header = [h.strip().strip('"') for h in _first_line(path).split(cfg.separator)]
+        first = _first_line(path)
+        if not first:
+            raise UserError(
+                f"{path.absolute()}: the first line is empty; expected a header naming the columns "
+                + ", ".join(wanted.values())
+            )
+        header = [h.strip().strip('"') for h in first.split(cfg.separator)]
         _check_columns(path, header, wanted)
         lines = read_lines(path, skip_header=True)
         blank = lines["raw"].null_count()
@@ -468,15 +503,17 @@ def _parse_ts(lf: pl.LazyFrame, fmt: str | None) -> pl.LazyFrame:
 
 def read_layout(layout: Layout, cfg: DataConfig) -> RawTables:
     """Parse every file of ``layout``; side tables are validated here, ratings in ingest."""
+    ratings = layout.files["ratings"]
+    if ratings.stat().st_size == 0:
+        raise UserError(f"{ratings.absolute()}: the file is empty (0 bytes); it has no rating rows")
     if layout.kind in ("csv", "parquet"):
         lf, blank = _read_generic(layout, cfg)
         return RawTables(lf, layout.files["ratings"].name, blank)
     lf, blank = read_ratings_file(layout.files["ratings"], layout.kind)
     rt = RawTables(lf, layout.files["ratings"].name, blank)
-    {"ml-100k": _read_ml100k_side, "ml-dat": _read_dat_side, "ml-csv": _read_csv_side}[
-        layout.kind
-    ](layout, rt)
+    {"ml-100k": _read_ml100k_side, "ml-dat": _read_dat_side, "ml-csv": _read_csv_side}[layout.kind](
+        layout, rt
+    )
     if rt.genres is None and rt.items is not None:
         rt.genres = sorted(set(rt.items["genres"].explode().drop_nulls().to_list()))
     return rt
-

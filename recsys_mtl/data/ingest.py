@@ -68,9 +68,13 @@ def validate_interactions(
     rule = rule.when(~r.is_finite() | (r < lo) | (r > hi)).then(pl.lit("rating_out_of_scale"))
     rule = rule.when(pl.col("ts") < 0).then(pl.lit("invalid_ts"))
     if known_users is not None:
-        rule = rule.when(~pl.col("user_id").is_in(known_users.implode())).then(pl.lit("unknown_user"))
+        rule = rule.when(~pl.col("user_id").is_in(known_users.implode())).then(
+            pl.lit("unknown_user")
+        )
     if known_items is not None:
-        rule = rule.when(~pl.col("item_id").is_in(known_items.implode())).then(pl.lit("unknown_item"))
+        rule = rule.when(~pl.col("item_id").is_in(known_items.implode())).then(
+            pl.lit("unknown_item")
+        )
     df = lf.with_columns(rule.otherwise(pl.lit(None, pl.String)).alias("reason")).collect()
 
     dup_mask = _duplicated_pairs(df)
@@ -93,13 +97,23 @@ def validate_interactions(
 
 def _duplicated_pairs(df: pl.DataFrame) -> pl.Series | None:
     """Mask of valid rows whose (user, item) pair occurs more than once, or None if none does."""
+    if df.height == 0:
+        return None
     ok = pl.col("reason").is_null()
     ints = df.schema["user_id"].is_integer() and df.schema["item_id"].is_integer()
-    if ints and df.height:
-        hi = df.select(pl.col("user_id").max(), pl.col("item_id").max(), pl.col("user_id", "item_id").min().name.suffix("_min")).row(0)
+    if ints:
+        hi = df.select(
+            pl.col("user_id").max(),
+            pl.col("item_id").max(),
+            pl.col("user_id", "item_id").min().name.suffix("_min"),
+        ).row(0)
         ints = None not in hi and min(hi[2], hi[3]) >= 0 and (hi[0] + 1) * (hi[1] + 1) < 2**62
     # One Int64 key per pair is several times faster to hash than a struct of two columns.
-    pair = pl.col("user_id") * (hi[1] + 1) + pl.col("item_id") if ints else pl.struct("user_id", "item_id")
+    pair = (
+        pl.col("user_id") * (hi[1] + 1) + pl.col("item_id")
+        if ints
+        else pl.struct("user_id", "item_id")
+    )
     valid = df.select(pl.when(ok).then(pair).alias("k"))["k"]
     if valid.drop_nulls().n_unique() == valid.drop_nulls().len():
         return None
@@ -123,7 +137,20 @@ def _derive_items(kept: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def ingest(cfg: DataConfig, out_dir: str | Path, work_dir: str | Path | None = None) -> IngestResult:
+def _no_rows_message(layout: Layout, blank_lines: int) -> str:
+    """The error for a ratings file that holds no row at all (an empty file fails earlier)."""
+    path = layout.files["ratings"].absolute()
+    if layout.kind == "parquet":
+        return f"{path}: has no rating rows (the Parquet file has 0 rows)"
+    held = ["a header"] if layout.kind in ("csv", "ml-csv") else []
+    if blank_lines:
+        held.append(f"{blank_lines} blank line{'s' * (blank_lines != 1)}")
+    return f"{path}: has no rating rows (the file holds only {' and '.join(held) or 'nothing'})"
+
+
+def ingest(
+    cfg: DataConfig, out_dir: str | Path, work_dir: str | Path | None = None
+) -> IngestResult:
     """Read, validate and write the canonical tables of the log ``cfg`` describes."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +160,8 @@ def ingest(cfg: DataConfig, out_dir: str | Path, work_dir: str | Path | None = N
     known_users = raw.users["user_id"] if raw.users is not None else None
     known_items = raw.items["item_id"] if raw.items is not None else None
     kept, rejects = validate_interactions(raw.interactions, scale, known_users, known_items)
+    if kept.height + rejects.height == 0:
+        raise UserError(_no_rows_message(layout, raw.blank_lines))
     if layout.kind not in ("csv", "parquet"):
         rejects = fill_raw(rejects, layout.files["ratings"])
     if kept.height == 0:

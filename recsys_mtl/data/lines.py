@@ -5,11 +5,17 @@ literal separator of any length (``\\t``, ``|``, ``::``, ``,``) and cast field b
 that cannot be used gets the first reason that applies, in this order: ``bad_encoding``,
 ``malformed_line`` (wrong number of fields), ``missing_<field>``, ``invalid_<field>``.
 All of it is vectorized polars work; there is no Python loop over lines.
+
+Side tables (users, items, tags) are read with :func:`read_side_lines` / :func:`decode_text`:
+UTF-8, except that a line which is not valid UTF-8 is decoded as Windows-1252 (Latin-1 where
+Windows-1252 leaves a byte undefined), so that no item is lost over the encoding of its title.
+Only those lines are decoded apart; a valid UTF-8 file is decoded in one call.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import polars as pl
@@ -19,9 +25,11 @@ from recsys_mtl.errors import UserError
 __all__ = [
     "QUARANTINE_SCHEMA",
     "cast_fields",
+    "decode_text",
     "fill_raw",
     "quarantine_frame",
     "read_lines",
+    "read_side_lines",
     "reason_counts",
     "split_fields",
 ]
@@ -34,6 +42,38 @@ QUARANTINE_SCHEMA = {
     "raw": pl.String,
 }
 _UNUSED_SEP = "\x1f"  # ASCII unit separator: never present in rating logs
+_ESCAPED = re.compile("[\udc80-\udcff]+")  # bytes that were not UTF-8, under surrogateescape
+
+
+def decode_text(data: bytes) -> tuple[str, int]:
+    """Decode side-table bytes: UTF-8, and each line that is not valid UTF-8 as Windows-1252.
+
+    Returns ``(text, number of lines decoded as Windows-1252 / Latin-1)``. A byte Windows-1252
+    leaves undefined (0x81, 0x8D, 0x8F, 0x90, 0x9D) makes its line Latin-1, which decodes any
+    byte. Only the lines with bad bytes are visited; valid UTF-8 takes one ``decode`` call.
+    """
+    try:
+        return data.decode("utf-8"), 0
+    except UnicodeDecodeError:
+        pass
+    text = data.decode("utf-8", errors="surrogateescape")
+    parts: list[str] = []
+    pos = count = 0
+    for m in _ESCAPED.finditer(text):
+        if m.start() < pos:
+            continue  # another run of bad bytes on a line already decoded
+        start = max(text.rfind("\n", pos, m.start()) + 1, pos)
+        end = text.find("\n", m.end())
+        end = len(text) if end < 0 else end
+        raw = text[start:end].encode("utf-8", errors="surrogateescape")  # the line's own bytes
+        try:
+            line = raw.decode("cp1252")
+        except UnicodeDecodeError:
+            line = raw.decode("latin-1")
+        parts += [text[pos:start], line]
+        pos, count = end, count + 1
+    parts.append(text[pos:])
+    return "".join(parts), count
 
 
 def read_lines(path: Path, encoding: str = "utf-8", skip_header: bool = False) -> pl.DataFrame:
@@ -47,6 +87,20 @@ def read_lines(path: Path, encoding: str = "utf-8", skip_header: bool = False) -
         source = io.BytesIO(path.read_bytes().decode("latin-1").encode("utf-8"))
     elif encoding != "utf-8":
         raise ValueError(f"unsupported encoding {encoding!r}")
+    return _lines_frame(source, path, skip_header)
+
+
+def read_side_lines(path: Path) -> tuple[pl.DataFrame, int]:
+    """Read a side-table text file as :func:`read_lines` does, decoded by :func:`decode_text`.
+
+    Returns ``(lines, number of lines decoded as Windows-1252 / Latin-1)``.
+    """
+    text, legacy = decode_text(path.read_bytes())
+    source: Path | io.BytesIO = path if legacy == 0 else io.BytesIO(text.encode("utf-8"))
+    return _lines_frame(source, path, skip_header=False), legacy
+
+
+def _lines_frame(source: Path | io.BytesIO, path: Path, skip_header: bool) -> pl.DataFrame:
     try:
         df = pl.read_csv(
             source,
@@ -76,19 +130,25 @@ def split_fields(
     *,
     strip_quotes: bool = False,
     allow_extra: bool = False,
+    check_encoding: bool = True,
 ) -> pl.LazyFrame:
     """Split ``raw`` into string columns ``names``; set ``reason`` where the line is unusable.
 
     ``allow_extra`` keeps lines with more fields than ``names`` (the extra ones are ignored),
-    for layouts whose last field may itself contain the separator.
+    for layouts whose last field may itself contain the separator. ``check_encoding`` flags a
+    U+FFFD (an undecodable byte of a lossy UTF-8 read) as ``bad_encoding``; text decoded by
+    :func:`decode_text` has no undecodable bytes, so side tables turn it off.
     """
     lf = lines.lazy().filter(pl.col("raw").is_not_null())
     n = len(names)
     count = pl.col("raw").str.count_matches(separator, literal=True)
     wrong_count = (count < n - 1) if allow_extra else (count != n - 1)
     parts = pl.col("raw").str.split_exact(separator, n - 1).struct.rename_fields(names)
+    bad_bytes = (
+        pl.col("raw").str.contains("\ufffd", literal=True) if check_encoding else pl.lit(False)
+    )
     lf = lf.with_columns(
-        pl.when(pl.col("raw").str.contains("\ufffd", literal=True))
+        pl.when(bad_bytes)
         .then(pl.lit("bad_encoding"))
         .when(wrong_count)
         .then(pl.lit("malformed_line"))

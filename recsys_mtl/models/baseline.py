@@ -9,7 +9,7 @@ section 2.1; shrinkage lambda_item = 25, lambda_user = 10 there):
     b_u = sum_{i in R(u)} (r_ui - mu - b_i) / (lambda_user + |R(u)|)
 
 Each sweep is two scatter-adds over all ratings (vectorized, no loop over users or items).
-Users and items unseen in training get bias 0.
+Users and items unseen in training get bias 0. User state: ``user_bias``.
 """
 
 from __future__ import annotations
@@ -42,17 +42,22 @@ class BiasBaseline(Ranker):
     closed_form = True
 
     def __init__(
-        self, cfg: BiasConfig, ctx: FeatureContext, tasks: list[str] | None = None
+        self,
+        cfg: BiasConfig,
+        ctx: FeatureContext,
+        tasks: list[str] | None = None,
+        device: str | torch.device | None = "cpu",
     ) -> None:
-        super().__init__(cfg, ctx, tasks or ["rating"])
+        super().__init__(cfg, ctx, tasks or ["rating"], device)
         self.register_buffer("mu", torch.zeros((), dtype=torch.float64))
         self.register_buffer("user_bias", torch.zeros(ctx.n_users, dtype=torch.float64))
         self.register_buffer("item_bias", torch.zeros(ctx.n_items, dtype=torch.float64))
 
     @staticmethod
     def _ridge(index: torch.Tensor, residual: torch.Tensor, size: int, reg: float) -> torch.Tensor:
-        num = torch.zeros(size, dtype=torch.float64).index_add_(0, index, residual)
-        den = torch.zeros(size, dtype=torch.float64).index_add_(0, index, torch.ones_like(residual))
+        zeros = residual.new_zeros(size)
+        num = zeros.index_add(0, index, residual)
+        den = zeros.index_add(0, index, torch.ones_like(residual))
         return num / (den + reg)
 
     @torch.no_grad()
@@ -86,7 +91,21 @@ class BiasBaseline(Ranker):
         seen = torch.unique(users)
         self.user_bias[seen] = fitted[seen]
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """``batch["user"], batch["item"]``: ``(B,)`` int64 -> ``{"rating": (B,)}``."""
-        pred = self.mu + self.user_bias[batch["user"]] + self.item_bias[batch["item"]]
+    def user_state(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"user_bias": self.user_bias[users]}
+
+    def new_user_state(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor,
+        days: torch.Tensor | None = None,
+        user_cats: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return {"user_bias": self.user_bias.new_zeros(items.shape[0])}
+
+    def score(
+        self, state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """``batch["item"]``: ``(B,)`` int64 -> ``{"rating": (B,)}``."""
+        pred = self.mu + state["user_bias"] + self.item_bias[batch["item"]]
         return {"rating": pred.float()}

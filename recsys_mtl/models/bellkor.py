@@ -17,6 +17,11 @@ For task ``t`` and a rating by user ``u`` of item ``i`` at time ``t_ui``:
 Each task has its own global, user and item biases and a scale ``c_t`` on the shared
 interaction term (the multi-task recommender built on BellKor in Stanford's CS330); with
 ``share_embeddings: false`` each task also gets its own factors (no sharing at all).
+
+User state: ``user`` (``p_u``), ``user_bias`` (one per task), ``user_drift`` (``alpha_u``), the
+SVD++ vector ``implicit`` (``|N(u)|^-1/2 sum_j y_j``), ``mean_day`` (``t_u``) and ``index`` (the
+user's row, -1 for a new user, whose (user, day) biases are 0). A new user's state starts at
+zero factors and biases, with N(u) the support items and t_u their mean day.
 """
 
 from __future__ import annotations
@@ -25,9 +30,9 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from recsys_mtl.models.base import Ranker, RankerConfig
+from recsys_mtl.models.base import Ranker, RankerConfig, Role, UserState, broadcast_rows
 from recsys_mtl.models.context import FeatureContext
-from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec, gather_jagged, ones_lengths
+from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec, gather_jagged
 from recsys_mtl.models.registry import RANKERS
 
 __all__ = ["BellKor", "BellKorConfig"]
@@ -45,88 +50,184 @@ class BellKorConfig(RankerConfig):
 @RANKERS.register("bellkor")
 class BellKor(Ranker):
     config_class = BellKorConfig
+    adaptable_state = ("user", "user_bias", "user_drift")
 
-    def __init__(self, cfg: BellKorConfig, ctx: FeatureContext, tasks: list[str]) -> None:
-        super().__init__(cfg, ctx, tasks)
+    def __init__(
+        self,
+        cfg: BellKorConfig,
+        ctx: FeatureContext,
+        tasks: list[str],
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        super().__init__(cfg, ctx, tasks, device)
         n_t = len(tasks)
         copies = 1 if cfg.share_embeddings else n_t
+        scope = "shared" if copies == 1 else "per_task"
         d, std = cfg.dim, cfg.init_std
         specs = [
-            TableSpec("user", ctx.n_users, d * copies, init_std=std),
-            TableSpec("item", ctx.n_items, d * copies, init_std=std),
-            TableSpec("user_bias", ctx.n_users, n_t, init_std=0.0),
-            TableSpec("item_bias", ctx.n_items, n_t, init_std=0.0),
+            TableSpec("user", ctx.n_users, d * copies, init_std=std, side="user", task=scope),
+            TableSpec("item", ctx.n_items, d * copies, init_std=std, side="item", task=scope),
+            TableSpec("user_bias", ctx.n_users, n_t, init_std=0.0, side="user", task="per_task"),
+            TableSpec("item_bias", ctx.n_items, n_t, init_std=0.0, side="item", task="per_task"),
         ]
         if cfg.implicit:
             # its own tables: looked up once per distinct user of a batch, not once per pair
             self.implicit = EmbeddingTables(
-                [TableSpec("implicit", ctx.n_items, d * copies, init_std=std)], cfg.backend
+                [
+                    TableSpec(
+                        "implicit", ctx.n_items, d * copies, init_std=std, side="item", task=scope
+                    )
+                ],
+                cfg.backend,
+                device,
             )
-        if cfg.time_effects and "rating" in tasks:
+        self.timed = cfg.time_effects and "rating" in tasks
+        self.day_bias = self.timed and cfg.user_day_bias
+        if self.timed:
+            n_bins = ctx.n_items * ctx.n_time_bins
             specs.append(
-                TableSpec("item_time_bias", ctx.n_items * ctx.n_time_bins, 1, init_std=0.0)
+                TableSpec("item_time_bias", n_bins, 1, init_std=0.0, side="item", task="rating")
             )
-            specs.append(TableSpec("user_drift", ctx.n_users, 1, init_std=0.0))
-            if cfg.user_day_bias:
-                # one spare last row: (user, day) pairs unseen in training, masked to 0
-                n_days = int(ctx.user_days.numel())
-                specs.append(TableSpec("user_day_bias", n_days + 1, 1, init_std=0.0))
-                self.register_buffer("user_days", ctx.user_days, persistent=False)
-        self.emb = EmbeddingTables(specs, cfg.backend)
+            specs.append(TableSpec("user_drift", ctx.n_users, 1, init_std=0.0, task="rating"))
+        if self.day_bias:
+            # one spare last row: (user, day) pairs unseen in training, masked to 0
+            n_days = int(ctx.user_days.numel())
+            specs.append(TableSpec("user_day_bias", n_days + 1, 1, init_std=0.0, task="rating"))
+            self.register_buffer("user_days", ctx.user_days, persistent=False)
+        self.emb = EmbeddingTables(specs, cfg.backend, device)
         self.global_bias = nn.Parameter(self.head_bias_init())
         self.interaction_scale = nn.Parameter(torch.ones(n_t))
         self.copies = copies
+        self.rating_k = tasks.index("rating") if "rating" in tasks else -1
 
-    def _user_day_rows(
-        self, u: torch.Tensor, day: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row of each ``(user, day)`` in the user-day bias table, and whether training saw it."""
-        keys = self.user_days
-        query = u * self.ctx.day_span + day.to(u.dtype)
-        pos = torch.searchsorted(keys, query).clamp(max=max(keys.numel() - 1, 0))
-        seen = (day >= 0) & (day < self.ctx.day_span)
-        seen = seen & (keys[pos] == query) if keys.numel() else torch.zeros_like(seen)
-        return torch.where(seen, pos, keys.numel()), seen.to(torch.float32)
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        u, i = batch["user"], batch["item"]
-        feats = {
-            "user": ones_lengths(u),
-            "item": ones_lengths(i),
-            "user_bias": ones_lengths(u),
-            "item_bias": ones_lengths(i),
+    def dense_roles(self) -> dict[str, Role]:
+        return {
+            "global_bias": Role("dense", "per_task"),
+            "interaction_scale": Role("dense", "per_task"),
         }
-        timed = "item_time_bias" in self.emb.specs
-        if timed:
-            feats["item_time_bias"] = ones_lengths(i * self.ctx.n_time_bins + batch["time_bin"])
-            feats["user_drift"] = ones_lengths(u)
-            if "user_day_bias" in self.emb.specs:
-                day_row, day_seen = self._user_day_rows(u, batch["day"])
-                feats["user_day_bias"] = ones_lengths(day_row)
-        e = self.emb(feats)
-        p, q = e["user"], e["item"]
+
+    # -- user state -------------------------------------------------------------------------
+    def _implicit_of(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``|N(u)|^-1/2 sum_j y_j`` of distinct ``users (U,)``, and its L2 penalty."""
+        bags = gather_jagged(self.implicit_offsets, self.implicit_values, users)
+        n = bags[1].clamp(min=1).to(torch.float32)
+        y = self.implicit({"implicit": bags})["implicit"] * n.rsqrt()[:, None]
+        return y, y.pow(2).sum()
+
+    def _user_features(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = {"user": u, "user_bias": u}
+        if self.timed:
+            feats["user_drift"] = u
+        return feats
+
+    def _finish_user(self, e: dict[str, torch.Tensor], u: torch.Tensor) -> UserState:
+        state = {"user": e["user"], "user_bias": e["user_bias"], "index": u}
+        if self.timed:
+            state["user_drift"] = e["user_drift"]
+            state["mean_day"] = self.user_mean_day[u]
+        return state
+
+    def user_state(self, users: torch.Tensor) -> UserState:
+        state = self._finish_user(self.emb(self._user_features(users)), users)
+        if self.cfg.implicit:
+            distinct, inverse = torch.unique(users, return_inverse=True)
+            state["implicit"] = self._implicit_of(distinct)[0][inverse]
+        return state
+
+    def new_user_state(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor,
+        days: torch.Tensor | None = None,
+        user_cats: torch.Tensor | None = None,
+    ) -> UserState:
+        n, dev = items.shape[0], items.device
+        width = self.cfg.dim * self.copies
+        zeros = torch.zeros
+        state = {
+            "user": zeros(n, width, device=dev),
+            "user_bias": zeros(n, len(self.tasks), device=dev),
+            "index": torch.full((n,), -1, dtype=torch.long, device=dev),
+        }
+        count = mask.sum(1).clamp(min=1).to(torch.float32)
+        if self.cfg.implicit:
+            y = self.implicit.padded("implicit", items, mask)
+            state["implicit"] = y * count.rsqrt()[:, None]
+        if self.timed:
+            state["user_drift"] = zeros(n, 1, device=dev)
+            if days is None:
+                state["mean_day"] = self.user_mean_day.mean().expand(n)
+            else:
+                state["mean_day"] = (days * mask).sum(1).to(torch.float32) / count
+        return state
+
+    # -- scoring ----------------------------------------------------------------------------
+    def _item_features(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        i = batch["item"]
+        feats = {"item": i, "item_bias": i}
+        if self.timed:
+            feats["item_time_bias"] = i * self.ctx.n_time_bins + batch["time_bin"]
+        return feats
+
+    def _day_rows(
+        self, index: torch.Tensor, day: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row of each (user, day) in the ``user_day_bias`` table, and whether training saw it
+        (a new user's index is -1: never seen). The unseen rows point at the spare last row."""
+        keys = self.user_days
+        n = keys.numel()
+        query = index * self.ctx.day_span + day
+        pos = torch.searchsorted(keys, query).clamp(max=max(n - 1, 0))
+        seen = (index >= 0) & (day >= 0) & (day < self.ctx.day_span)
+        seen = seen & (keys[pos] == query) if n else seen & False
+        return torch.where(seen, pos, n), seen
+
+    def _combine(
+        self, user: UserState, item: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        q = item["item"]
+        rows = q.shape[0]
+        p = broadcast_rows(user["user"], rows)
         reg = p.pow(2).sum() + q.pow(2).sum()
         if self.cfg.implicit:
-            users, inverse = torch.unique(u, return_inverse=True)
-            bags = gather_jagged(self.implicit_offsets, self.implicit_values, users)
-            n = bags[1].clamp(min=1).to(p.dtype)
-            y = (
-                self.implicit({"implicit": bags})["implicit"] * n.rsqrt()[:, None]
-            )  # |N(u)|^-1/2 sum
-            p = p + y[inverse]
-            reg = reg + y.pow(2).sum()
-        dots = (p * q).view(-1, self.copies, self.cfg.dim).sum(-1)  # (B, copies)
-        base = self.global_bias + e["user_bias"] + e["item_bias"]  # (B, T)
+            p = p + broadcast_rows(user["implicit"], rows)
+        dots = (p * q).view(rows, self.copies, self.cfg.dim).sum(-1)  # (B, copies)
+        base = self.global_bias + broadcast_rows(user["user_bias"], rows) + item["item_bias"]
         out = {}
         for k, t in enumerate(self.tasks):
-            dot = dots[:, k if self.copies > 1 else 0]
-            s = base[:, k] + self.interaction_scale[k] * dot
-            if timed and t == "rating":
-                dt = batch["day"].to(p.dtype) - self.user_mean_day[u]
+            s = base[:, k] + self.interaction_scale[k] * dots[:, k if self.copies > 1 else 0]
+            if k == self.rating_k and self.timed:
+                day = batch["day"]
+                dt = day.to(p.dtype) - user["mean_day"]
                 dev = torch.sign(dt) * dt.abs().pow(self.cfg.beta)
-                s = s + e["item_time_bias"][:, 0] + e["user_drift"][:, 0] * dev
-                if "user_day_bias" in e:
-                    s = s + e["user_day_bias"][:, 0] * day_seen
+                drift = broadcast_rows(user["user_drift"], rows)[:, 0]
+                s = s + item["item_time_bias"][:, 0] + drift * dev
+                if self.day_bias:
+                    _, seen = self._day_rows(user["index"], day)
+                    s = s + item["user_day_bias"][:, 0] * seen.to(s.dtype)
             out[t] = s
-        out["_reg"] = reg / u.numel()
+        out["_reg"] = reg / rows
+        return out
+
+    def score(self, state: UserState, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        feats = self._item_features(batch)
+        if self.day_bias:  # a (user, day) row: looked up with the items (it depends on the day)
+            feats["user_day_bias"] = self._day_rows(state["index"], batch["day"])[0]
+        return self._combine(state, {n: self.emb.rows(n, ids) for n, ids in feats.items()}, batch)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        u = batch["user"]
+        user_feats, item_feats = self._user_features(u), self._item_features(batch)
+        if self.day_bias:
+            item_feats["user_day_bias"] = self._day_rows(u, batch["day"])[0]
+        e = self.emb({**user_feats, **item_feats})  # one backend call for every table
+        state = self._finish_user(e, u)
+        extra = None
+        if self.cfg.implicit:
+            distinct, inverse = torch.unique(u, return_inverse=True)
+            y, extra = self._implicit_of(distinct)
+            state["implicit"] = y[inverse]
+        out = self._combine(state, {n: e[n] for n in item_feats}, batch)
+        if extra is not None:
+            out["_reg"] = out["_reg"] + extra / u.numel()
         return out

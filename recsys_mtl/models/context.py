@@ -15,9 +15,30 @@ import numpy as np
 import polars as pl
 import torch
 
-__all__ = ["USER_CATEGORICALS", "FeatureContext", "load_context"]
+__all__ = ["USER_CATEGORICALS", "FeatureContext", "load_context", "padded_csr"]
 
 USER_CATEGORICALS = ("age_bucket", "gender", "occupation", "zip_prefix")
+
+
+def padded_csr(
+    offsets: torch.Tensor, values: torch.Tensor, width: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CSR rows as a padded ``(rows, width)`` matrix (0 where padded) and its boolean mask.
+
+    ``width`` defaults to the longest row (at least 1); longer rows are cut. Vectorized.
+    """
+    lengths = offsets[1:] - offsets[:-1]
+    n = lengths.numel()
+    if width is None:
+        width = max(1, int(lengths.max())) if n else 1
+    row = torch.repeat_interleave(torch.arange(n, device=values.device), lengths)
+    pos = torch.arange(values.numel(), device=values.device) - offsets[:-1][row]
+    keep = pos < width
+    pad = torch.zeros(n, width, dtype=values.dtype, device=values.device)
+    mask = torch.zeros(n, width, dtype=torch.bool, device=values.device)
+    pad[row[keep], pos[keep]] = values[keep]
+    mask[row[keep], pos[keep]] = True
+    return pad, mask
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,10 @@ class FeatureContext:
     # sorted keys ``user * day_span + day`` of the (user, day) pairs of the training part
     user_days: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     day_span: int = 1
+
+    def padded_genres(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each item's genres as a padded ``(n_items, G)`` matrix and mask (for ``vmap``)."""
+        return padded_csr(self.genre_offsets, self.genre_values)
 
     @staticmethod
     def csr(lists: list[np.ndarray] | pl.Series, n: int) -> tuple[torch.Tensor, torch.Tensor]:

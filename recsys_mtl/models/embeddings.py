@@ -1,26 +1,63 @@
 """One small interface over embedding lookups, with a plain-torch and a TorchRec backend.
 
-A ranker declares named tables (:class:`TableSpec`) and looks up jagged id lists per table:
-single ids are bags of one, multi-valued features (genres, the items a user rated) are bags of
-any length, pooled by sum or mean. Both backends give identical results for identical weights:
+A ranker declares named tables (:class:`TableSpec`, each with the side of the data it indexes
+and the task it serves) and looks features up in one call: a single id per row is a plain
+``(B,)`` tensor, a multi-valued feature (the items a user rated) a jagged ``(values,
+lengths)`` pair, pooled by sum or mean. Both backends give identical results for identical
+weights:
 
-* ``torch``: one ``nn.EmbeddingBag`` per table. Faster on CPU for small tables
-  (measured 1.6-3.5x over TorchRec on two cores).
+* ``torch``: one table per name; single ids are a gather (its backward is a scatter-add;
+  ``EmbeddingBag``'s backward sorts the ids first, 2-5x slower on CPU), bags a gather and a
+  segment sum. Faster on CPU for small tables (measured 1.6-3.5x over TorchRec on two cores).
 * ``torchrec``: one ``torchrec.EmbeddingBagCollection`` fed a ``KeyedJaggedTensor``: all tables
   in one call, shardable by ``DistributedModelParallel``, fbgemm kernels on GPU.
 
-``auto`` picks ``torch`` on CPU and ``torchrec`` on CUDA. Parameters are named per table, so
-``torch.func.functional_call`` can replace them (the cold-start meta-learners rely on it).
+``auto`` picks ``torch`` on CPU and ``torchrec`` on CUDA. State-dict keys are the same for both
+backends (``tables.NAME.weight``), so a checkpoint of one loads into the other.
+
+:meth:`EmbeddingTables.rows` and :meth:`EmbeddingTables.padded` compute lookups with plain
+tensor ops on the tables' weights and no data-dependent control flow: the path that
+``torch.func.grad`` / ``vmap`` and a user state passed in from outside go through.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["EmbeddingTables", "TableSpec", "gather_jagged", "ones_lengths", "resolve_backend"]
+__all__ = [
+    "SIDES",
+    "EmbeddingTables",
+    "Role",
+    "TableSpec",
+    "gather_jagged",
+    "resolve_backend",
+    "resolve_device",
+]
+
+# user: rows indexed by the user; item: rows indexed by the item (or its content);
+# context: the time of the event; dense: network weights and global offsets
+SIDES = ("user", "item", "context", "dense")
+
+
+@dataclass(frozen=True)
+class Role:
+    """Which part of the data a parameter belongs to, and which tasks it serves.
+
+    ``task`` is ``"shared"`` (every task's loss reaches it), ``"per_task"`` (one slice per task,
+    stacked in one tensor: a bias per task, factors copied per task) or one task's name.
+    """
+
+    side: str
+    task: str = "shared"
+
+    def __post_init__(self) -> None:
+        if self.side not in SIDES:
+            raise ValueError(f"unknown parameter side {self.side!r}; known: {', '.join(SIDES)}")
 
 
 @dataclass(frozen=True)
@@ -30,11 +67,24 @@ class TableSpec:
     dim: int
     pooling: str = "sum"  # sum | mean
     init_std: float = 0.01
+    side: str = "user"
+    task: str = "shared"
+
+    @property
+    def role(self) -> Role:
+        return Role(self.side, self.task)
 
 
-def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` is CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_backend(backend: str, device: str | torch.device | None = "cpu") -> str:
     if backend == "auto":
-        return "torchrec" if torch.device(device).type == "cuda" else "torch"
+        return "torchrec" if resolve_device(device).type == "cuda" else "torch"
     if backend not in ("torch", "torchrec"):
         raise ValueError(f"unknown embedding backend {backend!r}; known: auto, torch, torchrec")
     return backend
@@ -43,35 +93,39 @@ def resolve_backend(backend: str, device: str | torch.device = "cpu") -> str:
 def gather_jagged(
     offsets: torch.Tensor, values: torch.Tensor, rows: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CSR rows ``rows (B,)`` of ``(offsets, values)`` as ``(values, lengths (B,))``, vectorized."""
+    """The CSR rows ``rows (B,)`` of ``(offsets, values)`` as ``(values, lengths (B,))``.
+
+    Vectorized; the output size is data-dependent, so this is for the batched training path,
+    not for code under ``torch.func.vmap``.
+    """
     start = offsets[rows]
     lengths = offsets[rows + 1] - start
-    total = int(lengths.sum())
-    if total == 0:
-        return values.new_empty(0), lengths
-    row_start = torch.repeat_interleave(start, lengths)
     first = torch.cumsum(lengths, 0) - lengths
-    pos = torch.arange(total, device=values.device) - torch.repeat_interleave(first, lengths)
+    row_start = torch.repeat_interleave(start - first, lengths)
+    pos = torch.arange(row_start.numel(), device=values.device)
     return values[row_start + pos], lengths
 
 
-def ones_lengths(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch of single ids as a jagged feature (every bag has one id)."""
-    return ids, torch.ones_like(ids)
-
-
 class EmbeddingTables(nn.Module):
-    """Named embedding tables; ``forward({name: (values, lengths)}) -> {name: (B, dim)}``."""
+    """Named embedding tables; ``forward({name: ids | (values, lengths)}) -> {name: (B, dim)}``."""
 
-    def __init__(self, specs: list[TableSpec], backend: str = "torch") -> None:
+    def __init__(
+        self,
+        specs: list[TableSpec],
+        backend: str = "torch",
+        device: str | torch.device | None = "cpu",
+    ) -> None:
         super().__init__()
-        self.backend = resolve_backend(backend)
+        device = resolve_device(device)
+        self.backend = resolve_backend(backend, device)
         self.specs = {s.name: s for s in specs}
         if self.backend == "torch":
             self.tables = nn.ModuleDict(
-                {s.name: nn.EmbeddingBag(s.num, s.dim, mode=s.pooling) for s in specs}
+                {
+                    s.name: nn.EmbeddingBag(s.num, s.dim, mode=s.pooling, device=device)
+                    for s in specs
+                }
             )
-            weights = {s.name: self.tables[s.name].weight for s in specs}
         else:
             from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 
@@ -85,37 +139,100 @@ class EmbeddingTables(nn.Module):
                 )
                 for s in specs
             ]
-            self.ebc = EmbeddingBagCollection(tables=configs, device=torch.device("cpu"))
-            weights = {s.name: self.ebc.embedding_bags[s.name].weight for s in specs}
+            self.ebc = EmbeddingBagCollection(tables=configs, device=device)
+            # one naming for both backends: a torch checkpoint loads into TorchRec and back
+            self._register_state_dict_hook(_torchrec_to_neutral)
+            self._register_load_state_dict_pre_hook(_neutral_to_torchrec)
         with torch.no_grad():
-            for name, w in weights.items():
-                w.normal_(0.0, self.specs[name].init_std)
+            for s in specs:
+                self.weight(s.name).normal_(0.0, s.init_std)
+
+    def param_name(self, table: str) -> str:
+        """The table's parameter name relative to this module (as ``named_parameters`` says)."""
+        if self.backend == "torch":
+            return f"tables.{table}.weight"
+        return f"ebc.embedding_bags.{table}.weight"
+
+    def roles(self) -> dict[str, Role]:
+        return {self.param_name(n): s.role for n, s in self.specs.items()}
 
     def weight(self, name: str) -> torch.Tensor:
         if self.backend == "torch":
             return self.tables[name].weight
         return self.ebc.embedding_bags[name].weight
 
+    # -- the functional path: plain tensor ops, no data-dependent control flow ----------------
+    def rows(self, name: str, ids: torch.Tensor) -> torch.Tensor:
+        """Rows of table ``name`` for ids of any shape: ``ids.shape + (dim,)``."""
+        return F.embedding(ids, self.weight(name))
+
+    def padded(self, name: str, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pooled rows of padded bags ``ids (..., L)`` where ``mask`` is true: ``(..., dim)``.
+
+        Mean pooling of an empty bag is 0, as in ``EmbeddingBag``.
+        """
+        m = mask.to(self.weight(name).dtype).unsqueeze(-1)
+        total = (self.rows(name, ids.clamp(min=0)) * m).sum(-2)
+        if self.specs[name].pooling == "mean":
+            return total / m.sum(-2).clamp(min=1.0)
+        return total
+
+    # -- the batched path: one backend call for every feature --------------------------------
     def forward(
-        self, features: dict[str, tuple[torch.Tensor, torch.Tensor]]
+        self, features: dict[str, torch.Tensor | tuple[torch.Tensor, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:
-        if self.backend == "torch":
+        # TorchRec's kernels have no torch.func rules: under grad / vmap the same weights are
+        # read with plain tensor ops instead (a mode of execution, not a property of the data)
+        if self.backend == "torch" or _functorch_active():
             out = {}
-            for name, (values, lengths) in features.items():
-                table = self.tables[name]
-                if values.numel() == lengths.numel() and bool((lengths == 1).all()):
-                    # one id per bag: a gather, whose backward is a scatter-add into the table
-                    # (EmbeddingBag's backward sorts the ids first: 2-5x slower per step on CPU)
-                    out[name] = table.weight.index_select(0, values)
+            for name, f in features.items():
+                if isinstance(f, torch.Tensor):
+                    out[name] = self.weight(name).index_select(0, f)
                 else:
-                    out[name] = table(values, torch.cumsum(lengths, 0) - lengths)
+                    out[name] = self._pooled(name, *f)
             return out
         from torchrec import KeyedJaggedTensor
 
-        keys = list(features)
-        kjt = KeyedJaggedTensor(
-            keys=keys,
-            values=torch.cat([features[k][0] for k in keys]),
-            lengths=torch.cat([features[k][1] for k in keys]).int(),
-        )
-        return self.ebc(kjt).to_dict()
+        # the collection wants every table's feature: the ones not asked for get empty bags
+        parts = [
+            (f, torch.ones_like(f)) if isinstance(f, torch.Tensor) else f
+            for f in features.values()
+        ]
+        values = torch.cat([v for v, _ in parts])
+        rows = parts[0][1].numel()
+        empty = values.new_zeros(rows)
+        keys = list(features) + [n for n in self.specs if n not in features]
+        lengths = [n for _, n in parts] + [empty] * (len(keys) - len(parts))
+        kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=torch.cat(lengths).int())
+        out = self.ebc(kjt).to_dict()
+        return {n: out[n] for n in features}
+
+    def _pooled(self, name: str, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Jagged bags pooled by a gather and a segment sum (``index_add``), whose backward is
+        a gather: no ``embedding_bag``, which ``torch.func`` cannot differentiate."""
+        w = self.weight(name)
+        bag = torch.repeat_interleave(torch.arange(lengths.numel(), device=w.device), lengths)
+        out = w.new_zeros(lengths.numel(), w.shape[1]).index_add(0, bag, w.index_select(0, values))
+        if self.specs[name].pooling == "mean":
+            out = out / lengths.clamp(min=1).to(w.dtype)[:, None]
+        return out
+
+
+def _functorch_active() -> bool:
+    from torch._C._functorch import peek_interpreter_stack
+
+    return peek_interpreter_stack() is not None
+
+
+def _torchrec_to_neutral(
+    module: nn.Module, state: dict[str, Any], prefix: str, local_metadata: Any
+) -> None:
+    old = f"{prefix}ebc.embedding_bags."
+    for key in [k for k in state if k.startswith(old)]:
+        state[f"{prefix}tables.{key[len(old) :]}"] = state.pop(key)
+
+
+def _neutral_to_torchrec(state: dict[str, Any], prefix: str, *args: Any) -> None:
+    new = f"{prefix}tables."
+    for key in [k for k in state if k.startswith(new)]:
+        state[f"{prefix}ebc.embedding_bags.{key[len(new) :]}"] = state.pop(key)

@@ -19,70 +19,90 @@ embeddings (the shared input keeps its own).
 from __future__ import annotations
 
 import itertools
+from typing import Annotated
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
-from recsys_mtl.models.base import Ranker, RankerConfig
+from recsys_mtl.models.base import Ranker, RankerConfig, Role, UserState, broadcast_rows
 from recsys_mtl.models.context import USER_CATEGORICALS, FeatureContext
-from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec, gather_jagged, ones_lengths
+from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec, gather_jagged
 from recsys_mtl.models.ncf import mlp_stack
 from recsys_mtl.models.registry import RANKERS
 
 __all__ = ["MultiTaskConfig"]
 
 
+Layers = Annotated[list[PositiveInt], Field(min_length=1)]
+
+
 class MultiTaskConfig(RankerConfig):
     dim: int = Field(32, ge=1, description="user and item id embedding size")
     side_dim: int = Field(8, ge=1, description="side-feature embedding size")
-    bottom: list[int] = Field(
-        default_factory=lambda: [128, 64], description="shared_bottom: bottom MLP"
+    bottom: Layers = Field(
+        default_factory=lambda: [128, 64], description="shared_bottom, cross_stitch: bottom MLP"
     )
-    expert: list[int] = Field(default_factory=lambda: [64], description="expert MLP sizes")
+    expert: Layers = Field(default_factory=lambda: [64], description="expert MLP sizes")
     experts: int = Field(4, ge=1, description="mmoe: experts")
     shared_experts: int = Field(2, ge=1, description="ple: shared experts per level")
     task_experts: int = Field(1, ge=1, description="ple: task-specific experts per task and level")
     levels: int = Field(1, ge=1, le=4, description="ple: extraction levels (1 = CGC)")
-    tower: list[int] = Field(default_factory=lambda: [32], description="per-task tower sizes")
+    tower: Layers = Field(default_factory=lambda: [32], description="per-task tower sizes")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init_std: float = Field(0.01, gt=0.0)
 
 
+USER_SIDE = ("user", *USER_CATEGORICALS)
+ITEM_SIDE = ("item", "year", "genres", "time_bin")
+INPUT_ORDER = ("user", "item", *USER_CATEGORICALS, "year", "genres", "time_bin")
+
+
 class _DeepMultiTask(Ranker):
+    """User state: the id row ``user``, the demographics embeddings (``age_bucket``, ``gender``,
+    ``occupation``, ``zip_prefix``; a new user's from the codes given, or the unknown row) and,
+    with ``share_embeddings: false``, the per-task id rows ``TASK_user``."""
+
     config_class = MultiTaskConfig
 
-    def __init__(self, cfg: MultiTaskConfig, ctx: FeatureContext, tasks: list[str]) -> None:
-        super().__init__(cfg, ctx, tasks)
+    def __init__(
+        self,
+        cfg: MultiTaskConfig,
+        ctx: FeatureContext,
+        tasks: list[str],
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        super().__init__(cfg, ctx, tasks, device)
         d, s, std = cfg.dim, cfg.side_dim, cfg.init_std
         specs = [
-            TableSpec("user", ctx.n_users, d, init_std=std),
-            TableSpec("item", ctx.n_items, d, init_std=std),
+            TableSpec("user", ctx.n_users, d, init_std=std, side="user"),
+            TableSpec("item", ctx.n_items, d, init_std=std, side="item"),
         ]
         specs += [
-            TableSpec(c, v, s, init_std=std)
+            TableSpec(c, v, s, init_std=std, side="user")
             for c, v in zip(USER_CATEGORICALS, ctx.user_cat_vocab, strict=True)
         ]
         specs += [
-            TableSpec("year", ctx.n_year, s, init_std=std),
-            TableSpec("genres", ctx.n_genres, s, pooling="mean", init_std=std),
-            TableSpec("time_bin", ctx.n_time_bins, s, init_std=std),
+            TableSpec("year", ctx.n_year, s, init_std=std, side="item"),
+            TableSpec("genres", ctx.n_genres, s, pooling="mean", init_std=std, side="item"),
+            TableSpec("time_bin", ctx.n_time_bins, s, init_std=std, side="context"),
         ]
         self.private = not cfg.share_embeddings
         if self.private:
             specs += [
-                TableSpec(f"{t}_{k}", n, d, init_std=std)
+                TableSpec(f"{t}_{k}", n, d, init_std=std, side=k, task=t)
                 for t in tasks
                 for k, n in (("user", ctx.n_users), ("item", ctx.n_items))
             ]
-        self.emb = EmbeddingTables(specs, cfg.backend)
+        self.emb = EmbeddingTables(specs, cfg.backend, device)
+        self.user_names = [*USER_SIDE, *(f"{t}_user" for t in tasks if self.private)]
+        self.item_names = [*ITEM_SIDE, *(f"{t}_item" for t in tasks if self.private)]
+        self.adaptable_state = ("user", *(f"{t}_user" for t in tasks if self.private))
         self.in_dim = 2 * d + s * (len(USER_CATEGORICALS) + 3)
         self.build(cfg, self.in_dim)
         tower_in = self.rep_dim + (2 * d if self.private else 0)
         self.towers = nn.ModuleList([mlp_stack([tower_in, *cfg.tower], cfg.dropout) for _ in tasks])
-        self.heads = nn.ModuleList(
-            [nn.Linear(cfg.tower[-1] if cfg.tower else tower_in, 1) for _ in tasks]
-        )
+        self.heads = nn.ModuleList([nn.Linear(cfg.tower[-1], 1) for _ in tasks])
         with torch.no_grad():
             for head, b in zip(self.heads, self.head_bias_init(), strict=True):
                 head.bias.fill_(float(b))
@@ -94,20 +114,39 @@ class _DeepMultiTask(Ranker):
         """One ``(B, rep_dim)`` representation per task."""
         raise NotImplementedError
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        u, i = batch["user"], batch["item"]
-        feats = {"user": ones_lengths(u), "item": ones_lengths(i)}
+    def dense_roles(self) -> dict[str, Role]:
+        return {**self.task_roles("towers"), **self.task_roles("heads")}
+
+    def _user_features(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        feats = {"user": u}
         for k, c in enumerate(USER_CATEGORICALS):
-            feats[c] = ones_lengths(self.user_cats[u, k])
-        feats["year"] = ones_lengths(self.item_year[i])
-        feats["genres"] = gather_jagged(self.genre_offsets, self.genre_values, i)
-        feats["time_bin"] = ones_lengths(batch["time_bin"])
+            feats[c] = self.user_cats[u, k]
         if self.private:
-            for t in self.tasks:
-                feats[f"{t}_user"], feats[f"{t}_item"] = ones_lengths(u), ones_lengths(i)
-        e = self.emb(feats)
-        names = ["user", "item", *USER_CATEGORICALS, "year", "genres", "time_bin"]
-        x = torch.cat([e[n] for n in names], 1)
+            feats.update({f"{t}_user": u for t in self.tasks})
+        return feats
+
+    def user_state(self, users: torch.Tensor) -> UserState:
+        return self.emb(self._user_features(users))
+
+    def new_user_state(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor,
+        days: torch.Tensor | None = None,
+        user_cats: torch.Tensor | None = None,
+    ) -> UserState:
+        n, dev = items.shape[0], items.device
+        if user_cats is None:
+            user_cats = torch.zeros(n, len(USER_CATEGORICALS), dtype=torch.long, device=dev)
+        state = {c: self.emb.rows(c, user_cats[:, k]) for k, c in enumerate(USER_CATEGORICALS)}
+        for name in self.adaptable_state:
+            state[name] = torch.zeros(n, self.cfg.dim, device=dev)
+        return state
+
+    def _combine(self, user: UserState, item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows = item["item"].shape[0]
+        e = {**{n: broadcast_rows(user[n], rows) for n in self.user_names}, **item}
+        x = torch.cat([e[n] for n in INPUT_ORDER], 1)
         reps = self.represent(x)
         out = {}
         for k, t in enumerate(self.tasks):
@@ -116,15 +155,36 @@ class _DeepMultiTask(Ranker):
                 h = torch.cat([h, e[f"{t}_user"], e[f"{t}_item"]], 1)
             out[t] = self.heads[k](self.towers[k](h)).squeeze(1)
         reg = e["user"].pow(2).sum() + e["item"].pow(2).sum()
-        out["_reg"] = reg / u.numel()
+        out["_reg"] = reg / rows
         return out
+
+    def score(self, state: UserState, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        i = batch["item"]
+        item = {n: self.emb.rows(n, i) for n in self.item_names if n.endswith("item")}
+        item["year"] = self.emb.rows("year", self.item_year[i])
+        item["genres"] = self.emb.padded("genres", self.genre_pad[i], self.genre_mask[i])
+        item["time_bin"] = self.emb.rows("time_bin", batch["time_bin"])
+        return self._combine(state, item)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        u, i = batch["user"], batch["item"]
+        feats = self._user_features(u)
+        feats.update({n: i for n in self.item_names})
+        feats["year"] = self.item_year[i]
+        feats["genres"] = gather_jagged(self.genre_offsets, self.genre_values, i)
+        feats["time_bin"] = batch["time_bin"]
+        e = self.emb(feats)  # one backend call for every table
+        return self._combine({n: e[n] for n in self.user_names}, {n: e[n] for n in self.item_names})
 
 
 @RANKERS.register("shared_bottom")
 class SharedBottom(_DeepMultiTask):
     def build(self, cfg: MultiTaskConfig, in_dim: int) -> None:
         self.bottom = mlp_stack([in_dim, *cfg.bottom], cfg.dropout)
-        self.rep_dim = cfg.bottom[-1] if cfg.bottom else in_dim
+        self.rep_dim = cfg.bottom[-1]
+
+    def dense_roles(self) -> dict[str, Role]:
+        return {**super().dense_roles(), "bottom": Role("dense")}
 
     def represent(self, x: torch.Tensor) -> list[torch.Tensor]:
         h = self.bottom(x)
@@ -139,6 +199,9 @@ class MMoE(_DeepMultiTask):
         )
         self.gates = nn.ModuleList([nn.Linear(in_dim, cfg.experts) for _ in self.tasks])
         self.rep_dim = cfg.expert[-1]
+
+    def dense_roles(self) -> dict[str, Role]:
+        return {**super().dense_roles(), "experts": Role("dense"), **self.task_roles("gates")}
 
     def represent(self, x: torch.Tensor) -> list[torch.Tensor]:
         experts = torch.stack([e(x) for e in self.experts], 1)  # (B, E, H)
@@ -177,6 +240,14 @@ class PLE(_DeepMultiTask):
             self.levels.append(lv)
             width = h
         self.rep_dim = h
+
+    def dense_roles(self) -> dict[str, Role]:
+        roles = super().dense_roles()
+        for n in range(len(self.levels)):
+            roles[f"levels.{n}"] = Role("dense")  # shared experts and the shared gate
+            roles.update(self.task_roles(f"levels.{n}.task_experts"))
+            roles.update(self.task_roles(f"levels.{n}.task_gates"))
+        return roles
 
     def represent(self, x: torch.Tensor) -> list[torch.Tensor]:
         inputs = [x] * len(self.tasks)
@@ -221,6 +292,9 @@ class CrossStitch(_DeepMultiTask):
             init = torch.ones(1, 1)
         self.stitches = nn.ParameterList([nn.Parameter(init.clone()) for _ in cfg.bottom])
         self.rep_dim = sizes[-1]
+
+    def dense_roles(self) -> dict[str, Role]:
+        return {**super().dense_roles(), **self.task_roles("columns"), "stitches": Role("dense")}
 
     def represent(self, x: torch.Tensor) -> list[torch.Tensor]:
         hs = [x] * len(self.tasks)

@@ -13,12 +13,12 @@ from __future__ import annotations
 import itertools
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
-from recsys_mtl.models.base import Ranker, RankerConfig
+from recsys_mtl.models.base import Ranker, RankerConfig, Role, UserState, broadcast_rows
 from recsys_mtl.models.context import FeatureContext
-from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec, ones_lengths
+from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec
 from recsys_mtl.models.registry import RANKERS
 
 __all__ = ["GMF", "MLP", "NCFConfig", "NeuMF", "NeuMFConfig", "mlp_stack"]
@@ -26,7 +26,9 @@ __all__ = ["GMF", "MLP", "NCFConfig", "NeuMF", "NeuMFConfig", "mlp_stack"]
 
 class NCFConfig(RankerConfig):
     dim: int = Field(32, ge=1, description="embedding size (GMF factors; MLP input halves)")
-    layers: list[int] = Field(default_factory=lambda: [64, 32, 16], description="MLP tower sizes")
+    layers: list[PositiveInt] = Field(
+        default_factory=lambda: [64, 32, 16], min_length=1, description="MLP tower sizes"
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     init_std: float = Field(0.01, gt=0.0)
 
@@ -41,32 +43,37 @@ def mlp_stack(sizes: list[int], dropout: float) -> nn.Sequential:
 
 
 class _NCF(Ranker):
+    """User state: the id rows ``gmf_user`` and/or ``mlp_user`` (zeros for a new user)."""
+
     config_class = NCFConfig
     use_gmf = True
     use_mlp = True
 
-    def __init__(self, cfg: NCFConfig, ctx: FeatureContext, tasks: list[str]) -> None:
-        super().__init__(cfg, ctx, tasks)
+    def __init__(
+        self,
+        cfg: NCFConfig,
+        ctx: FeatureContext,
+        tasks: list[str],
+        device: str | torch.device | None = "cpu",
+    ) -> None:
+        super().__init__(cfg, ctx, tasks, device)
         self.copies = 1 if cfg.share_embeddings else len(tasks)
         d, c, std = cfg.dim, self.copies, cfg.init_std
-        specs = []
-        if self.use_gmf:
-            specs += [
-                TableSpec("gmf_user", ctx.n_users, d * c, init_std=std),
-                TableSpec("gmf_item", ctx.n_items, d * c, init_std=std),
-            ]
-        if self.use_mlp:
-            specs += [
-                TableSpec("mlp_user", ctx.n_users, d * c, init_std=std),
-                TableSpec("mlp_item", ctx.n_items, d * c, init_std=std),
-            ]
-        self.emb = EmbeddingTables(specs, cfg.backend)
+        scope = "shared" if c == 1 else "per_task"
+        parts = (["gmf"] if self.use_gmf else []) + (["mlp"] if self.use_mlp else [])
+        specs = [
+            TableSpec(f"{p}_{side}", n, d * c, init_std=std, side=side, task=scope)
+            for p in parts
+            for side, n in (("user", ctx.n_users), ("item", ctx.n_items))
+        ]
+        self.adaptable_state = tuple(f"{p}_user" for p in parts)
+        self.emb = EmbeddingTables(specs, cfg.backend, device)
         width = 0
         if self.use_mlp:
             self.mlp = nn.ModuleList(
                 [mlp_stack([2 * d, *cfg.layers], cfg.dropout) for _ in range(c)]
             )
-            width += cfg.layers[-1] if cfg.layers else 2 * d
+            width += cfg.layers[-1]
         if self.use_gmf:
             width += d
         self.heads = nn.ModuleList([nn.Linear(width, 1) for _ in tasks])
@@ -74,29 +81,58 @@ class _NCF(Ranker):
             for head, b in zip(self.heads, self.head_bias_init(), strict=True):
                 head.bias.fill_(float(b))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        u, i = batch["user"], batch["item"]
-        names = [n for n in self.emb.specs]
-        e = self.emb({n: ones_lengths(u if n.endswith("user") else i) for n in names})
+    def dense_roles(self) -> dict[str, Role]:
+        roles = self.task_roles("heads")
+        if self.use_mlp:
+            roles.update({"mlp": Role("dense")} if self.copies == 1 else self.task_roles("mlp"))
+        return roles
+
+    def user_state(self, users: torch.Tensor) -> UserState:
+        return self.emb({n: users for n in self.adaptable_state})
+
+    def new_user_state(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor,
+        days: torch.Tensor | None = None,
+        user_cats: torch.Tensor | None = None,
+    ) -> UserState:
+        width = self.cfg.dim * self.copies
+        return {
+            n: torch.zeros(items.shape[0], width, device=items.device) for n in self.adaptable_state
+        }
+
+    def _combine(self, user: UserState, item: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        rows = next(iter(item.values())).shape[0]
+        e = {**{n: broadcast_rows(v, rows) for n, v in user.items()}, **item}
         d = self.cfg.dim
         reg = sum(v.pow(2).sum() for v in e.values())
         out = {}
         for k, t in enumerate(self.tasks):
-            c = k if self.copies > 1 else 0
+            c = slice(d * k, d * (k + 1)) if self.copies > 1 else slice(0, d)
             parts = []
             if self.use_gmf:
-                parts.append(
-                    e["gmf_user"][:, c * d : (c + 1) * d] * e["gmf_item"][:, c * d : (c + 1) * d]
-                )
+                parts.append(e["gmf_user"][:, c] * e["gmf_item"][:, c])
             if self.use_mlp:
-                x = torch.cat(
-                    [e["mlp_user"][:, c * d : (c + 1) * d], e["mlp_item"][:, c * d : (c + 1) * d]],
-                    1,
-                )
-                parts.append(self.mlp[c](x))
+                x = torch.cat([e["mlp_user"][:, c], e["mlp_item"][:, c]], 1)
+                parts.append(self.mlp[k if self.copies > 1 else 0](x))
             out[t] = self.heads[k](torch.cat(parts, 1)).squeeze(1)
-        out["_reg"] = reg / u.numel()
+        out["_reg"] = reg / rows
         return out
+
+    def _item_names(self) -> list[str]:
+        return [n for n in self.emb.specs if n.endswith("_item")]
+
+    def score(self, state: UserState, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        i = batch["item"]
+        return self._combine(state, {n: self.emb.rows(n, i) for n in self._item_names()})
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        u, i = batch["user"], batch["item"]
+        feats = {**{n: u for n in self.adaptable_state}, **{n: i for n in self._item_names()}}
+        e = self.emb(feats)
+        user = {n: e[n] for n in self.adaptable_state}
+        return self._combine(user, {n: e[n] for n in self._item_names()})
 
 
 @RANKERS.register("gmf")

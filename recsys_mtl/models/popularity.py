@@ -26,9 +26,13 @@ class Popularity(Ranker):
     closed_form = True
 
     def __init__(
-        self, cfg: PopularityConfig, ctx: FeatureContext, tasks: list[str] | None = None
+        self,
+        cfg: PopularityConfig,
+        ctx: FeatureContext,
+        tasks: list[str] | None = None,
+        device: str | torch.device | None = "cpu",
     ) -> None:
-        super().__init__(cfg, ctx, tasks or ["interaction"])
+        super().__init__(cfg, ctx, tasks or ["interaction"], device)
         self.register_buffer("log_count", torch.zeros(ctx.n_items))
 
     @torch.no_grad()
@@ -36,9 +40,26 @@ class Popularity(Ranker):
         self, users: torch.Tensor, items: torch.Tensor, ratings: torch.Tensor, sweeps: int = 1
     ) -> list[float]:
         """Count the training ratings of each item; ``users``, ``ratings`` and ``sweeps`` unused."""
-        counts = torch.bincount(items, minlength=self.ctx.n_items).float()
+        counts = torch.bincount(items, minlength=self.ctx.n_items).to(self.log_count.dtype)
         self.log_count.copy_(torch.log1p(counts))
         return [float(counts.max())]
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def user_state(self, users: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}  # the same ranking for every user
+
+    def new_user_state(
+        self,
+        items: torch.Tensor,
+        mask: torch.Tensor,
+        days: torch.Tensor | None = None,
+        user_cats: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        return {}
+
+    def score(
+        self, state: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
         return {"interaction": self.log_count[batch["item"]]}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.score({}, batch)  # needs no user

@@ -7,7 +7,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
-__all__ = ["FIELDS", "concat", "load_part", "size", "take"]
+__all__ = ["FIELDS", "concat", "load_part", "size", "take", "to_device"]
 
 FIELDS = ("user", "item", "time_bin", "day", "rating", "like", "interaction")
 
@@ -47,3 +47,8 @@ def size(data: dict[str, torch.Tensor]) -> int:
 def concat(*parts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Parts one after another (for training on train + valid)."""
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def to_device(data: dict[str, torch.Tensor], device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Every field on ``device`` (the same tensors when they are there already)."""
+    return {k: v.to(device, non_blocking=True) for k, v in data.items()}

@@ -2,11 +2,12 @@
 
 * ``rating``: RMSE and MAE of predictions clipped to the rating scale, on observed ratings;
 * ``interaction`` and ``like``: AUC and log-loss on their rows;
-* ``ranking/...``: the NCF protocol (He et al., WWW 2017): each test rating's item is ranked
-  against ``sampled_negatives`` items the user never rated anywhere in the log (seeded), giving
-  HR@K, NDCG@K and MRR;
-* ``ranking_full/...``: every item the user did not rate in the training or validation parts
-  is ranked; HR@K, Recall@K, NDCG@K and MRR over the user's test ratings.
+* ``ranking/...``: the NCF protocol (He et al., WWW 2017): each held-out rating's item is
+  ranked against ``sampled_negatives`` **distinct** items the user never rated anywhere in the
+  log (seeded, drawn without replacement), giving HR@K, NDCG@K and MRR;
+* ``ranking_full/...``: every item the user did not rate in the parts the model learned from
+  is ranked (through the chunked top-K of :mod:`recsys_mtl.topk`, memory bounded by the
+  chunk); HR@K, Recall@K, NDCG@K and MRR over the user's held-out ratings.
 
 The ranking score is the ``interaction`` logit when the model has that task, else ``like``,
 else the predicted rating.
@@ -14,16 +15,24 @@ else the predicted rating.
 
 from __future__ import annotations
 
+from typing import Any
+
+import logging
+
 import numpy as np
 import torch
 from torch import nn
 
+from recsys_mtl.config import EvaluateConfig
 from recsys_mtl.data.features import draw_unrated
 from recsys_mtl.metrics import auc, full_ranking, logloss, mae, rmse, sampled_ranking
+from recsys_mtl.topk import iter_topk, score_items
 from recsys_mtl.train.data import size, take
 from recsys_mtl.train.losses import task_mask
 
-__all__ = ["pointwise_metrics", "predict", "ranking_metrics", "ranking_task"]
+log = logging.getLogger("recsys_mtl.evaluate")
+
+__all__ = ["evaluate_run", "pointwise_metrics", "predict", "ranking_metrics", "ranking_task"]
 
 
 @torch.no_grad()
@@ -33,9 +42,10 @@ def predict(
     """Model outputs over a whole part, ``{task: (N,)}``."""
     was = model.training
     model.eval()
+    device = next(iter(data.values())).device
     chunks: dict[str, list[torch.Tensor]] = {}
     for s in range(0, size(data), batch_size):
-        out = model(take(data, torch.arange(s, min(s + batch_size, size(data)))))
+        out = model(take(data, torch.arange(s, min(s + batch_size, size(data)), device=device)))
         for t, v in out.items():
             if not t.startswith("_"):
                 chunks.setdefault(t, []).append(v)
@@ -46,21 +56,30 @@ def predict(
 def pointwise_metrics(
     model: nn.Module, data: dict[str, torch.Tensor], tasks: list[str], scale: tuple[float, float]
 ) -> dict[str, float]:
+    """RMSE/MAE of clipped ratings, AUC/log-loss of binary tasks; one host sync at the end."""
     out = predict(model, data)
-    metrics: dict[str, float] = {}
+    metrics: dict[str, torch.Tensor] = {}
     for t in tasks:
         m = task_mask(t, data)
-        if not m.any():
-            continue
         pred, label = out[t][m], data[t][m]
+        if pred.numel() == 0:
+            continue
         if t == "rating":
             clipped = pred.clamp(scale[0], scale[1])
-            metrics["rating/rmse"] = rmse(clipped, label).item()
-            metrics["rating/mae"] = mae(clipped, label).item()
-        elif label.min() != label.max():  # AUC needs both classes
-            metrics[f"{t}/auc"] = auc(pred, label).item()
-            metrics[f"{t}/logloss"] = logloss(pred, label).item()
-    return metrics
+            metrics["rating/rmse"] = rmse(clipped, label)
+            metrics["rating/mae"] = mae(clipped, label)
+        else:  # NaN when one class is absent; dropped below
+            metrics[f"{t}/auc"] = auc(pred, label)
+            metrics[f"{t}/logloss"] = logloss(pred, label)
+    values = torch.stack(list(metrics.values())).tolist() if metrics else []
+    both = {
+        t: bool(data[t][task_mask(t, data)].unique().numel() > 1) for t in tasks if t != "rating"
+    }
+    return {
+        k: v
+        for k, v in zip(metrics, values, strict=True)
+        if k.startswith("rating/") or both.get(k.split("/")[0], False)
+    }
 
 
 def ranking_task(tasks: list[str]) -> str:
@@ -73,8 +92,8 @@ def ranking_task(tasks: list[str]) -> str:
 @torch.no_grad()
 def ranking_metrics(
     model: nn.Module,
-    test: dict[str, torch.Tensor],
-    seen: tuple[np.ndarray, np.ndarray],
+    held_out: dict[str, torch.Tensor],
+    exclude: tuple[torch.Tensor, torch.Tensor],
     rated_keys: np.ndarray,
     n_items: int,
     tasks: list[str],
@@ -82,57 +101,137 @@ def ranking_metrics(
     sampled_negatives: int = 99,
     seed: int = 0,
     full: bool = True,
-    users_per_chunk: int = 256,
+    chunk_users: int = 256,
 ) -> dict[str, float]:
-    """Sampled and full top-K metrics of the test ratings (``test`` holds positives only).
+    """Sampled and full top-K metrics of the held-out ratings (``held_out``: positives only).
 
-    ``seen``: (users, items) of the training and validation ratings, excluded from full
-    ranking; ``rated_keys``: sorted ``user * n_items + item`` of every rating in the log.
+    ``exclude``: CSR ``(offsets, values)`` per user of the items the model learned from (train,
+    or train + valid), left out of full ranking; ``rated_keys``: sorted
+    :func:`~recsys_mtl.data.features.pair_keys` of every rating in the log.
     """
     was = model.training
     model.eval()
     task = ranking_task(tasks)
-    metrics: dict[str, float] = {}
-    # NCF protocol: column 0 is the test item, then the sampled unrated items, in the same context
+    device = held_out["user"].device
+    metrics: dict[str, torch.Tensor] = {}
+    # NCF protocol: column 0 is the held-out item, then distinct sampled unrated items
     rng = np.random.default_rng(seed)
+    users_np = held_out["user"].cpu().numpy()
     negatives = torch.from_numpy(
-        draw_unrated(test["user"].numpy(), rated_keys, n_items, sampled_negatives, rng)
-    )
+        draw_unrated(users_np, rated_keys, n_items, sampled_negatives, rng, distinct=True)
+    ).to(device)
     valid_rows = (negatives >= 0).all(1)
-    cand = torch.cat([test["item"][:, None], negatives], 1)[valid_rows]
-    ctx = {f: test[f][valid_rows] for f in ("user", "time_bin", "day")}
+    n_short = int((~valid_rows).sum())
+    if n_short:  # a user with fewer unrated items than the protocol ranks against
+        log.warning(
+            "sampled ranking: %d of %d held-out ratings skipped (their user has fewer than "
+            "%d unrated items; see evaluate.sampled_negatives)",
+            n_short, valid_rows.numel(), sampled_negatives,
+        )  # fmt: skip
+    cand = torch.cat([held_out["item"][:, None], negatives], 1)[valid_rows]
+    ctx = {f: held_out[f][valid_rows] for f in ("user", "time_bin", "day")}
     width = cand.shape[1]
-    scores = torch.empty(cand.shape, dtype=torch.float32)
+    scores = torch.empty(cand.shape, dtype=torch.float32, device=device)
     step = max(1, 16384 // width)
     for s in range(0, cand.shape[0], step):
         rows = slice(s, min(s + step, cand.shape[0]))
         batch = {f: v[rows].repeat_interleave(width) for f, v in ctx.items()}
         batch["item"] = cand[rows].reshape(-1)
         scores[rows] = model(batch)[task].reshape(-1, width)
-    for name, value in sampled_ranking(scores, k).items():
-        metrics[f"ranking/{name}"] = value.item()
+    if cand.shape[0]:
+        for name, value in sampled_ranking(scores, k).items():
+            metrics[f"ranking/{name}"] = value
     if full:
-        users = torch.unique(test["user"])
-        relevant = torch.zeros(users.numel(), n_items, dtype=torch.bool)
-        relevant[torch.searchsorted(users, test["user"]), test["item"]] = True
-        seen_u, seen_i = torch.from_numpy(seen[0]), torch.from_numpy(seen[1])
-        keep = torch.isin(seen_u, users)
-        seen_rows = torch.searchsorted(users, seen_u[keep])
-        # score "now": the last time bin and day seen in the test part
-        t_bin, day = test["time_bin"].max(), test["day"].max()
-        full_scores = torch.empty(users.numel(), n_items)
-        items = torch.arange(n_items)
-        for s in range(0, users.numel(), users_per_chunk):
-            chunk = users[s : s + users_per_chunk]
-            batch = {
-                "user": chunk.repeat_interleave(n_items),
-                "item": items.repeat(chunk.numel()),
-                "time_bin": t_bin.expand(chunk.numel() * n_items),
-                "day": day.expand(chunk.numel() * n_items),
-            }
-            full_scores[s : s + chunk.numel()] = model(batch)[task].reshape(chunk.numel(), n_items)
-        full_scores[seen_rows, seen_i[keep]] = float("-inf")
-        for name, value in full_ranking(full_scores, relevant, k).items():
-            metrics[f"ranking_full/{name}"] = value.item()
+        users, inverse = torch.unique(held_out["user"], return_inverse=True)
+        # relevant items of each user as CSR over the block order of ``users``
+        order = torch.argsort(inverse, stable=True)
+        counts = torch.bincount(inverse, minlength=users.numel())
+        starts = torch.cumsum(counts, 0) - counts
+        rel_items = held_out["item"][order]
+        # score "now": the last time bin and day of the part being ranked
+        t_bin, day = held_out["time_bin"].max(), held_out["day"].max()
+        sums: dict[str, torch.Tensor] = {}
+        done = 0
+        catalog = torch.arange(n_items, device=device)
+        blocks = iter_topk(
+            lambda b: score_items(model, b, catalog, task, t_bin, day), users, k, exclude, chunk_users
+        )
+        for block in blocks:
+            c = block.users.numel()
+            relevant = torch.zeros(c, n_items, dtype=torch.bool, device=device)
+            lengths = counts[done : done + c]
+            rows = torch.repeat_interleave(torch.arange(c, device=device), lengths)
+            first = starts[done] if c else 0
+            relevant[rows, rel_items[first : first + int(lengths.sum())]] = True
+            done += c
+            n_rel = relevant.any(1).sum()
+            for name, value in full_ranking(block.scores, relevant, k).items():
+                sums[name] = sums.get(name, 0.0) + value * n_rel
+        for name, value in sums.items():
+            metrics[f"ranking_full/{name}"] = value / max(done, 1)
     model.train(was)
+    if not metrics:
+        return {}
+    names = list(metrics)
+    values = torch.stack([torch.as_tensor(metrics[n], dtype=torch.float64) for n in names]).tolist()
+    return dict(zip(names, values, strict=True))
+
+
+def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str, float]:
+    """Every metric of a loaded run (:class:`recsys_mtl.runs.LoadedRun`) on its split.
+
+    Test metrics come from the final model; ``valid/`` metrics (pointwise and ranking) from
+    the model chosen on validation before any refit, which never trained on that part.
+    Cold-start users of a ``support.parquet`` are adapted from their support ratings first
+    (the rankers that can: the bias baseline fits their biases).
+    """
+    import polars as pl
+
+    from recsys_mtl.runs import FEATURES_DIR, SPLIT_DIR, rated_keys
+    from recsys_mtl.topk import items_csr
+    from recsys_mtl.train.data import load_part, to_device
+
+    split_dir, tasks = run.run_dir / SPLIT_DIR, run.tasks
+    model, selected, ctx = run.model, run.selected, run.ctx
+    scale = ctx.rating_scale
+    support = split_dir / "support.parquet"
+    parts = ["train", "valid"]
+    if support.exists():
+        parts.append("support")
+        if hasattr(model, "adapt_users"):
+            sup = to_device(load_part(support, tasks, positives_only=True), device)
+            model.adapt_users(sup["user"], sup["item"], sup["rating"])
+    learned = {
+        p: pl.read_parquet(
+            split_dir / f"{p}.parquet", columns=["uidx", "iidx", "interaction"]
+        ).filter(pl.col("interaction") == 1)
+        for p in parts
+    }
+
+    def exclude(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        seen = pl.concat([learned[p] for p in names])
+        return items_csr(seen["uidx"].to_numpy(), seen["iidx"].to_numpy(), ctx.n_users)
+
+    rated = rated_keys(run.run_dir / FEATURES_DIR, ctx.n_items)
+    e = cfg
+    metrics: dict[str, float] = {}
+    for name, m, seen_parts, prefix in (
+        ("test", model, [p for p in parts if p != "valid"] + ["valid"], ""),
+        ("valid", selected, ["train"], "valid/"),
+    ):
+        data = to_device(
+            load_part(split_dir / f"{name}.parquet", tasks, positives_only=False), device
+        )
+        if size(data) == 0:
+            continue
+        found = pointwise_metrics(m, data, tasks, scale)
+        positives = {k: v[data["interaction"] > 0.5] for k, v in data.items()}
+        if size(positives):
+            found.update(
+                ranking_metrics(
+                    m, positives, exclude(seen_parts), rated, ctx.n_items, tasks, k=e.k,
+                    sampled_negatives=e.sampled_negatives, seed=e.seed, full=e.full_ranking,
+                )
+            )  # fmt: skip
+        metrics.update({f"{prefix}{k}": v for k, v in found.items()})
     return metrics

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsys_mtl.data.features import draw_unrated
+from recsys_mtl.data.features import draw_unrated, pair_keys
 
 __all__ = ["NegativeResampler"]
 
@@ -23,8 +23,9 @@ class NegativeResampler:
     """Redraws the items of a training part's negative rows, vectorized."""
 
     def __init__(self, train: dict[str, torch.Tensor], n_items: int, seed: int) -> None:
-        positive = (train["interaction"] > 0.5).numpy()
-        users = train["user"].numpy()
+        # draws happen on the host once per epoch; the new items go to the data's device
+        positive = (train["interaction"] > 0.5).cpu().numpy()
+        users = train["user"].cpu().numpy()
         self.n_items = n_items
         self.seed = seed
         self.rows = np.flatnonzero(~positive)
@@ -32,7 +33,7 @@ class NegativeResampler:
         self.order = np.argsort(self.users, kind="stable")
         # ingest made (user, item) pairs distinct: a sort gives the keys draw_unrated searches
         self.rated = np.sort(
-            users[positive].astype(np.int64) * n_items + train["item"].numpy()[positive]
+            pair_keys(users[positive], train["item"].cpu().numpy()[positive], n_items)
         )
 
     def __call__(self, train: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
@@ -43,6 +44,7 @@ class NegativeResampler:
         drawn = draw_unrated(self.users, self.rated, self.n_items, 1, rng, order=self.order)[:, 0]
         keep = drawn >= 0  # a user who rated every item keeps the stored negative
         item = train["item"].clone()
-        rows = torch.from_numpy(self.rows[keep])
-        item[rows] = torch.from_numpy(drawn[keep])
+        device = item.device
+        rows = torch.from_numpy(self.rows[keep]).to(device)
+        item[rows] = torch.from_numpy(drawn[keep]).to(device)
         return {**train, "item": item}

@@ -16,14 +16,19 @@
   weighting's state is checkpointed with the model. Early stopping compares epochs on the
   validation losses combined with the static weights, which do not move during training.
 * Non-finite losses or gradients stop training with an error naming the task and the step.
-* Side effects stay at the edge: ``on_epoch(epoch, metrics)`` receives each epoch's metrics.
+* Devices: the model, every batch, the weighting's state and the loss accumulators live on
+  ``device`` (``train.device``); the loop syncs with the host once per epoch, where metrics
+  are logged: non-finite losses and gradients are flagged on the device at every step and
+  reported (task, epoch, first bad step) at the end of the epoch.
+* Side effects stay at the edge: callbacks (:mod:`recsys_mtl.train.callbacks`) receive each
+  epoch's metrics and can ask the loop to stop.
 """
 
 from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +38,14 @@ from torch import nn
 
 from recsys_mtl.config import TrainConfig
 from recsys_mtl.io import atomic_path
-from recsys_mtl.train.data import size, take
-from recsys_mtl.train.losses import task_losses
+from recsys_mtl.models.embeddings import resolve_device
+from recsys_mtl.train.callbacks import Callback
+from recsys_mtl.train.data import size, take, to_device
+from recsys_mtl.train.losses import task_losses, task_mask
 from recsys_mtl.train.negatives import NegativeResampler
 from recsys_mtl.weighting.base import Weighting
 
-__all__ = ["NonFiniteLossError", "TrainResult", "fit"]
+__all__ = ["NonFiniteLossError", "TrainResult", "fit", "validation_losses"]
 
 CHECKPOINT = "last.pt"
 
@@ -57,6 +64,7 @@ class TrainResult:
     seconds: float = 0.0
     samples_per_s: float = 0.0
     resumed_from: int | None = None
+    stopped_by_callback: bool = False
 
 
 def _optimizers(
@@ -86,11 +94,7 @@ def _optimizers(
 
 
 def _task_gradients(
-    losses: dict[str, torch.Tensor],
-    tasks: list[str],
-    shared: list[nn.Parameter],
-    epoch: int,
-    step: int,
+    losses: dict[str, torch.Tensor], tasks: list[str], shared: list[nn.Parameter]
 ) -> torch.Tensor:
     """``(T, P)``: each task's gradient of the shared parameters, flattened."""
     rows = []
@@ -100,12 +104,7 @@ def _task_gradients(
             (g if g is not None else torch.zeros_like(p)).reshape(-1)
             for g, p in zip(grads, shared, strict=True)
         ]
-        flat = torch.cat(parts)
-        if not torch.isfinite(flat).all():
-            raise NonFiniteLossError(
-                f"non-finite gradient in task {t!r} at epoch {epoch}, step {step}"
-            )
-        rows.append(flat)
+        rows.append(torch.cat(parts))
     return torch.stack(rows)
 
 
@@ -125,22 +124,33 @@ def _replace_shared_grad(
 def validation_losses(
     model: nn.Module, data: dict[str, torch.Tensor], tasks: list[str], batch_size: int = 8192
 ) -> dict[str, float]:
-    """Mean task losses over a whole part (each task over its own rows)."""
-    sums = {t: 0.0 for t in tasks}
-    counts = {t: 0 for t in tasks}
-    from recsys_mtl.train.losses import task_mask
-
+    """Mean task losses over a whole part (each task over its own rows); one host sync."""
+    device = next(iter(data.values())).device
+    sums = torch.zeros(len(tasks), dtype=torch.float64, device=device)
+    counts = torch.zeros(len(tasks), dtype=torch.float64, device=device)
     was = model.training
     model.eval()
-    for s in range(0, size(data), batch_size):
-        batch = take(data, torch.arange(s, min(s + batch_size, size(data))))
+    n = size(data)
+    for s in range(0, n, batch_size):
+        batch = take(data, torch.arange(s, min(s + batch_size, n), device=device))
         losses = task_losses(model(batch), batch, tasks)
-        for t in tasks:
-            n = int(task_mask(t, batch).sum())
-            sums[t] += float(losses[t]) * n
-            counts[t] += n
+        for k, t in enumerate(tasks):
+            m = task_mask(t, batch).sum()
+            sums[k] += losses[t].double() * m
+            counts[k] += m
     model.train(was)
-    return {t: sums[t] / max(counts[t], 1) for t in tasks}
+    means = (sums / counts.clamp(min=1)).tolist()
+    return dict(zip(tasks, means, strict=True))
+
+
+def _check_finite(flags: torch.Tensor, names: list[str], epoch: int, what: str) -> None:
+    """``flags (steps, K)``: raise naming the first step and column that was not finite."""
+    if bool(flags.all()):
+        return
+    bad = (~flags).nonzero()[0].tolist()
+    raise NonFiniteLossError(
+        f"non-finite {what} in task {names[bad[1]]!r} at epoch {epoch}, step {bad[0]}"
+    )
 
 
 def fit(
@@ -151,9 +161,19 @@ def fit(
     cfg: TrainConfig,
     weighting: Weighting,
     checkpoint_dir: str | Path | None = None,
-    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> TrainResult:
-    """Train ``model`` in place; at the end it holds the weights of its best validation epoch."""
+    """Train ``model`` in place on ``cfg.device``; at the end it holds the weights of its best
+    validation epoch. Without a validation part, every epoch runs and the last one is kept
+    (``cfg.patience`` must then be ``None``: early stopping needs validation data)."""
+    device = resolve_device(cfg.device)
+    has_valid = valid is not None and size(valid) > 0
+    if not has_valid and cfg.patience is not None:
+        raise ValueError("early stopping (train.patience) needs a validation part")
+    model.to(device)
+    weighting.to(device)
+    train = to_device(train, device)
+    valid = to_device(valid, device) if has_valid else None
     opts = _optimizers(model, cfg, weighting)
     shared = model.shared_parameters() if weighting.needs_gradients else []
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
@@ -167,16 +187,18 @@ def fit(
     best_weights = copy.deepcopy(model.state_dict())
     resumed = None
     if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True)
+        saved = torch.load(ckpt, weights_only=True, map_location=device)
         model.load_state_dict(saved["model"])
         for opt, s in zip(opts, saved["optimizers"], strict=True):
             opt.load_state_dict(s)
-        torch.set_rng_state(saved["rng"])
+        torch.set_rng_state(saved["rng"].cpu())
         weighting.load_state_dict(saved["weighting"])
+        weighting.to(device)
         best_weights = saved["best_weights"]
         state = saved["state"]
         resumed = state["epoch"]
     static = {t: float(w) for t, w in zip(tasks, weighting.static, strict=True)}
+    patience = cfg.patience if cfg.patience is not None else cfg.epochs + 1
 
     def monitored(losses: dict[str, float]) -> float:
         if cfg.monitor in losses:
@@ -187,44 +209,48 @@ def fit(
     if cfg.resample_negatives and "interaction" in tasks:
         resample = NegativeResampler(train, int(model.ctx.n_items), cfg.seed)
     n = size(train)
+    n_steps = -(-n // cfg.batch_size)
+    info = {"epochs": cfg.epochs, "rows": n, "device": str(device), "resumed_from": resumed,
+            "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None}  # fmt: skip
+    for cb in callbacks:
+        cb.on_train_start(model, info)
     t0 = time.perf_counter()
     seen = 0
-    stopped = False
+    stopped = by_callback = False
+    n_t = len(tasks)
     model.train()
     for epoch in range(state["epoch"], cfg.epochs):
-        if state["bad"] >= cfg.patience:
+        if state["bad"] >= patience:
             stopped = True
             break
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g)
+        perm = torch.randperm(n, generator=g).to(device)
         part = resample(train, epoch) if resample is not None else train
-        sums = {t: torch.zeros(()) for t in tasks}
-        weight_sums = {t: 0.0 for t in tasks}
+        sums = torch.zeros(n_t, device=device)
+        weight_sums = torch.zeros(n_t, device=device)
+        # per step: each task's loss finite, the total finite, each task's gradient finite
+        loss_ok = torch.ones(n_steps, n_t + 1, dtype=torch.bool, device=device)
+        grad_ok = torch.ones(n_steps, n_t, dtype=torch.bool, device=device)
         steps = 0
         for s in range(0, n, cfg.batch_size):
             batch = take(part, perm[s : s + cfg.batch_size])
             out = model(batch)
             losses = task_losses(out, batch, tasks)
-            for t in tasks:
-                if not torch.isfinite(losses[t]):
-                    raise NonFiniteLossError(
-                        f"non-finite loss in task {t!r} at epoch {epoch}, step {steps}"
-                    )
+            stacked = torch.stack([losses[t] for t in tasks])
             if weighting.needs_gradients:
-                grads = _task_gradients(losses, tasks, shared, epoch, steps)
+                grads = _task_gradients(losses, tasks, shared)
+                grad_ok[steps] = torch.isfinite(grads).all(1)
                 combined, weights = weighting.combine_gradients(grads, losses)
                 # The method's weights apply to the shared parameters only (replaced below);
                 # each task-specific parameter gets its own task's gradient, statically weighted.
                 w = weighting.static.to(grads.dtype)
-                total = sum(w[k] * losses[t] for k, t in enumerate(tasks))
+                total = (w * stacked).sum()
             else:
                 total, weights = weighting.combine(losses)
             if cfg.l2 > 0 and "_reg" in out:
                 total = total + cfg.l2 * out["_reg"]
-            if not torch.isfinite(total):
-                raise NonFiniteLossError(
-                    f"non-finite loss in task 'l2 penalty' at epoch {epoch}, step {steps}"
-                )
+            loss_ok[steps, :n_t] = torch.isfinite(stacked)
+            loss_ok[steps, n_t] = torch.isfinite(total)
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             total.backward()
@@ -236,24 +262,28 @@ def fit(
                 with torch.no_grad():
                     again = task_losses(model(batch), batch, tasks)
                 weighting.after_step({t: v.detach() for t, v in losses.items()}, again)
-            for t in tasks:
-                sums[t] += losses[t].detach()
-                weight_sums[t] += weights[t]
+            sums += stacked.detach()
+            weight_sums += torch.stack([weights[t] for t in tasks]).to(sums)
             steps += 1
         seen += n
-        metrics = {f"train/{t}/loss": float(sums[t]) / max(steps, 1) for t in tasks}
+        _check_finite(loss_ok, [*tasks, "l2 penalty"], epoch, "loss")
+        _check_finite(grad_ok, tasks, epoch, "gradient")
+        train_means = (sums / max(steps, 1)).tolist()
+        weight_means = (weight_sums / max(steps, 1)).tolist()  # epoch means
+        metrics = {f"train/{t}/loss": v for t, v in zip(tasks, train_means, strict=True)}
         weighting.end_epoch({t: metrics[f"train/{t}/loss"] for t in tasks})
-        metrics.update(
-            {f"weight/{t}": weight_sums[t] / max(steps, 1) for t in tasks}
-        )  # epoch means
-        if valid is not None and size(valid) > 0:
+        metrics.update({f"weight/{t}": v for t, v in zip(tasks, weight_means, strict=True)})
+        if valid is not None:
             vl = validation_losses(model, valid, tasks)
             objective = monitored(vl)
             metrics.update({f"valid/{t}/loss": v for t, v in vl.items()})
-        else:
+            metrics["valid/objective"] = objective
+            improved = objective < state["best"] - 1e-6
+        else:  # no validation part: every epoch runs, the last one is kept
             objective = monitored({t: metrics[f"train/{t}/loss"] for t in tasks})
-        metrics["valid/objective"] = objective
-        if objective < state["best"] - 1e-6:
+            metrics["train/objective"] = objective
+            improved = True
+        if improved:
             state.update(best=objective, best_epoch=epoch, bad=0)
             best_weights = copy.deepcopy(model.state_dict())
         else:
@@ -273,13 +303,14 @@ def fit(
                     },
                     tmp,
                 )
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
+        if any([bool(cb.on_epoch_end(epoch, metrics)) for cb in callbacks]):
+            by_callback = stopped = True
+            break
     else:
-        stopped = state["bad"] >= cfg.patience
+        stopped = state["bad"] >= patience
     model.load_state_dict(best_weights)
     seconds = time.perf_counter() - t0
-    return TrainResult(
+    result = TrainResult(
         epochs_run=state["epoch"],
         best_epoch=state["best_epoch"],
         best_valid_loss=state["best"],
@@ -288,4 +319,8 @@ def fit(
         seconds=seconds,
         samples_per_s=seen / seconds if seconds > 0 else 0.0,
         resumed_from=resumed,
+        stopped_by_callback=by_callback,
     )
+    for cb in callbacks:
+        cb.on_train_end(result)
+    return result

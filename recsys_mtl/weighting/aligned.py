@@ -24,13 +24,13 @@ class AlignedMTL(Weighting):
 
     def combine_gradients(
         self, grads: torch.Tensor, losses: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         g = grads.double()
         lam, vec = torch.linalg.eigh(g @ g.T)
         keep = lam > self.tol * lam.max().clamp(min=1e-30)
         lam, vec = lam[keep], vec[:, keep]
         if lam.numel() == 0:
-            w = torch.zeros(g.shape[0], dtype=g.dtype)
+            w = torch.zeros(g.shape[0], dtype=g.dtype, device=g.device)
         else:
             b = lam.min().sqrt() * vec @ torch.diag(lam.rsqrt()) @ vec.T
             w = b.sum(1)

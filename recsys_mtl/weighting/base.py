@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict
+from torch import nn
 
 from recsys_mtl.registry import Registry
 
@@ -57,7 +58,9 @@ class Weighting:
         """Create the method's own state (called at the end of ``__init__``)."""
 
     # -- loss-based interface -------------------------------------------------------------
-    def combine(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def combine(
+        self, losses: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The objective to differentiate and the weights used."""
         w = self.weights()
         total = (w * stack_losses(losses, self.tasks)).sum()
@@ -69,7 +72,7 @@ class Weighting:
     # -- gradient-based interface ---------------------------------------------------------
     def combine_gradients(
         self, grads: torch.Tensor, losses: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``grads (T, P)``: one flattened gradient of the shared parameters per task.
         Returns the gradient ``(P,)`` to descend and the weights used."""
         raise NotImplementedError
@@ -92,5 +95,18 @@ class Weighting:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
 
-    def _named(self, w: torch.Tensor) -> dict[str, float]:
-        return {t: float(v) for t, v in zip(self.tasks, w.detach(), strict=True)}
+    def to(self, device: str | torch.device) -> Weighting:
+        """Move the method's tensors (learnable weights in place) to ``device``."""
+        device = torch.device(device)
+        for name, value in list(vars(self).items()):
+            if isinstance(value, nn.Parameter):
+                value.data = value.data.to(device)
+            elif isinstance(value, torch.Tensor):
+                setattr(self, name, value.to(device))
+        return self
+
+    def _named(self, w: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The weights per task as 0-d tensors on the weighting's device (no host sync: the
+        trainer converts them where it logs)."""
+        w = w.detach().to(self.static.device)
+        return {t: w[k] for k, t in enumerate(self.tasks)}

@@ -33,14 +33,14 @@ class CAGrad(Weighting):
 
     def combine_gradients(
         self, grads: torch.Tensor, losses: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         g = grads.double()
         n = g.shape[0]
         gram = g @ g.T
-        mean = torch.full((n,), 1.0 / n, dtype=g.dtype)
+        mean = torch.full((n,), 1.0 / n, dtype=g.dtype, device=g.device)
         g0_norm2 = mean @ gram @ mean
         sqrt_phi = self.params.c * g0_norm2.clamp(min=0).sqrt()
-        theta = torch.zeros(n, dtype=g.dtype, requires_grad=True)
+        theta = torch.zeros(n, dtype=g.dtype, device=g.device, requires_grad=True)
         opt = torch.optim.SGD([theta], lr=25.0, momentum=0.5)
         for _ in range(self.params.iterations):
             w = torch.softmax(theta, 0)

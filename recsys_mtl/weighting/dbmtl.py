@@ -32,7 +32,7 @@ class DBMTL(Weighting):
 
     def combine_gradients(
         self, grads: torch.Tensor, losses: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         loss = stack_losses(losses, self.tasks).detach().clamp(min=1e-12)
         log_grads = grads / loss[:, None]
         b = self.params.beta

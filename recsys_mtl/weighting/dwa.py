@@ -38,7 +38,9 @@ class DWA(Weighting):
     def end_epoch(self, epoch_losses: dict[str, float]) -> None:
         self.history.append([epoch_losses[t] for t in self.tasks])
         if len(self.history) >= 2:
-            prev, before = torch.tensor(self.history[-1]), torch.tensor(self.history[-2])
+            dev = self.static.device
+            prev = torch.tensor(self.history[-1], device=dev)
+            before = torch.tensor(self.history[-2], device=dev)
             ratio = prev / before.clamp(min=1e-12)
             self.current = len(self.tasks) * torch.softmax(ratio / self.params.temperature, 0)
 

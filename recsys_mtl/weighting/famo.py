@@ -41,7 +41,9 @@ class FAMO(Weighting):
             [self.logits], lr=self.params.lr, weight_decay=self.params.gamma
         )
 
-    def combine(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def combine(
+        self, losses: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z = torch.softmax(self.logits.detach(), 0)
         d = stack_losses(losses, self.tasks).clamp(min=0) + self.eps
         c = (z / d.detach()).sum()

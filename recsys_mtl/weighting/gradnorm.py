@@ -42,7 +42,7 @@ class GradNorm(Weighting):
 
     def combine_gradients(
         self, grads: torch.Tensor, losses: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         w = self.w.detach().clone()
         combined = (w[:, None] * grads).sum(0)
         loss = stack_losses(losses, self.tasks).detach()

@@ -28,7 +28,7 @@ class MGDAParams(BaseModel):
 def min_norm_weights(gram: torch.Tensor, iterations: int = 250, tol: float = 1e-7) -> torch.Tensor:
     """Frank-Wolfe for ``min_a a^T M a`` over the simplex; ``gram (T, T)`` -> ``a (T,)``."""
     n = gram.shape[0]
-    a = torch.full((n,), 1.0 / n, dtype=gram.dtype)
+    a = torch.full((n,), 1.0 / n, dtype=gram.dtype, device=gram.device)
     for _ in range(iterations):
         ma = gram @ a
         t = int(torch.argmin(ma))
@@ -37,7 +37,7 @@ def min_norm_weights(gram: torch.Tensor, iterations: int = 250, tol: float = 1e-
         gamma = (
             torch.clamp((aa - ab) / denom, 0.0, 1.0)
             if denom > 1e-20
-            else torch.tensor(0.0, dtype=gram.dtype)
+            else torch.tensor(0.0, dtype=gram.dtype, device=gram.device)
         )
         step = -gamma * a
         step[t] += gamma
@@ -54,15 +54,16 @@ class MGDA(Weighting):
 
     def combine_gradients(
         self, grads: torch.Tensor, losses: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         g = grads.double()
         norm = self.params.normalize
-        scale = torch.ones(g.shape[0], dtype=g.dtype)
+        scale = torch.ones(g.shape[0], dtype=g.dtype, device=g.device)
         if norm in ("l2", "loss+"):
             scale = scale / g.norm(dim=1).clamp(min=1e-20)
         if norm in ("loss", "loss+"):
             scale = scale / stack_losses(losses, self.tasks).detach().double().clamp(min=1e-20)
         g = g * scale[:, None]
-        a = min_norm_weights(g @ g.T, self.params.iterations)
+        # the T x T solve is tiny and branchy: one copy to the host instead of a sync per step
+        a = min_norm_weights((g @ g.T).cpu(), self.params.iterations).to(g.device)
         w = a * scale  # the weight each raw task gradient gets
         return (w[:, None] * grads.double()).sum(0).to(grads.dtype), self._named(w)

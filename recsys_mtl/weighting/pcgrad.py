@@ -23,9 +23,9 @@ def project_conflicts(grads: torch.Tensor, generator: torch.Generator) -> torch.
         for j in torch.randperm(n, generator=generator).tolist():
             if j == i:
                 continue
-            dot = out[i] @ grads[j]
-            if dot < 0:
-                out[i] -= dot / grads[j].pow(2).sum().clamp(min=1e-20) * grads[j]
+            # only a conflict (negative inner product) is projected; no host sync per pair
+            dot = (out[i] @ grads[j]).clamp(max=0.0)
+            out[i] -= dot / grads[j].pow(2).sum().clamp(min=1e-20) * grads[j]
     return out
 
 
@@ -35,7 +35,7 @@ class PCGrad(Weighting):
 
     def combine_gradients(
         self, grads: torch.Tensor, losses: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return project_conflicts(grads, self.generator).sum(0), self._named(
-            torch.ones(len(self.tasks))
+            self.static.new_ones(len(self.tasks))
         )

@@ -17,4 +17,6 @@ __all__ = ["RLW"]
 @WEIGHTINGS.register("rlw")
 class RLW(Weighting):
     def weights(self) -> torch.Tensor:
-        return torch.softmax(torch.randn(len(self.tasks), generator=self.generator), 0)
+        return torch.softmax(torch.randn(len(self.tasks), generator=self.generator), 0).to(
+            self.static.device
+        )

@@ -34,7 +34,9 @@ class Uncertainty(Weighting):
     def parameters(self) -> list[nn.Parameter]:
         return [self.log_vars]
 
-    def combine(self, losses: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def combine(
+        self, losses: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         w = self.factor * torch.exp(-self.log_vars)
         total = (w * stack_losses(losses, self.tasks)).sum() + 0.5 * self.log_vars.sum()
         return total, self._named(w)

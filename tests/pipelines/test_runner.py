@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -14,7 +15,16 @@ from pathlib import Path
 import pytest
 
 from pipelines.cli import run_command
-from pipelines.runner import Artifact, Pipeline, PipelineError, Stage, run_pipeline
+from pipelines.runner import (
+    Artifact,
+    Pipeline,
+    PipelineError,
+    Stage,
+    code_digest,
+    fingerprint,
+    run_pipeline,
+    stage_code,
+)
 from recsys_mtl.config import load_config
 from tests.conftest import REPO, tiny_config, write
 
@@ -103,6 +113,87 @@ def test_a_failing_stage_leaves_no_stage_directory(tmp_path):
         run_pipeline(Pipeline([a, b]), cfg, tmp_path)
     assert (tmp_path / "a" / "x.txt").read_text() == "done"
     assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+def _code_pipeline(code: tuple[str, ...], func=None) -> tuple[Pipeline, list[str]]:
+    """Stage ``a`` (declaring ``code``) and stage ``b`` downstream of it; ``calls`` records runs."""
+    calls: list[str] = []
+
+    def make(name: str):
+        def run(ctx):
+            calls.append(name)
+            ctx.output(f"{name}.txt").write_text(name)
+            return {}
+
+        return run
+
+    a = Stage("a", func or make("a"), reads=(), outputs=("a.txt",), code=code)
+    b = Stage("b", make("b"), reads=(), outputs=("b.txt",), inputs=(a.out("a.txt"),))
+    return Pipeline([a, b]), calls
+
+
+def _reran(pipeline: Pipeline, run_dir: Path) -> set[str]:
+    code_digest.cache_clear()  # a new process would re-read the source; so must this one
+    cfg = load_config(None, base={"data": {"format": "synthetic"}})
+    return {k for k, v in run_pipeline(pipeline, cfg, run_dir).items() if not v["skipped"]}
+
+
+def test_editing_a_package_a_stage_declares_reruns_it_and_unchanged_code_keeps_it_skipped(
+    tmp_path, monkeypatch
+):
+    write(tmp_path / "src" / "rt_declared" / "__init__.py", "")
+    write(tmp_path / "src" / "rt_declared" / "deep" / "__init__.py", "")
+    model = write(tmp_path / "src" / "rt_declared" / "deep" / "model.py", "SCALE = 1\n")
+    other = write(tmp_path / "src" / "rt_other" / "__init__.py", "SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    pipeline, calls = _code_pipeline(code=("rt_declared",))
+    stage = pipeline.stages[0]
+    cfg = load_config(None, base={"data": {"format": "synthetic"}})
+    run_dir = tmp_path / "run"
+
+    assert _reran(pipeline, run_dir) == {"a", "b"}
+    before = json.loads((run_dir / "a" / "_stage.json").read_text())["fingerprint"]
+    assert _reran(pipeline, run_dir) == set()  # same code: skipped
+    other.write_text("SCALE = 2\n")  # a package the stage does not declare
+    assert _reran(pipeline, run_dir) == set()
+    assert fingerprint(stage, cfg, {}) == before
+
+    model.write_text("SCALE = 2\n")  # a file deep inside the declared package
+    assert _reran(pipeline, run_dir) == {"a", "b"}  # the stage and everything after it
+    after = json.loads((run_dir / "a" / "_stage.json").read_text())["fingerprint"]
+    assert after != before and fingerprint(stage, cfg, {}) == after
+    assert calls == ["a", "b", "a", "b"]
+    assert _reran(pipeline, run_dir) == set()
+
+    write(tmp_path / "src" / "rt_declared" / "deep" / "extra.py", "")  # a new file counts too
+    assert _reran(pipeline, run_dir) == {"a", "b"}
+
+
+def test_the_module_defining_a_stage_function_enters_its_fingerprint_by_default(
+    tmp_path, monkeypatch
+):
+    source = "def run(ctx):\n    ctx.output('a.txt').write_text('a')\n    return {}\n"
+    module = write(tmp_path / "src" / "rt_own_stage.py", source)
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    func = importlib.import_module("rt_own_stage").run
+    monkeypatch.delitem(sys.modules, "rt_own_stage")
+    pipeline, _ = _code_pipeline(code=(), func=func)
+    assert stage_code(pipeline.stages[0]) == ("rt_own_stage",)
+    assert stage_code(pipeline.stages[1]) == (__name__,)  # a function defined in this file
+    run_dir = tmp_path / "run"
+    assert _reran(pipeline, run_dir) == {"a", "b"}
+    assert _reran(pipeline, run_dir) == set()
+    module.write_text(source + "# edited\n")
+    assert _reran(pipeline, run_dir) == {"a", "b"}
+
+
+def test_a_stage_declaring_code_that_is_not_importable_fails_naming_it(tmp_path):
+    pipeline, calls = _code_pipeline(code=("rt_no_such_package_anywhere",))
+    with pytest.raises(PipelineError, match="stage 'a': code 'rt_no_such_package_anywhere'"):
+        _reran(pipeline, tmp_path / "run")
+    assert calls == [] and not (tmp_path / "run" / "a").exists()
+    with pytest.raises(PipelineError, match="code must be a tuple"):
+        Stage("s", lambda ctx: {}, reads=(), outputs=(), code="recsys_mtl.data")  # type: ignore
 
 
 def _kill_when(cfg: Path, run_dir: Path, ready, settle: float = 0.0) -> tuple[list[str], dict]:

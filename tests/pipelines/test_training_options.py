@@ -40,7 +40,7 @@ def test_refit_trains_a_fresh_model_on_train_and_valid_for_the_chosen_epochs(tmp
     torch.manual_seed(0)
     model = cls(cls.config_class(dim=8), load_context(out / "features", out / "split"), tasks)
     parts = [load_part(out / "split" / f"{p}.parquet", tasks) for p in ("train", "valid")]
-    cfg = TrainConfig(epochs=epochs, patience=epochs + 1, batch_size=256, lr=0.01)
+    cfg = TrainConfig(epochs=epochs, patience=None, batch_size=256, lr=0.01)
     fit(model, concat(*parts), None, tasks, cfg, WEIGHTINGS.get("static")(tasks))
     saved = torch.load(out / "train" / "model.pt", weights_only=True)
     for k, v in model.state_dict().items():

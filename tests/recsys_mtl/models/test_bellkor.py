@@ -60,7 +60,7 @@ def test_a_day_outside_the_log_is_unseen_not_another_users_day():
     shifted = {**batch, "user": batch["user"] - 1, "day": batch["day"] + CTX.day_span}
     keep = shifted["user"] >= 0  # user - 1 with day + span has the same key as (user, day)
     shifted = {k: v[keep] for k, v in shifted.items()}
-    rows, seen = model._user_day_rows(shifted["user"], shifted["day"])
+    rows, seen = model._day_rows(shifted["user"], shifted["day"])
     assert not seen.any() and (rows == CTX.user_days.numel()).all()
 
 

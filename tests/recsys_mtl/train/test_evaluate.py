@@ -7,7 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from recsys_mtl.topk import items_csr
 from recsys_mtl.train.evaluate import pointwise_metrics, ranking_metrics
+
+NOTHING_SEEN = items_csr(np.array([], np.int64), np.array([], np.int64), 2)
 
 
 class ItemScorer(nn.Module):
@@ -38,10 +41,7 @@ def _keys(users, items, n_items):
 def test_the_highest_item_is_ranked_first_by_both_protocols():
     n_items = 200
     test = _test([0, 1], [199, 198])
-    seen = (
-        np.array([1]),
-        np.array([199]),
-    )  # user 1 saw item 199 in training: excluded from full ranking
+    seen = items_csr([1], [199], 2)  # user 1 saw item 199 in training: excluded from full ranking
     rated = _keys([0, 1, 1], [199, 198, 199], n_items)
     m = ranking_metrics(
         ItemScorer(), test, seen, rated, n_items, ["interaction"], k=1, sampled_negatives=50
@@ -56,7 +56,7 @@ def test_the_lowest_item_is_ranked_last():
     m = ranking_metrics(
         ItemScorer(),
         test,
-        (np.array([], np.int64), np.array([], np.int64)),
+        NOTHING_SEEN,
         _keys([0], [0], n_items),
         n_items,
         ["interaction"],
@@ -68,23 +68,27 @@ def test_the_lowest_item_is_ranked_last():
     assert m["ranking_full/mrr"] == pytest.approx(1 / 100)
 
 
-def test_sampled_negatives_are_never_items_the_user_rated():
-    # user 0 rated every item but 5 and 6: the sampler can only draw those
+def test_sampled_negatives_are_distinct_items_the_user_never_rated():
+    # user 0 rated every item but 4 and 5: the only two negatives the sampler may draw
     n_items = 7
     test = _test([0], [6])
-    rated = _keys([0] * 6, [0, 1, 2, 3, 4, 6], n_items)
-    m = ranking_metrics(
-        ItemScorer(),
-        test,
-        (np.array([], np.int64),) * 2,
-        rated,
-        n_items,
-        ["interaction"],
-        k=1,
-        sampled_negatives=3,
-        full=False,
-    )
-    assert m["ranking/hr@1"] == 1.0  # item 6 beats the only samplable item, 5
+    rated = _keys([0] * 5, [0, 1, 2, 3, 6], n_items)
+    args = (test, NOTHING_SEEN, rated, n_items, ["interaction"])
+    best = ranking_metrics(ItemScorer(), *args, k=1, sampled_negatives=2, full=False)
+    assert best["ranking/hr@1"] == 1.0  # item 6 beats the samplable items 4 and 5
+    # scored in reverse, item 6 is last: rank 3 only if the two negatives are 4 and 5 (distinct)
+    worst = ranking_metrics(ItemScorer(-1.0), *args, k=1, sampled_negatives=2, full=False)
+    assert worst["ranking/mrr"] == pytest.approx(1 / 3)
+
+
+def test_a_user_with_too_few_unrated_items_is_left_out_of_the_sampled_protocol(caplog):
+    n_items = 7
+    rated = _keys([0] * 5 + [1], [0, 1, 2, 3, 6, 6], n_items)
+    args = (_test([0, 1], [6, 6]), NOTHING_SEEN, rated, n_items, ["interaction"])
+    m = ranking_metrics(ItemScorer(-1.0), *args, k=1, sampled_negatives=3, full=False)
+    # user 0 has two unrated items, not three: only user 1's rating (6 is its best... lowest) counts
+    assert m["ranking/mrr"] == pytest.approx(1 / 4)
+    assert "1 of 2 held-out ratings skipped" in caplog.text
 
 
 def test_pointwise_metrics_clip_ratings_and_skip_one_class_tasks():

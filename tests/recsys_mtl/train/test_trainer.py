@@ -105,7 +105,7 @@ def test_a_non_finite_loss_stops_training_naming_task_and_step():
             train,
             None,
             TASKS,
-            TrainConfig(epochs=1, batch_size=600),
+            TrainConfig(epochs=1, batch_size=600, patience=None),
             _static(TASKS),
         )
 
@@ -200,10 +200,15 @@ def test_a_non_finite_gradient_stops_training_naming_task_and_step():
         "like": p.sqrt().sum(),
     }  # finite loss, infinite gradient at 0
     assert torch.isfinite(losses["like"])
+    from recsys_mtl.train.trainer import _check_finite
+
+    flags = torch.ones(10, 2, dtype=torch.bool)  # the trainer's per-step record of one epoch
+    flags[7] = torch.isfinite(_task_gradients(losses, ["rating", "like"], [p])).all(1)
+    assert flags[7].tolist() == [True, False]
     with pytest.raises(
         NonFiniteLossError, match=r"non-finite gradient in task 'like' at epoch 3, step 7"
     ):
-        _task_gradients(losses, ["rating", "like"], [p], epoch=3, step=7)
+        _check_finite(flags, ["rating", "like"], 3, "gradient")
 
 
 @pytest.mark.parametrize("weighting", ["aligned_mtl", "mgda", "db_mtl"])
@@ -219,7 +224,7 @@ def test_gradient_methods_leave_task_specific_parameters_their_own_task_gradient
     )
     captured = {}
     model.heads[0].weight.register_hook(lambda g: captured.setdefault("g", g.clone()))
-    cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-9)
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=1e-9, patience=None)
     fit(model, batch, None, TASKS, cfg, WEIGHTINGS.get(weighting)(TASKS))
     assert_close(captured["g"], expected)
 

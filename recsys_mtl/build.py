@@ -1,0 +1,106 @@
+"""Components from a run configuration: the edge where registry names become objects.
+
+Each builder validates a component's own settings (``model.params``, ``weighting.params``)
+with its settings class; a bad name or value is a :class:`~recsys_mtl.errors.UserError` that
+names the dotted key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from recsys_mtl.config import RunConfig
+from recsys_mtl.errors import UserError
+
+__all__ = ["build_model", "build_weighting", "check_device", "ranker_class", "validate_run"]
+
+
+def _params(schema: type, values: dict[str, Any], key: str, what: str) -> Any:
+    """``values`` validated by a component's own settings class; errors name the dotted key."""
+    try:
+        return schema.model_validate(values)
+    except ValidationError as e:
+        err = e.errors()[0]
+        dotted = ".".join([key, *map(str, err["loc"])])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise UserError(f"{dotted}: {msg} ({what})") from e
+
+
+def build_weighting(cfg: RunConfig) -> Any:
+    """The configured weighting; a bad name or parameter is a UserError naming the key."""
+    from recsys_mtl.weighting import WEIGHTINGS
+
+    cls = WEIGHTINGS.get(cfg.weighting.name, "weighting.name")
+    params = _params(
+        cls.params_class,
+        cfg.weighting.params,
+        "weighting.params",
+        f"weighting {cfg.weighting.name!r}",
+    )
+    return cls(cfg.tasks, params, seed=cfg.train.seed, static=cfg.weighting.weights)
+
+
+def ranker_class(name: str, params: dict[str, Any]) -> tuple[type, Any]:
+    """The ranker class registered as ``name`` and its validated ``model.params``."""
+    from recsys_mtl.models import RANKERS
+
+    cls = RANKERS.get(name, "model.name")
+    return cls, _params(cls.config_class, params, "model.params", f"ranker {name!r}")
+
+
+def check_device(device: str) -> str:
+    """``train.device`` resolved; a CUDA device that is not there is a UserError."""
+    import torch
+
+    from recsys_mtl.models.embeddings import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"train.device: {device!r} asked for, but CUDA is not available here")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(
+                f"train.device: {device!r} asked for, but there are "
+                f"{torch.cuda.device_count()} CUDA devices"
+            )
+    return str(dev)
+
+
+def validate_run(cfg: RunConfig) -> tuple[type, Any]:
+    """Everything about a run that can be checked before any stage: the ranker and its params,
+    the weighting, the tasks, the device and the training options. Returns the ranker class
+    and params."""
+    cls, params = ranker_class(cfg.model.name, cfg.model.params)
+    build_weighting(cfg)
+    check_device(cfg.train.device)
+    unsupported = [t for t in cfg.tasks if t not in cls.tasks_supported]
+    if unsupported:
+        raise UserError(
+            f"tasks: ranker {cfg.model.name!r} serves {list(cls.tasks_supported)}, not {unsupported}"
+        )
+    if cfg.train.refit and getattr(params, "pretrain", False):
+        raise UserError(
+            "train.refit: not available with model.params.pretrain (refit trains from scratch)"
+        )
+    no_valid = cfg.split.valid_fraction == 0
+    if no_valid and not cls.closed_form:
+        if cfg.train.refit:
+            raise UserError(
+                "train.refit: needs a validation part to choose the epoch count, "
+                "but split.valid_fraction is 0"
+            )
+        if cfg.train.patience is not None:
+            raise UserError(
+                "train.patience: early stopping needs a validation part, but "
+                "split.valid_fraction is 0 (set train.patience: null to train every epoch)"
+            )
+    return cls, params
+
+
+def build_model(cfg: RunConfig, ctx: Any, device: str | None = None) -> Any:
+    """The configured ranker over a feature context, on ``device`` (default ``train.device``)."""
+    cls, params = ranker_class(cfg.model.name, cfg.model.params)
+    device = device or check_device(cfg.train.device)
+    return cls(params, ctx, cfg.tasks, device=device).to(device)

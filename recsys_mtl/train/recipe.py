@@ -1,0 +1,167 @@
+"""Training a configured ranker on a split: the recipe a pipeline's train stage runs.
+
+:func:`train_ranker` builds the ranker over the split's feature context, fits it (closed form,
+or the trainer with early stopping; NeuMF's pre-training first when asked), and with
+``train.refit`` trains a fresh model on train + valid for the epochs early stopping chose. It
+returns the final model and, separately, the model chosen on validation **before** the refit:
+``valid/`` metrics come from that one, which never trained on the validation part.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recsys_mtl.build import build_model, build_weighting, check_device, validate_run
+from recsys_mtl.config import RunConfig
+from recsys_mtl.errors import UserError
+from recsys_mtl.models.context import load_context
+from recsys_mtl.train.callbacks import Callback
+from recsys_mtl.train.data import concat, load_part, size
+from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, fit
+
+__all__ = ["TrainedRanker", "train_ranker"]
+
+log = logging.getLogger("recsys_mtl.train")
+
+
+@dataclass
+class TrainedRanker:
+    model: nn.Module  # the final model (the refit one with train.refit)
+    selected: nn.Module | None  # the model chosen on validation, when a refit replaced it
+    metrics: dict[str, float] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train_ranker(
+    cfg: RunConfig,
+    features_dir: str | Path,
+    split_dir: str | Path,
+    checkpoint_dir: str | Path | None = None,
+    callbacks: Sequence[Callback] = (),
+    refit_callbacks: Sequence[Callback] = (),
+) -> TrainedRanker:
+    """Train the ranker ``cfg`` describes on ``split_dir``; checkpoints under ``checkpoint_dir``."""
+    cls, params = validate_run(cfg)
+    device = check_device(cfg.train.device)
+    split_dir = Path(split_dir)
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    torch.manual_seed(cfg.train.seed)
+    ctx = load_context(features_dir, split_dir)
+    model = build_model(cfg, ctx, device)
+    if cls.closed_form:  # fitted on the observed ratings in closed form
+        train = load_part(split_dir / "train.parquet", cfg.tasks, positives_only=True)
+        train = {k: v.to(device) for k, v in train.items()}
+        history = model.fit(train["user"], train["item"], train["rating"], sweeps=cfg.train.epochs)
+        hist = [{"epoch": e, "train/fit": v} for e, v in enumerate(history)]
+        return TrainedRanker(model, None, {"train/fit": history[-1]}, {}, hist)
+    train = load_part(split_dir / "train.parquet", cfg.tasks)
+    valid = load_part(split_dir / "valid.parquet", cfg.tasks)
+    if size(valid) == 0 and (cfg.train.refit or cfg.train.patience is not None):
+        key = "train.refit" if cfg.train.refit else "train.patience"
+        raise UserError(
+            f"{key}: needs a validation part, but the split's validation part is empty "
+            "(raise split.valid_fraction, or set train.refit: false and train.patience: null)"
+        )
+    weighting = build_weighting(cfg)
+    try:
+        pretrained = None
+        if getattr(params, "pretrain", False):
+            pretrained = _pretrain_neumf(model, params, train, valid, cfg, ckpt, device)
+        res = fit(model, train, valid, cfg.tasks, cfg.train, weighting, ckpt, callbacks)
+        selected, refit = None, None
+        if cfg.train.refit:
+            refit = res.best_epoch + 1
+            selected = model
+            model = _refit(model, refit, train, valid, cfg, ckpt, refit_callbacks)
+    except NonFiniteLossError as e:
+        raise UserError(f"training diverged: {e} (lower train.lr or check the data)") from e
+    metrics = _train_metrics(res, refit)
+    details = {
+        "stopped_early": res.stopped_early,
+        "stopped_by_callback": res.stopped_by_callback,
+        "refit_epochs": refit,
+        "pretrained": pretrained,
+        "resumed_from_epoch": res.resumed_from,
+    }
+    return TrainedRanker(model, selected, metrics, details, res.history)
+
+
+def _train_metrics(res: TrainResult, refit: int | None) -> dict[str, float]:
+    return {
+        "train/epochs": res.epochs_run,
+        "train/best_epoch": res.best_epoch,
+        "train/seconds": res.seconds,
+        "train/refit_epochs": refit or 0,
+        "train/samples_per_s": res.samples_per_s,
+        "train/seconds_per_epoch": res.seconds / max(1, res.epochs_run - (res.resumed_from or 0)),
+    }
+
+
+def _refit(
+    model: nn.Module,
+    epochs: int,
+    train: dict[str, torch.Tensor],
+    valid: dict[str, torch.Tensor],
+    cfg: RunConfig,
+    ckpt: Path | None,
+    callbacks: Sequence[Callback],
+) -> nn.Module:
+    """Train a fresh model (same seed) on train + valid for the epochs early stopping chose.
+
+    The validation part has done its job (choosing the epoch count); the final model also
+    learns from it. Its checkpoints sit under ``refit/`` beside the first fit's, so a killed
+    run resumes here too.
+    """
+    log.info("    refit on train + valid for %d epochs", epochs)
+    torch.manual_seed(cfg.train.seed)
+    fresh = build_model(cfg, model.ctx, check_device(cfg.train.device))
+    settings = cfg.train.model_copy(update={"epochs": epochs, "patience": None})
+    fit(
+        fresh,
+        concat(train, valid),
+        None,
+        cfg.tasks,
+        settings,
+        build_weighting(cfg),
+        ckpt / "refit" if ckpt is not None else None,
+        callbacks,
+    )
+    return fresh
+
+
+def _pretrain_neumf(
+    model: nn.Module,
+    params: Any,
+    train: dict[str, torch.Tensor],
+    valid: dict[str, torch.Tensor],
+    cfg: RunConfig,
+    ckpt: Path | None,
+    device: str,
+) -> dict[str, int]:
+    """He et al.'s pre-training: fit a GMF and an MLP with the same budget, then join them.
+
+    Returns the epochs each part ran. Their checkpoints sit beside the NeuMF one, so a killed
+    run resumes inside pre-training too.
+    """
+    from recsys_mtl.models.ncf import GMF, MLP, NCFConfig
+
+    base = NCFConfig(**params.model_dump(include=set(NCFConfig.model_fields)))
+    parts, epochs = [], {}
+    for cls in (GMF, MLP):
+        torch.manual_seed(cfg.train.seed)
+        part = cls(base, model.ctx, cfg.tasks, device=device).to(device)
+        log.info("    pre-training %s", cls.__name__)
+        sub = ckpt / cls.__name__.lower() if ckpt is not None else None
+        res = fit(part, train, valid, cfg.tasks, cfg.train, build_weighting(cfg), sub)
+        parts.append(part)
+        epochs[cls.__name__.lower()] = res.epochs_run
+    model.load_pretrained(*parts, alpha=params.pretrain_alpha)
+    return epochs
