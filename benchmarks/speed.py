@@ -121,7 +121,7 @@ def _surprise_python(venv: Path) -> Path:
 FAST_BELLKOR = {
     "data.path": str(ML100K), "model.name": "bellkor", "model.params": "{dim: 64}",
     "tasks": "[rating]", "split.valid_fraction": 0, "train.epochs": 5, "train.batch_size": 8192,
-    "train.lr": 0.01, "train.l2": 0.2,
+    "train.lr": 0.01, "train.l2": 0.2, "train.patience": "null",
 }  # fmt: skip
 
 

@@ -32,8 +32,8 @@ def items_csr(
     users: np.ndarray | torch.Tensor, items: np.ndarray | torch.Tensor, n_users: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each user's items as CSR ``(offsets (n_users + 1,), values)``, vectorized."""
-    u = torch.as_tensor(np.array(users, dtype=np.int64))
-    i = torch.as_tensor(np.array(items, dtype=np.int64))
+    u = torch.as_tensor(users).long().cpu()
+    i = torch.as_tensor(items).long().cpu()
     order = torch.argsort(u, stable=True)
     counts = torch.bincount(u, minlength=n_users)
     offsets = torch.zeros(n_users + 1, dtype=torch.long)

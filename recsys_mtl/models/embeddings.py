@@ -195,8 +195,7 @@ class EmbeddingTables(nn.Module):
 
         # the collection wants every table's feature: the ones not asked for get empty bags
         parts = [
-            (f, torch.ones_like(f)) if isinstance(f, torch.Tensor) else f
-            for f in features.values()
+            (f, torch.ones_like(f)) if isinstance(f, torch.Tensor) else f for f in features.values()
         ]
         values = torch.cat([v for v, _ in parts])
         rows = parts[0][1].numel()

@@ -15,9 +15,8 @@ else the predicted rating.
 
 from __future__ import annotations
 
-from typing import Any
-
 import logging
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,7 +153,11 @@ def ranking_metrics(
         done = 0
         catalog = torch.arange(n_items, device=device)
         blocks = iter_topk(
-            lambda b: score_items(model, b, catalog, task, t_bin, day), users, k, exclude, chunk_users
+            lambda b: score_items(model, b, catalog, task, t_bin, day),
+            users,
+            k,
+            exclude,
+            chunk_users,
         )
         for block in blocks:
             c = block.users.numel()
