@@ -32,13 +32,18 @@ def items_csr(
     users: np.ndarray | torch.Tensor, items: np.ndarray | torch.Tensor, n_users: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each user's items as CSR ``(offsets (n_users + 1,), values)``, vectorized."""
-    u = torch.as_tensor(users).long().cpu()
-    i = torch.as_tensor(items).long().cpu()
+    u, i = _long(users), _long(items)
     order = torch.argsort(u, stable=True)
     counts = torch.bincount(u, minlength=n_users)
     offsets = torch.zeros(n_users + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(counts, 0)
     return offsets, i[order]
+
+
+def _long(x: np.ndarray | torch.Tensor) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.long().cpu()
+    return torch.from_numpy(np.array(x, dtype=np.int64))  # a writable copy (polars' are not)
 
 
 @torch.no_grad()
