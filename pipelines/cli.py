@@ -78,12 +78,12 @@ def run_command(
 
     ``single_task_baselines`` also trains each task alone and adds the transfer report.
     """
-    from pipelines.stages import validate_model
+    from recsys_mtl.build import validate_run
     from recsys_mtl.config import flatten, load_config
     from recsys_mtl.tracking import MlflowTracker, NullTracker
 
     cfg = load_config(config_path, overrides)
-    validate_model(cfg)
+    validate_run(cfg)  # everything checkable before a stage runs
     run_dir = Path(out) if out else Path("runs") / cfg.name
     tracker = MlflowTracker(cfg.tracking.experiment) if cfg.tracking.enabled else NullTracker()
     tracker.start(

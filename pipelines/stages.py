@@ -10,7 +10,7 @@ from pipelines.runner import Pipeline, Stage, StageContext
 from recsys_mtl.config import RunConfig
 from recsys_mtl.io import atomic_path, paths_digest, write_json
 
-__all__ = ["build_pipeline", "validate_model"]
+__all__ = ["build_pipeline"]
 
 
 def _data_content(cfg: RunConfig) -> dict[str, str]:
@@ -71,13 +71,6 @@ def _split(ctx: StageContext) -> dict[str, Any]:
     )
     metrics = {f"{p}_ratings": v["ratings"] for p, v in report["parts"].items()}
     return {"metrics": metrics}
-
-
-def validate_model(cfg: RunConfig) -> tuple[type, Any]:
-    """Everything checkable before a stage runs (ranker, params, weighting, device, options)."""
-    from recsys_mtl.build import validate_run
-
-    return validate_run(cfg)
 
 
 def _train(ctx: StageContext) -> dict[str, Any]:

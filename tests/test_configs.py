@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.stages import validate_model
+from recsys_mtl.build import validate_run
 from recsys_mtl.config import load_config
 from tests.conftest import REPO
 
@@ -16,4 +16,4 @@ from tests.conftest import REPO
 )
 def test_shipped_config_is_valid(path):
     cfg = load_config(path)
-    validate_model(cfg)
+    validate_run(cfg)

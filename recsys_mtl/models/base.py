@@ -50,10 +50,9 @@ class RankerConfig(BaseModel):
     )
 
 
-def broadcast_rows(x: torch.Tensor, rows: int, event_dims: int = 1) -> torch.Tensor:
-    """``x`` as ``(rows, *event)``: one user's ``(*event)`` is repeated, ``(rows, *event)`` kept."""
-    event = x.shape[x.dim() - event_dims :]
-    return x.expand(rows, *event)
+def broadcast_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``x`` as ``(rows, dim)``: one user's ``(dim,)`` is repeated, ``(rows, dim)`` kept."""
+    return x.expand(rows, x.shape[-1])
 
 
 class Ranker(nn.Module):
@@ -77,7 +76,6 @@ class Ranker(nn.Module):
         self.cfg = cfg
         self.ctx = ctx
         self.tasks = list(tasks)
-        self.device_hint = device
         self.register_buffer(
             "scale", torch.tensor(ctx.rating_scale, dtype=torch.float32), persistent=False
         )
@@ -143,7 +141,7 @@ class Ranker(nn.Module):
     def user_state(self, users: torch.Tensor) -> UserState:
         """The state of known users ``(U,)``: ``{name: (U, ...)}``, differentiable in the
         model's parameters."""
-        return {"index": users}
+        raise NotImplementedError
 
     def new_user_state(
         self,
@@ -158,8 +156,7 @@ class Ranker(nn.Module):
         the days of those ratings, ``user_cats (U, 4)`` demographics codes when known (0 is
         unknown). Id rows start at 0, biases at 0, the SVD++ set is the support items.
         """
-        n = items.shape[0]
-        return {"index": torch.full((n,), -1, dtype=torch.long, device=items.device)}
+        raise NotImplementedError
 
     def score(self, state: UserState, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Outputs for ``batch`` (``item``, ``time_bin``, ``day``) from a user state."""

@@ -179,7 +179,7 @@ class BellKor(Ranker):
         query = index * self.ctx.day_span + day
         pos = torch.searchsorted(keys, query).clamp(max=max(n - 1, 0))
         seen = (index >= 0) & (day >= 0) & (day < self.ctx.day_span)
-        seen = seen & (keys[pos] == query) if n else seen & False
+        seen = seen & (keys[pos] == query) if n else torch.zeros_like(seen)
         return torch.where(seen, pos, n), seen
 
     def _combine(

@@ -216,7 +216,6 @@ def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str
         return items_csr(seen["uidx"].to_numpy(), seen["iidx"].to_numpy(), ctx.n_users)
 
     rated = rated_keys(run.run_dir / FEATURES_DIR, ctx.n_items)
-    e = cfg
     metrics: dict[str, float] = {}
     for name, m, seen_parts, prefix in (
         ("test", model, [p for p in parts if p != "valid"] + ["valid"], ""),
@@ -232,8 +231,8 @@ def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str
         if size(positives):
             found.update(
                 ranking_metrics(
-                    m, positives, exclude(seen_parts), rated, ctx.n_items, tasks, k=e.k,
-                    sampled_negatives=e.sampled_negatives, seed=e.seed, full=e.full_ranking,
+                    m, positives, exclude(seen_parts), rated, ctx.n_items, tasks, k=cfg.k,
+                    sampled_negatives=cfg.sampled_negatives, seed=cfg.seed, full=cfg.full_ranking,
                 )
             )  # fmt: skip
         metrics.update({f"{prefix}{k}": v for k, v in found.items()})

@@ -23,7 +23,7 @@ from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.models.context import load_context
 from recsys_mtl.train.callbacks import Callback
-from recsys_mtl.train.data import concat, load_part, size
+from recsys_mtl.train.data import concat, load_part, size, to_device
 from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, fit
 
 __all__ = ["TrainedRanker", "train_ranker"]
@@ -58,7 +58,7 @@ def train_ranker(
     model = build_model(cfg, ctx, device)
     if cls.closed_form:  # fitted on the observed ratings in closed form
         train = load_part(split_dir / "train.parquet", cfg.tasks, positives_only=True)
-        train = {k: v.to(device) for k, v in train.items()}
+        train = to_device(train, device)
         history = model.fit(train["user"], train["item"], train["rating"], sweeps=cfg.train.epochs)
         hist = [{"epoch": e, "train/fit": v} for e, v in enumerate(history)]
         return TrainedRanker(model, None, {"train/fit": history[-1]}, {}, hist)

@@ -38,7 +38,7 @@ from torch import nn
 
 from recsys_mtl.config import TrainConfig
 from recsys_mtl.io import atomic_path
-from recsys_mtl.models.embeddings import resolve_device
+from recsys_mtl.models.embeddings import EmbeddingTables, resolve_device
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import size, take, to_device
 from recsys_mtl.train.losses import task_losses, task_mask
@@ -70,8 +70,6 @@ class TrainResult:
 def _optimizers(
     model: nn.Module, cfg: TrainConfig, weighting: Weighting | None = None
 ) -> list[torch.optim.Optimizer]:
-    from recsys_mtl.models.embeddings import EmbeddingTables
-
     table_params = {
         id(p) for m in model.modules() if isinstance(m, EmbeddingTables) for p in m.parameters()
     }
