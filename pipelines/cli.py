@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also train each task alone with the same budget and write transfer.json",
     )
 
+    from pipelines import compare, tune
+
+    tune.add_parser(sub)
+    compare.add_parser(sub)
+
     data = sub.add_parser("data", help="data sets: download, ingest, synthesize")
     dsub = data.add_subparsers(dest="data_command", required=True)
     dl = dsub.add_parser("download", help="download a GroupLens MovieLens data set")
@@ -234,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(json.dumps({"run_dir": summary["run_dir"], "metrics": summary["metrics"]}))
             return 0
+        if hasattr(args, "handler"):  # tune, compare
+            return args.handler(args)
         return _data(args)
     except UserError as e:
         print(f"recsys-mtl: error: {e}", file=sys.stderr)

@@ -103,6 +103,8 @@ class StageContext:
     tracker: NullTracker
     inputs: dict[Artifact, Path] = field(default_factory=dict)
     fingerprint: str = ""
+    # Extra training callbacks from the caller (a tuning trial's pruning), for stages that train.
+    callbacks: tuple[Any, ...] = ()
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -261,8 +263,12 @@ def run_pipeline(
     *,
     force: bool = False,
     tracker: NullTracker | None = None,
+    callbacks: tuple[Any, ...] = (),
 ) -> dict[str, Any]:
-    """Run (or resume) every stage; returns ``{stage: {"seconds", "skipped", "result"}}``."""
+    """Run (or resume) every stage; returns ``{stage: {"seconds", "skipped", "result"}}``.
+
+    ``callbacks`` reach the training stages (:class:`recsys_mtl.train.callbacks.Callback`).
+    """
     run = Path(run_dir)
     run.mkdir(parents=True, exist_ok=True)
     for stale in run.glob(".tmp-*"):  # left by a killed run
@@ -293,7 +299,7 @@ def run_pipeline(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         inputs = {a: run / a.stage / a.name for a in stage.inputs}
-        ctx = StageContext(config, run, tmp, stage, tracker, inputs, key)
+        ctx = StageContext(config, run, tmp, stage, tracker, inputs, key, tuple(callbacks))
         t0 = time.perf_counter()
         try:
             result = stage.func(ctx) or {}

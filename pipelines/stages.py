@@ -10,7 +10,7 @@ from pipelines.runner import Pipeline, Stage, StageContext
 from recsys_mtl.config import RunConfig
 from recsys_mtl.io import atomic_path, paths_digest, write_json
 
-__all__ = ["build_pipeline"]
+__all__ = ["build_pipeline", "data_pipeline"]
 
 
 def _data_content(cfg: RunConfig) -> dict[str, str]:
@@ -85,7 +85,7 @@ def _train(ctx: StageContext) -> dict[str, Any]:
         ctx.input(FEATURES.out("spec.json")).parent,
         ctx.input(SPLIT.out("train.parquet")).parent,
         ctx.checkpoint_dir,
-        callbacks=[TrackerCallback(ctx.tracker), ProgressCallback()],
+        callbacks=[TrackerCallback(ctx.tracker), ProgressCallback(), *ctx.callbacks],
         refit_callbacks=[TrackerCallback(ctx.tracker, "refit/"), ProgressCallback("refit ")],
     )
     with atomic_path(ctx.output("model.pt")) as tmp:
@@ -217,3 +217,11 @@ EVALUATE = Stage(
 
 def build_pipeline() -> Pipeline:
     return Pipeline([INGEST, FEATURES, SPLIT, TRAIN, EVALUATE])
+
+
+def data_pipeline() -> Pipeline:
+    """The data stages alone (a tuning study runs them once for all its trials)."""
+    return Pipeline([INGEST, FEATURES, SPLIT])
+
+
+DATA_STAGES = ("ingest", "features", "split")

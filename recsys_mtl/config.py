@@ -22,11 +22,13 @@ __all__ = [
     "EvaluateConfig",
     "FeaturesConfig",
     "ModelConfig",
+    "ParamSpace",
     "RunConfig",
     "SplitConfig",
     "SyntheticConfig",
     "TrackingConfig",
     "TrainConfig",
+    "TuneConfig",
     "WeightingConfig",
     "flatten",
     "load_config",
@@ -205,6 +207,88 @@ class TrackingConfig(_Frozen):
     experiment: str = Field("recsys-mtl", min_length=1)
 
 
+class ParamSpace(_Frozen):
+    """One tuned config key: ``float`` / ``int`` (``low``, ``high``, ``log``, ``step``) or
+    ``categorical`` (``choices``); ``when`` samples it only when other keys have these values."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = Field(None, gt=0.0, description="grid step (int: default 1)")
+    choices: list[Any] | None = Field(None, min_length=1)
+    when: dict[str, Any | list[Any]] = Field(
+        default_factory=dict,
+        description="dotted key -> value (or list of values) that must hold for this key to be sampled",
+    )
+
+    @model_validator(mode="after")
+    def _shape(self) -> ParamSpace:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs choices")
+            if self.low is not None or self.high is not None or self.log or self.step:
+                raise ValueError("a categorical parameter takes choices, not low/high/log/step")
+            return self
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes low/high, not choices")
+        if self.low is None or self.high is None:
+            raise ValueError(f"a {self.type} parameter needs low and high")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("log scale and step cannot be combined (Optuna refuses it)")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError("an int parameter needs whole low and high")
+        return self
+
+
+TUNE_SAMPLERS = ("tpe", "random", "nsga2", "motpe")
+TUNE_PRUNERS = ("none", "median", "successive_halving", "hyperband")
+
+
+class TuneConfig(_Frozen):
+    """An Optuna study over this run config (``recsys-mtl tune``)."""
+
+    objective: str | list[str] | None = Field(
+        None,
+        description="validation metric(s) to optimize, e.g. valid/rating/rmse; never a test "
+        "metric (default: valid/rating/rmse with a rating task, else valid/ranking/ndcg@K)",
+    )
+    direction: Literal["minimize", "maximize"] | list[Literal["minimize", "maximize"]] | None = (
+        Field(None, description="default: minimize for rmse/mae/loss/logloss, else maximize")
+    )
+    sampler: Literal[TUNE_SAMPLERS] = Field(  # type: ignore[valid-type]
+        "tpe", description="tpe (multivariate, seeded), random, nsga2, motpe (multi-objective TPE)"
+    )
+    seed: int = Field(0, description="sampler seed (worker w uses seed + w)")
+    pruner: Literal[TUNE_PRUNERS] = Field(  # type: ignore[valid-type]
+        "none", description="none, median, successive_halving, hyperband (single objective only)"
+    )
+    startup_trials: int = Field(5, ge=0, description="median: trials before pruning starts")
+    warmup_epochs: int = Field(1, ge=0, description="median: epochs before a trial can be pruned")
+    min_epochs: int = Field(1, ge=1, description="successive halving / hyperband: min resource")
+    reduction_factor: int = Field(3, ge=2, description="successive halving / hyperband: eta")
+    trials: int = Field(20, ge=1, description="complete + pruned trials the study ends with")
+    timeout: float | None = Field(None, gt=0.0, description="seconds; no new trial starts after")
+    study: str | None = Field(None, description="study name (default: the config's name)")
+    storage: str | None = Field(
+        None,
+        description="Optuna storage: sqlite:///FILE, postgresql://..., a .journal file path "
+        "(default: runs/tune/<study>/study.journal)",
+    )
+    workers: int = Field(1, ge=1, le=256, description="worker processes on this machine")
+    retries: int = Field(2, ge=0, description="retries of a trial whose worker died")
+    max_failures: int | None = Field(
+        None, ge=0, description="trials failing on their own before the study stops (default: trials)"
+    )
+    heartbeat: float = Field(10.0, gt=0.0, description="seconds between a running trial's heartbeats")
+    grace: float = Field(60.0, gt=0.0, description="seconds without a heartbeat before a trial is stale")
+    space: dict[str, ParamSpace] = Field(default_factory=dict, description="dotted key -> range")
+
+
 class RunConfig(_Frozen):
     name: str = "run"
     data: DataConfig
@@ -216,6 +300,7 @@ class RunConfig(_Frozen):
     weighting: WeightingConfig = WeightingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    tune: TuneConfig | None = None
 
     @field_validator("tasks")
     @classmethod

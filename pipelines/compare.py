@@ -1,0 +1,299 @@
+"""``recsys-mtl compare``: a table of the MLflow runs of an experiment or a study.
+
+Pipeline runs and tuning trials are told apart from stage runs (and study parent runs) by the
+``recsys_mtl.kind`` tag; runs logged before that tag existed are classified by their ``stage``
+tag. Metric names are shown as in ``summary.json`` (``ranking/hr@10``), whatever spelling the
+MLflow store uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from recsys_mtl.errors import UserError
+
+__all__ = ["add_parser", "compare_runs", "format_table"]
+
+KIND_TAG = "recsys_mtl.kind"
+STUDY_TAG = "recsys_mtl.study"
+MINIMIZED = ("rmse", "mae", "logloss", "loss")
+# The describing columns: (header, tag, param)
+DESCRIBE = (
+    ("model", "model", "model.name"),
+    ("weighting", "weighting", "weighting.name"),
+    ("tasks", "tasks", "tasks"),
+    ("split", "split", "split.strategy"),
+)
+
+
+def _display(name: str) -> str:
+    """An MLflow metric key in the ``summary.json`` spelling."""
+    try:
+        from recsys_mtl.tracking import summary_metric_name  # type: ignore[attr-defined]
+
+        return summary_metric_name(name)
+    except ImportError:
+        return name.replace("_at_", "@")
+
+
+def _kind(run: Any) -> str:
+    tags = run.data.tags
+    if KIND_TAG in tags:
+        return tags[KIND_TAG]
+    return "stage" if "stage" in tags else "pipeline"
+
+
+def compare_runs(
+    experiment: str | None = None,
+    study: str | None = None,
+    filter_string: str = "",
+    kinds: tuple[str, ...] = ("pipeline", "trial"),
+    tracking_uri: str | None = None,
+    max_results: int = 5000,
+) -> list[dict[str, Any]]:
+    """Rows (one per run, newest first): name, kind, describing columns, params, metrics."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from recsys_mtl.tracking import default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    names = [experiment] if experiment else None
+    if names is None:
+        exps = client.search_experiments()
+        ids = [e.experiment_id for e in exps]
+    else:
+        exp = client.get_experiment_by_name(names[0])
+        if exp is None:
+            known = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+            raise UserError(f"--experiment: no experiment {names[0]!r} in {uri} (known: {known})")
+        ids = [exp.experiment_id]
+    if not ids:
+        return []
+    clauses = [f"({filter_string})"] if filter_string else []
+    if study:
+        clauses.append(f"tags.`{STUDY_TAG}` = '{study}'")
+    try:
+        runs = client.search_runs(
+            ids, " and ".join(c.strip("()") if len(clauses) == 1 else c for c in clauses) if clauses else "",
+            max_results=max_results, order_by=["attributes.start_time DESC"],
+        )  # fmt: skip
+    except MlflowException as e:
+        raise UserError(f"--filter: {e.message.splitlines()[0]}") from e
+    rows = []
+    for run in runs:
+        kind = _kind(run)
+        if kind not in kinds:
+            continue
+        tags, params = run.data.tags, run.data.params
+        row: dict[str, Any] = {
+            "run": run.info.run_name or run.info.run_id[:8],
+            "run_id": run.info.run_id,
+            "kind": kind,
+        }
+        for header, tag, param in DESCRIBE:
+            row[header] = tags.get(tag) or params.get(param) or params.get(f"config.{param}", "")
+        row["params"] = {k.removeprefix("param."): v for k, v in params.items()}
+        row["metrics"] = {_display(k): v for k, v in run.data.metrics.items()}
+        end = run.info.end_time
+        row["seconds"] = (end - run.info.start_time) / 1000 if end and run.info.start_time else None
+        row["state"] = run.info.status.lower()
+        if kind == "trial" and tags.get("pruned") == "true":
+            row["state"] = "pruned"
+        rows.append(row)
+    return rows
+
+
+def _default_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """Per-task valid and test metrics present in the rows, in a stable readable order."""
+    order = ("rating/rmse", "rating/mae", "interaction/auc", "like/auc")
+    present = {m for r in rows for m in r["metrics"]}
+    ranking = sorted(m for m in present if m.startswith("ranking/") and "@" in m)
+    chosen = []
+    for base in (*order, *ranking):
+        for name in (f"valid/{base}", base):
+            if name in present and name not in chosen:
+                chosen.append(name)
+    return chosen
+
+
+def _key_params(rows: list[dict[str, Any]], limit: int = 6) -> list[str]:
+    """Parameters whose values differ between the rows (tuned ones first)."""
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r["params"] if k not in keys]
+    skip = {"run_dir", "package_version", "stage.version", "stage.fingerprint", "trial.number"}
+    varying = [
+        k
+        for k in keys
+        if k not in skip
+        and not k.startswith(("config.data.", "data.", "tracking.", "config.tracking."))
+        and len({r["params"].get(k) for r in rows}) > 1
+    ]
+    tuned = [k for k in varying if "." in k and not k.startswith("config.")]
+    return (tuned + [k for k in varying if k not in tuned])[:limit]
+
+
+def _sort(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    base = metric.rsplit("/", 1)[-1].split("@")[0]
+    sign = 1 if base in MINIMIZED else -1
+
+    def key(r: dict[str, Any]) -> tuple[int, float]:
+        v = r["metrics"].get(metric)
+        return (1, 0.0) if v is None or math.isnan(v) else (0, sign * v)
+
+    return sorted(rows, key=key)
+
+
+def _fmt(v: Any) -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def table(
+    rows: list[dict[str, Any]], metrics: list[str], params: list[str]
+) -> list[dict[str, Any]]:
+    """Flat records: the describing columns, the key params, the metrics, duration, state."""
+    out = []
+    for r in rows:
+        rec: dict[str, Any] = {"run": r["run"], "kind": r["kind"]}
+        rec.update({h: r[h] for h, _, _ in DESCRIBE})
+        rec.update({p: r["params"].get(p, "") for p in params})
+        rec.update({m: r["metrics"].get(m) for m in metrics})
+        rec["seconds"] = round(r["seconds"], 1) if r["seconds"] is not None else None
+        rec["state"] = r["state"]
+        rec["run_id"] = r["run_id"]
+        out.append(rec)
+    return out
+
+
+def format_table(records: list[dict[str, Any]]) -> str:
+    """A fixed-width text table (4 significant digits)."""
+    if not records:
+        return "no runs"
+    cols = [c for c in records[0] if c != "run_id"]
+    cells = [[_fmt(r[c]) for c in cols] for r in records]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    numeric = [
+        all(isinstance(r[c], int | float) or r[c] in (None, "") for r in records) for c in cols
+    ]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
+
+    sep = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cols), sep, *(line(r) for r in cells)])
+
+
+def _plot(records: list[dict[str, Any]], spec: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from recsys_mtl.io import atomic_path
+
+    x, sep, y = spec.partition(":")
+    if not sep or not x or not y:
+        raise UserError(
+            f"--plot {spec!r}: expected X_METRIC:Y_METRIC, e.g. valid/rating/rmse:rating/rmse"
+        )
+    x, y = _display(x), _display(y)
+    pts = [r for r in records if r.get(x) is not None and r.get(y) is not None]
+    if not pts:
+        raise UserError(f"--plot: no run has both {x} and {y}")
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for kind in sorted({r["kind"] for r in pts}):
+        sel = [r for r in pts if r["kind"] == kind]
+        ax.scatter([r[x] for r in sel], [r[y] for r in sel], label=kind, alpha=0.8)
+    for r in pts:
+        ax.annotate(r["run"], (r[x], r[y]), fontsize=7, alpha=0.7)
+    ax.set(xlabel=x, ylabel=y, title=f"{len(pts)} runs")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="a table of MLflow runs (pipelines and tuning trials)",
+        description="Print a table of an experiment's pipeline runs and tuning trials (stage "
+        "runs are left out): name, model, weighting, tasks, split, the params that differ, "
+        "valid and test metrics, duration and state.",
+    )
+    p.add_argument("--experiment", help="MLflow experiment (default: every experiment)")
+    p.add_argument("--study", help="only the trials of this tuning study")
+    p.add_argument(
+        "--filter",
+        default="",
+        help="MLflow search filter, e.g. \"params.`model.name` = 'bellkor'\"",
+    )
+    p.add_argument(
+        "--metrics",
+        help="comma-separated metric columns (default: per-task valid and test metrics)",
+    )
+    p.add_argument(
+        "--sort", help="sort by this metric (ascending for rmse/mae/logloss, else descending)"
+    )
+    p.add_argument(
+        "--kinds",
+        default="pipeline,trial",
+        help="run kinds shown (default: pipeline,trial; also study, stage, single_task_baseline)",
+    )
+    p.add_argument(
+        "--limit", type=int, default=50, help="rows printed (default 50; --out writes all)"
+    )
+    p.add_argument("--out", help="also write the table as CSV to this file")
+    p.add_argument(
+        "--plot", metavar="X:Y", help="scatter of metric Y against metric X, written to --plot-out"
+    )
+    p.add_argument(
+        "--plot-out", default="compare.png", help="PNG file of --plot (default: compare.png)"
+    )
+    p.add_argument("--json", action="store_true", help="print the rows as JSON lines")
+    p.set_defaults(handler=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    rows = compare_runs(args.experiment, args.study, args.filter, kinds)
+    metrics = (
+        [_display(m.strip()) for m in args.metrics.split(",")]
+        if args.metrics
+        else _default_metrics(rows)
+    )
+    if args.sort:
+        rows = _sort(rows, _display(args.sort))
+    records = table(rows, metrics, _key_params(rows))
+    if args.out:
+        import polars as pl
+
+        from recsys_mtl.io import atomic_path
+
+        with atomic_path(Path(args.out)) as tmp:
+            pl.DataFrame(records, infer_schema_length=None).write_csv(tmp)
+    if args.plot:
+        print(f"plot: {_plot(records, args.plot, Path(args.plot_out)).resolve()}")
+    if args.json:
+        for r in records:
+            print(json.dumps(r))
+        return 0
+    print(format_table(records[: args.limit]))
+    if len(records) > args.limit:
+        print(f"... {len(records) - args.limit} more (--limit, or --out FILE for all)")
+    return 0

@@ -1,0 +1,135 @@
+"""The study's objective measured after every epoch, reported to an Optuna trial for pruning.
+
+:class:`EpochObjective` is a training callback. After each epoch it computes the objective
+metric on the validation part with the model as it is (the same functions the evaluate stage
+uses: pointwise metrics, sampled or full ranking with train items excluded), reports it as the
+trial's intermediate value and raises ``optuna.TrialPruned`` when the pruner says so.
+
+It never touches the global random state the trainer draws from (torch, numpy, ``random``),
+so a trial trains exactly as the same config run without it: the best trial's config
+reproduces its validation metric.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsys_mtl.config import RunConfig
+from recsys_mtl.train.callbacks import Callback
+from recsys_mtl.tuning.space import Objective
+
+__all__ = ["EpochObjective", "ValidationScorer"]
+
+
+class ValidationScorer:
+    """Computes one validation metric of a model on a run's split (features + split folders)."""
+
+    def __init__(
+        self, cfg: RunConfig, run_dir: str | Path, objective: Objective, device: str
+    ) -> None:
+        import polars as pl
+
+        from recsys_mtl.runs import FEATURES_DIR, SPLIT_DIR, rated_keys
+        from recsys_mtl.topk import items_csr
+        from recsys_mtl.train.data import load_part, to_device
+
+        run = Path(run_dir)
+        self.cfg, self.objective, self.device = cfg, objective, device
+        split = run / SPLIT_DIR
+        self.valid = to_device(
+            load_part(split / "valid.parquet", cfg.tasks, positives_only=False), device
+        )
+        self.family = objective.family
+        self.exclude: Any = None
+        self.rated: Any = None
+        if self.family != "pointwise":
+            seen = pl.read_parquet(split / "train.parquet", columns=["uidx", "iidx", "interaction"])
+            self._seen = seen.filter(pl.col("interaction") == 1)
+            self.positives = {k: v[self.valid["interaction"] > 0.5] for k, v in self.valid.items()}
+            self._features = run / FEATURES_DIR
+            self._rated_keys, self._items_csr = rated_keys, items_csr
+
+    def __call__(self, model: nn.Module) -> float | None:
+        from recsys_mtl.train.data import size
+        from recsys_mtl.train.evaluate import pointwise_metrics, ranking_metrics
+
+        ctx = model.ctx
+        if self.family == "pointwise":
+            found = pointwise_metrics(model, self.valid, self.cfg.tasks, ctx.rating_scale)
+        else:
+            if self.rated is None:  # once, with the model's vocabulary sizes
+                self.rated = self._rated_keys(self._features, ctx.n_items)
+                uidx, iidx = self._seen["uidx"].to_numpy(), self._seen["iidx"].to_numpy()
+                self.exclude = self._items_csr(uidx, iidx, ctx.n_users)
+            if not size(self.positives):
+                return None
+            k = self.objective.name.rsplit("@", 1)
+            ev = self.cfg.evaluate
+            found = ranking_metrics(
+                model, self.positives, self.exclude, self.rated, ctx.n_items, self.cfg.tasks,
+                k=int(k[1]) if len(k) == 2 else _first_k(ev.k),
+                sampled_negatives=ev.sampled_negatives, seed=ev.seed,
+                full=self.family == "ranking_full",
+            )  # fmt: skip
+        value = found.get(self.objective.name.removeprefix("valid/"))
+        return None if value is None else float(value)
+
+
+def _first_k(k: Any) -> int:
+    return int(k[0]) if isinstance(k, list | tuple) else int(k)
+
+
+class EpochObjective(Callback):
+    """Reports the objective after every epoch to ``trial`` and prunes when the pruner asks.
+
+    ``on_report(epoch, value)`` (optional) sees every value, e.g. to log it to MLflow.
+    """
+
+    def __init__(self, trial: Any, scorer: ValidationScorer, on_report: Any = None) -> None:
+        self.trial, self.scorer, self.on_report = trial, scorer, on_report
+        self.model: nn.Module | None = None
+        self.values: dict[int, float] = {}
+
+    def on_train_start(self, model: nn.Module, info: dict[str, Any]) -> None:
+        self.model = model
+
+    def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        import optuna
+
+        if self.model is None:
+            return
+        with _rng_untouched():
+            value = self.scorer(self.model)
+        if value is None or not np.isfinite(value):
+            return
+        self.values[epoch] = value
+        if self.on_report is not None:
+            self.on_report(epoch, value)
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(
+                f"pruned after epoch {epoch}: {self.scorer.objective.name} = {value:.6g}"
+            )
+
+
+class _rng_untouched:
+    """Restores torch's, numpy's and Python's global random states on exit."""
+
+    def __enter__(self) -> None:
+        self.torch = torch.get_rng_state()
+        self.numpy = np.random.get_state()
+        self.python = random.getstate()
+        self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_rng_state(self.torch)
+        np.random.set_state(self.numpy)
+        random.setstate(self.python)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state_all(self.cuda)
