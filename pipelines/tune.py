@@ -354,6 +354,7 @@ class _TrialRunner:
             return
         from mlflow import MlflowClient
 
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         client = MlflowClient(tracking_uri=self.spec["tracking_uri"])
         client.set_tag(run_id, "fail_reason", frozen.user_attrs.get("fail_reason", "worker died"))
         client.set_terminated(run_id, status="FAILED")

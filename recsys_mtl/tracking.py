@@ -53,6 +53,9 @@ class MlflowTracker(NullTracker):
     def __init__(self, experiment: str, tracking_uri: str | None = None) -> None:
         from mlflow import MlflowClient
 
+        # MLflow prints "View run ... at: URL" to stdout when a run ends on a tracking server;
+        # stdout carries this tool's own results (a JSON line, a table)
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri or default_tracking_uri()
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)

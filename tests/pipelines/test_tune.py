@@ -1,0 +1,408 @@
+"""``recsys-mtl tune`` on real storages (journal file, SQLite, PostgreSQL) and real MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from pipelines.tune import tune_command
+from recsys_mtl.tuning.study import make_storage
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = {"epochs": 3, "batch_size": 512, "lr": 0.01, "patience": 2, "seed": 0, "device": "cpu"}
+
+
+def study_config(
+    tmp_path: Path,
+    *,
+    trials: int = 4,
+    train: dict | None = None,
+    tune: dict | None = None,
+    tracking: bool = False,
+    ratings: int = 6000,
+) -> Path:
+    doc = {
+        "name": "tt",
+        "data": {
+            "format": "synthetic",
+            "synthetic": {"users": 120, "items": 90, "ratings": ratings},
+        },
+        "split": {"strategy": "random", "seed": 0},
+        "model": {"name": "bellkor", "params": {"dim": 8}},
+        "tasks": ["rating", "interaction"],
+        "train": {**FAST, **(train or {})},
+        "evaluate": {"k": 10, "sampled_negatives": 20},
+        "tracking": {"enabled": tracking, "experiment": "tune-test"},
+        "tune": {
+            "objective": "valid/rating/rmse",
+            "trials": trials,
+            "heartbeat": 0.5,
+            "grace": 30,
+            "space": {
+                "train.lr": {"type": "float", "low": 0.003, "high": 0.05, "log": True},
+                "train.l2": {"type": "float", "low": 0.0, "high": 0.05},
+            },
+            **(tune or {}),
+        },
+    }
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def load(study_dir: Path, url: str | None = None, name: str = "tt") -> optuna.Study:
+    storage = make_storage(url, study_dir / "study.journal")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    return [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+
+
+def env_one_thread() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+
+
+# --------------------------------------------------------------------------------------------
+# In-process: best config, resume, failures, pruning
+
+
+def test_best_config_reproduces_the_best_validation_metric(tmp_path: Path, cli) -> None:
+    cfg = study_config(tmp_path, trials=3)
+    summary = tune_command(str(cfg), [], out=str(tmp_path / "study"))
+    assert summary["counts"]["complete"] == 3
+    best = summary["best"]
+    study = load(tmp_path / "study")
+    assert best["number"] == study.best_trial.number
+    assert best["values"][0] == min(t.value for t in study.trials)
+    # selection used the validation metric; the test metric is recorded beside it
+    assert best["metrics"]["valid/rating/rmse"] == best["values"][0]
+    assert "rating/rmse" in best["metrics"]
+    code, _, err = cli("run", best["config"], "--out", tmp_path / "again")
+    assert code == 0, err
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())["metrics"]
+    assert again["valid/rating/rmse"] == best["values"][0]
+    best_doc = yaml.safe_load(Path(best["config"]).read_text())
+    assert "tune" not in best_doc
+    assert best_doc["train"]["lr"] == best["params"]["train.lr"]
+    # every trial's validation and test metrics are in the trials table
+    rows = (tmp_path / "study" / "trials.csv").read_text().splitlines()
+    assert len(rows) == 4 and "valid/rating/rmse" in rows[0] and ",rating/rmse," in rows[0]
+    # trials reused the study's data stages instead of running them again
+    trial_dir = Path(best["run_dir"])
+    assert (trial_dir / "split").is_symlink() and (trial_dir / "train" / "model.pt").exists()
+
+
+def test_rerunning_resumes_and_stops_at_n_trials(tmp_path: Path) -> None:
+    cfg = study_config(tmp_path, trials=2)
+    tune_command(str(cfg), [], out=str(tmp_path / "study"))
+    first = {t.number: t.params for t in load(tmp_path / "study").trials}
+    summary = tune_command(str(cfg), [], trials=4, out=str(tmp_path / "study"))
+    study = load(tmp_path / "study")
+    assert summary["counts"]["complete"] == 4 and len(study.trials) == 4
+    assert {n: study.trials[n].params for n in first} == first  # the old trials are kept
+    again = tune_command(str(cfg), [], trials=4, out=str(tmp_path / "study"))
+    assert again["counts"]["complete"] == 4 and len(load(tmp_path / "study").trials) == 4
+
+
+def test_failing_trials_are_recorded_and_replaced(tmp_path: Path) -> None:
+    space = {"train.lr": {"type": "categorical", "choices": [0.01, 1.0e9]}}
+    cfg = study_config(tmp_path, trials=3, tune={"space": space, "sampler": "random", "seed": 0})
+    summary = tune_command(str(cfg), [], out=str(tmp_path / "study"))
+    study = load(tmp_path / "study")
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert summary["counts"]["complete"] == 3 and len(finished(study)) == 3
+    assert failed, "the sampler never drew the diverging learning rate"
+    for t in failed:
+        assert t.params["train.lr"] == 1.0e9
+        assert "training diverged: non-finite loss" in t.user_attrs["fail_reason"]
+    assert all(t.params["train.lr"] == 0.01 for t in finished(study))
+
+
+def test_a_study_whose_every_trial_fails_stops_with_a_clear_error(tmp_path: Path) -> None:
+    from recsys_mtl.errors import UserError
+
+    space = {"train.lr": {"type": "categorical", "choices": [1.0e9]}}
+    cfg = study_config(tmp_path, trials=2, tune={"space": space, "max_failures": 1})
+    with pytest.raises(UserError, match="2 trials failed on their own"):
+        tune_command(str(cfg), [], out=str(tmp_path / "study"))
+
+
+def test_pruned_trials_stop_early_and_are_recorded_as_pruned(tmp_path: Path) -> None:
+    tune = {"pruner": "median", "startup_trials": 1, "warmup_epochs": 0, "sampler": "random"}
+    space = {"train.lr": {"type": "float", "low": 0.0005, "high": 0.05, "log": True}}
+    cfg = study_config(tmp_path, trials=6, train={"epochs": 5}, tune={**tune, "space": space})
+    tune_command(str(cfg), [], out=str(tmp_path / "study"))
+    study = load(tmp_path / "study")
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert len(finished(study)) == 6 and pruned
+    for t in pruned:  # stopped before the last epoch, with the reason
+        assert len(t.intermediate_values) < 5
+        assert t.user_attrs["pruned_reason"].startswith("pruned after epoch")
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert all(len(t.intermediate_values) >= 1 for t in complete)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, cli) -> None:
+    cfg = study_config(tmp_path, tune={"objective": "rating/rmse"})
+    code, _, err = cli("tune", cfg)
+    assert code == 2
+    assert err.strip().count("\n") == 0
+    assert "tune.objective: 'rating/rmse' is not a validation metric" in err
+    code, _, err = cli("tune", cfg, "--set", "tune.objective=valid/rating/rmse", "--trials", "0")
+    assert code == 2 and "tune.trials" in err
+
+
+# --------------------------------------------------------------------------------------------
+# Worker processes on shared storages
+
+
+def _postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    for d in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (d / name).exists():
+            return str(d / name)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres(tmp_path: Path):
+    """A throw-away PostgreSQL cluster (``initdb``) on 127.0.0.1; yields its URL."""
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if not initdb or not pg_ctl:
+        pytest.skip("PostgreSQL's initdb/pg_ctl not found (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg missing (pip install recsys-mtl[postgres])")
+    as_root = os.geteuid() == 0  # PostgreSQL refuses to run as root: use its own user
+    base = Path(tempfile.mkdtemp(prefix="pg-")) if as_root else tmp_path / "pg"
+    base.mkdir(exist_ok=True)
+    prefix: list[str] = []
+    if as_root:
+        shutil.chown(base, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, port = base / "data", _free_port()
+    run = {"check": True, "capture_output": True}
+    subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], **run)
+    opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
+    subprocess.run(
+        [*prefix, pg_ctl, "-D", str(data), "-o", opts, "-w", "-l", str(base / "log"), "start"],
+        **run,
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _tune_process(cfg: Path, study_dir: Path, *args: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "pipelines.cli", "tune", str(cfg), "--out", str(study_dir), *args]
+    return subprocess.Popen(
+        cmd, env=env_one_thread(), start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite", "postgresql"])
+def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage: str, request) -> None:
+    url = {
+        "journal": str(tmp_path / "shared.journal"),
+        "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
+    }.get(storage) or request.getfixturevalue("postgres")
+    cfg = study_config(tmp_path, trials=6, train={"epochs": 4})
+    proc = _tune_process(cfg, tmp_path / "study", "--workers", "2", "--storage", url)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    study = load(tmp_path / "study", url)
+    assert len(study.trials) == 6, [t.state for t in study.trials]  # none lost, none extra
+    assert len(finished(study)) == 6
+    dirs = [t.user_attrs["run_dir"] for t in study.trials]
+    assert len(set(dirs)) == 6
+    owners = {t.system_attrs["recsys_mtl:owner"] for t in study.trials}
+    assert len(owners) == 2, "both workers should have run trials"
+    params = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(params)) == 6  # workers are seeded apart: no trial sampled twice
+
+
+def _wait_running(study_dir: Path, url: str | None, proc: subprocess.Popen, timeout: float = 120):
+    """Wait until some trial is running and has reported an epoch; returns it."""
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            study = load(study_dir, url)
+        except KeyError:  # not created yet
+            time.sleep(0.3)
+            continue
+        for t in study.get_trials(states=(TrialState.RUNNING,)):
+            if "recsys_mtl:owner" in t.system_attrs and t.intermediate_values:
+                return t
+        time.sleep(0.2)
+    raise AssertionError("no trial started")
+
+
+def test_a_sigkilled_worker_s_trial_is_retried_and_the_study_completes(tmp_path: Path) -> None:
+    cfg = study_config(tmp_path, trials=4, train={"epochs": 8, "batch_size": 128}, ratings=9000)
+    study_dir = tmp_path / "study"
+    proc = _tune_process(cfg, study_dir, "--workers", "2")
+    victim = _wait_running(study_dir, None, proc)
+    pid = int(victim.system_attrs["recsys_mtl:owner"].rpartition(":")[2])
+    assert pid != proc.pid  # a worker process, not the command
+    os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    study = load(study_dir)
+    killed = study.trials[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert "exited mid-trial" in killed.user_attrs["fail_reason"]
+    retries = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
+    assert retries[0].params == killed.params
+    assert len(finished(study)) == 4 and len(study.trials) == 5
+
+
+def test_an_interrupted_study_resumes(tmp_path: Path) -> None:
+    cfg = study_config(tmp_path, trials=3, train={"epochs": 8, "batch_size": 128}, ratings=9000)
+    study_dir = tmp_path / "study"
+    proc = _tune_process(cfg, study_dir)  # one in-process worker: kill the whole command
+    victim = _wait_running(study_dir, None, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    summary = tune_command(str(cfg), [], out=str(study_dir))
+    study = load(study_dir)
+    assert summary["counts"]["complete"] == 3 and len(finished(study)) == 3
+    assert study.trials[victim.number].state == TrialState.FAIL
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    # the retry ran in the killed trial's folder, resuming from its checkpoint
+    assert retry[0].user_attrs["run_dir"] == study.trials[victim.number].user_attrs["run_dir"]
+
+
+# --------------------------------------------------------------------------------------------
+# MLflow: a parent run per study, a child run per trial, on a real tracking server
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path):
+    port = _free_port()
+    store = tmp_path / "server"
+    store.mkdir()
+    cmd = [
+        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+        "--default-artifact-root", str(store / "artifacts"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    t0 = time.time()
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() - t0 > 90:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail(f"mlflow server did not start: {proc.stderr.read().decode()[-2000:]}")
+            time.sleep(0.5)
+    try:
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_trials_are_child_runs_on_a_tracking_server(
+    tmp_path: Path, mlflow_server: str, monkeypatch, cli
+) -> None:
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    tune = {
+        "pruner": "median", "startup_trials": 1, "warmup_epochs": 0, "sampler": "random",
+        "space": {"train.lr": {"type": "categorical", "choices": [0.0005, 0.01, 0.03, 1.0e9]}},
+    }  # fmt: skip
+    cfg = study_config(tmp_path, trials=4, train={"epochs": 3}, tune=tune, tracking=True)
+    tune_command(str(cfg), [], out=str(tmp_path / "study"))
+    study = load(tmp_path / "study")
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("tune-test")
+    runs = client.search_runs([exp.experiment_id], max_results=200)
+    parents = [r for r in runs if r.data.tags.get("recsys_mtl.kind") == "study"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.params["tune.pruner"] == "median"
+    assert parent.data.params["tune.storage"].endswith("study.journal")
+    assert "train.lr" in json.loads(parent.data.params["tune.space"])
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert "plots/optimization_history.png" in artifacts
+    trials = {
+        int(r.data.tags["trial_number"]): r
+        for r in runs
+        if r.data.tags.get("recsys_mtl.kind") == "trial"
+    }
+    assert set(trials) == {t.number for t in study.trials}
+    expected = {
+        TrialState.COMPLETE: "FINISHED",
+        TrialState.PRUNED: "KILLED",
+        TrialState.FAIL: "FAILED",
+    }
+    for t in study.trials:
+        run = trials[t.number]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == expected[t.state], (t.number, t.state)
+        assert float(run.data.params["param.train.lr"]) == t.params["train.lr"]
+        if t.state == TrialState.PRUNED:
+            assert run.data.tags["pruned"] == "true"
+        if t.state == TrialState.FAIL:
+            assert "diverged" in run.data.tags["fail_reason"]
+        if t.state == TrialState.COMPLETE:
+            assert "valid/rating/rmse" in run.data.metrics and "rating/rmse" in run.data.metrics
+            history = client.get_metric_history(run.info.run_id, "epoch/valid/rating/rmse")
+            assert len(history) == len(t.intermediate_values)
+    # the compare command shows the study's trials, not its stage runs
+    code, out, err = cli(
+        "compare",
+        "--experiment",
+        "tune-test",
+        "--study",
+        "tt",
+        "--sort",
+        "valid/rating/rmse",
+        "--out",
+        tmp_path / "t.csv",
+    )
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 + len(study.trials)
+    assert "valid/rating/rmse" in lines[0] and "stage" not in out.split()
+    best = {f"tt-trial-{t.number}" for t in study.trials if t.value == study.best_value}
+    assert lines[2].split()[0] in best  # sorted by the validation RMSE, best first
