@@ -323,7 +323,8 @@ class _TrialRunner:
         from recsys_mtl.tuning.epoch import EpochObjective, ValidationScorer
 
         run_dir = self.study_dir / "trials" / f"{origin:04d}"
-        _link_data(self.study_dir / "data", run_dir)
+        same_features = cfg.features == self.cfg.features
+        _link_data(self.study_dir / "data", run_dir, same_features)
         trial.set_user_attr("run_dir", str(run_dir))
         callbacks: tuple[Any, ...] = ()
         if len(self.objectives) == 1:  # Optuna takes intermediate values of one objective
@@ -360,12 +361,16 @@ class _TrialRunner:
         client.set_terminated(run_id, status="FAILED")
 
 
-def _link_data(data_dir: Path, run_dir: Path) -> None:
-    """Make the study's data stage folders part of a trial's run folder (symlinks)."""
+def _link_data(data_dir: Path, run_dir: Path, same_features: bool = True) -> None:
+    """Make the study's data stage folders part of a trial's run folder (symlinks).
+
+    A trial that tunes a features key links the ingest stage only and runs its own features
+    and split stages (the split of ratings is the same; see ``TUNABLE_DATA_KEYS``).
+    """
     from pipelines.stages import DATA_STAGES
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    for stage in DATA_STAGES:
+    for stage in DATA_STAGES if same_features else DATA_STAGES[:1]:
         link = run_dir / stage
         if link.is_symlink() or link.exists():
             continue

@@ -33,40 +33,41 @@ class ValidationScorer:
     def __init__(
         self, cfg: RunConfig, run_dir: str | Path, objective: Objective, device: str
     ) -> None:
+        self.cfg, self.objective, self.device = cfg, objective, device
+        self.run_dir = Path(run_dir)
+        self.family = objective.family
+        self.loaded = False
+
+    def _load(self, n_users: int, n_items: int) -> None:
+        """Read the validation part (and the train items to exclude) once, at the first epoch:
+        the split stage of the trial may only have run just before training."""
         import polars as pl
 
         from recsys_mtl.runs import FEATURES_DIR, SPLIT_DIR, rated_keys
         from recsys_mtl.topk import items_csr
         from recsys_mtl.train.data import load_part, to_device
 
-        run = Path(run_dir)
-        self.cfg, self.objective, self.device = cfg, objective, device
-        split = run / SPLIT_DIR
-        self.valid = to_device(
-            load_part(split / "valid.parquet", cfg.tasks, positives_only=False), device
-        )
-        self.family = objective.family
-        self.exclude: Any = None
-        self.rated: Any = None
+        split = self.run_dir / SPLIT_DIR
+        part = load_part(split / "valid.parquet", self.cfg.tasks, positives_only=False)
+        self.valid = to_device(part, self.device)
         if self.family != "pointwise":
             seen = pl.read_parquet(split / "train.parquet", columns=["uidx", "iidx", "interaction"])
-            self._seen = seen.filter(pl.col("interaction") == 1)
+            seen = seen.filter(pl.col("interaction") == 1)
+            self.exclude = items_csr(seen["uidx"].to_numpy(), seen["iidx"].to_numpy(), n_users)
             self.positives = {k: v[self.valid["interaction"] > 0.5] for k, v in self.valid.items()}
-            self._features = run / FEATURES_DIR
-            self._rated_keys, self._items_csr = rated_keys, items_csr
+            self.rated = rated_keys(self.run_dir / FEATURES_DIR, n_items)
+        self.loaded = True
 
     def __call__(self, model: nn.Module) -> float | None:
         from recsys_mtl.train.data import size
         from recsys_mtl.train.evaluate import pointwise_metrics, ranking_metrics
 
         ctx = model.ctx
+        if not self.loaded:
+            self._load(ctx.n_users, ctx.n_items)
         if self.family == "pointwise":
             found = pointwise_metrics(model, self.valid, self.cfg.tasks, ctx.rating_scale)
         else:
-            if self.rated is None:  # once, with the model's vocabulary sizes
-                self.rated = self._rated_keys(self._features, ctx.n_items)
-                uidx, iidx = self._seen["uidx"].to_numpy(), self._seen["iidx"].to_numpy()
-                self.exclude = self._items_csr(uidx, iidx, ctx.n_users)
             if not size(self.positives):
                 return None
             k = self.objective.name.rsplit("@", 1)

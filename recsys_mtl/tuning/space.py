@@ -17,6 +17,7 @@ from recsys_mtl.errors import UserError
 
 __all__ = [
     "FORBIDDEN_SECTIONS",
+    "TUNABLE_DATA_KEYS",
     "Objective",
     "active",
     "apply_values",
@@ -27,6 +28,10 @@ __all__ = [
 
 # Keys a study may not tune: the data a trial sees and how it is measured are fixed per study.
 FORBIDDEN_SECTIONS = ("name", "data", "features", "split", "evaluate", "tracking", "tune")
+# The one data key a study may tune: the interaction task's sampled training negatives. The split
+# is decided on ratings (each negative follows its rating), so every trial is measured on the
+# same held-out ratings; trials with another value run their own features and split stages.
+TUNABLE_DATA_KEYS = ("features.negatives_per_positive",)
 MINIMIZED = ("rmse", "mae", "logloss", "loss", "objective")
 _METRIC = re.compile(
     r"^valid/(?:(?P<task>rating|interaction|like)/(?P<pointwise>rmse|mae|auc|logloss)"
@@ -234,10 +239,11 @@ def validate_tune(cfg: RunConfig, source: str = "<config>") -> list[Objective]:
     seen: dict[str, ParamSpace] = {}
     for key, spec in tune.space.items():
         where = f"{source}: tune.space.{key}"
-        if key.split(".")[0] in FORBIDDEN_SECTIONS:
+        if key.split(".")[0] in FORBIDDEN_SECTIONS and key not in TUNABLE_DATA_KEYS:
             raise UserError(
                 f"{where}: {key.split('.')[0]} is fixed within a study (the data, split and "
-                "evaluation every trial is compared on); tune model, train or weighting keys"
+                "evaluation every trial is compared on); tune model, train or weighting keys "
+                f"(or {', '.join(TUNABLE_DATA_KEYS)})"
             )
         for cond in spec.when:
             if cond not in seen and not _get(base, cond)[0]:
