@@ -102,13 +102,13 @@ def test_conditional_parameters_follow_the_sampled_method() -> None:
                     "low": 1.0,
                     "high": 4.0,
                     "when": {"weighting.name": "dwa"},
-                },  # fmt: skip
+                },
                 "weighting.weights.interaction": {
                     "type": "float",
                     "low": 0.1,
                     "high": 1.0,
                     "when": {"weighting.name": ["static"]},
-                },  # fmt: skip
+                },
             }
         }
     )
