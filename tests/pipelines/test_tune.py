@@ -406,3 +406,34 @@ def test_trials_are_child_runs_on_a_tracking_server(
     assert "valid/rating/rmse" in lines[0] and "stage" not in out.split()
     best = {f"tt-trial-{t.number}" for t in study.trials if t.value == study.best_value}
     assert lines[2].split()[0] in best  # sorted by the validation RMSE, best first
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "motpe"])
+def test_several_objectives_write_the_pareto_front(tmp_path: Path, sampler: str) -> None:
+    from recsys_mtl.config import load_config
+
+    tune = {"objective": ["valid/rating/rmse", "valid/ranking/ndcg@10"], "sampler": sampler}
+    cfg = study_config(tmp_path, trials=4, train={"epochs": 2}, tune=tune)
+    summary = tune_command(str(cfg), [], out=str(tmp_path / "study"))
+    study = load(tmp_path / "study")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    front = {t.number for t in study.best_trials}
+    assert {p["number"] for p in summary["pareto"]} == front and summary["best"] is None
+    table = (tmp_path / "study" / "pareto.csv").read_text().splitlines()
+    assert len(table) == 1 + len(front)
+    for n in front:  # each front member is a runnable config
+        doc = load_config(tmp_path / "study" / "pareto" / f"trial-{n}.yaml")
+        assert doc.train.lr == study.trials[n].params["train.lr"]
+    assert (tmp_path / "study" / "plots" / "pareto_front.png").stat().st_size > 0
+
+
+def test_pruners_are_built_from_the_config() -> None:
+    from recsys_mtl.config import TuneConfig
+    from recsys_mtl.tuning.study import make_pruner
+
+    assert isinstance(make_pruner(TuneConfig(pruner="median"), 10), optuna.pruners.MedianPruner)
+    sh = make_pruner(TuneConfig(pruner="successive_halving", min_epochs=2), 10)
+    assert isinstance(sh, optuna.pruners.SuccessiveHalvingPruner)
+    hb = make_pruner(TuneConfig(pruner="hyperband", min_epochs=1, reduction_factor=2), 8)
+    assert isinstance(hb, optuna.pruners.HyperbandPruner) and hb._max_resource == 8
+    assert isinstance(make_pruner(TuneConfig(), 10), optuna.pruners.NopPruner)
