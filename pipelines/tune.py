@@ -256,6 +256,8 @@ def run_worker(spec: dict[str, Any], worker: int) -> int:
     from recsys_mtl.tuning.study import make_sampler, make_storage, work
 
     _quiet_optuna()
+    for name in ("recsys_mtl.pipeline", "recsys_mtl.train"):  # one line per trial instead
+        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = load_config(spec["config"], spec["overrides"])
     objectives = find_objectives(cfg, spec["config"])
     study_dir = Path(spec["study_dir"])
@@ -296,6 +298,7 @@ class _TrialRunner:
             result = self._run(trial, cfg, origin, tracker)
         except optuna.TrialPruned as e:
             state, reason = "KILLED", str(e) or "pruned"
+            log.info("tune: trial %d %s (%.1fs)", trial.number, reason, time.perf_counter() - t0)
             raise
         except BaseException as e:
             state, reason = "FAILED", str(e) or type(e).__name__
@@ -305,6 +308,12 @@ class _TrialRunner:
             trial.set_user_attr("seconds", round(seconds, 3))
             if tracker is not None:
                 tracker.close(state, reason, seconds)
+        shown = result if isinstance(result, list) else [result]
+        values_text = ", ".join(
+            f"{o.name} {v:.4g}" for o, v in zip(self.objectives, shown, strict=True)
+        )
+        params = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+        log.info("tune: trial %d: %s (%.1fs) %s", trial.number, values_text, seconds, params)
         return result
 
     def _tracker(
@@ -359,6 +368,10 @@ class _TrialRunner:
         client = MlflowClient(tracking_uri=self.spec["tracking_uri"])
         client.set_tag(run_id, "fail_reason", frozen.user_attrs.get("fail_reason", "worker died"))
         client.set_terminated(run_id, status="FAILED")
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def _link_data(data_dir: Path, run_dir: Path, same_features: bool = True) -> None:
