@@ -316,6 +316,7 @@ QUICK_DATA = {
     "data.format": "synthetic",
     "data.synthetic": {"users": 150, "items": 120, "ratings": 6000},
     "evaluate.sampled_negatives": 20,
+    "train.epochs": 2,
 }
 
 
