@@ -181,6 +181,13 @@ class TrainConfig(_Frozen):
         pattern="^(auto|cpu|cuda(:[0-9]+)?)$",
         description="where training and evaluation run: auto (CUDA when available), cpu, cuda[:N]",
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="torch intra-op CPU threads of the run; null: one (fast alone and beside "
+        "other processes); the RECSYS_MTL_THREADS environment variable overrides it",
+    )
 
 
 class WeightingConfig(_Frozen):
