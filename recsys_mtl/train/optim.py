@@ -156,18 +156,14 @@ class LazyAdam(Adam):
                 continue
             self.state["t"][k] += 1
             t = float(self.state["t"][k])
-            g2 = g.reshape(g.shape[0], -1)
-            rows = g2.ne(0).any(1).nonzero().squeeze(1)
-            g2 = g2.index_select(0, rows)
-            w = p.data.view(p.shape[0], -1)
-            m = self.state["m"][k].view(p.shape[0], -1)
-            v = self.state["v"][k].view(p.shape[0], -1)
-            mr = m.index_select(0, rows).lerp_(g2, 1.0 - b1)
-            vr = v.index_select(0, rows).mul_(b2).addcmul_(g2, g2, value=1.0 - b2)
-            m.index_copy_(0, rows, mr)
-            v.index_copy_(0, rows, vr)
-            denom = (vr / (1.0 - b2**t)).sqrt_().add_(self.eps)
-            w.index_add_(0, rows, mr / denom, alpha=-self.lr / (1.0 - b1**t))
+            g2 = g.view(g.shape[0], -1)
+            touched = g2.ne(0).any(1, keepdim=True).to(g.dtype)  # (rows, 1): 1 where touched
+            m = self.state["m"][k].view(g2.shape)
+            v = self.state["v"][k].view(g2.shape)
+            m.lerp_(g2, touched * (1.0 - b1))  # untouched rows: weight 0, m unchanged
+            v.mul_(1.0 - touched * (1.0 - b2)).addcmul_(g2, g2, value=1.0 - b2)
+            denom = (v / (1.0 - b2**t)).sqrt_().add_(self.eps)
+            p.data.view(g2.shape).addcdiv_(m * touched, denom, value=-self.lr / (1.0 - b1**t))
 
 
 class Adagrad(_Optimizer):
