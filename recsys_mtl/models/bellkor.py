@@ -264,6 +264,38 @@ class BellKor(Ranker):
                 s += (self.emb.rows("user_day_bias", rows)[:, 0] * seen.to(s.dtype))[:, None]
         return s
 
+    @torch.no_grad()
+    def score_candidates(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        task: str,
+        time_bin: torch.Tensor,
+        day: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(R, C)`` scores of ``task`` for row ``r``'s user ``users[r]`` and its ``C``
+        candidate ``items[r]`` at ``time_bin[r]``, ``day[r]``: the same values as
+        :meth:`forward` on every pair, with each row's user state computed once (sampled
+        ranking)."""
+        k = self.tasks.index(task)
+        state = self.user_state(users)
+        p = state["user"] + state["implicit"] if self.cfg.implicit else state["user"]
+        d, c = self.cfg.dim, (k if self.copies > 1 else 0)
+        q = self.emb.rows("item", items)[..., c * d : (c + 1) * d]  # (R, C, d)
+        s = torch.einsum("rd,rcd->rc", p[:, c * d : (c + 1) * d], q) * self.interaction_scale[k]
+        s += (self.global_bias[k] + state["user_bias"][:, k])[:, None]
+        s += self.emb.rows("item_bias", items)[..., k]
+        if k == self.rating_k and self.timed:
+            bins = items * self.ctx.n_time_bins + time_bin[:, None]
+            s += self.emb.rows("item_time_bias", bins)[..., 0]
+            dt = day.to(p.dtype) - state["mean_day"]
+            dev = torch.sign(dt) * dt.abs().pow(self.cfg.beta)
+            s += (state["user_drift"][:, 0] * dev)[:, None]
+            if self.day_bias:
+                rows, seen = self._day_rows(state["index"], day)
+                s += (self.emb.rows("user_day_bias", rows)[:, 0] * seen.to(s.dtype))[:, None]
+        return s
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         u = batch["user"]
         user_feats, item_feats = self._user_features(u), self._item_features(batch)

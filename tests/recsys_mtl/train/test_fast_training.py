@@ -259,6 +259,27 @@ def test_bellkor_matrix_scores_equal_forward_on_every_pair(task):
     assert_close(matrix, pairs, rtol=1e-5, atol=1e-5)
 
 
+def test_bellkor_candidate_scores_equal_forward_on_every_pair():
+    model = _bellkor()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)
+    model.eval()
+    keys = CTX.user_days  # (user, day) pairs seen in training: their day biases count
+    span = int(CTX.day_span)
+    g = torch.Generator().manual_seed(0)
+    pick = torch.randint(0, keys.numel(), (25,), generator=g)
+    users, day = keys[pick] // span, keys[pick] % span
+    users, day = torch.cat([users, torch.arange(5)]), torch.cat([day, torch.full((5,), 1)])
+    cand = torch.randint(0, CTX.n_items, (users.numel(), 7), generator=g)
+    time_bin = torch.randint(0, CTX.n_time_bins, (users.numel(),), generator=g)
+    for task in TASKS:
+        direct = model.score_candidates(users, cand, task, time_bin, day)
+        batch = {"user": users.repeat_interleave(7), "item": cand.reshape(-1),
+                 "time_bin": time_bin.repeat_interleave(7), "day": day.repeat_interleave(7)}  # fmt: skip
+        assert_close(direct, model(batch)[task].reshape(-1, 7), rtol=1e-5, atol=1e-5)
+
+
 def test_dense_membership_draws_the_same_negatives_as_binary_search(monkeypatch):
     from recsys_mtl.data import features
 
