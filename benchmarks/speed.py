@@ -1,23 +1,31 @@
-"""Training speed of every ranker, both embedding backends, and BellKor against Surprise's SVD++.
+"""Speed of the shipped recipes beside the tools a user would pick instead, and thread use.
 
-    python benchmarks/speed.py            # all parts
-    python benchmarks/speed.py --quick    # ml-100k only, 1 epoch, no Surprise (< 2 minutes)
+    python benchmarks/speed.py            # rating, ranking (3 seeds each) and concurrency
+    python benchmarks/speed.py --quick    # seed 0; SVD, ALS; no SVD++, no concurrency
+    python benchmarks/speed.py --parts throughput,backend   # per-ranker training throughput
 
-Parts (each a row group in the JSON line):
+Parts (each a row group in the JSON line; ``--parts`` picks them):
 
-* ``throughput``: samples/s and seconds/epoch of every neural ranker, multi-task
-  (rating + interaction + like, one sampled negative per rating), 2 epochs, on ml-100k and on a
-  synthetic log of ML-1M's size (6,040 users, 3,706 items, 1,000,209 ratings);
-* ``backend``: the same for ``bellkor`` and ``mmoe`` with ``torch`` and ``torchrec`` embeddings;
-* ``svdpp``: the whole seeded 80/20 BellKor run on ml-100k (ingest to evaluate, rating task,
-  ``FAST_BELLKOR`` settings) beside Surprise's ``SVDpp`` (defaults) trained on the same 80% and
-  scored on the same 20%: wall time, and the fit and test parts of each. Our evaluate stage also
-  ranks (sampled NCF protocol); Surprise's test only predicts the test ratings.
-  Surprise is installed into its own virtual environment (``.bench-venv/surprise``), never
-  as a dependency of the package.
+* ``rating``: ``configs/ml100k_bellkor.yaml`` as shipped (multi-task, random 80/20) for each
+  seed: the whole run's wall time (a ``recsys-mtl run`` subprocess, interpreter start to
+  ``summary.json``), its train and evaluate stages and test RMSE; beside it Surprise's ``SVDpp``
+  and ``SVD`` (defaults, ``random_state`` = seed) trained on the same 80% (train + valid) and
+  scored on the same 20%: fit seconds, whole seconds (load + fit + test) and RMSE.
+* ``ranking``: ``configs/ml100k_ranking.yaml`` as shipped (leave-last-out) for each seed:
+  wall time and test HR@10 / NDCG@10 (the held-out item against 99 distinct sampled unrated
+  items); beside it implicit's ALS (factors 128, regularization 50, alpha 20, 15 iterations,
+  one thread) trained on the same train + valid ratings and ranked on **the same candidates**
+  (drawn with the evaluate stage's own sampler and seed), with the same tie rule.
+* ``concurrent``: two copies of the rating recipe started at once on the machine's cores,
+  with the default thread setting, with ``RECSYS_MTL_THREADS=1`` (one thread each, the manual
+  setting) and with ``RECSYS_MTL_THREADS=<cores>`` (torch's own default before threads were
+  configured): each run's train-stage throughput (samples/s) and wall time.
+* ``throughput`` / ``backend``: samples/s of every neural ranker (and of both embedding
+  backends) for 2 epochs, as before.
 
-Each measurement is a ``recsys-mtl run`` subprocess; torch uses the machine's cores
-(``--threads`` to change). stdout gets one JSON line.
+Surprise and implicit are installed into their own virtual environments
+(``.bench-venv/surprise``, ``.bench-venv/implicit``), never as dependencies of the package.
+Progress goes to stderr; stdout gets one JSON line.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +47,7 @@ import rankers  # noqa: E402  (the shared runner of the benchmarks)
 
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 NEURAL = ["bellkor", "gmf", "mlp", "neumf", "shared_bottom", "mmoe", "ple", "cross_stitch"]
+MULTI = ["rating", "interaction", "like"]
 ML1M = {"users": 6040, "items": 3706, "ratings": 1_000_209}
 
 
@@ -91,12 +101,13 @@ def _throughput(
 
 SURPRISE_SCRIPT = """
 import json, sys, time
-from surprise import Dataset, Reader, SVDpp, accuracy
+from surprise import SVD, SVDpp, Dataset, Reader, accuracy
+algo_name, train_path, test_path, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 t0 = time.perf_counter()
 reader = Reader(line_format="user item rating", sep=",", rating_scale=(1, 5))
-train = Dataset.load_from_file(sys.argv[1], reader).build_full_trainset()
-test = [tuple(l.split(",")[:2]) + (float(l.split(",")[2]),) for l in open(sys.argv[2]).read().split()]
-algo = SVDpp(random_state=0)
+train = Dataset.load_from_file(train_path, reader).build_full_trainset()
+test = [tuple(l.split(",")[:2]) + (float(l.split(",")[2]),) for l in open(test_path).read().split()]
+algo = {"SVDpp": SVDpp, "SVD": SVD}[algo_name](random_state=seed)
 t1 = time.perf_counter()
 algo.fit(train)
 t2 = time.perf_counter()
@@ -105,96 +116,262 @@ t3 = time.perf_counter()
 print(json.dumps({"rmse": rmse, "seconds": t3 - t0, "fit_seconds": t2 - t1, "test_seconds": t3 - t2}))
 """
 
+ALS_SCRIPT = """
+import json, sys, time
+import numpy as np
+t0 = time.perf_counter()
+from threadpoolctl import threadpool_limits
+threadpool_limits(1)
+import scipy.sparse as sp
+from implicit.als import AlternatingLeastSquares
+d = np.load(sys.argv[1])
+users, items, n_users, n_items = d["users"], d["items"], int(d["n_users"]), int(d["n_items"])
+seed = int(sys.argv[2])
+t1 = time.perf_counter()
+m = sp.csr_matrix((np.full(users.size, 20.0, dtype=np.float32), (users, items)),
+                  shape=(n_users, n_items))  # confidence alpha * r with r = 1
+model = AlternatingLeastSquares(factors=128, regularization=50.0, iterations=15,
+                                num_threads=1, random_state=seed)
+model.fit(m, show_progress=False)
+t2 = time.perf_counter()
+uf, itf = np.asarray(model.user_factors), np.asarray(model.item_factors)
+cand, held = d["cand"], d["held_users"]
+scores = np.einsum("rd,rcd->rc", uf[held], itf[cand])
+target = scores[:, :1]
+rank = 1.0 + (scores[:, 1:] > target).sum(1) + (scores[:, 1:] == target).sum(1) / 2.0
+hit = rank <= 10
+ndcg = np.where(hit, 1.0 / np.log2(rank + 1.0), 0.0)
+print(json.dumps({"hr@10": float(hit.mean()), "ndcg@10": float(ndcg.mean()),
+                  "seconds": time.perf_counter() - t0, "fit_seconds": t2 - t1}))
+"""
 
-def _surprise_python(venv: Path) -> Path:
+
+def _venv_python(venv: Path, packages: list[str]) -> Path:
+    """A virtual environment with ``packages`` (created on first use), for the peers only."""
     py = venv / "bin" / "python"
     if not py.exists():
-        print(f"creating {venv} with scikit-surprise", file=sys.stderr)
+        print(f"creating {venv} with {' '.join(packages)}", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(py), "-m", "pip", "install", "--quiet", "scikit-surprise"], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "--quiet", *packages], check=True)
     return py
 
 
-# BellKor for speed: the rating task, batches of 8192 at lr 0.01 for a fixed 5 epochs on the whole
-# 80% (like Surprise, no validation part). 5 epochs = the best validation epoch (4) + 1 of the
-# same settings with a 10% validation part (split seed 0), chosen before looking at the test part.
-FAST_BELLKOR = {
-    "data.path": str(ML100K), "model.name": "bellkor", "model.params": "{dim: 64}",
-    "tasks": "[rating]", "split.valid_fraction": 0, "train.epochs": 5, "train.batch_size": 8192,
-    "train.lr": 0.01, "train.l2": 0.2, "train.patience": "null",
-}  # fmt: skip
+def _version(py: Path, module: str) -> str:
+    code = f"import {module}; print({module}.__version__)"
+    return subprocess.run([str(py), "-c", code], capture_output=True, text=True).stdout.strip()
 
 
-def _svdpp(base: Path, threads: int) -> list[dict]:
+def _recipe(config: str, seed: int, out: Path, env: dict | None = None,
+            extra: dict | None = None) -> subprocess.Popen:  # fmt: skip
+    """Start ``recsys-mtl run CONFIG`` as shipped (data path, seeds, no tracking)."""
+    sets = {"data.path": str(ML100K), "split.seed": seed, "train.seed": seed,
+            "features.seed": seed, "evaluate.seed": seed, "tracking.enabled": "false",
+            **(extra or {})}  # fmt: skip
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "configs" / config),
+           "--out", str(out)] + [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]  # fmt: skip
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    full_env.pop("OMP_NUM_THREADS", None)  # the run's own thread setting decides
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=full_env, cwd=out.parent)  # fmt: skip
+
+
+def _finish(proc: subprocess.Popen, t0: float, out: Path) -> dict:
+    _, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(err[-2000:])
+    summary = json.loads((out / "summary.json").read_text())
+    train = json.loads((out / "train" / "_stage.json").read_text())["result"]["metrics"]
+    return {"metrics": summary["metrics"], "stages": summary["stages"], "train": train,
+            "wall": wall}  # fmt: skip
+
+
+def _ours(config: str, seed: int, out: Path, extra: dict | None = None) -> dict:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    return _finish(_recipe(config, seed, out, extra=extra), t0, out)
+
+
+def _ids(run: Path) -> tuple:
     import polars as pl
 
-    ours = _run(FAST_BELLKOR, base / "svdpp-ours", threads)
-    split = base / "svdpp-ours" / "split"
-    users = pl.read_parquet(
-        base / "svdpp-ours" / "features" / "user_features.parquet", columns=["uidx", "user_id"]
-    )
-    items = pl.read_parquet(
-        base / "svdpp-ours" / "features" / "item_features.parquet", columns=["iidx", "item_id"]
-    )
+    users = pl.read_parquet(run / "features" / "user_features.parquet", columns=["uidx", "user_id"])
+    items = pl.read_parquet(run / "features" / "item_features.parquet", columns=["iidx", "item_id"])
+    return users, items
 
-    def triples(parts: list[str], path: Path) -> None:
-        df = pl.concat([pl.read_parquet(split / f"{p}.parquet") for p in parts]).filter(
-            pl.col("interaction") == 1
-        )
-        df = (
-            df.join(users, on="uidx")
-            .join(items, on="iidx")
-            .select("user_id", "item_id", pl.col("rating").cast(pl.Int64))
-        )
-        df.write_csv(path, include_header=False)
 
-    triples(["train", "valid"], base / "surprise-train.csv")
-    triples(["test"], base / "surprise-test.csv")
-    py = _surprise_python(ROOT / ".bench-venv" / "surprise")
-    proc = subprocess.run([str(py), "-c", SURPRISE_SCRIPT, str(base / "surprise-train.csv"), str(base / "surprise-test.csv")],
-                          capture_output=True, text=True, check=True)  # fmt: skip
-    theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-    version = subprocess.run(
-        [str(py), "-c", "import surprise; print(surprise.__version__)"],
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-    rows = [
-        {"labels": {"part": "svdpp", "tool": "recsys-mtl bellkor (whole pipeline)", "threads": threads},
-         "metrics": {"rating/rmse": ours["summary"]["metrics"]["rating/rmse"], "seconds": round(ours["wall"], 2),
-                     "fit_seconds": round(ours["train"]["train/seconds"], 2),
-                     "test_seconds": round(ours["stages"]["evaluate"], 2)}},
-        {"labels": {"part": "svdpp", "tool": f"surprise SVDpp {version} (load + fit + test)", "threads": 1},
-         "metrics": {"rating/rmse": theirs["rmse"], "seconds": round(theirs["seconds"], 2),
-                     "fit_seconds": round(theirs["fit_seconds"], 2),
-                     "test_seconds": round(theirs["test_seconds"], 2)}},
-    ]  # fmt: skip
-    for r in rows:
-        print(f"  {r['labels']}: {r['metrics']}", file=sys.stderr, flush=True)
+def _positives(run: Path, parts: list[str]):
+    import polars as pl
+
+    frames = [pl.read_parquet(run / "split" / f"{p}.parquet") for p in parts]
+    return pl.concat(frames).filter(pl.col("interaction") == 1)
+
+
+def _row(part: str, tool: str, seed: int, metrics: dict) -> dict:
+    row = {"labels": {"part": part, "tool": tool, "seed": seed}, "metrics": metrics}
+    print(f"  {row['labels']}: {metrics}", file=sys.stderr, flush=True)
+    return row
+
+
+def _rating(base: Path, seeds: list[int], peers: list[str]) -> list[dict]:
+    import polars as pl
+
+    rows = []
+    py = _venv_python(ROOT / ".bench-venv" / "surprise", ["scikit-surprise"]) if peers else None
+    version = _version(py, "surprise") if py else ""
+    for seed in seeds:
+        out = base / f"rating-s{seed}" / "run"
+        r = _ours("ml100k_bellkor.yaml", seed, out)
+        rows.append(_row("rating", "recsys-mtl ml100k_bellkor (whole run)", seed, {
+            "rating/rmse": r["metrics"]["rating/rmse"], "seconds": round(r["wall"], 2),
+            "train_stage_seconds": r["stages"]["train"]["seconds"],
+            "evaluate_stage_seconds": r["stages"]["evaluate"]["seconds"],
+            "train_seconds": round(r["train"]["train/seconds"], 2)}))  # fmt: skip
+        users, items = _ids(out)
+
+        def triples(
+            parts: list[str], path: Path, out: Path = out, ids: tuple = (users, items)
+        ) -> None:
+            df = _positives(out, parts).join(ids[0], on="uidx").join(ids[1], on="iidx")
+            df.select("user_id", "item_id", pl.col("rating").cast(pl.Int64)).write_csv(
+                path, include_header=False
+            )
+
+        train_csv, test_csv = out.parent / "surprise-train.csv", out.parent / "surprise-test.csv"
+        triples(["train", "valid"], train_csv)
+        triples(["test"], test_csv)
+        for algo in peers:
+            proc = subprocess.run([str(py), "-c", SURPRISE_SCRIPT, algo, str(train_csv),
+                                   str(test_csv), str(seed)],
+                                  capture_output=True, text=True, check=True)  # fmt: skip
+            theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+            rows.append(_row("rating", f"surprise {algo} {version} (load + fit + test)", seed, {
+                "rating/rmse": theirs["rmse"], "seconds": round(theirs["seconds"], 2),
+                "fit_seconds": round(theirs["fit_seconds"], 2)}))  # fmt: skip
     return rows
+
+
+def _ranking(base: Path, seeds: list[int], extra: dict | None = None) -> list[dict]:
+    import numpy as np
+
+    from recsys_mtl.data.features import draw_unrated
+    from recsys_mtl.models.context import load_context
+    from recsys_mtl.runs import rated_keys
+    from recsys_mtl.train.data import load_part
+
+    rows = []
+    py = _venv_python(ROOT / ".bench-venv" / "implicit", ["implicit", "threadpoolctl"])
+    version = _version(py, "implicit")
+    for seed in seeds:
+        out = base / f"ranking-s{seed}" / "run"
+        r = _ours("ml100k_ranking.yaml", seed, out, extra)
+        m = r["metrics"]
+        rows.append(_row("ranking", "recsys-mtl ml100k_ranking (whole run)", seed, {
+            "ranking/hr@10": m["ranking/hr@10"], "ranking/ndcg@10": m["ranking/ndcg@10"],
+            "seconds": round(r["wall"], 2), "train_stage_seconds": r["stages"]["train"]["seconds"],
+            "train_seconds": round(r["train"]["train/seconds"], 2)}))  # fmt: skip
+        # the evaluate stage's candidates: the same sampler, rated keys and seed
+        data = load_part(out / "split" / "test.parquet", MULTI, positives_only=False)
+        held = {k: v[data["interaction"] > 0.5] for k, v in data.items()}  # as evaluate_run
+        users_np = held["user"].numpy()
+        ctx = load_context(out / "features", out / "split")
+        n_items, n_users = int(ctx.n_items), int(ctx.n_users)
+        neg = draw_unrated(users_np, rated_keys(out / "features", n_items), n_items, 99,
+                           np.random.default_rng(seed), distinct=True)  # fmt: skip
+        keep = (neg >= 0).all(1)
+        cand = np.concatenate([held["item"].numpy()[:, None], neg], 1)[keep]
+        train = _positives(out, ["train", "valid"])
+        npz = out.parent / "als.npz"
+        np.savez(npz, users=train["uidx"].to_numpy(), items=train["iidx"].to_numpy(),
+                 n_users=n_users, n_items=n_items,
+                 cand=cand, held_users=users_np[keep])  # fmt: skip
+        proc = subprocess.run([str(py), "-c", ALS_SCRIPT, str(npz), str(seed)],
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        als = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(_row("ranking", f"implicit ALS {version} (f=128, reg 50, alpha 20, 15 it)", seed,
+                         {"ranking/hr@10": als["hr@10"], "ranking/ndcg@10": als["ndcg@10"],
+                          "seconds": round(als["seconds"], 2),
+                          "fit_seconds": round(als["fit_seconds"], 2)}))  # fmt: skip
+    return rows
+
+
+def _concurrent(base: Path) -> list[dict]:
+    """Two rating runs at once per setting; each run's train throughput and wall time."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    settings = {"default": {}, "one thread each (RECSYS_MTL_THREADS=1)": {"RECSYS_MTL_THREADS": "1"},
+                f"{cores} threads each (torch's own default)": {"RECSYS_MTL_THREADS": str(cores)}}  # fmt: skip
+    rows = []
+    for name, env in settings.items():
+        outs = [base / f"concurrent-{len(rows)}-{k}" / "run" for k in range(2)]
+        for o in outs:
+            o.parent.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        procs = [_recipe("ml100k_bellkor.yaml", 0, o, env=env) for o in outs]
+        done = [_finish(p, t0, o) for p, o in zip(procs, outs, strict=True)]
+        for k, r in enumerate(done):
+            rows.append(_row("concurrent", name, 0, {
+                "run": k, "samples_per_s": round(r["train"]["train/samples_per_s"]),
+                "train_seconds": round(r["train"]["train/seconds"], 2),
+                "seconds": round(r["wall"], 2)}))  # fmt: skip
+    return rows
+
+
+def _summary(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (part, tool)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["labels"]["part"] in ("rating", "ranking"):
+            groups.setdefault((r["labels"]["part"], r["labels"]["tool"]), []).append(r["metrics"])
+    out = []
+    for (part, tool), ms in groups.items():
+        agg = {}
+        for key in ms[0]:
+            vals = [m[key] for m in ms]
+            agg[key] = round(statistics.fmean(vals), 4)
+            if len(vals) > 1:
+                agg[f"{key}_std"] = round(statistics.stdev(vals), 4)
+        labels = {"part": part, "tool": tool, "seeds": len(ms)}
+        out.append({"labels": labels, "metrics": agg})
+        print(f"  {labels}: {agg}", file=sys.stderr, flush=True)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--parts", default="rating,ranking,concurrent")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the throughput part")
     ap.add_argument("--dir", default=None)
     args = ap.parse_args()
+    if not (ML100K / "u.data").is_file():
+        raise SystemExit(f"MovieLens-100K not found at {ML100K} (set RECSYS_MTL_ML100K)")
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="recsys-mtl-speed-"))
     base.mkdir(parents=True, exist_ok=True)
-    rows = []
+    parts = args.parts.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
     if args.quick:
-        rows += _throughput(base, "ml-100k", ["bellkor", "mmoe"], 1, args.threads)
-    else:
+        seeds = seeds[:1]
+        parts = [p for p in parts if p != "concurrent"]
+    rows = []
+    if "rating" in parts:
+        rows += _rating(base, seeds, ["SVD"] if args.quick else ["SVDpp", "SVD"])
+    if "ranking" in parts:
+        rows += _ranking(base, seeds)
+    if "concurrent" in parts:
+        rows += _concurrent(base)
+    if "throughput" in parts:
         rows += _throughput(base, "ml-100k", NEURAL, 2, args.threads)
         rows += _throughput(base, "ml-1m-sized", NEURAL, 1, args.threads)
+    if "backend" in parts:
         for backend in ("torch", "torchrec"):
             rows += _throughput(base, "ml-100k", ["bellkor", "mmoe"], 2, args.threads, backend)
-        rows += _svdpp(base, args.threads)
+    rows += _summary(rows)
     machine = {
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     print(json.dumps({"benchmark": "speed", "machine": machine, "rows": rows}))
 

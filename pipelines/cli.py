@@ -89,6 +89,9 @@ def run_command(
 
     cfg = load_config(config_path, overrides)
     validate_run(cfg)  # everything checkable before a stage runs
+    from recsys_mtl.threads import configure_threads, resolve_threads
+
+    configure_threads(resolve_threads(cfg.train.threads))  # before any heavy torch work
     run_dir = Path(out) if out else Path("runs") / cfg.name
     tracker = MlflowTracker(cfg.tracking.experiment) if cfg.tracking.enabled else NullTracker()
     tracker.start(

@@ -102,7 +102,7 @@ def _train(ctx: StageContext) -> dict[str, Any]:
     if "train/fit" in trained.metrics:  # closed form: one value per sweep
         for h in trained.history:
             ctx.tracker.log_metrics({"train/fit": h["train/fit"]}, step=h["epoch"])
-    elif len(cfg.tasks) > 1:
+    elif len(cfg.tasks) > 1 and cfg.weighting.name != "static":  # static weights are flat
         plot = _plot_weights(
             trained.history, cfg.tasks, ctx.out_dir / "weights.png", cfg.weighting.name
         )

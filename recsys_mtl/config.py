@@ -155,8 +155,10 @@ class TrainConfig(_Frozen):
     batch_size: int = Field(1024, ge=1, description="examples per step")
     lr: float = Field(1e-3, gt=0.0, description="AdamW learning rate of dense parameters")
     weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay of dense parameters")
-    embedding_optimizer: Literal["adam", "adagrad"] = Field(
-        "adam", description="optimizer of embedding tables (row-wise adaptive, no weight decay)"
+    embedding_optimizer: Literal["adam", "lazy_adam", "adagrad", "rowwise_adagrad"] = Field(
+        "adam",
+        description="optimizer of embedding tables (no weight decay): adam, lazy_adam (moves "
+        "only the rows a step touched), adagrad, or rowwise_adagrad (one accumulator per row)",
     )
     embedding_lr: float | None = Field(None, gt=0.0, description="default: train.lr")
     l2: float = Field(0.0, ge=0.0, description="weight of the L2 penalty on looked-up embeddings")
@@ -182,6 +184,29 @@ class TrainConfig(_Frozen):
         "auto",
         pattern="^(auto|cpu|cuda(:[0-9]+)?)$",
         description="where training and evaluation run: auto (CUDA when available), cpu, cuda[:N]",
+    )
+    lr_scaling: Literal["none", "linear", "sqrt"] = Field(
+        "none",
+        description="scale the learning rates from train.lr_reference_batch to train.batch_size: "
+        "none, linear (proportional) or sqrt",
+    )
+    lr_reference_batch: int = Field(
+        1024, ge=1, description="the batch size train.lr and train.embedding_lr are set for"
+    )
+    schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant",
+        description="learning-rate decay over train.epochs after the warm-up: constant, cosine "
+        "or linear (to 0 at the last step of train.epochs)",
+    )
+    warmup_epochs: float = Field(
+        0.0, ge=0.0, le=1000.0, description="linear warm-up from 0 over this many epochs"
+    )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="torch intra-op CPU threads of the run; null: one (fast alone and beside "
+        "other processes); the RECSYS_MTL_THREADS environment variable overrides it",
     )
 
 

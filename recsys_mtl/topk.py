@@ -55,7 +55,12 @@ def score_items(
     time_bin: int | torch.Tensor,
     day: int | torch.Tensor,
 ) -> torch.Tensor:
-    """``(len(users), len(items))`` scores of ``task`` for every pair, at one time."""
+    """``(len(users), len(items))`` scores of ``task`` for every pair, at one time.
+
+    A ranker with a ``score_matrix(users, items, task, time_bin, day)`` method (BellKor: one
+    matrix product) computes them itself; others go through ``forward`` on every pair."""
+    if hasattr(model, "score_matrix") and not model.training:
+        return model.score_matrix(users, items, task, int(time_bin), int(day))
     device = users.device
     c, n = users.numel(), items.numel()
     batch = {

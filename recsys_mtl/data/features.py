@@ -19,6 +19,7 @@ never rated anywhere in the log, so a negative is never a positive.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,21 @@ def _member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
     return sorted_keys[pos] == queries
 
 
+DENSE_MEMBERSHIP_LIMIT = 1 << 26  # keys: a lookup table of at most 64 MB
+
+
+def _membership(sorted_keys: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Membership in ``sorted_keys`` as a function: a boolean lookup table indexed by key when
+    the keys span at most :data:`DENSE_MEMBERSHIP_LIMIT` values (ml-100k: 1.6 MB; 10-20x
+    faster than binary searches), else :func:`_member`."""
+    if sorted_keys.size == 0 or sorted_keys[-1] >= DENSE_MEMBERSHIP_LIMIT or sorted_keys[0] < 0:
+        return lambda q: _member(sorted_keys, q)
+    table = np.zeros(int(sorted_keys[-1]) + 2, dtype=bool)  # the last entry: every larger key
+    table[sorted_keys] = True
+    last = table.size - 1
+    return lambda q: table[np.minimum(q, last)]
+
+
 def draw_unrated(
     users: np.ndarray,
     rated_keys: np.ndarray,
@@ -95,9 +111,11 @@ def draw_unrated(
     base = np.repeat(users[order].astype(np.int64) * n_items, k)
     item = rng.integers(0, n_items, n * k)
 
+    member = _membership(rated_keys)
+
     def rejected(pos: np.ndarray) -> np.ndarray:
         """Positions (whole rows, in row order) whose draw is rated or repeats its row."""
-        bad = _member(rated_keys, base[pos] + item[pos])
+        bad = member(base[pos] + item[pos])
         if distinct and k > 1:
             block = item[pos].reshape(-1, k)
             by_value = np.argsort(block, axis=1, kind="stable")
@@ -118,7 +136,7 @@ def draw_unrated(
             rows = np.unique(bad // k)
             bad = rejected((rows[:, None] * k + np.arange(k)).ravel())
         else:
-            bad = bad[_member(rated_keys, base[bad] + item[bad])]
+            bad = bad[member(base[bad] + item[bad])]
     item[bad] = -1
     out = np.empty((n, k), dtype=np.int64)
     out[order] = item.reshape(n, k)  # back to the callers' row order

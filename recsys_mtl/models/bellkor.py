@@ -26,13 +26,20 @@ zero factors and biases, with N(u) the support items and t_u their mean day.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from pydantic import Field
 from torch import nn
 
 from recsys_mtl.models.base import Ranker, RankerConfig, Role, UserState, broadcast_rows
 from recsys_mtl.models.context import FeatureContext
-from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec, gather_jagged
+from recsys_mtl.models.embeddings import (
+    EmbeddingTables,
+    TableSpec,
+    _functorch_active,
+    gather_jagged,
+)
 from recsys_mtl.models.registry import RANKERS
 
 __all__ = ["BellKor", "BellKorConfig"]
@@ -113,6 +120,19 @@ class BellKor(Ranker):
         n = bags[1].clamp(min=1).to(torch.float32)
         y = self.implicit({"implicit": bags})["implicit"] * n.rsqrt()[:, None]
         return y, y.pow(2).sum()
+
+    def _implicit_all(self) -> torch.Tensor:
+        """``|N(u)|^-1/2 sum_j y_j`` of every user ``(n_users, width)``, as one sparse-dense
+        product with the normalized user x item matrix (the training path: 10x faster on CPU
+        than a gather and a segment sum over the batch's users, whose N(u) cover most of the
+        ratings at large batch sizes). Its backward is the transposed product."""
+        w = self.implicit.weight("implicit")
+        key = (w.device, w.dtype)
+        if getattr(self, "_spmm_key", None) != key:
+            self._spmm = _normalized_csr(self.implicit_offsets, self.implicit_values,
+                                         self.ctx.n_items, w.dtype)  # fmt: skip
+            self._spmm_key = key
+        return _SpMM.apply(w, *self._spmm)
 
     def _user_features(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = {"user": u, "user_bias": u}
@@ -203,7 +223,9 @@ class BellKor(Ranker):
                 drift = broadcast_rows(user["user_drift"], rows)[:, 0]
                 s = s + item["item_time_bias"][:, 0] + drift * dev
                 if self.day_bias:
-                    _, seen = self._day_rows(user["index"], day)
+                    seen = item.get("_day_seen")
+                    if seen is None:
+                        _, seen = self._day_rows(user["index"], day)
                     s = s + item["user_day_bias"][:, 0] * seen.to(s.dtype)
             out[t] = s
         out["_reg"] = reg / rows
@@ -215,19 +237,117 @@ class BellKor(Ranker):
             feats["user_day_bias"] = self._day_rows(state["index"], batch["day"])[0]
         return self._combine(state, {n: self.emb.rows(n, ids) for n, ids in feats.items()}, batch)
 
+    @torch.no_grad()
+    def score_matrix(
+        self, users: torch.Tensor, items: torch.Tensor, task: str, time_bin: int, day: int
+    ) -> torch.Tensor:
+        """``(len(users), len(items))`` scores of ``task`` at one time: the same values as
+        :meth:`forward` on every pair, as one matrix product (full ranking, top-K)."""
+        k = self.tasks.index(task)
+        state = self.user_state(users)
+        p = state["user"] + state["implicit"] if self.cfg.implicit else state["user"]
+        d, c = self.cfg.dim, (k if self.copies > 1 else 0)
+        q = self.emb.rows("item", items)[:, c * d : (c + 1) * d]
+        s = (p[:, c * d : (c + 1) * d] @ q.T) * self.interaction_scale[k]
+        s += (self.global_bias[k] + state["user_bias"][:, k])[:, None]
+        s += self.emb.rows("item_bias", items)[None, :, k]
+        if k == self.rating_k and self.timed:
+            s += self.emb.rows("item_time_bias", items * self.ctx.n_time_bins + time_bin)[
+                None, :, 0
+            ]
+            day_t = torch.full_like(users, int(day))
+            dt = day_t.to(p.dtype) - state["mean_day"]
+            dev = torch.sign(dt) * dt.abs().pow(self.cfg.beta)
+            s += (state["user_drift"][:, 0] * dev)[:, None]
+            if self.day_bias:
+                rows, seen = self._day_rows(state["index"], day_t)
+                s += (self.emb.rows("user_day_bias", rows)[:, 0] * seen.to(s.dtype))[:, None]
+        return s
+
+    @torch.no_grad()
+    def score_candidates(
+        self,
+        users: torch.Tensor,
+        items: torch.Tensor,
+        task: str,
+        time_bin: torch.Tensor,
+        day: torch.Tensor,
+    ) -> torch.Tensor:
+        """``(R, C)`` scores of ``task`` for row ``r``'s user ``users[r]`` and its ``C``
+        candidate ``items[r]`` at ``time_bin[r]``, ``day[r]``: the same values as
+        :meth:`forward` on every pair, with each row's user state computed once (sampled
+        ranking)."""
+        k = self.tasks.index(task)
+        state = self.user_state(users)
+        p = state["user"] + state["implicit"] if self.cfg.implicit else state["user"]
+        d, c = self.cfg.dim, (k if self.copies > 1 else 0)
+        q = self.emb.rows("item", items)[..., c * d : (c + 1) * d]  # (R, C, d)
+        s = torch.einsum("rd,rcd->rc", p[:, c * d : (c + 1) * d], q) * self.interaction_scale[k]
+        s += (self.global_bias[k] + state["user_bias"][:, k])[:, None]
+        s += self.emb.rows("item_bias", items)[..., k]
+        if k == self.rating_k and self.timed:
+            bins = items * self.ctx.n_time_bins + time_bin[:, None]
+            s += self.emb.rows("item_time_bias", bins)[..., 0]
+            dt = day.to(p.dtype) - state["mean_day"]
+            dev = torch.sign(dt) * dt.abs().pow(self.cfg.beta)
+            s += (state["user_drift"][:, 0] * dev)[:, None]
+            if self.day_bias:
+                rows, seen = self._day_rows(state["index"], day)
+                s += (self.emb.rows("user_day_bias", rows)[:, 0] * seen.to(s.dtype))[:, None]
+        return s
+
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         u = batch["user"]
         user_feats, item_feats = self._user_features(u), self._item_features(batch)
         if self.day_bias:
-            item_feats["user_day_bias"] = self._day_rows(u, batch["day"])[0]
+            item_feats["user_day_bias"], day_seen = self._day_rows(u, batch["day"])
         e = self.emb({**user_feats, **item_feats})  # one backend call for every table
         state = self._finish_user(e, u)
         extra = None
         if self.cfg.implicit:
             distinct, inverse = torch.unique(u, return_inverse=True)
-            y, extra = self._implicit_of(distinct)
+            if _functorch_active():  # plain gathers under torch.func
+                y, extra = self._implicit_of(distinct)
+            else:
+                y = self._implicit_all().index_select(0, distinct)
+                extra = y.pow(2).sum()
             state["implicit"] = y[inverse]
-        out = self._combine(state, {n: e[n] for n in item_feats}, batch)
+        item = {n: e[n] for n in item_feats}
+        if self.day_bias:  # found once, with the rows above
+            item["_day_seen"] = day_seen
+        out = self._combine(state, item, batch)
         if extra is not None:
             out["_reg"] = out["_reg"] + extra / u.numel()
         return out
+
+
+def _normalized_csr(
+    offsets: torch.Tensor, values: torch.Tensor, n_items: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``(n_users, n_items)`` matrix with ``|N(u)|^-1/2`` at each rated (u, j), as CSR,
+    and its transpose (for the backward pass)."""
+    n_users = offsets.numel() - 1
+    lengths = offsets[1:] - offsets[:-1]
+    rows = torch.repeat_interleave(torch.arange(n_users, device=offsets.device), lengths)
+    scale = lengths.clamp(min=1).to(dtype).rsqrt()[rows]
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": the ops used are stable
+        warnings.simplefilter("ignore", UserWarning)
+        coo = torch.sparse_coo_tensor(
+            torch.stack([rows, values]), scale, (n_users, n_items), check_invariants=False
+        )
+        coo = coo.coalesce()
+        return coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr()
+
+
+class _SpMM(torch.autograd.Function):
+    """``A @ w`` for a constant sparse ``A``; the backward is ``A^T @ grad`` with a stored
+    transpose (torch's own sparse backward is 4x slower on CPU)."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, a: torch.Tensor, at: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.at = at
+        return a @ w
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        return ctx.at @ grad.contiguous(), None, None

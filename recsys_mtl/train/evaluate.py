@@ -132,8 +132,13 @@ def ranking_metrics(
     width = cand.shape[1]
     scores = torch.empty(cand.shape, dtype=torch.float32, device=device)
     step = max(1, 16384 // width)
+    direct = getattr(model, "score_candidates", None)  # BellKor: each user's state once
     for s in range(0, cand.shape[0], step):
         rows = slice(s, min(s + step, cand.shape[0]))
+        if direct is not None:
+            part = {f: v[rows] for f, v in ctx.items()}
+            scores[rows] = direct(part["user"], cand[rows], task, part["time_bin"], part["day"])
+            continue
         batch = {f: v[rows].repeat_interleave(width) for f, v in ctx.items()}
         batch["item"] = cand[rows].reshape(-1)
         scores[rows] = model(batch)[task].reshape(-1, width)

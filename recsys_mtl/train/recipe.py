@@ -123,7 +123,8 @@ def _refit(
     log.info("    refit on train + valid for %d epochs", epochs)
     torch.manual_seed(cfg.train.seed)
     fresh = build_model(cfg, model.ctx, check_device(cfg.train.device))
-    settings = cfg.train.model_copy(update={"epochs": epochs, "patience": None})
+    # the same schedule (it spans train.epochs), stopped after the chosen epochs
+    settings = cfg.train.model_copy(update={"patience": None})
     fit(
         fresh,
         concat(train, valid),
@@ -133,6 +134,7 @@ def _refit(
         build_weighting(cfg),
         ckpt / "refit" if ckpt is not None else None,
         callbacks,
+        stop_after=epochs,
     )
     return fresh
 

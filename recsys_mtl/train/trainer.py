@@ -2,8 +2,10 @@
 
 * Shuffling: epoch ``e`` uses ``torch.randperm`` with a generator seeded by ``(seed, e)``, so a
   resumed run sees exactly the batches an uninterrupted one would.
-* Optimizers: AdamW for dense parameters; Adam or Adagrad (row-wise adaptive, no weight decay)
-  for embedding tables, whose rows are touched sparsely.
+* Optimizers (:mod:`recsys_mtl.train.optim`): AdamW for dense parameters; Adam, Adagrad or
+  row-wise Adagrad (no weight decay) for embedding tables, whose rows are touched sparsely.
+  Learning rates scale with the batch size (``train.lr_scaling``) and follow a schedule over
+  ``train.epochs`` (``train.schedule``: warm-up, then constant, cosine or linear decay).
 * Early stopping on the validation part only: the weighted sum of validation task losses.
 * A checkpoint (model, optimizers, RNG, history, best weights) is written atomically after
   every epoch; :func:`fit` resumes from it when it exists, and the result is the same as an
@@ -43,6 +45,7 @@ from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import size, take, to_device
 from recsys_mtl.train.losses import task_losses, task_mask
 from recsys_mtl.train.negatives import NegativeResampler
+from recsys_mtl.train.optim import Adagrad, Adam, LazyAdam, RowWiseAdagrad, lr_multiplier, scaled_lr
 from recsys_mtl.weighting.base import Weighting
 
 __all__ = ["NonFiniteLossError", "TrainResult", "fit", "validation_losses"]
@@ -69,26 +72,41 @@ class TrainResult:
 
 def _optimizers(
     model: nn.Module, cfg: TrainConfig, weighting: Weighting | None = None
-) -> list[torch.optim.Optimizer]:
+) -> list[Any]:
+    """Adam(W) for dense parameters, ``train.embedding_optimizer`` for embedding tables, Adam
+    for a weighting's learnable parameters; learning rates scaled to the batch size
+    (``train.lr_scaling``). Their ``lr`` is set by the schedule before every step."""
     table_params = {
         id(p) for m in model.modules() if isinstance(m, EmbeddingTables) for p in m.parameters()
     }
     emb = [p for p in model.parameters() if id(p) in table_params]
     dense = [p for p in model.parameters() if id(p) not in table_params]
-    opts: list[torch.optim.Optimizer] = []
-    # fused kernels: one pass over all parameters per step (1.3-1.6x faster epochs on CPU)
+
+    def scaled(lr: float) -> float:
+        return scaled_lr(lr, cfg.batch_size, cfg.lr_reference_batch, cfg.lr_scaling)
+
+    opts: list[Any] = []
     if dense:
-        opts.append(torch.optim.AdamW(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True))
+        opts.append(Adam(dense, lr=scaled(cfg.lr), weight_decay=cfg.weight_decay))
     if emb:
-        lr = cfg.embedding_lr or cfg.lr
+        lr = scaled(cfg.embedding_lr or cfg.lr)
         if cfg.embedding_optimizer == "adagrad":
-            opts.append(torch.optim.Adagrad(emb, lr=lr))
+            opts.append(Adagrad(emb, lr=lr))
+        elif cfg.embedding_optimizer == "lazy_adam":
+            opts.append(LazyAdam(emb, lr=lr))
+        elif cfg.embedding_optimizer == "rowwise_adagrad":
+            opts.append(RowWiseAdagrad(emb, lr=lr))
         else:
-            opts.append(torch.optim.Adam(emb, lr=lr, fused=True))
+            opts.append(Adam(emb, lr=lr))
     learnable = weighting.parameters() if weighting is not None else []
     if learnable:  # e.g. uncertainty weighting's log-variances: no weight decay
-        opts.append(torch.optim.Adam(learnable, lr=cfg.lr))
+        opts.append(Adam(list(learnable), lr=scaled(cfg.lr)))
     return opts
+
+
+def _set_lr(opts: list[Any], factor: float) -> None:
+    for opt in opts:
+        opt.lr = opt.base_lr * factor
 
 
 def _task_gradients(
@@ -160,10 +178,15 @@ def fit(
     weighting: Weighting,
     checkpoint_dir: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
+    stop_after: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``cfg.device``; at the end it holds the weights of its best
     validation epoch. Without a validation part, every epoch runs and the last one is kept
-    (``cfg.patience`` must then be ``None``: early stopping needs validation data)."""
+    (``cfg.patience`` must then be ``None``: early stopping needs validation data).
+
+    ``stop_after`` ends training after that many epochs while the learning-rate schedule still
+    spans ``cfg.epochs``: a refit replays the first ``stop_after`` epochs of the schedule that
+    early stopping chose them from."""
     device = resolve_device(cfg.device)
     has_valid = valid is not None and size(valid) > 0
     if not has_valid and cfg.patience is not None:
@@ -208,7 +231,10 @@ def fit(
         resample = NegativeResampler(train, int(model.ctx.n_items), cfg.seed)
     n = size(train)
     n_steps = -(-n // cfg.batch_size)
-    info = {"epochs": cfg.epochs, "rows": n, "device": str(device), "resumed_from": resumed,
+    total_steps = n_steps * cfg.epochs  # the schedule spans train.epochs
+    warmup = round(cfg.warmup_epochs * n_steps)
+    last = cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)
+    info = {"epochs": last, "rows": n, "device": str(device), "resumed_from": resumed,
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None}  # fmt: skip
     for cb in callbacks:
         cb.on_train_start(model, info)
@@ -217,7 +243,7 @@ def fit(
     stopped = by_callback = False
     n_t = len(tasks)
     model.train()
-    for epoch in range(state["epoch"], cfg.epochs):
+    for epoch in range(state["epoch"], last):
         if state["bad"] >= patience:
             stopped = True
             break
@@ -231,6 +257,7 @@ def fit(
         grad_ok = torch.ones(n_steps, n_t, dtype=torch.bool, device=device)
         steps = 0
         for s in range(0, n, cfg.batch_size):
+            _set_lr(opts, lr_multiplier(epoch * n_steps + steps, total_steps, warmup, cfg.schedule))
             batch = take(part, perm[s : s + cfg.batch_size])
             out = model(batch)
             losses = task_losses(out, batch, tasks)
