@@ -77,6 +77,10 @@ def tune_command(
     _quiet_optuna()
     log.info("tune: study %r in %s, storage %s", name, study_dir, redact(url))
 
+    if tune.workers == 1:  # trials run in this process
+        from recsys_mtl.threads import configure_threads, resolve_threads
+
+        configure_threads(resolve_threads(cfg.train.threads))
     run_pipeline(data_pipeline(), cfg, study_dir / "data")  # once for every trial
     store = make_storage(tune.storage, study_dir / "study.journal")
     sampler = make_sampler(tune, len(objectives), 0)
@@ -183,21 +187,9 @@ def _open_study(
 
 def _cores(n_workers: int) -> list[list[int]]:
     """Disjoint shares of the cores this process may use, one per worker."""
-    try:
-        from recsys_mtl.threads import split_cores  # type: ignore[import-not-found]
+    from recsys_mtl.threads import split_cores
 
-        return split_cores(n_workers)
-    except ImportError:
-        cores = sorted(os.sched_getaffinity(0))
-        if n_workers >= len(cores):
-            return [[cores[i % len(cores)]] for i in range(n_workers)]
-        size, extra = divmod(len(cores), n_workers)
-        out, start = [], 0
-        for w in range(n_workers):
-            end = start + size + (1 if w < extra else 0)
-            out.append(cores[start:end])
-            start = end
-        return out
+    return split_cores(n_workers)
 
 
 def _spawn_workers(spec: dict[str, Any], n: int) -> None:
@@ -237,16 +229,10 @@ def _configure_worker() -> None:
     cores = os.environ.get("RECSYS_MTL_CORES")
     if not cores:
         return
+    from recsys_mtl.threads import configure_threads
+
     share = [int(c) for c in cores.split(",")]
-    try:
-        from recsys_mtl.threads import configure_threads  # type: ignore[import-not-found]
-
-        configure_threads(len(share), share)
-    except ImportError:
-        import torch
-
-        os.sched_setaffinity(0, share)
-        torch.set_num_threads(len(share))
+    configure_threads(len(share), share)
 
 
 def run_worker(spec: dict[str, Any], worker: int) -> int:

@@ -307,10 +307,16 @@ class TuneConfig(_Frozen):
     workers: int = Field(1, ge=1, le=256, description="worker processes on this machine")
     retries: int = Field(2, ge=0, description="retries of a trial whose worker died")
     max_failures: int | None = Field(
-        None, ge=0, description="trials failing on their own before the study stops (default: trials)"
+        None,
+        ge=0,
+        description="trials failing on their own before the study stops (default: trials)",
     )
-    heartbeat: float = Field(10.0, gt=0.0, description="seconds between a running trial's heartbeats")
-    grace: float = Field(60.0, gt=0.0, description="seconds without a heartbeat before a trial is stale")
+    heartbeat: float = Field(
+        10.0, gt=0.0, description="seconds between a running trial's heartbeats"
+    )
+    grace: float = Field(
+        60.0, gt=0.0, description="seconds without a heartbeat before a trial is stale"
+    )
     space: dict[str, ParamSpace] = Field(default_factory=dict, description="dotted key -> range")
 
 
