@@ -32,6 +32,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -99,11 +100,25 @@ def side_by_side(jobs: list[list[str]]) -> list[tuple[str, float]]:
             (i, *launch(a, cores[n % len(cores)] if len(batch) > 1 else None))
             for n, (i, a) in enumerate(batch)
         ]
+        outs: dict[int, list[str]] = {i: [] for i, _, _ in running}
+        readers = [
+            threading.Thread(target=lambda p=p, o=outs[i]: o.append(p.stdout.read()), daemon=True)
+            for i, p, _ in running
+        ]
+        for r in readers:
+            r.start()
+        ends: dict[int, float] = {}
+        while len(ends) < len(running):  # each job's own end time, not the batch's
+            for i, proc, _ in running:
+                if i not in ends and proc.poll() is not None:
+                    ends[i] = time.perf_counter()
+            time.sleep(0.05)
+        for r in readers:
+            r.join()
         for i, proc, t0 in running:
-            out, _ = proc.communicate()
             if proc.returncode != 0:
                 raise SystemExit(f"command failed ({proc.returncode}): {' '.join(jobs[i])}")
-            results[i] = (out, time.perf_counter() - t0)
+            results[i] = ("".join(outs[i]), ends[i] - t0)
     return [r for r in results if r is not None]
 
 
@@ -113,7 +128,7 @@ def tune_jobs(studies: list[tuple[Path, Path]]) -> list[dict[str, Any]]:
     summaries = []
     for (out, seconds), (_, study_dir) in zip(done, studies, strict=True):
         summary = json.loads(out.strip().splitlines()[-1])
-        summary["wall_seconds"] = seconds
+        summary["wall_seconds"] = seconds  # the process, interpreter start to exit
         summaries.append(summary)
         log(
             f"{study_dir.name}: {summary['counts']} in {seconds:.1f}s, best {summary['best']['values']}"
@@ -139,6 +154,14 @@ def mean_std(values: list[float]) -> dict[str, float]:
 
 def _row(labels: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     return {"labels": labels, "metrics": metrics}
+
+
+def _epochs(study_dir: Path) -> int:
+    """Epochs trained over all trials (the resource pruning saves, whatever the machine's load)."""
+    import csv
+
+    with open(study_dir / "trials.csv") as fh:
+        return sum(int(r["epochs_reported"] or 0) for r in csv.DictReader(fh))
 
 
 def part_pruning(a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
@@ -187,6 +210,8 @@ def part_pruning(a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                     "ranking/ndcg@10": best["metrics"].get("ranking/ndcg@10"),
                     "ranking/hr@10": best["metrics"].get("ranking/hr@10"),
                     "seconds": round(s["wall_seconds"], 1),
+                    "study_seconds": s["seconds"],
+                    "epochs_trained": _epochs(Path(s["study_dir"])),
                     "complete": s["counts"]["complete"],
                     "pruned": s["counts"]["pruned"],
                     "best_trial": best["number"],
@@ -202,6 +227,8 @@ def part_pruning(a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
                 "gap/valid/ranking/ndcg@10": gap,
                 "within_one_std": gap <= std,
                 "time_ratio": pruned_s["wall_seconds"] / unpruned_s["wall_seconds"],
+                "epoch_ratio": _epochs(Path(pruned_s["study_dir"]))
+                / _epochs(Path(unpruned_s["study_dir"])),
             },
         )
     )
