@@ -182,19 +182,19 @@ def part_pruning(a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         "weighting.name": {"type": "categorical", "choices": ["static", "uw"]},
     }
     common = {"objective": "valid/ranking/ndcg@10", "trials": a.trials, "seed": 0, "space": space}
-    pruned = {**common, "pruner": "median", "startup_trials": 5, "warmup_epochs": 2}
+    pruned = {**common, "pruner": a.pruner, "startup_trials": 5, "warmup_epochs": 2}
     studies = [
         (
             write_config(base, work, "mmoe-unpruned", values, {**common, "pruner": "none"}),
             work / "mmoe-unpruned",
         ),
-        (write_config(base, work, "mmoe-pruned", values, pruned), work / "mmoe-pruned"),
+        (write_config(base, work, f"mmoe-{a.pruner}", values, pruned), work / f"mmoe-{a.pruner}"),
     ]
     unpruned_s, pruned_s = tune_jobs(studies)
     noise = seed_runs(Path(unpruned_s["best"]["config"]), a.seeds, work / "mmoe-noise")
     std = mean_std([m["valid/ranking/ndcg@10"] for m in noise])["std"]
     rows = []
-    for label, s in (("unpruned", unpruned_s), ("median", pruned_s)):
+    for label, s in (("unpruned", unpruned_s), (a.pruner, pruned_s)):
         best = s["best"]
         rows.append(
             _row(
@@ -355,6 +355,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--work", default="runs/bench-tuning")
+    p.add_argument("--pruner", default="median", help="pruner of the pruned MMoE study")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     a.seeds = [int(s) for s in a.seeds.split(",")]
