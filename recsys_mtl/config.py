@@ -217,6 +217,11 @@ class RunConfig(_Frozen):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _one_task_as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v  # ``tasks: rating`` is ``tasks: [rating]``
+
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, v: list[str]) -> list[str]:
@@ -339,12 +344,45 @@ def _describe(
     lines: dict[tuple[str, ...], int],
     overridden: set[tuple[str, ...]],
 ) -> str:
-    first = err.errors()[0]
+    """Every validation error of ``err``, one clause each, joined on one line."""
+    return "; ".join(_describe_one(e, source, lines, overridden) for e in err.errors())
+
+
+def _fields_at(loc: tuple[str, ...]) -> list[str]:
+    """The field names of the config section at ``loc`` (empty when it is not a section)."""
+    model: Any = RunConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _did_you_mean(loc: tuple[str, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(loc[-1], _fields_at(loc[:-1]), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {'.'.join((*loc[:-1], close[0]))!r}?)"
+    # a section's key written one level too high, e.g. ``seed:`` at the top
+    owners = [
+        f"{s}.{loc[-1]}" for s in _fields_at(loc[:-1]) if loc[-1] in _fields_at((*loc[:-1], s))
+    ]
+    return f" (did you mean {' or '.join(map(repr, owners))}?)" if owners else ""
+
+
+def _describe_one(
+    first: Any,
+    source: str,
+    lines: dict[tuple[str, ...], int],
+    overridden: set[tuple[str, ...]],
+) -> str:
     loc = tuple(str(x) for x in first["loc"] if not str(x).startswith("function-after"))
     key = ".".join(loc) if loc else "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + (_did_you_mean(loc) if loc else "")
     elif first["type"] == "missing":
         msg = "required key is missing"
     if msg.startswith("Value error, "):
@@ -361,8 +399,7 @@ def _describe(
             line = lines[loc[:n]]
             break
     where = f"{source}:{line}" if line is not None else source
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{where}: {key}: {msg}{more}"
+    return f"{where}: {key}: {msg}"
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

@@ -450,7 +450,7 @@ def _read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
                 + ", ".join(wanted.values())
             )
         header = [h.strip().strip('"') for h in first.split(cfg.separator)]
-        _check_columns(path, header, wanted)
+        _check_columns(path, header, wanted, first, cfg.separator)
         lines = read_lines(path, skip_header=True)
         blank = lines["raw"].null_count()
         lf = split_fields(lines, cfg.separator, header, strip_quotes=True)
@@ -463,13 +463,57 @@ def _read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
     return _parse_ts(lf, cfg.timestamp_format), blank
 
 
-def _check_columns(path: Path, have: list[str], wanted: dict[str, str]) -> None:
+def _check_columns(
+    path: Path,
+    have: list[str],
+    wanted: dict[str, str],
+    first_line: str | None = None,
+    separator: str = ",",
+) -> None:
     for dst, src in wanted.items():
         if src not in have:
+            shown = ", ".join(have[:20]).replace("\t", "\\t") if any(have) else "(none)"
+            hint = _column_hint(have, first_line, separator, wanted)
             raise UserError(
-                f"{path}: column {src!r} (data.columns.{dst}) not found; columns are: "
-                + ", ".join(have[:20])
+                f"{path.absolute()}: column {src!r} (data.columns.{dst}) not found; "
+                f"columns are: {shown}{hint}"
             )
+
+
+_OTHER_SEPARATORS = ("\t", ";", "|", ":")
+
+
+def _looks_numeric(fields: list[str]) -> bool:
+    return all(f.strip().lstrip("-").replace(".", "", 1).isdigit() for f in fields if f.strip())
+
+
+def _column_hint(
+    have: list[str], first_line: str | None, separator: str, wanted: dict[str, str]
+) -> str:
+    """What to try when the header does not name the configured columns."""
+    if first_line is None:
+        return ""
+    for sep in _OTHER_SEPARATORS:
+        if sep == separator or sep not in first_line:
+            continue
+        fields = [f.strip().strip('"') for f in first_line.split(sep)]
+        if len(fields) < 3:
+            continue
+        shown = "\\t" if sep == "\t" else sep
+        if _looks_numeric(fields):
+            return (
+                f"; the file looks {'tab' if sep == chr(9) else repr(sep)}-separated with no "
+                f'header line: set data.separator: "{shown}" and add a header, or, for '
+                "MovieLens-100K's u.data, data.format: ml-100k on its folder"
+            )
+        missing = [c for c in wanted.values() if c not in fields]
+        tail = (
+            f" and data.columns.* to the file's names ({', '.join(fields[:8])})" if missing else ""
+        )
+        return f'; the header looks {sep!r}-separated: try data.separator: "{shown}"{tail}'
+    if have and _looks_numeric(have):
+        return "; the first line looks like data, not a header naming the columns"
+    return ""
 
 
 def _id_dtype(lf: pl.LazyFrame, col: str) -> pl.DataType:
