@@ -34,7 +34,12 @@ def _split_content(cfg: RunConfig) -> dict[str, str]:
 def _ingest(ctx: StageContext) -> dict[str, Any]:
     from recsys_mtl.data.ingest import ingest
 
-    report = ingest(ctx.config.data, ctx.out_dir).report
+    report = ingest(
+        ctx.config.data,
+        ctx.out_dir,
+        max_share=ctx.config.data.max_quarantine_share,
+        keep_rejected=ctx.run_dir / "ingest.quarantine.parquet",
+    ).report
     inter = report["interactions"]
     data = {
         "dataset": report["dataset"],

@@ -91,6 +91,12 @@ class DataConfig(_Frozen):
         None, description="strptime format of string timestamps in generic logs"
     )
     synthetic: SyntheticConfig = SyntheticConfig()
+    max_quarantine_share: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="stop (exit 2) when a larger share of rating rows is quarantined",
+    )
 
     @field_validator("rating_scale")
     @classmethod
@@ -123,9 +129,9 @@ class ColdStartConfig(_Frozen):
 
 
 class SplitConfig(_Frozen):
-    strategy: Literal["random", "temporal", "leave_last_out", "predefined", "cold_start_users"] = (
-        "random"
-    )
+    strategy: Literal[
+        "random", "temporal", "leave_last_out", "predefined", "cold_start_users", "kfold"
+    ] = "random"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     valid_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="share of the training part kept for early stopping"
@@ -134,11 +140,15 @@ class SplitConfig(_Frozen):
     train: str | None = Field(None, description="predefined: the training file (log format)")
     test: str | None = Field(None, description="predefined: the test file (log format)")
     cold_start: ColdStartConfig = ColdStartConfig()
+    folds: int = Field(5, ge=2, le=100, description="kfold: number of folds")
+    fold: int = Field(0, ge=0, description="kfold: the fold tested (a run sets it per fold)")
 
     @model_validator(mode="after")
     def _predefined_files(self) -> SplitConfig:
         if self.strategy == "predefined" and (self.train is None or self.test is None):
             raise ValueError("strategy 'predefined' needs split.train and split.test")
+        if self.fold >= self.folds:
+            raise ValueError(f"split.fold must be below split.folds={self.folds}, got {self.fold}")
         return self
 
 
@@ -192,12 +202,27 @@ class WeightingConfig(_Frozen):
 
 
 class EvaluateConfig(_Frozen):
-    k: int = Field(10, ge=1, description="cut-off of HR/NDCG/Recall@K")
+    k: int | list[int] = Field(
+        10, description="cut-off of HR/NDCG/Recall@K, or a list of cut-offs such as [5, 10, 20]"
+    )
     sampled_negatives: int = Field(
         99, ge=1, description="NCF protocol: unseen items ranked per test item"
     )
     seed: int = Field(0, description="seed of the sampled negatives")
     full_ranking: bool = Field(True, description="also rank all unseen items per user")
+
+    @field_validator("k")
+    @classmethod
+    def _positive_cutoffs(cls, v: int | list[int]) -> int | list[int]:
+        ks = [v] if isinstance(v, int) else v
+        if not ks or any(k < 1 for k in ks) or len(set(ks)) != len(ks):
+            raise ValueError(f"cut-offs must be distinct integers >= 1, got {v}")
+        return v
+
+    @property
+    def ks(self) -> list[int]:
+        """The cut-offs as a sorted list."""
+        return sorted([self.k] if isinstance(self.k, int) else self.k)
 
 
 class TrackingConfig(_Frozen):

@@ -7,6 +7,7 @@ so a killed process never leaves a file that looks complete.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -86,7 +87,21 @@ def _json_default(value: Any) -> Any:
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 22) -> str:
-    """BLAKE2b digest of a file's bytes (hex, 32 characters)."""
+    """BLAKE2b digest of a file's bytes (hex, 32 characters).
+
+    A file of 64 MiB or more is remembered per process while its path, size, inode and change
+    time are unchanged, so that planning a run and running it read a large log once.
+    """
+    st = os.stat(path)
+    if st.st_size < 1 << 26:
+        return _file_digest.__wrapped__(str(path), st.st_size, st.st_ctime_ns, chunk)
+    key = f"{Path(path).resolve()}\0{st.st_ino}"
+    return _file_digest(key, st.st_size, st.st_ctime_ns, chunk)
+
+
+@functools.lru_cache(maxsize=4096)
+def _file_digest(key: str, size: int, ctime_ns: int, chunk: int) -> str:
+    path = key.split("\0", 1)[0]
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
         while block := f.read(chunk):
