@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,6 +114,40 @@ def git_commit(path: Path | None = None) -> str | None:
     return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT back while a store call runs: Ctrl-C inside a SQLite write would leave the
+    connection mid-transaction and the database locked, so that the run could not even be
+    marked KILLED. The signal is delivered (KeyboardInterrupt) as soon as the call returns."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class _Shielded:
+    """An :class:`mlflow.MlflowClient` whose calls run with SIGINT deferred."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with _sigint_deferred():
+                return attr(*args, **kwargs)
+
+        return call
+
+
 class NullTracker:
     """Tracking switched off (``tracking.enabled: false``)."""
 
@@ -162,7 +198,7 @@ class MlflowTracker(NullTracker):
         with store_lock(self.tracking_uri):  # migrations of a new SQLite store run once
             from mlflow import MlflowClient
 
-            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            self.client = _Shielded(MlflowClient(tracking_uri=self.tracking_uri))
             exp = self.client.get_experiment_by_name(experiment)
             if exp is None:
                 self.experiment_id = self.client.create_experiment(
