@@ -130,7 +130,7 @@ def _predefined(
     for part, file in (("train", cfg.train), ("test", cfg.test)):
         path = Path(str(file)).expanduser()
         if not path.is_file():
-            raise UserError(f"{path}: split.{part} file not found")
+            raise UserError(f"{path.absolute()}: split.{part} file not found")
         layout = Layout(path.name, layout_kind, path.parent, {"ratings": path}, (0.0, 0.0))
         parsed = read_layout(layout, data_cfg).interactions.collect()
         bad = parsed.filter(pl.col("reason").is_not_null())

@@ -192,7 +192,7 @@ def test_a_failed_run_records_why_in_mlflow(tmp_path, client, cli):
         tmp_path, {"path": str(log)}, tracking={"enabled": True, "experiment": "ux-fail"}
     )
     code, _, err = cli("run", cfg, "--out", tmp_path / "r")
-    assert code == 2
+    assert code == 2 and "no usable ratings" in err
     (run,) = [r for r in _runs(client, "ux-fail") if r.data.tags[KIND_TAG] == "pipeline"]
     assert run.info.status == "FAILED"
     assert (
