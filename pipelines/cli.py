@@ -190,11 +190,9 @@ def run_command(
     ``parent_run_id`` nests it under another MLflow run. ``split.strategy: kfold`` runs one
     pipeline per fold (nested runs) and reports the mean and std over folds.
     """
-    from recsys_mtl.build import validate_run
     from recsys_mtl.config import load_config
 
-    cfg = load_config(config_path, overrides)
-    validate_run(cfg)  # everything checkable before a stage runs
+    cfg = load_config(config_path, overrides)  # validate_run follows unless nothing is to run
     run_dir = Path(out) if out else Path("runs") / cfg.name
     if cfg.split.strategy == "kfold":
         from pipelines.execute import run_kfold

@@ -133,10 +133,9 @@ def _reusable(run_dir: Path, key: str, status: dict[str, dict[str, Any]]) -> dic
         old = json.loads((run_dir / "summary.json").read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    mlflow = old.get("mlflow") or {}
-    if old.get("run_key") != key or not mlflow.get("run_id"):
+    if old.get("run_key") != key:
         return None
-    return mlflow
+    return old.get("mlflow") or {}
 
 
 def run_one(
@@ -174,8 +173,14 @@ def run_one(
         "baselines": single_task_baselines,
     }
     key = hashlib.sha256(json.dumps(key_doc, sort_keys=True).encode()).hexdigest()[:32]
+    cached = None if force else _reusable(run_dir, key, status)
+    if cached is None:  # something will run: check everything before a stage starts
+        from recsys_mtl.build import validate_run
+
+        validate_run(cfg)
     _announce(status, abs_dir, force)
-    reused = None if (force or not cfg.tracking.enabled) else _reusable(run_dir, key, status)
+    # the same run, finished and logged: its MLflow run is reused, nothing new is logged
+    reused = cached if cached and cached.get("run_id") and uri else None
     if reused is not None:
         tracker: Any = _Reused(reused["run_id"], reused["tracking_uri"])
         log.info(
@@ -183,6 +188,8 @@ def run_one(
             "new run)",
             reused["run_id"],
         )
+    elif cached is not None and not uri:
+        tracker = NullTracker()
     else:
         tracker = MlflowTracker(cfg.tracking.experiment) if uri else NullTracker()
         digest = data_digest(cfg)
@@ -295,8 +302,9 @@ def _run_and_summarize(
     source = (
         "synthetic" if cfg.data.format == "synthetic" else str(Path(str(cfg.data.path)).resolve())
     )
+    dataset = data.get("dataset", "data")
     tracker.log_dataset(
-        data.get("dataset", "data"),
+        f"synthetic-{dataset}" if cfg.data.format == "synthetic" else dataset,
         data_digest(cfg),
         source,
         {k: data[k] for k in ("rows_read", "rows_kept", "users", "items") if k in data}
@@ -328,10 +336,12 @@ def run_kfold(
     import numpy as np
 
     from pipelines.transfer import _share_upstream
+    from recsys_mtl.build import validate_run
     from recsys_mtl.config import flatten, load_config
     from recsys_mtl.io import write_json
     from recsys_mtl.tracking import MlflowTracker, NullTracker
 
+    validate_run(cfg)
     folds = cfg.split.folds
     name = run_name or f"{default_run_name(cfg)}-{folds}fold"
     abs_dir = run_dir.resolve()
@@ -404,6 +414,12 @@ def run_kfold(
     return summary
 
 
+def _dataset_name(summary: dict[str, Any]) -> str:
+    name = summary["data"].get("dataset", "log")
+    fmt = (summary.get("config") or {}).get("data", {}).get("format")
+    return f"synthetic ({name} layout)" if fmt == "synthetic" else name
+
+
 def run_report(summary: dict[str, Any]) -> str:
     """What ``recsys-mtl run`` prints: where the run is, its metrics table, the transfer verdict."""
     from pipelines.console import metrics_table, table, transfer_table
@@ -414,6 +430,15 @@ def run_report(summary: dict[str, Any]) -> str:
     lines = [
         f"run folder: {run_dir} ({ran} of {len(stages)} stages run, {summary['seconds']:.1f} s)"
     ]
+    data = summary.get("data") or {}
+    if "rows_read" in data:
+        dropped = data.get("rows_quarantined") or {}
+        why = ", ".join(f"{r}: {n:,}" for r, n in dropped.items())
+        lines.append(
+            f"data: {_dataset_name(summary)}, {data['rows_read']:,} rows read, "
+            f"{data['rows_kept']:,} kept, {sum(dropped.values()):,} quarantined"
+            + (f" ({why})" if why else "")
+        )
     ml = summary.get("mlflow") or {}
     if ml.get("run_id"):
         lines.append(

@@ -118,16 +118,28 @@ def git_commit(path: Path | None = None) -> str | None:
 def _sigint_deferred() -> Iterator[None]:
     """Hold SIGINT back while a store call runs: Ctrl-C inside a SQLite write would leave the
     connection mid-transaction and the database locked, so that the run could not even be
-    marked KILLED. The signal is delivered (KeyboardInterrupt) as soon as the call returns."""
-    main = threading.current_thread() is threading.main_thread()
-    if not main or not hasattr(signal, "pthread_sigmask"):
+    marked KILLED. A SIGINT that arrives meanwhile is acted on (KeyboardInterrupt) as soon as the
+    call returns. (Blocking the signal in the main thread is not enough: the kernel hands a
+    process-wide signal to any thread that does not block it, and Python's handler then
+    interrupts the main thread all the same; so the handler itself is swapped.)"""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    pending: list[int] = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except (ValueError, OSError):  # no signal handling here (e.g. an embedded interpreter)
+        yield
+        return
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        signal.signal(signal.SIGINT, old)
+        if pending:
+            if callable(old):
+                old(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
+            elif old == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 class _Shielded:
