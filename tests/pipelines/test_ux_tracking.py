@@ -264,6 +264,11 @@ def test_kfold_logs_the_mean_and_std_on_the_parent_and_each_fold_as_a_nested_run
     assert by_fold["1"].data.metrics["rating/rmse"] == pytest.approx(
         s["folds"][1]["metrics"]["rating/rmse"]
     )
+    # rerun with every stage unchanged: the new parent says so
+    assert cli("run", cfg, "--out", tmp_path / "r")[0] == 0
+    again = json.loads((tmp_path / "r" / "summary.json").read_text())["mlflow"]["run_id"]
+    assert client.get_run(again).data.tags["recsys_mtl.cached"] == "true"
+    assert "recsys_mtl.cached" not in parent.data.tags
 
 
 @pytest.mark.slow
