@@ -331,3 +331,27 @@ def run_pipeline(
 def _numeric(result: dict[str, Any]) -> dict[str, float]:
     metrics = result.get("metrics", {}) if isinstance(result, dict) else {}
     return {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+
+
+def stage_status(
+    pipeline: Pipeline, config: RunConfig, run_dir: str | Path
+) -> dict[str, dict[str, Any]]:
+    """What :func:`run_pipeline` would do, without running anything: for each stage its
+    fingerprint, whether its completed folder matches it (``complete``: it would be skipped
+    unless forced) and the checkpoint folders a killed run left for it."""
+    run = Path(run_dir)
+    keys: dict[str, str] = {}
+    status: dict[str, dict[str, Any]] = {}
+    for stage in pipeline:
+        key = fingerprint(stage, config, keys)
+        keys[stage.name] = key
+        final = run / stage.name
+        marker = _read_marker(final)
+        complete = (
+            marker is not None
+            and marker.get("fingerprint") == key
+            and all((final / o).exists() for o in stage.outputs)
+        )
+        checkpoints = sorted((run / ".checkpoints").glob(f"{stage.name}-{key[:16]}/*.pt"))
+        status[stage.name] = {"fingerprint": key, "complete": complete, "checkpoints": checkpoints}
+    return status

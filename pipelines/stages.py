@@ -34,7 +34,12 @@ def _split_content(cfg: RunConfig) -> dict[str, str]:
 def _ingest(ctx: StageContext) -> dict[str, Any]:
     from recsys_mtl.data.ingest import ingest
 
-    report = ingest(ctx.config.data, ctx.out_dir).report
+    report = ingest(
+        ctx.config.data,
+        ctx.out_dir,
+        max_share=ctx.config.data.max_quarantine_share,
+        keep_rejected=ctx.run_dir / "ingest.quarantine.parquet",
+    ).report
     inter = report["interactions"]
     data = {
         "dataset": report["dataset"],
@@ -102,11 +107,16 @@ def _train(ctx: StageContext) -> dict[str, Any]:
     if "train/fit" in trained.metrics:  # closed form: one value per sweep
         for h in trained.history:
             ctx.tracker.log_metrics({"train/fit": h["train/fit"]}, step=h["epoch"])
-    elif len(cfg.tasks) > 1 and cfg.weighting.name != "static":  # static weights are flat
-        plot = _plot_weights(
-            trained.history, cfg.tasks, ctx.out_dir / "weights.png", cfg.weighting.name
-        )
-        ctx.tracker.log_artifacts([plot])
+    else:
+        from pipelines.plots import learning_curves, weights_move
+
+        curves = learning_curves(trained.history, cfg.tasks, ctx.out_dir / "learning_curves.png")
+        ctx.tracker.log_artifacts([curves] if curves else [])
+        if len(cfg.tasks) > 1 and weights_move(trained.history, cfg.tasks):
+            plot = _plot_weights(
+                trained.history, cfg.tasks, ctx.out_dir / "weights.png", cfg.weighting.name
+            )
+            ctx.tracker.log_artifacts([plot])
     return {"metrics": trained.metrics, **trained.details}
 
 

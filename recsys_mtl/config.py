@@ -93,6 +93,12 @@ class DataConfig(_Frozen):
         None, description="strptime format of string timestamps in generic logs"
     )
     synthetic: SyntheticConfig = SyntheticConfig()
+    max_quarantine_share: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="stop (exit 2) when a larger share of rating rows is quarantined",
+    )
 
     @field_validator("rating_scale")
     @classmethod
@@ -125,9 +131,9 @@ class ColdStartConfig(_Frozen):
 
 
 class SplitConfig(_Frozen):
-    strategy: Literal["random", "temporal", "leave_last_out", "predefined", "cold_start_users"] = (
-        "random"
-    )
+    strategy: Literal[
+        "random", "temporal", "leave_last_out", "predefined", "cold_start_users", "kfold"
+    ] = "random"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     valid_fraction: float = Field(
         0.1, ge=0.0, lt=1.0, description="share of the training part kept for early stopping"
@@ -136,11 +142,15 @@ class SplitConfig(_Frozen):
     train: str | None = Field(None, description="predefined: the training file (log format)")
     test: str | None = Field(None, description="predefined: the test file (log format)")
     cold_start: ColdStartConfig = ColdStartConfig()
+    folds: int = Field(5, ge=2, le=100, description="kfold: number of folds")
+    fold: int = Field(0, ge=0, description="kfold: the fold tested (a run sets it per fold)")
 
     @model_validator(mode="after")
     def _predefined_files(self) -> SplitConfig:
         if self.strategy == "predefined" and (self.train is None or self.test is None):
             raise ValueError("strategy 'predefined' needs split.train and split.test")
+        if self.fold >= self.folds:
+            raise ValueError(f"split.fold must be below split.folds={self.folds}, got {self.fold}")
         return self
 
 
@@ -219,12 +229,27 @@ class WeightingConfig(_Frozen):
 
 
 class EvaluateConfig(_Frozen):
-    k: int = Field(10, ge=1, description="cut-off of HR/NDCG/Recall@K")
+    k: int | list[int] = Field(
+        10, description="cut-off of HR/NDCG/Recall@K, or a list of cut-offs such as [5, 10, 20]"
+    )
     sampled_negatives: int = Field(
         99, ge=1, description="NCF protocol: unseen items ranked per test item"
     )
     seed: int = Field(0, description="seed of the sampled negatives")
     full_ranking: bool = Field(True, description="also rank all unseen items per user")
+
+    @field_validator("k")
+    @classmethod
+    def _positive_cutoffs(cls, v: int | list[int]) -> int | list[int]:
+        ks = [v] if isinstance(v, int) else v
+        if not ks or any(k < 1 for k in ks) or len(set(ks)) != len(ks):
+            raise ValueError(f"cut-offs must be distinct integers >= 1, got {v}")
+        return v
+
+    @property
+    def ks(self) -> list[int]:
+        """The cut-offs as a sorted list."""
+        return sorted([self.k] if isinstance(self.k, int) else self.k)
 
 
 class TrackingConfig(_Frozen):
@@ -332,6 +357,11 @@ class RunConfig(_Frozen):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     tune: TuneConfig | None = None
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _one_task_as_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v  # ``tasks: rating`` is ``tasks: [rating]``
 
     @field_validator("tasks")
     @classmethod
@@ -455,12 +485,45 @@ def _describe(
     lines: dict[tuple[str, ...], int],
     overridden: set[tuple[str, ...]],
 ) -> str:
-    first = err.errors()[0]
+    """Every validation error of ``err``, one clause each, joined on one line."""
+    return "; ".join(_describe_one(e, source, lines, overridden) for e in err.errors())
+
+
+def _fields_at(loc: tuple[str, ...]) -> list[str]:
+    """The field names of the config section at ``loc`` (empty when it is not a section)."""
+    model: Any = RunConfig
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _did_you_mean(loc: tuple[str, ...]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(loc[-1], _fields_at(loc[:-1]), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean {'.'.join((*loc[:-1], close[0]))!r}?)"
+    # a section's key written one level too high, e.g. ``seed:`` at the top
+    owners = [
+        f"{s}.{loc[-1]}" for s in _fields_at(loc[:-1]) if loc[-1] in _fields_at((*loc[:-1], s))
+    ]
+    return f" (did you mean {' or '.join(map(repr, owners))}?)" if owners else ""
+
+
+def _describe_one(
+    first: Any,
+    source: str,
+    lines: dict[tuple[str, ...], int],
+    overridden: set[tuple[str, ...]],
+) -> str:
     loc = tuple(str(x) for x in first["loc"] if not str(x).startswith("function-after"))
     key = ".".join(loc) if loc else "(top level)"
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
-        msg = "unknown key"
+        msg = "unknown key" + (_did_you_mean(loc) if loc else "")
     elif first["type"] == "missing":
         msg = "required key is missing"
     if msg.startswith("Value error, "):
@@ -477,8 +540,7 @@ def _describe(
             line = lines[loc[:n]]
             break
     where = f"{source}:{line}" if line is not None else source
-    more = f" (and {len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{where}: {key}: {msg}{more}"
+    return f"{where}: {key}: {msg}"
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

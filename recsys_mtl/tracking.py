@@ -1,21 +1,163 @@
 """MLflow tracking as a thin adapter: one parent run per pipeline run, a nested run per stage.
 
 MLflow is imported lazily (it costs over a second). The store is ``MLFLOW_TRACKING_URI`` when
-set, else a SQLite database ``mlflow.db`` in the working directory.
+set, else a SQLite database ``mlflow.db`` in the working directory. Creating that database runs
+MLflow's schema migrations, which race each other when two processes start on a fresh folder at
+once: a file lock beside the database (``mlflow.db.lock``) serializes opening the store.
+
+Every run carries ``recsys_mtl.kind`` (:data:`KIND_TAG`): ``pipeline``, ``stage``, ``trial``
+or ``single_task_baseline``, so that tools can filter on it.
+
+Metric names: ``summary.json`` and ``metrics.json`` spell cut-offs with ``@`` (``ranking/hr@10``),
+which MLflow does not allow in a metric name. In MLflow the ``@K`` suffix is written ``_at_K``
+(``ranking/hr_at_10``); :func:`mlflow_metric_name` and :func:`summary_metric_name` convert
+either way, and :func:`canonical_metric_name` accepts either spelling.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
+import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MlflowTracker", "NullTracker", "default_tracking_uri"]
+__all__ = [
+    "EXPERIMENT_KIND_TAG",
+    "KINDS",
+    "KIND_TAG",
+    "MlflowTracker",
+    "NullTracker",
+    "canonical_metric_name",
+    "default_tracking_uri",
+    "git_commit",
+    "mlflow_metric_name",
+    "store_lock",
+    "summary_metric_name",
+]
+
+KIND_TAG = "recsys_mtl.kind"
+KINDS = ("pipeline", "stage", "trial", "single_task_baseline")
+# The MLflow 3 UI opens an experiment on its GenAI overview unless the experiment says it holds
+# model training; the UI reads this experiment tag (values genai_development or
+# custom_model_development).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+ERROR_TAG = "recsys_mtl.error"
+_AT = re.compile(r"@(\d+)$")
+_AT_BACK = re.compile(r"_at_(\d+)$")
+
+
+def mlflow_metric_name(name: str) -> str:
+    """The MLflow spelling of a metric name: ``ranking/hr@10`` -> ``ranking/hr_at_10``."""
+    return _AT.sub(r"_at_\1", name)
+
+
+def summary_metric_name(name: str) -> str:
+    """The ``summary.json`` spelling of an MLflow metric name: ``ranking/hr_at_10`` -> ``ranking/hr@10``."""
+    return _AT_BACK.sub(r"@\1", name)
+
+
+def canonical_metric_name(name: str) -> str:
+    """A metric name as a user may type it (``hr@10`` or ``hr_at_10``), in the summary spelling."""
+    return summary_metric_name(name.strip())
 
 
 def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``DB.lock`` beside a local SQLite store (no-op otherwise)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """The git commit of the checkout holding this package (``None`` for an installed copy)."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT back while a store call runs: Ctrl-C inside a SQLite write would leave the
+    connection mid-transaction and the database locked, so that the run could not even be
+    marked KILLED. A SIGINT that arrives meanwhile is acted on (KeyboardInterrupt) as soon as the
+    call returns. (Blocking the signal in the main thread is not enough: the kernel hands a
+    process-wide signal to any thread that does not block it, and Python's handler then
+    interrupts the main thread all the same; so the handler itself is swapped.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    try:
+        old = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    except (ValueError, OSError):  # no signal handling here (e.g. an embedded interpreter)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+        if pending:
+            if callable(old):
+                old(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
+            elif old == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+class _Shielded:
+    """An :class:`mlflow.MlflowClient` whose calls run with SIGINT deferred."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with _sigint_deferred():
+                return attr(*args, **kwargs)
+
+        return call
 
 
 class NullTracker:
@@ -24,7 +166,14 @@ class NullTracker:
     run_id: str | None = None
     tracking_uri: str | None = None
 
-    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+    def start(
+        self,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        description: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> None:
         return None
 
     def stage_run(
@@ -43,7 +192,13 @@ class NullTracker:
     def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         return None
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def set_tags(self, tags: dict[str, str]) -> None:
+        return None
+
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        return None
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         return None
 
 
@@ -51,18 +206,42 @@ class MlflowTracker(NullTracker):
     """Logs through :class:`mlflow.MlflowClient` with explicit run ids (no fluent global state)."""
 
     def __init__(self, experiment: str, tracking_uri: str | None = None) -> None:
-        from mlflow import MlflowClient
-
         # MLflow prints "View run ... at: URL" to stdout when a run ends on a tracking server;
         # stdout carries this tool's own results (a JSON line, a table)
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri or default_tracking_uri()
-        self.client = MlflowClient(tracking_uri=self.tracking_uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
-        self.run_id = None
+        with store_lock(self.tracking_uri):  # migrations of a new SQLite store run once
+            from mlflow import MlflowClient
 
-    def start(self, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> None:
+            self.client = _Shielded(MlflowClient(tracking_uri=self.tracking_uri))
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                self.experiment_id = self.client.create_experiment(
+                    experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+                )
+            else:
+                self.experiment_id = exp.experiment_id
+                if EXPERIMENT_KIND_TAG not in exp.tags:
+                    self.client.set_experiment_tag(
+                        self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                    )
+        self.run_id = None
+        self.description = ""
+
+    def start(
+        self,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        description: str | None = None,
+        parent_run_id: str | None = None,
+    ) -> None:
+        tags = {KIND_TAG: "pipeline", **tags}
+        if description:
+            self.description = description
+            tags["mlflow.note.content"] = description
+        if parent_run_id:
+            tags["mlflow.parentRunId"] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
         self.run_id = run.info.run_id
         self._params(self.run_id, params)
@@ -78,9 +257,11 @@ class MlflowTracker(NullTracker):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(_key(k), float(v), now, step or 0) for k, v in metrics.items()]
-        if items:
-            self.client.log_batch(run_id, metrics=items)
+        items = [
+            Metric(mlflow_metric_name(k), float(v), now, step or 0) for k, v in metrics.items()
+        ]
+        for s in range(0, len(items), 1000):
+            self.client.log_batch(run_id, metrics=items[s : s + 1000])
 
     def stage_run(
         self,
@@ -92,9 +273,12 @@ class MlflowTracker(NullTracker):
     ) -> None:
         tags = {
             "mlflow.parentRunId": self.run_id or "",
+            KIND_TAG: "stage",
             "stage": stage,
             "skipped": str(skipped).lower(),
         }
+        if skipped:
+            tags["mlflow.note.content"] = f"{stage}: unchanged, reused from the run folder"
         run = self.client.create_run(self.experiment_id, run_name=stage, tags=tags)
         self._params(run.info.run_id, params)
         self._metrics(run.info.run_id, {**metrics, "seconds": seconds}, None)
@@ -109,11 +293,37 @@ class MlflowTracker(NullTracker):
             if self.run_id and Path(p).exists():
                 self.client.log_artifact(self.run_id, str(p), artifact_path=folder)
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id:
-            self.client.set_terminated(self.run_id, status=status)
+            for k, v in tags.items():
+                self.client.set_tag(self.run_id, k, str(v)[:5000])
 
+    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
+        """The run's data as an MLflow dataset input (name, digest, source, row counts)."""
+        import json
 
-def _key(name: str) -> str:
-    """MLflow metric names allow ``/`` but not ``@``: ``ranking/hr@10`` -> ``ranking/hr_at_10``."""
-    return name.replace("@", "_at_")
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        if not self.run_id:
+            return
+        ds = Dataset(
+            name=name,
+            digest=digest[:36],
+            source_type="local" if not source.startswith(("http:", "https:")) else "http",
+            source=json.dumps({"uri": source}),
+            schema=json.dumps({"columns": ["user_id", "item_id", "rating", "ts"]}),
+            profile=json.dumps(profile),
+        )
+        tag = InputTag(key="mlflow.data.context", value="training")
+        self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, [tag])])
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """End the run; a failed one records ``error`` as a tag and in its description."""
+        if not self.run_id:
+            return
+        if error:
+            note = f"{self.description}\n\n**{status}**: {error}".strip()
+            with contextlib.suppress(Exception):  # the error itself must reach the user
+                self.client.set_tag(self.run_id, ERROR_TAG, error[:5000])
+                self.client.set_tag(self.run_id, "mlflow.note.content", note[:5000])
+        self.client.set_terminated(self.run_id, status=status)

@@ -71,7 +71,6 @@ def download(
     """Download and extract MovieLens ``name`` into ``to/name``; returns that folder."""
     if name not in DATASETS:
         raise UserError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")
-    from tqdm import tqdm
 
     archive, md5 = DATASETS[name]
     dest_root = Path(to).expanduser()
@@ -79,14 +78,58 @@ def download(
     if final.is_dir():
         print(f"{final}: already downloaded", file=sys.stderr)
         return final
+    created = _missing_parents(dest_root)
     dest_root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fetch(name, archive, md5, dest_root, final, base_url, progress, timeout)
+    except BaseException:  # a failed download leaves no empty folder behind
+        part = dest_root / f".{archive}.part"
+        part.unlink(missing_ok=True)
+        for folder in created:  # deepest first; only the ones this call made, and only empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    while not path.exists():
+        out.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    return out
+
+
+def _fetch(
+    name: str,
+    archive: str,
+    md5: str | None,
+    dest_root: Path,
+    final: Path,
+    base_url: str,
+    progress: bool,
+    timeout: float,
+) -> Path:
+    from tqdm import tqdm
+
     url = base_url.rstrip("/") + "/" + archive
     expected = md5 or _published_md5(url, timeout)
     part = dest_root / f".{archive}.part"
     digest = hashlib.md5(usedforsecurity=False)
     with _open(url, timeout) as r, open(part, "wb") as f:
         size = int(r.headers.get("Content-Length") or 0) or None
-        bar = tqdm(total=size, unit="B", unit_scale=True, desc=archive, disable=not progress, file=sys.stderr)
+        bar = tqdm(
+            total=size,
+            unit="B",
+            unit_scale=True,
+            desc=archive,
+            disable=not progress,
+            file=sys.stderr,
+        )
         while block := r.read(1 << 20):
             f.write(block)
             digest.update(block)
@@ -94,7 +137,9 @@ def download(
         bar.close()
     if digest.hexdigest() != expected:
         part.unlink()
-        raise DownloadError(f"{url}: MD5 {digest.hexdigest()} does not match the expected {expected}; nothing kept")
+        raise DownloadError(
+            f"{url}: MD5 {digest.hexdigest()} does not match the expected {expected}; nothing kept"
+        )
     tmp = dest_root / f".{name}.extracting"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -102,7 +147,9 @@ def download(
             root = tmp.resolve()
             for member in z.namelist():  # refuse entries that would escape the target folder
                 if not (root / member).resolve().is_relative_to(root):
-                    raise DownloadError(f"{url}: archive entry {member!r} escapes the target folder")
+                    raise DownloadError(
+                        f"{url}: archive entry {member!r} escapes the target folder"
+                    )
             z.extractall(tmp)
     except zipfile.BadZipFile as e:
         raise DownloadError(f"{url}: not a zip archive ({e})") from e

@@ -109,17 +109,17 @@ def detect_layout(path: str | Path, fmt: str = "auto") -> Layout:
     """Find the layout of ``path`` (a folder or a file); ``fmt`` other than ``auto`` must agree."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"{p}: data path does not exist")
+        raise UserError(f"{p.absolute()}: data path does not exist")
     if p.is_file():
         suffix = p.suffix.lower()
         kind = "parquet" if suffix in (".parquet", ".pq") else "csv"
         if fmt in ("csv", "parquet"):
             kind = fmt
         elif fmt != "auto":
-            raise UserError(f"{p}: data.format {fmt!r} expects a folder, got a file")
+            raise UserError(f"{p.absolute()}: data.format {fmt!r} expects a folder, got a file")
         return Layout(kind, kind, p.parent, {"ratings": p}, (1.0, 5.0))
     if fmt in ("csv", "parquet"):
-        raise UserError(f"{p}: data.format {fmt!r} expects a file, got a folder")
+        raise UserError(f"{p.absolute()}: data.format {fmt!r} expects a file, got a folder")
 
     def present(*names: str) -> dict[str, Path]:
         return {n: p / n for n in names if (p / n).is_file()}
@@ -146,13 +146,13 @@ def detect_layout(path: str | Path, fmt: str = "auto") -> Layout:
     else:
         listed = ", ".join(sorted(x.name for x in p.iterdir())[:8]) or "nothing"
         raise UserError(
-            f"{p}: not a MovieLens folder (expected u.data, ratings.dat or ratings.csv; "
+            f"{p.absolute()}: not a MovieLens folder (expected u.data, ratings.dat or ratings.csv; "
             f"found {listed})"
         )
     if fmt not in ("auto", "synthetic"):
         expected = {"ml-100k": "ml-100k", "ml-1m": "ml-dat", "ml-10m": "ml-dat"}.get(fmt, "ml-csv")
         if layout.kind != expected:
-            raise UserError(f"{p}: data.format is {fmt!r} but the folder holds a {layout.name} log")
+            raise UserError(f"{p.absolute()}: data.format is {fmt!r} but the folder holds a {layout.name} log")
         layout = Layout(fmt, layout.kind, p, layout.files, layout.rating_scale)
     return layout
 
@@ -174,7 +174,7 @@ def read_ratings_file(path: Path, kind: str) -> tuple[pl.LazyFrame, int]:
         header = _first_line(path)
         if header != CSV_RATINGS_HEADER:
             raise UserError(
-                f"{path}:1: header is {header!r}, expected {CSV_RATINGS_HEADER!r} "
+                f"{path.absolute()}:1: header is {header!r}, expected {CSV_RATINGS_HEADER!r} "
                 "(a MovieLens ratings.csv)"
             )
     sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
@@ -357,10 +357,10 @@ def _read_quoted_csv(path: Path, expected: list[str]) -> tuple[pl.DataFrame, int
             f"{path.absolute()}: the file is empty (expected the header {','.join(expected)!r})"
         ) from e
     except pl.exceptions.ComputeError as e:
-        raise UserError(f"{path}: not a readable CSV ({str(e).splitlines()[0]})") from e
+        raise UserError(f"{path.absolute()}: not a readable CSV ({str(e).splitlines()[0]})") from e
     if df.columns != expected:
         raise UserError(
-            f"{path}:1: header is {','.join(df.columns)!r}, expected {','.join(expected)!r}"
+            f"{path.absolute()}:1: header is {','.join(df.columns)!r}, expected {','.join(expected)!r}"
         )
     raw = pl.concat_str([pl.col(c).fill_null("") for c in expected], separator=",")
     rows = df.with_row_index("line", offset=2).select(
@@ -431,7 +431,7 @@ def _read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
             df = pl.read_parquet(path)
         except Exception as e:  # polars raises several error types for a non-Parquet file
             raise UserError(
-                f"{path}: not a readable Parquet file ({str(e).splitlines()[0]})"
+                f"{path.absolute()}: not a readable Parquet file ({str(e).splitlines()[0]})"
             ) from e
         _check_columns(path, df.columns, wanted)
         df = df.select(
@@ -450,7 +450,7 @@ def _read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
                 + ", ".join(wanted.values())
             )
         header = [h.strip().strip('"') for h in first.split(cfg.separator)]
-        _check_columns(path, header, wanted)
+        _check_columns(path, header, wanted, first, cfg.separator)
         lines = read_lines(path, skip_header=True)
         blank = lines["raw"].null_count()
         lf = split_fields(lines, cfg.separator, header, strip_quotes=True)
@@ -463,13 +463,57 @@ def _read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
     return _parse_ts(lf, cfg.timestamp_format), blank
 
 
-def _check_columns(path: Path, have: list[str], wanted: dict[str, str]) -> None:
+def _check_columns(
+    path: Path,
+    have: list[str],
+    wanted: dict[str, str],
+    first_line: str | None = None,
+    separator: str = ",",
+) -> None:
     for dst, src in wanted.items():
         if src not in have:
+            shown = ", ".join(have[:20]).replace("\t", "\\t") if any(have) else "(none)"
+            hint = _column_hint(have, first_line, separator, wanted)
             raise UserError(
-                f"{path}: column {src!r} (data.columns.{dst}) not found; columns are: "
-                + ", ".join(have[:20])
+                f"{path.absolute()}: column {src!r} (data.columns.{dst}) not found; "
+                f"columns are: {shown}{hint}"
             )
+
+
+_OTHER_SEPARATORS = ("\t", ";", "|", ":")
+
+
+def _looks_numeric(fields: list[str]) -> bool:
+    return all(f.strip().lstrip("-").replace(".", "", 1).isdigit() for f in fields if f.strip())
+
+
+def _column_hint(
+    have: list[str], first_line: str | None, separator: str, wanted: dict[str, str]
+) -> str:
+    """What to try when the header does not name the configured columns."""
+    if first_line is None:
+        return ""
+    for sep in _OTHER_SEPARATORS:
+        if sep == separator or sep not in first_line:
+            continue
+        fields = [f.strip().strip('"') for f in first_line.split(sep)]
+        if len(fields) < 3:
+            continue
+        shown = "\\t" if sep == "\t" else sep
+        if _looks_numeric(fields):
+            return (
+                f"; the file looks {'tab' if sep == chr(9) else repr(sep)}-separated with no "
+                f'header line: set data.separator: "{shown}" and add a header, or, for '
+                "MovieLens-100K's u.data, data.format: ml-100k on its folder"
+            )
+        missing = [c for c in wanted.values() if c not in fields]
+        tail = (
+            f" and data.columns.* to the file's names ({', '.join(fields[:8])})" if missing else ""
+        )
+        return f'; the header looks {sep!r}-separated: try data.separator: "{shown}"{tail}'
+    if have and _looks_numeric(have):
+        return "; the first line looks like data, not a header naming the columns"
+    return ""
 
 
 def _id_dtype(lf: pl.LazyFrame, col: str) -> pl.DataType:

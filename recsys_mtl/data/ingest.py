@@ -16,6 +16,7 @@ log); the others are quarantined as ``duplicate_pair``.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from recsys_mtl.io import write_json, write_parquet
 __all__ = ["IngestResult", "ingest", "resolve_layout", "validate_interactions"]
 
 DUPLICATE_POLICY = "keep_latest"
+log = logging.getLogger("recsys_mtl.ingest")
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,20 @@ def _no_rows_message(layout: Layout, blank_lines: int) -> str:
 
 
 def ingest(
-    cfg: DataConfig, out_dir: str | Path, work_dir: str | Path | None = None
+    cfg: DataConfig,
+    out_dir: str | Path,
+    work_dir: str | Path | None = None,
+    *,
+    max_share: float | None = None,
+    keep_rejected: str | Path | None = None,
 ) -> IngestResult:
-    """Read, validate and write the canonical tables of the log ``cfg`` describes."""
+    """Read, validate and write the canonical tables of the log ``cfg`` describes.
+
+    ``max_share`` (the pipeline passes ``data.max_quarantine_share``): when a larger share of
+    the rating rows is quarantined, stop with a :class:`UserError` naming the top reason, its
+    count and the quarantine file. ``keep_rejected``: where that file is kept when ingest stops
+    (a pipeline's stage folder is temporary until it completes); default ``out_dir``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = resolve_layout(cfg, Path(work_dir) if work_dir is not None else out)
@@ -164,16 +177,6 @@ def ingest(
         raise UserError(_no_rows_message(layout, raw.blank_lines))
     if layout.kind not in ("csv", "parquet"):
         rejects = fill_raw(rejects, layout.files["ratings"])
-    if kept.height == 0:
-        counts = reason_counts(rejects)
-        top = max(counts, key=counts.get) if counts else "the file has no data lines"
-        raise UserError(
-            f"{layout.files['ratings']}: no usable ratings ({rejects.height} rows rejected; "
-            f"most common reason: {top})"
-        )
-    users = raw.users if raw.users is not None else _derive_users(kept)
-    items = raw.items if raw.items is not None else _derive_items(kept)
-
     quarantine = pl.concat(
         [
             pl.DataFrame(schema=QUARANTINE_SCHEMA),
@@ -181,6 +184,36 @@ def ingest(
             *raw.side_rejects,
         ]
     )
+    counts = reason_counts(rejects)
+    rows_read = kept.height + rejects.height
+    log.info(
+        "ingest: %s rows read, %s kept, %s quarantined%s",
+        f"{rows_read:,}",
+        f"{kept.height:,}",
+        f"{rejects.height:,}",
+        f" ({', '.join(f'{r}: {n:,}' for r, n in _by_count(counts))})" if counts else "",
+    )
+    too_many = max_share is not None and rejects.height > max_share * rows_read
+    if kept.height == 0 or too_many:
+        kept_at = Path(keep_rejected) if keep_rejected is not None else out / "quarantine.parquet"
+        write_parquet(quarantine, kept_at)
+        top, n_top = _by_count(counts)[0]
+        ratings = layout.files["ratings"].absolute()
+        if kept.height == 0:
+            raise UserError(
+                f"{ratings}: no usable ratings ({rejects.height:,} rows rejected; most common "
+                f"reason: {top}, {n_top:,} rows{_hint(top, scale)}); the rejected rows are in "
+                f"{kept_at.absolute()}"
+            )
+        raise UserError(
+            f"{ratings}: {rejects.height:,} of {rows_read:,} rating rows "
+            f"({rejects.height / rows_read:.1%}) quarantined, above data.max_quarantine_share="
+            f"{max_share:g}; top reason: {top} ({n_top:,} rows{_hint(top, scale)}); the rejected "
+            f"rows are in {kept_at.absolute()}"
+        )
+    users = raw.users if raw.users is not None else _derive_users(kept)
+    items = raw.items if raw.items is not None else _derive_items(kept)
+
     write_parquet(kept, out / "interactions.parquet")
     write_parquet(users, out / "users.parquet")
     write_parquet(items, out / "items.parquet")
@@ -188,7 +221,6 @@ def ingest(
         write_parquet(raw.tags, out / "tags.parquet")
     write_parquet(quarantine, out / "quarantine.parquet")
 
-    counts = reason_counts(rejects)
     report: dict[str, Any] = {
         "dataset": layout.name,
         "layout": layout.kind,
@@ -197,7 +229,7 @@ def ingest(
         "duplicate_policy": DUPLICATE_POLICY,
         "interactions": {
             "source": raw.ratings_source,
-            "rows_read": kept.height + rejects.height,
+            "rows_read": rows_read,
             "rows_kept": kept.height,
             "rows_quarantined": counts,
             "blank_lines": raw.blank_lines,
@@ -211,3 +243,16 @@ def ingest(
     }
     write_json(report, out / "report.json")
     return IngestResult(report, out)
+
+
+def _by_count(counts: dict[str, int]) -> list[tuple[str, int]]:
+    """Reasons from the most to the least common (ties by name)."""
+    return sorted(counts.items(), key=lambda rn: (-rn[1], rn[0]))
+
+
+def _hint(reason: str, scale: tuple[float, float]) -> str:
+    if reason == "rating_out_of_scale":
+        return f"; the scale is {scale[0]:g}-{scale[1]:g}: set data.rating_scale to the log's"
+    if reason.startswith(("malformed_line", "missing_")):
+        return "; check data.separator and data.columns"
+    return ""

@@ -9,6 +9,8 @@ it was drawn for, so no pair is split across parts:
 * ``leave_last_out``: each user's latest rating (ties at the latest timestamp broken by the
   order of rows in the log: the last row wins); users with a single rating stay in train;
 * ``predefined``: a train file and a test file in the log's own format (``u1.base``/``u1.test``);
+* ``kfold``: fold ``split.fold`` of a seeded partition of the ratings into ``split.folds``
+  folds is the test part (``recsys-mtl run`` runs every fold and reports mean and std);
 * ``cold_start_users``: a seeded share of users is held out entirely; each held-out user's first
   ``support_size`` ratings by time are the support set, the rest the query set (``test``).
   Only users with more than ``support_size`` ratings can be held out.
@@ -74,6 +76,18 @@ def _leave_last_out(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generato
     return {"test": test, "train": rows[~np.isin(rows, test)]}
 
 
+@SPLITTERS.register("kfold")
+def _kfold(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, **_: Any) -> Assign:
+    """Fold ``cfg.fold`` of a seeded partition of the ratings into ``cfg.folds`` near-equal
+    folds (Surprise's ``KFold``): the same seed gives the same partition for every fold, so the
+    test parts of the folds are disjoint and cover every rating once."""
+    rows = pos["row"].to_numpy()
+    fold_of = np.empty(rows.size, np.int64)
+    fold_of[rng.permutation(rows.size)] = np.arange(rows.size) % cfg.folds
+    test = fold_of == cfg.fold
+    return {"test": rows[test], "train": rows[~test]}
+
+
 @SPLITTERS.register("cold_start_users")
 def _cold_start(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, **_: Any) -> Assign:
     k = cfg.cold_start.support_size
@@ -116,7 +130,7 @@ def _predefined(
     for part, file in (("train", cfg.train), ("test", cfg.test)):
         path = Path(str(file)).expanduser()
         if not path.is_file():
-            raise UserError(f"{path}: split.{part} file not found")
+            raise UserError(f"{path.absolute()}: split.{part} file not found")
         layout = Layout(path.name, layout_kind, path.parent, {"ratings": path}, (0.0, 0.0))
         parsed = read_layout(layout, data_cfg).interactions.collect()
         bad = parsed.filter(pl.col("reason").is_not_null())

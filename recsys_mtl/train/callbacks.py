@@ -7,7 +7,9 @@
 * ``on_epoch_end(epoch, metrics) -> bool | None`` after every epoch, with that epoch's train
   and validation metrics; returning ``True`` asks the loop to stop after this epoch (an
   exception, such as an Optuna trial's ``TrialPruned``, propagates to the caller);
-* ``on_train_end(result)`` once, with the :class:`~recsys_mtl.train.trainer.TrainResult`.
+* ``on_train_end(result)`` once, with the :class:`~recsys_mtl.train.trainer.TrainResult`;
+* ``on_step_end(epoch, step, steps)``, only on callbacks that define it, after every step
+  (``step`` counts from 1 to ``steps`` within the epoch).
 
 MLflow logging (:class:`TrackerCallback`) and the progress lines (:class:`ProgressCallback`)
 are callbacks like any other; callers pass their own without touching the loop.
@@ -16,6 +18,7 @@ are callbacks like any other; callers pass their own without touching the loop.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from torch import nn
@@ -39,12 +42,22 @@ class Callback:
 
 
 class ProgressCallback(Callback):
-    """One log line per epoch with the losses (``logging``, logger ``recsys_mtl.train``)."""
+    """One log line per epoch with the losses (``logging``, logger ``recsys_mtl.train``), and a
+    progress bar over each epoch's steps when ``stream`` (default: stderr) is a terminal."""
 
-    def __init__(self, prefix: str = "") -> None:
+    def __init__(self, prefix: str = "", stream: Any = None, bar: bool | None = None) -> None:
         self.prefix = prefix
+        self.stream = stream
+        self.bar_enabled = bar
+        self._bar: Any = None
+
+    def _out(self) -> Any:
+        return self.stream if self.stream is not None else sys.stderr
 
     def on_train_start(self, model: nn.Module, info: dict[str, Any]) -> None:
+        if self.bar_enabled is None:
+            isatty = getattr(self._out(), "isatty", None)
+            self.bar_enabled = bool(isatty and isatty())
         if info.get("resumed_from"):
             log.info(
                 "    %sresuming at epoch %d from the checkpoint in %s",
@@ -53,13 +66,34 @@ class ProgressCallback(Callback):
                 info.get("checkpoint_dir"),
             )
 
+    def on_step_end(self, epoch: int, step: int, steps: int) -> None:
+        if not self.bar_enabled:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=steps, desc=f"    {self.prefix}epoch {epoch}", unit="step",
+                leave=False, file=self._out(), mininterval=0.5,
+            )  # fmt: skip
+        self._bar.update(1)
+
+    def _close_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
+        self._close_bar()
         shown = ", ".join(
             f"{k}={v:.4f}"
             for k, v in metrics.items()
             if k.endswith("loss") or k.endswith("objective")
         )
         log.info("    %sepoch %d: %s", self.prefix, epoch, shown)
+
+    def on_train_end(self, result: Any) -> None:
+        self._close_bar()
 
 
 class TrackerCallback(Callback):

@@ -16,6 +16,7 @@ else the predicted rating.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -96,7 +97,7 @@ def ranking_metrics(
     rated_keys: np.ndarray,
     n_items: int,
     tasks: list[str],
-    k: int = 10,
+    k: int | Sequence[int] = 10,
     sampled_negatives: int = 99,
     seed: int = 0,
     full: bool = True,
@@ -106,8 +107,11 @@ def ranking_metrics(
 
     ``exclude``: CSR ``(offsets, values)`` per user of the items the model learned from (train,
     or train + valid), left out of full ranking; ``rated_keys``: sorted
-    :func:`~recsys_mtl.data.features.pair_keys` of every rating in the log.
+    :func:`~recsys_mtl.data.features.pair_keys` of every rating in the log. ``k``: one
+    cut-off or several (``[5, 10, 20]``): the items are scored once, each cut-off adds its
+    ``@K`` metrics (MRR has none).
     """
+    ks = sorted({k} if isinstance(k, int) else set(k))
     was = model.training
     model.eval()
     task = ranking_task(tasks)
@@ -143,8 +147,9 @@ def ranking_metrics(
         batch["item"] = cand[rows].reshape(-1)
         scores[rows] = model(batch)[task].reshape(-1, width)
     if cand.shape[0]:
-        for name, value in sampled_ranking(scores, k).items():
-            metrics[f"ranking/{name}"] = value
+        for kk in ks:
+            for name, value in sampled_ranking(scores, kk).items():
+                metrics[f"ranking/{name}"] = value
     if full:
         users, inverse = torch.unique(held_out["user"], return_inverse=True)
         # relevant items of each user as CSR over the block order of ``users``
@@ -160,7 +165,7 @@ def ranking_metrics(
         blocks = iter_topk(
             lambda b: score_items(model, b, catalog, task, t_bin, day),
             users,
-            k,
+            ks[-1],
             exclude,
             chunk_users,
         )
@@ -173,7 +178,10 @@ def ranking_metrics(
             relevant[rows, rel_items[first : first + int(lengths.sum())]] = True
             done += c
             n_rel = relevant.any(1).sum()
-            for name, value in full_ranking(block.scores, relevant, k).items():
+            found: dict[str, torch.Tensor] = {}
+            for kk in ks:  # MRR is the same at every cut-off: counted once
+                found.update(full_ranking(block.scores, relevant, kk))
+            for name, value in found.items():
                 sums[name] = sums.get(name, 0.0) + value * n_rel
         for name, value in sums.items():
             metrics[f"ranking_full/{name}"] = value / max(done, 1)
@@ -236,7 +244,7 @@ def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str
         if size(positives):
             found.update(
                 ranking_metrics(
-                    m, positives, exclude(seen_parts), rated, ctx.n_items, tasks, k=cfg.k,
+                    m, positives, exclude(seen_parts), rated, ctx.n_items, tasks, k=cfg.ks,
                     sampled_negatives=cfg.sampled_negatives, seed=cfg.seed, full=cfg.full_ranking,
                 )
             )  # fmt: skip

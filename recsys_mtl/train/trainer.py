@@ -238,6 +238,8 @@ def fit(
             "checkpoint_dir": str(checkpoint_dir) if checkpoint_dir is not None else None}  # fmt: skip
     for cb in callbacks:
         cb.on_train_start(model, info)
+    # only the callbacks that want per-step news are called in the inner loop
+    step_hooks = [cb for cb in callbacks if callable(getattr(cb, "on_step_end", None))]
     t0 = time.perf_counter()
     seen = 0
     stopped = by_callback = False
@@ -290,6 +292,8 @@ def fit(
             sums += stacked.detach()
             weight_sums += torch.stack([weights[t] for t in tasks]).to(sums)
             steps += 1
+            for cb in step_hooks:
+                cb.on_step_end(epoch, steps, n_steps)
         seen += n
         _check_finite(loss_ok, [*tasks, "l2 penalty"], epoch, "loss")
         _check_finite(grad_ok, tasks, epoch, "gradient")

@@ -236,7 +236,7 @@ def test_a_run_killed_mid_stage_resumes_from_the_last_complete_stage(tmp_path):
 
 def test_run_directory_defaults_to_runs_slash_config_name(tmp_path, cli):
     cfg = tiny_config(tmp_path, SYN)
-    code, out, _ = cli("run", cfg)
+    code, out, _ = cli("run", cfg, "--json")
     assert code == 0 and json.loads(out)["run_dir"] == str(Path("runs") / "t")
     assert (tmp_path / "runs" / "t" / "summary.json").exists()
 

@@ -53,7 +53,17 @@ def test_a_checksum_mismatch_keeps_nothing(server, tmp_path):
     _archive(root, md5="0" * 32)
     with pytest.raises(DownloadError, match="does not match the expected 0000"):
         download("ml-latest-small", tmp_path / "data", base_url=url, progress=False)
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # the folder this call made is gone too
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(DownloadError, match="does not match"):
+        download("ml-latest-small", tmp_path / "kept", base_url=url, progress=False)
+    assert list((tmp_path / "kept").iterdir()) == []  # a folder the user had stays
+
+
+def test_a_failed_download_leaves_no_empty_data_folder(tmp_path):
+    with pytest.raises(DownloadError, match="HTTP 404|cannot connect"):
+        download("ml-latest", tmp_path / "a" / "b", base_url="http://127.0.0.1:9/", timeout=2)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_pinned_checksums_are_used_for_fixed_releases(server, tmp_path):

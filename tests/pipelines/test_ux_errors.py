@@ -1,0 +1,91 @@
+"""Errors that help: one line, exit 2, and what to try (config keys, data files, file modes)."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from recsys_mtl.config import load_config
+from recsys_mtl.errors import UserError
+from tests.conftest import tiny_config, write
+
+SYN = {"format": "synthetic", "synthetic": {"users": 40, "items": 50, "ratings": 800}}
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("recsys-mtl: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_an_unknown_key_suggests_the_closest_known_key(tmp_path):
+    cfg = write(tmp_path / "c.yaml", "data:\n  format: synthetic\ntrain:\n  epoch: 3\n")
+    with pytest.raises(
+        UserError, match=r"c.yaml:4: train.epoch: unknown key \(did you mean 'train.epochs'\?\)"
+    ):
+        load_config(cfg)
+
+
+def test_a_section_key_written_at_the_top_names_the_sections_that_have_it(tmp_path):
+    cfg = write(tmp_path / "c.yaml", "data:\n  format: synthetic\nseed: 1\n")
+    with pytest.raises(
+        UserError, match=r"seed: unknown key \(did you mean .*'split.seed' or 'train.seed'"
+    ):
+        load_config(cfg)
+
+
+def test_every_validation_error_is_shown_on_one_line(tmp_path, cli):
+    cfg = write(
+        tmp_path / "c.yaml",
+        "data:\n  format: synthetic\ntrain:\n  seed: 1.5\n  epochs: x\ntracking:\n  enabled: false\n",
+    )
+    code, _, err = cli("run", cfg, "--set", "split.sed=2")
+    line = _one_error_line(err)
+    assert code == 2
+    assert "c.yaml:4: train.seed: Input should be a valid integer" in line
+    assert "c.yaml:5: train.epochs: Input should be a valid integer" in line
+    assert "--set split.sed: split.sed: unknown key (did you mean 'split.seed'?)" in line
+    assert "more)" not in line
+
+
+def test_one_task_may_be_written_without_a_list(tmp_path):
+    cfg = write(tmp_path / "c.yaml", "data:\n  format: synthetic\ntasks: rating\n")
+    assert load_config(cfg).tasks == ["rating"]
+    assert load_config(cfg, ["tasks=interaction"]).tasks == ["interaction"]
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        ("customer;product;stars;when\n1;2;3;4\n", "the header looks ';'-separated: try data.separator: \";\" and data.columns.* to the file's names (customer, product, stars, when)"),
+        ("1\t2\t3\t881250949\n2\t3\t4\t881250950\n", 'the file looks tab-separated with no header line: set data.separator: "\\t"'),
+        ("user_id|item_id|rating|ts\n1|2|3|4\n", "the header looks '|'-separated: try data.separator: \"|\""),
+    ],
+)  # fmt: skip
+def test_a_header_in_another_separator_suggests_data_separator(tmp_path, cli, text, hint):
+    log = write(tmp_path / "log.csv", text)
+    code, _, err = cli("data", "ingest", log, "--out", tmp_path / "out")
+    line = _one_error_line(err)
+    assert code == 2
+    assert line.startswith(f"recsys-mtl: error: {log.resolve()}: column 'user_id'")
+    assert hint in line
+
+
+def test_ingest_artifacts_and_the_summary_get_the_mode_of_any_new_file(tmp_path, cli):
+    old = os.umask(0o022)
+    try:
+        cfg = tiny_config(tmp_path, SYN)
+        code, _, _ = cli("run", cfg, "--out", tmp_path / "run")
+        assert code == 0
+        os.umask(0o027)
+        from recsys_mtl.io import write_json
+
+        strict = write_json({}, tmp_path / "strict.json")
+    finally:
+        os.umask(old)
+    run = tmp_path / "run"
+    for f in ("summary.json", "evaluate/metrics.json", "ingest/report.json", "train/model.pt"):
+        assert stat.S_IMODE((run / f).stat().st_mode) == 0o644, f
+    assert stat.S_IMODE(strict.stat().st_mode) == 0o640
