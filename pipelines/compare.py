@@ -23,21 +23,18 @@ STUDY_TAG = "recsys_mtl.study"
 MINIMIZED = ("rmse", "mae", "logloss", "loss")
 # The describing columns: (header, tag, param)
 DESCRIBE = (
-    ("model", "model", "model.name"),
-    ("weighting", "weighting", "weighting.name"),
-    ("tasks", "tasks", "tasks"),
-    ("split", "split", "split.strategy"),
+    ("model", "recsys_mtl.model", "model.name"),
+    ("weighting", "recsys_mtl.weighting", "weighting.name"),
+    ("tasks", "recsys_mtl.tasks", "tasks"),
+    ("split", "recsys_mtl.split", "split.strategy"),
 )
 
 
 def _display(name: str) -> str:
-    """An MLflow metric key in the ``summary.json`` spelling."""
-    try:
-        from recsys_mtl.tracking import summary_metric_name  # type: ignore[attr-defined]
+    """A metric name (either spelling) in the ``summary.json`` spelling."""
+    from recsys_mtl.tracking import canonical_metric_name
 
-        return summary_metric_name(name)
-    except ImportError:
-        return name.replace("_at_", "@")
+    return canonical_metric_name(name)
 
 
 def _kind(run: Any) -> str:

@@ -31,7 +31,7 @@ __all__ = ["tune_command"]
 
 log = logging.getLogger("recsys_mtl.tune")
 
-KIND_TAG = "recsys_mtl.kind"
+KIND_TAG = "recsys_mtl.kind"  # recsys_mtl.tracking.KIND_TAG (not imported: it loads nothing heavy)
 STUDY_TAG = "recsys_mtl.study"
 RUN_ATTR = "recsys_mtl:mlflow_run_id"
 
@@ -488,7 +488,7 @@ class _TrialRun:
                     self.client.set_tag(self.run_id, key, reason[:5000])
                 if state == "KILLED":
                     self.client.set_tag(self.run_id, "pruned", "true")
-                self.finish(state)
+                self.finish(state, reason if state == "FAILED" else None)
 
         run = TrialTracker(cfg.tracking.experiment, spec["tracking_uri"])
         tags = {
@@ -496,10 +496,10 @@ class _TrialRun:
             KIND_TAG: "trial",
             STUDY_TAG: spec["name"],
             "trial_number": str(trial.number),
-            "model": cfg.model.name,
-            "weighting": cfg.weighting.name,
-            "tasks": ",".join(cfg.tasks),
-            "split": cfg.split.strategy,
+            "recsys_mtl.model": cfg.model.name,
+            "recsys_mtl.weighting": cfg.weighting.name,
+            "recsys_mtl.tasks": ",".join(cfg.tasks),
+            "recsys_mtl.split": cfg.split.strategy,
         }
         if origin != trial.number:
             tags["retry_of"] = str(origin)

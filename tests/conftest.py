@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# MLflow's usage telemetry waits on a network timeout in every process on an offline machine
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
 REPO = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", REPO.parent / "shared" / "data" / "ml-100k"))
 

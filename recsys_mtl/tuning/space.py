@@ -89,10 +89,11 @@ def objectives(cfg: RunConfig, source: str = "<config>") -> list[Objective]:
         raise UserError(
             f"{source}: tune.direction: {len(dirs)} direction(s) for {len(names)} objective(s)"
         )
-    out = []
-    for name in names:
-        _check_metric(name.replace("_at_", "@"), cfg, source)
-        out.append(name.replace("_at_", "@"))
+    from recsys_mtl.tracking import canonical_metric_name
+
+    out = [canonical_metric_name(n) for n in names]
+    for name in out:
+        _check_metric(name, cfg, source)
     if len(set(out)) != len(out):
         raise UserError(f"{source}: tune.objective: a metric is named twice: {out}")
     return [Objective(n, d) for n, d in zip(out, dirs, strict=True)]
