@@ -1,0 +1,178 @@
+"""The fixed costs of a run, this tree against an older commit, side by side in one run.
+
+    python benchmarks/fixed_costs.py --baseline 02f618b      # before/after table rows
+    python benchmarks/fixed_costs.py --baseline 02f618b --quick
+
+Each measurement is a fresh interpreter (one torch thread) running the same code against
+this tree and against ``git archive <baseline>`` unpacked in a temporary folder, alternating
+``--repeats`` times, on one prepared ml-100k run of ``configs/ml100k_bellkor.yaml``:
+
+* ``import``: interpreter start + ``import recsys_mtl`` (+ ``import recsys_mtl.config``);
+* ``import_torch``: interpreter start + ``import torch``;
+* ``optimizers``: building the trainer's optimizers for each tree's own recipe after ``import
+  torch`` (``torch.optim`` imports ``torch._dynamo`` on first use);
+* ``epoch``: one training epoch of the recipe's model and data at batches of 8192, dim 64,
+  Adam, constant rate (the same settings for both trees; 3 epochs, the best of the last 2);
+* ``evaluate``: the evaluate stage (``evaluate_run``: pointwise, sampled and full ranking,
+  test and valid) on the same trained run;
+* ``weights_plot``: the train stage's weight-trajectory plot (matplotlib) with static weights.
+
+stdout gets one JSON line; progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
+
+PROBES = {
+    "import": """
+import time, subprocess, sys
+t = time.perf_counter()
+subprocess.run([sys.executable, "-c", "import recsys_mtl, recsys_mtl.config"], check=True)
+print(time.perf_counter() - t)
+""",
+    "import_torch": """
+import time, subprocess, sys
+t = time.perf_counter()
+subprocess.run([sys.executable, "-c", "import torch"], check=True)
+print(time.perf_counter() - t)
+""",
+    "optimizers": """
+import sys, time, torch
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.build import build_model
+from recsys_mtl.models.context import load_context
+from recsys_mtl.train.trainer import _optimizers
+run = sys.argv[1]
+cfg = load_config(sys.argv[2], ["tracking.enabled=false"])
+model = build_model(cfg, load_context(f"{run}/features", f"{run}/split"), "cpu")
+t = time.perf_counter()
+_optimizers(model, cfg.train)
+print(time.perf_counter() - t)
+""",
+    "epoch": """
+import sys, torch
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.train.recipe import train_ranker
+run = sys.argv[1]
+from recsys_mtl.config import TrainConfig
+sets = ["tracking.enabled=false", "train.refit=false", "train.patience=null", "train.epochs=3",
+        "train.batch_size=8192", "train.lr=0.01", "model.params.dim=64"]
+if "schedule" in TrainConfig.model_fields:  # the same settings in both trees
+    sets += ["train.schedule=constant", "train.embedding_optimizer=adam", "train.lr_scaling=none"]
+cfg = load_config(sys.argv[2], sets)
+from recsys_mtl.train import trainer
+times = []
+class Clock:
+    def on_train_start(self, model, info):
+        import time; self.t = time.perf_counter()
+    def on_epoch_end(self, epoch, metrics):
+        import time; now = time.perf_counter(); times.append(now - self.t); self.t = now
+    def on_train_end(self, result):
+        pass
+train_ranker(cfg, f"{run}/features", f"{run}/split", callbacks=[Clock()])
+print(min(times[1:]))
+""",
+    "evaluate": """
+import sys, time, torch
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.runs import load_run
+from recsys_mtl.train.evaluate import evaluate_run
+cfg = load_config(sys.argv[2], ["tracking.enabled=false"])
+t = time.perf_counter()
+evaluate_run(load_run(sys.argv[1], "cpu"), cfg.evaluate, "cpu")
+print(time.perf_counter() - t)
+""",
+    "weights_plot": """
+import sys, time, json
+from pathlib import Path
+t = time.perf_counter()
+from pipelines import stages
+from recsys_mtl.config import load_config
+cfg = load_config(sys.argv[2], ["tracking.enabled=false"])
+if len(cfg.tasks) > 1 and (cfg.weighting.name != "static" or "static weights are flat" not in
+                            Path(stages.__file__).read_text()):
+    hist = [{"epoch": e, **{f"weight/{t}": 1.0 for t in cfg.tasks}} for e in range(5)]
+    stages._plot_weights(hist, cfg.tasks, Path(sys.argv[1]) / "probe-weights.png", "static")
+print(time.perf_counter() - t)
+""",
+}
+
+
+def _probe(name: str, tree: Path, run: Path) -> float:
+    config = tree / "configs" / "ml100k_bellkor.yaml"  # each tree reads its own config keys
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    env.pop("RECSYS_MTL_THREADS", None)
+    out = subprocess.run([sys.executable, "-c", PROBES[name], str(run), str(config)],
+                         capture_output=True, text=True, env=env, cwd=tree)  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} in {tree}: {out.stderr[-1500:]}")
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _prepare(base: Path) -> Path:
+    """One trained run of the shipped rating recipe (this tree), as the shared input."""
+    run = base / "run"
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "configs" / "ml100k_bellkor.yaml"),
+           "--set", f"data.path={ML100K}", "--set", "tracking.enabled=false", "--out", str(run)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(cmd, check=True, env=env, cwd=base, capture_output=True)
+    return run
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", required=True, help="a commit of this repository")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="one repeat")
+    ap.add_argument("--dir", default=None)
+    args = ap.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="recsys-mtl-fixed-"))
+    base.mkdir(parents=True, exist_ok=True)
+    old = base / "baseline"
+    if not old.exists():
+        archive = base / "baseline.tar"
+        subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), args.baseline],
+                       check=True)  # fmt: skip
+        with tarfile.open(archive) as tar:
+            tar.extractall(old, filter="data")
+    print("preparing the shared run", file=sys.stderr, flush=True)
+    run = _prepare(base)
+    rows = []
+    for name in PROBES:
+        found: dict[str, list[float]] = {"before": [], "after": []}
+        for _ in range(repeats):
+            for label, tree in (("before", old), ("after", ROOT)):
+                found[label].append(_probe(name, tree, run))
+        metrics = {f"{label}_seconds": round(statistics.fmean(v), 3) for label, v in found.items()}
+        metrics.update({f"{label}_all": [round(x, 3) for x in v] for label, v in found.items()})
+        row = {"labels": {"cost": name, "baseline": args.baseline}, "metrics": metrics}
+        print(f"  {row['labels']}: {metrics}", file=sys.stderr, flush=True)
+        rows.append(row)
+    machine = {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    print(json.dumps({"benchmark": "fixed_costs", "machine": machine, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
