@@ -64,7 +64,25 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--ratings", type=int, default=100_000)
     syn.add_argument("--layout", default="ml-100k", choices=["ml-100k", "ml-1m", "ml-latest"])
     syn.add_argument("--seed", type=int, default=0)
+    _score_parsers(sub)
     return p  # fmt: skip
+
+
+def _score_parsers(sub: Any) -> None:
+    sc = sub.add_parser("score", help="top-K items per user to Parquet (batch scoring)")
+    sc.add_argument("source", help="a run directory, or an MLflow model URI (models:/NAME/VERSION)")
+    sc.add_argument("--top-k", type=int, required=True, help="items per user")
+    sc.add_argument("--out", required=True, help="output Parquet file")
+    sc.add_argument("--users", help="users to score: one id per line, or CSV/Parquet with user_id")
+    sc.add_argument("--support", help="ratings of new users (CSV/Parquet: user, item, rating)")
+    sc.add_argument(
+        "--blend", help="task weights of the final score, e.g. rating=0.5,interaction=0.5"
+    )
+    sc.add_argument("--chunk-users", type=int, default=256, help="users per block (memory)")
+    sc.add_argument("--learner-dir", help="a trained cold-start meta-learner (default: RUN/meta)")
+    reg = sub.add_parser("register", help="register a run's MLflow model in the model registry")
+    reg.add_argument("run_dir", help="a finished run directory")
+    reg.add_argument("--name", required=True, help="registered model name")
 
 
 def run_command(
@@ -151,6 +169,11 @@ def _run_and_summarize(
             {f"transfer/{n}": r["gain"] for t in transfer.values() for n, r in t["metrics"].items()}
         )
     write_json(summary, run_dir / "summary.json")
+    logged = tracker.log_model(run_dir)  # the MLflow model (pyfunc), from the summary's config
+    if logged is not None:
+        summary["mlflow"].update(model_id=logged["model_id"], model_uri=logged["model_uri"])
+        tracker.log_metrics({"package/seconds": logged["seconds"]})
+        write_json(summary, run_dir / "summary.json")
     (run_dir / "config.resolved.json").write_text(json.dumps(summary["config"], indent=2))
     tracker.log_metrics(metrics)
     tracker.log_artifacts(
@@ -233,6 +256,20 @@ def main(argv: list[str] | None = None) -> int:
                 args.config, args.overrides, args.out, args.force, args.with_single_task_baselines
             )
             print(json.dumps({"run_dir": summary["run_dir"], "metrics": summary["metrics"]}))
+            return 0
+        if args.command == "score":
+            from pipelines.score import score_command
+
+            report = score_command(
+                args.source, args.top_k, args.out, args.users, args.support, args.blend,
+                args.chunk_users, args.learner_dir,
+            )  # fmt: skip
+            print(json.dumps(report))
+            return 0
+        if args.command == "register":
+            from pipelines.score import register_command
+
+            print(json.dumps(register_command(args.run_dir, args.name)))
             return 0
         return _data(args)
     except UserError as e:

@@ -46,6 +46,10 @@ class NullTracker:
     def finish(self, status: str = "FINISHED") -> None:
         return None
 
+    def log_model(self, run_dir: Path) -> dict[str, Any] | None:
+        """Log the run's MLflow model (see :mod:`recsys_mtl.package`); ``None`` when off."""
+        return None
+
 
 class MlflowTracker(NullTracker):
     """Logs through :class:`mlflow.MlflowClient` with explicit run ids (no fluent global state)."""
@@ -105,6 +109,13 @@ class MlflowTracker(NullTracker):
         for p in paths:
             if self.run_id and Path(p).exists():
                 self.client.log_artifact(self.run_id, str(p), artifact_path=folder)
+
+    def log_model(self, run_dir: Path) -> dict[str, Any] | None:
+        if not self.run_id:
+            return None
+        from recsys_mtl.package import log_pyfunc
+
+        return log_pyfunc(self.client, self.experiment_id, self.run_id, run_dir)
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.run_id:

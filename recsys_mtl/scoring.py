@@ -1,0 +1,512 @@
+"""Batch scoring: every user's top-K items over the whole catalog, task scores blended on one scale.
+
+Blocks of ``chunk_users`` users are scored against every item through the shared chunked top-K
+(:func:`recsys_mtl.topk.iter_topk`), with every item the user has in the log masked out; memory
+is ``chunk_users x n_items`` scores whatever the number of users, and nothing loops over users
+in Python. A ranker that can write its scores at one time as a product
+(``dot_form(state, time_bin, day)``, e.g. BellKor) is scored by one matmul per block and task;
+any other ranker through :meth:`Ranker.score` on pair batches of at most ``pair_budget`` pairs.
+
+Common scale for the blend: a predicted rating ``r`` becomes ``(r - lo) / (hi - lo)`` over the
+rating scale (not clipped, so the order of predictions beyond the scale's ends is kept); a
+binary task's logit becomes its probability ``sigmoid(logit)``. The blend is the weighted sum of
+those with weights normalized to sum to 1 (default: equal weights over the run's tasks). The
+``score_<task>`` columns are each task's own output: the predicted rating, or the probability.
+
+Time features are taken at the log's reference time ("now": its last time bin and day).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from recsys_mtl.errors import UserError
+from recsys_mtl.topk import items_csr, iter_topk
+
+__all__ = [
+    "SERVED_BY",
+    "CatalogScorer",
+    "ScoredBlock",
+    "ScoringReport",
+    "common_scale",
+    "empty_state",
+    "parse_blend",
+    "popularity_topk",
+    "recommend",
+    "score_pairs",
+    "score_states",
+    "task_value",
+]
+
+SERVED_BY = ("model", "cold_start", "popularity")
+UserState = dict[str, torch.Tensor]
+
+
+def parse_blend(spec: str | dict[str, float] | None, tasks: list[str]) -> dict[str, float]:
+    """``"rating=0.5,interaction=0.5"`` (or a dict) as weights over ``tasks`` summing to 1.
+
+    ``None`` weighs every task equally; a task left out gets 0. Unknown tasks, negative or
+    non-numeric weights and an all-zero blend are :class:`UserError`.
+    """
+    if spec is None or spec == "":
+        return {t: 1.0 / len(tasks) for t in tasks}
+    raw: dict[str, float] = {}
+    items = spec.items() if isinstance(spec, dict) else None
+    if items is None:
+        pairs = []
+        for part in str(spec).split(","):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise UserError(f"--blend: {part.strip()!r} is not TASK=WEIGHT")
+            pairs.append((name.strip(), value.strip()))
+        items = pairs
+    for name, value in items:
+        if name not in tasks:
+            raise UserError(
+                f"--blend: unknown task {name!r} (this run's tasks: {', '.join(tasks)})"
+            )
+        try:
+            w = float(value)
+        except (TypeError, ValueError):
+            raise UserError(f"--blend: weight of {name!r} is not a number: {value!r}") from None
+        if not np.isfinite(w) or w < 0:
+            raise UserError(f"--blend: weight of {name!r} must be finite and >= 0, got {value}")
+        raw[name] = w
+    total = sum(raw.values())
+    if total <= 0:
+        raise UserError("--blend: every weight is 0; give at least one task a positive weight")
+    return {t: raw.get(t, 0.0) / total for t in tasks}
+
+
+def task_value(task: str, raw: torch.Tensor) -> torch.Tensor:
+    """A task's output as users read it: the predicted rating, or a probability (sigmoid)."""
+    return raw if task == "rating" else torch.sigmoid(raw)
+
+
+def common_scale(task: str, value: torch.Tensor, scale: tuple[float, float]) -> torch.Tensor:
+    """A task value on the blend's common scale: ratings min-max over ``scale``, probabilities
+    as they are."""
+    if task == "rating":
+        lo, hi = scale
+        return (value - lo) / (hi - lo)
+    return value
+
+
+def _take(state: UserState, rows: torch.Tensor) -> UserState:
+    return {n: v[rows] for n, v in state.items()}
+
+
+def _repeat(state: UserState, times: int) -> UserState:
+    return {n: v.repeat_interleave(times, dim=0) for n, v in state.items()}
+
+
+def empty_state(model: nn.Module, n: int, device: torch.device) -> UserState:
+    """The state of ``n`` users with no history at all (``new_user_state`` of empty supports)."""
+    items = torch.zeros(n, 1, dtype=torch.long, device=device)
+    return model.new_user_state(items, torch.zeros(n, 1, dtype=torch.bool, device=device))
+
+
+class CatalogScorer:
+    """Scores blocks of user states against every item of the catalog at one time.
+
+    ``block(state) -> (c, n_items)`` ranking scores (the blend, or for a one-task blend that
+    task's raw output, which ranks the same), ``finish(values)`` turns top values into the
+    blended score, ``pairs(state, items (c, k))`` gives every task's value at chosen items.
+    ``on_scores`` (a hook for tests and profiling) sees every score matrix allocated.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tasks: list[str],
+        blend: dict[str, float],
+        reference: dict[str, int],
+        rating_scale: tuple[float, float],
+        pair_budget: int = 1 << 18,
+        on_scores: Callable[[torch.Tensor], None] | None = None,
+    ) -> None:
+        self.model, self.tasks, self.blend = model, list(tasks), blend
+        self.time_bin, self.day = int(reference["time_bin"]), int(reference["day"])
+        self.scale = rating_scale
+        self.pair_budget = pair_budget
+        self.on_scores = on_scores
+        self.active = [t for t in self.tasks if blend.get(t, 0.0) > 0]
+        self.device = next(iter(model.buffers())).device
+        self.n_items = int(model.ctx.n_items)
+        self.catalog = torch.arange(self.n_items, device=self.device)
+        self.fast = callable(getattr(model, "dot_form", None))
+        self._items: dict[str, torch.Tensor] = {}
+        if self.fast:  # the item side does not depend on the user: built once, offsets folded in
+            with torch.no_grad():
+                form = model.dot_form(empty_state(model, 1, self.device), self.time_bin, self.day)
+            for t in self.active:
+                _, _, ivec, ioff = form[t]
+                ones = torch.ones_like(ioff)[:, None]
+                self._items[t] = torch.cat([ivec, ones, ioff[:, None]], 1).t().contiguous()
+
+    def _seen(self, x: torch.Tensor) -> torch.Tensor:
+        if self.on_scores is not None:
+            self.on_scores(x)
+        return x
+
+    @torch.no_grad()
+    def raw(self, state: UserState) -> dict[str, torch.Tensor]:
+        """``{task: (c, n_items)}`` raw outputs of the blend's tasks for a block of users."""
+        c = next(iter(state.values())).shape[0] if state else 1
+        if self.fast:
+            form = self.model.dot_form(state, self.time_bin, self.day)
+            out = {}
+            for t in self.active:
+                uvec, uoff, _, _ = form[t]
+                users = torch.cat([uvec, uoff[:, None], torch.ones_like(uoff)[:, None]], 1)
+                out[t] = self._seen(users @ self._items[t])  # one matmul: dot + both offsets
+            return out
+        out = {t: self._seen(torch.empty(c, self.n_items, device=self.device)) for t in self.active}
+        step = max(1, self.pair_budget // max(self.n_items, 1))
+        for s in range(0, c, step):
+            rows = torch.arange(s, min(s + step, c), device=self.device)
+            m = rows.numel()
+            sub = _repeat(_take(state, rows), self.n_items) if state else {}
+            batch = self._batch(self.catalog.repeat(m))
+            pred = self.model.score(sub, batch)
+            for t in self.active:
+                out[t][s : s + m] = pred[t].reshape(m, self.n_items)
+        return out
+
+    def _batch(self, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = items.numel()
+        return {
+            "item": items,
+            "time_bin": torch.full((n,), self.time_bin, dtype=torch.long, device=self.device),
+            "day": torch.full((n,), self.day, dtype=torch.long, device=self.device),
+        }
+
+    @torch.no_grad()
+    def block(self, state: UserState) -> torch.Tensor:
+        """``(c, n_items)`` ranking scores for a block of users."""
+        raw = self.raw(state)
+        if len(self.active) == 1:  # a monotone map of one task: rank on the raw output
+            return raw[self.active[0]]
+        total = None
+        for t in self.active:
+            v = common_scale(t, task_value(t, raw[t]), self.scale).mul_(self.blend[t])
+            total = v if total is None else total.add_(v)
+        return total
+
+    def finish(self, values: torch.Tensor) -> torch.Tensor:
+        """Top values of :meth:`block` as the blended score."""
+        if len(self.active) == 1:
+            t = self.active[0]
+            return common_scale(t, task_value(t, values), self.scale)
+        return values
+
+    @torch.no_grad()
+    def pairs(self, state: UserState, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{task: (c, k)}`` task values of each user's ``items (c, k)``."""
+        c, k = items.shape
+        sub = _repeat(state, k) if state else {}
+        pred = self.model.score(sub, self._batch(items.reshape(-1)))
+        return {t: task_value(t, pred[t].float()).reshape(c, k) for t in self.tasks}
+
+
+@dataclass
+class ScoredBlock:
+    rows: torch.Tensor  # (c,) positions of the block's users in the scored list
+    items: torch.Tensor  # (c, k) item indices, best first
+    score: torch.Tensor  # (c, k) blended score
+    tasks: dict[str, torch.Tensor]  # (c, k) per task
+    valid: torch.Tensor  # (c, k) false where the user had fewer than k unseen items
+
+
+def score_states(
+    scorer: CatalogScorer,
+    state_of: Callable[[torch.Tensor], UserState],
+    n_users: int,
+    k: int,
+    exclude: tuple[torch.Tensor, torch.Tensor] | None,
+    chunk_users: int = 256,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> Iterator[ScoredBlock]:
+    """Top-``k`` of ``n_users`` users whose states ``state_of(rows)`` gives, block by block.
+
+    ``exclude``: CSR over the same positions ``0..n_users-1`` of the items each must not get.
+    """
+    positions = torch.arange(n_users, device=scorer.device)
+    states: dict[int, UserState] = {}
+
+    def score_block(rows: torch.Tensor) -> torch.Tensor:
+        states[0] = state_of(rows)
+        return scorer.block(states[0])
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_users, desc=desc, unit="user", disable=not progress, file=sys.stderr)
+    try:
+        for b in iter_topk(score_block, positions, k, exclude, chunk_users):
+            valid = torch.isfinite(b.values)
+            items = torch.where(valid, b.items, 0)
+            yield ScoredBlock(
+                b.users, items, scorer.finish(b.values), scorer.pairs(states[0], items), valid
+            )
+            bar.update(b.users.numel())
+    finally:
+        bar.close()
+
+
+def popularity_topk(
+    seen: tuple[torch.Tensor, torch.Tensor], n_items: int, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` most rated items of the log and their share of the top item's count, ``(k,)``."""
+    counts = torch.bincount(seen[1].cpu(), minlength=n_items).to(torch.float64)
+    top = torch.topk(counts, min(k, n_items))
+    return top.indices, (top.values / counts.max().clamp(min=1.0)).float()
+
+
+@dataclass
+class ScoringReport:
+    """What a scoring job served, to print beside the output."""
+
+    users: int = 0
+    served_by: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SERVED_BY, 0))
+    unknown_users: int = 0  # listed users neither known nor in the support rows
+    support_rows: int = 0
+    support_rows_used: int = 0
+    support_unknown_items: int = 0
+    support_known_users: int = 0  # support rows of users the model knows (served by the model)
+    cold_start_learner: str | None = None
+    rows: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class _Collector:
+    """Output blocks as numpy columns, concatenated once at the end (no per-user Python)."""
+
+    def __init__(self, tasks: list[str]) -> None:
+        self.tasks = tasks
+        self.parts: list[dict[str, np.ndarray]] = []
+
+    def add(self, ids: pl.Series, item_ids: pl.Series, block: ScoredBlock, served: str) -> None:
+        c, k = block.items.shape
+        valid = block.valid.reshape(-1).cpu().numpy()
+        rows = block.rows.repeat_interleave(k).cpu().numpy()[valid]
+        items = block.items.reshape(-1).cpu().numpy()[valid]
+        part = {
+            "user_id": ids.gather(rows),
+            "item_id": item_ids.gather(items),
+            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), c)[valid],
+            "score": block.score.reshape(-1).cpu().numpy()[valid],
+        }
+        for t in self.tasks:
+            part[f"score_{t}"] = block.tasks[t].reshape(-1).cpu().numpy()[valid]
+        part["served_by"] = np.full(int(valid.sum()), served)
+        self.parts.append(part)
+
+    def frame(self, user_dtype: pl.DataType, item_dtype: pl.DataType) -> pl.DataFrame:
+        schema = {
+            "user_id": user_dtype,
+            "item_id": item_dtype,
+            "rank": pl.Int32,
+            "score": pl.Float32,
+            **{f"score_{t}": pl.Float32 for t in self.tasks},
+            "served_by": pl.String,
+        }
+        if not self.parts:
+            return pl.DataFrame(schema=schema)
+        frames = [pl.DataFrame(p).cast(schema) for p in self.parts]  # type: ignore[arg-type]
+        return pl.concat(frames, how="vertical", rechunk=True)
+
+
+def recommend(
+    run: Any,
+    k: int,
+    users: pl.Series | None = None,
+    support: pl.DataFrame | None = None,
+    adapt: Callable[[Any, pl.DataFrame], Any] | None = None,
+    blend: str | dict[str, float] | None = None,
+    chunk_users: int = 256,
+    progress: bool = False,
+    on_scores: Callable[[torch.Tensor], None] | None = None,
+) -> tuple[pl.DataFrame, ScoringReport]:
+    """Top-``k`` recommendations of a loaded run (:class:`recsys_mtl.runs.LoadedRun`).
+
+    ``users``: raw ids to score (default: every user the model knows, plus the support's new
+    users). Known users are served by the model with every item they have in the log masked
+    out; unknown users with rows in ``support`` (columns ``user, item, rating``, raw ids) by
+    ``adapt(run, frame) -> ColdStartUsers`` (:func:`meta.adapt.adapt_users`; ``frame``: columns
+    ``user_id, item_id, rating``) (their support items masked out); the rest by
+    popularity (the log's most rated items). Returns the frame (columns ``user_id, item_id,
+    rank, score, score_<task>..., served_by``) and a :class:`ScoringReport`.
+    """
+    if k < 1:
+        raise UserError(f"--top-k must be >= 1, got {k}")
+    model, tasks = run.model, run.tasks
+    weights = parse_blend(blend, tasks)
+    scorer = CatalogScorer(
+        model, tasks, weights, run.reference, run.ctx.rating_scale, on_scores=on_scores
+    )
+    dev = scorer.device
+    report = ScoringReport()
+    out = _Collector(tasks)
+    k_eff = min(k, scorer.n_items)
+
+    # who is who: known users, new users with support rows (on a known item), the rest
+    udt = run.user_ids.dtype
+    new_rows = None
+    if support is not None and support.height:
+        support = support.with_columns(
+            _cast_users(support["user"], udt, "support user"),
+            pl.Series("known_item", run.item_index(support["item"])[1].numpy()),
+        )
+        report.support_rows = support.height
+        s_known = run.user_index(support["user"])[1].numpy()
+        report.support_known_users = int(s_known.sum())
+        new_rows = support.filter(pl.Series(~s_known))
+    if users is None:
+        known_rows = torch.arange(run.user_ids.len())
+        pending = pl.Series("user", [], dtype=udt)
+        if new_rows is not None:
+            pending = new_rows["user"].unique(maintain_order=True)
+    else:
+        users = _cast_users(users, udt, "user").unique(maintain_order=True)
+        idx, known = run.user_index(users)
+        known_rows = idx[known]
+        pending = users.filter(pl.Series(~known.numpy()))
+    report.users = int(known_rows.numel()) + pending.len()
+
+    # known users: the model, every item of the log masked
+    if known_rows.numel():
+        rows = known_rows.to(dev)
+        offsets, values = run.seen
+        exclude = _restrict(offsets, values, known_rows)
+        ids = run.user_ids.gather(known_rows.numpy())
+        for b in score_states(
+            scorer, lambda r: model.user_state(rows[r]), rows.numel(), k_eff, exclude,
+            chunk_users, progress, "scoring known users",
+        ):  # fmt: skip
+            out.add(ids, run.item_ids, b, "model")
+        report.served_by["model"] = int(known_rows.numel())
+
+    # new users with support rows: the cold-start adapter, their support items masked
+    cold_ids = pl.Series("user", [], dtype=udt)
+    if pending.len() and new_rows is not None:
+        mine = new_rows.filter(pl.col("user").is_in(pending.implode()))
+        with_item = mine.filter(pl.col("known_item"))["user"].unique()
+        want = mine.filter(pl.col("user").is_in(with_item.implode()))
+        report.support_unknown_items += mine.height - want.height  # users with no known item
+        if want.height and adapt is not None:
+            adapted = adapt(run, want.select(user_id="user", item_id="item", rating="rating"))
+            report.support_rows_used += int(adapted.rows_used)
+            report.support_unknown_items += int(adapted.unknown_items)
+            report.cold_start_learner = adapted.learner
+            cold_ids = _cast_users(pl.Series("user", adapted.user_ids), udt, "cold-start user")
+            pos = pl.DataFrame({"user": cold_ids, "pos": np.arange(cold_ids.len())})
+            sup = want.filter(pl.col("known_item")).join(pos, on="user", how="inner")
+            s_items = run.item_index(sup["item"])[0]
+            exclude = items_csr(sup["pos"].to_numpy(), s_items, cold_ids.len())
+            state = {n: v.to(dev) for n, v in adapted.state.items()}
+            for b in score_states(
+                scorer, lambda r: _take(state, r), cold_ids.len(), k_eff, exclude, chunk_users,
+                progress, "scoring cold-start users",
+            ):  # fmt: skip
+                out.add(cold_ids, run.item_ids, b, "cold_start")
+            report.served_by["cold_start"] = cold_ids.len()
+
+    # everyone else: popularity
+    rest = pending.filter(~pending.is_in(cold_ids.implode()))
+    if rest.len():
+        report.unknown_users = rest.len()
+        items, share = popularity_topk(run.seen, scorer.n_items, k_eff)
+        items = items.to(dev)
+        n = rest.len()
+        tasks_at = scorer.pairs(empty_state(model, 1, dev), items[None, :])
+        block = ScoredBlock(
+            torch.arange(n),
+            items[None, :].expand(n, -1),
+            share.to(dev)[None, :].expand(n, -1),
+            {t: v.expand(n, -1) for t, v in tasks_at.items()},
+            torch.ones(n, items.numel(), dtype=torch.bool),
+        )
+        out.add(rest, run.item_ids, block, "popularity")
+        report.served_by["popularity"] = n
+    frame = out.frame(run.user_ids.dtype, run.item_ids.dtype)
+    report.rows = frame.height
+    return frame, report
+
+
+def _cast_users(ids: pl.Series, dtype: pl.DataType, what: str) -> pl.Series:
+    """Raw user ids in the run's id type; an id that cannot be one is a :class:`UserError`."""
+    if ids.dtype == dtype:
+        return ids.rename("user")
+    cast = ids.cast(dtype, strict=False)
+    bad = ids.filter(cast.is_null() & ids.is_not_null())
+    if bad.len() or ids.null_count():
+        first = bad[0] if bad.len() else None
+        raise UserError(
+            f"{what} id {first!r} is not a {dtype} like this run's user ids"
+            f" ({bad.len() + ids.null_count()} such ids)"
+        )
+    return cast.rename("user")
+
+
+def _restrict(
+    offsets: torch.Tensor, values: torch.Tensor, rows: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR ``(offsets, values)`` restricted to ``rows`` and re-indexed ``0..len(rows)-1``."""
+    from recsys_mtl.models.embeddings import gather_jagged
+
+    vals, lengths = gather_jagged(offsets, values, rows)
+    new = torch.zeros(rows.numel() + 1, dtype=torch.long)
+    new[1:] = torch.cumsum(lengths, 0)
+    return new, vals
+
+
+@torch.no_grad()
+def score_pairs(
+    run: Any, users: pl.Series, items: pl.Series, blend: str | dict[str, float] | None = None,
+    batch_size: int = 65536,
+) -> pl.DataFrame:  # fmt: skip
+    """Every task's value (and the blend) for ``(user, item)`` pairs of raw ids.
+
+    Users the model never saw are scored from a state with no history (``served_by`` says
+    ``cold_start``); pairs with an item the model never saw get null scores.
+    """
+    model, tasks = run.model, run.tasks
+    weights = parse_blend(blend, tasks)
+    scorer = CatalogScorer(model, tasks, weights, run.reference, run.ctx.rating_scale)
+    dev = scorer.device
+    u, u_ok = run.user_index(users)
+    i, i_ok = run.item_index(items)
+    n = u.numel()
+    vals = {t: torch.full((n,), float("nan")) for t in tasks}
+    for s in range(0, n, batch_size):
+        sl = slice(s, min(s + batch_size, n))
+        uu, ok_u, ii, ok_i = u[sl], u_ok[sl], i[sl], i_ok[sl]
+        for known in (True, False):
+            sel = (ok_u == known) & ok_i
+            if not sel.any():
+                continue
+            if known:
+                state = model.user_state(uu[sel].to(dev))
+            else:
+                state = _repeat(empty_state(model, 1, dev), int(sel.sum()))
+            got = scorer.pairs(state, ii[sel].to(dev)[:, None])
+            pos = torch.nonzero(sel)[:, 0] + s
+            for t in tasks:
+                vals[t][pos] = got[t][:, 0].cpu()
+    blended = sum(weights[t] * common_scale(t, vals[t], run.ctx.rating_scale) for t in tasks)
+    cols: dict[str, Any] = {"user_id": users, "item_id": items, "score": blended.numpy()}
+    cols.update({f"score_{t}": vals[t].numpy() for t in tasks})
+    cols["served_by"] = np.where(u_ok.numpy(), "model", "cold_start")
+    frame = pl.DataFrame(cols)
+    return frame.with_columns(pl.col(pl.Float32, pl.Float64).fill_nan(None).cast(pl.Float32))
