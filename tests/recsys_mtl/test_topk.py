@@ -97,3 +97,26 @@ def test_items_csr_round_trips_the_pairs_of_every_user():
     # from torch tensors too, with the same answer
     o2, v2 = items_csr(torch.as_tensor(su), torch.as_tensor(si), n_users)
     assert torch.equal(o2, offsets) and torch.equal(v2, values)
+
+
+@pytest.mark.parametrize(("n", "k"), [(50, 5), (3000, 10), (5001, 7), (20000, 1)])
+def test_topk_rows_is_torch_topk_on_long_and_short_rows(n, k):
+    from recsys_mtl.topk import topk_rows
+
+    g = torch.Generator().manual_seed(n)
+    scores = torch.randn(9, n, generator=g)
+    scores[0, : n // 2] = float("-inf")  # a row with many masked items
+    values, items = topk_rows(scores, k)
+    want = torch.topk(scores, k, dim=1)
+    assert torch.equal(values, want.values)
+    assert torch.equal(items, want.indices)
+
+
+def test_topk_rows_keeps_indices_in_range_when_fewer_than_k_items_are_allowed():
+    from recsys_mtl.topk import topk_rows
+
+    scores = torch.full((2, 5001), float("-inf"))
+    scores[0, 17] = 1.0
+    values, items = topk_rows(scores, 10)
+    assert items[0, 0] == 17 and values[0, 0] == 1.0
+    assert torch.isinf(values[:, 1:]).all() and int(items.max()) < 5001
