@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from recsys_mtl.errors import UserError
-from recsys_mtl.topk import items_csr, iter_topk
+from recsys_mtl.topk import items_csr, iter_topk, iter_topk_tiled
 
 __all__ = [
     "SERVED_BY",
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 SERVED_BY = ("model", "cold_start", "popularity")
+TILE_GROUP = 32  # items per group in the fused top-K (recsys_mtl.topk.iter_topk_tiled)
 UserState = dict[str, torch.Tensor]
 
 
@@ -132,6 +133,7 @@ class CatalogScorer:
         rating_scale: tuple[float, float],
         pair_budget: int = 1 << 18,
         on_scores: Callable[[torch.Tensor], None] | None = None,
+        tile_items: int | None = None,
     ) -> None:
         self.model, self.tasks, self.blend = model, list(tasks), blend
         self.time_bin, self.day = int(reference["time_bin"]), int(reference["day"])
@@ -143,19 +145,66 @@ class CatalogScorer:
         self.n_items = int(model.ctx.n_items)
         self.catalog = torch.arange(self.n_items, device=self.device)
         self.fast = callable(getattr(model, "dot_form", None))
+        # a product form is cheap to recompute at chosen items: matmul and top-K can be fused
+        # by tiles of the catalog (``tile_items``; off by default: measured no faster here, see
+        # benchmarks/scoring.py)
+        self.tile_items = tile_items if self.fast else None
         self._items: dict[str, torch.Tensor] = {}
+        self._rows: dict[str, torch.Tensor] = {}
         if self.fast:  # the item side does not depend on the user: built once, offsets folded in
             with torch.no_grad():
                 form = model.dot_form(empty_state(model, 1, self.device), self.time_bin, self.day)
             for t in self.active:
                 _, _, ivec, ioff = form[t]
                 ones = torch.ones_like(ioff)[:, None]
-                self._items[t] = torch.cat([ivec, ones, ioff[:, None]], 1).t().contiguous()
+                self._rows[t] = torch.cat([ivec, ones, ioff[:, None]], 1).contiguous()
+                self._items[t] = self._rows[t].t().contiguous()
 
     def _seen(self, x: torch.Tensor) -> torch.Tensor:
         if self.on_scores is not None:
             self.on_scores(x)
         return x
+
+    @torch.no_grad()
+    def users(self, state: UserState) -> dict[str, torch.Tensor]:
+        """``{task: (c, D + 2)}`` user sides of the product form (offsets folded in)."""
+        form = self.model.dot_form(state, self.time_bin, self.day)
+        out = {}
+        for t in self.active:
+            uvec, uoff, _, _ = form[t]
+            out[t] = torch.cat([uvec, uoff[:, None], torch.ones_like(uoff)[:, None]], 1)
+        return out
+
+    def _blend(self, raw: dict[str, torch.Tensor]) -> torch.Tensor:
+        if len(self.active) == 1:  # a monotone map of one task: rank on the raw output
+            return raw[self.active[0]]
+        total = None
+        for t in self.active:
+            v = common_scale(t, task_value(t, raw[t]), self.scale).mul_(self.blend[t])
+            total = v if total is None else total.add_(v)
+        return total
+
+    @torch.no_grad()
+    def tile(self, users: dict[str, torch.Tensor], s0: int, s1: int) -> torch.Tensor:
+        """``(c, s1 - s0)`` ranking scores of the items ``s0 <= i < s1`` (product form)."""
+        raw = {t: self._seen(users[t] @ self._rows[t][s0:s1].t()) for t in self.active}
+        return self._blend(raw)
+
+    @torch.no_grad()
+    def groups(self, users: dict[str, torch.Tensor], groups: torch.Tensor) -> torch.Tensor:
+        """``(c, k * TILE_GROUP)`` ranking scores of the items of each user's ``groups (c, k)``
+        (groups of ``TILE_GROUP`` consecutive items; product form)."""
+        c, k = groups.shape
+        raw = {}
+        for t in self.active:
+            rows = self._rows[t]
+            width = rows.shape[1]
+            m = rows.shape[0] - rows.shape[0] % TILE_GROUP
+            by_group = rows[:m].view(-1, TILE_GROUP * width)  # one contiguous copy per group
+            picked = by_group.index_select(0, groups.reshape(-1))
+            picked = self._seen(picked.view(c, k * TILE_GROUP, width))
+            raw[t] = torch.bmm(picked, users[t][:, :, None])[:, :, 0]
+        return self._blend(raw)
 
     @torch.no_grad()
     def raw(self, state: UserState) -> dict[str, torch.Tensor]:
@@ -192,14 +241,7 @@ class CatalogScorer:
     @torch.no_grad()
     def block(self, state: UserState) -> torch.Tensor:
         """``(c, n_items)`` ranking scores for a block of users."""
-        raw = self.raw(state)
-        if len(self.active) == 1:  # a monotone map of one task: rank on the raw output
-            return raw[self.active[0]]
-        total = None
-        for t in self.active:
-            v = common_scale(t, task_value(t, raw[t]), self.scale).mul_(self.blend[t])
-            total = v if total is None else total.add_(v)
-        return total
+        return self._blend(self.raw(state))
 
     def finish(self, values: torch.Tensor) -> torch.Tensor:
         """Top values of :meth:`block` as the blended score."""
@@ -242,16 +284,31 @@ def score_states(
     """
     positions = torch.arange(n_users, device=scorer.device)
     states: dict[int, UserState] = {}
+    cache: dict[str, Any] = {"block": None}
 
     def score_block(rows: torch.Tensor) -> torch.Tensor:
         states[0] = state_of(rows)
         return scorer.block(states[0])
 
+    def users_of(rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        if cache["block"] is not rows:  # once per block, not once per tile
+            states[0] = state_of(rows)
+            cache["block"], cache["users"] = rows, scorer.users(states[0])
+        return cache["users"]
+
+    if scorer.tile_items and scorer.n_items >= 4 * k * TILE_GROUP:
+        blocks = iter_topk_tiled(
+            lambda b, s0, s1: scorer.tile(users_of(b), s0, s1),
+            lambda b, groups: scorer.groups(users_of(b), groups),
+            positions, scorer.n_items, k, exclude, chunk_users, scorer.tile_items, TILE_GROUP,
+        )  # fmt: skip
+    else:
+        blocks = iter_topk(score_block, positions, k, exclude, chunk_users)
     from tqdm import tqdm
 
     bar = tqdm(total=n_users, desc=desc, unit="user", disable=not progress, file=sys.stderr)
     try:
-        for b in iter_topk(score_block, positions, k, exclude, chunk_users):
+        for b in blocks:
             valid = torch.isfinite(b.values)
             items = torch.where(valid, b.items, 0)
             yield ScoredBlock(
@@ -337,6 +394,7 @@ def recommend(
     chunk_users: int = 256,
     progress: bool = False,
     on_scores: Callable[[torch.Tensor], None] | None = None,
+    tile_items: int | None = None,
 ) -> tuple[pl.DataFrame, ScoringReport]:
     """Top-``k`` recommendations of a loaded run (:class:`recsys_mtl.runs.LoadedRun`).
 
@@ -346,15 +404,18 @@ def recommend(
     ``adapt(run, frame) -> ColdStartUsers`` (:func:`meta.adapt.adapt_users`; ``frame``: columns
     ``user_id, item_id, rating``) (their support items masked out); the rest by
     popularity (the log's most rated items). Returns the frame (columns ``user_id, item_id,
-    rank, score, score_<task>..., served_by``) and a :class:`ScoringReport`.
+    rank, score, score_<task>..., served_by``) and a :class:`ScoringReport`. ``tile_items``
+    fuses matmul and top-K over tiles of that many items for rankers with a product form
+    (:func:`recsys_mtl.topk.iter_topk_tiled`); the default scores whole blocks.
     """
     if k < 1:
         raise UserError(f"--top-k must be >= 1, got {k}")
     model, tasks = run.model, run.tasks
     weights = parse_blend(blend, tasks)
     scorer = CatalogScorer(
-        model, tasks, weights, run.reference, run.ctx.rating_scale, on_scores=on_scores
-    )
+        model, tasks, weights, run.reference, run.ctx.rating_scale, on_scores=on_scores,
+        tile_items=tile_items,
+    )  # fmt: skip
     dev = scorer.device
     report = ScoringReport()
     out = _Collector(tasks)

@@ -293,3 +293,37 @@ def test_bad_blends_are_user_errors_naming_the_problem():
         parse_blend("rating=0", TASKS)
     assert parse_blend("rating=3,interaction=1", TASKS) == {"rating": 0.75, "interaction": 0.25}
     assert parse_blend(None, TASKS) == {"rating": 0.5, "interaction": 0.5}
+
+
+def test_the_fused_tiled_path_gives_the_full_matrix_answer_in_chunk_and_tile_sized_pieces():
+    from recsys_mtl.scoring import score_states
+    from recsys_mtl.topk import items_csr
+
+    torch.manual_seed(1)
+    ctx = FeatureContext.synthetic(n_users=30, n_items=900)
+    model = BellKor(BellKorConfig(dim=6), ctx, ["rating", "interaction"]).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    blend = parse_blend(None, model.tasks)
+    reference = {"time_bin": 2, "day": 30}
+    rng = np.random.default_rng(0)
+    exclude = items_csr(rng.integers(0, 30, 2000), rng.integers(0, 900, 2000), 30)
+    seen: list[tuple[int, ...]] = []
+    tiled = CatalogScorer(model, model.tasks, blend, reference, ctx.rating_scale,
+                          on_scores=lambda x: seen.append(tuple(x.shape)), tile_items=128)  # fmt: skip
+    full = CatalogScorer(model, model.tasks, blend, reference, ctx.rating_scale, tile_items=None)
+
+    def state_of(rows):
+        return model.user_state(rows)
+
+    got = list(score_states(tiled, state_of, 30, 5, exclude, chunk_users=4))
+    want = list(score_states(full, state_of, 30, 5, exclude, chunk_users=4))
+    assert torch.equal(torch.cat([b.items for b in got]), torch.cat([b.items for b in want]))
+    assert_close(torch.cat([b.score for b in got]), torch.cat([b.score for b in want]))
+    # never a chunk x catalog matrix: tiles of <= 128 items, candidates of 5 groups + the tail
+    assert seen and max(s[0] for s in seen) <= 4
+    tiles = [s for s in seen if len(s) == 2]
+    picked = [s for s in seen if len(s) == 3]
+    assert tiles and max(s[1] for s in tiles) <= 128
+    assert picked and {s[1] for s in picked} == {5 * 32}
