@@ -113,7 +113,7 @@ def score_command(
     """Score a run directory or MLflow model into ``out`` (Parquet); returns the report."""
     from recsys_mtl.io import atomic_path
     from recsys_mtl.package import load_source
-    from recsys_mtl.scoring import parse_blend, recommend
+    from recsys_mtl.scoring import ScoringReport, iter_recommend, output_schema, parse_blend
 
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
@@ -127,20 +127,6 @@ def score_command(
     listed = read_users(users) if users else None
     sup = read_support(support, run.ctx.rating_scale) if support else None
     learners = Path(learner_dir) if learner_dir else _learner_dir(run)
-    frame, report = recommend(
-        run, top_k, users=listed, support=sup, adapt=_adapter(learners), blend=weights,
-        chunk_users=chunk_users,
-        progress=sys.stderr.isatty() if progress is None else progress,
-    )  # fmt: skip
-    if (
-        listed is not None
-        and report.served_by["model"] == 0
-        and report.served_by["cold_start"] == 0
-    ):
-        raise UserError(
-            f"{users}: none of its {report.users} user ids is a user of this model or has "
-            f"support rows (first: {listed[0]!r}); nothing written"
-        )
     metadata = {
         "recsys_mtl.source": str(source),
         "recsys_mtl.run_id": str(info.get("run_id") or ""),
@@ -151,9 +137,21 @@ def score_command(
         "recsys_mtl.blend": json.dumps(weights),
         "recsys_mtl.reference": json.dumps(run.reference),
     }
+    report = ScoringReport()
+    parts = iter_recommend(
+        run, top_k, report, users=listed, support=sup, adapt=_adapter(learners), blend=weights,
+        chunk_users=chunk_users,
+        progress=sys.stderr.isatty() if progress is None else progress,
+    )  # fmt: skip
+    schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
-        frame.write_parquet(tmp, metadata=metadata)
+        _write_stream(parts, schema, metadata, tmp)  # block by block: memory flat in users
+        if listed is not None and not (report.served_by["model"] or report.served_by["cold_start"]):
+            raise UserError(
+                f"{users}: none of its {report.users} user ids is a user of this model or has "
+                f"support rows (first: {listed[0]!r}); nothing written"
+            )
     result = {
         "out": str(out),
         **report.as_dict(),
@@ -172,6 +170,19 @@ def score_command(
         log.warning("%d support rows are of users the model knows: they are served by the model",
                     report.support_known_users)  # fmt: skip
     return result
+
+
+def _write_stream(parts: Any, schema: dict[str, Any], metadata: dict[str, str], path: Path) -> None:
+    """Write frames to one Parquet file as they come (one row group per block or more), with
+    ``metadata`` in the file's key-value metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty = pl.DataFrame(schema=schema).to_arrow()
+    arrow_schema = empty.schema.with_metadata(metadata)
+    with pq.ParquetWriter(path, arrow_schema, compression="zstd") as writer:
+        for part in parts:
+            writer.write_table(pa.Table.from_batches(part.to_arrow().to_batches(), arrow_schema))
 
 
 def _learner_dir(run: Any) -> Path | None:

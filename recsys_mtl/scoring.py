@@ -48,6 +48,7 @@ __all__ = [
 
 SERVED_BY = ("model", "cold_start", "popularity")
 TILE_GROUP = 32  # items per group in the fused top-K (recsys_mtl.topk.iter_topk_tiled)
+AUTO_TILE = 2048  # items per tile when tile_items="auto" and the catalog is large
 UserState = dict[str, torch.Tensor]
 
 
@@ -133,7 +134,7 @@ class CatalogScorer:
         rating_scale: tuple[float, float],
         pair_budget: int = 1 << 18,
         on_scores: Callable[[torch.Tensor], None] | None = None,
-        tile_items: int | None = None,
+        tile_items: int | str | None = "auto",
     ) -> None:
         self.model, self.tasks, self.blend = model, list(tasks), blend
         self.time_bin, self.day = int(reference["time_bin"]), int(reference["day"])
@@ -145,10 +146,12 @@ class CatalogScorer:
         self.n_items = int(model.ctx.n_items)
         self.catalog = torch.arange(self.n_items, device=self.device)
         self.fast = callable(getattr(model, "dot_form", None))
-        # a product form is cheap to recompute at chosen items: matmul and top-K can be fused
-        # by tiles of the catalog (``tile_items``; off by default: measured no faster here, see
-        # benchmarks/scoring.py)
-        self.tile_items = tile_items if self.fast else None
+        # a product form is cheap to recompute at chosen items: matmul and top-K fused by tiles
+        # of the catalog. "auto": tiles of 2048 items from 16,384 items on (measured faster on
+        # 50,000 items, slower on 3,706: benchmarks/scoring.py), whole blocks below
+        if tile_items == "auto":
+            tile_items = AUTO_TILE if self.n_items >= 8 * AUTO_TILE else None
+        self.tile_items = int(tile_items) if (self.fast and tile_items) else None
         self._items: dict[str, torch.Tensor] = {}
         self._rows: dict[str, torch.Tensor] = {}
         if self.fast:  # the item side does not depend on the user: built once, offsets folded in
@@ -345,43 +348,41 @@ class ScoringReport:
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
+    def count(self, part: pl.DataFrame) -> pl.DataFrame:
+        self.rows += part.height
+        return part
 
-class _Collector:
-    """Output blocks as numpy columns, concatenated once at the end (no per-user Python)."""
 
-    def __init__(self, tasks: list[str]) -> None:
-        self.tasks = tasks
-        self.parts: list[dict[str, np.ndarray]] = []
+def output_schema(tasks: list[str], user_dtype: Any, item_dtype: Any) -> dict[str, Any]:
+    """The columns of the scoring output and their types."""
+    return {
+        "user_id": user_dtype,
+        "item_id": item_dtype,
+        "rank": pl.Int32,
+        "score": pl.Float32,
+        **{f"score_{t}": pl.Float32 for t in tasks},
+        "served_by": pl.String,
+    }
 
-    def add(self, ids: pl.Series, item_ids: pl.Series, block: ScoredBlock, served: str) -> None:
-        c, k = block.items.shape
-        valid = block.valid.reshape(-1).cpu().numpy()
-        rows = block.rows.repeat_interleave(k).cpu().numpy()[valid]
-        items = block.items.reshape(-1).cpu().numpy()[valid]
-        part = {
-            "user_id": ids.gather(rows),
-            "item_id": item_ids.gather(items),
-            "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), c)[valid],
-            "score": block.score.reshape(-1).cpu().numpy()[valid],
-        }
-        for t in self.tasks:
-            part[f"score_{t}"] = block.tasks[t].reshape(-1).cpu().numpy()[valid]
-        part["served_by"] = np.full(int(valid.sum()), served)
-        self.parts.append(part)
 
-    def frame(self, user_dtype: pl.DataType, item_dtype: pl.DataType) -> pl.DataFrame:
-        schema = {
-            "user_id": user_dtype,
-            "item_id": item_dtype,
-            "rank": pl.Int32,
-            "score": pl.Float32,
-            **{f"score_{t}": pl.Float32 for t in self.tasks},
-            "served_by": pl.String,
-        }
-        if not self.parts:
-            return pl.DataFrame(schema=schema)
-        frames = [pl.DataFrame(p).cast(schema) for p in self.parts]  # type: ignore[arg-type]
-        return pl.concat(frames, how="vertical", rechunk=True)
+def _part(
+    schema: dict[str, Any], ids: pl.Series, item_ids: pl.Series, block: ScoredBlock, served: str
+) -> pl.DataFrame:
+    """One block of output rows (vectorized: no Python loop over users)."""
+    c, k = block.items.shape
+    valid = block.valid.reshape(-1).cpu().numpy()
+    rows = block.rows.repeat_interleave(k).cpu().numpy()[valid]
+    items = block.items.reshape(-1).cpu().numpy()[valid]
+    cols: dict[str, Any] = {
+        "user_id": ids.gather(rows),
+        "item_id": item_ids.gather(items),
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), c)[valid],
+        "score": block.score.reshape(-1).cpu().numpy()[valid],
+    }
+    for t, v in block.tasks.items():
+        cols[f"score_{t}"] = v.reshape(-1).cpu().numpy()[valid]
+    cols["served_by"] = pl.repeat(served, int(valid.sum()), eager=True)
+    return pl.DataFrame(cols).cast(schema)
 
 
 def recommend(
@@ -394,9 +395,36 @@ def recommend(
     chunk_users: int = 256,
     progress: bool = False,
     on_scores: Callable[[torch.Tensor], None] | None = None,
-    tile_items: int | None = None,
+    tile_items: int | str | None = "auto",
 ) -> tuple[pl.DataFrame, ScoringReport]:
-    """Top-``k`` recommendations of a loaded run (:class:`recsys_mtl.runs.LoadedRun`).
+    """Top-``k`` recommendations of a loaded run as one frame, and the report: the blocks of
+    :func:`iter_recommend` (same arguments) concatenated."""
+    report = ScoringReport()
+    parts = list(
+        iter_recommend(run, k, report, users, support, adapt, blend, chunk_users, progress,
+                       on_scores, tile_items)
+    )  # fmt: skip
+    schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
+    frame = pl.concat(parts, rechunk=True) if parts else pl.DataFrame(schema=schema)
+    return frame, report
+
+
+def iter_recommend(
+    run: Any,
+    k: int,
+    report: ScoringReport,
+    users: pl.Series | None = None,
+    support: pl.DataFrame | None = None,
+    adapt: Callable[[Any, pl.DataFrame], Any] | None = None,
+    blend: str | dict[str, float] | None = None,
+    chunk_users: int = 256,
+    progress: bool = False,
+    on_scores: Callable[[torch.Tensor], None] | None = None,
+    tile_items: int | str | None = "auto",
+) -> Iterator[pl.DataFrame]:
+    """Top-``k`` recommendations of a loaded run (:class:`recsys_mtl.runs.LoadedRun`), one
+    frame per block of users, so that a writer can stream them (memory flat in the number of
+    users); ``report`` (a :class:`ScoringReport`) is filled in as the blocks go.
 
     ``users``: raw ids to score (default: every user the model knows, plus the support's new
     users). Known users are served by the model with every item they have in the log masked
@@ -404,9 +432,10 @@ def recommend(
     ``adapt(run, frame) -> ColdStartUsers`` (:func:`meta.adapt.adapt_users`; ``frame``: columns
     ``user_id, item_id, rating``) (their support items masked out); the rest by
     popularity (the log's most rated items). Returns the frame (columns ``user_id, item_id,
-    rank, score, score_<task>..., served_by``) and a :class:`ScoringReport`. ``tile_items``
+    rank, score, score_<task>..., served_by``; :func:`output_schema`). ``tile_items``
     fuses matmul and top-K over tiles of that many items for rankers with a product form
-    (:func:`recsys_mtl.topk.iter_topk_tiled`); the default scores whole blocks.
+    (:func:`recsys_mtl.topk.iter_topk_tiled`); ``None`` scores whole blocks; ``"auto"`` tiles
+    catalogs of 16,384 items or more.
     """
     if k < 1:
         raise UserError(f"--top-k must be >= 1, got {k}")
@@ -417,8 +446,7 @@ def recommend(
         tile_items=tile_items,
     )  # fmt: skip
     dev = scorer.device
-    report = ScoringReport()
-    out = _Collector(tasks)
+    schema = output_schema(tasks, run.user_ids.dtype, run.item_ids.dtype)
     k_eff = min(k, scorer.n_items)
 
     # who is who: known users, new users with support rows (on a known item), the rest
@@ -455,7 +483,7 @@ def recommend(
             scorer, lambda r: model.user_state(rows[r]), rows.numel(), k_eff, exclude,
             chunk_users, progress, "scoring known users",
         ):  # fmt: skip
-            out.add(ids, run.item_ids, b, "model")
+            yield report.count(_part(schema, ids, run.item_ids, b, "model"))
         report.served_by["model"] = int(known_rows.numel())
 
     # new users with support rows: the cold-start adapter, their support items masked
@@ -480,7 +508,7 @@ def recommend(
                 scorer, lambda r: _take(state, r), cold_ids.len(), k_eff, exclude, chunk_users,
                 progress, "scoring cold-start users",
             ):  # fmt: skip
-                out.add(cold_ids, run.item_ids, b, "cold_start")
+                yield report.count(_part(schema, cold_ids, run.item_ids, b, "cold_start"))
             report.served_by["cold_start"] = cold_ids.len()
 
     # everyone else: popularity
@@ -498,11 +526,8 @@ def recommend(
             {t: v.expand(n, -1) for t, v in tasks_at.items()},
             torch.ones(n, items.numel(), dtype=torch.bool),
         )
-        out.add(rest, run.item_ids, block, "popularity")
         report.served_by["popularity"] = n
-    frame = out.frame(run.user_ids.dtype, run.item_ids.dtype)
-    report.rows = frame.height
-    return frame, report
+        yield report.count(_part(schema, rest, run.item_ids, block, "popularity"))
 
 
 def _cast_users(ids: pl.Series, dtype: pl.DataType, what: str) -> pl.Series:

@@ -176,8 +176,9 @@ def topk_rows(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     Ties may be ordered differently.
     """
     c, n = scores.shape
-    group = 1 << max(3, round(math.log2(math.sqrt(max(n, 1) / max(k, 1)))))
-    if k < 1 or n < 4 * k * group:
+    # groups of fewer than 32 floats reduce 10-20x slower on CPU (measured): at least 32
+    group = 1 << max(5, round(math.log2(math.sqrt(max(n, 1) / max(k, 1)))))
+    if k < 1 or n < 8 * k * group:
         top = torch.topk(scores, k, dim=1)
         return top.values, top.indices
     m = n - n % group  # the last n % group items are always candidates (no padded copy)

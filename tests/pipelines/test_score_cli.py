@@ -61,17 +61,25 @@ def test_score_writes_parquet_with_the_runs_metadata_and_prints_a_report(cli, ru
     assert [p.name for p in out.parent.iterdir()] == ["recs.parquet"]  # no temporary left
 
 
-def test_a_failed_write_leaves_the_previous_output_untouched(cli, run_dir, tmp_path, monkeypatch):
+def test_a_job_killed_mid_write_leaves_the_previous_output_untouched(
+    cli, run_dir, tmp_path, monkeypatch
+):
+    import pyarrow.parquet as pq
+
     out = tmp_path / "recs.parquet"
     write(out, b"previous")
+    real, calls = pq.ParquetWriter.write_table, []
 
-    def broken(self, path, **kwargs):
-        Path(path).write_bytes(b"PAR1 half")
-        raise KeyboardInterrupt
+    def dies_on_the_third_block(self, table, *args, **kwargs):
+        calls.append(table.num_rows)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, table, *args, **kwargs)
 
-    monkeypatch.setattr(pl.DataFrame, "write_parquet", broken)
-    code, _, _ = cli("score", run_dir, "--top-k", 2, "--out", out)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", dies_on_the_third_block)
+    code, _, _ = cli("score", run_dir, "--top-k", 2, "--chunk-users", 10, "--out", out)
     assert code == 130
+    assert calls == [20, 20, 20]  # streamed block by block: two blocks were written already
     assert out.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".recs")] == []
 
