@@ -274,18 +274,24 @@ class ScoredBlock:
 def score_states(
     scorer: CatalogScorer,
     state_of: Callable[[torch.Tensor], UserState],
-    n_users: int,
+    users: int | torch.Tensor,
     k: int,
     exclude: tuple[torch.Tensor, torch.Tensor] | None,
     chunk_users: int = 256,
     progress: bool = False,
     desc: str = "scoring",
 ) -> Iterator[ScoredBlock]:
-    """Top-``k`` of ``n_users`` users whose states ``state_of(rows)`` gives, block by block.
+    """Top-``k`` of ``users`` (``(U,)`` ids, or a count ``U`` for ``0..U-1``) whose states
+    ``state_of(ids)`` gives, block by block; ``ScoredBlock.rows`` are those ids.
 
-    ``exclude``: CSR over the same positions ``0..n_users-1`` of the items each must not get.
+    ``exclude``: CSR indexed by the same ids of the items each must not get (e.g. the run's
+    seen items for user indices: nothing is copied per request).
     """
-    positions = torch.arange(n_users, device=scorer.device)
+    if isinstance(users, int):
+        positions = torch.arange(users, device=scorer.device)
+    else:
+        positions = users.to(scorer.device)
+    n_users = positions.numel()
     states: dict[int, UserState] = {}
     cache: dict[str, Any] = {"block": None}
 
@@ -473,17 +479,13 @@ def iter_recommend(
         pending = users.filter(pl.Series(~known.numpy()))
     report.users = int(known_rows.numel()) + pending.len()
 
-    # known users: the model, every item of the log masked
+    # known users: the model, every item of the log masked (the run's CSR, by user index)
     if known_rows.numel():
-        rows = known_rows.to(dev)
-        offsets, values = run.seen
-        exclude = _restrict(offsets, values, known_rows)
-        ids = run.user_ids.gather(known_rows.numpy())
         for b in score_states(
-            scorer, lambda r: model.user_state(rows[r]), rows.numel(), k_eff, exclude,
-            chunk_users, progress, "scoring known users",
+            scorer, model.user_state, known_rows, k_eff, run.seen, chunk_users, progress,
+            "scoring known users",
         ):  # fmt: skip
-            yield report.count(_part(schema, ids, run.item_ids, b, "model"))
+            yield report.count(_part(schema, run.user_ids, run.item_ids, b, "model"))
         report.served_by["model"] = int(known_rows.numel())
 
     # new users with support rows: the cold-start adapter, their support items masked
@@ -543,18 +545,6 @@ def _cast_users(ids: pl.Series, dtype: pl.DataType, what: str) -> pl.Series:
             f" ({bad.len() + ids.null_count()} such ids)"
         )
     return cast.rename("user")
-
-
-def _restrict(
-    offsets: torch.Tensor, values: torch.Tensor, rows: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The CSR ``(offsets, values)`` restricted to ``rows`` and re-indexed ``0..len(rows)-1``."""
-    from recsys_mtl.models.embeddings import gather_jagged
-
-    vals, lengths = gather_jagged(offsets, values, rows)
-    new = torch.zeros(rows.numel() + 1, dtype=torch.long)
-    new[1:] = torch.cumsum(lengths, 0)
-    return new, vals
 
 
 @torch.no_grad()

@@ -160,3 +160,28 @@ def run_dir_like(tmp_path: Path) -> Path:
     """A folder that is not a finished run (its train stage never completed)."""
     (tmp_path / "half" / "features").mkdir(parents=True)
     return tmp_path / "half"
+
+
+@pytest.mark.slow
+def test_scoring_real_movielens_100k_excludes_every_logged_rating(ml100k, cli, tmp_path):
+    cfg = tiny_config(
+        tmp_path,
+        {"path": str(ml100k)},
+        model={"name": "bellkor", "params": {"dim": 16}},
+        tasks=["rating", "interaction"],
+        train={"epochs": 1, "refit": False, "batch_size": 4096, "lr": 0.01},
+        evaluate={"sampled_negatives": 20, "full_ranking": False},
+    )
+    run_command(str(cfg), [], str(tmp_path / "run"), False)
+    out = tmp_path / "recs.parquet"
+    code, _, err = cli("score", tmp_path / "run", "--top-k", 10, "--out", out)
+    assert code == 0, err
+    recs = pl.read_parquet(out)
+    assert recs.height == 943 * 10 and recs.schema["user_id"] == pl.Int64
+    log = pl.read_csv(
+        ml100k / "u.data", separator="\t", has_header=False,
+        new_columns=["user_id", "item_id", "rating", "ts"],
+    )  # fmt: skip
+    assert log.height == 100_000
+    assert recs.join(log, on=["user_id", "item_id"], how="inner").height == 0
+    assert recs["item_id"].is_in(log["item_id"].unique().implode()).all()

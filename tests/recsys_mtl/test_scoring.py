@@ -327,3 +327,11 @@ def test_the_fused_tiled_path_gives_the_full_matrix_answer_in_chunk_and_tile_siz
     picked = [s for s in seen if len(s) == 3]
     assert tiles and max(s[1] for s in tiles) <= 128
     assert picked and {s[1] for s in picked} == {5 * 32}
+
+
+def test_a_progress_bar_goes_to_stderr_only_when_asked(run, capsys):
+    recommend(run, 3, chunk_users=8)
+    assert "scoring known users" not in capsys.readouterr().err
+    recommend(run, 3, chunk_users=8, progress=True)
+    err = capsys.readouterr().err
+    assert "scoring known users" in err and f"{run.ctx.n_users}/{run.ctx.n_users}" in err
