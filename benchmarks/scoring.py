@@ -19,9 +19,9 @@ same subprocess (a 2048^3 float32 matmul). ``peak_rss_mb`` is the peak resident 
 process's level before scoring (sampled every 5 ms); it is measured for a quarter of the users
 and for all of them to show it does not grow with the number of users. Our figure is what
 ``recsys-mtl score`` does after loading the model: every block scored, cut to the top 10, raw
-ids and every task's score attached, streamed to a Parquet file. Large catalogs are scored
-through fused matmul + top-K tiles by default (``tile_items="auto"``), small ones in whole
-blocks; the other path is measured too (``path`` label).
+ids and every task's score attached, streamed to a Parquet file; in whole blocks (the default)
+and, for the synthetic models, with matmul and top-K fused over tiles of 2,048 items
+(``--tile-items 2048``; ``path`` label).
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def measure(spec: dict) -> dict:
     else:
         n_u, n_i, n_seen = SHAPES[spec["model"]]
         run = _synthetic_run(n_u, n_i, n_seen, 64)
-    n_users = spec.get("users") or run.ctx.n_users
+    n_users = min(spec.get("users") or run.ctx.n_users, run.ctx.n_users)
     flops = _flops()
     out = {"flops": flops, "n_users": n_users, "n_items": run.ctx.n_items, "dim": run.model.cfg.dim}
     import polars as pl
@@ -173,18 +173,20 @@ def measure(spec: dict) -> dict:
             seconds = time.perf_counter() - t
         return {"seconds": seconds, "peak_rss_mb": mem.mb}, pl.read_parquet(path)
 
-    score(min(n_users, spec["chunk"]), "auto")  # warm-up: the allocator's first blocks
-    out["quarter"], _ = score(max(1, n_users // 4), "auto")
-    out["all"], frame = score(n_users, "auto")
-    tiles_by_default = run.ctx.n_items >= 16384
-    out["path"] = "tiles" if tiles_by_default else "blocks"
-    if spec["model"] != "ml100k-bellkor":  # the other path, for comparison
-        other, other_frame = score(n_users, None if tiles_by_default else 2048)
+    score(min(n_users, spec["chunk"]), None)  # warm-up: the allocator's first blocks
+    out["quarter"], _ = score(max(1, n_users // 4), None)
+    out["all"], frame = score(n_users, None)
+    out["path"] = "blocks"
+    if spec["model"] != "ml100k-bellkor":  # the fused tiles (--tile-items 2048)
+        score(min(n_users, spec["chunk"]), 2048)
+        other, other_frame = score(n_users, 2048)
+        quarter, _ = score(max(1, n_users // 4), 2048)
         a = frame.group_by("user_id").agg(pl.col("item_id").sort())
         b = other_frame.group_by("user_id").agg(pl.col("item_id").sort())
         j = a.join(b, on="user_id")
         other["same"] = float((j["item_id"] == j["item_id_right"]).mean())
-        other["path"] = "blocks" if tiles_by_default else "tiles"
+        other["quarter_mb"] = quarter["peak_rss_mb"]
+        other["path"] = "tiles"
         out["other"] = other
     if spec.get("factors"):
         p, q = _factors(run)
@@ -270,6 +272,8 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=256, help="users per block (--chunk-users)")
     ap.add_argument("--dir", default=None, help="work folder (kept; the ml-100k run is reused)")
     ap.add_argument("--no-implicit", action="store_true")
+    ap.add_argument("--max-users", type=int, default=None,
+                    help="score at most this many users of each model (the first ones)")  # fmt: skip
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure:
@@ -287,6 +291,8 @@ def main() -> None:
         models += [("ml1m-sized", None), ("100k x 50k", None)]
     run_dir = _train_ml100k(base, args.quick) if (ML100K / "u.data").exists() else None
     rows = []
+    if args.max_users:
+        models = [(n, min(u or args.max_users, args.max_users)) for n, u in models]
     for name, users in models:
         if name == "ml100k-bellkor" and run_dir is None:
             print(f"skipping {name}: no data at {ML100K}", file=sys.stderr)
@@ -303,8 +309,8 @@ def main() -> None:
             labels = {"model": name, "users": n_u, "items": n_i, "dim": d, "threads": t}
             ours = got["all"]
             mine: list[dict] = []
-            labels["path"] = got["path"]
-            mine.append({"labels": {**labels, "tool": "recsys-mtl score"}, "metrics": {
+            mine.append({"labels": {**labels, "path": got["path"], "tool": "recsys-mtl score"},
+                         "metrics": {
                 "seconds": round(ours["seconds"], 3),
                 "users_per_s": round(n_u / ours["seconds"], 1),
                 "peak_rss_mb": ours["peak_rss_mb"],
@@ -314,10 +320,11 @@ def main() -> None:
             if "other" in got:
                 o = got["other"]
                 mine.append({"labels": {**labels, "path": o["path"],
-                                        "tool": f"recsys-mtl score, {o['path']} (not the default here)"},
+                                        "tool": "recsys-mtl score --tile-items 2048"},
                              "metrics": {"seconds": round(o["seconds"], 3),
                                          "users_per_s": round(n_u / o["seconds"], 1),
                                          "peak_rss_mb": o["peak_rss_mb"],
+                                         "peak_rss_mb_quarter_users": o["quarter_mb"],
                                          "x_matmul_limit": round(o["seconds"] / limit_s, 2),
                                          "same_top_k_as_default": round(o["same"], 4)}})  # fmt: skip
             mine.append({"labels": {**labels, "tool": "matmul limit"}, "metrics": {

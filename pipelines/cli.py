@@ -80,6 +80,9 @@ def _score_parsers(sub: Any) -> None:
     )
     sc.add_argument("--chunk-users", type=int, default=256, help="users per block (memory)")
     sc.add_argument("--learner-dir", help="a trained cold-start meta-learner (default: RUN/meta)")
+    sc.add_argument(
+        "--tile-items", type=int, help="fuse matmul and top-K over tiles of N items (less memory)"
+    )
     reg = sub.add_parser("register", help="register a run's MLflow model in the model registry")
     reg.add_argument("run_dir", help="a finished run directory")
     reg.add_argument("--name", required=True, help="registered model name")
@@ -262,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
 
             report = score_command(
                 args.source, args.top_k, args.out, args.users, args.support, args.blend,
-                args.chunk_users, args.learner_dir,
+                args.chunk_users, args.learner_dir, tile_items=args.tile_items,
             )  # fmt: skip
             print(json.dumps(report))
             return 0

@@ -109,6 +109,7 @@ def score_command(
     chunk_users: int = 256,
     learner_dir: str | None = None,
     progress: bool | None = None,
+    tile_items: int | None = None,
 ) -> dict[str, Any]:
     """Score a run directory or MLflow model into ``out`` (Parquet); returns the report."""
     from recsys_mtl.io import atomic_path
@@ -119,6 +120,8 @@ def score_command(
         raise UserError(f"--top-k must be >= 1, got {top_k}")
     if chunk_users < 1:
         raise UserError(f"--chunk-users must be >= 1, got {chunk_users}")
+    if tile_items is not None and tile_items < 32:
+        raise UserError(f"--tile-items must be >= 32, got {tile_items}")
     if not out.endswith(".parquet"):
         raise UserError(f"--out {out}: the output is Parquet; name it *.parquet")
     t0 = time.perf_counter()
@@ -140,7 +143,7 @@ def score_command(
     report = ScoringReport()
     parts = iter_recommend(
         run, top_k, report, users=listed, support=sup, adapt=_adapter(learners), blend=weights,
-        chunk_users=chunk_users,
+        chunk_users=chunk_users, tile_items=tile_items,
         progress=sys.stderr.isatty() if progress is None else progress,
     )  # fmt: skip
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)

@@ -48,7 +48,6 @@ __all__ = [
 
 SERVED_BY = ("model", "cold_start", "popularity")
 TILE_GROUP = 32  # items per group in the fused top-K (recsys_mtl.topk.iter_topk_tiled)
-AUTO_TILE = 2048  # items per tile when tile_items="auto" and the catalog is large
 UserState = dict[str, torch.Tensor]
 
 
@@ -134,7 +133,7 @@ class CatalogScorer:
         rating_scale: tuple[float, float],
         pair_budget: int = 1 << 18,
         on_scores: Callable[[torch.Tensor], None] | None = None,
-        tile_items: int | str | None = "auto",
+        tile_items: int | None = None,
     ) -> None:
         self.model, self.tasks, self.blend = model, list(tasks), blend
         self.time_bin, self.day = int(reference["time_bin"]), int(reference["day"])
@@ -146,11 +145,10 @@ class CatalogScorer:
         self.n_items = int(model.ctx.n_items)
         self.catalog = torch.arange(self.n_items, device=self.device)
         self.fast = callable(getattr(model, "dot_form", None))
-        # a product form is cheap to recompute at chosen items: matmul and top-K fused by tiles
-        # of the catalog. "auto": tiles of 2048 items from 16,384 items on (measured faster on
-        # 50,000 items, slower on 3,706: benchmarks/scoring.py), whole blocks below
-        if tile_items == "auto":
-            tile_items = AUTO_TILE if self.n_items >= 8 * AUTO_TILE else None
+        # a product form is cheap to recompute at chosen items: matmul and top-K can be fused by
+        # tiles of the catalog (opt-in: as fast as whole blocks on one thread and 7x less memory
+        # on 50,000 items, but slower on small catalogs and with 2 busy threads; see
+        # benchmarks/scoring.py)
         self.tile_items = int(tile_items) if (self.fast and tile_items) else None
         self._items: dict[str, torch.Tensor] = {}
         self._rows: dict[str, torch.Tensor] = {}
@@ -401,7 +399,7 @@ def recommend(
     chunk_users: int = 256,
     progress: bool = False,
     on_scores: Callable[[torch.Tensor], None] | None = None,
-    tile_items: int | str | None = "auto",
+    tile_items: int | None = None,
 ) -> tuple[pl.DataFrame, ScoringReport]:
     """Top-``k`` recommendations of a loaded run as one frame, and the report: the blocks of
     :func:`iter_recommend` (same arguments) concatenated."""
@@ -426,7 +424,7 @@ def iter_recommend(
     chunk_users: int = 256,
     progress: bool = False,
     on_scores: Callable[[torch.Tensor], None] | None = None,
-    tile_items: int | str | None = "auto",
+    tile_items: int | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Top-``k`` recommendations of a loaded run (:class:`recsys_mtl.runs.LoadedRun`), one
     frame per block of users, so that a writer can stream them (memory flat in the number of
@@ -440,8 +438,8 @@ def iter_recommend(
     popularity (the log's most rated items). Returns the frame (columns ``user_id, item_id,
     rank, score, score_<task>..., served_by``; :func:`output_schema`). ``tile_items``
     fuses matmul and top-K over tiles of that many items for rankers with a product form
-    (:func:`recsys_mtl.topk.iter_topk_tiled`); ``None`` scores whole blocks; ``"auto"`` tiles
-    catalogs of 16,384 items or more.
+    (:func:`recsys_mtl.topk.iter_topk_tiled`: memory ``chunk_users x tile_items``); ``None``
+    (the default) scores whole blocks (memory ``chunk_users x n_items`` per task).
     """
     if k < 1:
         raise UserError(f"--top-k must be >= 1, got {k}")

@@ -128,6 +128,7 @@ def test_new_users_with_support_rows_are_served_cold_start(cli, run_dir, tmp_pat
         ({}, ["--blend", "like=1"], ["--blend", "unknown task 'like'"]),
         ({}, ["--top-k", "0"], ["--top-k must be >= 1"]),
         ({}, ["--chunk-users", "0"], ["--chunk-users must be >= 1"]),
+        ({}, ["--tile-items", "8"], ["--tile-items must be >= 32"]),
         ({"s.csv": "user,item\n1,2\n"}, ["--support", "s.csv"], ["s.csv", "no rating column"]),
         ({"s.csv": "user,item,rating\n1,2,4\n1,3,9\n"}, ["--support", "s.csv"], ["s.csv:3", "'9'"]),
         ({"s.csv": "user,item,rating\n1,2,x\n"}, ["--support", "s.csv"], ["s.csv:2", "'x'"]),
