@@ -19,9 +19,10 @@ same subprocess (a 2048^3 float32 matmul). ``peak_rss_mb`` is the peak resident 
 process's level before scoring (sampled every 5 ms); it is measured for a quarter of the users
 and for all of them to show it does not grow with the number of users. Our figure is what
 ``recsys-mtl score`` does after loading the model: every block scored, cut to the top 10, raw
-ids and every task's score attached, streamed to a Parquet file; in whole blocks (the default)
-and, for the synthetic models, with matmul and top-K fused over tiles of 2,048 items
-(``--tile-items 2048``; ``path`` label).
+ids and every task's score attached, streamed to a Parquet file: the row ``recsys-mtl score``
+scores whole blocks (``--tile-items 0``, ``path: blocks``), the row ``recsys-mtl score
+--tile-items 2048`` fuses matmul and top-K over tiles of 2,048 items (``path: tiles``; what
+``--tile-items auto`` does from 16,384 items on), measured for the synthetic models.
 """
 
 from __future__ import annotations

@@ -81,7 +81,9 @@ def _score_parsers(sub: Any) -> None:
     sc.add_argument("--chunk-users", type=int, default=256, help="users per block (memory)")
     sc.add_argument("--learner-dir", help="a trained cold-start meta-learner (default: RUN/meta)")
     sc.add_argument(
-        "--tile-items", type=int, help="fuse matmul and top-K over tiles of N items (less memory)"
+        "--tile-items",
+        default="auto",
+        help="fuse matmul and top-K over tiles of N items; 0: whole blocks (default: auto)",
     )
     reg = sub.add_parser("register", help="register a run's MLflow model in the model registry")
     reg.add_argument("run_dir", help="a finished run directory")

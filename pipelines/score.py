@@ -109,7 +109,7 @@ def score_command(
     chunk_users: int = 256,
     learner_dir: str | None = None,
     progress: bool | None = None,
-    tile_items: int | None = None,
+    tile_items: int | str | None = "auto",
 ) -> dict[str, Any]:
     """Score a run directory or MLflow model into ``out`` (Parquet); returns the report."""
     from recsys_mtl.io import atomic_path
@@ -120,8 +120,13 @@ def score_command(
         raise UserError(f"--top-k must be >= 1, got {top_k}")
     if chunk_users < 1:
         raise UserError(f"--chunk-users must be >= 1, got {chunk_users}")
-    if tile_items is not None and tile_items < 32:
-        raise UserError(f"--tile-items must be >= 32, got {tile_items}")
+    if tile_items not in (None, "auto"):
+        try:
+            tile_items = int(tile_items)
+        except ValueError:
+            raise UserError(f"--tile-items: {tile_items!r} is not auto or a number") from None
+        if tile_items != 0 and tile_items < 32:
+            raise UserError(f"--tile-items must be 0 (whole blocks) or >= 32, got {tile_items}")
     if not out.endswith(".parquet"):
         raise UserError(f"--out {out}: the output is Parquet; name it *.parquet")
     t0 = time.perf_counter()

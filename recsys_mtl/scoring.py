@@ -48,6 +48,7 @@ __all__ = [
 
 SERVED_BY = ("model", "cold_start", "popularity")
 TILE_GROUP = 32  # items per group in the fused top-K (recsys_mtl.topk.iter_topk_tiled)
+AUTO_TILE = 2048  # items per tile with tile_items="auto" on large catalogs
 UserState = dict[str, torch.Tensor]
 
 
@@ -133,7 +134,7 @@ class CatalogScorer:
         rating_scale: tuple[float, float],
         pair_budget: int = 1 << 18,
         on_scores: Callable[[torch.Tensor], None] | None = None,
-        tile_items: int | None = None,
+        tile_items: int | str | None = "auto",
     ) -> None:
         self.model, self.tasks, self.blend = model, list(tasks), blend
         self.time_bin, self.day = int(reference["time_bin"]), int(reference["day"])
@@ -145,10 +146,12 @@ class CatalogScorer:
         self.n_items = int(model.ctx.n_items)
         self.catalog = torch.arange(self.n_items, device=self.device)
         self.fast = callable(getattr(model, "dot_form", None))
-        # a product form is cheap to recompute at chosen items: matmul and top-K can be fused by
-        # tiles of the catalog (opt-in: as fast as whole blocks on one thread and 7x less memory
-        # on 50,000 items, but slower on small catalogs and with 2 busy threads; see
-        # benchmarks/scoring.py)
+        # a product form is cheap to recompute at chosen items: matmul and top-K fused by tiles
+        # of the catalog. "auto": tiles of 2,048 items from 16,384 items on (on 50,000 items
+        # mostly faster than whole blocks and 10x less memory; 2-4x slower on 3,706 items:
+        # benchmarks/scoring.py), whole blocks below; 0 or None: whole blocks
+        if tile_items == "auto":
+            tile_items = AUTO_TILE if self.n_items >= 8 * AUTO_TILE else None
         self.tile_items = int(tile_items) if (self.fast and tile_items) else None
         self._items: dict[str, torch.Tensor] = {}
         self._rows: dict[str, torch.Tensor] = {}
@@ -399,7 +402,7 @@ def recommend(
     chunk_users: int = 256,
     progress: bool = False,
     on_scores: Callable[[torch.Tensor], None] | None = None,
-    tile_items: int | None = None,
+    tile_items: int | str | None = "auto",
 ) -> tuple[pl.DataFrame, ScoringReport]:
     """Top-``k`` recommendations of a loaded run as one frame, and the report: the blocks of
     :func:`iter_recommend` (same arguments) concatenated."""
@@ -424,7 +427,7 @@ def iter_recommend(
     chunk_users: int = 256,
     progress: bool = False,
     on_scores: Callable[[torch.Tensor], None] | None = None,
-    tile_items: int | None = None,
+    tile_items: int | str | None = "auto",
 ) -> Iterator[pl.DataFrame]:
     """Top-``k`` recommendations of a loaded run (:class:`recsys_mtl.runs.LoadedRun`), one
     frame per block of users, so that a writer can stream them (memory flat in the number of
@@ -439,7 +442,8 @@ def iter_recommend(
     rank, score, score_<task>..., served_by``; :func:`output_schema`). ``tile_items``
     fuses matmul and top-K over tiles of that many items for rankers with a product form
     (:func:`recsys_mtl.topk.iter_topk_tiled`: memory ``chunk_users x tile_items``); ``None``
-    (the default) scores whole blocks (memory ``chunk_users x n_items`` per task).
+    or 0 scores whole blocks (memory ``chunk_users x n_items`` per task); ``"auto"`` (the
+    default) tiles catalogs of 16,384 items or more by 2,048.
     """
     if k < 1:
         raise UserError(f"--top-k must be >= 1, got {k}")
