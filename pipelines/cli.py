@@ -173,7 +173,30 @@ def _parser() -> argparse.ArgumentParser:
         help="show the registered rankers, weightings, tasks and split strategies",
         formatter_class=_Help,
     )
+    _score_parsers(sub)
     return p  # fmt: skip
+
+
+def _score_parsers(sub: Any) -> None:
+    sc = sub.add_parser("score", help="top-K items per user to Parquet (batch scoring)")
+    sc.add_argument("source", help="a run directory, or an MLflow model URI (models:/NAME/VERSION)")
+    sc.add_argument("--top-k", type=int, required=True, help="items per user")
+    sc.add_argument("--out", required=True, help="output Parquet file")
+    sc.add_argument("--users", help="users to score: one id per line, or CSV/Parquet with user_id")
+    sc.add_argument("--support", help="ratings of new users (CSV/Parquet: user, item, rating)")
+    sc.add_argument(
+        "--blend", help="task weights of the final score, e.g. rating=0.5,interaction=0.5"
+    )
+    sc.add_argument("--chunk-users", type=int, default=256, help="users per block (memory)")
+    sc.add_argument("--learner-dir", help="a trained cold-start meta-learner (default: RUN/meta)")
+    sc.add_argument(
+        "--tile-items",
+        default="auto",
+        help="fuse matmul and top-K over tiles of N items; 0: whole blocks (default: auto)",
+    )
+    reg = sub.add_parser("register", help="register a run's MLflow model in the model registry")
+    reg.add_argument("run_dir", help="a finished run directory")
+    reg.add_argument("--name", required=True, help="registered model name")
 
 
 def run_command(
@@ -377,6 +400,20 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if hasattr(args, "handler"):  # tune, compare
             return args.handler(args)
+        if args.command == "score":
+            from pipelines.score import score_command
+
+            report = score_command(
+                args.source, args.top_k, args.out, args.users, args.support, args.blend,
+                args.chunk_users, args.learner_dir, tile_items=args.tile_items,
+            )  # fmt: skip
+            print(json.dumps(report))
+            return 0
+        if args.command == "register":
+            from pipelines.score import register_command
+
+            print(json.dumps(register_command(args.run_dir, args.name)))
+            return 0
         return _data(args)
     except UserError as e:
         print(f"recsys-mtl: error: {e}", file=sys.stderr)

@@ -290,6 +290,11 @@ def _run_and_summarize(
         tmp.write_text(json.dumps(summary["config"], indent=2))
     if reused:
         return summary
+    logged = tracker.log_model(run_dir)  # the MLflow model (pyfunc), from the summary's config
+    if logged is not None:
+        summary["mlflow"].update(model_id=logged["model_id"], model_uri=logged["model_uri"])
+        tracker.log_metrics({"package/seconds": logged["seconds"]})
+        write_json(summary, run_dir / "summary.json")
     tracker.log_metrics(metrics)
     skipped = [s for s, o in outcome.items() if o["skipped"]]
     if skipped:

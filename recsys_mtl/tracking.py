@@ -201,6 +201,10 @@ class NullTracker:
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         return None
 
+    def log_model(self, run_dir: Path) -> dict[str, Any] | None:
+        """Log the run's MLflow model (see :mod:`recsys_mtl.package`); ``None`` when off."""
+        return None
+
 
 class MlflowTracker(NullTracker):
     """Logs through :class:`mlflow.MlflowClient` with explicit run ids (no fluent global state)."""
@@ -292,6 +296,13 @@ class MlflowTracker(NullTracker):
         for p in paths:
             if self.run_id and Path(p).exists():
                 self.client.log_artifact(self.run_id, str(p), artifact_path=folder)
+
+    def log_model(self, run_dir: Path) -> dict[str, Any] | None:
+        if not self.run_id:
+            return None
+        from recsys_mtl.package import log_pyfunc
+
+        return log_pyfunc(self.client, self.experiment_id, self.run_id, run_dir)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id:

@@ -97,3 +97,64 @@ def test_items_csr_round_trips_the_pairs_of_every_user():
     # from torch tensors too, with the same answer
     o2, v2 = items_csr(torch.as_tensor(su), torch.as_tensor(si), n_users)
     assert torch.equal(o2, offsets) and torch.equal(v2, values)
+
+
+@pytest.mark.parametrize(("n", "k"), [(50, 5), (3000, 10), (5001, 7), (20000, 1)])
+def test_topk_rows_is_torch_topk_on_long_and_short_rows(n, k):
+    from recsys_mtl.topk import topk_rows
+
+    g = torch.Generator().manual_seed(n)
+    scores = torch.randn(9, n, generator=g)
+    scores[0, : n // 2] = float("-inf")  # a row with many masked items
+    values, items = topk_rows(scores, k)
+    want = torch.topk(scores, k, dim=1)
+    assert torch.equal(values, want.values)
+    assert torch.equal(items, want.indices)
+
+
+def test_topk_rows_keeps_indices_in_range_when_fewer_than_k_items_are_allowed():
+    from recsys_mtl.topk import topk_rows
+
+    scores = torch.full((2, 5001), float("-inf"))
+    scores[0, 17] = 1.0
+    values, items = topk_rows(scores, 10)
+    assert items[0, 0] == 17 and values[0, 0] == 1.0
+    assert torch.isinf(values[:, 1:]).all() and int(items.max()) < 5001
+
+
+@pytest.mark.parametrize(
+    ("n", "tile", "group", "chunk"), [(700, 128, 32, 8), (1000, 96, 16, 50), (4096, 1024, 32, 3)]
+)
+def test_tiled_topk_equals_the_dense_chunked_top_k(n, tile, group, chunk):
+    from recsys_mtl.topk import iter_topk_tiled
+
+    g = torch.Generator().manual_seed(n)
+    scores = torch.randn(N_USERS, n, generator=g)
+    rng = np.random.default_rng(n)
+    su = rng.integers(0, N_USERS, 3000)
+    si = rng.integers(0, n, 3000)
+    scores[torch.as_tensor(su), torch.as_tensor(si)] += 5.0  # seen items would win unmasked
+    exclude = items_csr(su, si, N_USERS)
+    users = torch.randperm(N_USERS, generator=g)[:41]
+    tiles: list[tuple[int, int]] = []
+
+    def tile_fn(b, s0, s1):
+        tiles.append((b.numel(), s1 - s0))
+        return scores[b][:, s0:s1]
+
+    def groups_fn(b, gs):
+        m = n - n % group
+        by_group = scores[b][:, :m].unflatten(1, (m // group, group))
+        return by_group.gather(1, gs[:, :, None].expand(-1, -1, group)).reshape(b.numel(), -1)
+
+    blocks = list(
+        iter_topk_tiled(
+            tile_fn, groups_fn, users, n, K, exclude, chunk, tile, group,
+        )
+    )  # fmt: skip
+    values = torch.cat([b.values for b in blocks])
+    items = torch.cat([b.items for b in blocks])
+    want_values, want_items = topk_items(lambda b: scores[b], users, K, exclude, 1000)
+    assert torch.equal(values, want_values)
+    assert torch.equal(items, want_items)
+    assert max(c for c, _ in tiles) <= chunk and max(w for _, w in tiles) <= tile

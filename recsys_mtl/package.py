@@ -1,0 +1,347 @@
+"""A finished run as a self-contained bundle, and as an MLflow model (pyfunc flavor).
+
+The bundle is everything prediction needs, without the run directory, and nothing pickled:
+
+* ``model.json`` (ranker name, params, tasks) and ``weights.pt`` (a state dict, read with
+  ``torch.load(..., weights_only=True)``);
+* ``context.json`` + ``context.npz``: the feature context (sizes, side features, implicit sets);
+* ``users.parquet`` / ``items.parquet``: the id maps (index -> raw id, original types);
+* ``seen.npz``: every item each user has in the log (CSR), masked out of their top-K;
+* ``info.json``: reference time, run id, config hash, weights digest, package version.
+
+:func:`save_pyfunc` wraps a bundle as an MLflow model from code (``recsys_mtl/pyfunc_model.py``:
+no cloudpickle) with a signature; :func:`log_pyfunc` logs it as an MLflow ``LoggedModel`` of
+the pipeline's run; :func:`register` puts it in the model registry. :func:`load_source` opens
+a run directory, a bundle or an MLflow model URI (``models:/NAME/VERSION``, ``runs:/ID/model``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys_mtl import __version__
+from recsys_mtl.errors import UserError
+from recsys_mtl.io import atomic_path, file_digest, write_json, write_parquet
+
+__all__ = [
+    "BUNDLE_DIR",
+    "export_bundle",
+    "load_bundle",
+    "load_source",
+    "log_pyfunc",
+    "register",
+    "run_info",
+    "save_pyfunc",
+]
+
+BUNDLE_DIR = "bundle"  # the bundle's folder inside the MLflow model
+MODEL_NAME = "model"  # the LoggedModel's name: runs:/<run_id>/model
+ENTRY = Path(__file__).with_name("pyfunc_model.py")
+
+
+def run_info(run_dir: str | Path) -> dict[str, Any]:
+    """Run id, tracking URI, config hash and weights digest of a finished run directory."""
+    run = Path(run_dir)
+    summary_path = run / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    config = summary.get("config")
+    if config is None and (run / "config.resolved.json").exists():
+        config = json.loads((run / "config.resolved.json").read_text())
+    mlflow = summary.get("mlflow", {})
+    return {
+        "run_id": mlflow.get("run_id"),
+        "tracking_uri": mlflow.get("tracking_uri"),
+        "model_uri": mlflow.get("model_uri"),
+        "experiment": (config or {}).get("tracking", {}).get("experiment"),
+        "config_hash": _config_hash(config) if config is not None else None,
+        "weights_digest": file_digest(run / "train" / "model.pt"),
+        "package_version": __version__,
+        "model_version": None,
+    }
+
+
+def _config_hash(config: dict[str, Any]) -> str:
+    import hashlib
+
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """Write the bundle of a finished run into ``out_dir`` (created; the folder appears whole)."""
+    from recsys_mtl.runs import load_run
+
+    run = load_run(run_dir)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        shutil.copyfile(Path(run_dir) / "train" / "model.pt", tmp / "weights.pt")
+        write_json({k: run.meta[k] for k in ("name", "params", "tasks")}, tmp / "model.json")
+        arrays, scalars = {}, {}
+        for f in dataclasses.fields(run.ctx):
+            value = getattr(run.ctx, f.name)
+            if isinstance(value, torch.Tensor):
+                arrays[f.name] = value.cpu().numpy()
+            else:
+                scalars[f.name] = list(value) if isinstance(value, tuple) else value
+        np.savez(tmp / "context.npz", **arrays)
+        write_json(scalars, tmp / "context.json")
+        n_u, n_i = run.user_ids.len(), run.item_ids.len()
+        write_parquet(pl.DataFrame({"uidx": np.arange(n_u), "user_id": run.user_ids}),
+                      tmp / "users.parquet")  # fmt: skip
+        write_parquet(pl.DataFrame({"iidx": np.arange(n_i), "item_id": run.item_ids}),
+                      tmp / "items.parquet")  # fmt: skip
+        np.savez(tmp / "seen.npz", offsets=run.seen[0].numpy(), values=run.seen[1].numpy())
+        write_json({**run_info(run_dir), "reference": run.reference}, tmp / "info.json")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return out
+
+
+def load_bundle(bundle_dir: str | Path, device: str = "cpu") -> Any:
+    """A bundle back as a :class:`recsys_mtl.runs.LoadedRun` (the final model, in eval mode)."""
+    from recsys_mtl.build import ranker_class
+    from recsys_mtl.models.context import FeatureContext
+    from recsys_mtl.runs import LoadedRun
+
+    b = Path(bundle_dir)
+    meta = json.loads((b / "model.json").read_text())
+    scalars = json.loads((b / "context.json").read_text())
+    with np.load(b / "context.npz", allow_pickle=False) as z:
+        arrays = {n: torch.from_numpy(z[n].copy()) for n in z.files}
+    kwargs: dict[str, Any] = {**scalars, **arrays}
+    kwargs["rating_scale"] = tuple(kwargs["rating_scale"])
+    kwargs["user_cat_vocab"] = tuple(kwargs["user_cat_vocab"])
+    ctx = FeatureContext(**kwargs)
+    cls, params = ranker_class(meta["name"], meta["params"])
+    model = cls(params, ctx, meta["tasks"], device=device).to(device)
+    weights = torch.load(b / "weights.pt", weights_only=True, map_location=device)
+    model.load_state_dict(weights)
+    model.eval()
+    users = pl.read_parquet(b / "users.parquet").sort("uidx")["user_id"]
+    items = pl.read_parquet(b / "items.parquet").sort("iidx")["item_id"]
+    with np.load(b / "seen.npz", allow_pickle=False) as z:
+        seen = (torch.from_numpy(z["offsets"].copy()), torch.from_numpy(z["values"].copy()))
+    info = json.loads((b / "info.json").read_text())
+    return LoadedRun(b, model, model, meta, ctx, users, items, seen, info["reference"])
+
+
+def is_bundle(path: Path) -> bool:
+    return (path / "weights.pt").is_file() and (path / "info.json").is_file()
+
+
+def load_source(source: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A run directory, a bundle folder, an MLflow model folder or an MLflow model URI
+    (``models:/NAME/VERSION``, ``runs:/RUN_ID/model``, ``models:/MODEL_ID``) as
+    ``(LoadedRun, info)``; ``info`` has the run id, model version and config hash."""
+    from recsys_mtl.runs import load_run
+
+    if "://" not in source and ":/" not in source:
+        path = Path(source)
+        if is_bundle(path / "artifacts" / BUNDLE_DIR):  # an MLflow model folder
+            path = path / "artifacts" / BUNDLE_DIR
+        if is_bundle(path):
+            return load_bundle(path, device), json.loads((path / "info.json").read_text())
+        if not path.exists():
+            raise UserError(f"{source}: no such run directory or model")
+        return load_run(path, device), run_info(path)
+    local = _download(source)
+    bundle = local / "artifacts" / BUNDLE_DIR
+    if not is_bundle(bundle):
+        raise UserError(f"{source}: not a recsys-mtl model (no {BUNDLE_DIR}/ in its artifacts)")
+    info = json.loads((bundle / "info.json").read_text())
+    if source.startswith("models:/") and source.count("/") >= 2:
+        info["model_version"] = source.removeprefix("models:/")
+    return load_bundle(bundle, device), info
+
+
+def _download(uri: str) -> Path:
+    """Download an MLflow model's artifacts to a temporary folder; a missing one is a UserError."""
+    import os
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from recsys_mtl.tracking import default_tracking_uri
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    dst = Path(tempfile.mkdtemp(prefix="recsys-mtl-model-"))
+    try:
+        mlflow.set_tracking_uri(default_tracking_uri())
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
+    except MlflowException as e:
+        shutil.rmtree(dst, ignore_errors=True)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{uri}: {first}") from e
+
+
+def _signature(run: Any) -> Any:
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    def kind(series: pl.Series) -> str:
+        return "long" if series.dtype.is_integer() else "string"
+
+    inputs = Schema(
+        [
+            ColSpec(kind(run.user_ids), "user_id"),
+            ColSpec(kind(run.item_ids), "item_id", required=False),
+            ColSpec("long", "k", required=False),
+        ]
+    )
+    outputs = Schema(
+        [
+            ColSpec(kind(run.user_ids), "user_id"),
+            ColSpec(kind(run.item_ids), "item_id"),
+            ColSpec("integer", "rank", required=False),
+            ColSpec("float", "score"),
+            *[ColSpec("float", f"score_{t}") for t in run.tasks],
+            ColSpec("string", "served_by"),
+        ]
+    )
+    params = ParamSchema([ParamSpec("blend", "string", "")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def pd_example(run: Any) -> Any:
+    """A two-row pairs request on real ids (the model's input example)."""
+    return pl.DataFrame(
+        {"user_id": run.user_ids.head(2), "item_id": run.item_ids.head(2)}
+    ).to_pandas()
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    reqs = [f"recsys-mtl=={__version__}"]
+    for name in ("torch", "polars", "mlflow", "numpy", "pandas", "pydantic", "pyyaml"):
+        try:
+            reqs.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            reqs.append(name)
+    return reqs
+
+
+def save_pyfunc(run_dir: str | Path, path: str | Path) -> Path:
+    """Write the MLflow model (pyfunc flavor) of a finished run into the new folder ``path``."""
+    import os
+
+    import mlflow
+
+    path = Path(path)
+    # MLflow copies artifacts with a progress bar by default: not for a few small files
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory(prefix="recsys-mtl-bundle-") as tmp:
+        bundle = export_bundle(run_dir, Path(tmp) / BUNDLE_DIR)
+        run = load_bundle(bundle)
+        example = pd_example(run)
+        mlflow.pyfunc.save_model(
+            str(path),
+            python_model=str(ENTRY),
+            artifacts={BUNDLE_DIR: str(bundle)},
+            signature=_signature(run),
+            pip_requirements=_requirements(),
+            input_example=example,
+            metadata={"recsys_mtl": json.loads((bundle / "info.json").read_text())},
+        )
+    return path
+
+
+def log_pyfunc(
+    client: Any, experiment_id: str, run_id: str | None, run_dir: str | Path
+) -> dict[str, Any]:
+    """Log the run's MLflow model as a ``LoggedModel`` (name ``model``) linked to ``run_id``;
+    returns ``{"model_id", "model_uri", "seconds"}``."""
+    from mlflow.entities import LoggedModelStatus
+
+    t0 = time.perf_counter()
+    info = run_info(run_dir)
+    tags = {k: str(info[k]) for k in ("config_hash", "weights_digest", "package_version")}
+    logged = client.create_logged_model(
+        experiment_id, name=MODEL_NAME, source_run_id=run_id, tags=tags, model_type="recsys-mtl"
+    )
+    try:
+        with tempfile.TemporaryDirectory(prefix="recsys-mtl-pyfunc-") as tmp:
+            local = save_pyfunc(run_dir, Path(tmp) / "model")
+            _stamp_model_id(local, logged.model_id, run_id)
+            client.log_model_artifacts(logged.model_id, str(local))
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY)
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    return {
+        "model_id": logged.model_id,
+        "model_uri": f"models:/{logged.model_id}",
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
+
+
+def _stamp_model_id(local: Path, model_id: str, run_id: str | None) -> None:
+    """Record the LoggedModel id and run id in the MLmodel file (what ``log_model`` does)."""
+    from mlflow.models import Model
+
+    mlmodel = local / "MLmodel"
+    model = Model.load(str(mlmodel))
+    model.model_id = model_id
+    model.run_id = run_id
+    with atomic_path(mlmodel) as tmp:
+        model.save(str(tmp))
+
+
+def register(run_dir: str | Path, name: str, tracking_uri: str | None = None) -> dict[str, Any]:
+    """Register the run's MLflow model as a new version of ``name`` in the model registry.
+
+    The model logged by the pipeline run is used; a run that logged none (tracking was off)
+    gets one logged now. Returns ``{"name", "version", "model_uri", "source"}``.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from recsys_mtl.runs import load_run
+    from recsys_mtl.tracking import default_tracking_uri
+
+    load_run(run_dir)  # a clear error for what is not a finished run
+    if not name or "/" in name or ":" in name:
+        raise UserError(f"--name: {name!r} is not a valid model name (no '/' or ':')")
+    info = run_info(run_dir)
+    uri = tracking_uri or info["tracking_uri"] or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    source = info["model_uri"]
+    if source is None:
+        exp_name = info["experiment"] or "recsys-mtl"
+        exp = client.get_experiment_by_name(exp_name)
+        exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
+        source = log_pyfunc(client, exp_id, info["run_id"], run_dir)["model_uri"]
+    model_id = source.removeprefix("models:/")
+    try:
+        try:
+            client.get_registered_model(name)
+        except MlflowException:
+            client.create_registered_model(name)
+        mv = client.create_model_version(
+            name, source=source, run_id=info["run_id"], model_id=model_id
+        )
+    except MlflowException as e:
+        raise UserError(f"register {name!r} at {uri}: {str(e).splitlines()[0]}") from e
+    return {
+        "name": name,
+        "version": int(mv.version),
+        "model_uri": f"models:/{name}/{mv.version}",
+        "source": source,
+        "tracking_uri": uri,
+    }
