@@ -101,7 +101,7 @@ def adapt_users(
     if has_learner:
         from meta.learners import load_learner
 
-        learner = load_learner(pathlib.Path(learner_dir), run.model)
+        learner = load_learner(pathlib.Path(learner_dir), run.model, for_run=True)
         state = learner.adapt_state(padded, None)
         name = learner.name
     else:

@@ -84,6 +84,10 @@ def run_command(
 
     cfg = load_config(config_path, overrides)
     validate_run(cfg)  # everything checkable before a stage runs
+    if cfg.meta is not None:
+        from pipelines.coldstart import validate_meta
+
+        validate_meta(cfg)
     run_dir = Path(out) if out else Path("runs") / cfg.name
     tracker = MlflowTracker(cfg.tracking.experiment) if cfg.tracking.enabled else NullTracker()
     tracker.start(
@@ -118,8 +122,13 @@ def _run_and_summarize(
     from pipelines.stages import build_pipeline
     from recsys_mtl.io import write_json
 
-    outcome = run_pipeline(build_pipeline(), cfg, run_dir, force=force, tracker=tracker)
-    metrics = outcome["evaluate"]["result"].get("metrics", {})
+    pipeline = build_pipeline()
+    if cfg.meta is not None:  # the cold-start pipeline: meta_train and coldstart stages
+        from pipelines.coldstart import coldstart_pipeline
+
+        pipeline = coldstart_pipeline()
+    outcome = run_pipeline(pipeline, cfg, run_dir, force=force, tracker=tracker)
+    metrics = outcome[pipeline.stages[-1].name]["result"].get("metrics", {})
     summary = {
         "config": cfg.model_dump(mode="json"),
         "stages": {
@@ -133,6 +142,8 @@ def _run_and_summarize(
         "seconds": round(time.perf_counter() - t0, 4),
         "version": __version__,
     }
+    if "coldstart" in outcome:
+        summary["coldstart"] = outcome["coldstart"]["result"]["table"]
     if single_task_baselines and len(cfg.tasks) > 1:
         from pipelines.transfer import with_single_task_baselines
         from recsys_mtl.train.evaluate import ranking_task
