@@ -114,6 +114,13 @@ def population_state(model: nn.Module, blocks: RowBlocks) -> dict:
         return start_state(model, blocks.tasks.support, blocks.tasks.user_cats)
 
 
+def mean_user(model: nn.Module, users: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The average state of known ``users`` over the ranker's adaptable entries."""
+    with torch.no_grad():
+        state = model.user_state(users)
+        return {n: state[n].mean(0) for n in model.adaptable_state if n in state}
+
+
 def ranker_ridge_state(model: nn.Module, blocks: RowBlocks, shrinkage: float) -> dict:
     return ridge_state(model, blocks.tasks.support, blocks.tasks.user_cats, shrinkage)
 
@@ -125,11 +132,14 @@ def fold_in(
     steps: list[int],
     lr: float,
     weights: torch.Tensor | None = None,
+    prior: dict[str, torch.Tensor] | None = None,
 ) -> dict[int, dict]:
     """The states after each step count of ``steps``: Adam on the adaptable user-state entries
     only (the ranker's declared ``adaptable_state``), every task's support loss, batched over
-    users (each user's loss is their own masked mean, so users do not interact)."""
+    users (each user's loss is their own masked mean, so users do not interact). ``prior``
+    (the average training user, :func:`mean_user`) is where the adaptable entries start."""
     state = population_state(model, blocks)
+    state = {**state, **{n: state[n] + v for n, v in (prior or {}).items()}}
     names = [n for n in model.adaptable_state if n in state]
     w = torch.ones(len(tasks)) if weights is None else weights
     out = {0: state} if 0 in steps else {}

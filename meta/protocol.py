@@ -199,7 +199,7 @@ def make_tasks(
     random ratings, support = the rest. ``user_cats (n_users, 4)`` are the demographics codes.
     """
     rng = np.random.default_rng(seed)
-    users = np.asarray(users, dtype=np.int64)
+    users = np.array(users, dtype=np.int64)  # a writable copy (torch.from_numpy below)
     cols = ["uidx", "iidx", "rating", "ts", "day", "time_bin"]
     tie = "row" if "row" in ratings.columns else "ts"
     f = ratings.filter(pl.col("uidx").is_in(pl.Series(users).implode()))

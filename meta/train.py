@@ -96,6 +96,7 @@ def meta_train(
     ks = np.asarray(cfg.ks)
     valid_k = valid_k or int(ks[len(ks) // 2])
     train_users = data.users("train")
+    learner.initialize(torch.from_numpy(train_users))
     valid_blocks = data.blocks(data.tasks("cold_valid", valid_k, seed=cfg.seed + 1),
                                np.random.default_rng([seed, 10**6]), known=False)  # fmt: skip
     params = [p for p in learner.parameters() if p.requires_grad] + list(weighting.parameters())

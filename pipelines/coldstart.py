@@ -146,7 +146,7 @@ COLD_SPLIT = Stage(
     reads=("meta", "split"),
     inputs=(INGEST.out("report.json"), *FEATURES.outs()),
     outputs=(*SPLIT.outputs, "users.parquet"),
-    code=(*DATA_CODE, "meta"),
+    code=(*DATA_CODE, "meta.data", "meta.protocol", "meta.rows"),
 )
 META_TRAIN = Stage(
     "meta_train",

@@ -129,20 +129,51 @@ class MetaLearner(nn.Module):
         if not params.train_ranker and getattr(base, "pretrained", True):
             for p in base.parameters():
                 p.requires_grad_(False)
+        one = torch.zeros(1, 1, dtype=torch.long)
+        with torch.no_grad():
+            probe = base.new_user_state(one, torch.ones(1, 1, dtype=torch.bool), one, None)
+        self.probe_shapes = {n: probe[n].shape[1:] for n in probe}
+        # the meta-learned start of every adaptable entry, added to the new-user state
+        self.init = nn.ParameterDict(
+            {
+                n: nn.Parameter(torch.zeros_like(probe[n][0]))
+                for n in getattr(base, "adaptable_state", ())
+                if n in probe
+            }
+        )
+
+    def initialize(self, users: torch.Tensor) -> None:
+        """Start the learned init at the average known user (``users``: training users whose
+        table rows the ranker learned); a model without user rows keeps 0."""
+        if not getattr(self.base, "pretrained", True) or not len(self.init):
+            return
+        with torch.no_grad():
+            state = self.base.user_state(users)
+            for n, p in self.init.items():
+                p.copy_(state[n].mean(0))
 
     # -- the starting state ------------------------------------------------------------------
     def start(self, support: Padded, user_cats: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """The state adaptation starts from (the ranker's new-user state, or it plus the ridge
-        offset); differentiable in the base's weights when they train."""
-        from meta.state import ridge_state
-
-        if self.params.start == "ridge":
-            with torch.no_grad():
-                ridge = ridge_state(self.base, support, user_cats, self.params.shrinkage)
-            state = self.base.new_user_state(support.items, support.mask, support.days, user_cats)
-            keep = {"user_bias", *getattr(self.base, "adaptable_state", ())}
-            return {**state, **{k: ridge[k] for k in keep if k in ridge}}
-        return self.base.new_user_state(support.items, support.mask, support.days, user_cats)
+        """The state adaptation starts from: the ranker's new-user state plus the learned init
+        and, with ``start: ridge``, the ridge offset of the support residuals on the rating
+        task's user bias (rankers with a user bias); differentiable in the learned weights."""
+        state = self.base.new_user_state(support.items, support.mask, support.days, user_cats)
+        state = {**state, **{n: state[n] + p for n, p in self.init.items()}}
+        if self.params.start != "ridge" or "user_bias" not in state or "rating" not in self.tasks:
+            return state
+        with torch.no_grad():
+            detached = {k: v.detach() for k, v in state.items()}
+            pred = score_grid(self.base, detached, support.items, support.days, support.time_bins)
+            m = support.mask.to(torch.float32)
+            offset = ((support.ratings - pred["rating"]) * m).sum(1) / (
+                m.sum(1) + self.params.shrinkage
+            )
+        bias = state["user_bias"]
+        if bias.dim() == 1:
+            return {**state, "user_bias": bias + offset}
+        col = torch.zeros(bias.shape[1], device=bias.device)
+        col[list(self.base.tasks).index("rating")] = 1.0
+        return {**state, "user_bias": bias + offset[:, None] * col}
 
     # -- the interface -----------------------------------------------------------------------
     def meta_loss(

@@ -41,13 +41,10 @@ class _EncoderLearner(MetaLearner):
 
     def __init__(self, base: nn.Module, tasks: list[str], params: EncoderParams) -> None:
         super().__init__(base, tasks, params)
-        one = torch.zeros(1, 1, dtype=torch.long)
-        with torch.no_grad():
-            probe = base.new_user_state(one, torch.ones(1, 1, dtype=torch.bool), one, None)
-        self.state_names = [n for n in base.adaptable_state if n in probe]
+        self.state_names = list(self.init)
         if not self.state_names:
             raise ValueError(f"{self.name}: the base model declares no adaptable user state")
-        self.shapes = {n: probe[n].shape[1:] for n in self.state_names}
+        self.shapes = {n: self.probe_shapes[n] for n in self.state_names}
         h = params.hidden
         self.item = nn.Embedding(base.ctx.n_items, h)
         nn.init.normal_(self.item.weight, std=0.01)

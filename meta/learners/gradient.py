@@ -82,20 +82,14 @@ class _GradientLearner(MetaLearner):
     def __init__(self, base: nn.Module, tasks: list[str], params: GradientParams) -> None:
         super().__init__(base, tasks, params)
         state_names, self.param_names = adapted_names(base, params.adapt)
-        one = torch.zeros(1, 1, dtype=torch.long)
-        with torch.no_grad():
-            probe = base.new_user_state(one, torch.ones(1, 1, dtype=torch.bool), one, None)
-        self.state_names = [n for n in state_names if n in probe]
+        self.state_names = [n for n in state_names if n in self.init]
         if not self.state_names and not self.param_names:
             raise ValueError(f"{self.name}: groups {params.adapt} select nothing to adapt")
-        self.init = nn.ParameterDict(
-            {n: nn.Parameter(torch.zeros_like(probe[n][0])) for n in self.state_names}
-        )
         named = dict(base.named_parameters())
         for n in self.param_names:  # their values are the initialization MAML meta-learns
             named[n].requires_grad_(True)
         if self.learned_lr:
-            shapes = {_key("s", n): probe[n][0].shape for n in self.state_names}
+            shapes = {_key("s", n): self.probe_shapes[n] for n in self.state_names}
             shapes.update({_key("p", n): named[n].shape for n in self.param_names})
             self.lrs = nn.ParameterDict(
                 {k: nn.Parameter(torch.full(s, params.inner_lr)) for k, s in shapes.items()}
@@ -121,7 +115,7 @@ class _GradientLearner(MetaLearner):
         return (self.task_weights * losses).sum()
 
     def _fast(self, start_u: dict) -> dict:
-        fast = {_key("s", n): start_u[n] + self.init[n] for n in self.state_names}
+        fast = {_key("s", n): start_u[n] for n in self.state_names}
         named = dict(self.base.named_parameters())
         fast.update({_key("p", n): named[n] for n in self.param_names})
         return fast
@@ -211,7 +205,7 @@ class Reptile(_GradientLearner):
     def _outer(self, q, inner, fast, start) -> MetaLoss:
         surrogate = q.new_zeros(())
         for n in self.state_names:  # the init is an offset on each user's starting state
-            target = (fast[_key("s", n)] - start[n]).detach().mean(0)
+            target = (self.init[n] + (fast[_key("s", n)] - start[n]).mean(0)).detach()
             surrogate = surrogate + 0.5 * (self.init[n] - target).pow(2).sum()
         named = dict(self.base.named_parameters())
         for n in self.param_names:
