@@ -55,7 +55,7 @@ def test_meta_loss_is_finite_and_reaches_the_learned_weights(world, name, ranker
 
 @pytest.mark.parametrize("name", NAMES)
 def test_adapted_users_are_a_state_with_one_row_per_user_and_finite_scores(world, name):
-    base, data, blocks = world
+    base, _, blocks = world
     learner = _learner(base, name).eval()
     t = blocks.tasks
     with torch.no_grad():

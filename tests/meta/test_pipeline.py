@@ -137,6 +137,6 @@ def test_config_errors_exit_2_with_one_line(tmp_path, cli, meta, message):
     if "learners" not in meta:
         doc["meta"]["learners"] = []
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
-    code, out, err = cli("run", tmp_path / "bad.yaml", "--out", tmp_path / "run")
+    code, _, err = cli("run", tmp_path / "bad.yaml", "--out", tmp_path / "run")
     assert code == 2, err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err

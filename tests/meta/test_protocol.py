@@ -84,7 +84,7 @@ def test_full_ranking_never_ranks_support_items():
 
 
 def test_the_population_rankers_split_holds_only_training_users(tmp_path):
-    fdir, sdir, _ = cold_folders(tmp_path)
+    _, sdir, _ = cold_folders(tmp_path)
     roles = pl.read_parquet(sdir / "users.parquet")
     train_users = set(roles.filter(pl.col("role") == "train")["uidx"].to_list())
     for part in ("train", "valid"):
