@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from meta.protocol import UserTasks, make_tasks, user_roles
+from meta.protocol import UserTasks, make_tasks, pad_rows, user_roles
 from meta.rows import draw_negatives, support_keys, task_rows
 from recsys_mtl.config import MetaConfig
 from recsys_mtl.data.features import pair_keys
@@ -46,6 +46,8 @@ class ColdData:
     rating_scale: tuple[float, float]
     like_threshold: float
     cfg: MetaConfig
+    unseen: np.ndarray | None = None  # sorted ``row`` ids of training users' ratings that the
+    # population ranker never trained on (its validation part)
 
     def users(self, role: str) -> np.ndarray:
         return self.roles.filter(pl.col("role") == role)["uidx"].to_numpy().astype(np.int64)
@@ -62,6 +64,21 @@ class ColdData:
             self.role_ratings(role), users, self.user_cats, protocol=self.cfg.protocol, k=k,
             support=self.cfg.support, seed=seed, max_query=max_query,
         )  # fmt: skip
+
+    def train_tasks(self, k: np.ndarray, seed: int, max_query: int | None) -> UserTasks:
+        """Meta-training tasks of the training users. With ``meta.train_query: unseen`` (and a
+        population ranker that kept a validation part), the query set is the user's ratings
+        the ranker never trained on and the support set the first K of the others, as a new
+        user's query is unseen by the ranker; else as for held-out users."""
+        if self.cfg.train_query != "unseen" or self.unseen is None:
+            return self.tasks("train", k, seed, max_query)
+        users = self.users("train")
+        r = self.role_ratings("train")
+        held = pl.col("row").is_in(pl.Series(self.unseen).implode())
+        tasks = make_tasks(r.filter(~held), users, self.user_cats, protocol="first_k", k=k,
+                           support=self.cfg.support, seed=seed)  # fmt: skip
+        query = pad_rows(r.filter(held).sort("uidx", "ts", "row"), users, max_query)
+        return UserTasks(tasks.users, tasks.user_cats, tasks.support, query)
 
     def blocks(self, tasks: UserTasks, rng: np.random.Generator, known: bool) -> RowBlocks:
         """Rows with sampled negatives. ``known``: a training user (negatives avoid all their
@@ -149,6 +166,10 @@ def load_cold_data(features_dir: str | Path, split_dir: str | Path, cfg: MetaCon
     cats = torch.from_numpy(users.select(USER_CATEGORICALS).to_numpy().astype(np.int64))
     roles = pl.read_parquet(Path(split_dir) / ROLES_FILE)
     like = spec.get("like_threshold", 4.0)
-    return ColdData(
-        ratings, roles, cats, spec["n_items"], tuple(spec["rating_scale"]), float(like), cfg
-    )
+    valid = Path(split_dir) / "valid.parquet"
+    unseen = None
+    if valid.exists():
+        rows = pl.read_parquet(valid, columns=["row", "interaction"])
+        unseen = np.sort(rows.filter(pl.col("interaction") == 1)["row"].unique().to_numpy())
+    scale = tuple(spec["rating_scale"])
+    return ColdData(ratings, roles, cats, spec["n_items"], scale, float(like), cfg, unseen)

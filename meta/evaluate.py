@@ -31,7 +31,7 @@ from meta.learners.base import MetaLearner
 from meta.protocol import user_metrics
 from recsys_mtl.io import atomic_path
 
-__all__ = ["choose_fold_in_steps", "evaluate_coldstart", "plot_mae_vs_k", "table"]
+__all__ = ["choose_fold_in", "evaluate_coldstart", "plot_mae_vs_k", "table"]
 
 log = logging.getLogger("recsys_mtl.meta")
 
@@ -46,26 +46,27 @@ def held_out_blocks(data: ColdData, role: str, k: int | None, seed: int) -> RowB
     return data.blocks(tasks, np.random.default_rng([seed, 7, k or 0]), known=False)
 
 
-def choose_fold_in_steps(model: nn.Module, data: ColdData, tasks: list[str]) -> tuple[int, dict]:
-    """The fold-in step count with the lowest cold-validation MAE (middle K)."""
+def choose_fold_in(model: nn.Module, data: ColdData, tasks: list[str]) -> tuple[tuple, dict]:
+    """The fold-in ``(steps, lr)`` with the lowest cold-validation MAE (middle K), and the
+    MAE of every pair tried (``"lr/steps"``)."""
+    from meta.state import score_grid
+
     ks = _ks(data)
     k = ks[len(ks) // 2]
     blocks = held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
-    ranker_predictor(model, "rating", data.n_items)
     prior = mean_user(model, torch.from_numpy(data.users("train")))
-    states = fold_in(model, blocks, tasks, data.cfg.fold_in_steps, data.cfg.fold_in_lr, prior=prior)
-    maes = {}
-    for steps, st in states.items():
-        q = blocks.tasks.query
-        with torch.no_grad():
-            from meta.state import score_grid
-
-            pred = score_grid(model, st, q.items, q.days, q.time_bins)["rating"]
-        maes[steps] = user_metrics(pred, q, data.rating_scale, None, blocks.tasks.support)[
-            "rating/mae"
-        ]
+    q = blocks.tasks.query
+    maes: dict[str, float] = {}
+    for lr in data.cfg.fold_in_lrs:
+        states = fold_in(model, blocks, tasks, data.cfg.fold_in_steps, lr, prior=prior)
+        for steps, st in states.items():
+            with torch.no_grad():
+                pred = score_grid(model, st, q.items, q.days, q.time_bins)["rating"]
+            m = user_metrics(pred, q, data.rating_scale, None, blocks.tasks.support)
+            maes[f"{lr}/{steps}"] = m["rating/mae"]
     best = min(maes, key=maes.get)
-    return best, maes
+    lr, steps = best.split("/")
+    return (int(steps), float(lr)), maes
 
 
 def _learner_prediction(
@@ -92,7 +93,7 @@ def evaluate_coldstart(
     learners: dict[str, MetaLearner],
     tasks: list[str],
     rank_task: str,
-    fold_in_steps: int | None = None,
+    fold_in_choice: tuple[int, float] | None = None,
     time_loop: bool = True,
 ) -> list[dict[str, Any]]:
     """Rows ``{"labels": {learner, kind, k}, "metrics": {...}}`` for every floor and learner."""
@@ -115,10 +116,10 @@ def evaluate_coldstart(
                 "floor",
                 predict(blocks, ranker_ridge_state(model, blocks, cfg.shrinkage)),
             )
-            if fold_in_steps is not None:
+            if fold_in_choice is not None:
+                steps, lr = fold_in_choice
                 prior = mean_user(model, torch.from_numpy(data.users("train")))
-                st = fold_in(model, blocks, tasks, [fold_in_steps], cfg.fold_in_lr, prior=prior)
-                st = st[fold_in_steps]
+                st = fold_in(model, blocks, tasks, [steps], lr, prior=prior)[steps]
                 methods["fold_in"] = ("floor", predict(blocks, st))
         extra: dict[str, dict[str, float]] = {}
         for label, learner in learners.items():

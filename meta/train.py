@@ -125,7 +125,7 @@ def meta_train(
             break
         rng = np.random.default_rng([seed, epoch])
         k_user = rng.choice(ks, size=train_users.size)
-        tasks = data.tasks("train", k_user, seed=int(rng.integers(2**31)), max_query=cfg.max_query)
+        tasks = data.train_tasks(k_user, int(rng.integers(2**31)), cfg.max_query)
         blocks = data.blocks(tasks, rng, known=True)
         order = torch.from_numpy(rng.permutation(len(tasks)))
         learner.train()

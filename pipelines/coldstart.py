@@ -42,6 +42,11 @@ def validate_meta(cfg: RunConfig) -> None:
             f"weighting.name: {cfg.weighting.name!r} combines gradients; meta-learning's inner "
             "and outer losses need a loss-based weighting (static, equal, uw, dwa, rlw, ...)"
         )
+    if cfg.train.refit:
+        raise UserError(
+            "train.refit: not available with meta (the population ranker's validation part "
+            "is the meta-training query set; a refit would train on it)"
+        )
     labels = set()
     for n, spec in enumerate(meta.learners):
         learner_params(spec.name, spec.params, f"meta.learners.{n}")
@@ -72,7 +77,7 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
     import torch
 
     from meta.data import load_cold_data
-    from meta.evaluate import choose_fold_in_steps
+    from meta.evaluate import choose_fold_in
     from meta.learners import build_learner, save_learner
     from meta.train import MetaTrainingError, meta_train
     from recsys_mtl.build import build_weighting
@@ -82,9 +87,12 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.config
     run = load_run(ctx.run_dir)
     data = load_cold_data(run.run_dir / "features", run.run_dir / "split", cfg.meta)
-    steps, maes = choose_fold_in_steps(run.model, data, run.tasks)
-    report: dict[str, Any] = {"fold_in": {"steps": steps, "cold_valid_mae": maes}, "learners": {}}
-    metrics: dict[str, float] = {"fold_in/steps": steps}
+    (steps, lr), maes = choose_fold_in(run.model, data, run.tasks)
+    report: dict[str, Any] = {
+        "fold_in": {"steps": steps, "lr": lr, "cold_valid_mae": maes},
+        "learners": {},
+    }
+    metrics: dict[str, float] = {"fold_in/steps": steps, "fold_in/lr": lr}
     for spec in cfg.meta.learners:
         label = spec.label or spec.name
         torch.manual_seed(cfg.train.seed)
@@ -122,7 +130,7 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
         label = spec.label or spec.name
         learners[label] = load_learner(folder / label, _base(spec, run))
     rows = evaluate_coldstart(run.model, data, learners, run.tasks, ranking_task(run.tasks),
-                              trained["fold_in"]["steps"])  # fmt: skip
+                              (trained["fold_in"]["steps"], trained["fold_in"]["lr"]))  # fmt: skip
     for r in rows:
         if r["labels"]["learner"] in trained["learners"]:
             r["metrics"]["meta/seconds"] = trained["learners"][r["labels"]["learner"]]["seconds"]

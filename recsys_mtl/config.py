@@ -237,6 +237,11 @@ class MetaConfig(_Frozen):
     lr: float = Field(1e-3, gt=0.0, description="outer learning rate (Reptile: its epsilon)")
     patience: int | None = Field(3, ge=1, description="epochs without cold-valid gain")
     max_query: int = Field(64, ge=1, description="meta-training: query ratings kept per user")
+    train_query: Literal["unseen", "rest"] = Field(
+        "unseen",
+        description="meta-training query sets: the ratings the population ranker never "
+        "trained on (its validation part), or the rest of the user's ratings",
+    )
     negatives: int = Field(1, ge=0, le=100, description="sampled unrated items per rating")
     outer_clip: float | None = Field(10.0, gt=0.0, description="max outer gradient norm")
     mode: Literal["vmap", "loop"] = Field(
@@ -247,7 +252,11 @@ class MetaConfig(_Frozen):
         min_length=1,
         description="fold-in floor: step counts tried on the cold validation users",
     )
-    fold_in_lr: float = Field(0.05, gt=0.0, description="fold-in floor: Adam learning rate")
+    fold_in_lrs: list[Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=lambda: [0.003, 0.01, 0.03],
+        min_length=1,
+        description="fold-in floor: Adam learning rates tried on the cold validation users",
+    )
     learners: list[MetaLearnerConfig] = Field(default_factory=list)
 
     @field_validator("ks")

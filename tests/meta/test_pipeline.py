@@ -19,7 +19,7 @@ from tests.conftest import tiny_config
 
 SYN = {"format": "synthetic", "synthetic": {"users": 80, "items": 60, "ratings": 3000}}
 META = {
-    "ks": [3, 5], "epochs": 2, "batch_users": 16, "max_query": 16, "fold_in_steps": [0, 2],
+    "ks": [3, 5], "epochs": 2, "batch_users": 16, "max_query": 16, "fold_in_steps": [0, 2], "fold_in_lrs": [0.01],
     "learners": [
         {"name": "maml", "params": {"steps": 2}},
         {"name": "metric", "params": {"hidden": 8}},
