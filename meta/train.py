@@ -125,6 +125,8 @@ def meta_train(
             break
         rng = np.random.default_rng([seed, epoch])
         k_user = rng.choice(ks, size=train_users.size)
+        if cfg.protocol != "first_k":  # support = the rest, as for the held-out users
+            k_user = np.full(train_users.size, 10**6)
         tasks = data.train_tasks(k_user, int(rng.integers(2**31)), cfg.max_query)
         blocks = data.blocks(tasks, rng, known=True)
         order = torch.from_numpy(rng.permutation(len(tasks)))

@@ -28,19 +28,24 @@ META = {
 }  # fmt: skip
 
 
-def _config(base: Path, **meta) -> Path:
-    return tiny_config(
+def _config(base: Path, tracking: bool = False, **meta) -> Path:
+    cfg = tiny_config(
         base, SYN, model={"name": "bellkor", "params": {"dim": 4}},
         tasks=["rating", "interaction", "like"],
         train={"epochs": 2, "patience": None, "batch_size": 256, "lr": 0.01},
         meta={**META, **meta},
     )  # fmt: skip
+    if tracking:
+        doc = yaml.safe_load(cfg.read_text())
+        doc["tracking"] = {"enabled": True, "experiment": "cold"}
+        cfg.write_text(yaml.safe_dump(doc))
+    return cfg
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     base = tmp_path_factory.mktemp("coldpipe")
-    cfg = _config(base)
+    cfg = _config(base, tracking=True)
     with contextlib.chdir(base):
         summary = run_command(str(cfg), [], str(base / "run"), False)
         again = run_command(str(cfg), [], str(base / "run"), False)
@@ -76,6 +81,23 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
     doc = json.loads((base / "run" / "coldstart" / "coldstart.json").read_text())
     assert {r["labels"]["kind"] for r in doc["rows"]} == {"floor", "learner"}
     assert (base / "run" / "coldstart" / "mae_vs_k.png").stat().st_size > 1000
+
+
+def test_meta_training_curves_the_table_and_the_plot_land_in_mlflow(finished):
+    from mlflow import MlflowClient
+
+    _, summary, _ = finished
+    client = MlflowClient(tracking_uri=summary["mlflow"]["tracking_uri"])
+    run_id = summary["mlflow"]["run_id"]
+    curve = client.get_metric_history(run_id, "maml/meta/loss")
+    assert [m.step for m in curve] == [0, 1]
+    assert client.get_metric_history(run_id, "metric/cold_valid/rating/mae")
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["coldstart/ridge/k5/rating/mae"] == pytest.approx(
+        summary["coldstart"]["ridge"]["k5"]["rating/mae"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(run_id, "coldstart")}
+    assert {"coldstart/mae_vs_k.png", "coldstart/coldstart.json"} <= artifacts
 
 
 def test_a_rerun_skips_every_stage(finished):
