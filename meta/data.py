@@ -48,6 +48,12 @@ class ColdData:
     cfg: MetaConfig
     unseen: np.ndarray | None = None  # sorted ``row`` ids of training users' ratings that the
     # population ranker never trained on (its validation part)
+    user_ids: list | None = None  # raw id of each user index
+
+    def user_name(self, uidx: int) -> str:
+        """``raw id (index N)`` of a user, for messages."""
+        raw = self.user_ids[uidx] if self.user_ids is not None else uidx
+        return f"{raw!r} (index {uidx})"
 
     def users(self, role: str) -> np.ndarray:
         return self.roles.filter(pl.col("role") == role)["uidx"].to_numpy().astype(np.int64)
@@ -172,4 +178,5 @@ def load_cold_data(features_dir: str | Path, split_dir: str | Path, cfg: MetaCon
         rows = pl.read_parquet(valid, columns=["row", "interaction"])
         unseen = np.sort(rows.filter(pl.col("interaction") == 1)["row"].unique().to_numpy())
     scale = tuple(spec["rating_scale"])
-    return ColdData(ratings, roles, cats, spec["n_items"], scale, float(like), cfg, unseen)
+    ids = users["user_id"].to_list()
+    return ColdData(ratings, roles, cats, spec["n_items"], scale, float(like), cfg, unseen, ids)

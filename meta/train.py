@@ -54,17 +54,17 @@ class MetaTrainResult:
     resumed_from: int | None = None
 
 
-def _check(loss: Any, users: torch.Tensor, epoch: int, batch: int) -> None:
+def _check(loss: Any, users: torch.Tensor, epoch: int, batch: int, data: ColdData) -> None:
+    if loss.inner is not None and loss.inner.numel() and not torch.isfinite(loss.inner).all():
+        bad = (~torch.isfinite(loss.inner)).nonzero()[0]
+        raise MetaTrainingError(
+            f"non-finite inner loss for user {data.user_name(int(users[bad[0]]))} at inner step {int(bad[1])} "
+            f"(epoch {epoch}, meta-batch {batch}): lower inner_lr or set clip"
+        )
     if not torch.isfinite(loss.task_losses).all():
         raise MetaTrainingError(
             f"non-finite outer (query) loss at epoch {epoch}, meta-batch {batch} "
             f"(users {users[:5].tolist()}...): lower meta.lr or the inner learning rate"
-        )
-    if loss.inner is not None and loss.inner.numel() and not torch.isfinite(loss.inner).all():
-        bad = (~torch.isfinite(loss.inner)).nonzero()[0]
-        raise MetaTrainingError(
-            f"non-finite inner loss for user {int(users[bad[0]])} at inner step {int(bad[1])} "
-            f"(epoch {epoch}, meta-batch {batch}): lower inner_lr or set clip"
         )
 
 
@@ -137,7 +137,7 @@ def meta_train(
             t = part.tasks
             kw = {"mode": cfg.mode} if learner.inner_loop else {}
             loss = learner.meta_loss(part.support, part.query, t.support, t.user_cats, **kw)
-            _check(loss, t.users, epoch, b)
+            _check(loss, t.users, epoch, b, data)
             if loss.surrogate:
                 objective = loss.losses
             else:

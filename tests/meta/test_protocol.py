@@ -121,3 +121,19 @@ def test_no_held_out_or_cold_validation_rating_reaches_meta_training(tmp_path, n
     assert len(runs[0]) == 2
     for a, b in zip(*runs, strict=True):
         assert_close(a, b)
+
+
+def test_a_diverging_inner_loop_stops_naming_the_user_and_the_inner_step(tmp_path):
+    from meta.train import MetaTrainingError
+
+    data = cold_data(tmp_path)
+    learner = build_learner("maml", {"inner_lr": 1e30, "clip": None, "steps": 3, "start": "zero"},
+                            ranker(tmp_path), TASKS)  # fmt: skip
+    train_users = set(data.users("train").tolist())
+    with pytest.raises(
+        MetaTrainingError,
+        match=r"non-finite inner loss for user \d+ \(index \d+\) at inner step [12]",
+    ) as e:
+        meta_train(learner, data, WEIGHTINGS.get("static")(TASKS))
+    index = int(str(e.value).split("(index ")[1].split(")")[0])
+    assert index in train_users
