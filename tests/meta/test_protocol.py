@@ -71,7 +71,16 @@ def test_ndcg_uses_the_exponential_gain_and_a_random_order_sits_below_the_ideal(
     assert_close(worst, ((g.double() * d).sum() / (g.flip(0).double() * d).sum())[None])
     best = ndcg_over_query(torch.tensor([[9.0, 0.0, 1.0]]), ratings, mask, 3)
     assert_close(best, torch.ones(1, dtype=torch.float64))
-    assert worst < random_order_ndcg(ratings, mask, 3, draws=200) < best
+    assert worst < random_order_ndcg(ratings, mask, 3) < best
+    # the exact expectation equals the mean over every order of the three items
+    import itertools
+
+    orders = [
+        torch.tensor([list(p)], dtype=torch.float64)
+        for p in itertools.permutations([3.0, 2.0, 1.0])
+    ]
+    mean = torch.stack([ndcg_over_query(o, ratings, mask, 2) for o in orders]).mean(0)
+    assert_close(random_order_ndcg(ratings, mask, 2), mean)
 
 
 def test_full_ranking_never_ranks_support_items():
