@@ -137,8 +137,8 @@ def user_roles(
         perm = rng.permutation(users)
         n_train, n_valid = round(0.8 * perm.size), round(0.1 * perm.size)
         valid, test = perm[n_train : n_train + n_valid], perm[n_train + n_valid :]
-    role = np.full(users.size if protocol != "first_k" else counts.height, "train", dtype=object)
-    ids = users if protocol != "first_k" else counts["uidx"].to_numpy()
+    ids = counts["uidx"].to_numpy() if protocol == "first_k" else users
+    role = np.full(ids.size, "train", dtype=object)
     role[np.isin(ids, valid)] = "cold_valid"
     role[np.isin(ids, test)] = "test"
     return pl.DataFrame({"uidx": ids.astype(np.int64), "role": role.astype(str)})
