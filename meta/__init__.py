@@ -1,7 +1,15 @@
-"""Cold-start meta-learning over user tasks (MAML, first-order MAML, Reptile, Meta-SGD, ...).
+"""Cold-start meta-learning over user tasks.
 
-The learners build on the rankers of :mod:`recsys_mtl`; the split they consume
-(``split.strategy: cold_start_users``, support/query sets per held-out user) already exists.
+* :mod:`meta.protocol`: user roles (held out, cold validation, train), support / query sets
+  as padded tensors, the per-user metrics;
+* :mod:`meta.learners`: the ``meta_learners`` registry: MAML, first-order MAML, Reptile,
+  Meta-SGD, a metric (prototypical) learner and a black-box (transformer) learner, over a
+  ranker of :mod:`recsys_mtl` or the MeLU-style model of :mod:`meta.melu`;
+* :mod:`meta.train`: meta-training with early stopping on cold validation and checkpoints;
+* :mod:`meta.floors`, :mod:`meta.evaluate`: the floors and the per-K report;
+* :mod:`meta.adapt`: :func:`~meta.adapt.adapt_users`, a trained run adapted to new users.
+
+Imports go one way: ``pipelines -> meta -> recsys_mtl``.
 """
 
-__all__: list[str] = []
+__all__ = ["adapt", "data", "evaluate", "floors", "learners", "melu", "protocol", "train"]

@@ -13,6 +13,7 @@ logged warning). Vectorized over users: one padded support matrix with a mask.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import pathlib
@@ -101,7 +102,8 @@ def adapt_users(
     if has_learner:
         from meta.learners import load_learner
 
-        learner = load_learner(pathlib.Path(learner_dir), run.model)
+        # a copy: loading the learner must not touch the caller's model (weights, grad flags)
+        learner = load_learner(pathlib.Path(learner_dir), copy.deepcopy(run.model), for_run=True)
         state = learner.adapt_state(padded, None)
         name = learner.name
     else:

@@ -137,8 +137,8 @@ def user_roles(
         perm = rng.permutation(users)
         n_train, n_valid = round(0.8 * perm.size), round(0.1 * perm.size)
         valid, test = perm[n_train : n_train + n_valid], perm[n_train + n_valid :]
-    role = np.full(users.size if protocol != "first_k" else counts.height, "train", dtype=object)
-    ids = users if protocol != "first_k" else counts["uidx"].to_numpy()
+    ids = counts["uidx"].to_numpy() if protocol == "first_k" else users
+    role = np.full(ids.size, "train", dtype=object)
     role[np.isin(ids, valid)] = "cold_valid"
     role[np.isin(ids, test)] = "test"
     return pl.DataFrame({"uidx": ids.astype(np.int64), "role": role.astype(str)})
@@ -199,7 +199,7 @@ def make_tasks(
     random ratings, support = the rest. ``user_cats (n_users, 4)`` are the demographics codes.
     """
     rng = np.random.default_rng(seed)
-    users = np.asarray(users, dtype=np.int64)
+    users = np.array(users, dtype=np.int64)  # a writable copy (torch.from_numpy below)
     cols = ["uidx", "iidx", "rating", "ts", "day", "time_bin"]
     tie = "row" if "row" in ratings.columns else "ts"
     f = ratings.filter(pl.col("uidx").is_in(pl.Series(users).implode()))
@@ -255,15 +255,18 @@ def ndcg_over_query(
     return _dcg(torch.gather(gain, 1, order), k) / _dcg(ideal, k).clamp(min=1e-12)
 
 
-def random_order_ndcg(
-    ratings: torch.Tensor, mask: torch.Tensor, k: int, draws: int = 50, seed: int = 0
-) -> torch.Tensor:
-    """Expected nDCG@k per user of a random order of the query items (``draws`` shuffles)."""
-    g = torch.Generator().manual_seed(seed)
-    out = torch.zeros(ratings.shape[0], dtype=torch.float64)
-    for _ in range(draws):  # a loop over draws, not over users
-        out += ndcg_over_query(torch.rand(ratings.shape, generator=g), ratings, mask, k)
-    return out / draws
+def random_order_ndcg(ratings: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """Expected nDCG@k per user of a uniformly random order of the query items, exactly: each
+    position holds the mean gain in expectation, so ``E[DCG@k] = mean_gain * sum_{p <= min(k,
+    n)} 1 / log2(p + 1)``."""
+    gain = torch.where(mask, 2.0 ** ratings.double() - 1.0, 0.0)
+    n = mask.sum(1)
+    width = min(k, gain.shape[1])
+    disc = 1.0 / torch.log2(torch.arange(2, width + 2, dtype=torch.float64))
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(disc, 0)])
+    expected = gain.sum(1) / n.clamp(min=1) * cum[n.clamp(max=width)]
+    ideal = _dcg(torch.sort(gain, dim=1, descending=True).values, k)
+    return expected / ideal.clamp(min=1e-12)
 
 
 def ranking_at(

@@ -92,18 +92,20 @@ def ridge_state(
         return state
     delta = {n: torch.zeros_like(state[n], requires_grad=True) for n in names}
     opt = torch.optim.Adam(list(delta.values()), lr=lr)
-    for p in model.parameters():
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
         p.requires_grad_(False)
     try:
-        for _ in range(steps):
-            st = {**state, **{n: state[n] + delta[n] for n in names}}
-            pred = score_grid(model, st, support.items, support.days, support.time_bins)
-            err = ((support.ratings - pred["rating"]) * m).pow(2).sum()
-            penalty = sum(d.pow(2).sum() for d in delta.values())
-            opt.zero_grad()
-            (err + shrinkage * penalty).backward()
-            opt.step()
+        with torch.enable_grad():
+            for _ in range(steps):
+                st = {**state, **{n: state[n] + delta[n] for n in names}}
+                pred = score_grid(model, st, support.items, support.days, support.time_bins)
+                err = ((support.ratings - pred["rating"]) * m).pow(2).sum()
+                penalty = sum(d.pow(2).sum() for d in delta.values())
+                opt.zero_grad()
+                (err + shrinkage * penalty).backward()
+                opt.step()
     finally:
-        for p in model.parameters():
-            p.requires_grad_(True)
+        for p, flag in flags:
+            p.requires_grad_(flag)
     return {**state, **{n: (state[n] + delta[n]).detach() for n in names}}

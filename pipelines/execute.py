@@ -138,6 +138,18 @@ def _reusable(run_dir: Path, key: str, status: dict[str, dict[str, Any]]) -> dic
     return old.get("mlflow") or {}
 
 
+def pipeline_for(cfg: Any) -> Any:
+    """The stages a config runs: the main pipeline, or with a ``meta:`` section the cold-start
+    pipeline (ingest, features, split, train, meta_train, coldstart)."""
+    if cfg.meta is not None:
+        from pipelines.coldstart import coldstart_pipeline
+
+        return coldstart_pipeline()
+    from pipelines.stages import build_pipeline
+
+    return build_pipeline()
+
+
 def run_one(
     cfg: Any,
     config_path: str,
@@ -153,13 +165,12 @@ def run_one(
 ) -> dict[str, Any]:
     """One pipeline run into ``run_dir``, tracked; returns the summary (also summary.json)."""
     from pipelines.runner import stage_status
-    from pipelines.stages import build_pipeline
     from recsys_mtl.config import flatten
     from recsys_mtl.tracking import MlflowTracker, NullTracker, default_tracking_uri
 
     existed = run_dir.exists()
     abs_dir = run_dir.resolve()
-    pipeline = build_pipeline()
+    pipeline = pipeline_for(cfg)
     status = stage_status(pipeline, cfg, abs_dir)
     name = run_name or default_run_name(cfg)
     uri = default_tracking_uri() if cfg.tracking.enabled else None
@@ -178,6 +189,10 @@ def run_one(
         from recsys_mtl.build import validate_run
 
         validate_run(cfg)
+        if cfg.meta is not None:
+            from pipelines.coldstart import validate_meta
+
+            validate_meta(cfg)
     _announce(status, abs_dir, force)
     # the same run, finished and logged: its MLflow run is reused, nothing new is logged
     reused = cached if cached and cached.get("run_id") and uri else None
@@ -236,12 +251,12 @@ def _run_and_summarize(
     run_command: Callable[..., dict[str, Any]] | None,
 ) -> dict[str, Any]:
     from pipelines.runner import run_pipeline
-    from pipelines.stages import build_pipeline
     from recsys_mtl.io import atomic_path, write_json
     from recsys_mtl.tracking import KIND_TAG
 
-    outcome = run_pipeline(build_pipeline(), cfg, abs_dir, force=force, tracker=tracker)
-    metrics = outcome["evaluate"]["result"].get("metrics", {})
+    pipeline = pipeline_for(cfg)
+    outcome = run_pipeline(pipeline, cfg, abs_dir, force=force, tracker=tracker)
+    metrics = outcome[pipeline.stages[-1].name]["result"].get("metrics", {})
     summary = {
         "config": cfg.model_dump(mode="json"),
         "stages": {
@@ -257,6 +272,8 @@ def _run_and_summarize(
         "run_name": name,
         "run_key": key,
     }
+    if "coldstart" in outcome:  # the cold-start pipeline's per-K table
+        summary["coldstart"] = outcome["coldstart"]["result"]["table"]
     if reused:
         summary["mlflow"]["reused"] = True
     if single_task_baselines and len(cfg.tasks) > 1:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -21,6 +21,8 @@ __all__ = [
     "DataConfig",
     "EvaluateConfig",
     "FeaturesConfig",
+    "MetaConfig",
+    "MetaLearnerConfig",
     "ModelConfig",
     "ParamSpace",
     "RunConfig",
@@ -345,6 +347,66 @@ class TuneConfig(_Frozen):
     space: dict[str, ParamSpace] = Field(default_factory=dict, description="dotted key -> range")
 
 
+class MetaLearnerConfig(_Frozen):
+    """One cold-start learner of ``meta.learners`` (its ``params`` validated by the learner)."""
+
+    name: str = Field(description="a meta-learner registry name (maml, fomaml, reptile, ...)")
+    label: str | None = Field(None, description="its name in reports (default: name)")
+    base: Literal["ranker", "melu"] = Field(
+        "ranker", description="adapt the pipeline's ranker, or a MeLU-style model trained here"
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="the learner's settings")
+
+
+class MetaConfig(_Frozen):
+    """Cold-start meta-learning (``meta:``): the protocol, the floors and the learners."""
+
+    protocol: Literal["first_k", "recbole", "melu"] = "first_k"
+    holdout: float = Field(0.2, gt=0.0, lt=1.0, description="share of users held out")
+    cold_valid: float = Field(
+        0.1, gt=0.0, lt=1.0, description="share of the other users kept for cold validation"
+    )
+    seed: int = Field(0, description="seed of the user roles and the support / query draws")
+    ks: list[Annotated[int, Field(ge=1, le=1000)]] = Field(
+        default_factory=lambda: [5, 10, 20], min_length=1, description="support sizes K"
+    )
+    support: Literal["time", "random"] = Field("time", description="first K by time, or random")
+    shrinkage: float = Field(15.0, ge=0.0, description="ridge user offset shrinkage")
+    epochs: int = Field(20, ge=1, le=100_000, description="meta-training epochs")
+    batch_users: int = Field(32, ge=1, description="user tasks per meta-batch")
+    lr: float = Field(1e-3, gt=0.0, description="outer learning rate (Reptile: its epsilon)")
+    patience: int | None = Field(3, ge=1, description="epochs without cold-valid gain")
+    max_query: int = Field(64, ge=1, description="meta-training: query ratings kept per user")
+    train_query: Literal["unseen", "rest"] = Field(
+        "unseen",
+        description="meta-training query sets: the ratings the population ranker never "
+        "trained on (its validation part), or the rest of the user's ratings",
+    )
+    negatives: int = Field(1, ge=0, le=100, description="sampled unrated items per rating")
+    outer_clip: float | None = Field(10.0, gt=0.0, description="max outer gradient norm")
+    mode: Literal["vmap", "loop"] = Field(
+        "vmap", description="inner loops mapped by vmap or a loop"
+    )
+    fold_in_steps: list[Annotated[int, Field(ge=0, le=10_000)]] = Field(
+        default_factory=lambda: [0, 5, 10, 20, 50, 100],
+        min_length=1,
+        description="fold-in floor: step counts tried on the cold validation users",
+    )
+    fold_in_lrs: list[Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=lambda: [0.003, 0.01, 0.03],
+        min_length=1,
+        description="fold-in floor: Adam learning rates tried on the cold validation users",
+    )
+    learners: list[MetaLearnerConfig] = Field(default_factory=list)
+
+    @field_validator("ks")
+    @classmethod
+    def _distinct_ks(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"ks repeat a value: {v}")
+        return sorted(v)
+
+
 class RunConfig(_Frozen):
     name: str = "run"
     data: DataConfig
@@ -357,6 +419,7 @@ class RunConfig(_Frozen):
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
     tune: TuneConfig | None = None
+    meta: MetaConfig | None = Field(None, description="cold-start meta-learning (meta/)")
 
     @field_validator("tasks", mode="before")
     @classmethod

@@ -1,0 +1,166 @@
+"""Cold start on MovieLens-100K: every meta-learner and every floor, per K, over seeds.
+
+    python benchmarks/coldstart.py                 # first-K protocol (K = 5, 10, 20), BellKor and
+                                                   # MMoE bases, RecBole-MetaRec protocol; 3 seeds
+    python benchmarks/coldstart.py --seeds 0 --protocols first_k
+    python benchmarks/coldstart.py --quick         # 1 seed, short budgets (< 1 minute)
+
+Each run is ``recsys-mtl run CONFIG --set meta.seed=S --set split.seed=S --set train.seed=S``
+(``--print-commands`` lists them), one at a time with one thread (OMP_NUM_THREADS=1): the
+population ranker trains on the training users only, every learner meta-trains on them, the
+fold-in floor's (steps, lr) and every learner's epoch are chosen on the cold validation
+users, and the held-out users (never seen by either) are scored. ``meta/seconds`` is
+meta-training time; ``adapt/vmap_ms_per_user`` and ``adapt/loop_ms_per_user`` the adaptation
+time per held-out user, the two measured side by side in the same run.
+
+Rows: one per (protocol, base, learner, K, seed), then the mean and std over seeds
+(``seed: "mean"``, metrics ``NAME`` and ``NAME_std``), and the published RecBole-MetaRec
+nDCG@5 figures of TaNP, MAMO and MeLU (``kind: "published"``). Progress and a Markdown table
+go to stderr; stdout gets one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
+PUBLISHED = {"tanp": 0.5994, "mamo": 0.5929, "melu": 0.5331}  # RecBole-MetaRec, ml-100k, nDCG@5
+# (protocol, base) -> config and overrides
+RUNS = {
+    ("first_k", "bellkor"): ("configs/coldstart-ml100k.yaml", []),
+    ("first_k", "mmoe"): ("configs/coldstart-ml100k-mmoe.yaml", []),
+    ("recbole", "bellkor"): ("configs/coldstart-ml100k.yaml", ["meta.protocol=recbole"]),
+}
+QUICK = [
+    "train.epochs=2",
+    "meta.epochs=1",
+    "meta.ks=[5,10]",
+    "meta.fold_in_steps=[0,10]",
+    "meta.fold_in_lrs=[0.01]",
+    "meta.learners=[{name: maml, params: {steps: 2}}, {name: metric}]",
+]
+
+
+def _command(config: str, extra: list[str], seed: int, out: Path, quick: bool) -> list[str]:
+    sets = [f"data.path={ML100K}", "tracking.enabled=false",
+            f"meta.seed={seed}", f"split.seed={seed}", f"train.seed={seed}", *extra]  # fmt: skip
+    if quick:
+        sets += QUICK
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / config), "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def _run(protocol: str, base: str, seed: int, folder: Path, quick: bool) -> list[dict]:
+    config, extra = RUNS[(protocol, base)]
+    out = folder / f"{protocol}-{base}-s{seed}"
+    cmd = _command(config, extra, seed, out, quick)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    print(f"-- {protocol} / {base} / seed {seed}: {out}", file=sys.stderr)
+    subprocess.run(cmd, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
+    print(f"   done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    doc = json.loads((out / "coldstart" / "coldstart.json").read_text())
+    rows = []
+    for r in doc["rows"]:
+        labels = {**r["labels"], "protocol": protocol, "base": base, "seed": seed}
+        rows.append({"labels": labels, "metrics": r["metrics"]})
+    return rows
+
+
+def _aggregate(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        lab = r["labels"]
+        key = (lab["protocol"], lab["base"], lab["learner"], lab["kind"], lab["k"])
+        groups.setdefault(key, []).append(r["metrics"])
+    out = []
+    for (protocol, base, learner, kind, k), ms in groups.items():
+        metrics: dict[str, float | None] = {"seeds": len(ms)}
+        for name in ms[0]:
+            vals = [m[name] for m in ms if isinstance(m.get(name), int | float)]
+            if not vals or name in ("users",):
+                continue
+            metrics[name] = statistics.fmean(vals)
+            metrics[f"{name}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
+        labels = {"learner": learner, "kind": kind, "k": k, "protocol": protocol, "base": base,
+                  "seed": "mean"}  # fmt: skip
+        out.append({"labels": labels, "metrics": metrics})
+    return out
+
+
+def _fmt(m: dict, name: str) -> str:
+    v = m.get(name)
+    return "-" if v is None else f"{v:.4f} ± {m.get(name + '_std', 0.0):.4f}"
+
+
+def _markdown(agg: list[dict]) -> str:
+    lines = []
+    for protocol in sorted({a["labels"]["protocol"] for a in agg}):
+        lines += [f"\n### {protocol}", "",
+                  "| base | method | kind | K | MAE | RMSE | nDCG@3 | nDCG@5 | HR@10 | NDCG@10 |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        rows = [a for a in agg if a["labels"]["protocol"] == protocol]
+        rows.sort(key=lambda a: (a["labels"]["k"] or 0, a["labels"]["base"], a["labels"]["kind"],
+                                 a["metrics"].get("rating/mae", 9)))  # fmt: skip
+        for a in rows:
+            lab, m = a["labels"], a["metrics"]
+            lines.append(
+                f"| {lab['base']} | {lab['learner']} | {lab['kind']} | {lab['k'] or 'rest'} | "
+                + " | ".join(_fmt(m, n) for n in ("rating/mae", "rating/rmse", "query/ndcg@3",
+                                                  "query/ndcg@5", "ranking/hr@10", "ranking/ndcg@10"))
+                + " |"
+            )  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="1 seed, short budgets, first_k only")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--protocols", nargs="+", default=["first_k", "recbole"])
+    ap.add_argument("--bases", nargs="+", default=["bellkor", "mmoe"])
+    ap.add_argument("--dir", default=None, help="run folders (default: a temp dir)")
+    ap.add_argument("--print-commands", action="store_true")
+    args = ap.parse_args()
+    if not (ML100K / "u.data").is_file():
+        raise SystemExit(f"MovieLens-100K not found at {ML100K} (set RECSYS_MTL_ML100K)")
+    seeds, protocols, bases = args.seeds, args.protocols, args.bases
+    if args.quick:
+        seeds, protocols, bases = seeds[:1], ["first_k"], ["bellkor"]
+    jobs = [(p, b, s) for p in protocols for b in bases for s in seeds if (p, b) in RUNS]
+    folder = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="recsys-mtl-cold-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    if args.print_commands:
+        for p, b, s in jobs:
+            config, extra = RUNS[(p, b)]
+            print(" ".join(_command(config, extra, s, folder / f"{p}-{b}-s{s}", args.quick)))
+        return
+    t0 = time.perf_counter()
+    rows = [r for job in jobs for r in _run(*job, folder, args.quick)]
+    agg = _aggregate(rows)
+    if "recbole" in protocols:
+        for name, value in PUBLISHED.items():
+            labels = {"learner": name, "kind": "published", "k": None, "protocol": "recbole",
+                      "base": "published", "seed": "published"}  # fmt: skip
+            agg.append({"labels": labels, "metrics": {"query/ndcg@5": value}})
+    print(_markdown(agg), file=sys.stderr)
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
+               "python": platform.python_version(), "jobs": 1, "threads_per_job": 1,
+               "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    print(json.dumps({"benchmark": "coldstart", "machine": machine, "rows": rows + agg}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""The cold-start report: every floor and every learner, per K, on the same held-out users.
+
+:func:`evaluate_coldstart` returns one row per (method, K) with the protocol's metrics
+(:func:`meta.protocol.user_metrics`) and, for learners, the adaptation time per user (``vmap``
+and the plain loop for gradient learners). :func:`plot_mae_vs_k` draws MAE against K for every
+method (the MLflow artifact ``mae_vs_k.png``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from meta.data import ColdData, RowBlocks
+from meta.floors import (
+    BiasFloor,
+    catalog_grid,
+    fold_in,
+    mean_user,
+    population_state,
+    ranker_predictor,
+    ranker_ridge_state,
+)
+from meta.learners.base import MetaLearner
+from meta.protocol import user_metrics
+from recsys_mtl.io import atomic_path
+
+__all__ = ["choose_fold_in", "evaluate_coldstart", "plot_mae_vs_k", "table"]
+
+log = logging.getLogger("recsys_mtl.meta")
+
+
+def _ks(data: ColdData) -> list[int | None]:
+    """K values to evaluate: the configured ones, or one "support = the rest" set (None)."""
+    return list(data.cfg.ks) if data.cfg.protocol == "first_k" else [None]
+
+
+def held_out_blocks(data: ColdData, role: str, k: int | None, seed: int) -> RowBlocks:
+    tasks = data.tasks(role, k if k is not None else 0, seed=seed)
+    return data.blocks(tasks, np.random.default_rng([seed, 7, k or 0]), known=False)
+
+
+def choose_fold_in(model: nn.Module, data: ColdData, tasks: list[str]) -> tuple[tuple, dict]:
+    """The fold-in ``(steps, lr)`` with the lowest cold-validation MAE (middle K), and the
+    MAE of every pair tried (``"lr/steps"``)."""
+    from meta.state import score_grid
+
+    ks = _ks(data)
+    k = ks[len(ks) // 2]
+    blocks = held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
+    prior = mean_user(model, torch.from_numpy(data.users("train")))
+    q = blocks.tasks.query
+    maes: dict[str, float] = {}
+    for lr in data.cfg.fold_in_lrs:
+        states = fold_in(model, blocks, tasks, data.cfg.fold_in_steps, lr, prior=prior)
+        for steps, st in states.items():
+            with torch.no_grad():
+                pred = score_grid(model, st, q.items, q.days, q.time_bins)["rating"]
+            m = user_metrics(pred, q, data.rating_scale, None, blocks.tasks.support)
+            maes[f"{lr}/{steps}"] = m["rating/mae"]
+    best = min(maes, key=maes.get)
+    lr, steps = best.split("/")
+    return (int(steps), float(lr)), maes
+
+
+def _learner_prediction(
+    learner: MetaLearner, blocks: RowBlocks, rank_task: str, n_items: int, mode: str
+):
+    t = blocks.tasks
+    kw = {"mode": mode} if learner.inner_loop else {}
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        adapted = learner.adapt(t.support, t.user_cats, blocks.support, **kw)
+    seconds = time.perf_counter() - t0
+    with torch.no_grad():
+        pred = learner.score_items(adapted, t.query.items, t.query.days, t.query.time_bins)[
+            "rating"
+        ]
+        items, day, tb = catalog_grid(blocks, n_items)
+        full = learner.score_items(adapted, items, day, tb)[rank_task]
+    return pred, full, seconds
+
+
+def evaluate_coldstart(
+    model: nn.Module | None,
+    data: ColdData,
+    learners: dict[str, MetaLearner],
+    tasks: list[str],
+    rank_task: str,
+    fold_in_choice: tuple[int, float] | None = None,
+    time_loop: bool = True,
+) -> list[dict[str, Any]]:
+    """Rows ``{"labels": {learner, kind, k}, "metrics": {...}}`` for every floor and learner."""
+    bias = BiasFloor(data)
+    rows = []
+    cfg = data.cfg
+    predict = ranker_predictor(model, rank_task, data.n_items) if model is not None else None
+    for k in _ks(data):
+        blocks = held_out_blocks(data, "test", k, cfg.seed + 2)
+        n_users = len(blocks.tasks)
+        methods: dict[str, tuple[str, Any]] = {
+            "global_mean": ("floor", bias.global_mean(blocks)),
+            "item_bias": ("floor", bias.item_bias_only(blocks)),
+            "support_mean": ("floor", bias.support_mean(blocks)),
+            "ridge": ("floor", bias.ridge(blocks, cfg.shrinkage)),
+        }
+        if predict is not None:
+            methods["population"] = ("floor", predict(blocks, population_state(model, blocks)))
+            methods["ranker_ridge"] = (
+                "floor",
+                predict(blocks, ranker_ridge_state(model, blocks, cfg.shrinkage)),
+            )
+            if fold_in_choice is not None:
+                steps, lr = fold_in_choice
+                prior = mean_user(model, torch.from_numpy(data.users("train")))
+                st = fold_in(model, blocks, tasks, [steps], lr, prior=prior)[steps]
+                methods["fold_in"] = ("floor", predict(blocks, st))
+        extra: dict[str, dict[str, float]] = {}
+        for label, learner in learners.items():
+            pred, full, sec = _learner_prediction(
+                learner, blocks, rank_task, data.n_items, cfg.mode
+            )
+            methods[label] = ("learner", (pred, full))
+            extra[label] = {f"adapt/{cfg.mode}_ms_per_user": 1000 * sec / max(1, n_users)}
+            if learner.inner_loop and time_loop:
+                other = "loop" if cfg.mode == "vmap" else "vmap"
+                few = blocks.take(torch.arange(min(32, n_users)))  # the loop is slow: 32 users
+                *_, sec2 = _learner_prediction(learner, few, rank_task, data.n_items, other)
+                extra[label][f"adapt/{other}_ms_per_user"] = 1000 * sec2 / len(few.tasks)
+        for label, (kind, (pred, full)) in methods.items():
+            m = user_metrics(pred, blocks.tasks.query, data.rating_scale, full, blocks.tasks.support,
+                             data.like_threshold)  # fmt: skip
+            m.update(extra.get(label, {}))
+            m = {n: (None if v != v else v) for n, v in m.items()}  # NaN (cannot rank): null
+            m["users"] = n_users
+            rows.append({"labels": {"learner": label, "kind": kind, "k": k}, "metrics": m})
+        log.info("    cold start K=%s: %d held-out users, %d methods", k, n_users, len(methods))
+    return rows
+
+
+def table(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{method: {"k10": {metric: value}}}``: the per-K table of ``summary.json``."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for r in rows:
+        k = r["labels"]["k"]
+        out.setdefault(r["labels"]["learner"], {})[f"k{k}" if k is not None else "rest"] = r[
+            "metrics"
+        ]
+    return out
+
+
+def plot_mae_vs_k(rows: list[dict[str, Any]], path: Path) -> Path:
+    """MAE against K for every floor (dashed) and learner (solid), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    by: dict[str, list[tuple[int, float, str]]] = {}
+    for r in rows:
+        k = r["labels"]["k"] if r["labels"]["k"] is not None else 0
+        by.setdefault(r["labels"]["learner"], []).append(
+            (k, r["metrics"]["rating/mae"], r["labels"]["kind"])
+        )
+    for name, pts in by.items():
+        pts.sort()
+        style = "--" if pts[0][2] == "floor" else "-"
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name)
+    ax.set(
+        xlabel="support size K", ylabel="query MAE (held-out users)", title="cold start: MAE vs K"
+    )
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return path

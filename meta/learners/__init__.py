@@ -1,0 +1,90 @@
+"""The meta-learner registry (``meta_learners``) and saving / loading a trained learner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from meta.learners.base import GROUPS, META_LEARNERS, Adapted, LearnerParams, MetaLearner, MetaLoss
+from meta.learners.encoders import BlackBox, Metric
+from meta.learners.gradient import FOMAML, MAML, MetaSGD, Reptile
+from recsys_mtl.errors import UserError
+from recsys_mtl.io import atomic_path, write_json
+
+__all__ = [
+    "FOMAML",
+    "GROUPS",
+    "MAML",
+    "META_LEARNERS",
+    "Adapted",
+    "BlackBox",
+    "LearnerParams",
+    "MetaLearner",
+    "MetaLoss",
+    "MetaSGD",
+    "Metric",
+    "Reptile",
+    "build_learner",
+    "learner_params",
+    "load_learner",
+    "save_learner",
+]
+
+LEARNER_FILE, WEIGHTS_FILE = "learner.json", "learner.pt"
+
+
+def learner_params(name: str, params: dict[str, Any], key: str = "meta.learners") -> LearnerParams:
+    """The validated settings of learner ``name``; errors name the dotted key."""
+    cls = META_LEARNERS.get(name, f"{key}.name")
+    try:
+        return cls.params_class.model_validate(params)
+    except ValidationError as e:
+        err = e.errors()[0]
+        dotted = ".".join([f"{key}.params", *map(str, err["loc"])])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise UserError(f"{dotted}: {msg} (meta-learner {name!r})") from e
+
+
+def build_learner(
+    name: str, params: dict[str, Any], base: nn.Module, tasks: list[str]
+) -> MetaLearner:
+    """A fresh learner ``name`` over ``base`` (a ranker or the MeLU-style model)."""
+    cls = META_LEARNERS.get(name, "meta.learners.name")
+    return cls(base, tasks, learner_params(name, params))
+
+
+def save_learner(learner: MetaLearner, folder: Path, extra: dict[str, Any]) -> None:
+    """``learner.json`` (name, settings, base) and ``learner.pt`` (weights), atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        torch.save(learner.state_dict(), tmp)
+    doc = {"name": learner.name, "params": learner.params.model_dump(mode="json"),
+           "tasks": learner.tasks, **extra}  # fmt: skip
+    write_json(doc, folder / LEARNER_FILE)
+
+
+def load_learner(folder: Path, base: nn.Module, for_run: bool = False) -> MetaLearner:
+    """The learner saved in ``folder`` over ``base`` (its weights are loaded into ``base``).
+
+    ``for_run``: ``base`` is the run's own ranker (``adapt_users``): a learner trained on
+    another base, or one that retrained the ranker, is a UserError (checked before loading)."""
+    doc = json.loads((folder / LEARNER_FILE).read_text())
+    if for_run and doc.get("base", "ranker") != "ranker":
+        raise UserError(
+            f"{folder}: learner {doc['name']!r} was trained on the {doc['base']!r} base model, "
+            "not on the run's ranker"
+        )
+    if for_run and doc["params"].get("train_ranker"):
+        raise UserError(
+            f"{folder}: learner {doc['name']!r} retrained the ranker's weights "
+            "(train_ranker: true): its states do not serve the run's model"
+        )
+    learner = build_learner(doc["name"], doc["params"], base, doc["tasks"])
+    state = torch.load(folder / WEIGHTS_FILE, weights_only=True, map_location="cpu")
+    learner.load_state_dict(state)
+    return learner.eval()

@@ -1,0 +1,240 @@
+"""The meta-learner interface, its registry and the parameter groups a learner adapts.
+
+A meta-learner wraps a base model with ``new_user_state`` / ``score`` (a ranker from
+:mod:`recsys_mtl`, or the MeLU-style model of :mod:`meta.melu`) and learns, over training
+users as tasks, how to turn a new user's support set into predictions:
+
+* :meth:`MetaLearner.meta_loss` (training): the objective of a batch of user tasks, whose
+  gradient the meta-training loop descends (the loop owns ``backward`` and the optimizer);
+* :meth:`MetaLearner.adapt` (evaluation, serving): the adapted users, a batched state ``(U, ...)``
+  and, for learners that adapt network weights per user, per-user parameters ``(U, ...)``.
+
+Which parameters adapt is declared through the base model's groups (:func:`adapted_names`):
+``user`` (the adaptable user-state entries the ranker declares), ``heads`` (dense parameters
+serving one task: towers and heads, ANIL / MeLU-style), ``dense`` (every dense parameter) and
+``all`` (``user`` plus ``dense``; item tables are looked up per item and never copied per
+user).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from meta.protocol import Padded
+from meta.state import score_grid
+from recsys_mtl.errors import UserError
+from recsys_mtl.registry import Registry
+
+__all__ = [
+    "GROUPS",
+    "META_LEARNERS",
+    "Adapted",
+    "LearnerParams",
+    "MetaLearner",
+    "MetaLoss",
+    "adapted_names",
+]
+
+META_LEARNERS: Registry[type[MetaLearner]] = Registry("meta-learner")
+GROUPS = ("user", "heads", "dense", "all")
+
+
+class LearnerParams(BaseModel):
+    """Settings every learner shares (``meta.learners[N].params``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    start: str = Field(
+        "ridge",
+        pattern="^(zero|ridge)$",
+        description="adaptation starts from the ranker's new-user state (zero) or that plus "
+        "the ridge user offset on the support set (ridge)",
+    )
+    shrinkage: float = Field(15.0, ge=0.0, description="ridge start: shrinkage of the offset")
+    train_ranker: bool = Field(
+        False,
+        description="meta-train the base ranker's own weights too (a pretrained ranker stays "
+        "as it is by default, so adapted states serve the run's model)",
+    )
+
+
+@dataclass
+class MetaLoss:
+    losses: torch.Tensor  # (T,) mean query loss per task, to combine by the weighting; or,
+    # with ``surrogate``, the scalar objective itself (Reptile)
+    task_losses: torch.Tensor  # (T,) mean query loss per task, detached
+    inner: torch.Tensor | None = None  # (U, steps) inner support losses, detached
+    surrogate: bool = False
+
+
+@dataclass
+class Adapted:
+    """Adapted users: ``state {name: (U, ...)}`` and per-user weights ``params {name: (U, ...)}``
+    (empty for learners that adapt the user state only)."""
+
+    state: dict[str, torch.Tensor]
+    params: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class _Scorer(nn.Module):
+    """``forward(state, batch) = model.score(state, batch)``, for ``functional_call``."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, state: dict, batch: dict) -> dict:
+        return self.model.score(state, batch)
+
+
+def adapted_names(model: nn.Module, groups: tuple[str, ...] | list[str]) -> tuple[list, list]:
+    """``(state entry names, parameter names)`` adapted per user for ``groups``."""
+    bad = [g for g in groups if g not in GROUPS]
+    if bad:
+        raise UserError(f"adapt: unknown group(s) {bad}; known: {', '.join(GROUPS)}")
+    roles = model.parameter_roles()
+    state = list(model.adaptable_state) if {"user", "all"} & set(groups) else []
+    params = []
+    for name, role in roles.items():
+        if role.side != "dense":
+            continue
+        if "dense" in groups or "all" in groups or ("heads" in groups and role.task != "shared"):
+            params.append(name)
+    return state, params
+
+
+class MetaLearner(nn.Module):
+    """Base class. ``base`` is the model; ``tasks`` the tasks in its losses; ``weights (T,)``
+    the current task weights of the inner loss (the weighting's, refreshed by the loop)."""
+
+    params_class: type[LearnerParams] = LearnerParams
+    name = "learner"
+    # capability flags (the conformance suite reads these, never names)
+    inner_loop = False  # adapts by gradient steps on the support set
+    adapts_weights = False  # may adapt network weights per user (not only the user state)
+
+    def __init__(self, base: nn.Module, tasks: list[str], params: LearnerParams) -> None:
+        super().__init__()
+        self.base = base
+        self.scorer = _Scorer(base)
+        self.tasks = list(tasks)
+        self.params = params
+        self.register_buffer("task_weights", torch.ones(len(self.tasks)), persistent=False)
+        self.like_threshold = 4.0
+        if not params.train_ranker and getattr(base, "pretrained", True):
+            for p in base.parameters():
+                p.requires_grad_(False)
+        one = torch.zeros(1, 1, dtype=torch.long)
+        with torch.no_grad():
+            probe = base.new_user_state(one, torch.ones(1, 1, dtype=torch.bool), one, None)
+        self.probe_shapes = {n: probe[n].shape[1:] for n in probe}
+        # the meta-learned start of every adaptable entry, added to the new-user state
+        self.init = nn.ParameterDict(
+            {
+                n: nn.Parameter(torch.zeros_like(probe[n][0]))
+                for n in getattr(base, "adaptable_state", ())
+                if n in probe
+            }
+        )
+
+    def initialize(self, users: torch.Tensor) -> None:
+        """Start the learned init at the average known user (``users``: training users whose
+        table rows the ranker learned); a model without user rows keeps 0."""
+        if not getattr(self.base, "pretrained", True) or not len(self.init):
+            return
+        with torch.no_grad():
+            state = self.base.user_state(users)
+            for n, p in self.init.items():
+                p.copy_(state[n].mean(0))
+
+    # -- the starting state ------------------------------------------------------------------
+    def start(self, support: Padded, user_cats: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """The state adaptation starts from: the ranker's new-user state plus the learned init
+        and, with ``start: ridge``, the ridge offset of the support residuals on the rating
+        task's user bias (rankers with a user bias); differentiable in the learned weights."""
+        state = self.base.new_user_state(support.items, support.mask, support.days, user_cats)
+        state = {**state, **{n: state[n] + p for n, p in self.init.items()}}
+        if self.params.start != "ridge" or "user_bias" not in state or "rating" not in self.tasks:
+            return state
+        with torch.no_grad():
+            detached = {k: v.detach() for k, v in state.items()}
+            pred = score_grid(self.base, detached, support.items, support.days, support.time_bins)
+            m = support.mask.to(torch.float32)
+            offset = ((support.ratings - pred["rating"]) * m).sum(1) / (
+                m.sum(1) + self.params.shrinkage
+            )
+        bias = state["user_bias"]
+        if bias.dim() == 1:
+            return {**state, "user_bias": bias + offset}
+        col = torch.zeros(bias.shape[1], device=bias.device)
+        col[list(self.base.tasks).index("rating")] = 1.0
+        return {**state, "user_bias": bias + offset[:, None] * col}
+
+    # -- the interface -----------------------------------------------------------------------
+    def meta_loss(
+        self, sup_rows: dict, qry_rows: dict, support: Padded, user_cats: torch.Tensor, **kw: Any
+    ) -> MetaLoss:
+        raise NotImplementedError
+
+    def adapt(self, support: Padded, user_cats: torch.Tensor | None, sup_rows: dict) -> Adapted:
+        raise NotImplementedError
+
+    def adapt_state(self, support: Padded, user_cats: torch.Tensor | None) -> dict:
+        """The adapted state alone (for ``run.model.score``): a UserError for a learner that
+        adapts network weights per user, or that retrained the ranker's own weights."""
+        if self.params.train_ranker:
+            raise UserError(
+                f"learner {self.name!r} retrained the ranker's weights (train_ranker: true): "
+                "its states do not serve the run's model"
+            )
+        import numpy as np
+
+        from meta.rows import draw_negatives, support_keys, task_rows
+
+        users = torch.arange(support.items.shape[0])
+        keys = support_keys(users, support, self.base.ctx.n_items)
+        neg = draw_negatives(
+            users, support, keys, self.base.ctx.n_items, 1, np.random.default_rng(0)
+        )
+        adapted = self.adapt(support, user_cats, task_rows(support, *neg, self.like_threshold))
+        if adapted.params:
+            raise UserError(
+                f"learner {self.name!r} adapts network weights per user "
+                f"({', '.join(sorted(adapted.params))}): not a user state for run.model.score"
+            )
+        return adapted.state
+
+    def score_items(
+        self, adapted: Adapted, items: torch.Tensor, days: torch.Tensor, time_bins: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """``{task: (U, N)}`` for adapted users: batched, or ``vmap`` over users when each has
+        its own weights."""
+        if not adapted.params:
+            return score_grid(self.base, adapted.state, items, days, time_bins)
+        from torch.func import functional_call, vmap
+
+        def one(params: dict, state: dict, it: torch.Tensor, d: torch.Tensor, tb: torch.Tensor):
+            batch = {"item": it, "day": d, "time_bin": tb}
+            full = {f"model.{k}": v for k, v in params.items()}
+            out = functional_call(self.scorer, full, (state, batch))
+            return {t: out[t] for t in self.tasks}
+
+        parts: dict[str, list] = {}
+        n = items.shape[0]
+        for s in range(0, n, 16):
+            sl = slice(s, min(n, s + 16))
+            out = vmap(one)(
+                {k: v[sl] for k, v in adapted.params.items()},
+                {k: v[sl] for k, v in adapted.state.items()},
+                items[sl],
+                days[sl],
+                time_bins[sl],
+            )
+            for t, v in out.items():
+                parts.setdefault(t, []).append(v)
+        return {t: torch.cat(v) for t, v in parts.items()}

@@ -1,0 +1,178 @@
+"""The cold-start pipeline (a config with a ``meta:`` section):
+
+    ingest -> features -> split (user roles) -> train (population ranker) -> meta_train -> coldstart
+
+``split`` holds out users (``meta.holdout``) and a cold validation share, and writes a split
+folder of the training users only, so the population ranker (the ``train`` stage, unchanged)
+never sees a held-out or cold-validation user. ``meta_train`` trains every learner of
+``meta.learners`` over training users as tasks (checkpointed, resumable) and chooses the
+fold-in floor's step count on the cold validation users; ``coldstart`` evaluates every floor
+and learner per K on the held-out users and writes ``coldstart.json`` and ``mae_vs_k.png``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from pipelines.runner import Pipeline, Stage, StageContext
+from pipelines.stages import DATA_CODE, FEATURES, INGEST, MODEL_CODE, SPLIT, TRAIN
+from recsys_mtl.config import RunConfig
+from recsys_mtl.errors import UserError
+from recsys_mtl.io import write_json
+
+__all__ = ["coldstart_pipeline", "validate_meta"]
+
+META_CODE = (*MODEL_CODE, "meta")
+
+
+def validate_meta(cfg: RunConfig) -> None:
+    """Everything about ``meta:`` checkable before a stage runs (names, settings, tasks)."""
+    from meta.learners import learner_params
+    from recsys_mtl.build import build_weighting
+
+    meta = cfg.meta
+    if meta is None:
+        return
+    if "rating" not in cfg.tasks:
+        raise UserError("tasks: the cold-start protocol needs the 'rating' task")
+    if build_weighting(cfg).needs_gradients:
+        raise UserError(
+            f"weighting.name: {cfg.weighting.name!r} combines gradients; meta-learning's inner "
+            "and outer losses need a loss-based weighting (static, equal, uw, dwa, rlw, ...)"
+        )
+    if cfg.train.refit:
+        raise UserError(
+            "train.refit: not available with meta (the population ranker's validation part "
+            "is the meta-training query set; a refit would train on it)"
+        )
+    labels = set()
+    for n, spec in enumerate(meta.learners):
+        learner_params(spec.name, spec.params, f"meta.learners.{n}")
+        label = spec.label or spec.name
+        if label in labels:
+            raise UserError(f"meta.learners.{n}.label: {label!r} is used twice (set label)")
+        labels.add(label)
+
+
+def _split(ctx: StageContext) -> dict[str, Any]:
+    from meta.data import write_cold_split
+
+    cfg = ctx.config
+    report = write_cold_split(ctx.input(FEATURES.out("spec.json")).parent, cfg.meta,
+                              cfg.split.valid_fraction, cfg.split.seed, ctx.out_dir)  # fmt: skip
+    return {"metrics": {f"{r}_users": v for r, v in report["roles"].items()}}
+
+
+def _base(spec: Any, run: Any) -> Any:
+    if spec.base == "melu":
+        from meta.melu import MeLU, MeLUConfig
+
+        return MeLU(MeLUConfig(), run.ctx, run.tasks)
+    return copy.deepcopy(run.model)
+
+
+def _meta_train(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    from meta.data import load_cold_data
+    from meta.evaluate import choose_fold_in
+    from meta.learners import build_learner, save_learner
+    from meta.train import MetaTrainingError, meta_train
+    from recsys_mtl.build import build_weighting
+    from recsys_mtl.runs import load_run
+    from recsys_mtl.train.callbacks import ProgressCallback, TrackerCallback
+
+    cfg = ctx.config
+    run = load_run(ctx.run_dir)
+    data = load_cold_data(run.run_dir / "features", run.run_dir / "split", cfg.meta)
+    (steps, lr), maes = choose_fold_in(run.model, data, run.tasks)
+    report: dict[str, Any] = {
+        "fold_in": {"steps": steps, "lr": lr, "cold_valid_mae": maes},
+        "learners": {},
+    }
+    metrics: dict[str, float] = {"fold_in/steps": steps, "fold_in/lr": lr}
+    for spec in cfg.meta.learners:
+        label = spec.label or spec.name
+        torch.manual_seed(cfg.train.seed)
+        learner = build_learner(spec.name, spec.params, _base(spec, run), run.tasks)
+        cbs = [TrackerCallback(ctx.tracker, f"{label}/"), ProgressCallback(f"{label} ")]
+        try:
+            res = meta_train(learner, data, build_weighting(cfg), ctx.checkpoint_dir / label, cbs,
+                             seed=cfg.train.seed)  # fmt: skip
+        except MetaTrainingError as e:
+            raise UserError(f"meta-training {label!r} diverged: {e}") from e
+        save_learner(learner, ctx.out_dir / label, {"base": spec.base, "label": label})
+        report["learners"][label] = {"name": spec.name, "base": spec.base, "best_epoch": res.best_epoch,
+                                     "epochs": res.epochs_run, "seconds": res.seconds,
+                                     "cold_valid_mae": res.best_value}  # fmt: skip
+        metrics[f"{label}/meta_seconds"] = res.seconds
+        metrics[f"{label}/cold_valid_mae"] = res.best_value
+    write_json(report, ctx.output("learners.json"))
+    return {"metrics": metrics}
+
+
+def _coldstart(ctx: StageContext) -> dict[str, Any]:
+    from meta.data import load_cold_data
+    from meta.evaluate import evaluate_coldstart, plot_mae_vs_k, table
+    from meta.learners import load_learner
+    from recsys_mtl.runs import load_run
+    from recsys_mtl.train.evaluate import ranking_task
+
+    cfg = ctx.config
+    run = load_run(ctx.run_dir)
+    data = load_cold_data(run.run_dir / "features", run.run_dir / "split", cfg.meta)
+    trained = json.loads(ctx.input(META_TRAIN.out("learners.json")).read_text())
+    folder = ctx.input(META_TRAIN.out("learners.json")).parent
+    learners = {}
+    for spec in cfg.meta.learners:
+        label = spec.label or spec.name
+        learners[label] = load_learner(folder / label, _base(spec, run))
+    rows = evaluate_coldstart(run.model, data, learners, run.tasks, ranking_task(run.tasks),
+                              (trained["fold_in"]["steps"], trained["fold_in"]["lr"]))  # fmt: skip
+    for r in rows:
+        if r["labels"]["learner"] in trained["learners"]:
+            r["metrics"]["meta/seconds"] = trained["learners"][r["labels"]["learner"]]["seconds"]
+    write_json({"protocol": cfg.meta.protocol, "rows": rows}, ctx.output("coldstart.json"))
+    plot = plot_mae_vs_k(rows, ctx.output("mae_vs_k.png"))
+    ctx.tracker.log_artifacts([plot, ctx.output("coldstart.json")], "coldstart")
+    flat = {}
+    for r in rows:
+        k = r["labels"]["k"]
+        for m, v in r["metrics"].items():
+            if isinstance(v, float) and v == v and "random" not in m:
+                flat[
+                    f"coldstart/{r['labels']['learner']}/k{k if k is not None else 'rest'}/{m}"
+                ] = v
+    return {"metrics": flat, "table": table(rows)}
+
+
+COLD_SPLIT = Stage(
+    "split",
+    _split,
+    reads=("meta", "split"),
+    inputs=(INGEST.out("report.json"), *FEATURES.outs()),
+    outputs=(*SPLIT.outputs, "users.parquet"),
+    code=(*DATA_CODE, "meta.data", "meta.protocol", "meta.rows"),
+)
+META_TRAIN = Stage(
+    "meta_train",
+    _meta_train,
+    reads=("meta", "tasks", "weighting", "train"),
+    inputs=(*FEATURES.outs(), *COLD_SPLIT.outs(), *TRAIN.outs()),
+    outputs=("learners.json",),
+    code=META_CODE,
+)
+COLDSTART = Stage(
+    "coldstart",
+    _coldstart,
+    reads=("meta", "tasks"),
+    inputs=(*FEATURES.outs(), *COLD_SPLIT.outs(), *TRAIN.outs(), *META_TRAIN.outs()),
+    outputs=("coldstart.json", "mae_vs_k.png"),
+    code=META_CODE,
+)
+
+
+def coldstart_pipeline() -> Pipeline:
+    return Pipeline([INGEST, FEATURES, COLD_SPLIT, TRAIN, META_TRAIN, COLDSTART])

@@ -1,0 +1,123 @@
+"""Every registered meta-learner passes the same checks on a tiny multi-task BellKor and MMoE."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from meta.learners import META_LEARNERS, Adapted, build_learner, load_learner, save_learner
+from meta.rows import row_losses
+from tests.meta.helpers import TASKS, cold_data, ranker
+
+NAMES = META_LEARNERS.names()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("conf")
+    data = cold_data(base)
+    tasks = data.tasks("train", 3, seed=0, max_query=8)
+    blocks = data.blocks(tasks.take(torch.arange(6)), np.random.default_rng(0), known=True)
+    return base, data, blocks
+
+
+def _learner(base, name, ranker_name="bellkor", **params):
+    return build_learner(name, params, ranker(base, ranker_name), TASKS)
+
+
+def _loss(learner, blocks, mode="vmap"):
+    t = blocks.tasks
+    kw = {"mode": mode} if learner.inner_loop else {}
+    return learner.meta_loss(blocks.support, blocks.query, t.support, t.user_cats, **kw)
+
+
+def test_the_registry_holds_the_six_learners():
+    assert set(NAMES) == {"maml", "fomaml", "reptile", "meta_sgd", "metric", "blackbox"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("ranker_name", ["bellkor", "mmoe"])
+def test_meta_loss_is_finite_and_reaches_the_learned_weights(world, name, ranker_name):
+    base, _, blocks = world
+    learner = _learner(base, name, ranker_name, start="zero")
+    loss = _loss(learner, blocks)
+    assert loss.task_losses.shape == (len(TASKS),) and torch.isfinite(loss.task_losses).all()
+    (loss.losses if loss.surrogate else loss.losses.sum()).backward()
+    grads = [p.grad for p in learner.parameters() if p.requires_grad]
+    assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+    # a frozen pretrained ranker gets no gradient
+    assert all(p.grad is None for p in learner.base.parameters() if not p.requires_grad)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_adapted_users_are_a_state_with_one_row_per_user_and_finite_scores(world, name):
+    base, _, blocks = world
+    learner = _learner(base, name).eval()
+    t = blocks.tasks
+    with torch.no_grad():
+        adapted = learner.adapt(t.support, t.user_cats, blocks.support)
+        out = learner.score_items(adapted, t.query.items, t.query.days, t.query.time_bins)
+    assert all(v.shape[0] == len(t) for v in adapted.state.values())
+    for task in TASKS:
+        assert out[task].shape == t.query.items.shape and torch.isfinite(out[task]).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_same_seed_gives_the_same_learner_and_loss(world, name):
+    base, _, blocks = world
+    torch.manual_seed(5)
+    a = _loss(_learner(base, name), blocks).task_losses
+    torch.manual_seed(5)
+    b = _loss(_learner(base, name), blocks).task_losses
+    assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_saved_learner_loads_back_to_the_same_adapted_users(world, name, tmp_path):
+    base, _, blocks = world
+    learner = _learner(base, name)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_learner(learner, tmp_path / "l", {"base": "ranker"})
+    loaded = load_learner(tmp_path / "l", ranker(base, seed=9))
+    t = blocks.tasks
+    with torch.no_grad():
+        a = learner.eval().adapt(t.support, t.user_cats, blocks.support).state
+        b = loaded.adapt(t.support, t.user_cats, blocks.support).state
+    assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if META_LEARNERS.get(n).inner_loop])
+@pytest.mark.parametrize("adapt", [["user"], ["heads"]])
+def test_adaptation_lowers_the_support_loss(world, name, adapt):
+    base, _, blocks = world
+    learner = _learner(base, name, "mmoe" if adapt == ["heads"] else "bellkor", adapt=adapt,
+                       start="zero", steps=5, inner_lr=0.05)  # fmt: skip
+    t = blocks.tasks
+    with torch.no_grad():
+        start = learner.start(t.support, t.user_cats)
+        rows = blocks.support
+        grid = (rows["item"], rows["day"], rows["time_bin"])
+        before_out = learner.score_items(Adapted(start), *grid)
+        after_out = learner.score_items(learner.adapt(t.support, t.user_cats, rows), *grid)
+    before = row_losses(before_out, blocks.support, TASKS).sum(1)
+    after = row_losses(after_out, blocks.support, TASKS).sum(1)
+    assert (after < before).all()
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if META_LEARNERS.get(n).inner_loop])
+def test_vmap_and_loop_give_the_same_meta_gradient_on_a_ranker(world, name):
+    base, _, blocks = world
+    learner = _learner(base, name, "mmoe", adapt=["user", "heads"], start="zero", steps=2)
+    other = copy.deepcopy(learner)
+    for mode, lr in (("vmap", learner), ("loop", other)):
+        loss = _loss(lr, blocks, mode)
+        (loss.losses if loss.surrogate else loss.losses.sum()).backward()
+    for (n, p), q in zip(learner.named_parameters(), other.parameters(), strict=True):
+        if p.grad is not None:
+            assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=n)

@@ -1,0 +1,164 @@
+"""``recsys-mtl run`` with a ``meta:`` section: the cold-start stages, caching, the table,
+adapt_users through a trained learner, and config errors as one line with exit code 2."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+import yaml
+
+from meta.adapt import adapt_users
+from pipelines.cli import run_command
+from recsys_mtl.runs import load_run
+from tests.conftest import tiny_config
+
+SYN = {"format": "synthetic", "synthetic": {"users": 80, "items": 60, "ratings": 3000}}
+META = {
+    "ks": [3, 5], "epochs": 2, "batch_users": 16, "max_query": 16, "fold_in_steps": [0, 2], "fold_in_lrs": [0.01],
+    "learners": [
+        {"name": "maml", "params": {"steps": 2}},
+        {"name": "metric", "params": {"hidden": 8}},
+        {"name": "fomaml", "label": "melu_fomaml", "base": "melu", "params": {"adapt": ["dense"], "steps": 1, "start": "zero"}},
+    ],
+}  # fmt: skip
+
+
+def _config(base: Path, tracking: bool = False, **meta) -> Path:
+    cfg = tiny_config(
+        base, SYN, model={"name": "bellkor", "params": {"dim": 4}},
+        tasks=["rating", "interaction", "like"],
+        train={"epochs": 2, "patience": None, "batch_size": 256, "lr": 0.01},
+        meta={**META, **meta},
+    )  # fmt: skip
+    if tracking:
+        doc = yaml.safe_load(cfg.read_text())
+        doc["tracking"] = {"enabled": True, "experiment": "cold"}
+        cfg.write_text(yaml.safe_dump(doc))
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    base = tmp_path_factory.mktemp("coldpipe")
+    cfg = _config(base, tracking=True)
+    with contextlib.chdir(base):
+        summary = run_command(str(cfg), [], str(base / "run"), False)
+        again = run_command(str(cfg), [], str(base / "run"), False)
+    return base, summary, again
+
+
+def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finished):
+    base, summary, _ = finished
+    assert list(summary["stages"]) == [
+        "ingest",
+        "features",
+        "split",
+        "train",
+        "meta_train",
+        "coldstart",
+    ]
+    table = summary["coldstart"]
+    floors = {
+        "global_mean",
+        "item_bias",
+        "support_mean",
+        "ridge",
+        "population",
+        "ranker_ridge",
+        "fold_in",
+    }
+    assert floors | {"maml", "metric", "melu_fomaml"} == set(table)
+    for row in table.values():
+        assert set(row) == {"k3", "k5"}
+        assert 0 < row["k3"]["rating/mae"] < 4
+    assert "adapt/loop_ms_per_user" in table["maml"]["k3"] and "meta/seconds" in table["maml"]["k5"]
+    assert summary["metrics"]["coldstart/ridge/k5/rating/mae"] == table["ridge"]["k5"]["rating/mae"]
+    doc = json.loads((base / "run" / "coldstart" / "coldstart.json").read_text())
+    assert {r["labels"]["kind"] for r in doc["rows"]} == {"floor", "learner"}
+    assert (base / "run" / "coldstart" / "mae_vs_k.png").stat().st_size > 1000
+
+
+def test_meta_training_curves_the_table_and_the_plot_land_in_mlflow(finished):
+    from mlflow import MlflowClient
+
+    _, summary, _ = finished
+    client = MlflowClient(tracking_uri=summary["mlflow"]["tracking_uri"])
+    run_id = summary["mlflow"]["run_id"]
+    curve = client.get_metric_history(run_id, "maml/meta/loss")
+    assert [m.step for m in curve] == [0, 1]
+    assert client.get_metric_history(run_id, "metric/cold_valid/rating/mae")
+    metrics = client.get_run(run_id).data.metrics
+    assert metrics["coldstart/ridge/k5/rating/mae"] == pytest.approx(
+        summary["coldstart"]["ridge"]["k5"]["rating/mae"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(run_id, "coldstart")}
+    assert {"coldstart/mae_vs_k.png", "coldstart/coldstart.json"} <= artifacts
+
+
+def test_a_rerun_skips_every_stage(finished):
+    _, summary, again = finished
+    assert all(s["skipped"] for s in again["stages"].values())
+    assert again["coldstart"] == summary["coldstart"]
+
+
+def test_adapt_users_adapts_through_a_learner_trained_in_the_run(finished):
+    base, _, _ = finished
+    run = load_run(base / "run")
+    items = run.item_ids.to_list()
+    support = pl.DataFrame(
+        {"user_id": ["x", "x", "y"], "item_id": items[:3], "rating": [5.0, 1.0, 4.0]}
+    )
+    learned = adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "maml")
+    ridge = adapt_users(run, support)
+    assert learned.learner == "maml" and ridge.learner == "ridge"
+    assert set(learned.state) == set(ridge.state)
+    assert not torch.allclose(learned.state["user"], ridge.state["user"])
+
+
+def test_a_melu_learner_is_refused_by_adapt_users_with_a_reason(finished):
+    from recsys_mtl.errors import UserError
+
+    base, _, _ = finished
+    run = load_run(base / "run")
+    support = pl.DataFrame(
+        {"user_id": ["x"], "item_id": run.item_ids.to_list()[:1], "rating": [5.0]}
+    )
+    with pytest.raises(UserError, match="melu"):
+        adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "melu_fomaml")
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        (
+            {"learners": [{"name": "mamll"}]},
+            "meta.learners.0.name: unknown meta-learner 'mamll'; known: blackbox",
+        ),
+        ({"learners": [{"name": "maml", "params": {"steps": 0}}]}, "meta.learners.0.params.steps"),
+        (
+            {"learners": [{"name": "maml", "params": {"adapt": ["legs"]}}]},
+            "unknown group(s) ['legs']",
+        ),
+        (
+            {"learners": [{"name": "maml"}, {"name": "maml"}]},
+            "meta.learners.1.label: 'maml' is used twice",
+        ),
+        ({"holdout": 1.5}, "meta.holdout"),
+        ({"ks": [5, 5]}, "ks repeat a value"),
+        ({"shots": 3}, "meta.shots: unknown key"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line(tmp_path, cli, meta, message):
+    doc = yaml.safe_load(_config(tmp_path).read_text())
+    doc["meta"] = {**doc["meta"], **meta}
+    if "learners" not in meta:
+        doc["meta"]["learners"] = []
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(doc))
+    code, _, err = cli("run", tmp_path / "bad.yaml", "--out", tmp_path / "run")
+    assert code == 2, err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
