@@ -363,3 +363,20 @@ def test_training_a_model_does_not_import_torch_dynamo():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=REPO, check=True)  # fmt: skip
     assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize("name", ["lazy_adam", "rowwise_adagrad"])
+def test_a_scheduled_run_resumes_exactly_from_its_checkpoint(tmp_path, name):
+    train, valid = _data(), _data(seed=1)
+    cfg = TrainConfig(epochs=4, batch_size=64, lr=0.01, patience=10, schedule="cosine",
+                      warmup_epochs=0.5, embedding_optimizer=name, lr_scaling="sqrt")  # fmt: skip
+    static = WEIGHTINGS.get("static")
+    whole = _bellkor()
+    fit(whole, train, valid, TASKS, cfg, static(TASKS))
+    first = fit(_bellkor(), train, valid, TASKS, cfg, static(TASKS), tmp_path, stop_after=2)
+    assert first.epochs_run == 2
+    resumed = _bellkor(seed=7)  # another init: everything must come from the checkpoint
+    res = fit(resumed, train, valid, TASKS, cfg, static(TASKS), tmp_path)
+    assert res.resumed_from == 2 and res.epochs_run == 4
+    for k, v in whole.state_dict().items():
+        assert_close(resumed.state_dict()[k], v, msg=k)
