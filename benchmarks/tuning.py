@@ -308,9 +308,9 @@ def part_rating(a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     if a.quick:
         values.update(QUICK_DATA)
     space = {
-        "train.lr": {"type": "float", "low": 5e-4, "high": 2e-2, "log": True},
-        "train.l2": {"type": "float", "low": 0.0, "high": 0.1},
-        "model.params.dim": {"type": "categorical", "choices": [16, 32, 64, 128]},
+        "train.lr": {"type": "float", "low": 1e-3, "high": 2e-2, "log": True},
+        "train.l2": {"type": "float", "low": 0.05, "high": 1.0, "log": True},  # the recipe: 0.4
+        "model.params.dim": {"type": "categorical", "choices": [32, 64, 128, 256]},
         "weighting.weights.interaction": {"type": "float", "low": 0.01, "high": 1.0, "log": True},
     }
     tune = {"objective": "valid/rating/rmse", "trials": a.trials, "seed": 0, "space": space}

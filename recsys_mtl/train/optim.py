@@ -73,6 +73,7 @@ class _Optimizer:
         self.lr = lr
         self.base_lr = lr
         self.steps = 0
+        self.t = [0] * len(self.params)  # per-parameter step counts (Adam's bias correction)
         self.state: dict[str, list[torch.Tensor]] = {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -87,11 +88,12 @@ class _Optimizer:
         return idx, [self.params[k].data for k in idx], [self.params[k].grad for k in idx]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "lr": self.lr, "state": self.state}
+        return {"steps": self.steps, "lr": self.lr, "state": self.state, "t": list(self.t)}
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
         self.steps = int(saved["steps"])
         self.lr = float(saved["lr"])
+        self.t = [int(x) for x in saved.get("t", self.t)]
         for name, tensors in saved["state"].items():
             mine = self.state[name]
             for dst, src in zip(mine, tensors, strict=True):
@@ -114,7 +116,6 @@ class Adam(_Optimizer):
         self.state = {
             "m": [torch.zeros_like(p) for p in self.params],
             "v": [torch.zeros_like(p) for p in self.params],
-            "t": [torch.zeros((), dtype=torch.float64) for _ in self.params],
         }
 
     @torch.no_grad()
@@ -127,14 +128,22 @@ class Adam(_Optimizer):
         m = [self.state["m"][k] for k in idx]
         v = [self.state["v"][k] for k in idx]
         for k in idx:  # per-parameter step counts: a parameter without gradient keeps its own
-            self.state["t"][k] += 1
+            self.t[k] += 1
         if self.weight_decay:
             torch._foreach_mul_(ps, 1.0 - self.lr * self.weight_decay)
         torch._foreach_lerp_(m, gs, 1.0 - b1)
         torch._foreach_mul_(v, b2)
         torch._foreach_addcmul_(v, gs, gs, 1.0 - b2)
+        counts = {self.t[k] for k in idx}
+        if len(counts) == 1:  # the usual case: one fused pass over every parameter
+            t = counts.pop()
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, math.sqrt(1.0 - b2**t))
+            torch._foreach_add_(denom, self.eps)
+            torch._foreach_addcdiv_(ps, m, denom, -self.lr / (1.0 - b1**t))
+            return
         for k, p, mk, vk in zip(idx, ps, m, v, strict=True):
-            t = float(self.state["t"][k])
+            t = self.t[k]
             step = self.lr / (1.0 - b1**t)
             denom = (vk / (1.0 - b2**t)).sqrt_().add_(self.eps)
             p.addcdiv_(mk, denom, value=-step)
@@ -154,8 +163,8 @@ class LazyAdam(Adam):
             g = p.grad
             if g is None:
                 continue
-            self.state["t"][k] += 1
-            t = float(self.state["t"][k])
+            self.t[k] += 1
+            t = self.t[k]
             g2 = g.view(g.shape[0], -1)
             touched = g2.ne(0).any(1, keepdim=True).to(g.dtype)  # (rows, 1): 1 where touched
             m = self.state["m"][k].view(g2.shape)

@@ -2,8 +2,9 @@
 
 * Shuffling: epoch ``e`` uses ``torch.randperm`` with a generator seeded by ``(seed, e)``, so a
   resumed run sees exactly the batches an uninterrupted one would.
-* Optimizers (:mod:`recsys_mtl.train.optim`): AdamW for dense parameters; Adam, Adagrad or
-  row-wise Adagrad (no weight decay) for embedding tables, whose rows are touched sparsely.
+* Optimizers (:mod:`recsys_mtl.train.optim`): AdamW for dense parameters; Adam, lazy Adam,
+  Adagrad or row-wise Adagrad (no weight decay) for embedding tables, whose rows are touched
+  sparsely.
   Learning rates scale with the batch size (``train.lr_scaling``) and follow a schedule over
   ``train.epochs`` (``train.schedule``: warm-up, then constant, cosine or linear decay).
 * Early stopping on the validation part only: the weighted sum of validation task losses.
