@@ -97,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
 
     from pipelines import compare, tune
 
-    tune.add_parser(sub)
-    compare.add_parser(sub)
+    tune.add_parser(sub, formatter_class=_Help)
+    compare.add_parser(sub, formatter_class=_Help)
 
     data = sub.add_parser(
         "data", help="data sets: download, ingest, synthesize", formatter_class=_Help
@@ -178,7 +178,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _score_parsers(sub: Any) -> None:
-    sc = sub.add_parser("score", help="top-K items per user to Parquet (batch scoring)")
+    sc = sub.add_parser(
+        "score", help="top-K items per user to Parquet (batch scoring)", formatter_class=_Help
+    )
     sc.add_argument("source", help="a run directory, or an MLflow model URI (models:/NAME/VERSION)")
     sc.add_argument("--top-k", type=int, required=True, help="items per user")
     sc.add_argument("--out", required=True, help="output Parquet file")
@@ -194,7 +196,11 @@ def _score_parsers(sub: Any) -> None:
         default="auto",
         help="fuse matmul and top-K over tiles of N items; 0: whole blocks (default: auto)",
     )
-    reg = sub.add_parser("register", help="register a run's MLflow model in the model registry")
+    reg = sub.add_parser(
+        "register",
+        help="register a run's MLflow model in the model registry",
+        formatter_class=_Help,
+    )
     reg.add_argument("run_dir", help="a finished run directory")
     reg.add_argument("--name", required=True, help="registered model name")
 

@@ -225,9 +225,10 @@ def _plot(records: list[dict[str, Any]], spec: str, path: Path) -> Path:
     return path
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, **kwargs: Any) -> None:
     p = sub.add_parser(
         "compare",
+        **kwargs,
         help="a table of MLflow runs (pipelines and tuning trials)",
         description="Print a table of an experiment's pipeline runs and tuning trials (stage "
         "runs are left out): name, model, weighting, tasks, split, the params that differ, "

@@ -208,7 +208,9 @@ def _spawn_workers(spec: dict[str, Any], n: int) -> None:
         procs.append(subprocess.Popen(cmd, env=env, cwd=spec["cwd"], start_new_session=True))
     log.info("tune: started workers %s", ", ".join(str(p.pid) for p in procs))
     try:
-        codes = [p.wait() for p in procs]
+        while any(p.poll() is None for p in procs):  # reap each as it exits (no zombies)
+            time.sleep(0.2)
+        codes = [p.returncode for p in procs]
     except KeyboardInterrupt:
         for p in procs:
             if p.poll() is None:
@@ -242,8 +244,6 @@ def run_worker(spec: dict[str, Any], worker: int) -> int:
     from recsys_mtl.tuning.study import make_sampler, make_storage, work
 
     _quiet_optuna()
-    for name in ("recsys_mtl.pipeline", "recsys_mtl.train"):  # one line per trial instead
-        logging.getLogger(name).setLevel(logging.WARNING)
     cfg = load_config(spec["config"], spec["overrides"])
     objectives = find_objectives(cfg, spec["config"])
     study_dir = Path(spec["study_dir"])
@@ -254,7 +254,15 @@ def run_worker(spec: dict[str, Any], worker: int) -> int:
     def open_study() -> Any:
         return _open_study(store, spec["name"], cfg, objectives, sampler)
 
-    return work(open_study, trial_runner, cfg.tune, spec.get("deadline"), trial_runner.on_stale)
+    quiet = [logging.getLogger(n) for n in ("recsys_mtl.pipeline", "recsys_mtl.train")]
+    levels = [q.level for q in quiet]
+    for q in quiet:  # one line per trial instead of every stage's log
+        q.setLevel(logging.WARNING)
+    try:
+        return work(open_study, trial_runner, cfg.tune, spec.get("deadline"), trial_runner.on_stale)
+    finally:
+        for q, level in zip(quiet, levels, strict=True):
+            q.setLevel(level)
 
 
 class _TrialRunner:
@@ -681,10 +689,11 @@ def _plots(study: Any, objectives: list[Any], out: Path) -> list[Path]:
 # The command line
 
 
-def add_parser(sub: Any) -> None:
+def add_parser(sub: Any, **kwargs: Any) -> None:
     """``recsys-mtl tune``: its options (each overrides the matching ``tune.`` key)."""
     p = sub.add_parser(
         "tune",
+        **kwargs,
         help="run (or resume) an Optuna study over a config's tune: section",
         description="Run or resume an Optuna study: trials sample the tune.space keys, train and "
         "evaluate on the study's one data split, and are selected on a validation metric "

@@ -77,7 +77,11 @@ def _owner_dead(owner: str | None) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    try:  # a killed child that its parent has not reaped yet still answers signal 0
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def redact(url: str) -> str:
