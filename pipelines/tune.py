@@ -50,8 +50,12 @@ def tune_command(
     storage: str | None = None,
     workers: int | None = None,
     out: str | None = None,
+    register: str | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume) the study of ``config_path``'s ``tune:`` section; returns its summary."""
+    """Run (or resume) the study of ``config_path``'s ``tune:`` section; returns its summary.
+
+    ``register`` registers the best trial's model under that name in the MLflow model registry.
+    """
     from pipelines.runner import run_pipeline
     from pipelines.stages import data_pipeline
     from recsys_mtl.build import validate_run
@@ -97,6 +101,10 @@ def tune_command(
         "deadline": time.time() + tune.timeout if tune.timeout else None,
         "cwd": os.getcwd(),
     }
+    if tune.baseline and not study_obj.trials:  # trial 0: the config as written
+        from recsys_mtl.tuning.space import baseline_values
+
+        study_obj.enqueue_trial(baseline_values(cfg), user_attrs={"baseline": True})
     added = top_up(study_obj, tune.trials, study_dir / ".topup.lock")
     before = counts(study_obj)
     log.info(
@@ -123,7 +131,25 @@ def tune_command(
         study_obj = _open_study(store, name, cfg, objectives, sampler)
         summary = _summarize(study_obj, cfg, objectives, study_dir, url, time.perf_counter() - t0)
         tracker.finish(summary, study_dir, status)
+    if register is not None:
+        summary["registered"] = _register_best(summary, register)
     return summary
+
+
+def _register_best(summary: dict[str, Any], name: str) -> dict[str, Any]:
+    """Register the best trial's model (``recsys-mtl register`` on its run folder)."""
+    from recsys_mtl.package import register
+
+    best = summary.get("best")
+    if not best or not best.get("run_dir"):
+        raise UserError(
+            "--register: the study has no single best trial to register "
+            "(no trial completed, or several objectives: register a Pareto trial's folder "
+            "with recsys-mtl register)"
+        )
+    reg = register(best["run_dir"], name)
+    log.info("tune: registered trial %d as %s", best["number"], reg["model_uri"])
+    return reg
 
 
 def _quiet_optuna() -> None:
@@ -340,6 +366,7 @@ class _TrialRunner:
         outcome = run_pipeline(build_pipeline(), cfg, run_dir, tracker=tracker, callbacks=callbacks)
         metrics = outcome["evaluate"]["result"].get("metrics", {})
         trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
+        _write_trial_summary(run_dir, cfg, metrics, tracker)
         if tracker is not None:
             tracker.log_metrics(metrics)
         values = []
@@ -362,6 +389,24 @@ class _TrialRunner:
         client = MlflowClient(tracking_uri=self.spec["tracking_uri"])
         client.set_tag(run_id, "fail_reason", frozen.user_attrs.get("fail_reason", "worker died"))
         client.set_terminated(run_id, status="FAILED")
+
+
+def _write_trial_summary(run_dir: Path, cfg: Any, metrics: dict[str, Any], tracker: Any) -> None:
+    """A trial's ``summary.json``: its config, metrics and MLflow run, as a pipeline run writes
+    it, so that the trial folder is a finished run (``recsys-mtl score``, ``register``)."""
+    from recsys_mtl.io import write_json
+
+    doc = {
+        "config": cfg.model_dump(mode="json", exclude={"tune"}),
+        "metrics": metrics,
+        "mlflow": {
+            "run_id": getattr(tracker, "run_id", None),
+            "tracking_uri": getattr(tracker, "tracking_uri", None),
+        },
+        "run_dir": str(run_dir),
+        "version": __version__,
+    }
+    write_json(doc, run_dir / "summary.json")
 
 
 def _short(v: Any) -> str:
@@ -583,6 +628,7 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
             "retry_of": t.system_attrs.get("recsys_mtl:origin", ""),
             "seconds": t.user_attrs.get("seconds", ""),
             "epochs_reported": len(t.intermediate_values),
+            "baseline": bool(t.user_attrs.get("baseline", False)),
         }
         row.update({f"param.{k}": v for k, v in t.params.items()})
         row.update(t.user_attrs.get("metrics", {}))
@@ -726,6 +772,11 @@ def add_parser(sub: Any, **kwargs: Any) -> None:
     p.add_argument("--out", help="study folder (default: runs/tune/<study>)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument(
+        "--register",
+        metavar="NAME",
+        help="register the best trial's model under NAME in the MLflow model registry",
+    )
+    p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config key (repeatable), e.g. --set tune.pruner=median",
     )  # fmt: skip
@@ -735,7 +786,7 @@ def add_parser(sub: Any, **kwargs: Any) -> None:
 def _cli(args: argparse.Namespace) -> int:
     summary = tune_command(
         args.config, args.overrides, trials=args.trials, timeout=args.timeout, study=args.study,
-        storage=args.storage, workers=args.workers, out=args.out,
+        storage=args.storage, workers=args.workers, out=args.out, register=args.register,
     )  # fmt: skip
     if args.json:
         print(json.dumps(summary))
@@ -766,6 +817,8 @@ def format_summary(summary: dict[str, Any]) -> str:
             lines.append(f"    {k} = {v:.4g}" if isinstance(v, float) else f"    {k} = {v}")
     if summary.get("best"):
         lines.append(f"reproduce: recsys-mtl run {summary['best']['config']}")
+    if summary.get("registered"):
+        lines.append(f"registered: {summary['registered']['model_uri']}")
     return "\n".join(lines)
 
 

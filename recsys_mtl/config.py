@@ -345,6 +345,12 @@ class TuneConfig(_Frozen):
         60.0, gt=0.0, description="seconds without a heartbeat before a trial is stale"
     )
     space: dict[str, ParamSpace] = Field(default_factory=dict, description="dotted key -> range")
+    baseline: bool = Field(
+        True,
+        description="a new study's first trial is the config as written (each tuned key at its "
+        "value in the config when that lies in its range), so the best trial is never worse "
+        "on validation than the config it started from",
+    )
 
 
 class MetaLearnerConfig(_Frozen):

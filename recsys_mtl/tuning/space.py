@@ -21,6 +21,7 @@ __all__ = [
     "Objective",
     "active",
     "apply_values",
+    "baseline_values",
     "objectives",
     "sample",
     "validate_tune",
@@ -273,3 +274,32 @@ def _settable(doc: dict[str, Any], key: str) -> bool:
     return (
         len(parts) == 3 and parts[0] in ("model", "weighting") and parts[1] in ("params", "weights")
     )
+
+
+def baseline_values(cfg: RunConfig) -> dict[str, Any]:
+    """The tuned keys' values in the config itself, where they lie in their ranges (a trial
+    with these fixed parameters is the config as written; other keys are left to the sampler)."""
+    assert cfg.tune is not None
+    doc = cfg.model_dump(mode="json")
+    out: dict[str, Any] = {}
+    for key, spec in cfg.tune.space.items():
+        found, value = _get(doc, key)
+        if not found or not active(spec, doc):
+            continue
+        if spec.type == "categorical":
+            if value in (spec.choices or []):
+                out[key] = value
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        assert spec.low is not None and spec.high is not None
+        if not spec.low <= value <= spec.high:
+            continue
+        if spec.type == "int" and (
+            value != int(value) or (int(value) - int(spec.low)) % int(spec.step or 1)
+        ):
+            continue
+        if spec.type == "float" and spec.step and abs(((value - spec.low) / spec.step) % 1) > 1e-9:
+            continue
+        out[key] = int(value) if spec.type == "int" else float(value)
+    return out

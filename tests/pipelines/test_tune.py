@@ -350,7 +350,7 @@ def test_trials_are_child_runs_on_a_tracking_server(
         "space": {"train.lr": {"type": "categorical", "choices": [0.0005, 0.01, 0.03, 1.0e9]}},
     }  # fmt: skip
     cfg = study_config(tmp_path, trials=4, train={"epochs": 3}, tune=tune, tracking=True)
-    tune_command(str(cfg), [], out=str(tmp_path / "study"))
+    summary = tune_command(str(cfg), [], out=str(tmp_path / "study"), register="tuned")
     study = load(tmp_path / "study")
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("tune-test")
@@ -388,6 +388,10 @@ def test_trials_are_child_runs_on_a_tracking_server(
             assert "valid/rating/rmse" in run.data.metrics and "rating/rmse" in run.data.metrics
             history = client.get_metric_history(run.info.run_id, "epoch/valid/rating/rmse")
             assert len(history) == len(t.intermediate_values)
+    # --register: the best trial's model is version 1 of "tuned", from that trial's run
+    assert summary["registered"]["model_uri"] == "models:/tuned/1"
+    version = client.get_model_version("tuned", "1")
+    assert version.run_id == trials[study.best_trial.number].info.run_id
     # the compare command shows the study's trials, not its stage runs
     code, out, err = cli(
         "compare",

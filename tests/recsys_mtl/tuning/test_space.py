@@ -159,3 +159,30 @@ def test_storage_urls_lose_their_passwords() -> None:
         "postgresql://bob:***@db.example:5432/optuna"
     )
     assert redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_the_baseline_trial_is_the_config_as_written() -> None:
+    from recsys_mtl.tuning.space import baseline_values
+
+    cfg = config(
+        {
+            "space": {
+                "train.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+                "train.l2": {"type": "float", "low": 0.1, "high": 1.0},  # 0.0 is outside
+                "model.params.dim": {"type": "int", "low": 4, "high": 32, "step": 4},
+                "weighting.name": {"type": "categorical", "choices": ["static", "uw"]},
+                "weighting.params.temperature": {
+                    "type": "float",
+                    "low": 1.0,
+                    "high": 4.0,
+                    "when": {"weighting.name": "dwa"},
+                },
+            }
+        },
+        train={"lr": 0.003},
+    )
+    assert baseline_values(cfg) == {
+        "train.lr": 0.003,
+        "model.params.dim": 8,
+        "weighting.name": "static",
+    }
