@@ -218,8 +218,11 @@ def test_ctrl_c_ends_the_mlflow_run_killed(tmp_path, store, client, cli):
     }
     cmd = [sys.executable, "-m", "pipelines.cli", "run", str(cfg), "--out", str(tmp_path / "r")]
     proc = subprocess.Popen(
-        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a child inherits an ignored SIGINT (as from a background shell job, or a library in
+        # this test process): give it the terminal's default, as a user's Ctrl-C would meet it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while not list((tmp_path / "r").glob(".checkpoints/train-*/*.pt")) and proc.poll() is None:
         assert time.monotonic() < deadline, "training never started"
