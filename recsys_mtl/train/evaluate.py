@@ -169,8 +169,10 @@ def ranking_metrics(
             exclude,
             chunk_users,
         )
+        bar = _progress_bar(users.numel(), "    full ranking")
         for block in blocks:
             c = block.users.numel()
+            bar.update(c)
             relevant = torch.zeros(c, n_items, dtype=torch.bool, device=device)
             lengths = counts[done : done + c]
             rows = torch.repeat_interleave(torch.arange(c, device=device), lengths)
@@ -183,6 +185,7 @@ def ranking_metrics(
                 found.update(full_ranking(block.scores, relevant, kk))
             for name, value in found.items():
                 sums[name] = sums.get(name, 0.0) + value * n_rel
+        bar.close()
         for name, value in sums.items():
             metrics[f"ranking_full/{name}"] = value / max(done, 1)
     model.train(was)
@@ -191,6 +194,20 @@ def ranking_metrics(
     names = list(metrics)
     values = torch.stack([torch.as_tensor(metrics[n], dtype=torch.float64) for n in names]).tolist()
     return dict(zip(names, values, strict=True))
+
+
+def _progress_bar(total: int, desc: str) -> Any:
+    """A progress bar over users on stderr when it is a terminal (a no-op bar otherwise)."""
+    import sys
+
+    from tqdm import tqdm
+
+    isatty = getattr(sys.stderr, "isatty", None)
+    on = bool(isatty and isatty())
+    return tqdm(
+        total=total, desc=desc, unit="user", leave=False, file=sys.stderr, disable=not on,
+        mininterval=0.5,
+    )  # fmt: skip
 
 
 def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str, float]:

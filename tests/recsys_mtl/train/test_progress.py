@@ -36,3 +36,23 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only():
     drawn = term.getvalue()
     assert "\r    epoch 0:" in drawn and "\r    epoch 1:" in drawn and "/5 [" in drawn
     assert pipe.getvalue() == ""
+
+
+def test_full_ranking_draws_a_bar_over_users_only_on_a_terminal(monkeypatch) -> None:
+    import io
+    import sys
+
+    from recsys_mtl.train.evaluate import _progress_bar
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, shown in ((Tty(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = _progress_bar(10, "    full ranking")
+        for _ in range(2):
+            bar.update(5)
+        bar.close()
+        assert ("full ranking" in stream.getvalue()) is shown
+        assert ("/10 " in stream.getvalue()) is shown  # counted over the 10 users
