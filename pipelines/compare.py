@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from recsys_mtl.errors import UserError
+from recsys_mtl.tracking import KIND_TAG, STUDY_TAG
 
 __all__ = ["add_parser", "compare_runs", "format_table"]
 
-KIND_TAG = "recsys_mtl.kind"
-STUDY_TAG = "recsys_mtl.study"
 MINIMIZED = ("rmse", "mae", "logloss", "loss")
 # The describing columns: (header, tag, param)
 DESCRIBE = (

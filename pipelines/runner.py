@@ -242,6 +242,15 @@ def fingerprint(stage: Stage, config: RunConfig, upstream: dict[str, str]) -> st
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _complete(stage: Stage, final: Path, marker: dict[str, Any] | None, key: str) -> bool:
+    """Whether a stage's folder holds a finished run of this fingerprint (it is skipped)."""
+    return (
+        marker is not None
+        and marker.get("fingerprint") == key
+        and all((final / o).exists() for o in stage.outputs)
+    )
+
+
 def _read_marker(stage_dir: Path) -> dict[str, Any] | None:
     try:
         return json.loads((stage_dir / MARKER).read_text())
@@ -282,11 +291,7 @@ def run_pipeline(
         keys[stage.name] = key
         final = run / stage.name
         marker = _read_marker(final)
-        complete = (
-            marker is not None
-            and marker.get("fingerprint") == key
-            and all((final / o).exists() for o in stage.outputs)
-        )
+        complete = _complete(stage, final, marker, key)
         params = {"stage.version": stage.version, "stage.fingerprint": key[:16]}
         if complete and not force:
             assert marker is not None
@@ -347,11 +352,7 @@ def stage_status(
         keys[stage.name] = key
         final = run / stage.name
         marker = _read_marker(final)
-        complete = (
-            marker is not None
-            and marker.get("fingerprint") == key
-            and all((final / o).exists() for o in stage.outputs)
-        )
+        complete = _complete(stage, final, marker, key)
         checkpoints = sorted((run / ".checkpoints").glob(f"{stage.name}-{key[:16]}/*.pt"))
         status[stage.name] = {"fingerprint": key, "complete": complete, "checkpoints": checkpoints}
     return status

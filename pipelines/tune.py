@@ -26,13 +26,12 @@ from typing import Any
 
 from recsys_mtl import __version__
 from recsys_mtl.errors import UserError
+from recsys_mtl.tracking import KIND_TAG, STUDY_TAG, MlflowTracker
 
 __all__ = ["tune_command"]
 
 log = logging.getLogger("recsys_mtl.tune")
 
-KIND_TAG = "recsys_mtl.kind"  # recsys_mtl.tracking.KIND_TAG (not imported: it loads nothing heavy)
-STUDY_TAG = "recsys_mtl.study"
 RUN_ATTR = "recsys_mtl:mlflow_run_id"
 
 
@@ -507,43 +506,19 @@ class _StudyRun:
         self.tracker.finish(status)
 
 
-class _TrialRun:
+class _TrialRun(MlflowTracker):
     """A trial's MLflow child run: params, per-epoch metrics, final metrics, state, duration."""
 
-    def __new__(
-        cls,
+    def __init__(
+        self,
         spec: dict[str, Any],
         cfg: Any,
         trial: Any,
         name: str,
         values: dict[str, Any],
         origin: int,
-    ) -> Any:
-        from recsys_mtl.tracking import MlflowTracker
-
-        class TrialTracker(MlflowTracker):
-            def stage_run(
-                self,
-                stage: str,
-                params: dict[str, Any],
-                metrics: dict[str, float],
-                skipped: bool,
-                seconds: float,
-            ) -> None:
-                if skipped:  # the study's data stages, linked into every trial
-                    return
-                super().stage_run(stage, params, metrics, skipped, seconds)
-
-            def close(self, state: str, reason: str | None, seconds: float) -> None:
-                self.log_metrics({"trial/seconds": seconds})
-                if reason:
-                    key = "pruned_reason" if state == "KILLED" else "fail_reason"
-                    self.client.set_tag(self.run_id, key, reason[:5000])
-                if state == "KILLED":
-                    self.client.set_tag(self.run_id, "pruned", "true")
-                self.finish(state, reason if state == "FAILED" else None)
-
-        run = TrialTracker(cfg.tracking.experiment, spec["tracking_uri"])
+    ) -> None:
+        super().__init__(cfg.tracking.experiment, spec["tracking_uri"])
         tags = {
             "mlflow.parentRunId": spec["parent_run"],
             KIND_TAG: "trial",
@@ -557,8 +532,28 @@ class _TrialRun:
         if origin != trial.number:
             tags["retry_of"] = str(origin)
         params = {**{f"param.{k}": v for k, v in values.items()}, "trial.number": trial.number}
-        run.start(name, params, tags)
-        return run
+        self.start(name, params, tags)
+
+    def stage_run(
+        self,
+        stage: str,
+        params: dict[str, Any],
+        metrics: dict[str, float],
+        skipped: bool,
+        seconds: float,
+    ) -> None:
+        if skipped:  # the study's data stages, linked into every trial
+            return
+        super().stage_run(stage, params, metrics, skipped, seconds)
+
+    def close(self, state: str, reason: str | None, seconds: float) -> None:
+        self.log_metrics({"trial/seconds": seconds})
+        if reason:
+            key = "pruned_reason" if state == "KILLED" else "fail_reason"
+            self.client.set_tag(self.run_id, key, reason[:5000])
+        if state == "KILLED":
+            self.client.set_tag(self.run_id, "pruned", "true")
+        self.finish(state, reason if state == "FAILED" else None)
 
 
 # --------------------------------------------------------------------------------------------

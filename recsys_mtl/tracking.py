@@ -31,6 +31,7 @@ __all__ = [
     "EXPERIMENT_KIND_TAG",
     "KINDS",
     "KIND_TAG",
+    "STUDY_TAG",
     "MlflowTracker",
     "NullTracker",
     "canonical_metric_name",
@@ -42,6 +43,7 @@ __all__ = [
 ]
 
 KIND_TAG = "recsys_mtl.kind"
+STUDY_TAG = "recsys_mtl.study"  # a tuning trial's (and its study's) study name
 KINDS = ("pipeline", "stage", "trial", "single_task_baseline")
 # The MLflow 3 UI opens an experiment on its GenAI overview unless the experiment says it holds
 # model training; the UI reads this experiment tag (values genai_development or

@@ -56,3 +56,21 @@ def tiny_config(tmp_path: Path, data: dict, **sections) -> Path:
 
     doc = {"name": "t", "data": data, "tracking": {"enabled": False}, **sections}
     return write(tmp_path / "config.yaml", yaml.safe_dump(doc))
+
+
+def sparse_id_log(path: Path) -> Path:
+    """A generic CSV log whose ids are not 1..N: string user ids, sparse item ids out of order
+    (columns ``user,item,stars,when``)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, n = 40, 60, 1200
+    pairs = rng.choice(n_users * n_items, size=n, replace=False)
+    users = [f"user-{(u * 37) % 101:03d}" for u in pairs // n_items]
+    items = (9000 - 13 * (pairs % n_items)).tolist()
+    ratings = rng.integers(1, 6, n).tolist()
+    ts = (1_000_000_000 + rng.integers(0, 400 * 86_400, n)).tolist()
+    lines = ["user,item,stars,when"] + [
+        f"{u},{i},{r},{t}" for u, i, r, t in zip(users, items, ratings, ts, strict=True)
+    ]
+    return write(path, "\n".join(lines) + "\n")

@@ -6,7 +6,6 @@ import contextlib
 import shutil
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 import torch
@@ -17,24 +16,9 @@ from recsys_mtl.errors import UserError
 from recsys_mtl.models import RANKERS, load_context
 from recsys_mtl.runs import load_run
 from recsys_mtl.train.data import load_part
-from tests.conftest import tiny_config, write
+from tests.conftest import sparse_id_log, tiny_config
 
 TASKS = ["rating", "interaction"]
-
-
-def _log(path: Path) -> Path:
-    """A generic CSV log whose ids are not 1..N: string user ids, sparse item ids out of order."""
-    rng = np.random.default_rng(0)
-    n_users, n_items, n = 40, 60, 1200
-    pairs = rng.choice(n_users * n_items, size=n, replace=False)
-    users = [f"user-{(u * 37) % 101:03d}" for u in pairs // n_items]
-    items = (9000 - 13 * (pairs % n_items)).tolist()
-    ratings = rng.integers(1, 6, n).tolist()
-    ts = (1_000_000_000 + rng.integers(0, 400 * 86_400, n)).tolist()
-    lines = ["user,item,stars,when"] + [
-        f"{u},{i},{r},{t}" for u, i, r, t in zip(users, items, ratings, ts, strict=True)
-    ]
-    return write(path, "\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +26,7 @@ def run_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("load_run")
     data = {
         "format": "csv",
-        "path": str(_log(base / "log.csv")),
+        "path": str(sparse_id_log(base / "log.csv")),
         "columns": {"user_id": "user", "item_id": "item", "rating": "stars", "ts": "when"},
     }
     cfg = tiny_config(

@@ -20,24 +20,9 @@ from recsys_mtl.models import FeatureContext
 from recsys_mtl.models.bellkor import BellKor, BellKorConfig
 from recsys_mtl.runs import load_run
 from recsys_mtl.scoring import CatalogScorer, parse_blend, recommend, score_pairs
-from tests.conftest import tiny_config, write
+from tests.conftest import sparse_id_log, tiny_config
 
 TASKS = ["rating", "interaction"]
-
-
-def _log(path: Path) -> Path:
-    """A CSV log with string user ids and sparse item ids out of order."""
-    rng = np.random.default_rng(0)
-    n_users, n_items, n = 40, 60, 1200
-    pairs = rng.choice(n_users * n_items, size=n, replace=False)
-    users = [f"user-{(u * 37) % 101:03d}" for u in pairs // n_items]
-    items = (9000 - 13 * (pairs % n_items)).tolist()
-    ratings = rng.integers(1, 6, n).tolist()
-    ts = (1_000_000_000 + rng.integers(0, 400 * 86_400, n)).tolist()
-    lines = ["user,item,stars,when"] + [
-        f"{u},{i},{r},{t}" for u, i, r, t in zip(users, items, ratings, ts, strict=True)
-    ]
-    return write(path, "\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +30,7 @@ def run_dir(tmp_path_factory) -> Path:
     base = tmp_path_factory.mktemp("scoring")
     data = {
         "format": "csv",
-        "path": str(_log(base / "log.csv")),
+        "path": str(sparse_id_log(base / "log.csv")),
         "columns": {"user_id": "user", "item_id": "item", "rating": "stars", "ts": "when"},
     }
     cfg = tiny_config(
