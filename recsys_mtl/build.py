@@ -84,6 +84,15 @@ def validate_run(cfg: RunConfig) -> tuple[type, Any]:
         raise UserError(
             "train.refit: not available with model.params.pretrain (refit trains from scratch)"
         )
+    start = cfg.train.warm_start
+    solves = "interaction" if start == "implicit_als" else "rating"
+    if start != "none" and (start not in cls.warm_starts or solves not in cfg.tasks):
+        offers = [n for n, c in _rankers_with_warm_start(start)]
+        raise UserError(
+            f"train.warm_start: {start!r} solves the {solves} task of a ranker with factors "
+            f"({', '.join(offers)}); model {cfg.model.name!r} with tasks {cfg.tasks} has none "
+            "(set train.warm_start: none)"
+        )
     no_valid = cfg.split.valid_fraction == 0
     if no_valid and not cls.closed_form:
         if cfg.train.refit:
@@ -97,6 +106,12 @@ def validate_run(cfg: RunConfig) -> tuple[type, Any]:
                 "split.valid_fraction is 0 (set train.patience: null to train every epoch)"
             )
     return cls, params
+
+
+def _rankers_with_warm_start(name: str) -> list[tuple[str, type]]:
+    from recsys_mtl.models.registry import RANKERS
+
+    return [(n, RANKERS.get(n)) for n in RANKERS.names() if name in RANKERS.get(n).warm_starts]
 
 
 def build_model(cfg: RunConfig, ctx: Any, device: str | None = None) -> Any:

@@ -189,6 +189,36 @@ class TrainConfig(_Frozen):
         False,
         description="after early stopping, train anew on train + valid for the best epoch count",
     )
+    refit_from: Literal["scratch", "selected"] = Field(
+        "scratch",
+        description="the refit's start: scratch (a fresh model, every chosen epoch replayed) or "
+        "selected (the model chosen on validation, continued on train + valid)",
+    )
+    refit_epochs: int | None = Field(
+        None,
+        ge=1,
+        description="epochs the refit trains: the last N of the chosen epochs of the schedule; "
+        "null: all of them",
+    )
+    warm_start: Literal["none", "als", "implicit_als"] = Field(
+        "none",
+        description="start gradient training from a closed form (bellkor): als (the rating "
+        "task's factors and biases by alternating least squares) or implicit_als (the "
+        "interaction task's factors, Hu et al.'s implicit-feedback ALS)",
+    )
+    als_sweeps: int = Field(5, ge=1, le=1000, description="alternating sweeps of the ALS start")
+    als_reg: float | None = Field(
+        None,
+        ge=0.0,
+        description="ALS start: ridge penalty of the factors; null: 10 (als), 50 (implicit_als)",
+    )
+    als_alpha: float = Field(
+        20.0, ge=0.0, description="implicit_als: confidence 1 + alpha of an observed pair"
+    )
+    als_scale: float = Field(
+        1.0, description="implicit_als: the interaction task's starting scale on the factors"
+    )
+    als_bias_reg: float = Field(5.0, ge=0.0, description="ALS start: ridge penalty of the biases")
     resample_negatives: bool = Field(
         False, description="draw the interaction task's negatives anew every epoch"
     )

@@ -64,6 +64,8 @@ class Ranker(nn.Module):
     # state entries that are parameters a cold-start learner may adapt (the rest are features
     # of the user, such as demographics codes or the SVD++ implicit vector)
     adaptable_state: tuple[str, ...] = ()
+    # closed-form starts the ranker offers (``train.warm_start``), and the task they solve
+    warm_starts: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -89,6 +91,11 @@ class Ranker(nn.Module):
         self.register_buffer("implicit_offsets", ctx.implicit_offsets, persistent=False)
         self.register_buffer("implicit_values", ctx.implicit_values, persistent=False)
         self.register_buffer("user_mean_day", ctx.user_mean_day, persistent=False)
+
+    def warm_start(self, train: dict[str, torch.Tensor], settings: Any) -> None:
+        """Set parameters from a closed-form solution on ``train`` before gradient training
+        (``settings``: the run's :class:`~recsys_mtl.config.TrainConfig`)."""
+        raise NotImplementedError(f"{type(self).__name__} offers no warm start")
 
     # -- parameter groups ---------------------------------------------------------------------
     def dense_roles(self) -> dict[str, Role]:

@@ -10,6 +10,7 @@ returns the final model and, separately, the model chosen on validation **before
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,12 +76,14 @@ def train_ranker(
         pretrained = None
         if getattr(params, "pretrain", False):
             pretrained = _pretrain_neumf(model, params, train, valid, cfg, ckpt, device)
+        warm = _warm_start(model, train, cfg)
         res = fit(model, train, valid, cfg.tasks, cfg.train, weighting, ckpt, callbacks)
         selected, refit = None, None
         if cfg.train.refit:
-            refit = res.best_epoch + 1
+            chosen = res.best_epoch + 1
+            refit = min(chosen, cfg.train.refit_epochs or chosen)
             selected = model
-            model = _refit(model, refit, train, valid, cfg, ckpt, refit_callbacks)
+            model = _refit(model, chosen, refit, train, valid, cfg, ckpt, refit_callbacks)
     except NonFiniteLossError as e:
         raise UserError(f"training diverged: {e} (lower train.lr or check the data)") from e
     metrics = _train_metrics(res, refit)
@@ -90,8 +93,22 @@ def train_ranker(
         "refit_epochs": refit,
         "pretrained": pretrained,
         "resumed_from_epoch": res.resumed_from,
+        "warm_start": cfg.train.warm_start,
     }
+    if warm is not None:
+        metrics["train/warm_start_seconds"] = warm
     return TrainedRanker(model, selected, metrics, details, res.history)
+
+
+def _warm_start(model: nn.Module, data: dict[str, torch.Tensor], cfg: RunConfig) -> float | None:
+    """``train.warm_start``: the ranker's closed-form start on ``data``; its seconds."""
+    if cfg.train.warm_start == "none":
+        return None
+    t0 = time.perf_counter()
+    model.warm_start(to_device(data, next(model.parameters()).device), cfg.train)
+    seconds = time.perf_counter() - t0
+    log.info("    %s warm start in %.2f s", cfg.train.warm_start, seconds)
+    return seconds
 
 
 def _train_metrics(res: TrainResult, refit: int | None) -> dict[str, float]:
@@ -107,6 +124,7 @@ def _train_metrics(res: TrainResult, refit: int | None) -> dict[str, float]:
 
 def _refit(
     model: nn.Module,
+    chosen: int,
     epochs: int,
     train: dict[str, torch.Tensor],
     valid: dict[str, torch.Tensor],
@@ -114,15 +132,28 @@ def _refit(
     ckpt: Path | None,
     callbacks: Sequence[Callback],
 ) -> nn.Module:
-    """Train a fresh model (same seed) on train + valid for the epochs early stopping chose.
+    """Train on train + valid for the last ``epochs`` of the ``chosen`` epochs of the schedule.
 
-    The validation part has done its job (choosing the epoch count); the final model also
+    ``train.refit_from: scratch`` starts a fresh model (same seed) and replays the schedule's
+    epochs ``chosen - epochs .. chosen - 1`` (all of them by default); ``selected`` starts from
+    the model chosen on validation, whose weights stay untouched (``valid/`` metrics come from
+    it). The validation part has done its job (choosing the epoch count); the final model also
     learns from it. Its checkpoints sit under ``refit/`` beside the first fit's, so a killed
     run resumes here too.
     """
-    log.info("    refit on train + valid for %d epochs", epochs)
+    start = chosen - epochs
+    log.info(
+        "    refit on train + valid: epochs %d-%d of the schedule, from %s",
+        start + 1,
+        chosen,
+        cfg.train.refit_from,
+    )
     torch.manual_seed(cfg.train.seed)
     fresh = build_model(cfg, model.ctx, check_device(cfg.train.device))
+    if cfg.train.refit_from == "selected":
+        fresh.load_state_dict(model.state_dict())
+    else:
+        _warm_start(fresh, concat(train, valid), cfg)
     # the same schedule (it spans train.epochs), stopped after the chosen epochs
     settings = cfg.train.model_copy(update={"patience": None})
     fit(
@@ -134,7 +165,8 @@ def _refit(
         build_weighting(cfg),
         ckpt / "refit" if ckpt is not None else None,
         callbacks,
-        stop_after=epochs,
+        stop_after=chosen,
+        start_epoch=start,
     )
     return fresh
 

@@ -180,6 +180,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     callbacks: Sequence[Callback] = (),
     stop_after: int | None = None,
+    start_epoch: int = 0,
 ) -> TrainResult:
     """Train ``model`` in place on ``cfg.device``; at the end it holds the weights of its best
     validation epoch. Without a validation part, every epoch runs and the last one is kept
@@ -187,7 +188,8 @@ def fit(
 
     ``stop_after`` ends training after that many epochs while the learning-rate schedule still
     spans ``cfg.epochs``: a refit replays the first ``stop_after`` epochs of the schedule that
-    early stopping chose them from."""
+    early stopping chose them from. ``start_epoch`` begins at that epoch of the schedule (a
+    refit continuing the selected model replays the last chosen epochs)."""
     device = resolve_device(cfg.device)
     has_valid = valid is not None and size(valid) > 0
     if not has_valid and cfg.patience is not None:
@@ -200,7 +202,7 @@ def fit(
     shared = model.shared_parameters() if weighting.needs_gradients else []
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     state: dict[str, Any] = {
-        "epoch": 0,
+        "epoch": start_epoch,
         "best": float("inf"),
         "best_epoch": -1,
         "bad": 0,
