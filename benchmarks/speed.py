@@ -3,6 +3,7 @@
     python benchmarks/speed.py            # rating, ranking (3 seeds each) and concurrency
     python benchmarks/speed.py --quick    # seed 0; SVD, ALS; no SVD++, no concurrency
     python benchmarks/speed.py --parts throughput,backend   # per-ranker training throughput
+    python benchmarks/speed.py --parts concurrent --concurrent default,one   # without torch's own
 
 Parts (each a row group in the JSON line; ``--parts`` picks them):
 
@@ -295,13 +296,17 @@ def _ranking(base: Path, seeds: list[int], extra: dict | None = None) -> list[di
     return rows
 
 
-def _concurrent(base: Path) -> list[dict]:
-    """Two rating runs at once per setting; each run's train throughput and wall time."""
+def _concurrent(base: Path, which: list[str]) -> list[dict]:
+    """Two rating runs at once per setting; each run's train throughput and wall time.
+    ``which``: ``default``, ``one`` (one thread each), ``torch`` (torch's own default: as many
+    threads as cores each, minutes when the cores are shared)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    settings = {"default": {}, "one thread each (RECSYS_MTL_THREADS=1)": {"RECSYS_MTL_THREADS": "1"},
-                f"{cores} threads each (torch's own default)": {"RECSYS_MTL_THREADS": str(cores)}}  # fmt: skip
+    settings = {"default": ("default", {}),
+                "one": ("one thread each (RECSYS_MTL_THREADS=1)", {"RECSYS_MTL_THREADS": "1"}),
+                "torch": (f"{cores} threads each (torch's own default)",
+                          {"RECSYS_MTL_THREADS": str(cores)})}  # fmt: skip
     rows = []
-    for name, env in settings.items():
+    for name, env in (settings[w] for w in which):
         outs = [base / f"concurrent-{len(rows)}-{k}" / "run" for k in range(2)]
         for o in outs:
             o.parent.mkdir(parents=True, exist_ok=True)
@@ -343,6 +348,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the throughput part")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--concurrent", default="default,one,torch",
+                    help="thread settings of the concurrent part: default, one, torch")  # fmt: skip
     args = ap.parse_args()
     if not (ML100K / "u.data").is_file():
         raise SystemExit(f"MovieLens-100K not found at {ML100K} (set RECSYS_MTL_ML100K)")
@@ -359,7 +366,7 @@ def main() -> None:
     if "ranking" in parts:
         rows += _ranking(base, seeds)
     if "concurrent" in parts:
-        rows += _concurrent(base)
+        rows += _concurrent(base, args.concurrent.split(","))
     if "throughput" in parts:
         rows += _throughput(base, "ml-100k", NEURAL, 2, args.threads)
         rows += _throughput(base, "ml-1m-sized", NEURAL, 1, args.threads)
