@@ -23,12 +23,13 @@ def learning_curves(history: list[dict[str, float]], tasks: list[str], path: Pat
     panels = [t for t in tasks if any(f"train/{t}/loss" in h for h in history)]
     if not panels:
         return None
-    # a Figure on the Agg canvas without pyplot: pyplot's import alone is ~0.4 s of a run
-    from matplotlib.figure import Figure
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(4.5 * len(panels), 3.5))
-    axes = fig.subplots(1, len(panels), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, t in zip(axes[0], panels, strict=True):
         for part, style in (("train", "o-"), ("valid", "s--")):
             points = [
@@ -42,4 +43,5 @@ def learning_curves(history: list[dict[str, float]], tasks: list[str], path: Pat
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
     return path
