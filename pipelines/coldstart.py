@@ -25,6 +25,8 @@ from recsys_mtl.io import write_json
 __all__ = ["coldstart_pipeline", "validate_meta"]
 
 META_CODE = (*MODEL_CODE, "meta")
+FLOORS = ("global_mean", "item_bias", "support_mean", "ridge", "population", "ranker_ridge",
+          "fold_in")  # fmt: skip
 
 
 def validate_meta(cfg: RunConfig) -> None:
@@ -51,6 +53,11 @@ def validate_meta(cfg: RunConfig) -> None:
     for n, spec in enumerate(meta.learners):
         learner_params(spec.name, spec.params, f"meta.learners.{n}")
         label = spec.label or spec.name
+        if label in FLOORS:
+            raise UserError(
+                f"meta.learners.{n}.label: {label!r} is the name of a floor in the report "
+                "(set another label)"
+            )
         if label in labels:
             raise UserError(f"meta.learners.{n}.label: {label!r} is used twice (set label)")
         labels.add(label)
@@ -107,6 +114,8 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
         report["learners"][label] = {"name": spec.name, "base": spec.base, "best_epoch": res.best_epoch,
                                      "epochs": res.epochs_run, "seconds": res.seconds,
                                      "cold_valid_mae": res.best_value}  # fmt: skip
+        if res.chosen:
+            report["learners"][label]["cold_valid_choice"] = res.chosen
         metrics[f"{label}/meta_seconds"] = res.seconds
         metrics[f"{label}/cold_valid_mae"] = res.best_value
     write_json(report, ctx.output("learners.json"))
