@@ -61,6 +61,7 @@ class RidgeParams(LearnerParams):
     )
     rank_by: str = Field(
         "auto",
+        pattern="^(auto|rating|interaction|like|liked)$",
         description="full-catalog ranking: auto, a task, or liked "
         "(log P(rated) + log P(liked | rated): interaction and like heads)",
     )
