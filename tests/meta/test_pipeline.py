@@ -153,7 +153,7 @@ def test_adapt_users_adapts_through_a_learner_trained_in_the_run(finished):
     assert not torch.allclose(learned.state["user"], ridge.state["user"])
 
 
-def test_a_melu_learner_is_refused_by_adapt_users_with_a_reason(finished):
+def test_melu_and_ridge_learners_are_refused_by_adapt_users_with_a_reason(finished):
     from recsys_mtl.errors import UserError
 
     base, _, _ = finished
@@ -163,6 +163,8 @@ def test_a_melu_learner_is_refused_by_adapt_users_with_a_reason(finished):
     )
     with pytest.raises(UserError, match="melu"):
         adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "melu_fomaml")
+    with pytest.raises(UserError, match="its own item table"):
+        adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "closed_form")
 
 
 @pytest.mark.parametrize(
