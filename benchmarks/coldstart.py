@@ -47,7 +47,8 @@ QUICK = [
     "meta.ks=[5,10]",
     "meta.fold_in_steps=[0,10]",
     "meta.fold_in_lrs=[0.01]",
-    "meta.learners=[{name: maml, params: {steps: 2}}, {name: metric}]",
+    "meta.learners=[{name: maml, params: {steps: 2}}, {name: metric},"
+    " {name: ridge, label: closed_form}]",
 ]
 
 

@@ -83,7 +83,7 @@ def _learner_prediction(
             "rating"
         ]
         items, day, tb = catalog_grid(blocks, n_items)
-        full = learner.score_items(adapted, items, day, tb)[rank_task]
+        full = learner.rank_scores(adapted, items, day, tb, rank_task)
     return pred, full, seconds
 
 

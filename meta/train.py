@@ -4,8 +4,10 @@
   the negatives) from ``numpy.random.default_rng([seed, e])``: a resumed run sees exactly the
   tasks an uninterrupted one would.
 * Only training users' ratings are read (:meth:`ColdData.role_ratings` of ``train``); the cold
-  validation users are adapted from their support sets and scored on their query sets after
-  every epoch (MAE at the middle K), which chooses the epoch and stops early.
+  validation users are adapted from their support sets and scored on their query sets before
+  meta-training and after every epoch (MAE at the middle K), which chooses the epoch (-1: the
+  learner as initialized) and stops early; then :meth:`MetaLearner.choose` makes its choices
+  on them (the ridge learner's ranking score).
 * The outer loss is every task's query loss, combined by the weighting (its learnable weights
   join the optimizer; gradient-based weightings do not apply); the inner loss uses the weights
   the weighting returned at the previous step. Outer gradients are clipped to ``outer_clip``.
@@ -52,6 +54,7 @@ class MetaTrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     resumed_from: int | None = None
+    chosen: dict[str, float] = field(default_factory=dict)  # measured by ``learner.choose``
 
 
 def _check(loss: Any, users: torch.Tensor, epoch: int, batch: int, data: ColdData) -> None:
@@ -97,14 +100,18 @@ def meta_train(
     valid_k = valid_k or int(ks[len(ks) // 2])
     train_users = data.users("train")
     learner.initialize(torch.from_numpy(train_users))
+    learner.initialize_data(data)
     valid_blocks = data.blocks(data.tasks("cold_valid", valid_k, seed=cfg.seed + 1),
                                np.random.default_rng([seed, 10**6]), known=False)  # fmt: skip
     params = [p for p in learner.parameters() if p.requires_grad] + list(weighting.parameters())
+    lr = learner.params.lr or cfg.lr
     if learner.outer_optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr)
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr)
     else:
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        opt = torch.optim.Adam(params, lr=lr)
     history: list[dict[str, float]] = []
+    # the initialized learner is a candidate too (epoch -1): an empirical-Bayes start (ridge)
+    # can be better on cold validation than every meta-trained epoch
     best = {"epoch": -1, "value": float("inf"), "state": copy.deepcopy(learner.state_dict())}
     start_epoch, bad_epochs, resumed = 0, 0, None
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
@@ -117,6 +124,8 @@ def meta_train(
         history, best, bad_epochs = saved["history"], saved["best"], saved["bad_epochs"]
         start_epoch = resumed = saved["epoch"] + 1
         log.info("    meta-training resumes at epoch %d from %s", start_epoch, ckpt)
+    else:
+        best["value"] = cold_metrics(learner, valid_blocks, data, cfg.mode)["rating/mae"]
     for cb in callbacks:
         cb.on_train_start(learner, {"epochs": cfg.epochs, "resumed_from": resumed})
     epoch = start_epoch - 1
@@ -176,11 +185,13 @@ def meta_train(
                 torch.save(doc, tmp)
         if stop:
             break
-    if best["epoch"] >= 0:
-        learner.load_state_dict(best["state"])
+    learner.load_state_dict(best["state"])
     learner.eval()
+    chosen = learner.choose(valid_blocks, data)
+    if chosen:
+        log.info("    %s: cold-validation choice %s", learner.name, chosen)
     result = MetaTrainResult(len(history), best["epoch"], best["value"], history,
-                             time.perf_counter() - t0, resumed)  # fmt: skip
+                             time.perf_counter() - t0, resumed, chosen)  # fmt: skip
     for cb in callbacks:
         cb.on_train_end(result)
     return result

@@ -22,9 +22,11 @@ from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json
 
-__all__ = ["coldstart_pipeline", "validate_meta"]
+__all__ = ["coldstart_pipeline", "coldstart_report", "validate_meta"]
 
 META_CODE = (*MODEL_CODE, "meta")
+FLOORS = ("global_mean", "item_bias", "support_mean", "ridge", "population", "ranker_ridge",
+          "fold_in")  # fmt: skip
 
 
 def validate_meta(cfg: RunConfig) -> None:
@@ -51,9 +53,67 @@ def validate_meta(cfg: RunConfig) -> None:
     for n, spec in enumerate(meta.learners):
         learner_params(spec.name, spec.params, f"meta.learners.{n}")
         label = spec.label or spec.name
+        if label in FLOORS:
+            raise UserError(
+                f"meta.learners.{n}.label: {label!r} is the name of a floor in the report "
+                "(set another label)"
+            )
         if label in labels:
             raise UserError(f"meta.learners.{n}.label: {label!r} is used twice (set label)")
         labels.add(label)
+
+
+def _margin(best: float | None, floor: float | None, lower_is_better: bool) -> str:
+    if best is None or floor is None or floor == 0:
+        return "-"
+    gain = (floor - best) / floor if lower_is_better else (best - floor) / floor
+    return f"{100 * gain:+.1f}%"
+
+
+def coldstart_report(per_k: dict[str, dict[str, dict[str, float]]]) -> str:
+    """What a cold-start run prints (``summary.json`` keeps every metric): per K, every
+    learner and the best floor by MAE and by NDCG@10, sorted by MAE, and the best learner's
+    margins over the best floor (positive = the learner is better)."""
+    from pipelines.console import table
+
+    ks = sorted({k for m in per_k.values() for k in m}, key=lambda k: (len(k), k))
+    cols = [("MAE", "rating/mae"), ("RMSE", "rating/rmse"), ("nDCG@5", "query/ndcg@5"),
+            ("HR@10", "ranking/hr@10"), ("NDCG@10", "ranking/ndcg@10")]  # fmt: skip
+    lines = []
+
+    def get(method: str, k: str, metric: str) -> float | None:
+        v = per_k[method].get(k, {}).get(metric)
+        return v if isinstance(v, int | float) else None
+
+    def best(names: list[str], k: str, metric: str, low: bool) -> str | None:
+        have = [n for n in names if get(n, k, metric) is not None]
+        return min(have, key=lambda n: get(n, k, metric) * (1 if low else -1)) if have else None
+
+    for k in ks:
+        floors = [n for n in per_k if n in FLOORS and k in per_k[n]]
+        learners = [n for n in per_k if n not in FLOORS and k in per_k[n]]
+        shown = {*learners, *filter(None, [best(floors, k, "rating/mae", True),
+                                           best(floors, k, "ranking/ndcg@10", False)])}  # fmt: skip
+        rows = sorted(shown, key=lambda n: get(n, k, "rating/mae") or 9.0)
+        body = [[n, "floor" if n in FLOORS else "learner",
+                 *("-" if get(n, k, m) is None else f"{get(n, k, m):.4f}" for _, m in cols)]
+                for n in rows]  # fmt: skip
+        label = "support = the rest" if k == "rest" else f"K = {k[1:]}"
+        lines += ["", f"cold start, {label} (held-out users):"]
+        lines.append(table(["method", "kind", *(c for c, _ in cols)], body, left=2))
+        verdict = []
+        for name, metric, low in (
+            ("MAE", "rating/mae", True),
+            ("NDCG@10", "ranking/ndcg@10", False),
+        ):
+            bl, bf = best(learners, k, metric, low), best(floors, k, metric, low)
+            if bl and bf:
+                margin = _margin(get(bl, k, metric), get(bf, k, metric), low)
+                verdict.append(f"{name}: best learner {bl} vs best floor {bf} {margin}")
+        if verdict:
+            lines.append("; ".join(verdict))
+    lines.append('every metric of every method: summary.json ("coldstart") and coldstart.json')
+    return "\n".join(lines[1:])
 
 
 def _split(ctx: StageContext) -> dict[str, Any]:
@@ -107,6 +167,8 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
         report["learners"][label] = {"name": spec.name, "base": spec.base, "best_epoch": res.best_epoch,
                                      "epochs": res.epochs_run, "seconds": res.seconds,
                                      "cold_valid_mae": res.best_value}  # fmt: skip
+        if res.chosen:
+            report["learners"][label]["cold_valid_choice"] = res.chosen
         metrics[f"{label}/meta_seconds"] = res.seconds
         metrics[f"{label}/cold_valid_mae"] = res.best_value
     write_json(report, ctx.output("learners.json"))

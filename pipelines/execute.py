@@ -476,6 +476,10 @@ def run_report(summary: dict[str, Any]) -> str:
         rows = [[f"fold {f['fold']}", *(f"{f['metrics'].get(k, float('nan')):.4g}" for k in test)]
                 for f in summary["folds"]]  # fmt: skip
         lines += ["", "per fold (test):", table(["fold", *test], rows)]
+    elif summary.get("coldstart"):  # the per-K table of the best methods, not every metric
+        from pipelines.coldstart import coldstart_report
+
+        lines += ["", coldstart_report(summary["coldstart"])]
     else:
         lines += ["", metrics_table(summary["metrics"])]
     if summary.get("transfer"):

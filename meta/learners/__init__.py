@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from meta.learners.base import GROUPS, META_LEARNERS, Adapted, LearnerParams, MetaLearner, MetaLoss
+from meta.learners.closed_form import Ridge
 from meta.learners.encoders import BlackBox, Metric
 from meta.learners.gradient import FOMAML, MAML, MetaSGD, Reptile
 from recsys_mtl.errors import UserError
@@ -29,6 +30,7 @@ __all__ = [
     "MetaSGD",
     "Metric",
     "Reptile",
+    "Ridge",
     "build_learner",
     "learner_params",
     "load_learner",

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from meta.protocol import Padded
+from meta.solve import map_solve
 from meta.state import score_grid
 from recsys_mtl.errors import UserError
 from recsys_mtl.registry import Registry
@@ -51,11 +52,23 @@ class LearnerParams(BaseModel):
 
     start: str = Field(
         "ridge",
-        pattern="^(zero|ridge)$",
-        description="adaptation starts from the ranker's new-user state (zero) or that plus "
-        "the ridge user offset on the support set (ridge)",
+        pattern="^(zero|ridge|solve)$",
+        description="adaptation starts from the ranker's new-user state (zero), that plus "
+        "the ridge user offset on the support set (ridge), or the MAP solve of every "
+        "adaptable user-state entry on the support ratings (solve)",
     )
     shrinkage: float = Field(15.0, ge=0.0, description="ridge start: shrinkage of the offset")
+    noise: float = Field(
+        1.0,
+        gt=0.0,
+        description="solve start, ridge learner: noise variance of the empirical "
+        "prior (precision = noise / the training users' variance)",
+    )
+    lr: float | None = Field(
+        None,
+        gt=0.0,
+        description="outer (meta-training) learning rate of this learner (default: meta.lr)",
+    )
     train_ranker: bool = Field(
         False,
         description="meta-train the base ranker's own weights too (a pretrained ranker stays "
@@ -142,15 +155,60 @@ class MetaLearner(nn.Module):
             }
         )
 
+        if params.start == "solve":
+            # the solve start's prior precision per flattened entry (set by initialize)
+            width = sum(self._sizes())
+            self.register_buffer("solve_prec", torch.full((width,), max(params.shrinkage, 1e-3)))
+
+    def _sizes(self) -> list[int]:
+        return [int(torch.Size(self.probe_shapes[n]).numel()) for n in self.init]
+
     def initialize(self, users: torch.Tensor) -> None:
         """Start the learned init at the average known user (``users``: training users whose
-        table rows the ranker learned); a model without user rows keeps 0."""
+        table rows the ranker learned); a model without user rows keeps 0. With ``start:
+        solve`` the solve's prior precision is ``noise / variance`` of those users' entries
+        (the rating task's user bias: ``shrinkage``, as the ridge start)."""
         if not getattr(self.base, "pretrained", True) or not len(self.init):
             return
         with torch.no_grad():
             state = self.base.user_state(users)
             for n, p in self.init.items():
                 p.copy_(state[n].mean(0))
+            if self.params.start == "solve":
+                flat = torch.cat([state[n].reshape(len(users), -1) for n in self.init], 1)
+                var = flat.var(0).clamp(min=1e-6)
+                self.solve_prec.copy_((self.params.noise / var).clamp(max=1e6))
+                col = self._rating_bias_entry()
+                if col is not None:  # the ranker's (user, day) biases absorb most of a known
+                    # user's offset: their spread understates a new user's; keep the shrinkage
+                    self.solve_prec[col] = max(self.params.shrinkage, 1e-3)
+
+    def _rating_bias_entry(self) -> int | None:
+        """The flat index of the rating task's user bias among the adaptable entries."""
+        if "user_bias" not in self.init or "rating" not in list(getattr(self.base, "tasks", [])):
+            return None
+        at = 0
+        for n, size in zip(self.init, self._sizes()):  # noqa: B905
+            if n == "user_bias":
+                return at + (list(self.base.tasks).index("rating") if size > 1 else 0)
+            at += size
+        return None
+
+    def initialize_data(self, data: Any) -> None:
+        """Starting values from the training users' ratings (``data``: a ColdData, read for
+        its ``train`` role only); none by default."""
+
+    def choose(self, blocks: Any, data: Any) -> dict[str, float]:
+        """A choice made on the cold validation ``blocks`` after meta-training (the ridge
+        learner's ranking score); returns what it measured, empty by default."""
+        return {}
+
+    def rank_scores(
+        self, adapted: Adapted, items: torch.Tensor, days: torch.Tensor, time_bins: torch.Tensor,
+        rank_task: str,
+    ) -> torch.Tensor:  # fmt: skip
+        """``(U, N)`` full-catalog ranking scores: the ranking task's by default."""
+        return self.score_items(adapted, items, days, time_bins)[rank_task]
 
     # -- the starting state ------------------------------------------------------------------
     def start(self, support: Padded, user_cats: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -159,6 +217,8 @@ class MetaLearner(nn.Module):
         task's user bias (rankers with a user bias); differentiable in the learned weights."""
         state = self.base.new_user_state(support.items, support.mask, support.days, user_cats)
         state = {**state, **{n: state[n] + p for n, p in self.init.items()}}
+        if self.params.start == "solve" and len(self.init) and "rating" in self.tasks:
+            return self.solve_start(state, support)
         if self.params.start != "ridge" or "user_bias" not in state or "rating" not in self.tasks:
             return state
         with torch.no_grad():
@@ -174,6 +234,37 @@ class MetaLearner(nn.Module):
         col = torch.zeros(bias.shape[1], device=bias.device)
         col[list(self.base.tasks).index("rating")] = 1.0
         return {**state, "user_bias": bias + offset[:, None] * col}
+
+    def solve_start(self, state: dict[str, torch.Tensor], support: Padded) -> dict:
+        """``state`` with its adaptable entries at the MAP solve on the support ratings:
+        ``delta = (J^T J + Lambda)^-1 J^T (r - r_hat)``, ``J (U, S, D)`` the Jacobian of the
+        rating prediction in the flattened entries at ``state`` (prior mean: ``state``, the
+        new-user state plus the learned init; precision ``Lambda``: ``solve_prec``). Exact
+        ridge regression of the user factors and biases for a ranker linear in them
+        (BellKor); one Gauss-Newton step otherwise. Differentiable (second-order MAML)."""
+        from torch.func import jacfwd, vmap
+
+        names, sizes = list(self.init), self._sizes()
+        n_users = support.items.shape[0]
+        flat = torch.cat([state[n].reshape(n_users, -1) for n in names], 1)
+        rest = {k: v for k, v in state.items() if k not in self.init}
+
+        def rating(f: torch.Tensor, rest_u: dict, it, day, tb) -> torch.Tensor:
+            parts = torch.split(f, sizes)
+            st = {**rest_u, **{n: p.reshape(self.probe_shapes[n]) for n, p in zip(names, parts)}}  # noqa: B905
+            return self.base.score(st, {"item": it, "day": day, "time_bin": tb})["rating"]
+
+        args = (flat, rest, support.items, support.days, support.time_bins)
+        pred = vmap(rating)(*args)
+        jac = vmap(jacfwd(rating))(*args)  # (U, S, D)
+        delta = map_solve(jac, support.ratings - pred, support.mask,
+                          torch.zeros_like(self.solve_prec), self.solve_prec)  # fmt: skip
+        flat = flat + delta
+        out, at = dict(state), 0
+        for n, size in zip(names, sizes):  # noqa: B905
+            out[n] = flat[:, at : at + size].reshape(n_users, *self.probe_shapes[n])
+            at += size
+        return out
 
     # -- the interface -----------------------------------------------------------------------
     def meta_loss(

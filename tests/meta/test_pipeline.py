@@ -24,6 +24,7 @@ META = {
         {"name": "maml", "params": {"steps": 2}},
         {"name": "metric", "params": {"hidden": 8}},
         {"name": "fomaml", "label": "melu_fomaml", "base": "melu", "params": {"adapt": ["dense"], "steps": 1, "start": "zero"}},
+        {"name": "ridge", "label": "closed_form"},
     ],
 }  # fmt: skip
 
@@ -72,7 +73,7 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
         "ranker_ridge",
         "fold_in",
     }
-    assert floors | {"maml", "metric", "melu_fomaml"} == set(table)
+    assert floors | {"maml", "metric", "melu_fomaml", "closed_form"} == set(table)
     for row in table.values():
         assert set(row) == {"k3", "k5"}
         assert 0 < row["k3"]["rating/mae"] < 4
@@ -81,6 +82,38 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
     doc = json.loads((base / "run" / "coldstart" / "coldstart.json").read_text())
     assert {r["labels"]["kind"] for r in doc["rows"]} == {"floor", "learner"}
     assert (base / "run" / "coldstart" / "mae_vs_k.png").stat().st_size > 1000
+
+
+def test_the_printed_report_is_the_per_k_table_of_every_learner_and_the_best_floors(finished):
+    from pipelines.execute import run_report
+
+    _, summary, _ = finished
+    text = run_report(summary)
+    table = summary["coldstart"]
+    floors = [n for n in table if n in {"global_mean", "item_bias", "support_mean", "ridge",
+                                        "population", "ranker_ridge", "fold_in"}]  # fmt: skip
+    for k in ("k3", "k5"):
+        block = text.split(f"K = {k[1:]} ")[1].split("\n\n")[0]
+        names = {line.split()[0] for line in block.splitlines()[3:] if line[:1].isalnum()}
+        shown = {n for n in names if n in table}
+        by_mae = min(floors, key=lambda n: table[n][k]["rating/mae"])
+        ranks = [n for n in floors if table[n][k].get("ranking/ndcg@10") is not None]
+        by_ndcg = max(ranks, key=lambda n: table[n][k]["ranking/ndcg@10"])
+        assert shown == {"maml", "metric", "melu_fomaml", "closed_form", by_mae, by_ndcg}
+        assert "best learner" in block and "best floor" in block
+    assert "coldstart/" not in text  # not the ~100 flat metrics
+    assert len(text.splitlines()) < 40
+
+
+def test_the_ridge_learner_records_its_cold_validation_ranking_choice(finished):
+    base, _, _ = finished
+    doc = json.loads((base / "run" / "meta_train" / "learners.json").read_text())
+    choice = doc["learners"]["closed_form"]["cold_valid_choice"]
+    assert set(choice) == {"rating", "interaction", "like", "liked"}
+    state = torch.load(base / "run" / "meta_train" / "closed_form" / "learner.pt",
+                       weights_only=True)  # fmt: skip
+    options = ["rating", "interaction", "like", "liked"]
+    assert choice[options[int(state["rank_choice"])]] == max(choice.values())
 
 
 def test_meta_training_curves_the_table_and_the_plot_land_in_mlflow(finished):
@@ -120,7 +153,7 @@ def test_adapt_users_adapts_through_a_learner_trained_in_the_run(finished):
     assert not torch.allclose(learned.state["user"], ridge.state["user"])
 
 
-def test_a_melu_learner_is_refused_by_adapt_users_with_a_reason(finished):
+def test_melu_and_ridge_learners_are_refused_by_adapt_users_with_a_reason(finished):
     from recsys_mtl.errors import UserError
 
     base, _, _ = finished
@@ -130,6 +163,8 @@ def test_a_melu_learner_is_refused_by_adapt_users_with_a_reason(finished):
     )
     with pytest.raises(UserError, match="melu"):
         adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "melu_fomaml")
+    with pytest.raises(UserError, match="its own item table"):
+        adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "closed_form")
 
 
 @pytest.mark.parametrize(
@@ -147,6 +182,18 @@ def test_a_melu_learner_is_refused_by_adapt_users_with_a_reason(finished):
         (
             {"learners": [{"name": "maml"}, {"name": "maml"}]},
             "meta.learners.1.label: 'maml' is used twice",
+        ),
+        (
+            {"learners": [{"name": "ridge"}]},
+            "meta.learners.0.label: 'ridge' is the name of a floor in the report",
+        ),
+        (
+            {"learners": [{"name": "ridge", "label": "cf", "params": {"features": ["genre"]}}]},
+            "meta.learners.0.params.features",
+        ),
+        (
+            {"learners": [{"name": "ridge", "label": "cf", "params": {"rank_by": "clicks"}}]},
+            "meta.learners.0.params.rank_by",
         ),
         ({"holdout": 1.5}, "meta.holdout"),
         ({"ks": [5, 5]}, "ks repeat a value"),
