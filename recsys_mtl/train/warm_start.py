@@ -24,6 +24,7 @@ pairs entering through the Gram matrix ``F^T F``: the interaction task's factors
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +60,29 @@ class _Pattern:
             return torch.sparse_csr_tensor(self.crow, self.cols, values, self.shape)
 
 
+def _conjugate_gradient(
+    normal: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    start: torch.Tensor,
+    steps: int,
+) -> torch.Tensor:
+    """``steps`` conjugate-gradient steps on ``normal(x) = rhs`` for every row at once (each
+    row its own symmetric positive definite system), from ``start``."""
+    x = start
+    r = rhs - normal(x)
+    p = r.clone()
+    rs = (r * r).sum(1, keepdim=True)
+    for _ in range(steps):
+        ap = normal(p)
+        alpha = rs / (p * ap).sum(1, keepdim=True).clamp(min=1e-20)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rs_next = (r * r).sum(1, keepdim=True)
+        p = r + (rs_next / rs.clamp(min=1e-20)) * p
+        rs = rs_next
+    return x
+
+
 def _ridge_rows(
     pattern: _Pattern,
     target: torch.Tensor,
@@ -75,19 +99,28 @@ def _ridge_rows(
         dots = torch.sparse.sampled_addmm(pattern.ones, v, features.T, beta=0.0)
         return dots @ features + v * reg
 
-    x = start
-    r = pattern.csr(target) @ features - normal(x)
-    p = r.clone()
-    rs = (r * r).sum(1, keepdim=True)
-    for _ in range(steps):
-        ap = normal(p)
-        alpha = rs / (p * ap).sum(1, keepdim=True).clamp(min=1e-20)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rs_next = (r * r).sum(1, keepdim=True)
-        p = r + (rs_next / rs.clamp(min=1e-20)) * p
-        rs = rs_next
-    return x
+    return _conjugate_gradient(normal, pattern.csr(target) @ features, start, steps)
+
+
+def _weighted_ridge_rows(
+    pattern: _Pattern,
+    extra: torch.Tensor,
+    features: torch.Tensor,
+    start: torch.Tensor,
+    reg: float,
+    steps: int,
+) -> torch.Tensor:
+    """For every row ``r``: ``argmin_x sum_c w_rc (p_rc - <x, f_c>)^2 + reg |x|^2`` over every
+    column ``c``, with ``p_rc = 1``, ``w_rc = 1 + extra_rc`` on the observed pairs and
+    ``p = 0``, ``w = 1`` elsewhere (Hu et al., 2008), by ``steps`` conjugate-gradient steps.
+    The unobserved pairs enter through the Gram matrix ``F^T F`` only."""
+    gram = features.T @ features
+
+    def normal(v: torch.Tensor) -> torch.Tensor:
+        dots = torch.sparse.sampled_addmm(pattern.ones, v, features.T, beta=0.0)
+        return v @ gram + pattern.csr(dots.values() * extra) @ features + v * reg
+
+    return _conjugate_gradient(normal, pattern.csr(1.0 + extra) @ features, start, steps)
 
 
 def als_factors(
@@ -130,40 +163,6 @@ def als_factors(
                             torch.cat([q, bi[:, None]], 1), penalty, cg_steps)  # fmt: skip
             q, bi = x[:, :dim].contiguous(), x[:, dim].contiguous()
     return AlsFactors(float(mu), p, q, bu, bi)
-
-
-def _weighted_ridge_rows(
-    pattern: _Pattern,
-    extra: torch.Tensor,
-    features: torch.Tensor,
-    start: torch.Tensor,
-    reg: float,
-    steps: int,
-) -> torch.Tensor:
-    """For every row ``r``: ``argmin_x sum_c w_rc (p_rc - <x, f_c>)^2 + reg |x|^2`` over every
-    column ``c``, with ``p_rc = 1``, ``w_rc = 1 + extra_rc`` on the observed pairs and
-    ``p = 0``, ``w = 1`` elsewhere (Hu et al., 2008), by ``steps`` conjugate-gradient steps.
-    The unobserved pairs enter through the Gram matrix ``F^T F`` only."""
-    gram = features.T @ features
-
-    def normal(v: torch.Tensor) -> torch.Tensor:
-        dots = torch.sparse.sampled_addmm(pattern.ones, v, features.T, beta=0.0)
-        weighted = pattern.csr(dots.values() * extra)
-        return v @ gram + weighted @ features + v * reg
-
-    x = start
-    r = pattern.csr(1.0 + extra) @ features - normal(x)
-    p = r.clone()
-    rs = (r * r).sum(1, keepdim=True)
-    for _ in range(steps):
-        ap = normal(p)
-        alpha = rs / (p * ap).sum(1, keepdim=True).clamp(min=1e-20)
-        x = x + alpha * p
-        r = r - alpha * ap
-        rs_next = (r * r).sum(1, keepdim=True)
-        p = r + (rs_next / rs.clamp(min=1e-20)) * p
-        rs = rs_next
-    return x
 
 
 def implicit_als_factors(
