@@ -216,7 +216,9 @@ class TrainConfig(_Frozen):
         20.0, ge=0.0, description="implicit_als: confidence 1 + alpha of an observed pair"
     )
     als_scale: float = Field(
-        1.0, description="implicit_als: the interaction task's starting scale on the factors"
+        1.0,
+        gt=0.0,
+        description="implicit_als: the interaction task's starting scale on the factors",
     )
     als_bias_reg: float = Field(5.0, ge=0.0, description="ALS start: ridge penalty of the biases")
     resample_negatives: bool = Field(

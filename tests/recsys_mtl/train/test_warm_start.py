@@ -245,6 +245,8 @@ def test_a_refit_from_the_selected_model_continues_it_for_the_last_epochs(tmp_pa
         (["train.warm_start=svd"], "train.warm_start: Input should be 'none', 'als' or 'implicit_als'"),
         (["train.refit_from=best"], "train.refit_from: Input should be 'scratch' or 'selected'"),
         (["train.refit_epochs=0"], "train.refit_epochs: Input should be greater than or equal to 1"),
+        (["train.als_scale=0"], "train.als_scale: Input should be greater than 0"),
+        (["train.als_sweeps=0"], "train.als_sweeps: Input should be greater than or equal to 1"),
     ],
 )  # fmt: skip
 def test_bad_warm_start_and_refit_settings_exit_2_with_one_line(tmp_path, cli, sets, message):
