@@ -110,7 +110,7 @@ def _train(ctx: StageContext) -> dict[str, Any]:
     else:
         from pipelines.plots import learning_curves, weights_move
 
-        curves = learning_curves(trained.history, cfg.tasks, ctx.out_dir / "learning_curves.png")
+        curves = learning_curves(trained.history, cfg.tasks, ctx.out_dir / "learning_curves.svg")
         ctx.tracker.log_artifacts([curves] if curves else [])
         if len(cfg.tasks) > 1 and weights_move(trained.history, cfg.tasks):
             plot = _plot_weights(

@@ -115,8 +115,8 @@ def test_a_trained_run_logs_learning_curves_and_no_weights_plot_for_static_weigh
     assert code == 0, err
     run_id = json.loads((tmp_path / "r" / "summary.json").read_text())["mlflow"]["run_id"]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
-    assert "learning_curves.png" in artifacts and "weights.png" not in artifacts
-    assert (tmp_path / "r" / "train" / "learning_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert "learning_curves.svg" in artifacts and "weights.png" not in artifacts
+    assert (tmp_path / "r" / "train" / "learning_curves.svg").read_text().startswith("<svg ")
     # per-epoch train and valid losses of each task on the pipeline run
     for key in ("train/rating/loss", "valid/rating/loss", "train/like/loss"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [0, 1, 2]
