@@ -166,7 +166,7 @@ def run_one(
     """One pipeline run into ``run_dir``, tracked; returns the summary (also summary.json)."""
     from pipelines.runner import stage_status
     from recsys_mtl.config import flatten
-    from recsys_mtl.tracking import MlflowTracker, NullTracker, default_tracking_uri
+    from recsys_mtl.tracking import BackgroundTracker, NullTracker, default_tracking_uri
 
     existed = run_dir.exists()
     abs_dir = run_dir.resolve()
@@ -206,7 +206,7 @@ def run_one(
     elif cached is not None and not uri:
         tracker = NullTracker()
     else:
-        tracker = MlflowTracker(cfg.tracking.experiment) if uri else NullTracker()
+        tracker = BackgroundTracker(cfg.tracking.experiment) if uri else NullTracker()
         digest = data_digest(cfg)
         run_tags = {**_tags(cfg, config_path, abs_dir, digest), "recsys_mtl.run_key": key}
         tracker.start(
@@ -361,14 +361,14 @@ def run_kfold(
     from recsys_mtl.build import validate_run
     from recsys_mtl.config import flatten, load_config
     from recsys_mtl.io import write_json
-    from recsys_mtl.tracking import MlflowTracker, NullTracker
+    from recsys_mtl.tracking import BackgroundTracker, NullTracker
 
     validate_run(cfg)
     folds = cfg.split.folds
     name = run_name or f"{default_run_name(cfg)}-{folds}fold"
     abs_dir = run_dir.resolve()
     existed = run_dir.exists()
-    tracker: Any = MlflowTracker(cfg.tracking.experiment) if cfg.tracking.enabled else NullTracker()
+    tracker: Any = BackgroundTracker(cfg.tracking.experiment) if cfg.tracking.enabled else NullTracker()
     if cfg.tracking.enabled:
         run_tags = _tags(cfg, config_path, abs_dir, data_digest(cfg))
         tracker.start(

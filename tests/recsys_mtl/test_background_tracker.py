@@ -1,0 +1,97 @@
+"""The background tracker: it returns before MLflow is open, applies every call in order on a
+real SQLite store, ends the run with the caller's status after the queued calls, and a failed
+call stops the logging, ends the run FAILED and reaches the caller."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from recsys_mtl import tracking
+from recsys_mtl.tracking import BackgroundTracker
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('bg-store') / 'mlflow.db'}"
+
+
+def _client(store: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=store)
+
+
+def test_the_constructor_returns_before_the_store_is_open(store, monkeypatch):
+    opened = threading.Event()
+    release = threading.Event()
+    real = tracking.MlflowTracker.__init__
+
+    def slow_open(self, *args, **kwargs):
+        release.wait(10)
+        real(self, *args, **kwargs)
+        opened.set()
+
+    monkeypatch.setattr(tracking.MlflowTracker, "__init__", slow_open)
+    t = BackgroundTracker("bg-open", store)
+    t.start("r", {"a": 1}, {})
+    t.log_metrics({"m": 1.0})
+    assert not opened.is_set()  # the calls above were queued, not waited for
+    release.set()
+    run_id = t.run_id  # waits for start()
+    assert opened.is_set() and run_id
+    t.finish()
+    run = _client(store).get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["m"] == 1.0
+
+
+def test_calls_reach_the_store_in_order_and_finish_waits_for_them(store):
+    t = BackgroundTracker("bg-order", store)
+    t.start("run", {"p": "x"}, {"t": "y"}, description="a run")
+    for step in range(5):
+        t.log_metrics({"train/loss": 1.0 / (step + 1)}, step=step)
+    t.stage_run("train", {"q": 2}, {"train/seconds": 1.5}, False, 1.5)
+    t.set_tags({"extra": "z"})
+    t.finish()
+    client = _client(store)
+    run = client.get_run(t.run_id)
+    assert run.info.status == "FINISHED"
+    assert (
+        run.data.params["p"] == "x" and run.data.tags["t"] == "y" and run.data.tags["extra"] == "z"
+    )
+    history = client.get_metric_history(t.run_id, "train/loss")
+    assert [m.step for m in history] == [0, 1, 2, 3, 4]
+    assert [m.value for m in history] == [1.0, 0.5, 1.0 / 3, 0.25, 0.2]
+    children = client.search_runs(
+        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{t.run_id}'"
+    )
+    assert [c.data.tags["stage"] for c in children] == ["train"]
+
+
+def test_a_killed_run_ends_killed_after_its_queued_calls(store):
+    t = BackgroundTracker("bg-killed", store)
+    t.start("run", {}, {})
+    t.log_metrics({"m": 3.0})
+    t.finish("KILLED", "interrupted (SIGINT / Ctrl-C)")
+    run = _client(store).get_run(t.run_id)
+    assert run.info.status == "KILLED" and run.data.metrics["m"] == 3.0
+    assert run.data.tags[tracking.ERROR_TAG] == "interrupted (SIGINT / Ctrl-C)"
+
+
+def test_a_failed_call_stops_logging_ends_the_run_failed_and_is_raised(store, monkeypatch):
+    def broken(self, paths, folder=None):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tracking.MlflowTracker, "log_artifacts", broken)
+    t = BackgroundTracker("bg-failed", store)
+    t.start("run", {}, {})
+    t.log_metrics({"before": 1.0})
+    t.log_artifacts(["x"])
+    t.log_metrics({"after": 2.0})  # skipped: the run stopped logging at the failure
+    with pytest.raises(OSError, match="disk full"):
+        t.finish()
+    run = _client(store).get_run(t.run_id)
+    assert run.info.status == "FAILED"
+    assert "before" in run.data.metrics and "after" not in run.data.metrics
+    assert run.data.tags[tracking.ERROR_TAG] == "tracking: OSError: disk full"
