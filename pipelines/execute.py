@@ -368,7 +368,9 @@ def run_kfold(
     name = run_name or f"{default_run_name(cfg)}-{folds}fold"
     abs_dir = run_dir.resolve()
     existed = run_dir.exists()
-    tracker: Any = BackgroundTracker(cfg.tracking.experiment) if cfg.tracking.enabled else NullTracker()
+    tracker: Any = (
+        BackgroundTracker(cfg.tracking.experiment) if cfg.tracking.enabled else NullTracker()
+    )
     if cfg.tracking.enabled:
         run_tags = _tags(cfg, config_path, abs_dir, data_digest(cfg))
         tracker.start(

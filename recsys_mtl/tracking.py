@@ -387,6 +387,10 @@ class BackgroundTracker(NullTracker):
 
         return self._pool.submit(job)
 
+    def _submit_always(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Queue housekeeping that runs even after a failed call."""
+        self._pool.submit(fn, *args, **kwargs)
+
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self._submit(lambda: getattr(self._inner, method)(*args, **kwargs))
 
@@ -431,7 +435,24 @@ class BackgroundTracker(NullTracker):
         self._call("log_metrics", dict(metrics), step)
 
     def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
-        self._call("log_artifacts", list(paths), folder)
+        """The files as they are now: each is copied into a private folder first, because a
+        stage writes into a temporary folder that is renamed when it ends, before the worker
+        may get to the upload (a copy, not a hard link: a file rewritten in place would change
+        under a link)."""
+        import shutil
+        import tempfile
+
+        snapshot = Path(tempfile.mkdtemp(prefix="recsys-mtl-artifacts-"))
+        kept = []
+        for k, path in enumerate(Path(p) for p in paths):
+            if not path.is_file():
+                continue
+            target = snapshot / str(k) / path.name
+            target.parent.mkdir()
+            shutil.copy2(path, target)
+            kept.append(target)
+        self._call("log_artifacts", kept, folder)
+        self._submit_always(shutil.rmtree, snapshot, ignore_errors=True)
 
     def set_tags(self, tags: dict[str, str]) -> None:
         self._call("set_tags", dict(tags))

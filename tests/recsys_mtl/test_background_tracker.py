@@ -5,6 +5,7 @@ call stops the logging, ends the run FAILED and reaches the caller."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +96,30 @@ def test_a_failed_call_stops_logging_ends_the_run_failed_and_is_raised(store, mo
     assert run.info.status == "FAILED"
     assert "before" in run.data.metrics and "after" not in run.data.metrics
     assert run.data.tags[tracking.ERROR_TAG] == "tracking: OSError: disk full"
+
+
+def test_artifacts_are_taken_as_they_are_when_logged_even_if_their_folder_moves(
+    store, monkeypatch, tmp_path
+):
+    release = threading.Event()
+    real = tracking.MlflowTracker.__init__
+
+    def slow_open(self, *args, **kwargs):
+        release.wait(10)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tracking.MlflowTracker, "__init__", slow_open)
+    stage = tmp_path / ".tmp-train"
+    stage.mkdir()
+    (stage / "model.json").write_text('{"a": 1}')
+    t = BackgroundTracker("bg-artifacts", store)
+    t.start("run", {}, {})
+    t.log_artifacts([stage / "model.json", stage / "missing.json"], "model")
+    stage.rename(tmp_path / "train")  # a stage folder is renamed when the stage ends
+    (tmp_path / "train" / "model.json").write_text('{"a": 2}')  # and later files change
+    release.set()
+    t.finish()
+    client = _client(store)
+    assert [a.path for a in client.list_artifacts(t.run_id, "model")] == ["model/model.json"]
+    local = client.download_artifacts(t.run_id, "model/model.json", str(tmp_path / "dl"))
+    assert Path(local).read_text() == '{"a": 1}'
