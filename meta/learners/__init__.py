@@ -14,6 +14,7 @@ from meta.learners.base import GROUPS, META_LEARNERS, Adapted, LearnerParams, Me
 from meta.learners.closed_form import Ridge
 from meta.learners.encoders import BlackBox, Metric
 from meta.learners.gradient import FOMAML, MAML, MetaSGD, Reptile
+from meta.learners.matching import Matching
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path, write_json
 
@@ -25,6 +26,7 @@ __all__ = [
     "Adapted",
     "BlackBox",
     "LearnerParams",
+    "Matching",
     "MetaLearner",
     "MetaLoss",
     "MetaSGD",
