@@ -104,11 +104,11 @@ class Matching(Ridge):
         return (GATE_STEP * self.log_tau).exp()
 
     # -- the base prediction -------------------------------------------------------------------
-    def _base_w(self, sup_rows: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _base_w(self, sup_rows: dict[str, torch.Tensor], user_cats: Any = None) -> torch.Tensor:
         """``(U, T, D)``: the closed-form weights, or (``combine: none``) only a ridge-shrunk
         rating offset on the constant column."""
         if self.params.combine == "closed_form":
-            return self.solve(sup_rows)
+            return self.solve(sup_rows, user_cats)
         n_users, d = sup_rows["item"].shape[0], self.phi.shape[1] + 1
         w = torch.zeros(n_users, len(self.tasks), d, device=self.phi.device)
         k = self.tasks.index("rating")
@@ -125,7 +125,7 @@ class Matching(Ridge):
     def adapt(self, support: Padded, user_cats, sup_rows: dict | None = None, **_) -> Adapted:
         if sup_rows is None:
             raise ValueError("matching: adapt needs the support rows")
-        w = self._base_w(sup_rows)
+        w = self._base_w(sup_rows, user_cats)
         fit = self._linear(w, sup_rows["item"])
         res, masks = [], []
         for t in self.tasks:

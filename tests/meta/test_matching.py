@@ -98,3 +98,21 @@ def test_an_unknown_attended_task_is_a_user_error(world):
     base, *_ = world
     with pytest.raises(UserError, match="attend"):
         build_learner("matching", {"attend": ["clicks"]}, ranker(base), TASKS)
+
+
+def test_demographics_move_the_prior_mean_by_the_users_codes_only(world):
+    base, _, blocks = world
+    learner = build_learner("ridge", {"demographics": True}, ranker(base), TASKS).eval()
+    t, sup = blocks.tasks, blocks.support
+    with torch.no_grad():
+        plain = learner.solve(sup, t.user_cats)
+        code = int(t.user_cats[0, 1])  # the first user's second code (gender)
+        learner.demo[1][code] += 0.5
+        moved = learner.solve(sup, t.user_cats)
+    same = t.user_cats[:, 1] != code
+    assert same.any() and not same.all()
+    assert_close(moved[same], plain[same])
+    assert (moved[~same] - plain[~same]).abs().amax() > 1e-3
+    assert_close(
+        learner.solve(sup, None), build_learner("ridge", {}, ranker(base), TASKS).solve(sup)
+    )
