@@ -4,6 +4,8 @@
                                                    # MMoE bases, RecBole-MetaRec protocol; 3 seeds
     python benchmarks/coldstart.py --seeds 0 --protocols first_k
     python benchmarks/coldstart.py --quick         # 1 seed, short budgets (< 1 minute)
+    python benchmarks/coldstart.py --cold-valid RUN  # a finished run's learners on its cold
+                                                   # validation users (the selection figures)
 
 Each run is ``recsys-mtl run CONFIG --set meta.seed=S --set split.seed=S --set train.seed=S``
 (``--print-commands`` lists them), one at a time with one thread (OMP_NUM_THREADS=1): the
@@ -126,6 +128,56 @@ def _markdown(agg: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cold_valid_rows(run_dir: Path) -> list[dict]:
+    """MAE and full-catalog NDCG@10 of every learner of a finished cold-start run on its cold
+    validation users, per K: the users every choice is made on (never the held-out ones)."""
+    import copy
+
+    import torch
+
+    from meta.data import load_cold_data
+    from meta.evaluate import _ks, held_out_blocks
+    from meta.floors import catalog_grid
+    from meta.learners import load_learner
+    from meta.protocol import user_metrics
+    from pipelines.coldstart import ENSEMBLE, _ensemble
+    from recsys_mtl.config import RunConfig
+    from recsys_mtl.runs import load_run
+    from recsys_mtl.train.evaluate import ranking_task
+
+    torch.set_num_threads(1)
+    cfg = RunConfig.model_validate(json.loads((run_dir / "config.resolved.json").read_text()))
+    run = load_run(run_dir)
+    data = load_cold_data(run_dir / "features", run_dir / "split", cfg.meta)
+    learners: dict = {}
+    for spec in cfg.meta.learners:
+        label = spec.label or spec.name
+        folder = run_dir / "meta_train" / label
+        if spec.name == ENSEMBLE:
+            learners[label] = _ensemble(spec, learners, run.tasks, folder)
+        elif spec.base == "ranker":
+            learners[label] = load_learner(folder, copy.deepcopy(run.model))
+    rows = []
+    for k in _ks(data):
+        blocks = held_out_blocks(data, "cold_valid", k, cfg.meta.seed + 1)
+        t = blocks.tasks
+        for label, learner in learners.items():
+            kw = {"mode": cfg.meta.mode} if learner.inner_loop else {}
+            with torch.no_grad():
+                ad = learner.adapt(t.support, t.user_cats, blocks.support, **kw)
+                q = t.query
+                pred = learner.score_items(ad, q.items, q.days, q.time_bins)["rating"]
+                grid = catalog_grid(blocks, data.n_items)
+                full = learner.rank_scores(ad, *grid, ranking_task(run.tasks))
+            m = user_metrics(pred, q, data.rating_scale, full, t.support, data.like_threshold)
+            metrics = {n: m[n] for n in ("rating/mae", "ranking/ndcg@10")}
+            rows.append({"labels": {"learner": label, "k": k, "users": "cold_valid"},
+                         "metrics": metrics})  # fmt: skip
+            print(f"K={k} {label:14s} MAE {metrics['rating/mae']:.4f} "
+                  f"NDCG@10 {metrics['ranking/ndcg@10']:.4f}", file=sys.stderr)  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, short budgets, first_k only")
@@ -134,7 +186,14 @@ def main() -> None:
     ap.add_argument("--bases", nargs="+", default=["bellkor", "mmoe"])
     ap.add_argument("--dir", default=None, help="run folders (default: a temp dir)")
     ap.add_argument("--print-commands", action="store_true")
+    ap.add_argument("--cold-valid", metavar="RUN", default=None,
+                    help="a finished run's learners on its cold validation users, then exit")  # fmt: skip
     args = ap.parse_args()
+    if args.cold_valid:
+        rows = cold_valid_rows(Path(args.cold_valid))
+        print(json.dumps({"benchmark": "coldstart-cold-valid", "run": args.cold_valid,
+                          "rows": rows}))  # fmt: skip
+        return
     if not (ML100K / "u.data").is_file():
         raise SystemExit(f"MovieLens-100K not found at {ML100K} (set RECSYS_MTL_ML100K)")
     seeds, protocols, bases = args.seeds, args.protocols, args.bases

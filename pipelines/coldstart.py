@@ -22,6 +22,8 @@ from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json
 
+ENSEMBLE = "ensemble"  # meta.learners.ensemble.ENSEMBLE (not imported here: lazy imports)
+
 __all__ = ["coldstart_pipeline", "coldstart_report", "validate_meta"]
 
 META_CODE = (*MODEL_CODE, "meta")
@@ -49,10 +51,13 @@ def validate_meta(cfg: RunConfig) -> None:
             "train.refit: not available with meta (the population ranker's validation part "
             "is the meta-training query set; a refit would train on it)"
         )
-    labels = set()
+    labels: set[str] = set()
     for n, spec in enumerate(meta.learners):
-        learner_params(spec.name, spec.params, f"meta.learners.{n}")
         label = spec.label or spec.name
+        if spec.name == ENSEMBLE:
+            _validate_ensemble(spec, n, labels)
+        else:
+            learner_params(spec.name, spec.params, f"meta.learners.{n}")
         if label in FLOORS:
             raise UserError(
                 f"meta.learners.{n}.label: {label!r} is the name of a floor in the report "
@@ -61,6 +66,29 @@ def validate_meta(cfg: RunConfig) -> None:
         if label in labels:
             raise UserError(f"meta.learners.{n}.label: {label!r} is used twice (set label)")
         labels.add(label)
+
+
+def _validate_ensemble(spec: Any, n: int, earlier: set[str]) -> None:
+    from pydantic import ValidationError
+
+    from meta.learners import EnsembleParams
+
+    key = f"meta.learners.{n}"
+    try:
+        params = EnsembleParams.model_validate(spec.params)
+    except ValidationError as e:
+        err = e.errors()[0]
+        dotted = ".".join([f"{key}.params", *map(str, err["loc"])])
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        raise UserError(f"{dotted}: {msg} (ensemble)") from e
+    missing = [m for m in params.members if m not in earlier]
+    if missing:
+        raise UserError(
+            f"{key}.params.members: {missing} are not labels of learners listed before it "
+            f"(earlier: {', '.join(sorted(earlier)) or 'none'})"
+        )
+    if len(set(params.members)) != len(params.members):
+        raise UserError(f"{key}.params.members: a member is listed twice")
 
 
 def _margin(best: float | None, floor: float | None, lower_is_better: bool) -> str:
@@ -133,6 +161,19 @@ def _base(spec: Any, run: Any) -> Any:
     return copy.deepcopy(run.model)
 
 
+def _ensemble(spec: Any, members: dict[str, Any], tasks: list[str], folder: Any = None) -> Any:
+    """The ensemble of ``spec`` over the learners ``members`` (its fitted weights loaded from
+    ``folder`` when given)."""
+    import torch
+
+    from meta.learners import WEIGHTS_FILE, Ensemble, EnsembleParams
+
+    ens = Ensemble(members, EnsembleParams.model_validate(spec.params), tasks)
+    if folder is not None:
+        ens.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+    return ens.eval()
+
+
 def _meta_train(ctx: StageContext) -> dict[str, Any]:
     import torch
 
@@ -143,6 +184,7 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
     from recsys_mtl.build import build_weighting
     from recsys_mtl.runs import load_run
     from recsys_mtl.train.callbacks import ProgressCallback, TrackerCallback
+    from recsys_mtl.train.evaluate import ranking_task
 
     cfg = ctx.config
     run = load_run(ctx.run_dir)
@@ -153,8 +195,20 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
         "learners": {},
     }
     metrics: dict[str, float] = {"fold_in/steps": steps, "fold_in/lr": lr}
+    trained: dict[str, Any] = {}
     for spec in cfg.meta.learners:
         label = spec.label or spec.name
+        if spec.name == ENSEMBLE:
+            ens = _ensemble(spec, trained, run.tasks)
+            fit = ens.fit(data, ranking_task(run.tasks))
+            save_learner(ens, ctx.out_dir / label, {"base": ENSEMBLE, "label": label})
+            report["learners"][label] = {"name": ENSEMBLE, "base": ENSEMBLE, "best_epoch": -1,
+                                         "epochs": 0, "seconds": 0.0,
+                                         "cold_valid_mae": fit["cold_valid_mae"],
+                                         "cold_valid_choice": fit}  # fmt: skip
+            metrics[f"{label}/cold_valid_mae"] = fit["cold_valid_mae"]
+            trained[label] = ens
+            continue
         torch.manual_seed(cfg.train.seed)
         learner = build_learner(spec.name, spec.params, _base(spec, run), run.tasks)
         cbs = [TrackerCallback(ctx.tracker, f"{label}/"), ProgressCallback(f"{label} ")]
@@ -171,6 +225,7 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
             report["learners"][label]["cold_valid_choice"] = res.chosen
         metrics[f"{label}/meta_seconds"] = res.seconds
         metrics[f"{label}/cold_valid_mae"] = res.best_value
+        trained[label] = learner
     write_json(report, ctx.output("learners.json"))
     return {"metrics": metrics}
 
@@ -190,6 +245,9 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
     learners = {}
     for spec in cfg.meta.learners:
         label = spec.label or spec.name
+        if spec.name == ENSEMBLE:
+            learners[label] = _ensemble(spec, learners, run.tasks, folder / label)
+            continue
         learners[label] = load_learner(folder / label, _base(spec, run))
     rows = evaluate_coldstart(run.model, data, learners, run.tasks, ranking_task(run.tasks),
                               (trained["fold_in"]["steps"], trained["fold_in"]["lr"]))  # fmt: skip

@@ -13,18 +13,24 @@ from torch import nn
 from meta.learners.base import GROUPS, META_LEARNERS, Adapted, LearnerParams, MetaLearner, MetaLoss
 from meta.learners.closed_form import Ridge
 from meta.learners.encoders import BlackBox, Metric
+from meta.learners.ensemble import ENSEMBLE, Ensemble, EnsembleParams
 from meta.learners.gradient import FOMAML, MAML, MetaSGD, Reptile
+from meta.learners.matching import Matching
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path, write_json
 
 __all__ = [
+    "ENSEMBLE",
     "FOMAML",
     "GROUPS",
     "MAML",
     "META_LEARNERS",
     "Adapted",
     "BlackBox",
+    "Ensemble",
+    "EnsembleParams",
     "LearnerParams",
+    "Matching",
     "MetaLearner",
     "MetaLoss",
     "MetaSGD",
@@ -76,6 +82,11 @@ def load_learner(folder: Path, base: nn.Module, for_run: bool = False) -> MetaLe
     ``for_run``: ``base`` is the run's own ranker (``adapt_users``): a learner trained on
     another base, or one that retrained the ranker, is a UserError (checked before loading)."""
     doc = json.loads((folder / LEARNER_FILE).read_text())
+    if doc["name"] == ENSEMBLE:
+        raise UserError(
+            f"{folder}: learner {doc.get('label', doc['name'])!r} is an ensemble of other "
+            "learners' predictions, not a user state for the run's model"
+        )
     if for_run and doc.get("base", "ranker") != "ranker":
         raise UserError(
             f"{folder}: learner {doc['name']!r} was trained on the {doc['base']!r} base model, "

@@ -45,6 +45,7 @@ from recsys_mtl.errors import UserError
 __all__ = ["Ridge", "RidgeParams"]
 
 FEATURES = ("item", "implicit")
+DEMO_STEP = 1.0
 
 
 class RidgeParams(LearnerParams):
@@ -58,6 +59,12 @@ class RidgeParams(LearnerParams):
         description="SVD++ in the prior: a user's prior mean on the item factors moves by "
         "|S|^-1/2 sum_{j in S} y_j over their support items S (y learned, started at the "
         "ranker's implicit vectors)",
+    )
+    demographics: bool = Field(
+        False,
+        description="side information in the prior: every task's prior mean moves by a "
+        "meta-learned vector per value of each of the user's demographics codes (age, gender, "
+        "occupation, zip prefix; started at 0)",
     )
     rank_by: str = Field(
         "auto",
@@ -136,6 +143,10 @@ class Ridge(MetaLearner):
         log_prec = torch.zeros(n_t, d)
         log_prec[:, -1] = torch.log(torch.tensor(max(params.shrinkage, 1e-3)))
         self.log_prec = nn.Parameter(log_prec)
+        # demographics in the prior mean: (vocab_c, T, D) per code, stepped DEMO_STEP times
+        # faster than the rest under the one outer learning rate (a scaled parameter)
+        vocab = tuple(getattr(base.ctx, "user_cat_vocab", ())) if params.demographics else ()
+        self.demo = nn.ParameterList([nn.Parameter(torch.zeros(v, n_t, d)) for v in vocab])
         self.init = nn.ParameterDict()  # no user-state init: the prior plays that part
         lo, hi = base.ctx.rating_scale
         self.mu.data[self.tasks.index("rating")] = (lo + hi) / 2
@@ -242,15 +253,27 @@ class Ridge(MetaLearner):
         y = y * pos.sum(1).clamp(min=1).to(y.dtype).rsqrt()[:, None]
         return torch.cat([y, torch.zeros_like(y[:, :1])], 1)
 
-    def solve(self, sup_rows: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``(U, T, D)``: every task's MAP user weights on the support rows."""
+    def _demographic_shift(self, user_cats: torch.Tensor | None) -> torch.Tensor | None:
+        """``(U, T, D)``: the demographics' move of the prior mean, or None without them."""
+        if not len(self.demo) or user_cats is None:
+            return None
+        return DEMO_STEP * sum(t[user_cats[:, c]] for c, t in enumerate(self.demo))
+
+    def solve(
+        self, sup_rows: dict[str, torch.Tensor], user_cats: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``(U, T, D)``: every task's MAP user weights on the support rows (``user_cats``:
+        the users' demographics codes, read with ``demographics: true``)."""
         x = self._design(sup_rows["item"])
         imp = self._implicit(sup_rows)
+        demo = self._demographic_shift(user_cats)
         out = []
         for k, t in enumerate(self.tasks):
             m, prec = self.prior_mean[k], self.log_prec[k].exp()
             if imp is not None:
                 m = m + self.implicit_scale[k] * imp  # (U, D)
+            if demo is not None:
+                m = m + demo[:, k]
             off = self._offset(k, sup_rows["item"])
             if t == "rating":
                 w = map_solve(x, sup_rows["rating"] - off, sup_rows["pos"], m, prec)
@@ -267,7 +290,7 @@ class Ridge(MetaLearner):
     def adapt(self, support: Padded, user_cats, sup_rows: dict | None = None, **_) -> Adapted:
         if sup_rows is None:
             raise ValueError("ridge: adapt needs the support rows")
-        return Adapted({"w": self.solve(sup_rows)})
+        return Adapted({"w": self.solve(sup_rows, user_cats)})
 
     def score_items(
         self, adapted: Adapted, items: torch.Tensor, days: torch.Tensor, time_bins: torch.Tensor

@@ -35,8 +35,17 @@ def _loss(learner, blocks, mode="vmap"):
     return learner.meta_loss(blocks.support, blocks.query, t.support, t.user_cats, **kw)
 
 
-def test_the_registry_holds_the_seven_learners():
-    assert set(NAMES) == {"maml", "fomaml", "reptile", "meta_sgd", "metric", "blackbox", "ridge"}
+def test_the_registry_holds_the_eight_learners():
+    assert set(NAMES) == {
+        "maml",
+        "fomaml",
+        "reptile",
+        "meta_sgd",
+        "metric",
+        "blackbox",
+        "ridge",
+        "matching",
+    }
 
 
 @pytest.mark.parametrize("name", NAMES)

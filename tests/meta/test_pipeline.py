@@ -25,8 +25,13 @@ META = {
         {"name": "metric", "params": {"hidden": 8}},
         {"name": "fomaml", "label": "melu_fomaml", "base": "melu", "params": {"adapt": ["dense"], "steps": 1, "start": "zero"}},
         {"name": "ridge", "label": "closed_form"},
+        {"name": "matching", "params": {"hidden": 4}},
+        {"name": "ensemble", "label": "blend", "params": {"members": ["closed_form", "matching", "maml"], "grid": 4}},
     ],
 }  # fmt: skip
+
+
+LEARNERS = {"maml", "metric", "melu_fomaml", "closed_form", "matching", "blend"}
 
 
 def _config(base: Path, tracking: bool = False, **meta) -> Path:
@@ -73,7 +78,7 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
         "ranker_ridge",
         "fold_in",
     }
-    assert floors | {"maml", "metric", "melu_fomaml", "closed_form"} == set(table)
+    assert floors | LEARNERS == set(table)
     for row in table.values():
         assert set(row) == {"k3", "k5"}
         assert 0 < row["k3"]["rating/mae"] < 4
@@ -99,7 +104,7 @@ def test_the_printed_report_is_the_per_k_table_of_every_learner_and_the_best_flo
         by_mae = min(floors, key=lambda n: table[n][k]["rating/mae"])
         ranks = [n for n in floors if table[n][k].get("ranking/ndcg@10") is not None]
         by_ndcg = max(ranks, key=lambda n: table[n][k]["ranking/ndcg@10"])
-        assert shown == {"maml", "metric", "melu_fomaml", "closed_form", by_mae, by_ndcg}
+        assert shown == {*LEARNERS, by_mae, by_ndcg}
         assert "best learner" in block and "best floor" in block
     assert "coldstart/" not in text  # not the ~100 flat metrics
     assert len(text.splitlines()) < 40
@@ -165,6 +170,25 @@ def test_melu_and_ridge_learners_are_refused_by_adapt_users_with_a_reason(finish
         adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "melu_fomaml")
     with pytest.raises(UserError, match="its own item table"):
         adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "closed_form")
+    with pytest.raises(UserError, match="its own item table, biases and support attention"):
+        adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "matching")
+    with pytest.raises(UserError, match="'blend' is an ensemble"):
+        adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "blend")
+
+
+def test_the_ensemble_is_fitted_on_cold_validation_and_reported_beside_its_members(finished):
+    base, summary, _ = finished
+    doc = json.loads((base / "run" / "meta_train" / "learners.json").read_text())
+    fit = doc["learners"]["blend"]["cold_valid_choice"]
+    assert list(fit["rating_weights"]) == ["intercept", "closed_form", "matching", "maml"]
+    rank = list(fit["rank_weights"].values())
+    assert abs(sum(rank) - 1.0) < 1e-6 and all(4 * v == round(4 * v) for v in rank)
+    table = summary["coldstart"]
+    for k in ("k3", "k5"):
+        m = table["blend"][k]
+        assert 0 < m["rating/mae"] < 4 and 0 <= m["ranking/ndcg@10"] <= 1
+        # its own combination, not a copy of a member's predictions
+        assert all(m["rating/mae"] != table[x][k]["rating/mae"] for x in ("closed_form", "maml"))
 
 
 @pytest.mark.parametrize(
@@ -194,6 +218,19 @@ def test_melu_and_ridge_learners_are_refused_by_adapt_users_with_a_reason(finish
         (
             {"learners": [{"name": "ridge", "label": "cf", "params": {"rank_by": "clicks"}}]},
             "meta.learners.0.params.rank_by",
+        ),
+        (
+            {
+                "learners": [
+                    {"name": "ridge", "label": "cf"},
+                    {"name": "ensemble", "params": {"members": ["cf", "maml"]}},
+                ]
+            },
+            "meta.learners.1.params.members: ['maml'] are not labels of learners listed before",
+        ),
+        (
+            {"learners": [{"name": "ensemble", "params": {"members": ["a", "b"], "wait": 1}}]},
+            "meta.learners.0.params.wait: unknown key (ensemble)",
         ),
         ({"holdout": 1.5}, "meta.holdout"),
         ({"ks": [5, 5]}, "ks repeat a value"),

@@ -1,0 +1,178 @@
+"""The ``ensemble`` learner: a weighted combination of earlier learners, fitted on cold validation.
+
+``{name: ensemble, params: {members: [closed_form, matching, maml_solve]}}`` in
+``meta.learners`` combines the learners of those labels (listed before it; meta-trained as
+usual, each on its own) with two sets of weights, both **fitted on the cold validation users**
+(never on held-out users), pooled over every evaluated K:
+
+* ratings: ``r_hat = w_0 + sum_m w_m r_hat_m``, least absolute deviations (the MAE) on the
+  cold-validation query ratings (IRLS; a tiny ridge keeps it defined when members agree);
+* full-catalog ranking: ``sum_m v_m z_m`` with ``z_m`` member ``m``'s ranking score
+  standardized per user over the catalog, ``v`` on the simplex grid of step ``1 / grid``
+  with the best mean cold-validation NDCG@10 (ties: the first in grid order).
+
+The other tasks' outputs are the members' mean. The ensemble has no meta-trained weights of
+its own, and its users are not a ranker state (``adapt_users`` refuses it).
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from meta.learners.base import Adapted
+from meta.protocol import Padded
+
+__all__ = ["ENSEMBLE", "Ensemble", "EnsembleParams"]
+
+ENSEMBLE = "ensemble"
+
+
+class EnsembleParams(BaseModel):
+    """``meta.learners[N].params`` of an ensemble."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    members: list[str] = Field(min_length=2, description="labels of earlier learners")
+    grid: int = Field(10, ge=1, le=50, description="ranking weights: simplex grid step 1/grid")
+
+
+def _split(adapted: Adapted, m: int) -> Adapted:
+    pre = f"{m}:"
+    return Adapted(
+        {k[len(pre) :]: v for k, v in adapted.state.items() if k.startswith(pre)},
+        {k[len(pre) :]: v for k, v in adapted.params.items() if k.startswith(pre)},
+    )
+
+
+def _least_absolute(x: torch.Tensor, y: torch.Tensor, iters: int = 30) -> torch.Tensor:
+    """``argmin_w sum |y - x w|`` (the MAE the protocol reports) by iteratively reweighted
+    least squares, from the least-squares fit; a tiny ridge (1e-3) keeps every solve defined."""
+    eye = 1e-3 * torch.eye(x.shape[1], dtype=x.dtype)
+    s = torch.ones_like(y)
+    for _ in range(iters):
+        xs = x * s[:, None]
+        w = torch.linalg.solve(xs.T @ x + eye, xs.T @ y)
+        s = 1.0 / (y - x @ w).abs().clamp(min=1e-3)
+    return w
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(1, keepdim=True)) / x.std(1, keepdim=True).clamp(min=1e-6)
+
+
+class Ensemble(nn.Module):
+    """Members ``{label: learner}`` (held, not owned: the state dict is the weights only)."""
+
+    name = ENSEMBLE
+    own_scores = True
+
+    def __init__(self, members: dict[str, Any], params: EnsembleParams, tasks: list[str]) -> None:
+        super().__init__()
+        self.params = params
+        self.tasks = list(tasks)
+        self._members = [members[label] for label in params.members]
+        self.inner_loop = any(m.inner_loop for m in self._members)
+        n = len(self._members)
+        rating = torch.zeros(n + 1)
+        rating[1:] = 1.0 / n
+        self.register_buffer("rating_w", rating)  # intercept, then one weight per member
+        self.register_buffer("rank_w", torch.full((n,), 1.0 / n))
+        self.fit_report: dict[str, Any] = {}
+
+    def adapt(self, support: Padded, user_cats, sup_rows: dict | None = None, **kw) -> Adapted:
+        state, params = {}, {}
+        for m, learner in enumerate(self._members):
+            a = learner.adapt(support, user_cats, sup_rows, **(kw if learner.inner_loop else {}))
+            state.update({f"{m}:{k}": v for k, v in a.state.items()})
+            params.update({f"{m}:{k}": v for k, v in a.params.items()})
+        return Adapted(state, params)
+
+    def _member_outputs(self, adapted: Adapted, items, days, time_bins) -> list[dict]:
+        return [
+            learner.score_items(_split(adapted, m), items, days, time_bins)
+            for m, learner in enumerate(self._members)
+        ]
+
+    def _combine(self, outs: list[dict]) -> dict[str, torch.Tensor]:
+        w = self.rating_w
+        res = {t: torch.stack([o[t] for o in outs]).mean(0) for t in self.tasks}
+        res["rating"] = w[0] + sum(w[m + 1] * o["rating"] for m, o in enumerate(outs))
+        return res
+
+    def score_items(self, adapted: Adapted, items, days, time_bins) -> dict[str, torch.Tensor]:
+        """``{task: (U, N)}``: the fitted rating combination, the members' mean elsewhere."""
+        return self._combine(self._member_outputs(adapted, items, days, time_bins))
+
+    def _member_ranks(self, adapted: Adapted, items, days, time_bins, rank_task: str) -> list:
+        return [
+            _standardize(learner.rank_scores(_split(adapted, m), items, days, time_bins, rank_task))
+            for m, learner in enumerate(self._members)
+        ]
+
+    def rank_scores(self, adapted: Adapted, items, days, time_bins, rank_task: str) -> torch.Tensor:
+        """``(U, N)``: the fitted combination of the members' standardized ranking scores."""
+        z = self._member_ranks(adapted, items, days, time_bins, rank_task)
+        return sum(self.rank_w[m] * s for m, s in enumerate(z))
+
+    @torch.no_grad()
+    def fit(self, data: Any, rank_task: str) -> dict[str, Any]:
+        """Both weight sets on the cold validation users, every evaluated K pooled."""
+        from meta.evaluate import _ks, held_out_blocks
+        from meta.floors import catalog_grid
+        from meta.protocol import user_metrics
+
+        kw = {"mode": data.cfg.mode}
+        cols, targets, per_k = [], [], []
+        for k in _ks(data):
+            blocks = held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
+            t = blocks.tasks
+            adapted = self.adapt(t.support, t.user_cats, blocks.support, **kw)
+            q = t.query
+            outs = self._member_outputs(adapted, q.items, q.days, q.time_bins)
+            mask = q.mask
+            cols.append(torch.stack([o["rating"][mask] for o in outs], 1))
+            targets.append(q.ratings[mask])
+            z = self._member_ranks(adapted, *catalog_grid(blocks, data.n_items), rank_task)
+            per_k.append((blocks, outs, z))
+        x = torch.cat(cols).double()
+        x = torch.cat([torch.ones_like(x[:, :1]), x], 1)
+        y = torch.cat(targets).double()
+        self.rating_w.copy_(_least_absolute(x, y).float())
+        n, step = len(self._members), self.params.grid
+        best, best_v = -1.0, None
+        for combo in itertools.product(range(step + 1), repeat=n):
+            if sum(combo) != step:
+                continue
+            v = torch.tensor(combo, dtype=torch.float32) / step
+            ndcg = []
+            for blocks, outs, z in per_k:
+                t = blocks.tasks
+                full = sum(v[m] * s for m, s in enumerate(z))
+                m = user_metrics(outs[0]["rating"], t.query, data.rating_scale, full, t.support,
+                                 data.like_threshold)  # fmt: skip
+                ndcg.append(m["ranking/ndcg@10"])
+            score = sum(ndcg) / len(ndcg)
+            if score > best + 1e-12:
+                best, best_v = score, v
+        self.rank_w.copy_(best_v)
+        maes = []
+        for blocks, outs, _ in per_k:
+            t = blocks.tasks
+            pred = self._combine(outs)["rating"]
+            maes.append(
+                user_metrics(pred, t.query, data.rating_scale, None, t.support)["rating/mae"]
+            )
+        self.fit_report = {
+            "rating_weights": dict(
+                zip(["intercept", *self.params.members], self.rating_w.tolist(), strict=True)
+            ),
+            "rank_weights": dict(zip(self.params.members, self.rank_w.tolist(), strict=True)),
+            "cold_valid_mae": sum(maes) / len(maes),
+            "cold_valid_ndcg@10": best,
+        }
+        return self.fit_report

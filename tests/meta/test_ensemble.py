@@ -1,0 +1,86 @@
+"""The ``ensemble`` learner: its least-absolute-deviations rating fit and its ranking blend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from meta.learners import Ensemble, EnsembleParams, build_learner
+from meta.learners.ensemble import _least_absolute
+from tests.meta.helpers import TASKS, cold_data, ranker
+
+
+def test_the_rating_fit_is_least_absolute_deviations_not_least_squares():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(200, generator=g, dtype=torch.float64)
+    y = 2.0 + 3.0 * x
+    y[:20] += 40.0  # gross outliers pull least squares, not the L1 fit
+    design = torch.stack([torch.ones_like(x), x], 1)
+    w = _least_absolute(design, y)
+    assert_close(w, torch.tensor([2.0, 3.0], dtype=torch.float64), atol=2e-2, rtol=0)
+    ls = torch.linalg.lstsq(design, y[:, None]).solution[:, 0]
+    assert abs(float(ls[0]) - 2.0) > 1.0
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    base = tmp_path_factory.mktemp("ensemble")
+    data = cold_data(base, ks=[3, 5])
+    torch.manual_seed(0)
+    members = {
+        "a": build_learner("ridge", {}, ranker(base), TASKS).eval(),
+        "b": build_learner(
+            "ridge", {"shrinkage": 2.0, "implicit_prior": False}, ranker(base, seed=3), TASKS
+        ).eval(),
+    }
+    for m in members.values():
+        m.initialize_data(data)
+    ens = Ensemble(members, EnsembleParams(members=["a", "b"], grid=4), TASKS)
+    return data, members, ens, ens.fit(data, "interaction")
+
+
+def _cold(data, k):
+    from meta.evaluate import held_out_blocks
+
+    return held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
+
+
+def test_the_fitted_blend_is_no_worse_on_cold_validation_than_either_member(fitted):
+    from meta.protocol import user_metrics
+
+    data, members, _ens, fit = fitted
+    maes = {n: [] for n in members}
+    for k in (3, 5):
+        blocks = _cold(data, k)
+        t = blocks.tasks
+        for n, m in members.items():
+            with torch.no_grad():
+                a = m.adapt(t.support, None, blocks.support)
+                pred = m.score_items(a, t.query.items, t.query.days, t.query.time_bins)["rating"]
+            maes[n].append(
+                user_metrics(pred, t.query, data.rating_scale, None, t.support)["rating/mae"]
+            )
+    best = min(np.mean(v) for v in maes.values())
+    assert fit["cold_valid_mae"] <= best + 5e-3
+    assert abs(sum(fit["rank_weights"].values()) - 1.0) < 1e-6
+
+
+def test_a_corner_of_the_ranking_simplex_ranks_as_that_member(fitted):
+    from meta.floors import catalog_grid
+
+    data, members, ens, _ = fitted
+    blocks = _cold(data, 3)
+    t = blocks.tasks
+    grid = catalog_grid(blocks, data.n_items)
+    with torch.no_grad():
+        ens.rank_w.copy_(torch.tensor([0.0, 1.0]))
+        adapted = ens.adapt(t.support, None, blocks.support)
+        mine = ens.rank_scores(adapted, *grid, "interaction")
+        b = members["b"]
+        theirs = b.rank_scores(b.adapt(t.support, None, blocks.support), *grid, "interaction")
+    # the member's scores, standardized per user: the same order over the catalog
+    z = (theirs - theirs.mean(1, keepdim=True)) / theirs.std(1, keepdim=True)
+    assert_close(mine, z)
+    assert torch.equal(mine.argmax(1), theirs.argmax(1))
