@@ -470,9 +470,7 @@ class BackgroundTracker(NullTracker):
         if self._closed:
             return
         self._closed = True
-        with contextlib.suppress(BaseException):
-            self._pool.submit(lambda: None).result()  # every call queued before this one
-        self._pool.shutdown(wait=True)
+        self._pool.shutdown(wait=True)  # every call queued before this one has run
         failed, inner = self._error, self._inner
         raise_failed = failed is not None and error is None and status == "FINISHED"
         if raise_failed:

@@ -117,54 +117,39 @@ class BellKor(Ranker):
 
     @torch.no_grad()
     def warm_start(self, train: dict[str, torch.Tensor], settings: Any) -> None:
-        """``train.warm_start: als``: the rating task's factors (its copy of them, without
-        shared embeddings), user and item biases and global bias from biased matrix
-        factorization of the training ratings by alternating least squares
-        (:func:`recsys_mtl.train.warm_start.als_factors`). The SVD++ vectors, the time effects
-        and the other tasks' parameters keep their initial values."""
+        """``train.warm_start``: the solved task's factors (its copy of them, without shared
+        embeddings) from alternating least squares on the training pairs. ``als``
+        (:func:`recsys_mtl.train.warm_start.als_factors`): the rating task's factors, user and
+        item biases and global bias from biased matrix factorization of the ratings;
+        ``implicit_als`` (:func:`~recsys_mtl.train.warm_start.implicit_als_factors`): the
+        interaction task's factors from the observed pairs, and its scale
+        ``train.als_scale``. The SVD++ vectors, the time effects and the other tasks'
+        parameters keep their initial values."""
         from recsys_mtl.train.warm_start import als_factors, implicit_als_factors
 
         pos = train["interaction"] > 0.5
-        d = self.cfg.dim
+        d, users, items = self.cfg.dim, train["user"][pos], train["item"][pos]
+        shape = (int(self.ctx.n_users), int(self.ctx.n_items), d)
+        common = {"sweeps": settings.als_sweeps, "seed": settings.seed}
+        if settings.als_reg is not None:  # else each solve's own default
+            common["reg"] = settings.als_reg
         if settings.warm_start == "implicit_als":
             k = self.tasks.index("interaction")
-            p, q = implicit_als_factors(
-                train["user"][pos],
-                train["item"][pos],
-                int(self.ctx.n_users),
-                int(self.ctx.n_items),
-                d,
-                reg=settings.als_reg if settings.als_reg is not None else 50.0,
-                alpha=settings.als_alpha,
-                sweeps=settings.als_sweeps,
-                seed=settings.seed,
-            )
-            c = slice(k * d, (k + 1) * d) if self.copies > 1 else slice(0, d)
-            self.emb.weight("user")[:, c] = p
-            self.emb.weight("item")[:, c] = q
+            p, q = implicit_als_factors(users, items, *shape, alpha=settings.als_alpha, **common)
             self.interaction_scale[k] = settings.als_scale
-            return
-        if self.rating_k < 0:
-            raise ValueError("the ALS warm start solves the rating task, which is not a task here")
-        k = self.rating_k
-        f = als_factors(
-            train["user"][pos],
-            train["item"][pos],
-            train["rating"][pos],
-            int(self.ctx.n_users),
-            int(self.ctx.n_items),
-            d,
-            reg=settings.als_reg if settings.als_reg is not None else 10.0,
-            bias_reg=settings.als_bias_reg,
-            sweeps=settings.als_sweeps,
-            seed=settings.seed,
-        )
+        else:
+            if self.rating_k < 0:
+                raise ValueError("the ALS warm start solves the rating task, not a task here")
+            k = self.rating_k
+            f = als_factors(users, items, train["rating"][pos], *shape,
+                            bias_reg=settings.als_bias_reg, **common)  # fmt: skip
+            p, q = f.user, f.item
+            self.emb.weight("user_bias")[:, k] = f.user_bias
+            self.emb.weight("item_bias")[:, k] = f.item_bias
+            self.global_bias[k] = f.mean
         c = slice(k * d, (k + 1) * d) if self.copies > 1 else slice(0, d)
-        self.emb.weight("user")[:, c] = f.user
-        self.emb.weight("item")[:, c] = f.item
-        self.emb.weight("user_bias")[:, k] = f.user_bias
-        self.emb.weight("item_bias")[:, k] = f.item_bias
-        self.global_bias[k] = f.mean
+        self.emb.weight("user")[:, c] = p
+        self.emb.weight("item")[:, c] = q
 
     # -- user state -------------------------------------------------------------------------
     def _implicit_of(self, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -123,6 +123,17 @@ def _weighted_ridge_rows(
     return _conjugate_gradient(normal, pattern.csr(1.0 + extra) @ features, start, steps)
 
 
+def _random_start(
+    n_users: int, n_items: int, dim: int, std: float, seed: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small random user and item factors from a generator of their own (the global RNG is
+    left untouched)."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    p = torch.randn(n_users, dim, generator=g) * std
+    q = torch.randn(n_items, dim, generator=g) * std
+    return p.to(device), q.to(device)
+
+
 def als_factors(
     users: torch.Tensor,
     items: torch.Tensor,
@@ -142,9 +153,7 @@ def als_factors(
     start comes from its own generator (``seed``): the global RNG is left untouched."""
     dev = ratings.device
     ratings = ratings.to(torch.float32)
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    p = (torch.randn(n_users, dim, generator=g) * init_std).to(dev)
-    q = (torch.randn(n_items, dim, generator=g) * init_std).to(dev)
+    p, q = _random_start(n_users, n_items, dim, init_std, seed, dev)
     bu = torch.zeros(n_users, device=dev)
     bi = torch.zeros(n_items, device=dev)
     mu = ratings.mean() if ratings.numel() else torch.zeros((), device=dev)
@@ -182,9 +191,7 @@ def implicit_als_factors(
     ``(users, items)`` pairs with confidence ``1 + alpha`` on each: ``(user (n_users, dim),
     item (n_items, dim))``, by ``sweeps`` alternating conjugate-gradient solves."""
     dev = users.device
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    p = (torch.randn(n_users, dim, generator=g) * init_std).to(dev)
-    q = (torch.randn(n_items, dim, generator=g) * init_std).to(dev)
+    p, q = _random_start(n_users, n_items, dim, init_std, seed, dev)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         by_user = _Pattern(users, items, n_users, n_items)
