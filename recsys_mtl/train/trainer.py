@@ -255,6 +255,8 @@ def fit(
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=g).to(device)
         part = resample(train, epoch) if resample is not None else train
+        # the epoch's rows in batch order, gathered once: each batch is then a slice (a view)
+        part = take(part, perm)
         sums = torch.zeros(n_t, device=device)
         weight_sums = torch.zeros(n_t, device=device)
         # per step: each task's loss finite, the total finite, each task's gradient finite
@@ -263,7 +265,7 @@ def fit(
         steps = 0
         for s in range(0, n, cfg.batch_size):
             _set_lr(opts, lr_multiplier(epoch * n_steps + steps, total_steps, warmup, cfg.schedule))
-            batch = take(part, perm[s : s + cfg.batch_size])
+            batch = {k: v[s : s + cfg.batch_size] for k, v in part.items()}
             out = model(batch)
             losses = task_losses(out, batch, tasks)
             stacked = torch.stack([losses[t] for t in tasks])
