@@ -241,13 +241,21 @@ class BellKor(Ranker):
         return torch.where(seen, pos, n), seen
 
     def _combine(
-        self, user: UserState, item: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+        self,
+        user: UserState,
+        item: dict[str, torch.Tensor],
+        batch: dict[str, torch.Tensor],
+        reg: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
+        """Every task's score. ``reg``: the L2 penalty of the looked-up rows when the caller
+        computed it (then ``user["user"]`` may already hold ``p_u`` plus the SVD++ vector, and
+        ``user`` has no ``implicit``)."""
         q = item["item"]
         rows = q.shape[0]
         p = broadcast_rows(user["user"], rows)
-        reg = p.pow(2).sum() + q.pow(2).sum()
-        if self.cfg.implicit:
+        if reg is None:
+            reg = p.pow(2).sum() + q.pow(2).sum()
+        if "implicit" in user:
             p = p + broadcast_rows(user["implicit"], rows)
         dots = (p * q).view(rows, self.copies, self.cfg.dim).sum(-1)  # (B, copies)
         base = self.global_bias + broadcast_rows(user["user_bias"], rows) + item["item_bias"]
@@ -335,6 +343,8 @@ class BellKor(Ranker):
         return s
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not _functorch_active():
+            return self._forward_by_user(batch)
         u = batch["user"]
         user_feats, item_feats = self._user_features(u), self._item_features(batch)
         if self.day_bias:
@@ -357,6 +367,44 @@ class BellKor(Ranker):
         if extra is not None:
             out["_reg"] = out["_reg"] + extra / u.numel()
         return out
+
+    def _forward_by_user(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The training path: the user side (factors, biases, SVD++ vector) once per distinct
+        user of the batch, then ``p_u + |N(u)|^-1/2 sum_j y_j`` gathered to the rows in one
+        step; the L2 penalty of the looked-up rows as per-user (and per-item) counts times
+        their squared norms. The same outputs as :meth:`score` on the batch's user states,
+        with half the ``(rows, dim)`` work forward and backward."""
+        u, i = batch["user"], batch["item"]
+        rows = u.numel()
+        distinct, inverse = torch.unique(u, return_inverse=True)
+        item_feats = self._item_features(batch)
+        if self.day_bias:
+            item_feats["user_day_bias"], day_seen = self._day_rows(u, batch["day"])
+        eu = self.emb(self._user_features(distinct))
+        ei = self.emb(item_feats)
+        p = eu["user"]
+        dtype = p.dtype
+        counts = torch.bincount(inverse, minlength=distinct.numel()).to(dtype)
+        reg = (p.pow(2).sum(1) * counts).sum()
+        q = ei["item"]
+        w_item = self.emb.weight("item")
+        if w_item.shape[0] <= rows:  # the table is smaller than the rows: weigh its rows
+            n_i = torch.bincount(i, minlength=w_item.shape[0]).to(dtype)
+            reg = reg + (w_item.pow(2).sum(1) * n_i).sum()
+        else:
+            reg = reg + q.pow(2).sum()
+        if self.cfg.implicit:
+            y = self._implicit_all().index_select(0, distinct)
+            reg = reg + y.pow(2).sum()  # the SVD++ vectors once per distinct user
+            p = p + y
+        state = {"user": p[inverse], "user_bias": eu["user_bias"][inverse], "index": u}
+        if self.timed:
+            state["user_drift"] = eu["user_drift"][inverse]
+            state["mean_day"] = self.user_mean_day[u]
+        item = dict(ei)
+        if self.day_bias:  # found once, with the rows above
+            item["_day_seen"] = day_seen
+        return self._combine(state, item, batch, reg=reg)
 
     # -- batch scoring ----------------------------------------------------------------------
     def dot_form(

@@ -81,3 +81,60 @@ def test_single_id_lookups_match_embedding_bag_in_value_and_gradient():
     (ref * torch.arange(24.0).view(6, 4)).sum().backward()
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(tables.weight("t").grad, reference.weight.grad)
+
+
+def _batch(rows: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "user": torch.randint(0, CTX.n_users, (rows,), generator=g),
+        "item": torch.randint(0, CTX.n_items, (rows,), generator=g),
+        "time_bin": torch.randint(0, CTX.n_time_bins, (rows,), generator=g),
+        "day": torch.randint(0, CTX.day_span, (rows,), generator=g),
+    }
+
+
+def _row_by_row_penalty(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The L2 penalty as the rows look it up: every row's p_u and q_i, each distinct user's
+    SVD++ vector once, over the row count."""
+    u, i = batch["user"], batch["item"]
+    p, q = model.emb.rows("user", u), model.emb.rows("item", i)
+    y = model._implicit_of(torch.unique(u))[0]
+    return (p.pow(2).sum() + q.pow(2).sum() + y.pow(2).sum()) / u.numel()
+
+
+def test_the_training_path_gives_the_scores_and_penalty_of_the_row_by_row_lookup():
+    # 8 rows (fewer than the 30 items: the penalty from the rows) and 200 rows (from the table)
+    for share in (True, False):
+        model = _model(share_embeddings=share)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p) * 0.1)
+        for rows in (8, 200):
+            batch = _batch(rows, seed=rows)
+            out = model(batch)
+            ref = model.score(model.user_state(batch["user"]), batch)
+            for t in model.tasks:
+                torch.testing.assert_close(out[t], ref[t], rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(out["_reg"], _row_by_row_penalty(model, batch))
+
+
+def test_the_training_path_gives_the_gradients_of_the_row_by_row_lookup():
+    model = _model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    batch = _batch(200, seed=1)
+
+    def loss(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(o.pow(2).sum() for o in outputs.values())
+
+    model.zero_grad()
+    loss(model(batch)).backward()
+    fast = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    ref = model.score(model.user_state(batch["user"]), batch)
+    loss({**ref, "_reg": _row_by_row_penalty(model, batch)}).backward()
+    slow = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert fast.keys() == slow.keys()
+    for n in fast:
+        torch.testing.assert_close(fast[n], slow[n], rtol=1e-4, atol=1e-5, msg=n)
