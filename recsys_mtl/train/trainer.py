@@ -52,6 +52,7 @@ from recsys_mtl.weighting.base import Weighting
 __all__ = ["NonFiniteLossError", "TrainResult", "fit", "validation_losses"]
 
 CHECKPOINT = "last.pt"
+_GATHER_ROWS = 1 << 20  # rows of an epoch gathered at once (a block of whole batches)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -255,8 +256,10 @@ def fit(
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         perm = torch.randperm(n, generator=g).to(device)
         part = resample(train, epoch) if resample is not None else train
-        # the epoch's rows in batch order, gathered once: each batch is then a slice (a view)
-        part = take(part, perm)
+        # the rows in batch order, gathered a block of batches at a time (about a million
+        # rows: one gather instead of one per batch, memory bounded): each batch is a slice
+        block = cfg.batch_size * max(1, _GATHER_ROWS // cfg.batch_size)
+        chunk: dict[str, torch.Tensor] = {}
         sums = torch.zeros(n_t, device=device)
         weight_sums = torch.zeros(n_t, device=device)
         # per step: each task's loss finite, the total finite, each task's gradient finite
@@ -265,7 +268,10 @@ def fit(
         steps = 0
         for s in range(0, n, cfg.batch_size):
             _set_lr(opts, lr_multiplier(epoch * n_steps + steps, total_steps, warmup, cfg.schedule))
-            batch = {k: v[s : s + cfg.batch_size] for k, v in part.items()}
+            if s % block == 0:
+                chunk = take(part, perm[s : s + block])
+            r = s % block
+            batch = {k: v[r : r + cfg.batch_size] for k, v in chunk.items()}
             out = model(batch)
             losses = task_losses(out, batch, tasks)
             stacked = torch.stack([losses[t] for t in tasks])

@@ -292,3 +292,21 @@ def test_resampling_negatives_resumes_exactly(tmp_path):
     assert not torch.equal(
         fixed.state_dict()["emb.tables.item.weight"], whole.state_dict()["emb.tables.item.weight"]
     )
+
+
+def test_batches_cut_from_blocks_of_the_epoch_train_the_same_model(monkeypatch):
+    # rows are gathered a block of batches at a time; the block size must not change a batch
+    import recsys_mtl.train.trainer as trainer
+
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=5e-3, patience=None)
+    train = _data(n=600)  # 10 batches, the last one short
+    results = []
+    for rows in (64, 128, 1 << 20):  # one batch, two batches, the whole epoch per block
+        monkeypatch.setattr(trainer, "_GATHER_ROWS", rows)
+        model = _model(name="bellkor")
+        res = fit(model, train, None, TASKS, cfg, _static(TASKS))
+        results.append((model.state_dict(), res.history))
+    for state, history in results[1:]:
+        assert history == results[0][1]
+        for k, v in state.items():
+            assert torch.equal(v, results[0][0][k]), k
