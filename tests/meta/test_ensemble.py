@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from meta.learners import Ensemble, EnsembleParams, build_learner
+from meta.learners import META_LEARNERS, Ensemble, EnsembleParams, build_learner, learner_params
 from meta.learners.ensemble import _least_absolute
+from recsys_mtl.errors import UserError
 from tests.meta.helpers import TASKS, cold_data, ranker
 
 
@@ -84,3 +85,16 @@ def test_a_corner_of_the_ranking_simplex_ranks_as_that_member(fitted):
     z = (theirs - theirs.mean(1, keepdim=True)) / theirs.std(1, keepdim=True)
     assert_close(mine, z)
     assert torch.equal(mine.argmax(1), theirs.argmax(1))
+
+
+def test_an_unknown_learner_name_lists_every_accepted_name_ensemble_included():
+    with pytest.raises(UserError) as e:
+        learner_params("mamll", {}, "meta.learners.3")
+    msg = str(e.value)
+    assert msg.startswith("meta.learners.3.name: unknown meta-learner 'mamll'; known: ")
+    known = msg.split("known: ")[1].split(", ")
+    assert known == sorted([*META_LEARNERS.names(), "ensemble"])
+    assert {"ridge", "matching", "maml"} <= set(known)
+    # the ensemble is a name the config accepts, but not one built on its own
+    with pytest.raises(UserError, match="'ensemble' combines earlier learners"):
+        learner_params("ensemble", {}, "meta.learners.0")

@@ -196,7 +196,7 @@ def test_the_ensemble_is_fitted_on_cold_validation_and_reported_beside_its_membe
     [
         (
             {"learners": [{"name": "mamll"}]},
-            "meta.learners.0.name: unknown meta-learner 'mamll'; known: blackbox",
+            "meta.learners.0.name: unknown meta-learner 'mamll'; known: blackbox, ensemble, fomaml",
         ),
         ({"learners": [{"name": "maml", "params": {"steps": 0}}]}, "meta.learners.0.params.steps"),
         (
