@@ -7,8 +7,8 @@ On the **cold validation users** of each finished run (``recsys-mtl run
 configs/coldstart-ml100k.yaml ...``; never its held-out users) that have at least
 ``max(ks) + min-query`` ratings, the query set is fixed: every rating after the first
 ``max(ks)`` by time, the same for every K; the support set is the first K ratings by time. Per
-K it scores the floors that take any K (``item_bias``, ``ridge``, ``fold_in`` with the run's
-chosen steps and learning rate) and the run's learners (``--learners``, default
+K it scores the floors that take any K (``item_bias``, ``ridge``, ``ridge_steps`` with the
+map the run fits, ``fold_in`` with the run's chosen steps and learning rate) and the run's learners (``--learners``, default
 ``closed_form matching ensemble``; a learner meta-trained on K in ``meta.ks`` is applied
 unchanged to larger K, the ensemble with the weights fitted on these users at K = 5, 10, 20).
 
@@ -83,8 +83,10 @@ def ceiling_rows(
     import torch
 
     from meta.data import RowBlocks, load_cold_data
+    from meta.evaluate import ridge_steps_map
     from meta.floors import BiasFloor, fold_in, mean_user, ranker_predictor
     from meta.protocol import UserTasks, user_metrics
+    from meta.steps import apply_steps
     from recsys_mtl.config import RunConfig
     from recsys_mtl.runs import load_run
     from recsys_mtl.train.evaluate import ranking_task
@@ -105,6 +107,7 @@ def ceiling_rows(
     if users.size == 0:
         raise SystemExit(f"{run_dir}: no cold validation user has {k_max + min_query} ratings")
     bias = BiasFloor(data)
+    steps_map = ridge_steps_map(data, bias)  # fitted on all cold validation users, K = meta.ks
     predict = ranker_predictor(run.model, ranking_task(run.tasks), data.n_items)
     prior = mean_user(run.model, torch.from_numpy(data.users("train")))
     seed = cfg.meta.seed + 1
@@ -117,6 +120,8 @@ def ceiling_rows(
             "item_bias": ("floor", bias.item_bias_only(blocks)[0]),
             "ridge": ("floor", bias.ridge(blocks, cfg.meta.shrinkage)[0]),
         }
+        if steps_map is not None:
+            preds["ridge_steps"] = ("floor", apply_steps(preds["ridge"][1], *steps_map))
         st = fold_in(run.model, blocks, run.tasks, [choice["steps"]], choice["lr"], prior=prior)
         preds["fold_in"] = ("floor", predict(blocks, st[choice["steps"]])[0])
         with torch.no_grad():
