@@ -87,6 +87,23 @@ def _learner_prediction(
     return pred, full, seconds
 
 
+def ridge_steps_map(data: ColdData, bias: BiasFloor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The ``ridge_steps`` floor's map: the non-decreasing piecewise-linear map of the ridge
+    floor's predictions fitted by least absolute deviations on the cold validation users'
+    query ratings, every K pooled (:func:`meta.learners.ensemble.fit_steps`, the ensemble's
+    ``rating_map: steps``); None without cold validation ratings."""
+    from meta.steps import fit_steps
+
+    preds, targets = [], []
+    for k in _ks(data):
+        blocks = held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
+        q = blocks.tasks.query
+        preds.append(bias.ridge(blocks, data.cfg.shrinkage)[0][q.mask])
+        targets.append(q.ratings[q.mask])
+    b = torch.cat(preds)
+    return fit_steps(b, torch.cat(targets)) if b.numel() > 1 else None
+
+
 def evaluate_coldstart(
     model: nn.Module | None,
     data: ColdData,
@@ -97,7 +114,10 @@ def evaluate_coldstart(
     time_loop: bool = True,
 ) -> list[dict[str, Any]]:
     """Rows ``{"labels": {learner, kind, k}, "metrics": {...}}`` for every floor and learner."""
+    from meta.steps import apply_steps
+
     bias = BiasFloor(data)
+    steps_map = ridge_steps_map(data, bias)
     rows = []
     cfg = data.cfg
     predict = ranker_predictor(model, rank_task, data.n_items) if model is not None else None
@@ -110,6 +130,9 @@ def evaluate_coldstart(
             "support_mean": ("floor", bias.support_mean(blocks)),
             "ridge": ("floor", bias.ridge(blocks, cfg.shrinkage)),
         }
+        if steps_map is not None:
+            pred, full = methods["ridge"][1]
+            methods["ridge_steps"] = ("floor", (apply_steps(pred, *steps_map), full))
         if predict is not None:
             methods["population"] = ("floor", predict(blocks, population_state(model, blocks)))
             methods["ranker_ridge"] = (

@@ -27,8 +27,8 @@ ENSEMBLE = "ensemble"  # meta.learners.ensemble.ENSEMBLE (not imported here: laz
 __all__ = ["coldstart_pipeline", "coldstart_report", "validate_meta"]
 
 META_CODE = (*MODEL_CODE, "meta")
-FLOORS = ("global_mean", "item_bias", "support_mean", "ridge", "population", "ranker_ridge",
-          "fold_in")  # fmt: skip
+FLOORS = ("global_mean", "item_bias", "support_mean", "ridge", "ridge_steps", "population",
+          "ranker_ridge", "fold_in")  # fmt: skip
 
 
 def validate_meta(cfg: RunConfig) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "Reptile",
     "Ridge",
     "build_learner",
+    "learner_names",
     "learner_params",
     "load_learner",
     "save_learner",
@@ -46,9 +47,30 @@ __all__ = [
 LEARNER_FILE, WEIGHTS_FILE = "learner.json", "learner.pt"
 
 
+def learner_names() -> list[str]:
+    """Every name ``meta.learners[N].name`` accepts: the registry's and ``ensemble``."""
+    return sorted([*META_LEARNERS.names(), ENSEMBLE])
+
+
+def _learner_class(name: str, key: str) -> type[MetaLearner]:
+    """The registered class of ``name``; an unknown name is a UserError listing every
+    accepted name (``ensemble`` included), and ``ensemble`` (built from other learners by
+    the pipeline, no class of its own here) one saying so."""
+    if name == ENSEMBLE:
+        raise UserError(
+            f"{key}: 'ensemble' combines earlier learners (params.members) and is built by the "
+            "cold-start pipeline, not on its own"
+        )
+    if name not in META_LEARNERS:
+        raise UserError(
+            f"{key}: unknown meta-learner {name!r}; known: {', '.join(learner_names())}"
+        )
+    return META_LEARNERS.get(name)
+
+
 def learner_params(name: str, params: dict[str, Any], key: str = "meta.learners") -> LearnerParams:
     """The validated settings of learner ``name``; errors name the dotted key."""
-    cls = META_LEARNERS.get(name, f"{key}.name")
+    cls = _learner_class(name, f"{key}.name")
     try:
         return cls.params_class.model_validate(params)
     except ValidationError as e:
@@ -62,7 +84,7 @@ def build_learner(
     name: str, params: dict[str, Any], base: nn.Module, tasks: list[str]
 ) -> MetaLearner:
     """A fresh learner ``name`` over ``base`` (a ranker or the MeLU-style model)."""
-    cls = META_LEARNERS.get(name, "meta.learners.name")
+    cls = _learner_class(name, "meta.learners.name")
     return cls(base, tasks, learner_params(name, params))
 
 

@@ -11,6 +11,13 @@ usual, each on its own) with two sets of weights, both **fitted on the cold vali
   standardized per user over the catalog, ``v`` on the simplex grid of step ``1 / grid``
   with the best mean cold-validation NDCG@10 (ties: the first in grid order).
 
+With ``rating_map: steps`` the blend then goes through a non-decreasing piecewise-linear map
+``g`` fitted the same way (least absolute deviations on the cold-validation query ratings,
+knots at the deciles of the blend, made non-decreasing, plus ``1e-3`` times the blend so the
+order of the predictions is kept): the point prediction the MAE rewards on integer ratings is
+the median of the user's rating, not the mean, and ``g`` learns where the blend should move
+toward whole stars.
+
 The other tasks' outputs are the members' mean. The ensemble has no meta-trained weights of
 its own, and its users are not a ranker state (``adapt_users`` refuses it).
 """
@@ -18,7 +25,7 @@ its own, and its users are not a ranker state (``adapt_users`` refuses it).
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,6 +33,8 @@ from torch import nn
 
 from meta.learners.base import Adapted
 from meta.protocol import Padded
+from meta.steps import ENDS, QUANTILES, TIE_SLOPE, apply_steps, fit_steps
+from meta.steps import least_absolute as _least_absolute
 
 __all__ = ["ENSEMBLE", "Ensemble", "EnsembleParams"]
 
@@ -39,6 +48,11 @@ class EnsembleParams(BaseModel):
 
     members: list[str] = Field(min_length=2, description="labels of earlier learners")
     grid: int = Field(10, ge=1, le=50, description="ranking weights: simplex grid step 1/grid")
+    rating_map: Literal["linear", "steps"] = Field(
+        "linear",
+        description="the rating blend as it is (linear) or through a non-decreasing "
+        "piecewise-linear map fitted by least absolute deviations (steps)",
+    )
 
 
 def _split(adapted: Adapted, m: int) -> Adapted:
@@ -47,18 +61,6 @@ def _split(adapted: Adapted, m: int) -> Adapted:
         {k[len(pre) :]: v for k, v in adapted.state.items() if k.startswith(pre)},
         {k[len(pre) :]: v for k, v in adapted.params.items() if k.startswith(pre)},
     )
-
-
-def _least_absolute(x: torch.Tensor, y: torch.Tensor, iters: int = 30) -> torch.Tensor:
-    """``argmin_w sum |y - x w|`` (the MAE the protocol reports) by iteratively reweighted
-    least squares, from the least-squares fit; a tiny ridge (1e-3) keeps every solve defined."""
-    eye = 1e-3 * torch.eye(x.shape[1], dtype=x.dtype)
-    s = torch.ones_like(y)
-    for _ in range(iters):
-        xs = x * s[:, None]
-        w = torch.linalg.solve(xs.T @ x + eye, xs.T @ y)
-        s = 1.0 / (y - x @ w).abs().clamp(min=1e-3)
-    return w
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
@@ -82,6 +84,10 @@ class Ensemble(nn.Module):
         rating[1:] = 1.0 / n
         self.register_buffer("rating_w", rating)  # intercept, then one weight per member
         self.register_buffer("rank_w", torch.full((n,), 1.0 / n))
+        if params.rating_map == "steps":  # the identity until fitted
+            npts = len(QUANTILES) + len(ENDS)
+            self.register_buffer("map_x", torch.linspace(-1.0, 1.0, npts) * 1e3)
+            self.register_buffer("map_y", torch.linspace(-1.0, 1.0, npts) * 1e3 * (1 - TIE_SLOPE))
         self.fit_report: dict[str, Any] = {}
 
     def adapt(self, support: Padded, user_cats, sup_rows: dict | None = None, **kw) -> Adapted:
@@ -102,6 +108,8 @@ class Ensemble(nn.Module):
         w = self.rating_w
         res = {t: torch.stack([o[t] for o in outs]).mean(0) for t in self.tasks}
         res["rating"] = w[0] + sum(w[m + 1] * o["rating"] for m, o in enumerate(outs))
+        if self.params.rating_map == "steps":
+            res["rating"] = apply_steps(res["rating"], self.map_x, self.map_y)
         return res
 
     def score_items(self, adapted: Adapted, items, days, time_bins) -> dict[str, torch.Tensor]:
@@ -118,6 +126,12 @@ class Ensemble(nn.Module):
         """``(U, N)``: the fitted combination of the members' standardized ranking scores."""
         z = self._member_ranks(adapted, items, days, time_bins, rank_task)
         return sum(self.rank_w[m] * s for m, s in enumerate(z))
+
+    def _map_report(self) -> dict[str, Any]:
+        if self.params.rating_map != "steps":
+            return {}
+        pts = zip(self.map_x.tolist(), self.map_y.tolist(), strict=True)
+        return {"rating_map": [[round(a, 4), round(b, 4)] for a, b in pts]}
 
     @torch.no_grad()
     def fit(self, data: Any, rank_task: str) -> dict[str, Any]:
@@ -143,6 +157,10 @@ class Ensemble(nn.Module):
         x = torch.cat([torch.ones_like(x[:, :1]), x], 1)
         y = torch.cat(targets).double()
         self.rating_w.copy_(_least_absolute(x, y).float())
+        if self.params.rating_map == "steps":
+            xs, ys = fit_steps(x @ self.rating_w.double(), y)
+            self.map_x.copy_(xs)
+            self.map_y.copy_(ys)
         n, step = len(self._members), self.params.grid
         best, best_v = -1.0, None
         for combo in itertools.product(range(step + 1), repeat=n):
@@ -172,6 +190,7 @@ class Ensemble(nn.Module):
                 zip(["intercept", *self.params.members], self.rating_w.tolist(), strict=True)
             ),
             "rank_weights": dict(zip(self.params.members, self.rank_w.tolist(), strict=True)),
+            **self._map_report(),
             "cold_valid_mae": sum(maes) / len(maes),
             "cold_valid_ndcg@10": best,
         }

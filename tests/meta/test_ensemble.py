@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from meta.learners import Ensemble, EnsembleParams, build_learner
+from meta.learners import META_LEARNERS, Ensemble, EnsembleParams, build_learner, learner_params
 from meta.learners.ensemble import _least_absolute
+from recsys_mtl.errors import UserError
 from tests.meta.helpers import TASKS, cold_data, ranker
 
 
@@ -84,3 +85,55 @@ def test_a_corner_of_the_ranking_simplex_ranks_as_that_member(fitted):
     z = (theirs - theirs.mean(1, keepdim=True)) / theirs.std(1, keepdim=True)
     assert_close(mine, z)
     assert torch.equal(mine.argmax(1), theirs.argmax(1))
+
+
+def test_an_unknown_learner_name_lists_every_accepted_name_ensemble_included():
+    with pytest.raises(UserError) as e:
+        learner_params("mamll", {}, "meta.learners.3")
+    msg = str(e.value)
+    assert msg.startswith("meta.learners.3.name: unknown meta-learner 'mamll'; known: ")
+    known = msg.split("known: ")[1].split(", ")
+    assert known == sorted([*META_LEARNERS.names(), "ensemble"])
+    assert {"ridge", "matching", "maml"} <= set(known)
+    # the ensemble is a name the config accepts, but not one built on its own
+    with pytest.raises(UserError, match="'ensemble' combines earlier learners"):
+        learner_params("ensemble", {}, "meta.learners.0")
+
+
+def test_the_steps_map_moves_predictions_toward_the_median_and_keeps_their_order():
+    from meta.steps import apply_steps, fit_steps
+
+    g = torch.Generator().manual_seed(1)
+    b = 1.0 + 4.0 * torch.rand(4000, generator=g)
+    # integer ratings: the median of each user's rating is the nearest star, not b itself
+    y = (b + 0.6 * (torch.rand(4000, generator=g) - 0.5)).round().clamp(1, 5)
+    xs, ys = fit_steps(b, y)
+    assert bool((ys[1:] >= ys[:-1]).all())  # non-decreasing
+    out = apply_steps(b, xs, ys)
+    mae_map, mae_raw = (out - y).abs().mean(), (b - y).abs().mean()
+    assert mae_map < 0.8 * mae_raw
+    order = torch.argsort(b)
+    assert bool((out[order][1:] >= out[order][:-1]).all())  # never reversed
+    grid = apply_steps(torch.linspace(1.0, 5.0, 101), xs, ys)
+    assert bool((grid[1:] > grid[:-1]).all())  # and no ties: flat parts keep a small slope
+    # a map fitted to an identity target stays (nearly) the identity
+    xs, ys = fit_steps(b, b.double())
+    assert_close(apply_steps(b, xs, ys), b, atol=2e-2, rtol=0)
+
+
+def test_the_steps_ensemble_starts_as_the_linear_blend_and_fits_a_lower_mae(fitted):
+    data, members, linear, fit = fitted
+    ens = Ensemble(members, EnsembleParams(members=["a", "b"], grid=4, rating_map="steps"), TASKS)
+    blocks = _cold(data, 3)
+    t = blocks.tasks
+    with torch.no_grad():
+        ens.rating_w.copy_(linear.rating_w)
+        a = ens.adapt(t.support, None, blocks.support)
+        got = ens.score_items(a, t.query.items, t.query.days, t.query.time_bins)["rating"]
+        want = linear.score_items(a, t.query.items, t.query.days, t.query.time_bins)["rating"]
+    assert_close(got, want, atol=1e-3, rtol=0)  # the identity until fitted
+    report = ens.fit(data, "interaction")
+    assert report["rating_weights"] == fit["rating_weights"]  # the same linear stage
+    assert report["cold_valid_mae"] < fit["cold_valid_mae"]
+    ys = [p[1] for p in report["rating_map"]]
+    assert ys == sorted(ys)

@@ -74,6 +74,7 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
         "item_bias",
         "support_mean",
         "ridge",
+        "ridge_steps",
         "population",
         "ranker_ridge",
         "fold_in",
@@ -96,7 +97,8 @@ def test_the_printed_report_is_the_per_k_table_of_every_learner_and_the_best_flo
     text = run_report(summary)
     table = summary["coldstart"]
     floors = [n for n in table if n in {"global_mean", "item_bias", "support_mean", "ridge",
-                                        "population", "ranker_ridge", "fold_in"}]  # fmt: skip
+                                        "ridge_steps", "population", "ranker_ridge",
+                                        "fold_in"}]  # fmt: skip
     for k in ("k3", "k5"):
         block = text.split(f"K = {k[1:]} ")[1].split("\n\n")[0]
         names = {line.split()[0] for line in block.splitlines()[3:] if line[:1].isalnum()}
@@ -196,7 +198,7 @@ def test_the_ensemble_is_fitted_on_cold_validation_and_reported_beside_its_membe
     [
         (
             {"learners": [{"name": "mamll"}]},
-            "meta.learners.0.name: unknown meta-learner 'mamll'; known: blackbox",
+            "meta.learners.0.name: unknown meta-learner 'mamll'; known: blackbox, ensemble, fomaml",
         ),
         ({"learners": [{"name": "maml", "params": {"steps": 0}}]}, "meta.learners.0.params.steps"),
         (
