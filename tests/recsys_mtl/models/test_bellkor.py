@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from recsys_mtl.models import RANKERS, FeatureContext
@@ -102,10 +103,11 @@ def _row_by_row_penalty(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return (p.pow(2).sum() + q.pow(2).sum() + y.pow(2).sum()) / u.numel()
 
 
-def test_the_training_path_gives_the_scores_and_penalty_of_the_row_by_row_lookup():
+@pytest.mark.parametrize("backend", ["torch", "torchrec"])
+def test_the_training_path_gives_the_scores_and_penalty_of_the_row_by_row_lookup(backend):
     # 8 rows (fewer than the 30 items: the penalty from the rows) and 200 rows (from the table)
     for share in (True, False):
-        model = _model(share_embeddings=share)
+        model = _model(share_embeddings=share, backend=backend)
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(torch.randn_like(p) * 0.1)
