@@ -131,16 +131,14 @@ def _markdown(agg: list[dict]) -> str:
 def cold_valid_rows(run_dir: Path) -> list[dict]:
     """MAE and full-catalog NDCG@10 of every learner of a finished cold-start run on its cold
     validation users, per K: the users every choice is made on (never the held-out ones)."""
-    import copy
 
     import torch
 
     from meta.data import load_cold_data
     from meta.evaluate import _ks, held_out_blocks
     from meta.floors import catalog_grid
-    from meta.learners import load_learner
     from meta.protocol import user_metrics
-    from pipelines.coldstart import ENSEMBLE, _ensemble
+    from pipelines.coldstart import load_learners
     from recsys_mtl.config import RunConfig
     from recsys_mtl.runs import load_run
     from recsys_mtl.train.evaluate import ranking_task
@@ -149,14 +147,7 @@ def cold_valid_rows(run_dir: Path) -> list[dict]:
     cfg = RunConfig.model_validate(json.loads((run_dir / "config.resolved.json").read_text()))
     run = load_run(run_dir)
     data = load_cold_data(run_dir / "features", run_dir / "split", cfg.meta)
-    learners: dict = {}
-    for spec in cfg.meta.learners:
-        label = spec.label or spec.name
-        folder = run_dir / "meta_train" / label
-        if spec.name == ENSEMBLE:
-            learners[label] = _ensemble(spec, learners, run.tasks, folder)
-        elif spec.base == "ranker":
-            learners[label] = load_learner(folder, copy.deepcopy(run.model))
+    learners = load_learners(run_dir / "meta_train", cfg, run, ranker_only=True)
     rows = []
     for k in _ks(data):
         blocks = held_out_blocks(data, "cold_valid", k, cfg.meta.seed + 1)

@@ -28,7 +28,6 @@ a Markdown table go to stderr; stdout gets one JSON line.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -59,18 +58,9 @@ def fixed_query_tasks(data, users, k: int, k_max: int, seed: int):
 
 
 def _learners(run_dir: Path, cfg, run) -> dict:
-    from meta.learners import load_learner
-    from pipelines.coldstart import ENSEMBLE, _ensemble
+    from pipelines.coldstart import load_learners
 
-    learners: dict = {}
-    for spec in cfg.meta.learners:
-        label = spec.label or spec.name
-        folder = run_dir / "meta_train" / label
-        if spec.name == ENSEMBLE:
-            learners[label] = _ensemble(spec, learners, run.tasks, folder)
-        elif spec.base == "ranker":
-            learners[label] = load_learner(folder, copy.deepcopy(run.model))
-    return learners
+    return load_learners(run_dir / "meta_train", cfg, run, ranker_only=True)
 
 
 def ceiling_rows(

@@ -161,6 +161,22 @@ def _base(spec: Any, run: Any) -> Any:
     return copy.deepcopy(run.model)
 
 
+def load_learners(folder: Any, cfg: Any, run: Any, ranker_only: bool = False) -> dict[str, Any]:
+    """The learners of ``cfg.meta.learners`` as meta-training saved them under ``folder``
+    (``RUN/meta_train``), by label in config order, each ensemble over the learners before it;
+    ``ranker_only`` leaves out the ones on another base (MeLU)."""
+    from meta.learners import load_learner
+
+    learners: dict[str, Any] = {}
+    for spec in cfg.meta.learners:
+        label = spec.label or spec.name
+        if spec.name == ENSEMBLE:
+            learners[label] = _ensemble(spec, learners, run.tasks, folder / label)
+        elif not ranker_only or spec.base == "ranker":
+            learners[label] = load_learner(folder / label, _base(spec, run))
+    return learners
+
+
 def _ensemble(spec: Any, members: dict[str, Any], tasks: list[str], folder: Any = None) -> Any:
     """The ensemble of ``spec`` over the learners ``members`` (its fitted weights loaded from
     ``folder`` when given)."""
@@ -233,7 +249,6 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
 def _coldstart(ctx: StageContext) -> dict[str, Any]:
     from meta.data import load_cold_data
     from meta.evaluate import evaluate_coldstart, plot_mae_vs_k, table
-    from meta.learners import load_learner
     from recsys_mtl.runs import load_run
     from recsys_mtl.train.evaluate import ranking_task
 
@@ -242,13 +257,7 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
     data = load_cold_data(run.run_dir / "features", run.run_dir / "split", cfg.meta)
     trained = json.loads(ctx.input(META_TRAIN.out("learners.json")).read_text())
     folder = ctx.input(META_TRAIN.out("learners.json")).parent
-    learners = {}
-    for spec in cfg.meta.learners:
-        label = spec.label or spec.name
-        if spec.name == ENSEMBLE:
-            learners[label] = _ensemble(spec, learners, run.tasks, folder / label)
-            continue
-        learners[label] = load_learner(folder / label, _base(spec, run))
+    learners = load_learners(folder, cfg, run)
     rows = evaluate_coldstart(run.model, data, learners, run.tasks, ranking_task(run.tasks),
                               (trained["fold_in"]["steps"], trained["fold_in"]["lr"]))  # fmt: skip
     for r in rows:

@@ -343,37 +343,13 @@ class BellKor(Ranker):
         return s
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not _functorch_active():
-            return self._forward_by_user(batch)
-        u = batch["user"]
-        user_feats, item_feats = self._user_features(u), self._item_features(batch)
-        if self.day_bias:
-            item_feats["user_day_bias"], day_seen = self._day_rows(u, batch["day"])
-        e = self.emb({**user_feats, **item_feats})  # one backend call for every table
-        state = self._finish_user(e, u)
-        extra = None
-        if self.cfg.implicit:
-            distinct, inverse = torch.unique(u, return_inverse=True)
-            if _functorch_active():  # plain gathers under torch.func
-                y, extra = self._implicit_of(distinct)
-            else:
-                y = self._implicit_all().index_select(0, distinct)
-                extra = y.pow(2).sum()
-            state["implicit"] = y[inverse]
-        item = {n: e[n] for n in item_feats}
-        if self.day_bias:  # found once, with the rows above
-            item["_day_seen"] = day_seen
-        out = self._combine(state, item, batch)
-        if extra is not None:
-            out["_reg"] = out["_reg"] + extra / u.numel()
-        return out
-
-    def _forward_by_user(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The training path: the user side (factors, biases, SVD++ vector) once per distinct
-        user of the batch, then ``p_u + |N(u)|^-1/2 sum_j y_j`` gathered to the rows in one
-        step; the L2 penalty of the looked-up rows as per-user (and per-item) counts times
-        their squared norms. The same outputs as :meth:`score` on the batch's user states,
-        with half the ``(rows, dim)`` work forward and backward."""
+        """Scores of a batch of known users' rows: the user side (factors, biases, SVD++
+        vector) once per distinct user of the batch, then ``p_u + |N(u)|^-1/2 sum_j y_j``
+        gathered to the rows in one step; the L2 penalty of the looked-up rows as per-user
+        (and per-item) counts times their squared norms. The same outputs as :meth:`score` on
+        the batch's user states, with half the ``(rows, dim)`` work forward and backward.
+        Under ``torch.func`` the SVD++ vectors come from plain gathers instead of the sparse
+        product (its autograd function has no ``torch.func`` rule)."""
         u, i = batch["user"], batch["item"]
         rows = u.numel()
         distinct, inverse = torch.unique(u, return_inverse=True)
@@ -394,7 +370,10 @@ class BellKor(Ranker):
         else:
             reg = reg + q.pow(2).sum()
         if self.cfg.implicit:
-            y = self._implicit_all().index_select(0, distinct)
+            if _functorch_active():  # plain gathers under torch.func
+                y = self._implicit_of(distinct)[0]
+            else:
+                y = self._implicit_all().index_select(0, distinct)
             reg = reg + y.pow(2).sum()  # the SVD++ vectors once per distinct user
             p = p + y
         state = {"user": p[inverse], "user_bias": eu["user_bias"][inverse], "index": u}
