@@ -2,6 +2,7 @@
 
     python benchmarks/fixed_costs.py --baseline 02f618b      # before/after table rows
     python benchmarks/fixed_costs.py --baseline 02f618b --quick
+    python benchmarks/fixed_costs.py --baseline c5b8c2a --probes rating_epochs,ranking_epochs --repeats 3
 
 Each measurement is a fresh interpreter (one torch thread) running the same code against
 this tree and against ``git archive <baseline>`` unpacked in a temporary folder, alternating
@@ -15,7 +16,13 @@ this tree and against ``git archive <baseline>`` unpacked in a temporary folder,
   Adam, constant rate (the same settings for both trees; 3 epochs, the best of the last 2);
 * ``evaluate``: the evaluate stage (``evaluate_run``: pointwise, sampled and full ranking,
   test and valid) on the same trained run;
-* ``weights_plot``: the train stage's weight-trajectory plot (matplotlib) with static weights.
+* ``weights_plot``: the train stage's weight-trajectory plot (matplotlib) with static weights;
+* ``rating_epochs`` / ``ranking_epochs``: the first fit of each tree's own
+  ``configs/ml100k_bellkor.yaml`` / ``configs/ml100k_ranking.yaml`` (``train_ranker`` with
+  ``train.refit=false``, ``train.patience=null``: every epoch of the recipe), on a prepared run
+  of that recipe; ``ranking_profile``: the CPU time of every operator (``torch.profiler``) in
+  the ranking recipe's first fit, after one warm-up fit. Not in the default set (``--probes``
+  picks probes).
 
 stdout gets one JSON line; progress goes to stderr.
 """
@@ -111,24 +118,58 @@ if len(cfg.tasks) > 1 and (cfg.weighting.name != "static" or "static weights are
     stages._plot_weights(hist, cfg.tasks, Path(sys.argv[1]) / "probe-weights.png", "static")
 print(time.perf_counter() - t)
 """,
+    "recipe_epochs": """
+import sys, torch
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.train.recipe import train_ranker
+run = sys.argv[1]
+sets = ["tracking.enabled=false", "train.refit=false", "train.patience=null"]
+trained = train_ranker(load_config(sys.argv[2], sets), f"{run}/features", f"{run}/split")
+print(trained.metrics["train/seconds"])
+""",
+    "recipe_profile": """
+import sys, torch
+from torch.profiler import ProfilerActivity, profile
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.train.recipe import train_ranker
+run = sys.argv[1]
+cfg = load_config(sys.argv[2], ["tracking.enabled=false", "train.refit=false", "train.patience=null"])
+train_ranker(cfg, f"{run}/features", f"{run}/split")  # warm-up
+with profile(activities=[ProfilerActivity.CPU]) as prof:
+    train_ranker(cfg, f"{run}/features", f"{run}/split")
+print(sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6)
+""",
 }
+# probes of a recipe's epochs: (the probe's code, the recipe it trains)
+RECIPE_PROBES = {
+    "rating_epochs": ("recipe_epochs", "ml100k_bellkor.yaml"),
+    "ranking_epochs": ("recipe_epochs", "ml100k_ranking.yaml"),
+    "ranking_profile": ("recipe_profile", "ml100k_ranking.yaml"),
+}
+DEFAULT_PROBES = ["import", "import_torch", "optimizers", "epoch", "evaluate", "weights_plot"]
 
 
 def _probe(name: str, tree: Path, run: Path) -> float:
-    config = tree / "configs" / "ml100k_bellkor.yaml"  # each tree reads its own config keys
+    key, recipe = RECIPE_PROBES.get(name, (name, "ml100k_bellkor.yaml"))
+    config = tree / "configs" / recipe  # each tree reads its own config keys
+    code = PROBES[key]
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     env.pop("RECSYS_MTL_THREADS", None)
-    out = subprocess.run([sys.executable, "-c", PROBES[name], str(run), str(config)],
+    out = subprocess.run([sys.executable, "-c", code, str(run), str(config)],
                          capture_output=True, text=True, env=env, cwd=tree)  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"{name} in {tree}: {out.stderr[-1500:]}")
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def _prepare(base: Path) -> Path:
-    """One trained run of the shipped rating recipe (this tree), as the shared input."""
-    run = base / "run"
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "configs" / "ml100k_bellkor.yaml"),
+def _prepare(base: Path, recipe: str = "ml100k_bellkor.yaml") -> Path:
+    """One trained run of a shipped recipe (this tree), as the shared input."""
+    run = base / ("run" if recipe == "ml100k_bellkor.yaml" else recipe.removesuffix(".yaml"))
+    if (run / "summary.json").exists():
+        return run
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "configs" / recipe),
            "--set", f"data.path={ML100K}", "--set", "tracking.enabled=false", "--out", str(run)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     subprocess.run(cmd, check=True, env=env, cwd=base, capture_output=True)
@@ -141,6 +182,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="one repeat")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--probes", default=",".join(DEFAULT_PROBES),
+                    help=f"comma-separated, of {', '.join([*DEFAULT_PROBES, *RECIPE_PROBES])}")  # fmt: skip
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="recsys-mtl-fixed-"))
@@ -152,10 +195,15 @@ def main() -> None:
                        check=True)  # fmt: skip
         with tarfile.open(archive) as tar:
             tar.extractall(old, filter="data")
-    print("preparing the shared run", file=sys.stderr, flush=True)
-    run = _prepare(base)
+    probes = [p for p in args.probes.split(",") if p]
+    unknown = [p for p in probes if p not in DEFAULT_PROBES and p not in RECIPE_PROBES]
+    if unknown:
+        ap.error(f"--probes: unknown {unknown}")
+    print("preparing the shared runs", file=sys.stderr, flush=True)
+    runs = {p: _prepare(base, RECIPE_PROBES.get(p, (p, "ml100k_bellkor.yaml"))[1]) for p in probes}
     rows = []
-    for name in PROBES:
+    for name in probes:
+        run = runs[name]
         found: dict[str, list[float]] = {"before": [], "after": []}
         for _ in range(repeats):
             for label, tree in (("before", old), ("after", ROOT)):
