@@ -18,9 +18,12 @@ scatter (no Python loop over users or ratings).
 
 **Metrics** (:func:`user_metrics`): per held-out user, then averaged over users: MAE and RMSE
 on the query ratings; nDCG@3 / nDCG@5 of the query items ordered by the prediction, with gain
-``2^r - 1`` (as MeLU and RecBole-MetaRec report it) and the expected value of a random order
-beside it (high by construction: every query item is relevant); full-catalog HR@10 /
-NDCG@10 of the user's liked query items among every item except the support items.
+``2^r - 1`` (as MeLU reports it) and the expected value of a random order beside it (high by
+construction: every query item is relevant); RecBole-MetaRec's definition beside it
+(:func:`top_k_relevance`: the k best-rated query items are the relevant ones, binary gain;
+a random order scores 0.5 with 5 of 10 query items), which its published figures use;
+full-catalog HR@10 / NDCG@10 of the user's liked query items among every item except the
+support items.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ __all__ = [
     "pad_rows",
     "random_order_ndcg",
     "ranking_at",
+    "top_k_relevance",
     "user_metrics",
     "user_roles",
 ]
@@ -269,6 +273,52 @@ def random_order_ndcg(ratings: torch.Tensor, mask: torch.Tensor, k: int) -> torc
     return expected / ideal.clamp(min=1e-12)
 
 
+def top_k_relevance(
+    scores: torch.Tensor, ratings: torch.Tensor, mask: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RecBole-MetaRec's query metrics per user: the relevant items are the ``k`` query items
+    with the highest true ratings (binary gain), the query items are ordered by ``scores``, and
+    ``(precision@k, ndcg@k, random-order ndcg@k)`` come back, each ``(U,)``.
+
+    RecBole-MetaRec (``topk: 5``, 10 query items) takes the relevant items with ``torch.topk``
+    of the ratings and the order with ``torch.topk`` of the predictions, so equal ratings at the
+    cut and equal predictions are broken in an unspecified order. Here both are the exact
+    expectation under a uniformly random tie order: an item rated at the cut is relevant with
+    probability (places left) / (items tied there), and every position held by a group of
+    equal predictions carries the group's mean relevance. The ideal DCG counts ``min(k, n)``
+    relevant items, as RecBole's NDCG does; a random order scores ``min(k, n) / n`` (0.5 for 5
+    of 10)."""
+    real = mask.sum(1)
+    n_pos = real.clamp(max=k)
+    r = torch.where(mask, ratings.double(), float("-inf"))
+    desc = torch.sort(r, dim=1, descending=True).values
+    cut = torch.gather(desc, 1, (n_pos - 1).clamp(min=0)[:, None])  # (U, 1) the k-th rating
+    above = (mask & (r > cut)).sum(1, keepdim=True)
+    at = mask & (r == cut)
+    share = (n_pos[:, None] - above).double() / at.sum(1, keepdim=True).clamp(min=1)
+    rel = torch.where(mask & (r > cut), 1.0, torch.where(at, share, 0.0))
+    s = torch.where(mask, scores.double(), float("-inf"))
+    order = torch.sort(s, dim=1, descending=True, stable=True)
+    rel_sorted = torch.gather(rel, 1, order.indices)
+    # equal predictions: each position of a group carries the group's mean relevance
+    v = order.values
+    starts = torch.ones_like(v, dtype=torch.bool)
+    starts[:, 1:] = v[:, 1:] != v[:, :-1]
+    group = torch.cumsum(starts.long(), 1) - 1
+    total = torch.zeros_like(rel_sorted).scatter_add_(1, group, rel_sorted)
+    count = torch.zeros_like(rel_sorted).scatter_add_(1, group, torch.ones_like(rel_sorted))
+    rel_sorted = torch.gather(total / count.clamp(min=1), 1, group)
+    width = min(k, rel.shape[1])
+    disc = 1.0 / torch.log2(torch.arange(2, width + 2, dtype=torch.float64))
+    head = rel_sorted[:, :width]
+    cum = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(disc, 0)])
+    ideal = cum[n_pos.clamp(max=width)].clamp(min=1e-12)
+    precision = head.sum(1) / k
+    ndcg = (head * disc).sum(1) / ideal
+    random = n_pos.double() / real.clamp(min=1) * cum[real.clamp(max=width)] / ideal
+    return precision, ndcg, random
+
+
 def ranking_at(
     scores: torch.Tensor, relevant: torch.Tensor, exclude: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,6 +359,10 @@ def user_metrics(
     for cut in (3, 5):
         out[f"query/ndcg@{cut}"] = ndcg_over_query(p, query.ratings, m, cut).mean().item()
         out[f"query/random_ndcg@{cut}"] = random_order_ndcg(query.ratings, m, cut).mean().item()
+        prec, top_ndcg, top_random = top_k_relevance(pred, query.ratings, m, cut)
+        out[f"query/top_precision@{cut}"] = prec.mean().item()
+        out[f"query/top_ndcg@{cut}"] = top_ndcg.mean().item()
+        out[f"query/random_top_ndcg@{cut}"] = top_random.mean().item()
     if full_scores is None:
         out[f"ranking/hr@{k}"] = out[f"ranking/ndcg@{k}"] = float("nan")
         return out

@@ -106,7 +106,8 @@ def coldstart_report(per_k: dict[str, dict[str, dict[str, float]]]) -> str:
 
     ks = sorted({k for m in per_k.values() for k in m}, key=lambda k: (len(k), k))
     cols = [("MAE", "rating/mae"), ("RMSE", "rating/rmse"), ("nDCG@5", "query/ndcg@5"),
-            ("HR@10", "ranking/hr@10"), ("NDCG@10", "ranking/ndcg@10")]  # fmt: skip
+            ("top-5 nDCG@5", "query/top_ndcg@5"), ("HR@10", "ranking/hr@10"),
+            ("NDCG@10", "ranking/ndcg@10")]  # fmt: skip
     lines = []
 
     def get(method: str, k: str, metric: str) -> float | None:

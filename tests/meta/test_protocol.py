@@ -9,7 +9,14 @@ import torch
 from torch.testing import assert_close
 
 from meta.learners import build_learner
-from meta.protocol import make_tasks, ndcg_over_query, random_order_ndcg, ranking_at, user_roles
+from meta.protocol import (
+    make_tasks,
+    ndcg_over_query,
+    random_order_ndcg,
+    ranking_at,
+    top_k_relevance,
+    user_roles,
+)
 from meta.train import meta_train
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.weighting import WEIGHTINGS
@@ -81,6 +88,61 @@ def test_ndcg_uses_the_exponential_gain_and_a_random_order_sits_below_the_ideal(
     ]
     mean = torch.stack([ndcg_over_query(o, ratings, mask, 2) for o in orders]).mean(0)
     assert_close(random_order_ndcg(ratings, mask, 2), mean)
+
+
+def _recbole_once(scores, ratings, k, label_tie, score_tie):
+    """RecBole-MetaRec's collector and metrics for one order of ties: the k best-rated items are
+    relevant, the k best-scored items are retrieved; equal ratings are broken by ``label_tie``
+    and equal scores by ``score_tie`` (lower first)."""
+    n = len(ratings)
+    by_label = sorted(range(n), key=lambda i: (-ratings[i], label_tie[i]))[:k]
+    by_score = sorted(range(n), key=lambda i: (-scores[i], score_tie[i]))[:k]
+    hits = [1.0 if i in by_label else 0.0 for i in by_score]
+    disc = [1 / np.log2(p + 2) for p in range(k)]
+    ideal = sum(disc[: min(k, n)])
+    return sum(hits) / k, sum(h * d for h, d in zip(hits, disc, strict=True)) / ideal
+
+
+def test_top_k_relevance_is_recboles_metric_in_expectation_over_tie_orders():
+    import itertools
+
+    ratings = [4.0, 5.0, 4.0, 2.0, 4.0]  # three items tied for the second relevant place
+    cases = [
+        [0.3, 0.9, 0.3, 0.3, 0.1],  # equal predictions across the cut
+        [0.6, 0.2, 0.9, 0.8, 0.4],  # no equal predictions
+        [1.0] * 5,  # constant
+    ]
+    orders = list(itertools.permutations(range(5)))
+    for scores in cases:
+        runs = [_recbole_once(scores, ratings, 2, a, b) for a in orders for b in orders]
+        want = np.mean(runs, axis=0)
+        # a padded row after the real ones: padding is never relevant nor retrieved
+        s = torch.tensor([[*scores, 9.0]])
+        r = torch.tensor([[*ratings, 5.0]])
+        m = torch.tensor([[True] * 5 + [False]])
+        prec, ndcg, random = top_k_relevance(s, r, m, 2)
+        assert_close(prec, torch.tensor([want[0]], dtype=torch.float64))
+        assert_close(ndcg, torch.tensor([want[1]], dtype=torch.float64))
+        assert_close(random, torch.tensor([0.4], dtype=torch.float64))
+    # the constant prediction is a random order: it scores the random-order value
+    assert_close(ndcg, random)
+
+
+def test_top_k_relevance_with_five_of_ten_query_items_scores_half_at_random_and_one_at_best():
+    g = torch.Generator().manual_seed(0)
+    ratings = torch.randint(1, 6, (200, 10), generator=g).float()
+    ratings[:, 0] = 5.0  # the best item is not tied with the sixth...
+    ratings[:, 5:] = torch.minimum(ratings[:, 5:], torch.tensor(2.0))  # ...and no tie at the cut
+    ratings[:, 1:5] = torch.maximum(ratings[:, 1:5], torch.tensor(3.0))
+    mask = torch.ones(200, 10, dtype=torch.bool)
+    _, ndcg, random = top_k_relevance(ratings + 0.01 * torch.arange(10), ratings, mask, 5)
+    assert_close(ndcg, torch.ones(200, dtype=torch.float64))
+    assert_close(random, torch.full((200,), 0.5, dtype=torch.float64))
+    _, worst, _ = top_k_relevance(-ratings, ratings, mask, 5)
+    assert_close(worst, torch.zeros(200, dtype=torch.float64))
+    # random predictions average near the random-order value
+    _, noise, _ = top_k_relevance(torch.rand(200, 10, generator=g), ratings, mask, 5)
+    assert abs(noise.mean().item() - 0.5) < 0.05
 
 
 def test_full_ranking_never_ranks_support_items():
