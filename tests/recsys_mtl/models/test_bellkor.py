@@ -140,3 +140,32 @@ def test_the_training_path_gives_the_gradients_of_the_row_by_row_lookup():
     assert fast.keys() == slow.keys()
     for n in fast:
         torch.testing.assert_close(fast[n], slow[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_the_dense_user_day_table_finds_the_same_rows_as_the_binary_search(monkeypatch):
+    from recsys_mtl.models import bellkor
+
+    model = _model()
+    g = torch.Generator().manual_seed(1)
+    index = torch.randint(-1, CTX.n_users, (500,), generator=g)  # -1: a new user
+    day = torch.randint(-3, CTX.day_span + 3, (500,), generator=g)  # some outside the log
+    keys = CTX.user_days
+    index[:40] = keys[:40] // CTX.day_span  # days training saw
+    day[:40] = keys[:40] % CTX.day_span
+    assert model._dense_day_rows() is not None
+    rows, seen = model._day_rows(index, day)
+    monkeypatch.setattr(bellkor, "_DENSE_DAYS", 0)
+    assert model._dense_day_rows() is None
+    rows_ref, seen_ref = model._day_rows(index, day)
+    assert seen[:40].all() and not seen.all()
+    assert torch.equal(seen, seen_ref) and torch.equal(rows, rows_ref)
+
+
+def test_distinct_users_equal_torch_unique_on_both_paths():
+    model = _model()
+    g = torch.Generator().manual_seed(2)
+    for rows in (3, 8, 200):  # below 4 x rows of users the mask path, else the sort
+        u = torch.randint(0, CTX.n_users, (rows,), generator=g)
+        distinct, inverse = model._distinct_users(u)
+        want_d, want_i = torch.unique(u, return_inverse=True)
+        assert torch.equal(distinct, want_d) and torch.equal(inverse, want_i)
