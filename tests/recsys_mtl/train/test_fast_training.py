@@ -107,6 +107,62 @@ def test_lazy_adam_leaves_untouched_rows_and_their_moments_alone():
     assert not torch.equal(b.data[3:], before[3:])  # plain Adam does move them
 
 
+def _reference_lazy_adam(w, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
+    """Lazy Adam written out row by row: touched rows take Adam's step with the table's own
+    step count, untouched rows and their moments stay."""
+    w, m, v = w.clone().double(), torch.zeros_like(w).double(), torch.zeros_like(w).double()
+    for t, g in enumerate(grads, start=1):
+        g = g.double()
+        for r in range(w.shape[0]):
+            if not g[r].ne(0).any():
+                continue
+            m[r] = b1 * m[r] + (1 - b1) * g[r]
+            v[r] = b2 * v[r] + (1 - b2) * g[r] ** 2
+            w[r] -= lr / (1 - b1**t) * m[r] / ((v[r] / (1 - b2**t)).sqrt() + eps)
+    return w.float()
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "foreach"])
+def test_lazy_adam_equals_the_row_by_row_rule_on_whole_and_partly_touched_tables(
+    fused, monkeypatch
+):
+    from recsys_mtl.train import optim
+
+    if not fused:  # the path for devices without torch's fused kernel
+        monkeypatch.setitem(optim._FUSED_OK, ("cpu", torch.float32), False)
+    gen = torch.Generator().manual_seed(3)
+    shapes = [(12, 4), (9, 1), (7, 3)]
+    start = [torch.randn(s, generator=gen) for s in shapes]
+    params = [torch.nn.Parameter(x.clone()) for x in start]
+    opt = LazyAdam(params, lr=0.05)
+    history: list[list[torch.Tensor]] = [[] for _ in shapes]
+    for step in range(6):
+        for k, (p, s) in enumerate(zip(params, shapes, strict=True)):
+            g = torch.randn(s, generator=gen)
+            if (step + k) % 2:  # every other step only some rows are touched
+                g[torch.rand(s[0], generator=gen) < 0.6] = 0.0
+            history[k].append(g)
+            p.grad = g.clone()
+        opt.step()
+    for p, x, grads in zip(params, start, history, strict=True):
+        assert_close(p.data, _reference_lazy_adam(x, grads, 0.05), rtol=1e-5, atol=1e-6)
+
+
+def test_adam_takes_the_same_steps_without_the_fused_kernel(monkeypatch):
+    from recsys_mtl.train import optim
+
+    a, b = _pair()
+    fused, plain = Adam([a], lr=0.01, weight_decay=0.1), Adam([b], lr=0.01, weight_decay=0.1)
+    for g in _grads(4):
+        a.grad, b.grad = g.clone(), g.clone()
+        fused.step()
+        with monkeypatch.context() as mp:
+            mp.setitem(optim._FUSED_OK, ("cpu", torch.float32), False)
+            plain.step()
+    assert_close(a.data, b.data, rtol=1e-5, atol=1e-6)
+    assert optim._FUSED_OK.get(("cpu", torch.float32), True)  # the kernel ran here
+
+
 def test_rowwise_adagrad_keeps_one_accumulator_per_row_and_skips_untouched_rows():
     p = torch.nn.Parameter(torch.zeros(5, 4))
     opt = RowWiseAdagrad([p], lr=0.5)
