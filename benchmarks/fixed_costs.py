@@ -21,8 +21,9 @@ this tree and against ``git archive <baseline>`` unpacked in a temporary folder,
   ``configs/ml100k_bellkor.yaml`` / ``configs/ml100k_ranking.yaml`` (``train_ranker`` with
   ``train.refit=false``, ``train.patience=null``: every epoch of the recipe), on a prepared run
   of that recipe; ``ranking_profile``: the CPU time of every operator (``torch.profiler``) in
-  the ranking recipe's first fit, after one warm-up fit. Not in the default set (``--probes``
-  picks probes).
+  the ranking recipe's first fit, after one warm-up fit; ``rating_lazy_adam``: milliseconds
+  per step of lazy Adam (the optimizer of the tables) in the rating recipe's first fit. Not in
+  the default set (``--probes`` picks probes).
 
 stdout gets one JSON line; progress goes to stderr.
 """
@@ -141,12 +142,32 @@ with profile(activities=[ProfilerActivity.CPU]) as prof:
     train_ranker(cfg, f"{run}/features", f"{run}/split")
 print(sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6)
 """,
+    "recipe_lazy_adam": """
+import sys, time, torch
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.train import optim
+from recsys_mtl.train.recipe import train_ranker
+run = sys.argv[1]
+spent = [0.0, 0]
+step = optim.LazyAdam.step
+def timed(self):
+    t = time.perf_counter()
+    step(self)
+    spent[0] += time.perf_counter() - t
+    spent[1] += 1
+optim.LazyAdam.step = timed
+sets = ["tracking.enabled=false", "train.refit=false", "train.patience=null"]
+train_ranker(load_config(sys.argv[2], sets), f"{run}/features", f"{run}/split")
+print(1000 * spent[0] / spent[1])
+""",
 }
 # probes of a recipe's epochs: (the probe's code, the recipe it trains)
 RECIPE_PROBES = {
     "rating_epochs": ("recipe_epochs", "ml100k_bellkor.yaml"),
     "ranking_epochs": ("recipe_epochs", "ml100k_ranking.yaml"),
     "ranking_profile": ("recipe_profile", "ml100k_ranking.yaml"),
+    "rating_lazy_adam": ("recipe_lazy_adam", "ml100k_bellkor.yaml"),
 }
 DEFAULT_PROBES = ["import", "import_torch", "optimizers", "epoch", "evaluate", "weights_plot"]
 

@@ -16,9 +16,12 @@ Parts (each a row group in the JSON line; ``--parts`` picks them):
 * ``refit``: which refit to ship, chosen without the test ratings: the shipped recipe runs once
   (seed 0) to make its split, its train + valid ratings become a CSV log, and the recipe runs on
   that log with a fresh refit (as shipped), ``train.refit_from: selected`` with
-  ``train.refit_epochs`` 1 and 2, and no refit; the log's own test part (ratings the real test
-  part does not hold) scores them: RMSE for ``configs/ml100k_bellkor.yaml``, HR@10 / NDCG@10
-  for ``configs/ml100k_ranking.yaml``.
+  ``train.refit_epochs`` 1 and 2, and no refit, and for the random split of the rating recipe
+  a smaller validation part instead of a refit (2% or 1% of the ratings, no refit) and the
+  10% part with a refit; the log's own test part (ratings the real test part does not hold)
+  scores them: RMSE for ``configs/ml100k_bellkor.yaml``, HR@10 / NDCG@10 for
+  ``configs/ml100k_ranking.yaml``. ``--seeds`` (default 0) repeats it per seed (the seed of
+  the first run's split and of every run on its log), ``--variants`` and ``--configs`` pick.
 
 Progress goes to stderr; stdout gets one JSON line.
 """
@@ -38,12 +41,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
+# name -> (overrides, the configs it applies to: the validation share is a random split's)
+BOTH = ("ml100k_bellkor.yaml", "ml100k_ranking.yaml")
 REFIT_VARIANTS = {
-    "fresh refit (shipped)": [],
-    "selected, last 1 epoch": ["train.refit_from=selected", "train.refit_epochs=1"],
-    "selected, last 2 epochs": ["train.refit_from=selected", "train.refit_epochs=2"],
-    "no refit": ["train.refit=false"],
-}
+    "fresh refit, valid 10%": (["split.valid_fraction=0.1", "train.refit=true"],
+                               ("ml100k_bellkor.yaml",)),
+    "fresh refit (shipped)": (["train.refit=true"], BOTH),
+    "selected, last 1 epoch": (["train.refit=true", "train.refit_from=selected",
+                                "train.refit_epochs=1"], BOTH),
+    "selected, last 2 epochs": (["train.refit=true", "train.refit_from=selected",
+                                 "train.refit_epochs=2"], BOTH),
+    "no refit": (["train.refit=false"], BOTH),
+    "no refit, valid 2%": (["split.valid_fraction=0.02", "train.refit=false"],
+                           ("ml100k_bellkor.yaml",)),
+    "no refit, valid 1%": (["split.valid_fraction=0.01", "train.refit=false"],
+                           ("ml100k_bellkor.yaml",)),
+    "no refit, valid 1%, 2 epochs": (["split.valid_fraction=0.01", "train.refit=false",
+                                      "train.epochs=2"], ("ml100k_bellkor.yaml",)),
+}  # fmt: skip
 
 
 def _row(part: str, labels: dict, metrics: dict) -> dict:
@@ -185,16 +200,19 @@ def _run(config: str, out: Path, sets: list[str]) -> dict:
             "train_stage_seconds": round(stage["seconds"], 2), "seconds": round(wall, 2)}  # fmt: skip
 
 
-def _refit(base: Path) -> list[dict]:
+def _refit(base: Path, seeds: list[int], variants: list[str], configs: list[str]) -> list[dict]:
     import polars as pl
 
     rows = []
-    for config, keys in (("ml100k_bellkor.yaml", ["rating/rmse"]),
-                         ("ml100k_ranking.yaml", ["ranking/hr@10", "ranking/ndcg@10"])):  # fmt: skip
-        folder = base / config.removesuffix(".yaml")
+    scored = {"ml100k_bellkor.yaml": ["rating/rmse"],
+              "ml100k_ranking.yaml": ["ranking/hr@10", "ranking/ndcg@10"]}  # fmt: skip
+    for config, seed in ((c, s) for c in configs for s in seeds):
+        keys = scored[config]
+        seeded = [f"{k}.seed={seed}" for k in ("split", "train", "features", "evaluate")]
+        folder = base / config.removesuffix(".yaml") / f"s{seed}"
         folder.mkdir(parents=True, exist_ok=True)
         shipped = folder / "shipped"
-        _run(config, shipped, [f"data.path={ML100K}"])
+        _run(config, shipped, [f"data.path={ML100K}", *seeded])
         users = pl.read_parquet(shipped / "features" / "user_features.parquet",
                                 columns=["uidx", "user_id"])  # fmt: skip
         items = pl.read_parquet(shipped / "features" / "item_features.parquet",
@@ -202,13 +220,21 @@ def _refit(base: Path) -> list[dict]:
         log = pl.concat(
             [pl.read_parquet(shipped / "split" / f"{p}.parquet") for p in ("train", "valid")]
         )
-        log = log.filter(pl.col("interaction") == 1).join(users, on="uidx").join(items, on="iidx")
+        # in the original log's order: the log (and so its own split) does not depend on how
+        # the first run divided train and valid
+        log = log.filter(pl.col("interaction") == 1).sort("row")
+        log = log.join(users, on="uidx", maintain_order="left").join(
+            items, on="iidx", maintain_order="left"
+        )
         dev = folder / "without-test.csv"
         log.select("user_id", "item_id", pl.col("rating").cast(pl.Int64), "ts").write_csv(dev)
-        for name, sets in REFIT_VARIANTS.items():
-            r = _run(config, folder / name.replace(" ", "-").replace(",", ""),
-                     [f"data.path={dev}", "data.format=csv", *sets])  # fmt: skip
-            rows.append(_row("refit", {"config": config, "refit": name},
+        for name in variants:
+            sets, applies = REFIT_VARIANTS[name]
+            if config not in applies:
+                continue
+            r = _run(config, folder / name.replace(" ", "-").replace(",", "").replace("%", ""),
+                     [f"data.path={dev}", "data.format=csv", *seeded, *sets])  # fmt: skip
+            rows.append(_row("refit", {"config": config, "refit": name, "seed": seed},
                              {**{k: round(r["metrics"][k], 4) for k in keys},
                               "train_stage_seconds": r["train_stage_seconds"]}))  # fmt: skip
     return rows
@@ -218,7 +244,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--parts", default="als,curves,refit")
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="refit part: seeds")
+    ap.add_argument("--variants", default=";".join(REFIT_VARIANTS),
+                    help=f"refit part: separated by ';', of {list(REFIT_VARIANTS)}")  # fmt: skip
+    ap.add_argument("--configs", default=",".join(BOTH), help="refit part: recipes")
     args = ap.parse_args()
+    variants = [v.strip() for v in args.variants.split(";") if v.strip()]
+    unknown = [v for v in variants if v not in REFIT_VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; known: {list(REFIT_VARIANTS)}")
     if not (ML100K / "u.data").is_file():
         raise SystemExit(f"MovieLens-100K not found at {ML100K} (set RECSYS_MTL_ML100K)")
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="recsys-mtl-warm-"))
@@ -229,7 +263,7 @@ def main() -> None:
     if "curves" in parts:
         rows += _curves(base)
     if "refit" in parts:
-        rows += _refit(base)
+        rows += _refit(base, args.seeds, variants, args.configs.split(","))
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
                "python": platform.python_version(),
                "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip

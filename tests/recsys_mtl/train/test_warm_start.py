@@ -197,10 +197,20 @@ def test_start_epoch_replays_the_schedule_from_that_epoch(monkeypatch):
     assert [h["epoch"] for h in res.history] == [2, 3]
 
 
-SYN = {"data.format": "synthetic", "data.path": "null", "data.synthetic.users": 50,
-       "data.synthetic.items": 70, "data.synthetic.ratings": 1500, "model.params.dim": 8,
-       "evaluate.sampled_negatives": 20, "tracking.enabled": "false", "train.epochs": 3,
-       "train.patience": "null", "train.refit": "true"}  # fmt: skip
+SYN = {
+    "data.format": "synthetic",
+    "data.path": "null",
+    "data.synthetic.users": 50,
+    "data.synthetic.items": 70,
+    "data.synthetic.ratings": 1500,
+    "model.params.dim": 8,
+    "evaluate.sampled_negatives": 20,
+    "tracking.enabled": "false",
+    "train.epochs": 3,
+    "train.patience": "null",
+    "train.refit": "true",
+    "split.valid_fraction": 0.1,  # the refit tests need a real validation part
+}
 
 
 def _trained(tmp_path: Path, name: str, **sets: str):
