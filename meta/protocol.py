@@ -287,7 +287,9 @@ def top_k_relevance(
     probability (places left) / (items tied there), and every position held by a group of
     equal predictions carries the group's mean relevance. The ideal DCG counts ``min(k, n)``
     relevant items, as RecBole's NDCG does; a random order scores ``min(k, n) / n`` (0.5 for 5
-    of 10)."""
+    of 10). ``scores`` are taken as the model gives them (RecBole ranks raw predictions), not
+    clipped to the rating scale as for MAE and :func:`ndcg_over_query`: clipping would tie
+    the items predicted above the top of the scale."""
     real = mask.sum(1)
     n_pos = real.clamp(max=k)
     r = torch.where(mask, ratings.double(), float("-inf"))

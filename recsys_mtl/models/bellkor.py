@@ -243,7 +243,7 @@ class BellKor(Ranker):
         keys = self.user_days
         n = keys.numel()
         span = self.ctx.day_span
-        seen = (index >= 0) & (day >= 0) & (day < span)
+        seen = (index >= 0) & (index < int(self.ctx.n_users)) & (day >= 0) & (day < span)
         query = index * span + day
         dense = self._dense_day_rows()
         if dense is not None:

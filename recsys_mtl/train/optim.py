@@ -77,23 +77,35 @@ def _fused_step(
     betas: tuple[float, float],
     eps: float,
     weight_decay: float,
-) -> bool:
-    """Adam (decoupled weight decay when ``weight_decay``) on every tensor in one pass of
-    torch's fused kernel (``torch.optim.Adam(fused=True)``'s: one read and write of each
-    weight and moment instead of one per operation, about 10x less time on CPU), with the
-    per-tensor step counts ``ts``. False where the kernel does not run (a device or dtype
-    without it): the caller then takes the same step with ``_foreach`` operations."""
-    if not _FUSED_OK.get((ps[0].device.type, ps[0].dtype), True):
-        return False
-    steps = [torch.tensor(float(t), dtype=torch.float32, device=p.device) for t, p in zip(ts, ps, strict=True)]  # fmt: skip
+) -> list[int]:
+    """Adam (decoupled weight decay when ``weight_decay``) through torch's fused kernel
+    (``torch.optim.Adam(fused=True)``'s: one read and write of each weight and moment instead
+    of one per operation, about 10x less time on CPU), with the per-tensor step counts ``ts``,
+    one call per (device, dtype) group. Returns the positions it did not step: tensors that
+    are not all contiguous (the kernel reads them as flat arrays), or a group whose device or
+    dtype has no kernel; the caller steps those with ``_foreach`` operations."""
+    left: list[int] = []
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for k, (p, g, mk, vk) in enumerate(zip(ps, gs, m, v, strict=True)):
+        flat = all(x.is_contiguous() for x in (p, g, mk, vk))
+        if flat and g.dtype == p.dtype and g.device == p.device:
+            groups.setdefault((p.device, p.dtype), []).append(k)
+        else:
+            left.append(k)
     kernel = torch._fused_adamw_ if weight_decay else torch._fused_adam_
-    try:
-        kernel(ps, gs, m, v, [], steps, lr=lr, beta1=betas[0], beta2=betas[1],
-               weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)  # fmt: skip
-    except (RuntimeError, NotImplementedError, AttributeError):
-        _FUSED_OK[(ps[0].device.type, ps[0].dtype)] = False
-        return False
-    return True
+    for (device, dtype), idx in groups.items():
+        if not _FUSED_OK.get((device.type, dtype), True):
+            left += idx
+            continue
+        steps = [torch.tensor(float(ts[k]), dtype=torch.float32, device=device) for k in idx]
+        try:
+            kernel([ps[k] for k in idx], [gs[k] for k in idx], [m[k] for k in idx],
+                   [v[k] for k in idx], [], steps, lr=lr, beta1=betas[0], beta2=betas[1],
+                   weight_decay=weight_decay, eps=eps, amsgrad=False, maximize=False)  # fmt: skip
+        except (RuntimeError, NotImplementedError, AttributeError):
+            _FUSED_OK[(device.type, dtype)] = False
+            left += idx
+    return sorted(left)
 
 
 # (device type, dtype) -> whether torch's fused Adam kernel runs there (learned on first use)
@@ -162,8 +174,10 @@ class Adam(_Optimizer):
         for k in idx:  # per-parameter step counts: a parameter without gradient keeps its own
             self.t[k] += 1
         ts = [self.t[k] for k in idx]
-        if _fused_step(ps, gs, m, v, ts, self.lr, self.betas, self.eps, self.weight_decay):
+        left = _fused_step(ps, gs, m, v, ts, self.lr, self.betas, self.eps, self.weight_decay)
+        if not left:
             return
+        ps, gs, m, v, ts = ([x[j] for j in left] for x in (ps, gs, m, v, ts))
         b1, b2 = self.betas
         if self.weight_decay:
             torch._foreach_mul_(ps, 1.0 - self.lr * self.weight_decay)
@@ -201,11 +215,14 @@ class LazyAdam(Adam):
             if g is None:
                 continue
             self.t[k] += 1
-            g2 = g.view(g.shape[0], -1)
+            g2 = g.contiguous().view(g.shape[0], -1)
             w = p.data.view(g2.shape)
             m = self.state["m"][k].view(g2.shape)
             v = self.state["v"][k].view(g2.shape)
             touched = g2.abs().amax(1) != 0  # 5x cheaper than ne(0).any(1); NaN: touched
+            if g.device.type != "cpu":  # no host sync per table: the masked update
+                self._masked(w, g2, m, v, touched[:, None].to(g2.dtype), self.t[k])
+                continue
             rows = touched.nonzero().squeeze(1)
             n_rows = g2.shape[0]
             if 2 * rows.numel() >= n_rows:
@@ -228,12 +245,22 @@ class LazyAdam(Adam):
             for dst, src in zip(dsts, saved, strict=True):
                 dst.index_copy_(0, idle, src)
 
+    def _masked(self, w, g, m, v, touched: torch.Tensor, t: int) -> None:
+        """Lazy Adam on a whole table with a ``(rows, 1)`` 0/1 mask of the touched rows, in
+        tensor operations only (on an accelerator: counting the touched rows would wait for
+        the device at every table)."""
+        b1, b2 = self.betas
+        m.lerp_(g, touched * (1.0 - b1))  # untouched rows: weight 0, m unchanged
+        v.mul_(1.0 - touched * (1.0 - b2)).addcmul_(g, g, value=1.0 - b2)
+        denom = (v / (1.0 - b2**t)).sqrt_().add_(self.eps)
+        w.addcdiv_(m * touched, denom, value=-self.lr / (1.0 - b1**t))
+
     def _update(self, ws, gs, ms, vs, ts: list[int]) -> None:
         """Adam on whole tensors (every row touched), in place."""
-        if _fused_step(ws, gs, ms, vs, ts, self.lr, self.betas, self.eps, 0.0):
-            return
+        left = _fused_step(ws, gs, ms, vs, ts, self.lr, self.betas, self.eps, 0.0)
         b1, b2 = self.betas
-        for w, g, m, v, t in zip(ws, gs, ms, vs, ts, strict=True):
+        for j in left:
+            w, g, m, v, t = ws[j], gs[j], ms[j], vs[j], ts[j]
             m.lerp_(g, 1.0 - b1)
             v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
             denom = (v / (1.0 - b2**t)).sqrt_().add_(self.eps)

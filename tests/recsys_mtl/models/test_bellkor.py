@@ -150,6 +150,7 @@ def test_the_dense_user_day_table_finds_the_same_rows_as_the_binary_search(monke
     index = torch.randint(-1, CTX.n_users, (500,), generator=g)  # -1: a new user
     day = torch.randint(-3, CTX.day_span + 3, (500,), generator=g)  # some outside the log
     keys = CTX.user_days
+    index[40:45] = CTX.n_users + 3  # not a row of the table: unseen, not an error
     index[:40] = keys[:40] // CTX.day_span  # days training saw
     day[:40] = keys[:40] % CTX.day_span
     assert model._dense_day_rows() is not None
@@ -157,7 +158,7 @@ def test_the_dense_user_day_table_finds_the_same_rows_as_the_binary_search(monke
     monkeypatch.setattr(bellkor, "_DENSE_DAYS", 0)
     assert model._dense_day_rows() is None
     rows_ref, seen_ref = model._day_rows(index, day)
-    assert seen[:40].all() and not seen.all()
+    assert seen[:40].all() and not seen.all() and not seen[40:45].any()
     assert torch.equal(seen, seen_ref) and torch.equal(rows, rows_ref)
 
 

@@ -146,6 +146,49 @@ def test_lazy_adam_equals_the_row_by_row_rule_on_whole_and_partly_touched_tables
         opt.step()
     for p, x, grads in zip(params, start, history, strict=True):
         assert_close(p.data, _reference_lazy_adam(x, grads, 0.05), rtol=1e-5, atol=1e-6)
+    assert optim._FUSED_OK.get(("cpu", torch.float32), True) == fused  # the path named ran
+
+
+def test_lazy_adams_masked_update_for_accelerators_equals_the_row_by_row_rule():
+    gen = torch.Generator().manual_seed(4)
+    start = torch.randn(10, 3, generator=gen)
+    p = torch.nn.Parameter(start.clone())
+    opt = LazyAdam([p], lr=0.05)
+    grads = []
+    for t in range(1, 5):
+        g = torch.randn(10, 3, generator=gen)
+        g[torch.rand(10, generator=gen) < 0.5] = 0.0
+        grads.append(g)
+        touched = (g.abs().amax(1) != 0)[:, None].float()
+        opt._masked(p.data, g, opt.state["m"][0], opt.state["v"][0], touched, t)
+    assert_close(p.data, _reference_lazy_adam(start, grads, 0.05), rtol=1e-5, atol=1e-6)
+
+
+def test_gradients_in_another_memory_layout_take_the_same_step():
+    """The fused kernel reads flat arrays: a transposed or expanded gradient goes the other way."""
+    a, b = _pair((6, 6))
+    mine, ref = Adam([a], lr=0.1), torch.optim.Adam([b], lr=0.1)
+    lazy_w = torch.nn.Parameter(a.data.clone())
+    lazy = LazyAdam([lazy_w], lr=0.1)
+    history = []
+    for g in _grads(3, (6, 6)):
+        for p in (a, b, lazy_w):
+            p.grad = g.clone().t().contiguous().t()  # the same values, column-major
+        history.append(g)
+        assert not a.grad.is_contiguous()
+        mine.step()
+        ref.step()
+        lazy.step()
+    assert_close(a.data, b.data, rtol=1e-5, atol=1e-6)
+    start = _pair((6, 6))[0].data
+    assert_close(lazy_w.data, _reference_lazy_adam(start, history, 0.1), rtol=1e-5, atol=1e-6)
+    c, d = _pair((4, 3))
+    mine, ref = Adam([c], lr=0.1), torch.optim.Adam([d], lr=0.1)
+    c.grad = torch.tensor([[1.0, -1.0, 2.0]]).expand(4, 3)
+    d.grad = c.grad.clone()
+    mine.step()
+    ref.step()
+    assert_close(c.data, d.data)
 
 
 def test_adam_takes_the_same_steps_without_the_fused_kernel(monkeypatch):
