@@ -22,8 +22,9 @@ this tree and against ``git archive <baseline>`` unpacked in a temporary folder,
   ``train.refit=false``, ``train.patience=null``: every epoch of the recipe), on a prepared run
   of that recipe; ``ranking_profile``: the CPU time of every operator (``torch.profiler``) in
   the ranking recipe's first fit, after one warm-up fit; ``rating_lazy_adam``: milliseconds
-  per step of lazy Adam (the optimizer of the tables) in the rating recipe's first fit. Not in
-  the default set (``--probes`` picks probes).
+  per step of lazy Adam (the optimizer of the tables) in the rating recipe's first fit;
+  ``rating_checkpoints``: seconds spent writing the per-epoch checkpoints (``torch.save``) of
+  that fit. Not in the default set (``--probes`` picks probes).
 
 stdout gets one JSON line; progress goes to stderr.
 """
@@ -142,6 +143,24 @@ with profile(activities=[ProfilerActivity.CPU]) as prof:
     train_ranker(cfg, f"{run}/features", f"{run}/split")
 print(sum(e.self_cpu_time_total for e in prof.key_averages()) / 1e6)
 """,
+    "recipe_checkpoints": """
+import sys, tempfile, time, torch
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.train.recipe import train_ranker
+run = sys.argv[1]
+spent = [0.0]
+save = torch.save
+def timed(*args, **kwargs):
+    t = time.perf_counter()
+    save(*args, **kwargs)
+    spent[0] += time.perf_counter() - t
+torch.save = timed
+sets = ["tracking.enabled=false", "train.refit=false", "train.patience=null"]
+train_ranker(load_config(sys.argv[2], sets), f"{run}/features", f"{run}/split",
+             checkpoint_dir=tempfile.mkdtemp())
+print(spent[0])
+""",
     "recipe_lazy_adam": """
 import sys, time, torch
 torch.set_num_threads(1)
@@ -168,6 +187,7 @@ RECIPE_PROBES = {
     "ranking_epochs": ("recipe_epochs", "ml100k_ranking.yaml"),
     "ranking_profile": ("recipe_profile", "ml100k_ranking.yaml"),
     "rating_lazy_adam": ("recipe_lazy_adam", "ml100k_bellkor.yaml"),
+    "rating_checkpoints": ("recipe_checkpoints", "ml100k_bellkor.yaml"),
 }
 DEFAULT_PROBES = ["import", "import_torch", "optimizers", "epoch", "evaluate", "weights_plot"]
 

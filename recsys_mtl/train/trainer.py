@@ -219,7 +219,9 @@ def fit(
         torch.set_rng_state(saved["rng"].cpu())
         weighting.load_state_dict(saved["weighting"])
         weighting.to(device)
-        best_weights = saved["best_weights"]
+        # None: the best epoch is the checkpoint's own (its weights were not written twice)
+        best = saved["best_weights"]
+        best_weights = copy.deepcopy(saved["model"]) if best is None else best
         state = saved["state"]
         resumed = state["epoch"]
     static = {t: float(w) for t, w in zip(tasks, weighting.static, strict=True)}
@@ -338,7 +340,8 @@ def fit(
                         "optimizers": [o.state_dict() for o in opts],
                         "rng": torch.get_rng_state(),
                         "weighting": weighting.state_dict(),
-                        "best_weights": best_weights,
+                        # the best weights only when they are not the model's own
+                        "best_weights": None if improved else best_weights,
                         "state": state,
                     },
                     tmp,

@@ -310,3 +310,29 @@ def test_batches_cut_from_blocks_of_the_epoch_train_the_same_model(monkeypatch):
         assert history == results[0][1]
         for k, v in state.items():
             assert torch.equal(v, results[0][0][k]), k
+
+
+def test_a_checkpoint_keeps_the_best_weights_once_and_resumes_to_the_same_best_model(tmp_path):
+    """An epoch that improved writes its weights once (best = model); one that did not also
+    writes the earlier best. Resuming from either ends with the uninterrupted run's model."""
+    train = _data()
+    valid = _data(seed=1, flip_like=True)  # validation gets worse after the first epochs
+    cfg = TrainConfig(epochs=6, batch_size=64, lr=1e-2, patience=None)
+    whole = _model()
+    ref = fit(whole, train, valid, ["like"], cfg, _static(["like"]))
+    assert 0 <= ref.best_epoch < cfg.epochs - 1  # some later epoch did not improve
+    kinds = set()
+    for stop in range(1, cfg.epochs):
+        folder = tmp_path / f"stop{stop}"
+        part = _model()
+        fit(part, train, valid, ["like"], cfg.model_copy(update={"epochs": stop}),
+            _static(["like"]), folder)  # fmt: skip
+        saved = torch.load(folder / "last.pt", weights_only=True)
+        improved = saved["state"]["best_epoch"] == stop - 1
+        assert (saved["best_weights"] is None) == improved
+        kinds.add(improved)
+        resumed = _model(seed=99)
+        fit(resumed, train, valid, ["like"], cfg, _static(["like"]), folder)
+        for k, v in whole.state_dict().items():
+            assert_close(resumed.state_dict()[k], v, msg=f"stop {stop}: {k}")
+    assert kinds == {True, False}  # both kinds of checkpoint were resumed from
