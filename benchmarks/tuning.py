@@ -237,11 +237,7 @@ def part_pruning(a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
 
 def part_multitask(a: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
     base = REPO / "configs" / "ml100k_ranking.yaml"
-    # the shipped recipe's schedule, tuned on a 10% validation part with early stopping and a
-    # refit (the recipe itself keeps 1%, every epoch and no refit: too few ratings to tell
-    # trials apart)
-    values: dict[str, Any] = {"data.path": a.data, "split.valid_fraction": 0.1,
-                              "train.patience": 1, "train.refit": True}  # fmt: skip
+    values: dict[str, Any] = {"data.path": a.data}  # the shipped recipe's schedule and refit
     if a.quick:
         values.update(QUICK_DATA)
     shared = {

@@ -238,7 +238,7 @@ class BellKor(Ranker):
         (a new user's index is -1: never seen). The unseen rows point at the spare last row.
 
         With at most ``_DENSE_DAYS`` (user, day) cells the row comes from a dense table of
-        every cell (one gather, 10x faster than a binary search of the keys); else from
+        every cell (one gather instead of a binary search of the keys); else from
         ``searchsorted`` on the sorted keys. Both give the same rows."""
         keys = self.user_days
         n = keys.numel()

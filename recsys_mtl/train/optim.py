@@ -80,7 +80,7 @@ def _fused_step(
 ) -> list[int]:
     """Adam (decoupled weight decay when ``weight_decay``) through torch's fused kernel
     (``torch.optim.Adam(fused=True)``'s: one read and write of each weight and moment instead
-    of one per operation, about 10x less time on CPU), with the per-tensor step counts ``ts``,
+    of one per operation), with the per-tensor step counts ``ts``,
     one call per (device, dtype) group. Returns the positions it did not step: tensors that
     are not all contiguous (the kernel reads them as flat arrays), or a group whose device or
     dtype has no kernel; the caller steps those with ``_foreach`` operations."""
@@ -173,19 +173,23 @@ class Adam(_Optimizer):
         v = [self.state["v"][k] for k in idx]
         for k in idx:  # per-parameter step counts: a parameter without gradient keeps its own
             self.t[k] += 1
-        ts = [self.t[k] for k in idx]
-        left = _fused_step(ps, gs, m, v, ts, self.lr, self.betas, self.eps, self.weight_decay)
+        self._adam(ps, gs, m, v, [self.t[k] for k in idx], self.weight_decay)
+
+    def _adam(self, ps, gs, m, v, ts: list[int], weight_decay: float) -> None:
+        """Adam on whole tensors with their step counts ``ts``, in place: torch's fused kernel
+        where it takes them, ``_foreach`` operations for the rest."""
+        left = _fused_step(ps, gs, m, v, ts, self.lr, self.betas, self.eps, weight_decay)
         if not left:
             return
         ps, gs, m, v, ts = ([x[j] for j in left] for x in (ps, gs, m, v, ts))
         b1, b2 = self.betas
-        if self.weight_decay:
-            torch._foreach_mul_(ps, 1.0 - self.lr * self.weight_decay)
+        if weight_decay:
+            torch._foreach_mul_(ps, 1.0 - self.lr * weight_decay)
         torch._foreach_lerp_(m, gs, 1.0 - b1)
         torch._foreach_mul_(v, b2)
         torch._foreach_addcmul_(v, gs, gs, 1.0 - b2)
         counts = set(ts)
-        if len(counts) == 1:  # the usual case: one fused pass over every parameter
+        if len(counts) == 1:  # the usual case: one pass over every tensor
             t = counts.pop()
             denom = torch._foreach_sqrt(v)
             torch._foreach_div_(denom, math.sqrt(1.0 - b2**t))
@@ -219,7 +223,7 @@ class LazyAdam(Adam):
             w = p.data.view(g2.shape)
             m = self.state["m"][k].view(g2.shape)
             v = self.state["v"][k].view(g2.shape)
-            touched = g2.abs().amax(1) != 0  # 5x cheaper than ne(0).any(1); NaN: touched
+            touched = g2.abs().amax(1) != 0  # cheaper than ne(0).any(1); NaN: touched
             if g.device.type != "cpu":  # no host sync per table: the masked update
                 self._masked(w, g2, m, v, touched[:, None].to(g2.dtype), self.t[k])
                 continue
@@ -236,11 +240,11 @@ class LazyAdam(Adam):
                 whole_t.append(self.t[k])
             elif rows.numel():  # a few rows: Adam on them, gathered and put back
                 cw, cg, cm, cv = (x.index_select(0, rows) for x in (w, g2, m, v))
-                self._update([cw], [cg], [cm], [cv], [self.t[k]])
+                self._adam([cw], [cg], [cm], [cv], [self.t[k]], 0.0)
                 for dst, src in ((w, cw), (m, cm), (v, cv)):
                     dst.index_copy_(0, rows, src)
         if whole_t:
-            self._update(*whole, whole_t)
+            self._adam(*whole, whole_t, 0.0)
         for idle, dsts, saved in restore:
             for dst, src in zip(dsts, saved, strict=True):
                 dst.index_copy_(0, idle, src)
@@ -254,17 +258,6 @@ class LazyAdam(Adam):
         v.mul_(1.0 - touched * (1.0 - b2)).addcmul_(g, g, value=1.0 - b2)
         denom = (v / (1.0 - b2**t)).sqrt_().add_(self.eps)
         w.addcdiv_(m * touched, denom, value=-self.lr / (1.0 - b1**t))
-
-    def _update(self, ws, gs, ms, vs, ts: list[int]) -> None:
-        """Adam on whole tensors (every row touched), in place."""
-        left = _fused_step(ws, gs, ms, vs, ts, self.lr, self.betas, self.eps, 0.0)
-        b1, b2 = self.betas
-        for j in left:
-            w, g, m, v, t = ws[j], gs[j], ms[j], vs[j], ts[j]
-            m.lerp_(g, 1.0 - b1)
-            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-            denom = (v / (1.0 - b2**t)).sqrt_().add_(self.eps)
-            w.addcdiv_(m, denom, value=-self.lr / (1.0 - b1**t))
 
 
 class Adagrad(_Optimizer):
