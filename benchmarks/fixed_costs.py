@@ -24,7 +24,9 @@ this tree and against ``git archive <baseline>`` unpacked in a temporary folder,
   the ranking recipe's first fit, after one warm-up fit; ``rating_lazy_adam``: milliseconds
   per step of lazy Adam (the optimizer of the tables) in the rating recipe's first fit;
   ``rating_checkpoints``: seconds spent writing the per-epoch checkpoints (``torch.save``) of
-  that fit. Not in the default set (``--probes`` picks probes).
+  that fit; ``rating_warm_start`` / ``ranking_warm_start``: seconds of each recipe's
+  closed-form start (``train.warm_start``). Not in the default set (``--probes`` picks
+  probes).
 
 stdout gets one JSON line; progress goes to stderr.
 """
@@ -130,6 +132,16 @@ sets = ["tracking.enabled=false", "train.refit=false", "train.patience=null"]
 trained = train_ranker(load_config(sys.argv[2], sets), f"{run}/features", f"{run}/split")
 print(trained.metrics["train/seconds"])
 """,
+    "recipe_warm_start": """
+import sys, torch
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.train.recipe import train_ranker
+run = sys.argv[1]
+sets = ["tracking.enabled=false", "train.refit=false", "train.patience=null", "train.epochs=1"]
+trained = train_ranker(load_config(sys.argv[2], sets), f"{run}/features", f"{run}/split")
+print(trained.metrics["train/warm_start_seconds"])
+""",
     "recipe_profile": """
 import sys, torch
 from torch.profiler import ProfilerActivity, profile
@@ -186,6 +198,8 @@ RECIPE_PROBES = {
     "rating_epochs": ("recipe_epochs", "ml100k_bellkor.yaml"),
     "ranking_epochs": ("recipe_epochs", "ml100k_ranking.yaml"),
     "ranking_profile": ("recipe_profile", "ml100k_ranking.yaml"),
+    "rating_warm_start": ("recipe_warm_start", "ml100k_bellkor.yaml"),
+    "ranking_warm_start": ("recipe_warm_start", "ml100k_ranking.yaml"),
     "rating_lazy_adam": ("recipe_lazy_adam", "ml100k_bellkor.yaml"),
     "rating_checkpoints": ("recipe_checkpoints", "ml100k_bellkor.yaml"),
 }

@@ -89,7 +89,7 @@ def _gather_als(u, i, r, n_u, n_i, dim, reg, bias_reg, sweeps, steps, seed):
         from recsys_mtl.train.warm_start import _conjugate_gradient
 
         rhs = torch.zeros(n, feats.shape[1]).index_add_(0, rows, f * y[:, None])
-        return _conjugate_gradient(normal, rhs, x, steps)
+        return _conjugate_gradient(normal, lambda v: rhs - normal(v), x, steps)
 
     one_u, one_i = torch.ones(n_u, 1), torch.ones(n_i, 1)
     for _ in range(sweeps):

@@ -211,9 +211,11 @@ class LazyAdam(Adam):
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
-        whole: tuple[list[torch.Tensor], ...] = ([], [], [], [])
-        whole_t: list[int] = []
-        restore: list[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]] = []
+        # one Adam call for the mostly-touched tables (whole) and the touched rows gathered
+        # from the others; then the gathered rows go back and the idle rows are restored
+        group: tuple[list[torch.Tensor], ...] = ([], [], [], [])
+        group_t: list[int] = []
+        put_back: list[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]] = []
         for k, p in enumerate(self.params):
             g = p.grad
             if g is None:
@@ -223,31 +225,33 @@ class LazyAdam(Adam):
             w = p.data.view(g2.shape)
             m = self.state["m"][k].view(g2.shape)
             v = self.state["v"][k].view(g2.shape)
-            touched = g2.abs().amax(1) != 0  # cheaper than ne(0).any(1); NaN: touched
+            # a row is touched when its gradient is non-zero (NaN counts as touched)
+            touched = g2.view(-1) != 0 if g2.shape[1] == 1 else g2.abs().amax(1) != 0
             if g.device.type != "cpu":  # no host sync per table: the masked update
                 self._masked(w, g2, m, v, touched[:, None].to(g2.dtype), self.t[k])
                 continue
-            rows = touched.nonzero().squeeze(1)
+            rows = touched.nonzero().view(-1)
             n_rows = g2.shape[0]
             if 2 * rows.numel() >= n_rows:
-                # most rows touched: Adam on the whole table with the other such tables in
-                # one pass, the few untouched rows (weights and moments) put back after it
+                # most rows touched: Adam on the whole table, the few untouched rows (weights
+                # and moments) put back after it
                 if rows.numel() < n_rows:
-                    idle = (~touched).nonzero().squeeze(1)
-                    restore.append((idle, [w, m, v], [x.index_select(0, idle) for x in (w, m, v)]))
-                for part, x in zip(whole, (w, g2, m, v), strict=True):
-                    part.append(x)
-                whole_t.append(self.t[k])
+                    idle = (~touched).nonzero().view(-1)
+                    put_back.append((idle, [w, m, v], [x.index_select(0, idle) for x in (w, m, v)]))
+                parts = (w, g2, m, v)
             elif rows.numel():  # a few rows: Adam on them, gathered and put back
-                cw, cg, cm, cv = (x.index_select(0, rows) for x in (w, g2, m, v))
-                self._adam([cw], [cg], [cm], [cv], [self.t[k]], 0.0)
-                for dst, src in ((w, cw), (m, cm), (v, cv)):
-                    dst.index_copy_(0, rows, src)
-        if whole_t:
-            self._adam(*whole, whole_t, 0.0)
-        for idle, dsts, saved in restore:
-            for dst, src in zip(dsts, saved, strict=True):
-                dst.index_copy_(0, idle, src)
+                parts = tuple(x.index_select(0, rows) for x in (w, g2, m, v))
+                put_back.append((rows, [w, m, v], [parts[0], parts[2], parts[3]]))
+            else:
+                continue
+            for dst, x in zip(group, parts, strict=True):
+                dst.append(x)
+            group_t.append(self.t[k])
+        if group_t:
+            self._adam(*group, group_t, 0.0)
+        for rows, dsts, srcs in put_back:
+            for dst, src in zip(dsts, srcs, strict=True):
+                dst.index_copy_(0, rows, src)
 
     def _masked(self, w, g, m, v, touched: torch.Tensor, t: int) -> None:
         """Lazy Adam on a whole table with a ``(rows, 1)`` 0/1 mask of the touched rows, in
