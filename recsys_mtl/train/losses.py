@@ -24,11 +24,19 @@ def task_mask(task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def task_losses(
     outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], tasks: list[str]
 ) -> dict[str, torch.Tensor]:
-    """``{task: scalar}``: MSE for regression, BCE-with-logits for binary tasks (masked means)."""
+    """``{task: scalar}``: MSE for regression, BCE-with-logits for binary tasks (masked means).
+
+    The rows of the observed ratings are found once for every task trained on them; the
+    interaction task takes every row as it is (no mask to apply)."""
     losses = {}
+    observed = None
     for t in tasks:
-        m = task_mask(t, batch)
-        pred, label = outputs[t][m], batch[t][m]
+        if t == "interaction":
+            pred, label = outputs[t], batch[t]
+        else:
+            if observed is None:
+                observed = task_mask(t, batch).nonzero().squeeze(1)
+            pred, label = outputs[t].index_select(0, observed), batch[t].index_select(0, observed)
         if pred.numel() == 0:
             losses[t] = outputs[t].sum() * 0.0  # keeps the graph; a batch may lack a task's rows
         elif TASK_KINDS[t] == "regression":
