@@ -40,6 +40,7 @@ from recsys_mtl.models.embeddings import (
     TableSpec,
     _functorch_active,
     gather_jagged,
+    squared_norms,
 )
 from recsys_mtl.models.registry import RANKERS
 
@@ -405,20 +406,20 @@ class BellKor(Ranker):
         p = eu["user"]
         dtype = p.dtype
         counts = torch.bincount(inverse, minlength=distinct.numel()).to(dtype)
-        reg = (p.pow(2).sum(1) * counts).sum()
+        reg = squared_norms(p, counts)
         q = ei["item"]
         w_item = self.emb.weight("item")
         if w_item.shape[0] <= rows:  # the table is smaller than the rows: weigh its rows
             n_i = torch.bincount(i, minlength=w_item.shape[0]).to(dtype)
-            reg = reg + (w_item.pow(2).sum(1) * n_i).sum()
+            reg = reg + squared_norms(w_item, n_i)
         else:
-            reg = reg + q.pow(2).sum()
+            reg = reg + squared_norms(q)
         if self.cfg.implicit:
             if _functorch_active():  # plain gathers under torch.func
                 y = self._implicit_of(distinct)[0]
             else:
                 y = self._implicit_all().index_select(0, distinct)
-            reg = reg + y.pow(2).sum()  # the SVD++ vectors once per distinct user
+            reg = reg + squared_norms(y)  # the SVD++ vectors once per distinct user
             p = p + y
         state = {
             "user": p.index_select(0, inverse),

@@ -37,6 +37,7 @@ __all__ = [
     "gather_jagged",
     "resolve_backend",
     "resolve_device",
+    "squared_norms",
 ]
 
 # user: rows indexed by the user; item: rows indexed by the item (or its content);
@@ -215,6 +216,33 @@ class EmbeddingTables(nn.Module):
         if self.specs[name].pooling == "mean":
             out = out / lengths.clamp(min=1).to(w.dtype)[:, None]
         return out
+
+
+def squared_norms(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """``sum_r weights_r |x_r|^2`` over the rows of ``x (R, D)`` (every weight 1 without
+    ``weights``, which get no gradient): an L2 penalty. Its backward ``2 weights_r x_r`` is
+    written out, one pass over ``x`` instead of autograd's chain through ``pow``, ``sum`` and
+    ``mul`` (about 4x cheaper forward + backward on CPU for a 1682 x 128 table). Plain tensor
+    operations under ``torch.func``, which has no rule for the hand-written backward."""
+    if _functorch_active():
+        sq = x.pow(2).sum(-1)
+        return (sq * weights).sum() if weights is not None else sq.sum()
+    return _SquaredNorms.apply(x, weights)
+
+
+class _SquaredNorms(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, weights)
+        if weights is None:
+            return torch.linalg.vector_norm(x).square()
+        return torch.linalg.vector_norm(x, dim=-1).square() @ weights
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        x, weights = ctx.saved_tensors
+        scale = 2.0 * grad if weights is None else (2.0 * grad) * weights[:, None]
+        return x * scale, None
 
 
 def _functorch_active() -> bool:

@@ -341,6 +341,29 @@ def test_bellkor_sparse_implicit_product_matches_the_gathered_sum_and_its_gradie
     assert_close(w.grad, g1, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
+def test_squared_norms_value_and_gradient_equal_autograds_and_torch_funcs(weighted):
+    from recsys_mtl.models.embeddings import squared_norms
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 5, generator=g, requires_grad=True)
+    x.data[3] = 0.0  # a zero row: gradient 0, not NaN
+    weights = torch.rand(7, generator=g) * 3 if weighted else None
+
+    def reference(t: torch.Tensor) -> torch.Tensor:
+        sq = t.pow(2).sum(1)
+        return (sq * weights).sum() if weighted else sq.sum()
+
+    value = squared_norms(x, weights) * 1.7
+    value.backward()
+    expected = torch.func.grad(lambda t: reference(t) * 1.7)(x.detach())
+    assert_close(value.detach(), reference(x.detach()) * 1.7)
+    assert_close(x.grad, expected)
+    assert torch.equal(x.grad[3], torch.zeros(5))
+    # under torch.func it takes plain tensor operations: the same value and gradient
+    assert_close(torch.func.grad(lambda t: squared_norms(t, weights) * 1.7)(x.detach()), expected)
+
+
 @pytest.mark.parametrize("task", TASKS)
 def test_bellkor_matrix_scores_equal_forward_on_every_pair(task):
     from recsys_mtl.topk import score_items
