@@ -25,7 +25,11 @@ this tree and against ``git archive <baseline>`` unpacked in a temporary folder,
   per step of lazy Adam (the optimizer of the tables) in the rating recipe's first fit;
   ``rating_checkpoints``: seconds spent writing the per-epoch checkpoints (``torch.save``) of
   that fit; ``rating_warm_start`` / ``ranking_warm_start``: seconds of each recipe's
-  closed-form start (``train.warm_start``). Not in the default set (``--probes`` picks
+  closed-form start (``train.warm_start``); ``rating_implicit_product``: milliseconds of one
+  forward + backward of the rating model's SVD++ product over all users (median of 50);
+  ``rating_small_steps``: milliseconds of one training step (forward, backward, both
+  optimizers) of the rating recipe's model at batches of 64 rows, the cost of a step that
+  does not grow with its rows (median of 50). Not in the default set (``--probes`` picks
   probes).
 
 stdout gets one JSON line; progress goes to stderr.
@@ -142,6 +146,54 @@ sets = ["tracking.enabled=false", "train.refit=false", "train.patience=null", "t
 trained = train_ranker(load_config(sys.argv[2], sets), f"{run}/features", f"{run}/split")
 print(trained.metrics["train/warm_start_seconds"])
 """,
+    "recipe_implicit_product": """
+import sys, time, torch
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.build import build_model
+from recsys_mtl.models.context import load_context
+run = sys.argv[1]
+cfg = load_config(sys.argv[2], ["tracking.enabled=false"])
+model = build_model(cfg, load_context(f"{run}/features", f"{run}/split"), "cpu")
+w = model.implicit.weight("implicit")
+grad = torch.randn(int(model.ctx.n_users), w.shape[1])
+times = []
+for _ in range(60):
+    t = time.perf_counter()
+    model._implicit_all().backward(grad)
+    times.append(time.perf_counter() - t)
+    w.grad = None
+print(1000 * sorted(times[10:])[25])
+""",
+    "recipe_small_steps": """
+import sys, time, torch
+torch.set_num_threads(1)
+from recsys_mtl.config import load_config
+from recsys_mtl.build import build_model, build_weighting
+from recsys_mtl.models.context import load_context
+from recsys_mtl.train.data import load_part, take
+from recsys_mtl.train.losses import task_losses
+from recsys_mtl.train.trainer import _optimizers
+run = sys.argv[1]
+cfg = load_config(sys.argv[2], ["tracking.enabled=false"])
+model = build_model(cfg, load_context(f"{run}/features", f"{run}/split"), "cpu")
+opts, weighting = _optimizers(model, cfg.train), build_weighting(cfg)
+train = load_part(f"{run}/split/train.parquet", cfg.tasks)
+rows = torch.randperm(train["user"].numel(), generator=torch.Generator().manual_seed(0))
+batches = [take(train, rows[s : s + 64]) for s in range(0, 64 * 60, 64)]
+times = []
+for batch in batches:
+    t = time.perf_counter()
+    out = model(batch)
+    total = weighting.combine(task_losses(out, batch, cfg.tasks))[0] + cfg.train.l2 * out["_reg"]
+    for o in opts:
+        o.zero_grad()
+    total.backward()
+    for o in opts:
+        o.step()
+    times.append(time.perf_counter() - t)
+print(1000 * sorted(times[10:])[25])
+""",
     "recipe_profile": """
 import sys, torch
 from torch.profiler import ProfilerActivity, profile
@@ -199,6 +251,8 @@ RECIPE_PROBES = {
     "ranking_epochs": ("recipe_epochs", "ml100k_ranking.yaml"),
     "ranking_profile": ("recipe_profile", "ml100k_ranking.yaml"),
     "rating_warm_start": ("recipe_warm_start", "ml100k_bellkor.yaml"),
+    "rating_implicit_product": ("recipe_implicit_product", "ml100k_bellkor.yaml"),
+    "rating_small_steps": ("recipe_small_steps", "ml100k_bellkor.yaml"),
     "ranking_warm_start": ("recipe_warm_start", "ml100k_ranking.yaml"),
     "rating_lazy_adam": ("recipe_lazy_adam", "ml100k_bellkor.yaml"),
     "rating_checkpoints": ("recipe_checkpoints", "ml100k_bellkor.yaml"),
