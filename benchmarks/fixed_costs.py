@@ -25,7 +25,8 @@ this tree and against ``git archive <baseline>`` unpacked in a temporary folder,
   per step of lazy Adam (the optimizer of the tables) in the rating recipe's first fit;
   ``rating_checkpoints``: seconds spent writing the per-epoch checkpoints (``torch.save``) of
   that fit; ``rating_warm_start`` / ``ranking_warm_start``: seconds of each recipe's
-  closed-form start (``train.warm_start``); ``rating_implicit_product``: milliseconds of one
+  closed-form start (``train.warm_start``), ``rating_warm_start_5_sweeps`` the rating
+  recipe's at 5 sweeps in both trees; ``rating_implicit_product``: milliseconds of one
   forward + backward of the rating model's SVD++ product over all users (median of 50);
   ``rating_small_steps``: milliseconds of one training step (forward, backward, both
   optimizers) of the rating recipe's model at batches of 64 rows, the cost of a step that
@@ -245,12 +246,17 @@ train_ranker(load_config(sys.argv[2], sets), f"{run}/features", f"{run}/split")
 print(1000 * spent[0] / spent[1])
 """,
 }
+# the same start at 5 sweeps in both trees (the recipe's own sweep count aside)
+PROBES["recipe_warm_start_5"] = PROBES["recipe_warm_start"].replace(
+    '"train.epochs=1"]', '"train.epochs=1", "train.als_sweeps=5"]'
+)
 # probes of a recipe's epochs: (the probe's code, the recipe it trains)
 RECIPE_PROBES = {
     "rating_epochs": ("recipe_epochs", "ml100k_bellkor.yaml"),
     "ranking_epochs": ("recipe_epochs", "ml100k_ranking.yaml"),
     "ranking_profile": ("recipe_profile", "ml100k_ranking.yaml"),
     "rating_warm_start": ("recipe_warm_start", "ml100k_bellkor.yaml"),
+    "rating_warm_start_5_sweeps": ("recipe_warm_start_5", "ml100k_bellkor.yaml"),
     "rating_implicit_product": ("recipe_implicit_product", "ml100k_bellkor.yaml"),
     "rating_small_steps": ("recipe_small_steps", "ml100k_bellkor.yaml"),
     "ranking_warm_start": ("recipe_warm_start", "ml100k_ranking.yaml"),

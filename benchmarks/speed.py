@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py            # rating, ranking (3 seeds each) and concurrency
     python benchmarks/speed.py --quick    # seed 0; SVD, ALS; no SVD++, no concurrency
+    python benchmarks/speed.py --parts rating,ranking --repeats 3   # 3 runs per tool and seed
     python benchmarks/speed.py --parts throughput,backend   # per-ranker training throughput
     python benchmarks/speed.py --parts concurrent --concurrent default,one   # without torch's own
 
@@ -17,6 +18,11 @@ Parts (each a row group in the JSON line; ``--parts`` picks them):
   items); beside it implicit's ALS (factors 128, regularization 50, alpha 20, 15 iterations,
   one thread) trained on the same train + valid ratings and ranked on **the same candidates**
   (drawn with the evaluate stage's own sampler and seed), with the same tie rule.
+* ``--repeats N`` (rating, ranking): every tool runs N times per seed, alternating (ours, then
+  the peers, N times); the summary rows take each seed's fastest run of each tool (its cost
+  without interference from other processes; the metrics are the same every time), and the
+  ``*_ratio`` rows give, per seed, our train stage, first fit and whole run over the peer's fit
+  (SVD++, ALS): each repeat's (measured next to each other) and best over best.
 * ``concurrent``: two copies of the rating recipe started at once on the machine's cores,
   with the default thread setting, with ``RECSYS_MTL_THREADS=1`` (one thread each, the manual
   setting) and with ``RECSYS_MTL_THREADS=<cores>`` (torch's own default before threads were
@@ -208,22 +214,32 @@ def _positives(run: Path, parts: list[str]):
     return pl.concat(frames).filter(pl.col("interaction") == 1)
 
 
-def _row(part: str, tool: str, seed: int, metrics: dict) -> dict:
-    row = {"labels": {"part": part, "tool": tool, "seed": seed}, "metrics": metrics}
+def _row(part: str, tool: str, seed: int | tuple[int, int], metrics: dict) -> dict:
+    """``seed``: a seed, or ``(seed, repeat)`` (the repeat labelled only with ``--repeats``)."""
+    labels = {"part": part, "tool": tool, "seed": seed}
+    if isinstance(seed, tuple):
+        labels["seed"] = seed[0]
+        if REPEATS > 1:
+            labels["repeat"] = seed[1]
+    row = {"labels": labels, "metrics": metrics}
     print(f"  {row['labels']}: {metrics}", file=sys.stderr, flush=True)
     return row
 
 
-def _rating(base: Path, seeds: list[int], peers: list[str]) -> list[dict]:
+def _rating(base: Path, seeds: list[int], peers: list[str], repeats: int = 1) -> list[dict]:
     import polars as pl
 
     rows = []
     py = _venv_python(ROOT / ".bench-venv" / "surprise", ["scikit-surprise"]) if peers else None
     version = _version(py, "surprise") if py else ""
-    for seed in seeds:
-        out = base / f"rating-s{seed}" / "run"
+    for seed, rep in ((s, k) for s in seeds for k in range(repeats)):
+        out = (
+            base / f"rating-s{seed}" / "run"
+            if repeats == 1
+            else base / f"rating-s{seed}-r{rep}" / "run"
+        )
         r = _ours("ml100k_bellkor.yaml", seed, out)
-        rows.append(_row("rating", "recsys-mtl ml100k_bellkor (whole run)", seed, {
+        rows.append(_row("rating", "recsys-mtl ml100k_bellkor (whole run)", (seed, rep), {
             "rating/rmse": r["metrics"]["rating/rmse"], "seconds": round(r["wall"], 2),
             "train_stage_seconds": r["stages"]["train"]["seconds"],
             "evaluate_stage_seconds": r["stages"]["evaluate"]["seconds"],
@@ -246,13 +262,15 @@ def _rating(base: Path, seeds: list[int], peers: list[str]) -> list[dict]:
                                    str(test_csv), str(seed)],
                                   capture_output=True, text=True, check=True)  # fmt: skip
             theirs = json.loads(proc.stdout.strip().splitlines()[-1])
-            rows.append(_row("rating", f"surprise {algo} {version} (load + fit + test)", seed, {
+            rows.append(_row("rating", f"surprise {algo} {version} (load + fit + test)", (seed, rep), {
                 "rating/rmse": theirs["rmse"], "seconds": round(theirs["seconds"], 2),
                 "fit_seconds": round(theirs["fit_seconds"], 2)}))  # fmt: skip
     return rows
 
 
-def _ranking(base: Path, seeds: list[int], extra: dict | None = None) -> list[dict]:
+def _ranking(
+    base: Path, seeds: list[int], extra: dict | None = None, repeats: int = 1
+) -> list[dict]:
     import numpy as np
 
     from recsys_mtl.data.features import draw_unrated
@@ -263,11 +281,15 @@ def _ranking(base: Path, seeds: list[int], extra: dict | None = None) -> list[di
     rows = []
     py = _venv_python(ROOT / ".bench-venv" / "implicit", ["implicit", "threadpoolctl"])
     version = _version(py, "implicit")
-    for seed in seeds:
-        out = base / f"ranking-s{seed}" / "run"
+    for seed, rep in ((s, k) for s in seeds for k in range(repeats)):
+        out = (
+            base / f"ranking-s{seed}" / "run"
+            if repeats == 1
+            else base / f"ranking-s{seed}-r{rep}" / "run"
+        )
         r = _ours("ml100k_ranking.yaml", seed, out, extra)
         m = r["metrics"]
-        rows.append(_row("ranking", "recsys-mtl ml100k_ranking (whole run)", seed, {
+        rows.append(_row("ranking", "recsys-mtl ml100k_ranking (whole run)", (seed, rep), {
             "ranking/hr@10": m["ranking/hr@10"], "ranking/ndcg@10": m["ranking/ndcg@10"],
             "seconds": round(r["wall"], 2), "train_stage_seconds": r["stages"]["train"]["seconds"],
             "train_seconds": round(r["train"]["train/seconds"], 2)}))  # fmt: skip
@@ -289,7 +311,7 @@ def _ranking(base: Path, seeds: list[int], extra: dict | None = None) -> list[di
         proc = subprocess.run([str(py), "-c", ALS_SCRIPT, str(npz), str(seed)],
                               capture_output=True, text=True, check=True)  # fmt: skip
         als = json.loads(proc.stdout.strip().splitlines()[-1])
-        rows.append(_row("ranking", f"implicit ALS {version} (f=128, reg 50, alpha 20, 15 it)", seed,
+        rows.append(_row("ranking", f"implicit ALS {version} (f=128, reg 50, alpha 20, 15 it)", (seed, rep),
                          {"ranking/hr@10": als["hr@10"], "ranking/ndcg@10": als["ndcg@10"],
                           "seconds": round(als["seconds"], 2),
                           "fit_seconds": round(als["fit_seconds"], 2)}))  # fmt: skip
@@ -321,12 +343,62 @@ def _concurrent(base: Path, which: list[str]) -> list[dict]:
     return rows
 
 
-def _summary(rows: list[dict]) -> list[dict]:
-    """Mean and std over seeds per (part, tool)."""
+# (ours, the peer timed against it, our keys over its fit) of the ratio rows
+RATIOS = {
+    "rating": ("recsys-mtl ml100k_bellkor (whole run)", "surprise SVDpp",
+               ("train_stage_seconds", "train_seconds", "seconds")),
+    "ranking": ("recsys-mtl ml100k_ranking (whole run)", "implicit ALS",
+                ("train_stage_seconds", "train_seconds", "seconds")),
+}  # fmt: skip
+REPEATS = 1  # --repeats
+
+
+def _best_of_repeats(rows: list[dict]) -> list[dict]:
+    """One row per (part, tool, seed): with ``--repeats``, every time is the fastest of the
+    seed's repeats (what the run costs without interference from other processes on the
+    machine; the metrics are the same on every repeat)."""
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        if r["labels"]["part"] in ("rating", "ranking"):
-            groups.setdefault((r["labels"]["part"], r["labels"]["tool"]), []).append(r["metrics"])
+        lab = r["labels"]
+        groups.setdefault((lab["part"], lab["tool"], lab["seed"]), []).append(r["metrics"])
+    out = []
+    for (part, tool, seed), ms in groups.items():
+        best = {k: (min(m[k] for m in ms) if "seconds" in k else ms[0][k]) for k in ms[0]}
+        out.append({"labels": {"part": part, "tool": tool, "seed": seed}, "metrics": best})
+    return out
+
+
+def _ratios(rows: list[dict]) -> list[dict]:
+    """Per part and seed: our train stage, first fit and whole run over the peer's fit, each
+    repeat's (measured next to each other) and the best of repeats over the best of repeats."""
+    out = []
+    for part, (ours, peer, keys) in RATIOS.items():
+        runs = [r for r in rows if r["labels"]["part"] == part]
+        for seed in sorted({r["labels"]["seed"] for r in runs}):
+            mine = [r for r in runs if r["labels"]["seed"] == seed and r["labels"]["tool"] == ours]
+            theirs = [r for r in runs if r["labels"]["seed"] == seed
+                      and r["labels"]["tool"].startswith(peer)]  # fmt: skip
+            if not mine or len(mine) != len(theirs):
+                continue
+            fits = [t["metrics"]["fit_seconds"] for t in theirs]
+            metrics = {}
+            for key in keys:
+                ours_s = [m["metrics"][key] for m in mine]
+                metrics[f"{key}_over_fit"] = [
+                    round(a / b, 4) for a, b in zip(ours_s, fits, strict=True)
+                ]
+                metrics[f"{key}_over_fit_best"] = round(min(ours_s) / min(fits), 4)
+            labels = {"part": f"{part}_ratio", "tool": f"{ours} / {peer} fit", "seed": seed}
+            out.append({"labels": labels, "metrics": metrics})
+            print(f"  {labels}: {metrics}", file=sys.stderr, flush=True)
+    return out
+
+
+def _summary(rows: list[dict]) -> list[dict]:
+    """Mean and std over seeds per (part, tool) (with ``--repeats``, of each seed's best)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in _best_of_repeats([r for r in rows if r["labels"]["part"] in ("rating", "ranking")]):
+        groups.setdefault((r["labels"]["part"], r["labels"]["tool"]), []).append(r["metrics"])
     out = []
     for (part, tool), ms in groups.items():
         agg = {}
@@ -346,6 +418,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--parts", default="rating,ranking,concurrent")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="rating / ranking: runs of every tool per seed, alternating; the "
+                         "summary takes each seed's fastest")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the throughput part")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--concurrent", default="default,one,torch",
@@ -360,11 +435,13 @@ def main() -> None:
     if args.quick:
         seeds = seeds[:1]
         parts = [p for p in parts if p != "concurrent"]
+    global REPEATS
+    REPEATS = max(1, args.repeats)
     rows = []
     if "rating" in parts:
-        rows += _rating(base, seeds, ["SVD"] if args.quick else ["SVDpp", "SVD"])
+        rows += _rating(base, seeds, ["SVD"] if args.quick else ["SVDpp", "SVD"], REPEATS)
     if "ranking" in parts:
-        rows += _ranking(base, seeds)
+        rows += _ranking(base, seeds, repeats=REPEATS)
     if "concurrent" in parts:
         rows += _concurrent(base, args.concurrent.split(","))
     if "throughput" in parts:
@@ -373,7 +450,7 @@ def main() -> None:
     if "backend" in parts:
         for backend in ("torch", "torchrec"):
             rows += _throughput(base, "ml-100k", ["bellkor", "mmoe"], 2, args.threads, backend)
-    rows += _summary(rows)
+    rows += _ratios(rows) + _summary(rows)
     machine = {
         "cpus": os.cpu_count(),
         "platform": platform.platform(),
