@@ -304,9 +304,12 @@ class BellKor(Ranker):
             p = p + broadcast_rows(user["implicit"], rows)
         dots = (p * q).view(rows, self.copies, self.cfg.dim).sum(-1)  # (B, copies)
         base = self.global_bias + broadcast_rows(user["user_bias"], rows) + item["item_bias"]
+        # every task at once (one copy of the factors broadcasts over the tasks), then a column
+        # per task: a few (B, T) operations instead of a handful per task
+        columns = (base + dots * self.interaction_scale).unbind(1)
         out = {}
         for k, t in enumerate(self.tasks):
-            s = base[:, k] + self.interaction_scale[k] * dots[:, k if self.copies > 1 else 0]
+            s = columns[k]
             if k == self.rating_k and self.timed:
                 day = batch["day"]
                 dt = day.to(p.dtype) - user["mean_day"]
