@@ -62,6 +62,9 @@ REFIT_VARIANTS = {
                                           "train.als_sweeps=5"], ("ml100k_bellkor.yaml",)),
     "no refit, valid 1%, 2 ALS sweeps": (["split.valid_fraction=0.01", "train.refit=false",
                                           "train.als_sweeps=2"], ("ml100k_bellkor.yaml",)),
+    "no refit, valid 1%, every table lazy": (["split.valid_fraction=0.01", "train.refit=false",
+                                              "train.lazy_dense_above=null"],
+                                             ("ml100k_bellkor.yaml",)),
     "no refit, valid 1%, batches of 6144": (["split.valid_fraction=0.01", "train.refit=false",
                                              "train.batch_size=6144"], ("ml100k_bellkor.yaml",)),
 }  # fmt: skip

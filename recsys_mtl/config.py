@@ -173,6 +173,14 @@ class TrainConfig(_Frozen):
         "only the rows a step touched), adagrad, or rowwise_adagrad (one accumulator per row)",
     )
     embedding_lr: float | None = Field(None, gt=0.0, description="default: train.lr")
+    lazy_dense_above: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="lazy_adam: a table whose rows the first step touches at or above this "
+        "share takes plain Adam steps from then on (no search for untouched rows); null keeps "
+        "every table lazy",
+    )
     l2: float = Field(0.0, ge=0.0, description="weight of the L2 penalty on looked-up embeddings")
     patience: int | None = Field(
         3,

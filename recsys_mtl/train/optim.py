@@ -206,7 +206,32 @@ class LazyAdam(Adam):
     """Adam that moves only the rows of a table that the step's gradient touched (non-zero
     rows): their moments decay and update, the other rows' moments and weights stay as they
     are (TensorFlow's LazyAdam, torch's SparseAdam on dense gradients). A rare row is then not
-    pushed on by stale momentum at every step."""
+    pushed on by stale momentum at every step.
+
+    ``dense_above``: a table whose rows the first step touched at or above this share takes
+    plain Adam steps from then on, without the search for touched rows and the put-back of the
+    others (at large batches most rows of the factor tables are touched at every step); the
+    decision is kept in the state dict, so a resumed run makes the same one."""
+
+    def __init__(
+        self,
+        params: list[torch.nn.Parameter],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        dense_above: float | None = None,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay)
+        self.dense_above = dense_above
+        self.dense: list[bool | None] = [None] * len(self.params)  # None: not decided yet
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "dense": list(self.dense)}
+
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
+        super().load_state_dict(saved)
+        self.dense = list(saved.get("dense", self.dense))
 
     @torch.no_grad()
     def step(self) -> None:
@@ -225,8 +250,16 @@ class LazyAdam(Adam):
             w = p.data.view(g2.shape)
             m = self.state["m"][k].view(g2.shape)
             v = self.state["v"][k].view(g2.shape)
+            if self.dense[k]:  # plain Adam on this table
+                for dst, x in zip(group, (w, g2, m, v), strict=True):
+                    dst.append(x)
+                group_t.append(self.t[k])
+                continue
             # a row is touched when its gradient is non-zero (NaN counts as touched)
             touched = g2.view(-1) != 0 if g2.shape[1] == 1 else g2.abs().amax(1) != 0
+            if self.dense[k] is None and self.dense_above is not None:
+                share = touched.sum() / touched.numel()  # one host sync, on the first step only
+                self.dense[k] = bool(share >= self.dense_above)
             if g.device.type != "cpu":  # no host sync per table: the masked update
                 self._masked(w, g2, m, v, touched[:, None].to(g2.dtype), self.t[k])
                 continue

@@ -95,7 +95,7 @@ def _optimizers(
         if cfg.embedding_optimizer == "adagrad":
             opts.append(Adagrad(emb, lr=lr))
         elif cfg.embedding_optimizer == "lazy_adam":
-            opts.append(LazyAdam(emb, lr=lr))
+            opts.append(LazyAdam(emb, lr=lr, dense_above=cfg.lazy_dense_above))
         elif cfg.embedding_optimizer == "rowwise_adagrad":
             opts.append(RowWiseAdagrad(emb, lr=lr))
         else:

@@ -107,6 +107,38 @@ def test_lazy_adam_leaves_untouched_rows_and_their_moments_alone():
     assert not torch.equal(b.data[3:], before[3:])  # plain Adam does move them
 
 
+def test_lazy_adam_dense_above_gives_mostly_touched_tables_plain_adam_steps():
+    a, b = _pair()  # a table whose rows the first step all touches
+    c = torch.nn.Parameter(torch.randn(50, 4, generator=torch.Generator().manual_seed(3)))
+    lazy = LazyAdam([a, c], lr=0.05, dense_above=0.5)
+    dense = Adam([b], lr=0.05)
+    g = _grads(1)[0]
+    sparse_g = torch.zeros_like(c)
+    sparse_g[:5] = 1.0  # 10% of c's rows
+    a.grad, b.grad, c.grad = g.clone(), g.clone(), sparse_g.clone()
+    lazy.step()
+    dense.step()
+    assert lazy.dense == [True, False]
+    g2 = torch.zeros_like(g)
+    g2[:3] = 1.0  # later steps touch only rows 0-2 of the first table
+    c_before = c.data.clone()
+    for _ in range(2):
+        a.grad, b.grad, c.grad = g2.clone(), g2.clone(), sparse_g.clone()
+        lazy.step()
+        dense.step()
+    assert_close(a.data, b.data)  # plain Adam: the untouched rows move on their momentum
+    assert torch.equal(c.data[5:], c_before[5:])  # the sparse table stays lazy
+    assert not torch.equal(c.data[:5], c_before[:5])
+    again = LazyAdam([torch.nn.Parameter(a.data.clone()), torch.nn.Parameter(c.data.clone())],
+                     lr=0.05, dense_above=0.5)  # fmt: skip
+    again.load_state_dict(lazy.state_dict())  # a resumed run keeps the decision
+    assert again.dense == [True, False]
+    unset = LazyAdam([torch.nn.Parameter(a.data.clone())], lr=0.05)
+    unset.params[0].grad = g.clone()
+    unset.step()
+    assert unset.dense == [None]  # without dense_above every table stays lazy
+
+
 def _reference_lazy_adam(w, grads, lr, b1=0.9, b2=0.999, eps=1e-8):
     """Lazy Adam written out row by row: touched rows take Adam's step with the table's own
     step count, untouched rows and their moments stay."""
