@@ -217,12 +217,10 @@ class LazyAdam(Adam):
         self,
         params: list[torch.nn.Parameter],
         lr: float,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
         dense_above: float | None = None,
+        **adam: Any,  # Adam's betas, eps, weight_decay
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay)
+        super().__init__(params, lr, **adam)
         self.dense_above = dense_above
         self.dense: list[bool | None] = [None] * len(self.params)  # None: not decided yet
 
