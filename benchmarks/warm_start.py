@@ -65,6 +65,8 @@ REFIT_VARIANTS = {
     "no refit, valid 1%, every table lazy": (["split.valid_fraction=0.01", "train.refit=false",
                                               "train.lazy_dense_above=null"],
                                              ("ml100k_bellkor.yaml",)),
+    "plain Adam on the mostly-touched tables": (["train.lazy_dense_above=0.5"],
+                                                ("ml100k_ranking.yaml",)),
     "no refit, valid 1%, batches of 6144": (["split.valid_fraction=0.01", "train.refit=false",
                                              "train.batch_size=6144"], ("ml100k_bellkor.yaml",)),
 }  # fmt: skip
