@@ -176,6 +176,27 @@ def cold_valid_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
+def _compare(old: Path, new: Path) -> dict:
+    """The largest absolute difference between two outputs' per-run metrics (timings aside)."""
+
+    def runs(path: Path) -> dict:
+        rows = json.loads(path.read_text())["rows"]
+        return {tuple(sorted(r["labels"].items(), key=str)): r["metrics"] for r in rows
+                if isinstance(r["labels"].get("seed"), int)}  # fmt: skip
+
+    a, b = runs(old), runs(new)
+    worst = {"difference": 0.0, "run": None, "metric": None}
+    for key in a.keys() & b.keys():
+        for name, value in a[key].items():
+            other = b[key].get(name)
+            timing = "second" in name or "_ms" in name
+            numbers = isinstance(value, (int, float)) and isinstance(other, (int, float))
+            if numbers and not timing and abs(value - other) > worst["difference"]:
+                worst = {"difference": abs(value - other), "run": dict(key), "metric": name}
+    return {"benchmark": "coldstart-compare", "runs": len(a.keys() & b.keys()),
+            "only_old": len(a.keys() - b.keys()), "only_new": len(b.keys() - a.keys()), **worst}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, short budgets, first_k only")
@@ -186,7 +207,13 @@ def main() -> None:
     ap.add_argument("--print-commands", action="store_true")
     ap.add_argument("--cold-valid", metavar="RUN", default=None,
                     help="a finished run's learners on its cold validation users, then exit")  # fmt: skip
+    ap.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), default=None,
+                    help="two earlier outputs: the largest difference of any metric of any "
+                         "run (method, K, protocol, base, seed), then exit")  # fmt: skip
     args = ap.parse_args()
+    if args.compare:
+        print(json.dumps(_compare(*(Path(f) for f in args.compare))))
+        return
     if args.cold_valid:
         rows = cold_valid_rows(Path(args.cold_valid))
         print(json.dumps({"benchmark": "coldstart-cold-valid", "run": args.cold_valid,
