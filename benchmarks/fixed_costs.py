@@ -4,9 +4,10 @@
     python benchmarks/fixed_costs.py --baseline 02f618b --quick
     python benchmarks/fixed_costs.py --baseline c5b8c2a --probes rating_epochs,ranking_epochs --repeats 3
 
-Each measurement is a fresh interpreter (one torch thread) running the same code against
-this tree and against ``git archive <baseline>`` unpacked in a temporary folder, alternating
-``--repeats`` times, on one prepared ml-100k run of ``configs/ml100k_bellkor.yaml``:
+Each measurement is a fresh interpreter (one torch thread, and the tree's own process set-up of
+``recsys-mtl run``: freed memory kept where the tree has :mod:`recsys_mtl.allocator`) running
+the same code against this tree and against ``git archive <baseline>`` unpacked in a temporary
+folder, alternating ``--repeats`` times, on one prepared ml-100k run of ``configs/ml100k_bellkor.yaml``:
 
 * ``import``: interpreter start + ``import recsys_mtl`` (+ ``import recsys_mtl.config``);
 * ``import_torch``: interpreter start + ``import torch``;
@@ -266,10 +267,20 @@ RECIPE_PROBES = {
 DEFAULT_PROBES = ["import", "import_torch", "optimizers", "epoch", "evaluate", "weights_plot"]
 
 
+# the process set-up of `recsys-mtl run` in each tree: one torch thread, and freed memory kept
+# (recsys_mtl.allocator) where the tree has it
+_SETUP = """torch.set_num_threads(1)
+import pathlib, recsys_mtl
+if (pathlib.Path(recsys_mtl.__file__).parent / "allocator.py").exists():  # not an import: a
+    from recsys_mtl.allocator import keep_freed_memory  # module missing from the older tree
+    keep_freed_memory()  # would resolve to this one through the editable install
+"""
+
+
 def _probe(name: str, tree: Path, run: Path) -> float:
     key, recipe = RECIPE_PROBES.get(name, (name, "ml100k_bellkor.yaml"))
     config = tree / "configs" / recipe  # each tree reads its own config keys
-    code = PROBES[key]
+    code = PROBES[key].replace("torch.set_num_threads(1)\n", _SETUP)
     env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
     env.pop("RECSYS_MTL_THREADS", None)
     out = subprocess.run([sys.executable, "-c", code, str(run), str(config)],

@@ -81,9 +81,11 @@ def tune_command(
     log.info("tune: study %r in %s, storage %s", name, study_dir, redact(url))
 
     if tune.workers == 1:  # trials run in this process
+        from recsys_mtl.allocator import keep_freed_memory
         from recsys_mtl.threads import configure_threads, resolve_threads
 
         configure_threads(resolve_threads(cfg.train.threads))
+        keep_freed_memory()
     run_pipeline(data_pipeline(), cfg, study_dir / "data")  # once for every trial
     store = make_storage(tune.storage, study_dir / "study.journal")
     sampler = make_sampler(tune, len(objectives), 0)
@@ -253,6 +255,9 @@ def _spawn_workers(spec: dict[str, Any], n: int) -> None:
 
 
 def _configure_worker() -> None:
+    from recsys_mtl.allocator import keep_freed_memory
+
+    keep_freed_memory()
     cores = os.environ.get("RECSYS_MTL_CORES")
     if not cores:
         return
