@@ -5,9 +5,10 @@ torch's CPU tensors come from the C library's ``malloc``. glibc serves blocks of
 batch of 4096 rows x 128 factors is 2 MB) from its heap, and when more than ``M_TRIM_THRESHOLD``
 is free at the top of the heap it returns it to the kernel; the next step's tensors then fault
 every 4 KB page in again. glibc raises that threshold on its own as it sees large blocks freed,
-but only to twice the largest block, so a step that frees a few of them still returns them.
-Measured on the rating recipe's training (README, "Fixed costs of a run"): tens of thousands of
-page faults per run without the setting, about a thousand with it.
+but only to twice the largest block, so in a process that has freed nothing larger (a run whose
+data stages are cached, a tuning trial, ``train_ranker`` called from a script) a step that
+frees a few of them still returns them. Measured on the rating recipe (README, "Freed
+memory"): 45,000-100,000 page faults per fit without the setting, under 20,000 with it.
 
 :func:`keep_freed_memory` sets the threshold to ``RECSYS_MTL_KEEP_FREED_MB`` (default 64 MB:
 the process keeps up to that much freed memory for reuse; 0 leaves the C library's default) and
