@@ -51,12 +51,20 @@ def _faults(env_value: str) -> tuple[int, int]:
 @needs_glibc
 def test_kept_memory_is_not_faulted_in_again_at_every_step():
     kept, faults = _faults("")
-    off, faults_off = _faults("0")
-    assert (kept, off) == (DEFAULT_KEEP_FREED_MB, 0)
-    # without the setting glibc returns the freed top of its heap and every step faults
-    # thousands of pages in again; with it the pages stay
-    assert faults_off > 100 * 1000
+    assert kept == DEFAULT_KEEP_FREED_MB
+    # with the setting the pages stay: no step faults its blocks in again
     assert faults < 5000
+    # without it glibc returns the freed top of its heap and every step faults thousands of
+    # pages in again, unless the process's address layout happens to put a live block above
+    # the freed ones (about one start in six here), so a few fresh processes are tried
+    tries = []
+    for _ in range(5):
+        off, faults_off = _faults("0")
+        assert off == 0
+        tries.append(faults_off)
+        if faults_off > 100 * 1000:
+            break
+    assert max(tries) > 100 * 1000, tries
 
 
 @needs_glibc
