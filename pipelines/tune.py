@@ -69,6 +69,9 @@ def tune_command(
     cfg = load_config(config_path, all_overrides)
     validate_run(cfg)
     objectives = validate_tune(cfg, config_path)
+    from recsys_mtl.allocator import keep_freed_memory
+
+    keep_freed_memory()  # for every worker count: a bad value ends here, before any work
     tune = cfg.tune
     assert tune is not None
     name = tune.study or cfg.name
@@ -81,11 +84,9 @@ def tune_command(
     log.info("tune: study %r in %s, storage %s", name, study_dir, redact(url))
 
     if tune.workers == 1:  # trials run in this process
-        from recsys_mtl.allocator import keep_freed_memory
         from recsys_mtl.threads import configure_threads, resolve_threads
 
         configure_threads(resolve_threads(cfg.train.threads))
-        keep_freed_memory()
     run_pipeline(data_pipeline(), cfg, study_dir / "data")  # once for every trial
     store = make_storage(tune.storage, study_dir / "study.journal")
     sampler = make_sampler(tune, len(objectives), 0)
@@ -832,12 +833,12 @@ def _worker_main(argv: list[str]) -> int:
     p.add_argument("spec")
     p.add_argument("index", type=int)
     args = p.parse_args(argv)
-    _configure_worker()
     logging.basicConfig(
         level=logging.INFO, format=f"[worker {args.index}] %(message)s", stream=sys.stderr
     )
     spec = json.loads(Path(args.spec).read_text())
     try:
+        _configure_worker()
         run_worker(spec, args.index)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,10 +8,11 @@ every 4 KB page in again. glibc raises that threshold on its own as it sees larg
 but only to twice the largest block, so in a process that has freed nothing larger (a run whose
 data stages are cached, a tuning trial, ``train_ranker`` called from a script) a step that
 frees a few of them still returns them. Measured on the rating recipe (README, "Freed
-memory"): 45,000-100,000 page faults per fit without the setting, under 20,000 with it.
+memory"): tens of thousands of page faults per fit without the setting.
 
 :func:`keep_freed_memory` sets the threshold to ``RECSYS_MTL_KEEP_FREED_MB`` (default 64 MB:
-the process keeps up to that much freed memory for reuse; 0 leaves the C library's default) and
+the process keeps up to that much freed memory for reuse; 0 leaves the C library's default;
+32-2047 otherwise) and
 fixes the size above which blocks are mapped on their own at 32 MB, the top of glibc's own
 adaptive range (setting one turns off the adaptation of both). Other C libraries are left
 alone.
@@ -25,13 +26,16 @@ import platform
 
 from recsys_mtl.errors import UserError
 
-__all__ = ["DEFAULT_KEEP_FREED_MB", "ENV_KEEP_FREED", "keep_freed_memory"]
+__all__ = ["DEFAULT_KEEP_FREED_MB", "ENV_KEEP_FREED", "MAX_KEEP_FREED_MB", "keep_freed_memory"]
 
 ENV_KEEP_FREED = "RECSYS_MTL_KEEP_FREED_MB"
 DEFAULT_KEEP_FREED_MB = 64
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _MMAP_THRESHOLD = 32 << 20
+
+
+MAX_KEEP_FREED_MB = 2047  # mallopt takes a C int of bytes
 
 
 def _setting() -> int:
@@ -42,8 +46,13 @@ def _setting() -> int:
         mb = int(raw)
     except ValueError:
         mb = -1
-    if mb < 0:
-        raise UserError(f"{ENV_KEEP_FREED}: must be an integer >= 0 (MB), got {raw!r}")
+    # below the mapping threshold the setting would turn glibc's adaptation off and keep less
+    # than it keeps by itself: 0 (off) or at least 32
+    if mb != 0 and not 32 <= mb <= MAX_KEEP_FREED_MB:
+        raise UserError(
+            f"{ENV_KEEP_FREED}: must be 0 (off) or an integer from 32 to "
+            f"{MAX_KEEP_FREED_MB} (MB), got {raw!r}"
+        )
     return mb
 
 

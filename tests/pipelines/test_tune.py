@@ -166,6 +166,18 @@ def test_cli_errors_are_one_line(tmp_path: Path, cli) -> None:
     assert code == 2 and "tune.trials" in err
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_bad_memory_setting_ends_tune_with_exit_2_before_any_work(
+    tmp_path: Path, cli, monkeypatch, workers: str
+) -> None:
+    cfg = study_config(tmp_path)
+    monkeypatch.setenv("RECSYS_MTL_KEEP_FREED_MB", "lots")
+    code, _, err = cli("tune", cfg, "--workers", workers, "--out", tmp_path / "study")
+    assert code == 2 and err.strip().count("\n") == 0 and "Traceback" not in err
+    assert "RECSYS_MTL_KEEP_FREED_MB: must be 0 (off)" in err
+    assert not (tmp_path / "study" / "data").exists()  # the data stage never ran
+
+
 # --------------------------------------------------------------------------------------------
 # Worker processes on shared storages
 

@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,17 @@ from tests.conftest import tiny_config
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 needs_glibc = pytest.mark.skipif(not GLIBC, reason="the setting applies to glibc's malloc only")
+
+
+def _plain_glibc_pages() -> str | None:
+    """Why page counts would not show the setting here, or None."""
+    if os.environ.get("LD_PRELOAD"):
+        return "LD_PRELOAD may replace glibc's malloc"
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if thp.exists() and "[always]" in thp.read_text():
+        return "transparent huge pages (always) fault 2 MB at a time"
+    return None
+
 
 # a training step's pattern: blocks of a few MB allocated and freed, many times over
 _STEPS = """
@@ -50,13 +62,15 @@ def _faults(env_value: str) -> tuple[int, int]:
 
 @needs_glibc
 def test_kept_memory_is_not_faulted_in_again_at_every_step():
+    if reason := _plain_glibc_pages():
+        pytest.skip(reason)
     kept, faults = _faults("")
     assert kept == DEFAULT_KEEP_FREED_MB
     # with the setting the pages stay: no step faults its blocks in again
     assert faults < 5000
     # without it glibc returns the freed top of its heap and every step faults thousands of
     # pages in again, unless the process's address layout happens to put a live block above
-    # the freed ones (about one start in six here), so a few fresh processes are tried
+    # the freed ones (in some starts), so a few fresh processes are tried
     tries = []
     for _ in range(5):
         off, faults_off = _faults("0")
@@ -69,8 +83,8 @@ def test_kept_memory_is_not_faulted_in_again_at_every_step():
 
 @needs_glibc
 def test_the_setting_in_mb_is_returned(monkeypatch):
-    monkeypatch.setenv(ENV_KEEP_FREED, "16")
-    assert keep_freed_memory() == 16
+    monkeypatch.setenv(ENV_KEEP_FREED, "32")
+    assert keep_freed_memory() == 32
     monkeypatch.setenv(ENV_KEEP_FREED, "0")
     assert keep_freed_memory() == 0
 
@@ -81,10 +95,12 @@ def test_other_c_libraries_are_left_alone(monkeypatch):
     assert keep_freed_memory() == 0
 
 
-@pytest.mark.parametrize("value", ["-1", "lots", "1.5"])
+# below 32 MB the setting would keep less than glibc keeps by itself; above 2047 MB the bytes
+# overflow mallopt's int
+@pytest.mark.parametrize("value", ["-1", "lots", "1.5", "16", "2048", "4096"])
 def test_bad_values_raise_a_user_error_naming_the_variable(monkeypatch, value):
     monkeypatch.setenv(ENV_KEEP_FREED, value)
-    with pytest.raises(UserError, match=f"{ENV_KEEP_FREED}: must be an integer >= 0"):
+    with pytest.raises(UserError, match=f"{ENV_KEEP_FREED}: must be 0 .off. or an integer from 32"):
         keep_freed_memory()
 
 
