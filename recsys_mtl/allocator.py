@@ -30,12 +30,10 @@ __all__ = ["DEFAULT_KEEP_FREED_MB", "ENV_KEEP_FREED", "MAX_KEEP_FREED_MB", "keep
 
 ENV_KEEP_FREED = "RECSYS_MTL_KEEP_FREED_MB"
 DEFAULT_KEEP_FREED_MB = 64
+MAX_KEEP_FREED_MB = 2047  # mallopt takes a C int of bytes
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD = 32 << 20
-
-
-MAX_KEEP_FREED_MB = 2047  # mallopt takes a C int of bytes
+_MMAP_THRESHOLD_MB = 32
 
 
 def _setting() -> int:
@@ -47,10 +45,10 @@ def _setting() -> int:
     except ValueError:
         mb = -1
     # below the mapping threshold the setting would turn glibc's adaptation off and keep less
-    # than it keeps by itself: 0 (off) or at least 32
-    if mb != 0 and not 32 <= mb <= MAX_KEEP_FREED_MB:
+    # than it keeps by itself: 0 (off) or at least that
+    if mb != 0 and not _MMAP_THRESHOLD_MB <= mb <= MAX_KEEP_FREED_MB:
         raise UserError(
-            f"{ENV_KEEP_FREED}: must be 0 (off) or an integer from 32 to "
+            f"{ENV_KEEP_FREED}: must be 0 (off) or an integer from {_MMAP_THRESHOLD_MB} to "
             f"{MAX_KEEP_FREED_MB} (MB), got {raw!r}"
         )
     return mb
@@ -68,7 +66,7 @@ def keep_freed_memory() -> int:
     except OSError:
         return 0
     # the mapping threshold first: once either is set, glibc stops adapting both
-    if not libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD):
+    if not libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MB << 20):
         return 0
     if not libc.mallopt(_M_TRIM_THRESHOLD, mb << 20):
         return 0
