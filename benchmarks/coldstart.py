@@ -54,7 +54,9 @@ QUICK = [
     "meta.fold_in_steps=[0,10]",
     "meta.fold_in_lrs=[0.01]",
     "meta.learners=[{name: maml, params: {steps: 2}}, {name: metric},"
-    " {name: ridge, label: closed_form}]",
+    " {name: ridge, label: closed_form},"
+    " {name: ensemble, label: ensemble_median, params: {members: [closed_form, metric],"
+    " rating_map: median, head_epochs: 3}}]",
 ]
 
 

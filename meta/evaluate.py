@@ -104,6 +104,27 @@ def ridge_steps_map(data: ColdData, bias: BiasFloor) -> tuple[torch.Tensor, torc
     return fit_steps(b, torch.cat(targets)) if b.numel() > 1 else None
 
 
+def ridge_median_head(data: ColdData, epochs: int = 15) -> Any:
+    """The ``ridge_median`` floor: :class:`meta.median.MedianHead` on the ridge floor's parts
+    (``mu + b_i + offset``, ``b_i``, the offset, the support's size) and the item's
+    rating-value shares and count, no learner and no other statistic of the support, fitted on
+    the training users with its epoch chosen on the cold validation users, as the
+    ``ensemble``'s ``rating_map: median`` is: the same point rule on the ridge floor. None where
+    the ratings take too many values for a distribution over them or there are no cold
+    validation users."""
+    from meta.median import MedianHead, fit_median
+    from recsys_mtl.errors import UserError
+
+    if not len(data.users("cold_valid")):
+        return None
+    head = MedianHead(0, user_stats=False)
+    try:
+        fit_median(data, head, lambda blocks: [], epochs)
+    except UserError:
+        return None
+    return head.eval()
+
+
 def evaluate_coldstart(
     model: nn.Module | None,
     data: ColdData,
@@ -118,6 +139,7 @@ def evaluate_coldstart(
 
     bias = BiasFloor(data)
     steps_map = ridge_steps_map(data, bias)
+    median = ridge_median_head(data)
     rows = []
     cfg = data.cfg
     predict = ranker_predictor(model, rank_task, data.n_items) if model is not None else None
@@ -133,6 +155,10 @@ def evaluate_coldstart(
         if steps_map is not None:
             pred, full = methods["ridge"][1]
             methods["ridge_steps"] = ("floor", (apply_steps(pred, *steps_map), full))
+        if median is not None:
+            with torch.no_grad():
+                pred = median(blocks.tasks.support, blocks.tasks.query.items, [])
+            methods["ridge_median"] = ("floor", (pred, methods["ridge"][1][1]))
         if predict is not None:
             methods["population"] = ("floor", predict(blocks, population_state(model, blocks)))
             methods["ranker_ridge"] = (

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import polars as pl
 import torch
 from torch import nn
 
@@ -46,8 +47,15 @@ def catalog_grid(
 class BiasFloor:
     """Global mean and regularized item biases of the training users' ratings."""
 
-    def __init__(self, data: ColdData, reg_item: float = 25.0, reg_user: float = 10.0) -> None:
-        r = data.role_ratings("train")
+    def __init__(
+        self,
+        data: ColdData,
+        reg_item: float = 25.0,
+        reg_user: float = 10.0,
+        ratings: pl.DataFrame | None = None,
+    ) -> None:
+        """``ratings``: the ratings to fit on (default: every training user's)."""
+        r = data.role_ratings("train") if ratings is None else ratings
         u = torch.from_numpy(r["uidx"].to_numpy().astype("int64"))
         i = torch.from_numpy(r["iidx"].to_numpy().astype("int64"))
         y = torch.from_numpy(r["rating"].to_numpy().astype("float64"))

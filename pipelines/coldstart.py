@@ -27,8 +27,8 @@ ENSEMBLE = "ensemble"  # meta.learners.ensemble.ENSEMBLE (not imported here: laz
 __all__ = ["coldstart_pipeline", "coldstart_report", "validate_meta"]
 
 META_CODE = (*MODEL_CODE, "meta")
-FLOORS = ("global_mean", "item_bias", "support_mean", "ridge", "ridge_steps", "population",
-          "ranker_ridge", "fold_in")  # fmt: skip
+FLOORS = ("global_mean", "item_bias", "support_mean", "ridge", "ridge_steps", "ridge_median",
+          "population", "ranker_ridge", "fold_in")  # fmt: skip
 
 
 def validate_meta(cfg: RunConfig) -> None:
@@ -187,7 +187,9 @@ def _ensemble(spec: Any, members: dict[str, Any], tasks: list[str], folder: Any 
 
     ens = Ensemble(members, EnsembleParams.model_validate(spec.params), tasks)
     if folder is not None:
-        ens.load_state_dict(torch.load(folder / WEIGHTS_FILE, weights_only=True))
+        state = torch.load(folder / WEIGHTS_FILE, weights_only=True)
+        ens.prepare_for(state)
+        ens.load_state_dict(state)
     return ens.eval()
 
 

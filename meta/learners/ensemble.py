@@ -18,6 +18,16 @@ order of the predictions is kept): the point prediction the MAE rewards on integ
 the median of the user's rating, not the mean, and ``g`` learns where the blend should move
 toward whole stars.
 
+With ``rating_map: median`` the rating is the median of a distribution over the rating values
+(:class:`meta.median.MedianHead`: a softmax regression on the members' predictions, the ridge
+floor's parts, the item's rating-value shares and the user's support statistics), fitted by
+cross-entropy on the **training users'** tasks (support: their first K ratings the population
+ranker trained on; query: the ratings it never trained on), every K of ``meta.ks``; the epoch
+(of ``head_epochs``) with the lowest cold-validation MAE is kept. The members' predictions on
+training users are in-sample for what the members meta-learned from them, so the head learns
+from predictions a little better than a new user's; the cold-validation epoch choice is where
+that shows.
+
 The other tasks' outputs are the members' mean. The ensemble has no meta-trained weights of
 its own, and its users are not a ranker state (``adapt_users`` refuses it).
 """
@@ -32,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from meta.learners.base import Adapted
+from meta.median import MedianHead, fit_median
 from meta.protocol import Padded
 from meta.steps import ENDS, QUANTILES, TIE_SLOPE, apply_steps, fit_steps
 from meta.steps import least_absolute as _least_absolute
@@ -48,11 +59,13 @@ class EnsembleParams(BaseModel):
 
     members: list[str] = Field(min_length=2, description="labels of earlier learners")
     grid: int = Field(10, ge=1, le=50, description="ranking weights: simplex grid step 1/grid")
-    rating_map: Literal["linear", "steps"] = Field(
+    rating_map: Literal["linear", "steps", "median"] = Field(
         "linear",
-        description="the rating blend as it is (linear) or through a non-decreasing "
-        "piecewise-linear map fitted by least absolute deviations (steps)",
+        description="the rating blend as it is (linear), through a non-decreasing "
+        "piecewise-linear map fitted by least absolute deviations (steps), or the median of a "
+        "distribution over the rating values fitted on the training users (median)",
     )
+    head_epochs: int = Field(15, ge=1, le=200, description="median: epochs of the head")
 
 
 def _split(adapted: Adapted, m: int) -> Adapted:
@@ -61,6 +74,13 @@ def _split(adapted: Adapted, m: int) -> Adapted:
         {k[len(pre) :]: v for k, v in adapted.state.items() if k.startswith(pre)},
         {k[len(pre) :]: v for k, v in adapted.params.items() if k.startswith(pre)},
     )
+
+
+def _support(adapted: Adapted) -> Padded:
+    items = adapted.state["support:items"]
+    zeros = torch.zeros_like(items)
+    return Padded(items, adapted.state["support:ratings"], zeros, zeros,
+                  adapted.state["support:mask"])  # fmt: skip
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:
@@ -88,10 +108,20 @@ class Ensemble(nn.Module):
             npts = len(QUANTILES) + len(ENDS)
             self.register_buffer("map_x", torch.linspace(-1.0, 1.0, npts) * 1e3)
             self.register_buffer("map_y", torch.linspace(-1.0, 1.0, npts) * 1e3 * (1 - TIE_SLOPE))
+        if params.rating_map == "median":
+            self.head = MedianHead(n)
         self.fit_report: dict[str, Any] = {}
+
+    def prepare_for(self, state: dict[str, torch.Tensor]) -> None:
+        """Shape the median head like the saved ``state`` (before ``load_state_dict``)."""
+        if self.params.rating_map == "median":
+            self.head.allocate_like(state, "head.")
 
     def adapt(self, support: Padded, user_cats, sup_rows: dict | None = None, **kw) -> Adapted:
         state, params = {}, {}
+        if self.params.rating_map == "median":  # the head reads the support ratings
+            state.update({"support:items": support.items, "support:ratings": support.ratings,
+                          "support:mask": support.mask})  # fmt: skip
         for m, learner in enumerate(self._members):
             a = learner.adapt(support, user_cats, sup_rows, **(kw if learner.inner_loop else {}))
             state.update({f"{m}:{k}": v for k, v in a.state.items()})
@@ -104,9 +134,12 @@ class Ensemble(nn.Module):
             for m, learner in enumerate(self._members)
         ]
 
-    def _combine(self, outs: list[dict]) -> dict[str, torch.Tensor]:
+    def _combine(self, outs: list[dict], adapted: Adapted, items) -> dict[str, torch.Tensor]:
         w = self.rating_w
         res = {t: torch.stack([o[t] for o in outs]).mean(0) for t in self.tasks}
+        if self.params.rating_map == "median":
+            res["rating"] = self.head(_support(adapted), items, [o["rating"] for o in outs])
+            return res
         res["rating"] = w[0] + sum(w[m + 1] * o["rating"] for m, o in enumerate(outs))
         if self.params.rating_map == "steps":
             res["rating"] = apply_steps(res["rating"], self.map_x, self.map_y)
@@ -114,7 +147,8 @@ class Ensemble(nn.Module):
 
     def score_items(self, adapted: Adapted, items, days, time_bins) -> dict[str, torch.Tensor]:
         """``{task: (U, N)}``: the fitted rating combination, the members' mean elsewhere."""
-        return self._combine(self._member_outputs(adapted, items, days, time_bins))
+        outs = self._member_outputs(adapted, items, days, time_bins)
+        return self._combine(outs, adapted, items)
 
     def _member_ranks(self, adapted: Adapted, items, days, time_bins, rank_task: str) -> list:
         return [
@@ -152,7 +186,7 @@ class Ensemble(nn.Module):
             cols.append(torch.stack([o["rating"][mask] for o in outs], 1))
             targets.append(q.ratings[mask])
             z = self._member_ranks(adapted, *catalog_grid(blocks, data.n_items), rank_task)
-            per_k.append((blocks, outs, z))
+            per_k.append((blocks, outs, z, adapted))
         x = torch.cat(cols).double()
         x = torch.cat([torch.ones_like(x[:, :1]), x], 1)
         y = torch.cat(targets).double()
@@ -168,7 +202,7 @@ class Ensemble(nn.Module):
                 continue
             v = torch.tensor(combo, dtype=torch.float32) / step
             ndcg = []
-            for blocks, outs, z in per_k:
+            for blocks, outs, z, _ in per_k:
                 t = blocks.tasks
                 full = sum(v[m] * s for m, s in enumerate(z))
                 m = user_metrics(outs[0]["rating"], t.query, data.rating_scale, full, t.support,
@@ -178,10 +212,11 @@ class Ensemble(nn.Module):
             if score > best + 1e-12:
                 best, best_v = score, v
         self.rank_w.copy_(best_v)
+        head = self._fit_head(data, per_k) if self.params.rating_map == "median" else {}
         maes = []
-        for blocks, outs, _ in per_k:
+        for blocks, outs, _, adapted in per_k:
             t = blocks.tasks
-            pred = self._combine(outs)["rating"]
+            pred = self._combine(outs, adapted, t.query.items)["rating"]
             maes.append(
                 user_metrics(pred, t.query, data.rating_scale, None, t.support)["rating/mae"]
             )
@@ -191,7 +226,25 @@ class Ensemble(nn.Module):
             ),
             "rank_weights": dict(zip(self.params.members, self.rank_w.tolist(), strict=True)),
             **self._map_report(),
+            **head,
             "cold_valid_mae": sum(maes) / len(maes),
             "cold_valid_ndcg@10": best,
         }
         return self.fit_report
+
+    def _fit_head(self, data: Any, per_k: list) -> dict[str, Any]:
+        """The median head on the training users' tasks, the epoch chosen on the cold
+        validation users (``per_k``: their blocks and the members' outputs)."""
+        mode = data.cfg.mode
+
+        def members(blocks: Any) -> list[torch.Tensor]:
+            t = blocks.tasks
+            adapted = self.adapt(t.support, t.user_cats, blocks.support, mode=mode)
+            q = t.query
+            return [
+                o["rating"] for o in self._member_outputs(adapted, q.items, q.days, q.time_bins)
+            ]
+
+        valid = [(b.tasks.support, b.tasks.query, [o["rating"] for o in outs])
+                 for b, outs, _, _ in per_k]  # fmt: skip
+        return {"median_head": fit_median(data, self.head, members, self.params.head_epochs, valid)}

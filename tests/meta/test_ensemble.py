@@ -137,3 +137,99 @@ def test_the_steps_ensemble_starts_as_the_linear_blend_and_fits_a_lower_mae(fitt
     assert report["cold_valid_mae"] < fit["cold_valid_mae"]
     ys = [p[1] for p in report["rating_map"]]
     assert ys == sorted(ys)
+
+
+def test_the_median_head_predicts_the_median_value_and_orders_ties_by_the_mean():
+    from meta.median import MedianHead
+
+    head = MedianHead(0)
+    head.values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    probs = torch.tensor(
+        [
+            [0.1, 0.2, 0.15, 0.3, 0.25],  # cumulative 0.45 below 4: median 4
+            [0.0, 0.0, 0.0, 0.6, 0.4],  # median 4, a higher mean than the first
+            [0.5, 0.0, 0.0, 0.0, 0.5],  # half at 1: the median is 1, not the mean 3
+            [0.05, 0.05, 0.5, 0.2, 0.2],  # median 3
+        ]
+    )
+    point = head.point(probs.log())
+    assert_close(point.round(), torch.tensor([4.0, 4.0, 1.0, 3.0]))
+    mean = (probs * head.values).sum(1)
+    assert_close(point - point.round(), 1e-3 * mean)
+    assert point[1] > point[0]  # same median: the higher mean ranks first
+
+
+def test_the_median_heads_statistics_leave_out_the_ratings_the_ranker_never_trained_on(tmp_path):
+    from meta.median import MedianHead, training_ratings
+
+    data = cold_data(tmp_path, ks=[3, 5])
+    kept = training_ratings(data)
+    assert data.unseen is not None and len(data.unseen) > 0
+    assert not set(kept["row"].to_list()) & set(data.unseen.tolist())
+    assert kept.height + len(data.unseen) == data.role_ratings("train").height
+    head = MedianHead(2)
+    head.set_statistics(data)
+    counts = np.bincount(kept["iidx"].to_numpy(), minlength=data.n_items)
+    assert_close(head.item_logn, torch.from_numpy(np.log1p(counts)).float())
+    assert_close(head.item_shares.sum(1), torch.ones(data.n_items))
+    assert head.values.tolist() == sorted(set(kept["rating"].to_list()))
+    assert float(head.shrinkage) == data.cfg.shrinkage
+
+
+def test_a_rating_scale_of_many_values_is_refused_for_the_median_rule(tmp_path):
+    import polars as pl
+
+    from meta.median import MAX_VALUES, MedianHead
+
+    data = cold_data(tmp_path, ks=[3, 5])
+    noise = np.random.default_rng(0).random(data.ratings.height) * 0.99
+    data.ratings = data.ratings.with_columns(pl.col("rating") + pl.Series(noise))
+    with pytest.raises(UserError, match=f"at most {MAX_VALUES}"):
+        MedianHead(0).set_statistics(data)
+
+
+@pytest.fixture(scope="module")
+def median(fitted):
+    data, members, _, _ = fitted
+    params = EnsembleParams(members=["a", "b"], grid=4, rating_map="median", head_epochs=6)
+    ens = Ensemble(members, params, TASKS)
+    torch.manual_seed(0)
+    return ens, ens.fit(data, "interaction")
+
+
+def test_the_median_ensemble_keeps_its_best_cold_validation_epoch_and_predicts_rating_values(
+    fitted, median
+):
+    data, _members, _linear, fit = fitted
+    ens, report = median
+    head = report["median_head"]
+    per_epoch = head["cold_valid_mae"]
+    assert len(per_epoch) == 6
+    assert head["epoch"] == 1 + int(np.argmin(per_epoch))
+    assert report["cold_valid_mae"] == pytest.approx(min(per_epoch), abs=1e-6)
+    assert head["train_ratings"] > 0
+    assert report["rating_weights"] == fit["rating_weights"]  # the linear stage is unchanged
+    blocks = _cold(data, 3)
+    t = blocks.tasks
+    with torch.no_grad():
+        a = ens.adapt(t.support, None, blocks.support)
+        pred = ens.score_items(a, t.query.items, t.query.days, t.query.time_bins)["rating"]
+    off = pred[t.query.mask] - pred[t.query.mask].round()
+    assert float(off.min()) >= 0 and float(off.max()) <= 5e-3  # a value plus 1e-3 * the mean
+
+
+def test_a_saved_median_ensemble_loads_to_the_same_predictions(fitted, median, tmp_path):
+    data, members, _, _ = fitted
+    ens, _ = median
+    torch.save(ens.state_dict(), tmp_path / "w.pt")
+    again = Ensemble(members, ens.params, TASKS)
+    state = torch.load(tmp_path / "w.pt", weights_only=True)
+    again.prepare_for(state)
+    again.load_state_dict(state)
+    blocks = _cold(data, 5)
+    t = blocks.tasks
+    with torch.no_grad():
+        a = ens.adapt(t.support, None, blocks.support)
+        want = ens.score_items(a, t.query.items, t.query.days, t.query.time_bins)["rating"]
+        got = again.score_items(a, t.query.items, t.query.days, t.query.time_bins)["rating"]
+    assert torch.equal(got, want)

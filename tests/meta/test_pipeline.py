@@ -27,11 +27,12 @@ META = {
         {"name": "ridge", "label": "closed_form"},
         {"name": "matching", "params": {"hidden": 4}},
         {"name": "ensemble", "label": "blend", "params": {"members": ["closed_form", "matching", "maml"], "grid": 4}},
+        {"name": "ensemble", "label": "blend_median", "params": {"members": ["closed_form", "matching"], "grid": 2, "rating_map": "median", "head_epochs": 2}},
     ],
 }  # fmt: skip
 
 
-LEARNERS = {"maml", "metric", "melu_fomaml", "closed_form", "matching", "blend"}
+LEARNERS = {"maml", "metric", "melu_fomaml", "closed_form", "matching", "blend", "blend_median"}
 
 
 def _config(base: Path, tracking: bool = False, **meta) -> Path:
@@ -75,6 +76,7 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
         "support_mean",
         "ridge",
         "ridge_steps",
+        "ridge_median",
         "population",
         "ranker_ridge",
         "fold_in",
@@ -97,7 +99,7 @@ def test_the_printed_report_is_the_per_k_table_of_every_learner_and_the_best_flo
     text = run_report(summary)
     table = summary["coldstart"]
     floors = [n for n in table if n in {"global_mean", "item_bias", "support_mean", "ridge",
-                                        "ridge_steps", "population", "ranker_ridge",
+                                        "ridge_steps", "ridge_median", "population", "ranker_ridge",
                                         "fold_in"}]  # fmt: skip
     for k in ("k3", "k5"):
         block = text.split(f"K = {k[1:]} ")[1].split("\n\n")[0]
