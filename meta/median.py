@@ -53,7 +53,8 @@ def training_ratings(data: ColdData) -> pl.DataFrame:
 class MedianHead(nn.Module):
     """A softmax regression over the rating values; ``n_members`` learner predictions among
     its features; ``user_stats: False`` leaves out the support's rating shares, mean and
-    standard deviation (the ``ridge_median`` floor: the user is the ridge offset). Sizes are set by :meth:`set_statistics` (or by loading a state dict)."""
+    standard deviation (the ``ridge_median`` floor: the user is the ridge offset). Sizes are
+    set by :meth:`set_statistics` (or by :meth:`allocate_like` before loading a state dict)."""
 
     def __init__(self, n_members: int, user_stats: bool = True) -> None:
         super().__init__()
@@ -112,7 +113,9 @@ class MedianHead(nn.Module):
     def _value_index(self, ratings: torch.Tensor) -> torch.Tensor:
         return (ratings[..., None] - self.values).abs().argmin(-1)
 
-    def raw_features(self, support: Padded, items: torch.Tensor, members: list[torch.Tensor]):
+    def raw_features(
+        self, support: Padded, items: torch.Tensor, members: list[torch.Tensor]
+    ) -> torch.Tensor:
         """``(U, N, F)`` features of users ``support`` and items ``items (U, N)``."""
         m = support.mask.to(self.mu.dtype)
         n = m.sum(1)
@@ -140,7 +143,9 @@ class MedianHead(nn.Module):
         ]
         return torch.cat(cols, -1)
 
-    def features(self, support: Padded, items: torch.Tensor, members: list[torch.Tensor]):
+    def features(
+        self, support: Padded, items: torch.Tensor, members: list[torch.Tensor]
+    ) -> torch.Tensor:
         """:meth:`raw_features` standardized by the means and deviations :func:`fit_head` set."""
         x = self.raw_features(support, items, members)
         return (x - self.x_mean) / self.x_std.clamp(min=1e-6)
@@ -152,7 +157,9 @@ class MedianHead(nn.Module):
         median = self.values[below]
         return median + TIE_SLOPE * (p * self.values).sum(-1)
 
-    def forward(self, support: Padded, items: torch.Tensor, members: list[torch.Tensor]):
+    def forward(
+        self, support: Padded, items: torch.Tensor, members: list[torch.Tensor]
+    ) -> torch.Tensor:
         """``(U, N)`` point predictions."""
         return self.point(self.linear(self.features(support, items, members)))
 
