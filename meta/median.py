@@ -89,8 +89,8 @@ class MedianHead(nn.Module):
         values = np.unique(y)
         if values.size > MAX_VALUES:
             raise UserError(
-                f"meta.learners: rating_map 'median' needs ratings on a few values; the "
-                f"training ratings take {values.size} (at most {MAX_VALUES})"
+                f"the median rule needs ratings on at most {MAX_VALUES} values; the training "
+                f"ratings take {values.size}"
             )
         self._allocate(data.n_items, values.size)
         nn.init.zeros_(self.linear.weight)

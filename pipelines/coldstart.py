@@ -215,11 +215,14 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
     }
     metrics: dict[str, float] = {"fold_in/steps": steps, "fold_in/lr": lr}
     trained: dict[str, Any] = {}
-    for spec in cfg.meta.learners:
+    for n, spec in enumerate(cfg.meta.learners):
         label = spec.label or spec.name
         if spec.name == ENSEMBLE:
             ens = _ensemble(spec, trained, run.tasks)
-            fit = ens.fit(data, ranking_task(run.tasks))
+            try:
+                fit = ens.fit(data, ranking_task(run.tasks))
+            except UserError as e:
+                raise UserError(f"meta.learners.{n}.params.rating_map ({label}): {e}") from e
             save_learner(ens, ctx.out_dir / label, {"base": ENSEMBLE, "label": label})
             report["learners"][label] = {"name": ENSEMBLE, "base": ENSEMBLE, "best_epoch": -1,
                                          "epochs": 0, "seconds": 0.0,

@@ -184,7 +184,7 @@ def test_a_rating_scale_of_many_values_is_refused_for_the_median_rule(tmp_path):
     data = cold_data(tmp_path, ks=[3, 5])
     noise = np.random.default_rng(0).random(data.ratings.height) * 0.99
     data.ratings = data.ratings.with_columns(pl.col("rating") + pl.Series(noise))
-    with pytest.raises(UserError, match=f"at most {MAX_VALUES}"):
+    with pytest.raises(UserError, match=f"at most {MAX_VALUES} values"):
         MedianHead(0).set_statistics(data)
 
 

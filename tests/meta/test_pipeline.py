@@ -250,3 +250,34 @@ def test_config_errors_exit_2_with_one_line(tmp_path, cli, meta, message):
     code, _, err = cli("run", tmp_path / "bad.yaml", "--out", tmp_path / "run")
     assert code == 2, err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_the_median_rule_on_ratings_of_many_values_exits_2_with_one_line(tmp_path, cli):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, n = 60, 50, 2400
+    pairs = rng.choice(n_users * n_items, size=n, replace=False)
+    stars = np.round(1 + 4 * rng.random(n), 2)  # hundredths: hundreds of distinct values
+    ts = 1_000_000_000 + rng.integers(0, 400 * 86_400, n)
+    lines = ["user,item,stars,when"] + [
+        f"u{p // n_items},{p % n_items},{r},{t}" for p, r, t in zip(pairs, stars, ts, strict=True)
+    ]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    doc = yaml.safe_load(_config(tmp_path).read_text())
+    doc["data"] = {"format": "csv", "path": str(tmp_path / "log.csv"),
+                   "columns": {"user_id": "user", "item_id": "item", "rating": "stars", "ts": "when"}}  # fmt: skip
+    doc["meta"]["learners"] = [
+        {"name": "ridge", "label": "a"},
+        {"name": "ridge", "label": "b", "params": {"shrinkage": 2.0}},
+        {"name": "ensemble", "params": {"members": ["a", "b"], "rating_map": "median"}},
+    ]
+    (tmp_path / "median.yaml").write_text(yaml.safe_dump(doc))
+    code, _, err = cli("run", tmp_path / "median.yaml", "--out", tmp_path / "run")
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    prefix = ("recsys-mtl: error: meta.learners.2.params.rating_map (ensemble): the median "
+              "rule needs ratings on at most 20 values; the training ratings take ")  # fmt: skip
+    assert last.startswith(prefix) and int(last[len(prefix) :]) > 20, err
+    assert "Traceback" not in err and sum("error" in line for line in err.splitlines()) == 1
+    assert not (tmp_path / "run" / "meta_train" / "learners.json").exists()
