@@ -42,13 +42,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
 from pathlib import Path
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
@@ -339,12 +340,7 @@ def main() -> None:
         row = {"labels": {"cost": name, "baseline": args.baseline}, "metrics": metrics}
         print(f"  {row['labels']}: {metrics}", file=sys.stderr, flush=True)
         rows.append(row)
-    machine = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
+    machine = machine_info()
     print(json.dumps({"benchmark": "fixed_costs", "machine": machine, "rows": rows}))
 
 

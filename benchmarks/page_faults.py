@@ -25,13 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
@@ -122,12 +123,7 @@ def main() -> None:
         metrics.update({f"{k}_median": statistics.median(v) for k, v in list(metrics.items())})
         labels = {"case": case, "setting": label, "overrides": args.set}
         rows.append({"labels": labels, "metrics": metrics})
-    machine = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
+    machine = machine_info()
     print(json.dumps({"benchmark": "page_faults", "machine": machine, "rows": rows}))
 
 

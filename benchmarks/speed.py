@@ -42,13 +42,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -466,12 +467,7 @@ def main() -> None:
         for backend in ("torch", "torchrec"):
             rows += _throughput(base, "ml-100k", ["bellkor", "mmoe"], 2, args.threads, backend)
     rows += _ratios(rows) + _summary(rows)
-    machine = {
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-    }
+    machine = machine_info()
     print(json.dumps({"benchmark": "speed", "machine": machine, "rows": rows}))
 
 

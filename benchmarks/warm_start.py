@@ -33,12 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -295,9 +296,7 @@ def main() -> None:
         rows += _curves(base)
     if "refit" in parts:
         rows += _refit(base, args.seeds, variants, args.configs.split(","))
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version(),
-               "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
+    machine = machine_info()
     print(json.dumps({"benchmark": "warm_start", "machine": machine, "rows": rows}))
 
 

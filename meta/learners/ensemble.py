@@ -128,6 +128,13 @@ class Ensemble(nn.Module):
             params.update({f"{m}:{k}": v for k, v in a.params.items()})
         return Adapted(state, params)
 
+    def _query_outputs(self, blocks: Any, mode: str) -> tuple[Adapted, list[dict]]:
+        """The adapted users of ``blocks`` and every member's outputs on their query items."""
+        t = blocks.tasks
+        adapted = self.adapt(t.support, t.user_cats, blocks.support, mode=mode)
+        q = t.query
+        return adapted, self._member_outputs(adapted, q.items, q.days, q.time_bins)
+
     def _member_outputs(self, adapted: Adapted, items, days, time_bins) -> list[dict]:
         return [
             learner.score_items(_split(adapted, m), items, days, time_bins)
@@ -174,14 +181,11 @@ class Ensemble(nn.Module):
         from meta.floors import catalog_grid
         from meta.protocol import user_metrics
 
-        kw = {"mode": data.cfg.mode}
         cols, targets, per_k = [], [], []
         for k in _ks(data):
             blocks = held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
-            t = blocks.tasks
-            adapted = self.adapt(t.support, t.user_cats, blocks.support, **kw)
-            q = t.query
-            outs = self._member_outputs(adapted, q.items, q.days, q.time_bins)
+            adapted, outs = self._query_outputs(blocks, data.cfg.mode)
+            q = blocks.tasks.query
             mask = q.mask
             cols.append(torch.stack([o["rating"][mask] for o in outs], 1))
             targets.append(q.ratings[mask])
@@ -235,15 +239,9 @@ class Ensemble(nn.Module):
     def _fit_head(self, data: Any, per_k: list) -> dict[str, Any]:
         """The median head on the training users' tasks, the epoch chosen on the cold
         validation users (``per_k``: their blocks and the members' outputs)."""
-        mode = data.cfg.mode
 
         def members(blocks: Any) -> list[torch.Tensor]:
-            t = blocks.tasks
-            adapted = self.adapt(t.support, t.user_cats, blocks.support, mode=mode)
-            q = t.query
-            return [
-                o["rating"] for o in self._member_outputs(adapted, q.items, q.days, q.time_bins)
-            ]
+            return [o["rating"] for o in self._query_outputs(blocks, data.cfg.mode)[1]]
 
         valid = [(b.tasks.support, b.tasks.query, [o["rating"] for o in outs])
                  for b, outs, _, _ in per_k]  # fmt: skip
