@@ -8,20 +8,27 @@ configs/coldstart-ml100k.yaml ...``; never its held-out users) that have at leas
 ``max(ks) + min-query`` ratings, the query set is fixed: every rating after the first
 ``max(ks)`` by time, the same for every K; the support set is the first K ratings by time. Per
 K it scores the floors that take any K (``item_bias``, ``ridge``, ``ridge_steps`` with the
-map the run fits, ``fold_in`` with the run's chosen steps and learning rate) and the run's learners (``--learners``, default
+map the run fits, ``ridge_median`` with the head fitted as the run fits it, ``fold_in`` with
+the run's chosen steps and learning rate) and the run's learners (``--learners``, default
 ``closed_form matching ensemble``; a learner meta-trained on K in ``meta.ks`` is applied
 unchanged to larger K, the ensemble with the weights fitted on these users at K = 5, 10, 20).
 
-Two **oracles, not learners** (for orientation only; they read the query ratings they are
+**Oracles, not learners** (for orientation only; they read the query ratings they are
 scored on): ``oracle_bias`` is the ridge floor's ``mu + b_i`` plus the user's offset fitted
 on the query ratings (their mean residual, no shrinkage); ``oracle_closed_form`` is the
 ``closed_form`` learner's own item table, item biases and meta-learned prior with the user's
 weights (offset and factors, every task) solved on the query rows instead of the support
 rows. They bound what adapting the user-side parameters of that model could give at any K.
+The ``_xfit`` pair fits on the query ratings at even positions (in time) and scores the odd
+ones and vice versa; the ``_xfit_median`` pair puts those predictions through the median rule
+(a ``ridge_median`` head with the oracle's prediction as one more feature, fitted on the
+training users with the oracle cross-fitted on their query ratings), the ceiling to set
+against ``ridge_median`` and ``ensemble_median``.
 
 Rows: one per (run, method, K) and the mean / std over runs (``run: "mean"``), metrics
-``rating/mae``, ``rating/rmse``, ``users`` and, for every method, ``margin_vs_ridge`` (the
-relative MAE reduction against the ridge floor at the same K on the same users). Progress and
+``rating/mae``, ``rating/rmse``, ``users`` and, for every method, ``margin_vs_ridge`` and
+``margin_vs_ridge_median`` (the relative MAE reduction against that floor at the same K on
+the same users; the mean row averages the runs' margins). Progress and
 a Markdown table go to stderr; stdout gets one JSON line.
 """
 
@@ -29,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -39,7 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-ORACLES = ("oracle_bias", "oracle_closed_form")
+from machine import machine_info  # noqa: E402
+
+MARGIN_FLOORS = ("ridge", "ridge_median")  # margins against these floors, same users and K
 
 
 def fixed_query_tasks(data, users, k: int, k_max: int, seed: int):
@@ -73,7 +80,7 @@ def ceiling_rows(
     import torch
 
     from meta.data import RowBlocks, load_cold_data
-    from meta.evaluate import ridge_steps_map
+    from meta.evaluate import ridge_median_head, ridge_steps_map
     from meta.floors import BiasFloor, fold_in, mean_user, ranker_predictor
     from meta.protocol import UserTasks, user_metrics
     from meta.steps import apply_steps
@@ -98,6 +105,8 @@ def ceiling_rows(
         raise SystemExit(f"{run_dir}: no cold validation user has {k_max + min_query} ratings")
     bias = BiasFloor(data)
     steps_map = ridge_steps_map(data, bias)  # fitted on all cold validation users, K = meta.ks
+    median = ridge_median_head(data)  # fitted on the training users, as the run's floor is
+    oracle_heads = _oracle_median_heads(data, bias, learners.get("closed_form"))
     predict = ranker_predictor(run.model, ranking_task(run.tasks), data.n_items)
     prior = mean_user(run.model, torch.from_numpy(data.users("train")))
     seed = cfg.meta.seed + 1
@@ -112,6 +121,9 @@ def ceiling_rows(
         }
         if steps_map is not None:
             preds["ridge_steps"] = ("floor", apply_steps(preds["ridge"][1], *steps_map))
+        if median is not None:
+            with torch.no_grad():
+                preds["ridge_median"] = ("floor", median(t.support, q.items, []))
         st = fold_in(run.model, blocks, run.tasks, [choice["steps"]], choice["lr"], prior=prior)
         preds["fold_in"] = ("floor", predict(blocks, st[choice["steps"]])[0])
         with torch.no_grad():
@@ -135,18 +147,23 @@ def ceiling_rows(
                     "oracle",
                     cf.score_items(ad, q.items, q.days, q.time_bins)["rating"],
                 )
-            preds.update(_cross_fitted(bias, learners.get("closed_form"), t, q, blocks.query))
-        base = None
+            xfit = _cross_fitted(bias, learners.get("closed_form"), t, q, blocks.query)
+            preds.update(xfit)
+            for name, head in oracle_heads.items():
+                preds[f"{name}_median"] = ("oracle", head(t.support, q.items, [xfit[name][1]]))
         for label, (kind, pred) in preds.items():
             met = user_metrics(pred, q, data.rating_scale, None, t.support)
-            mae = met["rating/mae"]
-            if label == "ridge":
-                base = mae
             rows.append({"labels": {"method": label, "kind": kind, "k": k},
-                         "metrics": {"rating/mae": mae, "rating/rmse": met["rating/rmse"],
+                         "metrics": {"rating/mae": met["rating/mae"],
+                                     "rating/rmse": met["rating/rmse"],
                                      "users": int(users.size)}})  # fmt: skip
+        mae = {r["labels"]["method"]: r["metrics"]["rating/mae"] for r in rows[-len(preds) :]}
         for r in rows[-len(preds) :]:
-            r["metrics"]["margin_vs_ridge"] = 1.0 - r["metrics"]["rating/mae"] / base
+            for floor in MARGIN_FLOORS:
+                if floor in mae:
+                    r["metrics"][f"margin_vs_{floor}"] = (
+                        1.0 - r["metrics"]["rating/mae"] / mae[floor]
+                    )
         line = "  ".join(f"{r['labels']['method']} {r['metrics']['rating/mae']:.4f}"
                          for r in rows[-len(preds) :])  # fmt: skip
         print(f"  K={k:3d} ({users.size} users): {line}", file=sys.stderr)
@@ -182,6 +199,36 @@ def _cross_fitted(bias, cf, t, q, q_rows: dict) -> dict:
     return out
 
 
+def _oracle_median_heads(data, bias, cf) -> dict:
+    """The cross-fitted oracles under the median rule: a ``ridge_median`` head (the floor's
+    features) with the oracle's prediction as one more feature, fitted as the floor is (the
+    training users' tasks, the oracle cross-fitted on their query ratings; the epoch chosen on
+    the cold validation users with it cross-fitted on theirs)."""
+    import torch
+
+    from meta.median import MedianHead, fit_median
+    from recsys_mtl.errors import UserError
+
+    def members(name: str):
+        def fn(blocks) -> list:
+            t = blocks.tasks
+            return [_cross_fitted(bias, cf, t, t.query, blocks.query)[name][1]]
+
+        return fn
+
+    heads = {}
+    names = ["oracle_bias_xfit"] + (["oracle_closed_form_xfit"] if cf is not None else [])
+    for name in names:
+        head = MedianHead(1, user_stats=False)
+        try:
+            with torch.no_grad():
+                fit_median(data, head, members(name), 15)
+        except UserError:  # too many rating values for the median rule
+            return {}
+        heads[name] = head.eval()
+    return heads
+
+
 def _aggregate(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -190,8 +237,10 @@ def _aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for (method, kind, k), ms in groups.items():
         metrics: dict[str, float] = {"runs": len(ms), "users": sum(m["users"] for m in ms)}
-        for name in ("rating/mae", "rating/rmse", "margin_vs_ridge"):
-            vals = [m[name] for m in ms]
+        for name in ("rating/mae", "rating/rmse", *(f"margin_vs_{f}" for f in MARGIN_FLOORS)):
+            vals = [m[name] for m in ms if name in m]
+            if not vals:
+                continue
             metrics[name] = statistics.fmean(vals)
             metrics[f"{name}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         out.append({"labels": {"method": method, "kind": kind, "k": k, "run": "mean"},
@@ -200,6 +249,7 @@ def _aggregate(rows: list[dict]) -> list[dict]:
 
 
 def _markdown(agg: list[dict], ks: list[int]) -> str:
+    """MAE ± std per method and K, and in brackets the margins against ``MARGIN_FLOORS``."""
     methods = list(dict.fromkeys(a["labels"]["method"] for a in agg))
     kind = {a["labels"]["method"]: a["labels"]["kind"] for a in agg}
     cell = {(a["labels"]["method"], a["labels"]["k"]): a["metrics"] for a in agg}
@@ -209,8 +259,9 @@ def _markdown(agg: list[dict], ks: list[int]) -> str:
         vals = []
         for k in ks:
             m = cell[(name, k)]
-            vals.append(f"{m['rating/mae']:.3f} ± {m['rating/mae_std']:.3f} "
-                        f"({100 * m['margin_vs_ridge']:+.1f}%)")  # fmt: skip
+            margins = " / ".join(f"{100 * m[f'margin_vs_{f}']:+.1f}%" for f in MARGIN_FLOORS
+                                 if f"margin_vs_{f}" in m)  # fmt: skip
+            vals.append(f"{m['rating/mae']:.3f} ± {m['rating/mae_std']:.3f} ({margins})")
         lines.append(f"| {name} | {kind[name]} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
 
@@ -235,9 +286,7 @@ def main() -> None:
         rows += [{**r, "labels": {**r["labels"], "run": run}} for r in got]
     agg = _aggregate(rows)
     print(_markdown(agg, ks), file=sys.stderr)
-    machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
-               "python": platform.python_version(), "threads": 1,
-               "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
+    machine = {**machine_info(), "threads": 1, "seconds": round(time.perf_counter() - t0, 1)}
     doc = {"benchmark": "coldstart-ceiling", "machine": machine, "users": users, "ks": ks,
            "min_query": args.min_query, "rows": rows + agg}  # fmt: skip
     print(json.dumps(doc))

@@ -250,6 +250,7 @@ def fit_median(
 
     with torch.enable_grad():
         fit = fit_head(head, train, valid, mae, epochs, seed=cfg.seed)
-    return {"epoch": fit["epoch"], "cold_valid_mae": fit["per_epoch"],
+    return {"epoch": fit["epoch"], "cold_valid_mae": round(fit["cold_valid_mae"], 6),
+            "cold_valid_mae_per_epoch": fit["per_epoch"],
             "values": head.values.tolist(),
             "train_ratings": int(sum(int(q.mask.sum()) for _, q, _ in train))}  # fmt: skip

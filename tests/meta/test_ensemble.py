@@ -203,7 +203,8 @@ def test_the_median_ensemble_keeps_its_best_cold_validation_epoch_and_predicts_r
     data, _members, _linear, fit = fitted
     ens, report = median
     head = report["median_head"]
-    per_epoch = head["cold_valid_mae"]
+    per_epoch = head["cold_valid_mae_per_epoch"]
+    assert head["cold_valid_mae"] == pytest.approx(min(per_epoch), abs=1e-6)
     assert len(per_epoch) == 6
     assert head["epoch"] == 1 + int(np.argmin(per_epoch))
     assert report["cold_valid_mae"] == pytest.approx(min(per_epoch), abs=1e-6)
