@@ -119,7 +119,8 @@ def load_learner(folder: Path, base: nn.Module, for_run: bool = False) -> MetaLe
             f"{folder}: learner {doc['name']!r} retrained the ranker's weights "
             "(train_ranker: true): its states do not serve the run's model"
         )
+    device = next(iter(base.state_dict().values()), torch.zeros(0)).device
     learner = build_learner(doc["name"], doc["params"], base, doc["tasks"])
     state = torch.load(folder / WEIGHTS_FILE, weights_only=True, map_location="cpu")
     learner.load_state_dict(state)
-    return learner.eval()
+    return learner.to(device).eval()  # the learner's own weights where the base model is

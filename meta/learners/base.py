@@ -142,9 +142,10 @@ class MetaLearner(nn.Module):
         if not params.train_ranker and getattr(base, "pretrained", True):
             for p in base.parameters():
                 p.requires_grad_(False)
-        one = torch.zeros(1, 1, dtype=torch.long)
+        dev = next(iter(base.state_dict().values()), torch.zeros(0)).device
+        one = torch.zeros(1, 1, dtype=torch.long, device=dev)
         with torch.no_grad():
-            probe = base.new_user_state(one, torch.ones(1, 1, dtype=torch.bool), one, None)
+            probe = base.new_user_state(one, torch.ones_like(one, dtype=torch.bool), one, None)
         self.probe_shapes = {n: probe[n].shape[1:] for n in probe}
         # the meta-learned start of every adaptable entry, added to the new-user state
         self.init = nn.ParameterDict(
@@ -287,7 +288,7 @@ class MetaLearner(nn.Module):
 
         from meta.rows import draw_negatives, support_keys, task_rows
 
-        users = torch.arange(support.items.shape[0])
+        users = torch.arange(support.items.shape[0], device=support.items.device)
         keys = support_keys(users, support, self.base.ctx.n_items)
         neg = draw_negatives(
             users, support, keys, self.base.ctx.n_items, 1, np.random.default_rng(0)

@@ -162,6 +162,26 @@ def test_adapt_users_adapts_through_a_learner_trained_in_the_run(finished):
     assert not torch.allclose(learned.state["user"], ridge.state["user"])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_adapt_users_on_a_cuda_run_gives_the_cpu_states_on_the_device(finished):
+    base, _, _ = finished
+
+    def support_of(run) -> pl.DataFrame:
+        items = run.item_ids.to_list()[:3]
+        return pl.DataFrame(
+            {"user_id": ["x", "x", "y"], "item_id": items, "rating": [5.0, 1.0, 4.0]}
+        )
+
+    for learner_dir in (base / "run" / "meta_train" / "maml", None):
+        cpu_run, gpu_run = load_run(base / "run"), load_run(base / "run", device="cuda")
+        cpu = adapt_users(cpu_run, support_of(cpu_run), learner_dir=learner_dir)
+        gpu = adapt_users(gpu_run, support_of(gpu_run), learner_dir=learner_dir)
+        assert gpu.learner == cpu.learner and set(gpu.state) == set(cpu.state)
+        for name, value in gpu.state.items():
+            assert value.device.type == "cuda", name
+            torch.testing.assert_close(value.cpu(), cpu.state[name], atol=1e-4, rtol=1e-4)
+
+
 def test_melu_and_ridge_learners_are_refused_by_adapt_users_with_a_reason(finished):
     from recsys_mtl.errors import UserError
 
