@@ -47,6 +47,18 @@ class ColdStartUsers:
     unknown_items: int  # support rows whose item id the run never saw: skipped and reported
 
 
+def _unix_seconds(dtype: pl.DataType) -> pl.Expr:
+    """The support frame's ``ts`` as Unix seconds: integers and floats are taken as seconds,
+    dates and datetimes converted; any other type is a UserError."""
+    if dtype.is_temporal() and dtype != pl.Duration and dtype != pl.Time:
+        return pl.col("ts").cast(pl.Datetime("us")).dt.epoch("s")
+    if dtype.is_numeric():
+        return pl.col("ts").cast(pl.Int64)
+    raise UserError(
+        f"support frame: column ts is {dtype}; give Unix seconds (integers) or datetimes"
+    )
+
+
 def support_rows(run: LoadedRun, support: pl.DataFrame) -> tuple[list, Padded, int]:
     """The raw user ids (first-appearance order), their padded support rows and the number of
     rows skipped for an unknown item. ``support``: ``user_id, item_id, rating`` (``ts``
@@ -57,6 +69,8 @@ def support_rows(run: LoadedRun, support: pl.DataFrame) -> tuple[list, Padded, i
             f"support frame: missing column(s) {missing} (need user_id, item_id, rating)"
         )
     frame = support.with_row_index("_order")
+    if not frame["rating"].dtype.is_numeric():
+        raise UserError(f"support frame: column rating is {frame['rating'].dtype}, not numeric")
     if frame["rating"].null_count():
         raise UserError(f"support frame: {frame['rating'].null_count()} rows have no rating")
     iidx, known = run.item_index(frame["item_id"])
@@ -73,7 +87,7 @@ def support_rows(run: LoadedRun, support: pl.DataFrame) -> tuple[list, Padded, i
         spec = json.loads((run.run_dir / FEATURES_DIR / "spec.json").read_text())
         t_min, t_max = spec["time_range"]
         bins = run.ctx.n_time_bins
-        ts = pl.col("ts").cast(pl.Int64)
+        ts = _unix_seconds(rows["ts"].dtype)
         rows = rows.with_columns(
             ((ts - t_min) // 86_400).clip(0, run.ctx.day_span - 1).alias("day"),
             ((ts - t_min) * bins // (t_max - t_min + 1)).clip(0, bins - 1).alias("time_bin"),
@@ -98,8 +112,9 @@ def adapt_users(
     device = next((b.device for b in run.model.buffers()), torch.device("cpu"))
     padded = padded.to(device)
     rows_used = int(padded.mask.sum())
-    has_learner = learner_dir is not None and (pathlib.Path(learner_dir) / LEARNER_FILE).is_file()
-    if has_learner:
+    if learner_dir is not None and not (pathlib.Path(learner_dir) / LEARNER_FILE).is_file():
+        raise UserError(f"{learner_dir}: no {LEARNER_FILE} here (not a meta-learner's folder)")
+    if learner_dir is not None:
         from meta.learners import load_learner
 
         # a copy: loading the learner must not touch the caller's model (weights, grad flags)

@@ -177,6 +177,7 @@ def load_cold_data(features_dir: str | Path, split_dir: str | Path, cfg: MetaCon
     if valid.exists():
         rows = pl.read_parquet(valid, columns=["row", "interaction"])
         unseen = np.sort(rows.filter(pl.col("interaction") == 1)["row"].unique().to_numpy())
+        unseen = unseen if unseen.size else None  # an empty validation part: no unseen ratings
     scale = tuple(spec["rating_scale"])
     ids = users["user_id"].to_list()
     return ColdData(ratings, roles, cats, spec["n_items"], scale, float(like), cfg, unseen, ids)

@@ -109,18 +109,21 @@ def ridge_median_head(data: ColdData, epochs: int = 15) -> Any:
     (``mu + b_i + offset``, ``b_i``, the offset, the support's size) and the item's
     rating-value shares and count, no learner and no other statistic of the support, fitted on
     the training users with its epoch chosen on the cold validation users, as the
-    ``ensemble``'s ``rating_map: median`` is: the same point rule on the ridge floor. None where
-    the ratings take too many values for a distribution over them or there are no cold
-    validation users."""
+    ``ensemble``'s ``rating_map: median`` is: the same point rule on the ridge floor. None (with
+    a logged warning) where the ratings take too many values for a distribution over them,
+    there are no cold validation users, or the run has no unseen training ratings to fit it on
+    (``meta.train_query: rest``, or no validation part)."""
     from meta.median import MedianHead, fit_median
     from recsys_mtl.errors import UserError
 
     if not len(data.users("cold_valid")):
+        log.warning("the ridge_median floor is left out: no cold validation users")
         return None
     head = MedianHead(0, user_stats=False)
     try:
         fit_median(data, head, lambda blocks: [], epochs)
-    except UserError:
+    except UserError as e:
+        log.warning("the ridge_median floor is left out: %s", e)
         return None
     return head.eval()
 

@@ -181,6 +181,8 @@ def fit_head(
     of ``batch`` query ratings), then the epoch with the lowest mean of ``score(pred, query,
     support)`` over ``valid`` (one entry per K) kept. Returns ``{"epoch", "cold_valid_mae",
     "per_epoch"}``."""
+    if not sum(int(q.mask.sum()) for _, q, _ in train):
+        raise UserError("the median head has no training-user query ratings to fit on")
     xs, ys = [], []
     with torch.no_grad():
         for sup, q, members in train:
@@ -211,6 +213,8 @@ def fit_head(
         if value < best["cold_valid_mae"]:
             best.update(epoch=epoch, cold_valid_mae=value)
             best_state = {k: v.detach().clone() for k, v in head.linear.state_dict().items()}
+    if best_state is None:
+        raise UserError("the median head scored no finite cold-validation MAE in any epoch")
     head.linear.load_state_dict(best_state)
     return best
 
@@ -229,6 +233,13 @@ def fit_median(
     from meta.evaluate import _ks, held_out_blocks
     from meta.protocol import user_metrics
 
+    if data.cfg.train_query != "unseen" or data.unseen is None:
+        # with other query sets the item statistics would hold the very ratings it learns
+        raise UserError(
+            "the median rule is fitted on the training users' ratings the population ranker "
+            "never trained on: it needs meta.train_query: unseen and a validation part "
+            "(split.valid_fraction > 0)"
+        )
     head.set_statistics(data)
     cfg = data.cfg
     users = data.users("train")

@@ -196,7 +196,7 @@ def _write_stream(parts: Any, schema: dict[str, Any], metadata: dict[str, str], 
 def _learner_dir(run: Any) -> Path | None:
     """The meta-learner a run trained (``RUN/meta/``), if any: the adapter's default."""
     path = Path(run.run_dir) / "meta"
-    return path if path.is_dir() else None
+    return path if (path / "learner.json").is_file() else None
 
 
 def register_command(run_dir: str, name: str) -> dict[str, Any]:

@@ -213,8 +213,10 @@ class Ensemble(nn.Module):
                                  data.like_threshold)  # fmt: skip
                 ndcg.append(m["ranking/ndcg@10"])
             score = sum(ndcg) / len(ndcg)
-            if score > best + 1e-12:
+            if score > best + 1e-12:  # False for NaN: no cold-validation user liked a query item
                 best, best_v = score, v
+        if best_v is None:  # no finite NDCG@10 to choose by: the members weigh the same
+            best, best_v = None, torch.full((n,), 1.0 / n)
         self.rank_w.copy_(best_v)
         head = self._fit_head(data, per_k) if self.params.rating_map == "median" else {}
         maes = []

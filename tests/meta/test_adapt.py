@@ -100,3 +100,38 @@ def test_a_support_frame_without_a_rating_column_is_a_user_error(run_dir):
     run = load_run(run_dir)
     with pytest.raises(UserError, match="missing column"):
         adapt_users(run, _support(run).drop("rating"))
+
+
+def test_datetime_timestamps_place_ratings_on_the_same_days_as_unix_seconds(run_dir):
+    import json
+
+    from meta.adapt import support_rows
+
+    run = load_run(run_dir)
+    t_min, t_max = json.loads((run_dir / "features" / "spec.json").read_text())["time_range"]
+    support = _support(run)
+    seconds = pl.Series("ts", [t_min + (t_max - t_min) * j // support.height for j in
+                               range(support.height)], dtype=pl.Int64)  # fmt: skip
+    _, want, _ = support_rows(run, support.with_columns(seconds))
+    _, got, _ = support_rows(run, support.with_columns(pl.from_epoch(seconds, time_unit="s")))
+    assert int(want.days.max()) > int(want.days[want.mask].min())  # the days are spread out
+    assert torch.equal(got.days, want.days) and torch.equal(got.time_bins, want.time_bins)
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "message"),
+    [("ts", "2020-01-01", "column ts is String"), ("rating", "4", "column rating is String")],
+)
+def test_a_support_column_of_the_wrong_type_is_a_user_error(run_dir, column, values, message):
+    run = load_run(run_dir)
+    support = _support(run)
+    with pytest.raises(UserError, match=message):
+        adapt_users(run, support.with_columns(pl.lit(values).alias(column)))
+
+
+def test_a_learner_folder_without_a_saved_learner_is_a_user_error_not_the_ridge_state(
+    run_dir, tmp_path
+):
+    run = load_run(run_dir)
+    with pytest.raises(UserError, match=r"no learner\.json here"):
+        adapt_users(run, _support(run), learner_dir=tmp_path / "meta_trian" / "maml")

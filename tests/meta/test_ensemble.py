@@ -234,3 +234,42 @@ def test_a_saved_median_ensemble_loads_to_the_same_predictions(fitted, median, t
         want = ens.score_items(a, t.query.items, t.query.days, t.query.time_bins)["rating"]
         got = again.score_items(a, t.query.items, t.query.days, t.query.time_bins)["rating"]
     assert torch.equal(got, want)
+
+
+def test_an_empty_validation_part_leaves_no_unseen_ratings_and_the_median_rule_says_why(tmp_path):
+    from meta.data import load_cold_data, write_cold_split
+    from meta.evaluate import ridge_median_head
+    from meta.median import MedianHead, fit_median
+    from tests.meta.helpers import cold_folders
+
+    fdir, _, cfg = cold_folders(tmp_path, ks=[3, 5])
+    write_cold_split(fdir, cfg, 0.0, 0, tmp_path / "split0")  # split.valid_fraction: 0
+    data = load_cold_data(fdir, tmp_path / "split0", cfg)
+    assert data.unseen is None  # every training rating is one the ranker trained on
+    assert data.train_tasks(np.full(len(data.users("train")), 3), 0, None).query.mask.any()
+    with pytest.raises(UserError, match=r"meta\.train_query: unseen and a validation part"):
+        fit_median(data, MedianHead(0), lambda blocks: [], 2)
+    assert ridge_median_head(data) is None
+
+
+def test_the_median_rule_is_refused_when_training_queries_are_the_rest_of_the_ratings(tmp_path):
+    from meta.evaluate import ridge_median_head
+    from meta.median import MedianHead, fit_median
+
+    data = cold_data(tmp_path, ks=[3, 5], train_query="rest")
+    assert data.unseen is not None  # the ranker kept a validation part, but it is not the query
+    with pytest.raises(UserError, match=r"meta\.train_query: unseen"):
+        fit_median(data, MedianHead(0), lambda blocks: [], 2)
+    assert ridge_median_head(data) is None
+
+
+def test_without_a_finite_ndcg_to_choose_by_the_members_rank_with_equal_weights(fitted):
+    data, members, _, _ = fitted
+    data.like_threshold = 99.0  # no cold validation user likes a query item: NDCG@10 is NaN
+    try:
+        ens = Ensemble(members, EnsembleParams(members=["a", "b"], grid=4), TASKS)
+        report = ens.fit(data, "interaction")
+    finally:
+        data.like_threshold = 4.0
+    assert report["cold_valid_ndcg@10"] is None
+    assert report["rank_weights"] == {"a": 0.5, "b": 0.5}
