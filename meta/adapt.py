@@ -23,8 +23,9 @@ import numpy as np
 import polars as pl
 import torch
 
+from meta.learners import LEARNER_FILE, load_learner
 from meta.protocol import Padded, pad_rows
-from meta.state import ridge_state
+from meta.state import module_device, ridge_state
 from recsys_mtl.errors import UserError
 from recsys_mtl.runs import FEATURES_DIR, LoadedRun
 
@@ -33,7 +34,6 @@ __all__ = ["ColdStartUsers", "adapt_users", "support_rows"]
 log = logging.getLogger("recsys_mtl.meta")
 
 RIDGE_SHRINKAGE = 15.0
-LEARNER_FILE = "learner.json"
 
 
 @dataclass(frozen=True)
@@ -106,17 +106,14 @@ def adapt_users(
     run: LoadedRun, support: pl.DataFrame, *, learner_dir: pathlib.Path | None = None
 ) -> ColdStartUsers:
     """States of the users of ``support`` (columns ``user_id, item_id, rating``, raw ids) for
-    ``run.model.score``: through the meta-learner saved in ``learner_dir`` when it holds one,
-    else the ranker's new-user state plus the ridge user offset (shrinkage 15)."""
+    ``run.model.score``: through the meta-learner saved in ``learner_dir`` (a UserError if it
+    holds none), else the ranker's new-user state plus the ridge user offset (shrinkage 15)."""
     user_ids, padded, unknown = support_rows(run, support)
-    device = next((b.device for b in run.model.buffers()), torch.device("cpu"))
-    padded = padded.to(device)
+    padded = padded.to(module_device(run.model))
     rows_used = int(padded.mask.sum())
-    if learner_dir is not None and not (pathlib.Path(learner_dir) / LEARNER_FILE).is_file():
-        raise UserError(f"{learner_dir}: no {LEARNER_FILE} here (not a meta-learner's folder)")
     if learner_dir is not None:
-        from meta.learners import load_learner
-
+        if not (pathlib.Path(learner_dir) / LEARNER_FILE).is_file():
+            raise UserError(f"{learner_dir}: no {LEARNER_FILE} here (not a meta-learner's folder)")
         # a copy: loading the learner must not touch the caller's model (weights, grad flags)
         learner = load_learner(pathlib.Path(learner_dir), copy.deepcopy(run.model), for_run=True)
         state = learner.adapt_state(padded, None)

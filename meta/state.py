@@ -13,7 +13,12 @@ from torch import nn
 
 from meta.protocol import Padded
 
-__all__ = ["ridge_state", "score_grid", "start_state"]
+__all__ = ["module_device", "ridge_state", "score_grid", "start_state"]
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module``'s weights and buffers are (the CPU for a module with none)."""
+    return next(iter(module.state_dict().values()), torch.zeros(0)).device
 
 
 def start_state(model: nn.Module, support: Padded, user_cats: torch.Tensor | None) -> dict:

@@ -195,8 +195,10 @@ def _write_stream(parts: Any, schema: dict[str, Any], metadata: dict[str, str], 
 
 def _learner_dir(run: Any) -> Path | None:
     """The meta-learner a run trained (``RUN/meta/``), if any: the adapter's default."""
+    from meta.learners import LEARNER_FILE
+
     path = Path(run.run_dir) / "meta"
-    return path if (path / "learner.json").is_file() else None
+    return path if (path / LEARNER_FILE).is_file() else None
 
 
 def register_command(run_dir: str, name: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from meta.learners.encoders import BlackBox, Metric
 from meta.learners.ensemble import ENSEMBLE, Ensemble, EnsembleParams
 from meta.learners.gradient import FOMAML, MAML, MetaSGD, Reptile
 from meta.learners.matching import Matching
+from meta.state import module_device
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path, write_json
 
@@ -119,8 +120,7 @@ def load_learner(folder: Path, base: nn.Module, for_run: bool = False) -> MetaLe
             f"{folder}: learner {doc['name']!r} retrained the ranker's weights "
             "(train_ranker: true): its states do not serve the run's model"
         )
-    device = next(iter(base.state_dict().values()), torch.zeros(0)).device
     learner = build_learner(doc["name"], doc["params"], base, doc["tasks"])
     state = torch.load(folder / WEIGHTS_FILE, weights_only=True, map_location="cpu")
     learner.load_state_dict(state)
-    return learner.to(device).eval()  # the learner's own weights where the base model is
+    return learner.to(module_device(base)).eval()  # its own weights where the base model is

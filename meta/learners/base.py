@@ -27,7 +27,7 @@ from torch import nn
 
 from meta.protocol import Padded
 from meta.solve import map_solve
-from meta.state import score_grid
+from meta.state import module_device, score_grid
 from recsys_mtl.errors import UserError
 from recsys_mtl.registry import Registry
 
@@ -142,8 +142,7 @@ class MetaLearner(nn.Module):
         if not params.train_ranker and getattr(base, "pretrained", True):
             for p in base.parameters():
                 p.requires_grad_(False)
-        dev = next(iter(base.state_dict().values()), torch.zeros(0)).device
-        one = torch.zeros(1, 1, dtype=torch.long, device=dev)
+        one = torch.zeros(1, 1, dtype=torch.long, device=module_device(base))
         with torch.no_grad():
             probe = base.new_user_state(one, torch.ones_like(one, dtype=torch.bool), one, None)
         self.probe_shapes = {n: probe[n].shape[1:] for n in probe}
