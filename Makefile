@@ -10,7 +10,7 @@ PIP_ARGS ?=
 STAMP := $(VENV)/.installed-$(DEVICE)
 OUT ?= runs/quickstart
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench docs clean
 
 setup: $(STAMP)
 
@@ -47,4 +47,9 @@ bench: setup
 	@$(BIN)/python benchmarks/ingest.py --quick
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .ruff_cache
+	rm -rf $(VENV) runs site .pytest_cache .ruff_cache
+
+docs: setup
+	@echo "==> [docs] python benchmarks/report.py (results pages) + mkdocs build --strict -> site/"
+	@$(BIN)/python benchmarks/report.py
+	@$(BIN)/mkdocs build --strict --site-dir site

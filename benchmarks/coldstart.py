@@ -149,7 +149,7 @@ def cold_valid_rows(run_dir: Path) -> list[dict]:
     from meta.protocol import user_metrics
     from pipelines.coldstart import load_learners
     from recsys_mtl.config import RunConfig
-    from recsys_mtl.runs import load_run
+    from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.evaluate import ranking_task
 
     torch.set_num_threads(1)

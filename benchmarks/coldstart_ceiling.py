@@ -85,7 +85,7 @@ def ceiling_rows(
     from meta.protocol import UserTasks, user_metrics
     from meta.steps import apply_steps
     from recsys_mtl.config import RunConfig
-    from recsys_mtl.runs import load_run
+    from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.evaluate import ranking_task
 
     cfg = RunConfig.model_validate(json.loads((run_dir / "config.resolved.json").read_text()))

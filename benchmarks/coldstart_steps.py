@@ -42,7 +42,7 @@ def steps_rows(run_dir: Path, splits: int) -> list[dict]:
     from meta.protocol import user_metrics
     from meta.steps import apply_steps, fit_steps, least_absolute
     from recsys_mtl.config import RunConfig
-    from recsys_mtl.runs import load_run
+    from recsys_mtl.runs.load import load_run
 
     cfg = RunConfig.model_validate(json.loads((run_dir / "config.resolved.json").read_text()))
     run = load_run(run_dir)

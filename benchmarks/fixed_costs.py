@@ -5,7 +5,7 @@
     python benchmarks/fixed_costs.py --baseline c5b8c2a --probes rating_epochs,ranking_epochs --repeats 3
 
 Each measurement is a fresh interpreter (one torch thread, and the tree's own process set-up of
-``recsys-mtl run``: freed memory kept where the tree has :mod:`recsys_mtl.allocator`) running
+``recsys-mtl run``: freed memory kept where the tree has :mod:`pipelines.allocator`) running
 the same code against this tree and against ``git archive <baseline>`` unpacked in a temporary
 folder, alternating ``--repeats`` times, on one prepared ml-100k run of ``configs/ml100k_bellkor.yaml``:
 
@@ -109,7 +109,7 @@ print(min(times[1:]))
 import sys, time, torch
 torch.set_num_threads(1)
 from recsys_mtl.config import load_config
-from recsys_mtl.runs import load_run
+from recsys_mtl.runs.load import load_run
 from recsys_mtl.train.evaluate import evaluate_run
 cfg = load_config(sys.argv[2], ["tracking.enabled=false"])
 t = time.perf_counter()
@@ -269,11 +269,11 @@ DEFAULT_PROBES = ["import", "import_torch", "optimizers", "epoch", "evaluate", "
 
 
 # the process set-up of `recsys-mtl run` in each tree: one torch thread, and freed memory kept
-# (recsys_mtl.allocator) where the tree has it
+# (pipelines.allocator) where the tree has it
 _SETUP = """torch.set_num_threads(1)
 import pathlib, recsys_mtl
 if (pathlib.Path(recsys_mtl.__file__).parent / "allocator.py").exists():  # not an import: a
-    from recsys_mtl.allocator import keep_freed_memory  # module missing from the older tree
+    from pipelines.allocator import keep_freed_memory  # module missing from the older tree
     keep_freed_memory()  # would resolve to this one through the editable install
 """
 

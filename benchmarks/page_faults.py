@@ -42,7 +42,7 @@ SETTINGS = {"off (0)": "0", "default": ""}
 _TRAIN_RANKER = """
 import resource, sys, time, torch
 torch.set_num_threads(1)
-from recsys_mtl.allocator import keep_freed_memory
+from pipelines.allocator import keep_freed_memory
 keep_freed_memory()
 from recsys_mtl.config import load_config
 from recsys_mtl.train.recipe import train_ranker

@@ -100,8 +100,8 @@ def _synthetic_run(n_users: int, n_items: int, n_seen: int, dim: int, seed: int 
 
     from recsys_mtl.models.bellkor import BellKor, BellKorConfig
     from recsys_mtl.models.context import FeatureContext
-    from recsys_mtl.runs import LoadedRun
-    from recsys_mtl.topk import items_csr
+    from recsys_mtl.runs.load import LoadedRun
+    from recsys_mtl.runs.topk import items_csr
 
     g = np.random.default_rng(seed)
     z = torch.zeros
@@ -147,7 +147,7 @@ def measure(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
 
     if spec["model"] == "ml100k-bellkor":
-        from recsys_mtl.runs import load_run
+        from recsys_mtl.runs.load import load_run
 
         run = load_run(spec["run_dir"])
     else:
@@ -159,7 +159,7 @@ def measure(spec: dict) -> dict:
     import polars as pl
 
     from pipelines.score import _write_stream
-    from recsys_mtl.scoring import ScoringReport, iter_recommend, output_schema
+    from recsys_mtl.runs.recommend import ScoringReport, iter_recommend, output_schema
 
     def score(count: int, tile: int | str | None) -> tuple[dict, pl.DataFrame]:
         """What ``recsys-mtl score`` does after loading: blocks streamed to a Parquet file."""

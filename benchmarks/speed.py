@@ -278,7 +278,7 @@ def _ranking(
 
     from recsys_mtl.data.features import draw_unrated
     from recsys_mtl.models.context import load_context
-    from recsys_mtl.runs import rated_keys
+    from recsys_mtl.runs.load import rated_keys
     from recsys_mtl.train.data import load_part
 
     rows = []

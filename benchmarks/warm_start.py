@@ -6,7 +6,7 @@
 Parts (each a row group in the JSON line; ``--parts`` picks them):
 
 * ``als``: 5 sweeps of the rating task's ALS (128 factors) on a seeded 70% of ml-100k's
-  ratings, as shipped (``recsys_mtl.train.warm_start.als_factors``: the normal equations as
+  ratings, as shipped (``recsys_mtl.models.als.als_factors``: the normal equations as
   ``torch.sparse.sampled_addmm`` + a CSR product) against the same conjugate-gradient solve
   written with a gather and ``index_add_`` per step (the first version); seconds (best of 3,
   one thread, alternating) and the RMSE of both on the other 30%.
@@ -103,7 +103,7 @@ def _gather_als(u, i, r, n_u, n_i, dim, reg, bias_reg, sweeps, steps, seed):
     """The same alternating CG solves with a gather and an ``index_add_`` per product."""
     import torch
 
-    from recsys_mtl.train.warm_start import _random_start
+    from recsys_mtl.models.als import _random_start
 
     p, q = _random_start(n_u, n_i, dim, 0.1, seed, r.device)
     bu, bi, mu = torch.zeros(n_u), torch.zeros(n_i), r.mean()
@@ -116,7 +116,7 @@ def _gather_als(u, i, r, n_u, n_i, dim, reg, bias_reg, sweeps, steps, seed):
             t = (f * v[rows]).sum(1, keepdim=True)
             return torch.zeros_like(v).index_add_(0, rows, f * t) + v * penalty
 
-        from recsys_mtl.train.warm_start import _conjugate_gradient
+        from recsys_mtl.models.als import _conjugate_gradient
 
         rhs = torch.zeros(n, feats.shape[1]).index_add_(0, rows, f * y[:, None])
         return _conjugate_gradient(normal, lambda v: rhs - normal(v), x, steps)
@@ -138,7 +138,7 @@ def _als() -> list[dict]:
     import polars as pl
     import torch
 
-    from recsys_mtl.train.warm_start import als_factors
+    from recsys_mtl.models.als import als_factors
 
     torch.set_num_threads(1)
     df = pl.read_csv(ML100K / "u.data", separator="\t", has_header=False,

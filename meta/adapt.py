@@ -27,7 +27,8 @@ from meta.learners import LEARNER_FILE, load_learner
 from meta.protocol import Padded, pad_rows
 from meta.state import module_device, ridge_state
 from recsys_mtl.errors import UserError
-from recsys_mtl.runs import FEATURES_DIR, LoadedRun
+from recsys_mtl.runs.layout import RunLayout
+from recsys_mtl.runs.load import LoadedRun
 
 __all__ = ["ColdStartUsers", "adapt_users", "support_rows"]
 
@@ -84,7 +85,7 @@ def support_rows(run: LoadedRun, support: pl.DataFrame) -> tuple[list, Padded, i
     rows = rows.join(ucode, on="user_id", how="left", maintain_order="left")
     ref = run.reference
     if "ts" in rows.columns:
-        spec = json.loads((run.run_dir / FEATURES_DIR / "spec.json").read_text())
+        spec = json.loads((RunLayout(run.run_dir).features / RunLayout.SPEC).read_text())
         t_min, t_max = spec["time_range"]
         bins = run.ctx.n_time_bins
         ts = _unix_seconds(rows["ts"].dtype)

@@ -227,8 +227,8 @@ def run_command(
     from recsys_mtl.config import load_config
 
     cfg = load_config(config_path, overrides)  # validate_run follows unless nothing is to run
-    from recsys_mtl.allocator import keep_freed_memory
-    from recsys_mtl.threads import configure_threads, resolve_threads
+    from pipelines.allocator import keep_freed_memory
+    from pipelines.threads import configure_threads, resolve_threads
 
     configure_threads(resolve_threads(cfg.train.threads))  # before any heavy torch work
     keep_freed_memory()

@@ -201,7 +201,7 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
     from meta.learners import build_learner, save_learner
     from meta.train import MetaTrainingError, meta_train
     from recsys_mtl.build import build_weighting
-    from recsys_mtl.runs import load_run
+    from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.callbacks import ProgressCallback, TrackerCallback
     from recsys_mtl.train.evaluate import ranking_task
 
@@ -255,7 +255,7 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
 def _coldstart(ctx: StageContext) -> dict[str, Any]:
     from meta.data import load_cold_data
     from meta.evaluate import evaluate_coldstart, plot_mae_vs_k, table
-    from recsys_mtl.runs import load_run
+    from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.evaluate import ranking_task
 
     cfg = ctx.config

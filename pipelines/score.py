@@ -1,6 +1,6 @@
 """``recsys-mtl score`` and ``recsys-mtl register``: batch top-K to Parquet, the model registry.
 
-The scoring itself is :func:`recsys_mtl.scoring.recommend`; this module reads the user's files
+The scoring itself is :func:`recsys_mtl.runs.scoring.recommend`; this module reads the user's files
 (with one-line errors naming the file and line), wires the cold-start adapter of
 :mod:`meta.adapt` in, and writes the output atomically with the run id, model version and
 config hash in the Parquet file's metadata.
@@ -113,8 +113,9 @@ def score_command(
 ) -> dict[str, Any]:
     """Score a run directory or MLflow model into ``out`` (Parquet); returns the report."""
     from recsys_mtl.io import atomic_path
-    from recsys_mtl.package import load_source
-    from recsys_mtl.scoring import ScoringReport, iter_recommend, output_schema, parse_blend
+    from recsys_mtl.runs.recommend import ScoringReport, iter_recommend, output_schema
+    from recsys_mtl.runs.scoring import parse_blend
+    from recsys_mtl.tracking.model import load_source
 
     if top_k < 1:
         raise UserError(f"--top-k must be >= 1, got {top_k}")
@@ -203,6 +204,6 @@ def _learner_dir(run: Any) -> Path | None:
 
 def register_command(run_dir: str, name: str) -> dict[str, Any]:
     """Register a run's MLflow model under ``name``; returns the new version."""
-    from recsys_mtl.package import register
+    from recsys_mtl.tracking.model import register
 
     return register(run_dir, name)

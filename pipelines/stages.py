@@ -145,7 +145,7 @@ def _plot_weights(
 
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
     from recsys_mtl.build import check_device
-    from recsys_mtl.runs import load_run
+    from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.evaluate import evaluate_run
 
     device = check_device(ctx.config.train.device)
@@ -161,8 +161,8 @@ MODEL_CODE = (
     "recsys_mtl.build",
     "recsys_mtl.metrics",
     "recsys_mtl.models",
-    "recsys_mtl.runs",
-    "recsys_mtl.topk",
+    "recsys_mtl.runs.load",
+    "recsys_mtl.runs.topk",
     "recsys_mtl.train",
     "recsys_mtl.weighting",
 )

@@ -69,7 +69,7 @@ def tune_command(
     cfg = load_config(config_path, all_overrides)
     validate_run(cfg)
     objectives = validate_tune(cfg, config_path)
-    from recsys_mtl.allocator import keep_freed_memory
+    from pipelines.allocator import keep_freed_memory
 
     keep_freed_memory()  # for every worker count: a bad value ends here, before any work
     tune = cfg.tune
@@ -84,7 +84,7 @@ def tune_command(
     log.info("tune: study %r in %s, storage %s", name, study_dir, redact(url))
 
     if tune.workers == 1:  # trials run in this process
-        from recsys_mtl.threads import configure_threads, resolve_threads
+        from pipelines.threads import configure_threads, resolve_threads
 
         configure_threads(resolve_threads(cfg.train.threads))
     run_pipeline(data_pipeline(), cfg, study_dir / "data")  # once for every trial
@@ -140,7 +140,7 @@ def tune_command(
 
 def _register_best(summary: dict[str, Any], name: str) -> dict[str, Any]:
     """Register the best trial's model (``recsys-mtl register`` on its run folder)."""
-    from recsys_mtl.package import register
+    from recsys_mtl.tracking.model import register
 
     best = summary.get("best")
     if not best or not best.get("run_dir"):
@@ -215,7 +215,7 @@ def _open_study(
 
 def _cores(n_workers: int) -> list[list[int]]:
     """Disjoint shares of the cores this process may use, one per worker."""
-    from recsys_mtl.threads import split_cores
+    from pipelines.threads import split_cores
 
     return split_cores(n_workers)
 
@@ -256,13 +256,13 @@ def _spawn_workers(spec: dict[str, Any], n: int) -> None:
 
 
 def _configure_worker() -> None:
-    from recsys_mtl.allocator import keep_freed_memory
+    from pipelines.allocator import keep_freed_memory
 
     keep_freed_memory()
     cores = os.environ.get("RECSYS_MTL_CORES")
     if not cores:
         return
-    from recsys_mtl.threads import configure_threads
+    from pipelines.threads import configure_threads
 
     share = [int(c) for c in cores.split(",")]
     configure_threads(len(share), share)

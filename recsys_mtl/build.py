@@ -14,7 +14,14 @@ from pydantic import ValidationError
 from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 
-__all__ = ["build_model", "build_weighting", "check_device", "ranker_class", "validate_run"]
+__all__ = [
+    "build_model",
+    "build_ranker",
+    "build_weighting",
+    "check_device",
+    "ranker_class",
+    "validate_run",
+]
 
 
 def _params(schema: type, values: dict[str, Any], key: str, what: str) -> Any:
@@ -114,8 +121,17 @@ def _rankers_with_warm_start(name: str) -> list[tuple[str, type]]:
     return [(n, RANKERS.get(n)) for n in RANKERS.names() if name in RANKERS.get(n).warm_starts]
 
 
+def build_ranker(
+    name: str, params: dict[str, Any], ctx: Any, tasks: list[str], device: str = "cpu"
+) -> Any:
+    """The ranker registered as ``name`` with ``params`` (``model.params``) over a feature
+    context, on ``device``: the one place a ranker is built from its name and settings (a run's
+    config, a finished run's ``train/model.json``, a bundle's ``model.json``)."""
+    cls, settings = ranker_class(name, params)
+    return cls(settings, ctx, tasks, device=device).to(device)
+
+
 def build_model(cfg: RunConfig, ctx: Any, device: str | None = None) -> Any:
     """The configured ranker over a feature context, on ``device`` (default ``train.device``)."""
-    cls, params = ranker_class(cfg.model.name, cfg.model.params)
     device = device or check_device(cfg.train.device)
-    return cls(params, ctx, cfg.tasks, device=device).to(device)
+    return build_ranker(cfg.model.name, cfg.model.params, ctx, cfg.tasks, device)

@@ -32,6 +32,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from recsys_mtl.models.als import als_factors, implicit_als_factors
 from recsys_mtl.models.base import Ranker, RankerConfig, Role, UserState, broadcast_rows
 from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.embeddings import (
@@ -124,14 +125,12 @@ class BellKor(Ranker):
     def warm_start(self, train: dict[str, torch.Tensor], settings: Any) -> None:
         """``train.warm_start``: the solved task's factors (its copy of them, without shared
         embeddings) from alternating least squares on the training pairs. ``als``
-        (:func:`recsys_mtl.train.warm_start.als_factors`): the rating task's factors, user and
+        (:func:`recsys_mtl.models.als.als_factors`): the rating task's factors, user and
         item biases and global bias from biased matrix factorization of the ratings;
-        ``implicit_als`` (:func:`~recsys_mtl.train.warm_start.implicit_als_factors`): the
+        ``implicit_als`` (:func:`~recsys_mtl.models.als.implicit_als_factors`): the
         interaction task's factors from the observed pairs, and its scale
         ``train.als_scale``. The SVD++ vectors, the time effects and the other tasks'
         parameters keep their initial values."""
-        from recsys_mtl.train.warm_start import als_factors, implicit_als_factors
-
         pos = train["interaction"] > 0.5
         d, users, items = self.cfg.dim, train["user"][pos], train["item"][pos]
         shape = (int(self.ctx.n_users), int(self.ctx.n_items), d)

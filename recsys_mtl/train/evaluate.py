@@ -6,7 +6,7 @@
   ranked against ``sampled_negatives`` **distinct** items the user never rated anywhere in the
   log (seeded, drawn without replacement), giving HR@K, NDCG@K and MRR;
 * ``ranking_full/...``: every item the user did not rate in the parts the model learned from
-  is ranked (through the chunked top-K of :mod:`recsys_mtl.topk`, memory bounded by the
+  is ranked (through the chunked top-K of :mod:`recsys_mtl.runs.topk`, memory bounded by the
   chunk); HR@K, Recall@K, NDCG@K and MRR over the user's held-out ratings.
 
 The ranking score is the ``interaction`` logit when the model has that task, else ``like``,
@@ -26,7 +26,7 @@ from torch import nn
 from recsys_mtl.config import EvaluateConfig
 from recsys_mtl.data.features import draw_unrated
 from recsys_mtl.metrics import auc, full_ranking, logloss, mae, rmse, sampled_ranking
-from recsys_mtl.topk import iter_topk, score_items
+from recsys_mtl.runs.topk import iter_topk, score_items
 from recsys_mtl.train.data import size, take
 from recsys_mtl.train.losses import task_mask
 
@@ -211,7 +211,7 @@ def _progress_bar(total: int, desc: str) -> Any:
 
 
 def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str, float]:
-    """Every metric of a loaded run (:class:`recsys_mtl.runs.LoadedRun`) on its split.
+    """Every metric of a loaded run (:class:`recsys_mtl.runs.load.LoadedRun`) on its split.
 
     Test metrics come from the final model; ``valid/`` metrics (pointwise and ranking) from
     the model chosen on validation before any refit, which never trained on that part.
@@ -220,11 +220,12 @@ def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str
     """
     import polars as pl
 
-    from recsys_mtl.runs import FEATURES_DIR, SPLIT_DIR, rated_keys
-    from recsys_mtl.topk import items_csr
+    from recsys_mtl.runs.layout import RunLayout
+    from recsys_mtl.runs.load import rated_keys
+    from recsys_mtl.runs.topk import items_csr
     from recsys_mtl.train.data import load_part, to_device
 
-    split_dir, tasks = run.run_dir / SPLIT_DIR, run.tasks
+    split_dir, tasks = RunLayout(run.run_dir).split, run.tasks
     model, selected, ctx = run.model, run.selected, run.ctx
     scale = ctx.rating_scale
     support = split_dir / "support.parquet"
@@ -245,7 +246,7 @@ def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str
         seen = pl.concat([learned[p] for p in names])
         return items_csr(seen["uidx"].to_numpy(), seen["iidx"].to_numpy(), ctx.n_users)
 
-    rated = rated_keys(run.run_dir / FEATURES_DIR, ctx.n_items)
+    rated = rated_keys(RunLayout(run.run_dir).features, ctx.n_items)
     metrics: dict[str, float] = {}
     for name, m, seen_parts, prefix in (
         ("test", model, [p for p in parts if p != "valid"] + ["valid"], ""),

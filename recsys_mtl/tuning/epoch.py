@@ -43,11 +43,12 @@ class ValidationScorer:
         the split stage of the trial may only have run just before training."""
         import polars as pl
 
-        from recsys_mtl.runs import FEATURES_DIR, SPLIT_DIR, rated_keys
-        from recsys_mtl.topk import items_csr
+        from recsys_mtl.runs.layout import RunLayout
+        from recsys_mtl.runs.load import rated_keys
+        from recsys_mtl.runs.topk import items_csr
         from recsys_mtl.train.data import load_part, to_device
 
-        split = self.run_dir / SPLIT_DIR
+        split = RunLayout(self.run_dir).split
         part = load_part(split / "valid.parquet", self.cfg.tasks, positives_only=False)
         self.valid = to_device(part, self.device)
         if self.family != "pointwise":
@@ -55,7 +56,7 @@ class ValidationScorer:
             seen = seen.filter(pl.col("interaction") == 1)
             self.exclude = items_csr(seen["uidx"].to_numpy(), seen["iidx"].to_numpy(), n_users)
             self.positives = {k: v[self.valid["interaction"] > 0.5] for k, v in self.valid.items()}
-            self.rated = rated_keys(self.run_dir / FEATURES_DIR, n_items)
+            self.rated = rated_keys(RunLayout(self.run_dir).features, n_items)
         self.loaded = True
 
     def __call__(self, model: nn.Module) -> float | None:

@@ -14,7 +14,7 @@ from torch.testing import assert_close
 from meta.adapt import adapt_users
 from pipelines.cli import run_command
 from recsys_mtl.errors import UserError
-from recsys_mtl.runs import load_run
+from recsys_mtl.runs.load import load_run
 from tests.conftest import tiny_config
 
 SYN = {"format": "synthetic", "synthetic": {"users": 60, "items": 80, "ratings": 2000}}

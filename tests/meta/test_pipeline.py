@@ -14,7 +14,7 @@ import yaml
 
 from meta.adapt import adapt_users
 from pipelines.cli import run_command
-from recsys_mtl.runs import load_run
+from recsys_mtl.runs.load import load_run
 from tests.conftest import tiny_config
 
 SYN = {"format": "synthetic", "synthetic": {"users": 80, "items": 60, "ratings": 3000}}

@@ -91,8 +91,8 @@ def test_without_refit_no_selected_model_is_written_and_valid_metrics_come_from_
 def test_validation_ranking_metrics_rank_the_validation_part_with_the_selected_model(refit_run):
     import polars as pl
 
-    from recsys_mtl.runs import rated_keys
-    from recsys_mtl.topk import items_csr
+    from recsys_mtl.runs.load import rated_keys
+    from recsys_mtl.runs.topk import items_csr
     from recsys_mtl.train.evaluate import ranking_metrics
 
     metrics = _summary(refit_run)

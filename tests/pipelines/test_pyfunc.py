@@ -22,8 +22,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pipelines.cli import run_command
-from recsys_mtl.runs import load_run
-from recsys_mtl.scoring import recommend, score_pairs
+from recsys_mtl.runs.load import load_run
+from recsys_mtl.runs.recommend import recommend, score_pairs
 from tests.conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.slow
@@ -101,7 +101,7 @@ def tracked(server, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, contextlib.chdir(base):
         mp.setenv("MLFLOW_TRACKING_URI", server)
         summary = run_command(str(cfg), [], str(base / "run"), False)
-        from recsys_mtl.package import register
+        from recsys_mtl.tracking.model import register
 
         version = register(base / "run", "recs")
     return base / "run", summary, version

@@ -51,7 +51,7 @@ def test_score_writes_parquet_with_the_runs_metadata_and_prints_a_report(cli, ru
     ]  # fmt: skip
     meta = pl.read_parquet_metadata(out)
     summary = json.loads((run_dir / "summary.json").read_text())
-    from recsys_mtl.package import run_info
+    from recsys_mtl.runs.bundle import run_info
 
     info = run_info(run_dir)
     assert meta["recsys_mtl.config_hash"] == info["config_hash"] and len(info["config_hash"]) == 32

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_mtl.topk import items_csr
+from recsys_mtl.runs.topk import items_csr
 from recsys_mtl.train.evaluate import pointwise_metrics, ranking_metrics
 
 NOTHING_SEEN = items_csr(np.array([], np.int64), np.array([], np.int64), 2)

@@ -398,7 +398,7 @@ def test_squared_norms_value_and_gradient_equal_autograds_and_torch_funcs(weight
 
 @pytest.mark.parametrize("task", TASKS)
 def test_bellkor_matrix_scores_equal_forward_on_every_pair(task):
-    from recsys_mtl.topk import score_items
+    from recsys_mtl.runs.topk import score_items
 
     model = _bellkor()
     with torch.no_grad():

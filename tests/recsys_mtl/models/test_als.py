@@ -15,16 +15,16 @@ from torch.testing import assert_close
 
 from recsys_mtl.config import TrainConfig
 from recsys_mtl.models import RANKERS, FeatureContext
-from recsys_mtl.train import trainer
-from recsys_mtl.train.optim import lr_multiplier
-from recsys_mtl.train.trainer import fit
-from recsys_mtl.train.warm_start import (
+from recsys_mtl.models.als import (
     _Pattern,
     _ridge_rows,
     _weighted_ridge_rows,
     als_factors,
     implicit_als_factors,
 )
+from recsys_mtl.train import trainer
+from recsys_mtl.train.optim import lr_multiplier
+from recsys_mtl.train.trainer import fit
 from recsys_mtl.weighting import WEIGHTINGS
 
 REPO = Path(__file__).resolve().parents[3]
@@ -215,7 +215,7 @@ SYN = {
 
 def _trained(tmp_path: Path, name: str, **sets: str):
     from pipelines.cli import run_command
-    from recsys_mtl.runs import load_run
+    from recsys_mtl.runs.load import load_run
 
     args = [f"{k}={v}" for k, v in {**SYN, **sets}.items()]
     with contextlib.chdir(tmp_path):

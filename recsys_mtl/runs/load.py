@@ -20,14 +20,14 @@ import polars as pl
 import torch
 from torch import nn
 
+from recsys_mtl.build import build_ranker
+from recsys_mtl.data.features import pair_keys
 from recsys_mtl.errors import UserError
 from recsys_mtl.models.context import FeatureContext, load_context
-from recsys_mtl.topk import items_csr
+from recsys_mtl.runs.layout import RunLayout
+from recsys_mtl.runs.topk import items_csr
 
-__all__ = ["FEATURES_DIR", "SPLIT_DIR", "TRAIN_DIR", "LoadedRun", "load_run", "rated_keys"]
-
-FEATURES_DIR, SPLIT_DIR, TRAIN_DIR = "features", "split", "train"
-MODEL_FILE, SELECTED_FILE, MODEL_META = "model.pt", "selected.pt", "model.json"
+__all__ = ["LoadedRun", "load_ranker", "load_run", "rated_keys"]
 
 
 @dataclass
@@ -68,8 +68,6 @@ def _lookup(ids: pl.Series, raw: pl.Series | list[Any]) -> tuple[torch.Tensor, t
 
 def rated_keys(features_dir: str | Path, n_items: int) -> np.ndarray:
     """Sorted pair keys of every rating in the log (what sampled negatives must avoid)."""
-    from recsys_mtl.data.features import pair_keys
-
     pos = pl.read_parquet(
         Path(features_dir) / "interactions.parquet", columns=["uidx", "iidx", "interaction"]
     )
@@ -77,30 +75,31 @@ def rated_keys(features_dir: str | Path, n_items: int) -> np.ndarray:
     return np.sort(pair_keys(pos["uidx"].to_numpy(), pos["iidx"].to_numpy(), n_items))
 
 
-def _build(meta: dict[str, Any], ctx: FeatureContext, path: Path, device: str) -> nn.Module:
-    from recsys_mtl.build import ranker_class
-
-    cls, params = ranker_class(meta["name"], meta["params"])
-    model = cls(params, ctx, meta["tasks"], device=device).to(device)
-    model.load_state_dict(torch.load(path, weights_only=True, map_location=device))
+def load_ranker(
+    meta: dict[str, Any], ctx: FeatureContext, weights: Path, device: str = "cpu"
+) -> nn.Module:
+    """The ranker described by ``meta`` (``model.json``: name, params, tasks) with the weights
+    of the state-dict file ``weights`` (read with ``weights_only=True``), in eval mode."""
+    model = build_ranker(meta["name"], meta["params"], ctx, meta["tasks"], device)
+    model.load_state_dict(torch.load(weights, weights_only=True, map_location=device))
     return model.eval()
 
 
 def load_run(run_dir: str | Path, device: str = "cpu") -> LoadedRun:
     """Load the trained ranker of a finished run directory; a missing part is a UserError."""
-    run = Path(run_dir)
-    fdir, sdir, tdir = run / FEATURES_DIR, run / SPLIT_DIR, run / TRAIN_DIR
-    for need in (fdir / "spec.json", sdir / "train.parquet", tdir / MODEL_FILE, tdir / MODEL_META):
+    layout = RunLayout(run_dir)
+    run, fdir, sdir, tdir = layout.root, layout.features, layout.split, layout.train
+    for need in (fdir / layout.SPEC, sdir / "train.parquet", layout.model, layout.model_meta):
         if not need.exists():
             raise UserError(
                 f"{run.resolve()}: not a finished run ({need.name} missing in {need.parent.name}/)"
             )
-    meta = json.loads((tdir / MODEL_META).read_text())
+    meta = json.loads(layout.model_meta.read_text())
     ctx = load_context(fdir, sdir)
-    model = _build(meta, ctx, tdir / MODEL_FILE, device)
+    model = load_ranker(meta, ctx, layout.model, device)
     selected = model
     if meta.get("selected") and (tdir / meta["selected"]).exists():
-        selected = _build(meta, ctx, tdir / meta["selected"], device)
+        selected = load_ranker(meta, ctx, tdir / meta["selected"], device)
     users = pl.read_parquet(fdir / "user_features.parquet", columns=["uidx", "user_id"]).sort(
         "uidx"
     )

@@ -18,8 +18,9 @@ from pipelines.cli import run_command
 from recsys_mtl.errors import UserError
 from recsys_mtl.models import FeatureContext
 from recsys_mtl.models.bellkor import BellKor, BellKorConfig
-from recsys_mtl.runs import load_run
-from recsys_mtl.scoring import CatalogScorer, parse_blend, recommend, score_pairs
+from recsys_mtl.runs.load import load_run
+from recsys_mtl.runs.recommend import recommend, score_pairs
+from recsys_mtl.runs.scoring import CatalogScorer, parse_blend
 from tests.conftest import sparse_id_log, tiny_config
 
 TASKS = ["rating", "interaction"]
@@ -281,8 +282,8 @@ def test_bad_blends_are_user_errors_naming_the_problem():
 
 
 def test_the_fused_tiled_path_gives_the_full_matrix_answer_in_chunk_and_tile_sized_pieces():
-    from recsys_mtl.scoring import score_states
-    from recsys_mtl.topk import items_csr
+    from recsys_mtl.runs.scoring import score_states
+    from recsys_mtl.runs.topk import items_csr
 
     torch.manual_seed(1)
     ctx = FeatureContext.synthetic(n_users=30, n_items=900)

@@ -1,156 +1,50 @@
-"""A finished run as a self-contained bundle, and as an MLflow model (pyfunc flavor).
+"""A finished run as an MLflow model (pyfunc flavor), logged, registered and opened again.
 
-The bundle is everything prediction needs, without the run directory, and nothing pickled:
-
-* ``model.json`` (ranker name, params, tasks) and ``weights.pt`` (a state dict, read with
-  ``torch.load(..., weights_only=True)``);
-* ``context.json`` + ``context.npz``: the feature context (sizes, side features, implicit sets);
-* ``users.parquet`` / ``items.parquet``: the id maps (index -> raw id, original types);
-* ``seen.npz``: every item each user has in the log (CSR), masked out of their top-K;
-* ``info.json``: reference time, run id, config hash, weights digest, package version.
-
-:func:`save_pyfunc` wraps a bundle as an MLflow model from code (``recsys_mtl/pyfunc_model.py``:
-no cloudpickle) with a signature; :func:`log_pyfunc` logs it as an MLflow ``LoggedModel`` of
-the pipeline's run; :func:`register` puts it in the model registry. :func:`load_source` opens
-a run directory, a bundle or an MLflow model URI (``models:/NAME/VERSION``, ``runs:/ID/model``).
+:func:`save_pyfunc` wraps a run's bundle (:mod:`recsys_mtl.runs.bundle`) as an MLflow model
+from code (``recsys_mtl/tracking/pyfunc_entry.py``: no cloudpickle) with a signature;
+:func:`log_pyfunc` logs it as an MLflow ``LoggedModel`` of the pipeline's run; :func:`register`
+puts it in the model registry. :func:`load_source` opens a run directory, a bundle or an MLflow
+model URI (``models:/NAME/VERSION``, ``runs:/ID/model``). MLflow itself is imported inside the
+functions that use it (it takes over a second to import).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import os
 import shutil
 import tempfile
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
-import torch
 
 from recsys_mtl import __version__
 from recsys_mtl.errors import UserError
-from recsys_mtl.io import atomic_path, file_digest, write_json, write_parquet
+from recsys_mtl.io import atomic_path
+from recsys_mtl.runs.bundle import export_bundle, is_bundle, load_bundle, run_info
+from recsys_mtl.runs.load import load_run
+from recsys_mtl.tracking.names import default_tracking_uri
 
 __all__ = [
     "BUNDLE_DIR",
-    "export_bundle",
-    "load_bundle",
     "load_source",
     "log_pyfunc",
     "register",
-    "run_info",
     "save_pyfunc",
 ]
 
 BUNDLE_DIR = "bundle"  # the bundle's folder inside the MLflow model
 MODEL_NAME = "model"  # the LoggedModel's name: runs:/<run_id>/model
-ENTRY = Path(__file__).with_name("pyfunc_model.py")
-
-
-def run_info(run_dir: str | Path) -> dict[str, Any]:
-    """Run id, tracking URI, config hash and weights digest of a finished run directory."""
-    run = Path(run_dir)
-    summary_path = run / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    config = summary.get("config")
-    if config is None and (run / "config.resolved.json").exists():
-        config = json.loads((run / "config.resolved.json").read_text())
-    mlflow = summary.get("mlflow", {})
-    return {
-        "run_id": mlflow.get("run_id"),
-        "tracking_uri": mlflow.get("tracking_uri"),
-        "model_uri": mlflow.get("model_uri"),
-        "experiment": (config or {}).get("tracking", {}).get("experiment"),
-        "config_hash": _config_hash(config) if config is not None else None,
-        "weights_digest": file_digest(run / "train" / "model.pt"),
-        "package_version": __version__,
-        "model_version": None,
-    }
-
-
-def _config_hash(config: dict[str, Any]) -> str:
-    import hashlib
-
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
-    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
-
-
-def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
-    """Write the bundle of a finished run into ``out_dir`` (created; the folder appears whole)."""
-    from recsys_mtl.runs import load_run
-
-    run = load_run(run_dir)
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        shutil.copyfile(Path(run_dir) / "train" / "model.pt", tmp / "weights.pt")
-        write_json({k: run.meta[k] for k in ("name", "params", "tasks")}, tmp / "model.json")
-        arrays, scalars = {}, {}
-        for f in dataclasses.fields(run.ctx):
-            value = getattr(run.ctx, f.name)
-            if isinstance(value, torch.Tensor):
-                arrays[f.name] = value.cpu().numpy()
-            else:
-                scalars[f.name] = list(value) if isinstance(value, tuple) else value
-        np.savez(tmp / "context.npz", **arrays)
-        write_json(scalars, tmp / "context.json")
-        n_u, n_i = run.user_ids.len(), run.item_ids.len()
-        write_parquet(pl.DataFrame({"uidx": np.arange(n_u), "user_id": run.user_ids}),
-                      tmp / "users.parquet")  # fmt: skip
-        write_parquet(pl.DataFrame({"iidx": np.arange(n_i), "item_id": run.item_ids}),
-                      tmp / "items.parquet")  # fmt: skip
-        np.savez(tmp / "seen.npz", offsets=run.seen[0].numpy(), values=run.seen[1].numpy())
-        write_json({**run_info(run_dir), "reference": run.reference}, tmp / "info.json")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return out
-
-
-def load_bundle(bundle_dir: str | Path, device: str = "cpu") -> Any:
-    """A bundle back as a :class:`recsys_mtl.runs.LoadedRun` (the final model, in eval mode)."""
-    from recsys_mtl.build import ranker_class
-    from recsys_mtl.models.context import FeatureContext
-    from recsys_mtl.runs import LoadedRun
-
-    b = Path(bundle_dir)
-    meta = json.loads((b / "model.json").read_text())
-    scalars = json.loads((b / "context.json").read_text())
-    with np.load(b / "context.npz", allow_pickle=False) as z:
-        arrays = {n: torch.from_numpy(z[n].copy()) for n in z.files}
-    kwargs: dict[str, Any] = {**scalars, **arrays}
-    kwargs["rating_scale"] = tuple(kwargs["rating_scale"])
-    kwargs["user_cat_vocab"] = tuple(kwargs["user_cat_vocab"])
-    ctx = FeatureContext(**kwargs)
-    cls, params = ranker_class(meta["name"], meta["params"])
-    model = cls(params, ctx, meta["tasks"], device=device).to(device)
-    weights = torch.load(b / "weights.pt", weights_only=True, map_location=device)
-    model.load_state_dict(weights)
-    model.eval()
-    users = pl.read_parquet(b / "users.parquet").sort("uidx")["user_id"]
-    items = pl.read_parquet(b / "items.parquet").sort("iidx")["item_id"]
-    with np.load(b / "seen.npz", allow_pickle=False) as z:
-        seen = (torch.from_numpy(z["offsets"].copy()), torch.from_numpy(z["values"].copy()))
-    info = json.loads((b / "info.json").read_text())
-    return LoadedRun(b, model, model, meta, ctx, users, items, seen, info["reference"])
-
-
-def is_bundle(path: Path) -> bool:
-    return (path / "weights.pt").is_file() and (path / "info.json").is_file()
+ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 
 
 def load_source(source: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """A run directory, a bundle folder, an MLflow model folder or an MLflow model URI
     (``models:/NAME/VERSION``, ``runs:/RUN_ID/model``, ``models:/MODEL_ID``) as
     ``(LoadedRun, info)``; ``info`` has the run id, model version and config hash."""
-    from recsys_mtl.runs import load_run
-
     if "://" not in source and ":/" not in source:
         path = Path(source)
         if is_bundle(path / "artifacts" / BUNDLE_DIR):  # an MLflow model folder
@@ -172,12 +66,8 @@ def load_source(source: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
 
 def _download(uri: str) -> Path:
     """Download an MLflow model's artifacts to a temporary folder; a missing one is a UserError."""
-    import os
-
-    import mlflow
+    import mlflow  # deferred: mlflow (over a second to import)
     from mlflow.exceptions import MlflowException
-
-    from recsys_mtl.tracking import default_tracking_uri
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     dst = Path(tempfile.mkdtemp(prefix="recsys-mtl-model-"))
@@ -191,7 +81,7 @@ def _download(uri: str) -> Path:
 
 
 def _signature(run: Any) -> Any:
-    from mlflow.models import ModelSignature
+    from mlflow.models import ModelSignature  # deferred: mlflow (over a second to import)
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     def kind(series: pl.Series) -> str:
@@ -226,8 +116,6 @@ def pd_example(run: Any) -> Any:
 
 
 def _requirements() -> list[str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     reqs = [f"recsys-mtl=={__version__}"]
     for name in ("torch", "polars", "mlflow", "numpy", "pandas", "pydantic", "pyyaml"):
         try:
@@ -239,9 +127,7 @@ def _requirements() -> list[str]:
 
 def save_pyfunc(run_dir: str | Path, path: str | Path) -> Path:
     """Write the MLflow model (pyfunc flavor) of a finished run into the new folder ``path``."""
-    import os
-
-    import mlflow
+    import mlflow  # deferred: mlflow (over a second to import)
 
     path = Path(path)
     # MLflow copies artifacts with a progress bar by default: not for a few small files
@@ -267,7 +153,7 @@ def log_pyfunc(
 ) -> dict[str, Any]:
     """Log the run's MLflow model as a ``LoggedModel`` (name ``model``) linked to ``run_id``;
     returns ``{"model_id", "model_uri", "seconds"}``."""
-    from mlflow.entities import LoggedModelStatus
+    from mlflow.entities import LoggedModelStatus  # deferred: mlflow (over a second to import)
 
     t0 = time.perf_counter()
     info = run_info(run_dir)
@@ -293,7 +179,7 @@ def log_pyfunc(
 
 def _stamp_model_id(local: Path, model_id: str, run_id: str | None) -> None:
     """Record the LoggedModel id and run id in the MLmodel file (what ``log_model`` does)."""
-    from mlflow.models import Model
+    from mlflow.models import Model  # deferred: mlflow (over a second to import)
 
     mlmodel = local / "MLmodel"
     model = Model.load(str(mlmodel))
@@ -309,11 +195,8 @@ def register(run_dir: str | Path, name: str, tracking_uri: str | None = None) ->
     The model logged by the pipeline run is used; a run that logged none (tracking was off)
     gets one logged now. Returns ``{"name", "version", "model_uri", "source"}``.
     """
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # deferred: mlflow (over a second to import)
     from mlflow.exceptions import MlflowException
-
-    from recsys_mtl.runs import load_run
-    from recsys_mtl.tracking import default_tracking_uri
 
     load_run(run_dir)  # a clear error for what is not a finished run
     if not name or "/" in name or ":" in name:

@@ -14,7 +14,7 @@ from torch.testing import assert_close
 from pipelines.cli import run_command
 from recsys_mtl.errors import UserError
 from recsys_mtl.models import RANKERS, load_context
-from recsys_mtl.runs import load_run
+from recsys_mtl.runs.load import load_run
 from recsys_mtl.train.data import load_part
 from tests.conftest import sparse_id_log, tiny_config
 

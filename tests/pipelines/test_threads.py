@@ -7,9 +7,9 @@ import os
 import pytest
 import torch
 
-from recsys_mtl import threads
+from pipelines import threads
+from pipelines.threads import available_cores, configure_threads, resolve_threads, split_cores
 from recsys_mtl.errors import UserError
-from recsys_mtl.threads import available_cores, configure_threads, resolve_threads, split_cores
 from tests.conftest import tiny_config
 
 

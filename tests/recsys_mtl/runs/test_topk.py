@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from recsys_mtl.topk import items_csr, iter_topk, topk_items
+from recsys_mtl.runs.topk import items_csr, iter_topk, topk_items
 
 N_USERS, N_ITEMS, K = 50, 40, 5
 
@@ -101,7 +101,7 @@ def test_items_csr_round_trips_the_pairs_of_every_user():
 
 @pytest.mark.parametrize(("n", "k"), [(50, 5), (3000, 10), (5001, 7), (20000, 1)])
 def test_topk_rows_is_torch_topk_on_long_and_short_rows(n, k):
-    from recsys_mtl.topk import topk_rows
+    from recsys_mtl.runs.topk import topk_rows
 
     g = torch.Generator().manual_seed(n)
     scores = torch.randn(9, n, generator=g)
@@ -113,7 +113,7 @@ def test_topk_rows_is_torch_topk_on_long_and_short_rows(n, k):
 
 
 def test_topk_rows_keeps_indices_in_range_when_fewer_than_k_items_are_allowed():
-    from recsys_mtl.topk import topk_rows
+    from recsys_mtl.runs.topk import topk_rows
 
     scores = torch.full((2, 5001), float("-inf"))
     scores[0, 17] = 1.0
@@ -126,7 +126,7 @@ def test_topk_rows_keeps_indices_in_range_when_fewer_than_k_items_are_allowed():
     ("n", "tile", "group", "chunk"), [(700, 128, 32, 8), (1000, 96, 16, 50), (4096, 1024, 32, 3)]
 )
 def test_tiled_topk_equals_the_dense_chunked_top_k(n, tile, group, chunk):
-    from recsys_mtl.topk import iter_topk_tiled
+    from recsys_mtl.runs.topk import iter_topk_tiled
 
     g = torch.Generator().manual_seed(n)
     scores = torch.randn(N_USERS, n, generator=g)

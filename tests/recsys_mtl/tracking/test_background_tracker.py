@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from recsys_mtl import tracking
 from recsys_mtl.tracking import BackgroundTracker
+from recsys_mtl.tracking import store as tracking
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from recsys_mtl import allocator
-from recsys_mtl.allocator import DEFAULT_KEEP_FREED_MB, ENV_KEEP_FREED, keep_freed_memory
+from pipelines import allocator
+from pipelines.allocator import DEFAULT_KEEP_FREED_MB, ENV_KEEP_FREED, keep_freed_memory
 from recsys_mtl.errors import UserError
 from tests.conftest import tiny_config
 
@@ -32,7 +32,7 @@ def _plain_glibc_pages() -> str | None:
 # a training step's pattern: blocks of a few MB allocated and freed, many times over
 _STEPS = """
 import resource, torch
-from recsys_mtl.allocator import keep_freed_memory
+from pipelines.allocator import keep_freed_memory
 kept = keep_freed_memory()
 def step():  # blocks of 1-3 MB, some freed while others are still alive, then all of them
     a = [torch.ones(n) for n in (1 << 19, 1 << 18, 3 << 18, 1 << 19)]
@@ -105,7 +105,7 @@ def test_bad_values_raise_a_user_error_naming_the_variable(monkeypatch, value):
 
 
 def test_a_bad_value_ends_a_run_with_exit_2_and_one_line(tmp_path, cli, monkeypatch):
-    from tests.recsys_mtl.test_threads import SECTIONS, SYN
+    from tests.pipelines.test_threads import SECTIONS, SYN
 
     cfg = tiny_config(tmp_path, SYN, **SECTIONS)
     monkeypatch.setenv(ENV_KEEP_FREED, "lots")

@@ -1,0 +1,76 @@
+"""The run folder's layout: every folder and file name of a run, in one place.
+
+A run folder holds one folder per stage and a few files at its root::
+
+    RUN/
+      summary.json           what the run did (the contract other tools read)
+      config.resolved.json   the config after --set overrides and defaults
+      features/  spec.json, interactions.parquet, user_features.parquet, item_features.parquet
+      split/     train.parquet, valid.parquet, test.parquet
+      train/     model.pt (final weights), model.json (ranker name, params, tasks),
+                 selected.pt (the model chosen on validation before a refit)
+      ...        the other stages' folders (evaluate/, meta_train/, coldstart/, ...)
+
+Light on purpose (no torch): the stage runner and the CLI read it on every run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["RunLayout"]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths inside one run folder ``root``; the class attributes are the names."""
+
+    root: Path
+
+    SUMMARY = "summary.json"
+    CONFIG = "config.resolved.json"
+    FEATURES = "features"
+    SPLIT = "split"
+    TRAIN = "train"
+    MODEL = "model.pt"
+    MODEL_META = "model.json"
+    SELECTED = "selected.pt"
+    SPEC = "spec.json"
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def summary(self) -> Path:
+        return self.root / self.SUMMARY
+
+    @property
+    def config(self) -> Path:
+        return self.root / self.CONFIG
+
+    @property
+    def features(self) -> Path:
+        return self.root / self.FEATURES
+
+    @property
+    def split(self) -> Path:
+        return self.root / self.SPLIT
+
+    @property
+    def train(self) -> Path:
+        return self.root / self.TRAIN
+
+    @property
+    def model(self) -> Path:
+        """The final weights (``train/model.pt``)."""
+        return self.train / self.MODEL
+
+    @property
+    def model_meta(self) -> Path:
+        """The ranker's name, params and tasks (``train/model.json``)."""
+        return self.train / self.MODEL_META
+
+    def stage(self, name: str) -> Path:
+        """The folder of stage ``name``."""
+        return self.root / name

@@ -1,0 +1,112 @@
+"""Names MLflow records carry, and where the store is: tags, metric names, the tracking URI.
+
+Every run carries ``recsys_mtl.kind`` (:data:`KIND_TAG`): ``pipeline``, ``stage``, ``trial``
+or ``single_task_baseline``, so that tools can filter on it.
+
+Metric names: ``summary.json`` and ``metrics.json`` spell cut-offs with ``@`` (``ranking/hr@10``),
+which MLflow does not allow in a metric name. In MLflow the ``@K`` suffix is written ``_at_K``
+(``ranking/hr_at_10``); :func:`mlflow_metric_name` and :func:`summary_metric_name` convert
+either way, and :func:`canonical_metric_name` accepts either spelling.
+
+The store is ``MLFLOW_TRACKING_URI`` when set, else a SQLite database ``mlflow.db`` in the
+working directory. Creating that database runs MLflow's schema migrations, which race each
+other when two processes start on a fresh folder at once: a file lock beside the database
+(``mlflow.db.lock``, :func:`store_lock`) serializes opening the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = [
+    "ERROR_TAG",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
+    "KINDS",
+    "KIND_TAG",
+    "STUDY_TAG",
+    "canonical_metric_name",
+    "default_tracking_uri",
+    "git_commit",
+    "mlflow_metric_name",
+    "store_lock",
+    "summary_metric_name",
+]
+
+KIND_TAG = "recsys_mtl.kind"
+STUDY_TAG = "recsys_mtl.study"  # a tuning trial's (and its study's) study name
+KINDS = ("pipeline", "stage", "trial", "single_task_baseline")
+# The MLflow 3 UI opens an experiment on its GenAI overview unless the experiment says it holds
+# model training; the UI reads this experiment tag (values genai_development or
+# custom_model_development).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+ERROR_TAG = "recsys_mtl.error"
+_AT = re.compile(r"@(\d+)$")
+_AT_BACK = re.compile(r"_at_(\d+)$")
+
+
+def mlflow_metric_name(name: str) -> str:
+    """The MLflow spelling of a metric name: ``ranking/hr@10`` -> ``ranking/hr_at_10``."""
+    return _AT.sub(r"_at_\1", name)
+
+
+def summary_metric_name(name: str) -> str:
+    """The ``summary.json`` spelling of an MLflow metric name: ``ranking/hr_at_10`` -> ``ranking/hr@10``."""
+    return _AT_BACK.sub(r"@\1", name)
+
+
+def canonical_metric_name(name: str) -> str:
+    """A metric name as a user may type it (``hr@10`` or ``hr_at_10``), in the summary spelling."""
+    return summary_metric_name(name.strip())
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///$PWD/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """Hold an exclusive ``fcntl`` lock on ``DB.lock`` beside a local SQLite store (no-op otherwise)."""
+    db = _sqlite_path(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{db}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def git_commit(path: Path | None = None) -> str | None:
+    """The git commit of the checkout holding this package (``None`` for an installed copy)."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit if out.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}", commit) else None
