@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from recsys_mtl.config import load_config
@@ -74,3 +76,29 @@ def test_invalid_yaml_names_the_line(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="config file not found"):
         load_config(tmp_path / "none.yaml")
+
+
+def test_the_package_exports_the_schema_and_its_submodules_import_no_parent():
+    import recsys_mtl.config as config
+
+    names = {
+        "ColdStartConfig", "ColumnsConfig", "DataConfig", "EvaluateConfig", "FeaturesConfig",
+        "MetaConfig", "MetaLearnerConfig", "ModelConfig", "ParamSpace", "RunConfig",
+        "SplitConfig", "SyntheticConfig", "TrackingConfig", "TrainConfig", "TuneConfig",
+        "WeightingConfig", "flatten", "load_config", "parse_overrides",
+        "KNOWN_TASKS", "DATA_FORMATS", "TUNE_SAMPLERS", "TUNE_PRUNERS",
+    }  # fmt: skip
+    assert names <= set(config.__all__) and all(hasattr(config, n) for n in config.__all__)
+    package = Path(config.__file__).parent
+    for module in package.glob("*.py"):
+        text = module.read_text()
+        assert "from recsys_mtl.config import" not in text, f"{module.name} imports the package"
+        assert "import recsys_mtl.config\n" not in text, f"{module.name} imports the package"
+
+
+def test_flatten_names_nested_keys_with_dots(tmp_path):
+    from recsys_mtl.config import flatten
+
+    flat = flatten(load_config(write(tmp_path / "c.yaml", GOOD)))
+    assert flat["split.test_fraction"] == 0.2 and flat["model.params"] == "{}"
+    assert flat["tasks"] == "rating" and flat["tune"] is None

@@ -1,0 +1,235 @@
+"""The data-side sections: ``data:`` (the log read), ``features:`` and ``split:``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from recsys_mtl.config.base import Frozen
+
+__all__ = [
+    "DATA_FORMATS",
+    "ColdStartConfig",
+    "ColumnsConfig",
+    "DataConfig",
+    "FeaturesConfig",
+    "SplitConfig",
+    "SyntheticConfig",
+]
+
+DATA_FORMATS = (
+    "auto",
+    "synthetic",
+    "ml-100k",
+    "ml-1m",
+    "ml-10m",
+    "ml-20m",
+    "ml-25m",
+    "ml-32m",
+    "ml-latest",
+    "ml-latest-small",
+    "csv",
+    "parquet",
+)
+
+
+class SyntheticConfig(Frozen):
+    """The built-in MovieLens-shaped generator (used when ``data.format`` is ``synthetic``): it
+    writes a GroupLens layout that the same readers as real data read."""
+
+    users: int = Field(943, ge=2, description="number of users generated")
+    items: int = Field(1682, ge=2, description="number of items generated")
+    ratings: int = Field(
+        100_000, ge=1, description="target number of distinct (user, item) ratings"
+    )
+    layout: Literal["ml-100k", "ml-1m", "ml-latest"] = Field(
+        "ml-100k",
+        description="GroupLens layout the files are written in: ml-100k (u.data, u.user, "
+        "u.item), ml-1m (::-separated .dat files) or ml-latest (ratings.csv, movies.csv)",
+    )
+    factors: int = Field(
+        8, ge=1, description="latent dimension of the true preference model the ratings follow"
+    )
+    noise: float = Field(
+        0.5, ge=0.0, description="standard deviation of the Gaussian rating noise, in stars"
+    )
+    seed: int = Field(0, description="generator seed: the same seed writes the same files")
+
+
+class ColumnsConfig(Frozen):
+    """Column mapping of a generic CSV/Parquet log: each canonical field -> the file's column."""
+
+    user_id: str = Field("user_id", description="the file's column holding the user id")
+    item_id: str = Field("item_id", description="the file's column holding the item id")
+    rating: str = Field("rating", description="the file's column holding the rating")
+    ts: str | None = Field(
+        "ts",
+        description="the file's timestamp column (epoch seconds, ISO 8601, or "
+        "data.timestamp_format); null: no timestamp, row order is used as time",
+    )
+
+
+class DataConfig(Frozen):
+    """The rating log a run reads and how to read it. ``data.path`` is required unless
+    ``data.format`` is ``synthetic``."""
+
+    path: str | None = Field(
+        None,
+        description="a GroupLens folder (u.data, ratings.dat or ratings.csv inside) or a "
+        "CSV/Parquet log file; relative paths are taken from the current directory; required "
+        "unless data.format is synthetic",
+    )
+    format: Literal[DATA_FORMATS] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="the log's layout: auto (detected from the files: u.data, ratings.dat with or "
+        "without users.dat, ratings.csv, a .csv or .parquet file), synthetic (the built-in "
+        "generator, data.synthetic), a GroupLens release (ml-100k, ml-1m, ml-10m, ml-20m, "
+        "ml-25m, ml-32m, ml-latest, ml-latest-small; must agree with the files) or a generic "
+        "log (csv, parquet; columns mapped by data.columns)",
+    )
+    rating_scale: tuple[float, float] | None = Field(
+        None,
+        description="[low, high] of valid ratings, in stars, low below high; rows outside it "
+        "are quarantined (rating_out_of_scale); null: per layout, 1-5 (ml-100k, ml-1m, generic) "
+        "or 0.5-5 (ml-10m and later, half stars)",
+    )
+    columns: ColumnsConfig = Field(
+        ColumnsConfig(), description="generic logs: the file's column for each field"
+    )
+    separator: str = Field(
+        ",",
+        min_length=1,
+        max_length=1,
+        description="generic CSV logs: the one-character field separator (surrounding double "
+        "quotes are stripped from fields)",
+    )
+    timestamp_format: str | None = Field(
+        None,
+        description="generic logs: strptime format of string timestamps, e.g. %Y-%m-%d %H:%M:%S; "
+        "null: integers are epoch seconds, strings ISO 8601",
+    )
+    synthetic: SyntheticConfig = Field(
+        SyntheticConfig(), description="the built-in generator's settings (data.format: synthetic)"
+    )
+    max_quarantine_share: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="ingest stops (exit 2) when a larger share of rating rows is quarantined, "
+        "naming the top reason and the quarantine file; 1.0 accepts anything but an empty result",
+    )
+
+    @field_validator("rating_scale")
+    @classmethod
+    def _scale_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not v[0] < v[1]:
+            raise ValueError(f"low must be below high, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.format != "synthetic" and self.path is None:
+            raise ValueError("data.path is required unless data.format is 'synthetic'")
+        return self
+
+
+class FeaturesConfig(Frozen):
+    """The feature tables built from the log: sampled negatives, the like label, time and side
+    features."""
+
+    negatives_per_positive: int = Field(
+        1,
+        ge=0,
+        le=100,
+        description="items drawn per rating among those the user never rated, as negatives of "
+        "the interaction task; 0 draws none",
+    )
+    like_threshold: float = Field(
+        4.0,
+        description="a rating at or above it is a like (like = rating >= like_threshold), in "
+        "stars; also the relevance cut of cold-start ranking metrics",
+    )
+    time_bins: int = Field(
+        30, ge=1, le=10_000, description="equal-width bins over the log's time span (time_bin)"
+    )
+    year_bucket: int = Field(
+        5, ge=1, le=100, description="years of release per release-year bucket (an item feature)"
+    )
+    zip_prefix: int = Field(
+        1, ge=1, le=5, description="leading zip-code characters kept as a user feature"
+    )
+    seed: int = Field(0, description="seed of the negative sampling")
+
+
+class ColdStartConfig(Frozen):
+    """``split.strategy: cold_start_users``: the held-out users and their support sets."""
+
+    user_fraction: float = Field(
+        0.1,
+        gt=0.0,
+        lt=1.0,
+        description="seeded share of users held out entirely (among those with more than "
+        "support_size ratings)",
+    )
+    support_size: int = Field(
+        10,
+        ge=1,
+        description="K: a held-out user's first K ratings by time are the support set "
+        "(support.parquet), the rest the test set",
+    )
+
+
+class SplitConfig(Frozen):
+    """How ratings are divided into train, validation and test parts. Validation is always
+    carved from the training part."""
+
+    strategy: Literal[
+        "random", "temporal", "leave_last_out", "predefined", "cold_start_users", "kfold"
+    ] = Field(
+        "random",
+        description="random (a seeded share of ratings), temporal (one global cut in time), "
+        "leave_last_out (each user's latest rating), predefined (split.train / split.test "
+        "files), cold_start_users (held-out users, split.cold_start) or kfold (k-fold "
+        "cross-validation, split.folds)",
+    )
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="share of ratings in the test part (random, temporal)"
+    )
+    valid_fraction: float = Field(
+        0.1,
+        ge=0.0,
+        lt=1.0,
+        description="share of the training part kept for validation (early stopping, valid/ "
+        "metrics): latest per user (leave_last_out), latest share (temporal), seeded random "
+        "share (others); 0: no validation part (then train.patience must be null)",
+    )
+    seed: int = Field(0, description="seed of the random shares, user draws and fold partition")
+    train: str | None = Field(
+        None,
+        description="predefined: the training file, in the log's own format (e.g. u1.base); "
+        "required with that strategy",
+    )
+    test: str | None = Field(
+        None,
+        description="predefined: the test file, in the log's own format (e.g. u1.test); "
+        "required with that strategy; a pair in both files exits 2",
+    )
+    cold_start: ColdStartConfig = Field(
+        ColdStartConfig(), description="cold_start_users: the held-out users and K"
+    )
+    folds: int = Field(5, ge=2, le=100, description="kfold: number of folds")
+    fold: int = Field(
+        0,
+        ge=0,
+        description="kfold: the fold tested, below split.folds (recsys-mtl run runs every fold "
+        "itself; set it only to run one)",
+    )
+
+    @model_validator(mode="after")
+    def _predefined_files(self) -> SplitConfig:
+        if self.strategy == "predefined" and (self.train is None or self.test is None):
+            raise ValueError("strategy 'predefined' needs split.train and split.test")
+        if self.fold >= self.folds:
+            raise ValueError(f"split.fold must be below split.folds={self.folds}, got {self.fold}")
+        return self
