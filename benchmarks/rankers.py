@@ -179,6 +179,12 @@ def _run(job: tuple, base: Path, quick: bool) -> dict:
     return {"labels": labels, "metrics": metrics}
 
 
+def _stdev(values: list[float]) -> float:
+    """The sample standard deviation (n - 1), the one definition of ± on every results page;
+    0 for a single value."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def _aggregate(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -188,7 +194,7 @@ def _aggregate(rows: list[dict]) -> list[dict]:
     for (model, tasks, split), ms in groups.items():
         keys = sorted(set().union(*ms))
         mean = {k: statistics.fmean(m[k] for m in ms if k in m) for k in keys}
-        std = {k: statistics.pstdev([m[k] for m in ms if k in m]) for k in keys}
+        std = {k: _stdev([m[k] for m in ms if k in m]) for k in keys}
         base = {"model": model, "tasks": tasks, "split": split, "seeds": len(ms)}
         out.append({"labels": {**base, "seed": "mean"}, "metrics": mean})
         out.append({"labels": {**base, "seed": "std"}, "metrics": std})
@@ -198,7 +204,9 @@ def _aggregate(rows: list[dict]) -> list[dict]:
 def _markdown(agg: list[dict]) -> str:
     cols = REPORTED
     lines = [
-        "| model | tasks | split | seeds | " + " | ".join(cols) + " |",
+        "± is the sample standard deviation (n - 1) over the n seeds of each row.",
+        "",
+        "| model | tasks | split | n (seeds) | " + " | ".join(cols) + " |",
         "|" + "---|" * (len(cols) + 4),
     ]
     means = [r for r in agg if r["labels"]["seed"] == "mean"]

@@ -133,14 +133,17 @@ def main() -> None:
     agg, table = (
         [],
         [
-            "| model | method | seeds | rating RMSE | interaction AUC | like AUC | Δm% | s/epoch vs equal |",
+            "± is the sample standard deviation (n - 1) over the n seeds of each row.",
+            "",
+            "| model | method | n (seeds) | rating RMSE | interaction AUC | like AUC | Δm% "
+            "| s/epoch vs equal |",
             "|---|---|---|---|---|---|---|---|",
         ],
     )
     for m in models:
         st = [single[(m, s)] for s in seeds]
         cells = [
-            f"{statistics.fmean(x[k] for x in st):.4f} ± {statistics.pstdev([x[k] for x in st]):.4f}"
+            f"{statistics.fmean(x[k] for x in st):.4f} ± {rankers._stdev([x[k] for x in st]):.4f}"
             for k in METRICS
         ]
         table.append(f"| {m} | single-task | {len(seeds)} | " + " | ".join(cells) + " | 0 | |")
@@ -152,9 +155,7 @@ def main() -> None:
             ]
             keys = [*METRICS, "delta_m", "epoch_time_vs_equal", "train/seconds_per_epoch"]
             mean = {k: statistics.fmean(x[k] for x in ms) for k in keys if all(k in x for x in ms)}
-            std = {
-                k: statistics.pstdev([x[k] for x in ms]) for k in keys if all(k in x for x in ms)
-            }
+            std = {k: rankers._stdev([x[k] for x in ms]) for k in keys if all(k in x for x in ms)}
             agg.append(
                 {
                     "labels": {"model": m, "weighting": w, "seed": "mean", "seeds": len(ms)},

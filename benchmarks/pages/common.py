@@ -113,7 +113,8 @@ def per_seed(rows_: Iterable[dict[str, Any]], metric: str) -> dict[int, float]:
 
 
 def pm_signed(values: Iterable[float], digits: int = 2) -> str:
-    """``+mean ± std`` (sign always shown), the sample standard deviation, e.g. ``+1.58 ± 0.13``."""
+    """``+mean ± std`` (sign always shown) with the sample standard deviation, e.g.
+    ``+1.58 ± 0.13``."""
     mean, std, n = mean_std(values)
     if n == 0:
         return "–"
@@ -135,5 +136,5 @@ def ordered(names: Iterable[str], preferred: Sequence[str]) -> list[str]:
 
 def machine_note(machine: dict[str, Any]) -> str:
     """The ``machine`` record of a raw file as one line (keys in file order)."""
-    cells = [f"{k} {v}" for k, v in machine.items()]
+    cells = [f"{k} {v}" for k, v in machine.items() if v not in ("", None)]
     return "Machine (from the raw file): " + ", ".join(cells) + ".\n"
