@@ -36,6 +36,8 @@ ORDER = [
     "ingest.md", "cli.md", "rankers.md", "weighting.md", "scoring.md", "tuning.md",
     "speed.md", "fixed-costs.md", "warm-start.md", "coldstart.md", "tried.md",
 ]  # fmt: skip
+# pages written by hand (no figures of their own: what was tried, with the commits that hold it)
+HAND_WRITTEN = {"tried.md": "Things tried and not kept"}
 RAW = re.compile(r"`benchmarks/results/([^`]+)`")
 
 
@@ -74,6 +76,8 @@ def index_page(results: Path, pages: dict[str, str]) -> str:
     for name, text in pages.items():
         raw = list(dict.fromkeys(RAW.findall(text)))
         body.append([f"[{_title(text, name)}]({name})", ", ".join(f"`{r}`" for r in raw) or "–"])
+    for name, title in HAND_WRITTEN.items():
+        body.append([f"[{title}]({name})", "– (written by hand; cites commits)"])
     return (
         header(
             "Results",
@@ -127,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}", file=sys.stderr)
     if folder.is_dir():
         for path in sorted(folder.glob("*.md")):
-            if path.name not in pages:
+            if path.name not in pages and path.name not in HAND_WRITTEN:
                 problems.append(f"{path}: no page module writes it (remove it or add one)")
 
     readme = args.readme.read_text(encoding="utf-8") if args.readme.is_file() else ""

@@ -108,9 +108,12 @@ def _weighting(results: Path) -> tuple[str, str]:
             if lab["model"] == model and "weighting" in lab:
                 value = delta_m(r["metrics"], single[lab["seed"]])
                 deltas.setdefault(lab["weighting"], []).append(value)
-        best = max(sorted(deltas), key=lambda w: mean_std(deltas[w])[0])
-        n = len(deltas[best])
-        ours.append(f"{model}: `{best}` {pm_signed(deltas[best])} (best of {len(deltas)})")
+        means = sorted((mean_std(v)[0], w) for w, v in deltas.items())
+        n = len(next(iter(deltas.values())))
+        ours.append(
+            f"{model}: the {len(deltas)} weightings' mean Δm from {means[0][0]:+.2f}% "
+            f"(`{means[0][1]}`) to {means[-1][0]:+.2f}% (`{means[-1][1]}`)"
+        )
         if "equal" in deltas:
             peers.append(f"{model}: equal weights {pm_signed(deltas['equal'])}")
     return (
@@ -165,8 +168,12 @@ def _coldstart(results: Path) -> tuple[str, str, str]:
         f"MAE, K = {COLDSTART_K} ratings (BellKor base, "
         f"{', '.join(str(u) for u in sorted(users))} held-out users per seed)"
     )
-    ours = f"`{learner}` {pm(values, 3)} (n = {len(values)} seeds)"
-    peers = f"best floor `{floor}` {pm(floor_values, 3)}"
+    n_learners = sum(1 for k in mae if k[0] == "learner")
+    ours = (
+        f"`{learner}` {pm(values, 3)} (n = {len(values)} seeds; the lowest of {n_learners} "
+        "learners on these users, picked after the fact, as the floor beside it)"
+    )
+    peers = f"lowest floor `{floor}` {pm(floor_values, 3)}"
     if population:
         peers += f"; no adaptation (`population`) {pm(population, 3)}"
     return head, ours, peers
