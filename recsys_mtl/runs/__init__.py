@@ -6,7 +6,7 @@
 * :mod:`.bundle` — a run as a self-contained folder (what the MLflow model carries);
 * :mod:`.topk` — the one chunked top-K (blocks of users against all items, seen items masked);
 * :mod:`.scoring` — :class:`CatalogScorer`: task scores blended on one scale;
-* :mod:`.recommend` — batch jobs: :func:`recommend`, :func:`iter_recommend`, :func:`score_pairs`.
+* :mod:`.batch` — batch jobs: :func:`recommend`, :func:`iter_recommend`, :func:`score_pairs`.
 
 ``from recsys_mtl.runs import load_run`` works as before; the names below are looked up in
 their modules on first use, so that importing :mod:`recsys_mtl.runs.layout` (the stage runner
@@ -37,12 +37,12 @@ _WHERE = {
     "LoadedRun": "load",
     "RunLayout": "layout",
     "export_bundle": "bundle",
-    "iter_recommend": "recommend",
+    "iter_recommend": "batch",
     "load_bundle": "bundle",
     "load_run": "load",
-    "recommend": "recommend",
+    "recommend": "batch",
     "score_items": "topk",
-    "score_pairs": "recommend",
+    "score_pairs": "batch",
     "topk_items": "topk",
 }
 
