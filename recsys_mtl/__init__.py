@@ -3,6 +3,6 @@
 Importing the package has no side effects and does not import torch, mlflow or optuna.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]
