@@ -144,7 +144,6 @@ def cold_valid_rows(run_dir: Path) -> list[dict]:
     import torch
 
     from meta.data import load_cold_data
-    from meta.evaluate import _ks, held_out_blocks
     from meta.floors import catalog_grid
     from meta.protocol import user_metrics
     from pipelines.coldstart import load_learners
@@ -158,8 +157,8 @@ def cold_valid_rows(run_dir: Path) -> list[dict]:
     data = load_cold_data(run_dir / "features", run_dir / "split", cfg.meta)
     learners = load_learners(run_dir / "meta_train", cfg, run, ranker_only=True)
     rows = []
-    for k in _ks(data):
-        blocks = held_out_blocks(data, "cold_valid", k, cfg.meta.seed + 1)
+    for k in data.eval_ks:
+        blocks = data.held_out_blocks("cold_valid", k, cfg.meta.seed + 1)
         t = blocks.tasks
         for label, learner in learners.items():
             kw = {"mode": cfg.meta.mode} if learner.inner_loop else {}

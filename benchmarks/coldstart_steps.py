@@ -36,7 +36,6 @@ def steps_rows(run_dir: Path, splits: int) -> list[dict]:
     import torch
 
     from meta.data import load_cold_data
-    from meta.evaluate import _ks, held_out_blocks
     from meta.floors import BiasFloor
     from meta.learners import load_learner
     from meta.protocol import user_metrics
@@ -54,8 +53,8 @@ def steps_rows(run_dir: Path, splits: int) -> list[dict]:
                for n in spec.params["members"]}  # fmt: skip
     bias = BiasFloor(data)
     per_k = {}
-    for k in _ks(data):
-        blocks = held_out_blocks(data, "cold_valid", k, cfg.meta.seed + 1)
+    for k in data.eval_ks:
+        blocks = data.held_out_blocks("cold_valid", k, cfg.meta.seed + 1)
         t, q = blocks.tasks, blocks.tasks.query
         preds = []
         with torch.no_grad():

@@ -157,9 +157,9 @@ def measure(spec: dict) -> dict:
     flops = _flops()
     out = {"flops": flops, "n_users": n_users, "n_items": run.ctx.n_items, "dim": run.model.cfg.dim}
     import polars as pl
-
     from pipelines.score import _write_stream
-    from recsys_mtl.runs.recommend import ScoringReport, iter_recommend, output_schema
+
+    from recsys_mtl.runs.batch import ScoringReport, iter_recommend, output_schema
 
     def score(count: int, tile: int | str | None) -> tuple[dict, pl.DataFrame]:
         """What ``recsys-mtl score`` does after loading: blocks streamed to a Parquet file."""

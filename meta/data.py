@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from meta.protocol import UserTasks, make_tasks, pad_rows, user_roles
 from meta.rows import draw_negatives, support_keys, task_rows
 from recsys_mtl.config import MetaConfig
 from recsys_mtl.data.features import pair_keys
-from recsys_mtl.io import write_parquet
+from recsys_mtl.io import write_json, write_parquet
+from recsys_mtl.models.context import USER_CATEGORICALS
 
 __all__ = ["ColdData", "RowBlocks", "load_cold_data", "write_cold_split"]
 
@@ -55,6 +57,12 @@ class ColdData:
         raw = self.user_ids[uidx] if self.user_ids is not None else uidx
         return f"{raw!r} (index {uidx})"
 
+    @property
+    def eval_ks(self) -> list[int | None]:
+        """The K values held-out users are evaluated at: ``meta.ks`` under the ``first_k``
+        protocol, else one "support = the rest" set (None)."""
+        return list(self.cfg.ks) if self.cfg.protocol == "first_k" else [None]
+
     def users(self, role: str) -> np.ndarray:
         return self.roles.filter(pl.col("role") == role)["uidx"].to_numpy().astype(np.int64)
 
@@ -70,6 +78,12 @@ class ColdData:
             self.role_ratings(role), users, self.user_cats, protocol=self.cfg.protocol, k=k,
             support=self.cfg.support, seed=seed, max_query=max_query,
         )  # fmt: skip
+
+    def held_out_blocks(self, role: str, k: int | None, seed: int) -> RowBlocks:
+        """The users of ``role`` (``cold_valid`` or ``test``) as tasks with support size ``k``
+        (an entry of :attr:`eval_ks`), with negatives drawn avoiding their support items."""
+        tasks = self.tasks(role, k if k is not None else 0, seed=seed)
+        return self.blocks(tasks, np.random.default_rng([seed, 7, k or 0]), known=False)
 
     def train_tasks(self, k: np.ndarray, seed: int, max_query: int | None) -> UserTasks:
         """Meta-training tasks of the training users. With ``meta.train_query: unseen`` (and a
@@ -125,8 +139,6 @@ def write_cold_split(
     split folder of the training users only (``train/valid/test.parquet``: valid a seeded share
     of their ratings for early stopping; test the held-out users' ratings, which the ranker's
     own evaluation never needs), ``train_user_items.parquet`` and ``report.json``."""
-    from recsys_mtl.io import write_json
-
     src, out = Path(features_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = pl.read_parquet(src / "interactions.parquet")
@@ -160,15 +172,11 @@ def write_cold_split(
 
 def load_cold_data(features_dir: str | Path, split_dir: str | Path, cfg: MetaConfig) -> ColdData:
     """Ratings, roles and lookups of a features folder and a cold-start split folder."""
-    import json
-
     fdir = Path(features_dir)
     spec = json.loads((fdir / "spec.json").read_text())
     inter = pl.read_parquet(fdir / "interactions.parquet")
     ratings = inter.filter(pl.col("interaction") == 1).select(COLUMNS)
     users = pl.read_parquet(fdir / "user_features.parquet").sort("uidx")
-    from recsys_mtl.models.context import USER_CATEGORICALS
-
     cats = torch.from_numpy(users.select(USER_CATEGORICALS).to_numpy().astype(np.int64))
     roles = pl.read_parquet(Path(split_dir) / ROLES_FILE)
     like = spec.get("like_threshold", 4.0)

@@ -2,18 +2,16 @@
 
 :func:`evaluate_coldstart` returns one row per (method, K) with the protocol's metrics
 (:func:`meta.protocol.user_metrics`) and, for learners, the adaptation time per user (``vmap``
-and the plain loop for gradient learners). :func:`plot_mae_vs_k` draws MAE against K for every
-method (the MLflow artifact ``mae_vs_k.png``).
+and the plain loop for gradient learners); :func:`table` arranges them per method and K. The
+plot of MAE against K (``mae_vs_k.png``) is drawn from these rows by the cold-start stage.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -28,32 +26,23 @@ from meta.floors import (
     ranker_ridge_state,
 )
 from meta.learners.base import MetaLearner
+from meta.median import MedianHead, fit_median
 from meta.protocol import user_metrics
-from recsys_mtl.io import atomic_path
+from meta.state import score_grid
+from meta.steps import apply_steps, fit_steps
+from recsys_mtl.errors import UserError
 
-__all__ = ["choose_fold_in", "evaluate_coldstart", "plot_mae_vs_k", "table"]
+__all__ = ["choose_fold_in", "evaluate_coldstart", "table"]
 
 log = logging.getLogger("recsys_mtl.meta")
-
-
-def _ks(data: ColdData) -> list[int | None]:
-    """K values to evaluate: the configured ones, or one "support = the rest" set (None)."""
-    return list(data.cfg.ks) if data.cfg.protocol == "first_k" else [None]
-
-
-def held_out_blocks(data: ColdData, role: str, k: int | None, seed: int) -> RowBlocks:
-    tasks = data.tasks(role, k if k is not None else 0, seed=seed)
-    return data.blocks(tasks, np.random.default_rng([seed, 7, k or 0]), known=False)
 
 
 def choose_fold_in(model: nn.Module, data: ColdData, tasks: list[str]) -> tuple[tuple, dict]:
     """The fold-in ``(steps, lr)`` with the lowest cold-validation MAE (middle K), and the
     MAE of every pair tried (``"lr/steps"``)."""
-    from meta.state import score_grid
-
-    ks = _ks(data)
+    ks = data.eval_ks
     k = ks[len(ks) // 2]
-    blocks = held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
+    blocks = data.held_out_blocks("cold_valid", k, data.cfg.seed + 1)
     prior = mean_user(model, torch.from_numpy(data.users("train")))
     q = blocks.tasks.query
     maes: dict[str, float] = {}
@@ -92,11 +81,9 @@ def ridge_steps_map(data: ColdData, bias: BiasFloor) -> tuple[torch.Tensor, torc
     floor's predictions fitted by least absolute deviations on the cold validation users'
     query ratings, every K pooled (:func:`meta.learners.ensemble.fit_steps`, the ensemble's
     ``rating_map: steps``); None without cold validation ratings."""
-    from meta.steps import fit_steps
-
     preds, targets = [], []
-    for k in _ks(data):
-        blocks = held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
+    for k in data.eval_ks:
+        blocks = data.held_out_blocks("cold_valid", k, data.cfg.seed + 1)
         q = blocks.tasks.query
         preds.append(bias.ridge(blocks, data.cfg.shrinkage)[0][q.mask])
         targets.append(q.ratings[q.mask])
@@ -113,9 +100,6 @@ def ridge_median_head(data: ColdData, epochs: int = 15) -> Any:
     a logged warning) where the ratings take too many values for a distribution over them,
     there are no cold validation users, or the run has no unseen training ratings to fit it on
     (``meta.train_query: rest``, or no validation part)."""
-    from meta.median import MedianHead, fit_median
-    from recsys_mtl.errors import UserError
-
     if not len(data.users("cold_valid")):
         log.warning("the ridge_median floor is left out: no cold validation users")
         return None
@@ -138,16 +122,14 @@ def evaluate_coldstart(
     time_loop: bool = True,
 ) -> list[dict[str, Any]]:
     """Rows ``{"labels": {learner, kind, k}, "metrics": {...}}`` for every floor and learner."""
-    from meta.steps import apply_steps
-
     bias = BiasFloor(data)
     steps_map = ridge_steps_map(data, bias)
     median = ridge_median_head(data)
     rows = []
     cfg = data.cfg
     predict = ranker_predictor(model, rank_task, data.n_items) if model is not None else None
-    for k in _ks(data):
-        blocks = held_out_blocks(data, "test", k, cfg.seed + 2)
+    for k in data.eval_ks:
+        blocks = data.held_out_blocks("test", k, cfg.seed + 2)
         n_users = len(blocks.tasks)
         methods: dict[str, tuple[str, Any]] = {
             "global_mean": ("floor", bias.global_mean(blocks)),
@@ -205,32 +187,3 @@ def table(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
             "metrics"
         ]
     return out
-
-
-def plot_mae_vs_k(rows: list[dict[str, Any]], path: Path) -> Path:
-    """MAE against K for every floor (dashed) and learner (solid), as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    by: dict[str, list[tuple[int, float, str]]] = {}
-    for r in rows:
-        k = r["labels"]["k"] if r["labels"]["k"] is not None else 0
-        by.setdefault(r["labels"]["learner"], []).append(
-            (k, r["metrics"]["rating/mae"], r["labels"]["kind"])
-        )
-    for name, pts in by.items():
-        pts.sort()
-        style = "--" if pts[0][2] == "floor" else "-"
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name)
-    ax.set(
-        xlabel="support size K", ylabel="query MAE (held-out users)", title="cold start: MAE vs K"
-    )
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from meta.data import ColdData, RowBlocks
-from meta.protocol import Padded
+from meta.floors import BiasFloor
+from meta.protocol import Padded, user_metrics
 from meta.steps import TIE_SLOPE
 from recsys_mtl.errors import UserError
 
@@ -82,8 +83,6 @@ class MedianHead(nn.Module):
         """Item statistics and rating values of :func:`training_ratings` (the biases by the
         ``item_bias`` floor's alternating sweeps), the ridge offset's shrinkage
         (``meta.shrinkage``) and a fresh linear layer at the overall shares."""
-        from meta.floors import BiasFloor
-
         r = training_ratings(data)
         y = r["rating"].to_numpy().astype(np.float64)
         values = np.unique(y)
@@ -230,9 +229,6 @@ def fit_median(
     first K ratings the ranker trained on, query = the ones it never trained on), ``members``
     giving the learner predictions on a block's query items; the epoch is chosen on ``valid``
     (default: the cold validation users at every evaluated K). Returns the fit's report."""
-    from meta.evaluate import _ks, held_out_blocks
-    from meta.protocol import user_metrics
-
     if data.cfg.train_query != "unseen" or data.unseen is None:
         # with other query sets the item statistics would hold the very ratings it learns
         raise UserError(
@@ -252,8 +248,8 @@ def fit_median(
             train.append((tasks.support, tasks.query, members(blocks)))
         if valid is None:
             valid = []
-            for k in _ks(data):
-                b = held_out_blocks(data, "cold_valid", k, cfg.seed + 1)
+            for k in data.eval_ks:
+                b = data.held_out_blocks("cold_valid", k, cfg.seed + 1)
                 valid.append((b.tasks.support, b.tasks.query, members(b)))
 
     def mae(pred: torch.Tensor, q: Padded, sup: Padded) -> float:

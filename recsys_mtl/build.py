@@ -37,7 +37,7 @@ def _params(schema: type, values: dict[str, Any], key: str, what: str) -> Any:
 
 def build_weighting(cfg: RunConfig) -> Any:
     """The configured weighting; a bad name or parameter is a UserError naming the key."""
-    from recsys_mtl.weighting import WEIGHTINGS
+    from recsys_mtl.weighting import WEIGHTINGS  # deferred: torch (build.py stays light)
 
     cls = WEIGHTINGS.get(cfg.weighting.name, "weighting.name")
     params = _params(
@@ -51,7 +51,7 @@ def build_weighting(cfg: RunConfig) -> Any:
 
 def ranker_class(name: str, params: dict[str, Any]) -> tuple[type, Any]:
     """The ranker class registered as ``name`` and its validated ``model.params``."""
-    from recsys_mtl.models import RANKERS
+    from recsys_mtl.models import RANKERS  # deferred: torch (build.py stays light)
 
     cls = RANKERS.get(name, "model.name")
     return cls, _params(cls.config_class, params, "model.params", f"ranker {name!r}")
@@ -59,7 +59,7 @@ def ranker_class(name: str, params: dict[str, Any]) -> tuple[type, Any]:
 
 def check_device(device: str) -> str:
     """``train.device`` resolved; a CUDA device that is not there is a UserError."""
-    import torch
+    import torch  # deferred: torch (build.py stays light)
 
     from recsys_mtl.models.embeddings import resolve_device
 
@@ -116,7 +116,7 @@ def validate_run(cfg: RunConfig) -> tuple[type, Any]:
 
 
 def _rankers_with_warm_start(name: str) -> list[tuple[str, type]]:
-    from recsys_mtl.models.registry import RANKERS
+    from recsys_mtl.models import RANKERS  # deferred: torch (build.py stays light)
 
     return [(n, RANKERS.get(n)) for n in RANKERS.names() if name in RANKERS.get(n).warm_starts]
 

@@ -1,4 +1,4 @@
-"""The meta-learner registry (``meta_learners``) and saving / loading a trained learner."""
+"""The meta-learner registry (``LEARNERS``) and saving / loading a trained learner."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from meta.learners.base import GROUPS, META_LEARNERS, Adapted, LearnerParams, MetaLearner, MetaLoss
+from meta.learners.base import GROUPS, LEARNERS, Adapted, LearnerParams, MetaLearner, MetaLoss
 from meta.learners.closed_form import Ridge
 from meta.learners.encoders import BlackBox, Metric
 from meta.learners.ensemble import ENSEMBLE, Ensemble, EnsembleParams
@@ -24,8 +24,8 @@ __all__ = [
     "ENSEMBLE",
     "FOMAML",
     "GROUPS",
+    "LEARNERS",
     "MAML",
-    "META_LEARNERS",
     "Adapted",
     "BlackBox",
     "Ensemble",
@@ -50,7 +50,7 @@ LEARNER_FILE, WEIGHTS_FILE = "learner.json", "learner.pt"
 
 def learner_names() -> list[str]:
     """Every name ``meta.learners[N].name`` accepts: the registry's and ``ensemble``."""
-    return sorted([*META_LEARNERS.names(), ENSEMBLE])
+    return sorted([*LEARNERS.names(), ENSEMBLE])
 
 
 def _learner_class(name: str, key: str) -> type[MetaLearner]:
@@ -62,11 +62,11 @@ def _learner_class(name: str, key: str) -> type[MetaLearner]:
             f"{key}: 'ensemble' combines earlier learners (params.members) and is built by the "
             "cold-start pipeline, not on its own"
         )
-    if name not in META_LEARNERS:
+    if name not in LEARNERS:
         raise UserError(
             f"{key}: unknown meta-learner {name!r}; known: {', '.join(learner_names())}"
         )
-    return META_LEARNERS.get(name)
+    return LEARNERS.get(name)
 
 
 def learner_params(name: str, params: dict[str, Any], key: str = "meta.learners") -> LearnerParams:

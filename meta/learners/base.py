@@ -21,11 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
+from torch.func import functional_call, jacfwd, vmap
 
 from meta.protocol import Padded
+from meta.rows import draw_negatives, support_keys, task_rows
 from meta.solve import map_solve
 from meta.state import module_device, score_grid
 from recsys_mtl.errors import UserError
@@ -33,7 +36,7 @@ from recsys_mtl.registry import Registry
 
 __all__ = [
     "GROUPS",
-    "META_LEARNERS",
+    "LEARNERS",
     "Adapted",
     "LearnerParams",
     "MetaLearner",
@@ -41,7 +44,7 @@ __all__ = [
     "adapted_names",
 ]
 
-META_LEARNERS: Registry[type[MetaLearner]] = Registry("meta-learner")
+LEARNERS: Registry[type[MetaLearner]] = Registry("meta-learner")
 GROUPS = ("user", "heads", "dense", "all")
 
 
@@ -242,8 +245,6 @@ class MetaLearner(nn.Module):
         new-user state plus the learned init; precision ``Lambda``: ``solve_prec``). Exact
         ridge regression of the user factors and biases for a ranker linear in them
         (BellKor); one Gauss-Newton step otherwise. Differentiable (second-order MAML)."""
-        from torch.func import jacfwd, vmap
-
         names, sizes = list(self.init), self._sizes()
         n_users = support.items.shape[0]
         flat = torch.cat([state[n].reshape(n_users, -1) for n in names], 1)
@@ -283,10 +284,6 @@ class MetaLearner(nn.Module):
                 f"learner {self.name!r} retrained the ranker's weights (train_ranker: true): "
                 "its states do not serve the run's model"
             )
-        import numpy as np
-
-        from meta.rows import draw_negatives, support_keys, task_rows
-
         users = torch.arange(support.items.shape[0], device=support.items.device)
         keys = support_keys(users, support, self.base.ctx.n_items)
         neg = draw_negatives(
@@ -307,7 +304,6 @@ class MetaLearner(nn.Module):
         its own weights."""
         if not adapted.params:
             return score_grid(self.base, adapted.state, items, days, time_bins)
-        from torch.func import functional_call, vmap
 
         def one(params: dict, state: dict, it: torch.Tensor, d: torch.Tensor, tb: torch.Tensor):
             batch = {"item": it, "day": d, "time_bin": tb}

@@ -36,8 +36,9 @@ import torch
 from pydantic import Field, field_validator
 from torch import nn
 
-from meta.learners.base import META_LEARNERS, Adapted, LearnerParams, MetaLearner, MetaLoss
-from meta.protocol import Padded
+from meta.floors import BiasFloor, catalog_grid
+from meta.learners.base import LEARNERS, Adapted, LearnerParams, MetaLearner, MetaLoss
+from meta.protocol import Padded, user_metrics
 from meta.rows import row_losses
 from meta.solve import map_solve
 from recsys_mtl.errors import UserError
@@ -89,7 +90,7 @@ def _table(base: nn.Module, owner: str, name: str) -> torch.Tensor | None:
     return tables.weight(name).detach()
 
 
-@META_LEARNERS.register("ridge")
+@LEARNERS.register("ridge")
 class Ridge(MetaLearner):
     name = "ridge"
     params_class = RidgeParams
@@ -227,8 +228,6 @@ class Ridge(MetaLearner):
     def initialize_data(self, data: Any) -> None:
         """The rating task's ``mu`` and ``b`` at the training users' regularized item biases
         (:class:`meta.floors.BiasFloor`: what the ``ridge`` floor predicts with)."""
-        from meta.floors import BiasFloor
-
         floor = BiasFloor(data)
         k = self.tasks.index("rating")
         with torch.no_grad():
@@ -342,9 +341,6 @@ class Ridge(MetaLearner):
         ranked by each option's score; keeps the best (ties: the default ranking task)."""
         if self.params.rank_by != "auto":
             return {}
-        from meta.floors import catalog_grid
-        from meta.protocol import user_metrics
-
         t = blocks.tasks
         adapted = self.adapt(t.support, t.user_cats, blocks.support)
         pred = self.score_items(adapted, t.query.items, t.query.days, t.query.time_bins)["rating"]

@@ -21,7 +21,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from meta.learners.base import META_LEARNERS, Adapted, LearnerParams, MetaLearner, MetaLoss
+from meta.learners.base import LEARNERS, Adapted, LearnerParams, MetaLearner, MetaLoss
 from meta.protocol import Padded
 from meta.rows import row_losses
 from meta.state import score_grid
@@ -99,7 +99,7 @@ class _EncoderLearner(MetaLearner):
         return MetaLoss(q.mean(0), q.mean(0).detach(), None)
 
 
-@META_LEARNERS.register("metric")
+@LEARNERS.register("metric")
 class Metric(_EncoderLearner):
     name = "metric"
 
@@ -111,7 +111,7 @@ class Metric(_EncoderLearner):
         return (self.mlp(tokens) * m).sum(1) / m.sum(1).clamp(min=1.0)
 
 
-@META_LEARNERS.register("blackbox")
+@LEARNERS.register("blackbox")
 class BlackBox(_EncoderLearner):
     name = "blackbox"
 

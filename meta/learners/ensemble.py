@@ -41,9 +41,10 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from meta.floors import catalog_grid
 from meta.learners.base import Adapted
 from meta.median import MedianHead, fit_median
-from meta.protocol import Padded
+from meta.protocol import Padded, user_metrics
 from meta.steps import ENDS, QUANTILES, TIE_SLOPE, apply_steps, fit_steps
 from meta.steps import least_absolute as _least_absolute
 
@@ -177,13 +178,9 @@ class Ensemble(nn.Module):
     @torch.no_grad()
     def fit(self, data: Any, rank_task: str) -> dict[str, Any]:
         """Both weight sets on the cold validation users, every evaluated K pooled."""
-        from meta.evaluate import _ks, held_out_blocks
-        from meta.floors import catalog_grid
-        from meta.protocol import user_metrics
-
         cols, targets, per_k = [], [], []
-        for k in _ks(data):
-            blocks = held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
+        for k in data.eval_ks:
+            blocks = data.held_out_blocks("cold_valid", k, data.cfg.seed + 1)
             adapted, outs = self._query_outputs(blocks, data.cfg.mode)
             q = blocks.tasks.query
             mask = q.mask

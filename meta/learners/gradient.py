@@ -34,7 +34,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from meta.learners.base import (
     GROUPS,
-    META_LEARNERS,
+    LEARNERS,
     Adapted,
     LearnerParams,
     MetaLearner,
@@ -175,24 +175,24 @@ class _GradientLearner(MetaLearner):
         return Adapted(state, params)
 
 
-@META_LEARNERS.register("maml")
+@LEARNERS.register("maml")
 class MAML(_GradientLearner):
     name = "maml"
 
 
-@META_LEARNERS.register("fomaml")
+@LEARNERS.register("fomaml")
 class FOMAML(_GradientLearner):
     name = "fomaml"
     first_order = True
 
 
-@META_LEARNERS.register("meta_sgd")
+@LEARNERS.register("meta_sgd")
 class MetaSGD(_GradientLearner):
     name = "meta_sgd"
     learned_lr = True
 
 
-@META_LEARNERS.register("reptile")
+@LEARNERS.register("reptile")
 class Reptile(_GradientLearner):
     """The outer step is SGD on the surrogate ``0.5 * |theta - mean_u(phi_u)|^2``, whose
     gradient is ``theta - mean_u(phi_u)``: with learning rate ``eps`` that is Reptile's

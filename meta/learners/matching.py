@@ -32,7 +32,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from meta.learners.base import META_LEARNERS, Adapted
+from meta.learners.base import LEARNERS, Adapted
 from meta.learners.closed_form import Ridge, RidgeParams, _table
 from meta.protocol import Padded
 from recsys_mtl.errors import UserError
@@ -57,7 +57,7 @@ class MatchingParams(RidgeParams):
     )
 
 
-@META_LEARNERS.register("matching")
+@LEARNERS.register("matching")
 class Matching(Ridge):
     name = "matching"
     params_class = MatchingParams

@@ -18,6 +18,8 @@ import urllib.request
 import zipfile
 from pathlib import Path
 
+from tqdm import tqdm
+
 from recsys_mtl.errors import UserError
 
 __all__ = ["BASE_URL", "DATASETS", "DownloadError", "download"]
@@ -42,9 +44,9 @@ class DownloadError(UserError):
     exit_code = 1
 
 
-def _open(url: str, timeout: float):  # noqa: ANN202
+def _open(url: str, timeout: float):
     try:
-        return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 (http(s) URLs only)
+        return urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as e:
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
     except (urllib.error.URLError, OSError) as e:
@@ -114,8 +116,6 @@ def _fetch(
     progress: bool,
     timeout: float,
 ) -> Path:
-    from tqdm import tqdm
-
     url = base_url.rstrip("/") + "/" + archive
     expected = md5 or _published_md5(url, timeout)
     part = dest_root / f".{archive}.part"

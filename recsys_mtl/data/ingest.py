@@ -24,8 +24,10 @@ from typing import Any
 import polars as pl
 
 from recsys_mtl.config import DataConfig
-from recsys_mtl.data.grouplens import Layout, RawTables, detect_layout, read_layout
+from recsys_mtl.data.grouplens import detect_layout, read_layout
 from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame, reason_counts
+from recsys_mtl.data.raw import Layout, RawTables
+from recsys_mtl.data.synthetic import write_synthetic
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
 
@@ -44,8 +46,6 @@ class IngestResult:
 def resolve_layout(cfg: DataConfig, work_dir: Path) -> Layout:
     """The layout to read; for ``synthetic`` the generator first writes its files in ``work_dir``."""
     if cfg.format == "synthetic":
-        from recsys_mtl.data.synthetic import write_synthetic
-
         raw_dir = write_synthetic(cfg.synthetic, work_dir / "raw")
         return detect_layout(raw_dir)
     assert cfg.path is not None  # enforced by DataConfig

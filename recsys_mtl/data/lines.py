@@ -27,6 +27,7 @@ __all__ = [
     "cast_fields",
     "decode_text",
     "fill_raw",
+    "first_line",
     "quarantine_frame",
     "read_lines",
     "read_side_lines",
@@ -211,3 +212,10 @@ def reason_counts(rejects: pl.DataFrame) -> dict[str, int]:
         return {}
     vc = rejects.group_by("reason").len().sort("reason")
     return dict(zip(vc["reason"].to_list(), vc["len"].to_list(), strict=True))
+
+
+def first_line(path: Path) -> str:
+    """The first line of a file (at most 4 KiB of it), without a byte-order mark or edge spaces."""
+    with open(path, "rb") as f:
+        first = f.readline(4096)
+    return first.decode("utf-8", errors="replace").lstrip("\ufeff").strip()

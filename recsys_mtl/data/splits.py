@@ -33,6 +33,8 @@ import numpy as np
 import polars as pl
 
 from recsys_mtl.config import DataConfig, SplitConfig
+from recsys_mtl.data.grouplens import read_layout
+from recsys_mtl.data.raw import Layout
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
 from recsys_mtl.registry import Registry
@@ -122,8 +124,6 @@ def _predefined(
     report: dict[str, Any],
     **_: Any,
 ) -> Assign:
-    from recsys_mtl.data.grouplens import Layout, read_layout
-
     users = pl.read_parquet(features_dir / "user_features.parquet", columns=["uidx", "user_id"])
     items = pl.read_parquet(features_dir / "item_features.parquet", columns=["iidx", "item_id"])
     parts: dict[str, pl.DataFrame] = {}

@@ -21,7 +21,7 @@ import numpy as np
 import polars as pl
 
 from recsys_mtl.config import SyntheticConfig
-from recsys_mtl.data.grouplens import ML1M_OCCUPATIONS, ML100K_GENRES
+from recsys_mtl.data.side_tables import ML1M_OCCUPATIONS, ML100K_GENRES
 
 __all__ = ["SyntheticLog", "generate", "write_synthetic"]
 

@@ -22,6 +22,9 @@ User state: ``user`` (``p_u``), ``user_bias`` (one per task), ``user_drift`` (``
 SVD++ vector ``implicit`` (``|N(u)|^-1/2 sum_j y_j``), ``mean_day`` (``t_u``) and ``index`` (the
 user's row, -1 for a new user, whose (user, day) biases are 0). A new user's state starts at
 zero factors and biases, with N(u) the support items and t_u their mean day.
+
+Scores at one fixed time for many users and items at once (full ranking, candidate lists,
+batch top-K) come from :class:`~recsys_mtl.models.bellkor_scoring.FixedTimeScoring`.
 """
 
 from __future__ import annotations
@@ -34,13 +37,15 @@ from torch import nn
 
 from recsys_mtl.models.als import als_factors, implicit_als_factors
 from recsys_mtl.models.base import Ranker, RankerConfig, Role, UserState, broadcast_rows
+from recsys_mtl.models.bellkor_scoring import FixedTimeScoring
 from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.embeddings import (
+    BagProduct,
     EmbeddingTables,
     TableSpec,
-    _functorch_active,
-    bag_sum,
+    functorch_active,
     gather_jagged,
+    normalized_bags,
     squared_norms,
 )
 from recsys_mtl.models.registry import RANKERS
@@ -62,7 +67,7 @@ class BellKorConfig(RankerConfig):
 
 
 @RANKERS.register("bellkor")
-class BellKor(Ranker):
+class BellKor(FixedTimeScoring, Ranker):
     config_class = BellKorConfig
     adaptable_state = ("user", "user_bias", "user_drift")
     warm_starts = ("als", "implicit_als")
@@ -172,10 +177,10 @@ class BellKor(Ranker):
         w = self.implicit.weight("implicit")
         key = (w.device, w.dtype)
         if getattr(self, "_spmm_key", None) != key:
-            self._spmm = _normalized_bags(self.implicit_offsets, self.implicit_values,
-                                          self.ctx.n_items, w.dtype)  # fmt: skip
+            self._spmm = normalized_bags(self.implicit_offsets, self.implicit_values,
+                                         self.ctx.n_items, w.dtype)  # fmt: skip
             self._spmm_key = key
-        return _SpMM.apply(w, *self._spmm)
+        return BagProduct.apply(w, *self._spmm)
 
     def _user_features(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = {"user": u, "user_bias": u}
@@ -276,7 +281,7 @@ class BellKor(Ranker):
         the user table when it is not much larger than the batch (a few linear passes instead
         of a sort), else by sorting."""
         n_users = int(self.ctx.n_users)
-        if n_users > 4 * u.numel() or _functorch_active():
+        if n_users > 4 * u.numel() or functorch_active():
             return torch.unique(u, return_inverse=True)
         present = torch.zeros(n_users, dtype=torch.bool, device=u.device)
         present[u] = True
@@ -330,65 +335,6 @@ class BellKor(Ranker):
             feats["user_day_bias"] = self._day_rows(state["index"], batch["day"])[0]
         return self._combine(state, {n: self.emb.rows(n, ids) for n, ids in feats.items()}, batch)
 
-    @torch.no_grad()
-    def score_matrix(
-        self, users: torch.Tensor, items: torch.Tensor, task: str, time_bin: int, day: int
-    ) -> torch.Tensor:
-        """``(len(users), len(items))`` scores of ``task`` at one time: the same values as
-        :meth:`forward` on every pair, as one matrix product (full ranking, top-K)."""
-        k = self.tasks.index(task)
-        state = self.user_state(users)
-        p = state["user"] + state["implicit"] if self.cfg.implicit else state["user"]
-        d, c = self.cfg.dim, (k if self.copies > 1 else 0)
-        q = self.emb.rows("item", items)[:, c * d : (c + 1) * d]
-        s = (p[:, c * d : (c + 1) * d] @ q.T) * self.interaction_scale[k]
-        s += (self.global_bias[k] + state["user_bias"][:, k])[:, None]
-        s += self.emb.rows("item_bias", items)[None, :, k]
-        if k == self.rating_k and self.timed:
-            s += self.emb.rows("item_time_bias", items * self.ctx.n_time_bins + time_bin)[
-                None, :, 0
-            ]
-            day_t = torch.full_like(users, int(day))
-            dt = day_t.to(p.dtype) - state["mean_day"]
-            dev = torch.sign(dt) * dt.abs().pow(self.cfg.beta)
-            s += (state["user_drift"][:, 0] * dev)[:, None]
-            if self.day_bias:
-                rows, seen = self._day_rows(state["index"], day_t)
-                s += (self.emb.rows("user_day_bias", rows)[:, 0] * seen.to(s.dtype))[:, None]
-        return s
-
-    @torch.no_grad()
-    def score_candidates(
-        self,
-        users: torch.Tensor,
-        items: torch.Tensor,
-        task: str,
-        time_bin: torch.Tensor,
-        day: torch.Tensor,
-    ) -> torch.Tensor:
-        """``(R, C)`` scores of ``task`` for row ``r``'s user ``users[r]`` and its ``C``
-        candidate ``items[r]`` at ``time_bin[r]``, ``day[r]``: the same values as
-        :meth:`forward` on every pair, with each row's user state computed once (sampled
-        ranking)."""
-        k = self.tasks.index(task)
-        state = self.user_state(users)
-        p = state["user"] + state["implicit"] if self.cfg.implicit else state["user"]
-        d, c = self.cfg.dim, (k if self.copies > 1 else 0)
-        q = self.emb.rows("item", items)[..., c * d : (c + 1) * d]  # (R, C, d)
-        s = torch.einsum("rd,rcd->rc", p[:, c * d : (c + 1) * d], q) * self.interaction_scale[k]
-        s += (self.global_bias[k] + state["user_bias"][:, k])[:, None]
-        s += self.emb.rows("item_bias", items)[..., k]
-        if k == self.rating_k and self.timed:
-            bins = items * self.ctx.n_time_bins + time_bin[:, None]
-            s += self.emb.rows("item_time_bias", bins)[..., 0]
-            dt = day.to(p.dtype) - state["mean_day"]
-            dev = torch.sign(dt) * dt.abs().pow(self.cfg.beta)
-            s += (state["user_drift"][:, 0] * dev)[:, None]
-            if self.day_bias:
-                rows, seen = self._day_rows(state["index"], day)
-                s += (self.emb.rows("user_day_bias", rows)[:, 0] * seen.to(s.dtype))[:, None]
-        return s
-
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Scores of a batch of known users' rows: the user side (factors, biases, SVD++
         vector) once per distinct user of the batch, then ``p_u + |N(u)|^-1/2 sum_j y_j``
@@ -417,7 +363,7 @@ class BellKor(Ranker):
         else:
             reg = reg + squared_norms(q)
         if self.cfg.implicit:
-            if _functorch_active():  # plain gathers under torch.func
+            if functorch_active():  # plain gathers under torch.func
                 y = self._implicit_of(distinct)[0]
             else:
                 y = self._implicit_all().index_select(0, distinct)
@@ -435,73 +381,3 @@ class BellKor(Ranker):
         if self.day_bias:  # found once, with the rows above
             item["_day_seen"] = day_seen
         return self._combine(state, item, batch, reg=reg)
-
-    # -- batch scoring ----------------------------------------------------------------------
-    def dot_form(
-        self, state: UserState, time_bin: int, day: int
-    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Every task's scores at one time as a product: ``{task: (uvec (U, D), uoff (U,),
-        ivec (n_items, D), ioff (n_items,))}`` with
-        ``score(state, batch)[task] == uoff[:, None] + ioff[None, :] + uvec @ ivec.T`` for
-        every item of the catalog at ``(time_bin, day)``. Batch scoring multiplies blocks of
-        users against all items in one matmul instead of a pair batch of ``U x n_items``."""
-        dev = self.global_bias.device
-        n_u = state["user"].shape[0]
-        p = state["user"] + state["implicit"] if self.cfg.implicit else state["user"]
-        items = torch.arange(self.ctx.n_items, device=dev)
-        q = self.emb.weight("item")
-        ibias = self.emb.weight("item_bias")
-        d = self.cfg.dim
-        out = {}
-        for k, t in enumerate(self.tasks):
-            c = slice(d * k, d * (k + 1)) if self.copies > 1 else slice(0, d)
-            uvec = p[:, c] * self.interaction_scale[k]
-            uoff = self.global_bias[k] + state["user_bias"][:, k]
-            ioff = ibias[:, k]
-            if k == self.rating_k and self.timed:
-                dt = torch.tensor(float(day), device=dev) - state["mean_day"]
-                uoff = uoff + state["user_drift"][:, 0] * torch.sign(dt) * dt.abs().pow(
-                    self.cfg.beta
-                )
-                if self.day_bias:
-                    days = torch.full((n_u,), int(day), dtype=torch.long, device=dev)
-                    rows, seen = self._day_rows(state["index"], days)
-                    day_b = self.emb.rows("user_day_bias", rows)[:, 0]
-                    uoff = uoff + day_b * seen.to(uoff.dtype)
-                tb = self.emb.rows("item_time_bias", items * self.ctx.n_time_bins + int(time_bin))
-                ioff = ioff + tb[:, 0]
-            out[t] = (uvec, uoff, q[:, c], ioff)
-        return out
-
-
-Bags = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def _normalized_bags(
-    offsets: torch.Tensor, values: torch.Tensor, n_items: int, dtype: torch.dtype
-) -> tuple[Bags, Bags]:
-    """The ``(n_users, n_items)`` matrix with ``|N(u)|^-1/2`` at each rated (u, j) as weighted
-    bags (``embedding_bag``'s input: the columns of every row, where each row starts, the
-    values), and its transpose the same way (for the backward pass)."""
-    n_users = offsets.numel() - 1
-    lengths = offsets[1:] - offsets[:-1]
-    rows = torch.repeat_interleave(torch.arange(n_users, device=offsets.device), lengths)
-    scale = lengths.clamp(min=1).to(dtype).rsqrt()[rows]
-    order = torch.argsort(values * n_users + rows)  # by item, then user
-    per_item = torch.bincount(values, minlength=n_items)
-    starts = torch.cumsum(per_item, 0) - per_item
-    return (values, offsets[:-1], scale), (rows[order], starts, scale[order])
-
-
-class _SpMM(torch.autograd.Function):
-    """``A @ w`` for a constant sparse ``A`` held as weighted bags (:func:`bag_sum`); the
-    backward is ``A^T @ grad`` with the stored transpose."""
-
-    @staticmethod
-    def forward(ctx, w: torch.Tensor, a: Bags, at: Bags) -> torch.Tensor:  # type: ignore[override]
-        ctx.at = at
-        return bag_sum(*a, w)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        return bag_sum(*ctx.at, grad.contiguous()), None, None

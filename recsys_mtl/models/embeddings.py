@@ -28,14 +28,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._C._functorch import peek_interpreter_stack
 
 __all__ = [
     "SIDES",
+    "BagProduct",
+    "Bags",
     "EmbeddingTables",
     "Role",
     "TableSpec",
     "bag_sum",
+    "functorch_active",
     "gather_jagged",
+    "normalized_bags",
     "resolve_backend",
     "resolve_device",
     "squared_norms",
@@ -129,6 +134,7 @@ class EmbeddingTables(nn.Module):
                 }
             )
         else:
+            # deferred: torchrec (optional, seconds to import), only for backend: torchrec
             from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 
             configs = [
@@ -185,7 +191,7 @@ class EmbeddingTables(nn.Module):
     ) -> dict[str, torch.Tensor]:
         # TorchRec's kernels have no torch.func rules: under grad / vmap the same weights are
         # read with plain tensor ops instead (a mode of execution, not a property of the data)
-        if self.backend == "torch" or _functorch_active():
+        if self.backend == "torch" or functorch_active():
             out = {}
             for name, f in features.items():
                 if isinstance(f, torch.Tensor):
@@ -193,7 +199,7 @@ class EmbeddingTables(nn.Module):
                 else:
                     out[name] = self._pooled(name, *f)
             return out
-        from torchrec import KeyedJaggedTensor
+        from torchrec import KeyedJaggedTensor  # deferred: torchrec (optional, slow to import)
 
         # the collection wants every table's feature: the ones not asked for get empty bags
         parts = [
@@ -235,10 +241,43 @@ def squared_norms(x: torch.Tensor, weights: torch.Tensor | None = None) -> torch
     written out, one pass over ``x`` instead of autograd's chain through ``pow``, ``sum`` and
     ``mul``. Plain tensor operations under ``torch.func``, which has no rule for the
     hand-written backward."""
-    if _functorch_active():
+    if functorch_active():
         sq = x.pow(2).sum(-1)
         return (sq * weights).sum() if weights is not None else sq.sum()
     return _SquaredNorms.apply(x, weights)
+
+
+Bags = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def normalized_bags(
+    offsets: torch.Tensor, values: torch.Tensor, n_items: int, dtype: torch.dtype
+) -> tuple[Bags, Bags]:
+    """The ``(n_users, n_items)`` matrix with ``|N(u)|^-1/2`` at each rated (u, j) as weighted
+    bags (``embedding_bag``'s input: the columns of every row, where each row starts, the
+    values), and its transpose the same way (for the backward pass)."""
+    n_users = offsets.numel() - 1
+    lengths = offsets[1:] - offsets[:-1]
+    rows = torch.repeat_interleave(torch.arange(n_users, device=offsets.device), lengths)
+    scale = lengths.clamp(min=1).to(dtype).rsqrt()[rows]
+    order = torch.argsort(values * n_users + rows)  # by item, then user
+    per_item = torch.bincount(values, minlength=n_items)
+    starts = torch.cumsum(per_item, 0) - per_item
+    return (values, offsets[:-1], scale), (rows[order], starts, scale[order])
+
+
+class BagProduct(torch.autograd.Function):
+    """``A @ w`` for a constant sparse ``A`` held as weighted bags (:func:`bag_sum`); the
+    backward is ``A^T @ grad`` with the stored transpose."""
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, a: Bags, at: Bags) -> torch.Tensor:  # type: ignore[override]
+        ctx.at = at
+        return bag_sum(*a, w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        return bag_sum(*ctx.at, grad.contiguous()), None, None
 
 
 class _SquaredNorms(torch.autograd.Function):
@@ -256,9 +295,8 @@ class _SquaredNorms(torch.autograd.Function):
         return x * scale, None
 
 
-def _functorch_active() -> bool:
-    from torch._C._functorch import peek_interpreter_stack
-
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (``grad``, ``vmap``, ...) is running."""
     return peek_interpreter_stack() is not None
 
 

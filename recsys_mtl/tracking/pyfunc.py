@@ -22,8 +22,8 @@ import polars as pl
 from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 
 from recsys_mtl.errors import UserError
+from recsys_mtl.runs.batch import recommend, score_pairs
 from recsys_mtl.runs.bundle import load_bundle
-from recsys_mtl.runs.recommend import recommend, score_pairs
 from recsys_mtl.tracking.model import BUNDLE_DIR
 
 __all__ = ["RecsysModel"]

@@ -22,6 +22,7 @@ import sys
 from typing import Any
 
 from torch import nn
+from tqdm import tqdm
 
 __all__ = ["Callback", "ProgressCallback", "TrackerCallback"]
 
@@ -70,8 +71,6 @@ class ProgressCallback(Callback):
         if not self.bar_enabled:
             return
         if self._bar is None:
-            from tqdm import tqdm
-
             self._bar = tqdm(
                 total=steps, desc=f"    {self.prefix}epoch {epoch}", unit="step",
                 leave=False, file=self._out(), mininterval=0.5,

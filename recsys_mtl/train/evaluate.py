@@ -16,23 +16,38 @@ else the predicted rating.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import polars as pl
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from recsys_mtl.config import EvaluateConfig
 from recsys_mtl.data.features import draw_unrated
 from recsys_mtl.metrics import auc, full_ranking, logloss, mae, rmse, sampled_ranking
-from recsys_mtl.runs.topk import iter_topk, score_items
-from recsys_mtl.train.data import size, take
+from recsys_mtl.runs.layout import RunLayout
+from recsys_mtl.runs.load import rated_keys
+from recsys_mtl.runs.topk import items_csr, iter_topk, score_items
+from recsys_mtl.train.data import load_part, size, take, to_device
 from recsys_mtl.train.losses import task_mask
 
 log = logging.getLogger("recsys_mtl.evaluate")
 
-__all__ = ["evaluate_run", "pointwise_metrics", "predict", "ranking_metrics", "ranking_task"]
+__all__ = [
+    "HeldOutPart",
+    "evaluate_run",
+    "load_held_out",
+    "pointwise_metrics",
+    "predict",
+    "ranking_metrics",
+    "ranking_task",
+]
 
 
 @torch.no_grad()
@@ -198,10 +213,6 @@ def ranking_metrics(
 
 def _progress_bar(total: int, desc: str) -> Any:
     """A progress bar over users on stderr when it is a terminal (a no-op bar otherwise)."""
-    import sys
-
-    from tqdm import tqdm
-
     isatty = getattr(sys.stderr, "isatty", None)
     on = bool(isatty and isatty())
     return tqdm(
@@ -218,53 +229,66 @@ def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str
     Cold-start users of a ``support.parquet`` are adapted from their support ratings first
     (the rankers that can: the bias baseline fits their biases).
     """
-    import polars as pl
-
-    from recsys_mtl.runs.layout import RunLayout
-    from recsys_mtl.runs.load import rated_keys
-    from recsys_mtl.runs.topk import items_csr
-    from recsys_mtl.train.data import load_part, to_device
-
-    split_dir, tasks = RunLayout(run.run_dir).split, run.tasks
+    layout, tasks = RunLayout(run.run_dir), run.tasks
     model, selected, ctx = run.model, run.selected, run.ctx
-    scale = ctx.rating_scale
-    support = split_dir / "support.parquet"
+    support = layout.split / "support.parquet"
     parts = ["train", "valid"]
     if support.exists():
         parts.append("support")
         if hasattr(model, "adapt_users"):
             sup = to_device(load_part(support, tasks, positives_only=True), device)
             model.adapt_users(sup["user"], sup["item"], sup["rating"])
-    learned = {
-        p: pl.read_parquet(
-            split_dir / f"{p}.parquet", columns=["uidx", "iidx", "interaction"]
-        ).filter(pl.col("interaction") == 1)
-        for p in parts
-    }
-
-    def exclude(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        seen = pl.concat([learned[p] for p in names])
-        return items_csr(seen["uidx"].to_numpy(), seen["iidx"].to_numpy(), ctx.n_users)
-
-    rated = rated_keys(RunLayout(run.run_dir).features, ctx.n_items)
+    rated = rated_keys(layout.features, ctx.n_items)
     metrics: dict[str, float] = {}
-    for name, m, seen_parts, prefix in (
-        ("test", model, [p for p in parts if p != "valid"] + ["valid"], ""),
+    for name, m, learned, prefix in (
+        ("test", model, parts, ""),
         ("valid", selected, ["train"], "valid/"),
     ):
-        data = to_device(
-            load_part(split_dir / f"{name}.parquet", tasks, positives_only=False), device
-        )
-        if size(data) == 0:
+        part = load_held_out(layout.split, name, tasks, learned, ctx.n_users, device)
+        if size(part.rows) == 0:
             continue
-        found = pointwise_metrics(m, data, tasks, scale)
-        positives = {k: v[data["interaction"] > 0.5] for k, v in data.items()}
-        if size(positives):
+        found = pointwise_metrics(m, part.rows, tasks, ctx.rating_scale)
+        if size(part.positives):
             found.update(
                 ranking_metrics(
-                    m, positives, exclude(seen_parts), rated, ctx.n_items, tasks, k=cfg.ks,
+                    m, part.positives, part.exclude, rated, ctx.n_items, tasks, k=cfg.ks,
                     sampled_negatives=cfg.sampled_negatives, seed=cfg.seed, full=cfg.full_ranking,
                 )
             )  # fmt: skip
         metrics.update({f"{prefix}{k}": v for k, v in found.items()})
     return metrics
+
+
+@dataclass
+class HeldOutPart:
+    """A part of a split a model is measured on, on the device."""
+
+    rows: dict[str, torch.Tensor]  # every row: the pointwise metrics
+    positives: dict[str, torch.Tensor]  # its ratings: the ones ranking metrics rank
+    exclude: tuple[torch.Tensor, torch.Tensor] | None  # CSR per user of the items learned from
+
+
+def load_held_out(
+    split_dir: str | Path,
+    name: str,
+    tasks: list[str],
+    learned: Sequence[str],
+    n_users: int,
+    device: str | torch.device,
+) -> HeldOutPart:
+    """Part ``name`` (``valid``, ``test``) of a split folder, and the items of the ``learned``
+    parts (the ones the model trained on), which full ranking leaves out (None when no part is
+    named)."""
+    split_dir = Path(split_dir)
+    rows = to_device(load_part(split_dir / f"{name}.parquet", tasks, positives_only=False), device)
+    positives = {k: v[rows["interaction"] > 0.5] for k, v in rows.items()}
+    exclude = None
+    if learned:
+        seen = pl.concat(
+            pl.read_parquet(
+                split_dir / f"{p}.parquet", columns=["uidx", "iidx", "interaction"]
+            ).filter(pl.col("interaction") == 1)
+            for p in learned
+        )
+        exclude = items_csr(seen["uidx"].to_numpy(), seen["iidx"].to_numpy(), n_users)
+    return HeldOutPart(rows, positives, exclude)

@@ -23,6 +23,7 @@ from recsys_mtl.build import build_model, build_weighting, check_device, validat
 from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.models.context import load_context
+from recsys_mtl.models.ncf import GMF, MLP, NCFConfig
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import concat, load_part, size, to_device
 from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, fit
@@ -185,8 +186,6 @@ def _pretrain_neumf(
     Returns the epochs each part ran. Their checkpoints sit beside the NeuMF one, so a killed
     run resumes inside pre-training too.
     """
-    from recsys_mtl.models.ncf import GMF, MLP, NCFConfig
-
     base = NCFConfig(**params.model_dump(include=set(NCFConfig.model_fields)))
     parts, epochs = [], {}
     for cls in (GMF, MLP):

@@ -21,7 +21,11 @@ import torch
 from torch import nn
 
 from recsys_mtl.config import RunConfig
+from recsys_mtl.runs.layout import RunLayout
+from recsys_mtl.runs.load import rated_keys
 from recsys_mtl.train.callbacks import Callback
+from recsys_mtl.train.data import size
+from recsys_mtl.train.evaluate import load_held_out, pointwise_metrics, ranking_metrics
 from recsys_mtl.tuning.space import Objective
 
 __all__ = ["EpochObjective", "ValidationScorer"]
@@ -41,50 +45,36 @@ class ValidationScorer:
     def _load(self, n_users: int, n_items: int) -> None:
         """Read the validation part (and the train items to exclude) once, at the first epoch:
         the split stage of the trial may only have run just before training."""
-        import polars as pl
-
-        from recsys_mtl.runs.layout import RunLayout
-        from recsys_mtl.runs.load import rated_keys
-        from recsys_mtl.runs.topk import items_csr
-        from recsys_mtl.train.data import load_part, to_device
-
-        split = RunLayout(self.run_dir).split
-        part = load_part(split / "valid.parquet", self.cfg.tasks, positives_only=False)
-        self.valid = to_device(part, self.device)
-        if self.family != "pointwise":
-            seen = pl.read_parquet(split / "train.parquet", columns=["uidx", "iidx", "interaction"])
-            seen = seen.filter(pl.col("interaction") == 1)
-            self.exclude = items_csr(seen["uidx"].to_numpy(), seen["iidx"].to_numpy(), n_users)
-            self.positives = {k: v[self.valid["interaction"] > 0.5] for k, v in self.valid.items()}
-            self.rated = rated_keys(RunLayout(self.run_dir).features, n_items)
+        layout = RunLayout(self.run_dir)
+        ranks = self.family != "pointwise"
+        learned = ["train"] if ranks else []
+        self.valid = load_held_out(
+            layout.split, "valid", self.cfg.tasks, learned, n_users, self.device
+        )
+        if ranks:
+            self.rated = rated_keys(layout.features, n_items)
         self.loaded = True
 
     def __call__(self, model: nn.Module) -> float | None:
-        from recsys_mtl.train.data import size
-        from recsys_mtl.train.evaluate import pointwise_metrics, ranking_metrics
-
         ctx = model.ctx
         if not self.loaded:
             self._load(ctx.n_users, ctx.n_items)
+        valid = self.valid
         if self.family == "pointwise":
-            found = pointwise_metrics(model, self.valid, self.cfg.tasks, ctx.rating_scale)
+            found = pointwise_metrics(model, valid.rows, self.cfg.tasks, ctx.rating_scale)
         else:
-            if not size(self.positives):
+            if not size(valid.positives):
                 return None
             k = self.objective.name.rsplit("@", 1)
             ev = self.cfg.evaluate
             found = ranking_metrics(
-                model, self.positives, self.exclude, self.rated, ctx.n_items, self.cfg.tasks,
-                k=int(k[1]) if len(k) == 2 else _first_k(ev.k),
+                model, valid.positives, valid.exclude, self.rated, ctx.n_items, self.cfg.tasks,
+                k=int(k[1]) if len(k) == 2 else ev.ks[0],
                 sampled_negatives=ev.sampled_negatives, seed=ev.seed,
                 full=self.family == "ranking_full",
             )  # fmt: skip
         value = found.get(self.objective.name.removeprefix("valid/"))
         return None if value is None else float(value)
-
-
-def _first_k(k: Any) -> int:
-    return int(k[0]) if isinstance(k, list | tuple) else int(k)
 
 
 class EpochObjective(Callback):
@@ -102,7 +92,7 @@ class EpochObjective(Callback):
         self.model = model
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        import optuna
+        import optuna  # deferred: optuna (slow to import), only a trial reaches here
 
         if self.model is None:
             return

@@ -12,8 +12,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from recsys_mtl.build import validate_run
 from recsys_mtl.config import ParamSpace, RunConfig, TuneConfig
 from recsys_mtl.errors import UserError
+from recsys_mtl.tracking import canonical_metric_name
 
 __all__ = [
     "FORBIDDEN_SECTIONS",
@@ -90,8 +92,6 @@ def objectives(cfg: RunConfig, source: str = "<config>") -> list[Objective]:
         raise UserError(
             f"{source}: tune.direction: {len(dirs)} direction(s) for {len(names)} objective(s)"
         )
-    from recsys_mtl.tracking import canonical_metric_name
-
     out = [canonical_metric_name(n) for n in names]
     for name in out:
         _check_metric(name, cfg, source)
@@ -221,8 +221,6 @@ def validate_tune(cfg: RunConfig, source: str = "<config>") -> list[Objective]:
     or an earlier parameter; each range's ends (each choice) must give a valid run config
     (with the conditions it depends on holding), so a typo fails now with one line.
     """
-    from recsys_mtl.build import validate_run
-
     tune = cfg.tune
     if tune is None:
         raise UserError(f"{source}: has no tune: section (add tune.space and tune.objective)")

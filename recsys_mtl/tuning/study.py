@@ -102,7 +102,7 @@ def redact(url: str) -> str:
 def make_storage(url: str | None, default: Path) -> Any:
     """An Optuna storage from a URL: an RDB URL (``sqlite:///``, ``postgresql://``, ...), a
     journal file (a path, or ``journal:///path``), or the journal file ``default``."""
-    import optuna
+    import optuna  # deferred: optuna (slow to import)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if url is None or url.startswith("journal:") or "://" not in url:
@@ -123,7 +123,7 @@ def _engine_kwargs(url: str) -> dict[str, Any]:
 
 def make_sampler(tune: TuneConfig, n_objectives: int, worker: int = 0) -> Any:
     """The configured sampler, seeded ``tune.seed + worker`` (workers must not sample alike)."""
-    import optuna
+    import optuna  # deferred: optuna (slow to import)
 
     seed = tune.seed + worker
     if tune.sampler == "random":
@@ -140,7 +140,7 @@ def make_sampler(tune: TuneConfig, n_objectives: int, worker: int = 0) -> Any:
 
 
 def make_pruner(tune: TuneConfig, epochs: int) -> Any:
-    import optuna
+    import optuna  # deferred: optuna (slow to import)
 
     if tune.pruner == "median":
         return optuna.pruners.MedianPruner(
@@ -174,7 +174,7 @@ class StudyCounts:
 
 
 def counts(study: Any) -> StudyCounts:
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # deferred: optuna (slow to import)
 
     trials = study.get_trials(deepcopy=False)
     by = {s: 0 for s in TrialState}
@@ -217,7 +217,7 @@ def top_up(study: Any, n_trials: int, lock: Path) -> int:
 
 def claim(study: Any) -> Any:
     """Take one waiting trial (atomically) and return it as an ``optuna.Trial``, or None."""
-    import optuna
+    import optuna  # deferred: optuna (slow to import)
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -260,7 +260,7 @@ class _Heartbeat:
 
 def _retry(study: Any, trial: Any, retries: int) -> bool:
     """Enqueue a retry of a dead worker's trial (same parameters); False past ``retries``."""
-    import optuna
+    import optuna  # deferred: optuna (slow to import)
 
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > retries:
@@ -287,7 +287,7 @@ def fail_stale(
 
     Returns the numbers of the trials this call failed (another worker may fail some first).
     """
-    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.exceptions import UpdateFinishedTrialError  # deferred: optuna (slow to import)
     from optuna.trial import TrialState
 
     storage, now, failed = study._storage, time.time(), []
@@ -337,7 +337,7 @@ def work(
     the sampler sees every other worker's trials); ``run_trial(trial)`` returns the objective
     value(s) and raises ``optuna.TrialPruned`` to prune. Returns the trials this worker ran.
     """
-    import optuna
+    import optuna  # deferred: optuna (slow to import)
 
     poll = poll if poll is not None else min(tune.heartbeat, 2.0)
     max_failures = tune.max_failures if tune.max_failures is not None else tune.trials
@@ -383,7 +383,7 @@ def work(
 
 def _give_back(study: Any, trial: Any, retries: int, why: str) -> None:
     """An interrupted worker's trial: FAIL, and a retry queued so that a resume reruns it."""
-    from optuna.trial import TrialState
+    from optuna.trial import TrialState  # deferred: optuna (slow to import)
 
     storage = study._storage
     with contextlib.suppress(Exception):

@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from meta.learners import META_LEARNERS, Adapted, build_learner, load_learner, save_learner
+from meta.learners import LEARNERS, Adapted, build_learner, load_learner, save_learner
 from meta.rows import row_losses
 from tests.meta.helpers import TASKS, cold_data, ranker
 
-NAMES = META_LEARNERS.names()
+NAMES = LEARNERS.names()
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_saved_learner_loads_back_to_the_same_adapted_users(world, name, tmp_p
     assert_close(a, b)
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if META_LEARNERS.get(n).inner_loop])
+@pytest.mark.parametrize("name", [n for n in NAMES if LEARNERS.get(n).inner_loop])
 @pytest.mark.parametrize("adapt", [["user"], ["heads"]])
 def test_adaptation_lowers_the_support_loss(world, name, adapt):
     base, _, blocks = world
@@ -119,7 +119,7 @@ def test_adaptation_lowers_the_support_loss(world, name, adapt):
     assert (after < before).all()
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if META_LEARNERS.get(n).inner_loop])
+@pytest.mark.parametrize("name", [n for n in NAMES if LEARNERS.get(n).inner_loop])
 def test_vmap_and_loop_give_the_same_meta_gradient_on_a_ranker(world, name):
     base, _, blocks = world
     learner = _learner(base, name, "mmoe", adapt=["user", "heads"], start="zero", steps=2)

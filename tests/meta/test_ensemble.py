@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from meta.learners import META_LEARNERS, Ensemble, EnsembleParams, build_learner, learner_params
+from meta.learners import LEARNERS, Ensemble, EnsembleParams, build_learner, learner_params
 from meta.learners.ensemble import _least_absolute
 from recsys_mtl.errors import UserError
 from tests.meta.helpers import TASKS, cold_data, ranker
@@ -43,9 +43,7 @@ def fitted(tmp_path_factory):
 
 
 def _cold(data, k):
-    from meta.evaluate import held_out_blocks
-
-    return held_out_blocks(data, "cold_valid", k, data.cfg.seed + 1)
+    return data.held_out_blocks("cold_valid", k, data.cfg.seed + 1)
 
 
 def test_the_fitted_blend_is_no_worse_on_cold_validation_than_either_member(fitted):
@@ -93,7 +91,7 @@ def test_an_unknown_learner_name_lists_every_accepted_name_ensemble_included():
     msg = str(e.value)
     assert msg.startswith("meta.learners.3.name: unknown meta-learner 'mamll'; known: ")
     known = msg.split("known: ")[1].split(", ")
-    assert known == sorted([*META_LEARNERS.names(), "ensemble"])
+    assert known == sorted([*LEARNERS.names(), "ensemble"])
     assert {"ridge", "matching", "maml"} <= set(known)
     # the ensemble is a name the config accepts, but not one built on its own
     with pytest.raises(UserError, match="'ensemble' combines earlier learners"):

@@ -7,7 +7,6 @@ import polars as pl
 import pytest
 
 from meta.data import load_cold_data, write_cold_split
-from meta.evaluate import held_out_blocks
 from meta.floors import BiasFloor
 from meta.protocol import user_metrics
 from recsys_mtl.config import DataConfig, FeaturesConfig, MetaConfig
@@ -37,7 +36,7 @@ def test_the_ridge_floor_lands_near_the_published_orientation_and_beats_simpler_
     0.818 / 0.807 / 0.806 at K = 5 / 10 / 20 (our held-out draw differs)."""
     bias = BiasFloor(data)
     for k, orientation in ((5, 0.818), (10, 0.807), (20, 0.806)):
-        blocks = held_out_blocks(data, "test", k, 2)
+        blocks = data.held_out_blocks("test", k, 2)
         assert (blocks.tasks.support.counts == k).all()
         mae = {}
         for name, (pred, full) in {

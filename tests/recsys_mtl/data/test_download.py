@@ -61,7 +61,7 @@ def test_a_checksum_mismatch_keeps_nothing(server, tmp_path):
 
 
 def test_a_failed_download_leaves_no_empty_data_folder(tmp_path):
-    with pytest.raises(DownloadError, match="HTTP 404|cannot connect"):
+    with pytest.raises(DownloadError, match=r"HTTP 404|cannot connect"):
         download("ml-latest", tmp_path / "a" / "b", base_url="http://127.0.0.1:9/", timeout=2)
     assert list(tmp_path.iterdir()) == []
 
@@ -76,7 +76,7 @@ def test_pinned_checksums_are_used_for_fixed_releases(server, tmp_path):
 def test_unknown_name_and_unreachable_server(tmp_path):
     with pytest.raises(UserError, match="unknown data set 'ml-5m'; known: ml-100k"):
         download("ml-5m", tmp_path)
-    with pytest.raises(DownloadError, match="HTTP 404|cannot connect"):
+    with pytest.raises(DownloadError, match=r"HTTP 404|cannot connect"):
         download("ml-latest", tmp_path, base_url="http://127.0.0.1:9/", progress=False, timeout=2)
 
 

@@ -142,7 +142,7 @@ def test_predefined_split_reads_train_and_test_files_in_the_log_format(tmp_path)
     assert report["parts"]["train"]["ratings"] == 3 and report["parts"]["test"]["ratings"] == 1
     overlap = write(tmp_path / "bad.test", "1\t10\t3\t50\n")
     cfg = SplitConfig(strategy="predefined", train=str(base), test=str(overlap))
-    with pytest.raises(UserError, match="share 1 \\(user, item\\) pairs, e.g. user 1 item 10"):
+    with pytest.raises(UserError, match=r"share 1 \(user, item\) pairs, e.g. user 1 item 10"):
         split_dataset(tmp_path / "f", cfg, tmp_path / "s2")
 
 

@@ -117,5 +117,5 @@ def test_a_folder_that_is_not_movielens_is_a_user_error_naming_it(tmp_path):
 
 def test_declared_format_must_match_the_folder(tmp_path):
     root = ml100k_folder(tmp_path / "x")
-    with pytest.raises(UserError, match="data.format is 'ml-25m' but the folder holds a ml-100k log"):
+    with pytest.raises(UserError, match=r"data\.format is 'ml-25m' but the folder holds a ml-100k log"):
         detect_layout(root, "ml-25m")

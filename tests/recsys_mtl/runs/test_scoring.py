@@ -18,8 +18,8 @@ from pipelines.cli import run_command
 from recsys_mtl.errors import UserError
 from recsys_mtl.models import FeatureContext
 from recsys_mtl.models.bellkor import BellKor, BellKorConfig
-from recsys_mtl.runs.load import load_run
 from recsys_mtl.runs.batch import recommend, score_pairs
+from recsys_mtl.runs.load import load_run
 from recsys_mtl.runs.scoring import CatalogScorer, parse_blend
 from tests.conftest import sparse_id_log, tiny_config
 

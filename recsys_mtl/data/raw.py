@@ -1,0 +1,44 @@
+"""The raw log before validation: where it is (:class:`Layout`, found by
+:func:`recsys_mtl.data.grouplens.detect_layout`) and what its readers parsed
+(:class:`RawTables`, filled by :func:`recsys_mtl.data.grouplens.read_layout`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+__all__ = ["RATING_FIELDS", "RATING_TYPES", "Layout", "RawTables"]
+
+RATING_TYPES = {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "ts": pl.Int64}
+RATING_FIELDS = list(RATING_TYPES)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which reader applies to a path, and the files it reads."""
+
+    name: str  # dataset name for reports: ml-100k, ml-1m, ..., csv, parquet
+    kind: str  # reader: ml-100k | ml-dat | ml-csv | csv | parquet
+    root: Path
+    files: dict[str, Path]  # role (ratings, users, items, genres, tags) -> file
+    rating_scale: tuple[float, float]
+
+    def data_files(self) -> list[Path]:
+        return list(self.files.values())
+
+
+@dataclass
+class RawTables:
+    """Parsed tables of one log, before value-level validation of the interactions."""
+
+    interactions: pl.LazyFrame  # line, raw, reason, user_id, item_id, rating, ts
+    ratings_source: str
+    blank_lines: int
+    users: pl.DataFrame | None = None  # user_id, age, gender, occupation, zip
+    items: pl.DataFrame | None = None  # item_id, title, year, genres (list[str])
+    tags: pl.DataFrame | None = None  # user_id, item_id, tag, ts
+    genres: list[str] | None = None
+    side_rejects: list[pl.DataFrame] = field(default_factory=list)
+    side_reports: dict[str, dict] = field(default_factory=dict)
