@@ -60,7 +60,12 @@ class LearnerParams(BaseModel):
         "the ridge user offset on the support set (ridge), or the MAP solve of every "
         "adaptable user-state entry on the support ratings (solve)",
     )
-    shrinkage: float = Field(15.0, ge=0.0, description="ridge start: shrinkage of the offset")
+    shrinkage: float = Field(
+        15.0,
+        ge=0.0,
+        description="the ridge start's shrinkage of the user offset; the solve start's and the "
+        "ridge learner's prior precision on the rating task's user bias",
+    )
     noise: float = Field(
         1.0,
         gt=0.0,

@@ -53,8 +53,15 @@ class RidgeParams(LearnerParams):
     features: list[str] = Field(default_factory=lambda: ["item"], min_length=1,
                                 description="item features: the ranker's item factors "
                                 "(item) and/or its SVD++ implicit vectors (implicit)")  # fmt: skip
-    dim: int | None = Field(None, ge=1, le=1024, description="PCA-reduce the features to dim")
-    learn_items: bool = Field(True, description="meta-learn the item table (else frozen)")
+    dim: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="PCA-reduce the item features to dim columns (null: keep them all)",
+    )
+    learn_items: bool = Field(
+        True, description="meta-learn the item feature table (false: keep the ranker's, frozen)"
+    )
     implicit_prior: bool = Field(
         True,
         description="SVD++ in the prior: a user's prior mean on the item factors moves by "

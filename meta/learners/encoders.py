@@ -30,9 +30,16 @@ __all__ = ["BlackBox", "EncoderParams", "Metric"]
 
 
 class EncoderParams(LearnerParams):
-    hidden: int = Field(32, ge=2, le=1024, description="width of the support encoder")
-    layers: int = Field(2, ge=1, le=8, description="blackbox: transformer layers")
-    heads: int = Field(4, ge=1, le=16, description="blackbox: attention heads")
+    hidden: int = Field(32, ge=2, le=1024, description="width of the support-set encoder")
+    layers: int = Field(
+        2, ge=1, le=8, description="blackbox: transformer encoder layers over the support set"
+    )
+    heads: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="blackbox: attention heads per layer (1 when hidden is not a multiple of it)",
+    )
 
 
 class _EncoderLearner(MetaLearner):

@@ -58,15 +58,30 @@ class EnsembleParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    members: list[str] = Field(min_length=2, description="labels of earlier learners")
-    grid: int = Field(10, ge=1, le=50, description="ranking weights: simplex grid step 1/grid")
+    members: list[str] = Field(
+        min_length=2,
+        description="labels of the learners it blends, each listed before it in meta.learners",
+    )
+    grid: int = Field(
+        10,
+        ge=1,
+        le=50,
+        description="ranking blend: the weights are the point of the simplex grid of step "
+        "1/grid with the best cold-validation NDCG@10",
+    )
     rating_map: Literal["linear", "steps", "median"] = Field(
         "linear",
         description="the rating blend as it is (linear), through a non-decreasing "
         "piecewise-linear map fitted by least absolute deviations (steps), or the median of a "
         "distribution over the rating values fitted on the training users (median)",
     )
-    head_epochs: int = Field(15, ge=1, le=200, description="median: epochs of the head")
+    head_epochs: int = Field(
+        15,
+        ge=1,
+        le=200,
+        description="rating_map median: training epochs of the distribution head (the epoch "
+        "with the lowest cold-validation MAE is kept)",
+    )
 
 
 def _split(adapted: Adapted, m: int) -> Adapted:

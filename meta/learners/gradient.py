@@ -49,14 +49,26 @@ __all__ = ["FOMAML", "MAML", "GradientParams", "MetaSGD", "Reptile"]
 
 class GradientParams(LearnerParams):
     adapt: list[str] = Field(default_factory=lambda: ["user"], min_length=1,
-                             description="groups adapted per user: user, heads, dense, all")  # fmt: skip
-    steps: int = Field(5, ge=1, le=200, description="inner gradient steps")
+                             description="what adapts per user: user (the ranker's adaptable "
+                             "user-state entries), heads (dense weights serving one task; "
+                             "ANIL-style), dense (every dense weight; MeLU-style), all (user "
+                             "and dense)")  # fmt: skip
+    steps: int = Field(5, ge=1, le=200, description="inner gradient steps in meta-training")
     eval_steps: int | None = Field(
-        None, ge=0, le=1000, description="steps at evaluation (default: steps)"
+        None,
+        ge=0,
+        le=1000,
+        description="inner gradient steps at evaluation and adaptation (null: steps)",
     )
-    inner_lr: float = Field(0.1, gt=0.0, description="inner learning rate (Meta-SGD: its start)")
-    clip: float | None = Field(10.0, gt=0.0, description="max inner gradient norm per user")
-    first_order: bool = Field(False, description="ignore second-order terms (MAML, Meta-SGD)")
+    inner_lr: float = Field(
+        0.1, gt=0.0, description="inner learning rate (Meta-SGD: the start of its learned rates)"
+    )
+    clip: float | None = Field(
+        10.0, gt=0.0, description="max inner gradient norm per user (null: no clipping)"
+    )
+    first_order: bool = Field(
+        False, description="MAML, Meta-SGD: drop the second-order terms of the outer gradient"
+    )
 
     @field_validator("adapt")
     @classmethod

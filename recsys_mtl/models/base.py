@@ -44,9 +44,15 @@ class RankerConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: str = Field("auto", pattern="^(auto|torch|torchrec)$", description="embedding backend")
+    backend: str = Field(
+        "auto",
+        pattern="^(auto|torch|torchrec)$",
+        description="embedding backend: plain torch tables (torch), TorchRec's "
+        "EmbeddingBagCollection (torchrec), or torch on CPU and TorchRec on CUDA (auto); both "
+        "give the same numbers for the same weights",
+    )
     share_embeddings: bool = Field(
-        True, description="one set of id embeddings for all tasks, or one per task"
+        True, description="one set of id embeddings for all tasks (true) or one per task (false)"
     )
 
 

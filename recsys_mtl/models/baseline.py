@@ -29,8 +29,18 @@ class BiasConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    reg_user: float = Field(10.0, ge=0.0, description="shrinkage of user biases")
-    reg_item: float = Field(25.0, ge=0.0, description="shrinkage of item biases")
+    reg_user: float = Field(
+        10.0,
+        ge=0.0,
+        description="shrinkage lambda_user of the user biases toward 0: b_u is the sum "
+        "of the user's residuals over lambda_user plus their count (Koren, KDD 2008, section 2.1)",
+    )
+    reg_item: float = Field(
+        25.0,
+        ge=0.0,
+        description="shrinkage lambda_item of the item biases toward 0: b_i is the sum "
+        "of the item's residuals over lambda_item plus their count (Koren, KDD 2008, section 2.1)",
+    )
 
 
 @RANKERS.register("bias")

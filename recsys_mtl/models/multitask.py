@@ -38,19 +38,47 @@ Layers = Annotated[list[PositiveInt], Field(min_length=1)]
 
 
 class MultiTaskConfig(RankerConfig):
-    dim: int = Field(32, ge=1, description="user and item id embedding size")
-    side_dim: int = Field(8, ge=1, description="side-feature embedding size")
-    bottom: Layers = Field(
-        default_factory=lambda: [128, 64], description="shared_bottom, cross_stitch: bottom MLP"
+    dim: int = Field(32, ge=1, description="size of the user and item id embeddings")
+    side_dim: int = Field(
+        8,
+        ge=1,
+        description="size of each side-feature embedding (age, gender, occupation, zip prefix, "
+        "year, genres mean-pooled, time bin)",
     )
-    expert: Layers = Field(default_factory=lambda: [64], description="expert MLP sizes")
-    experts: int = Field(4, ge=1, description="mmoe: experts")
+    bottom: Layers = Field(
+        default_factory=lambda: [128, 64],
+        description="shared_bottom: widths of the shared bottom MLP; cross_stitch: widths of "
+        "each task's column, with a cross-stitch unit after every layer",
+    )
+    expert: Layers = Field(
+        default_factory=lambda: [64],
+        description="mmoe, ple: widths of each expert MLP's layers",
+    )
+    experts: int = Field(
+        4, ge=1, description="mmoe: number of experts, mixed by a softmax gate per task"
+    )
     shared_experts: int = Field(2, ge=1, description="ple: shared experts per level")
     task_experts: int = Field(1, ge=1, description="ple: task-specific experts per task and level")
-    levels: int = Field(1, ge=1, le=4, description="ple: extraction levels (1 = CGC)")
-    tower: Layers = Field(default_factory=lambda: [32], description="per-task tower sizes")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    init_std: float = Field(0.01, gt=0.0)
+    levels: int = Field(
+        1, ge=1, le=4, description="ple: extraction levels (1: Customized Gate Control, CGC)"
+    )
+    tower: Layers = Field(
+        default_factory=lambda: [32],
+        description="widths of each task's tower MLP, between the shared part and its output",
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="dropout probability after each hidden layer of the bottom, expert and "
+        "tower MLPs (not the cross_stitch columns; 0: none)",
+    )
+    init_std: float = Field(
+        0.01,
+        gt=0.0,
+        description="standard deviation of the normal initialization of the id and "
+        "side-feature embedding tables",
+    )
 
 
 USER_SIDE = ("user", *USER_CATEGORICALS)

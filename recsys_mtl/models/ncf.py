@@ -25,12 +25,30 @@ __all__ = ["GMF", "MLP", "NCFConfig", "NeuMF", "NeuMFConfig", "mlp_stack"]
 
 
 class NCFConfig(RankerConfig):
-    dim: int = Field(32, ge=1, description="embedding size (GMF factors; MLP input halves)")
-    layers: list[PositiveInt] = Field(
-        default_factory=lambda: [64, 32, 16], min_length=1, description="MLP tower sizes"
+    dim: int = Field(
+        32,
+        ge=1,
+        description="size of each user and item embedding: the GMF factors, and each half of "
+        "the MLP input (user and item concatenated)",
     )
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    init_std: float = Field(0.01, gt=0.0)
+    layers: list[PositiveInt] = Field(
+        default_factory=lambda: [64, 32, 16],
+        min_length=1,
+        description="mlp, neumf: widths of the MLP tower's layers, input side first",
+    )
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="mlp, neumf: dropout probability after each hidden layer of the MLP tower "
+        "(0: none)",
+    )
+    init_std: float = Field(
+        0.01,
+        gt=0.0,
+        description="standard deviation of the normal initialization of the user and item "
+        "embedding tables",
+    )
 
 
 def mlp_stack(sizes: list[int], dropout: float) -> nn.Sequential:
@@ -148,10 +166,15 @@ class MLP(_NCF):
 class NeuMFConfig(NCFConfig):
     pretrain: bool = Field(
         False,
-        description="initialize from a GMF and an MLP trained first (the paper's pre-training)",
+        description="initialize from a GMF and an MLP trained first with the same settings "
+        "(He et al., WWW 2017, section 3.4.1); not with train.refit",
     )
     pretrain_alpha: float = Field(
-        0.5, ge=0.0, le=1.0, description="weight of the GMF side in the joined output layer"
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="with pretrain: weight alpha of the GMF side in the joined output layer "
+        "(1 - alpha for the MLP side), so NeuMF starts as alpha GMF + (1 - alpha) MLP",
     )
 
 

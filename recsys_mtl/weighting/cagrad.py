@@ -22,8 +22,18 @@ __all__ = ["CAGrad", "CAGradParams"]
 
 class CAGradParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    c: float = Field(0.4, ge=0.0, description="radius of the ball around the average gradient")
-    iterations: int = Field(50, ge=1)
+    c: float = Field(
+        0.4,
+        ge=0.0,
+        description="radius c of the ball around the average gradient g0, relative to its norm, "
+        "in which the worst task's improvement is maximized (0: the average gradient)",
+    )
+    iterations: int = Field(
+        50,
+        ge=1,
+        description="projected-gradient steps (SGD on softmax task logits) of the per-step "
+        "solve for the task weights",
+    )
 
 
 @WEIGHTINGS.register("cagrad")

@@ -19,7 +19,13 @@ __all__ = ["DBMTL", "DBMTLParams"]
 
 class DBMTLParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    beta: float = Field(0.9, ge=0.0, lt=1.0, description="moving-average factor of the gradients")
+    beta: float = Field(
+        0.9,
+        ge=0.0,
+        lt=1.0,
+        description="factor of the exponential moving average of each task's log-loss "
+        "gradient (0: the current step's gradient only)",
+    )
 
 
 @WEIGHTINGS.register("db_mtl")

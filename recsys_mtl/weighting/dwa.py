@@ -21,7 +21,12 @@ __all__ = ["DWA", "DWAParams"]
 
 class DWAParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    temperature: float = Field(2.0, gt=0.0)
+    temperature: float = Field(
+        2.0,
+        gt=0.0,
+        description="softmax temperature over the tasks' loss ratios of the last two epochs: "
+        "larger values give more equal weights (2 in Liu et al., CVPR 2019)",
+    )
 
 
 @WEIGHTINGS.register("dwa")

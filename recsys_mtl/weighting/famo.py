@@ -25,8 +25,14 @@ __all__ = ["FAMO", "FAMOParams"]
 
 class FAMOParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    lr: float = Field(0.025, gt=0.0, description="learning rate of the task logits")
-    gamma: float = Field(0.001, ge=0.0, description="weight decay of the task logits")
+    lr: float = Field(
+        0.025,
+        gt=0.0,
+        description="learning rate of the Adam step on the task logits after each training step",
+    )
+    gamma: float = Field(
+        0.001, ge=0.0, description="weight decay of the task logits (Liu et al., NeurIPS 2023)"
+    )
 
 
 @WEIGHTINGS.register("famo")

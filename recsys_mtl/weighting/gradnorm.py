@@ -25,9 +25,14 @@ __all__ = ["GradNorm", "GradNormParams"]
 class GradNormParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     alpha: float = Field(
-        1.5, ge=0.0, description="strength of the pull toward equal training rates"
+        1.5,
+        ge=0.0,
+        description="asymmetry alpha: strength of the pull toward equal relative training "
+        "rates (0: equal gradient norms; Chen et al., ICML 2018)",
     )
-    lr: float = Field(0.025, gt=0.0, description="learning rate of the task weights")
+    lr: float = Field(
+        0.025, gt=0.0, description="learning rate of the Adam step on the task weights"
+    )
 
 
 @WEIGHTINGS.register("gradnorm")

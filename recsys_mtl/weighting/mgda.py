@@ -21,8 +21,19 @@ __all__ = ["MGDA", "MGDAParams", "min_norm_weights"]
 
 class MGDAParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    normalize: str = Field("none", pattern="^(none|l2|loss|loss\\+)$")
-    iterations: int = Field(250, ge=1)
+    normalize: str = Field(
+        "none",
+        pattern="^(none|l2|loss|loss\\+)$",
+        description="rescaling of each task gradient before the solve: none, l2 (unit norm), "
+        "loss (divided by the task's loss) or loss+ (both), as in Sener and Koltun, "
+        "NeurIPS 2018",
+    )
+    iterations: int = Field(
+        250,
+        ge=1,
+        description="maximum Frank-Wolfe iterations of the min-norm solve (it stops earlier "
+        "once the weights stop moving)",
+    )
 
 
 def min_norm_weights(gram: torch.Tensor, iterations: int = 250, tol: float = 1e-7) -> torch.Tensor:
