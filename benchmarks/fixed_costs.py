@@ -126,7 +126,11 @@ cfg = load_config(sys.argv[2], ["tracking.enabled=false"])
 if len(cfg.tasks) > 1 and (cfg.weighting.name != "static" or "static weights are flat" not in
                             Path(stages.__file__).read_text()):
     hist = [{"epoch": e, **{f"weight/{t}": 1.0 for t in cfg.tasks}} for e in range(5)]
-    stages._plot_weights(hist, cfg.tasks, Path(sys.argv[1]) / "probe-weights.png", "static")
+    try:
+        from pipelines.plots import plot_weights as draw
+    except ImportError:  # a checkout from before plots moved to pipelines/plots.py
+        draw = stages._plot_weights
+    draw(hist, cfg.tasks, Path(sys.argv[1]) / "probe-weights.png", "static")
 print(time.perf_counter() - t)
 """,
     "recipe_epochs": """

@@ -157,8 +157,8 @@ def measure(spec: dict) -> dict:
     flops = _flops()
     out = {"flops": flops, "n_users": n_users, "n_items": run.ctx.n_items, "dim": run.model.cfg.dim}
     import polars as pl
-    from pipelines.score import _write_stream
 
+    from pipelines.commands.score import _write_stream
     from recsys_mtl.runs.batch import ScoringReport, iter_recommend, output_schema
 
     def score(count: int, tile: int | str | None) -> tuple[dict, pl.DataFrame]:

@@ -16,8 +16,13 @@ import copy
 import json
 from typing import Any
 
+from pydantic import ValidationError
+
+from pipelines.console import table
+from pipelines.plots import plot_mae_vs_k
 from pipelines.runner import Pipeline, Stage, StageContext
 from pipelines.stages import DATA_CODE, FEATURES, INGEST, MODEL_CODE, SPLIT, TRAIN
+from recsys_mtl.build import build_weighting
 from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json
@@ -33,12 +38,12 @@ FLOORS = ("global_mean", "item_bias", "support_mean", "ridge", "ridge_steps", "r
 
 def validate_meta(cfg: RunConfig) -> None:
     """Everything about ``meta:`` checkable before a stage runs (names, settings, tasks)."""
-    from meta.learners import learner_params
-    from recsys_mtl.build import build_weighting
-
     meta = cfg.meta
     if meta is None:
         return
+    # deferred: the learners' package (torch), only for a config with a meta: section
+    from meta.learners import learner_params
+
     if "rating" not in cfg.tasks:
         raise UserError("tasks: the cold-start protocol needs the 'rating' task")
     if build_weighting(cfg).needs_gradients:
@@ -69,8 +74,7 @@ def validate_meta(cfg: RunConfig) -> None:
 
 
 def _validate_ensemble(spec: Any, n: int, earlier: set[str]) -> None:
-    from pydantic import ValidationError
-
+    # deferred: the learners' package (torch), as in validate_meta
     from meta.learners import EnsembleParams
 
     key = f"meta.learners.{n}"
@@ -102,8 +106,6 @@ def coldstart_report(per_k: dict[str, dict[str, dict[str, float]]]) -> str:
     """What a cold-start run prints (``summary.json`` keeps every metric): per K, every
     learner and the best floor by MAE and by NDCG@10, sorted by MAE, and the best learner's
     margins over the best floor (positive = the learner is better)."""
-    from pipelines.console import table
-
     ks = sorted({k for m in per_k.values() for k in m}, key=lambda k: (len(k), k))
     cols = [("MAE", "rating/mae"), ("RMSE", "rating/rmse"), ("nDCG@5", "query/ndcg@5"),
             ("top-5 nDCG@5", "query/top_ndcg@5"), ("HR@10", "ranking/hr@10"),
@@ -146,6 +148,7 @@ def coldstart_report(per_k: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def _split(ctx: StageContext) -> dict[str, Any]:
+    # deferred: the cold-start data (torch, polars), when the stage runs
     from meta.data import write_cold_split
 
     cfg = ctx.config
@@ -156,6 +159,7 @@ def _split(ctx: StageContext) -> dict[str, Any]:
 
 def _base(spec: Any, run: Any) -> Any:
     if spec.base == "melu":
+        # deferred: MeLU (torch), only for a learner on it
         from meta.melu import MeLU, MeLUConfig
 
         return MeLU(MeLUConfig(), run.ctx, run.tasks)
@@ -166,6 +170,7 @@ def load_learners(folder: Any, cfg: Any, run: Any, ranker_only: bool = False) ->
     """The learners of ``cfg.meta.learners`` as meta-training saved them under ``folder``
     (``RUN/meta_train``), by label in config order, each ensemble over the learners before it;
     ``ranker_only`` leaves out the ones on another base (MeLU)."""
+    # deferred: the learners' package (torch), when learners are loaded
     from meta.learners import load_learner
 
     learners: dict[str, Any] = {}
@@ -181,6 +186,7 @@ def load_learners(folder: Any, cfg: Any, run: Any, ranker_only: bool = False) ->
 def _ensemble(spec: Any, members: dict[str, Any], tasks: list[str], folder: Any = None) -> Any:
     """The ensemble of ``spec`` over the learners ``members`` (its fitted weights loaded from
     ``folder`` when given)."""
+    # deferred: torch and the learners' package, when an ensemble is built
     import torch
 
     from meta.learners import WEIGHTS_FILE, Ensemble, EnsembleParams
@@ -194,13 +200,13 @@ def _ensemble(spec: Any, members: dict[str, Any], tasks: list[str], folder: Any 
 
 
 def _meta_train(ctx: StageContext) -> dict[str, Any]:
+    # deferred: torch, the learners and meta-training, when the stage runs
     import torch
 
     from meta.data import load_cold_data
     from meta.evaluate import choose_fold_in
     from meta.learners import build_learner, save_learner
     from meta.train import MetaTrainingError, meta_train
-    from recsys_mtl.build import build_weighting
     from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.callbacks import ProgressCallback, TrackerCallback
     from recsys_mtl.train.evaluate import ranking_task
@@ -253,8 +259,10 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
 
 
 def _coldstart(ctx: StageContext) -> dict[str, Any]:
+    # deferred: the cold-start evaluation (torch, polars), when the stage runs
     from meta.data import load_cold_data
-    from meta.evaluate import evaluate_coldstart, plot_mae_vs_k, table
+    from meta.evaluate import evaluate_coldstart
+    from meta.evaluate import table as per_k_table
     from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.evaluate import ranking_task
 
@@ -280,7 +288,7 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
                 flat[
                     f"coldstart/{r['labels']['learner']}/k{k if k is not None else 'rest'}/{m}"
                 ] = v
-    return {"metrics": flat, "table": table(rows)}
+    return {"metrics": flat, "table": per_k_table(rows)}
 
 
 COLD_SPLIT = Stage(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["metrics_table", "registries_text", "table", "transfer_table"]
+__all__ = ["metrics_table", "table", "transfer_table"]
 
 
 def _num(value: Any) -> str:
@@ -67,19 +67,3 @@ def transfer_table(transfer: dict[str, Any]) -> str:
     flagged = [t for t, r in transfer.items() if r["negative_transfer"]]
     verdict = f"negative transfer on: {', '.join(flagged)}" if flagged else "no negative transfer"
     return f"{return_table}\n{verdict}"
-
-
-def registries_text() -> str:
-    """The names a config can use: rankers, weightings, tasks, split strategies."""
-    from recsys_mtl.config import KNOWN_TASKS
-    from recsys_mtl.data.splits import SPLITTERS
-    from recsys_mtl.models import RANKERS
-    from recsys_mtl.weighting import WEIGHTINGS
-
-    groups = [
-        ("rankers (model.name)", RANKERS.names()),
-        ("weightings (weighting.name)", WEIGHTINGS.names()),
-        ("tasks (tasks)", list(KNOWN_TASKS)),
-        ("split strategies (split.strategy)", SPLITTERS.names()),
-    ]
-    return "\n".join(f"{title}:\n  {', '.join(names)}" for title, names in groups)

@@ -1,4 +1,5 @@
-"""The stages of the main pipeline and their wiring: ingest -> features -> split -> train -> evaluate."""
+"""The stages of the main pipeline and their wiring:
+ingest -> features -> split -> train -> evaluate."""
 
 from __future__ import annotations
 
@@ -6,16 +7,21 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.plots import learning_curves, plot_weights, weights_move
 from pipelines.runner import Pipeline, Stage, StageContext
+from recsys_mtl.build import check_device
 from recsys_mtl.config import RunConfig
 from recsys_mtl.io import atomic_path, paths_digest, write_json
 
-__all__ = ["build_pipeline", "data_pipeline"]
+__all__ = ["DATA_STAGES", "build_pipeline", "data_content", "data_pipeline"]
 
 
-def _data_content(cfg: RunConfig) -> dict[str, str]:
+def data_content(cfg: RunConfig) -> dict[str, str]:
+    """``{"data.path": digest}`` of the files a run reads (none for synthetic data): the ingest
+    stage's fingerprint covers their content, not their path."""
     if cfg.data.format == "synthetic":
         return {}
+    # deferred: the layouts read with polars
     from recsys_mtl.data.grouplens import detect_layout
 
     layout = detect_layout(Path(str(cfg.data.path)).expanduser(), cfg.data.format)
@@ -32,6 +38,7 @@ def _split_content(cfg: RunConfig) -> dict[str, str]:
 
 
 def _ingest(ctx: StageContext) -> dict[str, Any]:
+    # deferred: ingest (polars), when the stage runs
     from recsys_mtl.data.ingest import ingest
 
     report = ingest(
@@ -55,6 +62,7 @@ def _ingest(ctx: StageContext) -> dict[str, Any]:
 
 
 def _features(ctx: StageContext) -> dict[str, Any]:
+    # deferred: the features (polars), when the stage runs
     from recsys_mtl.data.features import build_features
 
     spec = build_features(
@@ -64,6 +72,7 @@ def _features(ctx: StageContext) -> dict[str, Any]:
 
 
 def _split(ctx: StageContext) -> dict[str, Any]:
+    # deferred: the splitters (polars), when the stage runs
     from recsys_mtl.data.splits import split_dataset
 
     ingest_report = json.loads(ctx.input(INGEST.out("report.json")).read_text())
@@ -79,6 +88,7 @@ def _split(ctx: StageContext) -> dict[str, Any]:
 
 
 def _train(ctx: StageContext) -> dict[str, Any]:
+    # deferred: torch and the trainer, when the stage runs
     import torch
 
     from recsys_mtl.train.callbacks import ProgressCallback, TrackerCallback
@@ -108,43 +118,18 @@ def _train(ctx: StageContext) -> dict[str, Any]:
         for h in trained.history:
             ctx.tracker.log_metrics({"train/fit": h["train/fit"]}, step=h["epoch"])
     else:
-        from pipelines.plots import learning_curves, weights_move
-
         curves = learning_curves(trained.history, cfg.tasks, ctx.out_dir / "learning_curves.svg")
         ctx.tracker.log_artifacts([curves] if curves else [])
         if len(cfg.tasks) > 1 and weights_move(trained.history, cfg.tasks):
-            plot = _plot_weights(
+            plot = plot_weights(
                 trained.history, cfg.tasks, ctx.out_dir / "weights.png", cfg.weighting.name
             )
             ctx.tracker.log_artifacts([plot])
     return {"metrics": trained.metrics, **trained.details}
 
 
-def _plot_weights(
-    history: list[dict[str, float]], tasks: list[str], path: Path, method: str
-) -> Path:
-    """The task weights per epoch as a PNG (the MLflow artifact ``weights.png``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    epochs = [h["epoch"] for h in history]
-    for t in tasks:
-        ax.plot(epochs, [h[f"weight/{t}"] for h in history], marker="o", label=t)
-    ax.set(xlabel="epoch", ylabel="mean task weight", title=f"task weights ({method})")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
-
-
 def _evaluate(ctx: StageContext) -> dict[str, Any]:
-    from recsys_mtl.build import check_device
+    # deferred: the finished run and the evaluation (torch), when the stage runs
     from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.evaluate import evaluate_run
 
@@ -177,7 +162,7 @@ INGEST = Stage(
         "quarantine.parquet",
         "report.json",
     ),
-    content_keys=_data_content,
+    content_keys=data_content,
     code=DATA_CODE,
 )
 FEATURES = Stage(

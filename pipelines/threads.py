@@ -100,10 +100,12 @@ def configure_threads(threads: int | None = None, cores: list[int] | None = None
     """Pin this process to ``cores`` (when given) and set torch's intra-op thread count.
 
     ``threads`` None takes ``RECSYS_MTL_THREADS`` when set, else ``OMP_NUM_THREADS`` when set,
-    else :data:`DEFAULT_THREADS` (one: fast alone and side by side, see the module docstring). An explicit count above the cores
-    the process may use is lowered to that number: more threads than cores only wait on each
-    other. Returns the count in effect. Bad values raise :class:`UserError` (exit code 2).
+    else :data:`DEFAULT_THREADS` (one: fast alone and side by side, see the module docstring).
+    An explicit count above the cores the process may use is lowered to that number: more
+    threads than cores only wait on each other. Returns the count in effect. Bad values raise
+    :class:`UserError` (exit code 2).
     """
+    # deferred: torch (about a second), only once a stage or a trial is about to run
     import torch
 
     if cores is not None:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOWER_IS_BETTER", "transfer_report", "with_single_task_baselines"]
+__all__ = ["LOWER_IS_BETTER", "share_upstream", "transfer_report", "with_single_task_baselines"]
 
 LOWER_IS_BETTER = ("rmse", "mae", "logloss")
 
@@ -52,9 +52,11 @@ def transfer_report(
     return report
 
 
-def _share_upstream(
+def share_upstream(
     src: Path, dst: Path, stages: tuple[str, ...] = ("ingest", "features", "split")
 ) -> None:
+    """Make ``src``'s finished ``stages`` the same stages of the run folder ``dst`` (hard
+    links, or copies across file systems): with the same fingerprints they are skipped."""
     for stage in stages:
         if (src / stage).is_dir() and not (dst / stage).exists():
             dst.mkdir(parents=True, exist_ok=True)
@@ -77,7 +79,7 @@ def with_single_task_baselines(
     single = {}
     for task in tasks:
         out = run_dir / "single_task" / task
-        _share_upstream(run_dir, out)
+        share_upstream(run_dir, out)
         summary = run([*overrides, f"tasks=[{task}]", "weighting.weights={}"], str(out))
         single[task] = summary["metrics"]
     return transfer_report(multi_metrics, single, ranking_task)

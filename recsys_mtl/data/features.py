@@ -50,7 +50,9 @@ def _codes(values: pl.Series, vocab: list[Any] | None = None) -> tuple[pl.Series
     """Categorical codes 1..V for known values and 0 for null/unknown, with the vocab."""
     if vocab is None:
         vocab = values.drop_nulls().unique().sort().to_list()
-    codes = values.replace_strict(vocab, list(range(1, len(vocab) + 1)), default=0, return_dtype=pl.Int32)
+    codes = values.replace_strict(
+        vocab, list(range(1, len(vocab) + 1)), default=0, return_dtype=pl.Int32
+    )
     return codes.fill_null(0), vocab
 
 
@@ -163,14 +165,18 @@ def sample_negatives(
     # grouped by user; ingest made the pairs distinct, so no unique is needed.
     keys = pair_keys(uidx, iidx, n_items)
     by_key = pl.Series(keys).arg_sort().to_numpy()
-    items = draw_unrated(uidx, keys[by_key], n_items, per_positive, rng, order=by_key, max_rounds=max_rounds)
+    items = draw_unrated(
+        uidx, keys[by_key], n_items, per_positive, rng, order=by_key, max_rounds=max_rounds
+    )
     flat = items.ravel()
     found = flat >= 0
     owner = np.repeat(np.arange(uidx.size, dtype=np.int64), per_positive)
     return owner[found], flat[found], int((~found).sum())
 
 
-def build_features(ingest_dir: str | Path, cfg: FeaturesConfig, out_dir: str | Path) -> dict[str, Any]:
+def build_features(
+    ingest_dir: str | Path, cfg: FeaturesConfig, out_dir: str | Path
+) -> dict[str, Any]:
     """Build the feature tables of an ingested log; returns the feature spec (also written)."""
     src, out = Path(ingest_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -203,9 +209,15 @@ def build_features(ingest_dir: str | Path, cfg: FeaturesConfig, out_dir: str | P
     genre_vocab: list[str] = list(ingest_report.get("genres") or [])
     if not genre_vocab:
         genre_vocab = items["genres"].explode().drop_nulls().unique().sort().to_list()
-    genre_codes = items["genres"].list.eval(
-        pl.element().replace_strict(genre_vocab, list(range(len(genre_vocab))), default=None, return_dtype=pl.Int32)
-    ).list.drop_nulls()
+    genre_codes = (
+        items["genres"]
+        .list.eval(
+            pl.element().replace_strict(
+                genre_vocab, list(range(len(genre_vocab))), default=None, return_dtype=pl.Int32
+            )
+        )
+        .list.drop_nulls()
+    )
     years = items["year"]
     y0 = years.min() if years.drop_nulls().len() else 0
     year_bucket = ((years - y0) // cfg.year_bucket + 1).fill_null(0).cast(pl.Int32)
@@ -223,7 +235,9 @@ def build_features(ingest_dir: str | Path, cfg: FeaturesConfig, out_dir: str | P
 
     # Interactions: ids, labels, time.
     uidx = inter["user_id"].replace_strict(user_ids, user_features["uidx"], return_dtype=pl.Int32)
-    iidx = inter["item_id"].replace_strict(items["item_id"], item_features["iidx"], return_dtype=pl.Int32)
+    iidx = inter["item_id"].replace_strict(
+        items["item_id"], item_features["iidx"], return_dtype=pl.Int32
+    )
     ts = inter["ts"]
     t_min, t_max = int(ts.min()), int(ts.max())
     day = (pl.col("ts") - t_min) // 86_400

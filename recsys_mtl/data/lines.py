@@ -115,9 +115,13 @@ def _lines_frame(source: Path | io.BytesIO, path: Path, skip_header: bool) -> pl
     except pl.exceptions.NoDataError:
         df = pl.DataFrame({"raw": []}, schema={"raw": pl.String})
     except pl.exceptions.ComputeError as e:
-        raise UserError(f"{path.absolute()}: cannot be read as text lines ({str(e).splitlines()[0]})") from e
+        raise UserError(
+            f"{path.absolute()}: cannot be read as text lines ({str(e).splitlines()[0]})"
+        ) from e
     if df.width != 1:
-        raise UserError(f"{path.absolute()}: contains the control character \\x1f; not a rating log")
+        raise UserError(
+            f"{path.absolute()}: contains the control character \\x1f; not a rating log"
+        )
     df = df.with_row_index("line", offset=1).with_columns(pl.col("line").cast(pl.Int64))
     if skip_header:
         df = df.slice(1)

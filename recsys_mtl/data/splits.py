@@ -72,7 +72,9 @@ def _temporal(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, **_
 
 
 @SPLITTERS.register("leave_last_out")
-def _leave_last_out(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, **_: Any) -> Assign:
+def _leave_last_out(
+    pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, **_: Any
+) -> Assign:
     test = _last_per_user(pos)
     rows = pos["row"].to_numpy()
     return {"test": test, "train": rows[~np.isin(rows, test)]}
@@ -145,7 +147,10 @@ def _predefined(
             "file": path.name,
             "lines": parsed.height,
             "rejected_lines": bad.height,
-            "pairs_not_in_log": int(pairs["row"].null_count()) + parsed.height - bad.height - pairs.height,
+            "pairs_not_in_log": int(pairs["row"].null_count())
+            + parsed.height
+            - bad.height
+            - pairs.height,
         }
         parts[part] = pairs.filter(pl.col("row").is_not_null())
     both = parts["train"].join(parts["test"], on="row", how="semi")
@@ -155,13 +160,18 @@ def _predefined(
             f"split.train and split.test share {both.height} (user, item) pairs, e.g. user "
             f"{ex['user_id']} item {ex['item_id']}: the test part would leak into training"
         )
-    train, test = parts["train"]["row"].unique().to_numpy(), parts["test"]["row"].unique().to_numpy()
+    train, test = (
+        parts["train"]["row"].unique().to_numpy(),
+        parts["test"]["row"].unique().to_numpy(),
+    )
     assigned = np.concatenate([train, test])
     report["unassigned_ratings"] = int(pos.height - np.unique(assigned).size)
     return {"train": train, "test": test}
 
 
-def _carve_valid(pos: pl.DataFrame, train: np.ndarray, cfg: SplitConfig, rng: np.random.Generator) -> Assign:
+def _carve_valid(
+    pos: pl.DataFrame, train: np.ndarray, cfg: SplitConfig, rng: np.random.Generator
+) -> Assign:
     if cfg.valid_fraction == 0 or train.size == 0:
         return {"train": train, "valid": np.empty(0, np.int64)}
     sub = pos.filter(pl.col("row").is_in(pl.Series(train).implode()))
@@ -203,7 +213,10 @@ def split_dataset(
     assign.update(_carve_valid(pos, assign["train"], cfg, rng))
 
     labels = pl.concat(
-        [pl.DataFrame({"row": rows.astype(np.int64), "part": name}) for name, rows in assign.items()]
+        [
+            pl.DataFrame({"row": rows.astype(np.int64), "part": name})
+            for name, rows in assign.items()
+        ]
     )
     table = table.join(labels, on="row", how="inner", maintain_order="left")
     report["parts"] = {}
@@ -220,4 +233,3 @@ def split_dataset(
     write_parquet(implicit, out / "train_user_items.parquet")
     write_json(report, out / "report.json")
     return report
-

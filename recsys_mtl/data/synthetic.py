@@ -49,7 +49,9 @@ def _activity(rng: np.random.Generator, n_users: int, n_items: int, n_ratings: i
     cap = max(1, int(0.4 * n_items))
     floor = max(1, min(20, n_ratings // n_users // 2, cap))
     raw = rng.pareto(1.3, n_users) + 1.0
-    counts = floor + np.floor(raw / raw.sum() * max(0, n_ratings - floor * n_users)).astype(np.int64)
+    counts = floor + np.floor(raw / raw.sum() * max(0, n_ratings - floor * n_users)).astype(
+        np.int64
+    )
     counts = np.minimum(counts, cap)
     short = n_ratings - counts.sum()
     while short > 0:  # hand out what rounding and the cap left, to users below the cap
@@ -172,14 +174,21 @@ def generate(cfg: SyntheticConfig, half_stars: bool = False) -> SyntheticLog:
     items = pl.DataFrame(
         {
             "item_id": np.arange(1, n_i + 1),
-            "title": [f"Synthetic Movie {k} ({y})" for k, y in zip(range(1, n_i + 1), year, strict=True)],
+            "title": [
+                f"Synthetic Movie {k} ({y})" for k, y in zip(range(1, n_i + 1), year, strict=True)
+            ],
             "year": year,
             "genres": genre_lists,
         },
         schema_overrides={"genres": pl.List(pl.String)},
     )
     ratings_df = pl.DataFrame(
-        {"user_id": u[order] + 1, "item_id": i[order] + 1, "rating": ratings[order], "ts": ts[order]}
+        {
+            "user_id": u[order] + 1,
+            "item_id": i[order] + 1,
+            "rating": ratings[order],
+            "ts": ts[order],
+        }
     )
     return SyntheticLog(users, items, ratings_df)
 
@@ -199,7 +208,9 @@ def write_synthetic(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
 
 def _write_lines(df: pl.DataFrame, path: Path, sep: str) -> None:
     """Write columns joined by a literal separator of any length, one line each, no quoting."""
-    line = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in df.columns], separator=sep)
+    line = pl.concat_str(
+        [pl.col(c).cast(pl.String).fill_null("") for c in df.columns], separator=sep
+    )
     df.select(line.alias("l")).write_csv(path, include_header=False, quote_style="never")
 
 
@@ -212,8 +223,7 @@ def _write_ml100k(log: SyntheticLog, out: Path) -> None:
     _write_lines(log.users, out / "u.user", "|")
     genres = ML100K_GENRES
     flags = [
-        pl.col("genres").list.contains(g).cast(pl.Int8).alias(f"g{k}")
-        for k, g in enumerate(genres)
+        pl.col("genres").list.contains(g).cast(pl.Int8).alias(f"g{k}") for k, g in enumerate(genres)
     ]
     unknown = (pl.col("genres").list.len() == 0).cast(pl.Int8).alias("g0")
     items = log.items.select(

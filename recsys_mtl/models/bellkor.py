@@ -32,11 +32,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from recsys_mtl.models.als import als_factors, implicit_als_factors
-from recsys_mtl.models.base import Ranker, RankerConfig, Role, UserState, broadcast_rows
+from recsys_mtl.models.base import Ranker, Role, UserState, broadcast_rows
+from recsys_mtl.models.bellkor_config import BellKorConfig
 from recsys_mtl.models.bellkor_scoring import FixedTimeScoring
 from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.embeddings import (
@@ -55,42 +55,6 @@ __all__ = ["BellKor", "BellKorConfig"]
 # (user, day) cells up to which the user-day bias rows come from a dense lookup table (int64:
 # 32 MB at this size); ml-100k has 943 x 215, ML-1M about 6,040 x 1,040
 _DENSE_DAYS = 1 << 22
-
-
-class BellKorConfig(RankerConfig):
-    dim: int = Field(
-        64, ge=1, description="latent factors of the user and item factor vectors p_u and q_i"
-    )
-    implicit: bool = Field(
-        True,
-        description="SVD++ implicit feedback: the user factors also get the normalized sum of "
-        "the implicit vectors y_j of the items the user rated in the training part "
-        "(Koren, KDD 2008)",
-    )
-    time_effects: bool = Field(
-        True,
-        description="timeSVD++ time effects on the rating task (when rating is one of the "
-        "tasks): an item bias per time bin and a user bias drift alpha_u dev_u(t) "
-        "(Koren, KDD 2009)",
-    )
-    user_day_bias: bool = Field(
-        True,
-        description="with time_effects: a rating bias per (user, day) for the days the user "
-        "rated on in the training part (0 on any other day), absorbing a day's rating habits",
-    )
-    beta: float = Field(
-        0.4,
-        gt=0.0,
-        le=1.0,
-        description="exponent of the user drift, dev_u(t) = sign(t - t_u) abs(t - t_u)^beta in "
-        "days from the user's mean rating day t_u (0.4 in Koren, KDD 2009)",
-    )
-    init_std: float = Field(
-        0.01,
-        gt=0.0,
-        description="standard deviation of the normal initialization of the user, item and "
-        "SVD++ implicit factor tables (the biases start at 0)",
-    )
 
 
 @RANKERS.register("bellkor")

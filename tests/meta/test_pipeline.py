@@ -93,7 +93,7 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
 
 
 def test_the_printed_report_is_the_per_k_table_of_every_learner_and_the_best_floors(finished):
-    from pipelines.execute import run_report
+    from pipelines.report import run_report
 
     _, summary, _ = finished
     text = run_report(summary)

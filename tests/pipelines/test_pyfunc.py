@@ -22,8 +22,8 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pipelines.cli import run_command
+from recsys_mtl.runs.batch import recommend, score_pairs
 from recsys_mtl.runs.load import load_run
-from recsys_mtl.runs.recommend import recommend, score_pairs
 from tests.conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.slow

@@ -139,9 +139,9 @@ def test_a_run_that_fails_before_writing_anything_leaves_no_run_folder(tmp_path,
 
 
 def test_help_describes_the_tool_and_every_option_has_a_description_and_default(cli, capsys):
-    from pipelines.cli import _parser
+    from pipelines.cli import build_parser
 
-    parser = _parser()
+    parser = build_parser()
     assert "Multi-task recommendation on rating logs" in parser.format_help()
     subs = [parser]
     for p in subs:

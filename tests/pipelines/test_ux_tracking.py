@@ -70,7 +70,7 @@ def test_metric_names_map_reversibly_between_summary_and_mlflow():
 
 
 def test_a_pipeline_run_is_named_tagged_described_and_logs_its_dataset(tmp_path, client, cli):
-    from pipelines.execute import data_digest
+    from pipelines.naming import data_digest
     from recsys_mtl.config import load_config
 
     cfg = _cfg(tmp_path, "ux-tags")

@@ -83,7 +83,9 @@ def test_unknown_name_and_unreachable_server(tmp_path):
 def test_cli_exit_codes_for_download(server, tmp_path, cli):
     root, url = server
     _archive(root)
-    code, out, _ = cli("data", "download", "ml-latest-small", "--to", tmp_path / "d", "--base-url", url)
+    code, out, _ = cli(
+        "data", "download", "ml-latest-small", "--to", tmp_path / "d", "--base-url", url
+    )
     assert code == 0 and out.strip().endswith("ml-latest-small")
     code, _, err = cli("data", "download", "ml-nope", "--to", tmp_path / "d")
     assert code == 2 and "unknown data set" in err

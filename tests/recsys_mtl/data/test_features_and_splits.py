@@ -13,19 +13,27 @@ from recsys_mtl.data.splits import split_dataset
 from recsys_mtl.errors import UserError
 from tests.conftest import write
 
-SYN = DataConfig(format="synthetic", synthetic=SyntheticConfig(users=120, items=200, ratings=5000, seed=2))
+SYN = DataConfig(
+    format="synthetic", synthetic=SyntheticConfig(users=120, items=200, ratings=5000, seed=2)
+)
 
 
 @pytest.fixture(scope="module")
 def featured(tmp_path_factory):
     root = tmp_path_factory.mktemp("feat")
     ingest(SYN, root / "ingest")
-    spec = build_features(root / "ingest", FeaturesConfig(negatives_per_positive=2, like_threshold=4), root / "features")
+    spec = build_features(
+        root / "ingest",
+        FeaturesConfig(negatives_per_positive=2, like_threshold=4),
+        root / "features",
+    )
     return root, spec
 
 
 def _parts(out):
-    return {p.stem: pl.read_parquet(p) for p in out.glob("*.parquet") if p.stem != "train_user_items"}
+    return {
+        p.stem: pl.read_parquet(p) for p in out.glob("*.parquet") if p.stem != "train_user_items"
+    }
 
 
 def _pairs(df, positive=True):
@@ -63,7 +71,9 @@ def test_negatives_never_include_a_positive(featured):
 def test_sample_negatives_skips_users_who_rated_everything():
     users = np.array([0, 0, 1])
     items = np.array([0, 1, 0])  # user 0 rated both items
-    owner, neg, unavailable = sample_negatives(users, items, 2, 3, np.random.default_rng(0), max_rounds=20)
+    owner, neg, unavailable = sample_negatives(
+        users, items, 2, 3, np.random.default_rng(0), max_rounds=20
+    )
     assert unavailable == 6 and set(neg.tolist()) == {1} and set(owner.tolist()) == {2}
 
 
@@ -105,15 +115,21 @@ def test_temporal_split_puts_every_test_rating_after_every_train_rating(featured
 
 def test_cold_start_users_never_appear_in_training(featured, tmp_path):
     root, _ = featured
-    cfg = SplitConfig(strategy="cold_start_users", cold_start={"user_fraction": 0.2, "support_size": 5})
+    cfg = SplitConfig(
+        strategy="cold_start_users", cold_start={"user_fraction": 0.2, "support_size": 5}
+    )
     split_dataset(root / "features", cfg, tmp_path)
     p = _parts(tmp_path)
     held = set(p["support"]["uidx"].to_list())
     assert held == set(p["test"]["uidx"].to_list()) and len(held) == 24
-    assert not held & set(p["train"]["uidx"].to_list()) and not held & set(p["valid"]["uidx"].to_list())
+    assert not held & set(p["train"]["uidx"].to_list()) and not held & set(
+        p["valid"]["uidx"].to_list()
+    )
     sup = p["support"].filter(pl.col("interaction") == 1)
     assert (sup.group_by("uidx").len()["len"] == 5).all()
-    first_query = p["test"].filter(pl.col("interaction") == 1).group_by("uidx").agg(pl.col("ts").min())
+    first_query = (
+        p["test"].filter(pl.col("interaction") == 1).group_by("uidx").agg(pl.col("ts").min())
+    )
     last_support = sup.group_by("uidx").agg(pl.col("ts").max())
     both = first_query.join(last_support, on="uidx")
     assert (both["ts"] >= both["ts_right"]).all()
@@ -122,10 +138,14 @@ def test_cold_start_users_never_appear_in_training(featured, tmp_path):
 def test_leave_last_out_breaks_timestamp_ties_by_log_order(tmp_path):
     root = tmp_path / "ml-100k"
     # user 1 rates items 10 and 11 at the same latest time; the later line (item 11) is held out
-    write(root / "u.data", "1\t12\t3\t50\n1\t10\t4\t100\n1\t11\t5\t100\n2\t10\t3\t10\n2\t12\t3\t20\n")
+    write(
+        root / "u.data", "1\t12\t3\t50\n1\t10\t4\t100\n1\t11\t5\t100\n2\t10\t3\t10\n2\t12\t3\t20\n"
+    )
     ingest(DataConfig(path=str(root)), tmp_path / "i")
     build_features(tmp_path / "i", FeaturesConfig(negatives_per_positive=0), tmp_path / "f")
-    split_dataset(tmp_path / "f", SplitConfig(strategy="leave_last_out", valid_fraction=0), tmp_path / "s")
+    split_dataset(
+        tmp_path / "f", SplitConfig(strategy="leave_last_out", valid_fraction=0), tmp_path / "s"
+    )
     test = pl.read_parquet(tmp_path / "s" / "test.parquet").sort("uidx")
     assert test["iidx"].to_list() == [1, 2]  # items 11 (iidx 1) for user 1, 12 (iidx 2) for user 2
 

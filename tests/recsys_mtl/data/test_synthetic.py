@@ -45,12 +45,17 @@ def test_every_layout_reads_back_to_the_same_ratings(tmp_path):
         report = ingest(DataConfig(path=str(folder)), tmp_path / f"out-{layout}").report
         assert report["interactions"]["rows_quarantined"] == {}
         frames.append(pl.read_parquet(tmp_path / f"out-{layout}" / "interactions.parquet"))
-        assert pl.read_parquet(tmp_path / f"out-{layout}" / "users.parquet")["gender"].null_count() == 0
+        assert (
+            pl.read_parquet(tmp_path / f"out-{layout}" / "users.parquet")["gender"].null_count()
+            == 0
+        )
     assert_frame_equal(frames[0], frames[1])
 
 
 def test_latest_layout_has_half_stars_and_reads_cleanly(tmp_path):
-    folder = write_synthetic(SMALL.model_copy(update={"layout": "ml-latest"}), tmp_path / "ml-latest")
+    folder = write_synthetic(
+        SMALL.model_copy(update={"layout": "ml-latest"}), tmp_path / "ml-latest"
+    )
     report = ingest(DataConfig(path=str(folder)), tmp_path / "out").report
     assert report["dataset"] == "ml-latest" and report["interactions"]["rows_kept"] == 8000
     ratings = pl.read_parquet(tmp_path / "out" / "interactions.parquet")["rating"]

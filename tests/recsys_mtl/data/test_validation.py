@@ -36,7 +36,9 @@ def test_every_bad_row_is_quarantined_with_its_reason_and_counts_add_up(tmp_path
         b"5,11,0.5,100\n"  # kept
     )
     movies = "movieId,title,genres\n10,A (1990),Drama\n11,B (1991),Comedy\n12,C (1992),Drama\n"
-    report = ingest(DataConfig(path=str(_csv_folder(tmp_path, ratings, movies))), tmp_path / "out").report
+    report = ingest(
+        DataConfig(path=str(_csv_folder(tmp_path, ratings, movies))), tmp_path / "out"
+    ).report
     inter = report["interactions"]
     assert inter["rows_quarantined"] == {
         "bad_encoding": 1,
@@ -71,7 +73,10 @@ def test_ratings_of_users_missing_from_the_users_file_are_quarantined(tmp_path):
     write(root / "users.dat", "1::F::1::10::48067\n1::M::18::2::11111\nbroken line\n")
     report = ingest(DataConfig(path=str(root)), tmp_path / "out").report
     assert report["interactions"]["rows_quarantined"] == {"unknown_user": 1}
-    assert report["side_tables"]["users"]["rows_quarantined"] == {"duplicate_id": 1, "malformed_line": 1}
+    assert report["side_tables"]["users"]["rows_quarantined"] == {
+        "duplicate_id": 1,
+        "malformed_line": 1,
+    }
     q = pl.read_parquet(tmp_path / "out" / "quarantine.parquet")
     assert set(q["table"]) == {"interactions", "users"}
 
@@ -109,7 +114,16 @@ def test_missing_generic_column_exits_2_naming_the_config_key(tmp_path, cli):
 @pytest.mark.slow
 def test_the_installed_command_prints_no_traceback_for_bad_input(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "data", "ingest", str(tmp_path / "missing"), "--out", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "pipelines.cli",
+            "data",
+            "ingest",
+            str(tmp_path / "missing"),
+            "--out",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
     )
@@ -120,7 +134,9 @@ def test_the_installed_command_prints_no_traceback_for_bad_input(tmp_path):
 def test_clean_files_and_files_needing_line_mode_give_the_same_tables(tmp_path):
     lines = ["1::10::4::100", "1::20::3::200", "2::10::5::300"]
     clean = write(tmp_path / "a" / "ratings.dat", "\n".join(lines) + "\n")
-    messy = write(tmp_path / "b" / "ratings.dat", "\n".join([*lines[:2], "", lines[2], "junk"]) + "\n")
+    messy = write(
+        tmp_path / "b" / "ratings.dat", "\n".join([*lines[:2], "", lines[2], "junk"]) + "\n"
+    )
     ingest(DataConfig(path=str(clean.parent), format="ml-10m"), tmp_path / "oa")
     report = ingest(DataConfig(path=str(messy.parent), format="ml-10m"), tmp_path / "ob").report
     a = pl.read_parquet(tmp_path / "oa" / "interactions.parquet")

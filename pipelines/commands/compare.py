@@ -14,10 +14,15 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pipelines.commands.common import Help
+from pipelines.plots import plot_runs
 from recsys_mtl.errors import UserError
-from recsys_mtl.tracking import KIND_TAG, STUDY_TAG
+from recsys_mtl.io import atomic_path
+from recsys_mtl.tracking import KIND_TAG, STUDY_TAG, canonical_metric_name, default_tracking_uri
 
-__all__ = ["add_parser", "compare_runs", "format_table"]
+__all__ = ["NAME", "add_parser", "compare_runs", "format_table", "run"]
+
+NAME = "compare"
 
 MINIMIZED = ("rmse", "mae", "logloss", "loss")
 # The describing columns: (header, tag, param)
@@ -31,8 +36,6 @@ DESCRIBE = (
 
 def _display(name: str) -> str:
     """A metric name (either spelling) in the ``summary.json`` spelling."""
-    from recsys_mtl.tracking import canonical_metric_name
-
     return canonical_metric_name(name)
 
 
@@ -52,10 +55,9 @@ def compare_runs(
     max_results: int = 5000,
 ) -> list[dict[str, Any]]:
     """Rows (one per run, newest first): name, kind, describing columns, params, metrics."""
+    # deferred: mlflow (about a second) loads only to read the store
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
-
-    from recsys_mtl.tracking import default_tracking_uri
 
     uri = tracking_uri or default_tracking_uri()
     client = MlflowClient(tracking_uri=uri)
@@ -74,11 +76,11 @@ def compare_runs(
     clauses = [f"({filter_string})"] if filter_string else []
     if study:
         clauses.append(f"tags.`{STUDY_TAG}` = '{study}'")
+    query = " and ".join(c.strip("()") if len(clauses) == 1 else c for c in clauses)
     try:
         runs = client.search_runs(
-            ids, " and ".join(c.strip("()") if len(clauses) == 1 else c for c in clauses) if clauses else "",
-            max_results=max_results, order_by=["attributes.start_time DESC"],
-        )  # fmt: skip
+            ids, query, max_results=max_results, order_by=["attributes.start_time DESC"]
+        )
     except MlflowException as e:
         raise UserError(f"--filter: {e.message.splitlines()[0]}") from e
     rows = []
@@ -193,13 +195,7 @@ def format_table(records: list[dict[str, Any]]) -> str:
 
 
 def _plot(records: list[dict[str, Any]], spec: str, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from recsys_mtl.io import atomic_path
-
+    """``--plot X:Y``: the scatter of the runs that have both metrics."""
     x, sep, y = spec.partition(":")
     if not sep or not x or not y:
         raise UserError(
@@ -209,25 +205,13 @@ def _plot(records: list[dict[str, Any]], spec: str, path: Path) -> Path:
     pts = [r for r in records if r.get(x) is not None and r.get(y) is not None]
     if not pts:
         raise UserError(f"--plot: no run has both {x} and {y}")
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for kind in sorted({r["kind"] for r in pts}):
-        sel = [r for r in pts if r["kind"] == kind]
-        ax.scatter([r[x] for r in sel], [r[y] for r in sel], label=kind, alpha=0.8)
-    for r in pts:
-        ax.annotate(r["run"], (r[x], r[y]), fontsize=7, alpha=0.7)
-    ax.set(xlabel=x, ylabel=y, title=f"{len(pts)} runs")
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return path
+    return plot_runs(pts, x, y, path)
 
 
-def add_parser(sub: Any, **kwargs: Any) -> None:
-    p = sub.add_parser(
-        "compare",
-        **kwargs,
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        NAME,
+        formatter_class=Help,
         help="a table of MLflow runs (pipelines and tuning trials)",
         description="Print a table of an experiment's pipeline runs and tuning trials (stage "
         "runs are left out): name, model, weighting, tasks, split, the params that differ, "
@@ -263,10 +247,10 @@ def add_parser(sub: Any, **kwargs: Any) -> None:
         "--plot-out", default="compare.png", help="PNG file of --plot (default: compare.png)"
     )
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines")
-    p.set_defaults(handler=_cli)
+    p.set_defaults(handler=run)
 
 
-def _cli(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     rows = compare_runs(args.experiment, args.study, args.filter, kinds)
     metrics = (
@@ -278,9 +262,8 @@ def _cli(args: argparse.Namespace) -> int:
         rows = _sort(rows, _display(args.sort))
     records = table(rows, metrics, _key_params(rows))
     if args.out:
+        # deferred: polars writes the CSV, only with --out
         import polars as pl
-
-        from recsys_mtl.io import atomic_path
 
         with atomic_path(Path(args.out)) as tmp:
             pl.DataFrame(records, infer_schema_length=None).write_csv(tmp)

@@ -1,0 +1,197 @@
+"""``recsys-mtl data``: download a GroupLens data set, ingest a log, write a synthetic one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.commands.common import Help
+from recsys_mtl.errors import UserError
+
+__all__ = ["NAME", "add_parser", "run"]
+
+NAME = "data"
+
+# the key of the data section each flag of ``data ingest`` sets, to name the flag in errors
+_INGEST_FLAGS = {
+    "path": "PATH",
+    "format": "--format",
+    "separator": "--separator",
+    "columns.user_id": "--user-col",
+    "columns.item_id": "--item-col",
+    "columns.rating": "--rating-col",
+    "columns.ts": "--ts-col",
+    "rating_scale": "--rating-scale",
+    "timestamp_format": "--timestamp-format",
+    "max_quarantine_share": "--max-quarantine-share",
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    data = subparsers.add_parser(
+        NAME, help="data sets: download, ingest, synthesize", formatter_class=Help
+    )
+    data.set_defaults(handler=run)
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    dl = dsub.add_parser(
+        "download", help="download a GroupLens MovieLens data set", formatter_class=Help
+    )
+    dl.add_argument(
+        "name", help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small, ml-latest"
+    )
+    dl.add_argument("--to", default="data", help="folder to put it in")
+    dl.add_argument("--base-url", default=None, help="mirror serving the GroupLens archives")
+    _add_ingest_parser(dsub)
+    syn = dsub.add_parser(
+        "synth", help="write a synthetic MovieLens-shaped log", formatter_class=Help
+    )
+    syn.add_argument("--out", required=True, help="output folder")
+    syn.add_argument("--users", type=int, default=943, help="number of users")
+    syn.add_argument("--items", type=int, default=1682, help="number of items")
+    syn.add_argument("--ratings", type=int, default=100_000, help="distinct ratings")
+    syn.add_argument(
+        "--layout",
+        default="ml-100k",
+        choices=["ml-100k", "ml-1m", "ml-latest"],
+        help="GroupLens layout of the files",
+    )
+    syn.add_argument("--seed", type=int, default=0, help="generator seed")
+
+
+def _add_ingest_parser(dsub: Any) -> None:
+    ing = dsub.add_parser(
+        "ingest",
+        help="check a log and ingest it into canonical Parquet tables",
+        description="Read a log as a run would (the same data options, from flags or the data "
+        "section of --config FILE; flags win), write the canonical tables and the quarantine "
+        "of rejected rows, and print what was kept and dropped.",
+        formatter_class=Help,
+    )
+    ing.add_argument(
+        "path", nargs="?", help="a MovieLens folder or a CSV/Parquet file (default: data.path)"
+    )
+    ing.add_argument("--out", required=True, help="output folder")
+    ing.add_argument("--config", help="a run config whose data section to use")
+    ing.add_argument("--format", help="data.format (default: the config's, else auto)")
+    ing.add_argument(
+        "--separator", help="data.separator of a generic CSV, e.g. ';' or '\\t' (default: ,)"
+    )
+    for field in ("user_id", "item_id", "rating", "ts"):
+        ing.add_argument(
+            f"--{field.split('_')[0]}-col",
+            dest=f"col_{field}",
+            metavar="NAME",
+            help=f"data.columns.{field}: the file's {field} column (default: {field})"
+            + ("; 'none' uses row order as time" if field == "ts" else ""),
+        )
+    ing.add_argument(
+        "--rating-scale",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="data.rating_scale (default: per layout, 1-5 or 0.5-5)",
+    )
+    ing.add_argument(
+        "--timestamp-format", help="data.timestamp_format, strptime (default: epoch or ISO 8601)"
+    )
+    ing.add_argument(
+        "--max-quarantine-share",
+        type=float,
+        help="data.max_quarantine_share: stop above this share of rejected rows (default: 0.05)",
+    )
+    ing.add_argument("--json", action="store_true", help="print the report's counts as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data_command == "download":
+        _download(args)
+    elif args.data_command == "ingest":
+        _ingest(args)
+    else:
+        _synth(args)
+    return 0
+
+
+def _download(args: argparse.Namespace) -> None:
+    # deferred: the downloader (urllib, tqdm) is not for --help
+    from recsys_mtl.data.download import BASE_URL, download
+
+    path = download(args.name, args.to, base_url=args.base_url or BASE_URL)
+    print(path.absolute())
+
+
+def _ingest(args: argparse.Namespace) -> None:
+    # deferred: ingest reads the log with polars
+    from recsys_mtl.data.ingest import ingest
+
+    cfg = _ingest_config(args)
+    out = Path(args.out)
+    report = ingest(cfg, out, max_share=cfg.max_quarantine_share).report
+    inter = report["interactions"]
+    if args.json:
+        print(json.dumps(inter))
+        return
+    dropped = ", ".join(f"{r}: {n:,}" for r, n in inter["rows_quarantined"].items())
+    print(
+        f"{out.absolute()}: {report['dataset']} log, {inter['rows_read']:,} rows read, "
+        f"{inter['rows_kept']:,} kept, {inter['rows_read'] - inter['rows_kept']:,} "
+        f"quarantined{f' ({dropped})' if dropped else ''}; {report['rated_users']:,} "
+        f"users, {report['rated_items']:,} items"
+    )
+
+
+def _synth(args: argparse.Namespace) -> None:
+    # deferred: the generator writes its tables with numpy and polars
+    from pydantic import ValidationError
+
+    from recsys_mtl.config import SyntheticConfig
+    from recsys_mtl.data.synthetic import write_synthetic
+
+    try:
+        syn = SyntheticConfig(users=args.users, items=args.items, ratings=args.ratings,
+                              layout=args.layout, seed=args.seed)  # fmt: skip
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--{'.'.join(map(str, err['loc']))}: {err['msg']}") from e
+    print(Path(write_synthetic(syn, args.out)).absolute())
+
+
+def _ingest_config(args: argparse.Namespace) -> Any:
+    """The data section of ``--config`` (if given) with the flags of ``data ingest`` applied."""
+    # deferred: the config schema (pydantic) is not for --help
+    from recsys_mtl.config import load_config
+
+    values: dict[str, Any] = {
+        "path": args.path,
+        "format": args.format,
+        "separator": {"\\t": "\t", "tab": "\t"}.get(args.separator or "", args.separator),
+        "columns.user_id": args.col_user_id,
+        "columns.item_id": args.col_item_id,
+        "columns.rating": args.col_rating,
+        "columns.ts": args.col_ts,
+        "rating_scale": args.rating_scale,
+        "timestamp_format": args.timestamp_format,
+        "max_quarantine_share": args.max_quarantine_share,
+    }
+    if values["columns.ts"] is not None and values["columns.ts"].lower() in ("none", "null"):
+        values["columns.ts"] = None
+        ts_none = True
+    else:
+        ts_none = False
+    if args.path is None and args.config is None:
+        raise UserError("data ingest: give a PATH, or --config FILE with data.path")
+    overrides = [
+        f"data.{k}={json.dumps(v)}"
+        for k, v in values.items()
+        if v is not None or (k == "columns.ts" and ts_none)
+    ]
+    base = None if args.config else {"data": {}, "tracking": {"enabled": False}}
+    try:
+        return load_config(args.config, overrides, base=base).data
+    except UserError as e:  # name the flag the user typed, not the key it sets
+        msg = str(e)
+        for key, flag in _INGEST_FLAGS.items():
+            msg = msg.replace(f"--set data.{key}: ", f"{flag}: ")
+        raise UserError(msg) from e

@@ -1,0 +1,115 @@
+"""``recsys-mtl run``: run (or resume) a config's pipeline and print its metrics.
+
+:func:`run_command` is the edge of a run: the config loaded, the process prepared, one
+pipeline run (:func:`pipelines.execute.run_one`) or one per fold (:mod:`pipelines.folds`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.commands.common import Help, add_set_option
+from pipelines.process import prepare_process
+from recsys_mtl.errors import UserError
+
+__all__ = ["NAME", "add_parser", "run", "run_command"]
+
+NAME = "run"
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        NAME,
+        help="run a pipeline config (ingest, features, split, train, evaluate)",
+        description="Run (or resume) the pipeline of a YAML config into a run folder; writes "
+        "summary.json and prints the metrics. `recsys-mtl list` shows the names a config can use.",
+        formatter_class=Help,
+    )
+    p.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
+    add_set_option(p, "split.seed=3")
+    p.add_argument("--out", help="run folder (default: runs/<config name>)")
+    p.add_argument("--force", action="store_true", help="rerun every stage, even unchanged ones")
+    p.add_argument(
+        "--with-single-task-baselines",
+        action="store_true",
+        help="also train each task alone with the same budget (nested MLflow runs) and write "
+        "transfer.json",
+    )
+    p.add_argument(
+        "--run-name",
+        help="MLflow run name (default: built from the config name, model, split, weighting "
+        "and seed, e.g. quickstart-bias-random-s0)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print one JSON line (run_dir, metrics) for scripts"
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    # deferred: the report loads the cold-start stages (config schema), not for --help
+    from pipelines.report import run_report
+
+    summary = run_command(
+        args.config,
+        args.overrides,
+        args.out,
+        args.force,
+        args.with_single_task_baselines,
+        run_name=args.run_name,
+    )
+    if args.json:
+        print(json.dumps({"run_dir": summary["run_dir"], "metrics": summary["metrics"]}))
+    else:
+        print(run_report(summary))
+    return 0
+
+
+def run_command(
+    config_path: str,
+    overrides: list[str],
+    out: str | None,
+    force: bool,
+    single_task_baselines: bool = False,
+    *,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> dict[str, Any]:
+    """Run the pipeline of ``config_path``; returns the summary (also written as summary.json).
+
+    ``single_task_baselines`` also trains each task alone and adds the transfer report.
+    ``run_name`` names the MLflow run (default :func:`pipelines.naming.default_run_name`);
+    ``tags`` are added to it (a ``recsys_mtl.kind`` there replaces ``pipeline``);
+    ``parent_run_id`` nests it under another MLflow run. ``split.strategy: kfold`` runs one
+    pipeline per fold (nested runs) and reports the mean and std over folds.
+    """
+    # deferred: the pipeline (config schema; stages that load torch, polars) is not for --help
+    from pipelines.execute import run_one
+    from pipelines.folds import run_kfold
+    from recsys_mtl.config import load_config
+
+    cfg = load_config(config_path, overrides)  # the checks of a run follow when a stage is to run
+    prepare_process(cfg.train.threads)
+    run_dir = Path(out) if out else Path("runs") / cfg.name
+    if cfg.split.strategy == "kfold":
+        if single_task_baselines:
+            raise UserError(
+                "--with-single-task-baselines: not available with split.strategy: kfold; "
+                "run the baselines on one fold with --set split.strategy=random"
+            )
+        return run_kfold(cfg, config_path, overrides, run_dir, force, run_name, tags, parent_run_id)
+    return run_one(
+        cfg,
+        config_path,
+        overrides,
+        run_dir,
+        force,
+        single_task_baselines,
+        run_name=run_name,
+        tags=tags,
+        parent_run_id=parent_run_id,
+    )

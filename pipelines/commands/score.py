@@ -1,0 +1,253 @@
+"""``recsys-mtl score``: top-K items per user of a run or an MLflow model, to Parquet.
+
+The scoring itself is :func:`recsys_mtl.runs.batch.iter_recommend`; this command reads the
+user's files (with one-line errors naming the file and line), wires the cold-start adapter of
+:mod:`meta.adapt` in, and writes the output atomically with the run id, model version and
+config hash in the Parquet file's metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.commands.common import Help
+from recsys_mtl.errors import UserError
+from recsys_mtl.io import atomic_path
+
+if TYPE_CHECKING:
+    import polars as pl
+
+__all__ = ["NAME", "add_parser", "read_support", "read_users", "run", "score_command"]
+
+log = logging.getLogger("recsys_mtl.score")
+
+NAME = "score"
+USER_COLUMNS = ("user_id", "user")
+SUPPORT_COLUMNS = {"user": ("user", "user_id"), "item": ("item", "item_id"), "rating": ("rating",)}
+
+
+def add_parser(subparsers: Any) -> None:
+    sc = subparsers.add_parser(
+        NAME, help="top-K items per user to Parquet (batch scoring)", formatter_class=Help
+    )
+    sc.add_argument("source", help="a run directory, or an MLflow model URI (models:/NAME/VERSION)")
+    sc.add_argument("--top-k", type=int, required=True, help="items per user")
+    sc.add_argument("--out", required=True, help="output Parquet file")
+    sc.add_argument("--users", help="users to score: one id per line, or CSV/Parquet with user_id")
+    sc.add_argument("--support", help="ratings of new users (CSV/Parquet: user, item, rating)")
+    sc.add_argument(
+        "--blend", help="task weights of the final score, e.g. rating=0.5,interaction=0.5"
+    )
+    sc.add_argument("--chunk-users", type=int, default=256, help="users per block (memory)")
+    sc.add_argument("--learner-dir", help="a trained cold-start meta-learner (default: RUN/meta)")
+    sc.add_argument(
+        "--tile-items",
+        default="auto",
+        help="fuse matmul and top-K over tiles of N items; 0: whole blocks (default: auto)",
+    )
+    sc.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = score_command(
+        args.source, args.top_k, args.out, args.users, args.support, args.blend,
+        args.chunk_users, args.learner_dir, tile_items=args.tile_items,
+    )  # fmt: skip
+    print(json.dumps(report))
+    return 0
+
+
+def score_command(
+    source: str,
+    top_k: int,
+    out: str,
+    users: str | None = None,
+    support: str | None = None,
+    blend: str | None = None,
+    chunk_users: int = 256,
+    learner_dir: str | None = None,
+    progress: bool | None = None,
+    tile_items: int | str | None = "auto",
+) -> dict[str, Any]:
+    """Score a run directory or MLflow model into ``out`` (Parquet); returns the report."""
+    if top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {top_k}")
+    if chunk_users < 1:
+        raise UserError(f"--chunk-users must be >= 1, got {chunk_users}")
+    if tile_items not in (None, "auto"):
+        try:
+            tile_items = int(tile_items)
+        except ValueError:
+            raise UserError(f"--tile-items: {tile_items!r} is not auto or a number") from None
+        if tile_items != 0 and tile_items < 32:
+            raise UserError(f"--tile-items must be 0 (whole blocks) or >= 32, got {tile_items}")
+    if not out.endswith(".parquet"):
+        raise UserError(f"--out {out}: the output is Parquet; name it *.parquet")
+    # deferred: scoring loads the model (torch) and MLflow models (mlflow)
+    from recsys_mtl.runs.batch import ScoringReport, iter_recommend, output_schema
+    from recsys_mtl.runs.scoring import parse_blend
+    from recsys_mtl.tracking.model import load_source
+
+    t0 = time.perf_counter()
+    run, info = load_source(source)
+    weights = parse_blend(blend, run.tasks)  # a bad --blend fails before any work
+    listed = read_users(users) if users else None
+    sup = read_support(support, run.ctx.rating_scale) if support else None
+    learners = Path(learner_dir) if learner_dir else _learner_dir(run)
+    metadata = {
+        "recsys_mtl.source": str(source),
+        "recsys_mtl.run_id": str(info.get("run_id") or ""),
+        "recsys_mtl.model_version": str(info.get("model_version") or ""),
+        "recsys_mtl.config_hash": str(info.get("config_hash") or ""),
+        "recsys_mtl.weights_digest": str(info.get("weights_digest") or ""),
+        "recsys_mtl.top_k": str(top_k),
+        "recsys_mtl.blend": json.dumps(weights),
+        "recsys_mtl.reference": json.dumps(run.reference),
+    }
+    report = ScoringReport()
+    parts = iter_recommend(
+        run, top_k, report, users=listed, support=sup, adapt=_adapter(learners), blend=weights,
+        chunk_users=chunk_users, tile_items=tile_items,
+        progress=sys.stderr.isatty() if progress is None else progress,
+    )  # fmt: skip
+    schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        _write_stream(parts, schema, metadata, tmp)  # block by block: memory flat in users
+        if listed is not None and not (report.served_by["model"] or report.served_by["cold_start"]):
+            raise UserError(
+                f"{users}: none of its {report.users} user ids is a user of this model or has "
+                f"support rows (first: {listed[0]!r}); nothing written"
+            )
+    result = {
+        "out": str(out),
+        **report.as_dict(),
+        "blend": weights,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    served = ", ".join(f"{n} {c}" for n, c in report.served_by.items())
+    log.info("scored %d users (%s) -> %s", report.users, served, out)
+    if report.unknown_users:
+        log.warning(
+            "%d users the model never saw, without usable support rows: served by popularity",
+            report.unknown_users,
+        )
+    if report.support_unknown_items:
+        log.warning("%d support rows name items the model never saw: not used",
+                    report.support_unknown_items)  # fmt: skip
+    if report.support_known_users:
+        log.warning("%d support rows are of users the model knows: they are served by the model",
+                    report.support_known_users)  # fmt: skip
+    return result
+
+
+def _read_table(path: Path, what: str) -> pl.DataFrame:
+    # deferred: polars reads the user's files when the command runs, not for --help
+    import polars as pl
+
+    if not path.is_file():
+        raise UserError(f"{path}: no such {what} file")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pl.read_parquet(path)
+        return pl.read_csv(path, infer_schema_length=0)  # strings: ids keep their spelling
+    except pl.exceptions.PolarsError as e:
+        raise UserError(f"{path}: cannot read the {what} file ({str(e).splitlines()[0]})") from e
+
+
+def read_users(path: str | Path) -> pl.Series:
+    """User ids to score: a Parquet/CSV file with a ``user_id`` (or ``user``) column, or a text
+    file with one id per line (a first line ``user_id`` or ``user`` is a header)."""
+    # deferred: polars, as in _read_table
+    import polars as pl
+
+    p = Path(path)
+    if p.suffix.lower() in (".parquet", ".csv"):
+        df = _read_table(p, "users")
+        col = next((c for c in USER_COLUMNS if c in df.columns), None)
+        if col is None:
+            raise UserError(f"{p}: no user_id column (columns: {', '.join(df.columns) or 'none'})")
+        ids = df[col]
+    else:
+        if not p.is_file():
+            raise UserError(f"{p}: no such users file")
+        lines = [s.strip() for s in p.read_text(errors="replace").splitlines()]
+        if lines and lines[0] in USER_COLUMNS:
+            lines = lines[1:]
+        ids = pl.Series("user", [s for s in lines if s], dtype=pl.String)
+    ids = ids.drop_nulls()
+    if ids.len() == 0:
+        raise UserError(f"{p}: no user ids in the file")
+    return ids.rename("user")
+
+
+def read_support(path: str | Path, rating_scale: tuple[float, float]) -> pl.DataFrame:
+    """Support ratings of new users: columns ``user, item, rating`` (or ``user_id, item_id``),
+    CSV or Parquet. A missing column or a rating that is not a number on the scale is an error
+    naming the file and the line."""
+    # deferred: polars, as in _read_table
+    import polars as pl
+
+    p = Path(path)
+    df = _read_table(p, "support")
+    picked = {}
+    for name, options in SUPPORT_COLUMNS.items():
+        col = next((c for c in options if c in df.columns), None)
+        if col is None:
+            raise UserError(
+                f"{p}: no {name} column (needs user, item, rating; has {', '.join(df.columns)})"
+            )
+        picked[name] = df[col]
+    out = pl.DataFrame(picked).with_columns(pl.col("user").cast(pl.String).str.strip_chars())
+    rating = out["rating"].cast(pl.Float64, strict=False)
+    lo, hi = rating_scale
+    bad = rating.is_null() | (rating < lo) | (rating > hi)
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        line = row + (1 if p.suffix.lower() == ".parquet" else 2)  # CSV: after the header
+        raise UserError(
+            f"{p}:{line}: rating {out['rating'][row]!r} is not a number in [{lo:g}, {hi:g}]"
+        )
+    if out.height == 0:
+        raise UserError(f"{p}: no support rows in the file")
+    return out.with_columns(rating.alias("rating"))
+
+
+def _adapter(learner_dir: Path | None) -> Any:
+    def adapt(run: Any, support: pl.DataFrame) -> Any:
+        # deferred: the cold-start adapter (torch), only when support rows are scored
+        from meta.adapt import adapt_users
+
+        return adapt_users(run, support, learner_dir=learner_dir)
+
+    return adapt
+
+
+def _write_stream(parts: Any, schema: dict[str, Any], metadata: dict[str, str], path: Path) -> None:
+    """Write frames to one Parquet file as they come (one row group per block or more), with
+    ``metadata`` in the file's key-value metadata."""
+    # deferred: pyarrow's Parquet writer (and polars) only when scores are written
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    empty = pl.DataFrame(schema=schema).to_arrow()
+    arrow_schema = empty.schema.with_metadata(metadata)
+    with pq.ParquetWriter(path, arrow_schema, compression="zstd") as writer:
+        for part in parts:
+            writer.write_table(pa.Table.from_batches(part.to_arrow().to_batches(), arrow_schema))
+
+
+def _learner_dir(run: Any) -> Path | None:
+    """The meta-learner a run trained (``RUN/meta/``), if any: the adapter's default."""
+    # deferred: the learners' package loads torch
+    from meta.learners import LEARNER_FILE
+
+    path = Path(run.run_dir) / "meta"
+    return path if (path / LEARNER_FILE).is_file() else None

@@ -1,0 +1,160 @@
+"""One trial: sample its values, check its config, train and evaluate in its own run folder
+(the study's data stages linked in), report each epoch's validation value for pruning, record
+its metrics and MLflow run, and return its objective value(s)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.runner import run_pipeline
+from pipelines.stages import DATA_STAGES, build_pipeline
+from pipelines.tune.runs import RUN_ATTR, TrialRun
+from recsys_mtl import __version__
+from recsys_mtl.build import check_device, validate_run
+from recsys_mtl.config import RunConfig
+from recsys_mtl.errors import UserError
+from recsys_mtl.io import write_json
+from recsys_mtl.tuning.space import apply_values, sample
+
+__all__ = ["TrialRunner"]
+
+log = logging.getLogger("recsys_mtl.tune")
+
+
+class TrialRunner:
+    """Runs one trial: sample, validate, train + evaluate in the trial's folder, record."""
+
+    def __init__(
+        self, cfg: RunConfig, objectives: list[Any], study_dir: Path, spec: dict[str, Any]
+    ) -> None:
+        self.cfg, self.objectives, self.study_dir, self.spec = cfg, objectives, study_dir, spec
+
+    def __call__(self, trial: Any) -> Any:
+        # deferred: optuna (about a second) loads only when a study runs
+        import optuna
+
+        values = sample(trial, self.cfg)
+        attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+        origin = attrs.get("recsys_mtl:origin", trial.number)
+        name = f"{self.spec['name']}-trial-{trial.number}"
+        t0 = time.perf_counter()
+        tracker = self._tracker(trial, name, values, origin)
+        state, reason = "FINISHED", None
+        try:
+            cfg = apply_values(self.cfg, {**values, "name": name}, f"trial {trial.number}")
+            validate_run(cfg)  # the trial's own config, before its folder is made
+            result = self._run(trial, cfg, origin, tracker)
+        except optuna.TrialPruned as e:
+            state, reason = "KILLED", str(e) or "pruned"
+            log.info("tune: trial %d %s (%.1fs)", trial.number, reason, time.perf_counter() - t0)
+            raise
+        except BaseException as e:
+            state, reason = "FAILED", str(e) or type(e).__name__
+            raise
+        finally:
+            seconds = time.perf_counter() - t0
+            trial.set_user_attr("seconds", round(seconds, 3))
+            if tracker is not None:
+                tracker.close(state, reason, seconds)
+        shown = result if isinstance(result, list) else [result]
+        values_text = ", ".join(
+            f"{o.name} {v:.4g}" for o, v in zip(self.objectives, shown, strict=True)
+        )
+        params = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
+        log.info("tune: trial %d: %s (%.1fs) %s", trial.number, values_text, seconds, params)
+        return result
+
+    def _tracker(
+        self, trial: Any, name: str, values: dict[str, Any], origin: int
+    ) -> TrialRun | None:
+        if not self.cfg.tracking.enabled or not self.spec.get("parent_run"):
+            return None
+        run = TrialRun(self.spec, self.cfg, trial, name, values, origin)
+        trial.storage.set_trial_system_attr(trial._trial_id, RUN_ATTR, run.run_id)
+        return run
+
+    def _run(self, trial: Any, cfg: RunConfig, origin: int, tracker: TrialRun | None) -> Any:
+        # deferred: the per-epoch objective scores the model (torch)
+        from recsys_mtl.tuning.epoch import EpochObjective, ValidationScorer
+
+        run_dir = self.study_dir / "trials" / f"{origin:04d}"
+        same_features = cfg.features == self.cfg.features
+        _link_data(self.study_dir / "data", run_dir, same_features)
+        trial.set_user_attr("run_dir", str(run_dir))
+        callbacks: tuple[Any, ...] = ()
+        if len(self.objectives) == 1:  # Optuna takes intermediate values of one objective
+            obj = self.objectives[0]
+            scorer = ValidationScorer(cfg, run_dir, obj, check_device(cfg.train.device))
+            report = None
+            if tracker is not None:
+                report = lambda e, v: tracker.log_metrics(  # noqa: E731
+                    {f"epoch/{obj.name}": v}, step=e
+                )
+            callbacks = (EpochObjective(trial, scorer, report),)
+        outcome = run_pipeline(build_pipeline(), cfg, run_dir, tracker=tracker, callbacks=callbacks)
+        metrics = outcome["evaluate"]["result"].get("metrics", {})
+        trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
+        _write_trial_summary(run_dir, cfg, metrics, tracker)
+        if tracker is not None:
+            tracker.log_metrics(metrics)
+        values = []
+        for o in self.objectives:
+            if o.name not in metrics:
+                raise UserError(
+                    f"the run reports no {o.name} (it has: {', '.join(sorted(metrics))})"
+                )
+            values.append(float(metrics[o.name]))
+        return values[0] if len(values) == 1 else values
+
+    def on_stale(self, frozen: Any) -> None:
+        """A dead worker's trial: its MLflow run ends FAILED with the reason."""
+        run_id = frozen.system_attrs.get(RUN_ATTR)
+        if not run_id or not self.cfg.tracking.enabled:
+            return
+        # deferred: mlflow (about a second) loads only to end a dead worker's run
+        from mlflow import MlflowClient
+
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        client = MlflowClient(tracking_uri=self.spec["tracking_uri"])
+        client.set_tag(run_id, "fail_reason", frozen.user_attrs.get("fail_reason", "worker died"))
+        client.set_terminated(run_id, status="FAILED")
+
+
+def _write_trial_summary(
+    run_dir: Path, cfg: RunConfig, metrics: dict[str, Any], tracker: Any
+) -> None:
+    """A trial's ``summary.json``: its config, metrics and MLflow run, as a pipeline run writes
+    it, so that the trial folder is a finished run (``recsys-mtl score``, ``register``)."""
+    doc = {
+        "config": cfg.model_dump(mode="json", exclude={"tune"}),
+        "metrics": metrics,
+        "mlflow": {
+            "run_id": getattr(tracker, "run_id", None),
+            "tracking_uri": getattr(tracker, "tracking_uri", None),
+        },
+        "run_dir": str(run_dir),
+        "version": __version__,
+    }
+    write_json(doc, run_dir / "summary.json")
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _link_data(data_dir: Path, run_dir: Path, same_features: bool = True) -> None:
+    """Make the study's data stage folders part of a trial's run folder (symlinks).
+
+    A trial that tunes a features key links the ingest stage only and runs its own features
+    and split stages (the split of ratings is the same; see ``TUNABLE_DATA_KEYS``).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for stage in DATA_STAGES if same_features else DATA_STAGES[:1]:
+        link = run_dir / stage
+        if link.is_symlink() or link.exists():
+            continue
+        os.symlink(os.path.relpath(data_dir / stage, run_dir), link)
