@@ -27,7 +27,7 @@ from meta.learners import LEARNER_FILE, load_learner
 from meta.protocol import Padded, pad_rows
 from meta.state import module_device, ridge_state
 from recsys_mtl.errors import UserError
-from recsys_mtl.runs.layout import RunLayout
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.runs.load import LoadedRun
 
 __all__ = ["ColdStartUsers", "adapt_users", "support_rows"]

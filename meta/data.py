@@ -15,6 +15,7 @@ from meta.rows import draw_negatives, support_keys, task_rows
 from recsys_mtl.config import MetaConfig
 from recsys_mtl.data.features import pair_keys
 from recsys_mtl.io import write_json, write_parquet
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.models.context import USER_CATEGORICALS
 
 __all__ = ["ColdData", "RowBlocks", "load_cold_data", "write_cold_split"]
@@ -173,7 +174,7 @@ def write_cold_split(
 def load_cold_data(features_dir: str | Path, split_dir: str | Path, cfg: MetaConfig) -> ColdData:
     """Ratings, roles and lookups of a features folder and a cold-start split folder."""
     fdir = Path(features_dir)
-    spec = json.loads((fdir / "spec.json").read_text())
+    spec = json.loads((fdir / RunLayout.SPEC).read_text())
     inter = pl.read_parquet(fdir / "interactions.parquet")
     ratings = inter.filter(pl.col("interaction") == 1).select(COLUMNS)
     users = pl.read_parquet(fdir / "user_features.parquet").sort("uidx")

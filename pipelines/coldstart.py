@@ -26,6 +26,7 @@ from recsys_mtl.build import build_weighting
 from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json
+from recsys_mtl.layout import RunLayout
 
 ENSEMBLE = "ensemble"  # meta.learners.ensemble.ENSEMBLE (not imported here: lazy imports)
 
@@ -152,7 +153,7 @@ def _split(ctx: StageContext) -> dict[str, Any]:
     from meta.data import write_cold_split
 
     cfg = ctx.config
-    report = write_cold_split(ctx.input(FEATURES.out("spec.json")).parent, cfg.meta,
+    report = write_cold_split(ctx.input(FEATURES.out(RunLayout.SPEC)).parent, cfg.meta,
                               cfg.split.valid_fraction, cfg.split.seed, ctx.out_dir)  # fmt: skip
     return {"metrics": {f"{r}_users": v for r, v in report["roles"].items()}}
 

@@ -26,6 +26,7 @@ from recsys_mtl import __version__
 from recsys_mtl.build import validate_run
 from recsys_mtl.config import RunConfig, load_config
 from recsys_mtl.io import atomic_path, write_json
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.tracking import KIND_TAG, default_tracking_uri
 
 __all__ = ["pipeline_for", "prepare", "run_one"]
@@ -109,8 +110,8 @@ def run_one(
             summary["transfer"] = _single_task_baselines(
                 cfg, config_path, overrides, run_dir, force, name, tracker, summary["metrics"]
             )
-        write_json(summary, run_dir / "summary.json")
-        with atomic_path(run_dir / "config.resolved.json") as tmp:
+        write_json(summary, RunLayout(run_dir).summary)
+        with atomic_path(RunLayout(run_dir).config) as tmp:
             tmp.write_text(json.dumps(summary["config"], indent=2))
         if not reused:
             skipped = [s for s, o in outcome.items() if o["skipped"]]
@@ -172,7 +173,7 @@ def _announce(status: dict[str, dict[str, Any]], run_dir: Path, force: bool) -> 
             "resuming %s: %s complete; stage %s continues from its checkpoint %s",
             run_dir, ", ".join(done), todo[0], ckpt[-1],
         )  # fmt: skip
-    elif not (run_dir / "summary.json").exists():
+    elif not RunLayout(run_dir).summary.exists():
         log.info(
             "resuming %s: %s complete; continuing at stage %s", run_dir, ", ".join(done), todo[0]
         )

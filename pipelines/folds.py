@@ -22,6 +22,7 @@ from pipelines.transfer import share_upstream
 from recsys_mtl import __version__
 from recsys_mtl.config import RunConfig, flatten, load_config
 from recsys_mtl.io import write_json
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.tracking import BackgroundTracker, NullTracker
 
 __all__ = ["run_kfold"]
@@ -101,9 +102,9 @@ def run_kfold(
             "version": __version__,
             "run_name": name,
         }
-        write_json(summary, run_dir / "summary.json")
+        write_json(summary, RunLayout(run_dir).summary)
         if all(o["skipped"] for o in summary["stages"].values()):
             tracker.set_tags({"recsys_mtl.cached": "true"})  # every fold reused its stages
         tracker.log_metrics({**mean, **{f"std/{k}": v for k, v in std.items()}})
-        tracker.log_artifacts([run_dir / "summary.json"])
+        tracker.log_artifacts([RunLayout(run_dir).summary])
     return summary

@@ -12,6 +12,7 @@ from pipelines.runner import Pipeline, Stage, StageContext
 from recsys_mtl.build import check_device
 from recsys_mtl.config import RunConfig
 from recsys_mtl.io import atomic_path, paths_digest, write_json
+from recsys_mtl.layout import RunLayout
 
 __all__ = ["DATA_STAGES", "build_pipeline", "data_content", "data_pipeline"]
 
@@ -77,7 +78,7 @@ def _split(ctx: StageContext) -> dict[str, Any]:
 
     ingest_report = json.loads(ctx.input(INGEST.out("report.json")).read_text())
     report = split_dataset(
-        ctx.input(FEATURES.out("spec.json")).parent,
+        ctx.input(FEATURES.out(RunLayout.SPEC)).parent,
         ctx.config.split,
         ctx.out_dir,
         data_cfg=ctx.config.data,
@@ -97,23 +98,25 @@ def _train(ctx: StageContext) -> dict[str, Any]:
     cfg = ctx.config
     trained = train_ranker(
         cfg,
-        ctx.input(FEATURES.out("spec.json")).parent,
+        ctx.input(FEATURES.out(RunLayout.SPEC)).parent,
         ctx.input(SPLIT.out("train.parquet")).parent,
         ctx.checkpoint_dir,
         callbacks=[TrackerCallback(ctx.tracker), ProgressCallback(), *ctx.callbacks],
         refit_callbacks=[TrackerCallback(ctx.tracker, "refit/"), ProgressCallback("refit ")],
     )
-    with atomic_path(ctx.output("model.pt")) as tmp:
+    with atomic_path(ctx.output(RunLayout.MODEL)) as tmp:
         torch.save(trained.model.state_dict(), tmp)
     selected = None
     if trained.selected is not None:  # the model chosen on validation, before the refit
-        selected = "selected.pt"
+        selected = RunLayout.SELECTED
         with atomic_path(ctx.output(selected)) as tmp:
             torch.save(trained.selected.state_dict(), tmp)
     params = trained.model.cfg.model_dump(mode="json")
     meta = {"name": cfg.model.name, "params": params, "tasks": cfg.tasks, "selected": selected}
-    write_json(meta, ctx.output("model.json"))
-    ctx.tracker.log_artifacts([ctx.output("model.pt"), ctx.output("model.json")], "model")
+    write_json(meta, ctx.output(RunLayout.MODEL_META))
+    ctx.tracker.log_artifacts(
+        [ctx.output(RunLayout.MODEL), ctx.output(RunLayout.MODEL_META)], "model"
+    )
     if "train/fit" in trained.metrics:  # closed form: one value per sweep
         for h in trained.history:
             ctx.tracker.log_metrics({"train/fit": h["train/fit"]}, step=h["epoch"])
@@ -166,15 +169,20 @@ INGEST = Stage(
     code=DATA_CODE,
 )
 FEATURES = Stage(
-    "features",
+    RunLayout.FEATURES,
     _features,
     reads=("features",),
     inputs=INGEST.outs("interactions.parquet", "users.parquet", "items.parquet", "report.json"),
-    outputs=("interactions.parquet", "user_features.parquet", "item_features.parquet", "spec.json"),
+    outputs=(
+        "interactions.parquet",
+        "user_features.parquet",
+        "item_features.parquet",
+        RunLayout.SPEC,
+    ),
     code=DATA_CODE,
 )
 SPLIT = Stage(
-    "split",
+    RunLayout.SPLIT,
     _split,
     reads=("split",),
     inputs=(INGEST.out("report.json"), *FEATURES.outs()),
@@ -189,15 +197,15 @@ SPLIT = Stage(
     code=DATA_CODE,
 )
 TRAIN = Stage(
-    "train",
+    RunLayout.TRAIN,
     _train,
     reads=("model", "tasks", "train", "weighting"),
     inputs=(
-        *FEATURES.outs("user_features.parquet", "item_features.parquet", "spec.json"),
+        *FEATURES.outs("user_features.parquet", "item_features.parquet", RunLayout.SPEC),
         *SPLIT.outs("train.parquet", "valid.parquet", "train_user_items.parquet"),
     ),
-    outputs=("model.pt", "model.json"),
-    optional=("selected.pt",),
+    outputs=(RunLayout.MODEL, RunLayout.MODEL_META),
+    optional=(RunLayout.SELECTED,),
     code=MODEL_CODE,
 )
 EVALUATE = Stage(

@@ -21,6 +21,7 @@ from pipelines.naming import data_digest, dataset_entry, run_description, run_ta
 from recsys_mtl.config import RunConfig, flatten
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.tracking import BackgroundTracker, NullTracker
 
 __all__ = ["ending", "log_finished_run", "open_tracker", "reusable_run"]
@@ -35,7 +36,7 @@ def reusable_run(run_dir: Path, key: str, status: dict[str, dict[str, Any]]) -> 
     if not all(st["complete"] for st in status.values()):
         return None
     try:
-        old = json.loads((run_dir / "summary.json").read_text())
+        old = json.loads(RunLayout(run_dir).summary.read_text())
     except (OSError, json.JSONDecodeError):
         return None
     if old.get("run_key") != key:
@@ -134,7 +135,7 @@ def log_finished_run(
     if logged is not None:
         summary["mlflow"].update(model_id=logged["model_id"], model_uri=logged["model_uri"])
         tracker.log_metrics({"package/seconds": logged["seconds"]})
-        write_json(summary, run_dir / "summary.json")
+        write_json(summary, RunLayout(run_dir).summary)
     tracker.log_metrics(summary["metrics"])
     if skipped:
         tracker.set_tags(
@@ -145,8 +146,8 @@ def log_finished_run(
     tracker.log_dataset(*dataset_entry(cfg, summary["data"]))
     tracker.log_artifacts(
         [
-            run_dir / "summary.json",
-            run_dir / "config.resolved.json",
+            RunLayout(run_dir).summary,
+            RunLayout(run_dir).config,
             run_dir / "ingest" / "report.json",
             run_dir / "transfer.json",
         ]

@@ -138,3 +138,20 @@ def machine_note(machine: dict[str, Any]) -> str:
     """The ``machine`` record of a raw file as one line (keys in file order)."""
     cells = [f"{k} {v}" for k, v in machine.items() if v not in ("", None)]
     return "Machine (from the raw file): " + ", ".join(cells) + ".\n"
+
+
+def fastest_per_seed(rows_: Iterable[dict[str, Any]], tool: str) -> dict[int, dict[str, float]]:
+    """Per seed of ``tool``'s runs (a speed benchmark's repeats): the metrics of its first run,
+    with every ``*seconds*`` metric the fastest of the seed's repeats; sorted by seed."""
+    out: dict[int, dict[str, float]] = {}
+    for r in rows_:
+        if r["labels"]["tool"] != tool:
+            continue
+        seed, m = r["labels"]["seed"], r["metrics"]
+        if seed not in out:
+            out[seed] = dict(m)
+        else:
+            for k, v in m.items():
+                if "seconds" in k:
+                    out[seed][k] = min(out[seed][k], v)
+    return dict(sorted(out.items()))

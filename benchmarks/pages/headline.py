@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from .common import load, mean_std, per_seed, pm, pm_signed, runs, table
+from .common import fastest_per_seed, load, mean_std, per_seed, pm, pm_signed, runs, table
 from .weighting import RAW as WEIGHTING
 from .weighting import delta_m
 
@@ -42,16 +42,6 @@ def _ours(tools: dict[str, list[dict[str, Any]]], part: str) -> str:
     return next(t for t in tools if t.startswith(OURS[part]))
 
 
-def _fastest(rows: list[dict[str, Any]], metric: str) -> list[float]:
-    """Each seed's fastest run (the benchmark's repeats alternate with the peers')."""
-    per: dict[int, float] = {}
-    for r in rows:
-        if metric in r["metrics"]:
-            seed = r["labels"]["seed"]
-            per[seed] = min(per.get(seed, float("inf")), r["metrics"][metric])
-    return [per[s] for s in sorted(per)]
-
-
 def _peer_name(tool: str) -> str:
     return tool.split(" (")[0]
 
@@ -82,7 +72,8 @@ def _speed(results: Path, part: str, ours_key: str, peer_key: str) -> tuple[str,
     tools = _tools(results, part)
     ours = _ours(tools, part)
     peer = next(t for t in tools if t != ours)
-    mine, theirs = _fastest(tools[ours], ours_key), _fastest(tools[peer], peer_key)
+    mine = [m[ours_key] for m in fastest_per_seed(tools[ours], ours).values() if ours_key in m]
+    theirs = [m[peer_key] for m in fastest_per_seed(tools[peer], peer).values() if peer_key in m]
     return (
         f"{pm(mine, 2)} s (n = {len(mine)} seeds, each seed's fastest run)",
         f"{_peer_name(peer)}: {pm(theirs, 2)} s",

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .common import fmt, header, load, pm, source_note, table
+from .common import fastest_per_seed, fmt, header, load, pm, source_note, table
 
 OURS = {
     "rating": "recsys-mtl ml100k_bellkor (whole run)",
@@ -101,22 +101,6 @@ def _tools(runs: list[dict[str, Any]]) -> list[str]:
     return seen
 
 
-def _best(runs: list[dict[str, Any]], tool: str) -> dict[int, dict[str, float]]:
-    """Per seed: every time the fastest of the seed's repeats, the metrics as measured."""
-    out: dict[int, dict[str, float]] = {}
-    for r in runs:
-        if r["labels"]["tool"] != tool:
-            continue
-        seed, m = r["labels"]["seed"], r["metrics"]
-        if seed not in out:
-            out[seed] = dict(m)
-        else:
-            for k, v in m.items():
-                if "seconds" in k:
-                    out[seed][k] = min(out[seed][k], v)
-    return dict(sorted(out.items()))
-
-
 def _cell(best: dict[int, dict[str, float]], key: str, digits: int) -> str:
     vals = [m[key] for m in best.values() if key in m]
     return pm(vals, digits) if len(vals) == len(best) and vals else "–"
@@ -145,7 +129,7 @@ def _n(runs: list[dict[str, Any]], tool: str) -> tuple[int, int]:
 def _rating_table(runs: list[dict[str, Any]]) -> str:
     body = []
     for tool in _tools(runs):
-        b = _best(runs, tool)
+        b = fastest_per_seed(runs, tool)
         ours = tool == OURS["rating"]
         body.append([
             _tool_name(tool),
@@ -162,7 +146,7 @@ def _rating_table(runs: list[dict[str, Any]]) -> str:
 def _ranking_table(runs: list[dict[str, Any]]) -> str:
     body = []
     for tool in _tools(runs):
-        b = _best(runs, tool)
+        b = fastest_per_seed(runs, tool)
         ours = tool == OURS["ranking"]
         body.append([
             _tool_name(tool),
@@ -192,7 +176,7 @@ def _per_seed(runs_rating: list[dict[str, Any]], runs_ranking: list[dict[str, An
     ranking_keys = {"ranking/hr@10": "HR@10", "ranking/ndcg@10": "NDCG@10"}
     for runs, keys in ((runs_rating, {"rating/rmse": "RMSE"}), (runs_ranking, ranking_keys)):
         for tool in _tools(runs):
-            best = _best(runs, tool)
+            best = fastest_per_seed(runs, tool)
             short = tool.split(" (")[0].removeprefix("recsys-mtl ")
             for key, name in keys.items():
                 headers.append(f"{short} {name}")
@@ -254,7 +238,7 @@ def _earlier_rating(results: Path) -> str:
         if not runs:
             continue
         ours, svdpp = OURS["rating"], next(t for t in _tools(runs) if t.startswith(SVDPP))
-        b, p = _best(runs, ours), _best(runs, svdpp)
+        b, p = fastest_per_seed(runs, ours), fastest_per_seed(runs, svdpp)
         seeds, per_seed = _n(runs, ours)
         body.append([
             f"`{name}`", f"{seeds} × {per_seed}", _cell(b, "rating/rmse", 4),
@@ -275,7 +259,7 @@ def _earlier_ranking(results: Path) -> str:
         if not runs:
             continue
         ours, als = OURS["ranking"], next(t for t in _tools(runs) if t.startswith(ALS))
-        b, p = _best(runs, ours), _best(runs, als)
+        b, p = fastest_per_seed(runs, ours), fastest_per_seed(runs, als)
         seeds, per_seed = _n(runs, ours)
         body.append([
             f"`{name}`", f"{seeds} × {per_seed}", _cell(b, "ranking/hr@10", 4),

@@ -18,6 +18,7 @@ from recsys_mtl.build import check_device, validate_run
 from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.tuning.space import apply_values, sample
 
 __all__ = ["TrialRunner"]
@@ -139,7 +140,7 @@ def _write_trial_summary(
         "run_dir": str(run_dir),
         "version": __version__,
     }
-    write_json(doc, run_dir / "summary.json")
+    write_json(doc, RunLayout(run_dir).summary)
 
 
 def _short(v: Any) -> str:

@@ -28,6 +28,7 @@ import polars as pl
 
 from recsys_mtl.config import FeaturesConfig
 from recsys_mtl.io import write_json, write_parquet
+from recsys_mtl.layout import RunLayout
 
 __all__ = [
     "AGE_BOUNDS",
@@ -305,5 +306,5 @@ def build_features(
     write_parquet(table, out / "interactions.parquet")
     write_parquet(user_features, out / "user_features.parquet")
     write_parquet(item_features, out / "item_features.parquet")
-    write_json(spec, out / "spec.json")
+    write_json(spec, out / RunLayout.SPEC)
     return spec

@@ -15,6 +15,8 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsys_mtl.layout import RunLayout
+
 __all__ = ["USER_CATEGORICALS", "FeatureContext", "load_context", "padded_csr"]
 
 USER_CATEGORICALS = ("age_bucket", "gender", "occupation", "zip_prefix")
@@ -107,7 +109,7 @@ class FeatureContext:
 def load_context(features_dir: str | Path, split_dir: str | Path) -> FeatureContext:
     """Build the context from a features folder and the training part of a split folder."""
     fdir, sdir = Path(features_dir), Path(split_dir)
-    spec = json.loads((fdir / "spec.json").read_text())
+    spec = json.loads((fdir / RunLayout.SPEC).read_text())
     feats = spec["features"]
     users = pl.read_parquet(fdir / "user_features.parquet").sort("uidx")
     items = pl.read_parquet(fdir / "item_features.parquet").sort("iidx")

@@ -1,6 +1,6 @@
-"""A finished run: its folder layout, loading it, its bundle, and scoring it.
+"""A finished run: loading it, its bundle, and scoring it (its folder's names are
+:class:`recsys_mtl.layout.RunLayout`).
 
-* :mod:`.layout` — :class:`RunLayout`, every folder and file name of a run folder;
 * :mod:`.load` — :func:`load_run` / :class:`LoadedRun`: the ranker, feature context, id maps,
   seen items and reference time of a run folder;
 * :mod:`.bundle` — a run as a self-contained folder (what the MLflow model carries);
@@ -9,8 +9,7 @@
 * :mod:`.batch` — batch jobs: :func:`recommend`, :func:`iter_recommend`, :func:`score_pairs`.
 
 ``from recsys_mtl.runs import load_run`` works as before; the names below are looked up in
-their modules on first use, so that importing :mod:`recsys_mtl.runs.layout` (the stage runner
-does, on every run) does not import torch.
+their modules on first use, so that importing one light submodule does not import torch.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from typing import Any
 __all__ = [
     "CatalogScorer",
     "LoadedRun",
-    "RunLayout",
     "export_bundle",
     "iter_recommend",
     "load_bundle",
@@ -35,7 +33,6 @@ __all__ = [
 _WHERE = {
     "CatalogScorer": "scoring",
     "LoadedRun": "load",
-    "RunLayout": "layout",
     "export_bundle": "bundle",
     "iter_recommend": "batch",
     "load_bundle": "bundle",

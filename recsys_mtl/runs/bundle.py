@@ -26,8 +26,8 @@ import torch
 
 from recsys_mtl import __version__
 from recsys_mtl.io import file_digest, write_json, write_parquet
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.models.context import FeatureContext
-from recsys_mtl.runs.layout import RunLayout
 from recsys_mtl.runs.load import LoadedRun, load_ranker, load_run
 
 __all__ = ["export_bundle", "is_bundle", "load_bundle", "run_info"]

@@ -23,8 +23,8 @@ from torch import nn
 from recsys_mtl.build import build_ranker
 from recsys_mtl.data.features import pair_keys
 from recsys_mtl.errors import UserError
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.models.context import FeatureContext, load_context
-from recsys_mtl.runs.layout import RunLayout
 from recsys_mtl.runs.topk import items_csr
 
 __all__ = ["LoadedRun", "load_ranker", "load_run", "rated_keys"]

@@ -20,7 +20,7 @@ from recsys_mtl.tracking.names import (
     store_lock,
     summary_metric_name,
 )
-from recsys_mtl.tracking.store import MlflowTracker, NullTracker, Tracker
+from recsys_mtl.tracking.store import MlflowTracker, NullTracker
 
 __all__ = [
     "ERROR_TAG",
@@ -32,7 +32,6 @@ __all__ = [
     "BackgroundTracker",
     "MlflowTracker",
     "NullTracker",
-    "Tracker",
     "canonical_metric_name",
     "default_tracking_uri",
     "git_commit",

@@ -1,7 +1,7 @@
 """MLflow tracking as a thin adapter: one parent run per pipeline run, a nested run per stage.
 
-A tracker is anything with the :class:`NullTracker` methods (the :class:`Tracker` protocol):
-the pipeline, the stages and the tuning trials call it and never MLflow directly.
+Every tracker subclasses :class:`NullTracker`, whose methods are the interface: the pipeline,
+the stages and the tuning trials call them and never MLflow directly.
 :class:`MlflowTracker` writes to the store that :mod:`recsys_mtl.tracking.names` names; MLflow
 is imported inside the methods that use it (it costs over a second to import).
 
@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from recsys_mtl.tracking.names import (
     ERROR_TAG,
@@ -30,7 +30,7 @@ from recsys_mtl.tracking.names import (
     store_lock,
 )
 
-__all__ = ["MlflowTracker", "NullTracker", "Tracker"]
+__all__ = ["MlflowTracker", "NullTracker"]
 
 
 @contextlib.contextmanager
@@ -77,44 +77,6 @@ class _Shielded:
                 return attr(*args, **kwargs)
 
         return call
-
-
-@runtime_checkable
-class Tracker(Protocol):
-    """What the pipeline, its stages and the tuning trials log through (never MLflow itself)."""
-
-    run_id: str | None
-    tracking_uri: str | None
-
-    def start(
-        self,
-        run_name: str,
-        params: dict[str, Any],
-        tags: dict[str, str],
-        description: str | None = None,
-        parent_run_id: str | None = None,
-    ) -> None: ...
-
-    def stage_run(
-        self,
-        stage: str,
-        params: dict[str, Any],
-        metrics: dict[str, float],
-        skipped: bool,
-        seconds: float,
-    ) -> None: ...
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None: ...
-
-    def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None: ...
-
-    def set_tags(self, tags: dict[str, str]) -> None: ...
-
-    def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None: ...
-
-    def finish(self, status: str = "FINISHED", error: str | None = None) -> None: ...
-
-    def log_model(self, run_dir: Path) -> dict[str, Any] | None: ...
 
 
 class NullTracker:

@@ -30,8 +30,8 @@ from tqdm import tqdm
 
 from recsys_mtl.config import EvaluateConfig
 from recsys_mtl.data.features import draw_unrated
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.metrics import auc, full_ranking, logloss, mae, rmse, sampled_ranking
-from recsys_mtl.runs.layout import RunLayout
 from recsys_mtl.runs.load import rated_keys
 from recsys_mtl.runs.topk import items_csr, iter_topk, score_items
 from recsys_mtl.train.data import load_part, size, take, to_device

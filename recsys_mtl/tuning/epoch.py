@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from recsys_mtl.config import RunConfig
-from recsys_mtl.runs.layout import RunLayout
+from recsys_mtl.layout import RunLayout
 from recsys_mtl.runs.load import rated_keys
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import size

@@ -11,7 +11,7 @@ import recsys_mtl.runs as runs
 
 
 def test_every_public_name_is_the_object_not_a_submodule_even_after_every_submodule_is_imported():
-    for sub in ("layout", "load", "bundle", "topk", "scoring", "batch"):
+    for sub in ("load", "bundle", "topk", "scoring", "batch"):
         importlib.import_module(f"recsys_mtl.runs.{sub}")
     for name in runs.__all__:
         value = getattr(runs, name)
@@ -20,6 +20,6 @@ def test_every_public_name_is_the_object_not_a_submodule_even_after_every_submod
 
 
 def test_reading_the_run_layout_does_not_import_torch():
-    code = "import sys, recsys_mtl.runs.layout, recsys_mtl.tracking; print('torch' in sys.modules)"
+    code = "import sys, recsys_mtl.layout, recsys_mtl.tracking; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -11,7 +11,8 @@ A run folder holds one folder per stage and a few files at its root::
                  selected.pt (the model chosen on validation before a refit)
       ...        the other stages' folders (evaluate/, meta_train/, coldstart/, ...)
 
-Light on purpose (no torch): the stage runner and the CLI read it on every run.
+On the ground floor and light on purpose (no torch): the data and model rooms, the stages, the
+stage runner and the CLI all spell a run's names through it.
 """
 
 from __future__ import annotations
