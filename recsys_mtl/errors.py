@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["UserError"]
+__all__ = ["MachineError", "UserError"]
 
 
 class UserError(Exception):
@@ -15,3 +15,10 @@ class UserError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(message.split("\n")))
+
+
+class MachineError(UserError):
+    """The machine's state stops the command (a full disk, a read-only folder, a server that is
+    down): reported as one line naming the path or address and the cause, exit code 1."""
+
+    exit_code = 1
