@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -231,7 +232,7 @@ def main() -> None:
     if args.print_commands:
         for p, b, s in jobs:
             config, extra = RUNS[(p, b)]
-            print(" ".join(_command(config, extra, s, folder / f"{p}-{b}-s{s}", args.quick)))
+            print(shlex.join(_command(config, extra, s, folder / f"{p}-{b}-s{s}", args.quick)))
         return
     t0 = time.perf_counter()
     rows = [r for job in jobs for r in _run(*job, folder, args.quick)]

@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -274,7 +275,7 @@ def main() -> None:
     base.mkdir(parents=True, exist_ok=True)
     if args.print_commands:
         for j in jobs:
-            print(" ".join(_command(*j, base / "run", args.quick)))
+            print(shlex.join(_command(*j, base / "run", args.quick)))
         return
     print(f"{len(jobs)} runs in {base}", file=sys.stderr)
     with ThreadPoolExecutor(args.jobs) as pool:

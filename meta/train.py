@@ -33,7 +33,8 @@ import torch
 from meta.data import ColdData, RowBlocks
 from meta.learners.base import MetaLearner
 from meta.protocol import user_metrics
-from recsys_mtl.io import atomic_path
+from recsys_mtl.errors import MachineError, UserError
+from recsys_mtl.io import atomic_path, load_tensors
 from recsys_mtl.train.callbacks import Callback
 
 __all__ = ["MetaTrainResult", "MetaTrainingError", "cold_metrics", "meta_train"]
@@ -69,6 +70,21 @@ def _check(loss: Any, users: torch.Tensor, epoch: int, batch: int, data: ColdDat
             f"non-finite outer (query) loss at epoch {epoch}, meta-batch {batch} "
             f"(users {users[:5].tolist()}...): lower meta.lr or the inner learning rate"
         )
+
+
+def _resume_from(ckpt: Path | None) -> dict[str, Any] | None:
+    """The meta-training checkpoint to resume from; None when there is none or it cannot be
+    read (a warning names it, it is removed and meta-training starts from the first epoch)."""
+    if ckpt is None or not ckpt.exists():
+        return None
+    try:
+        return load_tensors(ckpt)
+    except MachineError:
+        raise
+    except UserError as e:
+        log.warning("%s; meta-training starts again from the first epoch", e)
+        ckpt.unlink(missing_ok=True)
+        return None
 
 
 def cold_metrics(
@@ -115,8 +131,8 @@ def meta_train(
     best = {"epoch": -1, "value": float("inf"), "state": copy.deepcopy(learner.state_dict())}
     start_epoch, bad_epochs, resumed = 0, 0, None
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True)
+    saved = _resume_from(ckpt)
+    if saved is not None:
         learner.load_state_dict(saved["learner"])
         opt.load_state_dict(saved["optimizer"])
         weighting.load_state_dict(saved["weighting"])
@@ -188,8 +204,14 @@ def meta_train(
     learner.load_state_dict(best["state"])
     learner.eval()
     chosen = learner.choose(valid_blocks, data)
-    if chosen:
-        log.info("    %s: cold-validation choice %s", learner.name, chosen)
+    if chosen:  # {option: cold-validation NDCG@10}: the best first
+        ranked = sorted(chosen.items(), key=lambda kv: -kv[1])
+        log.info(
+            "    %s ranks by %s (cold-validation NDCG@10: %s)",
+            learner.name,
+            ranked[0][0],
+            ", ".join(f"{k} {v:.4f}" for k, v in ranked),
+        )
     result = MetaTrainResult(len(history), best["epoch"], best["value"], history,
                              time.perf_counter() - t0, resumed, chosen)  # fmt: skip
     for cb in callbacks:

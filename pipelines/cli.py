@@ -1,7 +1,8 @@
 """The ``recsys-mtl`` command: the top-level parser, built from :mod:`pipelines.commands`.
 
-Exit codes: 0 ok; 2 bad input or bad config (one line naming the file, line or key); 1 anything
-else. A user's mistake never prints a traceback. Each command imports what it works with only
+Exit codes: 0 ok; 2 bad input or bad config (one line naming the file, line or key); 1 the
+machine's state (a full disk, a read-only folder: one line naming the path and the cause) or
+anything else. A user's mistake or the machine's state never prints a traceback. Each command imports what it works with only
 when it runs (torch, polars, mlflow, the stages), so that ``--help`` answers at once.
 """
 
@@ -17,6 +18,7 @@ from pipelines.commands.run import run_command  # re-exported: scripts and tests
 from pipelines.process import setup_logging
 from recsys_mtl import __version__
 from recsys_mtl.errors import UserError
+from recsys_mtl.io import machine_error
 
 __all__ = ["build_parser", "main", "run_command"]
 
@@ -33,7 +35,8 @@ examples:
   recsys-mtl data ingest ratings.csv --out checked/ --separator ";" --user-col customer
   recsys-mtl list                                          # rankers, weightings, tasks, splits
 
-exit codes: 0 ok; 2 bad input or config (one line naming the file, line or key); 1 anything else"""
+exit codes: 0 ok; 2 bad input or config (one line naming the file, line or key); 1 the machine's
+state (a full disk, a read-only folder: one line naming the path) or anything else"""
 
 
 class _TopHelp(Help, argparse.RawDescriptionHelpFormatter):
@@ -64,7 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("recsys-mtl: interrupted", file=sys.stderr)
         return 130
-    except Exception:
+    except Exception as e:
+        machine = machine_error(e)  # a refused write no writer translated: still one line
+        if machine is not None:
+            print(f"recsys-mtl: error: {machine}", file=sys.stderr)
+            return machine.exit_code
         traceback.print_exc()
         return 1
 

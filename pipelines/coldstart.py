@@ -25,7 +25,7 @@ from pipelines.stages import DATA_CODE, FEATURES, INGEST, MODEL_CODE, SPLIT, TRA
 from recsys_mtl.build import build_weighting
 from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
-from recsys_mtl.io import write_json
+from recsys_mtl.io import load_tensors, write_json
 from recsys_mtl.layout import RunLayout
 
 ENSEMBLE = "ensemble"  # meta.learners.ensemble.ENSEMBLE (not imported here: lazy imports)
@@ -187,14 +187,12 @@ def load_learners(folder: Any, cfg: Any, run: Any, ranker_only: bool = False) ->
 def _ensemble(spec: Any, members: dict[str, Any], tasks: list[str], folder: Any = None) -> Any:
     """The ensemble of ``spec`` over the learners ``members`` (its fitted weights loaded from
     ``folder`` when given)."""
-    # deferred: torch and the learners' package, when an ensemble is built
-    import torch
-
+    # deferred: the learners' package, when an ensemble is built
     from meta.learners import WEIGHTS_FILE, Ensemble, EnsembleParams
 
     ens = Ensemble(members, EnsembleParams.model_validate(spec.params), tasks)
     if folder is not None:
-        state = torch.load(folder / WEIGHTS_FILE, weights_only=True)
+        state = load_tensors(folder / WEIGHTS_FILE)
         ens.prepare_for(state)
         ens.load_state_dict(state)
     return ens.eval()

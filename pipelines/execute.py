@@ -27,6 +27,7 @@ from recsys_mtl.build import validate_run
 from recsys_mtl.config import RunConfig, load_config
 from recsys_mtl.io import atomic_path, write_json
 from recsys_mtl.layout import RunLayout
+from recsys_mtl.locks import folder_lock, this_command
 from recsys_mtl.tracking import KIND_TAG, default_tracking_uri
 
 __all__ = ["pipeline_for", "prepare", "run_one"]
@@ -67,8 +68,29 @@ def run_one(
     ``run_name`` names the MLflow run (default :func:`pipelines.naming.default_run_name`);
     ``tags`` are added to it (a ``recsys_mtl.kind`` there replaces ``pipeline``);
     ``parent_run_id`` nests it under another MLflow run; ``checked``: the caller ran
-    :func:`prepare` on this config already.
+    :func:`prepare` on this config already. The run folder is held from the first look at its
+    stages to the last write of its summary (:func:`recsys_mtl.locks.folder_lock`).
     """
+    with folder_lock(run_dir, this_command()):
+        return _run_one(
+            cfg, config_path, overrides, run_dir, force, single_task_baselines,
+            run_name=run_name, tags=tags, parent_run_id=parent_run_id, checked=checked,
+        )  # fmt: skip
+
+
+def _run_one(
+    cfg: RunConfig,
+    config_path: str,
+    overrides: list[str],
+    run_dir: Path,
+    force: bool,
+    single_task_baselines: bool,
+    *,
+    run_name: str | None,
+    tags: dict[str, str] | None,
+    parent_run_id: str | None,
+    checked: bool,
+) -> dict[str, Any]:
     existed = run_dir.exists()
     abs_dir = run_dir.resolve()
     pipeline = pipeline_for(cfg)

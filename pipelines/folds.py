@@ -16,11 +16,17 @@ from typing import Any
 import numpy as np
 
 from pipelines.execute import prepare, run_one
-from pipelines.naming import data_digest, default_run_name, run_description, run_tags
+from pipelines.naming import (
+    data_digest,
+    default_run_name,
+    run_description,
+    run_params,
+    run_tags,
+)
 from pipelines.tracked import ending
 from pipelines.transfer import share_upstream
 from recsys_mtl import __version__
-from recsys_mtl.config import RunConfig, flatten, load_config
+from recsys_mtl.config import RunConfig, load_config
 from recsys_mtl.io import write_json
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.tracking import BackgroundTracker, NullTracker
@@ -53,7 +59,7 @@ def run_kfold(
         own = run_tags(cfg, config_path, abs_dir, data_digest(cfg))
         tracker.start(
             name,
-            flatten(cfg),
+            run_params(cfg),
             {**own, "recsys_mtl.folds": str(folds), **(tags or {})},
             run_description(cfg, config_path, overrides, abs_dir) + f" ({folds} folds)",
             parent_run_id,

@@ -1,5 +1,15 @@
-"""What a tracked run is called and tagged: its MLflow run name, tags and description, the
-digest of its data, and the run key that tells an identical rerun from a new one.
+"""What a tracked run is called and tagged: its MLflow run name, tags, params and
+description, the digest of its data, and the run key that tells an identical rerun from a new one.
+
+Names are short (at most :data:`MAX_NAME` characters: the MLflow table cuts longer ones) and
+begin with what tells runs of one experiment apart: the model, the weighting of a multi-task
+run, the split, the seed, then the config's name (without the model's name when it holds it);
+a tuning trial's name begins with its number (``t007-tune-quickstart``). A cold-start run names
+its held-out users (``cold20``: a fifth of the users held out) where others name their split.
+
+Params: every run kind (pipeline, cold-start pipeline, tuning trial, study) logs the full
+resolved config under the same keys (:func:`run_params`: ``train.lr``, ``model.name``), with
+the password of any URL (a study's storage) masked.
 
 The run key hashes the stages' fingerprints, the run name, the store, the experiment, the parent
 run, the caller's tags and whether single-task baselines run: a rerun with the same key whose
@@ -15,27 +25,67 @@ from typing import Any
 
 from pipelines.stages import data_content
 from recsys_mtl import __version__
-from recsys_mtl.config import RunConfig
+from recsys_mtl.config import RunConfig, flatten
 from recsys_mtl.tracking import KIND_TAG, git_commit
+from recsys_mtl.tuning.study import redact
 
 __all__ = [
+    "MAX_NAME",
+    "config_tags",
     "data_digest",
     "dataset_entry",
     "default_run_name",
     "run_description",
     "run_key",
+    "run_params",
     "run_tags",
+    "split_label",
+    "trial_run_name",
 ]
+
+MAX_NAME = 40  # characters of a run name
+
+
+def split_label(cfg: RunConfig) -> str:
+    """How the run holds data out: the split strategy, or for a cold-start run the users it
+    holds out (``cold20``: 20% of the users, first-K protocol; ``cold-recbole``)."""
+    if cfg.meta is not None:
+        if cfg.meta.protocol == "first_k":
+            return f"cold{round(cfg.meta.holdout * 100)}"
+        return f"cold-{cfg.meta.protocol}"
+    return cfg.split.strategy.replace("_", "-")
+
+
+def _without(name: str, word: str) -> str:
+    """``name`` without ``word`` as one of its ``-``/``_``-separated parts."""
+    kept = [p for p in name.replace("_", "-").split("-") if p and p != word]
+    return "-".join(kept)
 
 
 def default_run_name(cfg: RunConfig) -> str:
-    """What tells runs apart: config name, model, split, tasks and weighting when several, seed."""
-    parts = [cfg.name, cfg.model.name, cfg.split.strategy.replace("_", "-")]
+    """What tells runs apart, first: model, weighting (multi-task runs), split, seed, then the
+    config's name without the model's; at most :data:`MAX_NAME` characters."""
+    parts = [cfg.model.name]
     if len(cfg.tasks) > 1:
-        parts.append("+".join(cfg.tasks))
         parts.append(cfg.weighting.name)
-    parts.append(f"s{cfg.train.seed}")
-    return "-".join(parts)
+    parts += [split_label(cfg), f"s{cfg.train.seed}"]
+    rest = _without(cfg.name, cfg.model.name)
+    if cfg.meta is not None:
+        rest = _without(rest, "coldstart")
+    if rest and rest not in parts:
+        parts.append(rest)
+    return "-".join(parts)[:MAX_NAME].rstrip("-")
+
+
+def trial_run_name(number: int, study: str) -> str:
+    """A tuning trial's run name: its number first (``t007-tune-quickstart``)."""
+    return f"t{number:03d}-{study}"[:MAX_NAME].rstrip("-")
+
+
+def run_params(cfg: RunConfig) -> dict[str, Any]:
+    """The full resolved config as MLflow params (``train.lr``), the same keys for every run
+    kind; URLs lose their password (:func:`recsys_mtl.tuning.study.redact`)."""
+    return {k: redact(v) if isinstance(v, str) else v for k, v in flatten(cfg).items()}
 
 
 def run_key(
@@ -73,19 +123,24 @@ def run_description(cfg: RunConfig, config_path: str, overrides: list[str], run_
     sets = "".join(f" --set {o}" for o in overrides)
     return (
         f"`recsys-mtl run {config_path}{sets}`: {cfg.model.name} on {', '.join(cfg.tasks)}, "
-        f"{cfg.split.strategy} split (seed {cfg.split.seed}), {cfg.weighting.name} weighting, "
+        f"{_split_text(cfg)}, {cfg.weighting.name} weighting, "
         f"train seed {cfg.train.seed}. Run folder: {run_dir}"
     )
 
 
+def _split_text(cfg: RunConfig) -> str:
+    if cfg.meta is not None:
+        held = f", {cfg.meta.holdout:.0%} of users" if cfg.meta.protocol == "first_k" else ""
+        return f"cold-start, held-out users ({cfg.meta.protocol}{held}, seed {cfg.split.seed})"
+    return f"{cfg.split.strategy} split (seed {cfg.split.seed})"
+
+
 def run_tags(cfg: RunConfig, config_path: str, run_dir: Path, digest: str) -> dict[str, str]:
-    """The MLflow run's tags: a pipeline run's kind, what it trains, its data, code and folder."""
+    """The MLflow run's tags: a pipeline run's kind, what it trains (:func:`config_tags`), its
+    data, code and folder."""
     tags = {
         KIND_TAG: "pipeline",
-        "recsys_mtl.model": cfg.model.name,
-        "recsys_mtl.tasks": ",".join(cfg.tasks),
-        "recsys_mtl.split": cfg.split.strategy,
-        "recsys_mtl.weighting": cfg.weighting.name,
+        **config_tags(cfg),
         "recsys_mtl.data_hash": digest,
         "recsys_mtl.version": __version__,
         "recsys_mtl.config": str(Path(config_path).resolve()),
@@ -95,6 +150,21 @@ def run_tags(cfg: RunConfig, config_path: str, run_dir: Path, digest: str) -> di
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def config_tags(cfg: RunConfig) -> dict[str, str]:
+    """What a run trains, as tags: model, tasks, split, weighting; a cold-start run says so
+    (``recsys_mtl.pipeline: coldstart``, and its split is the users it holds out)."""
+    tags = {
+        "recsys_mtl.model": cfg.model.name,
+        "recsys_mtl.tasks": ",".join(cfg.tasks),
+        "recsys_mtl.split": cfg.split.strategy,
+        "recsys_mtl.weighting": cfg.weighting.name,
+    }
+    if cfg.meta is not None:
+        tags["recsys_mtl.pipeline"] = "coldstart"
+        tags["recsys_mtl.split"] = f"cold_users_{cfg.meta.protocol}"
     return tags
 
 

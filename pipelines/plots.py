@@ -23,6 +23,8 @@ from recsys_mtl.io import atomic_path
 __all__ = [
     "figure",
     "learning_curves",
+    "mae_vs_k_figure",
+    "method_styles",
     "plot_mae_vs_k",
     "plot_runs",
     "plot_study",
@@ -224,27 +226,81 @@ def plot_runs(records: list[dict[str, Any]], x: str, y: str, path: Path) -> Path
     return path
 
 
-def plot_mae_vs_k(rows: list[dict[str, Any]], path: Path) -> Path:
-    """MAE against K for every floor (dashed) and learner (solid) of a cold-start evaluation
-    (rows of :func:`meta.evaluate.evaluate_coldstart`; the MLflow artifact ``mae_vs_k.png``)."""
-    with figure(path, (6.5, 4)) as ax:
-        by: dict[str, list[tuple[int, float, str]]] = {}
-        for r in rows:
-            k = r["labels"]["k"] if r["labels"]["k"] is not None else 0
-            by.setdefault(r["labels"]["learner"], []).append(
-                (k, r["metrics"]["rating/mae"], r["labels"]["kind"])
-            )
-        for name, pts in by.items():
-            pts.sort()
-            style = "--" if pts[0][2] == "floor" else "-"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", label=name)
-        ax.set(
-            xlabel="support size K",
-            ylabel="query MAE (held-out users)",
-            title="cold start: MAE vs K",
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
+_FLOOR_GREYS = ("0.2", "0.45", "0.65")
+_FLOOR_DASHES = ("--", "-.", ":", (0, (6, 2, 1, 2, 1, 2)))
+
+
+def method_styles(kinds: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """One line style per method (``{name: "floor" | "learner"}``), no two alike: learners
+    solid in colours, floors dashed in greys, each with its own marker."""
+    palette = [f"C{i}" for i in range(10) if i != 7]  # tab10 without its grey (the floors')
+    out: dict[str, dict[str, Any]] = {}
+    n_learner = n_floor = 0
+    for name, kind in kinds.items():
+        if kind == "floor":
+            i, n_floor = n_floor, n_floor + 1
+            out[name] = {
+                "color": _FLOOR_GREYS[i % len(_FLOOR_GREYS)],
+                "linestyle": _FLOOR_DASHES[(i // len(_FLOOR_GREYS)) % len(_FLOOR_DASHES)],
+                "marker": _MARKERS[-1 - i % len(_MARKERS)],
+                "linewidth": 1.2,
+            }
+        else:
+            i, n_learner = n_learner, n_learner + 1
+            out[name] = {
+                "color": palette[i % len(palette)],
+                "linestyle": "-",
+                "marker": _MARKERS[i % len(_MARKERS)],
+                "linewidth": 1.8,
+            }
+    return out
+
+
+def mae_vs_k_figure(rows: list[dict[str, Any]]) -> Any:
+    """The figure of :func:`plot_mae_vs_k`, laid out and not yet saved."""
+    plt = _pyplot()
+    by: dict[str, list[tuple[int, float]]] = {}
+    kinds: dict[str, str] = {}
+    for r in rows:
+        k = r["labels"]["k"] if r["labels"]["k"] is not None else 0
+        by.setdefault(r["labels"]["learner"], []).append((k, r["metrics"]["rating/mae"]))
+        kinds[r["labels"]["learner"]] = r["labels"]["kind"]
+    order = sorted(kinds, key=lambda n: (kinds[n] == "floor", n))  # learners first
+    styles = method_styles({n: kinds[n] for n in order})
+    fig, ax = plt.subplots(figsize=(8.5, 4.5))
+    handles: dict[str, list[Any]] = {"learner": [], "floor": []}
+    for name in order:
+        pts = sorted(by[name])
+        (line,) = ax.plot(
+            [p[0] for p in pts], [p[1] for p in pts], label=name, markersize=5, **styles[name]
         )
-        ax.legend(fontsize=7, ncol=2)
-    return path
+        handles["floor" if kinds[name] == "floor" else "learner"].append(line)
+    ax.set(
+        xlabel="support size K", ylabel="query MAE (held-out users)", title="cold start: MAE vs K"
+    )
+    ax.grid(True, alpha=0.3)
+    outside = {"fontsize": 7, "title_fontsize": 8, "borderaxespad": 0.0, "frameon": False}
+    legends = []
+    if handles["learner"]:
+        legends.append(
+            ax.legend(handles=handles["learner"], title="learners (solid)", loc="upper left",
+                      bbox_to_anchor=(1.02, 1.0), **outside)
+        )  # fmt: skip
+    if handles["floor"]:
+        if legends:
+            ax.add_artist(legends[0])
+        ax.legend(handles=handles["floor"], title="floors (dashed)", loc="lower left",
+                  bbox_to_anchor=(1.02, 0.0), **outside)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def plot_mae_vs_k(rows: list[dict[str, Any]], path: Path) -> Path:
+    """MAE against K for every learner (solid, in colours) and floor (dashed, in greys) of a
+    cold-start evaluation, each method with its own marker, the legends outside the axes
+    (rows of :func:`meta.evaluate.evaluate_coldstart`; the MLflow artifact ``mae_vs_k.png``)."""
+    return save_figure(mae_vs_k_figure(rows), path)
 
 
 def plot_study(study: Any, names: list[str], out: Path) -> list[Path]:

@@ -1,5 +1,10 @@
 """Setting up a process of the command line: progress logging, freed memory kept, threads.
 
+MLflow's own log lines (opening a store, schema migrations, model signatures) go through the
+same stderr handler as the progress lines, prefixed with their logger's name, and only from
+WARNING up: set ``MLFLOW_LOGGING_LEVEL=INFO`` to see its INFO lines. MLflow's HTTP retries are
+bounded for every command (:func:`recsys_mtl.tracking.bound_http_retries`).
+
 A run checks its thread setting and keeps freed memory when it starts
 (:func:`prepare_process`), but sets torch's thread count only once a stage is about to run
 (:func:`start_threads`): that imports torch, which an unchanged rerun never needs. Either way
@@ -16,10 +21,13 @@ from typing import Any
 
 from pipelines.allocator import keep_freed_memory
 from pipelines.threads import configure_threads, resolve_threads
+from recsys_mtl.tracking import bound_http_retries
 
 __all__ = ["CORES_ENV", "prepare_process", "prepare_worker", "setup_logging", "start_threads"]
 
 CORES_ENV = "RECSYS_MTL_CORES"  # a tuning worker's share of the cores, e.g. "0,1"
+MLFLOW_LOGGERS = ("mlflow", "alembic")
+MLFLOW_LEVEL_ENV = "MLFLOW_LOGGING_LEVEL"
 
 
 class _Stderr(logging.StreamHandler):
@@ -35,7 +43,9 @@ class _Stderr(logging.StreamHandler):
 
 
 def setup_logging() -> None:
-    """Progress to stderr through ``logging`` (workers add their name through the logger)."""
+    """Progress to stderr through ``logging`` (workers add their name through the logger), and
+    MLflow's lines through the same stream, WARNING and up unless ``MLFLOW_LOGGING_LEVEL``
+    says otherwise. MLflow is told not to set up its own handlers when it is imported."""
     root = logging.getLogger("recsys_mtl")
     if not root.handlers:
         handler = _Stderr()
@@ -43,6 +53,16 @@ def setup_logging() -> None:
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         root.propagate = False
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
+    bound_http_retries()
+    level = os.environ.get(MLFLOW_LEVEL_ENV, "WARNING").upper()
+    for name in MLFLOW_LOGGERS:
+        other = logging.getLogger(name)
+        handler = _Stderr()
+        handler.setFormatter(logging.Formatter(f"{name}: %(levelname)s: %(message)s"))
+        other.handlers = [handler]
+        other.setLevel(level if level in logging.getLevelNamesMapping() else "WARNING")
+        other.propagate = False
 
 
 def prepare_process(threads: int | None) -> None:

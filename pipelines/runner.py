@@ -13,6 +13,11 @@ fingerprints. A stage whose fingerprint matches its completed directory is skipp
 writes into ``RUN_DIR/.tmp-<stage>/`` and the directory is renamed into place only when the
 stage has finished, so a killed run leaves either the previous complete stage directory or
 none: a rerun resumes from the last complete stage.
+
+A run folder is written by one process at a time: :func:`run_pipeline` holds its lock
+(:func:`recsys_mtl.locks.folder_lock`; re-entrant, so a command holding the folder already runs
+it without waiting on itself) and, once it holds it, removes what a killed run left: the
+``.tmp-*`` stage folders and the hidden ``.NAME.*.tmp`` files of interrupted atomic writes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 from recsys_mtl import __version__
 from recsys_mtl.config import RunConfig
 from recsys_mtl.io import file_digest
+from recsys_mtl.locks import folder_lock, this_command
 from recsys_mtl.tracking import NullTracker
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "StageContext",
     "code_digest",
     "fingerprint",
+    "remove_leftovers",
     "run_pipeline",
     "stage_code",
 ]
@@ -277,12 +284,33 @@ def run_pipeline(
     """Run (or resume) every stage; returns ``{stage: {"seconds", "skipped", "result"}}``.
 
     ``callbacks`` reach the training stages (:class:`recsys_mtl.train.callbacks.Callback`).
+    The run folder is held for the whole call (:func:`recsys_mtl.locks.folder_lock`): another
+    process writing it is a UserError naming that process.
     """
-    run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    for stale in run.glob(".tmp-*"):  # left by a killed run
+    with folder_lock(run_dir, this_command()) as run:
+        remove_leftovers(run)
+        return _run_stages(pipeline, config, run, force, tracker or NullTracker(), callbacks)
+
+
+def remove_leftovers(run: Path) -> None:
+    """What a killed run left in ``run``: ``.tmp-*`` stage folders and the hidden temporary
+    files of atomic writes (at the root and among the checkpoints). Call only while holding
+    the folder's lock: another live writer's files look the same."""
+    for stale in run.glob(".tmp-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tracker = tracker or NullTracker()
+    for half in [*run.glob(".*.tmp"), *(run / ".checkpoints").rglob(".*.tmp")]:
+        if half.is_file():
+            half.unlink(missing_ok=True)
+
+
+def _run_stages(
+    pipeline: Pipeline,
+    config: RunConfig,
+    run: Path,
+    force: bool,
+    tracker: NullTracker,
+    callbacks: tuple[Any, ...],
+) -> dict[str, Any]:
     keys: dict[str, str] = {}
     outcome: dict[str, dict[str, Any]] = {}
     total = len(pipeline.stages)

@@ -119,7 +119,7 @@ def _train(ctx: StageContext) -> dict[str, Any]:
     )
     if "train/fit" in trained.metrics:  # closed form: one value per sweep
         for h in trained.history:
-            ctx.tracker.log_metrics({"train/fit": h["train/fit"]}, step=h["epoch"])
+            ctx.tracker.log_metrics({"fit/train": h["train/fit"]}, step=int(h["epoch"]))
     else:
         curves = learning_curves(trained.history, cfg.tasks, ctx.out_dir / "learning_curves.svg")
         ctx.tracker.log_artifacts([curves] if curves else [])

@@ -13,12 +13,13 @@ import contextlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.naming import data_digest, dataset_entry, run_description, run_tags
-from recsys_mtl.config import RunConfig, flatten
+from pipelines.naming import data_digest, dataset_entry, run_description, run_params, run_tags
+from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json
 from recsys_mtl.layout import RunLayout
@@ -67,7 +68,8 @@ def open_tracker(
     """The tracker of a pipeline run, started, and whether it is a reused MLflow run.
 
     ``cached`` is :func:`reusable_run`'s answer, ``store`` the tracking URI (None: tracking off).
-    A new MLflow run is named ``name``, gets the flattened config as params, the run's tags
+    A new MLflow run is named ``name``, gets the full config as params
+    (:func:`pipelines.naming.run_params`), the run's tags
     (with ``tags`` on top) and a description, nested under ``parent_run_id`` when given.
     """
     if cached and cached.get("run_id") and store:  # the same run, finished and logged
@@ -83,7 +85,7 @@ def open_tracker(
     own = {**run_tags(cfg, config_path, run_dir, data_digest(cfg)), "recsys_mtl.run_key": key}
     tracker.start(
         name,
-        flatten(cfg),
+        run_params(cfg),
         {**own, **(tags or {})},
         run_description(cfg, config_path, overrides, run_dir),
         parent_run_id,
@@ -117,8 +119,8 @@ def ending(tracker: Any, run_dir: Path, existed: bool, finish: bool = True) -> I
         tracker.finish("FAILED", _reason(e))
         _drop_if_empty(run_dir, existed)
         raise
-    if finish:
-        tracker.finish()
+    if finish:  # the run ends when its work did, before the model was packaged and uploaded
+        tracker.finish(ended=getattr(tracker, "work_ended", None))
 
 
 def log_finished_run(
@@ -130,7 +132,10 @@ def log_finished_run(
     stages: int,
 ) -> None:
     """What a finished run logs: the MLflow model (the summary gets its id and URI), the test
-    metrics, which stages were reused (``skipped`` of ``stages``), the data set, the files."""
+    metrics, which stages were reused (``skipped`` of ``stages``), the data set, the files.
+    The MLflow run ends at the time of this call (``tracker.work_ended``): packaging the model
+    is logged as ``package/seconds``, not counted as the run's time."""
+    tracker.work_ended = time.time()
     logged = tracker.log_model(run_dir)  # the MLflow model (pyfunc), from the summary's config
     if logged is not None:
         summary["mlflow"].update(model_id=logged["model_id"], model_uri=logged["model_uri"])

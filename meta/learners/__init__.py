@@ -18,7 +18,7 @@ from meta.learners.gradient import FOMAML, MAML, MetaSGD, Reptile
 from meta.learners.matching import Matching
 from meta.state import module_device
 from recsys_mtl.errors import UserError
-from recsys_mtl.io import atomic_path, write_json
+from recsys_mtl.io import atomic_path, load_tensors, write_json
 
 __all__ = [
     "ENSEMBLE",
@@ -121,6 +121,6 @@ def load_learner(folder: Path, base: nn.Module, for_run: bool = False) -> MetaLe
             "(train_ranker: true): its states do not serve the run's model"
         )
     learner = build_learner(doc["name"], doc["params"], base, doc["tasks"])
-    state = torch.load(folder / WEIGHTS_FILE, weights_only=True, map_location="cpu")
+    state = load_tensors(folder / WEIGHTS_FILE, map_location="cpu")
     learner.load_state_dict(state)
     return learner.to(module_device(base)).eval()  # its own weights where the base model is

@@ -3,7 +3,8 @@
 Pipeline runs and tuning trials are told apart from stage runs (and study parent runs) by the
 ``recsys_mtl.kind`` tag; runs logged before that tag existed are classified by their ``stage``
 tag. Metric names are shown as in ``summary.json`` (``ranking/hr@10``), whatever spelling the
-MLflow store uses.
+MLflow store uses. The printed table fits the terminal (:mod:`pipelines.table`); ``--out`` and
+``--json`` keep every column at full precision.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from pipelines.commands.common import Help
 from pipelines.plots import plot_runs
+from pipelines.table import fit_table
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path
 from recsys_mtl.tracking import KIND_TAG, STUDY_TAG, canonical_metric_name, default_tracking_uri
@@ -46,6 +48,23 @@ def _kind(run: Any) -> str:
     return "stage" if "stage" in tags else "pipeline"
 
 
+def _dataset(run: Any) -> str:
+    """The data a run used: ``synthetic``, or the name of the data folder or file (from the
+    run's ``data.*`` params, else the MLflow dataset input it logged)."""
+    params = run.data.params
+
+    def param(key: str) -> str | None:
+        return params.get(key) or params.get(f"config.{key}")
+
+    if param("data.format") == "synthetic":
+        return "synthetic"
+    path = param("data.path")
+    if path and path != "None":
+        return Path(path).name or path
+    inputs = getattr(getattr(run, "inputs", None), "dataset_inputs", None) or []
+    return inputs[0].dataset.name if inputs else ""
+
+
 def compare_runs(
     experiment: str | None = None,
     study: str | None = None,
@@ -54,7 +73,8 @@ def compare_runs(
     tracking_uri: str | None = None,
     max_results: int = 5000,
 ) -> list[dict[str, Any]]:
-    """Rows (one per run, newest first): name, kind, describing columns, params, metrics."""
+    """Rows (one per run, newest first): name, kind, data set, describing columns, params,
+    metrics."""
     # deferred: mlflow (about a second) loads only to read the store
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -94,6 +114,7 @@ def compare_runs(
             "run_id": run.info.run_id,
             "kind": kind,
         }
+        row["data"] = _dataset(run)
         for header, tag, param in DESCRIBE:
             row[header] = tags.get(tag) or params.get(param) or params.get(f"config.{param}", "")
         row["params"] = {k.removeprefix("param."): v for k, v in params.items()}
@@ -126,6 +147,8 @@ def _key_params(rows: list[dict[str, Any]], limit: int = 6) -> list[str]:
     for r in rows:
         keys += [k for k in r["params"] if k not in keys]
     skip = {"run_dir", "package_version", "stage.version", "stage.fingerprint", "trial.number"}
+    skip |= {"name", "config.name"}  # the run column
+    skip |= {p for _, _, p in DESCRIBE} | {f"config.{p}" for _, _, p in DESCRIBE}  # shown
     varying = [
         k
         for k in keys
@@ -148,21 +171,13 @@ def _sort(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
     return sorted(rows, key=key)
 
 
-def _fmt(v: Any) -> str:
-    if v is None or v == "":
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
-
-
 def table(
     rows: list[dict[str, Any]], metrics: list[str], params: list[str]
 ) -> list[dict[str, Any]]:
     """Flat records: the describing columns, the key params, the metrics, duration, state."""
     out = []
     for r in rows:
-        rec: dict[str, Any] = {"run": r["run"], "kind": r["kind"]}
+        rec: dict[str, Any] = {"run": r["run"], "kind": r["kind"], "data": r["data"]}
         rec.update({h: r[h] for h, _, _ in DESCRIBE})
         rec.update({p: r["params"].get(p, "") for p in params})
         rec.update({m: r["metrics"].get(m) for m in metrics})
@@ -173,25 +188,11 @@ def table(
     return out
 
 
-def format_table(records: list[dict[str, Any]]) -> str:
-    """A fixed-width text table (4 significant digits)."""
-    if not records:
-        return "no runs"
-    cols = [c for c in records[0] if c != "run_id"]
-    cells = [[_fmt(r[c]) for c in cols] for r in records]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    numeric = [
-        all(isinstance(r[c], int | float) or r[c] in (None, "") for r in records) for c in cols
-    ]
-
-    def line(values: list[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if num else v.ljust(w)
-            for v, w, num in zip(values, widths, numeric, strict=True)
-        ).rstrip()
-
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(cols), sep, *(line(r) for r in cells)])
+def format_table(records: list[dict[str, Any]], width: int | None = None) -> str:
+    """The records as a table that fits ``width`` (default: the terminal's): 4 significant
+    digits, columns with one value in every row named below the table, wrapped into blocks
+    when too wide (:func:`pipelines.table.fit_table`)."""
+    return fit_table([{k: v for k, v in r.items() if k != "run_id"} for r in records], width)
 
 
 def _plot(records: list[dict[str, Any]], spec: str, path: Path) -> Path:
@@ -214,8 +215,11 @@ def add_parser(subparsers: Any) -> None:
         formatter_class=Help,
         help="a table of MLflow runs (pipelines and tuning trials)",
         description="Print a table of an experiment's pipeline runs and tuning trials (stage "
-        "runs are left out): name, model, weighting, tasks, split, the params that differ, "
-        "valid and test metrics, duration and state.",
+        "runs are left out): name, kind, data set, model, weighting, tasks, split, the params "
+        "that differ, valid and test metrics (4 significant digits), duration and state. The "
+        "table fits the terminal (COLUMNS): a column with the same value in every row is named "
+        "once below it, and wide tables wrap into blocks; --out and --json give every column "
+        "at full precision.",
     )
     p.add_argument("--experiment", help="MLflow experiment (default: every experiment)")
     p.add_argument("--study", help="only the trials of this tuning study")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ _INGEST_FLAGS = {
     "path": "PATH",
     "format": "--format",
     "separator": "--separator",
+    "header": "--no-header",
     "columns.user_id": "--user-col",
     "columns.item_id": "--item-col",
     "columns.rating": "--rating-col",
@@ -43,6 +45,13 @@ def add_parser(subparsers: Any) -> None:
     )
     dl.add_argument("--to", default="data", help="folder to put it in")
     dl.add_argument("--base-url", default=None, help="mirror serving the GroupLens archives")
+    dl.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="give up when the server sends nothing for this long",
+    )
     _add_ingest_parser(dsub)
     syn = dsub.add_parser(
         "synth", help="write a synthetic MovieLens-shaped log", formatter_class=Help
@@ -76,22 +85,33 @@ def _add_ingest_parser(dsub: Any) -> None:
     ing.add_argument("--config", help="a run config whose data section to use")
     ing.add_argument("--format", help="data.format (default: the config's, else auto)")
     ing.add_argument(
-        "--separator", help="data.separator of a generic CSV, e.g. ';' or '\\t' (default: ,)"
+        "--separator",
+        help="data.separator of a generic CSV: one character such as ';', or tab, space or "
+        "whitespace (runs of spaces and tabs) (default: ,)",
+    )
+    ing.add_argument(
+        "--no-header",
+        dest="header",
+        action="store_false",
+        default=None,
+        help="data.header: false: the file has no header line; columns are given by 0-based "
+        "position (default: user 0, item 1, rating 2, ts 3)",
     )
     for field in ("user_id", "item_id", "rating", "ts"):
         ing.add_argument(
             f"--{field.split('_')[0]}-col",
             dest=f"col_{field}",
-            metavar="NAME",
-            help=f"data.columns.{field}: the file's {field} column (default: {field})"
-            + ("; 'none' uses row order as time" if field == "ts" else ""),
+            metavar="COLUMN",
+            help=f"data.columns.{field}: the file's {field} column, a name or a 0-based "
+            f"position (default: {field})"
+            + ("; none uses row order as time" if field == "ts" else ""),
         )
     ing.add_argument(
         "--rating-scale",
-        nargs=2,
-        type=float,
-        metavar=("LOW", "HIGH"),
-        help="data.rating_scale (default: per layout, 1-5 or 0.5-5)",
+        nargs="+",
+        metavar="SCALE",
+        help="data.rating_scale: LOW HIGH (e.g. 1 5), or auto to take it from the log "
+        "(default: per layout, 1-5 or 0.5-5)",
     )
     ing.add_argument(
         "--timestamp-format", help="data.timestamp_format, strptime (default: epoch or ISO 8601)"
@@ -118,7 +138,13 @@ def _download(args: argparse.Namespace) -> None:
     # deferred: the downloader (urllib, tqdm) is not for --help
     from recsys_mtl.data.download import BASE_URL, download
 
-    path = download(args.name, args.to, base_url=args.base_url or BASE_URL)
+    path = download(
+        args.name,
+        args.to,
+        base_url=args.base_url or BASE_URL,
+        progress=sys.stderr.isatty(),  # a bar of carriage returns is noise in a log file
+        timeout=args.timeout,
+    )
     print(path.absolute())
 
 
@@ -134,11 +160,13 @@ def _ingest(args: argparse.Namespace) -> None:
         print(json.dumps(inter))
         return
     dropped = ", ".join(f"{r}: {n:,}" for r, n in inter["rows_quarantined"].items())
+    lo, hi = report["rating_scale"]
     print(
         f"{out.absolute()}: {report['dataset']} log, {inter['rows_read']:,} rows read, "
         f"{inter['rows_kept']:,} kept, {inter['rows_read'] - inter['rows_kept']:,} "
         f"quarantined{f' ({dropped})' if dropped else ''}; {report['rated_users']:,} "
-        f"users, {report['rated_items']:,} items"
+        f"users, {report['rated_items']:,} items; rating scale {lo:g}-{hi:g}"
+        + (" (found in the data)" if report.get("rating_scale_from") == "data" else "")
     )
 
 
@@ -158,6 +186,23 @@ def _synth(args: argparse.Namespace) -> None:
     print(Path(write_synthetic(syn, args.out)).absolute())
 
 
+def _scale(flag: list[str] | None) -> list[float] | str | None:
+    """``--rating-scale LOW HIGH`` or ``--rating-scale auto``."""
+    if flag is None or flag == ["auto"]:
+        return flag[0] if flag else None
+    try:
+        if len(flag) == 2:
+            return [float(x) for x in flag]
+    except ValueError:
+        pass
+    raise UserError(f"--rating-scale: expected LOW HIGH or auto, got {' '.join(flag)!r}")
+
+
+def _column(flag: str | None) -> str | int | None:
+    """A column flag: digits are a 0-based position, anything else a name."""
+    return int(flag) if flag is not None and flag.isdigit() else flag
+
+
 def _ingest_config(args: argparse.Namespace) -> Any:
     """The data section of ``--config`` (if given) with the flags of ``data ingest`` applied."""
     # deferred: the config schema (pydantic) is not for --help
@@ -166,27 +211,19 @@ def _ingest_config(args: argparse.Namespace) -> Any:
     values: dict[str, Any] = {
         "path": args.path,
         "format": args.format,
-        "separator": {"\\t": "\t", "tab": "\t"}.get(args.separator or "", args.separator),
-        "columns.user_id": args.col_user_id,
-        "columns.item_id": args.col_item_id,
-        "columns.rating": args.col_rating,
-        "columns.ts": args.col_ts,
-        "rating_scale": args.rating_scale,
+        "separator": args.separator,
+        "header": args.header,
+        "columns.user_id": _column(args.col_user_id),
+        "columns.item_id": _column(args.col_item_id),
+        "columns.rating": _column(args.col_rating),
+        "columns.ts": _column(args.col_ts),
+        "rating_scale": _scale(args.rating_scale),
         "timestamp_format": args.timestamp_format,
         "max_quarantine_share": args.max_quarantine_share,
     }
-    if values["columns.ts"] is not None and values["columns.ts"].lower() in ("none", "null"):
-        values["columns.ts"] = None
-        ts_none = True
-    else:
-        ts_none = False
     if args.path is None and args.config is None:
         raise UserError("data ingest: give a PATH, or --config FILE with data.path")
-    overrides = [
-        f"data.{k}={json.dumps(v)}"
-        for k, v in values.items()
-        if v is not None or (k == "columns.ts" and ts_none)
-    ]
+    overrides = [f"data.{k}={json.dumps(v)}" for k, v in values.items() if v is not None]
     base = None if args.config else {"data": {}, "tracking": {"enabled": False}}
     try:
         return load_config(args.config, overrides, base=base).data

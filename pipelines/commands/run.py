@@ -14,6 +14,7 @@ from typing import Any
 from pipelines.commands.common import Help, add_set_option
 from pipelines.process import prepare_process
 from recsys_mtl.errors import UserError
+from recsys_mtl.locks import folder_lock, this_command
 
 __all__ = ["NAME", "add_parser", "run", "run_command"]
 
@@ -32,6 +33,13 @@ def add_parser(subparsers: Any) -> None:
     add_set_option(p, "split.seed=3")
     p.add_argument("--out", help="run folder (default: runs/<config name>)")
     p.add_argument("--force", action="store_true", help="rerun every stage, even unchanged ones")
+    p.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="when another command holds the run folder, wait up to SECONDS for it to end "
+        "(default: stop at once, exit code 2, naming that command)",
+    )
     p.add_argument(
         "--with-single-task-baselines",
         action="store_true",
@@ -60,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         args.force,
         args.with_single_task_baselines,
         run_name=args.run_name,
+        wait=args.wait,
     )
     if args.json:
         print(json.dumps({"run_dir": summary["run_dir"], "metrics": summary["metrics"]}))
@@ -78,6 +87,7 @@ def run_command(
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
     parent_run_id: str | None = None,
+    wait: float | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline of ``config_path``; returns the summary (also written as summary.json).
 
@@ -86,6 +96,9 @@ def run_command(
     ``tags`` are added to it (a ``recsys_mtl.kind`` there replaces ``pipeline``);
     ``parent_run_id`` nests it under another MLflow run. ``split.strategy: kfold`` runs one
     pipeline per fold (nested runs) and reports the mean and std over folds.
+
+    The run folder is held for the whole command (:func:`recsys_mtl.locks.folder_lock`): a
+    folder another command holds is a UserError naming it, at once or after ``wait`` seconds.
     """
     # deferred: the pipeline (config schema; stages that load torch, polars) is not for --help
     from pipelines.execute import run_one
@@ -95,21 +108,34 @@ def run_command(
     cfg = load_config(config_path, overrides)  # the checks of a run follow when a stage is to run
     prepare_process(cfg.train.threads)
     run_dir = Path(out) if out else Path("runs") / cfg.name
-    if cfg.split.strategy == "kfold":
-        if single_task_baselines:
-            raise UserError(
-                "--with-single-task-baselines: not available with split.strategy: kfold; "
-                "run the baselines on one fold with --set split.strategy=random"
+    _check_folder(run_dir, "--out" if out else "the run folder")
+    if cfg.split.strategy == "kfold" and single_task_baselines:
+        raise UserError(
+            "--with-single-task-baselines: not available with split.strategy: kfold; "
+            "run the baselines on one fold with --set split.strategy=random"
+        )
+    with folder_lock(run_dir, this_command(), wait=wait):
+        if cfg.split.strategy == "kfold":
+            return run_kfold(
+                cfg, config_path, overrides, run_dir, force, run_name, tags, parent_run_id
             )
-        return run_kfold(cfg, config_path, overrides, run_dir, force, run_name, tags, parent_run_id)
-    return run_one(
-        cfg,
-        config_path,
-        overrides,
-        run_dir,
-        force,
-        single_task_baselines,
-        run_name=run_name,
-        tags=tags,
-        parent_run_id=parent_run_id,
-    )
+        return run_one(
+            cfg,
+            config_path,
+            overrides,
+            run_dir,
+            force,
+            single_task_baselines,
+            run_name=run_name,
+            tags=tags,
+            parent_run_id=parent_run_id,
+        )
+
+
+def _check_folder(run_dir: Path, what: str) -> None:
+    """A run folder that is a file, or lies under one, is the user's mistake: one line."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{what} {run_dir}: is a file; a run writes a folder, name another")
+    for parent in run_dir.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"{what} {run_dir}: {parent} is a file, not a folder")

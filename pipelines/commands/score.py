@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.commands.common import Help
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path
+from recsys_mtl.locks import file_lock, this_command
 
 if TYPE_CHECKING:
     import polars as pl
@@ -36,7 +37,10 @@ def add_parser(subparsers: Any) -> None:
     sc = subparsers.add_parser(
         NAME, help="top-K items per user to Parquet (batch scoring)", formatter_class=Help
     )
-    sc.add_argument("source", help="a run directory, or an MLflow model URI (models:/NAME/VERSION)")
+    sc.add_argument(
+        "source",
+        help="a run directory, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS)",
+    )
     sc.add_argument("--top-k", type=int, required=True, help="items per user")
     sc.add_argument("--out", required=True, help="output Parquet file")
     sc.add_argument("--users", help="users to score: one id per line, or CSV/Parquet with user_id")
@@ -89,6 +93,7 @@ def score_command(
             raise UserError(f"--tile-items must be 0 (whole blocks) or >= 32, got {tile_items}")
     if not out.endswith(".parquet"):
         raise UserError(f"--out {out}: the output is Parquet; name it *.parquet")
+    _check_out(Path(out))  # before the model loads
     # deferred: scoring loads the model (torch) and MLflow models (mlflow)
     from recsys_mtl.runs.batch import ScoringReport, iter_recommend, output_schema
     from recsys_mtl.runs.scoring import parse_blend
@@ -97,9 +102,10 @@ def score_command(
     t0 = time.perf_counter()
     run, info = load_source(source)
     weights = parse_blend(blend, run.tasks)  # a bad --blend fails before any work
-    listed = read_users(users) if users else None
-    sup = read_support(support, run.ctx.rating_scale) if support else None
-    learners = Path(learner_dir) if learner_dir else _learner_dir(run)
+    udt, idt = run.user_ids.dtype, run.item_ids.dtype
+    listed = read_users(users, udt) if users else None
+    sup = read_support(support, run.ctx.rating_scale, udt, idt) if support else None
+    learners = _check_learner_dir(learner_dir) if learner_dir else _learner_dir(run)
     metadata = {
         "recsys_mtl.source": str(source),
         "recsys_mtl.run_id": str(info.get("run_id") or ""),
@@ -117,12 +123,11 @@ def score_command(
         progress=sys.stderr.isatty() if progress is None else progress,
     )  # fmt: skip
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    with file_lock(out, this_command()), atomic_path(out) as tmp:
         _write_stream(parts, schema, metadata, tmp)  # block by block: memory flat in users
         if listed is not None and not (report.served_by["model"] or report.served_by["cold_start"]):
             raise UserError(
-                f"{users}: none of its {report.users} user ids is a user of this model or has "
+                f"--users {users}: none of its {report.users} user ids is a user of this model or has "
                 f"support rows (first: {listed[0]!r}); nothing written"
             )
     result = {
@@ -147,75 +152,155 @@ def score_command(
     return result
 
 
-def _read_table(path: Path, what: str) -> pl.DataFrame:
+def _check_out(out: Path) -> None:
+    """A ``--out`` that cannot be a file (a folder, or under a file) is a :class:`UserError`."""
+    if out.is_dir():
+        raise UserError(f"--out {out}: is a folder; name the Parquet file to write")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(f"--out {out}: {blocker} is a file, not a folder")
+
+
+def _read_table(path: Path, option: str, what: str) -> pl.DataFrame:
     # deferred: polars reads the user's files when the command runs, not for --help
     import polars as pl
 
     if not path.is_file():
-        raise UserError(f"{path}: no such {what} file")
+        raise UserError(f"{option} {path}: no such {what} file")
     try:
         if path.suffix.lower() == ".parquet":
             return pl.read_parquet(path)
         return pl.read_csv(path, infer_schema_length=0)  # strings: ids keep their spelling
     except pl.exceptions.PolarsError as e:
-        raise UserError(f"{path}: cannot read the {what} file ({str(e).splitlines()[0]})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{option} {path}: cannot read the {what} file ({first})") from e
 
 
-def read_users(path: str | Path) -> pl.Series:
+def _where(path: Path, row: int, lines: list[int] | None = None) -> str:
+    """``FILE:LINE`` of a row (a text file's own line numbers, a CSV's after its header), or
+    ``FILE row N`` of a Parquet file."""
+    if lines is not None:
+        return f"{path}:{lines[row]}"
+    if path.suffix.lower() == ".parquet":
+        return f"{path} row {row + 1}"
+    return f"{path}:{row + 2}"
+
+
+def _count(n: int) -> str:
+    return "1 such id" if n == 1 else f"{n} such ids"
+
+
+def _kind(dtype: pl.DataType) -> str:
+    return "an integer" if dtype.is_integer() else "a number" if dtype.is_numeric() else str(dtype)
+
+
+def _as_ids(
+    ids: pl.Series,
+    dtype: pl.DataType | None,
+    option: str,
+    path: Path,
+    what: str,
+    lines: list[int] | None = None,
+) -> pl.Series:
+    """``ids`` in the model's id type ``dtype``; an id that cannot be one is a :class:`UserError`
+    naming the option, the file, the line, the id and the expected type."""
+    # deferred: polars, as in _read_table
+    import polars as pl
+
+    if ids.dtype == pl.String:
+        ids = ids.str.strip_chars()
+    if dtype is None or ids.dtype == dtype:
+        return ids
+    cast = ids.cast(dtype, strict=False)
+    bad = cast.is_null() & ids.is_not_null()
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        raise UserError(
+            f"{option} {_where(path, row, lines)}: {what} id {ids[row]!r} is not "
+            f"{_kind(dtype)} like this model's {what} ids ({dtype}); {_count(int(bad.sum()))}"
+        )
+    return cast
+
+
+def read_users(path: str | Path, dtype: pl.DataType | None = None) -> pl.Series:
     """User ids to score: a Parquet/CSV file with a ``user_id`` (or ``user``) column, or a text
-    file with one id per line (a first line ``user_id`` or ``user`` is a header)."""
+    file with one id per line (a first line ``user_id`` or ``user`` is a header). With ``dtype``
+    (the model's user id type) the ids are cast to it; one that cannot be is an error naming
+    ``--users``, the file and the line."""
     # deferred: polars, as in _read_table
     import polars as pl
 
     p = Path(path)
+    lines = None
     if p.suffix.lower() in (".parquet", ".csv"):
-        df = _read_table(p, "users")
+        df = _read_table(p, "--users", "users")
         col = next((c for c in USER_COLUMNS if c in df.columns), None)
         if col is None:
-            raise UserError(f"{p}: no user_id column (columns: {', '.join(df.columns) or 'none'})")
+            raise UserError(
+                f"--users {p}: no user_id column (columns: {', '.join(df.columns) or 'none'})"
+            )
         ids = df[col]
     else:
         if not p.is_file():
-            raise UserError(f"{p}: no such users file")
-        lines = [s.strip() for s in p.read_text(errors="replace").splitlines()]
-        if lines and lines[0] in USER_COLUMNS:
-            lines = lines[1:]
-        ids = pl.Series("user", [s for s in lines if s], dtype=pl.String)
-    ids = ids.drop_nulls()
+            raise UserError(f"--users {p}: no such users file")
+        numbered = [
+            (n, s.strip()) for n, s in enumerate(p.read_text(errors="replace").splitlines(), 1)
+        ]
+        if numbered and numbered[0][1] in USER_COLUMNS:
+            numbered = numbered[1:]
+        numbered = [(n, s) for n, s in numbered if s]
+        lines = [n for n, _ in numbered]
+        ids = pl.Series("user", [s for _, s in numbered], dtype=pl.String)
+    keep = ids.is_not_null()
+    if lines is not None:
+        lines = [n for n, k in zip(lines, keep.to_list(), strict=True) if k]
+    ids = ids.filter(keep)
     if ids.len() == 0:
-        raise UserError(f"{p}: no user ids in the file")
-    return ids.rename("user")
+        raise UserError(f"--users {p}: no user ids in the file")
+    return _as_ids(ids, dtype, "--users", p, "user", lines).rename("user")
 
 
-def read_support(path: str | Path, rating_scale: tuple[float, float]) -> pl.DataFrame:
+def read_support(
+    path: str | Path,
+    rating_scale: tuple[float, float],
+    user_dtype: pl.DataType | None = None,
+    item_dtype: pl.DataType | None = None,
+) -> pl.DataFrame:
     """Support ratings of new users: columns ``user, item, rating`` (or ``user_id, item_id``),
-    CSV or Parquet. A missing column or a rating that is not a number on the scale is an error
-    naming the file and the line."""
+    CSV or Parquet. A missing column, an id not of the model's id type (``user_dtype``,
+    ``item_dtype``) or a rating that is not a number on the scale is an error naming
+    ``--support``, the file and the line."""
     # deferred: polars, as in _read_table
     import polars as pl
 
     p = Path(path)
-    df = _read_table(p, "support")
+    df = _read_table(p, "--support", "support")
     picked = {}
     for name, options in SUPPORT_COLUMNS.items():
         col = next((c for c in options if c in df.columns), None)
         if col is None:
             raise UserError(
-                f"{p}: no {name} column (needs user, item, rating; has {', '.join(df.columns)})"
+                f"--support {p}: no {name} column (needs user, item, rating; "
+                f"has {', '.join(df.columns)})"
             )
         picked[name] = df[col]
-    out = pl.DataFrame(picked).with_columns(pl.col("user").cast(pl.String).str.strip_chars())
+    if not picked["user"].len():
+        raise UserError(f"--support {p}: no support rows in the file")
+    out = pl.DataFrame(picked).with_columns(
+        _as_ids(picked["user"], user_dtype, "--support", p, "user").alias("user"),
+        _as_ids(picked["item"], item_dtype, "--support", p, "item").alias("item"),
+    )
+    if user_dtype is None:
+        out = out.with_columns(pl.col("user").cast(pl.String))
     rating = out["rating"].cast(pl.Float64, strict=False)
     lo, hi = rating_scale
     bad = rating.is_null() | (rating < lo) | (rating > hi)
     if bad.any():
         row = int(bad.arg_true()[0])
-        line = row + (1 if p.suffix.lower() == ".parquet" else 2)  # CSV: after the header
         raise UserError(
-            f"{p}:{line}: rating {out['rating'][row]!r} is not a number in [{lo:g}, {hi:g}]"
+            f"--support {_where(p, row)}: rating {out['rating'][row]!r} is not a number in "
+            f"[{lo:g}, {hi:g}]"
         )
-    if out.height == 0:
-        raise UserError(f"{p}: no support rows in the file")
     return out.with_columns(rating.alias("rating"))
 
 
@@ -242,6 +327,21 @@ def _write_stream(parts: Any, schema: dict[str, Any], metadata: dict[str, str], 
     with pq.ParquetWriter(path, arrow_schema, compression="zstd") as writer:
         for part in parts:
             writer.write_table(pa.Table.from_batches(part.to_arrow().to_batches(), arrow_schema))
+
+
+def _check_learner_dir(learner_dir: str) -> Path:
+    """``--learner-dir``: a folder holding a trained meta-learner, or a :class:`UserError`."""
+    # deferred: the learners' package loads torch
+    from meta.learners import LEARNER_FILE
+
+    path = Path(learner_dir)
+    if not path.is_dir():
+        raise UserError(f"--learner-dir {path}: no such folder")
+    if not (path / LEARNER_FILE).is_file():
+        raise UserError(
+            f"--learner-dir {path}: no {LEARNER_FILE} here (not a trained meta-learner's folder)"
+        )
+    return path
 
 
 def _learner_dir(run: Any) -> Path | None:

@@ -21,10 +21,20 @@ from pipelines.tune.runs import StudyRun
 from pipelines.tune.study import open_study, quiet_optuna
 from pipelines.tune.workers import run_worker, spawn_workers
 from recsys_mtl.build import validate_run
-from recsys_mtl.config import load_config
+from recsys_mtl.config import RunConfig, load_config
 from recsys_mtl.errors import UserError
-from recsys_mtl.tuning.space import baseline_values, validate_tune
-from recsys_mtl.tuning.study import counts, make_sampler, make_storage, redact, top_up
+from recsys_mtl.locks import folder_lock, this_command
+from recsys_mtl.tracking.names import check_store, default_tracking_uri
+from recsys_mtl.tracking.versions import check_model_name
+from recsys_mtl.tuning.space import BASELINE_ATTR, baseline_values, validate_tune
+from recsys_mtl.tuning.study import (
+    StudyCounts,
+    counts,
+    make_sampler,
+    make_storage,
+    redact,
+    top_up,
+)
 
 __all__ = ["tune_command"]
 
@@ -49,27 +59,49 @@ def tune_command(
     """
     flags = {"trials": trials, "timeout": timeout, "study": study, "storage": storage}
     flags["workers"] = workers
-    cli = [f"tune.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
-    all_overrides = [*overrides, *cli]
-    cfg = load_config(config_path, all_overrides)
+    given = {k: v for k, v in flags.items() if v is not None}
+    all_overrides = [*overrides, *(f"tune.{k}={json.dumps(v)}" for k, v in given.items())]
+    cfg = load_with_flags(config_path, all_overrides, {f"tune.{k}": f"--{k}" for k in given})
     validate_run(cfg)  # once for the study; each trial checks its own sampled config
     objectives = validate_tune(cfg, config_path)
     keep_freed_memory()  # for every worker count: a bad value ends here, before any work
     tune = cfg.tune
     assert tune is not None
     name = tune.study or cfg.name
-    study_dir = Path(out) if out else Path("runs") / "tune" / name
-    study_dir = study_dir.resolve()
-    study_dir.mkdir(parents=True, exist_ok=True)
+    study_dir = (Path(out) if out else Path("runs") / "tune" / name).resolve()
+    if register is not None:  # a name MLflow cannot resolve ends here, not after the study
+        check_model_name(register, "--register")
+    if cfg.tracking.enabled:  # a dead tracking server ends here, before any work
+        check_store(default_tracking_uri())
+    # one command at a time in a study folder (its workers are this command's children)
+    with folder_lock(study_dir, this_command()) as held:
+        summary = _run_study(cfg, config_path, all_overrides, objectives, name, held)
+    if register is not None:
+        summary["registered"] = _register_best(summary, register)
+    return summary
+
+
+def _run_study(
+    cfg: RunConfig,
+    config_path: str,
+    all_overrides: list[str],
+    objectives: list[Any],
+    name: str,
+    study_dir: Path,
+) -> dict[str, Any]:
+    """The study in ``study_dir`` (held by this command) from its data stages to its summary."""
+    tune = cfg.tune
+    assert tune is not None
     url = tune.storage or str(study_dir / "study.journal")
     t0 = time.perf_counter()
     quiet_optuna()
+    # the storage is read (a journal checked, torn lines repaired) before any work or write
+    store = make_storage(tune.storage, study_dir / "study.journal")
     log.info("tune: study %r in %s, storage %s", name, study_dir, redact(url))
 
     if tune.workers == 1:  # trials run in this process
         start_threads(cfg.train.threads)
     run_pipeline(data_pipeline(), cfg, study_dir / "data")  # once for every trial
-    store = make_storage(tune.storage, study_dir / "study.journal")
     sampler = make_sampler(tune, len(objectives), 0)
     study_obj = open_study(store, name, cfg, objectives, sampler, create=True)
     tracker = StudyRun(cfg, name, study_obj, url, objectives)
@@ -84,18 +116,11 @@ def tune_command(
         "deadline": time.time() + tune.timeout if tune.timeout else None,
         "cwd": os.getcwd(),
     }
-    if tune.baseline and not study_obj.trials:  # trial 0: the config as written
-        study_obj.enqueue_trial(baseline_values(cfg), user_attrs={"baseline": True})
+    baseline = tune.baseline and not study_obj.trials
+    if baseline:  # trial 0: the config as written
+        study_obj.enqueue_trial(baseline_values(cfg), user_attrs={BASELINE_ATTR: True})
     added = top_up(study_obj, tune.trials, study_dir / ".topup.lock")
-    before = counts(study_obj)
-    log.info(
-        "tune: %d of %d trials finished, %d to run (%d new), %d worker(s)",
-        before.finished,
-        tune.trials,
-        before.waiting + before.running,
-        added,
-        tune.workers,
-    )
+    log.info("tune: %s", plan_line(counts(study_obj), tune.trials, added, baseline, tune.workers))
     status = "FINISHED"
     try:
         if tune.workers == 1:
@@ -112,9 +137,48 @@ def tune_command(
         study_obj = open_study(store, name, cfg, objectives, sampler)
         summary = summarize(study_obj, cfg, objectives, study_dir, url, time.perf_counter() - t0)
         tracker.finish(summary, study_dir, status)
-    if register is not None:
-        summary["registered"] = _register_best(summary, register)
     return summary
+
+
+def plan_line(c: StudyCounts, trials: int, added: int, baseline: bool, workers: int) -> str:
+    """What this command is about to run, in words: ``c`` counts the study after the top-up,
+    ``added`` new trials were queued for sampling, ``baseline`` the config as written queued."""
+    to_run = c.waiting + c.running
+    if not to_run:
+        return f"all {trials} trials finished already; nothing to run (raise --trials for more)"
+    who = "in this process" if workers == 1 else f"on {workers} workers"
+    head = (
+        f"{to_run} trials to run {who}"
+        if to_run == trials
+        else (f"{c.finished} of {trials} trials finished, {to_run} to run {who}")
+    )
+    parts = []
+    if baseline:
+        parts.append("trial 0 is the config as written (the baseline)")
+    if added:
+        parts.append(f"{added} new, sampled from the search space")
+    left = to_run - added - int(baseline)
+    if left:
+        what = "an unfinished trial" if left == 1 else "unfinished trials"
+        parts.append(
+            f"{left} {'is' if left == 1 else 'are'} {what} of an earlier command, run again"
+        )
+    return f"{head}: {', '.join(parts)}"
+
+
+def load_with_flags(config_path: str, overrides: list[str], flags: dict[str, str]) -> Any:
+    """``load_config`` whose errors name the command-line flag a key came from (``--workers``),
+    not the ``--set tune.workers`` override the flag was turned into; ``flags`` maps each such
+    key to its flag."""
+    try:
+        return load_config(config_path, overrides)
+    except UserError as e:
+        msg = str(e)
+        for key, flag in flags.items():
+            msg = msg.replace(f"--set {key}: ", f"{flag}: ")
+        if msg == str(e):
+            raise
+        raise UserError(msg) from e
 
 
 def _register_best(summary: dict[str, Any], name: str) -> dict[str, Any]:

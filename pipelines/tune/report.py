@@ -13,7 +13,7 @@ import yaml
 from pipelines.plots import plot_study
 from recsys_mtl.config import RunConfig
 from recsys_mtl.io import atomic_path, write_json
-from recsys_mtl.tuning.space import apply_values
+from recsys_mtl.tuning.space import BASELINE_ATTR, apply_values
 from recsys_mtl.tuning.study import counts, redact
 
 __all__ = ["format_summary", "summarize"]
@@ -73,12 +73,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     if not picks:
         lines.append("no trial completed")
         return "\n".join(lines)
-    lines.append("best trial" if summary.get("best") else "Pareto front")
+    best = summary.get("best")
+    if best and best.get("baseline"):
+        lines.append("best trial: the baseline (the config as written); no sampled trial beat it")
+    else:
+        lines.append("best trial" if best else "Pareto front")
     for b in picks:
         vals = ", ".join(f"{o} {v:.4g}" for o, v in zip(objs, b["values"], strict=True))
         tests = [o.removeprefix("valid/") for o in objs]
         tvals = ", ".join(f"{t} {b['metrics'][t]:.4g}" for t in tests if t in b["metrics"])
-        lines.append(f"  trial {b['number']}: {vals}" + (f" | test {tvals}" if tvals else ""))
+        mark = " (baseline: the config as written)" if b.get("baseline") and not best else ""
+        lines.append(f"  trial {b['number']}{mark}: {vals}" + (f" | test {tvals}" if tvals else ""))
         for k, v in b["params"].items():
             lines.append(f"    {k} = {v:.4g}" if isinstance(v, float) else f"    {k} = {v}")
     if summary.get("best"):
@@ -95,6 +100,7 @@ def _trial_doc(t: Any) -> dict[str, Any]:
         "params": dict(t.params),
         "metrics": t.user_attrs.get("metrics", {}),
         "run_dir": t.user_attrs.get("run_dir"),
+        "baseline": bool(t.user_attrs.get(BASELINE_ATTR, False)),
     }
 
 
@@ -107,7 +113,7 @@ def _trial_rows(study: Any) -> list[dict[str, Any]]:
             "retry_of": t.system_attrs.get("recsys_mtl:origin", ""),
             "seconds": t.user_attrs.get("seconds", ""),
             "epochs_reported": len(t.intermediate_values),
-            "baseline": bool(t.user_attrs.get("baseline", False)),
+            "baseline": bool(t.user_attrs.get(BASELINE_ATTR, False)),
         }
         row.update({f"param.{k}": v for k, v in t.params.items()})
         row.update(t.user_attrs.get("metrics", {}))

@@ -4,6 +4,7 @@ exists), opened again by every worker and when the study is summarized."""
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 from recsys_mtl.config import RunConfig
@@ -29,7 +30,9 @@ def open_study(
     sampler: Any,
     create: bool = False,
 ) -> Any:
-    """The study on ``store``; ``create`` makes it (or checks the existing one matches).
+    """The study on ``store``; ``create`` makes it (or checks the existing one matches) and
+    names its objectives after their metrics (``study.metric_names``, which optuna-dashboard
+    shows instead of "Objective 0").
 
     ``sampler`` is made once per worker and reused for every trial: a fresh seeded sampler
     per trial would draw the same startup parameters again and again.
@@ -66,4 +69,8 @@ def open_study(
             f"tune.space: study {name!r} was started with another search space or objective; "
             "resume it with the same tune: section, or choose another --study name"
         )
+    if study.metric_names != names:  # optuna-dashboard's axis and column titles
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(names)
     return study

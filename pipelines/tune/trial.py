@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.naming import trial_run_name
 from pipelines.runner import run_pipeline
 from pipelines.stages import DATA_STAGES, build_pipeline
-from pipelines.tune.runs import RUN_ATTR, TrialRun
+from pipelines.tune.runs import RUN_ATTR, TrialRun, end_stale_run
 from recsys_mtl import __version__
 from recsys_mtl.build import check_device, validate_run
 from recsys_mtl.config import RunConfig
-from recsys_mtl.errors import UserError
+from recsys_mtl.errors import MachineError, UserError
 from recsys_mtl.io import write_json
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.tuning.space import apply_values, sample
@@ -33,6 +34,7 @@ class TrialRunner:
         self, cfg: RunConfig, objectives: list[Any], study_dir: Path, spec: dict[str, Any]
     ) -> None:
         self.cfg, self.objectives, self.study_dir, self.spec = cfg, objectives, study_dir, spec
+        self.untracked = False  # the store stopped answering: no more trial runs
 
     def __call__(self, trial: Any) -> Any:
         # deferred: optuna (about a second) loads only when a study runs
@@ -41,20 +43,28 @@ class TrialRunner:
         values = sample(trial, self.cfg)
         attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
         origin = attrs.get("recsys_mtl:origin", trial.number)
-        name = f"{self.spec['name']}-trial-{trial.number}"
+        name = trial_run_name(trial.number, self.spec["name"])
         t0 = time.perf_counter()
-        tracker = self._tracker(trial, name, values, origin)
-        state, reason = "FINISHED", None
+        tracker: TrialRun | None = None
+        state, reason = "COMPLETE", None
         try:
-            cfg = apply_values(self.cfg, {**values, "name": name}, f"trial {trial.number}")
+            try:
+                cfg = apply_values(self.cfg, {**values, "name": name}, f"trial {trial.number}")
+            except BaseException:
+                tracker = self._tracker(trial, name, self.cfg, values, origin)  # records why
+                raise
+            tracker = self._tracker(trial, name, cfg, values, origin)  # the trial's own config
             validate_run(cfg)  # the trial's own config, before its folder is made
             result = self._run(trial, cfg, origin, tracker)
         except optuna.TrialPruned as e:
-            state, reason = "KILLED", str(e) or "pruned"
+            state, reason = "PRUNED", str(e) or "pruned"
             log.info("tune: trial %d %s (%.1fs)", trial.number, reason, time.perf_counter() - t0)
             raise
+        except KeyboardInterrupt:
+            state, reason = "KILLED", "interrupted (SIGINT / Ctrl-C)"
+            raise
         except BaseException as e:
-            state, reason = "FAILED", str(e) or type(e).__name__
+            state, reason = "FAIL", str(e) or type(e).__name__
             raise
         finally:
             seconds = time.perf_counter() - t0
@@ -70,16 +80,25 @@ class TrialRunner:
         return result
 
     def _tracker(
-        self, trial: Any, name: str, values: dict[str, Any], origin: int
+        self, trial: Any, name: str, cfg: RunConfig, values: dict[str, Any], origin: int
     ) -> TrialRun | None:
-        if not self.cfg.tracking.enabled or not self.spec.get("parent_run"):
+        """The trial's MLflow run, with ``cfg``'s params and tags; ``None`` when the study is
+        untracked, or its store stopped answering (said once, then the trials go on)."""
+        if not self.cfg.tracking.enabled or not self.spec.get("parent_run") or self.untracked:
             return None
-        run = TrialRun(self.spec, self.cfg, trial, name, values, origin)
-        trial.storage.set_trial_system_attr(trial._trial_id, RUN_ATTR, run.run_id)
+        try:
+            run = TrialRun(self.spec, cfg, trial, name, values, origin)
+        except MachineError as e:
+            self.untracked = True
+            log.warning("tune: %s; the trials go on untracked", e)
+            return None
+        if run.run_id:
+            trial.storage.set_trial_system_attr(trial._trial_id, RUN_ATTR, run.run_id)
         return run
 
     def _run(self, trial: Any, cfg: RunConfig, origin: int, tracker: TrialRun | None) -> Any:
         # deferred: the per-epoch objective scores the model (torch)
+        from recsys_mtl.train.callbacks import epoch_metric_name
         from recsys_mtl.tuning.epoch import EpochObjective, ValidationScorer
 
         run_dir = self.study_dir / "trials" / f"{origin:04d}"
@@ -93,7 +112,7 @@ class TrialRunner:
             report = None
             if tracker is not None:
                 report = lambda e, v: tracker.log_metrics(  # noqa: E731
-                    {f"epoch/{obj.name}": v}, step=e
+                    {epoch_metric_name(obj.name): v}, step=int(e)
                 )
             callbacks = (EpochObjective(trial, scorer, report),)
         outcome = run_pipeline(build_pipeline(), cfg, run_dir, tracker=tracker, callbacks=callbacks)
@@ -116,13 +135,8 @@ class TrialRunner:
         run_id = frozen.system_attrs.get(RUN_ATTR)
         if not run_id or not self.cfg.tracking.enabled:
             return
-        # deferred: mlflow (about a second) loads only to end a dead worker's run
-        from mlflow import MlflowClient
-
-        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-        client = MlflowClient(tracking_uri=self.spec["tracking_uri"])
-        client.set_tag(run_id, "fail_reason", frozen.user_attrs.get("fail_reason", "worker died"))
-        client.set_terminated(run_id, status="FAILED")
+        reason = frozen.user_attrs.get("fail_reason", "worker died")
+        end_stale_run(self.spec["tracking_uri"], run_id, reason)
 
 
 def _write_trial_summary(

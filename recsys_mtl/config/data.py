@@ -57,17 +57,46 @@ class SyntheticConfig(Frozen):
     seed: int = Field(0, description="generator seed: the same seed writes the same files")
 
 
-class ColumnsConfig(Frozen):
-    """Column mapping of a generic CSV/Parquet log: each canonical field -> the file's column."""
+# the names data.separator accepts for separators that are awkward to type or to quote
+SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "space": " ", "whitespace": "whitespace"}
+# data.columns.ts values that mean "no timestamp column: row order is time"
+NO_TS = ("none", "null")
 
-    user_id: str = Field("user_id", description="the file's column holding the user id")
-    item_id: str = Field("item_id", description="the file's column holding the item id")
-    rating: str = Field("rating", description="the file's column holding the rating")
-    ts: str | None = Field(
-        "ts",
-        description="the file's timestamp column (epoch seconds, ISO 8601, or "
-        "data.timestamp_format); null: no timestamp, row order is used as time",
+
+class ColumnsConfig(Frozen):
+    """Column mapping of a generic CSV/Parquet log: each canonical field -> the file's column,
+    by its name in the header or by its 0-based position."""
+
+    user_id: str | int = Field(
+        "user_id",
+        description="the file's column holding the user id: its name in the header, or its "
+        "0-based position (the way to name columns with data.header: false)",
     )
+    item_id: str | int = Field(
+        "item_id", description="the file's column holding the item id (a name or a position)"
+    )
+    rating: str | int = Field(
+        "rating", description="the file's column holding the rating (a name or a position)"
+    )
+    ts: str | int | None = Field(
+        "ts",
+        description="the file's timestamp column (a name or a position; epoch seconds, ISO "
+        "8601, or data.timestamp_format); none or null: no timestamp, row order is used as time",
+    )
+
+    @field_validator("user_id", "item_id", "rating", "ts", mode="before")
+    @classmethod
+    def _column(cls, v: object) -> object:
+        if isinstance(v, bool) or not isinstance(v, str | int | None):
+            raise ValueError("a column is a name or a 0-based position")
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a column position counts from 0")
+        return v
+
+    @field_validator("ts")
+    @classmethod
+    def _no_ts(cls, v: str | int | None) -> str | int | None:
+        return None if isinstance(v, str) and v.strip().lower() in NO_TS else v
 
 
 class DataConfig(Frozen):
@@ -88,21 +117,29 @@ class DataConfig(Frozen):
         "ml-25m, ml-32m, ml-latest, ml-latest-small; must agree with the files) or a generic "
         "log (csv, parquet; columns mapped by data.columns)",
     )
-    rating_scale: tuple[float, float] | None = Field(
+    rating_scale: tuple[float, float] | Literal["auto"] | None = Field(
         None,
         description="[low, high] of valid ratings, in stars, low below high; rows outside it "
         "are quarantined (rating_out_of_scale); null: per layout, 1-5 (ml-100k, ml-1m, generic) "
-        "or 0.5-5 (ml-10m and later, half stars)",
+        "or 0.5-5 (ml-10m and later, half stars); auto: the lowest and highest rating in the "
+        "log (ingest logs what it found)",
     )
     columns: ColumnsConfig = Field(
-        ColumnsConfig(), description="generic logs: the file's column for each field"
+        ColumnsConfig(),
+        description="generic logs: the file's column for each field, by header name or 0-based "
+        "position",
     )
     separator: str = Field(
         ",",
-        min_length=1,
-        max_length=1,
         description="generic CSV logs: the one-character field separator (surrounding double "
-        "quotes are stripped from fields)",
+        "quotes are stripped from fields), or a name: tab, space, or whitespace (any run of "
+        "spaces and tabs, edge ones ignored); \\t (backslash, t) is a tab",
+    )
+    header: bool = Field(
+        True,
+        description="generic CSV logs: the first line names the columns; false: every line is "
+        "data and data.columns gives 0-based positions, by default user_id 0, item_id 1, "
+        "rating 2 and ts 3 (row order as time when the lines have 3 fields)",
     )
     timestamp_format: str | None = Field(
         None,
@@ -120,10 +157,40 @@ class DataConfig(Frozen):
         "naming the top reason and the quarantine file; 1.0 accepts anything but an empty result",
     )
 
+    @field_validator("separator", mode="before")
+    @classmethod
+    def _separator(cls, v: object) -> object:
+        if v is None:
+            raise ValueError(
+                "the separator is null (YAML reads an empty value, and a bare space as in "
+                "--set data.separator=' ', as null): write space, tab or whitespace"
+            )
+        if not isinstance(v, str):
+            return v
+        named = SEPARATOR_NAMES.get(v.lower() if len(v) > 1 else v, v)
+        if len(named) != 1 and named != "whitespace":
+            raise ValueError("expected one character, or tab, space or whitespace")
+        return named
+
+    @field_validator("rating_scale", mode="before")
+    @classmethod
+    def _scale_auto(cls, v: object) -> object:
+        if isinstance(v, str):
+            if v.strip().lower() != "auto":
+                raise ValueError("expected [low, high] (two numbers), auto or null")
+            return "auto"
+        numbers = isinstance(v, list | tuple) and len(v) == 2
+        numbers = numbers and all(isinstance(x, int | float) and not isinstance(x, bool) for x in v)
+        if v is not None and not numbers:
+            raise ValueError("expected [low, high] (two numbers), auto or null")
+        return v
+
     @field_validator("rating_scale")
     @classmethod
-    def _scale_ordered(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
-        if v is not None and not v[0] < v[1]:
+    def _scale_ordered(
+        cls, v: tuple[float, float] | str | None
+    ) -> tuple[float, float] | str | None:
+        if isinstance(v, tuple) and not v[0] < v[1]:
             raise ValueError(f"low must be below high, got {list(v)}")
         return v
 

@@ -76,11 +76,9 @@ def load_config(
     """
     lines: dict[tuple[str, ...], int] = {}
     source = str(path) if path is not None else "<config>"
+    empty = False
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{source}: config file not found")
-        text = p.read_text()
+        text = _read_text(Path(path), source)
         try:
             node = yaml.compose(text)
             doc = yaml.safe_load(text)
@@ -88,10 +86,13 @@ def load_config(
             mark = getattr(e, "problem_mark", None)
             where = f"{source}:{mark.line + 1}" if mark is not None else source
             raise UserError(f"{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
-        if doc is None:
-            doc = {}
+        empty = doc is None
+        doc = {} if doc is None else doc
         if not isinstance(doc, dict):
-            raise UserError(f"{source}: the top level must be a mapping of sections")
+            raise UserError(
+                f"{source}: the top level must be a mapping of sections (data:, model:, ...), "
+                f"not a {_yaml_kind(doc)}"
+            )
         if node is not None:
             lines = _line_index(node)
     else:
@@ -102,7 +103,40 @@ def load_config(
     try:
         return RunConfig.model_validate(doc)
     except ValidationError as e:
+        if empty:  # --set alone may make a valid config; otherwise say what is wrong first
+            raise UserError(
+                f"{source}: the config file is empty; a run config is a mapping of sections "
+                "(data:, model:, train:, ...)"
+            ) from e
         raise UserError(_describe(e, source, lines, set(override_map))) from e
+
+
+def _read_text(p: Path, source: str) -> str:
+    """The text of a config file, or a one-line error naming it and what it is instead."""
+    if p.is_dir():
+        raise UserError(f"{source}: is a folder, not a config file")
+    if not p.is_file():
+        raise UserError(f"{source}: config file not found")
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise UserError(f"{source}: cannot be read ({e.strerror or e})") from e
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(
+            f"{source}: not a text file (byte 0x{data[e.start]:02x} at offset {e.start} is not "
+            "UTF-8); a config is a YAML text file"
+        ) from e
+    if "\x00" in text:
+        raise UserError(f"{source}: not a text file (it holds NUL bytes); a config is YAML text")
+    return text.removeprefix("\ufeff")
+
+
+def _yaml_kind(doc: object) -> str:
+    if isinstance(doc, list):
+        return "list"
+    return "string" if isinstance(doc, str) else f"single value ({doc!r})"
 
 
 def _describe(

@@ -2,25 +2,29 @@
 
 Archives with a fixed published checksum are checked against it; the others (``ml-32m``,
 ``ml-latest``, ``ml-latest-small``, which GroupLens updates) against the ``.md5`` file published
-beside the archive. The archive is streamed to a ``.part`` file, checked, extracted into a
-temporary folder and renamed into place: an interrupted download never leaves a folder that
-looks complete.
+beside the archive. The archive is streamed to a hidden ``.part`` file, checked, extracted into
+a temporary folder and renamed into place: an interrupted or stalled download never leaves a
+folder that looks complete. A server that sends nothing for ``timeout`` seconds (connecting, or
+in the middle of the archive) ends the download with one line naming the URL and the timeout.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import re
 import shutil
 import sys
 import urllib.error
 import urllib.request
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, BinaryIO
 
 from tqdm import tqdm
 
-from recsys_mtl.errors import UserError
+from recsys_mtl.errors import MachineError, UserError
 
 __all__ = ["BASE_URL", "DATASETS", "DownloadError", "download"]
 
@@ -38,10 +42,8 @@ DATASETS: dict[str, tuple[str, str | None]] = {
 }
 
 
-class DownloadError(UserError):
+class DownloadError(MachineError):
     """The network or the server failed (exit code 1, one line, no traceback)."""
-
-    exit_code = 1
 
 
 def _open(url: str, timeout: float):
@@ -49,13 +51,49 @@ def _open(url: str, timeout: float):
         return urllib.request.urlopen(url, timeout=timeout)
     except urllib.error.HTTPError as e:
         raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from e
-    except (urllib.error.URLError, OSError) as e:
-        raise DownloadError(f"{url}: cannot connect ({getattr(e, 'reason', e)})") from e
+    except (TimeoutError, urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError):
+            raise DownloadError(f"{url}: no answer within {timeout:g} s; nothing kept") from e
+        raise DownloadError(f"{url}: cannot connect ({reason})") from e
+
+
+def _received(url: str, timeout: float, got: int, e: BaseException) -> DownloadError:
+    """The error of a transfer that stopped after ``got`` bytes."""
+    if isinstance(e, TimeoutError):
+        return DownloadError(
+            f"{url}: the download stalled: nothing received for {timeout:g} s after {got:,} "
+            "bytes (--timeout SECONDS sets the wait); nothing kept"
+        )
+    return DownloadError(
+        f"{url}: the connection broke after {got:,} bytes ({type(e).__name__}: {e}); nothing kept"
+    )
+
+
+def _stream(r: Any, f: BinaryIO, url: str, timeout: float, seen: Callable[[bytes], Any]) -> int:
+    """Copy the response ``r`` into ``f`` as it arrives; returns the number of bytes."""
+    got = 0
+    while True:
+        try:
+            block = r.read1(1 << 20)
+        except (OSError, http.client.HTTPException) as e:  # TimeoutError is an OSError
+            raise _received(url, timeout, got, e) from e
+        if not block:
+            return got
+        try:
+            f.write(block)
+        except OSError as e:
+            raise MachineError(f"{f.name}: cannot write the download ({e.strerror or e})") from e
+        seen(block)
+        got += len(block)
 
 
 def _published_md5(url: str, timeout: float) -> str:
     with _open(url + ".md5", timeout) as r:
-        text = r.read(4096).decode("ascii", errors="replace")
+        try:
+            text = r.read(4096).decode("ascii", errors="replace")
+        except (OSError, http.client.HTTPException) as e:
+            raise _received(url + ".md5", timeout, 0, e) from e
     m = re.search(r"\b([0-9a-fA-F]{32})\b", text)
     if not m:
         raise DownloadError(f"{url}.md5: no MD5 checksum in the published file")
@@ -81,9 +119,13 @@ def download(
         print(f"{final}: already downloaded", file=sys.stderr)
         return final
     created = _missing_parents(dest_root)
-    dest_root.mkdir(parents=True, exist_ok=True)
     try:
-        return _fetch(name, archive, md5, dest_root, final, base_url, progress, timeout)
+        try:
+            dest_root.mkdir(parents=True, exist_ok=True)
+            return _fetch(name, archive, md5, dest_root, final, base_url, progress, timeout)
+        except OSError as e:  # the local disk (the network's errors are DownloadError already)
+            where = e.filename or dest_root
+            raise MachineError(f"{where}: cannot write the download ({e.strerror or e})") from e
     except BaseException:  # a failed download leaves no empty folder behind
         part = dest_root / f".{archive}.part"
         part.unlink(missing_ok=True)
@@ -130,11 +172,19 @@ def _fetch(
             disable=not progress,
             file=sys.stderr,
         )
-        while block := r.read(1 << 20):
-            f.write(block)
+
+        def seen(block: bytes) -> None:
             digest.update(block)
             bar.update(len(block))
-        bar.close()
+
+        try:
+            got = _stream(r, f, url, timeout, seen)
+        finally:
+            bar.close()
+    if size is not None and got < size:
+        raise DownloadError(
+            f"{url}: the server closed the connection after {got:,} of {size:,} bytes; nothing kept"
+        )
     if digest.hexdigest() != expected:
         part.unlink()
         raise DownloadError(

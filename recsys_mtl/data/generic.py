@@ -1,66 +1,158 @@
 """The generic reader: one CSV or Parquet rating log with a column mapping (``data.columns``).
 
-Ids that are all integers stay integers (else strings); timestamps are Unix seconds or parsed
-with ``data.timestamp_format`` (ISO dates without one). A header that does not name the
-configured columns is a :class:`~recsys_mtl.errors.UserError` with a hint at the likely fix.
+Columns are named by the header, or by 0-based position: always possible, and the way to read a
+file without a header row (``data.header: false``, the shape of MovieLens-100K's ``u.data`` and
+of most published rating dumps), where the default positions are user 0, item 1, rating 2 and,
+when the lines have a fourth field, timestamp 3. ``data.separator: whitespace`` splits on runs of
+spaces and tabs. Ids that are all integers stay integers (else strings); timestamps are Unix
+seconds or parsed with ``data.timestamp_format`` (ISO dates without one). A header that does not
+name the configured columns is a :class:`~recsys_mtl.errors.UserError` with a hint at the likely
+fix.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import polars as pl
 
-from recsys_mtl.config import DataConfig
-from recsys_mtl.data.lines import cast_fields, first_line, read_lines, split_fields
+from recsys_mtl.config import ColumnsConfig, DataConfig
+from recsys_mtl.data.lines import (
+    WHITESPACE,
+    cast_fields,
+    field_text,
+    first_line,
+    read_lines,
+    split_fields,
+)
 from recsys_mtl.data.raw import RATING_FIELDS, Layout
 from recsys_mtl.errors import UserError
 
 __all__ = ["read_generic"]
 
+log = logging.getLogger("recsys_mtl.ingest")
+
 
 def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
     """The rating rows of a generic log and its number of blank lines (a CSV's)."""
     path = layout.files["ratings"]
-    cols = cfg.columns
-    wanted = {"user_id": cols.user_id, "item_id": cols.item_id, "rating": cols.rating}
-    if cols.ts is not None:
-        wanted["ts"] = cols.ts
     if layout.kind == "parquet":
-        try:
-            df = pl.read_parquet(path)
-        except Exception as e:  # polars raises several error types for a non-Parquet file
-            raise UserError(
-                f"{path.absolute()}: not a readable Parquet file ({str(e).splitlines()[0]})"
-            ) from e
-        _check_columns(path, df.columns, wanted)
-        df = df.select(
-            [pl.col(src).cast(pl.String).alias(dst) for dst, src in wanted.items()]
-        ).with_row_index("line", offset=1)
-        raw = pl.concat_str([pl.col(c).fill_null("") for c in wanted], separator=",")
-        lf = df.lazy().with_columns(
-            pl.col("line").cast(pl.Int64), raw.alias("raw"), pl.lit(None, pl.String).alias("reason")
-        )
-        blank = 0
+        (lf, wanted), blank = _read_parquet(path, cfg.columns), 0
     else:
-        first = first_line(path)
-        if not first:
-            raise UserError(
-                f"{path.absolute()}: the first line is empty; expected a header naming the columns "
-                + ", ".join(wanted.values())
-            )
-        header = [h.strip().strip('"') for h in first.split(cfg.separator)]
-        _check_columns(path, header, wanted, first, cfg.separator)
-        lines = read_lines(path, skip_header=True)
-        blank = lines["raw"].null_count()
-        lf = split_fields(lines, cfg.separator, header, strip_quotes=True)
-        lf = lf.rename({src: dst for dst, src in wanted.items() if src != dst})
-    if cols.ts is None:
-        lf = lf.with_columns(pl.col("line").cast(pl.String).alias("ts"))
-    lf = lf.select("line", "raw", "reason", *RATING_FIELDS)
+        lf, wanted, blank = _read_text(path, cfg)
+    if "ts" not in wanted:
+        lf = lf.with_columns(pl.col("line").cast(pl.String).alias("_row_order"))
+        wanted["ts"] = "_row_order"
+    lf = lf.select("line", "raw", "reason", *[pl.col(wanted[f]).alias(f) for f in RATING_FIELDS])
     id_types = {c: _id_dtype(lf, c) for c in ("user_id", "item_id")}
     lf = cast_fields(lf, {**id_types, "rating": pl.Float64})
     return _parse_ts(lf, cfg.timestamp_format), blank
+
+
+def _by_name(cols: ColumnsConfig) -> dict[str, str | int]:
+    """``{field: the file's column}`` of the mapping; no ``ts`` when row order is time."""
+    wanted: dict[str, str | int | None] = {f: getattr(cols, f) for f in RATING_FIELDS}
+    return {f: c for f, c in wanted.items() if c is not None}
+
+
+def _named(
+    path: Path, have: list[str], wanted: dict[str, str | int], hint: str = ""
+) -> dict[str, str]:
+    """Positions in ``wanted`` replaced by the names ``have`` gives them."""
+    out = {}
+    for field, col in wanted.items():
+        if isinstance(col, int) and col >= len(have):
+            raise UserError(
+                f"{path.absolute()}: data.columns.{field} is position {col}, but the file has "
+                f"{len(have)} column{'s' * (len(have) != 1)} (positions count from 0){hint}"
+            )
+        out[field] = have[col] if isinstance(col, int) else col
+    return out
+
+
+def _read_parquet(path: Path, cols: ColumnsConfig) -> tuple[pl.LazyFrame, dict[str, str]]:
+    """The mapped columns, named by their field; returns (rows, {field: column})."""
+    try:
+        df = pl.read_parquet(path)
+    except Exception as e:  # polars raises several error types for a non-Parquet file
+        raise UserError(
+            f"{path.absolute()}: not a readable Parquet file ({str(e).splitlines()[0]})"
+        ) from e
+    wanted = _named(path, df.columns, _by_name(cols))
+    _check_columns(path, df.columns, wanted)
+    df = df.select(
+        [pl.col(src).cast(pl.String).alias(dst) for dst, src in wanted.items()]
+    ).with_row_index("line", offset=1)
+    raw = pl.concat_str([pl.col(c).fill_null("") for c in wanted], separator=",")
+    lf = df.lazy().with_columns(
+        pl.col("line").cast(pl.Int64), raw.alias("raw"), pl.lit(None, pl.String).alias("reason")
+    )
+    return lf, {field: field for field in wanted}
+
+
+def _split_line(line: str, separator: str) -> list[str]:
+    parts = line.split() if separator == WHITESPACE else line.split(separator)
+    return [p.strip().strip('"') for p in parts]
+
+
+def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str], int]:
+    """Split the lines of a text log; returns (rows, {field: split column}, blank lines)."""
+    sep = cfg.separator
+    first = first_line(path)
+    if cfg.header and not first:
+        named = ", ".join(str(c) for c in _by_name(cfg.columns).values())
+        raise UserError(
+            f"{path.absolute()}: the first line is empty; expected a header naming the columns "
+            f"{named} (or data.header: false for a file without one)"
+        )
+    lines = read_lines(path, skip_header=cfg.header)
+    if sep == WHITESPACE:  # a line of spaces is blank, not a line of empty fields
+        empty = pl.col("raw").str.strip_chars(" \t\r") == ""
+        lines = lines.with_columns(pl.when(empty).then(None).otherwise("raw").alias("raw"))
+    if cfg.header:
+        header = _split_line(first, sep)
+        wanted = _named(path, header, _by_name(cfg.columns))
+        _check_columns(path, header, wanted, first, sep)
+    else:
+        n_fields = _field_count(lines, sep)
+        positions = _positions(path, cfg.columns, n_fields)
+        header = [f"column {i}" for i in range(n_fields or max(positions.values()) + 1)]
+        wanted = _named(path, header, positions, _separator_hint(first, sep))
+    blank = lines["raw"].null_count()
+    return split_fields(lines, sep, header, strip_quotes=True), wanted, blank
+
+
+def _field_count(lines: pl.DataFrame, separator: str) -> int:
+    """The most common number of fields of the non-blank lines (0 when there is none)."""
+    text, sep = field_text(separator)
+    counts = lines.filter(pl.col("raw").is_not_null()).select(
+        (text.str.count_matches(sep, literal=True) + 1).alias("n")
+    )
+    if counts.height == 0:
+        return 0
+    top = counts.group_by("n").len().sort(["len", "n"], descending=True)
+    return int(top["n"][0])
+
+
+def _positions(path: Path, cols: ColumnsConfig, n_fields: int) -> dict[str, str | int]:
+    """The mapping of a file without a header: every column by position."""
+    out: dict[str, str | int] = {}
+    for field, col in _by_name(cols).items():
+        if isinstance(col, str) and col.isdigit():
+            col = int(col)
+        elif col == field:  # the default name: the default position
+            col = RATING_FIELDS.index(field)
+        elif isinstance(col, str):
+            raise UserError(
+                f"{path.absolute()}: data.columns.{field} is {col!r}, a name, but data.header is "
+                "false: give the column's 0-based position"
+            )
+        out[field] = col
+    if out.get("ts") == 3 and n_fields == 3 and "ts" not in cols.model_fields_set:
+        del out["ts"]
+        log.info("ingest: %s has 3 fields a line and no timestamp: row order is time", path.name)
+    return out
 
 
 def _check_columns(
@@ -80,11 +172,29 @@ def _check_columns(
             )
 
 
-_OTHER_SEPARATORS = ("\t", ";", "|", ":")
+_OTHER_SEPARATORS = ("\t", ";", "|", ":", WHITESPACE)
+_NO_HEADER = "data.header: false (columns by position: user 0, item 1, rating 2, ts 3)"
 
 
 def _looks_numeric(fields: list[str]) -> bool:
     return all(f.strip().lstrip("-").replace(".", "", 1).isdigit() for f in fields if f.strip())
+
+
+def _separator_hint(first_line: str, separator: str) -> str:
+    """``; the file looks X-separated ...`` when another separator splits a line of numbers."""
+    for sep in _OTHER_SEPARATORS:
+        present = " " in first_line if sep == WHITESPACE else sep in first_line
+        if sep == separator or not present:
+            continue
+        fields = _split_line(first_line, sep)
+        if len(fields) >= 3 and _looks_numeric(fields):
+            name = {"\t": "tab", WHITESPACE: "whitespace"}.get(sep, repr(sep))
+            shown = {"\t": '"\\t"', WHITESPACE: "whitespace"}.get(sep, f'"{sep}"')
+            return (
+                f"; the file looks {name}-separated with no header line: set data.separator: "
+                f"{shown} and {_NO_HEADER}"
+            )
+    return ""
 
 
 def _column_hint(
@@ -93,26 +203,25 @@ def _column_hint(
     """What to try when the header does not name the configured columns."""
     if first_line is None:
         return ""
-    for sep in _OTHER_SEPARATORS:
+    numeric = _separator_hint(first_line, separator)
+    if numeric:
+        return numeric
+    for sep in _OTHER_SEPARATORS[:-1]:  # a header with spaces in its names is not a hint
         if sep == separator or sep not in first_line:
             continue
-        fields = [f.strip().strip('"') for f in first_line.split(sep)]
+        fields = _split_line(first_line, sep)
         if len(fields) < 3:
             continue
-        shown = "\\t" if sep == "\t" else sep
-        if _looks_numeric(fields):
-            return (
-                f"; the file looks {'tab' if sep == chr(9) else repr(sep)}-separated with no "
-                f'header line: set data.separator: "{shown}" and add a header, or, for '
-                "MovieLens-100K's u.data, data.format: ml-100k on its folder"
-            )
         missing = [c for c in wanted.values() if c not in fields]
         tail = (
             f" and data.columns.* to the file's names ({', '.join(fields[:8])})" if missing else ""
         )
-        return f'; the header looks {sep!r}-separated: try data.separator: "{shown}"{tail}'
+        shown = '"\\t"' if sep == "\t" else f'"{sep}"'
+        return f"; the header looks {sep!r}-separated: try data.separator: {shown}{tail}"
     if have and _looks_numeric(have):
-        return "; the first line looks like data, not a header naming the columns"
+        return (
+            f"; the first line looks like data, not a header naming the columns: set {_NO_HEADER}"
+        )
     return ""
 
 

@@ -58,7 +58,14 @@ def detect_layout(path: str | Path, fmt: str = "auto") -> Layout:
     """Find the layout of ``path`` (a folder or a file); ``fmt`` other than ``auto`` must agree."""
     p = Path(path)
     if not p.exists():
-        raise UserError(f"{p.absolute()}: data path does not exist")
+        name = _named_from(p, "")
+        get = (
+            f"; to get it: recsys-mtl data download {name} --to data/, then run with "
+            f"--set data.path=data/{name}"
+            if name
+            else ""
+        )
+        raise UserError(f"{p.absolute()}: data path does not exist{get}")
     if p.is_file():
         suffix = p.suffix.lower()
         kind = "parquet" if suffix in (".parquet", ".pq") else "csv"

@@ -11,7 +11,8 @@ Outputs (in ``out_dir``):
 * ``report.json``: rows read = rows kept + rows quarantined (per reason), per table.
 
 Duplicate (user, item) pairs: the latest rating is kept (by timestamp, then by position in the
-log); the others are quarantined as ``duplicate_pair``.
+log); the others are quarantined as ``duplicate_pair``. ``data.rating_scale: auto`` takes the
+scale from the log (its lowest and highest parsed rating) and logs what it found.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -31,7 +32,7 @@ from recsys_mtl.data.synthetic import write_synthetic
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
 
-__all__ = ["IngestResult", "ingest", "resolve_layout", "validate_interactions"]
+__all__ = ["Checked", "IngestResult", "ingest", "resolve_layout", "validate_interactions"]
 
 DUPLICATE_POLICY = "keep_latest"
 log = logging.getLogger("recsys_mtl.ingest")
@@ -52,20 +53,36 @@ def resolve_layout(cfg: DataConfig, work_dir: Path) -> Layout:
     return detect_layout(Path(cfg.path).expanduser(), cfg.format)
 
 
+class Checked(NamedTuple):
+    """What :func:`validate_interactions` found."""
+
+    kept: pl.DataFrame  # user_id, item_id, rating (f32), ts
+    rejects: pl.DataFrame  # line, reason, raw
+    scale: tuple[float, float]  # the scale applied
+    observed: tuple[float, float] | None  # lowest and highest finite parsed rating, if any
+
+
 def validate_interactions(
     lf: pl.LazyFrame,
-    scale: tuple[float, float],
+    scale: tuple[float, float] | None,
     known_users: pl.Series | None,
     known_items: pl.Series | None,
-) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Apply the value rules to parsed rows; returns (kept rows, rejected rows with reasons).
+    default_scale: tuple[float, float] = (1.0, 5.0),
+) -> Checked:
+    """Apply the value rules to parsed rows: the kept rows and the rejected ones with reasons.
 
     ``lf`` has ``line, raw, reason, user_id, item_id, rating, ts``. Rules, first match wins:
     a parse-level reason; ``rating_out_of_scale`` (also NaN/inf); ``invalid_ts`` (negative);
     ``unknown_user`` / ``unknown_item`` (id absent from a side table); ``duplicate_pair``.
+    ``scale`` None is the observed one (``default_scale`` when no rating parsed).
     """
-    lo, hi = scale
+    df = lf.collect()
     r = pl.col("rating")
+    parsed = r.filter(pl.col("reason").is_null() & r.is_finite())
+    span = df.select(parsed.min().alias("lo"), parsed.max().alias("hi")).row(0)
+    observed = None if span[0] is None else (float(span[0]), float(span[1]))
+    scale = scale if scale is not None else observed or default_scale
+    lo, hi = scale
     rule = pl.when(pl.col("reason").is_not_null()).then("reason")
     rule = rule.when(~r.is_finite() | (r < lo) | (r > hi)).then(pl.lit("rating_out_of_scale"))
     rule = rule.when(pl.col("ts") < 0).then(pl.lit("invalid_ts"))
@@ -77,7 +94,7 @@ def validate_interactions(
         rule = rule.when(~pl.col("item_id").is_in(known_items.implode())).then(
             pl.lit("unknown_item")
         )
-    df = lf.with_columns(rule.otherwise(pl.lit(None, pl.String)).alias("reason")).collect()
+    df = df.with_columns(rule.otherwise(pl.lit(None, pl.String)).alias("reason"))
 
     dup_mask = _duplicated_pairs(df)
     if dup_mask is not None:
@@ -94,7 +111,7 @@ def validate_interactions(
     kept = df.filter(pl.col("reason").is_null()).select(
         "user_id", "item_id", pl.col("rating").cast(pl.Float32), "ts"
     )
-    return kept, rejects
+    return Checked(kept, rejects, scale, observed)
 
 
 def _duplicated_pairs(df: pl.DataFrame) -> pl.Series | None:
@@ -139,12 +156,12 @@ def _derive_items(kept: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _no_rows_message(layout: Layout, blank_lines: int) -> str:
+def _no_rows_message(layout: Layout, blank_lines: int, header: bool) -> str:
     """The error for a ratings file that holds no row at all (an empty file fails earlier)."""
     path = layout.files["ratings"].absolute()
     if layout.kind == "parquet":
         return f"{path}: has no rating rows (the Parquet file has 0 rows)"
-    held = ["a header"] if layout.kind in ("csv", "ml-csv") else []
+    held = ["a header"] if layout.kind == "ml-csv" or (layout.kind == "csv" and header) else []
     if blank_lines:
         held.append(f"{blank_lines} blank line{'s' * (blank_lines != 1)}")
     return f"{path}: has no rating rows (the file holds only {' and '.join(held) or 'nothing'})"
@@ -169,12 +186,17 @@ def ingest(
     out.mkdir(parents=True, exist_ok=True)
     layout = resolve_layout(cfg, Path(work_dir) if work_dir is not None else out)
     raw: RawTables = read_layout(layout, cfg)
-    scale = tuple(cfg.rating_scale) if cfg.rating_scale is not None else layout.rating_scale
+    auto = cfg.rating_scale == "auto"
+    fixed = None if auto else tuple(cfg.rating_scale or layout.rating_scale)
     known_users = raw.users["user_id"] if raw.users is not None else None
     known_items = raw.items["item_id"] if raw.items is not None else None
-    kept, rejects = validate_interactions(raw.interactions, scale, known_users, known_items)
+    kept, rejects, scale, observed = validate_interactions(
+        raw.interactions, fixed, known_users, known_items, layout.rating_scale
+    )
     if kept.height + rejects.height == 0:
-        raise UserError(_no_rows_message(layout, raw.blank_lines))
+        raise UserError(_no_rows_message(layout, raw.blank_lines, cfg.header))
+    if auto:
+        _check_auto_scale(layout, observed)
     if layout.kind not in ("csv", "parquet"):
         rejects = fill_raw(rejects, layout.files["ratings"])
     quarantine = pl.concat(
@@ -193,6 +215,15 @@ def ingest(
         f"{rejects.height:,}",
         f" ({', '.join(f'{r}: {n:,}' for r, n in _by_count(counts))})" if counts else "",
     )
+    hint = _hint(_by_count(counts)[0][0], scale, observed) if counts else ""
+    if counts.get("rating_out_of_scale") and observed is not None:
+        log.warning(
+            "ingest: %s rows outside data.rating_scale %g-%g quarantined; the log's ratings "
+            "span %g-%g",
+            f"{counts['rating_out_of_scale']:,}",
+            *scale,
+            *observed,
+        )
     too_many = max_share is not None and rejects.height > max_share * rows_read
     if kept.height == 0 or too_many:
         kept_at = Path(keep_rejected) if keep_rejected is not None else out / "quarantine.parquet"
@@ -202,13 +233,13 @@ def ingest(
         if kept.height == 0:
             raise UserError(
                 f"{ratings}: no usable ratings ({rejects.height:,} rows rejected; most common "
-                f"reason: {top}, {n_top:,} rows{_hint(top, scale)}); the rejected rows are in "
+                f"reason: {top}, {n_top:,} rows{hint}); the rejected rows are in "
                 f"{kept_at.absolute()}"
             )
         raise UserError(
             f"{ratings}: {rejects.height:,} of {rows_read:,} rating rows "
             f"({rejects.height / rows_read:.1%}) quarantined, above data.max_quarantine_share="
-            f"{max_share:g}; top reason: {top} ({n_top:,} rows{_hint(top, scale)}); the rejected "
+            f"{max_share:g}; top reason: {top} ({n_top:,} rows{hint}); the rejected "
             f"rows are in {kept_at.absolute()}"
         )
     users = raw.users if raw.users is not None else _derive_users(kept)
@@ -226,6 +257,7 @@ def ingest(
         "layout": layout.kind,
         "files": {role: p.name for role, p in layout.files.items()},
         "rating_scale": list(scale),
+        "rating_scale_from": "data" if auto else "config" if cfg.rating_scale else "layout",
         "duplicate_policy": DUPLICATE_POLICY,
         "interactions": {
             "source": raw.ratings_source,
@@ -250,9 +282,31 @@ def _by_count(counts: dict[str, int]) -> list[tuple[str, int]]:
     return sorted(counts.items(), key=lambda rn: (-rn[1], rn[0]))
 
 
-def _hint(reason: str, scale: tuple[float, float]) -> str:
+def _check_auto_scale(layout: Layout, observed: tuple[float, float] | None) -> None:
+    """Log the scale ``auto`` found; a log with one rating value has none to find."""
+    ratings = layout.files["ratings"].absolute()
+    if observed is None:
+        return  # no rating parsed: the no-usable-ratings error follows
+    lo, hi = observed
+    if lo == hi:
+        raise UserError(
+            f"{ratings}: data.rating_scale is auto, but every rating in the log is {lo:g}; "
+            "set data.rating_scale: [low, high]"
+        )
+    log.info("ingest: data.rating_scale auto: the log's ratings span [%g, %g]", lo, hi)
+
+
+def _hint(
+    reason: str, scale: tuple[float, float], observed: tuple[float, float] | None = None
+) -> str:
     if reason == "rating_out_of_scale":
-        return f"; the scale is {scale[0]:g}-{scale[1]:g}: set data.rating_scale to the log's"
+        found = ""
+        if observed is not None:
+            lo, hi = observed
+            found = f", which spans {lo:g}-{hi:g} ([{lo:g}, {hi:g}] or auto)"
+        return (
+            f"; the scale is {scale[0]:g}-{scale[1]:g}: set data.rating_scale to the log's{found}"
+        )
     if reason.startswith(("malformed_line", "missing_")):
-        return "; check data.separator and data.columns"
+        return "; check data.separator, data.header and data.columns"
     return ""

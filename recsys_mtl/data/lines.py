@@ -1,9 +1,10 @@
 """Line-level parsing that never drops a row silently.
 
 A file is read as one string column (one row a line, 1-based line numbers kept), split on a
-literal separator of any length (``\\t``, ``|``, ``::``, ``,``) and cast field by field. Each row
-that cannot be used gets the first reason that applies, in this order: ``bad_encoding``,
-``malformed_line`` (wrong number of fields), ``missing_<field>``, ``invalid_<field>``.
+literal separator of any length (``\\t``, ``|``, ``::``, ``,``) or on runs of spaces and tabs
+(:data:`WHITESPACE`), and cast field by field. Each row that cannot be used gets the first
+reason that applies, in this order: ``bad_encoding``, ``malformed_line`` (wrong number of
+fields), ``missing_<field>``, ``invalid_<field>``.
 All of it is vectorized polars work; there is no Python loop over lines.
 
 Side tables (users, items, tags) are read with :func:`read_side_lines` / :func:`decode_text`:
@@ -24,8 +25,10 @@ from recsys_mtl.errors import UserError
 
 __all__ = [
     "QUARANTINE_SCHEMA",
+    "WHITESPACE",
     "cast_fields",
     "decode_text",
+    "field_text",
     "fill_raw",
     "first_line",
     "quarantine_frame",
@@ -42,6 +45,7 @@ QUARANTINE_SCHEMA = {
     "reason": pl.String,
     "raw": pl.String,
 }
+WHITESPACE = "whitespace"  # the separator name for any run of spaces and tabs
 _UNUSED_SEP = "\x1f"  # ASCII unit separator: never present in rating logs
 _ESCAPED = re.compile("[\udc80-\udcff]+")  # bytes that were not UTF-8, under surrogateescape
 
@@ -146,9 +150,10 @@ def split_fields(
     """
     lf = lines.lazy().filter(pl.col("raw").is_not_null())
     n = len(names)
-    count = pl.col("raw").str.count_matches(separator, literal=True)
+    text, separator = field_text(separator)
+    count = text.str.count_matches(separator, literal=True)
     wrong_count = (count < n - 1) if allow_extra else (count != n - 1)
-    parts = pl.col("raw").str.split_exact(separator, n - 1).struct.rename_fields(names)
+    parts = text.str.split_exact(separator, n - 1).struct.rename_fields(names)
     bad_bytes = (
         pl.col("raw").str.contains("\ufffd", literal=True) if check_encoding else pl.lit(False)
     )
@@ -165,6 +170,14 @@ def split_fields(
     if strip_quotes:
         cleaned = [c.str.strip_chars('"') for c in cleaned]
     return lf.with_columns(cleaned)
+
+
+def field_text(separator: str) -> tuple[pl.Expr, str]:
+    """``(expression of raw, literal separator)`` to split a line on: for :data:`WHITESPACE`, the
+    line without edge spaces, each run of spaces and tabs made one tab."""
+    if separator != WHITESPACE:
+        return pl.col("raw"), separator
+    return pl.col("raw").str.strip_chars(" \t\r").str.replace_all(r"[ \t]+", "\t"), "\t"
 
 
 def cast_fields(lf: pl.LazyFrame, dtypes: dict[str, pl.DataType]) -> pl.LazyFrame:

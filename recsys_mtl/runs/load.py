@@ -5,7 +5,8 @@ A run directory holds one folder per stage (``features/``, ``split/``, ``train/`
 (and, after a refit, the model chosen on validation before it), its feature context, the id
 maps (raw id <-> index), each user's seen items and the reference time for time features.
 Evaluation uses it; batch scoring, the packaged model and the cold-start module do too.
-Weights are read with ``torch.load(..., weights_only=True)``; nothing is unpickled.
+Weights are read with :func:`recsys_mtl.io.load_tensors` (``weights_only``; nothing is
+unpickled): a corrupt, truncated or code-carrying weights file is a UserError naming it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from recsys_mtl.build import build_ranker
 from recsys_mtl.data.features import pair_keys
 from recsys_mtl.errors import UserError
+from recsys_mtl.io import load_tensors
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.models.context import FeatureContext, load_context
 from recsys_mtl.runs.topk import items_csr
@@ -79,9 +81,9 @@ def load_ranker(
     meta: dict[str, Any], ctx: FeatureContext, weights: Path, device: str = "cpu"
 ) -> nn.Module:
     """The ranker described by ``meta`` (``model.json``: name, params, tasks) with the weights
-    of the state-dict file ``weights`` (read with ``weights_only=True``), in eval mode."""
+    of the state-dict file ``weights`` (:func:`recsys_mtl.io.load_tensors`), in eval mode."""
     model = build_ranker(meta["name"], meta["params"], ctx, meta["tasks"], device)
-    model.load_state_dict(torch.load(weights, weights_only=True, map_location=device))
+    model.load_state_dict(load_tensors(weights, map_location=device))
     return model.eval()
 
 

@@ -3,9 +3,10 @@
 :func:`save_pyfunc` wraps a run's bundle (:mod:`recsys_mtl.runs.bundle`) as an MLflow model
 from code (``recsys_mtl/tracking/pyfunc_entry.py``: no cloudpickle) with a signature;
 :func:`log_pyfunc` logs it as an MLflow ``LoggedModel`` of the pipeline's run; :func:`register`
-puts it in the model registry. :func:`load_source` opens a run directory, a bundle or an MLflow
-model URI (``models:/NAME/VERSION``, ``runs:/ID/model``). MLflow itself is imported inside the
-functions that use it (it takes over a second to import).
+puts it in the model registry, with a description, tags and aliases
+(:mod:`recsys_mtl.tracking.versions`). :func:`load_source` opens a run directory, a bundle or an
+MLflow model URI (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/ID/model``). MLflow
+itself is imported inside the functions that use it (it takes over a second to import).
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path
 from recsys_mtl.runs.bundle import export_bundle, is_bundle, load_bundle, run_info
 from recsys_mtl.runs.load import load_run
-from recsys_mtl.tracking.names import default_tracking_uri
+from recsys_mtl.tracking.names import check_store, default_tracking_uri
+from recsys_mtl.tracking.versions import (
+    check_alias,
+    check_model_name,
+    check_tag,
+    default_description,
+    version_tags,
+)
 
 __all__ = [
     "BUNDLE_DIR",
@@ -43,8 +51,9 @@ ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 
 def load_source(source: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
     """A run directory, a bundle folder, an MLflow model folder or an MLflow model URI
-    (``models:/NAME/VERSION``, ``runs:/RUN_ID/model``, ``models:/MODEL_ID``) as
-    ``(LoadedRun, info)``; ``info`` has the run id, model version and config hash."""
+    (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN_ID/model``,
+    ``models:/MODEL_ID``) as ``(LoadedRun, info)``; ``info`` has the run id, model version
+    (``NAME/VERSION``: an alias is resolved to the version it points at, once) and config hash."""
     if "://" not in source and ":/" not in source:
         path = Path(source)
         if is_bundle(path / "artifacts" / BUNDLE_DIR):  # an MLflow model folder
@@ -54,18 +63,52 @@ def load_source(source: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
         if not path.exists():
             raise UserError(f"{source}: no such run directory or model")
         return load_run(path, device), run_info(path)
-    local = _download(source)
+    check_store(default_tracking_uri())  # a dead server: one line now, not minutes of retries
+    uri, model_version = _pin_version(source)
+    local = _download(uri, source)
     bundle = local / "artifacts" / BUNDLE_DIR
     if not is_bundle(bundle):
         raise UserError(f"{source}: not a recsys-mtl model (no {BUNDLE_DIR}/ in its artifacts)")
     info = json.loads((bundle / "info.json").read_text())
-    if source.startswith("models:/") and source.count("/") >= 2:
-        info["model_version"] = source.removeprefix("models:/")
+    if model_version:
+        info["model_version"] = model_version
     return load_bundle(bundle, device), info
 
 
-def _download(uri: str) -> Path:
-    """Download an MLflow model's artifacts to a temporary folder; a missing one is a UserError."""
+def _pin_version(uri: str) -> tuple[str, str | None]:
+    """``(uri, "NAME/VERSION")`` of a registry URI, with ``models:/NAME@ALIAS`` replaced by the
+    version the alias points at now (so the model read and the version recorded agree);
+    ``(uri, None)`` for any other URI."""
+    if not uri.startswith("models:/"):
+        return uri, None
+    path = uri.removeprefix("models:/")
+    if "/" in path:
+        name, _, version = path.partition("/")
+        return uri, f"{name}/{version}" if version.isdigit() else None
+    if "@" not in path:
+        return uri, None  # models:/MODEL_ID, a logged model
+    from mlflow import MlflowClient  # deferred: mlflow (over a second to import)
+    from mlflow.exceptions import MlflowException
+
+    name, _, alias = path.rpartition("@")
+    try:
+        version = (
+            MlflowClient(tracking_uri=default_tracking_uri())
+            .get_model_version_by_alias(name, alias)
+            .version
+        )
+    except MlflowException as e:
+        raise UserError(f"{uri}: {_first_line(e)}") from e
+    return f"models:/{name}/{version}", f"{name}/{version}"
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _download(uri: str, source: str) -> Path:
+    """Download an MLflow model's artifacts to a temporary folder; a missing one is a UserError
+    naming ``source`` (the URI as the user wrote it)."""
     import mlflow  # deferred: mlflow (over a second to import)
     from mlflow.exceptions import MlflowException
 
@@ -76,8 +119,7 @@ def _download(uri: str) -> Path:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst)))
     except MlflowException as e:
         shutil.rmtree(dst, ignore_errors=True)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{uri}: {first}") from e
+        raise UserError(f"{source}: {_first_line(e)}") from e
 
 
 def _signature(run: Any) -> Any:
@@ -189,42 +231,72 @@ def _stamp_model_id(local: Path, model_id: str, run_id: str | None) -> None:
         model.save(str(tmp))
 
 
-def register(run_dir: str | Path, name: str, tracking_uri: str | None = None) -> dict[str, Any]:
+def register(
+    run_dir: str | Path,
+    name: str,
+    tracking_uri: str | None = None,
+    *,
+    description: str | None = None,
+    tags: dict[str, str] | None = None,
+    aliases: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
     """Register the run's MLflow model as a new version of ``name`` in the model registry.
 
     The model logged by the pipeline run is used; a run that logged none (tracking was off)
-    gets one logged now. Returns ``{"name", "version", "model_uri", "source"}``.
+    gets one logged now. The version carries ``description`` (default:
+    :func:`default_description`), the tags of :func:`version_tags` updated with ``tags``, and
+    each of ``aliases`` (moved to it from any version that held it). Names, aliases and tag
+    keys are checked before anything is written. Returns ``{"name", "version", "model_uri",
+    "aliases", "source", "tracking_uri"}``.
     """
-    from mlflow import MlflowClient  # deferred: mlflow (over a second to import)
+    import mlflow  # deferred: mlflow (over a second to import)
     from mlflow.exceptions import MlflowException
 
+    check_model_name(name)
+    for alias in aliases:
+        check_alias(alias)
+    for key, value in (tags or {}).items():
+        check_tag(key, value)
     load_run(run_dir)  # a clear error for what is not a finished run
-    if not name or "/" in name or ":" in name:
-        raise UserError(f"--name: {name!r} is not a valid model name (no '/' or ':')")
     info = run_info(run_dir)
     uri = tracking_uri or info["tracking_uri"] or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
-    source = info["model_uri"]
-    if source is None:
-        exp_name = info["experiment"] or "recsys-mtl"
-        exp = client.get_experiment_by_name(exp_name)
-        exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
-        source = log_pyfunc(client, exp_id, info["run_id"], run_dir)["model_uri"]
-    model_id = source.removeprefix("models:/")
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)  # MLflow resolves the version's models:/ source through it
+    client = mlflow.MlflowClient(tracking_uri=uri)
     try:
+        run_tags = client.get_run(info["run_id"]).data.tags if info["run_id"] else {}
+    except MlflowException:
+        run_tags = {}  # the run is in another store, or gone: the defaults go without its tags
+    source = info["model_uri"]
+    try:
+        if source is None:
+            exp_name = info["experiment"] or "recsys-mtl"
+            exp = client.get_experiment_by_name(exp_name)
+            exp_id = exp.experiment_id if exp else client.create_experiment(exp_name)
+            source = log_pyfunc(client, exp_id, info["run_id"], run_dir)["model_uri"]
         try:
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name)
         mv = client.create_model_version(
-            name, source=source, run_id=info["run_id"], model_id=model_id
+            name,
+            source=source,
+            run_id=info["run_id"],
+            model_id=source.removeprefix("models:/"),
+            tags={**version_tags(run_dir, run_tags), **(tags or {})},
+            description=default_description(run_dir, run_tags)
+            if description is None
+            else description,
         )
+        for alias in aliases:
+            client.set_registered_model_alias(name, alias, mv.version)
     except MlflowException as e:
         raise UserError(f"register {name!r} at {uri}: {str(e).splitlines()[0]}") from e
     return {
         "name": name,
         "version": int(mv.version),
         "model_uri": f"models:/{name}/{mv.version}",
+        "aliases": [f"models:/{name}@{a}" for a in aliases],
         "source": source,
         "tracking_uri": uri,
     }

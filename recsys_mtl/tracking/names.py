@@ -12,6 +12,11 @@ The store is ``MLFLOW_TRACKING_URI`` when set, else a SQLite database ``mlflow.d
 working directory. Creating that database runs MLflow's schema migrations, which race each
 other when two processes start on a fresh folder at once: a file lock beside the database
 (``mlflow.db.lock``, :func:`store_lock`) serializes opening the store.
+
+A tracking server is asked whether it answers before any work starts (:func:`check_store`):
+one that does not stops the command with one line naming its URI. MLflow's HTTP retries are
+bounded (:func:`bound_http_retries`) so that a server that goes away later costs seconds, not
+minutes; :func:`store_unreachable` tells such a failure from any other.
 """
 
 from __future__ import annotations
@@ -21,8 +26,12 @@ import fcntl
 import os
 import re
 import subprocess
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+
+from recsys_mtl.errors import MachineError
 
 __all__ = [
     "ERROR_TAG",
@@ -31,16 +40,31 @@ __all__ = [
     "KINDS",
     "KIND_TAG",
     "STUDY_TAG",
+    "TRIAL_STATE_TAG",
+    "UNTRACKED_HINT",
+    "bound_http_retries",
     "canonical_metric_name",
+    "check_store",
     "default_tracking_uri",
     "git_commit",
     "mlflow_metric_name",
     "store_lock",
+    "store_unreachable",
     "summary_metric_name",
 ]
 
 KIND_TAG = "recsys_mtl.kind"
 STUDY_TAG = "recsys_mtl.study"  # a tuning trial's (and its study's) study name
+TRIAL_STATE_TAG = "trial_state"  # a trial's Optuna state: COMPLETE, PRUNED or FAIL
+UNTRACKED_HINT = "or run without tracking: --set tracking.enabled=false"
+# MLflow's HTTP client retries 7 times with a doubling back-off (over four minutes against a
+# server that is down) and waits 120 s for an answer; these bounds apply unless the user set them
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+CHECK_TIMEOUT = 5.0  # seconds a tracking server has to answer before the work starts
 KINDS = ("pipeline", "stage", "trial", "single_task_baseline")
 # The MLflow 3 UI opens an experiment on its GenAI overview unless the experiment says it holds
 # model training; the UI reads this experiment tag (values genai_development or
@@ -70,6 +94,50 @@ def canonical_metric_name(name: str) -> str:
 def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///$PWD/mlflow.db``."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def bound_http_retries() -> None:
+    """Bound MLflow's HTTP retries and request timeout (:data:`HTTP_BOUNDS`), each only when its
+    environment variable is not set already."""
+    for key, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(key, value)
+
+
+def check_store(uri: str, timeout: float = CHECK_TIMEOUT) -> None:
+    """Raise :class:`~recsys_mtl.errors.MachineError` (one line naming ``uri``) when the tracking
+    server at an ``http(s)://`` URI does not answer within ``timeout`` seconds. Any HTTP answer
+    counts (a server behind a login answers 401); other stores are opened by MLflow itself."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # the server answered
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        cause = getattr(e, "reason", e)
+        raise MachineError(
+            f"the MLflow tracking server at {uri} does not answer ({cause}): start it, set "
+            f"MLFLOW_TRACKING_URI to one that runs, {UNTRACKED_HINT}"
+        ) from e
+
+
+def store_unreachable(error: BaseException) -> bool:
+    """Whether ``error`` (or an error it was raised from) says the store cannot be reached: a
+    refused or dropped connection, a timeout, retries exhausted."""
+    words = ("max retries exceeded", "connection refused", "connection aborted", "timed out")
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, ConnectionError | TimeoutError):
+            return True
+        if type(e).__name__ in {"MaxRetryError", "NewConnectionError", "ConnectTimeout"}:
+            return True
+        if any(w in str(e).lower() for w in words):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _sqlite_path(uri: str) -> Path | None:

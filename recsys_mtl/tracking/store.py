@@ -6,12 +6,19 @@ the stages and the tuning trials call them and never MLflow directly.
 is imported inside the methods that use it (it costs over a second to import).
 
 A pipeline run logs through :class:`~recsys_mtl.tracking.background.BackgroundTracker`.
+
+Times: a run's start and end, and a stage run's, are those of the work they describe, passed
+by the caller (``start_time``, ``ended``: seconds since the epoch), not the moment the store
+call happens to run. A store that stops answering during a run makes the tracker give up with
+one warning line: every later call is a no-op, and the run's own files are untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import signal
 import threading
@@ -20,17 +27,31 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from recsys_mtl.errors import MachineError
 from recsys_mtl.tracking.names import (
     ERROR_TAG,
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
     KIND_TAG,
+    UNTRACKED_HINT,
+    bound_http_retries,
+    check_store,
     default_tracking_uri,
     mlflow_metric_name,
     store_lock,
+    store_unreachable,
 )
 
-__all__ = ["MlflowTracker", "NullTracker"]
+__all__ = ["MlflowTracker", "NullTracker", "ms"]
+
+log = logging.getLogger("recsys_mtl.tracking")
+MAX_PARAM = 6000  # characters of a param value MLflow keeps
+PARAM_BATCH = 100  # params per log_batch call
+
+
+def ms(seconds: float | None) -> int | None:
+    """Seconds since the epoch as MLflow's milliseconds (``None`` stays ``None``)."""
+    return None if seconds is None else int(seconds * 1000)
 
 
 @contextlib.contextmanager
@@ -92,6 +113,7 @@ class NullTracker:
         tags: dict[str, str],
         description: str | None = None,
         parent_run_id: str | None = None,
+        start_time: float | None = None,
     ) -> None:
         return None
 
@@ -102,6 +124,7 @@ class NullTracker:
         metrics: dict[str, float],
         skipped: bool,
         seconds: float,
+        ended: float | None = None,
     ) -> None:
         return None
 
@@ -117,7 +140,9 @@ class NullTracker:
     def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
         return None
 
-    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+    def finish(
+        self, status: str = "FINISHED", error: str | None = None, ended: float | None = None
+    ) -> None:
         return None
 
     def log_model(self, run_dir: Path) -> dict[str, Any] | None:
@@ -125,14 +150,61 @@ class NullTracker:
         return None
 
 
+def _gives_up(method: Any) -> Any:
+    """A tracker method that, when the store cannot be reached, warns once and gives up: this
+    and every later call of the tracker do nothing (other errors are raised as they are)."""
+
+    @functools.wraps(method)
+    def call(self: MlflowTracker, *args: Any, **kwargs: Any) -> Any:
+        if self.lost:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as e:
+            if not store_unreachable(e):
+                raise
+            self.lost = True
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            log.warning(
+                "tracking: the store at %s stopped answering (%s); the run goes on untracked "
+                "and its run folder stays complete",
+                self.tracking_uri,
+                first,
+            )
+            return None
+
+    return call
+
+
 class MlflowTracker(NullTracker):
-    """Logs through :class:`mlflow.MlflowClient` with explicit run ids (no fluent global state)."""
+    """Logs through :class:`mlflow.MlflowClient` with explicit run ids (no fluent global state).
+
+    The constructor checks that the store answers (:func:`~recsys_mtl.tracking.names.check_store`)
+    and raises :class:`~recsys_mtl.errors.MachineError` naming its URI when it does not.
+    """
 
     def __init__(self, experiment: str, tracking_uri: str | None = None) -> None:
         # MLflow prints "View run ... at: URL" to stdout when a run ends on a tracking server;
         # stdout carries this tool's own results (a JSON line, a table)
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        bound_http_retries()
         self.tracking_uri = tracking_uri or default_tracking_uri()
+        self.lost = False
+        check_store(self.tracking_uri)
+        try:
+            self._open(experiment)
+        except Exception as e:
+            if not store_unreachable(e):
+                raise
+            raise MachineError(
+                f"the MLflow tracking store at {self.tracking_uri} does not answer "
+                f"({type(e).__name__}): start it, set MLFLOW_TRACKING_URI to one that runs, "
+                f"{UNTRACKED_HINT}"
+            ) from e
+        self.run_id: str | None = None
+        self.description = ""
+
+    def _open(self, experiment: str) -> None:
         with store_lock(self.tracking_uri):  # migrations of a new SQLite store run once
             from mlflow import MlflowClient  # deferred: mlflow (over a second to import)
 
@@ -148,9 +220,8 @@ class MlflowTracker(NullTracker):
                     self.client.set_experiment_tag(
                         self.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
                     )
-        self.run_id = None
-        self.description = ""
 
+    @_gives_up
     def start(
         self,
         run_name: str,
@@ -158,6 +229,7 @@ class MlflowTracker(NullTracker):
         tags: dict[str, str],
         description: str | None = None,
         parent_run_id: str | None = None,
+        start_time: float | None = None,
     ) -> None:
         tags = {KIND_TAG: "pipeline", **tags}
         if description:
@@ -165,16 +237,18 @@ class MlflowTracker(NullTracker):
             tags["mlflow.note.content"] = description
         if parent_run_id:
             tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags)
+        run = self.client.create_run(
+            self.experiment_id, start_time=ms(start_time), run_name=run_name, tags=tags
+        )
         self.run_id = run.info.run_id
         self._params(self.run_id, params)
 
     def _params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param  # deferred: mlflow (over a second to import)
 
-        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
-        for s in range(0, len(items), 100):
-            self.client.log_batch(run_id, params=items[s : s + 100])
+        items = [Param(k, str(v)[:MAX_PARAM]) for k, v in params.items()]
+        for s in range(0, len(items), PARAM_BATCH):
+            self.client.log_batch(run_id, params=items[s : s + PARAM_BATCH])
 
     def _metrics(self, run_id: str, metrics: dict[str, float], step: int | None) -> None:
         from mlflow.entities import Metric  # deferred: mlflow (over a second to import)
@@ -186,6 +260,7 @@ class MlflowTracker(NullTracker):
         for s in range(0, len(items), 1000):
             self.client.log_batch(run_id, metrics=items[s : s + 1000])
 
+    @_gives_up
     def stage_run(
         self,
         stage: str,
@@ -193,7 +268,11 @@ class MlflowTracker(NullTracker):
         metrics: dict[str, float],
         skipped: bool,
         seconds: float,
+        ended: float | None = None,
     ) -> None:
+        """A nested run for one stage, spanning the ``seconds`` the stage took up to ``ended``
+        (default: now)."""
+        ended = time.time() if ended is None else ended
         tags = {
             "mlflow.parentRunId": self.run_id or "",
             KIND_TAG: "stage",
@@ -202,33 +281,46 @@ class MlflowTracker(NullTracker):
         }
         if skipped:
             tags["mlflow.note.content"] = f"{stage}: unchanged, reused from the run folder"
-        run = self.client.create_run(self.experiment_id, run_name=stage, tags=tags)
+        run = self.client.create_run(
+            self.experiment_id, start_time=ms(ended - seconds), run_name=stage, tags=tags
+        )
         self._params(run.info.run_id, params)
         self._metrics(run.info.run_id, {**metrics, "seconds": seconds}, None)
-        self.client.set_terminated(run.info.run_id)
+        self.client.set_terminated(run.info.run_id, end_time=ms(ended))
 
+    @_gives_up
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.run_id:
             self._metrics(self.run_id, metrics, step)
 
+    @_gives_up
     def log_artifacts(self, paths: list[Path], folder: str | None = None) -> None:
         for p in paths:
             if self.run_id and Path(p).exists():
                 self.client.log_artifact(self.run_id, str(p), artifact_path=folder)
 
+    @_gives_up
     def log_model(self, run_dir: Path) -> dict[str, Any] | None:
+        """The run's MLflow model, logged as the run's output: the MLflow 3 UI files a run with
+        no model output among the GenAI evaluation runs."""
         if not self.run_id:
             return None
         # deferred: torch and mlflow (the bundle and the MLflow model)
+        from mlflow.entities import LoggedModelOutput
+
         from recsys_mtl.tracking.model import log_pyfunc
 
-        return log_pyfunc(self.client, self.experiment_id, self.run_id, run_dir)
+        logged = log_pyfunc(self.client, self.experiment_id, self.run_id, run_dir)
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(logged["model_id"], 0)])
+        return logged
 
+    @_gives_up
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.run_id:
             for k, v in tags.items():
                 self.client.set_tag(self.run_id, k, str(v)[:5000])
 
+    @_gives_up
     def log_dataset(self, name: str, digest: str, source: str, profile: dict[str, Any]) -> None:
         """The run's data as an MLflow dataset input (name, digest, source, row counts)."""
         # deferred: mlflow (over a second to import)
@@ -247,8 +339,12 @@ class MlflowTracker(NullTracker):
         tag = InputTag(key="mlflow.data.context", value="training")
         self.client.log_inputs(self.run_id, datasets=[DatasetInput(ds, [tag])])
 
-    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
-        """End the run; a failed one records ``error`` as a tag and in its description."""
+    @_gives_up
+    def finish(
+        self, status: str = "FINISHED", error: str | None = None, ended: float | None = None
+    ) -> None:
+        """End the run at ``ended`` (default: now); a failed one records ``error`` as a tag and
+        in its description."""
         if not self.run_id:
             return
         if error:
@@ -256,4 +352,4 @@ class MlflowTracker(NullTracker):
             with contextlib.suppress(Exception):  # the error itself must reach the user
                 self.client.set_tag(self.run_id, ERROR_TAG, error[:5000])
                 self.client.set_tag(self.run_id, "mlflow.note.content", note[:5000])
-        self.client.set_terminated(self.run_id, status=status)
+        self.client.set_terminated(self.run_id, status=status, end_time=ms(ended))

@@ -13,6 +13,12 @@
 
 MLflow logging (:class:`TrackerCallback`) and the progress lines (:class:`ProgressCallback`)
 are callbacks like any other; callers pass their own without touching the loop.
+
+Per-epoch metric names in MLflow (:func:`epoch_metric_name`) begin with the task: the MLflow UI
+groups charts by the part before the first ``/``, so ``rating/loss/train`` and
+``rating/loss/valid`` sit side by side in the ``rating`` section, beside the run's final
+``rating/rmse``. The step is the epoch (0, 1, 2, ...). The loop's own names
+(``train/rating/loss``, the run's ``history`` and ``summary.json``) are unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from typing import Any
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["Callback", "ProgressCallback", "TrackerCallback"]
+__all__ = ["Callback", "ProgressCallback", "TrackerCallback", "epoch_metric_name"]
 
 log = logging.getLogger("recsys_mtl.train")
 
@@ -95,12 +101,31 @@ class ProgressCallback(Callback):
         self._close_bar()
 
 
+_PARTS = ("train", "valid")
+
+
+def epoch_metric_name(name: str) -> str:
+    """The MLflow name of a per-epoch metric, task first and part last:
+    ``train/rating/loss`` -> ``rating/loss/train``, ``valid/objective`` -> ``objective/valid``,
+    ``valid/rating/rmse`` -> ``rating/rmse/valid``, ``weight/rating`` -> ``rating/weight``."""
+    head, _, rest = name.partition("/")
+    if not rest:
+        return name
+    if head in _PARTS:
+        return f"{rest}/{head}"
+    if head == "weight":
+        return f"{rest}/weight"
+    return name
+
+
 class TrackerCallback(Callback):
-    """Per-epoch metrics to a tracker (MLflow), under an optional prefix such as ``refit/``."""
+    """Per-epoch metrics to a tracker (MLflow) under :func:`epoch_metric_name`'s names, after an
+    optional prefix such as ``refit/``; the step is the epoch."""
 
     def __init__(self, tracker: Any, prefix: str = "") -> None:
         self.tracker = tracker
         self.prefix = prefix
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        self.tracker.log_metrics({f"{self.prefix}{k}": v for k, v in metrics.items()}, step=epoch)
+        named = {f"{self.prefix}{epoch_metric_name(k)}": v for k, v in metrics.items()}
+        self.tracker.log_metrics(named, step=int(epoch))

@@ -10,7 +10,7 @@
 * Early stopping on the validation part only: the weighted sum of validation task losses.
 * A checkpoint (model, optimizers, RNG, history, best weights) is written atomically after
   every epoch; :func:`fit` resumes from it when it exists, and the result is the same as an
-  uninterrupted run.
+  uninterrupted run. One that cannot be read is named in a warning and training starts again.
 * Task losses are combined by a weighting (:mod:`recsys_mtl.weighting`): loss-based methods
   return the objective; gradient-based ones receive each task's gradient of the shared
   parameters and return the gradient to descend, which replaces the shared parameters'
@@ -30,6 +30,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,7 +41,8 @@ import torch
 from torch import nn
 
 from recsys_mtl.config import TrainConfig
-from recsys_mtl.io import atomic_path
+from recsys_mtl.errors import MachineError, UserError
+from recsys_mtl.io import load_tensors, save_tensors
 from recsys_mtl.models.embeddings import EmbeddingTables, resolve_device
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import size, take, to_device
@@ -52,6 +54,7 @@ from recsys_mtl.weighting.base import Weighting
 __all__ = ["NonFiniteLossError", "TrainResult", "fit", "validation_losses"]
 
 CHECKPOINT = "last.pt"
+log = logging.getLogger("recsys_mtl.train")
 _GATHER_ROWS = 1 << 20  # rows of an epoch gathered at once (a block of whole batches)
 
 
@@ -161,6 +164,21 @@ def validation_losses(
     return dict(zip(tasks, means, strict=True))
 
 
+def _resume_from(ckpt: Path | None, device: Any) -> dict[str, Any] | None:
+    """The checkpoint to resume from; None when there is none or it cannot be read (corrupt or
+    truncated: a warning names it, it is removed and training starts from the first epoch)."""
+    if ckpt is None or not ckpt.exists():
+        return None
+    try:
+        return load_tensors(ckpt, map_location=device)
+    except MachineError:
+        raise
+    except UserError as e:
+        log.warning("%s; training starts again from the first epoch", e)
+        ckpt.unlink(missing_ok=True)
+        return None
+
+
 def _check_finite(flags: torch.Tensor, names: list[str], epoch: int, what: str) -> None:
     """``flags (steps, K)``: raise naming the first step and column that was not finite."""
     if bool(flags.all()):
@@ -211,8 +229,8 @@ def fit(
     }
     best_weights = copy.deepcopy(model.state_dict())
     resumed = None
-    if ckpt is not None and ckpt.exists():
-        saved = torch.load(ckpt, weights_only=True, map_location=device)
+    saved = _resume_from(ckpt, device)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         for opt, s in zip(opts, saved["optimizers"], strict=True):
             opt.load_state_dict(s)
@@ -333,19 +351,18 @@ def fit(
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch, **metrics})
         if ckpt is not None:
-            with atomic_path(ckpt) as tmp:
-                torch.save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizers": [o.state_dict() for o in opts],
-                        "rng": torch.get_rng_state(),
-                        "weighting": weighting.state_dict(),
-                        # the best weights only when they are not the model's own
-                        "best_weights": None if improved else best_weights,
-                        "state": state,
-                    },
-                    tmp,
-                )
+            save_tensors(
+                {
+                    "model": model.state_dict(),
+                    "optimizers": [o.state_dict() for o in opts],
+                    "rng": torch.get_rng_state(),
+                    "weighting": weighting.state_dict(),
+                    # the best weights only when they are not the model's own
+                    "best_weights": None if improved else best_weights,
+                    "state": state,
+                },
+                ckpt,
+            )
         if any([bool(cb.on_epoch_end(epoch, metrics)) for cb in callbacks]):
             by_callback = stopped = True
             break

@@ -18,6 +18,7 @@ from recsys_mtl.errors import UserError
 from recsys_mtl.tracking import canonical_metric_name
 
 __all__ = [
+    "BASELINE_ATTR",
     "FORBIDDEN_SECTIONS",
     "TUNABLE_DATA_KEYS",
     "Objective",
@@ -35,6 +36,7 @@ FORBIDDEN_SECTIONS = ("name", "data", "features", "split", "evaluate", "tracking
 # is decided on ratings (each negative follows its rating), so every trial is measured on the
 # same held-out ratings; trials with another value run their own features and split stages.
 TUNABLE_DATA_KEYS = ("features.negatives_per_positive",)
+BASELINE_ATTR = "baseline"  # the user attribute of the trial that runs the config as written
 MINIMIZED = ("rmse", "mae", "logloss", "loss", "objective")
 _METRIC = re.compile(
     r"^valid/(?:(?P<task>rating|interaction|like)/(?P<pointwise>rmse|mae|auc|logloss)"
@@ -181,14 +183,20 @@ def sample(trial: Any, cfg: RunConfig) -> dict[str, Any]:
     """Suggest every active parameter of ``cfg.tune.space`` from an Optuna trial, in order.
 
     A parameter whose ``when`` conditions fail (on the base config or on values sampled
-    before it) is not suggested, so Optuna's TPE sees the conditional structure.
+    before it) is not suggested, so Optuna's TPE sees the conditional structure. The baseline
+    trial (user attribute ``baseline``) suggests only the keys of :func:`baseline_values`:
+    it is the config as written, nothing sampled.
     """
     assert cfg.tune is not None
     doc = cfg.model_dump(mode="json")
     values: dict[str, Any] = {}
+    attrs = getattr(trial, "user_attrs", None) or {}
+    written = set(baseline_values(cfg)) if attrs.get(BASELINE_ATTR) else None
     for key, spec in cfg.tune.space.items():
         if not active(spec, doc):
             continue
+        if written is not None and key not in written:
+            continue  # the baseline leaves a key the config does not set in range as written
         value = _suggest(trial, key, spec)
         values[key] = value
         _set(doc, key, value)
@@ -275,8 +283,10 @@ def _settable(doc: dict[str, Any], key: str) -> bool:
 
 
 def baseline_values(cfg: RunConfig) -> dict[str, Any]:
-    """The tuned keys' values in the config itself, where they lie in their ranges (a trial
-    with these fixed parameters is the config as written; other keys are left to the sampler)."""
+    """The tuned keys' values in the config itself, where they lie in their ranges: the
+    baseline trial's parameters. A key the config leaves to the ranker's default, or sets
+    outside its range, is not a parameter of that trial (:func:`sample` skips it), so the trial
+    runs the config exactly as written."""
     assert cfg.tune is not None
     doc = cfg.model_dump(mode="json")
     out: dict[str, Any] = {}

@@ -37,6 +37,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from recsys_mtl.config import TuneConfig
 from recsys_mtl.errors import UserError
+from recsys_mtl.tuning.journal import check_journal
 
 __all__ = [
     "HEARTBEAT_ATTR",
@@ -101,13 +102,15 @@ def redact(url: str) -> str:
 
 def make_storage(url: str | None, default: Path) -> Any:
     """An Optuna storage from a URL: an RDB URL (``sqlite:///``, ``postgresql://``, ...), a
-    journal file (a path, or ``journal:///path``), or the journal file ``default``."""
+    journal file (a path, or ``journal:///path``), or the journal file ``default``; a journal
+    file is read cleanly first (:func:`recsys_mtl.tuning.journal.check_journal`)."""
     import optuna  # deferred: optuna (slow to import)
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     if url is None or url.startswith("journal:") or "://" not in url:
         path = Path(url.removeprefix("journal://") if url else default).expanduser()
         path.parent.mkdir(parents=True, exist_ok=True)
+        check_journal(path)  # torn lines repaired before anything is written after them
         return JournalStorage(JournalFileBackend(str(path)))
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
@@ -222,15 +225,19 @@ def claim(study: Any) -> Any:
     from optuna.trial import TrialState
 
     storage = study._storage
-    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                continue  # another worker took it
-        except UpdateFinishedTrialError:
-            continue
-        storage.set_trial_system_attr(t._trial_id, HEARTBEAT_ATTR, time.time())
-        storage.set_trial_system_attr(t._trial_id, OWNER_ATTR, _owner())
-        return optuna.Trial(study, t._trial_id)
+    backend = getattr(storage, "_backend", storage)  # optuna caches an RDB storage
+    url = str(getattr(backend, "url", ""))  # SQLite ignores SELECT ... FOR UPDATE: serialize
+    serial = _file_lock(Path(url[10:] + ".claim")) if url.startswith("sqlite:///") else None
+    with serial or contextlib.nullcontext():
+        for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            try:
+                if not storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    continue  # another worker took it
+            except UpdateFinishedTrialError:
+                continue
+            storage.set_trial_system_attr(t._trial_id, HEARTBEAT_ATTR, time.time())
+            storage.set_trial_system_attr(t._trial_id, OWNER_ATTR, _owner())
+            return optuna.Trial(study, t._trial_id)
     return None
 
 

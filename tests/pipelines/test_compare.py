@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import polars as pl
@@ -32,6 +33,7 @@ def _config(tmp_path: Path, name: str, lr: float, experiment: str = "cmp") -> Pa
 
 def test_compare_tables_pipeline_runs_not_stages(tmp_path: Path, cli, store, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("COLUMNS", "250")
     for name, lr in (("slow", 0.001), ("fast", 0.05)):
         code, _, err = cli("run", _config(tmp_path, name, lr), "--out", tmp_path / name)
         assert code == 0, err
@@ -40,15 +42,18 @@ def test_compare_tables_pipeline_runs_not_stages(tmp_path: Path, cli, store, mon
     )
     assert code == 0, err
     lines = out.strip().splitlines()
-    assert len(lines) == 4  # header, rule, two pipeline runs; no stage rows
+    assert len(lines) == 5  # header, rule, two pipeline runs (no stage rows), what is constant
     header = lines[0].split()
-    assert header[:6] == ["run", "kind", "model", "weighting", "tasks", "split"]
-    assert "rating/rmse" in header and "valid/rating/rmse" in header
+    assert header[0] == "run" and "rating/rmse" in header and "valid/rating/rmse" in header
     assert "train.lr" in header  # the parameter that differs between the runs
+    # what every row shares is said once, below the table
+    assert lines[-1].startswith("same in every row: kind pipeline, data synthetic, model bellkor")
+    assert "weighting" not in header and "tasks rating" in lines[-1]
     table = pl.read_csv(tmp_path / "t.csv")
     rmse = table["rating/rmse"].to_list()
     assert rmse == sorted(rmse) and table["kind"].to_list() == ["pipeline", "pipeline"]
     assert lines[2].split()[0] == table["run"][0]
+    assert table["data"].to_list() == ["synthetic", "synthetic"]  # --out: every column
     code, out, _ = cli("compare", "--experiment", "cmp", "--kinds", "stage", "--json")
     assert code == 0 and len(out.strip().splitlines()) == 10  # 5 stages per run
     code, out, err = cli(
@@ -74,3 +79,46 @@ def test_compare_errors_are_one_line(tmp_path: Path, cli, store, monkeypatch) ->
     assert code == 2 and err.startswith("recsys-mtl: error: --filter:") and err.count("\n") == 1
     code, _, err = cli("compare", "--experiment", "cmp-err", "--plot", "rmse")
     assert code == 2 and "--plot 'rmse': expected X_METRIC:Y_METRIC" in err
+
+
+def test_compare_fits_the_terminal_and_names_the_data(
+    tmp_path: Path, cli, store, monkeypatch
+) -> None:
+    from tests.conftest import sparse_id_log
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    log = {
+        "format": "csv",
+        "path": str(sparse_id_log(tmp_path / "ratings-log.csv")),
+        "columns": {"user_id": "user", "item_id": "item", "rating": "stars", "ts": "when"},
+    }
+    for name, lr, data in (
+        ("syn-a", 0.0123456789, None),
+        ("syn-b", 0.02, None),
+        ("log", 0.01, log),
+    ):
+        cfg = _config(tmp_path, name, lr, "cmp-wide")
+        if data:
+            doc = yaml.safe_load(cfg.read_text())
+            cfg.write_text(yaml.safe_dump({**doc, "data": data}))
+        code, _, err = cli("run", cfg, "--out", tmp_path / name)
+        assert code == 0, err
+    monkeypatch.setenv("COLUMNS", "64")
+    code, out, err = cli("compare", "--experiment", "cmp-wide")
+    assert code == 0, err
+    lines = out.rstrip("\n").splitlines()
+    assert max(len(line) for line in lines) <= 64, out
+    headers = [line.split() for i, line in enumerate(lines) if i == 0 or not lines[i - 1]]
+    assert len(headers) >= 2 and all(h[0] == "run" for h in headers)  # wrapped into blocks
+    shown = [c for h in headers for c in h]
+    assert "data" in shown and "train.lr" in shown and "valid/rating/rmse" in shown
+    assert "ratings-log.csv" in out and "synthetic" in out
+    assert "0.01235" in out and "0.0123456789" not in out  # 4 significant digits
+    same = out[out.index("same in every row:") :]
+    assert "model bellkor" in same and "kind pipeline" in same and "state finished" in same
+    # the full table keeps every column at full precision
+    code, out, _ = cli("compare", "--experiment", "cmp-wide", "--json")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert {r["data"] for r in records} == {"synthetic", "ratings-log.csv"}
+    assert {r["model"] for r in records} == {"bellkor"}
+    assert any(str(r["train.lr"]) == "0.0123456789" for r in records)

@@ -84,3 +84,55 @@ def test_drawing_the_curves_imports_no_plotting_library(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
     )
     assert out.stdout.strip() == "False"
+
+
+def _coldstart_rows(n_learners: int = 9, n_floors: int = 4) -> list[dict]:
+    rows = []
+    methods = [(f"learner-{i}", "learner") for i in range(n_learners)]
+    methods += [(f"floor-{i}", "floor") for i in range(n_floors)]
+    for j, (name, kind) in enumerate(methods):
+        for k in (None, 1, 5, 10):
+            mae = 0.9 - 0.01 * j - 0.002 * (k or 20)
+            rows.append({"labels": {"learner": name, "kind": kind, "k": k},
+                         "metrics": {"rating/mae": mae}})  # fmt: skip
+    return rows
+
+
+def test_the_cold_start_plot_tells_13_methods_apart_with_the_legends_outside(tmp_path):
+    """9 learners and 4 floors, as a cold-start run draws them."""
+    from pipelines.plots import mae_vs_k_figure, plot_mae_vs_k
+
+    rows = _coldstart_rows()
+    fig = mae_vs_k_figure(rows)
+    try:
+        ax = fig.axes[0]
+        lines = {ln.get_label(): ln for ln in ax.get_lines()}
+        assert len(lines) == 13
+        looks = {
+            (str(ln.get_color()), str(ln.get_linestyle()), ln.get_marker()) for ln in lines.values()
+        }
+        assert len(looks) == 13  # no two methods drawn alike
+        for name, ln in lines.items():  # floors dashed and grey, learners solid and coloured
+            if name.startswith("floor"):
+                assert ln.get_linestyle() != "-" and str(ln.get_color()).startswith("0.")
+            else:
+                assert ln.get_linestyle() == "-" and str(ln.get_color()).startswith("C")
+        learner_colours = {str(lines[f"learner-{i}"].get_color()) for i in range(9)}
+        assert len(learner_colours) == 9
+        fig.canvas.draw()
+        box = ax.get_window_extent()
+        legends = [c for c in ax.get_children() if type(c).__name__ == "Legend"]
+        assert [lg.get_title().get_text() for lg in legends] == [
+            "learners (solid)",
+            "floors (dashed)",
+        ]
+        width = fig.get_size_inches()[0] * fig.dpi
+        for lg in legends:  # right of the axes, inside the figure: over no line
+            extent = lg.get_window_extent()
+            assert extent.x0 >= box.x1 and extent.x1 <= width + 1
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    path = plot_mae_vs_k(rows, tmp_path / "mae_vs_k.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

@@ -167,7 +167,7 @@ def test_a_tracked_run_logs_a_pickle_free_pyfunc_model_that_predicts_like_the_ru
 def test_registered_versions_score_like_the_run_directory(tracked, on_server, cli, tmp_path):
     run_dir, _, first = tracked
     assert first["model_uri"] == "models:/recs/1"
-    code, stdout, _ = cli("register", run_dir, "--name", "recs")
+    code, stdout, _ = cli("register", run_dir, "--name", "recs", "--alias", "champion")
     assert code == 0 and json.loads(stdout)["version"] == 2
     code, _, err = cli("score", "models:/recs/2", "--top-k", 4, "--out", tmp_path / "a.parquet")
     assert code == 0, err
@@ -182,6 +182,14 @@ def test_registered_versions_score_like_the_run_directory(tracked, on_server, cl
         meta["recsys_mtl.run_id"]
         == json.loads((run_dir / "summary.json").read_text())["mlflow"]["run_id"]
     )
+    code, _, err = cli(
+        "score", "models:/recs@champion", "--top-k", 4, "--out", tmp_path / "d.parquet"
+    )  # an alias through the server resolves to the version it points at
+    assert code == 0, err
+    assert_frame_equal(
+        pl.read_parquet(tmp_path / "d.parquet"), pl.read_parquet(tmp_path / "a.parquet")
+    )
+    assert pl.read_parquet_metadata(tmp_path / "d.parquet")["recsys_mtl.model_version"] == "recs/2"
     code, _, err = cli("score", "models:/recs/9", "--top-k", 4, "--out", tmp_path / "c.parquet")
     assert code == 2 and "models:/recs/9" in err and len(err.strip().splitlines()) == 1
 

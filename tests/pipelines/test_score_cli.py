@@ -121,18 +121,38 @@ def test_new_users_with_support_rows_are_served_cold_start(cli, run_dir, tmp_pat
 @pytest.mark.parametrize(
     ("files", "args", "needles"),
     [
-        ({"users.txt": ""}, ["--users", "users.txt"], ["users.txt", "no user ids"]),
-        ({"users.txt": "5000\n6000\n"}, ["--users", "users.txt"], ["none of its 2 user ids"]),
-        ({"users.txt": "abc\n"}, ["--users", "users.txt"], ["'abc'", "Int64"]),
-        ({}, ["--users", "missing.txt"], ["missing.txt", "no such users file"]),
+        ({"users.txt": ""}, ["--users", "users.txt"], ["--users", "users.txt", "no user ids"]),
+        (
+            {"users.txt": "5000\n6000\n"},
+            ["--users", "users.txt"],
+            ["--users", "users.txt", "none of its 2 user ids"],
+        ),
+        (
+            {"users.txt": "abc\n"},
+            ["--users", "users.txt"],
+            ["--users", "users.txt:1", "'abc'", "Int64"],
+        ),
+        ({}, ["--users", "missing.txt"], ["--users", "missing.txt", "no such users file"]),
         ({}, ["--blend", "like=1"], ["--blend", "unknown task 'like'"]),
         ({}, ["--top-k", "0"], ["--top-k must be >= 1"]),
         ({}, ["--chunk-users", "0"], ["--chunk-users must be >= 1"]),
         ({}, ["--tile-items", "8"], ["--tile-items must be 0 (whole blocks) or >= 32"]),
         ({}, ["--tile-items", "many"], ["--tile-items: 'many'"]),
-        ({"s.csv": "user,item\n1,2\n"}, ["--support", "s.csv"], ["s.csv", "no rating column"]),
-        ({"s.csv": "user,item,rating\n1,2,4\n1,3,9\n"}, ["--support", "s.csv"], ["s.csv:3", "'9'"]),
-        ({"s.csv": "user,item,rating\n1,2,x\n"}, ["--support", "s.csv"], ["s.csv:2", "'x'"]),
+        (
+            {"s.csv": "user,item\n1,2\n"},
+            ["--support", "s.csv"],
+            ["--support", "s.csv", "no rating column"],
+        ),
+        (
+            {"s.csv": "user,item,rating\n1,2,4\n1,3,9\n"},
+            ["--support", "s.csv"],
+            ["--support", "s.csv:3", "'9'"],
+        ),
+        (
+            {"s.csv": "user,item,rating\n1,2,x\n"},
+            ["--support", "s.csv"],
+            ["--support", "s.csv:2", "'x'"],
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(cli, run_dir, tmp_path, files, args, needles):

@@ -118,6 +118,40 @@ def test_rerunning_resumes_and_stops_at_n_trials(tmp_path: Path) -> None:
     assert again["counts"]["complete"] == 4 and len(load(tmp_path / "study").trials) == 4
 
 
+def test_trial_0_is_the_config_as_written_and_the_summary_says_when_it_wins(
+    tmp_path: Path, caplog
+) -> None:
+    from pipelines.tune import format_summary
+    from recsys_mtl.config import load_config
+    from recsys_mtl.tuning.space import baseline_values
+
+    # a key the config leaves to its default, and one set outside its range: not sampled
+    space = {
+        "train.lr": {"type": "float", "low": 0.003, "high": 0.05, "log": True},
+        "train.l2": {"type": "float", "low": 0.001, "high": 0.05},
+        "weighting.weights.interaction": {"type": "float", "low": 0.1, "high": 1.0},
+    }
+    cfg = study_config(tmp_path, trials=2, tune={"space": space})
+    with caplog.at_level("INFO", logger="recsys_mtl.tune"):
+        summary = tune_command(str(cfg), [], out=str(tmp_path / "study"))
+    assert "2 trials to run in this process: trial 0 is the config as written (the baseline), " \
+        "1 new, sampled from the search space" in caplog.text  # fmt: skip
+    study = load(tmp_path / "study")
+    trial0 = study.trials[0]
+    assert trial0.user_attrs["baseline"] is True
+    assert trial0.params == baseline_values(load_config(cfg)) == {"train.lr": 0.01}
+    assert set(study.trials[1].params) == set(space)
+    assert study.metric_names == ["valid/rating/rmse"]  # optuna-dashboard's label
+    text = format_summary(summary)
+    if summary["best"]["number"] == 0:
+        assert "best trial: the baseline (the config as written)" in text
+    # and the wording when the baseline wins, whichever trial won here
+    won = {**summary, "best": {**summary["best"], "baseline": True, "number": 0}}
+    assert "best trial: the baseline (the config as written); no sampled trial beat it" in (
+        format_summary(won)
+    )
+
+
 def test_failing_trials_are_recorded_and_replaced(tmp_path: Path) -> None:
     space = {"train.lr": {"type": "categorical", "choices": [0.01, 1.0e9]}}
     cfg = study_config(tmp_path, trials=3, tune={"space": space, "sampler": "random", "seed": 0})
@@ -164,6 +198,15 @@ def test_cli_errors_are_one_line(tmp_path: Path, cli) -> None:
     assert "tune.objective: 'rating/rmse' is not a validation metric" in err
     code, _, err = cli("tune", cfg, "--set", "tune.objective=valid/rating/rmse", "--trials", "0")
     assert code == 2 and "tune.trials" in err
+
+
+def test_a_flag_s_bad_value_is_reported_under_the_flag(tmp_path: Path, cli) -> None:
+    cfg = study_config(tmp_path)
+    code, _, err = cli("tune", cfg, "--workers", "0", "--out", tmp_path / "study")
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("recsys-mtl: error: --workers: tune.workers: ") and "--set" not in err
+    code, _, err = cli("tune", cfg, "--timeout", "-1", "--set", "tune.trials=0")
+    assert code == 2 and "--timeout: tune.timeout: " in err and "--set tune.trials: " in err
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
@@ -371,8 +414,8 @@ def test_trials_are_child_runs_on_a_tracking_server(
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.params["tune.pruner"] == "median"
-    assert parent.data.params["tune.storage"].endswith("study.journal")
-    assert "train.lr" in json.loads(parent.data.params["tune.space"])
+    assert parent.data.tags["recsys_mtl.tune.storage"].endswith("study.journal")
+    assert parent.data.params["tune.space.train.lr.type"] == "categorical"
     assert parent.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert "plots/optimization_history.png" in artifacts
@@ -384,27 +427,29 @@ def test_trials_are_child_runs_on_a_tracking_server(
     assert set(trials) == {t.number for t in study.trials}
     expected = {
         TrialState.COMPLETE: "FINISHED",
-        TrialState.PRUNED: "KILLED",
+        TrialState.PRUNED: "FINISHED",  # pruning is not a crash: see the trial_state tag
         TrialState.FAIL: "FAILED",
     }
     for t in study.trials:
         run = trials[t.number]
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.info.status == expected[t.state], (t.number, t.state)
-        assert float(run.data.params["param.train.lr"]) == t.params["train.lr"]
+        assert float(run.data.params["train.lr"]) == t.params["train.lr"]
+        assert run.data.tags["trial_state"] == t.state.name
         if t.state == TrialState.PRUNED:
             assert run.data.tags["pruned"] == "true"
         if t.state == TrialState.FAIL:
             assert "diverged" in run.data.tags["fail_reason"]
         if t.state == TrialState.COMPLETE:
             assert "valid/rating/rmse" in run.data.metrics and "rating/rmse" in run.data.metrics
-            history = client.get_metric_history(run.info.run_id, "epoch/valid/rating/rmse")
+            history = client.get_metric_history(run.info.run_id, "rating/rmse/valid")
             assert len(history) == len(t.intermediate_values)
     # --register: the best trial's model is version 1 of "tuned", from that trial's run
     assert summary["registered"]["model_uri"] == "models:/tuned/1"
     version = client.get_model_version("tuned", "1")
     assert version.run_id == trials[study.best_trial.number].info.run_id
     # the compare command shows the study's trials, not its stage runs
+    monkeypatch.setenv("COLUMNS", "1000")  # one block
     code, out, err = cli(
         "compare",
         "--experiment",
@@ -417,10 +462,10 @@ def test_trials_are_child_runs_on_a_tracking_server(
         tmp_path / "t.csv",
     )
     assert code == 0, err
-    lines = out.strip().splitlines()
+    lines = out[: out.index("same in every row:")].strip().splitlines()
     assert len(lines) == 2 + len(study.trials)
     assert "valid/rating/rmse" in lines[0] and "stage" not in out.split()
-    best = {f"tt-trial-{t.number}" for t in study.trials if t.value == study.best_value}
+    best = {f"t{t.number:03d}-tt" for t in study.trials if t.value == study.best_value}
     assert lines[2].split()[0] in best  # sorted by the validation RMSE, best first
 
 
@@ -433,6 +478,7 @@ def test_several_objectives_write_the_pareto_front(tmp_path: Path, sampler: str)
     summary = tune_command(str(cfg), [], out=str(tmp_path / "study"))
     study = load(tmp_path / "study")
     assert [d.name for d in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+    assert study.metric_names == ["valid/rating/rmse", "valid/ranking/ndcg@10"]
     front = {t.number for t in study.best_trials}
     assert {p["number"] for p in summary["pareto"]} == front and summary["best"] is None
     table = (tmp_path / "study" / "pareto.csv").read_text().splitlines()
@@ -453,3 +499,52 @@ def test_pruners_are_built_from_the_config() -> None:
     hb = make_pruner(TuneConfig(pruner="hyperband", min_epochs=1, reduction_factor=2), 8)
     assert isinstance(hb, optuna.pruners.HyperbandPruner) and hb._max_resource == 8
     assert isinstance(make_pruner(TuneConfig(), 10), optuna.pruners.NopPruner)
+
+
+def test_a_study_folder_held_by_another_command_is_refused_naming_it(tmp_path: Path, cli) -> None:
+    cfg = study_config(tmp_path, trials=1)
+    study_dir = tmp_path / "study"
+    code = (
+        "import sys, time; from recsys_mtl.locks import folder_lock\n"
+        f"with folder_lock({str(study_dir)!r}, 'recsys-mtl tune other'):\n"
+        "    print('held', flush=True); time.sleep(60)\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], env=env_one_thread(), stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code_, _, err = cli("tune", cfg, "--out", study_dir)
+        assert code_ == 2 and err.count("\n") == 1 and "Traceback" not in err
+        assert f"pid {holder.pid}" in err and "recsys-mtl tune other" in err
+        assert not (study_dir / "data").exists()  # nothing ran
+    finally:
+        holder.kill()
+        holder.wait()
+    code_, _, err = cli("tune", cfg, "--out", study_dir)  # a dead holder's lock is taken over
+    assert code_ == 0, err
+
+
+def test_a_resumed_study_does_not_count_the_idle_time_between_its_commands(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = study_config(tmp_path, trials=1, tracking=True, ratings=2000)
+    t0 = time.monotonic()
+    tune_command(str(cfg), [], out=str(tmp_path / "study"))
+    first = time.monotonic() - t0
+    time.sleep(6)  # the study sits idle between two commands
+    t1 = time.monotonic()
+    tune_command(str(cfg), [], out=str(tmp_path / "study"), trials=2)
+    second = time.monotonic() - t1
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("tune-test")
+    runs = client.search_runs([exp.experiment_id], "tags.`recsys_mtl.kind` = 'study'")
+    assert len(runs) == 1
+    info = runs[0].info
+    recorded = (info.end_time - info.start_time) / 1000
+    assert recorded <= first + second + 1.0, (recorded, first, second)  # not the idle 6 s
+    assert runs[0].data.metrics["study/seconds"] == pytest.approx(recorded, abs=1.0)

@@ -79,7 +79,7 @@ def test_a_pipeline_run_is_named_tagged_described_and_logs_its_dataset(tmp_path,
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     run = client.get_run(summary["mlflow"]["run_id"])
     tags = run.data.tags
-    assert run.info.run_name == "t-bias-random-s0"
+    assert run.info.run_name == "bias-random-s0-t"  # what differs first, short
     assert {k: tags[k] for k in (KIND_TAG, "recsys_mtl.model", "recsys_mtl.tasks", "recsys_mtl.split", "recsys_mtl.weighting")} == {
         KIND_TAG: "pipeline", "recsys_mtl.model": "bias", "recsys_mtl.tasks": "rating",
         "recsys_mtl.split": "random", "recsys_mtl.weighting": "static",
@@ -117,9 +117,11 @@ def test_a_trained_run_logs_learning_curves_and_no_weights_plot_for_static_weigh
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert "learning_curves.svg" in artifacts and "weights.png" not in artifacts
     assert (tmp_path / "r" / "train" / "learning_curves.svg").read_text().startswith("<svg ")
-    # per-epoch train and valid losses of each task on the pipeline run
-    for key in ("train/rating/loss", "valid/rating/loss", "train/like/loss"):
+    # per-epoch train and valid losses of each task on the pipeline run, task first (one chart
+    # section per task in the MLflow UI), the epoch as an integer step
+    for key in ("rating/loss/train", "rating/loss/valid", "like/loss/train", "like/weight"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [0, 1, 2]
+    assert not [k for k in client.get_run(run_id).data.metrics if k.startswith("train/")]
 
 
 def test_an_unchanged_rerun_reuses_its_mlflow_run_and_a_partial_one_is_tagged(
@@ -254,7 +256,7 @@ def test_kfold_logs_the_mean_and_std_on_the_parent_and_each_fold_as_a_nested_run
     assert code == 0, err
     s = json.loads((tmp_path / "r" / "summary.json").read_text())
     parent = client.get_run(s["mlflow"]["run_id"])
-    assert parent.info.run_name == "t-bias-kfold-s0-3fold"
+    assert parent.info.run_name == "bias-kfold-s0-t-3fold"
     assert parent.data.metrics["rating/rmse"] == pytest.approx(s["metrics"]["rating/rmse"])
     assert parent.data.metrics["std/rating/rmse"] == pytest.approx(s["metrics_std"]["rating/rmse"])
     folds = [
@@ -313,3 +315,108 @@ def test_two_first_runs_at_once_in_a_folder_without_a_store_both_succeed(tmp_pat
     parents = [r for r in _runs(client, "race") if r.data.tags[KIND_TAG] == "pipeline"]
     assert sorted(r.info.status for r in parents) == ["FINISHED", "FINISHED"]
     assert (tmp_path / "mlflow.db.lock").exists()
+
+
+TUNED = {
+    **GMF,
+    "train": {"epochs": 2, "patience": None},
+    "tune": {
+        "objective": "valid/rating/rmse",
+        "trials": 3,
+        "sampler": "random",
+        "seed": 1,
+        "pruner": "none",
+        "space": {"weighting.name": {"type": "categorical", "choices": ["static", "uw"]}},
+    },
+}
+
+
+def test_every_run_kind_logs_the_config_it_ran_under_the_same_keys_and_the_time_it_took(
+    tmp_path, client, cli
+):
+    """Trials carry their own sampled settings; pipeline, trial and study runs share their param
+    keys; durations are those of the work (the stage log's, Optuna's)."""
+    import optuna
+
+    from pipelines.tune.study import quiet_optuna
+
+    cfg = _cfg(tmp_path, "ux-kinds", **TUNED)
+    code, _, err = cli("run", cfg, "--out", tmp_path / "r")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    pipeline = client.get_run(summary["mlflow"]["run_id"])
+    took = (pipeline.info.end_time - pipeline.info.start_time) / 1000
+    assert abs(took - summary["seconds"]) < 1.0, (took, summary["seconds"])
+    code, _, err = cli("tune", cfg, "--out", tmp_path / "study")
+    assert code == 0, err
+    runs = _runs(client, "ux-kinds")
+    (study,) = [r for r in runs if r.data.tags.get(KIND_TAG) == "study"]
+    trials = {
+        int(r.data.tags["trial_number"]): r for r in runs if r.data.tags.get(KIND_TAG) == "trial"
+    }
+    quiet_optuna()
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study" / "study.journal"))
+    )
+    frozen = optuna.load_study(study_name="t", storage=storage).trials
+    assert set(trials) == {t.number for t in frozen}
+    keys = set(pipeline.data.params)
+    assert set(study.data.params) == keys and "train.lr" in keys
+    assert not [k for k in keys if k.startswith(("param.", "config."))]
+    for t in frozen:
+        run = trials[t.number]
+        assert set(run.data.params) == keys
+        assert run.info.run_name == f"t{t.number:03d}-t"
+        weighting = t.params.get("weighting.name", "static")
+        assert run.data.tags["recsys_mtl.weighting"] == weighting
+        assert run.data.params["weighting.name"] == weighting
+        took = (run.info.end_time - run.info.start_time) / 1000
+        assert abs(took - (t.datetime_complete - t.datetime_start).total_seconds()) < 1.0
+        assert run.data.tags["trial_state"] == "COMPLETE"
+    assert len({r.data.tags["recsys_mtl.weighting"] for r in trials.values()}) >= 1
+    assert study.info.status == "FINISHED"
+
+
+def test_a_pruned_trial_reads_as_pruning_not_as_a_crash(tmp_path, store):
+    import optuna
+
+    from pipelines.tune.runs import TrialRun
+    from recsys_mtl.config import load_config
+    from recsys_mtl.tracking import MlflowTracker
+
+    cfg = load_config(_cfg(tmp_path, "ux-pruned", **TUNED))
+    parent = MlflowTracker("ux-pruned", store)
+    parent.start("study-t", {}, {KIND_TAG: "study"})
+    trial = optuna.create_study().ask()
+    spec = {"tracking_uri": store, "parent_run": parent.run_id, "name": "t"}
+    run = TrialRun(spec, cfg, trial, "t000-t", {}, trial.number)
+    run.close("PRUNED", "pruned at epoch 1", 1.0)
+    got = parent.client.get_run(run.run_id)
+    assert got.info.status == "FINISHED"  # no red KILLED mark
+    assert got.data.tags["trial_state"] == "PRUNED" and got.data.tags["pruned"] == "true"
+    assert got.data.tags["pruned_reason"] == "pruned at epoch 1"
+
+
+def test_names_are_short_and_a_cold_start_run_says_it_holds_users_out(tmp_path):
+    from pipelines.naming import config_tags, default_run_name, run_params, trial_run_name
+    from recsys_mtl.config import load_config
+
+    cfg = load_config(tiny_config(tmp_path, SYN, name="ml100k-bellkor", model={"name": "bellkor"}))
+    assert default_run_name(cfg) == "bellkor-random-s0-ml100k"  # the model once
+    assert trial_run_name(7, "tune-quickstart") == "t007-tune-quickstart"
+    long = load_config(tiny_config(tmp_path, SYN, name="x" * 80))
+    assert len(default_run_name(long)) <= 40 and len(trial_run_name(1234, "y" * 80)) <= 40
+    cold = load_config(tiny_config(tmp_path, SYN, name="coldstart-quick", meta={"holdout": 0.2}))
+    assert default_run_name(cold).startswith("bias-cold20-s0")
+    assert "random" not in default_run_name(cold)
+    tags = config_tags(cold)
+    assert tags["recsys_mtl.pipeline"] == "coldstart"
+    assert tags["recsys_mtl.split"] == "cold_users_first_k"
+    assert set(run_params(cfg)) - {"meta"} <= set(run_params(cold))
+
+
+def test_mlflow_info_lines_stay_out_of_the_stage_log(tmp_path, monkeypatch, cli):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'fresh.db'}")
+    code, _, err = cli("run", _cfg(tmp_path, "ux-quiet"), "--out", tmp_path / "r")
+    assert code == 0, err
+    assert not [line for line in err.splitlines() if "INFO" in line], err

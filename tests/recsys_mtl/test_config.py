@@ -102,3 +102,57 @@ def test_flatten_names_nested_keys_with_dots(tmp_path):
     flat = flatten(load_config(write(tmp_path / "c.yaml", GOOD)))
     assert flat["split.test_fraction"] == 0.2 and flat["model.params"] == "{}"
     assert flat["tasks"] == "rating" and flat["tune"] is None
+
+
+LOG = "data:\n  path: log.csv\n"
+
+
+@pytest.mark.parametrize(
+    ("value", "separator"),
+    [("tab", "\t"), ("TAB", "\t"), ("\\t", "\t"), ("space", " "), ("whitespace", "whitespace"),
+     (";", ";"), ("'|'", "|")],
+)  # fmt: skip
+def test_separator_names_spare_the_shell_quoting(tmp_path, value, separator):
+    cfg = load_config(write(tmp_path / "c.yaml", LOG), [f"data.separator={value}"])
+    assert cfg.data.separator == separator
+
+
+def test_a_null_or_long_separator_is_one_line_naming_the_fix(tmp_path):
+    path = write(tmp_path / "c.yaml", LOG)
+    with pytest.raises(UserError, match=r"--set data\.separator: .*null.*write space, tab or"):
+        load_config(path, ["data.separator= "])  # what the shell passes for ' '
+    with pytest.raises(UserError, match=r"d\.yaml:3: data\.separator: .*null"):
+        load_config(write(tmp_path / "d.yaml", LOG + "  separator:\n"))
+    with pytest.raises(UserError, match="expected one character, or tab, space or whitespace"):
+        load_config(path, ["data.separator=;;"])
+
+
+def test_ts_none_and_null_mean_row_order_and_columns_take_positions(tmp_path):
+    for text in ("none", "None", "null", "~"):
+        path = write(tmp_path / "c.yaml", LOG + f"  columns:\n    ts: {text}\n")
+        assert load_config(path).data.columns.ts is None
+    path = write(
+        tmp_path / "c.yaml", LOG + "  header: false\n  columns: {user_id: 2, item_id: 0}\n"
+    )
+    cfg = load_config(path)
+    assert (cfg.data.header, cfg.data.columns.user_id, cfg.data.columns.item_id) == (False, 2, 0)
+    with pytest.raises(UserError, match=r"data\.columns\.rating: a column position counts from 0"):
+        load_config(path, ["data.columns.rating=-1"])
+    with pytest.raises(UserError, match=r"data\.columns\.rating: a column is a name or a 0-based"):
+        load_config(path, ["data.columns.rating=true"])
+
+
+def test_rating_scale_takes_auto_and_names_what_it_expects(tmp_path):
+    path = write(tmp_path / "c.yaml", LOG)
+    assert load_config(path, ["data.rating_scale=auto"]).data.rating_scale == "auto"
+    assert load_config(path, ["data.rating_scale=[0.5, 4]"]).data.rating_scale == (0.5, 4.0)
+    for bad in ("automatic", "[1]", "[a, b]", "5"):
+        with pytest.raises(UserError) as err:
+            load_config(path, [f"data.rating_scale={bad}"])
+        assert str(err.value).startswith(
+            "--set data.rating_scale: data.rating_scale: expected [low, high] (two numbers), "
+            "auto or null"
+        )
+        assert ";" not in str(err.value)  # one clause, not one per member of the union
+    with pytest.raises(UserError, match="low must be below high"):
+        load_config(path, ["data.rating_scale=[4, 1]"])

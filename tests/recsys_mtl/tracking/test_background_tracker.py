@@ -5,6 +5,7 @@ call stops the logging, ends the run FAILED and reaches the caller."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -123,3 +124,30 @@ def test_artifacts_are_taken_as_they_are_when_logged_even_if_their_folder_moves(
     assert [a.path for a in client.list_artifacts(t.run_id, "model")] == ["model/model.json"]
     local = client.download_artifacts(t.run_id, "model/model.json", str(tmp_path / "dl"))
     assert Path(local).read_text() == '{"a": 1}'
+
+
+def test_times_are_those_of_the_work_not_of_the_store_calls(store, monkeypatch):
+    from recsys_mtl.tracking.store import MlflowTracker
+
+    slow_open = MlflowTracker._open
+
+    def late(self, experiment):  # the store opens two seconds after the work began
+        time.sleep(2.0)
+        slow_open(self, experiment)
+
+    monkeypatch.setattr(MlflowTracker, "_open", late)
+    began = time.time()
+    t = BackgroundTracker("bg-times", store)
+    t.start("run", {}, {})
+    time.sleep(0.3)  # a stage's work
+    t.stage_run("train", {}, {}, False, 0.3)
+    ended = time.time()
+    t.finish()
+    client = _client(store)
+    run = client.get_run(t.run_id)
+    assert abs(run.info.start_time / 1000 - began) < 0.2
+    assert abs(run.info.end_time / 1000 - ended) < 0.2
+    (stage,) = client.search_runs(
+        [run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{t.run_id}'"
+    )
+    assert abs((stage.info.end_time - stage.info.start_time) / 1000 - 0.3) < 0.05

@@ -186,3 +186,24 @@ def test_the_baseline_trial_is_the_config_as_written() -> None:
         "model.params.dim": 8,
         "weighting.name": "static",
     }
+
+
+def test_the_baseline_trial_samples_nothing_and_runs_the_config_as_written() -> None:
+    from recsys_mtl.tuning.space import BASELINE_ATTR, baseline_values
+
+    space = {
+        "train.lr": {"type": "float", "low": 1e-4, "high": 1e-1, "log": True},
+        "train.l2": {"type": "float", "low": 0.1, "high": 1.0},  # 0.0 is outside
+        # not in the config: the ranker's own default applies
+        "weighting.weights.interaction": {"type": "float", "low": 0.1, "high": 1.0},
+        "model.params.dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    }
+    cfg = config({"space": space}, train={"lr": 0.003})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(baseline_values(cfg), user_attrs={BASELINE_ATTR: True})
+    trial = study.ask()
+    values = sample(trial, cfg)
+    assert values == {"train.lr": 0.003} and trial.params == values
+    assert apply_values(cfg, values) == cfg  # nothing the config does not say
+    # the next trial samples every key
+    assert set(sample(study.ask(), cfg)) == set(space)
