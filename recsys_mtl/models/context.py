@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +18,18 @@ import torch
 
 from recsys_mtl.layout import RunLayout
 
-__all__ = ["USER_CATEGORICALS", "FeatureContext", "load_context", "padded_csr"]
+__all__ = [
+    "HISTORY_PARTS",
+    "USER_CATEGORICALS",
+    "FeatureContext",
+    "load_context",
+    "ordered_events",
+    "padded_csr",
+]
 
 USER_CATEGORICALS = ("age_bucket", "gender", "occupation", "zip_prefix")
+# the parts of a split whose ratings can make up a user's history, by code
+HISTORY_PARTS = ("train", "valid", "support", "test")
 
 
 def padded_csr(
@@ -63,6 +73,8 @@ class FeatureContext:
     # sorted keys ``user * day_span + day`` of the (user, day) pairs of the training part
     user_days: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
     day_span: int = 1
+    # the split folder the context was read from: each user's ordered history (sequence rankers)
+    split_dir: str | None = None
 
     def padded_genres(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each item's genres as a padded ``(n_items, G)`` matrix and mask (for ``vmap``)."""
@@ -147,4 +159,38 @@ def load_context(features_dir: str | Path, split_dir: str | Path) -> FeatureCont
         user_mean_day=torch.from_numpy(mean_day).float(),
         user_days=torch.from_numpy(user_days.astype(np.int64)),
         day_span=span,
+        split_dir=str(sdir),
     )
+
+
+def ordered_events(split_dir: str | Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every rating of a split's parts as ``(users, items, parts)``, ordered by user, then time,
+    then position in the log (the tie rule of the leave-last-out split: among ratings of the
+    same second the later row of the log comes later); ``parts`` are codes into
+    :data:`HISTORY_PARTS`. Read once per folder and content (cached)."""
+    sdir = Path(split_dir)
+    files = tuple(
+        (name, (sdir / f"{name}.parquet").stat().st_mtime_ns)
+        for name in HISTORY_PARTS
+        if (sdir / f"{name}.parquet").is_file()
+    )
+    return _ordered_events(str(sdir), files)
+
+
+@lru_cache(maxsize=4)
+def _ordered_events(
+    sdir: str, files: tuple[tuple[str, int], ...]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cols = ["uidx", "iidx", "ts", "row", "interaction"]
+    frames = [
+        pl.read_parquet(Path(sdir) / f"{name}.parquet", columns=cols)
+        .filter(pl.col("interaction") == 1)
+        .with_columns(pl.lit(HISTORY_PARTS.index(name), dtype=pl.Int8).alias("part"))
+        for name, _ in files
+    ]
+    if not frames:
+        empty = torch.zeros(0, dtype=torch.long)
+        return empty, empty, empty.to(torch.int8)
+    ev = pl.concat(frames).sort("uidx", "ts", "row")
+    as_long = lambda c: torch.from_numpy(ev[c].cast(pl.Int64).to_numpy().copy())  # noqa: E731
+    return as_long("uidx"), as_long("iidx"), torch.from_numpy(ev["part"].to_numpy().copy())

@@ -13,7 +13,9 @@ binary task's logit becomes its probability ``sigmoid(logit)``. The blend is the
 those with weights normalized to sum to 1 (default: equal weights over the run's tasks). The
 ``score_<task>`` columns are each task's own output: the predicted rating, or the probability.
 
-Time features are taken at the log's reference time ("now": its last time bin and day).
+Time features are taken at the log's reference time ("now": its last time bin and day); a
+sequence ranker reads each known user's history as of the end of the log (every part of the
+split), and a new user's from the support rows passed in.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ class CatalogScorer:
         tile_items: int | str | None = "auto",
     ) -> None:
         self.model, self.tasks, self.blend = model, list(tasks), blend
+        if callable(getattr(model, "use_history", None)):  # a sequence ranker: the whole log
+            model.use_history(None)
         self.time_bin, self.day = int(reference["time_bin"]), int(reference["day"])
         self.scale = rating_scale
         self.pair_budget = pair_budget

@@ -13,12 +13,17 @@ FIELDS = ("user", "item", "time_bin", "day", "rating", "like", "interaction")
 
 
 def load_part(
-    path: str | Path, tasks: list[str], positives_only: bool | None = None
+    path: str | Path,
+    tasks: list[str],
+    positives_only: bool | None = None,
+    extra: tuple[str, ...] = (),
 ) -> dict[str, torch.Tensor]:
     """A split part as ``{field: (N,)}``; rows without any of ``tasks``' labels are dropped.
 
     Negatives (``interaction == 0``) are kept only when ``interaction`` is a task. Labels that do
     not apply to a row (the rating of a negative) are 0 there; the task masks skip them.
+    ``extra``: more integer columns of the part to load (e.g. ``ts`` and ``row``, which put
+    ratings in time order for the sequence rankers).
     """
     df = pl.read_parquet(path)
     if positives_only if positives_only is not None else "interaction" not in tasks:
@@ -33,6 +38,7 @@ def load_part(
         "rating": as_float("rating"),
         "like": as_float("like"),
         "interaction": as_float("interaction"),
+        **{c: as_long(c) for c in extra},
     }
 
 

@@ -10,14 +10,17 @@
   chunk); HR@K, Recall@K, NDCG@K and MRR over the user's held-out ratings.
 
 The ranking score is the ``interaction`` logit when the model has that task, else ``like``,
-else the predicted rating.
+else the predicted rating. A sequence ranker predicts a held-out rating from the user's history
+in the parts it learned from (:func:`histories`): the test rating from train and valid, the
+validation rating from train.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +45,7 @@ log = logging.getLogger("recsys_mtl.evaluate")
 __all__ = [
     "HeldOutPart",
     "evaluate_run",
+    "histories",
     "load_held_out",
     "pointwise_metrics",
     "predict",
@@ -247,16 +251,34 @@ def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str
         part = load_held_out(layout.split, name, tasks, learned, ctx.n_users, device)
         if size(part.rows) == 0:
             continue
-        found = pointwise_metrics(m, part.rows, tasks, ctx.rating_scale)
-        if size(part.positives):
-            found.update(
-                ranking_metrics(
-                    m, part.positives, part.exclude, rated, ctx.n_items, tasks, k=cfg.ks,
-                    sampled_negatives=cfg.sampled_negatives, seed=cfg.seed, full=cfg.full_ranking,
-                )
-            )  # fmt: skip
+        with histories(m, learned):
+            found = pointwise_metrics(m, part.rows, tasks, ctx.rating_scale)
+            if size(part.positives):
+                found.update(
+                    ranking_metrics(
+                        m, part.positives, part.exclude, rated, ctx.n_items, tasks, k=cfg.ks,
+                        sampled_negatives=cfg.sampled_negatives, seed=cfg.seed,
+                        full=cfg.full_ranking,
+                    )
+                )  # fmt: skip
         metrics.update({f"{prefix}{k}": v for k, v in found.items()})
     return metrics
+
+
+@contextmanager
+def histories(model: nn.Module, parts: Sequence[str]) -> Iterator[None]:
+    """A sequence ranker (``use_history``) reads each user's history from ``parts`` (the ones
+    it learned from: the history up to, and not including, the held-out rating) inside the
+    block, and from the training part again after it; other rankers are left as they are."""
+    use = getattr(model, "use_history", None)
+    if use is None:
+        yield
+        return
+    use(tuple(parts))
+    try:
+        yield
+    finally:
+        use(("train",))
 
 
 @dataclass

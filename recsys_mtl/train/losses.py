@@ -1,17 +1,21 @@
 """Per-task losses as pure functions of tensors.
 
 Each task is computed only on its rows: ``rating`` and ``like`` on observed ratings
-(``interaction == 1``), ``interaction`` on every row (ratings and sampled negatives).
+(``interaction == 1``), ``interaction`` on every row (ratings and sampled negatives). A
+sequence ranker computes its losses itself, over whole windows of ratings
+(:func:`batch_losses`).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from recsys_mtl.models.base import TASK_KINDS
 
-__all__ = ["task_losses", "task_mask"]
+__all__ = ["batch_losses", "task_losses", "task_mask"]
 
 
 def task_mask(task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -44,3 +48,16 @@ def task_losses(
         else:
             losses[t] = F.binary_cross_entropy_with_logits(pred, label)
     return losses
+
+
+def batch_losses(
+    model: Any, batch: dict[str, torch.Tensor], tasks: list[str]
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(outputs, {task: loss})`` of a training batch: the ranker's own ``sequence_losses``
+    when it trains on sequences (its outputs then hold only ``_reg``), else its outputs on the
+    batch's rows and :func:`task_losses`."""
+    own = getattr(model, "sequence_losses", None)
+    if own is not None:
+        return own(batch, tasks)
+    out = model(batch)
+    return out, task_losses(out, batch, tasks)

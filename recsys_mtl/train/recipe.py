@@ -64,8 +64,9 @@ def train_ranker(
         history = model.fit(train["user"], train["item"], train["rating"], sweeps=cfg.train.epochs)
         hist = [{"epoch": e, "train/fit": v} for e, v in enumerate(history)]
         return TrainedRanker(model, None, {"train/fit": history[-1]}, {}, hist)
-    train = load_part(split_dir / "train.parquet", cfg.tasks)
-    valid = load_part(split_dir / "valid.parquet", cfg.tasks)
+    order = tuple(getattr(cls, "order_fields", ()))  # sequence rankers: ratings in time order
+    train = load_part(split_dir / "train.parquet", cfg.tasks, extra=order)
+    valid = load_part(split_dir / "valid.parquet", cfg.tasks, extra=order)
     if size(valid) == 0 and (cfg.train.refit or cfg.train.patience is not None):
         key = "train.refit" if cfg.train.refit else "train.patience"
         raise UserError(

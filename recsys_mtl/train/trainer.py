@@ -23,6 +23,10 @@
   ``device`` (``train.device``); the loop syncs with the host once per epoch, where metrics
   are logged: non-finite losses and gradients are flagged on the device at every step and
   reported (task, epoch, first bad step) at the end of the epoch.
+* Sequence rankers (a ``sequence_table`` method) train on windows of each user's ratings in
+  time order instead of rating rows: an epoch shuffles the windows, ``train.batch_size`` counts
+  windows, and the ranker computes its losses (``sequence_losses``) and validation losses
+  (``held_out_losses``) itself.
 * Side effects stay at the edge: callbacks (:mod:`recsys_mtl.train.callbacks`) receive each
   epoch's metrics and can ask the loop to stop.
 """
@@ -46,7 +50,7 @@ from recsys_mtl.io import load_tensors, save_tensors
 from recsys_mtl.models.embeddings import EmbeddingTables, resolve_device
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import size, take, to_device
-from recsys_mtl.train.losses import task_losses, task_mask
+from recsys_mtl.train.losses import batch_losses, task_losses, task_mask
 from recsys_mtl.train.negatives import NegativeResampler
 from recsys_mtl.train.optim import Adagrad, Adam, LazyAdam, RowWiseAdagrad, lr_multiplier, scaled_lr
 from recsys_mtl.weighting.base import Weighting
@@ -152,13 +156,17 @@ def validation_losses(
     was = model.training
     model.eval()
     n = size(data)
+    own = getattr(model, "held_out_losses", None)  # a sequence ranker: from each history
     for s in range(0, n, batch_size):
         batch = take(data, torch.arange(s, min(s + batch_size, n), device=device))
-        losses = task_losses(model(batch), batch, tasks)
+        if own is not None:
+            losses, rows = own(batch, tasks)
+        else:
+            losses = task_losses(model(batch), batch, tasks)
+            rows = {t: task_mask(t, batch).sum() for t in tasks}
         for k, t in enumerate(tasks):
-            m = task_mask(t, batch).sum()
-            sums[k] += losses[t].double() * m
-            counts[k] += m
+            sums[k] += losses[t].double() * rows[t]
+            counts[k] += rows[t]
     model.train(was)
     means = (sums / counts.clamp(min=1)).tolist()
     return dict(zip(tasks, means, strict=True))
@@ -250,8 +258,11 @@ def fit(
             return losses[cfg.monitor]
         return sum(static[t] * losses[t] for t in tasks)
 
+    to_windows = getattr(model, "sequence_table", None)
+    if to_windows is not None:  # a sequence ranker trains on windows of each user's ratings
+        train = to_windows(train)
     resample = None
-    if cfg.resample_negatives and "interaction" in tasks:
+    if cfg.resample_negatives and "interaction" in tasks and to_windows is None:
         resample = NegativeResampler(train, int(model.ctx.n_items), cfg.seed)
     n = size(train)
     n_steps = -(-n // cfg.batch_size)
@@ -292,8 +303,7 @@ def fit(
                 chunk = take(part, perm[s : s + block])
             r = s % block
             batch = {k: v[r : r + cfg.batch_size] for k, v in chunk.items()}
-            out = model(batch)
-            losses = task_losses(out, batch, tasks)
+            out, losses = batch_losses(model, batch, tasks)
             stacked = torch.stack([losses[t] for t in tasks])
             if weighting.needs_gradients:
                 grads = _task_gradients(losses, tasks, shared)
@@ -318,7 +328,7 @@ def fit(
                 opt.step()
             if weighting.needs_loss_after_step:
                 with torch.no_grad():
-                    again = task_losses(model(batch), batch, tasks)
+                    again = batch_losses(model, batch, tasks)[1]
                 weighting.after_step({t: v.detach() for t, v in losses.items()}, again)
             sums += stacked.detach()
             weight_sums += torch.stack([weights[t] for t in tasks]).to(sums)

@@ -72,7 +72,8 @@ def test_registry_lists_known_rankers_on_a_bad_name():
 
     assert RANKERS.get("bias") is BiasBaseline
     with pytest.raises(
-        UserError, match=r"model\.name: unknown ranker 'svd'; known: bellkor, bias, cross_stitch"
+        UserError,
+        match=r"model\.name: unknown ranker 'svd'; known: bellkor, bert4rec, bias, cross_stitch",
     ):
         RANKERS.get("svd", "model.name")
 
