@@ -8,33 +8,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.servers import QUIET, free_port, mlflow_server
 
-QUIET = {"OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
 SYN = {"format": "synthetic", "synthetic": {"users": 40, "items": 50, "ratings": 800}}
 TUNE = {
     "objective": "valid/rating/rmse",
     "trials": 1,
     "space": {"train.lr": {"type": "float", "low": 0.003, "high": 0.05, "log": True}},
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _config(tmp_path: Path, **sections) -> Path:
@@ -67,7 +58,7 @@ def _cli(args: list, uri: str, cwd: Path, **popen) -> subprocess.Popen:
 
 @pytest.mark.parametrize("command", ["run", "tune"])
 def test_a_tracking_server_that_is_down_fails_in_seconds_with_one_line(tmp_path, command):
-    uri = f"http://127.0.0.1:{_free_port()}"  # bound and released: nothing listens there
+    uri = f"http://127.0.0.1:{free_port()}"  # bound and released: nothing listens there
     cfg = _config(tmp_path, tune=TUNE)
     t0 = time.monotonic()
     proc = _cli([command, cfg, "--out", tmp_path / "out"], uri, tmp_path)
@@ -92,30 +83,7 @@ def test_a_tracking_server_that_is_down_fails_in_seconds_with_one_line(tmp_path,
 
 @pytest.mark.slow
 def test_a_server_that_dies_mid_run_costs_one_warning_and_keeps_the_run_folder(tmp_path):
-    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent))
-    port = _free_port()
-    server = subprocess.Popen(
-        [
-            mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--artifacts-destination", str(tmp_path / "server-artifacts"),
-        ],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True, env={**os.environ, **QUIET},
-    )  # fmt: skip
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, "mlflow server exited"
-            assert time.monotonic() < deadline, "mlflow server did not start in 90 s"
-            time.sleep(0.5)
+    with mlflow_server(tmp_path) as (uri, server):
         # enough epochs that the server is gone while the run still trains and logs
         cfg = _config(tmp_path, train={"epochs": 40, "patience": None})
         t0 = time.monotonic()
@@ -130,10 +98,6 @@ def test_a_server_that_dies_mid_run_costs_one_warning_and_keeps_the_run_folder(t
         _, err = proc.communicate(timeout=120)
         err = "".join(lines) + err
         elapsed = time.monotonic() - t0
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
     assert proc.returncode == 0, err
     warnings = [line for line in err.splitlines() if "stopped answering" in line]
     assert len(warnings) == 1 and uri in warnings[0], err
@@ -147,7 +111,7 @@ def test_a_server_that_dies_mid_run_costs_one_warning_and_keeps_the_run_folder(t
 
 def test_register_and_score_by_name_against_a_dead_server_fail_in_seconds(tmp_path):
     """The commands that only talk to the registry check the store first, too."""
-    uri = f"http://127.0.0.1:{_free_port()}"
+    uri = f"http://127.0.0.1:{free_port()}"
     cfg = _config(tmp_path)
     run_dir = tmp_path / "run"
     proc = _cli(["run", cfg, "--out", run_dir, "--set", "tracking.enabled=false"], uri, tmp_path)

@@ -7,12 +7,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -25,63 +21,16 @@ from pipelines.cli import run_command
 from recsys_mtl.runs.batch import recommend, score_pairs
 from recsys_mtl.runs.load import load_run
 from tests.conftest import REPO, tiny_config
+from tests.servers import MLFLOW, free_port, mlflow_server, process, wait_until_up
 
 pytestmark = pytest.mark.slow
 
 SYN = {"format": "synthetic", "synthetic": {"users": 40, "items": 60, "ratings": 900}}
-MLFLOW = shutil.which("mlflow", path=str(Path(sys.executable).parent))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(url: str, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        assert proc.poll() is None, f"{what} exited"
-        assert time.monotonic() < deadline, f"{what} did not start in {timeout} s"
-        time.sleep(0.3)
-
-
-@contextlib.contextmanager
-def _process(cmd: list[str], cwd: Path, env: dict[str, str] | None = None):
-    proc = subprocess.Popen(
-        cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    base = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    cmd = [
-        MLFLOW, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{base / 'server.db'}",
-        "--artifacts-destination", str(base / "artifacts"),
-    ]  # fmt: skip
-    with _process(cmd, base) as proc:
-        uri = f"http://127.0.0.1:{port}"
-        _wait(f"{uri}/health", proc, "mlflow server")
+    with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as (uri, _):
         yield uri
 
 
@@ -219,7 +168,7 @@ def test_mlflow_models_serve_answers_the_same_over_http(tracked, server, tmp_pat
     run_dir, _, _ = tracked
     run = load_run(run_dir)
     pairs, topk = _requests(run)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_TRACKING_URI": server, "PYTHONPATH": str(REPO)}
     # the server runs uvicorn from the environment's bin folder, as in an activated venv
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
@@ -227,9 +176,9 @@ def test_mlflow_models_serve_answers_the_same_over_http(tracked, server, tmp_pat
         MLFLOW, "models", "serve", "-m", "models:/recs/1", "--env-manager", "local",
         "-h", "127.0.0.1", "-p", str(port), "-w", "1",
     ]  # fmt: skip
-    with _process(cmd, tmp_path, env) as proc:
+    with process(cmd, tmp_path, env) as proc:
         url = f"http://127.0.0.1:{port}"
-        _wait(f"{url}/ping", proc, "mlflow models serve", timeout=180)
+        wait_until_up(f"{url}/ping", proc, "mlflow models serve", timeout=180)
 
         def ask(frame: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
             body = {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}

@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
-
 import pytest
 
 from pipelines.cli import run_command
 from tests.conftest import tiny_config
+from tests.servers import mlflow_server
 
 SYN = {"format": "synthetic", "synthetic": {"users": 60, "items": 80, "ratings": 1500}}
 
@@ -52,47 +43,12 @@ def test_default_store_is_sqlite_mlflow_db_in_the_working_directory(tmp_path):
     _check_nested(summary["mlflow"]["tracking_uri"], summary, "local")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_pipeline_run_lands_on_a_real_mlflow_server_with_nested_stage_runs(tmp_path, monkeypatch):
-    port = _free_port()
-    mlflow_bin = shutil.which("mlflow", path=str(Path(sys.executable).parent))
-    cmd = [
-        mlflow_bin, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-        "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-        "--artifacts-destination", str(tmp_path / "server-artifacts"),
-    ]  # fmt: skip
-    server = subprocess.Popen(
-        cmd,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, "mlflow server exited"
-            assert time.monotonic() < deadline, "mlflow server did not start in 90 s"
-            time.sleep(0.5)
+    with mlflow_server(tmp_path) as (uri, _):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         cfg = tiny_config(tmp_path, SYN, tracking={"enabled": True, "experiment": "served"})
         summary = run_command(str(cfg), [], str(tmp_path / "run"), False)
         assert summary["mlflow"]["tracking_uri"] == uri
         _check_nested(uri, summary, "served")
         assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from optuna.trial import TrialState
 
 from pipelines.tune import tune_command
 from recsys_mtl.tuning.study import make_storage
+from tests import servers
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"epochs": 3, "batch_size": 512, "lr": 0.01, "patience": 2, "seed": 0, "device": "cpu"}
@@ -235,12 +236,6 @@ def _postgres_bin(name: str) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres(tmp_path: Path):
     """A throw-away PostgreSQL cluster (``initdb``) on 127.0.0.1; yields its URL."""
@@ -255,7 +250,7 @@ def postgres(tmp_path: Path):
     if as_root:
         shutil.chown(base, "postgres")
         prefix = ["runuser", "-u", "postgres", "--"]
-    data, port = base / "data", _free_port()
+    data, port = base / "data", free_port()
     run = {"check": True, "capture_output": True}
     subprocess.run([*prefix, initdb, "-D", str(data), "-U", "postgres", "--auth=trust"], **run)
     opts = f"-p {port} -k {base} -c listen_addresses=127.0.0.1"
@@ -360,38 +355,10 @@ def test_an_interrupted_study_resumes(tmp_path: Path) -> None:
 
 @pytest.fixture
 def mlflow_server(tmp_path: Path):
-    port = _free_port()
-    store = tmp_path / "server"
-    store.mkdir()
-    cmd = [
-        sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-        "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-        "--default-artifact-root", str(store / "artifacts"),
-    ]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    url = f"http://127.0.0.1:{port}"
-    import urllib.request
-
-    t0 = time.time()
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() - t0 > 90:
-                os.killpg(proc.pid, signal.SIGKILL)
-                pytest.fail(f"mlflow server did not start: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.5)
-    try:
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+    folder = tmp_path / "server"
+    folder.mkdir()
+    with servers.mlflow_server(folder) as (uri, _):
+        yield uri
 
 
 def test_trials_are_child_runs_on_a_tracking_server(
