@@ -6,6 +6,9 @@
     python benchmarks/coldstart.py --quick         # 1 seed, short budgets (< 1 minute)
     python benchmarks/coldstart.py --cold-valid RUN  # a finished run's learners on its cold
                                                    # validation users (the selection figures)
+    python benchmarks/coldstart.py --protocols first_k --bases bellkor --served
+                                                   # + the served method's row and its paired
+                                                   # differences with the floors (K = 0 too)
 
 Each run is ``recsys-mtl run CONFIG --set meta.seed=S --set split.seed=S --set train.seed=S``
 (``--print-commands`` lists them), one at a time with one thread (OMP_NUM_THREADS=1): the
@@ -20,6 +23,14 @@ Rows: one per (protocol, base, learner, K, seed), then the mean and std over see
 nDCG@5 and Precision@5 figures of TaNP, MAMO and MeLU (``kind: "published"``, as
 ``query/top_ndcg@5`` and ``query/top_precision@5``: the same definition). Progress and a Markdown table
 go to stderr; stdout gets one JSON line.
+
+The method each run serves (``coldstart/served.json``, chosen on its cold validation users) is
+a row of its own (``learner: "served"``, ``kind: "served"``, ``served_as``: what it was). With
+``--served`` the output also holds ``paired``: per (protocol, base, K, measure) the served
+method against the best floor by the mean over seeds (and, for HR@10, against
+``ranker_ridge``): the mean per-user difference over every seed's held-out users (served minus
+floor; RMSE: floor minus served, so positive is better on every measure) with a 95% bootstrap
+interval (2,000 resamples of the users within each seed, seeded).
 """
 
 from __future__ import annotations
@@ -82,11 +93,75 @@ def _run(protocol: str, base: str, seed: int, folder: Path, quick: bool) -> list
     subprocess.run(cmd, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
     print(f"   done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     doc = json.loads((out / "coldstart" / "coldstart.json").read_text())
+    served_path = out / "coldstart" / "served.json"
+    served = json.loads(served_path.read_text()) if served_path.is_file() else None
     rows = []
     for r in doc["rows"]:
         labels = {**r["labels"], "protocol": protocol, "base": base, "seed": seed}
         rows.append({"labels": labels, "metrics": r["metrics"]})
+        name, k = r["labels"]["learner"], r["labels"]["k"]
+        if served and name == (served["k0"] if k == 0 else served["name"]):
+            rows.append({"labels": {**labels, "learner": "served", "kind": "served",
+                                    "served_as": r["labels"]["learner"]},
+                         "metrics": r["metrics"]})  # fmt: skip
     return rows
+
+
+MEASURES = (("rating/rmse", True), ("ranking/ndcg@10", False), ("ranking/hr@10", False))
+
+
+def _paired_of(folder: Path, jobs: list[tuple]) -> list[dict]:
+    """The served method against the best floor (mean over seeds) per (protocol, base, K,
+    measure): mean per-user difference (positive = served better) and its 95% bootstrap
+    interval over every seed's held-out users."""
+    import numpy as np
+
+    from pipelines.coldstart import FLOORS
+
+    per: dict[tuple, list[dict]] = {}
+    for p, b, s in jobs:
+        path = folder / f"{p}-{b}-s{s}" / "coldstart" / "paired.json"
+        if path.is_file():
+            doc = json.loads(path.read_text())
+            served = json.loads(path.with_name("served.json").read_text())
+            per.setdefault((p, b), []).append({**doc, "k0": served.get("k0")})
+    out = []
+    rng = np.random.default_rng(0)
+    for (p, b), docs in per.items():
+        for key in docs[0]["per_user"]:
+            for m, low in MEASURES:
+                method = [d["k0"] if key == "k0" else d["served"] for d in docs]
+                floors = [n for n in docs[0]["per_user"][key] if n in FLOORS]
+
+                def vals(d: dict, n: str, key: str = key, m: str = m) -> np.ndarray:
+                    v = d["per_user"][key].get(n, {}).get(m)
+                    return np.array([np.nan if x is None else x for x in v or []], dtype=float)
+
+                means = {n: np.nanmean(np.concatenate([vals(d, n) for d in docs]))
+                         for n in floors if all(np.isfinite(vals(d, n)).any() for d in docs)}  # fmt: skip
+                if not means:
+                    continue
+                best = min(means, key=lambda n: means[n] if low else -means[n])
+                against = [best] + (["ranker_ridge"] if m.endswith("hr@10") and
+                                    "ranker_ridge" in means and best != "ranker_ridge" else [])  # fmt: skip
+                for floor in against:
+                    diffs = []
+                    for d, name in zip(docs, method, strict=True):
+                        a, f = vals(d, name), vals(d, floor)
+                        diff = (f - a) if low else (a - f)
+                        diffs.append(diff[np.isfinite(diff)])
+                    point = float(np.mean(np.concatenate(diffs)))
+                    boots = [np.mean(np.concatenate([x[rng.integers(0, x.size, x.size)]
+                                                     for x in diffs])) for _ in range(2000)]  # fmt: skip
+                    lo, hi = np.percentile(boots, [2.5, 97.5])
+                    base_mean = means[floor]
+                    out.append({"protocol": p, "base": b, "k": key, "measure": m,
+                                "served": sorted(set(method)), "floor": floor,
+                                "floor_mean": base_mean, "difference": point,
+                                "relative": point / base_mean if base_mean else None,
+                                "ci95": [float(lo), float(hi)],
+                                "users": int(sum(x.size for x in diffs))})  # fmt: skip
+    return out
 
 
 def _aggregate(rows: list[dict]) -> list[dict]:
@@ -106,6 +181,12 @@ def _aggregate(rows: list[dict]) -> list[dict]:
             metrics[f"{name}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         labels = {"learner": learner, "kind": kind, "k": k, "protocol": protocol, "base": base,
                   "seed": "mean"}  # fmt: skip
+        if kind == "served":
+            labels["served_as"] = sorted({r["labels"]["served_as"] for r in rows
+                                          if r["labels"]["kind"] == "served"
+                                          and r["labels"]["k"] == k
+                                          and r["labels"]["protocol"] == protocol
+                                          and r["labels"]["base"] == base})  # fmt: skip
         out.append({"labels": labels, "metrics": metrics})
     return out
 
@@ -206,6 +287,8 @@ def main() -> None:
     ap.add_argument("--protocols", nargs="+", default=["first_k", "recbole"])
     ap.add_argument("--bases", nargs="+", default=["bellkor", "mmoe"])
     ap.add_argument("--dir", default=None, help="run folders (default: a temp dir)")
+    ap.add_argument("--served", action="store_true",
+                    help="add the served method's paired differences with the floors")  # fmt: skip
     ap.add_argument("--print-commands", action="store_true")
     ap.add_argument("--cold-valid", metavar="RUN", default=None,
                     help="a finished run's learners on its cold validation users, then exit")  # fmt: skip
@@ -247,7 +330,14 @@ def main() -> None:
     machine = {"cpus": os.cpu_count(), "platform": platform.platform(),
                "python": platform.python_version(), "jobs": 1, "threads_per_job": 1,
                "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
-    print(json.dumps({"benchmark": "coldstart", "machine": machine, "rows": rows + agg}))
+    doc = {"benchmark": "coldstart", "machine": machine, "rows": rows + agg}
+    if args.served:
+        doc["paired"] = _paired_of(folder, jobs)
+        for d in doc["paired"]:
+            print(f"{d['k']:>4} {d['measure']:16s} served vs {d['floor']:15s} "
+                  f"{100 * (d['relative'] or 0):+.1f}% [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]",
+                  file=sys.stderr)  # fmt: skip
+    print(json.dumps(doc))
 
 
 if __name__ == "__main__":

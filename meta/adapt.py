@@ -18,14 +18,21 @@ import json
 import logging
 import pathlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 
+from meta.choose import shrink_state
+from meta.data import RowBlocks
+from meta.demographic import DemographicState, encode_users
+from meta.floors import fold_in
 from meta.learners import LEARNER_FILE, load_learner
-from meta.protocol import Padded, pad_rows
-from meta.state import module_device, ridge_state
+from meta.protocol import Padded, UserTasks, pad_rows
+from meta.rows import draw_negatives, support_keys, task_rows
+from meta.select import DEMOGRAPHIC, demographic_folder, learner_folder, read_served
+from meta.state import module_device, ridge_state, start_state
 from recsys_mtl.errors import UserError
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.runs.load import LoadedRun
@@ -103,24 +110,143 @@ def support_rows(run: LoadedRun, support: pl.DataFrame) -> tuple[list, Padded, i
     return user_ids, padded, unknown
 
 
+def _served_state(run: LoadedRun, padded: Padded, cats: torch.Tensor | None) -> tuple[dict, str]:
+    """The state of the method the run serves (``coldstart/served.json``; the ridge state
+    without one) and its name."""
+    record = read_served(run.run_dir)
+    if record is None:
+        return ridge_state(run.model, padded, cats, RIDGE_SHRINKAGE), "ridge"
+    name = record["name"]
+    shrinkage = float(record.get("shrinkage", RIDGE_SHRINKAGE))
+    if name == DEMOGRAPHIC:
+        dem = DemographicState.load(demographic_folder(run.run_dir))
+        return dem.state(run.model, padded, _cats(cats, padded), shrinkage), name
+    if name == "population":
+        with torch.no_grad():
+            return start_state(run.model, padded, cats), name
+    if name == "fold_in":
+        f = record["fold_in"]
+        prior = {n: torch.tensor(v) for n, v in f.get("prior", {}).items()}
+        return fold_in_state(run.model, padded, cats, run.tasks, f["steps"], f["lr"], prior), name
+    folder = learner_folder(run.run_dir, record)
+    if folder is None:  # ranker_ridge
+        return ridge_state(run.model, padded, cats, shrinkage), name
+    learner = load_learner(folder, copy.deepcopy(run.model), for_run=True)
+    state = learner.adapt_state(padded, cats)
+    if record.get("shrink") is not None:
+        state = shrink_state(run.model, state, padded, cats, float(record["shrink"]))
+    return state, name
+
+
+def _no_rating_users(
+    run: LoadedRun, padded: Padded, cats: torch.Tensor | None, state: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` with the rows of users without a support rating (K = 0) from the run's
+    demographic state, where the run serves one (``k0`` of ``served.json``)."""
+    none = padded.mask.sum(1) == 0
+    record = read_served(run.run_dir)
+    folder = demographic_folder(run.run_dir)
+    if not bool(none.any()) or record is None or record.get("k0") != DEMOGRAPHIC:
+        return state
+    if not DemographicState.saved(folder):
+        return state
+    dem = DemographicState.load(folder).state(run.model, padded, _cats(cats, padded), None)
+    out = dict(state)
+    for name, value in dem.items():
+        if name in out and out[name].shape == value.shape:
+            rows = none.reshape(-1, *([1] * (value.dim() - 1)))
+            out[name] = torch.where(rows, value.to(out[name].dtype), out[name])
+    return out
+
+
+def _cats(cats: torch.Tensor | None, padded: Padded) -> torch.Tensor:
+    return cats if cats is not None else torch.zeros(padded.items.shape[0], 4, dtype=torch.long)
+
+
+def fold_in_state(
+    model: Any,
+    padded: Padded,
+    cats: torch.Tensor | None,
+    tasks: list[str],
+    steps: int,
+    lr: float,
+    prior: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """The ``fold_in`` floor's state for new users (Adam on the user-state entries from the
+    new-user state, every task's support loss; sampled negatives as in evaluation)."""
+    users = torch.arange(padded.items.shape[0])
+    keys = support_keys(users, padded, model.ctx.n_items)
+    neg = draw_negatives(users, padded, keys, model.ctx.n_items, 1, np.random.default_rng(0))
+    rows = task_rows(padded, *neg, 4.0)
+    tasks_ = UserTasks(users, _cats(cats, padded), padded, padded)
+    blocks = RowBlocks(tasks_, rows, rows)
+    return fold_in(model, blocks, tasks, [steps], lr, prior=prior)[steps]
+
+
+def demographics_of(
+    run: LoadedRun, users: pl.DataFrame | None, user_ids: list
+) -> torch.Tensor | None:
+    """``(U, 4)`` demographics codes of ``user_ids`` from a frame ``user_id, age, gender,
+    occupation`` (:func:`meta.demographic.encode_users`, the encoding saved with the run's
+    demographic state); None without a frame or without a fitted state."""
+    folder = demographic_folder(run.run_dir)
+    if users is None or not DemographicState.saved(folder):
+        return None
+    if "user_id" not in users.columns:
+        raise UserError("users' demographics: no user_id column")
+    dem = DemographicState.load(folder)
+    order = pl.DataFrame({"user_id": pl.Series(user_ids, dtype=users["user_id"].dtype)})
+    frame = order.join(users.unique("user_id", keep="first"), on="user_id", how="left",
+                       maintain_order="left")  # fmt: skip
+    return encode_users(frame, dem.encoding)
+
+
 def adapt_users(
-    run: LoadedRun, support: pl.DataFrame, *, learner_dir: pathlib.Path | None = None
+    run: LoadedRun,
+    support: pl.DataFrame,
+    *,
+    learner_dir: pathlib.Path | None = None,
+    users: pl.DataFrame | None = None,
 ) -> ColdStartUsers:
     """States of the users of ``support`` (columns ``user_id, item_id, rating``, raw ids) for
     ``run.model.score``: through the meta-learner saved in ``learner_dir`` (a UserError if it
-    holds none), else the ranker's new-user state plus the ridge user offset (shrinkage 15)."""
+    holds none), else through the method the run serves (``coldstart/served.json``, chosen on
+    the cold validation users), else the ranker's new-user state plus the ridge user offset
+    (shrinkage 15). ``users``: demographics (``user_id, age, gender, occupation``), read by
+    the demographic state; a user of ``users`` with no support row is served from them alone
+    (K = 0)."""
     user_ids, padded, unknown = support_rows(run, support)
+    if users is not None:  # K = 0: users with demographics and no support row
+        extra = [u for u in users["user_id"].unique(maintain_order=True).to_list()
+                 if u not in set(user_ids)]  # fmt: skip
+        if extra:
+            user_ids = [*user_ids, *extra]
+            padded = _grow(padded, len(extra), run.reference)
     padded = padded.to(module_device(run.model))
     rows_used = int(padded.mask.sum())
+    cats = demographics_of(run, users, user_ids)
+    if cats is not None:
+        cats = cats.to(padded.items.device)
     if learner_dir is not None:
         if not (pathlib.Path(learner_dir) / LEARNER_FILE).is_file():
             raise UserError(f"{learner_dir}: no {LEARNER_FILE} here (not a meta-learner's folder)")
         # a copy: loading the learner must not touch the caller's model (weights, grad flags)
         learner = load_learner(pathlib.Path(learner_dir), copy.deepcopy(run.model), for_run=True)
-        state = learner.adapt_state(padded, None)
+        state = learner.adapt_state(padded, cats)
         name = learner.name
     else:
-        state = ridge_state(run.model, padded, None, RIDGE_SHRINKAGE)
-        name = "ridge"
+        state, name = _served_state(run, padded, cats)
+    state = _no_rating_users(run, padded, cats, state)
     state = {k: v.detach() for k, v in state.items()}
     return ColdStartUsers(user_ids, state, name, rows_used, unknown)
+
+
+def _grow(padded: Padded, n: int, ref: dict) -> Padded:
+    """``padded`` with ``n`` more users with no row (masked slots at the reference time)."""
+
+    def extend(x: torch.Tensor, fill: float | int | bool) -> torch.Tensor:
+        return torch.cat([x, torch.full((n, x.shape[1]), fill, dtype=x.dtype)])
+
+    return Padded(extend(padded.items, 0), extend(padded.ratings, 0.0),
+                  extend(padded.days, int(ref["day"])), extend(padded.time_bins, int(ref["time_bin"])),
+                  extend(padded.mask, False))  # fmt: skip

@@ -16,6 +16,13 @@ import torch
 from torch import nn
 
 from meta.data import ColdData, RowBlocks
+from meta.demographic import (
+    PRECISIONS,
+    DemographicState,
+    group_item_bias,
+    group_of,
+    has_demographics,
+)
 from meta.floors import (
     BiasFloor,
     catalog_grid,
@@ -28,11 +35,12 @@ from meta.floors import (
 from meta.learners.base import MetaLearner
 from meta.median import MedianHead, fit_median
 from meta.protocol import user_metrics
+from meta.select import DEMOGRAPHIC, per_user_metrics
 from meta.state import score_grid
 from meta.steps import apply_steps, fit_steps
 from recsys_mtl.errors import UserError
 
-__all__ = ["choose_fold_in", "evaluate_coldstart", "table"]
+__all__ = ["choose_fold_in", "evaluate_coldstart", "fit_demographic", "table"]
 
 log = logging.getLogger("recsys_mtl.meta")
 
@@ -112,6 +120,22 @@ def ridge_median_head(data: ColdData, epochs: int = 15) -> Any:
     return head.eval()
 
 
+def _group_floor(data: ColdData, bias: BiasFloor) -> Any:
+    """The ``item_bias_group`` floor: ``mu + b_i + b_{i,g}`` for the user's (age bucket,
+    gender) group ``g`` (:func:`meta.demographic.group_item_bias`)."""
+    table, n_genders = group_item_bias(data.role_ratings("train"), data.user_cats, bias.mu,
+                                       bias.item_bias)  # fmt: skip
+
+    def predict(blocks: RowBlocks) -> tuple[torch.Tensor, torch.Tensor]:
+        g = group_of(blocks.tasks.user_cats, table.shape[0], n_genders)
+        offsets = table[g]  # (U, I)
+        q = blocks.tasks.query
+        pred = bias.mu + bias.item_bias[q.items] + torch.gather(offsets, 1, q.items)
+        return pred, bias.item_bias[None, :] + offsets
+
+    return predict
+
+
 def evaluate_coldstart(
     model: nn.Module | None,
     data: ColdData,
@@ -120,32 +144,50 @@ def evaluate_coldstart(
     rank_task: str,
     fold_in_choice: tuple[int, float] | None = None,
     time_loop: bool = True,
+    role: str = "test",
+    demographic: DemographicState | None = None,
+    per_user: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows ``{"labels": {learner, kind, k}, "metrics": {...}}`` for every floor and learner."""
+    """Rows ``{"labels": {learner, kind, k}, "metrics": {...}}`` for every floor and learner on
+    the users of ``role`` (``test``: the held-out users; ``cold_valid``: the users every
+    choice is made on). With ``demographic`` (a fitted :class:`DemographicState`) its
+    ``demographic_ridge`` state is a method at every K, and under ``first_k`` the users are
+    also measured at K = 0 (no support rating: ``global_mean``, ``item_bias``,
+    ``item_bias_group``, ``population`` and ``demographic_ridge``). ``per_user``, when given,
+    is filled with ``{"kK": {method: per-user RMSE, HR@10, NDCG@10}}`` (paired comparisons)."""
     bias = BiasFloor(data)
     steps_map = ridge_steps_map(data, bias)
     median = ridge_median_head(data)
     rows = []
     cfg = data.cfg
+    seed = cfg.seed + (2 if role == "test" else 1)
     predict = ranker_predictor(model, rank_task, data.n_items) if model is not None else None
-    for k in data.eval_ks:
-        blocks = data.held_out_blocks("test", k, cfg.seed + 2)
+    ks = list(data.eval_ks)
+    if demographic is not None and cfg.protocol == "first_k" and predict is not None:
+        ks = [0, *ks]
+    group = _group_floor(data, bias) if 0 in ks else None
+    for k in ks:
+        blocks = data.held_out_blocks(role, k, seed)
         n_users = len(blocks.tasks)
         methods: dict[str, tuple[str, Any]] = {
             "global_mean": ("floor", bias.global_mean(blocks)),
             "item_bias": ("floor", bias.item_bias_only(blocks)),
-            "support_mean": ("floor", bias.support_mean(blocks)),
-            "ridge": ("floor", bias.ridge(blocks, cfg.shrinkage)),
         }
-        if steps_map is not None:
+        if k == 0:
+            methods["item_bias_group"] = ("floor", group(blocks))
+        else:
+            methods["support_mean"] = ("floor", bias.support_mean(blocks))
+            methods["ridge"] = ("floor", bias.ridge(blocks, cfg.shrinkage))
+        if steps_map is not None and k != 0:
             pred, full = methods["ridge"][1]
             methods["ridge_steps"] = ("floor", (apply_steps(pred, *steps_map), full))
-        if median is not None:
+        if median is not None and k != 0:
             with torch.no_grad():
                 pred = median(blocks.tasks.support, blocks.tasks.query.items, [])
             methods["ridge_median"] = ("floor", (pred, methods["ridge"][1][1]))
         if predict is not None:
             methods["population"] = ("floor", predict(blocks, population_state(model, blocks)))
+        if predict is not None and k != 0:
             methods["ranker_ridge"] = (
                 "floor",
                 predict(blocks, ranker_ridge_state(model, blocks, cfg.shrinkage)),
@@ -155,8 +197,12 @@ def evaluate_coldstart(
                 prior = mean_user(model, torch.from_numpy(data.users("train")))
                 st = fold_in(model, blocks, tasks, [steps], lr, prior=prior)[steps]
                 methods["fold_in"] = ("floor", predict(blocks, st))
+        if demographic is not None and predict is not None:
+            t = blocks.tasks
+            st = demographic.state(model, t.support, t.user_cats, cfg.shrinkage)
+            methods[DEMOGRAPHIC] = ("learner", predict(blocks, st))
         extra: dict[str, dict[str, float]] = {}
-        for label, learner in learners.items():
+        for label, learner in learners.items() if k != 0 else ():
             pred, full, sec = _learner_prediction(
                 learner, blocks, rank_task, data.n_items, cfg.mode
             )
@@ -167,14 +213,20 @@ def evaluate_coldstart(
                 few = blocks.take(torch.arange(min(32, n_users)))  # the loop is slow: 32 users
                 *_, sec2 = _learner_prediction(learner, few, rank_task, data.n_items, other)
                 extra[label][f"adapt/{other}_ms_per_user"] = 1000 * sec2 / len(few.tasks)
+        key = "rest" if k is None else f"k{k}"
         for label, (kind, (pred, full)) in methods.items():
-            m = user_metrics(pred, blocks.tasks.query, data.rating_scale, full, blocks.tasks.support,
+            t = blocks.tasks
+            m = user_metrics(pred, t.query, data.rating_scale, full, t.support,
                              data.like_threshold)  # fmt: skip
             m.update(extra.get(label, {}))
             m = {n: (None if v != v else v) for n, v in m.items()}  # NaN (cannot rank): null
             m["users"] = n_users
             rows.append({"labels": {"learner": label, "kind": kind, "k": k}, "metrics": m})
-        log.info("    cold start K=%s: %d held-out users, %d methods", k, n_users, len(methods))
+            if per_user is not None:
+                per_user.setdefault(key, {})[label] = per_user_metrics(
+                    pred, t.query, data.rating_scale, full, t.support, data.like_threshold
+                )
+        log.info("    cold start K=%s (%s): %d users, %d methods", k, role, n_users, len(methods))
     return rows
 
 
@@ -187,3 +239,27 @@ def table(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
             "metrics"
         ]
     return out
+
+
+def fit_demographic(
+    model: nn.Module, data: ColdData, vocab: tuple[int, ...], encoding: dict[str, Any]
+) -> tuple[DemographicState | None, dict[str, float]]:
+    """The :class:`DemographicState` of the training users with the ridge precision of the
+    lowest cold-validation RMSE at K = 0, and the RMSE of every precision tried; None where the
+    log has no demographics or no cold validation users."""
+    if not has_demographics(data.user_cats) or not len(data.users("cold_valid")):
+        return None, {}
+    users = torch.from_numpy(data.users("train"))
+    ratings = data.role_ratings("train")
+    blocks = data.held_out_blocks("cold_valid", 0, data.cfg.seed + 1)
+    t = blocks.tasks
+    rmse: dict[str, float] = {}
+    fitted = {}
+    for p in PRECISIONS:
+        dem = DemographicState(vocab[:3], encoding).fit(model, data.user_cats, users, p, ratings)
+        with torch.no_grad():
+            st = dem.state(model, t.support, t.user_cats, None)
+            pred = score_grid(model, st, t.query.items, t.query.days, t.query.time_bins)
+        m = user_metrics(pred["rating"], t.query, data.rating_scale, None, t.support)
+        rmse[f"{p:g}"], fitted[f"{p:g}"] = m["rating/rmse"], dem
+    return fitted[min(rmse, key=rmse.get)], rmse

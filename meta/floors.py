@@ -35,12 +35,15 @@ Prediction = tuple[torch.Tensor, torch.Tensor | None]
 def catalog_grid(
     blocks: RowBlocks, n_items: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every item for every user ``(U, I)``, at the time of the user's last support rating."""
-    sup = blocks.tasks.support
+    """Every item for every user ``(U, I)``, at the time of the user's last support rating
+    (with no support rating, K = 0: of their first query rating)."""
+    sup, q = blocks.tasks.support, blocks.tasks.query
     n = sup.items.shape[0]
     last = (sup.counts - 1).clamp(min=0)[:, None]
-    day = torch.gather(sup.days, 1, last).expand(n, n_items)
-    tb = torch.gather(sup.time_bins, 1, last).expand(n, n_items)
+    none = (sup.counts == 0)[:, None]
+    day = torch.where(none, q.days[:, :1], torch.gather(sup.days, 1, last)).expand(n, n_items)
+    tb = torch.where(none, q.time_bins[:, :1], torch.gather(sup.time_bins, 1, last))
+    tb = tb.expand(n, n_items)
     return torch.arange(n_items).expand(n, n_items), day, tb
 
 

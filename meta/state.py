@@ -13,7 +13,7 @@ from torch import nn
 
 from meta.protocol import Padded
 
-__all__ = ["module_device", "ridge_state", "score_grid", "start_state"]
+__all__ = ["module_device", "ridge_offset", "ridge_state", "score_grid", "start_state"]
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -75,9 +75,22 @@ def ridge_state(
     fit of their adaptable state entries instead: ``steps`` Adam steps on
     ``sum(r - r_hat)^2 + shrinkage * |delta|^2``, batched over users.
     """
-    col = _rating_column(model)
     with torch.no_grad():
         state = start_state(model, support, user_cats)
+    return ridge_offset(model, state, support, shrinkage, steps, lr)
+
+
+def ridge_offset(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    support: Padded,
+    shrinkage: float = 15.0,
+    steps: int = 50,
+    lr: float = 0.05,
+) -> dict[str, torch.Tensor]:
+    """``state`` plus the ridge-shrunk user offset fitted on the support residuals of its
+    predictions (:func:`ridge_state`'s second half, from any starting state)."""
+    col = _rating_column(model)
     if col is None or not state:
         return state
     m = support.mask.to(torch.float32)

@@ -33,8 +33,9 @@ ENSEMBLE = "ensemble"  # meta.learners.ensemble.ENSEMBLE (not imported here: laz
 __all__ = ["coldstart_pipeline", "coldstart_report", "validate_meta"]
 
 META_CODE = (*MODEL_CODE, "meta")
-FLOORS = ("global_mean", "item_bias", "support_mean", "ridge", "ridge_steps", "ridge_median",
-          "population", "ranker_ridge", "fold_in")  # fmt: skip
+FLOORS = ("global_mean", "item_bias", "item_bias_group", "support_mean", "ridge", "ridge_steps",
+          "ridge_median", "population", "ranker_ridge", "fold_in")  # fmt: skip
+RESERVED = ("served", "demographic_ridge")  # names of the report that are not floors
 
 
 def validate_meta(cfg: RunConfig) -> None:
@@ -64,7 +65,7 @@ def validate_meta(cfg: RunConfig) -> None:
             _validate_ensemble(spec, n, labels)
         else:
             learner_params(spec.name, spec.params, f"meta.learners.{n}")
-        if label in FLOORS:
+        if label in FLOORS or label in RESERVED:
             raise UserError(
                 f"meta.learners.{n}.label: {label!r} is the name of a floor in the report "
                 "(set another label)"
@@ -107,6 +108,8 @@ def coldstart_report(per_k: dict[str, dict[str, dict[str, float]]]) -> str:
     """What a cold-start run prints (``summary.json`` keeps every metric): per K, every
     learner and the best floor by MAE and by NDCG@10, sorted by MAE, and the best learner's
     margins over the best floor (positive = the learner is better)."""
+    served = per_k.get("served") or {}
+    per_k = {n: v for n, v in per_k.items() if n != "served"}
     ks = sorted({k for m in per_k.values() for k in m}, key=lambda k: (len(k), k))
     cols = [("MAE", "rating/mae"), ("RMSE", "rating/rmse"), ("nDCG@5", "query/ndcg@5"),
             ("top-5 nDCG@5", "query/top_ndcg@5"), ("HR@10", "ranking/hr@10"),
@@ -144,6 +147,11 @@ def coldstart_report(per_k: dict[str, dict[str, dict[str, float]]]) -> str:
                 verdict.append(f"{name}: best learner {bl} vs best floor {bf} {margin}")
         if verdict:
             lines.append("; ".join(verdict))
+    first = next(iter(served.values()), None)
+    if first:
+        lines.append(f"new users are served {first['method']} ({first['kind']}), mean rank "
+                     f"{first['mean_rank']:.2f} over RMSE, NDCG@10, HR@10 per K on the cold "
+                     "validation users (served.json)")  # fmt: skip
     lines.append('every metric of every method: summary.json ("coldstart") and coldstart.json')
     return "\n".join(lines[1:])
 
@@ -203,8 +211,10 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
     import torch
 
     from meta.data import load_cold_data
-    from meta.evaluate import choose_fold_in
+    from meta.demographic import encoding_of
+    from meta.evaluate import choose_fold_in, fit_demographic
     from meta.learners import build_learner, save_learner
+    from meta.select import DEMOGRAPHIC
     from meta.train import MetaTrainingError, meta_train
     from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.callbacks import ProgressCallback, TrackerCallback
@@ -253,15 +263,23 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
         metrics[f"{label}/meta_seconds"] = res.seconds
         metrics[f"{label}/cold_valid_mae"] = res.best_value
         trained[label] = learner
+    dem, rmse = fit_demographic(run.model, data, run.ctx.user_cat_vocab,
+                                encoding_of(json.loads(run.run_dir.joinpath("features", "spec.json").read_text())))  # fmt: skip
+    if dem is not None:
+        dem.save(ctx.out_dir / DEMOGRAPHIC)
+        report["demographic"] = {"precision": dem.precision, "cold_valid_k0_rmse": rmse}
     write_json(report, ctx.output("learners.json"))
     return {"metrics": metrics}
 
 
 def _coldstart(ctx: StageContext) -> dict[str, Any]:
     # deferred: the cold-start evaluation (torch, polars), when the stage runs
+    from meta.choose import Shrunk, choose_served
     from meta.data import load_cold_data
+    from meta.demographic import DemographicState
     from meta.evaluate import evaluate_coldstart
     from meta.evaluate import table as per_k_table
+    from meta.select import DEMOGRAPHIC
     from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.evaluate import ranking_task
 
@@ -271,14 +289,26 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
     trained = json.loads(ctx.input(META_TRAIN.out("learners.json")).read_text())
     folder = ctx.input(META_TRAIN.out("learners.json")).parent
     learners = load_learners(folder, cfg, run)
-    rows = evaluate_coldstart(run.model, data, learners, run.tasks, ranking_task(run.tasks),
-                              (trained["fold_in"]["steps"], trained["fold_in"]["lr"]))  # fmt: skip
+    dem = DemographicState.load(folder / DEMOGRAPHIC) if DemographicState.saved(
+        folder / DEMOGRAPHIC) else None  # fmt: skip
+    choice = (trained["fold_in"]["steps"], trained["fold_in"]["lr"])
+    served = choose_served(run.model, data, learners, run.tasks, ranking_task(run.tasks), dem,
+                           choice)  # fmt: skip
+    measured = dict(learners)
+    if served.get("shrink") is not None:  # a shrunk variant won: measure it too
+        measured[served["name"]] = Shrunk(learners[served["learner"]], served["shrink"])
+    per_user: dict[str, Any] = {}
+    rows = evaluate_coldstart(run.model, data, measured, run.tasks, ranking_task(run.tasks),
+                              choice, demographic=dem, per_user=per_user)  # fmt: skip
     for r in rows:
         if r["labels"]["learner"] in trained["learners"]:
             r["metrics"]["meta/seconds"] = trained["learners"][r["labels"]["learner"]]["seconds"]
     write_json({"protocol": cfg.meta.protocol, "rows": rows}, ctx.output("coldstart.json"))
-    plot = plot_mae_vs_k(rows, ctx.output("mae_vs_k.png"))
-    ctx.tracker.log_artifacts([plot, ctx.output("coldstart.json")], "coldstart")
+    write_json(served, ctx.output(RunLayout.SERVED))
+    write_json({"served": served["name"], "per_user": per_user}, ctx.output(RunLayout.PAIRED))
+    plot = plot_mae_vs_k([r for r in rows if r["labels"]["k"] != 0], ctx.output("mae_vs_k.png"))
+    ctx.tracker.log_artifacts([plot, ctx.output("coldstart.json"), ctx.output(RunLayout.SERVED)],
+                              "coldstart")  # fmt: skip
     flat = {}
     for r in rows:
         k = r["labels"]["k"]
@@ -287,7 +317,28 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
                 flat[
                     f"coldstart/{r['labels']['learner']}/k{k if k is not None else 'rest'}/{m}"
                 ] = v
-    return {"metrics": flat, "table": per_k_table(rows)}
+    flat["coldstart/served/mean_rank"] = served["mean_rank"][served["name"]]
+    out = per_k_table(rows)
+    out["served"] = served_summary(served, out)
+    return {"metrics": flat, "table": out}
+
+
+def served_summary(served: dict[str, Any], per_k: dict[str, Any]) -> dict[str, Any]:
+    """The ``served`` entry of the per-K table of ``summary.json``: per K the served method,
+    the rule, its cold-validation figures and ranks (no held-out metric, so that it is never
+    read as a method of the table)."""
+    name = served["name"]
+    out = {}
+    for key in per_k.get(name, {}):
+        if key == "k0":
+            continue
+        ranks = {m.split("/", 1)[1]: r for m, r in served["ranks"][name].items()
+                 if m.startswith(f"{key}/")}  # fmt: skip
+        out[key] = {"method": name, "kind": served["kind"], "rule": served["rule"],
+                    "mean_rank": served["mean_rank"][name],
+                    "cold_valid": served["cold_valid"][name].get(key, {}),
+                    "cold_valid_ranks": ranks}  # fmt: skip
+    return out
 
 
 COLD_SPLIT = Stage(
@@ -311,7 +362,7 @@ COLDSTART = Stage(
     _coldstart,
     reads=("meta", "tasks"),
     inputs=(*FEATURES.outs(), *COLD_SPLIT.outs(), *TRAIN.outs(), *META_TRAIN.outs()),
-    outputs=("coldstart.json", "mae_vs_k.png"),
+    outputs=("coldstart.json", "mae_vs_k.png", RunLayout.SERVED, RunLayout.PAIRED),
     code=META_CODE,
 )
 

@@ -38,6 +38,9 @@ class RunLayout:
     MODEL_META = "model.json"
     SELECTED = "selected.pt"
     SPEC = "spec.json"
+    COLDSTART = "coldstart"
+    SERVED = "served.json"  # the cold-start method served to new users (coldstart/)
+    PAIRED = "paired.json"  # per-user figures of the served method and the floors (coldstart/)
 
     def __init__(self, root: str | Path) -> None:
         object.__setattr__(self, "root", Path(root))

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .coldstart_served import served_section
 from .common import header, load, mean_std, pm, source_note, table
 
 MAIN = "coldstart-median.json"
@@ -234,6 +235,9 @@ def coldstart_page(results: Path) -> str:
         f"{_n_runs(rows)} pipeline runs in {_seconds(results, MAIN)}; the cold validation "
         "users' figures are on [a page of their own](coldstart-ceiling.md).\n",
     ]
+    served = served_section(results)
+    if served:
+        parts.append(served)
     for base, shown in BASES.items():
         n, users = _n_seeds(rows, "first_k", base)
         parts.append(f"## First K by time, {shown} population ranker\n")

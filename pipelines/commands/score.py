@@ -49,7 +49,16 @@ def add_parser(subparsers: Any) -> None:
         "--blend", help="task weights of the final score, e.g. rating=0.5,interaction=0.5"
     )
     sc.add_argument("--chunk-users", type=int, default=256, help="users per block (memory)")
-    sc.add_argument("--learner-dir", help="a trained cold-start meta-learner (default: RUN/meta)")
+    sc.add_argument(
+        "--learner-dir",
+        help="a trained cold-start meta-learner (default: the method the run serves, "
+        "RUN/coldstart/served.json)",
+    )
+    sc.add_argument(
+        "--users-meta",
+        help="demographics of new users (CSV/Parquet: user_id, age, gender, occupation); "
+        "users in it with no support row are served from them alone",
+    )
     sc.add_argument(
         "--tile-items",
         default="auto",
@@ -61,7 +70,7 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     report = score_command(
         args.source, args.top_k, args.out, args.users, args.support, args.blend,
-        args.chunk_users, args.learner_dir, tile_items=args.tile_items,
+        args.chunk_users, args.learner_dir, tile_items=args.tile_items, users_meta=args.users_meta,
     )  # fmt: skip
     print(json.dumps(report))
     return 0
@@ -78,6 +87,7 @@ def score_command(
     learner_dir: str | None = None,
     progress: bool | None = None,
     tile_items: int | str | None = "auto",
+    users_meta: str | None = None,
 ) -> dict[str, Any]:
     """Score a run directory or MLflow model into ``out`` (Parquet); returns the report."""
     if top_k < 1:
@@ -105,7 +115,14 @@ def score_command(
     udt, idt = run.user_ids.dtype, run.item_ids.dtype
     listed = read_users(users, udt) if users else None
     sup = read_support(support, run.ctx.rating_scale, udt, idt) if support else None
-    learners = _check_learner_dir(learner_dir) if learner_dir else _learner_dir(run)
+    learners = _check_learner_dir(learner_dir) if learner_dir else None
+    demo = read_users_meta(users_meta, udt) if users_meta else None
+    only = None
+    if demo is not None:
+        # deferred: the demographics-only scorer (torch), only for --users-meta
+        from meta.serve import chain_without_ratings, without_ratings
+
+        listed, only = without_ratings(run, listed, sup, demo)
     metadata = {
         "recsys_mtl.source": str(source),
         "recsys_mtl.run_id": str(info.get("run_id") or ""),
@@ -118,10 +135,13 @@ def score_command(
     }
     report = ScoringReport()
     parts = iter_recommend(
-        run, top_k, report, users=listed, support=sup, adapt=_adapter(learners), blend=weights,
-        chunk_users=chunk_users, tile_items=tile_items,
+        run, top_k, report, users=listed, support=sup, adapt=_adapter(learners, demo),
+        blend=weights, chunk_users=chunk_users, tile_items=tile_items,
         progress=sys.stderr.isatty() if progress is None else progress,
     )  # fmt: skip
+    if only is not None:
+        parts = chain_without_ratings(parts, run, only, top_k, weights, chunk_users, tile_items,
+                                      report)  # fmt: skip
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
     with file_lock(out, this_command()), atomic_path(out) as tmp:
         _write_stream(parts, schema, metadata, tmp)  # block by block: memory flat in users
@@ -304,14 +324,35 @@ def read_support(
     return out.with_columns(rating.alias("rating"))
 
 
-def _adapter(learner_dir: Path | None) -> Any:
+def _adapter(learner_dir: Path | None, demographics: pl.DataFrame | None = None) -> Any:
     def adapt(run: Any, support: pl.DataFrame) -> Any:
         # deferred: the cold-start adapter (torch), only when support rows are scored
         from meta.adapt import adapt_users
 
-        return adapt_users(run, support, learner_dir=learner_dir)
+        users = None
+        if demographics is not None:
+            users = demographics.filter(demographics["user_id"].is_in(support["user_id"].implode()))
+        return adapt_users(run, support, learner_dir=learner_dir, users=users)
 
     return adapt
+
+
+def read_users_meta(path: str | Path, dtype: pl.DataType | None = None) -> pl.DataFrame:
+    """``--users-meta``: demographics of new users, CSV or Parquet with a ``user_id`` (or
+    ``user``) column and any of ``age`` (years), ``gender``, ``occupation`` (values as in the
+    training log, e.g. ml-100k's ``M``/``F`` and ``u.occupation``); ids cast to the model's."""
+    # deferred: polars, as in _read_table
+    import polars as pl
+
+    p = Path(path)
+    df = _read_table(p, "--users-meta", "users' demographics")
+    col = next((c for c in USER_COLUMNS if c in df.columns), None)
+    if col is None:
+        raise UserError(f"--users-meta {p}: no user_id column (has {', '.join(df.columns)})")
+    if not any(c in df.columns for c in ("age", "gender", "occupation")):
+        raise UserError(f"--users-meta {p}: none of the columns age, gender, occupation")
+    ids = _as_ids(df[col], dtype, "--users-meta", p, "user")
+    return df.drop(col).with_columns(ids.alias("user_id")).select("user_id", pl.exclude("user_id"))
 
 
 def _write_stream(parts: Any, schema: dict[str, Any], metadata: dict[str, str], path: Path) -> None:
@@ -342,12 +383,3 @@ def _check_learner_dir(learner_dir: str) -> Path:
             f"--learner-dir {path}: no {LEARNER_FILE} here (not a trained meta-learner's folder)"
         )
     return path
-
-
-def _learner_dir(run: Any) -> Path | None:
-    """The meta-learner a run trained (``RUN/meta/``), if any: the adapter's default."""
-    # deferred: the learners' package loads torch
-    from meta.learners import LEARNER_FILE
-
-    path = Path(run.run_dir) / "meta"
-    return path if (path / LEARNER_FILE).is_file() else None

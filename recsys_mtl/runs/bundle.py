@@ -5,7 +5,9 @@
 * ``context.json`` + ``context.npz``: the feature context (sizes, side features, implicit sets);
 * ``users.parquet`` / ``items.parquet``: the id maps (index -> raw id, original types);
 * ``seen.npz``: every item each user has in the log (CSR), masked out of their top-K;
-* ``info.json``: reference time, run id, config hash, weights digest, package version.
+* ``info.json``: reference time, run id, config hash, weights digest, package version;
+* a cold-start run's served method: ``coldstart/served.json`` and the folders it reads under
+  ``meta_train/`` (the served learner, the demographic state), at the paths of the run folder.
 
 The MLflow model (:mod:`recsys_mtl.tracking.model`) carries a bundle as its artifact.
 """
@@ -84,6 +86,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
                       tmp / "items.parquet")  # fmt: skip
         np.savez(tmp / "seen.npz", offsets=run.seen[0].numpy(), values=run.seen[1].numpy())
         write_json({**run_info(run_dir), "reference": run.reference}, tmp / "info.json")
+        _copy_served(Path(run_dir), tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -91,6 +94,22 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return out
+
+
+def _copy_served(run_dir: Path, out: Path) -> None:
+    """The cold-start method the run serves (``coldstart/served.json``) and the saved folders it
+    reads (``meta_train/NAME``, ``meta_train/demographic_ridge``), copied at the same paths."""
+    served = RunLayout(run_dir).stage(RunLayout.COLDSTART) / RunLayout.SERVED
+    if not served.is_file():
+        return
+    (out / RunLayout.COLDSTART).mkdir()
+    shutil.copyfile(served, out / RunLayout.COLDSTART / RunLayout.SERVED)
+    record = json.loads(served.read_text())
+    folders = [record.get("learner_dir"), "meta_train/demographic_ridge"]
+    for rel in filter(None, folders):
+        src = run_dir / rel
+        if src.is_dir():
+            shutil.copytree(src, out / rel)
 
 
 def load_bundle(bundle_dir: str | Path, device: str = "cpu") -> Any:

@@ -81,10 +81,16 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
         "ranker_ridge",
         "fold_in",
     }
-    assert floors | LEARNERS == set(table)
-    for row in table.values():
-        assert set(row) == {"k3", "k5"}
+    served = {v["method"] for v in table["served"].values()}  # may be a shrunk variant
+    extra = {"item_bias_group", "demographic_ridge", "served"}
+    assert floors | LEARNERS | extra == set(table) - {n for n in served if "_shrunk" in n}
+    for name, row in table.items():
+        if name in ("served", "item_bias_group"):
+            continue
+        assert set(row) - {"k0"} == {"k3", "k5"}
         assert 0 < row["k3"]["rating/mae"] < 4
+    assert set(table["item_bias_group"]) == {"k0"}
+    assert set(table["served"]) == {"k3", "k5"}
     assert "adapt/loop_ms_per_user" in table["maml"]["k3"] and "meta/seconds" in table["maml"]["k5"]
     assert summary["metrics"]["coldstart/ridge/k5/rating/mae"] == table["ridge"]["k5"]["rating/mae"]
     doc = json.loads((base / "run" / "coldstart" / "coldstart.json").read_text())
@@ -108,10 +114,12 @@ def test_the_printed_report_is_the_per_k_table_of_every_learner_and_the_best_flo
         by_mae = min(floors, key=lambda n: table[n][k]["rating/mae"])
         ranks = [n for n in floors if table[n][k].get("ranking/ndcg@10") is not None]
         by_ndcg = max(ranks, key=lambda n: table[n][k]["ranking/ndcg@10"])
-        assert shown == {*LEARNERS, by_mae, by_ndcg}
+        served = {v["method"] for v in table["served"].values() if "_shrunk" in v["method"]}
+        assert shown == {*LEARNERS, *served, "demographic_ridge", by_mae, by_ndcg}
         assert "best learner" in block and "best floor" in block
     assert "coldstart/" not in text  # not the ~100 flat metrics
-    assert len(text.splitlines()) < 40
+    assert "new users are served " in text
+    assert len(text.splitlines()) < 50
 
 
 def test_the_ridge_learner_records_its_cold_validation_ranking_choice(finished):
@@ -155,11 +163,13 @@ def test_adapt_users_adapts_through_a_learner_trained_in_the_run(finished):
     support = pl.DataFrame(
         {"user_id": ["x", "x", "y"], "item_id": items[:3], "rating": [5.0, 1.0, 4.0]}
     )
-    learned = adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "maml")
-    ridge = adapt_users(run, support)
-    assert learned.learner == "maml" and ridge.learner == "ridge"
-    assert set(learned.state) == set(ridge.state)
-    assert not torch.allclose(learned.state["user"], ridge.state["user"])
+    learned = adapt_users(run, support, learner_dir=base / "run" / "meta_train" / "metric")
+    served = adapt_users(run, support)  # the method the run serves (coldstart/served.json)
+    doc = json.loads((base / "run" / "coldstart" / "served.json").read_text())
+    assert learned.learner == "metric" and served.learner == doc["name"]
+    assert set(learned.state) == set(served.state)
+    if doc["name"] != "metric":
+        assert not torch.allclose(learned.state["user"], served.state["user"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

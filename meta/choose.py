@@ -1,0 +1,132 @@
+"""Choosing the method a cold-start run serves (the ``coldstart`` stage calls
+:func:`choose_served`): every eligible method measured on the cold validation users, the rule
+of :func:`meta.select.select_served`, and what serving the choice needs.
+
+Beside each learner that serves a state, its **shrunk** variants ``NAME_shrunkA`` are candidates:
+the adapted user vectors (``user`` and ``*_user`` entries) moved to ``a * adapted + (1 - a) *
+new-user state``, ``a`` in :data:`SHRINK`, the biases kept. Adapting the vectors on the support
+ratings fits the rating task and loses part of the ranking quality the ranker's own new-user
+state has; the shrink trades one for the other, and the rule weighs both.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from meta.data import ColdData
+from meta.demographic import DemographicState
+from meta.evaluate import evaluate_coldstart
+from meta.floors import mean_user
+from meta.learners.base import Adapted, MetaLearner
+from meta.protocol import Padded
+from meta.select import DEMOGRAPHIC, eligible, select_served
+from meta.state import start_state
+from recsys_mtl.errors import UserError
+
+__all__ = ["SHRINK", "Shrunk", "choose_served", "serves", "shrink_state"]
+
+K0_MEASURES = ("rating/rmse", "ranking/ndcg@10", "ranking/hr@10")
+SHRINK = (0.75, 0.5)
+SUFFIX = "_shrunk"  # NAME_shrunk0.75 (MLflow metric names allow no "@")
+
+
+def shrink_state(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    support: Padded,
+    user_cats: torch.Tensor | None,
+    alpha: float,
+) -> dict[str, torch.Tensor]:
+    """``state`` with its user vectors (``user``, ``*_user``) moved toward the new-user state:
+    ``alpha * state + (1 - alpha) * new``; every other entry as it is."""
+    with torch.no_grad():
+        new = start_state(model, support, user_cats)
+    names = [n for n in getattr(model, "adaptable_state", ()) if n == "user" or n.endswith("_user")]
+    out = dict(state)
+    for n in names:
+        if n in state and n in new:
+            out[n] = alpha * state[n] + (1 - alpha) * new[n].to(state[n].dtype)
+    return out
+
+
+class Shrunk:
+    """A learner whose adapted user vectors are shrunk toward the new-user state
+    (:func:`shrink_state`); the learner's interface as the evaluation reads it."""
+
+    inner_loop = False
+
+    def __init__(self, learner: MetaLearner, alpha: float) -> None:
+        self.learner, self.alpha = learner, alpha
+
+    def adapt(self, support: Padded, user_cats: torch.Tensor, sup_rows: dict) -> Adapted:
+        a = self.learner.adapt(support, user_cats, sup_rows)
+        mixed = shrink_state(self.learner.base, a.state, support, user_cats, self.alpha)
+        return Adapted(mixed, a.params)
+
+    def score_items(self, adapted: Adapted, *grid: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.learner.score_items(adapted, *grid)
+
+    def rank_scores(self, adapted: Adapted, *grid: Any) -> torch.Tensor:
+        return self.learner.rank_scores(adapted, *grid)
+
+
+def serves(label: str, learner: MetaLearner, data: ColdData) -> bool:
+    """Whether a learner's adaptation is a user state for the run's ranker (what
+    ``adapt_users`` serves): a learner on the ranker base, tried on one cold validation user."""
+    spec = next((s for s in data.cfg.learners if (s.label or s.name) == label), None)
+    if spec is not None and spec.base != "ranker":
+        return False
+    blocks = data.held_out_blocks("cold_valid", data.eval_ks[0], data.cfg.seed + 1)
+    if not len(blocks.tasks):
+        return False
+    one = blocks.tasks.take(torch.arange(1))
+    try:
+        with torch.no_grad():
+            learner.adapt_state(one.support, one.user_cats)
+    except (UserError, NotImplementedError, AttributeError):
+        return False
+    return True
+
+
+def choose_served(
+    model: nn.Module,
+    data: ColdData,
+    learners: dict[str, MetaLearner],
+    tasks: list[str],
+    rank_task: str,
+    demographic: DemographicState | None,
+    fold_in_choice: tuple[int, float],
+) -> dict[str, Any]:
+    """The served method's record (``served.json``): chosen on the cold validation users only,
+    with the K = 0 method (``demographic_ridge`` where the log has demographics, else the
+    population state) and what serving it needs (``learner_dir``, ``shrink``, the fold-in's
+    settings)."""
+    serving: dict[str, Any] = {n: lrn for n, lrn in learners.items() if serves(n, lrn, data)}
+    variants = {f"{n}{SUFFIX}{a:g}": (n, a) for n in serving for a in SHRINK}
+    serving.update({v: Shrunk(serving[n], a) for v, (n, a) in variants.items()})
+    rows = evaluate_coldstart(model, data, serving, tasks, rank_task, fold_in_choice,
+                              time_loop=False, role="cold_valid",
+                              demographic=demographic)  # fmt: skip
+    kinds = {r["labels"]["learner"]: r["labels"]["kind"] for r in rows}
+    names = [n for n, kind in kinds.items() if eligible(n, kind, n in serving or n == DEMOGRAPHIC)]
+    record = select_served(rows, names)
+    name = record["name"]
+    record["kind"] = kinds[name]
+    record["k0"] = DEMOGRAPHIC if demographic is not None else "population"
+    if name == "fold_in":
+        prior = mean_user(model, torch.from_numpy(data.users("train")))
+        record["fold_in"] = {"steps": fold_in_choice[0], "lr": fold_in_choice[1],
+                             "prior": {n: v.tolist() for n, v in prior.items()}}  # fmt: skip
+    base, alpha = variants.get(name, (name, None))
+    if base in learners:
+        record["learner"] = base
+        record["learner_dir"] = f"meta_train/{base}"
+        if alpha is not None:
+            record["shrink"] = alpha
+    record["shrinkage"] = data.cfg.shrinkage
+    record["cold_valid_k0"] = {r["labels"]["learner"]: {m: r["metrics"].get(m) for m in K0_MEASURES}
+                               for r in rows if r["labels"]["k"] == 0}  # fmt: skip
+    return record

@@ -1,0 +1,124 @@
+"""``recsys-mtl score RUN --support FILE`` serves the run's chosen cold-start method end to end on
+the real MovieLens-100K (skipped when absent); users with demographics and no rating (K = 0)
+are served from them. Kept fast: one cut-down run (2 ranker epochs, 1 meta epoch, 2 learners)
+shared by the module."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+
+from meta.adapt import adapt_users
+from pipelines.cli import run_command
+from pipelines.commands.score import score_command
+from recsys_mtl.runs.load import load_run
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "coldstart-ml100k.yaml"
+SETS = [
+    "tracking.enabled=false", "train.epochs=2", "model.params.dim=16", "meta.epochs=1",
+    "meta.ks=[5,10]", "meta.fold_in_steps=[0,5]", "meta.fold_in_lrs=[0.01]",
+    "meta.learners=[{name: maml, params: {steps: 2}}, {name: metric, params: {hidden: 8}}]",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ml100k_run(ml100k, tmp_path_factory):
+    base = tmp_path_factory.mktemp("served-ml100k")
+    with contextlib.chdir(base):
+        run_command(str(CONFIG), [f"data.path={ml100k}", *SETS], str(base / "run"), False)
+    return base / "run"
+
+
+def _held_out_support(run_dir: Path, k: int = 5) -> pl.DataFrame:
+    """The first ``k`` ratings of three held-out users, under new user ids (raw item ids)."""
+    roles = pl.read_parquet(run_dir / "split" / "users.parquet")
+    test = roles.filter(pl.col("role") == "test")["uidx"].head(3)
+    inter = pl.read_parquet(run_dir / "features" / "interactions.parquet")
+    items = pl.read_parquet(run_dir / "features" / "item_features.parquet").select(
+        "iidx", "item_id"
+    )
+    rows = (
+        inter.filter((pl.col("interaction") == 1) & pl.col("uidx").is_in(test.implode()))
+        .sort("uidx", "ts", "row")
+        .group_by("uidx", maintain_order=True)
+        .head(k)
+        .join(items, on="iidx")
+    )
+    return rows.select(user=pl.col("uidx") + 100_000, item=pl.col("item_id"), rating="rating")
+
+
+def test_score_with_support_serves_the_chosen_method_by_default(ml100k_run, tmp_path):
+    record = json.loads((ml100k_run / "coldstart" / "served.json").read_text())
+    support = tmp_path / "support.csv"
+    _held_out_support(ml100k_run).write_csv(support)
+    out = tmp_path / "out.parquet"
+    report = score_command(str(ml100k_run), 10, str(out), support=str(support))
+    assert report["cold_start_learner"] == record["name"]
+    assert report["served_by"]["cold_start"] == 3
+    got = pl.read_parquet(out).filter(pl.col("served_by") == "cold_start")
+    assert got["user_id"].n_unique() == 3 and got.height == 30
+    # the same state as adapt_users gives (which reads the same record)
+    run = load_run(ml100k_run)
+    frame = pl.read_csv(support).rename({"user": "user_id", "item": "item_id"})
+    served = adapt_users(run, frame)
+    assert served.learner == record["name"]
+    if record.get("shrink") is not None:  # the learner's vectors moved toward the new-user state
+        alone = adapt_users(run, frame, learner_dir=ml100k_run / record["learner_dir"])
+        assert not torch.allclose(served.state["user"], alone.state["user"])
+        torch.testing.assert_close(served.state["user_bias"], alone.state["user_bias"])
+    if record.get("learner_dir") and record.get("shrink") is None:  # that learner, not RUN/meta
+        explicit = tmp_path / "explicit.parquet"
+        score_command(str(ml100k_run), 10, str(explicit), support=str(support),
+                      learner_dir=str(ml100k_run / record["learner_dir"]))  # fmt: skip
+        mine = pl.read_parquet(explicit).filter(pl.col("served_by") == "cold_start")
+        assert mine["item_id"].to_list() == got["item_id"].to_list()
+
+
+def test_users_without_ratings_are_served_from_their_demographics(ml100k_run, tmp_path):
+    record = json.loads((ml100k_run / "coldstart" / "served.json").read_text())
+    assert record["k0"] == "demographic_ridge"
+    assert "demographic_ridge" in record["cold_valid_k0"]
+    people = pl.DataFrame({
+        "user_id": [200_001, 200_002, 200_003],
+        "age": [22, 61, 22], "gender": ["M", "F", "M"],
+        "occupation": ["student", "retired", "student"],
+    })  # fmt: skip
+    meta = tmp_path / "users.csv"
+    people.write_csv(meta)
+    support = tmp_path / "support.csv"
+    rated = _held_out_support(ml100k_run)
+    rated.write_csv(support)
+    out = tmp_path / "out.parquet"
+    users = tmp_path / "users.txt"
+    listed = [200_001, 200_002, 200_003, rated["user"][0]]
+    users.write_text("\n".join(str(u) for u in listed) + "\n")
+    report = score_command(str(ml100k_run), 10, str(out), users=str(users),
+                           support=str(support), users_meta=str(meta))  # fmt: skip
+    assert report["demographics_only"] == 3 and report["users"] == 4
+    assert report["served_by"] == {"model": 0, "cold_start": 4, "popularity": 0}
+    got = pl.read_parquet(out)
+    lists = {u: got.filter(pl.col("user_id") == u)["item_id"].to_list()
+             for u in (200_001, 200_002, 200_003)}  # fmt: skip
+    assert all(len(v) == 10 for v in lists.values())
+    assert set(got.filter(pl.col("user_id") >= 200_000)["served_by"]) == {"cold_start"}
+    assert lists[200_001] == lists[200_003] and lists[200_001] != lists[200_002]
+    # the same users through adapt_users: their state is the demographic regression's
+    run = load_run(ml100k_run)
+    empty = pl.DataFrame(schema={"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64})
+    adapted = adapt_users(run, empty, users=people)
+    assert adapted.rows_used == 0 and adapted.user_ids == [200_001, 200_002, 200_003]
+    assert not torch.allclose(adapted.state["user"][0], adapted.state["user"][1])
+    torch.testing.assert_close(adapted.state["user"][0], adapted.state["user"][2])
+
+
+def test_k0_is_measured_with_its_floors(ml100k_run):
+    doc = json.loads((ml100k_run / "coldstart" / "coldstart.json").read_text())
+    k0 = {r["labels"]["learner"]: r["metrics"] for r in doc["rows"] if r["labels"]["k"] == 0}
+    assert {"item_bias", "item_bias_group", "population", "demographic_ridge"} <= set(k0)
+    for m in k0.values():
+        assert 0.5 < m["rating/rmse"] < 1.6 and m["users"] == 189
