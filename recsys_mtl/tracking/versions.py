@@ -138,8 +138,13 @@ def default_description(run_dir: str | Path, run_tags: dict[str, str] | None = N
 
 
 def _coldstart_headline(table: dict[str, Any], meta: dict[str, Any]) -> list[str]:
-    """A cold-start run's best learner and best floor by query MAE at its largest K."""
+    """A cold-start run's served method, and its best learner and best floor by query MAE at
+    its largest K (shrunk learner variants count as learners)."""
+    table = dict(table)
+    served = table.pop("served", None) or {}
+    method = next((v.get("method") for v in served.values() if isinstance(v, dict)), None)
     learners = {entry.get("label") or entry.get("name") for entry in meta.get("learners") or []}
+    learners |= {n for n in table if "_shrunk" in n}
     ks = {k for per_k in table.values() for k in per_k}  # k5, k10, ... or rest
     if not ks:
         return []
@@ -154,7 +159,8 @@ def _coldstart_headline(table: dict[str, Any], meta: dict[str, Any]) -> list[str
         if scored:
             mae, name = min(scored)
             parts.append(f"best {kind} {name} {mae:.4g}")
-    return [f"cold start {k} rating/mae: " + ", ".join(parts)] if parts else []
+    out = [f"cold start serves {method}"] if method else []
+    return out + ([f"cold start {k} rating/mae: " + ", ".join(parts)] if parts else [])
 
 
 def _headline(metrics: dict[str, Any], prefix: str, k: int) -> list[tuple[str, float]]:

@@ -176,3 +176,11 @@ def test_a_cold_start_runs_description_names_its_best_learner_and_floor(tmp_path
     assert default_description(tmp_path).startswith(
         f"run folder {tmp_path.resolve()} (config 'cq')"
     )
+    # the served method is named; neither it nor a shrunk learner counts as a floor
+    summary["coldstart"]["maml_shrunk0.5"] = {"k10": {"rating/mae": 0.5}}
+    summary["coldstart"]["served"] = {"k10": {"method": "maml_shrunk0.5", "kind": "learner"}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert default_description(tmp_path, note).endswith(
+        "bellkor on rating; cold start serves maml_shrunk0.5; "
+        "cold start k10 rating/mae: best learner maml_shrunk0.5 0.5, best floor population 0.72"
+    )
