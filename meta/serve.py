@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 
 from meta.adapt import adapt_users
-from recsys_mtl.runs.batch import output_schema
-from recsys_mtl.runs.scoring import CatalogScorer, ScoredBlock, score_states, take_state
+from recsys_mtl.runs.batch import output_frame, output_schema
+from recsys_mtl.runs.scoring import CatalogScorer, score_states, take_state
 from recsys_mtl.runs.topk import items_csr
 
 __all__ = ["chain_without_ratings", "score_demographics_only", "without_ratings"]
@@ -47,25 +47,7 @@ def score_demographics_only(
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
     for b in score_states(scorer, lambda r: take_state(state, r), n, min(k, scorer.n_items),
                           exclude, chunk_users, False, "scoring users without ratings"):  # fmt: skip
-        yield _frame(schema, ids, run.item_ids, b)
-
-
-def _frame(
-    schema: dict[str, Any], ids: pl.Series, item_ids: pl.Series, block: ScoredBlock
-) -> pl.DataFrame:
-    c, k = block.items.shape
-    valid = block.valid.reshape(-1).cpu().numpy()
-    rows = block.rows.repeat_interleave(k).cpu().numpy()[valid]
-    cols: dict[str, Any] = {
-        "user_id": ids.gather(rows),
-        "item_id": item_ids.gather(block.items.reshape(-1).cpu().numpy()[valid]),
-        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), c)[valid],
-        "score": block.score.reshape(-1).cpu().numpy()[valid],
-    }
-    for t, v in block.tasks.items():
-        cols[f"score_{t}"] = v.reshape(-1).cpu().numpy()[valid]
-    cols["served_by"] = pl.repeat("cold_start", int(valid.sum()), eager=True)
-    return pl.DataFrame(cols).cast(schema)
+        yield output_frame(schema, ids, run.item_ids, b, "cold_start")
 
 
 def without_ratings(

@@ -32,7 +32,14 @@ from recsys_mtl.runs.scoring import (
 )
 from recsys_mtl.runs.topk import items_csr
 
-__all__ = ["ScoringReport", "iter_recommend", "output_schema", "recommend", "score_pairs"]
+__all__ = [
+    "ScoringReport",
+    "iter_recommend",
+    "output_frame",
+    "output_schema",
+    "recommend",
+    "score_pairs",
+]
 
 
 @dataclass
@@ -69,10 +76,11 @@ def output_schema(tasks: list[str], user_dtype: Any, item_dtype: Any) -> dict[st
     }
 
 
-def _part(
+def output_frame(
     schema: dict[str, Any], ids: pl.Series, item_ids: pl.Series, block: ScoredBlock, served: str
 ) -> pl.DataFrame:
-    """One block of output rows (vectorized: no Python loop over users)."""
+    """One block of output rows in :func:`output_schema`'s columns, ``served_by = served``
+    (vectorized: no Python loop over users)."""
     c, k = block.items.shape
     valid = block.valid.reshape(-1).cpu().numpy()
     rows = block.rows.repeat_interleave(k).cpu().numpy()[valid]
@@ -184,7 +192,7 @@ def iter_recommend(
             scorer, model.user_state, known_rows, k_eff, run.seen, chunk_users, progress,
             "scoring known users",
         ):  # fmt: skip
-            yield report.count(_part(schema, run.user_ids, run.item_ids, b, "model"))
+            yield report.count(output_frame(schema, run.user_ids, run.item_ids, b, "model"))
         report.served_by["model"] = int(known_rows.numel())
 
     # new users with support rows: the cold-start adapter, their support items masked
@@ -209,7 +217,7 @@ def iter_recommend(
                 scorer, lambda r: take_state(state, r), cold_ids.len(), k_eff, exclude, chunk_users,
                 progress, "scoring cold-start users",
             ):  # fmt: skip
-                yield report.count(_part(schema, cold_ids, run.item_ids, b, "cold_start"))
+                yield report.count(output_frame(schema, cold_ids, run.item_ids, b, "cold_start"))
             report.served_by["cold_start"] = cold_ids.len()
 
     # everyone else: popularity
@@ -228,7 +236,7 @@ def iter_recommend(
             torch.ones(n, items.numel(), dtype=torch.bool),
         )
         report.served_by["popularity"] = n
-        yield report.count(_part(schema, rest, run.item_ids, block, "popularity"))
+        yield report.count(output_frame(schema, rest, run.item_ids, block, "popularity"))
 
 
 def _cast_users(ids: pl.Series, dtype: pl.DataType, what: str) -> pl.Series:
