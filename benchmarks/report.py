@@ -33,8 +33,9 @@ INDEX = "index.md"
 SKIP = {"common"}
 # the order of the index; pages not named here follow, sorted
 ORDER = [
-    "ingest.md", "cli.md", "rankers.md", "weighting.md", "scoring.md", "tuning.md",
-    "speed.md", "fixed-costs.md", "warm-start.md", "coldstart.md", "tried.md",
+    "ingest.md", "cli.md", "rankers.md", "sequential.md", "weighting.md", "scoring.md",
+    "tuning.md", "speed.md", "fixed-costs.md", "scale.md", "warm-start.md", "coldstart.md",
+    "tried.md",
 ]  # fmt: skip
 # pages written by hand (no figures of their own: what was tried, with the commits that hold it)
 HAND_WRITTEN = {"tried.md": "Things tried and not kept"}

@@ -67,7 +67,10 @@ def _features(ctx: StageContext) -> dict[str, Any]:
     from recsys_mtl.data.features import build_features
 
     spec = build_features(
-        ctx.input(INGEST.out("report.json")).parent, ctx.config.features, ctx.out_dir
+        ctx.input(INGEST.out("report.json")).parent,
+        ctx.config.features,
+        ctx.out_dir,
+        memory_mb=ctx.config.data.memory_mb,
     )
     return {"metrics": {k: v for k, v in spec["stats"].items()}}
 
@@ -171,7 +174,7 @@ INGEST = Stage(
 FEATURES = Stage(
     RunLayout.FEATURES,
     _features,
-    reads=("features",),
+    reads=("features", "data.memory_mb"),  # the partitions negatives are drawn in
     inputs=INGEST.outs("interactions.parquet", "users.parquet", "items.parquet", "report.json"),
     outputs=(
         "interactions.parquet",

@@ -149,6 +149,14 @@ class DataConfig(Frozen):
     synthetic: SyntheticConfig = Field(
         SyntheticConfig(), description="the built-in generator's settings (data.format: synthetic)"
     )
+    memory_mb: int = Field(
+        1024,
+        ge=16,
+        description="memory the data stages aim to stay within, in MB: the work that needs a "
+        "user's whole log (duplicate pairs, negatives that avoid every rated item) runs per "
+        "hash partition of the users, as many partitions as keep one within half of it; "
+        "lower it on a small machine (more, smaller partitions; the same tables)",
+    )
     max_quarantine_share: float = Field(
         0.05,
         ge=0.0,

@@ -19,7 +19,7 @@ never rated anywhere in the log, so a negative is never a positive.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,9 @@ import numpy as np
 import polars as pl
 
 from recsys_mtl.config import FeaturesConfig
-from recsys_mtl.io import write_json, write_parquet
+from recsys_mtl.data.negatives import draw_unrated, pair_keys, sample_negatives
+from recsys_mtl.data.stream import partitions_for
+from recsys_mtl.io import atomic_path, write_json, write_parquet
 from recsys_mtl.layout import RunLayout
 
 __all__ = [
@@ -35,8 +37,10 @@ __all__ = [
     "TASK_SPECS",
     "build_features",
     "draw_unrated",
+    "negative_rows",
     "pair_keys",
     "sample_negatives",
+    "time_columns",
 ]
 
 AGE_BOUNDS = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups
@@ -57,135 +61,34 @@ def _codes(values: pl.Series, vocab: list[Any] | None = None) -> tuple[pl.Series
     return codes.fill_null(0), vocab
 
 
-def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
-    """One int64 key per (user, item) pair, ``user * n_items + item``: sorted, these keys are
-    how membership of a pair in a set of ratings is tested (``np.searchsorted``)."""
-    return np.asarray(users).astype(np.int64) * n_items + np.asarray(items).astype(np.int64)
-
-
-def _member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Vectorized membership of ``queries`` in the sorted array ``sorted_keys``."""
-    if sorted_keys.size == 0:
-        return np.zeros(queries.shape, dtype=bool)
-    pos = np.searchsorted(sorted_keys, queries)
-    pos = np.minimum(pos, sorted_keys.size - 1)
-    return sorted_keys[pos] == queries
-
-
-DENSE_MEMBERSHIP_LIMIT = 1 << 26  # keys: a lookup table of at most 64 MB
-
-
-def _membership(sorted_keys: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Membership in ``sorted_keys`` as a function: a boolean lookup table indexed by key when
-    the keys span at most :data:`DENSE_MEMBERSHIP_LIMIT` values (ml-100k: 1.6 MB; 10-20x
-    faster than binary searches), else :func:`_member`."""
-    if sorted_keys.size == 0 or sorted_keys[-1] >= DENSE_MEMBERSHIP_LIMIT or sorted_keys[0] < 0:
-        return lambda q: _member(sorted_keys, q)
-    table = np.zeros(int(sorted_keys[-1]) + 2, dtype=bool)  # the last entry: every larger key
-    table[sorted_keys] = True
-    last = table.size - 1
-    return lambda q: table[np.minimum(q, last)]
-
-
-def draw_unrated(
-    users: np.ndarray,
-    rated_keys: np.ndarray,
-    n_items: int,
-    per_row: int,
-    rng: np.random.Generator,
-    order: np.ndarray | None = None,
-    max_rounds: int = 100,
-    distinct: bool = False,
-) -> np.ndarray:
-    """``(len(users), per_row)`` items drawn uniformly among those each user has not rated.
-
-    ``rated_keys`` are the sorted :func:`pair_keys` of every rating. Rejection sampling,
-    vectorized; a draw that finds no unrated item after ``max_rounds`` (a user who rated almost
-    everything) is -1. With ``distinct`` the items of one row are also all different (sampling
-    without replacement, as the NCF evaluation protocol ranks 99 distinct items): a repeated
-    item is redrawn like a rated one, and a row that cannot be completed keeps -1 entries.
-    ``order`` (rows grouped by user) makes the membership tests cache-friendly: consecutive
-    binary searches fall in the same small region of the keys (4-5x faster than in log
-    order); it defaults to a stable arg-sort of ``users``.
-    """
-    n, k = users.size, per_row
-    if order is None:
-        order = np.argsort(users, kind="stable")
-    base = np.repeat(users[order].astype(np.int64) * n_items, k)
-    item = rng.integers(0, n_items, n * k)
-
-    member = _membership(rated_keys)
-
-    def rejected(pos: np.ndarray) -> np.ndarray:
-        """Positions (whole rows, in row order) whose draw is rated or repeats its row."""
-        bad = member(base[pos] + item[pos])
-        if distinct and k > 1:
-            block = item[pos].reshape(-1, k)
-            by_value = np.argsort(block, axis=1, kind="stable")
-            ranked = np.take_along_axis(block, by_value, 1)
-            repeat = np.zeros(block.shape, dtype=bool)
-            repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]  # every copy after the first
-            again = np.zeros(block.shape, dtype=bool)
-            np.put_along_axis(again, by_value, repeat, 1)
-            bad |= again.ravel()
-        return pos[bad]
-
-    bad = rejected(np.arange(n * k))
-    for _ in range(max_rounds):
-        if bad.size == 0:
-            break
-        item[bad] = rng.integers(0, n_items, bad.size)
-        if distinct:  # a redraw can repeat another item of its row: recheck those rows whole
-            rows = np.unique(bad // k)
-            bad = rejected((rows[:, None] * k + np.arange(k)).ravel())
-        else:
-            bad = bad[member(base[bad] + item[bad])]
-    item[bad] = -1
-    out = np.empty((n, k), dtype=np.int64)
-    out[order] = item.reshape(n, k)  # back to the callers' row order
-    return out
-
-
-def sample_negatives(
-    uidx: np.ndarray,
-    iidx: np.ndarray,
-    n_items: int,
-    per_positive: int,
-    rng: np.random.Generator,
-    max_rounds: int = 100,
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """Draw ``per_positive`` unrated items for each rating ``(uidx[r], iidx[r])``.
-
-    Returns (index of the rating each negative belongs to, ascending; the negative item; the
-    number of draws that found no unrated item).
-    """
-    if per_positive == 0 or uidx.size == 0:
-        empty = np.empty(0, np.int64)
-        return empty, empty, 0
-    # One multi-threaded arg-sort of the pair keys gives both the sorted keys and the ratings
-    # grouped by user; ingest made the pairs distinct, so no unique is needed.
-    keys = pair_keys(uidx, iidx, n_items)
-    by_key = pl.Series(keys).arg_sort().to_numpy()
-    items = draw_unrated(
-        uidx, keys[by_key], n_items, per_positive, rng, order=by_key, max_rounds=max_rounds
-    )
-    flat = items.ravel()
-    found = flat >= 0
-    owner = np.repeat(np.arange(uidx.size, dtype=np.int64), per_positive)
-    return owner[found], flat[found], int((~found).sum())
-
-
 def build_features(
-    ingest_dir: str | Path, cfg: FeaturesConfig, out_dir: str | Path
+    ingest_dir: str | Path,
+    cfg: FeaturesConfig,
+    out_dir: str | Path,
+    memory_mb: int | None = None,
 ) -> dict[str, Any]:
-    """Build the feature tables of an ingested log; returns the feature spec (also written)."""
+    """Build the feature tables of an ingested log; returns the feature spec (also written).
+
+    ``memory_mb`` (``data.memory_mb``): when the log needs more than one partition of its
+    users to stay within it (:func:`~recsys_mtl.data.stream.partitions_for`), the positives
+    are written by a streaming pass and the negatives are drawn per partition (each user's
+    ratings in one partition, so a negative still avoids every item the user rated; the draws
+    are seeded by ``(features.seed, partition)``). None, or a log that fits: in memory."""
     src, out = Path(ingest_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    inter = pl.read_parquet(src / "interactions.parquet")
+    scan = pl.scan_parquet(src / "interactions.parquet")
+    n_rows, t_min, t_max = (
+        scan.select(pl.len(), pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi"))
+        .collect()
+        .row(0)
+    )
+    parts = 1 if memory_mb is None else partitions_for(n_rows, memory_mb)
+    inter = pl.read_parquet(src / "interactions.parquet") if parts == 1 else None
     users = pl.read_parquet(src / "users.parquet").sort("user_id")
     items = pl.read_parquet(src / "items.parquet").sort("item_id")
     ingest_report = json.loads((src / "report.json").read_text())
     lo, hi = ingest_report["rating_scale"]
+    t_min, t_max = int(t_min or 0), int(t_max or 0)
 
     # Users.
     user_ids = users["user_id"]
@@ -235,41 +138,12 @@ def build_features(
     )
 
     # Interactions: ids, labels, time.
-    uidx = inter["user_id"].replace_strict(user_ids, user_features["uidx"], return_dtype=pl.Int32)
-    iidx = inter["item_id"].replace_strict(
-        items["item_id"], item_features["iidx"], return_dtype=pl.Int32
-    )
-    ts = inter["ts"]
-    t_min, t_max = int(ts.min()), int(ts.max())
-    day = (pl.col("ts") - t_min) // 86_400
-    span = t_max - t_min + 1
-    positives = pl.DataFrame(
-        {
-            "row": np.arange(inter.height, dtype=np.int64),
-            "uidx": uidx,
-            "iidx": iidx,
-            "rating": inter["rating"],
-            "like": (inter["rating"] >= cfg.like_threshold).cast(pl.Int8),
-            "interaction": np.ones(inter.height, dtype=np.int8),
-            "ts": ts,
-        }
-    ).with_columns(
-        day.cast(pl.Int32).alias("day"),
-        ((pl.col("ts") // 86_400 + 3) % 7).cast(pl.Int8).alias("dow"),  # Monday = 0
-        ((pl.col("ts") - t_min) * cfg.time_bins // span).cast(pl.Int32).alias("time_bin"),
-    )
-    rng = np.random.default_rng(cfg.seed)
-    owner, neg_items, unavailable = sample_negatives(
-        uidx.to_numpy(), iidx.to_numpy(), items.height, cfg.negatives_per_positive, rng
-    )
-    # A negative shares its rating's user and time: gather those, then set item and labels.
-    negatives = positives[owner].with_columns(
-        pl.Series("iidx", neg_items, dtype=pl.Int32),
-        pl.lit(None, pl.Float32).alias("rating"),
-        pl.lit(None, pl.Int8).alias("like"),
-        pl.lit(0, pl.Int8).alias("interaction"),
-    )
-    table = pl.concat([positives, negatives])
+    if inter is None:
+        stats = _partitioned_table(
+            scan, user_features, item_features, cfg, (t_min, t_max), parts, out
+        )
+    else:
+        stats = _table(inter, user_features, item_features, cfg, out)
 
     spec: dict[str, Any] = {
         "n_users": users.height,
@@ -297,14 +171,128 @@ def build_features(
             "day": {"kind": "numeric", "table": "interaction"},
         },
         "tasks": TASK_SPECS,
-        "stats": {
-            "positives": positives.height,
-            "negatives": negatives.height,
-            "negatives_unavailable": unavailable,
-        },
+        "stats": stats,
     }  # fmt: skip
-    write_parquet(table, out / "interactions.parquet")
     write_parquet(user_features, out / "user_features.parquet")
     write_parquet(item_features, out / "item_features.parquet")
     write_json(spec, out / RunLayout.SPEC)
     return spec
+
+
+def time_columns(cfg: FeaturesConfig, t_min: int, t_max: int) -> list[pl.Expr]:
+    """``day`` (from the log's first day), ``dow`` and ``time_bin`` of ``ts``."""
+    span = t_max - t_min + 1
+    return [
+        ((pl.col("ts") - t_min) // 86_400).cast(pl.Int32).alias("day"),
+        ((pl.col("ts") // 86_400 + 3) % 7).cast(pl.Int8).alias("dow"),  # Monday = 0
+        ((pl.col("ts") - t_min) * cfg.time_bins // span).cast(pl.Int32).alias("time_bin"),
+    ]
+
+
+def negative_rows(positives: pl.DataFrame, owner: np.ndarray, items: np.ndarray) -> pl.DataFrame:
+    """The negatives of the ratings ``positives[owner]``, with ``items``."""
+    """A negative shares its rating's user and time: those gathered, then item and labels."""
+    return positives[owner].with_columns(
+        pl.Series("iidx", items, dtype=pl.Int32),
+        pl.lit(None, pl.Float32).alias("rating"),
+        pl.lit(None, pl.Int8).alias("like"),
+        pl.lit(0, pl.Int8).alias("interaction"),
+    )
+
+
+def _table(
+    inter: pl.DataFrame,
+    user_features: pl.DataFrame,
+    item_features: pl.DataFrame,
+    cfg: FeaturesConfig,
+    out: Path,
+) -> dict[str, int]:
+    """The interactions table in memory: every rating, then its sampled negatives."""
+    uidx = inter["user_id"].replace_strict(
+        user_features["user_id"], user_features["uidx"], return_dtype=pl.Int32
+    )
+    iidx = inter["item_id"].replace_strict(
+        item_features["item_id"], item_features["iidx"], return_dtype=pl.Int32
+    )
+    ts = inter["ts"]
+    t_min, t_max = (int(ts.min()), int(ts.max())) if inter.height else (0, 0)
+    positives = pl.DataFrame(
+        {
+            "row": np.arange(inter.height, dtype=np.int64),
+            "uidx": uidx,
+            "iidx": iidx,
+            "rating": inter["rating"],
+            "like": (inter["rating"] >= cfg.like_threshold).cast(pl.Int8),
+            "interaction": np.ones(inter.height, dtype=np.int8),
+            "ts": ts,
+        }
+    ).with_columns(time_columns(cfg, t_min, t_max))
+    rng = np.random.default_rng(cfg.seed)
+    owner, neg_items, unavailable = sample_negatives(
+        uidx.to_numpy(), iidx.to_numpy(), item_features.height, cfg.negatives_per_positive, rng
+    )
+    negatives = negative_rows(positives, owner, neg_items)
+    write_parquet(pl.concat([positives, negatives]), out / "interactions.parquet")
+    return {
+        "positives": positives.height,
+        "negatives": negatives.height,
+        "negatives_unavailable": unavailable,
+    }
+
+
+def _partitioned_table(
+    scan: pl.LazyFrame,
+    user_features: pl.DataFrame,
+    item_features: pl.DataFrame,
+    cfg: FeaturesConfig,
+    time_range: tuple[int, int],
+    parts: int,
+    out: Path,
+) -> dict[str, int]:
+    """The interactions table in bounded memory: the positives by one streaming pass, the
+    negatives per partition of the users (``uidx`` modulo ``parts``), then both concatenated
+    by a streaming pass. The same columns and positives as the in-memory path."""
+    work = out / "_partitions"
+    work.mkdir(parents=True, exist_ok=True)
+    users = user_features.select("user_id", "uidx").lazy()
+    items = item_features.select("item_id", "iidx").lazy()
+    positives = (
+        scan.with_row_index("row")
+        .join(users, on="user_id", how="left", maintain_order="left")
+        .join(items, on="item_id", how="left", maintain_order="left")
+        .select(
+            pl.col("row").cast(pl.Int64),
+            "uidx",
+            "iidx",
+            "rating",
+            (pl.col("rating") >= cfg.like_threshold).cast(pl.Int8).alias("like"),
+            pl.lit(1, pl.Int8).alias("interaction"),
+            "ts",
+            *time_columns(cfg, *time_range),
+        )
+    )
+    pos_path = work / "positives.parquet"
+    positives.sink_parquet(pos_path)
+    n_pos = n_neg = unavailable = 0
+    for p in range(parts):
+        part = pl.scan_parquet(pos_path).filter(pl.col("uidx") % parts == p).collect()
+        rng = np.random.default_rng([cfg.seed, p])
+        owner, neg_items, missing = sample_negatives(
+            part["uidx"].to_numpy(), part["iidx"].to_numpy(), item_features.height,
+            cfg.negatives_per_positive, rng,
+        )  # fmt: skip
+        negatives = negative_rows(part, owner, neg_items)
+        negatives.write_parquet(work / f"negatives-{p:04d}.parquet")
+        n_pos, n_neg, unavailable = (
+            n_pos + part.height,
+            n_neg + negatives.height,
+            (unavailable + missing),
+        )
+        del part, negatives
+    files = [pl.scan_parquet(pos_path)] + [
+        pl.scan_parquet(work / f"negatives-{p:04d}.parquet") for p in range(parts)
+    ]
+    with atomic_path(out / "interactions.parquet") as tmp:
+        pl.concat(files).sink_parquet(tmp)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"positives": n_pos, "negatives": n_neg, "negatives_unavailable": unavailable}

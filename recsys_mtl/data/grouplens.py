@@ -32,7 +32,7 @@ from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, Layout, RawTables
 from recsys_mtl.data.side_tables import read_side_tables
 from recsys_mtl.errors import UserError
 
-__all__ = ["detect_layout", "read_layout", "read_ratings_file"]
+__all__ = ["count_lines", "detect_layout", "read_layout", "read_ratings_file"]
 
 CSV_RATINGS_HEADER = "userId,movieId,rating,timestamp"
 _NAMED = (
@@ -145,8 +145,21 @@ def read_ratings_file(path: Path, kind: str) -> tuple[pl.LazyFrame, int]:
     return lf, blank
 
 
-def _count_lines(path: Path) -> int:
-    """Number of lines (a last line without a newline counts), in constant memory."""
+def count_lines(path: Path) -> int:
+    """Number of lines (a last line without a newline counts), in constant memory: polars'
+    row count of the file read as one unquoted column, else a count of newlines by blocks."""
+    try:
+        lines = pl.scan_csv(
+            path,
+            has_header=False,
+            quote_char=None,
+            separator="\x1f",
+            schema={"raw": pl.String},
+            encoding="utf8-lossy",
+        )
+        return int(lines.select(pl.len()).collect().item())
+    except pl.exceptions.PolarsError:
+        pass
     n, last = 0, b"\n"
     with open(path, "rb") as f:
         while block := f.read(1 << 24):
@@ -178,7 +191,7 @@ def _typed_read(path: Path, sep: str, skip_header: bool) -> pl.DataFrame | None:
     )
     if fields_null or gaps_filled:
         return None
-    if df.height + int(skip_header) != _count_lines(path):
+    if df.height + int(skip_header) != count_lines(path):
         return None  # blank lines were skipped: line numbers would drift
     start = 1 + int(skip_header)
     return df.select(
@@ -189,15 +202,20 @@ def _typed_read(path: Path, sep: str, skip_header: bool) -> pl.DataFrame | None:
     )
 
 
-def read_layout(layout: Layout, cfg: DataConfig) -> RawTables:
-    """Parse every file of ``layout``; side tables are validated here, ratings in ingest."""
-    ratings = layout.files["ratings"]
-    if ratings.stat().st_size == 0:
-        raise UserError(f"{ratings.absolute()}: the file is empty (0 bytes); it has no rating rows")
+def read_layout(layout: Layout, cfg: DataConfig, ratings: bool = True) -> RawTables:
+    """Parse every file of ``layout``; side tables are validated here, ratings in ingest.
+    ``ratings`` False: the side tables only (the ratings are streamed by ingest), with an
+    empty ``interactions`` frame."""
+    path = layout.files["ratings"]
+    if path.stat().st_size == 0:
+        raise UserError(f"{path.absolute()}: the file is empty (0 bytes); it has no rating rows")
     if layout.kind in ("csv", "parquet"):
         lf, blank = read_generic(layout, cfg)
         return RawTables(lf, layout.files["ratings"].name, blank)
-    lf, blank = read_ratings_file(layout.files["ratings"], layout.kind)
+    if ratings:
+        lf, blank = read_ratings_file(layout.files["ratings"], layout.kind)
+    else:
+        lf, blank = pl.LazyFrame(schema={"line": pl.Int64, **RATING_TYPES}), 0
     rt = RawTables(lf, layout.files["ratings"].name, blank)
     read_side_tables(layout, rt)
     return rt

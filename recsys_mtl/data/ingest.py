@@ -28,6 +28,7 @@ from recsys_mtl.config import DataConfig
 from recsys_mtl.data.grouplens import detect_layout, read_layout
 from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame, reason_counts
 from recsys_mtl.data.raw import Layout, RawTables
+from recsys_mtl.data.stream import STREAMED_KINDS, discard, stream_interactions
 from recsys_mtl.data.synthetic import write_synthetic
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
@@ -139,8 +140,18 @@ def _duplicated_pairs(df: pl.DataFrame) -> pl.Series | None:
     return valid.is_not_null() & valid.is_duplicated()
 
 
-def _derive_users(kept: pl.DataFrame) -> pl.DataFrame:
-    return kept.select(pl.col("user_id").unique().sort()).with_columns(
+def _rated(kept: pl.DataFrame | pl.LazyFrame) -> dict[str, int]:
+    """Distinct rated users and items (a streaming aggregate of a lazy table)."""
+    n = kept.lazy().select(
+        pl.col("user_id").n_unique().alias("rated_users"),
+        pl.col("item_id").n_unique().alias("rated_items"),
+    )
+    return n.collect().row(0, named=True)
+
+
+def _derive_users(kept: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    ids = kept.lazy().select(pl.col("user_id").unique().sort()).collect()
+    return ids.with_columns(
         pl.lit(None, pl.Int32).alias("age"),
         pl.lit(None, pl.String).alias("gender"),
         pl.lit(None, pl.String).alias("occupation"),
@@ -148,8 +159,9 @@ def _derive_users(kept: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _derive_items(kept: pl.DataFrame) -> pl.DataFrame:
-    return kept.select(pl.col("item_id").unique().sort()).with_columns(
+def _derive_items(kept: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+    ids = kept.lazy().select(pl.col("item_id").unique().sort()).collect()
+    return ids.with_columns(
         pl.lit(None, pl.String).alias("title"),
         pl.lit(None, pl.Int32).alias("year"),
         pl.lit([], pl.List(pl.String)).alias("genres"),
@@ -174,8 +186,14 @@ def ingest(
     *,
     max_share: float | None = None,
     keep_rejected: str | Path | None = None,
+    streaming: bool | None = None,
 ) -> IngestResult:
     """Read, validate and write the canonical tables of the log ``cfg`` describes.
+
+    ``streaming``: the GroupLens layouts (:data:`~recsys_mtl.data.stream.STREAMED_KINDS`) parse
+    and validate their ratings in bounded memory (:mod:`recsys_mtl.data.stream`, partitions by
+    ``data.memory_mb``) unless it is False; generic logs are read in memory. Both paths write
+    the same tables.
 
     ``max_share`` (the pipeline passes ``data.max_quarantine_share``): when a larger share of
     the rating rows is quarantined, stop with a :class:`UserError` naming the top reason, its
@@ -185,15 +203,47 @@ def ingest(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = resolve_layout(cfg, Path(work_dir) if work_dir is not None else out)
-    raw: RawTables = read_layout(layout, cfg)
+    streamed = layout.kind in STREAMED_KINDS and streaming is not False
+    raw: RawTables = read_layout(layout, cfg, ratings=not streamed)
     auto = cfg.rating_scale == "auto"
     fixed = None if auto else tuple(cfg.rating_scale or layout.rating_scale)
     known_users = raw.users["user_id"] if raw.users is not None else None
     known_items = raw.items["item_id"] if raw.items is not None else None
-    kept, rejects, scale, observed = validate_interactions(
-        raw.interactions, fixed, known_users, known_items, layout.rating_scale
-    )
-    if kept.height + rejects.height == 0:
+    work = out / "_stream"
+    try:
+        return _ingest(cfg, layout, raw, out, fixed, known_users, known_items, streamed, work,
+                       max_share=max_share, keep_rejected=keep_rejected)  # fmt: skip
+    finally:
+        discard(work)
+
+
+def _ingest(
+    cfg: DataConfig,
+    layout: Layout,
+    raw: RawTables,
+    out: Path,
+    fixed: tuple[float, float] | None,
+    known_users: pl.Series | None,
+    known_items: pl.Series | None,
+    streamed: bool,
+    work: Path,
+    *,
+    max_share: float | None,
+    keep_rejected: str | Path | None,
+) -> IngestResult:
+    auto = cfg.rating_scale == "auto"
+    kept: pl.DataFrame | pl.LazyFrame
+    if streamed:
+        found = stream_interactions(layout, fixed, known_users, known_items, work, cfg.memory_mb)
+        kept, n_kept = pl.scan_parquet(found.kept_path), found.kept_rows
+        rejects, scale, observed = found.rejects, found.scale, found.observed
+        raw.blank_lines = found.blank_lines
+    else:
+        kept, rejects, scale, observed = validate_interactions(
+            raw.interactions, fixed, known_users, known_items, layout.rating_scale
+        )
+        n_kept = kept.height
+    if n_kept + rejects.height == 0:
         raise UserError(_no_rows_message(layout, raw.blank_lines, cfg.header))
     if auto:
         _check_auto_scale(layout, observed)
@@ -207,11 +257,11 @@ def ingest(
         ]
     )
     counts = reason_counts(rejects)
-    rows_read = kept.height + rejects.height
+    rows_read = n_kept + rejects.height
     log.info(
         "ingest: %s rows read, %s kept, %s quarantined%s",
         f"{rows_read:,}",
-        f"{kept.height:,}",
+        f"{n_kept:,}",
         f"{rejects.height:,}",
         f" ({', '.join(f'{r}: {n:,}' for r, n in _by_count(counts))})" if counts else "",
     )
@@ -225,12 +275,12 @@ def ingest(
             *observed,
         )
     too_many = max_share is not None and rejects.height > max_share * rows_read
-    if kept.height == 0 or too_many:
+    if n_kept == 0 or too_many:
         kept_at = Path(keep_rejected) if keep_rejected is not None else out / "quarantine.parquet"
         write_parquet(quarantine, kept_at)
         top, n_top = _by_count(counts)[0]
         ratings = layout.files["ratings"].absolute()
-        if kept.height == 0:
+        if n_kept == 0:
             raise UserError(
                 f"{ratings}: no usable ratings ({rejects.height:,} rows rejected; most common "
                 f"reason: {top}, {n_top:,} rows{hint}); the rejected rows are in "
@@ -245,7 +295,11 @@ def ingest(
     users = raw.users if raw.users is not None else _derive_users(kept)
     items = raw.items if raw.items is not None else _derive_items(kept)
 
-    write_parquet(kept, out / "interactions.parquet")
+    if isinstance(kept, pl.LazyFrame):  # the streamed rows: already a Parquet file
+        found.kept_path.replace(out / "interactions.parquet")
+        kept = pl.scan_parquet(out / "interactions.parquet")
+    else:
+        write_parquet(kept, out / "interactions.parquet")
     write_parquet(users, out / "users.parquet")
     write_parquet(items, out / "items.parquet")
     if raw.tags is not None:
@@ -262,15 +316,14 @@ def ingest(
         "interactions": {
             "source": raw.ratings_source,
             "rows_read": rows_read,
-            "rows_kept": kept.height,
+            "rows_kept": n_kept,
             "rows_quarantined": counts,
             "blank_lines": raw.blank_lines,
         },
         "side_tables": raw.side_reports,
         "users": users.height,
         "items": items.height,
-        "rated_users": kept["user_id"].n_unique(),
-        "rated_items": kept["item_id"].n_unique(),
+        **_rated(kept),
         "genres": raw.genres or [],
     }
     write_json(report, out / "report.json")

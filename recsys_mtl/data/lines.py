@@ -35,6 +35,7 @@ __all__ = [
     "read_lines",
     "read_side_lines",
     "reason_counts",
+    "scan_lines",
     "split_fields",
 ]
 
@@ -93,6 +94,22 @@ def read_lines(path: Path, encoding: str = "utf-8", skip_header: bool = False) -
     elif encoding != "utf-8":
         raise ValueError(f"unsupported encoding {encoding!r}")
     return _lines_frame(source, path, skip_header)
+
+
+def scan_lines(path: Path, skip_header: bool = False) -> pl.LazyFrame:
+    """:func:`read_lines` (UTF-8, undecodable bytes as U+FFFD) as a lazy scan: the file is read
+    in streaming batches when the query runs, never whole."""
+    lf = pl.scan_csv(
+        path,
+        separator=_UNUSED_SEP,
+        has_header=False,
+        quote_char=None,
+        schema={"raw": pl.String},
+        encoding="utf8-lossy",
+        row_index_name="line",
+        row_index_offset=1,
+    ).with_columns(pl.col("line").cast(pl.Int64))
+    return lf.filter(pl.col("line") > 1) if skip_header else lf
 
 
 def read_side_lines(path: Path) -> tuple[pl.DataFrame, int]:
@@ -217,7 +234,11 @@ def fill_raw(rejects: pl.DataFrame, path: Path) -> pl.DataFrame:
     if rejects.height == 0 or not missing.any():
         return rejects
     wanted = rejects.filter(missing)["line"].implode()
-    text = read_lines(path).filter(pl.col("line").is_in(wanted)).rename({"raw": "_text"})
+    try:  # a streaming scan keeps only the wanted lines
+        text = scan_lines(path).filter(pl.col("line").is_in(wanted)).collect()
+    except pl.exceptions.PolarsError:
+        text = read_lines(path).filter(pl.col("line").is_in(wanted))
+    text = text.rename({"raw": "_text"})
     return rejects.join(text, on="line", how="left", maintain_order="left").select(
         pl.exclude("raw", "_text"), pl.coalesce("raw", "_text").alias("raw")
     )

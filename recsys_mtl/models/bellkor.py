@@ -37,6 +37,7 @@ from torch import nn
 from recsys_mtl.models.als import als_factors, implicit_als_factors
 from recsys_mtl.models.base import Ranker, Role, UserState, broadcast_rows
 from recsys_mtl.models.bellkor_config import BellKorConfig
+from recsys_mtl.models.bellkor_implicit import SubsetBagProduct, capped_bags
 from recsys_mtl.models.bellkor_scoring import FixedTimeScoring
 from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.embeddings import (
@@ -52,6 +53,8 @@ from recsys_mtl.models.registry import RANKERS
 
 __all__ = ["BellKor", "BellKorConfig"]
 
+# a batch's SVD++ vectors: one product over every user above this share of the ratings held
+_FULL_PRODUCT_SHARE = 0.5
 # (user, day) cells up to which the user-day bias rows come from a dense lookup table (int64:
 # 32 MB at this size); ml-100k has 943 x 215, ML-1M about 6,040 x 1,040
 _DENSE_DAYS = 1 << 22
@@ -81,6 +84,10 @@ class BellKor(FixedTimeScoring, Ranker):
             TableSpec("user_bias", ctx.n_users, n_t, init_std=0.0, side="user", task="per_task"),
             TableSpec("item_bias", ctx.n_items, n_t, init_std=0.0, side="item", task="per_task"),
         ]
+        if cfg.implicit and cfg.implicit_max_items is not None:
+            capped = capped_bags(ctx.implicit_offsets, ctx.implicit_values, cfg.implicit_max_items)
+            self.register_buffer("implicit_offsets", capped[0], persistent=False)
+            self.register_buffer("implicit_values", capped[1], persistent=False)
         if cfg.implicit:
             # its own tables: looked up once per distinct user of a batch, not once per pair
             self.implicit = EmbeddingTables(
@@ -172,6 +179,21 @@ class BellKor(FixedTimeScoring, Ranker):
                                          self.ctx.n_items, w.dtype)  # fmt: skip
             self._spmm_key = key
         return BagProduct.apply(w, *self._spmm)
+
+    def _implicit_bags(self, users: torch.Tensor) -> torch.Tensor:
+        """``|N(u)|^-1/2 sum_j y_j`` of distinct ``users (U,)`` from their sets alone."""
+        w = self.implicit.weight("implicit")
+        values, lengths = gather_jagged(self.implicit_offsets, self.implicit_values, users)
+        return SubsetBagProduct.apply(w, values, lengths, lengths.clamp(min=1).to(w.dtype).rsqrt())
+
+    def _most_ratings(self, users: torch.Tensor) -> bool:
+        """Whether the distinct ``users`` hold more than ``_FULL_PRODUCT_SHARE`` of the training
+        ratings (then the product over every user costs less than gathering their sets; a
+        product per step on a large log would make an epoch quadratic in its size)."""
+        offsets = self.implicit_offsets
+        return int((offsets[users + 1] - offsets[users]).sum()) > _FULL_PRODUCT_SHARE * int(
+            offsets[-1]
+        )
 
     def _user_features(self, u: torch.Tensor) -> dict[str, torch.Tensor]:
         feats = {"user": u, "user_bias": u}
@@ -332,8 +354,9 @@ class BellKor(FixedTimeScoring, Ranker):
         gathered to the rows in one step; the L2 penalty of the looked-up rows as per-user
         (and per-item) counts times their squared norms. The same outputs as :meth:`score` on
         the batch's user states, with half the ``(rows, dim)`` work forward and backward.
-        Under ``torch.func`` the SVD++ vectors come from plain gathers instead of the sparse
-        product (its autograd function has no ``torch.func`` rule)."""
+        The SVD++ vectors come from the sparse product over every user when the batch's users
+        hold most of the ratings, else (and under ``torch.func``, for which the product's
+        autograd function has no rule) from plain gathers of the batch's bags."""
         u, i = batch["user"], batch["item"]
         rows = u.numel()
         distinct, inverse = self._distinct_users(u)
@@ -356,6 +379,8 @@ class BellKor(FixedTimeScoring, Ranker):
         if self.cfg.implicit:
             if functorch_active():  # plain gathers under torch.func
                 y = self._implicit_of(distinct)[0]
+            elif not self._most_ratings(distinct):
+                y = self._implicit_bags(distinct)
             else:
                 y = self._implicit_all().index_select(0, distinct)
             reg = reg + squared_norms(y)  # the SVD++ vectors once per distinct user

@@ -19,6 +19,15 @@ class BellKorConfig(RankerConfig):
         "the implicit vectors y_j of the items the user rated in the training part "
         "(Koren, KDD 2008)",
     )
+    implicit_max_items: int | None = Field(
+        None,
+        ge=1,
+        description="with implicit: at most this many items in a user's set N(u), a fixed "
+        "pseudo-random subset of the user's training items (the same in training and "
+        "scoring); a batch's SVD++ work grows with its users' sets, so a cap keeps the cost "
+        "of a training rating the same on logs whose heaviest users rate tens of thousands "
+        "of items; null: every item",
+    )
     time_effects: bool = Field(
         True,
         description="timeSVD++ time effects on the rating task (when rating is one of the "

@@ -170,3 +170,48 @@ def test_distinct_users_equal_torch_unique_on_both_paths():
         distinct, inverse = model._distinct_users(u)
         want_d, want_i = torch.unique(u, return_inverse=True)
         assert torch.equal(distinct, want_d) and torch.equal(inverse, want_i)
+
+
+def test_the_batch_bags_and_the_product_over_every_user_agree(monkeypatch):
+    import recsys_mtl.models.bellkor as bellkor
+
+    model = _model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    batch = _batch(8, seed=2)  # a few users: a small share of the ratings
+    results = []
+    for share in (-1.0, 2.0):  # the product over every user, then the batch's bags alone
+        monkeypatch.setattr(bellkor, "_FULL_PRODUCT_SHARE", share)
+        model.zero_grad()
+        out = model(batch)
+        sum(o.pow(2).sum() for o in out.values()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out, grads))
+    (out_a, grad_a), (out_b, grad_b) = results
+    for t in out_a:
+        torch.testing.assert_close(out_a[t], out_b[t], rtol=1e-5, atol=1e-6)
+    assert grad_a.keys() == grad_b.keys()
+    for n in grad_a:
+        torch.testing.assert_close(grad_a[n], grad_b[n], rtol=1e-5, atol=1e-6, msg=n)
+
+
+def test_capped_sets_keep_a_fixed_subset_of_each_long_set():
+    from recsys_mtl.models.bellkor_implicit import capped_bags
+
+    offsets, values = CTX.implicit_offsets, CTX.implicit_values
+    lengths = offsets[1:] - offsets[:-1]
+    cap = 2
+    new_offsets, new_values = capped_bags(offsets, values, cap)
+    new_lengths = new_offsets[1:] - new_offsets[:-1]
+    assert torch.equal(new_lengths, lengths.clamp(max=cap))
+    for u in range(lengths.numel()):
+        kept = new_values[new_offsets[u] : new_offsets[u + 1]].tolist()
+        assert set(kept) <= set(values[offsets[u] : offsets[u + 1]].tolist())
+    again = capped_bags(offsets, values, cap)
+    assert torch.equal(again[1], new_values)
+    same = capped_bags(offsets, values, int(lengths.max()))
+    assert same[1] is values
+    model = _model(implicit_max_items=cap)
+    assert torch.equal(model.implicit_values, new_values)
+    assert torch.equal(_model().implicit_values, values)

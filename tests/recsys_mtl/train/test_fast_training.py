@@ -435,7 +435,7 @@ def test_bellkor_candidate_scores_equal_forward_on_every_pair():
 
 
 def test_dense_membership_draws_the_same_negatives_as_binary_search(monkeypatch):
-    from recsys_mtl.data import features
+    from recsys_mtl.data import negatives as features
 
     rng = np.random.default_rng(0)
     users = rng.integers(0, 30, 400)

@@ -1,0 +1,254 @@
+"""Cost against log size on one process: the whole pipeline, and the bounded-memory data stages.
+
+    python benchmarks/scale.py                       # parts 0 and 5 at 0.1M, 1M, 5M, 25M
+    python benchmarks/scale.py --quick               # 0.1M and 1M, under a few minutes
+    python benchmarks/scale.py --sizes 5M --parts 5  # one size, one part
+
+Synthetic MovieLens-shaped logs (``ratings.csv``, half stars) whose users and items grow as in
+MovieLens: 0.1M is ml-100k's shape, 1M ml-1m's, 25M ml-25m's (162,000 users, 59,000 items).
+
+* Part 0: the pipeline of ``configs/ml100k_bellkor.yaml`` and of ``configs/ml100k_ranking.yaml``
+  (``--recipes``), one stage per fresh process (earlier stages are cached by the run folder),
+  so each stage's seconds and peak RSS (VmHWM) are its own; ``OMP_NUM_THREADS=1``.
+* Part 5: ingest, and ingest + features, each in a fresh process, beside polars' typed
+  ``read_csv`` and ``scan_csv -> sink_parquet`` of the same file; ingest at the default
+  ``data.memory_mb`` and at ``--small-memory-mb``.
+
+Sizes run one at a time, smallest first. Progress goes to stderr; stdout gets one JSON line,
+also written to ``benchmarks/results/scale.json`` (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import machine_info  # noqa: E402
+
+# (users, items, ratings) per size label
+SIZES = {
+    "0.1M": (943, 1682, 100_000),
+    "1M": (6040, 3706, 1_000_000),
+    "5M": (31_500, 14_800, 5_000_000),
+    "25M": (162_000, 59_000, 25_000_000),
+}
+RECIPES = {"bellkor": "configs/ml100k_bellkor.yaml", "ranking": "configs/ml100k_ranking.yaml"}
+STAGES = ("ingest", "features", "split", "train", "evaluate")
+SCHEMA = {"userId": "Int64", "movieId": "Int64", "rating": "Float64", "timestamp": "Int64"}
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS (VmHWM: ru_maxrss survives exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _stage_worker(config: str, data: Path, run: Path, stage: int, sets: list[str]) -> dict:
+    """Run the pipeline up to stage ``stage`` (the earlier ones are cached in ``run``)."""
+    from pipelines.runner import Pipeline, run_pipeline
+    from pipelines.stages import build_pipeline
+    from recsys_mtl.config import load_config
+
+    overrides = [f"data.path={data}", "tracking.enabled=false", *sets]
+    cfg = load_config(ROOT / config, overrides)
+    stages = build_pipeline().stages[: stage + 1]
+    outcome = run_pipeline(Pipeline(stages), cfg, run)
+    name = stages[-1].name
+    reran = [n for n in outcome if n != name and not outcome[n]["skipped"]]
+    return {"stage": name, "seconds": outcome[name]["seconds"], "reran": reran}
+
+
+def _data_worker(kind: str, folder: Path, work: Path, memory_mb: int) -> dict:
+    import polars as pl
+
+    from recsys_mtl.config import DataConfig, FeaturesConfig
+    from recsys_mtl.data.features import build_features
+    from recsys_mtl.data.ingest import ingest
+
+    ratings = folder / "ratings.csv"
+    schema = {k: getattr(pl, v) for k, v in SCHEMA.items()}
+    t0 = time.perf_counter()
+    out: dict = {}
+    if kind == "read_csv":
+        out["rows"] = pl.read_csv(ratings, schema=schema).height
+    elif kind == "sink_parquet":
+        pl.scan_csv(ratings, schema=schema).sink_parquet(work / "ratings.parquet")
+    else:
+        report = ingest(DataConfig(path=str(folder), memory_mb=memory_mb), work / "ingest").report
+        out["ingest_seconds"] = time.perf_counter() - t0
+        out["rows"] = report["interactions"]["rows_read"]
+        if kind == "ingest+features":
+            t1 = time.perf_counter()
+            build_features(work / "ingest", FeaturesConfig(), work / "features", memory_mb)
+            out["features_seconds"] = time.perf_counter() - t1
+    out["seconds"] = time.perf_counter() - t0
+    out["peak_rss_mb"] = _peak_mb()
+    return out
+
+
+def _spawn(args: list[str]) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, __file__, *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-3:]
+        return {"error": " | ".join(tail)}
+    doc = json.loads(proc.stdout.strip().splitlines()[-1])
+    return doc
+
+
+def _generate(label: str, base: Path) -> tuple[Path, float]:
+    from recsys_mtl.config import SyntheticConfig
+    from recsys_mtl.data.synthetic import write_synthetic
+
+    users, items, n = SIZES[label]
+    folder = base / f"synthetic-{label}"
+    if (folder / "ratings.csv").is_file():
+        return folder, 0.0
+    t0 = time.perf_counter()
+    cfg = SyntheticConfig(users=users, items=items, ratings=n, layout="ml-latest")
+    write_synthetic(cfg, folder)
+    return folder, time.perf_counter() - t0
+
+
+def part0(label: str, folder: Path, base: Path, recipes: list[str], sets: list[str]) -> list:
+    rows = []
+    for recipe in recipes:
+        run = base / f"run-{recipe}-{label}" if not sets else base / f"run-{recipe}-{label}-sets"
+        for k, stage in enumerate(STAGES):
+            print(f"  part 0 {recipe} {label} {stage} ...", file=sys.stderr)
+            args = ["--stage-worker", RECIPES[recipe], "--data", str(folder), "--run", str(run)]
+            r = _spawn([*args, "--stage", str(k), *[f"--set={s}" for s in sets]])
+            labels = {"part": 0, "recipe": recipe, "size": label, "stage": stage}
+            if sets:
+                labels["sets"] = " ".join(sets)
+            if "error" in r:
+                rows.append({"labels": labels, "metrics": {}, "error": r["error"]})
+                print(f"    failed: {r['error']}", file=sys.stderr)
+                break
+            metrics = {"seconds": round(r["seconds"], 3), "peak_rss_mb": round(r["peak_rss_mb"])}
+            if r.get("reran"):  # code changed under the run: the peak covers those stages too
+                labels["earlier_stages_reran"] = r["reran"]
+            if stage == "train":
+                summary = json.loads((run / "train" / "_stage.json").read_text())["result"]
+                for key in ("train/seconds", "train/samples_per_s", "train/epochs"):
+                    if key in summary.get("metrics", {}):
+                        metrics[key] = summary["metrics"][key]
+            if stage == "evaluate":
+                result = json.loads((run / "evaluate" / "metrics.json").read_text())
+                for key in ("rating/rmse", "ranking/hr@10", "ranking_full/hr@10"):
+                    if key in result:
+                        metrics[key] = round(result[key], 4)
+            rows.append({"labels": labels, "metrics": metrics})
+            print(f"    {metrics}", file=sys.stderr)
+    return rows
+
+
+def part5(label: str, folder: Path, base: Path, small_mb: int) -> list:
+    rows = []
+    from recsys_mtl.config import DataConfig
+
+    default_mb = DataConfig.model_fields["memory_mb"].default
+    runs = [
+        ("read_csv", default_mb),
+        ("sink_parquet", default_mb),
+        ("ingest", default_mb),
+        ("ingest+features", default_mb),
+        ("ingest", small_mb),
+        ("ingest+features", small_mb),
+    ]
+    for kind, mb in runs:
+        work = base / f"work-{label}-{kind.replace('+', '-')}-{mb}"
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"  part 5 {label} {kind} (memory_mb {mb}) ...", file=sys.stderr)
+        r = _spawn(["--data-worker", kind, "--data", str(folder), "--run", str(work),
+                    "--memory-mb", str(mb)])  # fmt: skip
+        labels = {"part": 5, "size": label, "tool": kind, "memory_mb": mb}
+        if "error" in r:
+            rows.append({"labels": labels, "metrics": {}, "error": r["error"]})
+            continue
+        metrics = {k: round(v, 3) for k, v in r.items() if k.endswith("seconds")}
+        metrics["peak_rss_mb"] = round(r["peak_rss_mb"])
+        rows.append({"labels": labels, "metrics": metrics})
+        print(f"    {metrics}", file=sys.stderr)
+        subprocess.run(["rm", "-rf", str(work)], check=False)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--sizes", default=",".join(SIZES), help="comma-separated, from " + ",".join(SIZES)
+    )
+    ap.add_argument("--quick", action="store_true", help="sizes 0.1M and 1M")
+    ap.add_argument("--parts", default="0,5", help="0 (pipeline), 5 (data stages) or both")
+    ap.add_argument("--recipes", default=",".join(RECIPES), help="part 0's recipes")
+    ap.add_argument("--set", action="append", default=[], help="part 0: extra --set KEY=VALUE")
+    ap.add_argument("--small-memory-mb", type=int, default=256, help="part 5's smaller setting")
+    ap.add_argument("--dir", default=None, help="logs and run folders (default: a temp dir)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
+    ap.add_argument("--append", action="store_true", help="add the line to --out, not replace")
+    ap.add_argument("--stage-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--data-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    ap.add_argument("--run", help=argparse.SUPPRESS)
+    ap.add_argument("--stage", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-mb", type=int, default=1024, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.stage_worker:
+        r = _stage_worker(args.stage_worker, Path(args.data), Path(args.run), args.stage, args.set)
+        print(json.dumps({**r, "peak_rss_mb": _peak_mb()}))
+        return
+    if args.data_worker:
+        r = _data_worker(args.data_worker, Path(args.data), Path(args.run), args.memory_mb)
+        print(json.dumps(r))
+        return
+
+    os.environ["OMP_NUM_THREADS"] = "1"
+    sizes = ["0.1M", "1M"] if args.quick else [s.strip() for s in args.sizes.split(",")]
+    parts = {int(p) for p in args.parts.split(",")}
+    recipes = [r.strip() for r in args.recipes.split(",")]
+    base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="recsys-mtl-scale-"))
+    rows, generated = [], {}
+    for label in sorted(sizes, key=lambda s: SIZES[s][2]):
+        print(f"{label}: generating in {base} ...", file=sys.stderr)
+        folder, seconds = _generate(label, base)
+        generated[label] = round(seconds, 1)
+        if 0 in parts:
+            rows += part0(label, folder, base, recipes, args.set)
+        if 5 in parts and SIZES[label][2] >= 1_000_000:
+            rows += part5(label, folder, base, args.small_memory_mb)
+    import polars as pl
+    import torch
+
+    machine = {**machine_info(), "polars": pl.__version__, "torch": torch.__version__}
+    doc = {
+        "benchmark": "scale",
+        "sizes": {
+            k: dict(zip(("users", "items", "ratings"), SIZES[k], strict=True)) for k in sizes
+        },
+        "extra_sets": args.set,
+        "generate_seconds": generated,
+        "machine": machine,
+        "rows": rows,
+    }
+    line = json.dumps(doc)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a" if args.append else "w") as f:
+        f.write(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,251 @@
+"""Bounded-memory ingest of a GroupLens ratings file: the same tables as the in-memory path.
+
+One streaming pass parses the file (polars ``scan_csv`` with a fixed schema, the line number
+carried as a column) into a Parquet file of parsed rows; a file that does not parse cleanly is
+read as lazy text lines instead (:func:`recsys_mtl.data.lines.scan_lines`), each bad line
+getting its reason. A second streaming pass applies the value rules and sinks two outputs, the
+kept rows and the rejected ones. Duplicate (user, item) pairs (keep the latest) need every
+rating of a user at once: they are found per hash partition of the users, whose number follows
+``data.memory_mb`` (:func:`partitions_for`), and the losers leave the kept rows in a last
+streaming pass. No step holds the whole log in memory.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from recsys_mtl.data.grouplens import CSV_RATINGS_HEADER, count_lines
+from recsys_mtl.data.lines import cast_fields, first_line, scan_lines, split_fields
+from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, Layout
+from recsys_mtl.errors import UserError
+
+__all__ = [
+    "STREAMED_KINDS",
+    "StreamChecked",
+    "duplicate_losers",
+    "partitions_for",
+    "stream_interactions",
+    "user_partition",
+    "value_rules",
+]
+
+# the layouts whose ratings file is streamed (generic logs take the in-memory path)
+STREAMED_KINDS = ("ml-100k", "ml-dat", "ml-csv")
+# bytes a rating takes at the widest per-partition step (ids, time, line, hash tables)
+ROW_BYTES = 96
+# rows per Parquet row group of the files written: a streaming read holds a few groups at once
+ROW_GROUP = 1 << 18
+
+
+def partitions_for(rows: int, memory_mb: int) -> int:
+    """Hash partitions of the users such that one partition's ratings take at most half of
+    ``memory_mb`` at :data:`ROW_BYTES` each (1 for a log that fits)."""
+    budget = max(1, memory_mb) * 2**20 // 2
+    return max(1, math.ceil(rows * ROW_BYTES / budget))
+
+
+def user_partition(column: str, n: int, p: int) -> pl.Expr:
+    """Rows of partition ``p`` of ``n``: a seed-fixed hash of ``column`` modulo ``n``."""
+    if n == 1:
+        return pl.lit(True)
+    return pl.col(column).hash(seed=0) % n == p
+
+
+def value_rules(
+    scale: tuple[float, float],
+    known_users: pl.Series | None,
+    known_items: pl.Series | None,
+) -> pl.Expr:
+    """The ``reason`` after the value rules (first match wins): a parse-level reason,
+    ``rating_out_of_scale`` (also NaN/inf), ``invalid_ts``, ``unknown_user``, ``unknown_item``."""
+    r = pl.col("rating")
+    lo, hi = scale
+    rule = pl.when(pl.col("reason").is_not_null()).then("reason")
+    rule = rule.when(~r.is_finite() | (r < lo) | (r > hi)).then(pl.lit("rating_out_of_scale"))
+    rule = rule.when(pl.col("ts") < 0).then(pl.lit("invalid_ts"))
+    if known_users is not None:
+        known = pl.col("user_id").is_in(known_users.implode())
+        rule = rule.when(~known).then(pl.lit("unknown_user"))
+    if known_items is not None:
+        known = pl.col("item_id").is_in(known_items.implode())
+        rule = rule.when(~known).then(pl.lit("unknown_item"))
+    return rule.otherwise(pl.lit(None, pl.String)).alias("reason")
+
+
+def duplicate_losers(df: pl.DataFrame, order: str = "line") -> pl.Series:
+    """``order`` of every row of ``df`` (``order, user_id, item_id, ts``, all valid) whose
+    (user, item) pair has a later rating: by ``ts``, then by ``order`` (the position in the
+    log). Only the duplicated pairs are sorted."""
+    none = pl.Series(order, [], pl.Int64)
+    if df.height == 0:
+        return none
+    ints = df.schema["user_id"].is_integer() and df.schema["item_id"].is_integer()
+    if ints:
+        hi = df.select(
+            pl.col("user_id").max(),
+            pl.col("item_id").max(),
+            pl.col("user_id", "item_id").min().name.suffix("_min"),
+        ).row(0)
+        ints = None not in hi and min(hi[2], hi[3]) >= 0 and (hi[0] + 1) * (hi[1] + 1) < 2**62
+    # one Int64 key per pair is several times faster to hash than a struct of two columns
+    pair = (
+        pl.col("user_id") * (hi[1] + 1) + pl.col("item_id")
+        if ints
+        else pl.struct("user_id", "item_id")
+    )
+    if df.select(pair.n_unique()).item() == df.height:
+        return none
+    dups = df.filter(pair.is_duplicated()).sort("ts", order)
+    return dups.filter(~pl.struct("user_id", "item_id").is_last_distinct())[order].cast(pl.Int64)
+
+
+@dataclass(frozen=True)
+class StreamChecked:
+    """What :func:`stream_interactions` found; the kept rows are in ``kept_path``."""
+
+    kept_path: Path  # user_id, item_id, rating (f32), ts, in log order
+    kept_rows: int
+    rejects: pl.DataFrame  # line, reason, raw (null where the line's text is to be filled in)
+    scale: tuple[float, float]
+    observed: tuple[float, float] | None
+    blank_lines: int
+
+
+def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
+    """The file with a fixed schema, the line number as ``line`` ("::" read as ":" with empty
+    fields in between: exact for all-numeric lines)."""
+    sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
+    parts = RATING_FIELDS if sep != "::" else [f for n in RATING_FIELDS for f in (n, f"_{n}")][:-1]
+    schema = {n: RATING_TYPES.get(n, pl.String) for n in parts}
+    skip = int(kind == "ml-csv")
+    lf = pl.scan_csv(
+        path,
+        separator=sep[0],
+        has_header=False,
+        skip_rows=skip,
+        schema=schema,
+        quote_char=None,
+        row_index_name="line",
+        row_index_offset=1 + skip,
+    )
+    gaps = [c for c in parts if c not in RATING_TYPES]
+    return lf.with_columns(pl.col("line").cast(pl.Int64)), gaps
+
+
+def _observed(rows: pl.LazyFrame) -> tuple[float, float] | None:
+    """Lowest and highest finite rating of the rows without a parse-level reason."""
+    r = pl.col("rating")
+    ok = r.filter(pl.col("reason").is_null() & r.is_finite())
+    lo, hi = rows.select(ok.min().alias("lo"), ok.max().alias("hi")).collect().row(0)
+    return None if lo is None else (float(lo), float(hi))
+
+
+_UNPARSED = "_unparsed"  # a typed-scan row with a null field: the file needs line mode
+
+
+def _check(
+    rows: pl.LazyFrame,
+    scale: tuple[float, float] | None,
+    default: tuple[float, float],
+    known: tuple[pl.Series | None, pl.Series | None],
+    work: Path,
+) -> tuple[tuple[float, float], tuple[float, float] | None]:
+    """One streaming pass over ``rows`` (two with ``scale`` None, which first finds the observed
+    one) that sinks every row with the value rules' ``reason`` into ``checked.parquet``."""
+    observed = _observed(rows) if scale is None else None
+    scale = scale if scale is not None else observed or default
+    checked = work / "checked.parquet"
+    rows.with_columns(value_rules(scale, *known)).sink_parquet(
+        checked, compression="lz4", row_group_size=ROW_GROUP
+    )
+    if observed is None:
+        parsed = pl.scan_parquet(checked).filter(pl.col("reason") != _UNPARSED)
+        observed = _observed(parsed.with_columns(pl.lit(None, pl.String).alias("reason")))
+    return scale, observed
+
+
+def _check_file(
+    layout: Layout,
+    scale: tuple[float, float] | None,
+    known: tuple[pl.Series | None, pl.Series | None],
+    work: Path,
+) -> tuple[tuple[float, float], tuple[float, float] | None, int]:
+    """Parse and check the ratings file into ``work`` (see :func:`_check`); returns the scale,
+    the observed span and the blank line count. The typed scan first; the lazy line reader
+    when a line does not parse cleanly (or blank lines would shift the line numbers)."""
+    path, kind = layout.files["ratings"], layout.kind
+    skip = int(kind == "ml-csv")
+    if skip and first_line(path) != CSV_RATINGS_HEADER:
+        raise UserError(
+            f"{path.absolute()}:1: header is {first_line(path)!r}, expected "
+            f"{CSV_RATINGS_HEADER!r} (a MovieLens ratings.csv)"
+        )
+    lf, gaps = _typed_scan(path, kind)
+    bad = pl.any_horizontal(pl.col(RATING_FIELDS).is_null())
+    if gaps:
+        bad = bad | pl.any_horizontal(pl.col(gaps).is_not_null())
+    parse = pl.when(bad).then(pl.lit(_UNPARSED)).otherwise(pl.lit(None, pl.String))
+    rows = lf.select("line", parse.alias("reason"), *RATING_FIELDS)
+    try:
+        found = _check(rows, scale, layout.rating_scale, known, work)
+        counts = pl.scan_parquet(work / "checked.parquet").select(
+            pl.len().alias("n"), (pl.col("reason") == _UNPARSED).sum().alias("unparsed")
+        )
+        n, unparsed = counts.collect().row(0)
+        if unparsed == 0 and n + skip == count_lines(path):
+            return (*found, 0)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError):
+        pass
+    sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
+    lines = scan_lines(path, skip_header=bool(skip))
+    blank = lines.select(pl.col("raw").null_count()).collect().item()
+    rows = cast_fields(split_fields(lines, sep, RATING_FIELDS), RATING_TYPES)
+    found = _check(rows.select("line", "reason", *RATING_FIELDS), scale, layout.rating_scale,
+                   known, work)  # fmt: skip
+    return (*found, int(blank))
+
+
+def stream_interactions(
+    layout: Layout,
+    scale: tuple[float, float] | None,
+    known_users: pl.Series | None,
+    known_items: pl.Series | None,
+    work: Path,
+    memory_mb: int,
+) -> StreamChecked:
+    """Parse and validate the ratings file of ``layout`` in bounded memory (the rules of
+    :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``."""
+    work.mkdir(parents=True, exist_ok=True)
+    scale, observed, blank = _check_file(layout, scale, (known_users, known_items), work)
+    checked = pl.scan_parquet(work / "checked.parquet")
+    ok = pl.col("reason").is_null()
+    rejects = checked.filter(~ok).select("line", "reason", pl.lit(None, pl.String).alias("raw"))
+    rejects = rejects.collect()
+    valid = checked.filter(ok)
+    n_valid = valid.select(pl.len()).collect().item()
+    n = partitions_for(n_valid, memory_mb)
+    losers = []
+    for p in range(n):
+        part = valid.filter(user_partition("user_id", n, p))
+        losers.append(duplicate_losers(part.select("line", "user_id", "item_id", "ts").collect()))
+    lost = pl.concat(losers).sort()
+    if lost.len():  # the losers leave the kept rows for the rejects
+        dup = pl.DataFrame({"line": lost, "reason": "duplicate_pair"}).with_columns(
+            pl.lit(None, pl.String).alias("raw")
+        )
+        rejects = pl.concat([rejects, dup]).sort("line")
+        valid = valid.filter(~pl.col("line").is_in(lost.implode()))
+    kept_path = work / "kept.parquet"
+    kept = valid.select(*RATING_FIELDS[:2], pl.col("rating").cast(pl.Float32), "ts")
+    kept.sink_parquet(kept_path, row_group_size=ROW_GROUP)
+    return StreamChecked(kept_path, n_valid - lost.len(), rejects, scale, observed, blank)
+
+
+def discard(work: Path) -> None:
+    """Remove the intermediate folder of :func:`stream_interactions`."""
+    shutil.rmtree(work, ignore_errors=True)
