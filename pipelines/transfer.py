@@ -80,6 +80,9 @@ def with_single_task_baselines(
     for task in tasks:
         out = run_dir / "single_task" / task
         share_upstream(run_dir, out)
-        summary = run([*overrides, f"tasks=[{task}]", "weighting.weights={}"], str(out))
+        # alone, a task stops on its own validation loss (a monitor naming another task of the
+        # multi-task run would name none of the run's tasks)
+        alone = [f"tasks=[{task}]", "weighting.weights={}", "train.monitor=objective"]
+        summary = run([*overrides, *alone], str(out))
         single[task] = summary["metrics"]
     return transfer_report(multi_metrics, single, ranking_task)

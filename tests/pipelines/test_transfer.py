@@ -30,9 +30,13 @@ def test_gain_is_positive_when_multi_task_is_better_in_either_direction():
 def test_single_task_baselines_reuse_the_data_stages_and_write_transfer_json(tmp_path):
     data = {"format": "synthetic", "synthetic": {"users": 80, "items": 100, "ratings": 3000}}
     cfg = tiny_config(
-        tmp_path, data, model={"name": "gmf", "params": {"dim": 8}}, tasks=["rating", "like"],
-        train={"epochs": 2}, evaluate={"full_ranking": False},
-    )  # fmt: skip
+        tmp_path,
+        data,
+        model={"name": "gmf", "params": {"dim": 8}},
+        tasks=["rating", "like"],
+        train={"epochs": 2, "monitor": "like"},
+        evaluate={"full_ranking": False},
+    )  # fmt: skip  (rating alone cannot monitor like: it monitors its own loss)
     summary = run_command(str(cfg), [], str(tmp_path / "run"), False, single_task_baselines=True)
     transfer = json.loads((tmp_path / "run" / "transfer.json").read_text())
     assert set(transfer) == {"rating", "like"} and summary["transfer"] == transfer
