@@ -28,7 +28,7 @@ from recsys_mtl.config import DataConfig
 from recsys_mtl.data.grouplens import detect_layout, read_layout
 from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame, reason_counts
 from recsys_mtl.data.raw import Layout, RawTables
-from recsys_mtl.data.stream import STREAMED_KINDS, discard, stream_interactions
+from recsys_mtl.data.stream import STREAMED_KINDS, discard, pair_key, stream_interactions
 from recsys_mtl.data.synthetic import write_synthetic
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
@@ -120,20 +120,7 @@ def _duplicated_pairs(df: pl.DataFrame) -> pl.Series | None:
     if df.height == 0:
         return None
     ok = pl.col("reason").is_null()
-    ints = df.schema["user_id"].is_integer() and df.schema["item_id"].is_integer()
-    if ints:
-        hi = df.select(
-            pl.col("user_id").max(),
-            pl.col("item_id").max(),
-            pl.col("user_id", "item_id").min().name.suffix("_min"),
-        ).row(0)
-        ints = None not in hi and min(hi[2], hi[3]) >= 0 and (hi[0] + 1) * (hi[1] + 1) < 2**62
-    # One Int64 key per pair is several times faster to hash than a struct of two columns.
-    pair = (
-        pl.col("user_id") * (hi[1] + 1) + pl.col("item_id")
-        if ints
-        else pl.struct("user_id", "item_id")
-    )
+    pair = pair_key(df)
     valid = df.select(pl.when(ok).then(pair).alias("k"))["k"]
     if valid.drop_nulls().n_unique() == valid.drop_nulls().len():
         return None

@@ -28,6 +28,7 @@ __all__ = [
     "STREAMED_KINDS",
     "StreamChecked",
     "duplicate_losers",
+    "pair_key",
     "partitions_for",
     "stream_interactions",
     "user_partition",
@@ -77,6 +78,21 @@ def value_rules(
     return rule.otherwise(pl.lit(None, pl.String)).alias("reason")
 
 
+def pair_key(df: pl.DataFrame) -> pl.Expr:
+    """One key per (user, item) pair of ``df``: a single Int64 when the ids are non-negative
+    integers whose product fits (several times faster to hash than a struct of two columns),
+    else the struct of both columns."""
+    if df.schema["user_id"].is_integer() and df.schema["item_id"].is_integer():
+        hi = df.select(
+            pl.col("user_id").max(),
+            pl.col("item_id").max(),
+            pl.col("user_id", "item_id").min().name.suffix("_min"),
+        ).row(0)
+        if None not in hi and min(hi[2], hi[3]) >= 0 and (hi[0] + 1) * (hi[1] + 1) < 2**62:
+            return pl.col("user_id") * (hi[1] + 1) + pl.col("item_id")
+    return pl.struct("user_id", "item_id")
+
+
 def duplicate_losers(df: pl.DataFrame, order: str = "line") -> pl.Series:
     """``order`` of every row of ``df`` (``order, user_id, item_id, ts``, all valid) whose
     (user, item) pair has a later rating: by ``ts``, then by ``order`` (the position in the
@@ -84,20 +100,7 @@ def duplicate_losers(df: pl.DataFrame, order: str = "line") -> pl.Series:
     none = pl.Series(order, [], pl.Int64)
     if df.height == 0:
         return none
-    ints = df.schema["user_id"].is_integer() and df.schema["item_id"].is_integer()
-    if ints:
-        hi = df.select(
-            pl.col("user_id").max(),
-            pl.col("item_id").max(),
-            pl.col("user_id", "item_id").min().name.suffix("_min"),
-        ).row(0)
-        ints = None not in hi and min(hi[2], hi[3]) >= 0 and (hi[0] + 1) * (hi[1] + 1) < 2**62
-    # one Int64 key per pair is several times faster to hash than a struct of two columns
-    pair = (
-        pl.col("user_id") * (hi[1] + 1) + pl.col("item_id")
-        if ints
-        else pl.struct("user_id", "item_id")
-    )
+    pair = pair_key(df)
     if df.select(pair.n_unique()).item() == df.height:
         return none
     dups = df.filter(pair.is_duplicated()).sort("ts", order)
