@@ -4,6 +4,11 @@ Exit codes: 0 ok; 2 bad input or bad config (one line naming the file, line or k
 machine's state (a full disk, a read-only folder: one line naming the path and the cause) or
 anything else. A user's mistake or the machine's state never prints a traceback. Each command imports what it works with only
 when it runs (torch, polars, mlflow, the stages), so that ``--help`` answers at once.
+
+Under ``torchrun`` (``run`` and ``score``) every process joins the job's process groups first
+(:mod:`recsys_mtl.train.distributed`); the entry point is wrapped in torchrun's ``@record``,
+so an unexpected error's traceback reaches torchrun's report naming the failed rank; SIGTERM
+(torchrun stopping the job) ends the MLflow run FAILED with the reason and exits 143.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from pipelines.commands import COMMANDS
 from pipelines.commands.common import Help
 from pipelines.commands.run import run_command  # re-exported: scripts and tests run configs
 from pipelines.process import setup_logging
+from pipelines.ranks import torchrun_world
 from recsys_mtl import __version__
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import machine_error
@@ -59,6 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv``, run the command's handler, map its errors to an exit code."""
     args = build_parser().parse_args(argv)
     setup_logging()
+    if torchrun_world() is not None:
+        # deferred: torch.distributed's error recording, under torchrun only
+        from torch.distributed.elastic.multiprocessing.errors import record
+
+        return record(_in_job)(args)
+    return _handle(args)
+
+
+def _handle(args: argparse.Namespace, job: bool = False) -> int:
+    """The command's handler, its errors mapped to an exit code (``job``: under torchrun,
+    where an unexpected error propagates to ``@record``)."""
     try:
         return args.handler(args)
     except UserError as e:
@@ -72,8 +89,45 @@ def main(argv: list[str] | None = None) -> int:
         if machine is not None:
             print(f"recsys-mtl: error: {machine}", file=sys.stderr)
             return machine.exit_code
+        if type(e).__name__ == "Terminated":
+            print(f"recsys-mtl: {e}", file=sys.stderr)
+            return 143
+        if job:
+            raise
         traceback.print_exc()
         return 1
+
+
+def _in_job(args: argparse.Namespace) -> int:
+    """One process of a torchrun job: join it, run (rank 0) or follow (the others), leave."""
+    if args.command not in ("run", "score"):
+        print(f"recsys-mtl: error: {args.command}: not a command for torchrun (run, score)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    # deferred: torch.distributed and the config, under torchrun only
+    from pipelines.execute import follow
+    from recsys_mtl.config import load_config
+    from recsys_mtl.config.train import DistributedConfig
+    from recsys_mtl.train import distributed
+
+    try:
+        settings = (
+            load_config(args.config, args.overrides).train.distributed
+            if args.command == "run" else DistributedConfig()
+        )  # fmt: skip
+    except UserError as e:
+        print(f"recsys-mtl: error: {e}", file=sys.stderr)
+        return e.exit_code
+    job = distributed.setup(settings)
+    code = 1
+    try:
+        if args.command == "run" and not job.leader:
+            code = _handle(argparse.Namespace(handler=lambda _: follow()), job=True)
+        else:
+            code = _handle(args, job=True)
+        return code
+    finally:
+        distributed.teardown(clean=code == 0 and args.command == "run")
 
 
 if __name__ == "__main__":

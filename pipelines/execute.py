@@ -5,12 +5,16 @@ run (:func:`prepare`), opens the MLflow run (:mod:`pipelines.tracked`: a new one
 run of an identical rerun), runs the pipeline (:func:`pipelines.runner.run_pipeline`), trains
 the single-task baselines when asked, writes the summary and logs the finished run. A run of
 ``split.strategy: kfold`` is one of these per fold (:mod:`pipelines.folds`).
+
+Under ``torchrun`` rank 0 does all of this; the other processes :func:`follow` it, running the
+collective stages it announces until it ends the job.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +22,8 @@ from typing import Any
 from pipelines.coldstart import coldstart_pipeline, validate_meta
 from pipelines.naming import default_run_name, run_key
 from pipelines.process import start_threads
-from pipelines.runner import Pipeline, run_pipeline, stage_status
+from pipelines.ranks import torchrun_world
+from pipelines.runner import Pipeline, Stage, StageContext, run_pipeline, stage_status
 from pipelines.stages import build_pipeline
 from pipelines.tracked import ending, log_finished_run, open_tracker, reusable_run
 from pipelines.transfer import with_single_task_baselines
@@ -28,9 +33,9 @@ from recsys_mtl.config import RunConfig, load_config
 from recsys_mtl.io import atomic_path, write_json
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.locks import folder_lock, this_command
-from recsys_mtl.tracking import KIND_TAG, default_tracking_uri
+from recsys_mtl.tracking import KIND_TAG, NullTracker, default_tracking_uri
 
-__all__ = ["pipeline_for", "prepare", "run_one"]
+__all__ = ["follow", "pipeline_for", "prepare", "run_one"]
 
 log = logging.getLogger("recsys_mtl.pipeline")
 
@@ -48,6 +53,35 @@ def prepare(cfg: RunConfig) -> None:
     start_threads(cfg.train.threads)
     validate_run(cfg)
     validate_meta(cfg)
+    if torchrun_world() is not None:  # what DistributedModelParallel cannot train, at once
+        # deferred: torch, under torchrun only
+        from recsys_mtl.train.distributed import check_settings, current
+
+        dist = current()
+        if dist is not None:
+            check_settings(cfg, dist.device)
+
+
+def follow() -> int:
+    """A process other than rank 0 under torchrun: run each collective stage rank 0 announces
+    (waiting up to ``train.distributed.wait_timeout`` for the next), until it ends the job."""
+    # deferred: torch, under torchrun only
+    from recsys_mtl.train.distributed import receive
+
+    while (message := receive()) is not None:
+        cfg = RunConfig.model_validate(message["config"])
+        prepare(cfg)
+        stage = next(s for s in pipeline_for(cfg) if s.name == message["stage"])
+        _run_with_rank0(stage, cfg, Path(message["run_dir"]), message["key"])
+    return 0
+
+
+def _run_with_rank0(stage: Stage, cfg: RunConfig, run: Path, key: str) -> None:
+    """Run ``stage`` with rank 0; its outputs go to a private folder that is removed (rank 0
+    writes the stage folder, the MLflow run and the checkpoints' JSON)."""
+    with tempfile.TemporaryDirectory(prefix=f"recsys-mtl-{stage.name}-") as tmp:
+        inputs = {a: run / a.stage / a.name for a in stage.inputs}
+        stage.func(StageContext(cfg, run, Path(tmp), stage, NullTracker(), inputs, key))
 
 
 def run_one(

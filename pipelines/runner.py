@@ -14,6 +14,9 @@ writes into ``RUN_DIR/.tmp-<stage>/`` and the directory is renamed into place on
 stage has finished, so a killed run leaves either the previous complete stage directory or
 none: a rerun resumes from the last complete stage.
 
+Under ``torchrun`` rank 0 runs the pipeline; the other ranks run only the collective stages
+it announces (:mod:`pipelines.ranks`).
+
 A run folder is written by one process at a time: :func:`run_pipeline` holds its lock
 (:func:`recsys_mtl.locks.folder_lock`; re-entrant, so a command holding the folder already runs
 it without waiting on itself) and, once it holds it, removes what a killed run left: the
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.ranks import announce_stage, dcp_checkpoints, keep_plan, with_world
 from recsys_mtl import __version__
 from recsys_mtl.config import RunConfig
 from recsys_mtl.io import file_digest
@@ -315,7 +319,8 @@ def _run_stages(
     outcome: dict[str, dict[str, Any]] = {}
     total = len(pipeline.stages)
     for n, stage in enumerate(pipeline, start=1):
-        key = fingerprint(stage, config, keys)
+        plain = fingerprint(stage, config, keys)  # names the checkpoint folder
+        key = with_world(stage.name, plain)
         keys[stage.name] = key
         final = run / stage.name
         marker = _read_marker(final)
@@ -332,10 +337,14 @@ def _run_stages(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         inputs = {a: run / a.stage / a.name for a in stage.inputs}
-        ctx = StageContext(config, run, tmp, stage, tracker, inputs, key, tuple(callbacks))
+        ctx = StageContext(config, run, tmp, stage, tracker, inputs, plain, tuple(callbacks))
         t0 = time.perf_counter()
         try:
+            if key != plain:  # the other processes of the job run it too
+                announce_stage(stage.name, config, run, plain)
             result = stage.func(ctx) or {}
+            if key != plain:
+                keep_plan(ctx.checkpoint_dir, ctx.out_dir, ctx.tracker)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -376,11 +385,13 @@ def stage_status(
     keys: dict[str, str] = {}
     status: dict[str, dict[str, Any]] = {}
     for stage in pipeline:
-        key = fingerprint(stage, config, keys)
+        plain = fingerprint(stage, config, keys)
+        key = with_world(stage.name, plain)
         keys[stage.name] = key
         final = run / stage.name
         marker = _read_marker(final)
         complete = _complete(stage, final, marker, key)
-        checkpoints = sorted((run / ".checkpoints").glob(f"{stage.name}-{key[:16]}/*.pt"))
+        folder = run / ".checkpoints" / f"{stage.name}-{plain[:16]}"
+        checkpoints = sorted([*folder.glob("*.pt"), *dcp_checkpoints(folder)])
         status[stage.name] = {"fingerprint": key, "complete": complete, "checkpoints": checkpoints}
     return status

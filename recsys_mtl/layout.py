@@ -8,7 +8,9 @@ A run folder holds one folder per stage and a few files at its root::
       features/  spec.json, interactions.parquet, user_features.parquet, item_features.parquet
       split/     train.parquet, valid.parquet, test.parquet
       train/     model.pt (final weights), model.json (ranker name, params, tasks),
-                 selected.pt (the model chosen on validation before a refit)
+                 selected.pt (the model chosen on validation before a refit),
+                 plan.json and dcp/ (the sharding plan and the final model's
+                 distributed checkpoint, under torchrun)
       ...        the other stages' folders (evaluate/, meta_train/, coldstart/, ...)
 
 On the ground floor and light on purpose (no torch): the data and model rooms, the stages, the
@@ -37,6 +39,8 @@ class RunLayout:
     MODEL = "model.pt"
     MODEL_META = "model.json"
     SELECTED = "selected.pt"
+    PLAN = "plan.json"  # the sharding plan of a run trained under torchrun (train/)
+    DCP = "dcp"  # the final model's distributed checkpoint, under torchrun (train/)
     SPEC = "spec.json"
     COLDSTART = "coldstart"
     SERVED = "served.json"  # the cold-start method served to new users (coldstart/)

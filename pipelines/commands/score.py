@@ -3,7 +3,8 @@
 The scoring itself is :func:`recsys_mtl.runs.batch.iter_recommend`; this command reads the
 user's files (with one-line errors naming the file and line), wires the cold-start adapter of
 :mod:`meta.adapt` in, and writes the output atomically with the run id, model version and
-config hash in the Parquet file's metadata.
+config hash in the Parquet file's metadata. Under ``torchrun`` each process scores a block of the
+users into ``DIR/part-<rank>.parquet`` (:mod:`pipelines.score_parts`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.commands.common import Help
+from pipelines.score_parts import my_part, my_users, write_manifest
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path
 from recsys_mtl.locks import file_lock, this_command
@@ -101,6 +103,7 @@ def score_command(
             raise UserError(f"--tile-items: {tile_items!r} is not auto or a number") from None
         if tile_items != 0 and tile_items < 32:
             raise UserError(f"--tile-items must be 0 (whole blocks) or >= 32, got {tile_items}")
+    out = my_part(out, ("--support", support), ("--users-meta", users_meta))  # torchrun: a part
     if not out.endswith(".parquet"):
         raise UserError(f"--out {out}: the output is Parquet; name it *.parquet")
     _check_out(Path(out))  # before the model loads
@@ -113,7 +116,7 @@ def score_command(
     run, info = load_source(source)
     weights = parse_blend(blend, run.tasks)  # a bad --blend fails before any work
     udt, idt = run.user_ids.dtype, run.item_ids.dtype
-    listed = read_users(users, udt) if users else None
+    listed = my_users(run, read_users(users, udt) if users else None)  # torchrun: a block
     sup = read_support(support, run.ctx.rating_scale, udt, idt) if support else None
     learners = _check_learner_dir(learner_dir) if learner_dir else None
     demo = read_users_meta(users_meta, udt) if users_meta else None
@@ -156,6 +159,7 @@ def score_command(
         "blend": weights,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    write_manifest(result, metadata)  # torchrun: rank 0's manifest.json beside the parts
     served = ", ".join(f"{n} {c}" for n, c in report.served_by.items())
     log.info("scored %d users (%s) -> %s", report.users, served, out)
     if report.unknown_users:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from recsys_mtl.config.base import Frozen
 
 __all__ = [
+    "DistributedConfig",
     "EvaluateConfig",
     "ModelConfig",
     "TrackingConfig",
@@ -30,6 +31,39 @@ class ModelConfig(Frozen):
         default_factory=dict,
         description="the ranker's own settings (e.g. dim), validated by the ranker named in "
         "model.name: an unknown key or bad value exits 2; see the README's Rankers section",
+    )
+
+
+class DistributedConfig(Frozen):
+    """Training under ``torchrun`` (TorchRec's DistributedModelParallel): how the sharding
+    planner may place the embedding tables, and how long processes wait for each other. Read
+    only when the run is started by ``torchrun``."""
+
+    sharding: Literal["auto", "table_wise", "column_wise", "row_wise"] = Field(
+        "auto",
+        description="how tables whose dimension is a multiple of 4 are sharded: auto (the "
+        "planner chooses among table_wise and column_wise, and row_wise on CUDA), or one type; "
+        "other tables (dimension not a multiple of 4) are data_parallel",
+    )
+    data_parallel: list[str] = Field(
+        default_factory=list,
+        description="tables kept whole on every process (data_parallel), trained by the "
+        "project's optimizers like the dense parameters",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="process-group backend: auto (nccl on CUDA, else gloo), gloo or nccl"
+    )
+    collective_timeout: float = Field(
+        300.0,
+        gt=0.0,
+        description="seconds a training collective waits for the other processes before the "
+        "job fails (a stopped or hung process)",
+    )
+    wait_timeout: float = Field(
+        7200.0,
+        gt=0.0,
+        description="seconds the other processes wait for rank 0's data stages (ingest, "
+        "features, split) and its evaluation",
     )
 
 
@@ -55,10 +89,12 @@ class TrainConfig(Frozen):
     weight_decay: float = Field(
         0.0, ge=0.0, description="AdamW weight decay of dense parameters (not embeddings)"
     )
-    embedding_optimizer: Literal["adam", "lazy_adam", "adagrad", "rowwise_adagrad"] = Field(
+    embedding_optimizer: Literal["adam", "lazy_adam", "adagrad", "rowwise_adagrad", "sgd"] = Field(
         "adam",
         description="optimizer of embedding tables (no weight decay): adam, lazy_adam (moves "
-        "only the rows a step touched), adagrad, or rowwise_adagrad (one accumulator per row)",
+        "only the rows a step touched), adagrad, rowwise_adagrad (one accumulator per row) or "
+        "sgd; under torchrun on CPU only sgd, adagrad and rowwise_adagrad (fbgemm's fused "
+        "kernels there)",
     )
     embedding_lr: float | None = Field(
         None, gt=0.0, description="learning rate of embedding tables; null: train.lr"
@@ -159,6 +195,10 @@ class TrainConfig(Frozen):
         le=1024,
         description="torch intra-op CPU threads of the run; null: one (fast alone and beside "
         "other processes); the RECSYS_MTL_THREADS environment variable overrides it",
+    )
+    distributed: DistributedConfig = Field(
+        DistributedConfig(),
+        description="training under torchrun: sharding of the tables and timeouts",
     )
 
 

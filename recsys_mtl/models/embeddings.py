@@ -15,6 +15,12 @@ weights:
 ``auto`` picks ``torch`` on CPU and ``torchrec`` on CUDA. State-dict keys are the same for both
 backends (``tables.NAME.weight``), so a checkpoint of one loads into the other.
 
+Under ``DistributedModelParallel`` the collection is sharded: each process holds some tables
+or some columns. Every ``KeyedJaggedTensor`` is built with the keys in the tables' declared
+order (a sharded collection keeps the key order of its first input), and :meth:`rows` and
+:meth:`weight` raise :class:`ShardedTableError` instead of reading a local shard: a ranker's
+training forward reaches the tables only through lookups (:meth:`forward`).
+
 :meth:`EmbeddingTables.rows` and :meth:`EmbeddingTables.padded` compute lookups with plain
 tensor ops on the tables' weights and no data-dependent control flow: the path that
 ``torch.func.grad`` / ``vmap`` and a user state passed in from outside go through.
@@ -36,6 +42,7 @@ __all__ = [
     "Bags",
     "EmbeddingTables",
     "Role",
+    "ShardedTableError",
     "TableSpec",
     "bag_sum",
     "functorch_active",
@@ -80,6 +87,10 @@ class TableSpec:
     @property
     def role(self) -> Role:
         return Role(self.side, self.task)
+
+
+class ShardedTableError(RuntimeError):
+    """A whole-table read of a table that DistributedModelParallel has sharded."""
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -155,6 +166,13 @@ class EmbeddingTables(nn.Module):
             for s in specs:
                 self.weight(s.name).normal_(0.0, s.init_std)
 
+    def to_backend(self, backend: str) -> EmbeddingTables:
+        """The same tables (specs and weights) on another backend, as a new module."""
+        device = next(self.parameters()).device
+        twin = EmbeddingTables(list(self.specs.values()), backend, device)
+        twin.load_state_dict(self.state_dict())
+        return twin
+
     def param_name(self, table: str) -> str:
         """The table's parameter name relative to this module (as ``named_parameters`` says)."""
         if self.backend == "torch":
@@ -164,9 +182,20 @@ class EmbeddingTables(nn.Module):
     def roles(self) -> dict[str, Role]:
         return {self.param_name(n): s.role for n, s in self.specs.items()}
 
+    @property
+    def sharded(self) -> bool:
+        """Whether DistributedModelParallel has replaced the collection by a sharded one."""
+        return self.backend == "torchrec" and type(self.ebc).__name__.startswith("Sharded")
+
     def weight(self, name: str) -> torch.Tensor:
         if self.backend == "torch":
             return self.tables[name].weight
+        if self.sharded:
+            raise ShardedTableError(
+                f"table {name!r} is sharded across processes (DistributedModelParallel): this "
+                "process holds only a shard; look rows up through the batched forward, or read "
+                "the whole table from the consolidated train/model.pt"
+            )
         return self.ebc.embedding_bags[name].weight
 
     # -- the functional path: plain tensor ops, no data-dependent control flow ----------------
@@ -201,16 +230,19 @@ class EmbeddingTables(nn.Module):
             return out
         from torchrec import KeyedJaggedTensor  # deferred: torchrec (optional, slow to import)
 
-        # the collection wants every table's feature: the ones not asked for get empty bags
-        parts = [
-            (f, torch.ones_like(f)) if isinstance(f, torch.Tensor) else f for f in features.values()
-        ]
-        values = torch.cat([v for v, _ in parts])
-        rows = parts[0][1].numel()
-        empty = values.new_zeros(rows)
-        keys = list(features) + [n for n in self.specs if n not in features]
-        lengths = [n for _, n in parts] + [empty] * (len(keys) - len(parts))
-        kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=torch.cat(lengths).int())
+        # every table's feature, in the tables' order (a sharded collection keeps the key order
+        # of its first input): the ones not asked for get empty bags
+        parts = {
+            n: (f, torch.ones_like(f)) if isinstance(f, torch.Tensor) else f
+            for n, f in features.items()
+        }
+        first = next(iter(parts.values()))
+        empty = (first[0][:0], first[1].new_zeros(first[1].numel()))
+        keys = list(self.specs)
+        ordered = [parts.get(n, empty) for n in keys]
+        values = torch.cat([v for v, _ in ordered])
+        lengths = torch.cat([n for _, n in ordered]).int()
+        kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=lengths)
         out = self.ebc(kjt).to_dict()
         return {n: out[n] for n in features}
 

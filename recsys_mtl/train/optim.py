@@ -10,7 +10,8 @@ same formulas as torch's (checked against them in the tests), on ``torch._foreac
 * :class:`Adagrad`;
 * :class:`RowWiseAdagrad`: one accumulator per embedding row (the mean squared gradient of
   the row), as fbgemm's and TorchRec's row-wise Adagrad: 1/dim of the state, and rows a step
-  did not touch (zero gradient) do not move.
+  did not touch (zero gradient) do not move;
+* :class:`SGD`: plain gradient steps (fbgemm's exact SGD for sharded tables).
 
 Each exposes ``zero_grad``, ``step``, ``state_dict``/``load_state_dict`` and ``lr`` (set by
 the schedule before every step).
@@ -28,6 +29,7 @@ import torch
 
 __all__ = [
     "SCHEDULES",
+    "SGD",
     "Adagrad",
     "Adam",
     "LazyAdam",
@@ -342,3 +344,14 @@ class RowWiseAdagrad(_Optimizer):
             g2 = g.reshape(acc.shape[0], -1)
             acc.add_(g2.pow(2).mean(1, keepdim=True))
             p.data.reshape(acc.shape[0], -1).addcdiv_(g2, acc.sqrt().add_(self.eps), value=-self.lr)
+
+
+class SGD(_Optimizer):
+    """Plain gradient descent: ``w -= lr * g``."""
+
+    @torch.no_grad()
+    def step(self) -> None:
+        self.steps += 1
+        idx, ps, gs = self._live()
+        if idx:
+            torch._foreach_add_(ps, gs, alpha=-self.lr)

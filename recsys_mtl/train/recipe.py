@@ -5,6 +5,11 @@ or the trainer with early stopping; NeuMF's pre-training first when asked), and 
 ``train.refit`` trains a fresh model on train + valid for the epochs early stopping chose. It
 returns the final model and, separately, the model chosen on validation **before** the refit:
 ``valid/`` metrics come from that one, which never trained on the validation part.
+
+Under ``torchrun`` every fit (the NeuMF pre-training, the fit, the refit) runs with
+DistributedModelParallel (:func:`recsys_mtl.train.parallel.fit_parallel`) on every process;
+the models returned are whole, unsharded, on every process. Closed-form rankers solve the same
+problem on every process.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.models.context import load_context
 from recsys_mtl.models.ncf import GMF, MLP, NCFConfig
+from recsys_mtl.train import distributed
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import concat, load_part, size, to_device
 from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, fit
@@ -79,7 +85,7 @@ def train_ranker(
         if getattr(params, "pretrain", False):
             pretrained = _pretrain_neumf(model, params, train, valid, cfg, ckpt, device)
         warm = _warm_start(model, train, cfg)
-        res = fit(model, train, valid, cfg.tasks, cfg.train, weighting, ckpt, callbacks)
+        res = _fit(model, train, valid, cfg, weighting, ckpt, callbacks)
         selected, refit = None, None
         if cfg.train.refit:
             chosen = res.best_epoch + 1
@@ -158,12 +164,11 @@ def _refit(
         _warm_start(fresh, concat(train, valid), cfg)
     # the same schedule (it spans train.epochs), stopped after the chosen epochs
     settings = cfg.train.model_copy(update={"patience": None})
-    fit(
+    _fit(
         fresh,
         concat(train, valid),
         None,
-        cfg.tasks,
-        settings,
+        cfg.model_copy(update={"train": settings}),
         build_weighting(cfg),
         ckpt / "refit" if ckpt is not None else None,
         callbacks,
@@ -171,6 +176,25 @@ def _refit(
         start_epoch=start,
     )
     return fresh
+
+
+def _fit(
+    model: nn.Module,
+    train: dict[str, torch.Tensor],
+    valid: dict[str, torch.Tensor] | None,
+    cfg: RunConfig,
+    weighting: Any,
+    ckpt: Path | None,
+    callbacks: Sequence[Callback] = (),
+    **kw: Any,
+) -> TrainResult:
+    """The trainer of this process: DistributedModelParallel under torchrun, else one process."""
+    if distributed.current() is not None:
+        # deferred: TorchRec and DCP, under torchrun only
+        from recsys_mtl.train.parallel import fit_parallel
+
+        return fit_parallel(model, train, valid, cfg.tasks, cfg, weighting, ckpt, callbacks, **kw)
+    return fit(model, train, valid, cfg.tasks, cfg.train, weighting, ckpt, callbacks, **kw)
 
 
 def _pretrain_neumf(
@@ -194,7 +218,7 @@ def _pretrain_neumf(
         part = cls(base, model.ctx, cfg.tasks, device=device).to(device)
         log.info("    pre-training %s", cls.__name__)
         sub = ckpt / cls.__name__.lower() if ckpt is not None else None
-        res = fit(part, train, valid, cfg.tasks, cfg.train, build_weighting(cfg), sub)
+        res = _fit(part, train, valid, cfg, build_weighting(cfg), sub)
         parts.append(part)
         epochs[cls.__name__.lower()] = res.epochs_run
     model.load_pretrained(*parts, alpha=params.pretrain_alpha)

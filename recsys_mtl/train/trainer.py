@@ -48,11 +48,12 @@ from recsys_mtl.config import TrainConfig
 from recsys_mtl.errors import MachineError, UserError
 from recsys_mtl.io import load_tensors, save_tensors
 from recsys_mtl.models.embeddings import EmbeddingTables, resolve_device
+from recsys_mtl.train import optim
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import size, take, to_device
 from recsys_mtl.train.losses import batch_losses, task_losses, task_mask
 from recsys_mtl.train.negatives import NegativeResampler
-from recsys_mtl.train.optim import Adagrad, Adam, LazyAdam, RowWiseAdagrad, lr_multiplier, scaled_lr
+from recsys_mtl.train.optim import Adam, lr_multiplier, scaled_lr
 from recsys_mtl.weighting.base import Weighting
 
 __all__ = ["NonFiniteLossError", "TrainResult", "fit", "validation_losses"]
@@ -80,16 +81,18 @@ class TrainResult:
 
 
 def _optimizers(
-    model: nn.Module, cfg: TrainConfig, weighting: Weighting | None = None
+    model: nn.Module, cfg: TrainConfig, weighting: Weighting | None = None, skip: Any = ()
 ) -> list[Any]:
     """Adam(W) for dense parameters, ``train.embedding_optimizer`` for embedding tables, Adam
     for a weighting's learnable parameters; learning rates scaled to the batch size
-    (``train.lr_scaling``). Their ``lr`` is set by the schedule before every step."""
+    (``train.lr_scaling``). Their ``lr`` is set by the schedule before every step. ``skip``:
+    ids of parameters another optimizer steps (sharded tables' fused optimizer)."""
     table_params = {
         id(p) for m in model.modules() if isinstance(m, EmbeddingTables) for p in m.parameters()
     }
-    emb = [p for p in model.parameters() if id(p) in table_params]
-    dense = [p for p in model.parameters() if id(p) not in table_params]
+    params = [p for p in model.parameters() if id(p) not in set(skip)]
+    emb = [p for p in params if id(p) in table_params]
+    dense = [p for p in params if id(p) not in table_params]
 
     def scaled(lr: float) -> float:
         return scaled_lr(lr, cfg.batch_size, cfg.lr_reference_batch, cfg.lr_scaling)
@@ -99,18 +102,18 @@ def _optimizers(
         opts.append(Adam(dense, lr=scaled(cfg.lr), weight_decay=cfg.weight_decay))
     if emb:
         lr = scaled(cfg.embedding_lr or cfg.lr)
-        if cfg.embedding_optimizer == "adagrad":
-            opts.append(Adagrad(emb, lr=lr))
-        elif cfg.embedding_optimizer == "lazy_adam":
-            opts.append(LazyAdam(emb, lr=lr, dense_above=cfg.lazy_dense_above))
-        elif cfg.embedding_optimizer == "rowwise_adagrad":
-            opts.append(RowWiseAdagrad(emb, lr=lr))
+        if cfg.embedding_optimizer == "lazy_adam":
+            opts.append(optim.LazyAdam(emb, lr=lr, dense_above=cfg.lazy_dense_above))
         else:
-            opts.append(Adam(emb, lr=lr))
+            opts.append(_TABLE_OPTIMIZERS[cfg.embedding_optimizer](emb, lr=lr))
     learnable = weighting.parameters() if weighting is not None else []
     if learnable:  # e.g. uncertainty weighting's log-variances: no weight decay
         opts.append(Adam(list(learnable), lr=scaled(cfg.lr)))
     return opts
+
+
+_TABLE_OPTIMIZERS = {"adam": Adam, "adagrad": optim.Adagrad, "sgd": optim.SGD,
+                     "rowwise_adagrad": optim.RowWiseAdagrad}  # fmt: skip
 
 
 def _set_lr(opts: list[Any], factor: float) -> None:

@@ -492,7 +492,7 @@ def test_shipped_recipes_validate_and_run_end_to_end_on_tiny_data(tmp_path, conf
         ("train.warmup_epochs", "-1", "train.warmup_epochs: Input should be greater than or equal to 0"),
         ("train.lr_scaling", "cubic", "train.lr_scaling: Input should be 'none', 'linear' or 'sqrt'"),
         ("train.lr_reference_batch", "0", "train.lr_reference_batch: Input should be greater than or equal to 1"),
-        ("train.embedding_optimizer", "sgd", "train.embedding_optimizer: Input should be"),
+        ("train.embedding_optimizer", "rmsprop", "train.embedding_optimizer: Input should be"),
     ],
 )  # fmt: skip
 def test_bad_training_options_exit_2_with_one_line(tmp_path, cli, key, value, message):

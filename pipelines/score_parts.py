@@ -1,0 +1,96 @@
+"""Sharded scoring under ``torchrun``: ``torchrun --nproc_per_node N -m pipelines.cli score RUN
+--top-k K --out DIR/`` splits the users across the N processes (contiguous, equal blocks of the
+users asked for, or of every user of the model); each process writes ``DIR/part-<rank>.parquet``
+and rank 0 writes ``DIR/manifest.json``: the parts, their users and rows, the users served by
+the model or by popularity, and the files' metadata. The union of the parts holds the
+one-process output's users, items and ranks row for row; scores agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.ranks import torchrun_world
+from recsys_mtl.errors import UserError
+from recsys_mtl.io import write_json
+
+__all__ = ["MANIFEST", "my_part", "my_users", "write_manifest"]
+
+MANIFEST = "manifest.json"
+
+
+def _rank() -> int:
+    # deferred: torch.distributed, under torchrun only
+    from recsys_mtl.train.distributed import current
+
+    d = current()
+    return d.rank if d is not None else 0
+
+
+def my_part(out: str, *unsupported: tuple[str, Any]) -> str:
+    """Outside torchrun ``out`` itself; under it this process's ``DIR/part-<rank>.parquet``
+    (``out`` is the folder). ``unsupported``: ``(option, value)`` pairs that one process only
+    serves (new users' support rows)."""
+    if torchrun_world() is None:
+        return out
+    for option, value in unsupported:
+        if value:
+            raise UserError(
+                f"{option}: new users are scored in one process (recsys-mtl score without "
+                "torchrun); under torchrun the model's users are split across processes"
+            )
+    folder = Path(out)
+    if folder.suffix == ".parquet":
+        raise UserError(f"--out {out}: under torchrun --out is a folder (one part per process)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder / f"part-{_rank()}.parquet")
+
+
+def my_users(run: Any, listed: Any) -> Any:
+    """This process's contiguous block of ``listed`` (every user of the model when None);
+    ``listed`` itself outside torchrun."""
+    world = torchrun_world()
+    if world is None:
+        return listed
+    # deferred: polars, when scores are computed
+    import polars as pl
+
+    users = listed if listed is not None else pl.Series("user", run.user_ids)
+    per = -(-users.len() // world)
+    return users.slice(_rank() * per, per)
+
+
+def write_manifest(result: dict[str, Any], metadata: dict[str, str]) -> None:
+    """Under torchrun: gather every process's report; rank 0 writes ``manifest.json`` beside
+    the parts."""
+    if torchrun_world() is None:
+        return
+    import torch.distributed as dist  # deferred: under torchrun only
+
+    reports: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(reports, result)  # the default group: the long timeout
+    if _rank() != 0:
+        return
+    served: dict[str, int] = {}
+    for r in reports:
+        for name, count in r.get("served_by", {}).items():
+            served[name] = served.get(name, 0) + int(count)
+    parts = [{"file": Path(r["out"]).name, "users": r.get("users"), "rows": r.get("rows"),
+              "seconds": r.get("seconds")} for r in reports]  # fmt: skip
+    doc = {
+        "parts": parts,
+        "world_size": len(reports),
+        "users": sum(int(r.get("users") or 0) for r in reports),
+        "served_by": served,
+        "metadata": {k: _plain(v) for k, v in metadata.items()},
+    }
+    write_json(doc, Path(reports[0]["out"]).parent / MANIFEST)
+
+
+def _plain(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

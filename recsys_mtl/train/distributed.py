@@ -1,0 +1,329 @@
+"""Training under ``torchrun``: process groups, the sharding plan, DistributedModelParallel.
+
+``torchrun --nproc_per_node N [--nnodes M --rdzv-backend c10d --rdzv-endpoint HOST:PORT] -m
+pipelines.cli run CONFIG`` starts N processes per host; each reads its rank from the
+environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+
+* **Two process groups.** The default group (gloo for objects on the host) has the long
+  timeout ``train.distributed.wait_timeout``: the other ranks wait on it while rank 0 alone
+  runs the data stages and the evaluation (:func:`announce` / :func:`receive`). Training
+  collectives (the sharded lookups, DDP's gradient all-reduce, the reductions of losses) use a
+  second group with the short ``train.distributed.collective_timeout``: a hung or stopped
+  process fails the job after that many seconds. gloo on CPU, NCCL on CUDA.
+* **The plan.** TorchRec's ``EmbeddingShardingPlanner`` chooses each table's sharding, rank 0
+  plans and broadcasts (``collective_plan``). Tables whose dimension is not a multiple of 4
+  (fbgemm's fused kernel refuses them: BellKor's biases, drift and day tables) and the tables
+  named in ``train.distributed.data_parallel`` are ``data_parallel``: whole on every process,
+  trained by the project's optimizers like the dense part, which DistributedModelParallel
+  wraps in DDP. The other tables are sharded (``train.distributed.sharding``) and trained by
+  fbgemm's fused optimizer in the backward pass (``apply_optimizer_in_backward``).
+* **Initialisation.** DistributedModelParallel re-initialises the tables it shards; the
+  project's initialisation (and warm starts, NeuMF's pre-training) reach them through
+  ``dmp.load_state_dict`` of the unsharded model's weights (:func:`load_full`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import warnings
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+from torch import nn
+
+from recsys_mtl.errors import UserError
+from recsys_mtl.models.embeddings import EmbeddingTables
+
+__all__ = [
+    "FUSED_ON_CPU",
+    "Dist",
+    "Terminated",
+    "all_max",
+    "all_min",
+    "all_sum",
+    "announce",
+    "check_settings",
+    "current",
+    "launched",
+    "load_full",
+    "receive",
+    "setup",
+    "shard",
+    "teardown",
+]
+
+log = logging.getLogger("recsys_mtl.train")
+
+FUSED_ON_CPU = ("sgd", "adagrad", "rowwise_adagrad")  # fbgemm's CPU kernels
+_SHARDED_TYPES = {"cpu": ("table_wise", "column_wise"), "cuda": ("table_wise", "column_wise",
+                  "row_wise", "table_row_wise")}  # fmt: skip
+
+
+class Terminated(Exception):
+    """SIGTERM: torchrun stops every process when one of them failed (or the job is stopped)."""
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    group: Any  # training collectives: the short timeout
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+
+_current: Dist | None = None
+
+
+def launched() -> bool:
+    """Whether this process was started by torchrun (or an elastic launch)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def current() -> Dist | None:
+    """The process groups of this process, or None outside torchrun."""
+    return _current
+
+
+def setup(settings: Any) -> Dist:
+    """Join the job torchrun started (``settings``: ``train.distributed``); idempotent."""
+    global _current
+    if _current is not None:
+        return _current
+    import torch.distributed as dist  # deferred: only under torchrun
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local = int(os.environ["LOCAL_RANK"])
+    cuda = torch.cuda.is_available() and settings.backend != "gloo"
+    backend = settings.backend if settings.backend != "auto" else ("nccl" if cuda else "gloo")
+    device = torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    # objects (the wait for rank 0) always go through gloo on the host
+    default = "cpu:gloo,cuda:nccl" if backend == "nccl" else "gloo"
+    wait = timedelta(seconds=settings.wait_timeout)
+    # a restarted job (torchrun --max-restarts) shares the rendezvous store with the attempts
+    # before it: its keys get their own prefix, so no process reads a dead attempt's address
+    store, _, _ = next(dist.rendezvous("env://", timeout=wait))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    store = dist.PrefixStore(f"recsys-mtl/attempt-{attempt}", store)
+    dist.init_process_group(default, store=store, rank=rank, world_size=world, timeout=wait)
+    group = dist.new_group(backend=backend, timeout=timedelta(seconds=settings.collective_timeout))
+    _current = Dist(rank, world, local, device, backend, group)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    # the engines' notes about their own deprecations, not about this run
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\.")
+    warnings.filterwarnings("ignore", message=r"torch.distributed is disabled")
+    if rank != 0:  # one voice: the other ranks log warnings and errors only
+        logging.getLogger("recsys_mtl").setLevel(logging.WARNING)
+    return _current
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated("stopped by SIGTERM (torchrun stops every process when one fails)")
+
+
+def teardown(clean: bool = True) -> None:
+    """Leave the job; with ``clean`` (a run that ended well) rank 0 first tells the waiting
+    ranks that nothing more comes (after a failure it does not wait for them: torchrun stops
+    them)."""
+    global _current
+    if _current is None:
+        return
+    import torch.distributed as dist  # deferred: only under torchrun
+
+    try:
+        if _current.leader and clean:
+            announce(None)
+        dist.destroy_process_group()
+    finally:
+        _current = None
+
+
+def announce(message: Any) -> None:
+    """Rank 0: send ``message`` (a picklable object; None ends the wait) to the other ranks."""
+    import torch.distributed as dist  # deferred: only under torchrun
+
+    if _current is not None and _current.world > 1:
+        dist.broadcast_object_list([message], src=0)
+
+
+def receive() -> Any:
+    """The other ranks: rank 0's next message, waited for up to ``wait_timeout``."""
+    import torch.distributed as dist  # deferred: only under torchrun
+
+    box: list[Any] = [None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _reduce(x: torch.Tensor, op: str) -> torch.Tensor:
+    import torch.distributed as dist  # deferred: only under torchrun
+
+    d = _current
+    if d is None or d.world == 1:
+        return x
+    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    dist.all_reduce(x, op=ops[op], group=d.group)
+    return x
+
+
+def all_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the ranks, in place."""
+    return _reduce(x, "sum")
+
+
+def all_min(x: torch.Tensor) -> torch.Tensor:
+    return _reduce(x, "min")
+
+
+def all_max(x: torch.Tensor) -> torch.Tensor:
+    return _reduce(x, "max")
+
+
+# -- settings --------------------------------------------------------------------------------
+def check_settings(cfg: Any, device: torch.device) -> None:
+    """What DistributedModelParallel cannot train, as one-line errors (``cfg``: the run)."""
+    opt = cfg.train.embedding_optimizer
+    if device.type == "cpu" and opt not in FUSED_ON_CPU:
+        raise UserError(
+            f"train.embedding_optimizer: {opt} has no fused kernel for sharded tables on CPU "
+            f"under torchrun (fbgemm); use one of {', '.join(FUSED_ON_CPU)}"
+        )
+    if opt == "lazy_adam":
+        raise UserError(
+            "train.embedding_optimizer: lazy_adam has no fused kernel for sharded tables; "
+            "use adam, adagrad, rowwise_adagrad or sgd under torchrun"
+        )
+    if cfg.train.batch_size < (_current.world if _current else 1):
+        raise UserError("train.batch_size: smaller than the number of processes")
+
+
+def _fused_class(name: str) -> type:
+    if name == "rowwise_adagrad":
+        from torchrec.optim import RowWiseAdagrad  # deferred: torchrec, under torchrun only
+
+        return RowWiseAdagrad
+    return {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "adam": torch.optim.Adam}[name]
+
+
+# -- sharding --------------------------------------------------------------------------------
+def _tables(model: nn.Module) -> list[tuple[str, EmbeddingTables]]:
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, EmbeddingTables)]
+    for name, m in found:
+        if m.backend != "torchrec":
+            raise ValueError(
+                f"{name or 'the model'}: tables on backend {m.backend!r}, not torchrec"
+            )
+    return found
+
+
+def _constraints(model: nn.Module, settings: Any, device: torch.device) -> tuple[dict, set[str]]:
+    """The planner's constraints per table, and the names of the tables to shard."""
+    from torchrec.distributed.planner import ParameterConstraints  # deferred: torchrec
+
+    allowed = _SHARDED_TYPES["cuda" if device.type == "cuda" else "cpu"]
+    if settings.sharding != "auto":
+        if settings.sharding not in allowed:
+            raise UserError(
+                f"train.distributed.sharding: {settings.sharding} is not available on "
+                f"{device.type}; available: auto, {', '.join(allowed)}"
+            )
+        allowed = (settings.sharding,)
+    out, sharded = {}, set()
+    for _, m in _tables(model):
+        for spec in m.specs.values():
+            whole = spec.dim % 4 != 0 or spec.name in settings.data_parallel
+            types = ["data_parallel"] if whole else list(allowed)
+            out[spec.name] = ParameterConstraints(sharding_types=types)
+            if not whole:
+                sharded.add(spec.name)
+    return out, sharded
+
+
+def shard(model: nn.Module, cfg: Any, lr: float) -> tuple[nn.Module, dict[str, Any], str]:
+    """Wrap ``model`` (its tables TorchRec's) in DistributedModelParallel, in place.
+
+    Returns the wrapped model, the plan (``{table: {sharding_type, compute_kernel, ranks,
+    shards}}``) and its printed form. The sharded tables get the fused
+    ``train.embedding_optimizer`` with learning rate ``lr``; the unsharded model's weights are
+    loaded into the shards."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder  # deferred
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.types import ShardingEnv
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+    d = _current
+    assert d is not None, "shard() needs setup() first"
+    initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    constraints, sharded = _constraints(model, cfg.train.distributed, d.device)
+    fused = [m.weight(n) for _, m in _tables(model) for n in m.specs if n in sharded]
+    if fused:
+        apply_optimizer_in_backward(_fused_class(cfg.train.embedding_optimizer), fused, {"lr": lr})
+    quiet = logging.getLogger("torchrec")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        topology = Topology(world_size=d.world, compute_device=d.device.type,
+                            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))  # fmt: skip
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+        sharders = [EmbeddingBagCollectionSharder()]
+        plan = planner.collective_plan(model, sharders, d.group)
+        dmp = DistributedModelParallel(
+            model, env=ShardingEnv.from_process_group(d.group), device=d.device, plan=plan,
+            sharders=sharders,
+        )  # fmt: skip
+    finally:
+        quiet.setLevel(level)
+    load_full(dmp, initial)
+    return dmp, plan_doc(plan), str(plan)
+
+
+def plan_doc(plan: Any) -> dict[str, Any]:
+    """The plan as JSON: each table's sharding type, kernel, ranks and shards."""
+    doc: dict[str, Any] = {}
+    for module, params in plan.plan.items():
+        for table, ps in params.items():
+            shards = []
+            spec = getattr(ps, "sharding_spec", None)
+            for s in getattr(spec, "shards", []) or []:
+                shards.append({"offsets": list(s.shard_offsets), "sizes": list(s.shard_sizes),
+                               "placement": str(s.placement)})  # fmt: skip
+            doc[table] = {
+                "module": module,
+                "sharding_type": ps.sharding_type,
+                "compute_kernel": ps.compute_kernel,
+                "ranks": list(ps.ranks) if ps.ranks is not None else None,
+                "shards": shards,
+            }
+    return doc
+
+
+@torch.no_grad()
+def load_full(dmp: nn.Module, full: dict[str, torch.Tensor]) -> None:
+    """Load whole (unsharded) weights into a DistributedModelParallel model: each process
+    copies its shards' slices into its state dict, then ``dmp.load_state_dict``."""
+    state = dmp.state_dict()
+    for key, value in state.items():
+        src = full[key]
+        shards = getattr(value, "local_shards", None)
+        if shards is None:
+            value.copy_(src)
+            continue
+        for s in shards():
+            index = tuple(
+                slice(o, o + n)
+                for o, n in zip(s.metadata.shard_offsets, s.metadata.shard_sizes, strict=True)
+            )
+            s.tensor.copy_(src[index])
+    dmp.load_state_dict(state)
