@@ -10,6 +10,9 @@ MovieLens: 0.1M is ml-100k's shape, 1M ml-1m's, 25M ml-25m's (162,000 users, 59,
 * Part 0: the pipeline of ``configs/ml100k_bellkor.yaml`` and of ``configs/ml100k_ranking.yaml``
   (``--recipes``), one stage per fresh process (earlier stages are cached by the run folder),
   so each stage's seconds and peak RSS (VmHWM) are its own; ``OMP_NUM_THREADS=1``.
+* With part 0 (or alone, ``--parts steps``): one training step of the rating recipe's lookup
+  tables at each log's size (lookups, backward, lazy Adam; batches of 4,096), with dense and
+  with row-sparse table gradients, each in a fresh process: milliseconds per step (median).
 * Part 5: ingest, and ingest + features, each in a fresh process, beside polars' typed
   ``read_csv`` and ``scan_csv -> sink_parquet`` of the same file; ingest at the default
   ``data.memory_mb`` and at ``--small-memory-mb``.
@@ -97,10 +100,69 @@ def _data_worker(kind: str, folder: Path, work: Path, memory_mb: int) -> dict:
     return out
 
 
-def _spawn(args: list[str]) -> dict:
+DAY_ROWS = 0.4  # (user, day) rows of the BellKor day-bias table per rating (synthetic logs)
+STEP_BATCH = 4096  # the rating recipe's batch
+
+
+def _step_worker(label: str, mode: str, steps: int = 40, warmup: int = 10) -> dict:
+    """Seconds of one training step (lookups, backward, lazy Adam) on the lookup tables of the
+    rating recipe at the size of ``label``'s log, with dense or row-sparse table gradients."""
+    import torch
+
+    from recsys_mtl.models.embeddings import EmbeddingTables, TableSpec
+    from recsys_mtl.train.optim import LazyAdam
+    from recsys_mtl.train.row_sparse import row_sparse_lookups
+
+    users, items, n = SIZES[label]
+    days = int(DAY_ROWS * n)
+    shapes = {"user": (users, 64), "item": (items, 64), "user_bias": (users, 3),
+              "item_bias": (items, 3), "user_drift": (users, 1),
+              "item_time_bias": (items * 30, 1), "user_day_bias": (days, 1)}  # fmt: skip
+    torch.manual_seed(0)
+    tables = EmbeddingTables([TableSpec(k, r, d) for k, (r, d) in shapes.items()])
+    params = list(tables.parameters())
+    opt = LazyAdam(params, lr=0.01, dense_above=0.5)
+    row_sparse_lookups(tables, params if mode == "row_sparse" else [])
+    g = torch.Generator().manual_seed(1)
+    times = []
+    for step in range(warmup + steps):
+        u = torch.unique(torch.randint(0, users, (STEP_BATCH,), generator=g))
+        i = torch.randint(0, items, (STEP_BATCH,), generator=g)
+        day = torch.randint(0, days, (STEP_BATCH,), generator=g)
+        t0 = time.perf_counter()
+        out = tables({"user": u, "user_bias": u, "user_drift": u, "item": i, "item_bias": i,
+                      "item_time_bias": i * 30, "user_day_bias": day})  # fmt: skip
+        loss = sum(v.pow(2).sum() for v in out.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step >= warmup:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return {"ms_per_step": round(1000 * times[len(times) // 2], 2), "day_rows": days}
+
+
+def part_steps(label: str) -> list:
+    rows = []
+    for mode in ("dense", "row_sparse"):
+        print(f"  table step {label} {mode} ...", file=sys.stderr)
+        r = _spawn(["--step-worker", mode, "--data", label])
+        labels = {"part": 0, "size": label, "table_step": mode}
+        if "error" in r:
+            rows.append({"labels": labels, "metrics": {}, "error": r["error"]})
+            continue
+        rows.append({"labels": labels, "metrics": r})
+        print(f"    {r}", file=sys.stderr)
+    return rows
+
+
+def _spawn(args: list[str], timeout: float | None = None) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, __file__, *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {timeout:.0f} s (--stage-timeout)"}
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
         return {"error": " | ".join(tail)}
@@ -122,14 +184,21 @@ def _generate(label: str, base: Path) -> tuple[Path, float]:
     return folder, time.perf_counter() - t0
 
 
-def part0(label: str, folder: Path, base: Path, recipes: list[str], sets: list[str]) -> list:
+def part0(
+    label: str,
+    folder: Path,
+    base: Path,
+    recipes: list[str],
+    sets: list[str],
+    timeout: float | None = None,
+) -> list:
     rows = []
     for recipe in recipes:
         run = base / f"run-{recipe}-{label}" if not sets else base / f"run-{recipe}-{label}-sets"
         for k, stage in enumerate(STAGES):
             print(f"  part 0 {recipe} {label} {stage} ...", file=sys.stderr)
             args = ["--stage-worker", RECIPES[recipe], "--data", str(folder), "--run", str(run)]
-            r = _spawn([*args, "--stage", str(k), *[f"--set={s}" for s in sets]])
+            r = _spawn([*args, "--stage", str(k), *[f"--set={s}" for s in sets]], timeout)
             labels = {"part": 0, "recipe": recipe, "size": label, "stage": stage}
             if sets:
                 labels["sets"] = " ".join(sets)
@@ -192,14 +261,22 @@ def main() -> None:
         "--sizes", default=",".join(SIZES), help="comma-separated, from " + ",".join(SIZES)
     )
     ap.add_argument("--quick", action="store_true", help="sizes 0.1M and 1M")
-    ap.add_argument("--parts", default="0,5", help="0 (pipeline), 5 (data stages) or both")
+    ap.add_argument(
+        "--parts",
+        default="0,5",
+        help="0 (pipeline, with steps), steps (the table optimizer step alone), 5 (data stages)",
+    )
     ap.add_argument("--recipes", default=",".join(RECIPES), help="part 0's recipes")
     ap.add_argument("--set", action="append", default=[], help="part 0: extra --set KEY=VALUE")
+    ap.add_argument(
+        "--stage-timeout", type=float, default=None, help="part 0: stop a stage after SECONDS"
+    )
     ap.add_argument("--small-memory-mb", type=int, default=256, help="part 5's smaller setting")
     ap.add_argument("--dir", default=None, help="logs and run folders (default: a temp dir)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     ap.add_argument("--append", action="store_true", help="add the line to --out, not replace")
     ap.add_argument("--stage-worker", help=argparse.SUPPRESS)
+    ap.add_argument("--step-worker", help=argparse.SUPPRESS)
     ap.add_argument("--data-worker", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     ap.add_argument("--run", help=argparse.SUPPRESS)
@@ -210,6 +287,9 @@ def main() -> None:
         r = _stage_worker(args.stage_worker, Path(args.data), Path(args.run), args.stage, args.set)
         print(json.dumps({**r, "peak_rss_mb": _peak_mb()}))
         return
+    if args.step_worker:
+        print(json.dumps(_step_worker(args.data, args.step_worker)))
+        return
     if args.data_worker:
         r = _data_worker(args.data_worker, Path(args.data), Path(args.run), args.memory_mb)
         print(json.dumps(r))
@@ -217,17 +297,20 @@ def main() -> None:
 
     os.environ["OMP_NUM_THREADS"] = "1"
     sizes = ["0.1M", "1M"] if args.quick else [s.strip() for s in args.sizes.split(",")]
-    parts = {int(p) for p in args.parts.split(",")}
+    parts = {p.strip() for p in args.parts.split(",")}
     recipes = [r.strip() for r in args.recipes.split(",")]
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="recsys-mtl-scale-"))
     rows, generated = [], {}
     for label in sorted(sizes, key=lambda s: SIZES[s][2]):
-        print(f"{label}: generating in {base} ...", file=sys.stderr)
-        folder, seconds = _generate(label, base)
-        generated[label] = round(seconds, 1)
-        if 0 in parts:
-            rows += part0(label, folder, base, recipes, args.set)
-        if 5 in parts and SIZES[label][2] >= 1_000_000:
+        if parts & {"0", "5"}:
+            print(f"{label}: generating in {base} ...", file=sys.stderr)
+            folder, seconds = _generate(label, base)
+            generated[label] = round(seconds, 1)
+        if "steps" in parts or "0" in parts:
+            rows += part_steps(label)
+        if "0" in parts:
+            rows += part0(label, folder, base, recipes, args.set, args.stage_timeout)
+        if "5" in parts and SIZES[label][2] >= 1_000_000:
             rows += part5(label, folder, base, args.small_memory_mb)
     import polars as pl
     import torch

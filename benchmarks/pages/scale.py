@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,7 @@ def _rows(docs: list[dict[str, Any]], part: int) -> list[dict[str, Any]]:
 
 
 def _pipeline(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
-    rows = _rows(docs, 0)
+    rows = [r for r in _rows(docs, 0) if "recipe" in r["labels"]]
     if not rows:
         return ""
     out = "## The whole pipeline\n\n"
@@ -89,6 +90,12 @@ def _pipeline(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> s
                  "train s/M vs 1M"]  # fmt: skip
         title = RECIPES[recipe] + (f" with `--set {sets}`" if sets else "")
         out += f"### {title}\n\n" + table(heads, body)
+        failed = [r for r in got.values() if "error" in r]
+        if failed:
+            out += "\nStages that did not finish: " + "; ".join(
+                f"{r['labels']['size']} {r['labels']['stage']}: {r['error']}" for r in failed
+            )
+            out += " (the later stages of that log did not run).\n"
         notes = [r for r in got.values() if r["labels"].get("earlier_stages_reran")]
         if notes:
             out += (
@@ -98,6 +105,34 @@ def _pipeline(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> s
             )
         out += "\n"
     return out
+
+
+def _steps(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
+    rows = [r for r in _rows(docs, 0) if "table_step" in r["labels"] and "error" not in r]
+    if not rows:
+        return ""
+    got = {(r["labels"]["size"], r["labels"]["table_step"]): r["metrics"] for r in rows}
+    out = "## One training step of the tables\n\n"
+    out += (
+        "The lookup tables of the rating recipe at each log's size (64 factors for users and "
+        "items, 3 task biases, the drift, 30 time bins per item, a (user, day) table of "
+        "`day_rows` rows), one step at batches of 4,096 ratings (lookups, backward, lazy Adam), "
+        "each mode in a fresh process, `OMP_NUM_THREADS=1`: the median milliseconds of 40 steps "
+        "after 10, with dense table gradients and with the trainer's row-sparse ones "
+        "(every table row-sparse here, whatever its size).\n\n"
+    )
+    body = []
+    for size, shape in sizes.items():
+        dense, sparse = got.get((size, "dense")), got.get((size, "row_sparse"))
+        if dense is None or sparse is None:
+            continue
+        body.append([size, f"{shape['users']:,}", f"{shape['items']:,}",
+                     f"{dense['day_rows']:,}", f"{dense['ms_per_step']:,.1f}",
+                     f"{sparse['ms_per_step']:,.1f}",
+                     ratio(dense["ms_per_step"], sparse["ms_per_step"])])  # fmt: skip
+    heads = ["log", "users", "items", "day_rows", "dense ms/step", "row-sparse ms/step",
+             "dense / row-sparse"]  # fmt: skip
+    return out + table(heads, body) + "\n"
 
 
 def _data(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
@@ -151,6 +186,81 @@ def _data(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
     return out + "\n"
 
 
+def _verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("met" if ok else "missed")
+
+
+def _goals(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
+    """Each goal at the largest log against what the rows above measured."""
+    body = []
+    pipe = [r for r in _rows(docs, 0) if "recipe" in r["labels"] and not r["labels"].get("sets")]
+    for recipe in RECIPES:
+        got = {(r["labels"]["size"], r["labels"]["stage"]): r for r in pipe
+               if r["labels"]["recipe"] == recipe}  # fmt: skip
+        per_m = {
+            size: got[(size, "train")]["metrics"]["seconds"] / (sizes[size]["ratings"] / 1e6)
+            for size in ("1M", "25M")
+            if size in sizes and "seconds" in got.get((size, "train"), {"metrics": {}})["metrics"]
+        }
+        cells = [got.get(("25M", s)) for s in STAGES]
+        done = all(c is not None and "seconds" in c["metrics"] for c in cells)
+        stopped = re.search(
+            r"stopped after (\d+) s", got.get(("25M", "train"), {}).get("error", "")
+        )
+        if len(per_m) == 2:
+            value, ok = ratio(per_m["25M"], per_m["1M"]), per_m["25M"] <= 1.5 * per_m["1M"]
+        elif stopped and "1M" in per_m:  # a lower bound: the stage ran that long unfinished
+            least = float(stopped.group(1)) / (sizes["25M"]["ratings"] / 1e6)
+            value = f"> {ratio(least, per_m['1M'])} (stopped after {stopped.group(1)} s)"
+            ok = False if least > 1.5 * per_m["1M"] else None
+        else:
+            value, ok = "–", None
+        body.append([f"{recipe}: train s/M at 25M vs 1M ≤ 1.50x", value, _verdict(ok)])
+        if done:
+            total = sum(c["metrics"]["seconds"] for c in cells)
+            peak = max(c["metrics"]["peak_rss_mb"] for c in cells)
+            value = f"{total:,.0f} s, {peak:,.0f} MB"
+            ok = total < 1200 and peak < 8192
+        else:
+            value = "did not finish" if any(cells) else "–"
+            ok = False if any(cells) else None
+        body.append([f"{recipe}: 25M pipeline < 20 min and < 8 GB", value, _verdict(ok)])
+    data = {(r["labels"]["size"], r["labels"]["tool"], r["labels"]["memory_mb"]): r["metrics"]
+            for r in _rows(docs, 5) if "seconds" in r["metrics"]}  # fmt: skip
+    read = data.get(("25M", "read_csv", 1024), {}).get("seconds")
+    for tool, limit in (("ingest", 3.0), ("ingest+features", 5.0)):
+        m = data.get(("25M", tool, 1024))
+        ok = None if m is None or not read else m["seconds"] <= limit * read
+        value = ratio(m["seconds"], read) if m and read else "–"
+        body.append([f"{TOOLS[tool]} at 25M ≤ {limit:.0f}x `read_csv`", value, _verdict(ok)])
+    big, small = (
+        data.get(("25M", "ingest+features", 1024)),
+        data.get(("25M", "ingest+features", 256)),
+    )
+    five = data.get(("5M", "ingest+features", 1024))
+    if big:
+        body.append(
+            [
+                "ingest + features at 25M: peak ≤ 1,536 MB at the default `data.memory_mb`",
+                f"{big['peak_rss_mb']:,.0f} MB",
+                _verdict(big["peak_rss_mb"] <= 1536),
+            ]
+        )
+    if big and small:
+        body.append(["ingest + features at 25M: a lower peak at `data.memory_mb` 256",
+                     f"{small['peak_rss_mb']:,.0f} MB",
+                     _verdict(small["peak_rss_mb"] < big["peak_rss_mb"])])  # fmt: skip
+    if big and five:
+        body.append(["ingest + features: peak(25M) ≤ 2x peak(5M), default `data.memory_mb`",
+                     ratio(big["peak_rss_mb"], five["peak_rss_mb"]),
+                     _verdict(big["peak_rss_mb"] <= 2 * five["peak_rss_mb"])])  # fmt: skip
+    if not body:
+        return ""
+    out = "## Against the goals\n\n"
+    out += "Each goal at the 25M log, from the rows above.\n\n"
+    return out + table(["goal", "measured", ""], body, align="lrl") + "\n"
+
+
 def page(results: Path) -> str:
     docs = load(results, RAW)
     sizes = _sizes(docs)
@@ -163,7 +273,8 @@ def page(results: Path) -> str:
         ["log", "users", "items", "ratings"],
         [[k, f"{v['users']:,}", f"{v['items']:,}", f"{v['ratings']:,}"] for k, v in sizes.items()],
     )
-    out += "\n" + _pipeline(docs, sizes) + _data(docs, sizes)
+    out += "\n" + _pipeline(docs, sizes) + _steps(docs, sizes) + _data(docs, sizes)
+    out += _goals(docs, sizes)
     out += source_note(RAW, command=COMMAND)
     for doc in docs:
         parts = sorted({r["labels"]["part"] for r in doc["rows"]})

@@ -151,25 +151,53 @@ def _observed(rows: pl.LazyFrame) -> tuple[float, float] | None:
 _UNPARSED = "_unparsed"  # a typed-scan row with a null field: the file needs line mode
 
 
+_VALUE_REASONS = ["rating_out_of_scale", "invalid_ts", "unknown_user", "unknown_item"]
+
+
+@dataclass(frozen=True)
+class _Counts:
+    """One aggregate pass over ``checked.parquet``."""
+
+    rows: int
+    unparsed: int  # typed-scan rows with a null field
+    valid: int  # rows without a reason
+    observed: tuple[float, float] | None  # lowest and highest finite rating parsed
+
+
 def _check(
     rows: pl.LazyFrame,
     scale: tuple[float, float] | None,
     default: tuple[float, float],
     known: tuple[pl.Series | None, pl.Series | None],
     work: Path,
-) -> tuple[tuple[float, float], tuple[float, float] | None]:
+) -> tuple[tuple[float, float], _Counts]:
     """One streaming pass over ``rows`` (two with ``scale`` None, which first finds the observed
-    one) that sinks every row with the value rules' ``reason`` into ``checked.parquet``."""
+    one) that sinks every row with the value rules' ``reason`` into ``checked.parquet``, then
+    one aggregate pass over that file: its counts and (with a fixed scale) the observed span of
+    the rows whose reason, if any, is a value rule's (they parsed)."""
     observed = _observed(rows) if scale is None else None
     scale = scale if scale is not None else observed or default
     checked = work / "checked.parquet"
     rows.with_columns(value_rules(scale, *known)).sink_parquet(
         checked, compression="lz4", row_group_size=ROW_GROUP
     )
-    if observed is None:
-        parsed = pl.scan_parquet(checked).filter(pl.col("reason") != _UNPARSED)
-        observed = _observed(parsed.with_columns(pl.lit(None, pl.String).alias("reason")))
-    return scale, observed
+    reason, r = pl.col("reason"), pl.col("rating")
+    parsed = r.filter((reason.is_null() | reason.is_in(_VALUE_REASONS)) & r.is_finite())
+    n, unparsed, valid, lo, hi = (
+        pl.scan_parquet(checked)
+        .select(
+            pl.len().alias("n"),
+            (reason == _UNPARSED).sum().alias("unparsed"),
+            reason.is_null().sum().alias("valid"),
+            parsed.min().alias("lo"),
+            parsed.max().alias("hi"),
+        )
+        .collect()
+        .row(0)
+    )
+    if observed is None and lo is not None:
+        observed = (float(lo), float(hi))
+    return scale, _Counts(n, unparsed, valid, observed)
 
 
 def _check_file(
@@ -177,9 +205,9 @@ def _check_file(
     scale: tuple[float, float] | None,
     known: tuple[pl.Series | None, pl.Series | None],
     work: Path,
-) -> tuple[tuple[float, float], tuple[float, float] | None, int]:
+) -> tuple[tuple[float, float], _Counts, int]:
     """Parse and check the ratings file into ``work`` (see :func:`_check`); returns the scale,
-    the observed span and the blank line count. The typed scan first; the lazy line reader
+    the counts (with the observed span) and the blank line count. The typed scan first; the lazy line reader
     when a line does not parse cleanly (or blank lines would shift the line numbers)."""
     path, kind = layout.files["ratings"], layout.kind
     skip = int(kind == "ml-csv")
@@ -196,11 +224,7 @@ def _check_file(
     rows = lf.select("line", parse.alias("reason"), *RATING_FIELDS)
     try:
         found = _check(rows, scale, layout.rating_scale, known, work)
-        counts = pl.scan_parquet(work / "checked.parquet").select(
-            pl.len().alias("n"), (pl.col("reason") == _UNPARSED).sum().alias("unparsed")
-        )
-        n, unparsed = counts.collect().row(0)
-        if unparsed == 0 and n + skip == count_lines(path):
+        if found[1].unparsed == 0 and found[1].rows + skip == count_lines(path):
             return (*found, 0)
     except (pl.exceptions.PolarsError, UnicodeDecodeError):
         pass
@@ -224,13 +248,13 @@ def stream_interactions(
     """Parse and validate the ratings file of ``layout`` in bounded memory (the rules of
     :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
-    scale, observed, blank = _check_file(layout, scale, (known_users, known_items), work)
+    scale, counts, blank = _check_file(layout, scale, (known_users, known_items), work)
+    observed, n_valid = counts.observed, counts.valid
     checked = pl.scan_parquet(work / "checked.parquet")
     ok = pl.col("reason").is_null()
     rejects = checked.filter(~ok).select("line", "reason", pl.lit(None, pl.String).alias("raw"))
     rejects = rejects.collect()
     valid = checked.filter(ok)
-    n_valid = valid.select(pl.len()).collect().item()
     n = partitions_for(n_valid, memory_mb)
     losers = []
     for p in range(n):

@@ -33,9 +33,9 @@ from tqdm import tqdm
 
 from recsys_mtl.config import EvaluateConfig
 from recsys_mtl.data.features import draw_unrated
+from recsys_mtl.data.negatives import pair_keys
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.metrics import auc, full_ranking, logloss, mae, rmse, sampled_ranking
-from recsys_mtl.runs.load import rated_keys
 from recsys_mtl.runs.topk import items_csr, iter_topk, score_items
 from recsys_mtl.train.data import load_part, size, take, to_device
 from recsys_mtl.train.losses import task_mask
@@ -138,37 +138,8 @@ def ranking_metrics(
     metrics: dict[str, torch.Tensor] = {}
     # NCF protocol: column 0 is the held-out item, then distinct sampled unrated items
     rng = np.random.default_rng(seed)
-    users_np = held_out["user"].cpu().numpy()
-    negatives = torch.from_numpy(
-        draw_unrated(users_np, rated_keys, n_items, sampled_negatives, rng, distinct=True)
-    ).to(device)
-    valid_rows = (negatives >= 0).all(1)
-    n_short = int((~valid_rows).sum())
-    if n_short:  # a user with fewer unrated items than the protocol ranks against
-        log.warning(
-            "sampled ranking: %d of %d held-out ratings skipped (their user has fewer than "
-            "%d unrated items; see evaluate.sampled_negatives)",
-            n_short, valid_rows.numel(), sampled_negatives,
-        )  # fmt: skip
-    cand = torch.cat([held_out["item"][:, None], negatives], 1)[valid_rows]
-    ctx = {f: held_out[f][valid_rows] for f in ("user", "time_bin", "day")}
-    width = cand.shape[1]
-    scores = torch.empty(cand.shape, dtype=torch.float32, device=device)
-    step = max(1, 16384 // width)
-    direct = getattr(model, "score_candidates", None)  # BellKor: each user's state once
-    for s in range(0, cand.shape[0], step):
-        rows = slice(s, min(s + step, cand.shape[0]))
-        if direct is not None:
-            part = {f: v[rows] for f, v in ctx.items()}
-            scores[rows] = direct(part["user"], cand[rows], task, part["time_bin"], part["day"])
-            continue
-        batch = {f: v[rows].repeat_interleave(width) for f, v in ctx.items()}
-        batch["item"] = cand[rows].reshape(-1)
-        scores[rows] = model(batch)[task].reshape(-1, width)
-    if cand.shape[0]:
-        for kk in ks:
-            for name, value in sampled_ranking(scores, kk).items():
-                metrics[f"ranking/{name}"] = value
+    metrics.update(_sampled_metrics(model, held_out, rated_keys, n_items, task, ks,
+                                    sampled_negatives, rng))  # fmt: skip
     if full:
         users, inverse = torch.unique(held_out["user"], return_inverse=True)
         # relevant items of each user as CSR over the block order of ``users``
@@ -215,6 +186,72 @@ def ranking_metrics(
     return dict(zip(names, values, strict=True))
 
 
+SAMPLED_BLOCK = 1 << 16  # held-out ratings whose negatives are drawn and scored at once
+
+
+def _sampled_metrics(
+    model: nn.Module,
+    held_out: dict[str, torch.Tensor],
+    rated_keys: np.ndarray,
+    n_items: int,
+    task: str,
+    ks: list[int],
+    sampled_negatives: int,
+    rng: np.random.Generator,
+) -> dict[str, torch.Tensor]:
+    """The NCF protocol's metrics, in blocks of :data:`SAMPLED_BLOCK` held-out ratings: each
+    block's negatives are drawn (from the one ``rng``, in block order), scored and counted, so
+    memory is a block's ``SAMPLED_BLOCK x (1 + sampled_negatives)`` candidates whatever the
+    number of held-out ratings (a part of at most one block draws as one call did)."""
+    device = held_out["user"].device
+    blocks: list[tuple[dict[str, torch.Tensor], int]] = []  # each block's means, its rows
+    n_rows = held_out["user"].numel()
+    n_short = 0
+    direct = getattr(model, "score_candidates", None)  # BellKor: each user's state once
+    for b0 in range(0, n_rows, SAMPLED_BLOCK):
+        part = {f: v[b0 : b0 + SAMPLED_BLOCK] for f, v in held_out.items()}
+        users_np = part["user"].cpu().numpy()
+        negatives = torch.from_numpy(
+            draw_unrated(users_np, rated_keys, n_items, sampled_negatives, rng, distinct=True)
+        ).to(device)
+        valid_rows = (negatives >= 0).all(1)
+        n_short += int((~valid_rows).sum())
+        cand = torch.cat([part["item"][:, None], negatives], 1)[valid_rows]
+        ctx = {f: part[f][valid_rows] for f in ("user", "time_bin", "day")}
+        width = cand.shape[1]
+        scores = torch.empty(cand.shape, dtype=torch.float32, device=device)
+        step = max(1, 16384 // width)
+        for s in range(0, cand.shape[0], step):
+            rows = slice(s, min(s + step, cand.shape[0]))
+            if direct is not None:
+                c = {f: v[rows] for f, v in ctx.items()}
+                scores[rows] = direct(c["user"], cand[rows], task, c["time_bin"], c["day"])
+                continue
+            batch = {f: v[rows].repeat_interleave(width) for f, v in ctx.items()}
+            batch["item"] = cand[rows].reshape(-1)
+            scores[rows] = model(batch)[task].reshape(-1, width)
+        n = cand.shape[0]
+        if n:
+            found: dict[str, torch.Tensor] = {}
+            for kk in ks:  # MRR is the same at every cut-off: counted once
+                found.update(sampled_ranking(scores, kk))
+            blocks.append((found, n))
+    if n_short:  # a user with fewer unrated items than the protocol ranks against
+        log.warning(
+            "sampled ranking: %d of %d held-out ratings skipped (their user has fewer than "
+            "%d unrated items; see evaluate.sampled_negatives)",
+            n_short, n_rows, sampled_negatives,
+        )  # fmt: skip
+    if not blocks:  # no held-out rating could be ranked: no sampled metrics
+        return {}
+    if len(blocks) == 1:  # one block: its means as they are
+        return {f"ranking/{k}": v for k, v in blocks[0][0].items()}
+    counted = sum(n for _, n in blocks)
+    return {
+        f"ranking/{k}": sum(found[k] * (n / counted) for found, n in blocks) for k in blocks[0][0]
+    }
+
+
 def _progress_bar(total: int, desc: str) -> Any:
     """A progress bar over users on stderr when it is a terminal (a no-op bar otherwise)."""
     isatty = getattr(sys.stderr, "isatty", None)
@@ -242,7 +279,7 @@ def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str
         if hasattr(model, "adapt_users"):
             sup = to_device(load_part(support, tasks, positives_only=True), device)
             model.adapt_users(sup["user"], sup["item"], sup["rating"])
-    rated = rated_keys(layout.features, ctx.n_items)
+    rated = _rated_keys(layout.features, ctx.n_items)
     metrics: dict[str, float] = {}
     for name, m, learned, prefix in (
         ("test", model, parts, ""),
@@ -263,6 +300,21 @@ def evaluate_run(run: Any, cfg: EvaluateConfig, device: str = "cpu") -> dict[str
                 )  # fmt: skip
         metrics.update({f"{prefix}{k}": v for k, v in found.items()})
     return metrics
+
+
+def _rated_keys(features_dir: Path, n_items: int) -> np.ndarray:
+    """Sorted pair keys of every rating in the log (what sampled negatives must avoid), read
+    with the filter pushed into the scan: the negative rows are never loaded."""
+    pos = (
+        pl.scan_parquet(features_dir / "interactions.parquet")
+        .filter(pl.col("interaction") == 1)
+        .select("uidx", "iidx")
+        .collect()
+    )
+    keys = pair_keys(pos["uidx"].to_numpy(), pos["iidx"].to_numpy(), n_items)
+    del pos
+    keys.sort()
+    return keys
 
 
 @contextmanager

@@ -16,6 +16,10 @@ same formulas as torch's (checked against them in the tests), on ``torch._foreac
 Each exposes ``zero_grad``, ``step``, ``state_dict``/``load_state_dict`` and ``lr`` (set by
 the schedule before every step).
 
+Row-sparse gradients (:mod:`recsys_mtl.train.row_sparse`): lazy Adam, the Adagrads and SGD
+step the looked-up rows alone (a step costs the batch, not the table), with the same rows and
+values as on a dense gradient; plain Adam, which moves every row, takes it dense.
+
 :func:`lr_multiplier` is the schedule: a linear warm-up over the first ``warmup`` steps,
 then constant, cosine or linear decay to 0 at the last step.
 """
@@ -26,6 +30,8 @@ import math
 from typing import Any
 
 import torch
+
+from recsys_mtl.train.row_sparse import adagrad_rows, sparse_rows
 
 __all__ = [
     "SCHEDULES",
@@ -114,6 +120,10 @@ def _fused_step(
 _FUSED_OK: dict[tuple[str, torch.dtype], bool] = {}
 
 
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    return g.to_dense() if g.is_sparse else g
+
+
 class _Optimizer:
     def __init__(self, params: list[torch.nn.Parameter], lr: float) -> None:
         self.params = [p for p in params]
@@ -130,9 +140,17 @@ class _Optimizer:
             elif p.grad is not None:
                 p.grad.zero_()
 
-    def _live(self) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
-        idx = [k for k, p in enumerate(self.params) if p.grad is not None]
-        return idx, [self.params[k].data for k in idx], [self.params[k].grad for k in idx]
+    def _live(
+        self, dense_only: bool = False
+    ) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
+        """The parameters with a gradient (``dense_only``: a dense one), their data and their
+        gradients (dense)."""
+        idx = [
+            k
+            for k, p in enumerate(self.params)
+            if p.grad is not None and not (dense_only and p.grad.is_sparse)
+        ]
+        return idx, [self.params[k].data for k in idx], [_dense(self.params[k].grad) for k in idx]
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "lr": self.lr, "state": self.state, "t": list(self.t)}
@@ -246,6 +264,22 @@ class LazyAdam(Adam):
             if g is None:
                 continue
             self.t[k] += 1
+            if g.is_sparse:  # the looked-up rows: no scan of the table
+                rows, values = sparse_rows(g)
+                if self.dense[k] is None and self.dense_above is not None:
+                    self.dense[k] = rows.numel() >= self.dense_above * g.shape[0]
+                if not self.dense[k]:
+                    if rows.numel():
+                        w, m, v = (x.view(g.shape[0], -1) for x in
+                                   (p.data, self.state["m"][k], self.state["v"][k]))  # fmt: skip
+                        parts = (*(x.index_select(0, rows) for x in (w, m, v)),)
+                        put_back.append((rows, [w, m, v], list(parts)))
+                        for dst, x in zip(group, (parts[0], values, parts[1], parts[2]),
+                                          strict=True):  # fmt: skip
+                            dst.append(x)
+                        group_t.append(self.t[k])
+                    continue
+                g = g.to_dense()
             g2 = g.contiguous().view(g.shape[0], -1)
             w = p.data.view(g2.shape)
             m = self.state["m"][k].view(g2.shape)
@@ -308,7 +342,10 @@ class Adagrad(_Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
-        idx, ps, gs = self._live()
+        for p, acc in zip(self.params, self.state["sum"], strict=True):
+            if p.grad is not None and p.grad.is_sparse:  # the looked-up rows alone
+                adagrad_rows(p.data, acc, p.grad, self.lr, self.eps, rowwise=False)
+        idx, ps, gs = self._live(dense_only=True)
         if not idx:
             return
         acc = [self.state["sum"][k] for k in idx]
@@ -341,6 +378,9 @@ class RowWiseAdagrad(_Optimizer):
             g = p.grad
             if g is None:
                 continue
+            if g.is_sparse:  # the looked-up rows alone
+                adagrad_rows(p.data, acc, g, self.lr, self.eps, rowwise=True)
+                continue
             g2 = g.reshape(acc.shape[0], -1)
             acc.add_(g2.pow(2).mean(1, keepdim=True))
             p.data.reshape(acc.shape[0], -1).addcdiv_(g2, acc.sqrt().add_(self.eps), value=-self.lr)
@@ -352,6 +392,9 @@ class SGD(_Optimizer):
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
-        idx, ps, gs = self._live()
+        for p in self.params:
+            if p.grad is not None and p.grad.is_sparse:  # the looked-up rows alone
+                p.data.add_(p.grad, alpha=-self.lr)
+        idx, ps, gs = self._live(dense_only=True)
         if idx:
             torch._foreach_add_(ps, gs, alpha=-self.lr)

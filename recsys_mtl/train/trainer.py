@@ -8,16 +8,18 @@
   Learning rates scale with the batch size (``train.lr_scaling``) and follow a schedule over
   ``train.epochs`` (``train.schedule``: warm-up, then constant, cosine or linear decay).
 * Early stopping on the validation part only: the weighted sum of validation task losses.
-* A checkpoint (model, optimizers, RNG, history, best weights) is written atomically after
-  every epoch; :func:`fit` resumes from it when it exists, and the result is the same as an
+* A checkpoint (model, optimizers, RNG, history, best weights;
+  :mod:`recsys_mtl.train.checkpoint`) is written atomically after every epoch; :func:`fit`
+  resumes from it when it exists, and the result is the same as an
   uninterrupted run. One that cannot be read is named in a warning and training starts again.
 * Task losses are combined by a weighting (:mod:`recsys_mtl.weighting`): loss-based methods
   return the objective; gradient-based ones receive each task's gradient of the shared
   parameters and return the gradient to descend, which replaces the shared parameters'
   gradient after one backward pass of the statically weighted objective (that pass gives
-  each task-specific parameter its own task's gradient, whatever weights the method chose). Learnable weights join the optimizers; the
-  weighting's state is checkpointed with the model. Early stopping compares epochs on the
-  validation losses combined with the static weights, which do not move during training.
+  each task-specific parameter its own task's gradient, whatever weights the method chose).
+  Learnable weights join the optimizers; the weighting's state is checkpointed with the model.
+  Early stopping compares epochs on the validation losses combined with the static weights,
+  which do not move during training.
 * Non-finite losses or gradients stop training with an error naming the task and the step.
 * Devices: the model, every batch, the weighting's state and the loss accumulators live on
   ``device`` (``train.device``); the loop syncs with the host once per epoch, where metrics
@@ -27,6 +29,9 @@
   time order instead of rating rows: an epoch shuffles the windows, ``train.batch_size`` counts
   windows, and the ranker computes its losses (``sequence_losses``) and validation losses
   (``held_out_losses``) itself.
+* Plug-in points for continual training: an extra ``penalty(model, batch, outputs)`` term
+  joins every step's loss (EWC, distillation), and optimizers passed in (with their state)
+  are stepped instead of fresh ones and returned in the result, so moments survive updates.
 * Side effects stay at the edge: callbacks (:mod:`recsys_mtl.train.callbacks`) receive each
   epoch's metrics and can ask the loop to stop.
 """
@@ -36,7 +41,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,20 +50,21 @@ import torch
 from torch import nn
 
 from recsys_mtl.config import TrainConfig
-from recsys_mtl.errors import MachineError, UserError
-from recsys_mtl.io import load_tensors, save_tensors
 from recsys_mtl.models.embeddings import EmbeddingTables, resolve_device
 from recsys_mtl.train import optim
 from recsys_mtl.train.callbacks import Callback
+from recsys_mtl.train.checkpoint import CHECKPOINT, resume_from, save_checkpoint
 from recsys_mtl.train.data import size, take, to_device
+from recsys_mtl.train.gradients import _replace_shared_grad, _task_gradients
 from recsys_mtl.train.losses import batch_losses, task_losses, task_mask
 from recsys_mtl.train.negatives import NegativeResampler
 from recsys_mtl.train.optim import Adam, lr_multiplier, scaled_lr
+from recsys_mtl.train.row_sparse import row_sparse_lookups, sparse_tables
 from recsys_mtl.weighting.base import Weighting
 
-__all__ = ["NonFiniteLossError", "TrainResult", "fit", "validation_losses"]
+__all__ = ["CHECKPOINT", "NonFiniteLossError", "Penalty", "TrainResult", "build_optimizers",
+           "fit", "validation_losses"]  # fmt: skip
 
-CHECKPOINT = "last.pt"
 log = logging.getLogger("recsys_mtl.train")
 _GATHER_ROWS = 1 << 20  # rows of an epoch gathered at once (a block of whole batches)
 
@@ -78,6 +84,11 @@ class TrainResult:
     samples_per_s: float = 0.0
     resumed_from: int | None = None
     stopped_by_callback: bool = False
+    optimizers: list[Any] = field(default_factory=list, repr=False)  # their state, to carry on
+
+
+# an extra loss term: ``penalty(model, batch, outputs) -> scalar`` (EWC, distillation)
+Penalty = Callable[[nn.Module, dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor]
 
 
 def _optimizers(
@@ -106,10 +117,32 @@ def _optimizers(
             opts.append(optim.LazyAdam(emb, lr=lr, dense_above=cfg.lazy_dense_above))
         else:
             opts.append(_TABLE_OPTIMIZERS[cfg.embedding_optimizer](emb, lr=lr))
+        # row-sparse table gradients (a step costs the batch, not the tables); not with
+        # per-task gradients or tables another optimizer steps
+        plain = not skip and not (weighting is not None and weighting.needs_gradients)
+        sparse = sparse_tables(emb, cfg.embedding_optimizer, cfg.batch_size) if plain else []
+        row_sparse_lookups(model, sparse)
     learnable = weighting.parameters() if weighting is not None else []
     if learnable:  # e.g. uncertainty weighting's log-variances: no weight decay
         opts.append(Adam(list(learnable), lr=scaled(cfg.lr)))
     return opts
+
+
+def build_optimizers(
+    model: nn.Module, cfg: TrainConfig, weighting: Weighting | None = None
+) -> list[Any]:
+    """The optimizers :func:`fit` would build (to keep their state across several fits)."""
+    return _optimizers(model, cfg, weighting)
+
+
+def _rescale(opts: list[Any], model: nn.Module, cfg: TrainConfig) -> None:
+    """Optimizers passed in take ``cfg``'s learning rates (their state is kept)."""
+    tables = {id(p) for m in model.modules() if isinstance(m, EmbeddingTables)
+              for p in m.parameters()}  # fmt: skip
+    for opt in opts:
+        on_tables = all(id(p) in tables for p in opt.params)
+        lr = (cfg.embedding_lr or cfg.lr) if on_tables else cfg.lr
+        opt.base_lr = scaled_lr(lr, cfg.batch_size, cfg.lr_reference_batch, cfg.lr_scaling)
 
 
 _TABLE_OPTIMIZERS = {"adam": Adam, "adagrad": optim.Adagrad, "sgd": optim.SGD,
@@ -119,33 +152,6 @@ _TABLE_OPTIMIZERS = {"adam": Adam, "adagrad": optim.Adagrad, "sgd": optim.SGD,
 def _set_lr(opts: list[Any], factor: float) -> None:
     for opt in opts:
         opt.lr = opt.base_lr * factor
-
-
-def _task_gradients(
-    losses: dict[str, torch.Tensor], tasks: list[str], shared: list[nn.Parameter]
-) -> torch.Tensor:
-    """``(T, P)``: each task's gradient of the shared parameters, flattened."""
-    rows = []
-    for t in tasks:
-        grads = torch.autograd.grad(losses[t], shared, retain_graph=True, allow_unused=True)
-        parts = [
-            (g if g is not None else torch.zeros_like(p)).reshape(-1)
-            for g, p in zip(grads, shared, strict=True)
-        ]
-        rows.append(torch.cat(parts))
-    return torch.stack(rows)
-
-
-def _replace_shared_grad(
-    shared: list[nn.Parameter], weighted: torch.Tensor, combined: torch.Tensor
-) -> None:
-    """After backward of the weighted objective, swap its shared-parameter part for ``combined``."""
-    offset = 0
-    for p in shared:
-        n = p.numel()
-        delta = (combined[offset : offset + n] - weighted[offset : offset + n]).view_as(p)
-        p.grad = delta.clone() if p.grad is None else p.grad + delta
-        offset += n
 
 
 @torch.no_grad()
@@ -175,21 +181,6 @@ def validation_losses(
     return dict(zip(tasks, means, strict=True))
 
 
-def _resume_from(ckpt: Path | None, device: Any) -> dict[str, Any] | None:
-    """The checkpoint to resume from; None when there is none or it cannot be read (corrupt or
-    truncated: a warning names it, it is removed and training starts from the first epoch)."""
-    if ckpt is None or not ckpt.exists():
-        return None
-    try:
-        return load_tensors(ckpt, map_location=device)
-    except MachineError:
-        raise
-    except UserError as e:
-        log.warning("%s; training starts again from the first epoch", e)
-        ckpt.unlink(missing_ok=True)
-        return None
-
-
 def _check_finite(flags: torch.Tensor, names: list[str], epoch: int, what: str) -> None:
     """``flags (steps, K)``: raise naming the first step and column that was not finite."""
     if bool(flags.all()):
@@ -211,6 +202,8 @@ def fit(
     callbacks: Sequence[Callback] = (),
     stop_after: int | None = None,
     start_epoch: int = 0,
+    penalty: Penalty | None = None,
+    optimizers: list[Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on ``cfg.device``; at the end it holds the weights of its best
     validation epoch. Without a validation part, every epoch runs and the last one is kept
@@ -219,7 +212,13 @@ def fit(
     ``stop_after`` ends training after that many epochs while the learning-rate schedule still
     spans ``cfg.epochs``: a refit replays the first ``stop_after`` epochs of the schedule that
     early stopping chose them from. ``start_epoch`` begins at that epoch of the schedule (a
-    refit continuing the selected model replays the last chosen epochs)."""
+    refit continuing the selected model replays the last chosen epochs).
+
+    ``penalty(model, batch, outputs) -> scalar`` is added to every step's loss (continual
+    training's EWC and distillation terms). ``optimizers`` (from :func:`build_optimizers` or
+    an earlier result's ``optimizers``) are stepped instead of fresh ones, with ``cfg``'s
+    learning rates and their own state (moments, step counts); the result carries the
+    optimizers either way."""
     device = resolve_device(cfg.device)
     has_valid = valid is not None and size(valid) > 0
     if not has_valid and cfg.patience is not None:
@@ -228,7 +227,11 @@ def fit(
     weighting.to(device)
     train = to_device(train, device)
     valid = to_device(valid, device) if has_valid else None
-    opts = _optimizers(model, cfg, weighting)
+    if optimizers is None:
+        opts = _optimizers(model, cfg, weighting)
+    else:
+        opts = list(optimizers)
+        _rescale(opts, model, cfg)
     shared = model.shared_parameters() if weighting.needs_gradients else []
     ckpt = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir is not None else None
     state: dict[str, Any] = {
@@ -240,7 +243,7 @@ def fit(
     }
     best_weights = copy.deepcopy(model.state_dict())
     resumed = None
-    saved = _resume_from(ckpt, device)
+    saved = resume_from(ckpt, device)
     if saved is not None:
         model.load_state_dict(saved["model"])
         for opt, s in zip(opts, saved["optimizers"], strict=True):
@@ -320,6 +323,8 @@ def fit(
                 total, weights = weighting.combine(losses)
             if cfg.l2 > 0 and "_reg" in out:
                 total = total + cfg.l2 * out["_reg"]
+            if penalty is not None:
+                total = total + penalty(model, batch, out)
             loss_ok[steps, :n_t] = torch.isfinite(stacked)
             loss_ok[steps, n_t] = torch.isfinite(total)
             for opt in opts:
@@ -363,19 +368,8 @@ def fit(
             state["bad"] += 1
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch, **metrics})
-        if ckpt is not None:
-            save_tensors(
-                {
-                    "model": model.state_dict(),
-                    "optimizers": [o.state_dict() for o in opts],
-                    "rng": torch.get_rng_state(),
-                    "weighting": weighting.state_dict(),
-                    # the best weights only when they are not the model's own
-                    "best_weights": None if improved else best_weights,
-                    "state": state,
-                },
-                ckpt,
-            )
+        if ckpt is not None:  # the best weights only when they are not the model's own
+            save_checkpoint(ckpt, model, opts, weighting, None if improved else best_weights, state)
         if any([bool(cb.on_epoch_end(epoch, metrics)) for cb in callbacks]):
             by_callback = stopped = True
             break
@@ -393,6 +387,7 @@ def fit(
         samples_per_s=seen / seconds if seconds > 0 else 0.0,
         resumed_from=resumed,
         stopped_by_callback=by_callback,
+        optimizers=opts,
     )
     for cb in callbacks:
         cb.on_train_end(result)

@@ -122,3 +122,16 @@ def test_duplicates_across_partitions_keep_the_latest_alike(tmp_path):
     report = _both(tmp_path, root, memory_mb=16)
     assert report["interactions"]["rows_quarantined"]["duplicate_pair"] == 300
     _features_agree(tmp_path, memory_mb=16)
+
+
+def test_the_observed_span_covers_the_kept_ratings_with_a_fixed_scale(tmp_path, caplog):
+    """Ratings out of the scale on one side only: the span the warning names is every parsed
+    rating's, kept ones included, on both paths."""
+    root = tmp_path / "ml-latest-small"
+    write(root / "ratings.csv", b"userId,movieId,rating,timestamp\n1,10,2.0,5\n1,11,3.0,6\n"
+          b"2,10,4.5,7\n2,12,9.0,8\n")  # fmt: skip
+    write(root / "movies.csv", MOVIES)
+    with caplog.at_level("WARNING", logger="recsys_mtl"):
+        _both(tmp_path, root, rating_scale=(1.0, 4.0), max_quarantine_share=1.0)
+    spans = [r.getMessage() for r in caplog.records if "ratings span" in r.getMessage()]
+    assert len(spans) == 2 and all(s.endswith("span 2-9") for s in spans), spans

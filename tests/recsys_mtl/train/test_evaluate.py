@@ -104,3 +104,27 @@ def test_pointwise_metrics_clip_ratings_and_skip_one_class_tasks():
 
     m = pointwise_metrics(Over(), data, ["rating", "like"], (1.0, 5.0))
     assert m["rating/rmse"] == 0.0 and "like/auc" not in m  # like labels are all 1
+
+
+def test_the_sampled_protocol_in_blocks_weighs_each_block_by_its_ratings(monkeypatch):
+    """Blocks of 3 held-out ratings (the last one shorter): the means over every rating, the
+    same as one block when the ranks do not depend on the draws."""
+    import recsys_mtl.train.evaluate as evaluate
+
+    n_items = 100
+    users = list(range(8))
+    items = [99, 0, 99, 0, 99, 99, 0, 99]  # the highest item ranks first, the lowest last
+    test = _test(users, items)
+    rated = _keys(users, items, n_items)
+    seen = items_csr(np.array([], np.int64), np.array([], np.int64), 8)
+
+    def metrics() -> dict[str, float]:
+        return ranking_metrics(ItemScorer(), test, seen, rated, n_items, ["interaction"], k=[1, 5],
+                               sampled_negatives=9, full=False)  # fmt: skip
+
+    whole = metrics()
+    monkeypatch.setattr(evaluate, "SAMPLED_BLOCK", 3)
+    blocked = metrics()
+    assert blocked == pytest.approx(whole)
+    assert blocked["ranking/hr@1"] == pytest.approx(5 / 8)
+    assert blocked["ranking/mrr"] == pytest.approx((5 + 3 / 10) / 8)
