@@ -1,31 +1,42 @@
 """Training under torchrun on this machine: quality, checkpoint portability, failure timing,
-training cost and sharded scoring, each part in one run of this script.
+training cost and sharded scoring (parts 1, 2, 3, 4 and 6 of the scaling page).
 
-    python benchmarks/scale_distributed.py --parts quality,portability,failures,cost,scoring
+    python benchmarks/scale_distributed.py --parts 1,2,3,6          # the rating recipe
+    python benchmarks/scale_distributed.py --parts 4 --append       # training cost, ML-1M-sized
+    python benchmarks/scale_distributed.py --parts 4 --append --cost-models bellkor \
+        --cost-data-parallel implicit                               # BellKor's SVD++ table whole
 
 Every process runs with one thread (``OMP_NUM_THREADS=1``); jobs start with
-``python -m torch.distributed.run`` and a file-store rendezvous. Results go to
-``benchmarks/results/scale_distributed.json`` (one key per part; a part run again replaces
-its key).
+``python -m torch.distributed.run`` and a file-store rendezvous (the ``--max-restarts`` case: a
+c10d rendezvous on a free TCP port). Progress goes to stderr; stdout gets one JSON line
+(``{"benchmark", "machine", "config", "overrides", "rows"}``, each row ``{"labels": {"part",
+...}, "metrics": {...}}``), also written to ``benchmarks/results/scale_distributed.json``
+(``--out``; ``--append`` adds the line instead of replacing the file).
 
-* ``quality``: ``--config`` (default ``configs/ml100k_bellkor.yaml``) with
-  ``train.embedding_optimizer: rowwise_adagrad`` and train seeds 0-2, in one process (the
-  trainer) and with ``--nproc_per_node 2``: valid and test RMSE of each run, and whether the
-  2-process plan shards a table.
-* ``portability``: the 2-process run of seed 0 scored with ``recsys-mtl score RUN --top-k 10``
-  (its ``train/model.pt``) and with the weights read from ``train/dcp/`` in one process (no
-  process group); then a 2-process job killed after its first checkpoint and resumed with
-  ``--nproc_per_node 1``: its final RMSE.
-* ``failures``: seconds from the signal to torchrun's non-zero exit: a SIGKILLed rank
+* Part 1 (quality): ``--config`` (default ``configs/ml100k_bellkor.yaml``) with
+  ``train.embedding_optimizer: rowwise_adagrad``, train seeds 0-2, in one process (the trainer)
+  and with ``--nproc_per_node 2``: valid and test RMSE of each run, and the 2-process plan.
+* Part 2 (portability): the 2-process run of seed 0 scored with ``recsys-mtl score RUN --top-k
+  10`` (its ``train/model.pt``) and with the weights read from ``train/dcp/`` in one process (no
+  process group); then a 2-process job SIGKILLed after its first checkpoint and resumed with
+  ``--nproc_per_node 1``: the epoch it resumed at and its final RMSE.
+* Part 3 (failures): seconds from the signal to torchrun's non-zero exit: a SIGKILLed rank
   mid-epoch (and the MLflow run's status), a SIGSTOPped rank (``collective_timeout`` 20 s);
-  ``--max-restarts 1`` with the c10d rendezvous and a SIGKILL (its metrics beside an
-  uninterrupted 2-process run's); a plain rerun after a kill (the epoch it names).
-* ``cost``: one epoch of multi-task ``bellkor`` and ``mmoe`` on a synthetic log of ML-1M's shape:
-  samples/s and peak RSS (VmHWM) per process for the trainer (row-wise Adagrad, its own), DMP
-  with 1 process and DMP with 2 processes (fbgemm's fused row-wise Adagrad).
-* ``scoring``: ``recsys-mtl score`` of the seed-0 2-process run in one process and with
+  ``--max-restarts 1`` with the c10d rendezvous and a SIGKILL (its metrics beside the
+  uninterrupted 2-process run's of part 1); a plain rerun after a kill (the epoch it names).
+* Part 4 (cost; ``--cost-models``, ``--cost-data-parallel TABLES``: DMP rows with those tables
+  whole on every process): one epoch of multi-task ``bellkor`` (``configs/ml100k_bellkor.yaml``) and
+  ``mmoe`` (``configs/ml100k_mmoe.yaml``) on a synthetic log of ML-1M's shape (6,040 users,
+  3,706 items, 1,000,209 ratings): the train stage alone (the data stages run once before, in
+  their own process), samples/s (all processes together) and peak RSS (VmHWM) per process,
+  for the trainer with its own row-wise Adagrad, DMP with 1 process and DMP with 2 processes
+  (fbgemm's fused row-wise Adagrad on the sharded tables).
+* Part 6 (scoring): ``recsys-mtl score`` of the seed-0 2-process run in one process and with
   ``--nproc_per_node 2``: users/s, and whether the union of the parts equals the one-process
   output row for row.
+
+Parts 2, 3 and 6 read part 1's seed-0 2-process run: run them in one command with part 1, or
+pass the same ``--dir``.
 """
 
 from __future__ import annotations
@@ -35,36 +46,59 @@ import contextlib
 import glob
 import json
 import os
-import platform
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import machine_info  # noqa: E402
+
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 OUT = ROOT / "benchmarks" / "results" / "scale_distributed.json"
 PY = sys.executable
-EXTRA: list[str] = []  # --set overrides of every run (the command line's)
+EXTRA: list[str] = []  # --set overrides of every run of parts 1-3 and 6 (the command line's)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+COST_MODELS = {"bellkor": "configs/ml100k_bellkor.yaml", "mmoe": "configs/ml100k_mmoe.yaml"}
+ML1M = {"users": 6040, "items": 3706, "ratings": 1_000_209}
+# part 4: the models, and tables kept whole on every process (``--cost-data-parallel``)
+COST: dict[str, list[str]] = {"models": list(COST_MODELS), "data_parallel": []}
+Row = dict[str, Any]
+
+
+def _say(*parts: Any) -> None:
+    print(*parts, file=sys.stderr, flush=True)
 
 
 def _cli(*args: str) -> list[str]:
     return [PY, "-m", "pipelines.cli", *args]
 
 
-def _torchrun(tmp: Path, n: int, *args: str, restarts: int = 0, rdzv: str = "file") -> list[str]:
-    if rdzv == "file":
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(tmp: Path, n: int, *args: str, restarts: int = 0, tcp: bool = False,
+              module: bool = True) -> list[str]:  # fmt: skip
+    if tcp:  # c10d over TCP, what several hosts use (and what --max-restarts needs)
+        where = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{_free_port()}"]
+    else:
         where = ["--rdzv-backend", "c10d", "--rdzv-endpoint", str(tmp / f"rdzv-{time.time_ns()}"),
                  "--rdzv-conf", "store_type=file"]  # fmt: skip
-    else:  # c10d over TCP, what several hosts use
-        where = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{rdzv}"]
+    run = ["-m", "pipelines.cli"] if module else ["--no-python"]
     return [PY, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(n),
-            "--max-restarts", str(restarts), "--monitor-interval", "0.1", *where,
-            "-m", "pipelines.cli", *args]  # fmt: skip
+            "--max-restarts", str(restarts), "--monitor-interval", "0.1", *where, *run,
+            *args]  # fmt: skip
 
 
 def _run(cmd: list[str], log: Path, env: dict | None = None) -> tuple[int, float]:
@@ -76,9 +110,13 @@ def _run(cmd: list[str], log: Path, env: dict | None = None) -> tuple[int, float
     return code, time.perf_counter() - t0
 
 
-def _metrics(run: Path) -> dict[str, float]:
+def _rmse(run: Path) -> dict[str, float]:
     m = json.loads((run / "summary.json").read_text())["metrics"]
-    return {"valid_rmse": m.get("valid/rating/rmse"), "test_rmse": m.get("rating/rmse")}
+    return {"valid/rating/rmse": m.get("valid/rating/rmse"), "rating/rmse": m.get("rating/rmse")}
+
+
+def _tail(log: Path, n: int = 600) -> str:
+    return log.read_text()[-n:]
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:
@@ -106,22 +144,26 @@ def _rank_pid(parent: int, rank: int) -> int | None:
 
 def _signal_job(cmd: list[str], run: Path, sig: int, log: Path, env: dict | None = None,
                 after_epochs: int = 1) -> dict:  # fmt: skip
-    """Start ``cmd``, send ``sig`` to rank 1 once ``after_epochs`` checkpoints exist, and time
-    the job's end."""
+    """Start ``cmd``, send ``sig`` to rank 1 once ``after_epochs`` epochs are checkpointed (a
+    moment into the next one), and time the job's end."""
     with log.open("w") as f:
         job = subprocess.Popen(cmd, cwd=ROOT, env=env or ENV, stdout=f, stderr=subprocess.STDOUT)
         pattern = str(run / ".checkpoints" / "train-*" / "dcp" / "state.json")
         while True:
             states = glob.glob(pattern)
             if states:
-                epoch = json.loads(Path(states[0]).read_text()).get("epoch", 0)
-                if epoch >= after_epochs:
-                    break
+                with contextlib.suppress(OSError, ValueError):
+                    epoch = json.loads(Path(states[0]).read_text()).get("epoch", 0)
+                    if epoch >= after_epochs:
+                        break
             if job.poll() is not None:
-                return {"error": f"ended before the signal (exit {job.returncode})"}
+                return {"exit": job.returncode, "ended_before_the_signal": True}
             time.sleep(0.05)
         time.sleep(0.2)  # mid-epoch
         victim = _rank_pid(job.pid, 1)
+        if victim is None:
+            job.kill()
+            return {"exit": job.wait(), "no_rank_1": True}
         os.kill(victim, sig)
         t0 = time.perf_counter()
         job.wait()
@@ -132,7 +174,7 @@ def _signal_job(cmd: list[str], run: Path, sig: int, log: Path, env: dict | None
             "signalled_after_epoch": epoch}  # fmt: skip
 
 
-def _base(config: str, seed: int, tmp: Path, tracking: bool = False) -> list[str]:
+def _base(config: str, seed: int, tracking: bool = False) -> list[str]:
     sets = ["--set", "train.embedding_optimizer=rowwise_adagrad", "--set", f"train.seed={seed}",
             "--set", f"tracking.enabled={str(tracking).lower()}"]  # fmt: skip
     if "ml100k" in config:
@@ -142,206 +184,316 @@ def _base(config: str, seed: int, tmp: Path, tracking: bool = False) -> list[str
     return ["run", config, *sets]
 
 
-def quality(tmp: Path, config: str) -> dict:
+def _resumed_at(log: Path) -> int | None:
+    found = re.search(r"resuming at epoch (\d+)", log.read_text())
+    return int(found[1]) if found else None
+
+
+# -- part 1 ---------------------------------------------------------------------------------
+def quality(tmp: Path, config: str) -> list[Row]:
     rows = []
     for seed in range(3):
-        one, two = tmp / f"q1-{seed}", tmp / f"q2-{seed}"
-        c1, s1 = _run(_cli(*_base(config, seed, tmp), "--out", str(one)), tmp / f"q1-{seed}.log")
-        c2, s2 = _run(_torchrun(tmp, 2, *_base(config, seed, tmp), "--out", str(two)),
-                      tmp / f"q2-{seed}.log")  # fmt: skip
-        row = {"seed": seed, "exit": [c1, c2], "seconds": [round(s1, 1), round(s2, 1)]}
-        if c1 == 0:
-            row["one_process"] = _metrics(one)
-        if c2 == 0:
-            row["two_processes"] = _metrics(two)
-            plan = json.loads((two / "train" / "plan.json").read_text())
-            row["sharded_tables"] = sorted(t for t, v in plan.items()
-                                           if v["sharding_type"] != "data_parallel")  # fmt: skip
-        else:
-            row["error"] = (tmp / f"q2-{seed}.log").read_text()[-600:]
-        rows.append(row)
-    return {"config": config, "runs": rows}
+        for n in (1, 2):
+            run, log = tmp / f"q{n}-{seed}", tmp / f"q{n}-{seed}.log"
+            _say(f"part 1: seed {seed}, {n} process(es)")
+            args = [*_base(config, seed), "--out", str(run)]
+            code, seconds = _run(_cli(*args) if n == 1 else _torchrun(tmp, n, *args), log)
+            row: Row = {"labels": {"part": 1, "seed": seed, "processes": n},
+                        "metrics": {"exit": code, "seconds": round(seconds, 1)}}  # fmt: skip
+            if code == 0:
+                row["metrics"].update(_rmse(run))
+            else:
+                row["error"] = _tail(log)
+            if code == 0 and n > 1:
+                plan = json.loads((run / "train" / "plan.json").read_text())
+                row["plan"] = {t: v["sharding_type"] for t, v in sorted(plan.items())}
+                row["metrics"]["sharded_tables"] = sum(
+                    v != "data_parallel" for v in row["plan"].values()
+                )
+            rows.append(row)
+    return rows
 
 
-def portability(tmp: Path, config: str) -> dict:
+# -- part 2 ---------------------------------------------------------------------------------
+def portability(tmp: Path, config: str) -> list[Row]:
     import polars as pl
     import torch
 
     run = tmp / "q2-0"
-    out: dict = {}
     a, b = tmp / "p-modelpt.parquet", tmp / "p-dcp.parquet"
+    _say("part 2: scoring train/model.pt and train/dcp/")
     _run(_cli("score", str(run), "--top-k", "10", "--out", str(a)), tmp / "p1.log")
     copy = tmp / "q2-0-from-dcp"
-    subprocess.run(["cp", "-r", str(run), str(copy)], check=True)
-    sys.path.insert(0, str(ROOT))
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(run, copy)
     from recsys_mtl.runs.load import load_run
     from recsys_mtl.train import dcp
 
     model = load_run(copy, "cpu").model
-    dcp.load_model(copy / "train" / "dcp", model)
+    dcp.load_model(copy / "train" / "dcp", model)  # one process, no process group
     torch.save(model.state_dict(), copy / "train" / "model.pt")
     code, _ = _run(_cli("score", str(copy), "--top-k", "10", "--out", str(b)), tmp / "p2.log")
+    same: Row = {"labels": {"part": 2, "check": "model.pt vs dcp"}, "metrics": {"exit": code}}
     if code == 0:
         x = pl.read_parquet(a).sort("user_id", "rank")
         y = pl.read_parquet(b).sort("user_id", "rank")
-        out["same_top10"] = bool(
-            x.select("user_id", "item_id").equals(y.select("user_id", "item_id"))
+        same["metrics"].update(
+            users=x["user_id"].n_unique(),
+            same_top10=bool(x.select("user_id", "item_id").equals(y.select("user_id", "item_id"))),
+            max_score_diff=float((x["score"] - y["score"]).abs().max()),
         )
-        out["max_score_diff"] = float((x["score"] - y["score"]).abs().max())
     else:
-        out["dcp_score_error"] = (tmp / "p2.log").read_text()[-600:]
+        same["error"] = _tail(tmp / "p2.log")
     killed = tmp / "p-killed"
-    cmd = _torchrun(tmp, 2, *_base(config, 0, tmp), "--out", str(killed))
-    out["killed"] = _signal_job(cmd, killed, signal.SIGKILL, tmp / "p-kill.log")
-    code, _ = _run(_torchrun(tmp, 1, *_base(config, 0, tmp), "--out", str(killed)),
-                   tmp / "p-resume1.log")  # fmt: skip
-    text = (tmp / "p-resume1.log").read_text()
-    found = re.search(r"resuming at epoch (\d+)", text)
-    out["resumed_with_1_process"] = {"exit": code, "epoch": int(found[1]) if found else None,
-                                     **(_metrics(killed) if code == 0 else {})}  # fmt: skip
-    return out
+    _say("part 2: a 2-process job killed, resumed with 1 process")
+    cmd = _torchrun(tmp, 2, *_base(config, 0), "--out", str(killed))
+    kill = _signal_job(cmd, killed, signal.SIGKILL, tmp / "p-kill.log")
+    log = tmp / "p-resume1.log"
+    code, _ = _run(_torchrun(tmp, 1, *_base(config, 0), "--out", str(killed)), log)
+    resumed: Row = {"labels": {"part": 2, "check": "2 processes killed, resumed by 1"},
+                    "metrics": {"exit": code, "killed_after_epoch": kill.get("signalled_after_epoch"),
+                                "resumed_at_epoch": _resumed_at(log)}}  # fmt: skip
+    if code == 0:
+        resumed["metrics"].update(_rmse(killed))
+    return [same, resumed]
 
 
-def failures(tmp: Path, config: str) -> dict:
-    out: dict = {}
+# -- part 3 ---------------------------------------------------------------------------------
+def failures(tmp: Path, config: str) -> list[Row]:
+    rows = []
     env = {**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}"}
-    base = _base(config, 0, tmp, tracking=True)
+    base = _base(config, 0, tracking=True)
     run = tmp / "f-kill"
-    out["sigkill"] = _signal_job(_torchrun(tmp, 2, *base, "--out", str(run)), run,
-                                 signal.SIGKILL, tmp / "f-kill.log", env)  # fmt: skip
+    _say("part 3: SIGKILL")
+    res = _signal_job(_torchrun(tmp, 2, *base, "--out", str(run)), run, signal.SIGKILL,
+                      tmp / "f-kill.log", env)  # fmt: skip
     status = subprocess.run(
         [PY, "-c", "import mlflow; rs = mlflow.search_runs(search_all_experiments=True, "
          "output_format='list', order_by=['attributes.start_time DESC']); print(next(r.info."
          "status for r in rs if 'mlflow.parentRunId' not in r.data.tags))"],
         env=env, capture_output=True, text=True, cwd=tmp,
     )  # fmt: skip
-    out["sigkill"]["mlflow_status"] = status.stdout.strip()
-    code, _ = _run(_torchrun(tmp, 2, *base, "--out", str(run)), tmp / "f-rerun.log", env)
-    found = re.search(r"resuming at epoch (\d+)", (tmp / "f-rerun.log").read_text())
-    out["rerun"] = {"exit": code, "resumed_at_epoch": int(found[1]) if found else None}
+    res["mlflow_failed"] = status.stdout.strip() == "FAILED"
+    rows.append({"labels": {"part": 3, "case": "sigkill"}, "metrics": res})
+    _say("part 3: rerun after the kill")
+    code, seconds = _run(_torchrun(tmp, 2, *base, "--out", str(run)), tmp / "f-rerun.log", env)
+    rows.append({"labels": {"part": 3, "case": "rerun"},
+                 "metrics": {"exit": code, "resumed_at_epoch": _resumed_at(tmp / "f-rerun.log"),
+                             "killed_after_epoch": res.get("signalled_after_epoch"),
+                             "seconds": round(seconds, 1)}})  # fmt: skip
     run = tmp / "f-stop"
+    _say("part 3: SIGSTOP")
     stop = [*base, "--set", "train.distributed.collective_timeout=20"]
-    out["sigstop"] = _signal_job(_torchrun(tmp, 2, *stop, "--out", str(run)), run,
-                                 signal.SIGSTOP, tmp / "f-stop.log", env)  # fmt: skip
-    out["sigstop"]["collective_timeout"] = 20
+    res = _signal_job(_torchrun(tmp, 2, *stop, "--out", str(run)), run, signal.SIGSTOP,
+                      tmp / "f-stop.log", env)  # fmt: skip
+    res["collective_timeout"] = 20
+    rows.append({"labels": {"part": 3, "case": "sigstop"}, "metrics": res})
     run = tmp / "f-restart"
-    plain = [*_base(config, 0, tmp)]
-    res = _signal_job(_torchrun(tmp, 2, *plain, "--out", str(run), restarts=1, rdzv="29611"), run,
-                      signal.SIGKILL, tmp / "f-restart.log")  # fmt: skip
-    res["metrics"] = _metrics(run) if res.get("exit") == 0 else None
+    _say("part 3: --max-restarts 1")
+    res = _signal_job(_torchrun(tmp, 2, *_base(config, 0), "--out", str(run), restarts=1,
+                                tcp=True), run, signal.SIGKILL, tmp / "f-restart.log")  # fmt: skip
     ref = tmp / "q2-0"
-    res["uninterrupted"] = _metrics(ref) if (ref / "summary.json").exists() else None
-    out["max_restarts_1"] = res
-    return out
+    if not (ref / "summary.json").exists():  # part 1's uninterrupted run, when not at hand
+        _say("part 3: the uninterrupted 2-process run")
+        _run(_torchrun(tmp, 2, *_base(config, 0), "--out", str(ref)), tmp / "q2-0.log")
+    if res.get("exit") == 0 and (ref / "summary.json").exists():
+        got, want = _rmse(run), _rmse(ref)
+        res.update({k: v for k, v in got.items()})
+        res.update({f"uninterrupted {k}": v for k, v in want.items()})
+        res["equal_to_uninterrupted"] = got == want
+    rows.append({"labels": {"part": 3, "case": "max_restarts_1"}, "metrics": res})
+    return rows
 
 
-def _worker(argv: list[str]) -> int:
-    """One process of a cost job: the CLI, then this process's peak RSS on stderr."""
-    from pipelines.cli import main
-
-    code = main(argv)
-    hwm = next(line for line in Path("/proc/self/status").read_text().splitlines()
-               if line.startswith("VmHWM"))  # fmt: skip
-    print(f"@@rss {os.environ.get('RANK', '-')} {int(hwm.split()[1]) / 1024:.0f}", file=sys.stderr)
-    return code
+# -- part 4 ---------------------------------------------------------------------------------
+def _peak_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
 
 
-def cost(tmp: Path) -> dict:
-    data = ["--set", "data.format=synthetic", "--set", "data.synthetic.users=6040",
-            "--set", "data.synthetic.items=3706", "--set", "data.synthetic.ratings=1000209",
-            "--set", "data.synthetic.layout=ml-1m", "--set", "tracking.enabled=false"]  # fmt: skip
-    train = ["--set", "train.epochs=1", "--set", "train.patience=null", "--set", "train.refit=false",
-             "--set", "train.embedding_optimizer=rowwise_adagrad"]  # fmt: skip
-    me = [PY, str(Path(__file__).resolve()), "--worker", "--"]
-    out: dict = {}
-    for name, config in (("bellkor", "configs/ml100k_bellkor.yaml"),
-                         ("mmoe", "configs/ml100k_mmoe.yaml")):  # fmt: skip
-        args = ["run", config, *data, *train, "--set", "tasks=[rating,interaction,like]"]
-        rows = {}
-        for label, n in (("trainer", 0), ("dmp_1", 1), ("dmp_2", 2)):
-            run = tmp / f"c-{name}-{label}"
-            if n == 0:
-                cmd = [*me, *args, "--out", str(run)]
-            else:
-                cmd = [PY, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node",
-                       str(n), "--rdzv-backend", "c10d", "--rdzv-endpoint",
-                       str(tmp / f"rdzv-{time.time_ns()}"), "--rdzv-conf", "store_type=file",
-                       "--no-python", *me, *args, "--out", str(run)]  # fmt: skip
-            code, seconds = _run(cmd, tmp / f"c-{name}-{label}.log")
-            text = (tmp / f"c-{name}-{label}.log").read_text()
-            rss = {r: float(v) for r, v in re.findall(r"@@rss (\S+) (\d+)", text)}
-            row: dict = {"exit": code, "seconds": round(seconds, 1), "peak_rss_mb": rss}
+def _train_worker(config: str, run: Path, sets: list[str], last: str) -> int:
+    """One process of a cost job: the pipeline up to stage ``last`` (the train stage: the data
+    stages cached in ``run``), under torchrun rank 0 running it and the others following; then
+    this process's peak RSS on stderr."""
+    from pipelines.execute import follow, prepare
+    from pipelines.runner import Pipeline, run_pipeline
+    from pipelines.stages import build_pipeline
+    from recsys_mtl.config import load_config
+    from recsys_mtl.train import distributed
+
+    cfg = load_config(ROOT / config, sets)
+    d = distributed.setup(cfg.train.distributed) if distributed.launched() else None
+    if d is None or d.leader:
+        prepare(cfg)
+        stages = build_pipeline().stages
+        upto = [s.name for s in stages].index(last)
+        outcome = run_pipeline(Pipeline(stages[: upto + 1]), cfg, run)
+        reran = [n for n, o in outcome.items() if n != last and not o["skipped"]]
+        if reran:
+            _say(f"@@reran {','.join(reran)}")
+    else:
+        follow()
+    if d is not None:
+        distributed.teardown(clean=True)
+    _say(f"@@rss {os.environ.get('RANK', '0')} {_peak_mb():.0f}")
+    return 0
+
+
+def _cost_sets() -> list[str]:
+    data = ["data.format=synthetic", f"data.synthetic.users={ML1M['users']}",
+            f"data.synthetic.items={ML1M['items']}", f"data.synthetic.ratings={ML1M['ratings']}",
+            "data.synthetic.layout=ml-1m", "tracking.enabled=false"]  # fmt: skip
+    train = ["train.epochs=1", "train.patience=null", "train.refit=false",
+             "train.embedding_optimizer=rowwise_adagrad", "train.warm_start=none"]  # fmt: skip
+    if COST["data_parallel"]:
+        train.append(f"train.distributed.data_parallel=[{','.join(COST['data_parallel'])}]")
+    return [*data, *train]
+
+
+def cost(tmp: Path) -> list[Row]:
+    me = [PY, str(Path(__file__).resolve()), "--train-worker"]
+    rows = []
+    whole = ",".join(COST["data_parallel"])
+    # with tables kept whole: DMP in 1 and 2 processes only (the trainer shards nothing)
+    modes = (("dmp_1", 1), ("dmp_2", 2)) if whole else (("trainer", 0), ("dmp_1", 1), ("dmp_2", 2))
+    for name in COST["models"]:
+        config = COST_MODELS[name]
+        sets = _cost_sets()
+        flags = [a for s in sets for a in ("--set", s)]
+        base = tmp / f"c-{name}-data"
+        _say(f"part 4: {name}: the data stages")
+        code, _ = _run(
+            [*me, config, str(base), "--last", "split", *flags], tmp / f"c-{name}-data.log"
+        )
+        if code != 0:
+            rows.append({"labels": {"part": 4, "model": name, "mode": "data"},
+                         "metrics": {"exit": code}, "error": _tail(tmp / f"c-{name}-data.log")})  # fmt: skip
+            continue
+        for mode, n in modes:
+            tag = f"{name}-{mode}" + (f"-dp-{whole}" if whole else "")
+            run, log = tmp / f"c-{tag}", tmp / f"c-{tag}.log"
+            shutil.rmtree(run, ignore_errors=True)
+            shutil.copytree(base, run)
+            _say(f"part 4: {name}, {mode}")
+            args = [config, str(run), *flags]
+            cmd = [*me, *args] if n == 0 else _torchrun(tmp, n, *me, *args, module=False)
+            code, seconds = _run(cmd, log)
+            text = log.read_text()
+            rss = {int(r): float(v) for r, v in re.findall(r"@@rss (\S+) (\d+)", text)}
+            m: dict[str, Any] = {"exit": code, "processes": max(n, 1),
+                                 "command_seconds": round(seconds, 1)}  # fmt: skip
+            m.update({f"peak_rss_mb/rank{r}": v for r, v in sorted(rss.items())})
+            labels = {"part": 4, "model": name, "mode": mode}
+            if whole:
+                labels["data_parallel"] = whole
+            row: Row = {"labels": labels, "metrics": m}
+            if "@@reran" in text:
+                row["error"] = "the data stages reran: " + text.split("@@reran", 1)[1][:80]
             if code == 0:
-                m = json.loads((run / "train" / "_stage.json").read_text())["result"]["metrics"]
-                row["samples_per_s"] = m.get("train/samples_per_s")
-                row["train_seconds"] = m.get("train/seconds")
+                res = json.loads((run / "train" / "_stage.json").read_text())["result"]["metrics"]
+                m["samples_per_s"] = res.get("train/samples_per_s")
+                m["train_seconds"] = res.get("train/seconds")
             else:
-                row["error"] = text[-500:]
-            rows[label] = row
-        ok = {k: v.get("samples_per_s") for k, v in rows.items() if v.get("samples_per_s")}
-        if "dmp_1" in ok and "dmp_2" in ok:
-            rows["ratio_dmp2_over_dmp1"] = round(ok["dmp_2"] / ok["dmp_1"], 3)
-        if "trainer" in ok and "dmp_1" in ok:
-            rows["ratio_dmp1_over_trainer"] = round(ok["dmp_1"] / ok["trainer"], 3)
-        out[name] = rows
-    return out
+                row["error"] = _tail(log)
+            rows.append(row)
+    return rows
 
 
-def scoring(tmp: Path) -> dict:
+# -- part 6 ---------------------------------------------------------------------------------
+def scoring(tmp: Path) -> list[Row]:
     import polars as pl
 
     run = tmp / "q2-0"
     one, parts = tmp / "s-one.parquet", tmp / "s-parts"
+    shutil.rmtree(parts, ignore_errors=True)
+    _say("part 6: scoring in 1 and 2 processes")
     c1, s1 = _run(_cli("score", str(run), "--top-k", "10", "--out", str(one)), tmp / "s1.log")
     c2, s2 = _run(_torchrun(tmp, 2, "score", str(run), "--top-k", "10", "--out", f"{parts}/"),
                   tmp / "s2.log")  # fmt: skip
-    out: dict = {"exit": [c1, c2]}
-    if c1 == 0 and c2 == 0:
-        x = pl.read_parquet(one).sort("user_id", "rank")
-        y = pl.read_parquet(str(parts / "part-*.parquet")).sort("user_id", "rank")
-        out["union_equals_one_process"] = bool(x.equals(y))
-        keys = ["user_id", "item_id", "rank", "served_by"]
-        out["same_users_items_ranks"] = bool(x.select(keys).equals(y.select(keys)))
-        scores = [c for c in x.columns if c.startswith("score")]
-        out["max_score_diff"] = max(float((x[c] - y[c]).abs().max()) for c in scores)
-        manifest = json.loads((parts / "manifest.json").read_text())
-        users = manifest["users"]
-        report = json.loads([ln for ln in (tmp / "s1.log").read_text().splitlines()
-                             if ln.startswith("{")][-1])  # fmt: skip
-        out["one_process_users_per_s"] = round(report["users"] / report["seconds"], 1)
-        slowest = max(p["seconds"] for p in manifest["parts"])
-        out["two_processes_users_per_s"] = round(users / slowest, 1)
-        out["command_seconds"] = [round(s1, 1), round(s2, 1)]
-    return out
+    rows: list[Row] = []
+    if c1 != 0 or c2 != 0:
+        return [{"labels": {"part": 6, "check": "exit"}, "metrics": {"exit": [c1, c2]},
+                 "error": _tail(tmp / ("s1.log" if c1 else "s2.log"))}]  # fmt: skip
+    x = pl.read_parquet(one).sort("user_id", "rank")
+    y = pl.read_parquet(str(parts / "part-*.parquet")).sort("user_id", "rank")
+    keys = ["user_id", "item_id", "rank", "served_by"]
+    scores = [c for c in x.columns if c.startswith("score")]
+    rows.append({"labels": {"part": 6, "check": "union of the parts"},
+                 "metrics": {"rows": x.height, "union_equals_one_process": bool(x.equals(y)),
+                             "same_users_items_ranks": bool(x.select(keys).equals(y.select(keys))),
+                             "max_score_diff": max(float((x[c] - y[c]).abs().max())
+                                                   for c in scores)}})  # fmt: skip
+    manifest = json.loads((parts / "manifest.json").read_text())
+    report = json.loads([ln for ln in (tmp / "s1.log").read_text().splitlines()
+                         if ln.startswith("{")][-1])  # fmt: skip
+    slowest = max(p["seconds"] for p in manifest["parts"])
+    rows.append({"labels": {"part": 6, "processes": 1},
+                 "metrics": {"users": report["users"], "scoring_seconds": report["seconds"],
+                             "users_per_s": report["users"] / report["seconds"],
+                             "command_seconds": round(s1, 1)}})  # fmt: skip
+    rows.append({"labels": {"part": 6, "processes": 2},
+                 "metrics": {"users": manifest["users"], "scoring_seconds": slowest,
+                             "users_per_s": manifest["users"] / slowest,
+                             "command_seconds": round(s2, 1)}})  # fmt: skip
+    return rows
+
+
+PARTS = {1: quality, 2: portability, 3: failures, 4: cost, 6: scoring}
 
 
 def main() -> int:
-    if "--worker" in sys.argv:
-        return _worker(sys.argv[sys.argv.index("--") + 1 :])
+    if len(sys.argv) > 1 and sys.argv[1] == "--train-worker":
+        ap = argparse.ArgumentParser()
+        ap.add_argument("config")
+        ap.add_argument("run", type=Path)
+        ap.add_argument("--set", action="append", default=[])
+        ap.add_argument("--last", default="train")
+        a = ap.parse_args(sys.argv[2:])
+        return _train_worker(a.config, a.run, a.set, a.last)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--parts", default="quality,portability,failures,cost,scoring")
-    p.add_argument("--config", default="configs/ml100k_bellkor.yaml")
-    p.add_argument("--tmp", help="work folder (kept); default a new temporary folder")
-    p.add_argument("--results", default=str(OUT), help="the JSON file written")
-    p.add_argument("--set", action="append", default=[], help="a config override of every run")
+    p.add_argument("--parts", default="1,2,3,4,6", help="comma-separated, from 1,2,3,4,6")
+    p.add_argument("--config", default="configs/ml100k_bellkor.yaml", help="parts 1-3 and 6")
+    p.add_argument("--dir", help="work folder (kept); default a new temporary folder")
+    p.add_argument("--out", default=str(OUT), help="the JSON file written")
+    p.add_argument("--append", action="store_true", help="add the line to --out, not replace")
+    p.add_argument("--set", action="append", default=[], help="a config override, parts 1-3, 6")
+    p.add_argument("--cost-models", default=",".join(COST_MODELS), help="part 4's models")
+    p.add_argument(
+        "--cost-data-parallel", default="", help="part 4: tables kept whole (DMP rows only)"
+    )
     args = p.parse_args()
     EXTRA.extend(args.set)
-    out = Path(args.results)
-    tmp = Path(args.tmp or tempfile.mkdtemp(prefix="scale-dist-"))
+    COST["models"] = [m for m in args.cost_models.split(",") if m]
+    COST["data_parallel"] = [t for t in args.cost_data_parallel.split(",") if t]
+    tmp = Path(args.dir or tempfile.mkdtemp(prefix="scale-dist-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    results = json.loads(out.read_text()) if out.exists() else {}
-    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
-    results["overrides"] = args.set
-    for part in args.parts.split(","):
+    _say(f"work folder: {tmp}")
+    rows: list[Row] = []
+    seconds: dict[str, float] = {}
+    for part in (int(x) for x in args.parts.split(",")):
         t0 = time.perf_counter()
-        if part in ("quality", "portability", "failures"):
-            res = globals()[part](tmp, args.config)
-        else:
-            res = globals()[part](tmp)
-        res["part_seconds"] = round(time.perf_counter() - t0, 1)
-        results[part] = res
-        out.write_text(json.dumps(results, indent=2))
-        print(part, json.dumps(res)[:2000], flush=True)
+        fn = PARTS[part]
+        rows += fn(tmp, args.config) if part in (1, 2, 3) else fn(tmp)
+        seconds[str(part)] = round(time.perf_counter() - t0, 1)
+    import torch
+    import torchrec
+
+    doc = {
+        "benchmark": "scale_distributed",
+        "machine": {**machine_info(), "torch": torch.__version__, "torchrec": torchrec.__version__},
+        "config": args.config,
+        "overrides": args.set,
+        "cost_log": ML1M,
+        "part_seconds": seconds,
+        "rows": rows,
+    }
+    line = json.dumps(doc)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a" if args.append else "w") as f:
+        f.write(line + "\n")
+    print(line)
     return 0
 
 

@@ -38,6 +38,7 @@ from recsys_mtl.models.als import als_factors, implicit_als_factors
 from recsys_mtl.models.base import Ranker, Role, UserState, broadcast_rows
 from recsys_mtl.models.bellkor_config import BellKorConfig
 from recsys_mtl.models.bellkor_implicit import SubsetBagProduct, capped_bags
+from recsys_mtl.models.bellkor_lookup import lookup_forward
 from recsys_mtl.models.bellkor_scoring import FixedTimeScoring
 from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.embeddings import (
@@ -350,13 +351,13 @@ class BellKor(FixedTimeScoring, Ranker):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Scores of a batch of known users' rows: the user side (factors, biases, SVD++
-        vector) once per distinct user of the batch, then ``p_u + |N(u)|^-1/2 sum_j y_j``
-        gathered to the rows in one step; the L2 penalty of the looked-up rows as per-user
-        (and per-item) counts times their squared norms. The same outputs as :meth:`score` on
-        the batch's user states, with half the ``(rows, dim)`` work forward and backward.
-        The SVD++ vectors come from the sparse product over every user when the batch's users
-        hold most of the ratings, else (and under ``torch.func``, for which the product's
-        autograd function has no rule) from plain gathers of the batch's bags."""
+        vector) once per distinct user, gathered to the rows in one step; the L2 penalty of the
+        looked-up rows as counts times squared norms. The same outputs as :meth:`score` on the
+        batch's user states. SVD++ vectors: the sparse product over every user when the batch's
+        users hold most of the ratings, else (and under ``torch.func``) gathers of their bags.
+        Sharded tables (DistributedModelParallel): lookups only (:func:`lookup_forward`)."""
+        if self.emb.sharded:
+            return lookup_forward(self, batch)
         u, i = batch["user"], batch["item"]
         rows = u.numel()
         distinct, inverse = self._distinct_users(u)

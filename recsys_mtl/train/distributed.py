@@ -19,14 +19,18 @@ environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
   fbgemm's fused optimizer in the backward pass (``apply_optimizer_in_backward``).
 * **Initialisation.** DistributedModelParallel re-initialises the tables it shards; the
   project's initialisation (and warm starts, NeuMF's pre-training) reach them through
-  ``dmp.load_state_dict`` of the unsharded model's weights (:func:`load_full`).
+  ``dmp.load_state_dict`` of the unsharded model's weights (:func:`load_full`), rank 0's
+  broadcast to every process first, so that a warm start each process solved on its own
+  cannot leave the replicated tables differing by a rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
+import sys
 import warnings
 from dataclasses import dataclass
 from datetime import timedelta
@@ -124,12 +128,22 @@ def setup(settings: Any) -> Dist:
     # the engines' notes about their own deprecations, not about this run
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\.")
     warnings.filterwarnings("ignore", message=r"torch.distributed is disabled")
+    # fbgemm's dense kernel (the data-parallel tables) has its backward in its own autograd
+    # function; the gradients equal the unsharded model's (tests/recsys_mtl/train)
+    warnings.filterwarnings("ignore", message=r"fbgemm::dense_embedding_codegen_lookup_function")
     if rank != 0:  # one voice: the other ranks log warnings and errors only
         logging.getLogger("recsys_mtl").setLevel(logging.WARNING)
     return _current
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM ends the run (its MLflow run FAILED with the reason) -- unless this process is
+    already handling an error, typically a collective that failed when another process died:
+    then the cleanup under way (ending the MLflow run FAILED with that error) finishes, within
+    torchrun's grace period, instead of being cut short and leaving the run RUNNING."""
+    if sys.exc_info()[0] is not None:
+        log.warning("SIGTERM while ending after an error: finishing that first")
+        return
     raise Terminated("stopped by SIGTERM (torchrun stops every process when one fails)")
 
 
@@ -148,6 +162,10 @@ def teardown(clean: bool = True) -> None:
         dist.destroy_process_group()
     finally:
         _current = None
+        # the process only exits now: torchrun's SIGTERM (another process failed) must not cut
+        # the report of its own error short; torchrun's SIGKILL still ends one that hangs
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def announce(message: Any) -> None:
@@ -174,6 +192,10 @@ def _reduce(x: torch.Tensor, op: str) -> torch.Tensor:
     if d is None or d.world == 1:
         return x
     ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+    if x.device != d.device and d.backend == "nccl":  # NCCL reduces device tensors only
+        on_device = x.to(d.device)
+        dist.all_reduce(on_device, op=ops[op], group=d.group)
+        return x.copy_(on_device)
     dist.all_reduce(x, op=ops[op], group=d.group)
     return x
 
@@ -267,12 +289,19 @@ def shard(model: nn.Module, cfg: Any, lr: float) -> tuple[nn.Module, dict[str, A
     d = _current
     assert d is not None, "shard() needs setup() first"
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if d.world > 1:  # rank 0's weights on every process (warm starts solved on each)
+        import torch.distributed as dist  # deferred: only under torchrun
+
+        for value in initial.values():
+            dist.broadcast(value, src=0, group=d.group)
     constraints, sharded = _constraints(model, cfg.train.distributed, d.device)
     fused = [m.weight(n) for _, m in _tables(model) for n in m.specs if n in sharded]
     if fused:
         apply_optimizer_in_backward(_fused_class(cfg.train.embedding_optimizer), fused, {"lr": lr})
     quiet = logging.getLogger("torchrec")
     level, quiet.level = quiet.level, logging.ERROR
+    root = logging.getLogger()  # the planner notes on the root logger that a data-parallel
+    root.addFilter(_no_spec_notes)  # table has no shards, which is what data_parallel means
     try:
         topology = Topology(world_size=d.world, compute_device=d.device.type,
                             local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))  # fmt: skip
@@ -285,8 +314,13 @@ def shard(model: nn.Module, cfg: Any, lr: float) -> tuple[nn.Module, dict[str, A
         )  # fmt: skip
     finally:
         quiet.setLevel(level)
+        root.removeFilter(_no_spec_notes)
     load_full(dmp, initial)
     return dmp, plan_doc(plan), str(plan)
+
+
+def _no_spec_notes(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Sharding spec not found")
 
 
 def plan_doc(plan: Any) -> dict[str, Any]:

@@ -250,6 +250,8 @@ def fit_parallel(
     sidecar = dcp.read_sidecar(ckpt)
     if sidecar is not None:  # the best epoch's weights, read whole by every process
         dcp.load_model(ckpt / dcp.FOLDER / sidecar["best"], model)
+    # every process has read them before rank 0 moves that folder into the stage folder
+    distributed.all_sum(torch.zeros(1, device=d.device))
     seconds = time.perf_counter() - t0
     result = TrainResult(
         epochs_run=state["epoch"], best_epoch=state["best_epoch"], best_valid_loss=state["best"],

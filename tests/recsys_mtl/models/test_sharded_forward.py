@@ -1,8 +1,8 @@
 """Every ranker's training forward on sharded tables: lookups only. A sharded collection
 (DistributedModelParallel) holds a shard of each table on each process, so ``weight()`` and
 ``rows()`` refuse, and a training forward must reach its tables through the batched lookup.
-Checked here without processes: the tables report themselves sharded, and every whole-table
-read raises."""
+Checked here without processes: the tables report themselves sharded, every whole-table read
+raises, and the same weights give the same outputs and gradients as the unsharded forward."""
 
 from __future__ import annotations
 
@@ -17,37 +17,63 @@ pytest.importorskip("torchrec")
 NEURAL = [n for n in RANKERS.names() if not RANKERS.get(n).closed_form]
 CTX = FeatureContext.synthetic(n_users=20, n_items=30)
 TASKS = ["rating", "interaction"]
-# rankers that read whole tables when they train: the sequence rankers' softmax over the catalog
-# (refused under torchrun), and forwards without a lookup-only path yet
-WHOLE_TABLE_READERS = {"sasrec", "bert4rec", "bellkor"}
+# BellKor with every part that reads a table: SVD++ sets, item-bin and drift biases, and the
+# (user, day) bias
+FULL = {"bellkor": {"implicit": True, "time_effects": True, "user_day_bias": True}}
 
 
-def _batch(n: int = 16) -> dict[str, torch.Tensor]:
+def _batch(n: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
+    user = torch.randint(0, CTX.n_users, (n,), generator=g)
+    day = torch.randint(0, 100, (n,), generator=g)
+    # half the rows on (user, day) pairs of the training part: the user-day bias is read
+    keys = CTX.user_days[torch.randint(0, CTX.user_days.numel(), (n // 2,), generator=g)]
+    user[: n // 2], day[: n // 2] = keys // CTX.day_span, keys % CTX.day_span
     return {
-        "user": torch.randint(0, CTX.n_users, (n,), generator=g),
+        "user": user,
         "item": torch.randint(0, CTX.n_items, (n,), generator=g),
         "time_bin": torch.randint(0, CTX.n_time_bins, (n,), generator=g),
-        "day": torch.randint(0, 100, (n,), generator=g),
+        "day": day,
     }
 
 
+def _outputs_and_grads(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple:
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    out = model(batch)
+    loss = sum(out[t].sum() for t in TASKS) + out.get("_reg", torch.zeros(()))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in out.items()}, grads
+
+
+# 16 rows: fewer than the items (BellKor's SVD++ from the batch's sets); 48: more than the
+# items and the users (the L2 penalty over the item table, the product over every user)
+@pytest.mark.parametrize("rows", [16, 48])
 @pytest.mark.parametrize("name", NEURAL)
-def test_the_training_forward_reads_tables_through_lookups_only(name, monkeypatch):
+def test_the_training_forward_reads_tables_through_lookups_only(name, rows, monkeypatch):
     cls = RANKERS.get(name)
     torch.manual_seed(0)
-    model = cls(cls.config_class(backend="torchrec"), CTX, TASKS)
-    expected = model(_batch())
+    model = cls(cls.config_class(backend="torchrec", **FULL.get(name, {})), CTX, TASKS)
+    with torch.no_grad():  # every parameter matters, the zero-initialised biases included
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    batch = _batch(rows)
+    expected, expected_grads = _outputs_and_grads(model, batch)
     monkeypatch.setattr(EmbeddingTables, "sharded", property(lambda self: True))
-    forward = getattr(model, "lookup_forward", model.forward)
     try:
-        out = forward(_batch())
+        out, grads = _outputs_and_grads(model, batch)
     except ShardedTableError as e:
-        assert name in WHOLE_TABLE_READERS, f"{name}: {e}"
+        # the sequence rankers' softmax over the catalog: refused under torchrun
+        assert getattr(model, "sequence_table", None) is not None, f"{name}: {e}"
         assert "sharded" in str(e)
         return
-    for t in TASKS:
-        torch.testing.assert_close(out[t], expected[t])
+    assert set(out) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(out[k], expected[k], rtol=1e-5, atol=1e-6)
+    assert set(grads) == set(expected_grads)
+    for k in expected_grads:
+        torch.testing.assert_close(grads[k], expected_grads[k], rtol=1e-5, atol=1e-6)
 
 
 def test_a_sharded_table_refuses_whole_reads_naming_it(monkeypatch):

@@ -118,6 +118,68 @@ def test_a_checkpoint_of_two_processes_loads_into_one_and_into_another_plan(tmp_
     assert time.perf_counter() - t0 < 90
 
 
+def _bellkor_config() -> RunConfig:
+    cfg = _config().model_dump()
+    cfg["model"] = {"name": "bellkor", "params": {"dim": 8, "implicit": True,
+                    "time_effects": True, "user_day_bias": True}}  # fmt: skip
+    cfg["train"]["warm_start"] = "als"
+    return RunConfig.model_validate(cfg)
+
+
+def _bellkor_job() -> dict:
+    """One process: BellKor warm-started by ALS, sharded, scored on a fixed batch; then one
+    epoch of training through the sharded tables."""
+    from recsys_mtl.train import distributed
+    from recsys_mtl.train.parallel import fit_parallel, sharded_model
+
+    cfg = _bellkor_config()
+    distributed.setup(cfg.train.distributed)
+    cls = RANKERS.get("bellkor")
+    torch.manual_seed(0)
+    model = cls(cls.config_class(**cfg.model.params), CTX, TASKS)
+    model.warm_start(_data(400, 0), cfg.train)
+    weighting = WEIGHTINGS.get("static")(TASKS)
+    dmp, plan, _, _ = sharded_model(model, cfg, weighting, 0.1)
+    dmp.eval()
+    batch = _data(64, 2)
+    with torch.no_grad():
+        sharded, plain = dmp(batch), model.eval()(batch)
+    grads = []  # the same batch on every process: the mean gradient is the one-process one
+    for m in (dmp.train(), model.train()):
+        out = m(batch)
+        (out["rating"].sum() + out["interaction"].sum() + out["_reg"]).backward()
+        grads.append({n.removesuffix(".weight").rsplit(".")[-1]: p.grad for n, p in m.named_parameters()
+                      if p.grad is not None})  # fmt: skip
+    res = fit_parallel(model.train(), _data(400, 0), _data(100, 1), TASKS,
+                       cfg.model_copy(update={"train": cfg.train.model_copy(
+                           update={"epochs": 1})}), weighting)  # fmt: skip
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+    return {"sharded": {t: sharded[t] for t in TASKS}, "plain": {t: plain[t] for t in TASKS},
+            "plan": plan, "loss": res.history[-1]["valid/rating/loss"], "grads": grads}  # fmt: skip
+
+
+def test_bellkor_trains_on_sharded_tables_from_its_als_warm_start(tmp_path):
+    """The ALS factors reach the sharded tables (DMP re-initialises them), and the lookup-only
+    forward on real shards gives the unsharded model's scores."""
+    out = _launch(tmp_path, 2, _bellkor_job)
+    plan = out[0]["plan"]
+    assert {plan[t]["sharding_type"] for t in ("user", "item", "implicit")} != {"data_parallel"}
+    assert plan["user_bias"]["sharding_type"] == "data_parallel"  # width 2: not a multiple of 4
+    assert plan["user_day_bias"]["sharding_type"] == "data_parallel"
+    for rank in (0, 1):
+        for t in TASKS:
+            torch.testing.assert_close(out[rank]["sharded"][t], out[rank]["plain"][t],
+                                       rtol=1e-5, atol=1e-5)  # fmt: skip
+    # the data-parallel tables (fbgemm's dense kernel, DDP) and the dense parameters
+    sharded_grads, plain_grads = out[0]["grads"]
+    assert set(sharded_grads) >= {"user_bias", "user_day_bias", "item_time_bias", "global_bias"}
+    for name, g in sharded_grads.items():
+        torch.testing.assert_close(g, plain_grads[name], rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(torch.tensor(out[0]["loss"])) and out[0]["loss"] == out[1]["loss"]
+
+
 def _wait_job(delay: float) -> float:
     """Rank 0 is busy (a data stage) longer than the collective timeout; the others wait."""
     from recsys_mtl.train import distributed
@@ -138,6 +200,38 @@ def _wait_job(delay: float) -> float:
 def test_the_data_stage_wait_outlives_the_collective_timeout(tmp_path):
     waited = _launch(tmp_path, 2, _wait_job, 3.0)
     assert waited[1] > 2.5  # three times the collective timeout, and no failure
+
+
+def test_sigterm_stops_a_run_but_not_the_ending_of_one_that_already_failed():
+    """torchrun's SIGTERM reaches the other processes while they end after a failed
+    collective: that ending (the MLflow run marked FAILED) is not cut short."""
+    from recsys_mtl.train.distributed import Terminated, _on_sigterm
+
+    with pytest.raises(Terminated, match="SIGTERM"):
+        _on_sigterm(15, None)
+    try:
+        raise RuntimeError("Connection reset by peer")
+    except RuntimeError:
+        _on_sigterm(15, None)  # handling the collective's error: returns
+
+
+def test_after_leaving_the_job_a_sigterm_no_longer_cuts_the_exit_short(monkeypatch):
+    import signal
+
+    import torch.distributed as dist
+
+    from recsys_mtl.train import distributed
+
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
+    monkeypatch.setattr(distributed, "_current",
+                        distributed.Dist(1, 2, 1, torch.device("cpu"), "gloo", None))  # fmt: skip
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        distributed.teardown(clean=False)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        assert distributed.current() is None
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_adam_on_cpu_is_refused_naming_the_fused_optimizers():
