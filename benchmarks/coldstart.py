@@ -6,6 +6,9 @@
     python benchmarks/coldstart.py --quick         # 1 seed, short budgets (< 1 minute)
     python benchmarks/coldstart.py --cold-valid RUN  # a finished run's learners on its cold
                                                    # validation users (the selection figures)
+    python benchmarks/coldstart.py --protocols new_items --bases bellkor
+                                                   # items held out by release date: the four
+                                                   # MeLU states and paired_items (below)
     python benchmarks/coldstart.py --protocols first_k --bases bellkor --served
                                                    # + the served method's row and its paired
                                                    # differences with the floors (K = 0 too)
@@ -31,6 +34,12 @@ method against the best floor by the mean over seeds (and, for HR@10, against
 ``ranker_ridge``): the mean per-user difference over every seed's held-out users (served minus
 floor; RMSE: floor minus served, so positive is better on every measure) with a 95% bootstrap
 interval (2,000 resamples of the users within each seed, seeded).
+
+With ``new_items`` among the protocols (``meta.new_items=0.2``: the newest fifth of the
+catalog by release year held out, :mod:`meta.items`), the rows carry a ``stratum`` (``warm``,
+``new_user``, ``new_item``, ``new_new``) and ``paired_items`` holds, per new-item stratum, K
+and measure (RMSE, NDCG@10 among the new items), ``item_state`` against the best item-side
+floor by the mean over seeds, paired per user, with the same bootstrap interval.
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
@@ -58,7 +68,15 @@ RUNS = {
     ("first_k", "bellkor"): ("configs/coldstart-ml100k.yaml", []),
     ("first_k", "mmoe"): ("configs/coldstart-ml100k-mmoe.yaml", []),
     ("recbole", "bellkor"): ("configs/coldstart-ml100k.yaml", ["meta.protocol=recbole"]),
+    # items held out by release date (the four MeLU states, coldstart/items.json); the user-side
+    # learners are left out (their figures are the first_k runs')
+    ("new_items", "bellkor"): (
+        "configs/coldstart-ml100k.yaml",
+        ["meta.new_items=0.2", "meta.learners=[]"],
+    ),
 }
+ITEM_METHOD = "item_state"
+ITEM_FLOORS = ("genre_mean", "user_offset", "ranker_item_ridge")
 QUICK = [
     "train.epochs=2",
     "meta.epochs=1",
@@ -92,6 +110,10 @@ def _run(protocol: str, base: str, seed: int, folder: Path, quick: bool) -> list
     print(f"-- {protocol} / {base} / seed {seed}: {out}", file=sys.stderr)
     subprocess.run(cmd, cwd=folder, env=env, check=True, stdout=subprocess.DEVNULL)
     print(f"   done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    if protocol == "new_items":
+        doc = json.loads((out / "coldstart" / "items.json").read_text())
+        return [{"labels": {**r["labels"], "protocol": protocol, "base": base, "seed": seed},
+                 "metrics": r["metrics"]} for r in doc["rows"]]  # fmt: skip
     doc = json.loads((out / "coldstart" / "coldstart.json").read_text())
     served_path = out / "coldstart" / "served.json"
     served = json.loads(served_path.read_text()) if served_path.is_file() else None
@@ -108,6 +130,62 @@ def _run(protocol: str, base: str, seed: int, folder: Path, quick: bool) -> list
 
 
 MEASURES = (("rating/rmse", True), ("ranking/ndcg@10", False), ("ranking/hr@10", False))
+
+
+def _bootstrap(diffs: list, rng: Any) -> tuple[float, float, float]:
+    """The mean of per-user differences pooled over seeds and its 95% bootstrap interval
+    (2,000 resamples of the users within each seed)."""
+    import numpy as np
+
+    point = float(np.mean(np.concatenate(diffs)))
+    boots = [np.mean(np.concatenate([x[rng.integers(0, x.size, x.size)] for x in diffs]))
+             for _ in range(2000)]  # fmt: skip
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def _paired_items(folder: Path, jobs: list[tuple]) -> list[dict]:
+    """``item_state`` against the best item-side floor (mean over seeds) per (stratum, K,
+    measure) on the new-item and new-new states: mean per-user difference (positive = the
+    method better; RMSE: floor minus method) with its 95% bootstrap interval."""
+    import numpy as np
+
+    docs = []
+    for p, b, s in jobs:
+        path = folder / f"{p}-{b}-s{s}" / "coldstart" / "items.json"
+        if p == "new_items" and path.is_file():
+            docs.append(json.loads(path.read_text())["per_user"])
+    out = []
+    rng = np.random.default_rng(0)
+    if not docs:
+        return out
+    for key in docs[0]:
+        if not key.startswith(("new_item/", "new_new/")):
+            continue
+        for m, low in MEASURES[:2]:
+
+            def vals(d: dict, n: str, key: str = key, m: str = m) -> np.ndarray:
+                v = d[key].get(n, {}).get(m)
+                return np.array([np.nan if x is None else x for x in v or []], dtype=float)
+
+            means = {n: np.nanmean(np.concatenate([vals(d, n) for d in docs]))
+                     for n in ITEM_FLOORS if all(np.isfinite(vals(d, n)).any() for d in docs)}  # fmt: skip
+            if not means:
+                continue
+            best = min(means, key=lambda n: means[n] if low else -means[n])
+            diffs = []
+            for d in docs:
+                a, f = vals(d, ITEM_METHOD), vals(d, best)
+                diff = (f - a) if low else (a - f)
+                diffs.append(diff[np.isfinite(diff)])
+            point, lo, hi = _bootstrap(diffs, rng)
+            stratum, k = key.split("/")
+            out.append({"protocol": "new_items", "stratum": stratum, "k": k, "measure": m,
+                        "method": ITEM_METHOD, "floor": best, "floor_mean": float(means[best]),
+                        "difference": point,
+                        "relative": point / means[best] if means[best] else None,
+                        "ci95": [lo, hi], "users": int(sum(x.size for x in diffs))})  # fmt: skip
+    return out
 
 
 def _paired_of(folder: Path, jobs: list[tuple]) -> list[dict]:
@@ -150,10 +228,7 @@ def _paired_of(folder: Path, jobs: list[tuple]) -> list[dict]:
                         a, f = vals(d, name), vals(d, floor)
                         diff = (f - a) if low else (a - f)
                         diffs.append(diff[np.isfinite(diff)])
-                    point = float(np.mean(np.concatenate(diffs)))
-                    boots = [np.mean(np.concatenate([x[rng.integers(0, x.size, x.size)]
-                                                     for x in diffs])) for _ in range(2000)]  # fmt: skip
-                    lo, hi = np.percentile(boots, [2.5, 97.5])
+                    point, lo, hi = _bootstrap(diffs, rng)
                     base_mean = means[floor]
                     out.append({"protocol": p, "base": b, "k": key, "measure": m,
                                 "served": sorted(set(method)), "floor": floor,
@@ -168,10 +243,11 @@ def _aggregate(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         lab = r["labels"]
-        key = (lab["protocol"], lab["base"], lab["learner"], lab["kind"], lab["k"])
+        key = (lab["protocol"], lab["base"], lab["learner"], lab["kind"], lab["k"],
+               lab.get("stratum"))  # fmt: skip
         groups.setdefault(key, []).append(r["metrics"])
     out = []
-    for (protocol, base, learner, kind, k), ms in groups.items():
+    for (protocol, base, learner, kind, k, stratum), ms in groups.items():
         metrics: dict[str, float | None] = {"seeds": len(ms)}
         for name in ms[0]:
             vals = [m[name] for m in ms if isinstance(m.get(name), int | float)]
@@ -181,6 +257,8 @@ def _aggregate(rows: list[dict]) -> list[dict]:
             metrics[f"{name}_std"] = statistics.stdev(vals) if len(vals) > 1 else 0.0
         labels = {"learner": learner, "kind": kind, "k": k, "protocol": protocol, "base": base,
                   "seed": "mean"}  # fmt: skip
+        if stratum is not None:
+            labels["stratum"] = stratum
         if kind == "served":
             labels["served_as"] = sorted({r["labels"]["served_as"] for r in rows
                                           if r["labels"]["kind"] == "served"
@@ -331,6 +409,12 @@ def main() -> None:
                "python": platform.python_version(), "jobs": 1, "threads_per_job": 1,
                "seconds": round(time.perf_counter() - t0, 1)}  # fmt: skip
     doc = {"benchmark": "coldstart", "machine": machine, "rows": rows + agg}
+    if "new_items" in protocols:
+        doc["paired_items"] = _paired_items(folder, jobs)
+        for d in doc["paired_items"]:
+            print(f"{d['stratum']:>8} {d['k']:>4} {d['measure']:16s} item_state vs "
+                  f"{d['floor']:17s} {100 * (d['relative'] or 0):+.1f}% "
+                  f"[{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}]", file=sys.stderr)  # fmt: skip
     if args.served:
         doc["paired"] = _paired_of(folder, jobs)
         for d in doc["paired"]:

@@ -37,7 +37,7 @@ from recsys_mtl.errors import UserError
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.runs.load import LoadedRun
 
-__all__ = ["ColdStartUsers", "adapt_users", "support_rows"]
+__all__ = ["ColdStartUsers", "adapt_users", "served_user_state", "support_rows"]
 
 log = logging.getLogger("recsys_mtl.meta")
 
@@ -110,10 +110,12 @@ def support_rows(run: LoadedRun, support: pl.DataFrame) -> tuple[list, Padded, i
     return user_ids, padded, unknown
 
 
-def _served_state(run: LoadedRun, padded: Padded, cats: torch.Tensor | None) -> tuple[dict, str]:
-    """The state of the method the run serves (``coldstart/served.json``; the ridge state
-    without one) and its name."""
-    record = read_served(run.run_dir)
+def _served_state(
+    run: LoadedRun, padded: Padded, cats: torch.Tensor | None, record: dict | None = None
+) -> tuple[dict, str]:
+    """The state of the method the run serves (``record``, default ``coldstart/served.json``;
+    the ridge state without one) and its name."""
+    record = record if record is not None else read_served(run.run_dir)
     if record is None:
         return ridge_state(run.model, padded, cats, RIDGE_SHRINKAGE), "ridge"
     name = record["name"]
@@ -138,13 +140,27 @@ def _served_state(run: LoadedRun, padded: Padded, cats: torch.Tensor | None) -> 
     return state, name
 
 
+def served_user_state(
+    run: LoadedRun, padded: Padded, cats: torch.Tensor | None, record: dict | None = None
+) -> tuple[dict, str]:
+    """The served state of new users with support ``padded`` (users with none from the
+    demographic state where the run serves one at K = 0) and the method's name; ``record``:
+    the served record (default: the run's ``coldstart/served.json``)."""
+    state, name = _served_state(run, padded, cats, record)
+    return _no_rating_users(run, padded, cats, state, record), name
+
+
 def _no_rating_users(
-    run: LoadedRun, padded: Padded, cats: torch.Tensor | None, state: dict[str, torch.Tensor]
+    run: LoadedRun,
+    padded: Padded,
+    cats: torch.Tensor | None,
+    state: dict[str, torch.Tensor],
+    record: dict | None = None,
 ) -> dict[str, torch.Tensor]:
     """``state`` with the rows of users without a support rating (K = 0) from the run's
     demographic state, where the run serves one (``k0`` of ``served.json``)."""
     none = padded.mask.sum(1) == 0
-    record = read_served(run.run_dir)
+    record = record if record is not None else read_served(run.run_dir)
     folder = demographic_folder(run.run_dir)
     if not bool(none.any()) or record is None or record.get("k0") != DEMOGRAPHIC:
         return state

@@ -36,6 +36,7 @@ META_CODE = (*MODEL_CODE, "meta")
 FLOORS = ("global_mean", "item_bias", "item_bias_group", "support_mean", "ridge", "ridge_steps",
           "ridge_median", "population", "ranker_ridge", "fold_in")  # fmt: skip
 RESERVED = ("served", "demographic_ridge")  # names of the report that are not floors
+ITEMS = "items.json"  # the four MeLU states with items held out (coldstart/)
 
 
 def validate_meta(cfg: RunConfig) -> None:
@@ -157,13 +158,31 @@ def coldstart_report(per_k: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def _split(ctx: StageContext) -> dict[str, Any]:
-    # deferred: the cold-start data (torch, polars), when the stage runs
-    from meta.data import write_cold_split
+    from meta.data import write_cold_split  # deferred: the cold-start data, when it runs
+    from meta.items import hold_out_items  # deferred: as above
 
     cfg = ctx.config
-    report = write_cold_split(ctx.input(FEATURES.out(RunLayout.SPEC)).parent, cfg.meta,
-                              cfg.split.valid_fraction, cfg.split.seed, ctx.out_dir)  # fmt: skip
-    return {"metrics": {f"{r}_users": v for r, v in report["roles"].items()}}
+    features = ctx.input(FEATURES.out(RunLayout.SPEC)).parent
+    report = write_cold_split(features, cfg.meta, cfg.split.valid_fraction, cfg.split.seed,
+                              ctx.out_dir)  # fmt: skip
+    items = hold_out_items(features, ctx.out_dir, cfg.meta.new_items, max(cfg.meta.item_ks),
+                           cfg.meta.seed)  # fmt: skip
+    metrics = {f"{r}_users": v for r, v in report["roles"].items()}
+    if cfg.meta.new_items:
+        metrics.update({f"{r}_items": v for r, v in items.items()})
+    return {"metrics": metrics}
+
+
+def _cold_data(run_dir: Any, cfg: Any) -> tuple[Any, Any, Any]:
+    """The run's cold-start data (every rating), the item roles (None where no item is held
+    out) and the data without any rating of a held-out item (the user-side protocol's)."""
+    # deferred: the cold-start data (torch, polars), when a stage runs
+    from meta.data import load_cold_data
+    from meta.items import read_item_roles, without_new_items
+
+    data = load_cold_data(run_dir / "features", run_dir / "split", cfg.meta)
+    roles = read_item_roles(run_dir / "split")
+    return data, roles, without_new_items(data, roles)
 
 
 def _base(spec: Any, run: Any) -> Any:
@@ -210,7 +229,6 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
     # deferred: torch, the learners and meta-training, when the stage runs
     import torch
 
-    from meta.data import load_cold_data
     from meta.demographic import encoding_of
     from meta.evaluate import choose_fold_in, fit_demographic
     from meta.learners import build_learner, save_learner
@@ -222,7 +240,7 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
 
     cfg = ctx.config
     run = load_run(ctx.run_dir)
-    data = load_cold_data(run.run_dir / "features", run.run_dir / "split", cfg.meta)
+    _, _, data = _cold_data(run.run_dir, cfg)
     (steps, lr), maes = choose_fold_in(run.model, data, run.tasks)
     report: dict[str, Any] = {
         "fold_in": {"steps": steps, "lr": lr, "cold_valid_mae": maes},
@@ -275,17 +293,17 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
 def _coldstart(ctx: StageContext) -> dict[str, Any]:
     # deferred: the cold-start evaluation (torch, polars), when the stage runs
     from meta.choose import Shrunk, choose_served
-    from meta.data import load_cold_data
     from meta.demographic import DemographicState
     from meta.evaluate import evaluate_coldstart
     from meta.evaluate import table as per_k_table
+    from meta.items import items_report
     from meta.select import DEMOGRAPHIC
     from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.evaluate import ranking_task
 
     cfg = ctx.config
     run = load_run(ctx.run_dir)
-    data = load_cold_data(run.run_dir / "features", run.run_dir / "split", cfg.meta)
+    every, roles, data = _cold_data(run.run_dir, cfg)
     trained = json.loads(ctx.input(META_TRAIN.out("learners.json")).read_text())
     folder = ctx.input(META_TRAIN.out("learners.json")).parent
     learners = load_learners(folder, cfg, run)
@@ -306,9 +324,11 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
     write_json({"protocol": cfg.meta.protocol, "rows": rows}, ctx.output("coldstart.json"))
     write_json(served, ctx.output(RunLayout.SERVED))
     write_json({"served": served["name"], "per_user": per_user}, ctx.output(RunLayout.PAIRED))
+    items, items_flat = items_report(run, every, roles, cfg, served)
+    write_json(items, ctx.output(ITEMS))
     plot = plot_mae_vs_k([r for r in rows if r["labels"]["k"] != 0], ctx.output("mae_vs_k.png"))
-    ctx.tracker.log_artifacts([plot, ctx.output("coldstart.json"), ctx.output(RunLayout.SERVED)],
-                              "coldstart")  # fmt: skip
+    ctx.tracker.log_artifacts([plot, ctx.output("coldstart.json"), ctx.output(RunLayout.SERVED),
+                               ctx.output(ITEMS)], "coldstart")  # fmt: skip
     flat = {}
     for r in rows:
         k = r["labels"]["k"]
@@ -318,6 +338,7 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
                     f"coldstart/{r['labels']['learner']}/k{k if k is not None else 'rest'}/{m}"
                 ] = v
     flat["coldstart/served/mean_rank"] = served["mean_rank"][served["name"]]
+    flat.update(items_flat)
     out = per_k_table(rows)
     out["served"] = served_summary(served, out)
     return {"metrics": flat, "table": out}
@@ -346,8 +367,8 @@ COLD_SPLIT = Stage(
     _split,
     reads=("meta", "split"),
     inputs=(INGEST.out("report.json"), *FEATURES.outs()),
-    outputs=(*SPLIT.outputs, "users.parquet"),
-    code=(*DATA_CODE, "meta.data", "meta.protocol", "meta.rows"),
+    outputs=(*SPLIT.outputs, "users.parquet", "items.parquet"),
+    code=(*DATA_CODE, "meta.data", "meta.protocol", "meta.rows", "meta.items"),
 )
 META_TRAIN = Stage(
     "meta_train",
@@ -362,7 +383,7 @@ COLDSTART = Stage(
     _coldstart,
     reads=("meta", "tasks"),
     inputs=(*FEATURES.outs(), *COLD_SPLIT.outs(), *TRAIN.outs(), *META_TRAIN.outs()),
-    outputs=("coldstart.json", "mae_vs_k.png", RunLayout.SERVED, RunLayout.PAIRED),
+    outputs=("coldstart.json", "mae_vs_k.png", RunLayout.SERVED, RunLayout.PAIRED, ITEMS),
     code=META_CODE,
 )
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from .coldstart_items import items_section
 from .coldstart_served import served_section
 from .common import header, load, mean_std, pm, source_note, table
 
@@ -238,6 +239,9 @@ def coldstart_page(results: Path) -> str:
     served = served_section(results)
     if served:
         parts.append(served)
+    items = items_section(results)
+    if items:
+        parts.append(items)
     for base, shown in BASES.items():
         n, users = _n_seeds(rows, "first_k", base)
         parts.append(f"## First K by time, {shown} population ranker\n")

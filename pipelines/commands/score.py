@@ -61,6 +61,9 @@ def add_parser(subparsers: Any) -> None:
         help="demographics of new users (CSV/Parquet: user_id, age, gender, occupation); "
         "users in it with no support row are served from them alone",
     )
+    sc.add_argument("--items-meta", help="new items (CSV/Parquet: item_id, genres as in the "
+                    "log |-separated, year or release_date), also rated by known users in "
+                    "--support")  # fmt: skip
     sc.add_argument(
         "--tile-items",
         default="auto",
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     report = score_command(
         args.source, args.top_k, args.out, args.users, args.support, args.blend,
         args.chunk_users, args.learner_dir, tile_items=args.tile_items, users_meta=args.users_meta,
+        items_meta=args.items_meta,
     )  # fmt: skip
     print(json.dumps(report))
     return 0
@@ -90,6 +94,7 @@ def score_command(
     progress: bool | None = None,
     tile_items: int | str | None = "auto",
     users_meta: str | None = None,
+    items_meta: str | None = None,
 ) -> dict[str, Any]:
     """Score a run directory or MLflow model into ``out`` (Parquet); returns the report."""
     if top_k < 1:
@@ -118,6 +123,11 @@ def score_command(
     udt, idt = run.user_ids.dtype, run.item_ids.dtype
     listed = my_users(run, read_users(users, udt) if users else None)  # torchrun: a block
     sup = read_support(support, run.ctx.rating_scale, udt, idt) if support else None
+    n_new_items = 0
+    if items_meta:
+        from meta.items_serve import grow_run, read_items_meta  # deferred: torch, --items-meta
+
+        run, sup, n_new_items = grow_run(run, read_items_meta(items_meta, idt), sup)
     learners = _check_learner_dir(learner_dir) if learner_dir else None
     demo = read_users_meta(users_meta, udt) if users_meta else None
     only = None
@@ -158,6 +168,7 @@ def score_command(
         **report.as_dict(),
         "blend": weights,
         "seconds": round(time.perf_counter() - t0, 3),
+        **({"new_items": n_new_items} if items_meta else {}),
     }
     write_manifest(result, metadata)  # torchrun: rank 0's manifest.json beside the parts
     served = ", ".join(f"{n} {c}" for n, c in report.served_by.items())

@@ -114,6 +114,21 @@ class MetaConfig(Frozen):
         min_length=1,
         description="fold-in floor: Adam learning rates tried on the cold validation users",
     )
+    new_items: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="first_k: share of the catalog held out as new items, the newest by release "
+        "year (ties: first rating in the log); their ratings never reach the population ranker "
+        "or the user-side protocol, and the coldstart stage reports the four MeLU states "
+        "(warm, new user, new item, new user on new item) in coldstart/items.json; 0: off",
+    )
+    item_ks: list[Annotated[int, Field(ge=0, le=1000)]] = Field(
+        default_factory=lambda: [0, 5, 10],
+        min_length=1,
+        description="with new_items: support sizes per new item (its first K ratings by "
+        "training users; 0: side features only); distinct, kept sorted",
+    )
     learners: list[MetaLearnerConfig] = Field(
         default_factory=list,
         description="the learners meta-trained and evaluated, in order; []: the floors only",
@@ -124,4 +139,11 @@ class MetaConfig(Frozen):
     def _distinct_ks(cls, v: list[int]) -> list[int]:
         if len(set(v)) != len(v):
             raise ValueError(f"ks repeat a value: {v}")
+        return sorted(v)
+
+    @field_validator("item_ks")
+    @classmethod
+    def _distinct_item_ks(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"item_ks repeat a value: {v}")
         return sorted(v)

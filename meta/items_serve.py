@@ -1,0 +1,238 @@
+"""Serving new items: a loaded run grown by items that arrived after training.
+
+``recsys-mtl score RUN --items-meta FILE [--support FILE]``: the items of ``FILE`` (``item_id,
+genres, year`` or ``release_date``) the run does not know get rows from
+:func:`recsys_mtl.models.item_state.new_item_state` (the side-feature ridge fitted on the run's
+trained items, the rating bias calibrated on its training ratings) and, where the support file
+has ratings of them by users the run knows, the fold-in of their rows on those ratings (at the
+run's reference time). The ridge's precision and the fold-in's penalty are the run's choice on
+its cold validation items (``coldstart/items.json``) where it made one, else 10 and 10. The
+grown run scores them like any item; a known user's rating of a new item masks it out of
+their list.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys_mtl.errors import UserError
+from recsys_mtl.layout import RunLayout
+from recsys_mtl.models.item_state import (
+    ItemSideRidge,
+    ItemSupport,
+    grow_items,
+    new_item_state,
+    set_item_rows,
+    side_features,
+)
+from recsys_mtl.runs.topk import items_csr
+
+__all__ = ["encode_items", "grow_run", "read_items_meta"]
+
+DEFAULTS = {"precision": 10.0, "penalty": 10.0, "steps": 50, "lr": 0.05}
+
+
+def _where(path: Path, row: int) -> str:
+    return f"{path} row {row + 1}" if path.suffix.lower() == ".parquet" else f"{path}:{row + 2}"
+
+
+def read_items_meta(path: str | Path, dtype: pl.DataType | None = None) -> pl.DataFrame:
+    """``--items-meta``: CSV or Parquet with ``item_id`` (or ``item``), ``genres`` (names as in
+    the training log, ``|``-separated) and ``year`` (or ``release_date``, its last four
+    characters the year). Returns ``item_id, genres (list[str]), year``; a bad line is a
+    :class:`UserError` naming the file and the line."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--items-meta {p}: no such items file")
+    try:
+        df = (pl.read_parquet(p) if p.suffix.lower() == ".parquet"
+              else pl.read_csv(p, infer_schema_length=0))  # fmt: skip
+    except pl.exceptions.PolarsError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"--items-meta {p}: cannot read the items file ({first})") from e
+    col = next((c for c in ("item_id", "item") if c in df.columns), None)
+    if col is None:
+        raise UserError(f"--items-meta {p}: no item_id column (has {', '.join(df.columns)})")
+    if "year" in df.columns:
+        raw = df["year"].cast(pl.String)
+    elif "release_date" in df.columns:
+        raw = df["release_date"].cast(pl.String).str.strip_chars().str.slice(-4)
+    else:
+        raise UserError(f"--items-meta {p}: no year or release_date column")
+    year = raw.str.strip_chars().cast(pl.Int32, strict=False)
+    bad = year.is_null() & raw.is_not_null() & (raw.str.strip_chars() != "")
+    if bad.any():
+        row = int(bad.arg_true()[0])
+        raise UserError(f"--items-meta {_where(p, row)}: year {raw[row]!r} is not a year")
+    ids = df[col]
+    if dtype is not None and ids.dtype != dtype:
+        cast = ids.cast(pl.String).str.strip_chars().cast(dtype, strict=False)
+        wrong = cast.is_null() & ids.is_not_null()
+        if wrong.any():
+            row = int(wrong.arg_true()[0])
+            raise UserError(f"--items-meta {_where(p, row)}: item id {ids[row]!r} is not of "
+                            f"this model's item id type ({dtype})")  # fmt: skip
+        ids = cast
+    genres = (df["genres"].cast(pl.String).fill_null("").str.split("|")
+              .list.eval(pl.element().str.strip_chars()).list.eval(pl.element().filter(pl.element() != ""))
+              if "genres" in df.columns else pl.Series([[]] * df.height, dtype=pl.List(pl.String)))  # fmt: skip
+    return pl.DataFrame({"item_id": ids, "genres": genres, "year": year})
+
+
+def encode_items(items: pl.DataFrame, spec: dict[str, Any], path: str = "--items-meta"
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Year buckets and CSR genre codes of ``items`` in a features spec's encoding; a genre
+    the log does not have is a :class:`UserError` naming it."""
+    f = spec["features"]
+    vocab = {g: i for i, g in enumerate(f["genres"].get("values", []))}
+    lists = items["genres"].to_list()
+    codes = []
+    for row, names in enumerate(lists):
+        for g in names:
+            if g not in vocab:
+                raise UserError(f"{path} item {items['item_id'][row]!r}: genre {g!r} is not one "
+                                f"of the log's genres ({', '.join(vocab)})")  # fmt: skip
+        codes.append([vocab[g] for g in names])
+    lengths = np.array([len(c) for c in codes], dtype=np.int64)
+    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+    values = torch.tensor([c for cs in codes for c in cs], dtype=torch.long)
+    yb = f["year_bucket"]
+    first, per = yb.get("first_year") or 0, yb.get("years_per_bucket") or 1
+    year = items["year"].to_numpy().astype(np.float64)
+    bucket = np.where(np.isnan(year), 0, np.clip((year - first) // per + 1, 0, yb["vocab"] - 1))
+    return torch.from_numpy(bucket.astype(np.int64)), offsets, values
+
+
+def _choice(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "coldstart" / "items.json"
+    if path.is_file():
+        doc = json.loads(path.read_text())
+        if doc.get("enabled"):
+            return {**DEFAULTS, **{k: v for k, v in doc["choice"].items() if k in DEFAULTS}}
+    return dict(DEFAULTS)
+
+
+def _train_ratings(run_dir: Path) -> dict[str, torch.Tensor] | None:
+    path = run_dir / "split" / "train.parquet"
+    if not path.is_file():
+        return None
+    r = pl.read_parquet(path).filter(pl.col("interaction") == 1)
+    return {"user": torch.from_numpy(r["uidx"].to_numpy().astype(np.int64)),
+            "item": torch.from_numpy(r["iidx"].to_numpy().astype(np.int64)),
+            "rating": torch.from_numpy(r["rating"].to_numpy().astype(np.float32)),
+            "day": torch.from_numpy(r["day"].to_numpy().astype(np.int64)),
+            "time_bin": torch.from_numpy(r["time_bin"].to_numpy().astype(np.int64))}  # fmt: skip
+
+
+def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None
+             ) -> tuple[Any, pl.DataFrame | None, int]:  # fmt: skip
+    """``run`` serving the items of ``items`` (:func:`read_items_meta`) it has no trained rows
+    for: unknown items are appended to its tables, known items without a training rating (a
+    protocol's held-out items) get their rows replaced. Returns the run, the support rows left
+    for the user-side adapter (known users' rows on those items are the items' support and
+    leave it) and the number of items served this way."""
+    spec_path = Path(run.run_dir) / "features" / RunLayout.SPEC
+    if not spec_path.is_file():
+        raise UserError(f"--items-meta: {run.run_dir} has no features spec ({spec_path}) to "
+                        "encode new items' genres and year with")  # fmt: skip
+    model = run.model
+    ratings = _train_ratings(Path(run.run_dir))
+    n_old = int(model.ctx.n_items)
+    trained = (torch.unique(ratings["item"]) if ratings is not None
+               else torch.arange(n_old))  # fmt: skip
+    items = items.unique("item_id", keep="first", maintain_order=True)
+    idx, known = run.item_index(items["item_id"])
+    is_trained = torch.zeros(n_old + 1, dtype=torch.bool)
+    is_trained[trained] = True
+    serve = ~known | ~is_trained[idx.clamp(min=0)]
+    items = items.filter(pl.Series(serve.numpy()))
+    idx, known = idx[serve], known[serve]
+    if not items.height:
+        return run, support, 0
+    bucket, offsets, values = encode_items(items, json.loads(spec_path.read_text()))
+    c = _choice(Path(run.run_dir))
+    ridge = ItemSideRidge(c["precision"]).fit(model, trained, ratings)
+    x = side_features(offsets, values, bucket, int(model.ctx.n_genres), int(model.ctx.n_year))
+    prior = ridge.rows(x)
+    unknown = ~known
+    n_new = int(unknown.sum())
+    target = idx.clone()
+    target[unknown] = torch.arange(n_old, n_old + n_new)
+    if n_new:
+        sel = unknown.nonzero().squeeze(1)
+        grown = grow_items(model, {n: v[sel] for n, v in prior.items()}, bucket[unknown],
+                           *_take_csr(offsets, values, sel))  # fmt: skip
+    else:
+        grown = copy.deepcopy(model)
+    pos = dict(zip(items["item_id"].to_list(), target.tolist(), strict=True))
+    rest, sup, seen = support, None, run.seen
+    if support is not None and support.height:
+        u_idx, u_known = run.user_index(support["user"])
+        take = support["item"].is_in(items["item_id"].implode()).to_numpy() & u_known.numpy()
+        if take.any():
+            rows = support.filter(pl.Series(take)).with_columns(
+                pl.Series("uidx", u_idx.numpy()[take]),
+                pl.col("item").replace_strict(pos, return_dtype=pl.Int64).alias("iidx"),
+            )
+            sup = _item_support(rows, target, run.reference)
+            rest = support.filter(pl.Series(~take))
+            seen = _with_pairs(run.seen, rows["uidx"].to_numpy(), rows["iidx"].to_numpy())
+    state = new_item_state(grown, ridge, x, target, sup, steps=int(c["steps"]), lr=c["lr"],
+                           penalty=c["penalty"])  # fmt: skip
+    set_item_rows(grown, target, state)
+    grown.eval()
+    new_ids = items.filter(pl.Series(unknown.numpy()))["item_id"]
+    ids = pl.concat([run.item_ids, new_ids.cast(run.item_ids.dtype)])
+    return (replace(run, model=grown, selected=grown, ctx=grown.ctx, item_ids=ids, seen=seen),
+            rest, items.height)  # fmt: skip
+
+
+def _take_csr(offsets: torch.Tensor, values: torch.Tensor, rows: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The CSR rows ``rows`` of ``(offsets, values)``."""
+    lengths = (offsets[1:] - offsets[:-1])[rows]
+    parts = [values[offsets[r] : offsets[r + 1]] for r in rows.tolist()]
+    out = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(lengths, 0)])
+    return out, torch.cat(parts) if parts else values[:0]
+
+
+def _item_support(rows: pl.DataFrame, target: torch.Tensor, ref: dict[str, int]) -> ItemSupport:
+    """The padded support of the items ``target`` (their indices) from ``rows`` (``uidx,
+    iidx, rating``), at the reference time."""
+    n_new = int(target.numel())
+    where = {int(t): j for j, t in enumerate(target.tolist())}
+    r = rows.with_columns(pl.col("iidx").replace_strict(where, return_dtype=pl.Int64).alias("_i"))
+    r = r.sort("_i")
+    r = r.with_columns(pl.int_range(pl.len()).over("_i").alias("_j"))
+    width = int(r["_j"].max()) + 1
+    i = torch.from_numpy(r["_i"].to_numpy().astype(np.int64))
+    j = torch.from_numpy(r["_j"].to_numpy().astype(np.int64))
+    users = torch.zeros(n_new, width, dtype=torch.long)
+    ratings = torch.zeros(n_new, width)
+    mask = torch.zeros(n_new, width, dtype=torch.bool)
+    users[i, j] = torch.from_numpy(r["uidx"].to_numpy().astype(np.int64))
+    ratings[i, j] = torch.from_numpy(r["rating"].to_numpy().astype(np.float32))
+    mask[i, j] = True
+    days = torch.full((n_new, width), int(ref.get("day", 0)), dtype=torch.long)
+    bins = torch.full((n_new, width), int(ref.get("time_bin", 0)), dtype=torch.long)
+    return ItemSupport(users, ratings, days, bins, mask)
+
+
+def _with_pairs(seen: tuple[torch.Tensor, torch.Tensor], users: np.ndarray, items: np.ndarray
+                ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The seen-items CSR per user with ``(users, items)`` pairs added."""
+    offsets, values = seen
+    n = offsets.numel() - 1
+    lengths = (offsets[1:] - offsets[:-1]).numpy()
+    old_u = np.repeat(np.arange(n), lengths)
+    u = np.concatenate([old_u, users.astype(np.int64)])
+    v = np.concatenate([values.numpy().astype(np.int64), items.astype(np.int64)])
+    return items_csr(u, v, n)
