@@ -5,7 +5,7 @@ whose one-line message names the file, the line and the dotted key.
 
 One module per concern: :mod:`.data` (``data:``, ``features:``, ``split:``), :mod:`.train`
 (``model:``, ``train:``, ``weighting:``, ``evaluate:``, ``tracking:``), :mod:`.tune`
-(``tune:``), :mod:`.meta` (``meta:``), :mod:`.run` (the whole config), :mod:`.load` (YAML,
+(``tune:``), :mod:`.meta` (``meta:``), :mod:`.stream` (``stream:``), :mod:`.run` (the whole config), :mod:`.load` (YAML,
 overrides, errors). Every field carries a description; ``python -m recsys_mtl.config.reference``
 renders them as docs/reference/configuration.md.
 """
@@ -23,6 +23,7 @@ from recsys_mtl.config.data import (
 from recsys_mtl.config.load import load_config, parse_overrides
 from recsys_mtl.config.meta import MetaConfig, MetaLearnerConfig
 from recsys_mtl.config.run import KNOWN_TASKS, RunConfig
+from recsys_mtl.config.stream import StreamConfig
 from recsys_mtl.config.train import (
     EvaluateConfig,
     ModelConfig,
@@ -48,6 +49,7 @@ __all__ = [
     "ParamSpace",
     "RunConfig",
     "SplitConfig",
+    "StreamConfig",
     "SyntheticConfig",
     "TrackingConfig",
     "TrainConfig",

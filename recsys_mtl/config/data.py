@@ -260,13 +260,14 @@ class SplitConfig(Frozen):
     carved from the training part."""
 
     strategy: Literal[
-        "random", "temporal", "leave_last_out", "predefined", "cold_start_users", "kfold"
+        "random", "temporal", "leave_last_out", "predefined", "cold_start_users", "kfold", "stream"
     ] = Field(
         "random",
         description="random (a seeded share of ratings), temporal (one global cut in time), "
         "leave_last_out (each user's latest rating), predefined (split.train / split.test "
-        "files), cold_start_users (held-out users, split.cold_start) or kfold (k-fold "
-        "cross-validation, split.folds)",
+        "files), cold_start_users (held-out users, split.cold_start), kfold (k-fold "
+        "cross-validation, split.folds) or stream (the log as periods for continual training, "
+        "the stream section)",
     )
     test_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="share of ratings in the test part (random, temporal)"

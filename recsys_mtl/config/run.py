@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from recsys_mtl.config.base import Frozen
 from recsys_mtl.config.data import DataConfig, FeaturesConfig, SplitConfig
 from recsys_mtl.config.meta import MetaConfig
+from recsys_mtl.config.stream import StreamConfig
 from recsys_mtl.config.train import (
     EvaluateConfig,
     ModelConfig,
@@ -51,6 +52,11 @@ class RunConfig(Frozen):
     tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow logging")
     tune: TuneConfig | None = Field(
         None, description="an Optuna study over this config (recsys-mtl tune); null: none"
+    )
+    stream: StreamConfig = Field(
+        StreamConfig(),
+        description="continual training: the log as periods and the strategies run over them "
+        "(read with split.strategy: stream, by recsys-mtl stream and recsys-mtl update)",
     )
     meta: MetaConfig | None = Field(
         None,

@@ -11,6 +11,8 @@ it was drawn for, so no pair is split across parts:
 * ``predefined``: a train file and a test file in the log's own format (``u1.base``/``u1.test``);
 * ``kfold``: fold ``split.fold`` of a seeded partition of the ratings into ``split.folds``
   folds is the test part (``recsys-mtl run`` runs every fold and reports mean and std);
+* ``stream``: the log as periods for continual training (:mod:`recsys_mtl.continual`), run by
+  the stream and update commands; a one-off split of it is an error;
 * ``cold_start_users``: a seeded share of users is held out entirely; each held-out user's first
   ``support_size`` ratings by time are the support set, the rest the query set (``test``).
   Only users with more than ``support_size`` ratings can be held out.
@@ -112,6 +114,15 @@ def _cold_start(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, *
         "support": rows[rank < k],
         "test": rows[rank >= k],
     }
+
+
+@SPLITTERS.register("stream")
+def _stream(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, **_: Any) -> Assign:
+    """The stream protocol is not one split: its commands cut the log into periods."""
+    raise UserError(
+        "split.strategy: stream cuts the log into periods (the stream section); run it with "
+        "recsys-mtl stream CONFIG, or pick another split.strategy for recsys-mtl run"
+    )
 
 
 @SPLITTERS.register("predefined")

@@ -1,0 +1,101 @@
+"""``als_rows``: the touched ids' rows re-solved in closed form, every other row kept exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from recsys_mtl.continual import ContinualRanker, cut_periods, make_strategy
+from recsys_mtl.errors import UserError
+
+from .conftest import arriving_log, small_config
+
+TABLES = {"user": "users", "user_bias": "users", "item": "items", "item_bias": "items"}
+
+
+def _in_order(frame: pl.DataFrame, col: str) -> list:
+    return frame[col].unique(maintain_order=True).to_list()
+
+
+@pytest.mark.parametrize("settings", [{"epochs": 0}, {"epochs": 0, "sweeps": 2}])
+def test_only_the_touched_rows_move_and_tables_grow(settings: dict) -> None:
+    cfg = small_config(["rating", "interaction", "like"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    strategy = make_strategy("als_rows", settings)
+    for p in (4, 5, 6):
+        new, past = plog.rows(p), plog.before(p)
+        emb = learner.model.emb
+        before = {t: emb.weight(t).detach().clone() for t in TABLES}
+        cost = strategy.update(learner, new, past, seed=p)
+        assert cost.rows_epochs > 0 and cost.seconds > 0
+        seen = plog.before(p + 1)  # no id known before it appears, in order of appearance
+        assert learner.users.ids.to_list() == _in_order(seen, "user_id")
+        assert learner.items.ids.to_list() == _in_order(seen, "item_id")
+        for t, side in TABLES.items():
+            book = getattr(learner, side)
+            w = learner.model.emb.weight(t)
+            assert w.shape[0] == len(book) and torch.isfinite(w).all()
+            old = before[t].shape[0]
+            touched = book.rows(new["user_id" if side == "users" else "item_id"])
+            idle = np.setdiff1d(np.arange(old), touched)
+            assert idle.size > 0
+            assert torch.equal(w[idle], before[t][idle]), (t, p)  # exactly kept
+            moved = touched[touched < old]
+            if moved.size and t in ("user", "item"):
+                assert not torch.equal(w[moved], before[t][moved])
+    pred = learner.predict(plog.rows(7, probe=None))["rating"]
+    assert np.isfinite(pred).all()
+
+
+def test_the_solve_fits_the_touched_ids_better_than_before() -> None:
+    cfg = small_config(["rating"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    new = plog.rows(4)
+    learner.absorb(new)  # the same ids, no solve: the fresh rows as a new id gets them
+    before = learner.predict(new)["rating"]
+    learner2, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    make_strategy("als_rows", {"epochs": 0}).update(learner2, new, plog.before(4))
+    after = learner2.predict(new)["rating"]
+    r = new["rating"].to_numpy()
+    assert np.mean((after - r) ** 2) < np.mean((before - r) ** 2)
+
+
+def test_a_fine_tune_follows_the_solve() -> None:
+    cfg = small_config(["rating", "like"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    strategy = make_strategy("als_rows", {"epochs": 1, "lr": 0.001})
+    cost = strategy.update(learner, plog.rows(4), plog.before(4), seed=4)
+    assert cost.epochs == 3  # user solve, item solve, one epoch
+    assert strategy.trained_rows.height == plog.rows(4).height
+
+
+@pytest.mark.parametrize(
+    ("settings", "key"),
+    [
+        ({"sweeps": 0}, "sweeps"),
+        ({"epochs": -1}, "epochs"),
+        ({"lr": 0}, "lr"),
+        ({"nope": 1}, "nope"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_key(settings: dict, key: str) -> None:
+    with pytest.raises(UserError) as e:
+        make_strategy("als_rows", settings)
+    assert f"stream.settings.als_rows.{key}" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("model", ["gmf", "bias"])
+def test_rankers_without_the_als_start_are_refused_with_one_line(model: str) -> None:
+    cfg = small_config(["rating"])
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"name": model,
+                                                                       "params": {}})})  # fmt: skip
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)))
+    with pytest.raises(UserError, match="'als_rows'") as e:
+        make_strategy("als_rows").update(learner, plog.rows(4), plog.before(4))
+    assert "\n" not in str(e.value)
