@@ -348,3 +348,29 @@ def plot_study(study: Any, names: list[str], out: Path) -> list[Path]:
         except Exception as e:  # a plot Optuna cannot draw for this study (e.g. no variance)
             log.info("tune: no %s plot (%s)", fname, e)
     return written
+
+
+# --------------------------------------------------------------------------------------------
+# Continual training (recsys-mtl stream)
+
+
+def plot_stream(
+    curves: dict[str, dict[int, float]], costs: dict[str, float], metric: str, path: Path
+) -> Path:
+    """Next-period ``metric`` per period, one line per strategy (``curves``: strategy ->
+    {period: value}), beside each strategy's total update cost relative to a full retrain
+    (``costs``: strategy -> rows x epochs ratio; a strategy without one is left out)."""
+    plt = _pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), width_ratios=(2.2, 1))
+    names = sorted(curves)
+    styles = method_styles({n: "floor" if n in ("none", "full") else "learner" for n in names})
+    for name in names:
+        pts = sorted(curves[name].items())
+        left.plot([p for p, _ in pts], [v for _, v in pts], label=name, **styles[name])
+    left.set(xlabel="period", ylabel=metric, title=f"next-period {metric}")
+    left.xaxis.get_major_locator().set_params(integer=True)
+    left.legend(fontsize=8)
+    shown = [n for n in names if n in costs]
+    right.barh(shown, [costs[n] for n in shown], color="0.5")
+    right.set(xlabel="update cost / full retrain (rows x epochs)", title="cost")
+    return save_figure(fig, path)

@@ -7,9 +7,9 @@ only what ``--help`` needs; what a command loads to do its work is imported when
 
 from __future__ import annotations
 
-from pipelines.commands import compare, data, register, run, score, tune
+from pipelines.commands import compare, data, register, run, score, stream, tune, update
 from pipelines.commands import list as list_  # the module; `list` stays the builtin here
 
 __all__ = ["COMMANDS"]
 
-COMMANDS = (run, tune, compare, data, list_, score, register)
+COMMANDS = (run, tune, compare, data, list_, score, register, stream, update)

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.allocator import keep_freed_memory
+from pipelines.continual.tune import check_stream_study, study_data
 from pipelines.process import start_threads
 from pipelines.runner import run_pipeline
-from pipelines.stages import data_pipeline
 from pipelines.tune.report import summarize
 from pipelines.tune.runs import StudyRun
 from pipelines.tune.study import open_study, quiet_optuna
@@ -64,6 +64,7 @@ def tune_command(
     cfg = load_with_flags(config_path, all_overrides, {f"tune.{k}": f"--{k}" for k in given})
     validate_run(cfg)  # once for the study; each trial checks its own sampled config
     objectives = validate_tune(cfg, config_path)
+    check_stream_study(cfg, config_path)  # a stream study tunes one continual strategy
     keep_freed_memory()  # for every worker count: a bad value ends here, before any work
     tune = cfg.tune
     assert tune is not None
@@ -101,7 +102,7 @@ def _run_study(
 
     if tune.workers == 1:  # trials run in this process
         start_threads(cfg.train.threads)
-    run_pipeline(data_pipeline(), cfg, study_dir / "data")  # once for every trial
+    run_pipeline(study_data(cfg), cfg, study_dir / "data")  # once for every trial
     sampler = make_sampler(tune, len(objectives), 0)
     study_obj = open_study(store, name, cfg, objectives, sampler, create=True)
     tracker = StudyRun(cfg, name, study_obj, url, objectives)

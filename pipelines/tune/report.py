@@ -40,6 +40,8 @@ def summarize(
         "seconds": round(seconds, 3),
         "study_dir": str(study_dir),
         "best": None,
+        # the command that reruns a chosen config (a stream study's config runs the stream)
+        "command": "stream" if cfg.split.strategy == "stream" else "run",
     }
     complete = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     if complete and len(objectives) == 1:
@@ -87,7 +89,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         for k, v in b["params"].items():
             lines.append(f"    {k} = {v:.4g}" if isinstance(v, float) else f"    {k} = {v}")
     if summary.get("best"):
-        lines.append(f"reproduce: recsys-mtl run {summary['best']['config']}")
+        command = summary.get("command", "run")
+        lines.append(f"reproduce: recsys-mtl {command} {summary['best']['config']}")
     if summary.get("registered"):
         lines.append(f"registered: {summary['registered']['model_uri']}")
     return "\n".join(lines)

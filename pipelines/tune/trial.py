@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.continual.tune import is_stream, link_data, objective_source, run_stream_trial
 from pipelines.naming import trial_run_name
 from pipelines.runner import run_pipeline
 from pipelines.stages import DATA_STAGES, build_pipeline
@@ -102,6 +103,8 @@ class TrialRunner:
         from recsys_mtl.tuning.epoch import EpochObjective, ValidationScorer
 
         run_dir = self.study_dir / "trials" / f"{origin:04d}"
+        if is_stream(cfg):  # a continual strategy, over the validation periods only
+            return self._run_stream(trial, cfg, run_dir, tracker)
         same_features = cfg.features == self.cfg.features
         _link_data(self.study_dir / "data", run_dir, same_features)
         trial.set_user_attr("run_dir", str(run_dir))
@@ -117,6 +120,45 @@ class TrialRunner:
             callbacks = (EpochObjective(trial, scorer, report),)
         outcome = run_pipeline(build_pipeline(), cfg, run_dir, tracker=tracker, callbacks=callbacks)
         metrics = outcome["evaluate"]["result"].get("metrics", {})
+        return self._record(trial, cfg, run_dir, metrics, tracker)
+
+    def _run_stream(
+        self, trial: Any, cfg: RunConfig, run_dir: Path, tracker: TrialRun | None
+    ) -> Any:
+        """The stream trial (:mod:`pipelines.continual.tune`): each validation period's value
+        of the (single) objective reported for pruning and logged with ``step = period``."""
+        # deferred: optuna (about a second) loads only when a study runs
+        import optuna
+
+        link_data(self.study_dir / "data", run_dir)
+        trial.set_user_attr("run_dir", str(run_dir))
+        obj = self.objectives[0]
+        seen: list[float] = []
+
+        def on_period(period: int, m: dict[str, float]) -> None:
+            v = m.get(objective_source(obj.name))
+            if v is None or v != v or len(self.objectives) > 1:
+                return
+            seen.append(float(v))
+            if tracker is not None:
+                tracker.log_metrics({f"period/{obj.name}": float(v)}, step=period)
+            trial.report(sum(seen) / len(seen), step=len(seen))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after validation period {period}")
+
+        metrics = run_stream_trial(cfg, run_dir, self.objectives, on_period)
+        return self._record(trial, cfg, run_dir, metrics, tracker)
+
+    def _record(
+        self,
+        trial: Any,
+        cfg: RunConfig,
+        run_dir: Path,
+        metrics: dict[str, Any],
+        tracker: TrialRun | None,
+    ) -> Any:
+        """The trial's metrics recorded (user attribute, summary.json, MLflow); its objective
+        value(s) returned."""
         trial.set_user_attr("metrics", {k: float(v) for k, v in metrics.items()})
         _write_trial_summary(run_dir, cfg, metrics, tracker)
         if tracker is not None:

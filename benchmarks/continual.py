@@ -1,0 +1,330 @@
+"""Continual training on ml-100k: strategies, the fast path, costs, forgetting, two streams.
+
+    python benchmarks/continual.py                       # every part
+    python benchmarks/continual.py --parts weekly --seeds 0,1,2
+    python benchmarks/continual.py --quick               # a smoke run (< 1 min)
+
+Parts (each a row group of the JSON line):
+
+* ``weekly``: the product's stream (``recsys-mtl stream``'s code) on ml-100k cut into weeks:
+  base weeks 0-9, validation weeks 10-15, test weeks 16-30, the shipped rating recipe
+  (``configs/ml100k_bellkor.yaml``), 10% probe slices; the strategies of ``--strategies`` and
+  the floors ``none`` (never updated) and ``full`` (weekly retrain), each with and without the
+  fast path. The fast path's ridge penalties are chosen on the validation weeks (``full``,
+  seed 0) from a small grid, never on test. One row per strategy and seed; metrics pooled over
+  the test weeks' rows.
+* ``perrating``: predict then learn on all 100,000 ratings in time order: each rating is
+  predicted by the fast path (the user's state after each of their earlier ratings since the
+  last update) from the model of the last daily update, then learned; the first day (no model
+  yet) is predicted from the running mean of earlier ratings plus the user's offset.
+* ``positive``: the ratings of 5 only, in time order; the first 20% train, the next 10% is
+  validation, then test-then-learn on the rest: each event's user gets a top 10 of all items
+  minus the items they have rated (5s) before it, a hit when the event's item is in it
+  (recall@10 of one relevant item). Popularity (counts so far) beside a model updated daily.
+
+Progress goes to stderr; stdout gets one JSON line. Runs with one torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from machine import machine_info
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
+CONFIG = ROOT / "configs" / "ml100k_bellkor.yaml"
+PRIOR_GRID = [(b, f) for b in (2.0, 5.0, 10.0) for f in (1.0, 3.0, 10.0, 1e9)]
+
+log = logging.getLogger("benchmarks.continual")
+
+
+def _cfg(strategies: list[str], extra: list[str] | None = None, quick: bool = False) -> Any:
+    from recsys_mtl.config import load_config
+
+    sets = [f"data.path={ML100K}", "split.strategy=stream", "stream.period=1w", "stream.base=10",
+            "stream.validation_periods=6", f"stream.strategies={json.dumps(strategies)}",
+            "tracking.enabled=false", *(extra or [])]  # fmt: skip
+    if quick:
+        sets += ["stream.test_periods=2", "stream.validation_periods=1", "train.epochs=1"]
+    return load_config(str(CONFIG), sets)
+
+
+def _log_and_side(cfg: Any, work: Path) -> tuple[Any, Any, str]:
+    from pipelines.continual.command import load_log
+
+    return load_log(cfg, work)
+
+
+def choose_prior(cfg: Any, frame: Any, side: Any, seed: int = 0) -> tuple[Any, list[dict]]:
+    """The fast path's penalties with the lowest pooled RMSE on the validation weeks, with the
+    weekly full retrain (the slow path the floors use) as the model between updates."""
+    from pipelines.continual.fast import fold_in_predictions  # noqa: F401
+    from pipelines.continual.protocol import FastPrior, fast_path
+    from pipelines.continual.stream import Protocol
+    from recsys_mtl.continual import ContinualRanker, cut_periods, make_strategy
+
+    plog = cut_periods(frame, cfg.stream)
+    proto = Protocol.of(cfg, plog.n_periods)
+    learner, _ = ContinualRanker.start(cfg, plog.before(proto.base), side, seed, t0=plog.t0)
+    strat = make_strategy("full", {})
+    sq = {g: [] for g in PRIOR_GRID}
+    for p in range(proto.base, proto.base + proto.validation):
+        if p > proto.base:
+            strat.update(learner, plog.rows(p - 1), plog.before(p - 1), seed=seed)
+        rows = plog.rows(p, probe=None)
+        y = rows["rating"].to_numpy()
+        for g in PRIOR_GRID:
+            pred, _ = fast_path(learner, rows, FastPrior(*g))
+            sq[g].append((pred - y) ** 2)
+    table = [{"bias": g[0], "factors": g[1], "valid_rmse": float(np.sqrt(np.concatenate(v).mean()))}
+             for g, v in sq.items()]  # fmt: skip
+    best = min(table, key=lambda r: r["valid_rmse"])
+    log.info("fast path penalties chosen on validation: %s", best)
+    return FastPrior(best["bias"], best["factors"]), table
+
+
+def chosen_settings(rows: list[dict], cap: float = 0.2) -> dict[str, dict]:
+    """Per strategy, the tuned settings with the lowest validation warm-row RMSE (slow path)
+    among those costing at most ``cap`` of the weekly full retrain in rows x epochs and time."""
+    best: dict[str, tuple[float, dict]] = {}
+    for r in rows:
+        name, m = r["labels"]["strategy"], r["metrics"]
+        if name == "full" or m["cost/rows_epochs_ratio"] > cap or m["cost/seconds_ratio"] > cap:
+            continue
+        if name not in best or m["valid/slow/warm/rmse"] < best[name][0]:
+            best[name] = (m["valid/slow/warm/rmse"], r["labels"]["settings"])
+    return {n: s for n, (_, s) in best.items()}
+
+
+def weekly(
+    strategies: list[str], seeds: list[int], quick: bool, work: Path,
+    settings: dict[str, dict] | None = None,
+) -> list[dict]:  # fmt: skip
+    from pipelines.continual.stream import run_stream
+
+    names = ["none", "full", *[s for s in strategies if s not in ("none", "full")]]
+    extra = [f"stream.settings={json.dumps(settings)}"] if settings else None
+    cfg = _cfg(names, extra, quick=quick)
+    frame, side, digest = _log_and_side(cfg, work / "data")
+    prior, grid = choose_prior(cfg, frame, side)
+    t0 = time.perf_counter()
+    result = run_stream(cfg, frame, work / "weekly", seeds, digest, side=side, prior=prior,
+                        on_chain=lambda n, s, d: log.info("%s seed %d done in %.0fs", n, s,
+                                                          d["seconds"]))  # fmt: skip
+    log.info("weekly stream: %.0fs", time.perf_counter() - t0)
+    rows = []
+    summary = result.summary["strategies"]
+    for name in names:
+        for seed, doc in result.chains[name].items():
+            err = result.errors[name][seed]
+            tested = np.isin(err["period"], result.summary["protocol"]["tested"])
+            metrics = {"seconds": doc["seconds"]}
+            for path in ("slow", "fast"):
+                e = err[path][tested]
+                metrics[f"{path}/all/rmse"] = float(np.sqrt(np.mean(e**2)))
+                metrics[f"{path}/all/mae"] = float(np.mean(np.abs(e)))
+            cost = [p["cost"] for p in doc["periods"] if p["cost"] and p["part"] == "test"]
+            metrics["cost/seconds"] = float(sum(c["seconds"] for c in cost))
+            metrics["cost/rows_epochs"] = float(sum(c["rows_epochs"] for c in cost))
+            metrics["cost/peak_rss_mb"] = float(max((c["peak_rss_mb"] for c in cost),
+                                                    default=0.0))  # fmt: skip
+            rows.append({"labels": {"part": "weekly", "strategy": name, "seed": seed,
+                                    "kind": "floor" if name in ("none", "full") else "strategy"},
+                         "metrics": metrics, "periods": doc["periods"],
+                         "matrix": doc["matrix"]})  # fmt: skip
+        rows.append({"labels": {"part": "weekly", "strategy": name, "seed": "pooled"},
+                     "metrics": summary.get(name, {})})  # fmt: skip
+    rows.append({"labels": {"part": "weekly", "what": "fast path penalties"},
+                 "metrics": {"bias": prior.bias, "factors": prior.factors}, "grid": grid,
+                 "protocol": result.summary["protocol"], "sizes": result.summary["sizes"]})  # fmt: skip
+    return rows
+
+
+def perrating(strategies: list[str], seeds: list[int], quick: bool, work: Path) -> list[dict]:
+    """Predict then learn on every rating (module docstring)."""
+    import polars as pl
+
+    from pipelines.continual.fast import offset_predictions
+    from pipelines.continual.protocol import FastPrior, fast_path
+    from recsys_mtl.continual import ContinualRanker, cut_periods, make_strategy
+
+    extra = ["stream.period=1d", "stream.base=1", "stream.validation_periods=0",
+             "stream.probe_fraction=0"]  # fmt: skip
+    out = []
+    for name in strategies:
+        cfg = _cfg([name], extra)
+        frame, side, _ = _log_and_side(cfg, work / "data")
+        plog = cut_periods(frame, cfg.stream)
+        last = 12 if quick else plog.n_periods
+        prior = FastPrior(*_chosen_prior(work))
+        for seed in seeds:
+            t0 = time.perf_counter()
+            first = plog.rows(0)
+            y0 = first["rating"].to_numpy().astype(np.float64)
+            running = np.concatenate([[3.0], np.cumsum(y0)[:-1] / np.arange(1, len(y0))])
+            users = np.unique(first["user_id"].to_numpy(), return_inverse=True)[1]
+            order = np.lexsort((np.arange(len(y0)), users))
+            pred0 = np.empty(len(y0))
+            pred0[order] = offset_predictions(running[order], users[order], y0[order], 5.0)
+            preds, ys, upd = [np.clip(pred0, 1, 5)], [y0], []
+            learner, c = ContinualRanker.start(cfg, first, side, seed, t0=plog.t0)
+            upd.append(c.as_dict())
+            strat = make_strategy(name, {})
+            for d in range(1, last):
+                rows = plog.rows(d)
+                if rows.height:
+                    pred, _ = fast_path(learner, rows, prior)
+                    preds.append(pred)
+                    ys.append(rows["rating"].to_numpy().astype(np.float64))
+                    upd.append(strat.update(learner, rows, plog.before(d), seed=seed).as_dict())
+            e = np.concatenate(preds) - np.concatenate(ys)
+            out.append({"labels": {"part": "perrating", "strategy": name, "seed": seed},
+                        "metrics": {"rmse": float(np.sqrt(np.mean(e**2))),
+                                    "mae": float(np.mean(np.abs(e))), "rows": int(e.size),
+                                    "seconds": time.perf_counter() - t0,
+                                    "cost/seconds": float(sum(u["seconds"] for u in upd)),
+                                    "updates": len(upd)}})  # fmt: skip
+            log.info("perrating %s seed %d: %s", name, seed, out[-1]["metrics"])
+    del pl
+    return out
+
+
+def _chosen_prior(work: Path) -> tuple[float, float]:
+    """The penalties chosen on the weekly validation weeks (saved by ``weekly``), else 5, 5."""
+    path = work / "prior.json"
+    if path.is_file():
+        d = json.loads(path.read_text())
+        return d["bias"], d["factors"]
+    return 5.0, 5.0
+
+
+def positive(strategies: list[str], seeds: list[int], quick: bool, work: Path) -> list[dict]:
+    """The positive-only stream (module docstring): popularity and daily-updated models."""
+    from pipelines.continual.positive import positive_stream
+
+    cfg = _cfg(strategies)
+    frame, side, _ = _log_and_side(cfg, work / "data")
+    return positive_stream(cfg, frame, side, strategies, seeds, quick)
+
+
+TUNE_GRID = [
+    ("full", {}),
+    *[("fine_tune", {"epochs": e, "lr": lr}) for e in (3, 6, 12) for lr in (0.01, 0.03, 0.1)],
+    *[("replay", {"epochs": e, "lr": lr, "share": sh, "sample": smp})
+      for e in (3,) for lr in (0.01, 0.03) for sh in (1.0, 3.0) for smp in ("reservoir", "recent")],
+    *[("transfer", {"epochs": e, "lr": lr}) for e in (6,) for lr in (0.03,)],
+    *[("distill", {"epochs": 3, "lr": 0.03, "weight": w}) for w in (0.3, 1.0)],
+    *[("ewc", {"epochs": 6, "lr": 0.03, "weight": w}) for w in (100.0, 1000.0)],
+]  # fmt: skip
+
+
+# the second grid: the recipe's own settings and rates at and below the recipe's (0.005 at the
+# reference batch: the first grid's rates were all above it)
+TUNE_GRID_LOW = [
+    ("full", {}),
+    *[(n, {}) for n in ("fine_tune", "ewc", "distill", "replay")],
+    *[("fine_tune", {"epochs": e, "lr": lr}) for e in (2, 3) for lr in (0.0025, 0.005)],
+    *[("ewc", {"epochs": 3, "lr": 0.0025, "weight": w}) for w in (1000.0, 10000.0)],
+    *[("distill", {"epochs": 3, "lr": 0.0025, "weight": w}) for w in (1.0, 3.0)],
+    ("replay", {"epochs": 2, "lr": 0.0025, "share": 1.0, "sample": "reservoir"}),
+]  # fmt: skip
+GRIDS = {"first": TUNE_GRID, "low": TUNE_GRID_LOW}
+GRID = "first"
+
+
+def tune(strategies: list[str], seeds: list[int], quick: bool, work: Path) -> list[dict]:
+    """Strategy settings on the validation weeks only (seed 0, no ranking): warm-row RMSE of
+    the slow and fast paths pooled over the validation weeks after the first update, and the
+    cost in rows x epochs relative to the weekly full retrain."""
+    from pipelines.continual.protocol import FastPrior
+    from pipelines.continual.stream import Protocol, run_chain, strata_of
+    from recsys_mtl.continual import ContinualRanker, cut_periods
+
+    grid = [g for g in GRIDS[GRID] if g[0] in strategies or g[0] == "full"]
+    out = []
+    full_cost = None
+    for name, settings in grid:
+        cfg = _cfg([name], [f"stream.settings={json.dumps({name: settings})}"] if settings else
+                   None)  # fmt: skip
+        frame, side, _ = _log_and_side(cfg, work / "data")
+        plog = cut_periods(frame, cfg.stream)
+        proto = Protocol(cfg.stream.base, cfg.stream.validation_periods, 0)
+        base, _ = ContinualRanker.start(cfg, plog.before(proto.base), side, 0, t0=plog.t0)
+        doc, err = run_chain(cfg, plog, proto, base, name, 0, FastPrior(*_chosen_prior(work)),
+                             ranking=False)  # fmt: skip
+        masks = strata_of(plog, proto, None)
+        after = err["period"] > proto.base  # the weeks after the first update
+        warm = masks["warm"] & after
+        cost = sum(p["cost"]["rows_epochs"] for p in doc["periods"] if p["cost"])
+        secs = sum(p["cost"]["seconds"] for p in doc["periods"] if p["cost"])
+        if name == "full":
+            full_cost = (cost, secs)
+        m = {"valid/slow/warm/rmse": float(np.sqrt(np.mean(err["slow"][warm] ** 2))),
+             "valid/fast/warm/rmse": float(np.sqrt(np.mean(err["fast"][warm] ** 2))),
+             "valid/fast/all/rmse": float(np.sqrt(np.mean(err["fast"][after] ** 2))),
+             "cost/rows_epochs": cost, "cost/seconds": secs,
+             "cost/rows_epochs_ratio": cost / full_cost[0], "cost/seconds_ratio": secs / full_cost[1]}  # fmt: skip
+        out.append({"labels": {"part": "tune", "strategy": name, "settings": settings,
+                               "seed": 0}, "metrics": m})  # fmt: skip
+        log.info("tune %s %s: %s", name, settings, {k: round(v, 4) for k, v in m.items()})
+    return out
+
+
+PARTS = {"tune": tune, "weekly": weekly, "perrating": perrating, "positive": positive}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="weekly,perrating,positive")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--strategies", default="fine_tune,replay,window,full_warm,ewc,distill")
+    ap.add_argument("--perrating-strategies", default="fine_tune")
+    ap.add_argument("--positive-strategies", default="fine_tune")
+    ap.add_argument("--work", help="work folder (default: a temporary one)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--grid", choices=sorted(GRIDS), default="first", help="tune: the grid")
+    args = ap.parse_args()
+    global GRID
+    GRID = args.grid
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.quick:
+        seeds = seeds[:1]
+    work = Path(args.work or tempfile.mkdtemp(prefix="continual-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    strategy_sets = {"tune": args.strategies, "weekly": args.strategies, "perrating": args.perrating_strategies,
+                     "positive": args.positive_strategies}  # fmt: skip
+    tuned: dict[str, dict] = {}
+    for part in args.parts.split(","):
+        names = [s for s in strategy_sets[part].split(",") if s]
+        if part == "weekly" and tuned:  # the tuned strategies, with their chosen settings
+            got = weekly(list(tuned), seeds, args.quick, work, tuned)
+            for r in got:
+                r["labels"]["settings"] = tuned.get(r["labels"].get("strategy"), {})
+        else:
+            got = PARTS[part](names, seeds, args.quick, work)
+        if part == "tune":
+            tuned = chosen_settings(got)
+            log.info("chosen on validation: %s", tuned)
+        if part == "weekly":
+            chosen = next(r for r in got if r["labels"].get("what") == "fast path penalties")
+            (work / "prior.json").write_text(json.dumps(chosen["metrics"]))
+        rows += got
+    print(json.dumps({"benchmark": "continual", "machine": machine_info(), "quick": args.quick,
+                      "rows": rows}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

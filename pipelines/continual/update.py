@@ -1,0 +1,228 @@
+"""Production mode: one period step on a finished run (``recsys-mtl update RUN --data LOG``).
+
+:func:`update_run` ingests the new log with the run's data settings (the pipeline's ingest
+stage, so bad rows are quarantined with reasons and a rerun reuses it), drops the rows the
+parent already holds (the same user, item and time), holds the latest ``holdout`` share of the
+rest out, makes one update with a strategy of the registry (the same objects ``recsys-mtl
+stream`` measures) and writes a child run (:mod:`pipelines.continual.child`) with lineage:
+parent run, data hash, strategy, period. ``load_run`` and ``recsys-mtl score`` read it.
+
+Idempotent and resumable: the child folder is held by one command at a time
+(:func:`recsys_mtl.locks.folder_lock`); its ``summary.json`` is written last and names the
+update's key (parent weights, new data, strategy, settings), so a rerun with the same inputs
+returns the finished child at once, and a killed one is redone from its ingested log.
+
+Registering (``register``): only when the child is not worse than its parent on the held-out
+tail (rating RMSE, or the first task's log-loss); otherwise the summary and the log say why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipelines.continual.child import write_child
+from pipelines.continual.metrics import pointwise
+from recsys_mtl import __version__
+from recsys_mtl.config import RunConfig
+from recsys_mtl.errors import UserError
+from recsys_mtl.io import paths_digest, write_json
+from recsys_mtl.layout import RunLayout
+from recsys_mtl.locks import folder_lock, this_command
+
+__all__ = ["LINEAGE_TAGS", "update_run"]
+
+log = logging.getLogger("recsys_mtl.update")
+
+LINEAGE_TAGS = ("parent_run", "data_hash", "strategy", "period")
+UPDATE_VERSION = 1
+
+
+def _raw_rows(run_dir: Path, part: Path) -> pl.DataFrame:
+    """A part of the run (``uidx, iidx, rating, ts`` rows) with raw ids, positives only."""
+    lay = RunLayout(run_dir)
+    users = pl.read_parquet(lay.features / "user_features.parquet", columns=["uidx", "user_id"])
+    items = pl.read_parquet(lay.features / "item_features.parquet", columns=["iidx", "item_id"])
+    rows = pl.read_parquet(part).filter(pl.col("interaction") == 1)
+    return (
+        rows.join(users, on="uidx", how="left", maintain_order="left")
+        .join(items, on="iidx", how="left", maintain_order="left")
+        .select("user_id", "item_id", pl.col("rating").cast(pl.Float64), "ts")
+    )
+
+
+def _ingest(cfg: RunConfig, new_log: Path, out: Path) -> pl.DataFrame:
+    """The new log through the ingest stage with the run's data settings."""
+    # deferred: the stage runner and the ingest stage (polars)
+    from pipelines.runner import Pipeline, run_pipeline
+    from pipelines.stages import INGEST
+
+    data = cfg.data.model_copy(update={"path": str(new_log)})
+    run_pipeline(Pipeline([INGEST]), cfg.model_copy(update={"data": data}), out)
+    return pl.read_parquet(out / "ingest" / "interactions.parquet",
+                           columns=["user_id", "item_id", "rating", "ts"])  # fmt: skip
+
+
+def _gate(parent: Any, child: Any, tail: pl.DataFrame) -> dict[str, Any]:
+    """Rating RMSE (else the first binary task's log-loss) of parent and child on ``tail``."""
+    if tail.height == 0:
+        return {"rows": 0, "passed": True, "why": "no held-out rows: nothing to compare on"}
+    y = tail["rating"].to_numpy().astype(np.float64)
+    scale = child.book.side.rating_scale
+    if "rating" in child.tasks:
+        a = pointwise("rating", parent.predict(tail)["rating"], y, scale)["rmse"]
+        b = pointwise("rating", child.predict(tail)["rating"], y, scale)["rmse"]
+        name = "rating/rmse"
+    else:
+        task = child.tasks[0]
+        target = (y >= child.cfg.features.like_threshold) if task == "like" else np.ones_like(y)
+        p_a = np.clip(parent.predict(tail)[task], 1e-7, 1 - 1e-7)
+        p_b = np.clip(child.predict(tail)[task], 1e-7, 1 - 1e-7)
+        a = pointwise(task, np.log(p_a / (1 - p_a)), target, scale)["logloss"]
+        b = pointwise(task, np.log(p_b / (1 - p_b)), target, scale)["logloss"]
+        name = f"{task}/logloss"
+    passed = bool(b <= a)
+    why = (f"{name} on the {tail.height} held-out rows: child {b:.4f} vs parent {a:.4f}"
+           + ("" if passed else ": the update is worse than its parent"))  # fmt: skip
+    return {"rows": tail.height, "metric": name, "parent": a, "child": b, "passed": passed,
+            "why": why}  # fmt: skip
+
+
+def _key(run_dir: Path, data_hash: str, strategy: str, settings: dict, holdout: float,
+         seed: int) -> str:  # fmt: skip
+    lay = RunLayout(run_dir)
+    weights = paths_digest([lay.model, lay.model_meta], run_dir)
+    raw = json.dumps([weights, data_hash, strategy, settings, holdout, seed, __version__,
+                      UPDATE_VERSION], sort_keys=True)  # fmt: skip
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+def update_run(
+    run: str | Path,
+    new_log: str | Path,
+    strategy: str = "fine_tune",
+    *,
+    out: str | Path | None = None,
+    register: str | None = None,
+    settings: dict[str, Any] | None = None,
+    holdout: float = 0.1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """One update of the finished run ``run`` with the log ``new_log`` (module docstring);
+    returns the child's summary (also ``OUT/summary.json``)."""
+    # deferred: the continual room and the run loader (torch)
+    from recsys_mtl.continual import STRATEGIES, ContinualRanker, make_strategy
+    from recsys_mtl.runs.load import load_run
+
+    run_dir, log_path = Path(run), Path(new_log)
+    if not 0.0 <= holdout < 1.0:
+        raise UserError(f"--holdout must be in [0, 1), got {holdout}")
+    if strategy not in STRATEGIES:
+        raise UserError(f"--strategy {strategy!r}: not a strategy (one of "
+                        f"{', '.join(sorted(STRATEGIES))})")  # fmt: skip
+    if not log_path.exists():
+        raise UserError(f"--data {log_path}: no such file or folder")
+    if not RunLayout(run_dir).config.is_file():
+        raise UserError(f"{run_dir}: not a finished run (no {RunLayout.CONFIG})")
+    make_strategy(strategy, settings)  # bad settings fail before any work
+    files = [log_path] if log_path.is_file() else [p for p in log_path.rglob("*") if p.is_file()]
+    data_hash = paths_digest(files, log_path if log_path.is_dir() else log_path.parent)
+    key = _key(run_dir, data_hash, strategy, settings or {}, holdout, seed)
+    out_dir = Path(out) if out else run_dir.parent / f"{run_dir.name}-{strategy}-{key[:8]}"
+    if out_dir.resolve() == run_dir.resolve():
+        raise UserError(f"--out {out_dir}: is the parent run; name a new folder")
+    with folder_lock(out_dir, this_command()) as child_dir:
+        lay = RunLayout(child_dir)
+        try:
+            done = json.loads(lay.summary.read_text())
+        except (OSError, json.JSONDecodeError):
+            done = {}
+        if done.get("update", {}).get("key") == key:
+            log.info("update %s: finished earlier with the same inputs, reused", child_dir)
+            return {**done, "reused": True}
+        parent_doc = json.loads(RunLayout(run_dir).config.read_text())
+        cfg = RunConfig.model_validate(parent_doc)
+        fresh = _ingest(cfg, log_path, child_dir)
+        loaded = load_run(run_dir)
+        past = _raw_rows(run_dir, RunLayout(run_dir).split / "train.parquet")
+        held = _raw_rows(run_dir, RunLayout(run_dir).features / "interactions.parquet")
+        ids = [c for c in ("user_id", "item_id") if fresh[c].dtype != held[c].dtype]
+        fresh = fresh.with_columns([pl.col(c).cast(held[c].dtype, strict=False) for c in ids])
+        seen = held.select("user_id", "item_id", "ts").unique()
+        kept = fresh.join(seen, on=["user_id", "item_id", "ts"], how="anti",
+                          maintain_order="left").sort("ts", maintain_order=True)  # fmt: skip
+        dropped = fresh.height - kept.height
+        if kept.height == 0:
+            raise UserError(f"--data {log_path}: every one of its {fresh.height} rows is already "
+                            f"in the run {run_dir}; nothing to learn")  # fmt: skip
+        n_tail = round(holdout * kept.height)
+        head, tail = kept.head(kept.height - n_tail), kept.tail(n_tail)
+        learner = ContinualRanker.from_run(loaded, cfg)
+        parent = ContinualRanker.from_run(load_run(run_dir), cfg)
+        cost = make_strategy(strategy, settings).update(learner, head, past, seed=seed)
+        gate = _gate(parent, learner, tail)
+        parent_summary = _read(RunLayout(run_dir).summary)
+        period = int(parent_summary.get("lineage", {}).get("period", 0)) + 1
+        lineage = {"parent_run": str(run_dir.resolve()), "data_hash": data_hash,
+                   "strategy": strategy, "period": period,
+                   "parent_mlflow_run": (parent_summary.get("mlflow") or {}).get("run_id")}  # fmt: skip
+        write_child(run_dir, child_dir, learner, head, kept, parent_doc)
+        summary = {
+            "config": parent_doc,
+            "metrics": {f"holdout/{gate['metric']}": gate["child"]} if "metric" in gate else {},
+            "data": {
+                **_ingested(child_dir),
+                "rows_new": kept.height,
+                "rows_already_seen": dropped,
+                "rows_trained": head.height,
+                "rows_held_out": tail.height,
+                "users": len(learner.users),
+                "items": len(learner.items),
+            },
+            "lineage": lineage,
+            "update": {
+                "key": key,
+                "strategy": strategy,
+                "settings": settings or {},
+                "cost": cost.as_dict(),
+                "gate": gate,
+            },
+            "mlflow": {},
+            "run_dir": str(child_dir),
+            "version": __version__,
+        }
+        summary["registered"] = _register(child_dir, register, gate, lineage) if register else None
+        write_json(summary, lay.summary)  # last: marks the child complete
+    return summary
+
+
+def _ingested(child: Path) -> dict[str, Any]:
+    """Rows read, kept and quarantined (per reason) by the ingest of the new log."""
+    inter = _read(child / "ingest" / "report.json").get("interactions", {})
+    return {k: inter[k] for k in ("rows_read", "rows_kept", "rows_quarantined") if k in inter}
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _register(child: Path, name: str, gate: dict, lineage: dict) -> dict[str, Any]:
+    """Register the child as a version of ``name`` when the gate passed; else say why."""
+    if not gate["passed"]:
+        log.warning("not registered: %s", gate["why"])
+        return {"registered": False, "why": gate["why"]}
+    # deferred: registering talks to MLflow
+    from recsys_mtl.tracking.model import register
+
+    tags = {f"recsys_mtl.{k}": str(v) for k, v in lineage.items() if v is not None}
+    reg = register(child, name, tags=tags)
+    return {"registered": True, **reg}

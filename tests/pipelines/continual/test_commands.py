@@ -1,0 +1,221 @@
+"""``recsys-mtl stream`` and ``recsys-mtl update`` end to end on ml-100k (few periods, small
+models): the stream's record and tracking, the idempotent rerun, the update's child run scored
+by ``recsys-mtl score``, a killed update resumed, bad input exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+from tests.conftest import write
+
+SMALL = {
+    "model": {"name": "bellkor", "params": {"dim": 8, "implicit": True, "time_effects": True,
+                                            "user_day_bias": True}},
+    "tasks": ["rating", "interaction", "like"],
+    "train": {"epochs": 1, "batch_size": 4096, "patience": None, "refit": False,
+              "warm_start": "als", "monitor": "rating"},
+}  # fmt: skip
+
+
+def _stream_config(tmp_path: Path, ml100k: Path, tracking: bool = False) -> Path:
+    doc = {"name": "t", "data": {"path": str(ml100k)}, **SMALL,
+           "split": {"strategy": "stream"},
+           "stream": {"period": "1w", "base": 10, "validation_periods": 1, "test_periods": 2,
+                      "strategies": ["none", "full", "fine_tune"]},
+           "tracking": {"enabled": tracking, "experiment": "stream-test"}}  # fmt: skip
+    return write(tmp_path / "stream.yaml", yaml.safe_dump(doc))
+
+
+def test_stream_runs_every_strategy_tracks_it_and_a_rerun_reuses_it(
+    cli, ml100k: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    cfg = _stream_config(tmp_path, ml100k, tracking=True)
+    code, out, err = cli("stream", cfg, "--out", tmp_path / "s")
+    assert code == 0, err
+    assert "== fine_tune (1 seed(s)) ==" in out and "cost / full" in out
+    doc = json.loads((tmp_path / "s" / "stream.json").read_text())
+    assert doc["protocol"]["tested"] == [11, 12]
+    ft = doc["strategies"]["fine_tune"]
+    assert 0 < ft["cost/rows_epochs_ratio"] < 1  # cheaper than a full retrain
+    assert ft["paired/all/low"] <= ft["paired/all/rmse_diff"] <= ft["paired/all/high"]
+    period = doc["chains"]["fine_tune"]["0"]["periods"][1]
+    m = period["metrics"]
+    assert m["rows/warm"] + m["rows/new_user"] <= m["rows/all"] > 0
+    for key in (
+        "rating/warm/rmse",
+        "fast/rating/new_user/rmse",
+        "interaction/warm/full/hr@10",
+        "interaction/warm/sampled/hr@10",
+        "like/all/auc",
+    ):
+        assert key in m, key
+    assert period["cost"]["rows_epochs"] > 0
+    # one parent per stream, a run per strategy (for compare), a run per period under it
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name("stream-test")
+    runs = client.search_runs([exp.experiment_id])
+    kinds = [r.data.tags.get("recsys_mtl.kind") for r in runs]
+    assert kinds.count("stream") == 1 and kinds.count("pipeline") == 3
+    ft_run = next(r for r in runs if r.data.tags.get("recsys_mtl.strategy") == "fine_tune")
+    hist = client.get_metric_history(ft_run.info.run_id, "rating/all/rmse")
+    assert sorted(h.step for h in hist) == [10, 11, 12]
+    assert sum(1 for r in runs if r.data.tags.get("mlflow.parentRunId") == ft_run.info.run_id) == 3
+    code, out, err = cli("compare", "--experiment", "stream-test")
+    assert code == 0 and "fine_tune-s0" in out
+    # rerun: every chain is reused, the records are untouched
+    record = tmp_path / "s" / "stream" / "fine_tune" / "seed-0.json"
+    before = record.stat().st_mtime_ns
+    code, out, err = cli("stream", cfg, "--out", tmp_path / "s", "--no-ranking")
+    assert code == 0, err
+    assert record.stat().st_mtime_ns == before
+
+
+def test_stream_bad_input_is_one_line_exit_2(cli, ml100k: Path, tmp_path: Path) -> None:
+    cfg = _stream_config(tmp_path, ml100k)
+    code, _, err = cli("stream", cfg, "--set", "split.strategy=random")
+    assert code == 2 and "split.strategy: stream" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli("stream", cfg, "--seeds", "a,b")
+    assert code == 2 and "--seeds" in err
+    code, _, err = cli("stream", cfg, "--set", "stream.strategies=[nope]")
+    assert code == 2 and err.startswith("recsys-mtl: error:")
+
+
+@pytest.fixture(scope="module")
+def parent_run(ml100k: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A finished run on the first 40,000 ratings of ml-100k (in time order) and the next 3,000
+    ratings as a new log (CSV)."""
+    from pipelines.cli import main
+
+    root = tmp_path_factory.mktemp("parent")
+    log = pl.read_csv(ml100k / "u.data", separator="\t", has_header=False,
+                      new_columns=["user_id", "item_id", "rating", "ts"]).sort("ts")  # fmt: skip
+    data = root / "early"
+    data.mkdir()
+    for name in ("u.user", "u.item", "u.genre", "u.occupation"):
+        (data / name).write_bytes((ml100k / name).read_bytes())
+    log.head(40_000).write_csv(data / "u.data", separator="\t", include_header=False)
+    log.slice(40_000, 3_000).write_csv(root / "new.csv")
+    doc = {"name": "p", "data": {"path": str(data)}, **SMALL,
+           "split": {"strategy": "temporal", "test_fraction": 0.1, "valid_fraction": 0.0},
+           "tracking": {"enabled": False}}  # fmt: skip
+    write(root / "p.yaml", yaml.safe_dump(doc))
+    assert main(["run", str(root / "p.yaml"), "--out", str(root / "run")]) == 0
+    return root / "run", root / "new.csv"
+
+
+def test_update_writes_a_child_run_that_score_reads_and_a_rerun_reuses(
+    cli, parent_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, new = parent_run
+    frame = pl.read_csv(new)
+    t = int(frame["ts"][0])
+    extra = pl.DataFrame({"user_id": [5000, 5000, 5001], "item_id": [1, 9999, 9999],
+                          "rating": [4, 5, 3], "ts": [t, t, t]})  # fmt: skip
+    log = tmp_path / "new.csv"
+    pl.concat([frame, extra]).write_csv(log)
+    with log.open("a") as f:  # two bad rows: quarantined with their reasons, not learned
+        f.write(f"7,8,nine,{t}\n12,13,4,\n")
+    code, out, err = cli("update", run, "--data", log, "--strategy", "replay",
+                         "--out", tmp_path / "child")  # fmt: skip
+    assert code == 0, err
+    rep = json.loads(out)
+    assert rep["lineage"]["strategy"] == "replay" and rep["lineage"]["period"] == 1
+    assert rep["lineage"]["parent_run"] == str(run.resolve())
+    assert rep["data"]["rows_trained"] + rep["data"]["rows_held_out"] == 3003
+    assert rep["data"]["rows_read"] == 3005 and sum(rep["data"]["rows_quarantined"].values()) == 2
+    summary = json.loads((tmp_path / "child" / "summary.json").read_text())
+    assert summary["lineage"]["data_hash"]
+    from recsys_mtl.runs.load import load_run
+
+    child = load_run(tmp_path / "child")
+    assert child.ctx.n_users == load_run(run).ctx.n_users + 2  # the two new users
+    code, out, err = cli("score", tmp_path / "child", "--top-k", "3", "--out",
+                         tmp_path / "scores.parquet")  # fmt: skip
+    assert code == 0, err
+    scores = pl.read_parquet(tmp_path / "scores.parquet")
+    assert scores.filter(pl.col("user_id") == 5000).height == 3
+    # the same inputs again: the finished child is returned, nothing rewritten
+    weights = tmp_path / "child" / "train" / "model.pt"
+    before = weights.stat().st_mtime_ns
+    code, out, err = cli("update", run, "--data", log, "--strategy", "replay",
+                         "--out", tmp_path / "child")  # fmt: skip
+    assert code == 0 and json.loads(out)["reused"] is True
+    assert weights.stat().st_mtime_ns == before
+
+
+def test_a_killed_update_is_resumed_and_seen_rows_are_dropped(
+    cli, parent_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, new = parent_run
+    out = tmp_path / "child"
+    code, _, err = cli("update", run, "--data", new, "--out", out)
+    assert code == 0, err
+    # a kill after the weights were written and before the summary: summary gone, a temporary
+    # file left behind
+    (out / "summary.json").unlink()
+    write(out / "train" / ".model.pt.tmp-123", "partial")
+    code, stdout, err = cli("update", run, "--data", new, "--out", out)
+    assert code == 0, err
+    assert json.loads(stdout)["reused"] is False and (out / "summary.json").is_file()
+    # a log holding rows the run already has: those are dropped
+    parent_rows = pl.read_csv(run.parent / "early" / "u.data", separator="\t", has_header=False,
+                              new_columns=["user_id", "item_id", "rating", "ts"]).tail(500)  # fmt: skip
+    mixed = tmp_path / "mixed.csv"
+    pl.concat([parent_rows, pl.read_csv(new).head(500)]).write_csv(mixed)
+    code, stdout, err = cli("update", run, "--data", mixed, "--out", tmp_path / "c2")
+    assert code == 0, err
+    assert json.loads(stdout)["data"]["rows_already_seen"] == 500
+
+
+def test_update_bad_input_is_one_line_exit_2(
+    cli, parent_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, new = parent_run
+    cases = [
+        (("update", run, "--data", tmp_path / "missing.csv"), "no such file"),
+        (("update", run, "--data", new, "--strategy", "nope"), "not a strategy"),
+        (("update", run, "--data", new, "--setting", "bogus=1"), "unknown key"),
+        (("update", tmp_path, "--data", new), "not a finished run"),
+        (("update", run, "--data", new, "--holdout", "1.5"), "--holdout"),
+    ]
+    for args, words in cases:
+        code, _, err = cli(*args)
+        assert code == 2, (args, err)
+        assert words in err and len(err.strip().splitlines()) == 1, err
+    seen = tmp_path / "seen.csv"
+    pl.read_csv(run.parent / "early" / "u.data", separator="\t", has_header=False,
+                new_columns=["user_id", "item_id", "rating", "ts"]).head(50).write_csv(seen)  # fmt: skip
+    code, _, err = cli("update", run, "--data", seen, "--out", tmp_path / "c3")
+    assert code == 2 and "already in the run" in err
+
+
+def test_update_registers_only_a_child_not_worse_than_its_parent(
+    cli, parent_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.continual.update import _register
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run, new = parent_run
+    code, out, err = cli("update", run, "--data", new, "--strategy", "full", "--out",
+                         tmp_path / "child", "--register", "continual-test")  # fmt: skip
+    assert code == 0, err
+    rep = json.loads(out)
+    gate = json.loads((tmp_path / "child" / "summary.json").read_text())["update"]["gate"]
+    assert rep["registered"]["registered"] is gate["passed"]
+    if gate["passed"]:
+        import mlflow
+
+        version = mlflow.MlflowClient().get_model_version("continual-test", "1")
+        assert version.tags["recsys_mtl.strategy"] == "full"
+        assert version.tags["recsys_mtl.parent_run"] == str(run.resolve())
+    worse = {"passed": False, "why": "rating/rmse on the 3 held-out rows: child 1.2 vs parent 1.1"}
+    said = _register(tmp_path / "child", "continual-test", worse, {})
+    assert said == {"registered": False, "why": worse["why"]}
