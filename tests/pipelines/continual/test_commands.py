@@ -5,6 +5,7 @@ by ``recsys-mtl score``, a killed update resumed, bad input exit 2."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import polars as pl
@@ -59,7 +60,8 @@ def test_stream_runs_every_strategy_tracks_it_and_a_rerun_reuses_it(
     # one parent per stream, a run per strategy (for compare), a run per period under it
     import mlflow
 
-    client = mlflow.MlflowClient()
+    # the store this test set (another test in the process may have set mlflow's global URI)
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("stream-test")
     runs = client.search_runs([exp.experiment_id])
     kinds = [r.data.tags.get("recsys_mtl.kind") for r in runs]
@@ -213,7 +215,8 @@ def test_update_registers_only_a_child_not_worse_than_its_parent(
     if gate["passed"]:
         import mlflow
 
-        version = mlflow.MlflowClient().get_model_version("continual-test", "1")
+        client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+        version = client.get_model_version("continual-test", "1")
         assert version.tags["recsys_mtl.strategy"] == "full"
         assert version.tags["recsys_mtl.parent_run"] == str(run.resolve())
     worse = {"passed": False, "why": "rating/rmse on the 3 held-out rows: child 1.2 vs parent 1.1"}
