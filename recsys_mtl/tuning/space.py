@@ -273,10 +273,13 @@ def validate_tune(cfg: RunConfig, source: str = "<config>") -> list[Objective]:
 
 def _settable(doc: dict[str, Any], key: str) -> bool:
     """A key exists in the config, or sits under a free-form mapping (``model.params``,
-    ``weighting.params``, ``weighting.weights``) where the ranker/method checks it."""
+    ``weighting.params``, ``weighting.weights``; a continual strategy's
+    ``stream.settings.NAME``) where the ranker, method or strategy checks it."""
     if _get(doc, key)[0]:
         return True
     parts = key.split(".")
+    if len(parts) == 4 and parts[:2] == ["stream", "settings"]:
+        return True
     return (
         len(parts) == 3 and parts[0] in ("model", "weighting") and parts[1] in ("params", "weights")
     )

@@ -112,3 +112,20 @@ def test_a_stream_study_says_to_rerun_its_best_config_with_the_stream_command() 
     assert "reproduce: recsys-mtl run s/best.yaml" in format_summary(summary)
     lines = format_summary({**summary, "command": "stream"})
     assert "reproduce: recsys-mtl stream s/best.yaml" in lines
+
+
+def test_a_strategy_setting_the_config_leaves_to_its_default_can_be_tuned(
+    tmp_path: Path, ml100k: Path, cli
+) -> None:
+    doc = yaml.safe_load(_config(tmp_path, ml100k, ["replay"], trials=2).read_text())
+    doc["stream"]["settings"] = {}  # every tuned key left to the strategy's default
+    ok = write(tmp_path / "ok.yaml", yaml.safe_dump(doc))
+    summary = tune_command(str(ok), [], out=str(tmp_path / "study"))
+    assert summary["counts"]["complete"] == 2
+    doc["tune"]["space"]["stream.settings.replay.sahre"] = {"type": "float", "low": 0.1, "high": 1}
+    bad = write(tmp_path / "bad.yaml", yaml.safe_dump(doc))
+    code, _, err = cli("tune", bad, "--out", tmp_path / "bad-study")
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # the study above logged to the same stream
+    assert last.startswith("recsys-mtl: error:") and "stream.settings.replay.sahre" in last
+    assert not (tmp_path / "bad-study" / "trials").exists()
