@@ -3,8 +3,10 @@ average when it ended (how busy the machine was while it ran)."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+from pathlib import Path
 from typing import Any
 
 
@@ -15,3 +17,13 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
+
+
+def write_line(doc: dict[str, Any], out: str | Path, append: bool = False) -> None:
+    """Print ``doc`` as the benchmark's one JSON line and write it to ``out`` (appended with
+    ``append``, so several commands' lines can share one raw file)."""
+    line = json.dumps(doc)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a" if append else "w") as f:
+        f.write(line + "\n")
+    print(line)

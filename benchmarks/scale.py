@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.machine import machine_info, write_line  # noqa: E402
 
 # (users, items, ratings) per size label
 SIZES = {
@@ -326,11 +326,7 @@ def main() -> None:
         "machine": machine,
         "rows": rows,
     }
-    line = json.dumps(doc)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a" if args.append else "w") as f:
-        f.write(line + "\n")
-    print(line)
+    write_line(doc, args.out, args.append)
 
 
 if __name__ == "__main__":

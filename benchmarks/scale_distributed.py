@@ -60,7 +60,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import machine_info  # noqa: E402
+from benchmarks.machine import machine_info, write_line  # noqa: E402
 
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", ROOT.parent / "shared" / "data" / "ml-100k"))
 OUT = ROOT / "benchmarks" / "results" / "scale_distributed.json"
@@ -489,11 +489,7 @@ def main() -> int:
         "part_seconds": seconds,
         "rows": rows,
     }
-    line = json.dumps(doc)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a" if args.append else "w") as f:
-        f.write(line + "\n")
-    print(line)
+    write_line(doc, args.out, args.append)
     return 0
 
 
