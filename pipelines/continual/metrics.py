@@ -155,26 +155,29 @@ def transfer_metrics(
     }
 
 
-COST_KEYS = ("seconds", "rows_epochs", "peak_rss_mb")
+COST_KEYS = ("seconds", "cpu_seconds", "rows_epochs", "peak_rss_mb")
+RATIO_KEYS = ("seconds", "cpu_seconds", "rows_epochs")
 
 
 def cost_ratios(
     costs: Sequence[Mapping[str, float]], full: Sequence[Mapping[str, float]]
 ) -> dict[str, Any]:
     """Each update's cost and its ratio to a full retrain in the same period (``costs[i]`` and
-    ``full[i]``: ``seconds``, ``rows_epochs``, ``peak_rss_mb``), and the totals (sums; the
+    ``full[i]``: ``seconds``, ``cpu_seconds``, ``rows_epochs``, ``peak_rss_mb``), and the totals (sums; the
     peak is the maximum) with their ratios."""
     if len(costs) != len(full):
         raise ValueError(f"{len(costs)} updates but {len(full)} full retrains")
     per = []
     for c, f in zip(costs, full, strict=True):
         row = {k: float(c[k]) for k in COST_KEYS if k in c}
-        for k in ("seconds", "rows_epochs"):
+        for k in RATIO_KEYS:
             if k in c and k in f:
                 row[f"{k}_ratio"] = float(c[k]) / float(f[k]) if float(f[k]) else float("nan")
         per.append(row)
     total: dict[str, float] = {}
-    for k in ("seconds", "rows_epochs"):
+    for k in RATIO_KEYS:
+        if not all(k in c for c in costs) or not all(k in f for f in full):
+            continue  # a record from before the key existed
         a = sum(float(c.get(k, 0.0)) for c in costs)
         b = sum(float(f.get(k, 0.0)) for f in full)
         total[k], total[f"full_{k}"] = a, b

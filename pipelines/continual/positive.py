@@ -5,8 +5,11 @@ The events (one positive each: the ratings of 5 of a log) are taken in time orde
 each event is first tested (its user's top ``k`` over every item minus those the user has had an
 event on before: a hit when the event's item is in it, the recall@k of one relevant item),
 then learned. Popularity counts every earlier event; the model is the learner of
-:mod:`recsys_mtl.continual`, updated with a strategy once per day (``update_every`` seconds), and
-users it does not know yet are served by popularity. ``STRATEGY+popularity`` adds a weight times
+:mod:`recsys_mtl.continual`, updated with a strategy once per day (``update_every`` seconds);
+between updates, users it does not know yet are served by the fast path: the ranker's new-user
+state from the items of their earlier events since the update (for BellKor, the SVD++ sum of
+those items' implicit vectors), so a user who signed up today is personalized from their second
+event on. ``STRATEGY+popularity`` adds a weight times
 ``log(1 + count so far)`` to the model's scores, the weight chosen on the validation events.
 """
 
@@ -22,7 +25,7 @@ import torch
 __all__ = ["BLEND", "popularity_hits", "positive_stream"]
 
 # weights w of log(1 + count so far) added to the model's score; chosen on the validation events
-BLEND = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+BLEND = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 def _top(scores: np.ndarray, known: set[int] | list[int], k: int) -> np.ndarray:
@@ -127,42 +130,77 @@ def positive_stream(
     return rows
 
 
+def _today_prefix(users: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each event (``users``, in time order; ``rows``: the model row of its item, -1 for
+    an item the model does not know), the model rows of the same user's earlier events of the
+    slice, left-aligned in ``(events, L)`` with a mask of the filled entries."""
+    n = len(users)
+    if n == 0:
+        return np.zeros((0, 1), np.int64), np.zeros((0, 1), bool)
+    codes = np.unique(users, return_inverse=True)[1]
+    order = np.lexsort((np.arange(n), codes))
+    sc = codes[order]
+    start = np.ones(n, bool)
+    start[1:] = sc[1:] != sc[:-1]
+    first = np.flatnonzero(start)
+    rank_sorted = np.arange(n) - first[np.cumsum(start) - 1]
+    rank = np.empty(n, np.int64)
+    rank[order] = rank_sorted  # each event's position in its user's events of the slice
+    width = max(int(rank.max()), 1)
+    seq = np.full((codes.max() + 1, width + 1), -1, np.int64)
+    seq[sc, rank_sorted] = rows[order]
+    items = seq[codes][:, :width]  # the user's events of the slice, in order
+    mask = (np.arange(width)[None, :] < rank[:, None]) & (items >= 0)
+    return np.where(mask, items, 0), mask
+
+
 def _model_hits(
     learner: Any, day: pl.DataFrame, known: dict, counts: np.ndarray, i_uniq: np.ndarray,
     i_codes: np.ndarray, k: int, task: str, score_items: Any,
 ) -> np.ndarray:  # fmt: skip
     """Hits ``(events, len(BLEND))`` of one day's events, scored by the learner as it was at
-    the day's start plus each blend weight times ``log(1 + count so far)`` (users it does not
-    know: popularity), then counted into ``known`` and ``counts``."""
+    the day's start plus each blend weight times ``log(1 + count so far)``, then counted into
+    ``known`` and ``counts``. A user the model does not know yet is served by the fast path:
+    the ranker's new-user state from the items of their earlier events of the day
+    (:meth:`new_user_state`; with none, the items' own terms: biases)."""
     users = day["user_id"].to_list()
     uidx = learner.users.rows(day["user_id"])
     model_items = learner.items.rows(pl.Series(i_uniq))  # model row of each item code
     has = model_items >= 0
-    scores = {}
-    distinct = sorted({int(x) for x in uidx if x >= 0})
-    if distinct:
-        batch = learner.book.batch(day.head(1))
-        was = learner.model.training
-        learner.model.eval()
-        with torch.no_grad():
-            s = score_items(learner.model, torch.tensor(distinct), torch.from_numpy(
-                model_items[has]), task, batch["time_bin"][0], batch["day"][0]).numpy()  # fmt: skip
-        learner.model.train(was)
-        full = np.full((len(distinct), len(i_uniq)), -np.inf)
-        full[:, has] = s
-        scores = dict(zip(distinct, full, strict=True))
+    model = learner.model
+    batch = learner.book.batch(day.head(1))
+    tb, dy = int(batch["time_bin"][0]), int(batch["day"][0])
+    was = model.training
+    model.eval()
+    scores: dict[int, np.ndarray] = {}
+    cold = np.zeros((day.height, len(i_uniq)))
+    with torch.no_grad():
+        distinct = sorted({int(x) for x in uidx if x >= 0})
+        if distinct:
+            s = score_items(model, torch.tensor(distinct), torch.from_numpy(model_items[has]),
+                            task, tb, dy).numpy()  # fmt: skip
+            full = np.full((len(distinct), len(i_uniq)), -np.inf)
+            full[:, has] = s
+            scores = dict(zip(distinct, full, strict=True))
+        new = np.flatnonzero(uidx < 0)
+        if new.size and hasattr(model, "dot_form"):
+            rows = learner.items.rows(day["item_id"])
+            items, mask = _today_prefix(day["user_id"].to_numpy()[new], rows[new])
+            state = model.new_user_state(torch.from_numpy(items), torch.from_numpy(mask))
+            uvec, uoff, ivec, ioff = model.dot_form(state, tb, dy)[task]
+            sc = (uoff[:, None] + ioff[None, :] + uvec @ ivec.T).numpy()
+            cold[new] = -np.inf
+            cold[np.ix_(new, np.flatnonzero(has))] = sc[:, model_items[has]]
+    model.train(was)
     code_of = {v: c for c, v in enumerate(i_uniq.tolist())}
     order_bias = -np.arange(len(i_uniq)) * 1e-9
     hits = np.zeros((day.height, len(BLEND)), bool)
     for r, (u, row) in enumerate(zip(users, uidx, strict=True)):
         seen = {code_of[i] for i in known.get(u, ())}
+        s = scores[int(row)] if row >= 0 else cold[r]
+        s = np.where(np.isfinite(s), s, s[np.isfinite(s)].min(initial=0.0))
         for b, w in enumerate(BLEND):
-            if row >= 0:
-                s = scores[int(row)]
-                s = np.where(np.isfinite(s), s, s[np.isfinite(s)].min(initial=0.0))
-                base = s + w * np.log1p(counts) + order_bias
-            else:
-                base = counts + order_bias
+            base = s + w * np.log1p(counts) + order_bias
             hits[r, b] = int(i_codes[r]) in set(_top(base, seen, k).tolist())
         counts[i_codes[r]] += 1
         known.setdefault(u, set()).add(i_uniq[i_codes[r]])

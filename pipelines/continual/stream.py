@@ -39,7 +39,7 @@ __all__ = ["NEVER", "Protocol", "StreamResult", "run_chain", "run_stream", "summ
 log = logging.getLogger("recsys_mtl.stream")
 
 NEVER = "none"  # the never-updated floor: the base model evaluated on every later period
-CHAIN_VERSION = 2
+CHAIN_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -234,6 +234,8 @@ def summarize(
         costs = _test_costs(seeds, tested)
         pooled["cost/seconds"] = float(np.mean([sum(c["seconds"] for c in cs)
                                                 for cs in costs.values()])) if costs else 0.0  # fmt: skip
+        pooled["cost/cpu_seconds"] = float(np.mean([sum(c.get("cpu_seconds", 0.0) for c in cs)
+                                                    for cs in costs.values()])) if costs else 0.0  # fmt: skip
         pooled["cost/rows_epochs"] = float(np.mean([sum(c["rows_epochs"] for c in cs)
                                                     for cs in costs.values()])) if costs else 0.0  # fmt: skip
         out[name] = pooled
@@ -244,8 +246,9 @@ def summarize(
             shared = [s for s in costs if s in full_costs and len(costs[s]) == len(full_costs[s])]
             if shared and costs[shared[0]]:
                 ratios = [cost_ratios(costs[s], full_costs[s])["total"] for s in shared]
-                for k in ("seconds_ratio", "rows_epochs_ratio"):
-                    out[name][f"cost/{k}"] = float(np.mean([r[k] for r in ratios]))
+                for k in ("seconds_ratio", "cpu_seconds_ratio", "rows_epochs_ratio"):
+                    if all(k in r for r in ratios):
+                        out[name][f"cost/{k}"] = float(np.mean([r[k] for r in ratios]))
             out[name].update(_paired(seeds, result["full"], masks, tested))
     return out
 
@@ -266,7 +269,8 @@ def _paired(
     tested: set[int],
 ) -> dict[str, float]:
     """RMSE of the strategy minus ``full``'s on the same test rows and seeds, per stratum, with
-    its 95% bootstrap interval (``paired/STRATUM/rmse_diff|low|high``)."""
+    its 95% bootstrap interval (``paired/STRATUM/rmse_diff|low|high``), and the same for both
+    served by the fast path (``paired/fast_STRATUM/...``)."""
     common = sorted(set(seeds) & set(full))
     if not common:
         return {}
@@ -278,8 +282,11 @@ def _paired(
         r = paired_bootstrap(a, b, "rmse", n_boot=1000, seed=0)
         out.update({f"paired/{stratum}/rmse_diff": r["diff"], f"paired/{stratum}/low": r["low"],
                     f"paired/{stratum}/high": r["high"]})  # fmt: skip
-        if all(seeds[s][1]["fast"].size for s in common):
+        if all(seeds[s][1]["fast"].size for s in common) and all(
+            full[s][1]["fast"].size for s in common
+        ):  # both served by the fast path between updates
             a = np.stack([seeds[s][1]["fast"][m] for s in common])
+            b = np.stack([full[s][1]["fast"][m] for s in common])
             r = paired_bootstrap(a, b, "rmse", n_boot=1000, seed=0)
             out.update({f"paired/fast_{stratum}/rmse_diff": r["diff"],
                         f"paired/fast_{stratum}/low": r["low"],

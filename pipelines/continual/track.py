@@ -1,5 +1,6 @@
 """MLflow records of a stream: one parent run per stream, one run per (strategy, seed) under it
-(metrics with ``step = period``), and one nested run per period under that.
+(metrics with ``step = period``), and one nested run per period under that; and the run of one
+``recsys-mtl update`` (:func:`track_update`).
 
 The (strategy, seed) runs carry ``recsys_mtl.kind: pipeline`` and the strategy in their name
 and tags, so ``recsys-mtl compare`` lists them side by side; each logs its chain record, the
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from pipelines.naming import run_params, run_tags
 from recsys_mtl.config import RunConfig
 from recsys_mtl.tracking import KIND_TAG, BackgroundTracker, NullTracker, default_tracking_uri
 
-__all__ = ["STREAM_TAG", "StreamTracking", "flat_metrics"]
+__all__ = ["STREAM_TAG", "StreamTracking", "flat_metrics", "track_update"]
 
 STREAM_TAG = "recsys_mtl.stream"
 STRATEGY_TAG = "recsys_mtl.strategy"
@@ -89,3 +91,45 @@ class StreamTracking:
         if stream_json is not None and stream_json.is_file():
             self.parent.log_artifacts([stream_json])
         self.parent.finish(status, error)
+
+
+def track_update(cfg: RunConfig, child: Path, summary: dict[str, Any], started: float) -> dict:
+    """The MLflow run of one ``recsys-mtl update``, when the parent's config tracks
+    (``tracking.enabled``): nested under the parent's MLflow run when it has one, the parent's
+    config as params, the lineage as tags (``recsys_mtl.parent_run``, ``.data_hash``,
+    ``.strategy``, ``.period``), the held-out comparison, the update's cost and row counts as
+    metrics, the child's model as the run's output, its summary as an artifact. Returns the
+    summary's ``mlflow`` block (``{}`` when tracking is off)."""
+    if not cfg.tracking.enabled:
+        return {}
+    uri = default_tracking_uri()
+    lineage, update = summary["lineage"], summary["update"]
+    t = BackgroundTracker(cfg.tracking.experiment, uri)
+    tags = {**run_tags(cfg, str(child / "config.resolved.json"), child, lineage["data_hash"]),
+            KIND_TAG: "update", STRATEGY_TAG: update["strategy"],
+            **{f"recsys_mtl.{k}": str(v) for k, v in lineage.items() if v is not None}}  # fmt: skip
+    name = f"update-p{lineage['period']}-{update['strategy']}-{Path(lineage['parent_run']).name}"
+    t.start(name[:40], {**run_params(cfg), "strategy": update["strategy"],
+            **{f"stream.settings.{update['strategy']}.{k}": v
+               for k, v in update["settings"].items()}},
+            tags, f"`recsys-mtl update {lineage['parent_run']}`: strategy {update['strategy']}, "
+            f"period {lineage['period']}. Folder: {child}", lineage.get("parent_mlflow_run"),
+            started)  # fmt: skip
+    try:
+        gate = update["gate"]
+        metrics = {**summary["metrics"], **{f"update/{k}": v for k, v in update["cost"].items()},
+                   **{f"data/{k}": v for k, v in summary["data"].items()}}  # fmt: skip
+        if "parent" in gate and "metric" in gate:
+            metrics[f"holdout/parent/{gate['metric']}"] = gate["parent"]
+        t.work_ended = time.time()
+        logged = t.log_model(child)
+        t.log_metrics(flat_metrics(metrics))
+        t.set_tags({"recsys_mtl.gate": str(gate["passed"]).lower()})
+    except BaseException as e:
+        t.finish("FAILED", f"{type(e).__name__}: {e}")
+        raise
+    t.finish(ended=t.work_ended)
+    out = {"run_id": t.run_id, "tracking_uri": uri, "experiment": cfg.tracking.experiment}
+    if logged is not None:
+        out.update(model_id=logged["model_id"], model_uri=logged["model_uri"])
+    return out

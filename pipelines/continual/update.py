@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,14 @@ import polars as pl
 
 from pipelines.continual.child import write_child
 from pipelines.continual.metrics import pointwise
+from pipelines.continual.track import track_update
 from recsys_mtl import __version__
 from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import paths_digest, write_json
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.locks import folder_lock, this_command
+from recsys_mtl.tracking import check_store, default_tracking_uri
 
 __all__ = ["LINEAGE_TAGS", "update_run"]
 
@@ -148,6 +151,9 @@ def update_run(
             return {**done, "reused": True}
         parent_doc = json.loads(RunLayout(run_dir).config.read_text())
         cfg = RunConfig.model_validate(parent_doc)
+        started = time.time()
+        if cfg.tracking.enabled:  # a dead server: one line now, before any work
+            check_store(default_tracking_uri())
         fresh = _ingest(cfg, log_path, child_dir)
         loaded = load_run(run_dir)
         past = _raw_rows(run_dir, RunLayout(run_dir).split / "train.parquet")
@@ -197,6 +203,7 @@ def update_run(
             "run_dir": str(child_dir),
             "version": __version__,
         }
+        summary["mlflow"] = track_update(cfg, child_dir, summary, started)
         summary["registered"] = _register(child_dir, register, gate, lineage) if register else None
         write_json(summary, lay.summary)  # last: marks the child complete
     return summary

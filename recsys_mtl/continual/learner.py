@@ -226,6 +226,8 @@ class ContinualRanker:
             return None
         if warm_start and settings.warm_start != "none":
             self.model.warm_start({k: v.to(self.device) for k, v in data.items()}, settings)
+            if cost is not None:  # each sweep reads every rating twice: user side, item side
+                cost.add_fit(2 * int((data["interaction"] > 0.5).sum()), settings.als_sweeps)
         if self.optimizers is None and not self.fresh:  # a trained model: lazy from the start
             self.optimizers = build_optimizers(self.model, settings, self.weighting)
         if self.optimizers is not None:

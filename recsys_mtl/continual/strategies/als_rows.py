@@ -13,6 +13,8 @@ the period are kept exactly. For rankers that offer the ALS warm start (``bellko
 
 from __future__ import annotations
 
+from typing import Literal
+
 import polars as pl
 import torch
 from pydantic import Field
@@ -37,6 +39,14 @@ class AlsRowsSettings(StrategySettings):
         "null: the recipe's train.epochs",
     )  # fmt: skip
     cg_steps: int = Field(10, ge=1, le=200, description="conjugate-gradient steps per solve")
+    reg: float | None = Field(
+        None, gt=0, description="ridge penalty of the factor rows; null: the recipe's "
+        "train.als_reg (10 when unset)",
+    )  # fmt: skip
+    sides: Literal["both", "users"] = Field(
+        "both", description="whose rows are re-solved: touched users and items, or users only "
+        "(an item's history is long: its solve reads most of the log)",
+    )  # fmt: skip
 
 
 @register
@@ -69,16 +79,17 @@ class AlsRows(Strategy):
         user_rows = seen.filter(pl.col("user_id").is_in(users.implode()))
         item_rows = seen.filter(pl.col("item_id").is_in(items.implode()))
         for _ in range(self.settings.sweeps):
-            _solve(learner, user_rows, "user", self.settings.cg_steps)
+            _solve(learner, user_rows, "user", self.settings)
             cost.add_fit(user_rows.height, 1)
-            _solve(learner, item_rows, "item", self.settings.cg_steps)
-            cost.add_fit(item_rows.height, 1)
+            if self.settings.sides == "both":
+                _solve(learner, item_rows, "item", self.settings)
+                cost.add_fit(item_rows.height, 1)
         if self.settings.epochs != 0:
             self._train(learner, new, cost, seed)
 
 
 @torch.no_grad()
-def _solve(learner: ContinualRanker, rows: pl.DataFrame, side: str, cg_steps: int) -> None:
+def _solve(learner: ContinualRanker, rows: pl.DataFrame, side: str, s: AlsRowsSettings) -> None:
     """Re-solve the rating-task factor and bias rows of ``side``'s ids in ``rows`` (all of
     their ratings so far), the other side fixed: for each id, ridge regression of the rating
     minus the rest of the model's rating score on the other side's (scaled) factors and 1."""
@@ -121,8 +132,8 @@ def _solve(learner: ContinualRanker, rows: pl.DataFrame, side: str, cg_steps: in
     target = rating - rest
     pattern = _Pattern(own_local, other_local, rows_of.numel(), feats.shape[0])
     features = torch.cat([feats, torch.ones(feats.shape[0], 1, device=dev)], 1)
-    reg = 10.0 if train.als_reg is None else train.als_reg
+    reg = s.reg if s.reg is not None else 10.0 if train.als_reg is None else train.als_reg
     penalty = torch.cat([torch.full((d,), float(reg)), torch.tensor([float(train.als_bias_reg)])])
-    x = _ridge_rows(pattern, target[pattern.order], features, x_now, penalty.to(dev), cg_steps)
+    x = _ridge_rows(pattern, target[pattern.order], features, x_now, penalty.to(dev), s.cg_steps)
     vec[rows_of, c] = x[:, :d].to(vec.dtype)
     bias[rows_of, k] = x[:, d].to(bias.dtype)

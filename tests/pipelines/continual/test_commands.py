@@ -222,3 +222,36 @@ def test_update_registers_only_a_child_not_worse_than_its_parent(
     worse = {"passed": False, "why": "rating/rmse on the 3 held-out rows: child 1.2 vs parent 1.1"}
     said = _register(tmp_path / "child", "continual-test", worse, {})
     assert said == {"registered": False, "why": worse["why"]}
+
+
+def test_a_tracked_parents_update_is_an_mlflow_run_nested_under_it(
+    cli, parent_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mlflow
+
+    from pipelines.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run, new = parent_run
+    doc = yaml.safe_load((run.parent / "p.yaml").read_text())
+    doc["tracking"] = {"enabled": True, "experiment": "update-test"}
+    write(tmp_path / "t.yaml", yaml.safe_dump(doc))
+    assert main(["run", str(tmp_path / "t.yaml"), "--out", str(tmp_path / "parent")]) == 0
+    parent_id = json.loads((tmp_path / "parent" / "summary.json").read_text())["mlflow"]["run_id"]
+    code, _, err = cli("update", tmp_path / "parent", "--data", new, "--strategy", "fine_tune",
+                       "--out", tmp_path / "child")  # fmt: skip
+    assert code == 0, err
+    summary = json.loads((tmp_path / "child" / "summary.json").read_text())
+    client = mlflow.MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    child = client.get_run(summary["mlflow"]["run_id"])
+    assert child.info.status == "FINISHED"
+    tags, metrics = child.data.tags, child.data.metrics
+    assert tags["mlflow.parentRunId"] == parent_id and tags["recsys_mtl.kind"] == "update"
+    assert tags["recsys_mtl.strategy"] == "fine_tune" and tags["recsys_mtl.period"] == "1"
+    assert tags["recsys_mtl.parent_run"] == str((tmp_path / "parent").resolve())
+    assert tags["recsys_mtl.data_hash"] == summary["lineage"]["data_hash"]
+    gate = summary["update"]["gate"]
+    assert metrics[f"holdout/{gate['metric']}"] == pytest.approx(gate["child"])
+    assert metrics["data/rows_trained"] == summary["data"]["rows_trained"]
+    assert metrics["update/rows_epochs"] == summary["update"]["cost"]["rows_epochs"]
+    assert summary["mlflow"]["model_uri"]  # the child's model is the run's output

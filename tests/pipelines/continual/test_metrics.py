@@ -145,3 +145,17 @@ def test_linearize_gives_each_rows_own_gradient_in_the_adaptable_state() -> None
     p0, phi = linearize(_Linear(), state, batch, chunk=2)
     np.testing.assert_allclose(p0, [3.0, 5.0, 5.0])
     np.testing.assert_allclose(phi, [[1, 1, 1], [1, 2, 1], [1, 3, 1]])
+
+
+def test_served_difference_pairs_the_fast_path_with_the_full_retrains_fast_path() -> None:
+    from pipelines.continual.stream import _paired
+
+    rng = np.random.default_rng(0)
+    period = np.repeat([5, 6], 50)
+    fast = rng.normal(0, 0.9, 100)
+    strat = {0: ({}, {"period": period, "slow": rng.normal(0, 1.2, 100), "fast": fast})}
+    full = {0: ({}, {"period": period, "slow": rng.normal(0, 1.0, 100), "fast": fast.copy()})}
+    masks = {"all": np.ones(100, bool), "warm": period == 6}
+    out = _paired(strat, full, masks, {5, 6})
+    assert out["paired/fast_warm/rmse_diff"] == 0.0 and out["paired/fast_all/high"] == 0.0
+    assert out["paired/warm/rmse_diff"] != 0.0

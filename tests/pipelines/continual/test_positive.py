@@ -38,3 +38,13 @@ def test_positive_stream_reports_popularity_and_the_model_with_its_blend(ml100k:
         assert 0.0 <= r["metrics"]["recall@10"] <= 1.0 and r["metrics"]["events"] == 2800
     assert rows[2]["metrics"]["blend_weight"] in BLEND
     assert rows[2]["metrics"]["valid/recall@10"] >= rows[1]["metrics"]["valid/recall@10"]
+
+
+def test_today_prefix_holds_each_users_earlier_known_items_of_the_slice() -> None:
+    from pipelines.continual.positive import _today_prefix
+
+    users = np.array([5, 7, 5, 5, 7, 9])
+    rows = np.array([10, 11, 12, -1, 13, 14])  # -1: an item the model does not know
+    items, mask = _today_prefix(users, rows)
+    got = [items[e][mask[e]].tolist() for e in range(len(users))]
+    assert got == [[], [], [10], [10, 12], [11], []]

@@ -99,3 +99,51 @@ def test_rankers_without_the_als_start_are_refused_with_one_line(model: str) -> 
     with pytest.raises(UserError, match="'als_rows'") as e:
         make_strategy("als_rows").update(learner, plog.rows(4), plog.before(4))
     assert "\n" not in str(e.value)
+
+
+def test_users_only_keeps_every_item_row_and_counts_only_user_rows() -> None:
+    cfg = small_config(["rating"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    both, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    new, past = plog.rows(4), plog.before(4)
+    old_items = learner.model.emb.weight("item").detach().clone()
+    n_old = old_items.shape[0]
+    cost = make_strategy("als_rows", {"epochs": 0, "sides": "users"}).update(
+        learner, new, past, seed=0
+    )
+    cost_both = make_strategy("als_rows", {"epochs": 0}).update(both, new, past, seed=0)
+    assert torch.equal(learner.model.emb.weight("item")[:n_old], old_items)
+    seen = pl.concat([past, new])
+    user_rows = seen.filter(pl.col("user_id").is_in(new["user_id"].unique().implode())).height
+    assert cost.rows_epochs == user_rows < cost_both.rows_epochs
+
+
+def test_a_larger_penalty_shrinks_the_solved_rows() -> None:
+    cfg = small_config(["rating"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    norms = []
+    for reg in (1.0, 1000.0):
+        learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+        new = plog.rows(4)
+        make_strategy("als_rows", {"epochs": 0, "reg": reg}).update(
+            learner, new, plog.before(4), seed=0
+        )
+        rows = learner.users.rows(new["user_id"].unique())
+        norms.append(float(learner.model.emb.weight("user")[rows].norm()))
+    assert norms[1] < 0.5 * norms[0]
+
+
+def test_the_full_retrains_closed_form_start_counts_as_rows_read() -> None:
+    base = small_config(["rating"]).model_dump()
+    base["train"].update(warm_start="als", als_sweeps=3)
+    from recsys_mtl.config import RunConfig
+
+    cfg = RunConfig.model_validate(base)
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    new, past = plog.rows(4), plog.before(4)
+    cost = make_strategy("full").update(learner, new, past, seed=0)
+    n = past.height + new.height  # rating-only: one training row per rating
+    # each ALS sweep reads every rating twice (user side, item side), then 2 gradient epochs
+    assert cost.rows_epochs == 2 * n * 3 + n * 2
