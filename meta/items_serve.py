@@ -8,13 +8,14 @@ has ratings of them by users the run knows, the fold-in of their rows on those r
 run's reference time). The ridge's precision and the fold-in's penalty are the run's choice on
 its cold validation items (``coldstart/items.json``) where it made one, else 10 and 10. The
 grown run scores them like any item; a known user's rating of a new item masks it out of
-their list.
+their list. ``RUN`` is a run folder or a model (``models:/NAME/VERSION``): both are read through
+:func:`recsys_mtl.runs.bundle.item_side_reader` (a model's bundle carries the spec, the choice
+and the ridge as fitted at export).
 """
 
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,20 +25,17 @@ import polars as pl
 import torch
 
 from recsys_mtl.errors import UserError
-from recsys_mtl.layout import RunLayout
 from recsys_mtl.models.item_state import (
-    ItemSideRidge,
     ItemSupport,
     grow_items,
     new_item_state,
     set_item_rows,
     side_features,
 )
+from recsys_mtl.runs.bundle import item_side_reader
 from recsys_mtl.runs.topk import items_csr
 
 __all__ = ["encode_items", "grow_run", "read_items_meta"]
-
-DEFAULTS = {"precision": 10.0, "penalty": 10.0, "steps": 50, "lr": 0.05}
 
 
 def _where(path: Path, row: int) -> str:
@@ -111,43 +109,21 @@ def encode_items(items: pl.DataFrame, spec: dict[str, Any], path: str = "--items
     return torch.from_numpy(bucket.astype(np.int64)), offsets, values
 
 
-def _choice(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "coldstart" / "items.json"
-    if path.is_file():
-        doc = json.loads(path.read_text())
-        if doc.get("enabled"):
-            return {**DEFAULTS, **{k: v for k, v in doc["choice"].items() if k in DEFAULTS}}
-    return dict(DEFAULTS)
-
-
-def _train_ratings(run_dir: Path) -> dict[str, torch.Tensor] | None:
-    path = run_dir / "split" / "train.parquet"
-    if not path.is_file():
-        return None
-    r = pl.read_parquet(path).filter(pl.col("interaction") == 1)
-    return {"user": torch.from_numpy(r["uidx"].to_numpy().astype(np.int64)),
-            "item": torch.from_numpy(r["iidx"].to_numpy().astype(np.int64)),
-            "rating": torch.from_numpy(r["rating"].to_numpy().astype(np.float32)),
-            "day": torch.from_numpy(r["day"].to_numpy().astype(np.int64)),
-            "time_bin": torch.from_numpy(r["time_bin"].to_numpy().astype(np.int64))}  # fmt: skip
-
-
-def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None
-             ) -> tuple[Any, pl.DataFrame | None, int]:  # fmt: skip
-    """``run`` serving the items of ``items`` (:func:`read_items_meta`) it has no trained rows
-    for: unknown items are appended to its tables, known items without a training rating (a
-    protocol's held-out items) get their rows replaced. Returns the run, the support rows left
-    for the user-side adapter (known users' rows on those items are the items' support and
-    leave it) and the number of items served this way."""
-    spec_path = Path(run.run_dir) / "features" / RunLayout.SPEC
-    if not spec_path.is_file():
-        raise UserError(f"--items-meta: {run.run_dir} has no features spec ({spec_path}) to "
-                        "encode new items' genres and year with")  # fmt: skip
+def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None,
+             source: str | None = None) -> tuple[Any, pl.DataFrame | None, int]:  # fmt: skip
+    """``run`` (a run folder's or a bundle's) serving the items of ``items``
+    (:func:`read_items_meta`) it has no trained rows for: unknown items are appended to its
+    tables, known items without a training rating (a protocol's held-out items) get their rows
+    replaced. Returns the run, the support rows left for the user-side adapter (known users'
+    rows on those items are the items' support and leave it) and the number of items served
+    this way. ``source`` names the run or model in errors (default: its folder)."""
+    side = item_side_reader(run.run_dir, run.model)
+    problem = side.problem(source or str(run.run_dir))
+    if problem:
+        raise UserError(f"--items-meta: {problem}")
     model = run.model
-    ratings = _train_ratings(Path(run.run_dir))
     n_old = int(model.ctx.n_items)
-    trained = (torch.unique(ratings["item"]) if ratings is not None
-               else torch.arange(n_old))  # fmt: skip
+    trained = side.trained()
     items = items.unique("item_id", keep="first", maintain_order=True)
     idx, known = run.item_index(items["item_id"])
     is_trained = torch.zeros(n_old + 1, dtype=torch.bool)
@@ -157,9 +133,9 @@ def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None
     idx, known = idx[serve], known[serve]
     if not items.height:
         return run, support, 0
-    bucket, offsets, values = encode_items(items, json.loads(spec_path.read_text()))
-    c = _choice(Path(run.run_dir))
-    ridge = ItemSideRidge(c["precision"]).fit(model, trained, ratings)
+    bucket, offsets, values = encode_items(items, side.spec())
+    c = side.choice()
+    ridge = side.ridge()
     x = side_features(offsets, values, bucket, int(model.ctx.n_genres), int(model.ctx.n_year))
     prior = ridge.rows(x)
     unknown = ~known

@@ -127,7 +127,7 @@ def score_command(
     if items_meta:
         from meta.items_serve import grow_run, read_items_meta  # deferred: torch, --items-meta
 
-        run, sup, n_new_items = grow_run(run, read_items_meta(items_meta, idt), sup)
+        run, sup, n_new_items = grow_run(run, read_items_meta(items_meta, idt), sup, source)
     learners = _check_learner_dir(learner_dir) if learner_dir else None
     demo = read_users_meta(users_meta, udt) if users_meta else None
     only = None

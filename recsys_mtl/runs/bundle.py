@@ -7,7 +7,14 @@
 * ``seen.npz``: every item each user has in the log (CSR), masked out of their top-K;
 * ``info.json``: reference time, run id, config hash, weights digest, package version;
 * a cold-start run's served method: ``coldstart/served.json`` and the folders it reads under
-  ``meta_train/`` (the served learner, the demographic state), at the paths of the run folder.
+  ``meta_train/`` (the served learner, the demographic state), at the paths of the run folder;
+* what serving new items reads (``score --items-meta``): ``features/spec.json`` (the genres and
+  year encoding), ``coldstart/item_side.json`` (the item-state choice of the run's cold
+  validation, the ridge's shapes) and ``coldstart/item_side.pt`` (the side-feature ridge fitted
+  on the run's trained items, and which items those are: a few small tensors).
+
+:func:`item_side_reader` reads the last from a run folder (the ridge fitted on its training
+ratings) or a bundle (the ridge as fitted at export) through one interface.
 
 The MLflow model (:mod:`recsys_mtl.tracking.model`) carries a bundle as its artifact.
 """
@@ -15,24 +22,44 @@ The MLflow model (:mod:`recsys_mtl.tracking.model`) carries a bundle as its arti
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
 import torch
+from torch import nn
 
 from recsys_mtl import __version__
-from recsys_mtl.io import file_digest, write_json, write_parquet
+from recsys_mtl.io import file_digest, load_tensors, save_tensors, write_json, write_parquet
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.models.context import FeatureContext
+from recsys_mtl.models.item_state import ItemSideRidge
 from recsys_mtl.runs.load import LoadedRun, load_ranker, load_run
 
-__all__ = ["export_bundle", "is_bundle", "load_bundle", "run_info"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "ITEM_DEFAULTS",
+    "BundleItemSide",
+    "ItemSideReader",
+    "RunItemSide",
+    "export_bundle",
+    "is_bundle",
+    "item_side_reader",
+    "load_bundle",
+    "run_info",
+]
+
+BUNDLE_FORMAT = 2  # 1: bundles without what new items need (before coldstart/item_side.*)
+ITEMS_CHOICE = "items.json"  # coldstart/: the run's cold-validation choice for new items
+ITEM_SIDE = "item_side.pt"  # coldstart/ of a bundle: the fitted ridge and the trained items
+ITEM_SIDE_INFO = "item_side.json"  # coldstart/ of a bundle: the choice, the ridge's shapes
+ITEM_DEFAULTS = {"precision": 10.0, "penalty": 10.0, "steps": 50, "lr": 0.05}
 
 
 def run_info(run_dir: str | Path) -> dict[str, Any]:
@@ -87,6 +114,7 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
         np.savez(tmp / "seen.npz", offsets=run.seen[0].numpy(), values=run.seen[1].numpy())
         write_json({**run_info(run_dir), "reference": run.reference}, tmp / "info.json")
         _copy_served(Path(run_dir), tmp)
+        _write_item_side(Path(run_dir), run.model, tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -135,3 +163,148 @@ def load_bundle(bundle_dir: str | Path, device: str = "cpu") -> Any:
 def is_bundle(path: Path) -> bool:
     """Whether ``path`` is a bundle folder (weights and info present)."""
     return (path / "weights.pt").is_file() and (path / "info.json").is_file()
+
+
+class ItemSideReader(Protocol):
+    """What serving new items reads, whichever the layout (:class:`RunItemSide`,
+    :class:`BundleItemSide`)."""
+
+    def problem(self, name: str) -> str | None:
+        """Why new items cannot be served from here (``name``: how the user named it), or None."""
+
+    def spec(self) -> dict[str, Any]:
+        """The features spec (the genres and year encoding)."""
+
+    def choice(self) -> dict[str, Any]:
+        """The item-state settings: ``precision``, ``penalty``, ``steps``, ``lr``."""
+
+    def trained(self) -> torch.Tensor:
+        """Indices of the items the ranker trained on (sorted)."""
+
+    def ridge(self) -> ItemSideRidge:
+        """The side-feature ridge fitted on those items at the chosen precision."""
+
+
+class RunItemSide:
+    """What serving new items reads from a run folder: its features spec, the choice of
+    ``coldstart/items.json`` (where the run held items out, else :data:`ITEM_DEFAULTS`) and the
+    training ratings of ``split/train.parquet``, on which the side-feature ridge is fitted."""
+
+    def __init__(self, run_dir: str | Path, model: nn.Module) -> None:
+        self.root, self.model = Path(run_dir), model
+        self.spec_path = RunLayout(self.root).features / RunLayout.SPEC
+
+    def problem(self, name: str) -> str | None:
+        if not self.spec_path.is_file():
+            return (f"{name} has no features spec ({self.spec_path}) to encode new items' "
+                    "genres and year with")  # fmt: skip
+        return None
+
+    def spec(self) -> dict[str, Any]:
+        return json.loads(self.spec_path.read_text())
+
+    def choice(self) -> dict[str, Any]:
+        path = RunLayout(self.root).stage(RunLayout.COLDSTART) / ITEMS_CHOICE
+        doc = json.loads(path.read_text()) if path.is_file() else {}
+        chosen = doc.get("choice", {}) if doc.get("enabled") else {}
+        return {**ITEM_DEFAULTS, **{k: v for k, v in chosen.items() if k in ITEM_DEFAULTS}}
+
+    @functools.cached_property
+    def _ratings(self) -> dict[str, torch.Tensor] | None:
+        path = RunLayout(self.root).split / "train.parquet"
+        if not path.is_file():
+            return None
+        cols = ["uidx", "iidx", "rating", "day", "time_bin", "interaction"]
+        r = pl.read_parquet(path, columns=cols).filter(pl.col("interaction") == 1)
+
+        def of(col: str, dtype: type = np.int64) -> torch.Tensor:
+            return torch.from_numpy(r[col].to_numpy().astype(dtype))
+
+        return {"user": of("uidx"), "item": of("iidx"), "rating": of("rating", np.float32),
+                "day": of("day"), "time_bin": of("time_bin")}  # fmt: skip
+
+    @functools.cached_property
+    def _trained(self) -> torch.Tensor:
+        """Items with a training rating (every item without the ratings file)."""
+        if self._ratings is None:
+            return torch.arange(int(self.model.ctx.n_items))
+        return torch.unique(self._ratings["item"])
+
+    def trained(self) -> torch.Tensor:
+        return self._trained
+
+    def ridge(self) -> ItemSideRidge:
+        return ItemSideRidge(self.choice()["precision"]).fit(self.model, self.trained(),
+                                                             self._ratings)  # fmt: skip
+
+
+class BundleItemSide:
+    """What serving new items reads from a bundle: the same as :class:`RunItemSide`, the ridge
+    as fitted at export (``coldstart/item_side.*``)."""
+
+    NEEDS = (f"{RunLayout.FEATURES}/{RunLayout.SPEC}", f"{RunLayout.COLDSTART}/{ITEM_SIDE_INFO}",
+             f"{RunLayout.COLDSTART}/{ITEM_SIDE}")  # fmt: skip
+
+    def __init__(self, bundle_dir: str | Path, model: nn.Module) -> None:
+        self.root, self.model = Path(bundle_dir), model
+
+    def problem(self, name: str) -> str | None:
+        missing = [rel for rel in self.NEEDS if not (self.root / rel).is_file()]
+        if missing:
+            return (f"{name} was logged before models carried what new items need (its bundle "
+                    f"has no {', '.join(missing)}); register its run again (`recsys-mtl "
+                    "register RUN_DIR --name NAME` logs the model afresh) or score the run "
+                    "directory")  # fmt: skip
+        return None
+
+    @functools.cached_property
+    def _info(self) -> dict[str, Any]:
+        return json.loads((self.root / RunLayout.COLDSTART / ITEM_SIDE_INFO).read_text())
+
+    @functools.cached_property
+    def _tensors(self) -> dict[str, Any]:
+        return load_tensors(self.root / RunLayout.COLDSTART / ITEM_SIDE)
+
+    def spec(self) -> dict[str, Any]:
+        return json.loads((self.root / RunLayout.FEATURES / RunLayout.SPEC).read_text())
+
+    def choice(self) -> dict[str, Any]:
+        return dict(self._info["choice"])
+
+    def trained(self) -> torch.Tensor:
+        return self._tensors["trained"].nonzero().squeeze(1)
+
+    def ridge(self) -> ItemSideRidge:
+        info, t = self._info, self._tensors
+        ridge = ItemSideRidge(info["precision"])
+        ridge.mean_x, ridge.mean_y, ridge.weights = t["mean_x"], t["mean_y"], t["weights"]
+        ridge.shapes = {n: tuple(s) for n, s in info["shapes"].items()}
+        ridge.calibration = t.get("calibration")
+        ridge.bias = tuple(info["bias"]) if info["bias"] is not None else None
+        return ridge
+
+
+def item_side_reader(path: str | Path, model: nn.Module) -> ItemSideReader:
+    """What serving new items reads, from the run folder or the bundle at ``path``."""
+    return BundleItemSide(path, model) if is_bundle(Path(path)) else RunItemSide(path, model)
+
+
+def _write_item_side(run_dir: Path, model: nn.Module, out: Path) -> None:
+    """The features spec, the item-state choice and the fitted side-feature ridge of a run (with
+    its trained items as a mask), for :class:`BundleItemSide`."""
+    src = RunItemSide(run_dir, model)
+    (out / RunLayout.FEATURES).mkdir(exist_ok=True)
+    shutil.copyfile(src.spec_path, out / RunLayout.FEATURES / RunLayout.SPEC)
+    ridge = src.ridge()
+    trained = torch.zeros(int(model.ctx.n_items), dtype=torch.bool)
+    trained[src.trained()] = True
+    tensors = {"trained": trained, "mean_x": ridge.mean_x, "mean_y": ridge.mean_y,
+               "weights": ridge.weights}  # fmt: skip
+    if ridge.calibration is not None:
+        tensors["calibration"] = ridge.calibration
+    (out / RunLayout.COLDSTART).mkdir(exist_ok=True)
+    save_tensors(tensors, out / RunLayout.COLDSTART / ITEM_SIDE)
+    write_json({"choice": src.choice(), "precision": ridge.precision,
+                "shapes": {n: list(s) for n, s in ridge.shapes.items()},
+                "bias": list(ridge.bias) if ridge.bias is not None else None},
+               out / RunLayout.COLDSTART / ITEM_SIDE_INFO)  # fmt: skip

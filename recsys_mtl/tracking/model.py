@@ -25,7 +25,7 @@ import polars as pl
 from recsys_mtl import __version__
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path
-from recsys_mtl.runs.bundle import export_bundle, is_bundle, load_bundle, run_info
+from recsys_mtl.runs.bundle import BUNDLE_FORMAT, export_bundle, is_bundle, load_bundle, run_info
 from recsys_mtl.runs.load import load_run
 from recsys_mtl.tracking.names import check_store, default_tracking_uri
 from recsys_mtl.tracking.versions import (
@@ -200,6 +200,7 @@ def log_pyfunc(
     t0 = time.perf_counter()
     info = run_info(run_dir)
     tags = {k: str(info[k]) for k in ("config_hash", "weights_digest", "package_version")}
+    tags["bundle_format"] = str(BUNDLE_FORMAT)
     logged = client.create_logged_model(
         experiment_id, name=MODEL_NAME, source_run_id=run_id, tags=tags, model_type="recsys-mtl"
     )
@@ -217,6 +218,23 @@ def log_pyfunc(
         "model_uri": f"models:/{logged.model_id}",
         "seconds": round(time.perf_counter() - t0, 4),
     }
+
+
+def _older_format(client: Any, source: str) -> bool:
+    """Whether the logged model ``source`` (``models:/MODEL_ID``) carries a bundle of an earlier
+    format than this version writes (no ``bundle_format`` tag: format 1); a model the store
+    cannot show counts as current (the registry reports on it)."""
+    from mlflow.exceptions import MlflowException  # deferred: mlflow (over a second to import)
+
+    model_id = source.removeprefix("models:/")
+    if model_id == source or "/" in model_id or "@" in model_id:
+        return False
+    try:
+        tags = client.get_logged_model(model_id).tags or {}
+    except MlflowException:
+        return False
+    value = tags.get("bundle_format", "1")
+    return int(value) < BUNDLE_FORMAT if value.isdigit() else False
 
 
 def _stamp_model_id(local: Path, model_id: str, run_id: str | None) -> None:
@@ -242,8 +260,9 @@ def register(
 ) -> dict[str, Any]:
     """Register the run's MLflow model as a new version of ``name`` in the model registry.
 
-    The model logged by the pipeline run is used; a run that logged none (tracking was off)
-    gets one logged now. The version carries ``description`` (default:
+    The model logged by the pipeline run is used; a run that logged none (tracking was off), or
+    whose model predates this bundle format (:data:`recsys_mtl.runs.bundle.BUNDLE_FORMAT`:
+    without what new items need), gets one logged now. The version carries ``description`` (default:
     :func:`default_description`), the tags of :func:`version_tags` updated with ``tags``, and
     each of ``aliases`` (moved to it from any version that held it). Names, aliases and tag
     keys are checked before anything is written. Returns ``{"name", "version", "model_uri",
@@ -268,6 +287,8 @@ def register(
     except MlflowException:
         run_tags = {}  # the run is in another store, or gone: the defaults go without its tags
     source = info["model_uri"]
+    if source is not None and _older_format(client, source):
+        source = None
     try:
         if source is None:
             exp_name = info["experiment"] or "recsys-mtl"
