@@ -28,6 +28,7 @@ import polars as pl
 
 from recsys_mtl.config import FeaturesConfig
 from recsys_mtl.data.negatives import draw_unrated, pair_keys, sample_negatives
+from recsys_mtl.data.onepass import SEEN_LIMIT
 from recsys_mtl.data.stream import partitions_for
 from recsys_mtl.io import atomic_path, write_json, write_parquet
 from recsys_mtl.layout import RunLayout
@@ -37,6 +38,7 @@ __all__ = [
     "TASK_SPECS",
     "build_features",
     "draw_unrated",
+    "index_of",
     "negative_rows",
     "pair_keys",
     "sample_negatives",
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 AGE_BOUNDS = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups
+# of the interactions table: faster to write and to read than zstd, for a larger file
+COMPRESSION = "lz4"
 TASK_SPECS: dict[str, dict[str, str]] = {
     "rating": {"kind": "regression", "label": "rating", "rows": "interaction == 1"},
     "interaction": {"kind": "binary", "label": "interaction", "rows": "all"},
@@ -208,12 +212,9 @@ def _table(
     out: Path,
 ) -> dict[str, int]:
     """The interactions table in memory: every rating, then its sampled negatives."""
-    uidx = inter["user_id"].replace_strict(
-        user_features["user_id"], user_features["uidx"], return_dtype=pl.Int32
-    )
-    iidx = inter["item_id"].replace_strict(
-        item_features["item_id"], item_features["iidx"], return_dtype=pl.Int32
-    )
+    uidx = inter.select(index_of("user_id", user_features["user_id"], user_features["uidx"]))
+    iidx = inter.select(index_of("item_id", item_features["item_id"], item_features["iidx"]))
+    uidx, iidx = uidx.to_series().alias("uidx"), iidx.to_series().alias("iidx")
     ts = inter["ts"]
     t_min, t_max = (int(ts.min()), int(ts.max())) if inter.height else (0, 0)
     positives = pl.DataFrame(
@@ -232,12 +233,24 @@ def _table(
         uidx.to_numpy(), iidx.to_numpy(), item_features.height, cfg.negatives_per_positive, rng
     )
     negatives = negative_rows(positives, owner, neg_items)
-    write_parquet(pl.concat([positives, negatives]), out / "interactions.parquet")
+    with atomic_path(out / "interactions.parquet") as tmp:
+        pl.concat([positives, negatives]).write_parquet(tmp, compression=COMPRESSION)
     return {
         "positives": positives.height,
         "negatives": negatives.height,
         "negatives_unavailable": unavailable,
     }
+
+
+def index_of(column: str, ids: pl.Series, index: pl.Series) -> pl.Expr:
+    """``column`` mapped from the ids ``ids`` to ``index`` (every value of ``column`` is one of
+    ``ids``): a gather from a table indexed by the id while the ids are non-negative and below
+    :data:`~recsys_mtl.data.onepass.SEEN_LIMIT` (no hashing), else a hashed replace."""
+    if ids.dtype.is_integer() and ids.len() and ids.min() >= 0 and ids.max() < SEEN_LIMIT:
+        table = np.zeros(int(ids.max()) + 1, dtype=np.int64)
+        table[ids.to_numpy()] = index.to_numpy()
+        return pl.lit(pl.Series(table).cast(index.dtype)).gather(pl.col(column)).alias(column)
+    return pl.col(column).replace_strict(ids, index, return_dtype=index.dtype)
 
 
 def _partitioned_table(
@@ -249,50 +262,59 @@ def _partitioned_table(
     parts: int,
     out: Path,
 ) -> dict[str, int]:
-    """The interactions table in bounded memory: the positives by one streaming pass, the
-    negatives per partition of the users (``uidx`` modulo ``parts``), then both concatenated
-    by a streaming pass. The same columns and positives as the in-memory path."""
+    """The interactions table in bounded memory: the negatives drawn per partition of the
+    users (``uidx`` modulo ``parts``, each partition's ratings read from the ingested table
+    on their own) into small files of their ``row, uidx, iidx, ts``, then one streaming pass
+    that writes the positives, computed from the ingested table, and the negatives. The same
+    table as the in-memory path, up to the draws (seeded by ``(features.seed, partition)``)."""
     work = out / "_partitions"
     work.mkdir(parents=True, exist_ok=True)
-    users = user_features.select("user_id", "uidx").lazy()
-    items = item_features.select("item_id", "iidx").lazy()
-    positives = (
-        scan.with_row_index("row")
-        .join(users, on="user_id", how="left", maintain_order="left")
-        .join(items, on="item_id", how="left", maintain_order="left")
-        .select(
-            pl.col("row").cast(pl.Int64),
-            "uidx",
-            "iidx",
-            "rating",
-            (pl.col("rating") >= cfg.like_threshold).cast(pl.Int8).alias("like"),
-            pl.lit(1, pl.Int8).alias("interaction"),
-            "ts",
-            *time_columns(cfg, *time_range),
-        )
+    uidx = index_of("user_id", user_features["user_id"], user_features["uidx"]).alias("uidx")
+    iidx = index_of("item_id", item_features["item_id"], item_features["iidx"]).alias("iidx")
+    positives = scan.with_row_index("row").select(
+        pl.col("row").cast(pl.Int64),
+        uidx,
+        iidx,
+        "rating",
+        (pl.col("rating") >= cfg.like_threshold).cast(pl.Int8).alias("like"),
+        pl.lit(1, pl.Int8).alias("interaction"),
+        "ts",
+        *time_columns(cfg, *time_range),
     )
-    pos_path = work / "positives.parquet"
-    positives.sink_parquet(pos_path)
     n_pos = n_neg = unavailable = 0
+    files = []
     for p in range(parts):
-        part = pl.scan_parquet(pos_path).filter(pl.col("uidx") % parts == p).collect()
+        mine = user_features.filter(pl.col("uidx") % parts == p)["user_id"]
+        part = (
+            scan.with_row_index("row")
+            .filter(pl.col("user_id").is_in(mine.implode()))
+            .select(pl.col("row").cast(pl.Int64), uidx, iidx, "ts")
+            .collect()
+        )
         rng = np.random.default_rng([cfg.seed, p])
         owner, neg_items, missing = sample_negatives(
             part["uidx"].to_numpy(), part["iidx"].to_numpy(), item_features.height,
             cfg.negatives_per_positive, rng,
         )  # fmt: skip
-        negatives = negative_rows(part, owner, neg_items)
-        negatives.write_parquet(work / f"negatives-{p:04d}.parquet")
-        n_pos, n_neg, unavailable = (
-            n_pos + part.height,
-            n_neg + negatives.height,
-            (unavailable + missing),
+        negatives = part.select("row", "uidx", "ts")[owner].with_columns(
+            pl.Series("iidx", neg_items, dtype=pl.Int32)
         )
+        files.append(work / f"negatives-{p:04d}.parquet")
+        negatives.write_parquet(files[-1], compression="lz4")
+        n_pos, n_neg = n_pos + part.height, n_neg + negatives.height
+        unavailable += missing
         del part, negatives
-    files = [pl.scan_parquet(pos_path)] + [
-        pl.scan_parquet(work / f"negatives-{p:04d}.parquet") for p in range(parts)
-    ]
+    negatives = pl.scan_parquet(files).select(
+        "row",
+        "uidx",
+        "iidx",
+        pl.lit(None, pl.Float32).alias("rating"),
+        pl.lit(None, pl.Int8).alias("like"),
+        pl.lit(0, pl.Int8).alias("interaction"),
+        "ts",
+        *time_columns(cfg, *time_range),
+    )
     with atomic_path(out / "interactions.parquet") as tmp:
-        pl.concat(files).sink_parquet(tmp)
+        pl.concat([positives, negatives]).sink_parquet(tmp, compression=COMPRESSION)
     shutil.rmtree(work, ignore_errors=True)
     return {"positives": n_pos, "negatives": n_neg, "negatives_unavailable": unavailable}

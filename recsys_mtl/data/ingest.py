@@ -27,8 +27,9 @@ import polars as pl
 from recsys_mtl.config import DataConfig
 from recsys_mtl.data.grouplens import detect_layout, read_layout
 from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame, reason_counts
+from recsys_mtl.data.onepass import stream_interactions
 from recsys_mtl.data.raw import Layout, RawTables
-from recsys_mtl.data.stream import STREAMED_KINDS, discard, pair_key, stream_interactions
+from recsys_mtl.data.stream import STREAMED_KINDS, discard, pair_key
 from recsys_mtl.data.synthetic import write_synthetic
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
@@ -127,8 +128,15 @@ def _duplicated_pairs(df: pl.DataFrame) -> pl.Series | None:
     return valid.is_not_null() & valid.is_duplicated()
 
 
-def _rated(kept: pl.DataFrame | pl.LazyFrame) -> dict[str, int]:
-    """Distinct rated users and items (a streaming aggregate of a lazy table)."""
+def _rated(
+    kept: pl.DataFrame | pl.LazyFrame,
+    users: pl.Series | None = None,
+    items: pl.Series | None = None,
+) -> dict[str, int]:
+    """Distinct rated users and items (a streaming aggregate of a lazy table, unless the pass
+    that wrote it collected them)."""
+    if users is not None and items is not None:
+        return {"rated_users": users.len(), "rated_items": items.len()}
     n = kept.lazy().select(
         pl.col("user_id").n_unique().alias("rated_users"),
         pl.col("item_id").n_unique().alias("rated_items"),
@@ -136,8 +144,19 @@ def _rated(kept: pl.DataFrame | pl.LazyFrame) -> dict[str, int]:
     return n.collect().row(0, named=True)
 
 
-def _derive_users(kept: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    ids = kept.lazy().select(pl.col("user_id").unique().sort()).collect()
+def _distinct(
+    kept: pl.DataFrame | pl.LazyFrame, column: str, found: pl.Series | None
+) -> pl.DataFrame:
+    """The sorted distinct values of ``column`` (``found``: already collected by the pass)."""
+    if found is not None:
+        return found.sort().to_frame(column)
+    return kept.lazy().select(pl.col(column).unique().sort()).collect()
+
+
+def _derive_users(
+    kept: pl.DataFrame | pl.LazyFrame, found: pl.Series | None = None
+) -> pl.DataFrame:
+    ids = _distinct(kept, "user_id", found)
     return ids.with_columns(
         pl.lit(None, pl.Int32).alias("age"),
         pl.lit(None, pl.String).alias("gender"),
@@ -146,8 +165,10 @@ def _derive_users(kept: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     )
 
 
-def _derive_items(kept: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
-    ids = kept.lazy().select(pl.col("item_id").unique().sort()).collect()
+def _derive_items(
+    kept: pl.DataFrame | pl.LazyFrame, found: pl.Series | None = None
+) -> pl.DataFrame:
+    ids = _distinct(kept, "item_id", found)
     return ids.with_columns(
         pl.lit(None, pl.String).alias("title"),
         pl.lit(None, pl.Int32).alias("year"),
@@ -178,7 +199,7 @@ def ingest(
     """Read, validate and write the canonical tables of the log ``cfg`` describes.
 
     ``streaming``: the GroupLens layouts (:data:`~recsys_mtl.data.stream.STREAMED_KINDS`) parse
-    and validate their ratings in bounded memory (:mod:`recsys_mtl.data.stream`, partitions by
+    and validate their ratings in bounded memory (:mod:`recsys_mtl.data.onepass`, partitions by
     ``data.memory_mb``) unless it is False; generic logs are read in memory. Both paths write
     the same tables.
 
@@ -220,11 +241,13 @@ def _ingest(
 ) -> IngestResult:
     auto = cfg.rating_scale == "auto"
     kept: pl.DataFrame | pl.LazyFrame
+    ids: tuple[pl.Series | None, pl.Series | None] = (None, None)
     if streamed:
         found = stream_interactions(layout, fixed, known_users, known_items, work, cfg.memory_mb)
         kept, n_kept = pl.scan_parquet(found.kept_path), found.kept_rows
         rejects, scale, observed = found.rejects, found.scale, found.observed
         raw.blank_lines = found.blank_lines
+        ids = (found.users, found.items)
     else:
         kept, rejects, scale, observed = validate_interactions(
             raw.interactions, fixed, known_users, known_items, layout.rating_scale
@@ -279,8 +302,8 @@ def _ingest(
             f"{max_share:g}; top reason: {top} ({n_top:,} rows{hint}); the rejected "
             f"rows are in {kept_at.absolute()}"
         )
-    users = raw.users if raw.users is not None else _derive_users(kept)
-    items = raw.items if raw.items is not None else _derive_items(kept)
+    users = raw.users if raw.users is not None else _derive_users(kept, ids[0])
+    items = raw.items if raw.items is not None else _derive_items(kept, ids[1])
 
     if isinstance(kept, pl.LazyFrame):  # the streamed rows: already a Parquet file
         found.kept_path.replace(out / "interactions.parquet")
@@ -310,7 +333,7 @@ def _ingest(
         "side_tables": raw.side_reports,
         "users": users.height,
         "items": items.height,
-        **_rated(kept),
+        **_rated(kept, *ids),
         "genres": raw.genres or [],
     }
     write_json(report, out / "report.json")

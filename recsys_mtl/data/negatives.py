@@ -18,7 +18,10 @@ __all__ = ["DENSE_MEMBERSHIP_LIMIT", "draw_unrated", "pair_keys", "sample_negati
 def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     """One int64 key per (user, item) pair, ``user * n_items + item``: sorted, these keys are
     how membership of a pair in a set of ratings is tested (``np.searchsorted``)."""
-    return np.asarray(users).astype(np.int64) * n_items + np.asarray(items).astype(np.int64)
+    keys = np.asarray(users).astype(np.int64)  # a copy, updated in place: one allocation
+    keys *= n_items
+    keys += np.asarray(items).astype(np.int64, copy=False)
+    return keys
 
 
 def _member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -88,7 +91,8 @@ def draw_unrated(
             bad |= again.ravel()
         return pos[bad]
 
-    bad = rejected(np.arange(n * k))
+    # the first round tests every draw at once, without gathering by position
+    bad = rejected(np.arange(n * k)) if distinct else np.flatnonzero(member(base + item))
     for _ in range(max_rounds):
         if bad.size == 0:
             break

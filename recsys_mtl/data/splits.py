@@ -35,10 +35,11 @@ import numpy as np
 import polars as pl
 
 from recsys_mtl.config import DataConfig, SplitConfig
+from recsys_mtl.data.features import COMPRESSION
 from recsys_mtl.data.grouplens import read_layout
 from recsys_mtl.data.raw import Layout
 from recsys_mtl.errors import UserError
-from recsys_mtl.io import write_json, write_parquet
+from recsys_mtl.io import atomic_path, write_json, write_parquet
 from recsys_mtl.registry import Registry
 
 __all__ = ["SPLITTERS", "split_dataset"]
@@ -207,8 +208,8 @@ def split_dataset(
     """Split the feature table of ``features_dir``; returns the report (also written)."""
     src, out = Path(features_dir), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    table = pl.read_parquet(src / "interactions.parquet")
-    pos = table.filter(pl.col("interaction") == 1).select("row", "uidx", "iidx", "ts")
+    table = pl.scan_parquet(src / "interactions.parquet")
+    pos = table.filter(pl.col("interaction") == 1).select("row", "uidx", "iidx", "ts").collect()
     rng = np.random.default_rng(cfg.seed)
     report: dict[str, Any] = {"strategy": cfg.strategy, "seed": cfg.seed}
     splitter = SPLITTERS.get(cfg.strategy, "split.strategy")
@@ -222,25 +223,37 @@ def split_dataset(
         report=report,
     )
     assign.update(_carve_valid(pos, assign["train"], cfg, rng))
-
-    labels = pl.concat(
-        [
-            pl.DataFrame({"row": rows.astype(np.int64), "part": name})
-            for name, rows in assign.items()
-        ]
-    )
-    table = table.join(labels, on="row", how="inner", maintain_order="left")
-    report["parts"] = {}
-    for name in assign:
-        part = table.filter(pl.col("part") == name).drop("part")
-        write_parquet(part, out / f"{name}.parquet")
-        report["parts"][name] = {
-            "ratings": int((part["interaction"] == 1).sum()),
-            "negatives": int((part["interaction"] == 0).sum()),
-            "users": part["uidx"].n_unique(),
-        }
-    train = table.filter((pl.col("part") == "train") & (pl.col("interaction") == 1))
-    implicit = train.group_by("uidx").agg(pl.col("iidx").sort().alias("items")).sort("uidx")
-    write_parquet(implicit, out / "train_user_items.parquet")
+    n_ratings = pos.height
+    del pos
+    report["parts"] = _write_parts(table, assign, n_ratings, out)
     write_json(report, out / "report.json")
     return report
+
+
+def _write_parts(
+    table: pl.LazyFrame, assign: Assign, n_ratings: int, out: Path
+) -> dict[str, dict[str, int]]:
+    """Each part's rows of ``table`` (ratings and their negatives, in table order) to
+    ``<part>.parquet``, and the train ratings' items per user to ``train_user_items.parquet``:
+    one streaming pass per part, each row's part looked up by its ``row`` (the rating's
+    position, ``0 .. n_ratings - 1``) in a table of part codes (no join); returns each part's
+    counts."""
+    code = np.full(n_ratings, -1, dtype=np.int8)  # the part of each rating row; -1: in none
+    for k, rows in enumerate(assign.values()):
+        code[rows] = k
+    part_of = pl.lit(pl.Series(code)).gather(pl.col("row"))
+    counts = {}
+    for k, name in enumerate(assign):
+        rows = table.filter(part_of == k)
+        with atomic_path(out / f"{name}.parquet") as tmp:
+            rows.sink_parquet(tmp, compression=COMPRESSION)
+        n = pl.scan_parquet(out / f"{name}.parquet").select(
+            (pl.col("interaction") == 1).sum().alias("ratings"),
+            (pl.col("interaction") == 0).sum().alias("negatives"),
+            pl.col("uidx").n_unique().alias("users"),
+        )
+        counts[name] = {key: int(v) for key, v in n.collect().row(0, named=True).items()}
+    train = pl.scan_parquet(out / "train.parquet").filter(pl.col("interaction") == 1)
+    implicit = train.group_by("uidx").agg(pl.col("iidx").sort().alias("items")).sort("uidx")
+    write_parquet(implicit.collect(), out / "train_user_items.parquet")
+    return counts

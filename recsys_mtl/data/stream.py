@@ -1,13 +1,14 @@
-"""Bounded-memory ingest of a GroupLens ratings file: the same tables as the in-memory path.
+"""Bounded-memory ingest of a GroupLens ratings file: the parts it is built from, and the passes
+a log with duplicate pairs takes. :func:`recsys_mtl.data.onepass.stream_interactions` is the
+entry point; it needs one pass unless a (user, item) pair repeats.
 
-One streaming pass parses the file (polars ``scan_csv`` with a fixed schema, the line number
-carried as a column) into a Parquet file of parsed rows; a file that does not parse cleanly is
-read as lazy text lines instead (:func:`recsys_mtl.data.lines.scan_lines`), each bad line
-getting its reason. A second streaming pass applies the value rules and sinks two outputs, the
-kept rows and the rejected ones. Duplicate (user, item) pairs (keep the latest) need every
-rating of a user at once: they are found per hash partition of the users, whose number follows
-``data.memory_mb`` (:func:`partitions_for`), and the losers leave the kept rows in a last
-streaming pass. No step holds the whole log in memory.
+The rows come from a typed scan (:func:`typed_rows`: polars ``scan_csv`` with a fixed schema,
+the line number carried as a column) or, for a file that does not parse cleanly, from lazy
+text lines (:func:`line_rows`), each bad line getting its reason; :func:`value_rules` gives
+the value-level reasons. With duplicates (:func:`stream_with_losers`): every row with its
+reason goes to ``checked.parquet``, the losers are found per hash partition of the users,
+whose number follows ``data.memory_mb`` (:func:`partitions_for`), and the kept rows are
+written by a last streaming pass. No step holds the whole log in memory.
 """
 
 from __future__ import annotations
@@ -26,11 +27,16 @@ from recsys_mtl.errors import UserError
 
 __all__ = [
     "STREAMED_KINDS",
+    "UNPARSED",
+    "VALUE_REASONS",
     "StreamChecked",
     "duplicate_losers",
+    "line_rows",
+    "observed_span",
     "pair_key",
     "partitions_for",
-    "stream_interactions",
+    "stream_with_losers",
+    "typed_rows",
     "user_partition",
     "value_rules",
 ]
@@ -43,11 +49,11 @@ ROW_BYTES = 96
 ROW_GROUP = 1 << 18
 
 
-def partitions_for(rows: int, memory_mb: int) -> int:
+def partitions_for(rows: int, memory_mb: int, row_bytes: int = ROW_BYTES) -> int:
     """Hash partitions of the users such that one partition's ratings take at most half of
-    ``memory_mb`` at :data:`ROW_BYTES` each (1 for a log that fits)."""
+    ``memory_mb`` at ``row_bytes`` each (1 for a log that fits)."""
     budget = max(1, memory_mb) * 2**20 // 2
-    return max(1, math.ceil(rows * ROW_BYTES / budget))
+    return max(1, math.ceil(rows * row_bytes / budget))
 
 
 def user_partition(column: str, n: int, p: int) -> pl.Expr:
@@ -117,6 +123,8 @@ class StreamChecked:
     scale: tuple[float, float]
     observed: tuple[float, float] | None
     blank_lines: int
+    users: pl.Series | None = None  # the distinct user ids kept, when the pass collected them
+    items: pl.Series | None = None  # the same for items
 
 
 def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
@@ -140,7 +148,7 @@ def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
     return lf.with_columns(pl.col("line").cast(pl.Int64)), gaps
 
 
-def _observed(rows: pl.LazyFrame) -> tuple[float, float] | None:
+def observed_span(rows: pl.LazyFrame) -> tuple[float, float] | None:
     """Lowest and highest finite rating of the rows without a parse-level reason."""
     r = pl.col("rating")
     ok = r.filter(pl.col("reason").is_null() & r.is_finite())
@@ -148,10 +156,10 @@ def _observed(rows: pl.LazyFrame) -> tuple[float, float] | None:
     return None if lo is None else (float(lo), float(hi))
 
 
-_UNPARSED = "_unparsed"  # a typed-scan row with a null field: the file needs line mode
+UNPARSED = "_unparsed"  # a typed-scan row with a null field: the file needs line mode
 
 
-_VALUE_REASONS = ["rating_out_of_scale", "invalid_ts", "unknown_user", "unknown_item"]
+VALUE_REASONS = ["rating_out_of_scale", "invalid_ts", "unknown_user", "unknown_item"]
 
 
 @dataclass(frozen=True)
@@ -175,19 +183,19 @@ def _check(
     one) that sinks every row with the value rules' ``reason`` into ``checked.parquet``, then
     one aggregate pass over that file: its counts and (with a fixed scale) the observed span of
     the rows whose reason, if any, is a value rule's (they parsed)."""
-    observed = _observed(rows) if scale is None else None
+    observed = observed_span(rows) if scale is None else None
     scale = scale if scale is not None else observed or default
     checked = work / "checked.parquet"
     rows.with_columns(value_rules(scale, *known)).sink_parquet(
         checked, compression="lz4", row_group_size=ROW_GROUP
     )
     reason, r = pl.col("reason"), pl.col("rating")
-    parsed = r.filter((reason.is_null() | reason.is_in(_VALUE_REASONS)) & r.is_finite())
+    parsed = r.filter((reason.is_null() | reason.is_in(VALUE_REASONS)) & r.is_finite())
     n, unparsed, valid, lo, hi = (
         pl.scan_parquet(checked)
         .select(
             pl.len().alias("n"),
-            (reason == _UNPARSED).sum().alias("unparsed"),
+            (reason == UNPARSED).sum().alias("unparsed"),
             reason.is_null().sum().alias("valid"),
             parsed.min().alias("lo"),
             parsed.max().alias("hi"),
@@ -200,15 +208,10 @@ def _check(
     return scale, _Counts(n, unparsed, valid, observed)
 
 
-def _check_file(
-    layout: Layout,
-    scale: tuple[float, float] | None,
-    known: tuple[pl.Series | None, pl.Series | None],
-    work: Path,
-) -> tuple[tuple[float, float], _Counts, int]:
-    """Parse and check the ratings file into ``work`` (see :func:`_check`); returns the scale,
-    the counts (with the observed span) and the blank line count. The typed scan first; the lazy line reader
-    when a line does not parse cleanly (or blank lines would shift the line numbers)."""
+def typed_rows(layout: Layout) -> tuple[pl.LazyFrame, int]:
+    """``line, reason, user_id, item_id, rating, ts`` of the ratings file by a typed scan
+    (``reason`` is :data:`UNPARSED` where a field did not parse: the file then needs
+    :func:`line_rows`), and the number of header lines skipped."""
     path, kind = layout.files["ratings"], layout.kind
     skip = int(kind == "ml-csv")
     if skip and first_line(path) != CSV_RATINGS_HEADER:
@@ -220,35 +223,57 @@ def _check_file(
     bad = pl.any_horizontal(pl.col(RATING_FIELDS).is_null())
     if gaps:
         bad = bad | pl.any_horizontal(pl.col(gaps).is_not_null())
-    parse = pl.when(bad).then(pl.lit(_UNPARSED)).otherwise(pl.lit(None, pl.String))
-    rows = lf.select("line", parse.alias("reason"), *RATING_FIELDS)
+    parse = pl.when(bad).then(pl.lit(UNPARSED)).otherwise(pl.lit(None, pl.String))
+    return lf.select("line", parse.alias("reason"), *RATING_FIELDS), skip
+
+
+def line_rows(layout: Layout) -> tuple[pl.LazyFrame, int]:
+    """The rows of :func:`typed_rows` read as lazy text lines, each bad line with its reason,
+    and the number of blank lines."""
+    path, kind = layout.files["ratings"], layout.kind
+    sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
+    lines = scan_lines(path, skip_header=kind == "ml-csv")
+    blank = lines.select(pl.col("raw").null_count()).collect().item()
+    rows = cast_fields(split_fields(lines, sep, RATING_FIELDS), RATING_TYPES)
+    return rows.select("line", "reason", *RATING_FIELDS), int(blank)
+
+
+def _check_file(
+    layout: Layout,
+    scale: tuple[float, float] | None,
+    known: tuple[pl.Series | None, pl.Series | None],
+    work: Path,
+) -> tuple[tuple[float, float], _Counts, int]:
+    """Parse and check the ratings file into ``work`` (see :func:`_check`); returns the scale,
+    the counts (with the observed span) and the blank line count. The typed scan first; the
+    lazy line reader when a line does not parse cleanly (or blank lines would shift the line
+    numbers)."""
+    rows, skip = typed_rows(layout)
     try:
         found = _check(rows, scale, layout.rating_scale, known, work)
-        if found[1].unparsed == 0 and found[1].rows + skip == count_lines(path):
+        if found[1].unparsed == 0 and found[1].rows + skip == count_lines(layout.files["ratings"]):
             return (*found, 0)
     except (pl.exceptions.PolarsError, UnicodeDecodeError):
         pass
-    sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
-    lines = scan_lines(path, skip_header=bool(skip))
-    blank = lines.select(pl.col("raw").null_count()).collect().item()
-    rows = cast_fields(split_fields(lines, sep, RATING_FIELDS), RATING_TYPES)
-    found = _check(rows.select("line", "reason", *RATING_FIELDS), scale, layout.rating_scale,
-                   known, work)  # fmt: skip
-    return (*found, int(blank))
+    rows, blank = line_rows(layout)
+    return (*_check(rows, scale, layout.rating_scale, known, work), blank)
 
 
-def stream_interactions(
+def stream_with_losers(
     layout: Layout,
     scale: tuple[float, float] | None,
-    known_users: pl.Series | None,
-    known_items: pl.Series | None,
+    known: tuple[pl.Series | None, pl.Series | None],
     work: Path,
     memory_mb: int,
 ) -> StreamChecked:
     """Parse and validate the ratings file of ``layout`` in bounded memory (the rules of
-    :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``."""
+    :func:`recsys_mtl.data.ingest.validate_interactions`), the passes that resolve duplicate
+    pairs: every row with its reason in ``checked.parquet`` (intermediate files go in ``work``),
+    the duplicate pairs' losers found per user partition, then the kept rows without them (a
+    last streaming pass). :func:`recsys_mtl.data.onepass.stream_interactions` comes here only
+    for a log with a duplicate pair."""
     work.mkdir(parents=True, exist_ok=True)
-    scale, counts, blank = _check_file(layout, scale, (known_users, known_items), work)
+    scale, counts, blank = _check_file(layout, scale, known, work)
     observed, n_valid = counts.observed, counts.valid
     checked = pl.scan_parquet(work / "checked.parquet")
     ok = pl.col("reason").is_null()

@@ -1,0 +1,189 @@
+"""Ingest of a GroupLens ratings file in one streaming pass: the same tables as every other path.
+
+The file is parsed once (:func:`~recsys_mtl.data.stream.typed_rows`, or the lazy line reader
+:func:`~recsys_mtl.data.stream.line_rows` for a file that does not parse cleanly) by one polars
+query with several outputs (``collect_all`` over a shared scan): the kept rows written in their
+final form, the rejected lines with their reasons, and the counts. Duplicate (user, item) pairs
+(keep the latest) lie within one hash partition of the users: the kept pairs are read back one
+partition at a time (as many as ``data.memory_mb`` asks for at :data:`PAIR_BYTES` a rating),
+which also gives the distinct user and item ids. Only a log where a pair repeats takes the
+passes of :func:`~recsys_mtl.data.stream.stream_with_losers`. No step holds the whole log.
+"""
+
+from __future__ import annotations
+
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from recsys_mtl.data.raw import RATING_FIELDS, Layout
+from recsys_mtl.data.stream import (
+    ROW_GROUP,
+    UNPARSED,
+    VALUE_REASONS,
+    StreamChecked,
+    line_rows,
+    observed_span,
+    pair_key,
+    partitions_for,
+    stream_with_losers,
+    typed_rows,
+    user_partition,
+    value_rules,
+)
+
+__all__ = ["stream_interactions"]
+
+Known = tuple[pl.Series | None, pl.Series | None]
+# bytes a kept rating takes in the duplicate check: its two ids, their pair key, a hash entry
+PAIR_BYTES = 40
+SEEN_LIMIT = 1 << 26  # ids below it are counted in a table of flags (at most 64 MB)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """What :func:`_one_pass` found; the kept rows are in ``work / "kept.parquet"``."""
+
+    rows: int
+    unparsed: int  # typed-scan rows with a null field
+    valid: int
+    rejects: pl.DataFrame  # line, reason, raw (null)
+    scale: tuple[float, float]
+    observed: tuple[float, float] | None
+
+
+def stream_interactions(
+    layout: Layout,
+    scale: tuple[float, float] | None,
+    known_users: pl.Series | None,
+    known_items: pl.Series | None,
+    work: Path,
+    memory_mb: int,
+) -> StreamChecked:
+    """Parse and validate the ratings file of ``layout`` in bounded memory (the rules of
+    :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``."""
+    work.mkdir(parents=True, exist_ok=True)
+    known: Known = (known_users, known_items)
+    rows, skip = typed_rows(layout)
+    lines = _count_lines(layout.files["ratings"])
+    blank, found = 0, None
+    with suppress(pl.exceptions.PolarsError, UnicodeDecodeError):  # then line by line
+        found = _one_pass(rows, scale, layout.rating_scale, known, work)
+    if found is None or found.unparsed or found.rows + skip != lines:
+        _clear(work)
+        rows, blank = line_rows(layout)
+        found = _one_pass(rows, scale, layout.rating_scale, known, work)
+    ids = _distinct_pairs(work, partitions_for(found.valid, memory_mb, PAIR_BYTES))
+    _clear(work, keep="kept.parquet")
+    if ids is None:
+        return stream_with_losers(layout, scale, known, work, memory_mb)
+    return StreamChecked(work / "kept.parquet", found.valid, found.rejects, found.scale,
+                         found.observed, blank, *ids)  # fmt: skip
+
+
+def _one_pass(
+    rows: pl.LazyFrame,
+    scale: tuple[float, float] | None,
+    default: tuple[float, float],
+    known: Known,
+    work: Path,
+) -> _Pass:
+    """One query over ``rows`` (two passes with ``scale`` None: the first finds the observed
+    span): the kept rows to ``kept.parquet``, the rejects and the counts."""
+    observed = observed_span(rows) if scale is None else None
+    scale = scale if scale is not None else observed or default
+    checked = rows.with_columns(value_rules(scale, *known))
+    reason, r = pl.col("reason"), pl.col("rating")
+    ok = reason.is_null()
+    valid = checked.filter(ok)
+    parsed = r.filter((ok | reason.is_in(VALUE_REASONS)) & r.is_finite())
+    kept = valid.select(*RATING_FIELDS[:2], r.cast(pl.Float32), "ts")
+    queries = [
+        checked.filter(~ok).select("line", "reason"),
+        checked.select(
+            pl.len().alias("n"),
+            (reason == UNPARSED).sum().alias("unparsed"),
+            ok.sum().alias("valid"),
+            parsed.min().alias("lo"),
+            parsed.max().alias("hi"),
+        ),
+        kept.sink_parquet(
+            work / "kept.parquet", compression="lz4", row_group_size=ROW_GROUP, lazy=True
+        ),
+    ]
+    rejects, counts, *_ = pl.collect_all(queries, engine="streaming")
+    n, unparsed, n_valid, lo, hi = counts.row(0)
+    if observed is None and lo is not None:
+        observed = (float(lo), float(hi))
+    return _Pass(
+        rows=n,
+        unparsed=unparsed,
+        valid=n_valid,
+        rejects=rejects.with_columns(pl.lit(None, pl.String).alias("raw")),
+        scale=scale,
+        observed=observed,
+    )
+
+
+def _distinct_pairs(work: Path, parts: int) -> tuple[pl.Series, pl.Series] | None:
+    """The distinct user and item ids of the kept rows, or None when a (user, item) pair
+    repeats: a duplicate lies within one user partition, the pairs of ``parts`` partitions
+    are read one at a time."""
+    users, items = _Seen("user_id"), _Seen("item_id")
+    kept = pl.scan_parquet(work / "kept.parquet").select(RATING_FIELDS[:2])
+    for p in range(parts):
+        pairs = kept.filter(user_partition("user_id", parts, p)).collect()
+        if pairs.select(pair_key(pairs).n_unique()).item() != pairs.height:
+            return None
+        users.add(pairs["user_id"])
+        items.add(pairs["item_id"])
+    return users.values(), items.values()
+
+
+class _Seen:
+    """Distinct integer ids, added a column at a time: a table of flags indexed by the id
+    while the ids are non-negative and below :data:`SEEN_LIMIT` (no hashing), else a set of
+    unique values."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.flags = np.zeros(0, dtype=bool)
+        self.other: list[pl.Series] = []
+
+    def add(self, ids: pl.Series) -> None:
+        if ids.len() == 0:
+            return
+        lo, hi = ids.min(), ids.max()
+        if not ids.dtype.is_integer() or lo < 0 or hi >= SEEN_LIMIT:
+            self.other.append(ids.unique())
+            return
+        if hi >= self.flags.size:
+            self.flags = np.concatenate([self.flags, np.zeros(hi + 1 - self.flags.size, bool)])
+        self.flags[ids.to_numpy()] = True
+
+    def values(self) -> pl.Series:
+        """The distinct ids (sorted when all are flags)."""
+        found = pl.Series(self.name, np.flatnonzero(self.flags), pl.Int64)
+        return pl.concat([found, *self.other]).unique() if self.other else found
+
+
+def _count_lines(path: Path, block: int = 1 << 24) -> int:
+    """Lines of ``path`` as :func:`~recsys_mtl.data.grouplens.count_lines` counts them (a last
+    line without a newline counts), reading blocks of ``block`` bytes: the file is never mapped
+    whole into memory."""
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            n += int(np.count_nonzero(np.frombuffer(chunk, np.uint8) == 10))  # b"\n"
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+def _clear(work: Path, keep: str | None = None) -> None:
+    """Remove the files of a pass from ``work`` (all but ``keep``)."""
+    for f in work.glob("*.parquet"):
+        if f.name != keep:
+            f.unlink()
