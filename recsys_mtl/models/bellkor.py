@@ -37,12 +37,13 @@ from torch import nn
 from recsys_mtl.models.als import als_factors, implicit_als_factors
 from recsys_mtl.models.base import Ranker, Role, UserState, broadcast_rows
 from recsys_mtl.models.bellkor_config import BellKorConfig
-from recsys_mtl.models.bellkor_implicit import SubsetBagProduct, capped_bags
+from recsys_mtl.models.bellkor_implicit import ImplicitCache, capped_bags, implicit_vectors
 from recsys_mtl.models.bellkor_lookup import lookup_forward
 from recsys_mtl.models.bellkor_scoring import FixedTimeScoring
 from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.embeddings import (
     BagProduct,
+    Bags,
     EmbeddingTables,
     TableSpec,
     functorch_active,
@@ -100,6 +101,7 @@ class BellKor(FixedTimeScoring, Ranker):
                 cfg.backend,
                 device,
             )
+            self._svdpp = ImplicitCache()  # the training epoch's SVD++ vectors on large logs
         self.timed = cfg.time_effects and "rating" in tasks
         self.day_bias = self.timed and cfg.user_day_bias
         if self.timed:
@@ -173,19 +175,22 @@ class BellKor(FixedTimeScoring, Ranker):
         batch sizes the batch's users cover most of the ratings, and one fused kernel over all
         of them beats a gather and a segment sum over the batch's). Its backward is the
         transposed product."""
+        return BagProduct.apply(self.implicit.weight("implicit"), *self._product_bags())
+
+    def _product_bags(self) -> tuple[Bags, Bags]:
+        """The normalized user x item matrix and its transpose as weighted bags (cached)."""
         w = self.implicit.weight("implicit")
         key = (w.device, w.dtype)
         if getattr(self, "_spmm_key", None) != key:
             self._spmm = normalized_bags(self.implicit_offsets, self.implicit_values,
                                          self.ctx.n_items, w.dtype)  # fmt: skip
             self._spmm_key = key
-        return BagProduct.apply(w, *self._spmm)
+        return self._spmm
 
-    def _implicit_bags(self, users: torch.Tensor) -> torch.Tensor:
-        """``|N(u)|^-1/2 sum_j y_j`` of distinct ``users (U,)`` from their sets alone."""
-        w = self.implicit.weight("implicit")
-        values, lengths = gather_jagged(self.implicit_offsets, self.implicit_values, users)
-        return SubsetBagProduct.apply(w, values, lengths, lengths.clamp(min=1).to(w.dtype).rsqrt())
+    def plan_step(self, step: int, n_steps: int, batch_size: int) -> None:
+        """The trainer's next step, the epoch's steps, the batch size (:class:`ImplicitCache`)."""
+        if self.cfg.implicit:
+            self._svdpp.plan = (step, n_steps, batch_size)
 
     def _most_ratings(self, users: torch.Tensor) -> bool:
         """Whether the distinct ``users`` hold more than ``_FULL_PRODUCT_SHARE`` of the training
@@ -353,8 +358,8 @@ class BellKor(FixedTimeScoring, Ranker):
         """Scores of a batch of known users' rows: the user side (factors, biases, SVD++
         vector) once per distinct user, gathered to the rows in one step; the L2 penalty of the
         looked-up rows as counts times squared norms. The same outputs as :meth:`score` on the
-        batch's user states. SVD++ vectors: the sparse product over every user when the batch's
-        users hold most of the ratings, else (and under ``torch.func``) gathers of their bags.
+        batch's user states. SVD++ vectors: :func:`implicit_vectors` (exact, or from the
+        per-user cache on a large log).
         Sharded tables (DistributedModelParallel): lookups only (:func:`lookup_forward`)."""
         if self.emb.sharded:
             return lookup_forward(self, batch)
@@ -378,12 +383,7 @@ class BellKor(FixedTimeScoring, Ranker):
         else:
             reg = reg + squared_norms(q)
         if self.cfg.implicit:
-            if functorch_active():  # plain gathers under torch.func
-                y = self._implicit_of(distinct)[0]
-            elif not self._most_ratings(distinct):
-                y = self._implicit_bags(distinct)
-            else:
-                y = self._implicit_all().index_select(0, distinct)
+            y = implicit_vectors(self, distinct)
             reg = reg + squared_norms(y)  # the SVD++ vectors once per distinct user
             p = p + y
         state = {

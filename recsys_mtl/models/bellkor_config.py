@@ -28,6 +28,18 @@ class BellKorConfig(RankerConfig):
         "of a training rating the same on logs whose heaviest users rate tens of thousands "
         "of items; null: every item",
     )
+    implicit_work_per_row: int | None = Field(
+        128,
+        ge=1,
+        description="with implicit: the SVD++ work of a training step, in set entries per row "
+        "of a batch. While every user's set entries number at most this many times the batch "
+        "size, each step sums its users' sets exactly; on a larger log the vectors of every "
+        "user come from one sparse product recomputed every few steps (as many as keep the "
+        "product and its transpose at about this many entries per row), their gradients "
+        "summed per user and pushed to the y_j table at the step before the next product and "
+        "at the end of each epoch, so an epoch costs in proportion to the log; null: every "
+        "step exact (an epoch then costs more than in proportion to the log)",
+    )
     time_effects: bool = Field(
         True,
         description="timeSVD++ time effects on the rating task (when rating is one of the "

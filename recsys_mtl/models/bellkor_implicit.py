@@ -1,19 +1,35 @@
-"""The SVD++ sets N(u) of BellKor at scale: capped sets and a product over a batch's users.
+"""The SVD++ sets N(u) of BellKor at scale: capped sets, a product over a batch's users, and
+the per-user cache that makes an epoch's set work linear in the log.
 
 A batch's SVD++ work is the size of its users' sets; the users of a random batch of a large
 log are drawn by their activity, so the heaviest ones (tens of thousands of ratings on
-ml-25m-sized logs) are in most batches. :func:`capped_bags` bounds a set's size
+ml-25m-sized logs) are in most batches, and an epoch's exact work, the sum over its steps of
+their users' sets, grows faster than the log. :func:`capped_bags` bounds a set's size
 (``implicit_max_items``); :class:`SubsetBagProduct` sums the sets of a batch's users alone,
 with a backward that needs no sort.
+
+:class:`ImplicitCache` is the linear path (Koren's own SGD touches each N(u) once per pass
+over the user's ratings): the vectors ``z_u = |N(u)|^-1/2 sum_{j in N(u)} y_j`` of every user
+come from one sparse product, recomputed every ``R`` steps; between refreshes a step reads
+its users' rows of that cache and adds their gradients into a per-user accumulator ``G``,
+which reaches the ``y_j`` table as one transposed product ``A^T G`` at the last step before
+the next refresh (so the table's optimizer steps ``y`` once per refresh, with the summed
+gradient of those steps). ``R`` is the smallest interval that keeps the two products at
+about ``implicit_work_per_row`` set entries per training row; the last step of an epoch
+always pushes, so validation, checkpoints and a resumed run see every gradient.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 
-from recsys_mtl.models.embeddings import bag_sum
+from recsys_mtl.models.embeddings import bag_sum, functorch_active, gather_jagged
 
-__all__ = ["SubsetBagProduct", "capped_bags"]
+__all__ = ["ImplicitCache", "SubsetBagProduct", "capped_bags", "implicit_vectors",
+           "refresh_interval"]  # fmt: skip
 
 
 def capped_bags(
@@ -59,3 +75,103 @@ class SubsetBagProduct(torch.autograd.Function):
             torch.stack([values, bag]), weights, ctx.shape, check_invariants=False
         )
         return torch.sparse.mm(at, grad.contiguous()), None, None, None
+
+
+def refresh_interval(entries: int, batch_size: int, work_per_row: int | None) -> int:
+    """Steps between two refreshes of the SVD++ cache; 1: every step is exact.
+
+    An exact step costs at most the set entries of every user, forward and backward
+    (``2 x entries``: a product over every user when the batch's users hold most of the
+    ratings, else their sets alone); while that is at most ``2 x work_per_row`` entries per
+    row of a batch, steps stay exact. Beyond, the cache's two products (``2 x entries``) are
+    spread over enough steps to cost about ``work_per_row`` entries per row."""
+    if work_per_row is None or entries <= work_per_row * batch_size:
+        return 1
+    return max(2, math.ceil(2 * entries / (work_per_row * batch_size)))
+
+
+class ImplicitCache:
+    """The per-user SVD++ vectors of the training epoch and their accumulated gradient.
+
+    The trainer tells the model each step's place in the epoch (``plan``) before the step's
+    forward; a forward without a plan (validation, scoring, a forward outside the trainer, a
+    second forward of the same step) is exact. Not part of the model's state: the cache is
+    rebuilt at the first step of every epoch, and copies of the model start empty."""
+
+    def __init__(self) -> None:
+        self.plan: tuple[int, int, int] | None = None  # (step, steps in the epoch, batch size)
+        self.z: torch.Tensor | None = None  # (n_users, width)
+        self.grad: torch.Tensor | None = None  # the accumulated gradient of ``z``
+        self.refreshes = 0  # products of every user's set (forward), for tests and benchmarks
+
+    def __deepcopy__(self, memo: dict) -> ImplicitCache:
+        return ImplicitCache()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return ImplicitCache().__dict__
+
+    def take(self, model: Any, users: torch.Tensor) -> torch.Tensor | None:
+        """The SVD++ vectors of the distinct ``users`` from the cache, or None when this step
+        is exact (no plan, not training, or a log small enough; see
+        :func:`refresh_interval`)."""
+        plan, self.plan = self.plan, None
+        if plan is None or not (model.training and torch.is_grad_enabled()):
+            return None
+        step, n_steps, batch_size = plan
+        entries = int(model.implicit_offsets[-1])
+        every = refresh_interval(entries, batch_size, model.cfg.implicit_work_per_row)
+        if every == 1:
+            return None
+        a, at = model._product_bags()
+        w = model.implicit.weight("implicit")
+        stale = self.z is None or self.z.dtype != w.dtype or self.z.device != w.device
+        if step % every == 0 or stale:  # the first step after a push (or of the epoch)
+            with torch.no_grad():
+                self.z = bag_sum(*a, w.detach())
+            self.grad = torch.zeros_like(self.z)
+            self.refreshes += 1
+        last = step >= n_steps - 1  # the cache is let go after the epoch's last push
+        push = (step + 1) % every == 0 or last
+        return _CachedVectors.apply(w, users, self, at if push else None, last)
+
+
+class _CachedVectors(torch.autograd.Function):
+    """``z[users]`` from the cache; the backward adds the rows' gradient to the accumulator
+    and, at a pushing step, gives ``w`` the gradient ``A^T G`` (else none: the table's
+    optimizer skips it)."""
+
+    @staticmethod
+    def forward(ctx, w, users, cache, at, last):  # type: ignore[override]
+        ctx.save_for_backward(users)
+        ctx.cache, ctx.at, ctx.last = cache, at, last
+        return cache.z.index_select(0, users)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (users,) = ctx.saved_tensors
+        cache = ctx.cache
+        cache.grad.index_add_(0, users, grad)
+        out = None
+        if ctx.at is not None:
+            out = bag_sum(*ctx.at, cache.grad)
+            cache.grad.zero_()
+        if ctx.last:
+            cache.z = cache.grad = None
+        return out, None, None, None, None
+
+
+def implicit_vectors(model: Any, distinct: torch.Tensor) -> torch.Tensor:
+    """``|N(u)|^-1/2 sum_j y_j`` of a training batch's distinct users ``(U,)``: plain gathers
+    under ``torch.func``; the cache on a log too large for exact steps; else exact, as the
+    sparse product over every user when the batch's users hold most of the ratings, or the
+    sums of their sets alone."""
+    if functorch_active():
+        return model._implicit_of(distinct)[0]
+    cached = model._svdpp.take(model, distinct)
+    if cached is not None:
+        return cached
+    if not model._most_ratings(distinct):
+        w = model.implicit.weight("implicit")
+        values, lengths = gather_jagged(model.implicit_offsets, model.implicit_values, distinct)
+        return SubsetBagProduct.apply(w, values, lengths, lengths.clamp(min=1).to(w.dtype).rsqrt())
+    return model._implicit_all().index_select(0, distinct)

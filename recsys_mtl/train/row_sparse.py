@@ -161,9 +161,11 @@ def sparse_tables(
     tables: list[torch.Tensor], optimizer: str, batch_size: int
 ) -> list[torch.Tensor]:
     """The tables worth row-sparse gradients under ``optimizer``: those of at least
-    ``max(8, 32 / dim)`` times as many rows as a batch has. A row-sparse step costs a fixed
+    ``max(2, 32 / dim)`` times as many rows as a batch has. A row-sparse step costs a fixed
     amount plus the batch's rows, a dense one the whole table: measured on one core, the two
-    cost the same at about 32 batches of rows for a one-column table and 8 for 64 columns.
+    cost the same at about 32 batches of rows for a one-column table; a 64-column table
+    whose steps touch a minority of its rows (the users of a log with many more users than a
+    batch) costs several times less row-sparse from 2 batches of rows on.
     None in a process group (``torchrun``): gradients are all-reduced as dense tensors there."""
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if optimizer not in ROW_SPARSE_OPTIMIZERS or distributed:  # gradients all-reduced dense
@@ -171,5 +173,5 @@ def sparse_tables(
     return [
         t
         for t in tables
-        if t.dim() == 2 and t.shape[0] >= batch_size * max(8, 32 // max(1, t.shape[1]))
+        if t.dim() == 2 and t.shape[0] >= batch_size * max(2, 32 // max(1, t.shape[1]))
     ]

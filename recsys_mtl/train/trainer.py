@@ -281,6 +281,9 @@ def fit(
         cb.on_train_start(model, info)
     # only the callbacks that want per-step news are called in the inner loop
     step_hooks = [cb for cb in callbacks if callable(getattr(cb, "on_step_end", None))]
+    # a ranker that spreads work over an epoch (BellKor's SVD++ cache) is told each step's
+    # place; not with per-task gradients (several backward passes a step)
+    plan_step = None if weighting.needs_gradients else getattr(model, "plan_step", None)
     t0 = time.perf_counter()
     seen = 0
     stopped = by_callback = False
@@ -309,6 +312,8 @@ def fit(
                 chunk = take(part, perm[s : s + block])
             r = s % block
             batch = {k: v[r : r + cfg.batch_size] for k, v in chunk.items()}
+            if plan_step is not None:
+                plan_step(steps, n_steps, cfg.batch_size)
             out, losses = batch_losses(model, batch, tasks)
             stacked = torch.stack([losses[t] for t in tasks])
             if weighting.needs_gradients:
