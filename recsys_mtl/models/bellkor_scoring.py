@@ -69,13 +69,16 @@ class FixedTimeScoring:
         task: str,
         time_bin: torch.Tensor,
         day: torch.Tensor,
+        state: UserState | None = None,
     ) -> torch.Tensor:
         """``(R, C)`` scores of ``task`` for row ``r``'s user ``users[r]`` and its ``C``
         candidate ``items[r]`` at ``time_bin[r]``, ``day[r]``: the same values as
         :meth:`forward` on every pair, with each row's user state computed once (sampled
-        ranking)."""
+        ranking). ``state``: the rows' user states when the caller has them (computed once
+        for many calls), else :meth:`user_state` of ``users``."""
         k = self.tasks.index(task)
-        state = self.user_state(users)
+        if state is None:
+            state = self.user_state(users)
         p = state["user"] + state["implicit"] if self.cfg.implicit else state["user"]
         d, c = self.cfg.dim, (k if self.copies > 1 else 0)
         q = self.emb.rows("item", items)[..., c * d : (c + 1) * d]  # (R, C, d)

@@ -375,8 +375,10 @@ class SequenceRanker(Ranker):
     @torch.no_grad()
     def score_candidates(
         self, users: torch.Tensor, cand: torch.Tensor, task: str, time_bin: torch.Tensor,
-        day: torch.Tensor,
+        day: torch.Tensor, state: UserState | None = None,
     ) -> torch.Tensor:  # fmt: skip
-        """``(R, W)`` scores of each row's candidate items ``cand (R, W)`` for ``users (R,)``."""
-        u, off, vec, ioff = self.dot_form(self.user_state(users))[task]
+        """``(R, W)`` scores of each row's candidate items ``cand (R, W)`` for ``users (R,)``
+        (``state``: their user states when the caller has them)."""
+        state = self.user_state(users) if state is None else state
+        u, off, vec, ioff = self.dot_form(state)[task]
         return torch.bmm(vec[cand], u[:, :, None])[:, :, 0] + off[:, None] + ioff[cand]

@@ -218,6 +218,9 @@ def _sampled_metrics(
         n_short += int((~valid_rows).sum())
         cand = torch.cat([part["item"][:, None], negatives], 1)[valid_rows]
         ctx = {f: part[f][valid_rows] for f in ("user", "time_bin", "day")}
+        if direct is not None:  # each distinct user's state once per block, not per chunk
+            distinct, inverse = torch.unique(ctx["user"], return_inverse=True)
+            states = model.user_state(distinct)
         width = cand.shape[1]
         scores = torch.empty(cand.shape, dtype=torch.float32, device=device)
         step = max(1, 16384 // width)
@@ -225,7 +228,8 @@ def _sampled_metrics(
             rows = slice(s, min(s + step, cand.shape[0]))
             if direct is not None:
                 c = {f: v[rows] for f, v in ctx.items()}
-                scores[rows] = direct(c["user"], cand[rows], task, c["time_bin"], c["day"])
+                st = {f: v.index_select(0, inverse[rows]) for f, v in states.items()}
+                scores[rows] = direct(c["user"], cand[rows], task, c["time_bin"], c["day"], st)
                 continue
             batch = {f: v[rows].repeat_interleave(width) for f, v in ctx.items()}
             batch["item"] = cand[rows].reshape(-1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from recsys_mtl.data.features import draw_unrated, pair_keys
 
@@ -79,3 +80,24 @@ def test_a_user_with_fewer_unrated_items_than_per_row_gets_minus_one_entries():
     assert row.count(-1) == 2 and sorted(i for i in row if i >= 0) == [7, 8, 9]
     assert out[1].tolist() == [-1] * 5
     assert len(set(out[2].tolist())) == 5 and (out[2] >= 0).all()
+
+
+@pytest.mark.parametrize("distinct", [False, True])
+def test_a_few_users_draw_against_their_own_ratings_alone_with_the_same_draws(
+    distinct: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from recsys_mtl.data import negatives
+
+    rng = np.random.default_rng(3)
+    n_users, n_items = 4000, 300
+    u = rng.integers(0, n_users, 200_000)
+    i = rng.integers(0, n_items, 200_000)
+    rated = np.unique(pair_keys(u, i, n_items))
+    users = rng.choice(np.arange(0, n_users, 7), 5000)  # rows of a few users, in any order
+    assert negatives._local_keys(np.sort(users), rated, n_items) is not None
+    local = draw_unrated(users, rated, n_items, 20, np.random.default_rng(0), distinct=distinct)
+    monkeypatch.setattr(negatives, "_local_keys", lambda *a: None)
+    whole = draw_unrated(users, rated, n_items, 20, np.random.default_rng(0), distinct=distinct)
+    np.testing.assert_array_equal(local, whole)
+    got = pair_keys(np.repeat(users, 20), local.ravel(), n_items)
+    assert not np.isin(got, rated).any() and (local >= 0).all()
