@@ -35,13 +35,34 @@ def _sizes(docs: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
 def _rows(docs: list[dict[str, Any]], part: int) -> list[dict[str, Any]]:
     """The rows of ``part``; a later line replaces an earlier one's row with the same labels."""
     found: dict[tuple, dict[str, Any]] = {}
-    for doc in docs:
+    for n, doc in enumerate(docs):
+        load = doc.get("machine", {}).get("load_average_at_end")
         for row in doc["rows"]:
             lab = row["labels"]
             if lab.get("part") == part:
                 key = tuple(sorted((k, str(v)) for k, v in lab.items() if k != "part"))
-                found[key] = row
+                found[key] = {**row, "run": n, "load": load}
     return list(found.values())
+
+
+def _runs_note(got: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """A line naming the runs the sizes of one table come from, when there are several: a
+    ratio between sizes of two runs mixes two states of this shared machine."""
+    runs: dict[int, list[str]] = {}
+    loads: dict[int, Any] = {}
+    for (size, stage), r in got.items():
+        if stage == "train":
+            runs.setdefault(r["run"], []).append(size)
+            loads[r["run"]] = r["load"]
+    if len(runs) < 2:
+        return ""
+    parts = [f"{', '.join(sizes)} (load average at its end {loads[n]})"
+             for n, sizes in sorted(runs.items(), key=lambda kv: kv[0])]  # fmt: skip
+    return (
+        "\nSizes measured in separate runs: "
+        + "; ".join(parts)
+        + "; a ratio between sizes of two runs mixes two states of the machine.\n"
+    )
 
 
 def _pipeline(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
@@ -52,7 +73,8 @@ def _pipeline(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> s
     out += (
         "Each stage in a fresh process (the earlier ones cached in the run folder), "
         "`OMP_NUM_THREADS=1`: its seconds and its peak RSS (MB). Train s/M is the train "
-        "stage's seconds per million ratings of the log.\n\n"
+        "stage's seconds per million ratings of the log; test RMSE is the rating task's, from "
+        "the evaluate stage.\n\n"
     )
     variants = sorted({(r["labels"]["recipe"], r["labels"].get("sets", "")) for r in rows},
                       key=lambda v: (list(RECIPES).index(v[0]), v[1]))  # fmt: skip
@@ -84,10 +106,11 @@ def _pipeline(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> s
                 f"{peak:,.0f}",
                 f"{per_m[size]:,.1f}" if size in per_m else "–",
                 ratio(per_m[size], per_m["1M"]) if size in per_m and "1M" in per_m else "–",
+                _rmse(got.get((size, "evaluate"))),
             ]
             body.append(line)
         heads = ["log", *[f"{s} s / MB" for s in STAGES], "total s", "peak MB", "train s/M",
-                 "train s/M vs 1M"]  # fmt: skip
+                 "train s/M vs 1M", "test RMSE"]  # fmt: skip
         title = RECIPES[recipe] + (f" with `--set {sets}`" if sets else "")
         out += f"### {title}\n\n" + table(heads, body)
         failed = [r for r in got.values() if "error" in r]
@@ -96,6 +119,7 @@ def _pipeline(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> s
                 f"{r['labels']['size']} {r['labels']['stage']}: {r['error']}" for r in failed
             )
             out += " (the later stages of that log did not run).\n"
+        out += _runs_note(got)
         notes = [r for r in got.values() if r["labels"].get("earlier_stages_reran")]
         if notes:
             out += (
@@ -105,6 +129,11 @@ def _pipeline(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> s
             )
         out += "\n"
     return out
+
+
+def _rmse(row: dict[str, Any] | None) -> str:
+    value = None if row is None else row["metrics"].get("rating/rmse")
+    return "–" if value is None else f"{value:.4f}"
 
 
 def _steps(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
