@@ -29,6 +29,7 @@ batch top-K) come from :class:`~recsys_mtl.models.bellkor_scoring.FixedTimeScori
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -38,7 +39,7 @@ from recsys_mtl.models.als import als_factors, implicit_als_factors
 from recsys_mtl.models.base import Ranker, Role, UserState, broadcast_rows
 from recsys_mtl.models.bellkor_config import BellKorConfig
 from recsys_mtl.models.bellkor_implicit import ImplicitCache, capped_bags, implicit_vectors
-from recsys_mtl.models.bellkor_lookup import lookup_forward
+from recsys_mtl.models.bellkor_lookup import day_index, lookup_forward, search_segments
 from recsys_mtl.models.bellkor_scoring import FixedTimeScoring
 from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.embeddings import (
@@ -187,6 +188,10 @@ class BellKor(FixedTimeScoring, Ranker):
             self._spmm_key = key
         return self._spmm
 
+    def held_weights(self) -> Any:
+        """A scope with fixed weights (validation): :meth:`ImplicitCache.hold`."""
+        return self._svdpp.hold() if self.cfg.implicit else contextlib.nullcontext()
+
     def plan_step(self, step: int, n_steps: int, batch_size: int) -> None:
         """The trainer's next step, the epoch's steps, the batch size (:class:`ImplicitCache`)."""
         if self.cfg.implicit:
@@ -259,41 +264,36 @@ class BellKor(FixedTimeScoring, Ranker):
     def _day_rows(
         self, index: torch.Tensor, day: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row of each (user, day) in the ``user_day_bias`` table, and whether training saw it
-        (a new user's index is -1: never seen). The unseen rows point at the spare last row.
-
-        With at most ``_DENSE_DAYS`` (user, day) cells the row comes from a dense table of
-        every cell (one gather instead of a binary search of the keys); else from
-        ``searchsorted`` on the sorted keys. Both give the same rows."""
+        """Row of each (user, day) in the ``user_day_bias`` table, whether training saw it (not
+        a new user's, index -1; unseen rows: the spare last row), by :func:`day_index`: a gather,
+        or a bisection within the user's own keys (the same rows as ``searchsorted``)."""
         keys = self.user_days
         n = keys.numel()
         span = self.ctx.day_span
         seen = (index >= 0) & (index < int(self.ctx.n_users)) & (day >= 0) & (day < span)
         query = index * span + day
-        dense = self._dense_day_rows()
-        if dense is not None:
-            pos = dense[torch.where(seen, query, 0)]
+        found = self._day_index()
+        if isinstance(found, torch.Tensor):
+            pos = found[torch.where(seen, query, 0)]
             seen = seen & (pos < n)
             return torch.where(seen, pos, n), seen
-        pos = torch.searchsorted(keys, query).clamp(max=max(n - 1, 0))
-        seen = seen & (keys[pos] == query) if n else torch.zeros_like(seen)
+        if not n:
+            return torch.full_like(index, n), torch.zeros_like(seen)
+        offsets, steps = found
+        user = torch.where(seen, index, 0)
+        pos = search_segments(keys, offsets[user], offsets[user + 1], query, steps).clamp(max=n - 1)
+        seen = seen & (keys[pos] == query)
         return torch.where(seen, pos, n), seen
 
     def _dense_day_rows(self) -> torch.Tensor | None:
-        """``(n_users * day_span,)``: each (user, day) cell's row, ``n`` (the spare row) where
-        training has none; None when there are more than ``_DENSE_DAYS`` cells. Built once per
-        device from the ``user_days`` buffer (not saved: it is derived)."""
-        keys = self.user_days
-        cells = int(self.ctx.n_users) * int(self.ctx.day_span)
-        if cells > _DENSE_DAYS or keys.numel() == 0:
-            return None
-        cached = getattr(self, "_day_table", None)
-        if cached is None or cached.device != keys.device:
-            n = keys.numel()
-            cached = torch.full((cells,), n, dtype=torch.long, device=keys.device)
-            cached[keys] = torch.arange(n, device=keys.device)
-            self._day_table = cached
-        return cached
+        """:func:`day_index`'s dense table of every (user, day) cell's row, or None."""
+        return found if isinstance(found := self._day_index(), torch.Tensor) else None
+
+    def _day_index(self) -> torch.Tensor | tuple[torch.Tensor, int]:
+        """:func:`day_index` of ``user_days``, cached (derived: not saved, dropped on growth)."""
+        held = getattr(self, "_day_table", None)
+        self._day_table = day_index(self.user_days, self.ctx, held, _DENSE_DAYS)
+        return self._day_table
 
     def _distinct_users(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``torch.unique(u, return_inverse=True)`` (sorted ids): from a presence mask over

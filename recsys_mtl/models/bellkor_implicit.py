@@ -22,6 +22,8 @@ always pushes, so validation, checkpoints and a resumed run see every gradient.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -103,12 +105,26 @@ class ImplicitCache:
         self.z: torch.Tensor | None = None  # (n_users, width)
         self.grad: torch.Tensor | None = None  # the accumulated gradient of ``z``
         self.refreshes = 0  # products of every user's set (forward), for tests and benchmarks
+        self.held = False  # inside :meth:`hold`: the weights do not change
+        self.every_user: torch.Tensor | None = None  # the vectors of every user, while held
 
     def __deepcopy__(self, memo: dict) -> ImplicitCache:
         return ImplicitCache()
 
     def __getstate__(self) -> dict[str, Any]:
         return ImplicitCache().__dict__
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """A scope in which the weights stay as they are (a validation pass): the vectors of
+        every user come from one product at the first forward without gradients and serve
+        every later batch, so a pass costs one product plus its rows instead of each batch's
+        users' sets (on a large log, a product per batch)."""
+        self.held, self.every_user = True, None
+        try:
+            yield
+        finally:
+            self.held, self.every_user = False, None
 
     def take(self, model: Any, users: torch.Tensor) -> torch.Tensor | None:
         """The SVD++ vectors of the distinct ``users`` from the cache, or None when this step
@@ -162,14 +178,20 @@ class _CachedVectors(torch.autograd.Function):
 
 def implicit_vectors(model: Any, distinct: torch.Tensor) -> torch.Tensor:
     """``|N(u)|^-1/2 sum_j y_j`` of a training batch's distinct users ``(U,)``: plain gathers
-    under ``torch.func``; the cache on a log too large for exact steps; else exact, as the
+    under ``torch.func``; the cache on a log too large for exact steps; without gradients
+    inside :meth:`ImplicitCache.hold`, rows of one product of every user; else exact, as the
     sparse product over every user when the batch's users hold most of the ratings, or the
     sums of their sets alone."""
     if functorch_active():
         return model._implicit_of(distinct)[0]
-    cached = model._svdpp.take(model, distinct)
+    svdpp = model._svdpp
+    cached = svdpp.take(model, distinct)
     if cached is not None:
         return cached
+    if svdpp.held and not torch.is_grad_enabled():  # every user's vectors, once per scope
+        if svdpp.every_user is None:
+            svdpp.every_user = bag_sum(*model._product_bags()[0], model.implicit.weight("implicit"))
+        return svdpp.every_user.index_select(0, distinct)
     if not model._most_ratings(distinct):
         w = model.implicit.weight("implicit")
         values, lengths = gather_jagged(model.implicit_offsets, model.implicit_values, distinct)

@@ -30,7 +30,7 @@ import torch
 
 from recsys_mtl.models.embeddings import squared_norms
 
-__all__ = ["lookup_forward"]
+__all__ = ["day_index", "lookup_forward", "search_segments"]
 
 
 def lookup_forward(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -56,3 +56,44 @@ def lookup_forward(model: Any, batch: dict[str, torch.Tensor]) -> dict[str, torc
     if model.day_bias:
         item["user_day_bias"], item["_day_seen"] = e["user_day_bias"], day_seen
     return model._combine(state, item, batch, reg=reg)
+
+
+def search_segments(
+    keys: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, query: torch.Tensor, steps: int
+) -> torch.Tensor:
+    """For each query, the first position in ``[lo, hi)`` of the sorted ``keys`` whose key is
+    at least the query (``hi`` when none is): ``torch.searchsorted`` restricted to a segment,
+    as ``steps`` rounds of vectorized bisection (``steps`` at least the bit length of the
+    longest segment). Each round reads keys near the ones before, so the cost follows the
+    segments' length, not the number of keys."""
+    top = max(keys.numel() - 1, 0)
+    for _ in range(steps):
+        mid = (lo + hi) >> 1
+        right = (keys[mid.clamp(max=top)] < query) & (lo < hi)
+        lo = torch.where(right, mid + 1, lo)
+        hi = torch.where(right, hi, mid)
+    return lo
+
+
+def day_index(
+    keys: torch.Tensor, ctx: Any, cached: Any, dense_cells: int
+) -> torch.Tensor | tuple[torch.Tensor, int]:
+    """How BellKor finds the row of a (user, day) among the sorted keys ``user * day_span +
+    day`` of the training part: with at most ``dense_cells`` cells, a dense table of every
+    cell's row (``n``, the spare row, where training has none); else where each user's keys
+    start ``(n_users + 1,)`` and the steps of a bisection within them (enough for the user with
+    the most days). ``cached``: an earlier answer, returned when it still fits ``keys``."""
+    cells = int(ctx.n_users) * int(ctx.day_span)
+    dense = cells <= dense_cells and keys.numel() > 0
+    held = cached if isinstance(cached, torch.Tensor) else (cached or (None,))[0]
+    if held is not None and held.device == keys.device and dense == (held is cached):
+        return cached
+    n = keys.numel()
+    if dense:
+        table = torch.full((cells,), n, dtype=torch.long, device=keys.device)
+        table[keys] = torch.arange(n, device=keys.device)
+        return table
+    users = torch.arange(int(ctx.n_users) + 1, device=keys.device)
+    offsets = torch.searchsorted(keys, users * int(ctx.day_span))
+    most = int((offsets[1:] - offsets[:-1]).max()) if n else 0
+    return offsets, most.bit_length()

@@ -128,10 +128,21 @@ def sparse_rows(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A row-sparse (COO) gradient of a ``(rows, ...)`` table as ``(rows (R,), values (R, n))``:
     each looked-up row once, ascending, with its summed gradient; rows whose summed gradient is
     all zero are dropped (NaN counts as non-zero), as the dense path skips them."""
-    g = g.coalesce()
+    if not g.is_coalesced():
+        ids = g._indices()[0]
+        # ids already ascending and distinct (a lookup of distinct sorted ids, such as a
+        # batch's users): the gradient is coalesced as it is, no sort needed
+        if ids.device.type == "cpu" and bool((ids[1:] > ids[:-1]).all()):
+            g = torch.sparse_coo_tensor(
+                g._indices(), g._values(), g.shape, is_coalesced=True, check_invariants=False
+            )
+        else:
+            g = g.coalesce()
     rows, values = g.indices()[0], g.values()
-    values = values.reshape(values.shape[0], -1)
-    keep = values.ne(0).any(1)
+    values = values.flatten(1) if values.dim() > 1 else values[:, None]
+    # a row is touched when its summed gradient is non-zero anywhere (NaN counts: its abs max
+    # is NaN, not 0); one reduction over the row instead of a boolean tensor of every value
+    keep = values[:, 0].ne(0) if values.shape[1] == 1 else values.abs().amax(1).ne(0)
     if not bool(keep.all()):
         rows, values = rows[keep], values[keep]
     return rows, values

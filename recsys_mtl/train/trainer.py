@@ -3,8 +3,7 @@
 * Shuffling: epoch ``e`` uses ``torch.randperm`` with a generator seeded by ``(seed, e)``, so a
   resumed run sees exactly the batches an uninterrupted one would.
 * Optimizers (:mod:`recsys_mtl.train.optim`): AdamW for dense parameters; Adam, lazy Adam,
-  Adagrad or row-wise Adagrad (no weight decay) for embedding tables, whose rows are touched
-  sparsely.
+  Adagrad or row-wise Adagrad (no weight decay) for the sparsely touched embedding tables.
   Learning rates scale with the batch size (``train.lr_scaling``) and follow a schedule over
   ``train.epochs`` (``train.schedule``: warm-up, then constant, cosine or linear decay).
 * Early stopping on the validation part only: the weighted sum of validation task losses.
@@ -26,9 +25,8 @@
   are logged: non-finite losses and gradients are flagged on the device at every step and
   reported (task, epoch, first bad step) at the end of the epoch.
 * Sequence rankers (a ``sequence_table`` method) train on windows of each user's ratings in
-  time order instead of rating rows: an epoch shuffles the windows, ``train.batch_size`` counts
-  windows, and the ranker computes its losses (``sequence_losses``) and validation losses
-  (``held_out_losses``) itself.
+  time order: an epoch shuffles the windows, ``train.batch_size`` counts windows, and the
+  ranker computes its losses (``sequence_losses``) and validation losses (``held_out_losses``).
 * Plug-in points for continual training: an extra ``penalty(model, batch, outputs)`` term
   joins every step's loss (EWC, distillation), and optimizers passed in (with their state)
   are stepped instead of fresh ones and returned in the result, so moments survive updates.
@@ -38,6 +36,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
@@ -166,16 +165,18 @@ def validation_losses(
     model.eval()
     n = size(data)
     own = getattr(model, "held_out_losses", None)  # a sequence ranker: from each history
-    for s in range(0, n, batch_size):
-        batch = take(data, torch.arange(s, min(s + batch_size, n), device=device))
-        if own is not None:
-            losses, rows = own(batch, tasks)
-        else:
-            losses = task_losses(model(batch), batch, tasks)
-            rows = {t: task_mask(t, batch).sum() for t in tasks}
-        for k, t in enumerate(tasks):
-            sums[k] += losses[t].double() * rows[t]
-            counts[k] += rows[t]
+    # a ranker's scope for weights that do not change (BellKor: one SVD++ product per pass)
+    with getattr(model, "held_weights", contextlib.nullcontext)():
+        for s in range(0, n, batch_size):
+            batch = take(data, torch.arange(s, min(s + batch_size, n), device=device))
+            if own is not None:
+                losses, rows = own(batch, tasks)
+            else:
+                losses = task_losses(model(batch), batch, tasks)
+                rows = {t: task_mask(t, batch).sum() for t in tasks}
+            for k, t in enumerate(tasks):
+                sums[k] += losses[t].double() * rows[t]
+                counts[k] += rows[t]
     model.train(was)
     means = (sums / counts.clamp(min=1)).tolist()
     return dict(zip(tasks, means, strict=True))
