@@ -15,7 +15,9 @@ c10d rendezvous on a free TCP port). Progress goes to stderr; stdout gets one JS
 
 * Part 1 (quality): ``--config`` (default ``configs/ml100k_bellkor.yaml``) with
   ``train.embedding_optimizer: rowwise_adagrad``, train seeds 0-2, in one process (the trainer)
-  and with ``--nproc_per_node 2``: valid and test RMSE of each run, and the 2-process plan.
+  and with ``--nproc_per_node 2``, once for each of ``--batches`` (``train.distributed.batch``:
+  ``global``, rows labelled as before; ``per_process``, labelled ``batch: per_process``): valid
+  and test RMSE of each run, and the 2-process plan.
 * Part 2 (portability): the 2-process run of seed 0 scored with ``recsys-mtl score RUN --top-k
   10`` (its ``train/model.pt``) and with the weights read from ``train/dcp/`` in one process (no
   process group); then a 2-process job SIGKILLed after its first checkpoint and resumed with
@@ -30,7 +32,9 @@ c10d rendezvous on a free TCP port). Progress goes to stderr; stdout gets one JS
   3,706 items, 1,000,209 ratings): the train stage alone (the data stages run once before, in
   their own process), samples/s (all processes together) and peak RSS (VmHWM) per process,
   for the trainer with its own row-wise Adagrad, DMP with 1 process and DMP with 2 processes
-  (fbgemm's fused row-wise Adagrad on the sharded tables).
+  (fbgemm's fused row-wise Adagrad on the sharded tables), the latter once for each of
+  ``--batches`` (mode ``dmp_2``: ``train.batch_size`` rows a step in all; ``dmp_2_per_process``:
+  that many rows per process). The load average when the part starts is in ``machine``.
 * Part 6 (scoring): ``recsys-mtl score`` of the seed-0 2-process run in one process and with
   ``--nproc_per_node 2``: users/s, and whether the union of the parts equals the one-process
   output row for row.
@@ -71,6 +75,8 @@ COST_MODELS = {"bellkor": "configs/ml100k_bellkor.yaml", "mmoe": "configs/ml100k
 ML1M = {"users": 6040, "items": 3706, "ratings": 1_000_209}
 # part 4: the models, and tables kept whole on every process (``--cost-data-parallel``)
 COST: dict[str, list[str]] = {"models": list(COST_MODELS), "data_parallel": []}
+BATCHES = ["global", "per_process"]  # train.distributed.batch of the 2-process runs (--batches)
+LOAD: dict[str, list[float]] = {}  # the load average when each part started
 Row = dict[str, Any]
 
 
@@ -190,15 +196,26 @@ def _resumed_at(log: Path) -> int | None:
 
 
 # -- part 1 ---------------------------------------------------------------------------------
+def _quality_runs() -> list[tuple[int, str]]:
+    """Part 1's (processes, train.distributed.batch) pairs: one process, then 2 per batch."""
+    return [(1, "global"), *((2, b) for b in BATCHES)]
+
+
 def quality(tmp: Path, config: str) -> list[Row]:
     rows = []
     for seed in range(3):
-        for n in (1, 2):
-            run, log = tmp / f"q{n}-{seed}", tmp / f"q{n}-{seed}.log"
-            _say(f"part 1: seed {seed}, {n} process(es)")
+        for n, batch in _quality_runs():
+            tag = f"q{n}-{seed}" + ("" if batch == "global" else f"-{batch}")
+            run, log = tmp / tag, tmp / f"{tag}.log"
+            _say(f"part 1: seed {seed}, {n} process(es), batch {batch}")
             args = [*_base(config, seed), "--out", str(run)]
+            if batch != "global":
+                args += ["--set", f"train.distributed.batch={batch}"]
             code, seconds = _run(_cli(*args) if n == 1 else _torchrun(tmp, n, *args), log)
-            row: Row = {"labels": {"part": 1, "seed": seed, "processes": n},
+            labels: dict[str, Any] = {"part": 1, "seed": seed, "processes": n}
+            if batch != "global":
+                labels["batch"] = batch
+            row: Row = {"labels": labels,
                         "metrics": {"exit": code, "seconds": round(seconds, 1)}}  # fmt: skip
             if code == 0:
                 row["metrics"].update(_rmse(run))
@@ -357,7 +374,8 @@ def cost(tmp: Path) -> list[Row]:
     rows = []
     whole = ",".join(COST["data_parallel"])
     # with tables kept whole: DMP in 1 and 2 processes only (the trainer shards nothing)
-    modes = (("dmp_1", 1), ("dmp_2", 2)) if whole else (("trainer", 0), ("dmp_1", 1), ("dmp_2", 2))
+    two = [("dmp_2" if b == "global" else f"dmp_2_{b}", 2) for b in BATCHES]
+    modes = [("dmp_1", 1), *two] if whole else [("trainer", 0), ("dmp_1", 1), *two]
     for name in COST["models"]:
         config = COST_MODELS[name]
         sets = _cost_sets()
@@ -378,6 +396,8 @@ def cost(tmp: Path) -> list[Row]:
             shutil.copytree(base, run)
             _say(f"part 4: {name}, {mode}")
             args = [config, str(run), *flags]
+            if mode.endswith("_per_process"):
+                args += ["--set", "train.distributed.batch=per_process"]
             cmd = [*me, *args] if n == 0 else _torchrun(tmp, n, *me, *args, module=False)
             code, seconds = _run(cmd, log)
             text = log.read_text()
@@ -463,10 +483,16 @@ def main() -> int:
     p.add_argument(
         "--cost-data-parallel", default="", help="part 4: tables kept whole (DMP rows only)"
     )
+    p.add_argument(
+        "--batches",
+        default=",".join(BATCHES),
+        help="train.distributed.batch of the 2-process runs of parts 1 and 4",
+    )
     args = p.parse_args()
     EXTRA.extend(args.set)
     COST["models"] = [m for m in args.cost_models.split(",") if m]
     COST["data_parallel"] = [t for t in args.cost_data_parallel.split(",") if t]
+    BATCHES[:] = [b for b in args.batches.split(",") if b]
     tmp = Path(args.dir or tempfile.mkdtemp(prefix="scale-dist-"))
     tmp.mkdir(parents=True, exist_ok=True)
     _say(f"work folder: {tmp}")
@@ -474,6 +500,7 @@ def main() -> int:
     seconds: dict[str, float] = {}
     for part in (int(x) for x in args.parts.split(",")):
         t0 = time.perf_counter()
+        LOAD[str(part)] = [round(x, 2) for x in os.getloadavg()]
         fn = PARTS[part]
         rows += fn(tmp, args.config) if part in (1, 2, 3) else fn(tmp)
         seconds[str(part)] = round(time.perf_counter() - t0, 1)
@@ -482,7 +509,12 @@ def main() -> int:
 
     doc = {
         "benchmark": "scale_distributed",
-        "machine": {**machine_info(), "torch": torch.__version__, "torchrec": torchrec.__version__},
+        "machine": {
+            **machine_info(),
+            "load_average_at_part_start": LOAD,
+            "torch": torch.__version__,
+            "torchrec": torchrec.__version__,
+        },
         "config": args.config,
         "overrides": args.set,
         "cost_log": ML1M,

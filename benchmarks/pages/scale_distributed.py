@@ -16,11 +16,15 @@ COMMANDS = (
     "python benchmarks/scale_distributed.py --parts 4 --append --cost-models bellkor "
     "--cost-data-parallel implicit",
     "python benchmarks/scale_distributed.py --parts 3 --append",
+    "python benchmarks/scale_distributed.py --parts 1 --append",
+    "python benchmarks/scale_distributed.py --parts 4 --append --cost-models bellkor "
+    "--cost-data-parallel implicit,item,user",
 )
 MODES = {
     "trainer": "the trainer (one process, its own row-wise Adagrad)",
     "dmp_1": "DMP, 1 process (fused row-wise Adagrad)",
     "dmp_2": "DMP, 2 processes (fused row-wise Adagrad)",
+    "dmp_2_per_process": "DMP, 2 processes, per-process batch (fused row-wise Adagrad)",
 }
 
 
@@ -51,6 +55,13 @@ def _config(docs: list[dict[str, Any]]) -> str:
     return "–"
 
 
+QUALITY_RUNS = {  # part 1's runs: (processes, train.distributed.batch) -> column label
+    (1, "global"): "1 process",
+    (2, "global"): "2 processes",
+    (2, "per_process"): "2 processes, per-process batch",
+}
+
+
 def _quality(docs: list[dict[str, Any]]) -> str:
     rows = [r for r in _rows(docs, 1) if r["metrics"].get("exit") == 0]
     if not rows:
@@ -59,40 +70,52 @@ def _quality(docs: list[dict[str, Any]]) -> str:
     out += (
         f"{_config(docs)} with `train.embedding_optimizer: rowwise_adagrad`, train seeds 0–2: "
         "one process (the trainer) against `torchrun --nproc_per_node 2` (DistributedModelParallel"
-        "). RMSE of the rating task on the validation and test parts; tables sharded: the "
-        "tables of the 2-process plan that are not `data_parallel`. Goal: means within 0.01, "
-        "and every 2-process plan shards a table.\n\n"
+        "), with `train.distributed.batch: global` (each process takes half of "
+        "`train.batch_size` rows a step) and, where shown, `per_process` (each process takes "
+        "`train.batch_size` rows: twice the rows a step, half the steps, the learning rates "
+        "scaled to the doubled batch by the recipe's `train.lr_scaling`). RMSE of the rating "
+        "task on the validation and test parts; tables sharded: the tables of the 2-process "
+        "plan that are not `data_parallel`. Goal: means within 0.01, and every 2-process plan "
+        "shards a table.\n\n"
     )
-    by = {(r["labels"]["seed"], r["labels"]["processes"]): r for r in rows}
-    seeds = sorted({s for s, _ in by})
-    body, cols = [], {k: [] for k in ("v1", "t1", "v2", "t2")}
+    by = {(r["labels"]["seed"], r["labels"]["processes"], r["labels"].get("batch", "global")): r
+          for r in rows}  # fmt: skip
+    seeds = sorted({s for s, _, _ in by})
+    runs = [k for k in QUALITY_RUNS if any((s, *k) in by for s in seeds)]
+    cols: dict[tuple, list[float]] = {(k, m): [] for k in runs for m in ("v", "t")}
+    body = []
     for s in seeds:
-        one, two = by.get((s, 1)), by.get((s, 2))
         line: list[str] = [str(s)]
-        for tag, r in (("1", one), ("2", two)):
+        for k in runs:
+            r = by.get((s, *k))
             for key, metric in (("v", "valid/rating/rmse"), ("t", "rating/rmse")):
                 value = r["metrics"].get(metric) if r else None
                 line.append(fmt(value))
                 if value is not None:
-                    cols[key + tag].append(value)
-        plan = (two or {}).get("plan", {})
-        line.append(f"{sum(v != 'data_parallel' for v in plan.values())} of {len(plan)}")
-        line.append(" / ".join(fmt(r["metrics"]["seconds"], 1) if r else "–" for r in (one, two)))
+                    cols[(k, key)].append(value)
+        plans = [by[(s, *k)].get("plan", {}) for k in runs if k[0] > 1 and (s, *k) in by]
+        line.append(" / ".join(f"{sum(v != 'data_parallel' for v in p.values())} of {len(p)}"
+                               for p in plans) or "–")  # fmt: skip
+        line.append(" / ".join(fmt(by[(s, *k)]["metrics"]["seconds"], 1) if (s, *k) in by
+                               else "–" for k in runs))  # fmt: skip
         body.append(line)
-    n = len(seeds)
-    body.append([f"mean ± std (n = {n})", *[pm(cols[k]) for k in ("v1", "t1", "v2", "t2")],
-                 "", ""])  # fmt: skip
-    out += table(
-        ["seed", "1 process: valid", "test", "2 processes: valid", "test", "tables sharded",
-         "command s (1 / 2)"],
-        body,
-    )  # fmt: skip
-    diffs = []
-    for name, a, b in (("valid", "v1", "v2"), ("test", "t1", "t2")):
-        if cols[a] and cols[b]:
-            diff = mean_std(cols[b])[0] - mean_std(cols[a])[0]
-            diffs.append(f"{name} {diff:+.4f}")
-    out += "\nMean RMSE of 2 processes minus 1 process: " + ", ".join(diffs) + ".\n"
+    body.append([f"mean ± std (n = {len(seeds)})",
+                 *[pm(cols[(k, m)]) for k in runs for m in ("v", "t")], "", ""])  # fmt: skip
+    heads = [h for k in runs for h in (f"{QUALITY_RUNS[k]}: valid", "test")]
+    out += table(["seed", *heads, "tables sharded", "command s (" + " / ".join(
+        str(k[0]) + ("" if k[1] == "global" else " per-process") for k in runs) + ")"],
+        body)  # fmt: skip
+    base = (1, "global")
+    for k in runs:
+        if k == base or not cols[(base, "v")]:
+            continue
+        diffs = []
+        for name, m in (("valid", "v"), ("test", "t")):
+            if cols[(k, m)]:
+                diff = mean_std(cols[(k, m)])[0] - mean_std(cols[(base, m)])[0]
+                diffs.append(f"{name} {diff:+.4f}")
+        out += f"\nMean RMSE of {QUALITY_RUNS[k]} minus 1 process: " + ", ".join(diffs) + "."
+    out += "\n"
     plan = next((r.get("plan") for r in rows if r.get("plan")), None)
     if plan:
         kinds: dict[str, list[str]] = {}
@@ -186,8 +209,11 @@ def _cost(docs: list[dict[str, Any]]) -> str:
         f"({log.get('users', 0):,} users, {log.get('items', 0):,} items, "
         f"{log.get('ratings', 0):,} ratings), `train.embedding_optimizer: rowwise_adagrad`: "
         "the train stage alone (the data stages ran before, in their own process). "
-        "Samples/s counts every process's rows; peak RSS (VmHWM) is per process. Goal: 2 "
-        "processes no slower in total than 1 DMP process.\n\n"
+        "Samples/s counts every process's rows; peak RSS (VmHWM) is per process. A 2-process "
+        "row takes `train.batch_size` rows a step in all (`train.distributed.batch: global`, "
+        "half per process) unless it says per-process batch (`per_process`: that many rows per "
+        "process, twice the rows a step and half the steps). Goal: 2 processes no slower in "
+        "total than 1 DMP process.\n\n"
     )
     for model in sorted({r["labels"]["model"] for r in rows}):
         got = {(r["labels"]["mode"], r["labels"].get("data_parallel", "")): r for r in rows

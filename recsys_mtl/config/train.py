@@ -50,6 +50,14 @@ class DistributedConfig(Frozen):
         description="tables kept whole on every process (data_parallel), trained by the "
         "project's optimizers like the dense parameters",
     )
+    batch: Literal["global", "per_process"] = Field(
+        "global",
+        description="what train.batch_size counts: global (the rows of one step over all "
+        "processes; each of N takes batch_size / N, the optimization of one process) or "
+        "per_process (each process takes batch_size rows: a step sees N x batch_size, an epoch "
+        "N times fewer steps, and train.lr_scaling scales the learning rates to that global "
+        "batch)",
+    )
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="process-group backend: auto (nccl on CUDA, else gloo), gloo or nccl"
     )
@@ -198,7 +206,8 @@ class TrainConfig(Frozen):
     )
     distributed: DistributedConfig = Field(
         DistributedConfig(),
-        description="training under torchrun: sharding of the tables and timeouts",
+        description="training under torchrun: sharding of the tables, the batch of each "
+        "process and timeouts",
     )
 
 

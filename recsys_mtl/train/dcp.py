@@ -7,6 +7,7 @@ Under ``CHECKPOINT_DIR/dcp/``::
                    them), the fused optimizer's state, the project's optimizers' tensors
     state.json     rank 0: the epoch to resume at, the latest and best epoch folders, the
                    training history, optimizer scalars, the weighting's state, the world size
+                   and the batch (``batch``, ``batch_per_process``, ``global_batch``)
 
 An epoch is written into ``epoch-NNNN.tmp/``, renamed into place once every process has
 written its part, and only then named by ``state.json`` (written atomically): a killed job
@@ -87,9 +88,11 @@ def save(
     opts: list[Any],
     weighting: Any,
     state: dict[str, Any],
+    batch: dict[str, Any] | None = None,
 ) -> None:
     """Write epoch ``epoch``'s checkpoint (every process calls this). ``state``: the loop's
-    scalars (next epoch, best, best epoch, epochs without improvement, history)."""
+    scalars (next epoch, best, best epoch, epochs without improvement, history); ``batch``:
+    how the job batches (written beside the world size)."""
     import torch.distributed as dist  # deferred: under torchrun only
     import torch.distributed.checkpoint as dcp
 
@@ -112,6 +115,7 @@ def save(
             "latest": final.name,
             "best": best,
             "world_size": d.world,
+            **(batch or {}),
             "state": state,
             "optimizers": _scalars(opts),
             "weighting": _pickled(weighting.state_dict()),

@@ -227,8 +227,12 @@ def check_settings(cfg: Any, device: torch.device) -> None:
             "train.embedding_optimizer: lazy_adam has no fused kernel for sharded tables; "
             "use adam, adagrad, rowwise_adagrad or sgd under torchrun"
         )
-    if cfg.train.batch_size < (_current.world if _current else 1):
-        raise UserError("train.batch_size: smaller than the number of processes")
+    world = _current.world if _current else 1
+    if cfg.train.distributed.batch == "global" and cfg.train.batch_size < world:
+        raise UserError(
+            f"train.batch_size: {cfg.train.batch_size} rows is smaller than the {world} "
+            "processes of the job (train.distributed.batch: global splits it among them)"
+        )
 
 
 def _fused_class(name: str) -> type:

@@ -4,10 +4,14 @@ in holds the weights of its best validation epoch at the end, on every process).
 
 * Data: each epoch's permutation is the one-process trainer's (seeded by ``(seed, epoch)``);
   rank ``r`` of ``N`` takes the ``r``-th of ``N`` equal, disjoint slices of it (the last
-  ``n mod N`` rows of the permutation are left out of that epoch), in batches of
-  ``train.batch_size / N`` rows: every process takes the same number of steps, and a step
-  sees ``train.batch_size`` rows in all, as in one process. The learning rates are scaled to
-  that global batch (``train.lr_scaling``, as in one process).
+  ``n mod N`` rows of the permutation are left out of that epoch): every process takes the
+  same number of steps. How many rows a step takes follows ``train.distributed.batch``
+  (:func:`step_rows`): ``global``, each process ``train.batch_size / N`` rows, so a step sees
+  ``train.batch_size`` rows in all, as in one process; ``per_process``, each process
+  ``train.batch_size`` rows, so a step sees ``N x train.batch_size`` rows and an epoch takes N
+  times fewer steps. The learning rates are scaled to the global batch (``train.lr_scaling``,
+  as in one process): resumed by another number of processes, a ``per_process`` run's global
+  batch, steps per epoch and learning rates change from the epoch it resumes at (logged).
 * Optimizers: the sharded tables' fused optimizer (fbgemm, in the backward pass) with
   ``train.embedding_optimizer``; the dense parameters and the data-parallel tables the
   project's (:func:`recsys_mtl.train.trainer._optimizers`). A sharded table's gradient is the
@@ -49,10 +53,35 @@ from recsys_mtl.train.optim import lr_multiplier, scaled_lr
 from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, _check_finite, _optimizers
 from recsys_mtl.weighting.base import Weighting
 
-__all__ = ["PLAN", "fit_parallel", "sharded_model"]
+__all__ = ["PLAN", "fit_parallel", "fused_lr", "global_train", "sharded_model", "step_rows"]
 
 PLAN = RunLayout.PLAN
 log = logging.getLogger("recsys_mtl.train")
+
+
+def step_rows(tc: TrainConfig, world: int) -> tuple[int, int]:
+    """The rows each of ``world`` processes takes per step, and the rows of a step over all of
+    them (the global batch the learning rates are scaled to), by ``train.distributed.batch``."""
+    if tc.distributed.batch == "per_process":
+        return tc.batch_size, tc.batch_size * world
+    return max(1, tc.batch_size // world), tc.batch_size
+
+
+def global_train(tc: TrainConfig, world: int) -> TrainConfig:
+    """The training settings the optimizers are built from: ``batch_size`` the global batch
+    (learning rates scaled to it by ``train.lr_scaling``)."""
+    _, total = step_rows(tc, world)
+    return tc if total == tc.batch_size else tc.model_copy(update={"batch_size": total})
+
+
+def fused_lr(tc: TrainConfig, world: int) -> float:
+    """The sharded tables' fused learning rate: the embedding rate scaled to the global batch;
+    ``sgd``'s divided by the number of processes (a sharded table's gradient is the sum of
+    every process's mean, N times the mean over the global batch; the Adagrad family is
+    invariant to that scale)."""
+    g = global_train(tc, world)
+    lr = scaled_lr(g.embedding_lr or g.lr, g.batch_size, g.lr_reference_batch, g.lr_scaling)
+    return lr / world if tc.embedding_optimizer == "sgd" else lr
 
 
 def _refuse(model: nn.Module, weighting: Weighting) -> None:
@@ -127,12 +156,13 @@ def fit_parallel(
     weighting.to(d.device)
     train = to_device(train, d.device)
     valid = to_device(valid, d.device) if has_valid else None
-    emb_lr = scaled_lr(tc.embedding_lr or tc.lr, tc.batch_size, tc.lr_reference_batch,
-                       tc.lr_scaling)  # fmt: skip
-    fused_lr = emb_lr / d.world if tc.embedding_optimizer == "sgd" else emb_lr
-    dmp, plan, printed, opts = sharded_model(model, cfg, weighting, fused_lr)
+    batch, rows_per_step = step_rows(tc, d.world)
+    fused_rate = fused_lr(tc, d.world)
+    dmp, plan, printed, opts = sharded_model(model, cfg, weighting, fused_rate)
     if d.leader:
-        log.info("    sharding plan (%d processes):\n%s", d.world, printed)
+        log.info("    sharding plan (%d processes; train.distributed.batch: %s, %d rows per "
+                 "process, %d per step):\n%s", d.world, tc.distributed.batch, batch, rows_per_step,
+                 printed)  # fmt: skip
         write_json(plan, ckpt / PLAN)
     fused = getattr(dmp, "fused_optimizer", None)
     learnable = list(weighting.parameters())
@@ -144,6 +174,8 @@ def fit_parallel(
         dcp.load(ckpt, sidecar, dmp, opts, weighting)
         state = sidecar["state"]
         resumed = state["epoch"]
+        if d.leader:
+            _note_batch_change(sidecar, tc, d.world, batch, rows_per_step, resumed)
     static = {t: float(w) for t, w in zip(tasks, weighting.static, strict=True)}
     patience = tc.patience if tc.patience is not None else tc.epochs + 1
 
@@ -157,12 +189,12 @@ def fit_parallel(
         resample = NegativeResampler(train, int(model.ctx.n_items), tc.seed)
     n = size(train)
     local = n // d.world
-    batch = max(1, tc.batch_size // d.world)
     n_steps = -(-local // batch)
     total_steps, warmup = n_steps * tc.epochs, round(tc.warmup_epochs * n_steps)
     last = tc.epochs if stop_after is None else min(tc.epochs, stop_after)
     info = {"epochs": last, "rows": n, "device": str(d.device), "resumed_from": resumed,
-            "checkpoint_dir": str(ckpt), "world_size": d.world}  # fmt: skip
+            "checkpoint_dir": str(ckpt), "world_size": d.world, "batch_per_process": batch,
+            "global_batch": rows_per_step, "steps_per_epoch": n_steps}  # fmt: skip
     for cb in callbacks:
         cb.on_train_start(model, info)
     step_hooks = [cb for cb in callbacks if callable(getattr(cb, "on_step_end", None))]
@@ -186,7 +218,7 @@ def fit_parallel(
                 opt.lr = opt.base_lr * factor
             if fused is not None:
                 for group in fused.param_groups:
-                    group["lr"] = fused_lr * factor
+                    group["lr"] = fused_rate * factor
                 fused.step()  # sets the rate the next backward applies
             rows = {k: v[s : s + batch] for k, v in part.items()}
             out = _lookups(dmp, rows, model)
@@ -238,7 +270,8 @@ def fit_parallel(
             state["bad"] += 1
         state["epoch"] = epoch + 1
         state["history"].append({"epoch": epoch, **metrics})
-        dcp.save(ckpt, epoch, dmp, opts, weighting, state)
+        dcp.save(ckpt, epoch, dmp, opts, weighting, state, {"batch": tc.distributed.batch,
+                 "batch_per_process": batch, "global_batch": rows_per_step})  # fmt: skip
         asked = torch.tensor(
             [int(any([bool(cb.on_epoch_end(epoch, metrics)) for cb in callbacks]))]
         )
@@ -264,6 +297,24 @@ def fit_parallel(
     return result
 
 
+def _note_batch_change(
+    sidecar: dict[str, Any], tc: TrainConfig, world: int, batch: int, total: int, epoch: int
+) -> None:
+    """Log it when a checkpoint resumes with another global batch than it was written with
+    (``per_process`` in another number of processes)."""
+    before = sidecar.get("global_batch")
+    if before is None or int(before) == total:
+        return
+    log.warning(
+        "    the checkpoint's global batch was %s rows (%s processes); this job's is %d (%d x %d "
+        "rows, train.distributed.batch: %s): from epoch %d on an epoch takes %sx the steps and "
+        "the learning rates are scaled to %d rows (train.lr_scaling: %s); the optimizers' "
+        "state carries over",
+        before, sidecar.get("world_size", "?"), total, world, batch, tc.distributed.batch, epoch,
+        f"{int(before) / total:g}", total, tc.lr_scaling,
+    )  # fmt: skip
+
+
 def _lookups(dmp: nn.Module, rows: dict[str, torch.Tensor], model: nn.Module) -> Any:
     """The sharded model's outputs; a forward that reads a whole table is the user's error."""
     try:
@@ -276,19 +327,21 @@ def _lookups(dmp: nn.Module, rows: dict[str, torch.Tensor], model: nn.Module) ->
 
 
 def sharded_model(
-    model: nn.Module, cfg: Any, weighting: Weighting, fused_lr: float
+    model: nn.Module, cfg: Any, weighting: Weighting, fused_rate: float
 ) -> tuple[nn.Module, dict[str, Any], str, list[Any]]:
     """A copy of ``model`` wrapped in DistributedModelParallel (its weights loaded), its plan
     (as JSON and printed) and the project's optimizers of the parameters the fused optimizer
-    does not step (dense parameters, data-parallel tables)."""
+    does not step (dense parameters, data-parallel tables), their rates scaled to the global
+    batch (:func:`global_train`); ``fused_rate``: the sharded tables' rate."""
     d = distributed.current()
     assert d is not None
     work = _torchrec_twin(model).to(d.device)
-    dmp, plan, printed = distributed.shard(work, cfg, fused_lr)
+    dmp, plan, printed = distributed.shard(work, cfg, fused_rate)
     fused = {f"ebc.embedding_bags.{t}.weight" for t, v in plan.items()
              if v["sharding_type"] != "data_parallel"}  # fmt: skip
     skip = {id(p) for n, p in work.named_parameters() if n.split(".", 1)[-1] in fused}
-    return dmp, plan, printed, _optimizers(work, cfg.train, weighting, skip=skip)
+    return dmp, plan, printed, _optimizers(work, global_train(cfg.train, d.world), weighting,
+                                           skip=skip)  # fmt: skip
 
 
 def _torchrec_twin(model: nn.Module) -> nn.Module:

@@ -124,3 +124,31 @@ def test_sharded_scoring_writes_one_part_per_process_and_a_manifest(tmp_path):
     assert parts.select(keys).equals(one.select(keys))
     for c in (c for c in one.columns if c.startswith("score")):  # blocks of other users: 1 ulp
         assert float((parts[c] - one[c]).abs().max()) <= 1e-6
+
+
+def test_the_train_stage_fingerprint_names_the_batch_of_each_process(monkeypatch):
+    """A run trained with per-process batches is not reused by one with global batches (nor
+    by another number of processes); the batch is also an MLflow param of the run."""
+    import yaml
+
+    from pipelines.naming import run_params
+    from pipelines.ranks import with_world
+    from pipelines.runner import fingerprint
+    from pipelines.stages import build_pipeline
+    from recsys_mtl.config import RunConfig
+
+    doc = yaml.safe_load(CONFIG)
+    train = next(s for s in build_pipeline().stages if s.name == "train")
+
+    def key(batch: str, world: int) -> str:
+        doc["train"]["distributed"] = {"batch": batch}
+        cfg = RunConfig.model_validate(doc)
+        monkeypatch.setenv("RANK", "0")
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        upstream = {"split": "s", "features": "f", "ingest": "i"}
+        assert run_params(cfg)["train.distributed.batch"] == batch
+        return with_world("train", fingerprint(train, cfg, upstream))
+
+    keys = {key(b, w) for b in ("global", "per_process") for w in (1, 2)}
+    assert len(keys) == 4

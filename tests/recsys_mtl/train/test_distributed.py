@@ -3,6 +3,8 @@ rendezvous: no port is shared between test workers), and the one-line refusals."
 
 from __future__ import annotations
 
+import logging
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -14,6 +16,7 @@ from recsys_mtl.config import RunConfig
 from recsys_mtl.config.train import DistributedConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.models import RANKERS, FeatureContext
+from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.weighting import WEIGHTINGS
 
 pytest.importorskip("torchrec")
@@ -34,14 +37,48 @@ def _launch(tmp: Path, nproc: int, fn, *args) -> dict[int, object]:
     return elastic_launch(config, fn)(*args)
 
 
-def _config(sharding: str = "auto", epochs: int = 2) -> RunConfig:
+def _config(sharding: str = "auto", epochs: int = 2, batch: str = "global") -> RunConfig:
     return RunConfig.model_validate({
         "name": "t", "data": {"format": "synthetic"}, "tasks": TASKS,
         "model": {"name": "mmoe", "params": {"dim": 8, "side_dim": 6}},
         "train": {"epochs": epochs, "batch_size": 64, "lr": 5e-3, "patience": None,
-                  "embedding_optimizer": "rowwise_adagrad",
-                  "distributed": {"sharding": sharding, "collective_timeout": 60}},
+                  "embedding_optimizer": "rowwise_adagrad", "lr_scaling": "linear",
+                  "lr_reference_batch": 64,
+                  "distributed": {"sharding": sharding, "collective_timeout": 60,
+                                  "batch": batch}},
     })  # fmt: skip
+
+
+class _Steps(Callback):
+    """What a fit tells its callbacks, and the rows of every training forward (a pre-hook on
+    the model, which the sharded copy keeps)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.info: dict = {}
+        self.steps: dict[int, int] = {}
+        self.rows: list[int] = []
+        rows = self.rows
+
+        def count(module: torch.nn.Module, args: tuple) -> None:  # deepcopy keeps a function
+            if module.training:
+                rows.append(int(args[0]["user"].numel()))
+
+        model.register_forward_pre_hook(count)
+
+    def on_train_start(self, model: torch.nn.Module, info: dict) -> None:
+        self.info = dict(info)
+
+    def on_step_end(self, epoch: int, step: int, steps: int) -> None:
+        self.steps[epoch] = step
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def _data(n: int, seed: int) -> dict[str, torch.Tensor]:
@@ -61,19 +98,34 @@ def _model():
     return cls(cls.config_class(dim=8, side_dim=6), CTX, TASKS)
 
 
-def _job(mode: str, ckpt: str, sharding: str) -> dict:
-    """One process: ``train`` fits 2 epochs with checkpoints; both modes then load the last
-    checkpoint into a freshly sharded model (plan ``sharding``) and score a fixed batch."""
+def _job(mode: str, ckpt: str, sharding: str, resume: str | None = None) -> dict:
+    """One process: ``train`` fits 2 epochs with checkpoints (``per_process`` batches); both
+    modes then load the last checkpoint into a freshly sharded model (plan ``sharding``) and
+    score a fixed batch; ``resume``: a copy of the checkpoint continued for a third epoch."""
     from recsys_mtl.models.embeddings import EmbeddingTables, ShardedTableError
     from recsys_mtl.train import dcp, distributed
     from recsys_mtl.train.parallel import fit_parallel, sharded_model
 
-    cfg = _config(sharding)
+    cfg = _config(sharding, batch="per_process")
     distributed.setup(cfg.train.distributed)
     weighting = WEIGHTINGS.get("static")(TASKS)
+    seen: dict = {}
     if mode == "train":
-        fit_parallel(_model(), _data(400, 0), _data(100, 1), TASKS, cfg, weighting, ckpt)
+        model = _model()
+        steps = _Steps(model)
+        fit_parallel(model, _data(400, 0), _data(100, 1), TASKS, cfg, weighting, ckpt, [steps])
+        seen = {"info": steps.info, "steps": steps.steps, "rows": steps.rows}
+    if resume is not None:
+        model, caught = _model(), _Warnings()
+        steps = _Steps(model)
+        logging.getLogger("recsys_mtl.train").addHandler(caught)
+        res = fit_parallel(model, _data(400, 0), _data(100, 1), TASKS, _config(epochs=3,
+                           batch="per_process"), WEIGHTINGS.get("static")(TASKS), resume,
+                           [steps])  # fmt: skip
+        seen = {"info": steps.info, "steps": steps.steps, "warnings": caught.lines,
+                "epochs": len(res.history)}  # fmt: skip
     dmp, plan, _, opts = sharded_model(_model(), cfg, weighting, 0.1)
+    seen["dense_lr"] = opts[0].base_lr
     dcp.load(Path(ckpt), dcp.read_sidecar(Path(ckpt)), dmp, opts, weighting)
     dmp.eval()
     with torch.no_grad():
@@ -88,10 +140,13 @@ def _job(mode: str, ckpt: str, sharding: str) -> dict:
     import torch.distributed as dist
 
     dist.destroy_process_group()
-    return {"rating": out["rating"], "plan": plan, "refused": len(refused) == 2}
+    return {"rating": out["rating"], "plan": plan, "refused": len(refused) == 2, **seen}
 
 
 def test_a_checkpoint_of_two_processes_loads_into_one_and_into_another_plan(tmp_path):
+    """Per-process batches: each of 2 processes takes batch_size rows (a step sees twice as
+    many, half the steps of an epoch; rates scaled to the global batch); the checkpoint loads
+    into 1 process and another plan, and resumes in 1 process with a logged batch change."""
     t0 = time.perf_counter()
     ckpt = tmp_path / "ckpt"
     two = _launch(tmp_path, 2, _job, "train", str(ckpt), "table_wise")
@@ -99,14 +154,30 @@ def test_a_checkpoint_of_two_processes_loads_into_one_and_into_another_plan(tmp_
     assert "table_wise" in types and "data_parallel" in types  # side_dim 6: not a multiple of 4
     assert two[0]["refused"] and two[1]["refused"]
     assert (ckpt / "plan.json").exists()
-    one = _launch(tmp_path, 1, _job, "load", str(ckpt), "auto")
+    for rank in (0, 1):  # 400 rows: 200 per process, 64 per step: 4 steps an epoch, not 7
+        got = two[rank]
+        assert got["info"]["batch_per_process"] == 64 and got["info"]["global_batch"] == 128
+        assert got["info"]["steps_per_epoch"] == 4 and got["steps"] == {0: 4, 1: 4}
+        assert got["rows"] == [64, 64, 64, 8] * 2
+        assert got["dense_lr"] == pytest.approx(5e-3 * 128 / 64)  # linear, from batches of 64
+    from recsys_mtl.train import dcp
+
+    sidecar = dcp.read_sidecar(ckpt)
+    assert (sidecar["batch"], sidecar["global_batch"], sidecar["world_size"]) == (
+        "per_process", 128, 2)  # fmt: skip
+    shutil.copytree(ckpt, tmp_path / "resume")
+    one = _launch(tmp_path, 1, _job, "load", str(ckpt), "auto", str(tmp_path / "resume"))
+    # resumed in 1 process: 64 rows a step, 400 rows an epoch: 7 steps, the rate for 64 rows
+    assert one[0]["info"]["resumed_from"] == 2 and one[0]["epochs"] == 3
+    assert one[0]["info"]["global_batch"] == 64 and one[0]["steps"] == {2: 7}
+    assert one[0]["dense_lr"] == pytest.approx(5e-3)
+    assert any("global batch was 128 rows" in w and "from epoch 2" in w
+               for w in one[0]["warnings"]), one[0]["warnings"]  # fmt: skip
     other = _launch(tmp_path, 2, _job, "load", str(ckpt), "column_wise")
     assert {v["sharding_type"] for v in other[0]["plan"].values()} >= {"column_wise"}
     for res in (one[0], other[0], other[1], two[1]):
         torch.testing.assert_close(res["rating"], two[0]["rating"], rtol=0, atol=1e-6)
     # and in one process without any process group: the unsharded model
-    from recsys_mtl.train import dcp
-
     plain = _model()
     sidecar = dcp.read_sidecar(ckpt)
     dcp.load_model(ckpt / dcp.FOLDER / sidecar["latest"], plain)
@@ -260,3 +331,37 @@ def test_tables_keep_their_order_in_every_lookup():
     tables({"b": torch.tensor([1, 2])})
     tables({"a": torch.tensor([0]), "b": torch.tensor([3])})
     assert seen == [["a", "b"], ["a", "b"]]
+
+
+def test_per_process_batches_multiply_the_global_batch_and_scale_the_rates(monkeypatch):
+    from recsys_mtl.train.distributed import check_settings
+    from recsys_mtl.train.parallel import fused_lr, global_train, step_rows
+
+    def train(batch: str, **kw) -> object:
+        over = {"distributed": DistributedConfig(batch=batch), "batch_size": 1000,
+                "lr_scaling": "sqrt", "lr_reference_batch": 1000, "embedding_lr": 0.1,
+                **kw}  # fmt: skip
+        return _config().train.model_copy(update=over)
+
+    assert [step_rows(train("global"), n) for n in (1, 2, 4)] == [(1000, 1000), (500, 1000),
+                                                                   (250, 1000)]  # fmt: skip
+    assert [step_rows(train("per_process"), n) for n in (1, 2, 4)] == [(1000, 1000),
+                                                                        (1000, 2000),
+                                                                        (1000, 4000)]  # fmt: skip
+    assert global_train(train("global"), 4).batch_size == 1000
+    assert global_train(train("per_process"), 4).batch_size == 4000
+    assert fused_lr(train("global"), 4) == pytest.approx(0.1)
+    assert fused_lr(train("per_process"), 4) == pytest.approx(0.2)  # sqrt(4000 / 1000)
+    # sgd: a sharded table's gradient sums the processes' means, so its rate is divided by N
+    assert fused_lr(train("per_process", embedding_optimizer="sgd"), 4) == pytest.approx(0.05)
+    from recsys_mtl.train import distributed
+
+    monkeypatch.setattr(distributed, "_current",
+                        distributed.Dist(0, 4, 0, torch.device("cpu"), "gloo", None))  # fmt: skip
+    for batch in ("global", "per_process"):
+        cfg = _config().model_copy(update={"train": train(batch, batch_size=2)})
+        if batch == "global":  # 2 rows cannot be split among 4 processes
+            with pytest.raises(UserError, match="smaller than the 4 processes"):
+                check_settings(cfg, torch.device("cpu"))
+        else:
+            check_settings(cfg, torch.device("cpu"))
