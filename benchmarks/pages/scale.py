@@ -15,7 +15,8 @@ COMMAND = "python benchmarks/scale.py"
 STAGES = ("ingest", "features", "split", "train", "evaluate")
 RECIPES = {
     "bellkor": "`configs/ml100k_bellkor.yaml` (the rating recipe)",
-    "ranking": "`configs/ml100k_ranking.yaml` (the ranking recipe)",
+    "ranking": "`configs/ml100k_ranking.yaml` (the ranking recipe; its train stage fits twice, "
+    "on train to choose the epochs, then on train + valid, each after its ALS start)",
 }
 TOOLS = {
     "read_csv": "polars `read_csv`, typed (read only)",
