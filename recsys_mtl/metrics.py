@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["auc", "full_ranking", "logloss", "mae", "rmse", "sampled_ranking"]
+__all__ = ["auc", "full_ranking", "full_ranking_topk", "logloss", "mae", "rmse", "sampled_ranking"]
 
 
 def rmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -100,3 +100,59 @@ def full_ranking(scores: torch.Tensor, relevant: torch.Tensor, k: int) -> dict[s
         f"ndcg@{k}": (dcg / ideal).mean(),
         "mrr": (1.0 / first_rank).mean(),
     }
+
+
+def full_ranking_topk(
+    scores: torch.Tensor,
+    top: torch.Tensor,
+    rel_rows: torch.Tensor,
+    rel_items: torch.Tensor,
+    ks: list[int],
+    top_values: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """:func:`full_ranking`'s metrics, **summed** over the rows with a relevant item, from the
+    relevant items as pairs rather than a dense ``(U, I)`` mask.
+
+    ``scores (U, I)`` with seen items at ``-inf``; ``top (U, max(ks))``: each row's best items
+    by descending score (``torch.topk``'s indices); ``rel_rows``, ``rel_items``: the relevant
+    ``(row, item)`` pairs. Each metric is one pass over the pairs and the top lists, and MRR one
+    compare-and-count pass over ``scores``; with ``top_values (U, max(ks))``, the scores of
+    ``top``, only over the rows whose best relevant item is not in their top list (in the
+    others every item scored higher is in the list, so the list gives the count). Returns ``{name: sum over rows}`` and ``"n"``, the
+    number of rows counted: divide by it for :func:`full_ranking`'s means.
+    """
+    c, n_items = scores.shape
+    dev = scores.device
+    keys = torch.unique(rel_rows * n_items + rel_items)  # sorted, distinct (row, item) pairs
+    rows = torch.div(keys, n_items, rounding_mode="floor")
+    n_rel = torch.bincount(rows, minlength=c).double()
+    keep = n_rel > 0
+    out: dict[str, torch.Tensor] = {"n": keep.sum().double()}
+    query = torch.arange(c, device=dev)[:, None] * n_items + top
+    at = torch.searchsorted(keys, query).clamp_(max=max(keys.numel() - 1, 0))
+    hit = (keys[at] == query).double() if keys.numel() else torch.zeros(query.shape, device=dev)
+    width = top.shape[1]
+    discounts = _dcg_discount(torch.arange(1, width + 1, device=dev))
+    ideal_all = torch.cumsum(discounts, 0)
+    for k in ks:
+        kk = min(k, width)
+        h = hit[:, :kk]
+        n_hit = h.sum(1)
+        dcg = (h * discounts[:kk]).sum(1)
+        ideal = ideal_all[(n_rel.clamp(min=1, max=kk) - 1).long()]
+        out[f"hr@{k}"] = (n_hit > 0)[keep].double().sum()
+        out[f"recall@{k}"] = (n_hit / n_rel.clamp(min=1, max=k))[keep].sum()
+        out[f"ndcg@{k}"] = (dcg / ideal)[keep].sum()
+    # rank of the first relevant item among all items (1-based): 1 + items scored higher
+    best = torch.full((c,), float("-inf"), dtype=scores.dtype, device=dev)
+    best.scatter_reduce_(0, rows, scores[rows, keys - rows * n_items], "amax")
+    if top_values is None:
+        higher = (scores > best[:, None]).sum(1)
+    else:
+        higher = (top_values > best[:, None]).sum(1)
+        far = (best < top_values[:, -1]).nonzero().squeeze(1)
+        if far.numel():
+            higher[far] = (scores.index_select(0, far) > best[far, None]).sum(1)
+    first_rank = 1.0 + higher.double()
+    out["mrr"] = (1.0 / first_rank)[keep].sum()
+    return out

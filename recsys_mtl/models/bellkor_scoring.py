@@ -10,6 +10,7 @@ same "now" (one time bin, one day). :class:`FixedTimeScoring` gives
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -40,26 +41,46 @@ class FixedTimeScoring:
     ) -> torch.Tensor:
         """``(len(users), len(items))`` scores of ``task`` at one time: the same values as
         :meth:`forward` on every pair, as one matrix product (full ranking, top-K)."""
+        return self.catalog_scorer(items, task, time_bin, day)(users)
+
+    def catalog_scorer(
+        self, items: torch.Tensor, task: str, time_bin: int, day: int
+    ) -> Callable[..., torch.Tensor]:
+        """:meth:`score_matrix` against fixed ``items`` as a function ``score(users, out=None)
+        -> (len(users), len(items))``: the item side (factors, biases, time bias) is read
+        once here, each call computes its users' side and one product, written into ``out``
+        (a reused ``(len(users), len(items))`` buffer) when given; then every term is added
+        in place, in :meth:`score_matrix`'s order (the same values, no temporary matrix)."""
         k = self.tasks.index(task)
-        state = self.user_state(users)
-        p = state["user"] + state["implicit"] if self.cfg.implicit else state["user"]
         d, c = self.cfg.dim, (k if self.copies > 1 else 0)
-        q = self.emb.rows("item", items)[:, c * d : (c + 1) * d]
-        s = (p[:, c * d : (c + 1) * d] @ q.T) * self.interaction_scale[k]
-        s += (self.global_bias[k] + state["user_bias"][:, k])[:, None]
-        s += self.emb.rows("item_bias", items)[None, :, k]
-        if k == self.rating_k and self.timed:
-            s += self.emb.rows("item_time_bias", items * self.ctx.n_time_bins + time_bin)[
-                None, :, 0
-            ]
-            day_t = torch.full_like(users, int(day))
-            dt = day_t.to(p.dtype) - state["mean_day"]
-            dev = torch.sign(dt) * dt.abs().pow(self.cfg.beta)
-            s += (state["user_drift"][:, 0] * dev)[:, None]
-            if self.day_bias:
-                rows, seen = self._day_rows(state["index"], day_t)
-                s += (self.emb.rows("user_day_bias", rows)[:, 0] * seen.to(s.dtype))[:, None]
-        return s
+        q_t = self.emb.rows("item", items)[:, c * d : (c + 1) * d].T
+        item_bias = self.emb.rows("item_bias", items)[:, k].contiguous()[None, :]
+        timed = k == self.rating_k and self.timed
+        if timed:
+            bins = items * self.ctx.n_time_bins + int(time_bin)
+            time_bias = self.emb.rows("item_time_bias", bins)[:, 0].contiguous()[None, :]
+        scale, offset = self.interaction_scale[k], self.global_bias[k]
+
+        @torch.no_grad()
+        def score(users: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+            state = self.user_state(users)
+            p = state["user"] + state["implicit"] if self.cfg.implicit else state["user"]
+            s = torch.mm(p[:, c * d : (c + 1) * d], q_t, out=out)
+            s.mul_(scale)
+            s.add_((offset + state["user_bias"][:, k])[:, None])
+            s.add_(item_bias)
+            if timed:
+                s.add_(time_bias)
+                day_t = torch.full_like(users, int(day))
+                dt = day_t.to(p.dtype) - state["mean_day"]
+                dev = torch.sign(dt) * dt.abs().pow(self.cfg.beta)
+                s.add_((state["user_drift"][:, 0] * dev)[:, None])
+                if self.day_bias:
+                    rows, seen = self._day_rows(state["index"], day_t)
+                    s.add_((self.emb.rows("user_day_bias", rows)[:, 0] * seen.to(s.dtype))[:, None])
+            return s
+
+        return score
 
     @torch.no_grad()
     def score_candidates(

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +32,13 @@ from torch import nn
 from tqdm import tqdm
 
 from recsys_mtl.config import EvaluateConfig
-from recsys_mtl.data.features import draw_unrated
 from recsys_mtl.data.negatives import pair_keys
 from recsys_mtl.layout import RunLayout
-from recsys_mtl.metrics import auc, full_ranking, logloss, mae, rmse, sampled_ranking
-from recsys_mtl.runs.topk import items_csr, iter_topk, score_items
+from recsys_mtl.metrics import auc, full_ranking_topk, logloss, mae, rmse, sampled_ranking
+from recsys_mtl.runs.topk import chunk_users_for, items_csr, iter_topk, score_items
 from recsys_mtl.train.data import load_part, size, take, to_device
 from recsys_mtl.train.losses import task_mask
+from recsys_mtl.train.negatives import draw_distinct_unrated
 
 log = logging.getLogger("recsys_mtl.evaluate")
 
@@ -120,7 +120,7 @@ def ranking_metrics(
     sampled_negatives: int = 99,
     seed: int = 0,
     full: bool = True,
-    chunk_users: int = 256,
+    chunk_users: int | None = None,
 ) -> dict[str, float]:
     """Sampled and full top-K metrics of the held-out ratings (``held_out``: positives only).
 
@@ -128,7 +128,8 @@ def ranking_metrics(
     or train + valid), left out of full ranking; ``rated_keys``: sorted
     :func:`~recsys_mtl.data.features.pair_keys` of every rating in the log. ``k``: one
     cut-off or several (``[5, 10, 20]``): the items are scored once, each cut-off adds its
-    ``@K`` metrics (MRR has none).
+    ``@K`` metrics (MRR has none). ``chunk_users``: users per block of full ranking (default:
+    :func:`~recsys_mtl.runs.topk.chunk_users_for` the catalog).
     """
     ks = sorted({k} if isinstance(k, int) else set(k))
     was = model.training
@@ -151,30 +152,26 @@ def ranking_metrics(
         t_bin, day = held_out["time_bin"].max(), held_out["day"].max()
         sums: dict[str, torch.Tensor] = {}
         done = 0
-        catalog = torch.arange(n_items, device=device)
         blocks = iter_topk(
-            lambda b: score_items(model, b, catalog, task, t_bin, day),
+            _catalog_scorer(model, n_items, task, t_bin, day),
             users,
             ks[-1],
             exclude,
-            chunk_users,
+            chunk_users or chunk_users_for(n_items),
         )
         bar = _progress_bar(users.numel(), "    full ranking")
         for block in blocks:
             c = block.users.numel()
             bar.update(c)
-            relevant = torch.zeros(c, n_items, dtype=torch.bool, device=device)
             lengths = counts[done : done + c]
             rows = torch.repeat_interleave(torch.arange(c, device=device), lengths)
-            first = starts[done] if c else 0
-            relevant[rows, rel_items[first : first + int(lengths.sum())]] = True
+            first = int(starts[done]) if c else 0
+            rel = rel_items[first : first + rows.numel()]
             done += c
-            n_rel = relevant.any(1).sum()
-            found: dict[str, torch.Tensor] = {}
-            for kk in ks:  # MRR is the same at every cut-off: counted once
-                found.update(full_ranking(block.scores, relevant, kk))
+            found = full_ranking_topk(block.scores, block.items, rows, rel, ks, block.values)
+            found.pop("n")
             for name, value in found.items():
-                sums[name] = sums.get(name, 0.0) + value * n_rel
+                sums[name] = sums.get(name, 0.0) + value
         bar.close()
         for name, value in sums.items():
             metrics[f"ranking_full/{name}"] = value / max(done, 1)
@@ -184,6 +181,28 @@ def ranking_metrics(
     names = list(metrics)
     values = torch.stack([torch.as_tensor(metrics[n], dtype=torch.float64) for n in names]).tolist()
     return dict(zip(names, values, strict=True))
+
+
+def _catalog_scorer(
+    model: nn.Module, n_items: int, task: str, t_bin: torch.Tensor, day: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Scores of a block of users against every item, at one time: the ranker's
+    ``catalog_scorer`` (the item side read once, each block written into one reused buffer:
+    the evaluation reads a block's scores before the next) or :func:`score_items`."""
+    catalog = torch.arange(n_items, device=t_bin.device)
+    make = getattr(model, "catalog_scorer", None)
+    if make is None or model.training:
+        return lambda b: score_items(model, b, catalog, task, t_bin, day)
+    scorer = make(catalog, task, int(t_bin), int(day))
+    buffers: dict[int, torch.Tensor] = {}
+
+    def score(block: torch.Tensor) -> torch.Tensor:
+        c = block.numel()
+        if c not in buffers:  # the full blocks' size, and the last block's
+            buffers[c] = torch.empty(c, n_items, device=block.device)
+        return scorer(block, out=buffers[c])
+
+    return score
 
 
 SAMPLED_BLOCK = 1 << 16  # held-out ratings whose negatives are drawn and scored at once
@@ -212,7 +231,7 @@ def _sampled_metrics(
         part = {f: v[b0 : b0 + SAMPLED_BLOCK] for f, v in held_out.items()}
         users_np = part["user"].cpu().numpy()
         negatives = torch.from_numpy(
-            draw_unrated(users_np, rated_keys, n_items, sampled_negatives, rng, distinct=True)
+            draw_distinct_unrated(users_np, rated_keys, n_items, sampled_negatives, rng)
         ).to(device)
         valid_rows = (negatives >= 0).all(1)
         n_short += int((~valid_rows).sum())
