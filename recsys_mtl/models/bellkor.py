@@ -39,7 +39,12 @@ from recsys_mtl.models.als import als_factors, implicit_als_factors
 from recsys_mtl.models.base import Ranker, Role, UserState, broadcast_rows
 from recsys_mtl.models.bellkor_config import BellKorConfig
 from recsys_mtl.models.bellkor_implicit import ImplicitCache, capped_bags, implicit_vectors
-from recsys_mtl.models.bellkor_lookup import day_index, lookup_forward, search_segments
+from recsys_mtl.models.bellkor_lookup import (
+    day_index,
+    day_rows,
+    lookup_forward,
+    merge_implicit,
+)
 from recsys_mtl.models.bellkor_scoring import FixedTimeScoring
 from recsys_mtl.models.context import FeatureContext
 from recsys_mtl.models.embeddings import (
@@ -170,6 +175,12 @@ class BellKor(FixedTimeScoring, Ranker):
         y = self.implicit({"implicit": bags})["implicit"] * n.rsqrt()[:, None]
         return y, y.pow(2).sum()
 
+    def prepare_sharding(self) -> None:
+        """Called on the copy that DistributedModelParallel shards, before it does: the SVD++
+        table joins the other tables' collection (:func:`merge_implicit`), so that a sharded
+        step makes one lookup, not two; the state dict keeps its names."""
+        merge_implicit(self)
+
     def _implicit_all(self) -> torch.Tensor:
         """``|N(u)|^-1/2 sum_j y_j`` of every user ``(n_users, width)``, as one product with
         the normalized user x item matrix held as weighted bags (the training path: at large
@@ -264,26 +275,9 @@ class BellKor(FixedTimeScoring, Ranker):
     def _day_rows(
         self, index: torch.Tensor, day: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Row of each (user, day) in the ``user_day_bias`` table, whether training saw it (not
-        a new user's, index -1; unseen rows: the spare last row), by :func:`day_index`: a gather,
-        or a bisection within the user's own keys (the same rows as ``searchsorted``)."""
-        keys = self.user_days
-        n = keys.numel()
-        span = self.ctx.day_span
-        seen = (index >= 0) & (index < int(self.ctx.n_users)) & (day >= 0) & (day < span)
-        query = index * span + day
-        found = self._day_index()
-        if isinstance(found, torch.Tensor):
-            pos = found[torch.where(seen, query, 0)]
-            seen = seen & (pos < n)
-            return torch.where(seen, pos, n), seen
-        if not n:
-            return torch.full_like(index, n), torch.zeros_like(seen)
-        offsets, steps = found
-        user = torch.where(seen, index, 0)
-        pos = search_segments(keys, offsets[user], offsets[user + 1], query, steps).clamp(max=n - 1)
-        seen = seen & (keys[pos] == query)
-        return torch.where(seen, pos, n), seen
+        """Row of each (user, day) in the ``user_day_bias`` table and whether training saw
+        it (:func:`~recsys_mtl.models.bellkor_lookup.day_rows`)."""
+        return day_rows(self.user_days, self.ctx, self._day_index(), index, day)
 
     def _dense_day_rows(self) -> torch.Tensor | None:
         """:func:`day_index`'s dense table of every (user, day) cell's row, or None."""

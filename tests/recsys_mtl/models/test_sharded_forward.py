@@ -84,3 +84,63 @@ def test_a_sharded_table_refuses_whole_reads_naming_it(monkeypatch):
     for read in (lambda: tables.weight("item"), lambda: tables.rows("item", torch.tensor([1]))):
         with pytest.raises(ShardedTableError, match="'item' is sharded"):
             read()
+
+
+def _full_bellkor() -> torch.nn.Module:
+    cls = RANKERS.get("bellkor")
+    torch.manual_seed(0)
+    model = cls(cls.config_class(backend="torchrec", **FULL["bellkor"]), CTX, TASKS)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+@pytest.mark.parametrize("rows", [16, 48])
+def test_bellkor_reads_its_svdpp_sets_in_the_same_lookup_as_its_rows(rows, monkeypatch):
+    """What DistributedModelParallel runs: the SVD++ table merged into the collection of the
+    other tables (before sharding), one lookup a step, the same outputs and gradients as the
+    one-process forward, and the one-process state dict (names, order, values)."""
+    model = _full_bellkor()
+    batch = _batch(rows)
+    expected, expected_grads = _outputs_and_grads(model, batch)
+    state = model.state_dict()
+    model.prepare_sharding()  # what the trainer calls on the copy it shards
+    assert "implicit" in model.emb.specs and model.implicit is model.emb
+    assert list(model.emb.specs)[-1] == "implicit"  # after the other tables: their order kept
+    assert not any(n.startswith("implicit.") for n, _ in model.named_modules())
+    merged_state = model.state_dict()
+    assert list(merged_state) == list(state)
+    for k, v in state.items():
+        torch.testing.assert_close(merged_state[k], v, rtol=0, atol=0)
+
+    calls = []
+    model.emb.ebc.register_forward_hook(lambda m, args, out: calls.append(args[0].keys()))
+    monkeypatch.setattr(EmbeddingTables, "sharded", property(lambda self: True))
+    out, grads = _outputs_and_grads(model, batch)
+    assert calls == [list(model.emb.specs)]  # one lookup of every table, in their order
+    assert set(out) == set(expected)
+    for k in expected:
+        torch.testing.assert_close(out[k], expected[k], rtol=1e-5, atol=1e-6)
+    renamed = {
+        "emb.ebc.embedding_bags.implicit.weight": "implicit.ebc.embedding_bags.implicit.weight"
+    }
+    grads = {renamed.get(n, n): g for n, g in grads.items()}
+    assert set(grads) == set(expected_grads)
+    for k in expected_grads:
+        torch.testing.assert_close(grads[k], expected_grads[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_merged_bellkor_loads_one_process_weights_and_merges_once():
+    model, other = _full_bellkor(), _full_bellkor()
+    with torch.no_grad():
+        other.implicit.weight("implicit").add_(1.0)
+    for _ in range(2):  # the second time: nothing more to merge
+        model.prepare_sharding()
+    assert list(model.emb.specs).count("implicit") == 1
+    model.load_state_dict(other.state_dict())
+    torch.testing.assert_close(model.emb.weight("implicit"), other.implicit.weight("implicit"))
+    plain = RANKERS.get("bellkor")(RANKERS.get("bellkor").config_class(**FULL["bellkor"]), CTX,
+                                   TASKS)  # fmt: skip
+    plain.load_state_dict(model.state_dict())  # the torch backend, one process
+    torch.testing.assert_close(plain.implicit.weight("implicit"), model.emb.weight("implicit"))
