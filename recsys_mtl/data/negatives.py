@@ -93,6 +93,8 @@ def draw_unrated(
     binary searches fall in the same small region of the keys (4-5x faster than in log
     order); it defaults to a stable arg-sort of ``users``.
     """
+    if distinct and per_row > 1:
+        return _draw_distinct(users, rated_keys, n_items, per_row, rng, order, max_rounds)
     n, k = users.size, per_row
     if order is None:
         order = np.argsort(users, kind="stable")
@@ -106,32 +108,94 @@ def draw_unrated(
         base = np.repeat(codes * n_items, k)
         member = _membership(keys)
     item = rng.integers(0, n_items, n * k)
-
-    def rejected(pos: np.ndarray) -> np.ndarray:
-        """Positions (whole rows, in row order) whose draw is rated or repeats its row."""
-        bad = member(base[pos] + item[pos])
-        if distinct and k > 1:
-            block = item[pos].reshape(-1, k)
-            by_value = np.argsort(block, axis=1, kind="stable")
-            ranked = np.take_along_axis(block, by_value, 1)
-            repeat = np.zeros(block.shape, dtype=bool)
-            repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]  # every copy after the first
-            again = np.zeros(block.shape, dtype=bool)
-            np.put_along_axis(again, by_value, repeat, 1)
-            bad |= again.ravel()
-        return pos[bad]
-
-    # the first round tests every draw at once, without gathering by position
-    bad = rejected(np.arange(n * k)) if distinct else np.flatnonzero(member(base + item))
+    bad = np.flatnonzero(member(base + item))
     for _ in range(max_rounds):
         if bad.size == 0:
             break
         item[bad] = rng.integers(0, n_items, bad.size)
-        if distinct:  # a redraw can repeat another item of its row: recheck those rows whole
-            rows = np.unique(bad // k)
-            bad = rejected((rows[:, None] * k + np.arange(k)).ravel())
-        else:
-            bad = bad[member(base[bad] + item[bad])]
+        bad = bad[member(base[bad] + item[bad])]
+    item[bad] = -1
+    out = np.empty((n, k), dtype=np.int64)
+    out[order] = item.reshape(n, k)  # back to the callers' row order
+    return out
+
+
+BIT_TABLE_LIMIT = 1 << 30  # membership of pair keys: a bit table of at most 128 MB
+
+
+def _bit_membership(sorted_keys: np.ndarray, span: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Membership in ``sorted_keys`` (distinct, in ``[0, span)``) of queries in ``[0, span)``:
+    one bit per key value when ``span`` is at most :data:`BIT_TABLE_LIMIT` (a table 8x
+    smaller than a boolean one: an evaluation block's users on 59,000 items take 16 MB, and
+    a lookup costs a few passes instead of a binary search of the keys), else binary
+    searches."""
+    if span > BIT_TABLE_LIMIT or (sorted_keys.size and sorted_keys[0] < 0):
+        return _membership(sorted_keys)
+    table = np.zeros((span >> 3) + 1, dtype=np.uint8)
+    if sorted_keys.size:
+        at = sorted_keys >> 3
+        bits = np.left_shift(1, sorted_keys & 7).astype(np.uint8)
+        first = np.flatnonzero(np.r_[True, at[1:] != at[:-1]])  # keys sharing a byte
+        table[at[first]] = np.bitwise_or.reduceat(bits, first)
+
+    def member(q: np.ndarray) -> np.ndarray:
+        return (np.right_shift(table[q >> 3], (q & 7).astype(np.uint8)) & 1).astype(bool)
+
+    return member
+
+
+def _draw_distinct(
+    users: np.ndarray,
+    rated_keys: np.ndarray,
+    n_items: int,
+    per_row: int,
+    rng: np.random.Generator,
+    order: np.ndarray | None,
+    max_rounds: int,
+) -> np.ndarray:
+    """:func:`draw_unrated` with ``distinct``: each row's ``per_row`` distinct items, none
+    rated (-1 where a row cannot be completed), by rejection. Membership is a bit table
+    (:func:`_bit_membership`); a row's repeats are found by one sort of its
+    ``item * per_row + column`` codes (equal items side by side, in column order: every copy
+    after the first is redrawn); after the first round only the redrawn items are tested for
+    membership (the others passed, and did not change), their rows for repeats. Rejected
+    positions are redrawn in row order, so a seed gives the NCF protocol's sampled negatives
+    of earlier versions."""
+    n, k = users.size, per_row
+    if order is None:
+        order = np.argsort(users, kind="stable")
+    grouped = users[order].astype(np.int64)
+    local = _local_keys(grouped, rated_keys, n_items)
+    if local is None:
+        codes, keys = grouped, rated_keys
+        span = max(int(grouped[-1]) + 1 if n else 0, int(rated_keys[-1]) // n_items + 1
+                   if rated_keys.size else 0) * n_items  # fmt: skip
+    else:  # the rows' own users: their ratings alone, re-keyed by the users' rank
+        codes, keys = local
+        span = (int(codes[-1]) + 1) * n_items
+    base = np.repeat(codes * n_items, k)
+    member = _bit_membership(keys, span)
+    item = rng.integers(0, n_items, n * k)
+    column = np.arange(k, dtype=np.int64)
+
+    def repeats(rows: np.ndarray) -> np.ndarray:
+        """Positions of the rows ``rows`` that repeat an item of their row (every copy after
+        the first, by column)."""
+        if k < 2:
+            return np.empty(0, dtype=np.int64)
+        coded = np.sort(item.reshape(n, k)[rows] * k + column, axis=1)
+        later = coded[:, 1:]
+        row, j = np.nonzero(later // k == coded[:, :-1] // k)
+        return rows[row] * k + later[row, j] % k
+
+    # the first round tests every draw; positions in row order, as ``draw_unrated``'s
+    bad = np.union1d(np.flatnonzero(member(base + item)), repeats(np.arange(n)))
+    for _ in range(max_rounds):
+        if bad.size == 0:
+            break
+        item[bad] = rng.integers(0, n_items, bad.size)
+        rated = bad[member(base[bad] + item[bad])]
+        bad = np.union1d(rated, repeats(np.unique(bad // k)))
     item[bad] = -1
     out = np.empty((n, k), dtype=np.int64)
     out[order] = item.reshape(n, k)  # back to the callers' row order

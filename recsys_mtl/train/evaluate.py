@@ -32,13 +32,12 @@ from torch import nn
 from tqdm import tqdm
 
 from recsys_mtl.config import EvaluateConfig
-from recsys_mtl.data.negatives import pair_keys
+from recsys_mtl.data.negatives import draw_unrated, pair_keys
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.metrics import auc, full_ranking_topk, logloss, mae, rmse, sampled_ranking
 from recsys_mtl.runs.topk import chunk_users_for, items_csr, iter_topk, score_items
 from recsys_mtl.train.data import load_part, size, take, to_device
 from recsys_mtl.train.losses import task_mask
-from recsys_mtl.train.negatives import draw_distinct_unrated
 
 log = logging.getLogger("recsys_mtl.evaluate")
 
@@ -231,7 +230,7 @@ def _sampled_metrics(
         part = {f: v[b0 : b0 + SAMPLED_BLOCK] for f, v in held_out.items()}
         users_np = part["user"].cpu().numpy()
         negatives = torch.from_numpy(
-            draw_distinct_unrated(users_np, rated_keys, n_items, sampled_negatives, rng)
+            draw_unrated(users_np, rated_keys, n_items, sampled_negatives, rng, distinct=True)
         ).to(device)
         valid_rows = (negatives >= 0).all(1)
         n_short += int((~valid_rows).sum())

@@ -13,7 +13,6 @@ from recsys_mtl.metrics import full_ranking, full_ranking_topk
 from recsys_mtl.models import RANKERS, FeatureContext
 from recsys_mtl.runs.topk import chunk_users_for, items_csr
 from recsys_mtl.train.evaluate import ranking_metrics
-from recsys_mtl.train.negatives import draw_distinct_unrated
 
 CTX = FeatureContext.synthetic(n_users=40, n_items=50, seed=1)
 TASKS = ["rating", "interaction", "like"]
@@ -132,6 +131,40 @@ def test_blocks_of_users_follow_the_memory_budget():
     assert chunk_users_for(1000, budget=1 << 20) == 262
 
 
+def _reference_distinct_draw(users, rated, n_items, k, rng, max_rounds=100):
+    """The NCF protocol's distinct draws as earlier versions made them (binary searches, a
+    stable arg-sort per round): the stream the current draw must reproduce."""
+    n = users.size
+    order = np.argsort(users, kind="stable")
+    base = np.repeat(users[order].astype(np.int64) * n_items, k)
+    item = rng.integers(0, n_items, n * k)
+
+    def rejected(pos):
+        q = base[pos] + item[pos]
+        at = np.minimum(np.searchsorted(rated, q), max(rated.size - 1, 0))
+        bad = rated[at] == q if rated.size else np.zeros(q.size, bool)
+        block = item[pos].reshape(-1, k)
+        by_value = np.argsort(block, axis=1, kind="stable")
+        ranked = np.take_along_axis(block, by_value, 1)
+        repeat = np.zeros(block.shape, dtype=bool)
+        repeat[:, 1:] = ranked[:, 1:] == ranked[:, :-1]
+        again = np.zeros(block.shape, dtype=bool)
+        np.put_along_axis(again, by_value, repeat, 1)
+        return pos[bad | again.ravel()]
+
+    bad = rejected(np.arange(n * k))
+    for _ in range(max_rounds):
+        if bad.size == 0:
+            break
+        item[bad] = rng.integers(0, n_items, bad.size)
+        rows = np.unique(bad // k)
+        bad = rejected((rows[:, None] * k + np.arange(k)).ravel())
+    item[bad] = -1
+    out = np.empty((n, k), dtype=np.int64)
+    out[order] = item.reshape(n, k)
+    return out
+
+
 @pytest.mark.parametrize(
     ("n_users", "n_items", "per_user", "k", "row_users"),
     [
@@ -142,15 +175,13 @@ def test_blocks_of_users_follow_the_memory_budget():
         (2000, 300, 10, 20, 40),  # the rows' users alone (re-keyed by rank)
     ],
 )
-def test_the_distinct_draw_equals_draw_unrated_from_the_same_stream(
-    n_users, n_items, per_user, k, row_users
-):
+def test_distinct_draws_reproduce_the_earlier_stream(n_users, n_items, per_user, k, row_users):
     g = np.random.default_rng(n_items)
     u = np.repeat(np.arange(n_users), per_user)
     rated = np.unique(pair_keys(u, g.integers(0, n_items, u.size), n_items))
     users = g.integers(0, row_users, 400)
-    want = draw_unrated(users, rated, n_items, k, np.random.default_rng(5), distinct=True)
-    got = draw_distinct_unrated(users, rated, n_items, k, np.random.default_rng(5))
+    want = _reference_distinct_draw(users, rated, n_items, k, np.random.default_rng(5))
+    got = draw_unrated(users, rated, n_items, k, np.random.default_rng(5), distinct=True)
     assert np.array_equal(got, want)
     ok = got >= 0
     assert not np.isin(
