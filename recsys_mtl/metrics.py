@@ -86,8 +86,9 @@ def full_ranking(scores: torch.Tensor, relevant: torch.Tensor, k: int) -> dict[s
     keep = relevant.any(1)
     scores, relevant = scores[keep], relevant[keep]
     n_rel = relevant.sum(1).double()
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
-    hits = torch.gather(relevant, 1, top).double()  # (U, k)
+    values, top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    # an excluded item (-inf) that fills a short list is never a hit, relevant or not
+    hits = (torch.gather(relevant, 1, top) & (values > float("-inf"))).double()  # (U, k)
     discounts = _dcg_discount(torch.arange(1, top.shape[1] + 1, device=scores.device))
     dcg = (hits * discounts).sum(1)
     ideal = torch.cumsum(discounts, 0)[(n_rel.clamp(max=top.shape[1]) - 1).long()]
@@ -130,7 +131,13 @@ def full_ranking_topk(
     out: dict[str, torch.Tensor] = {"n": keep.sum().double()}
     query = torch.arange(c, device=dev)[:, None] * n_items + top
     at = torch.searchsorted(keys, query).clamp_(max=max(keys.numel() - 1, 0))
-    hit = (keys[at] == query).double() if keys.numel() else torch.zeros(query.shape, device=dev)
+    hit = (
+        (keys[at] == query)
+        if keys.numel()
+        else torch.zeros(query.shape, dtype=torch.bool, device=dev)
+    )
+    listed = top_values if top_values is not None else scores.gather(1, top)
+    hit = (hit & (listed > float("-inf"))).double()  # an excluded item filling a short list
     width = top.shape[1]
     discounts = _dcg_discount(torch.arange(1, width + 1, device=dev))
     ideal_all = torch.cumsum(discounts, 0)

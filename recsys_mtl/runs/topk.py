@@ -20,7 +20,9 @@ from recsys_mtl.models.embeddings import gather_jagged
 
 __all__ = [
     "BLOCK_BYTES",
+    "FORWARD_BLOCK_USERS",
     "TopKBlock",
+    "block_users",
     "chunk_users_for",
     "items_csr",
     "iter_topk",
@@ -49,6 +51,19 @@ def chunk_users_for(n_items: int, budget: int = BLOCK_BYTES) -> int:
     59,000 items, several times cheaper per score with 64-user blocks than with 512-user ones),
     and the per-block overhead is small beside a product of millions of scores."""
     return int(min(4096, max(16, budget // (4 * max(n_items, 1)))))
+
+
+FORWARD_BLOCK_USERS = 256  # users per block of a ranker scored by its forward on every pair
+
+
+def block_users(model: nn.Module, n_items: int) -> int:
+    """Users per full-ranking block: sized by the scores' memory (:func:`chunk_users_for`)
+    for a ranker that scores a block as a product (``catalog_scorer`` or ``score_matrix``);
+    :data:`FORWARD_BLOCK_USERS` for one scored by its forward on every (user, item) pair,
+    whose activations take kilobytes per pair."""
+    if hasattr(model, "catalog_scorer") or hasattr(model, "score_matrix"):
+        return chunk_users_for(n_items)
+    return FORWARD_BLOCK_USERS
 
 
 def items_csr(

@@ -35,7 +35,7 @@ from recsys_mtl.config import EvaluateConfig
 from recsys_mtl.data.negatives import draw_unrated, pair_keys
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.metrics import auc, full_ranking_topk, logloss, mae, rmse, sampled_ranking
-from recsys_mtl.runs.topk import chunk_users_for, items_csr, iter_topk, score_items
+from recsys_mtl.runs.topk import block_users, items_csr, iter_topk, score_items
 from recsys_mtl.train.data import load_part, size, take, to_device
 from recsys_mtl.train.losses import task_mask
 
@@ -128,7 +128,7 @@ def ranking_metrics(
     :func:`~recsys_mtl.data.features.pair_keys` of every rating in the log. ``k``: one
     cut-off or several (``[5, 10, 20]``): the items are scored once, each cut-off adds its
     ``@K`` metrics (MRR has none). ``chunk_users``: users per block of full ranking (default:
-    :func:`~recsys_mtl.runs.topk.chunk_users_for` the catalog).
+    :func:`~recsys_mtl.runs.topk.block_users`).
     """
     ks = sorted({k} if isinstance(k, int) else set(k))
     was = model.training
@@ -156,7 +156,7 @@ def ranking_metrics(
             users,
             ks[-1],
             exclude,
-            chunk_users or chunk_users_for(n_items),
+            chunk_users or block_users(model, n_items),
         )
         bar = _progress_bar(users.numel(), "    full ranking")
         for block in blocks:

@@ -1,4 +1,5 @@
-"""Negatives drawn after the features stage: fresh ones every epoch, and evaluation's.
+"""Negatives drawn after the features stage: fresh ones every epoch (evaluation's: the
+NCF protocol's distinct draws, :func:`recsys_mtl.data.negatives.draw_unrated`).
 
 * :class:`NegativeResampler`: fresh negatives every epoch for the interaction task (as in He
   et al.'s NCF training). The features stage samples one fixed set of negatives; a model

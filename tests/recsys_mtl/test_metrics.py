@@ -7,7 +7,15 @@ import math
 import torch
 from torch.testing import assert_close
 
-from recsys_mtl.metrics import auc, full_ranking, logloss, mae, rmse, sampled_ranking
+from recsys_mtl.metrics import (
+    auc,
+    full_ranking,
+    full_ranking_topk,
+    logloss,
+    mae,
+    rmse,
+    sampled_ranking,
+)
 
 
 def _f(x: float) -> torch.Tensor:
@@ -61,3 +69,19 @@ def test_full_ranking_hand_case():
     ndcg0 = (1 / math.log2(3)) / (1 + 1 / math.log2(3))
     assert_close(m["ndcg@2"], _f(ndcg0 / 2))
     assert_close(m["mrr"], _f((1 / 2 + 1 / 4) / 2))
+
+
+def test_an_excluded_relevant_item_filling_a_short_list_is_no_hit():
+    # 3 items, k = 3: the user may be shown items 0 and 1 only; item 2, excluded (-inf), is
+    # also held out as relevant and lands in the list's padding
+    ninf = float("-inf")
+    scores = torch.tensor([[0.5, 0.2, ninf], [0.1, 0.9, ninf]])
+    relevant = torch.tensor([[False, False, True], [True, False, True]])
+    dense = full_ranking(scores, relevant, 3)
+    assert dense["hr@3"].item() == 0.5  # the second user's item 0 only
+    values, top = torch.topk(scores, 3, dim=1)
+    rows, items = relevant.nonzero(as_tuple=True)
+    for listed in (None, values):
+        pairs = full_ranking_topk(scores, top, rows, items, [3], top_values=listed)
+        for name in ("hr@3", "recall@3", "ndcg@3", "mrr"):
+            assert_close(pairs[name] / pairs["n"], dense[name], msg=name)

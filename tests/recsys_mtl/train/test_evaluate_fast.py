@@ -11,7 +11,7 @@ from torch.testing import assert_close
 from recsys_mtl.data.negatives import draw_unrated, pair_keys
 from recsys_mtl.metrics import full_ranking, full_ranking_topk
 from recsys_mtl.models import RANKERS, FeatureContext
-from recsys_mtl.runs.topk import chunk_users_for, items_csr
+from recsys_mtl.runs.topk import FORWARD_BLOCK_USERS, block_users, chunk_users_for, items_csr
 from recsys_mtl.train.evaluate import ranking_metrics
 
 CTX = FeatureContext.synthetic(n_users=40, n_items=50, seed=1)
@@ -129,6 +129,16 @@ def test_blocks_of_users_follow_the_memory_budget():
     assert chunk_users_for(10) == 4096  # capped
     assert chunk_users_for(10_000_000) == 16  # at least 16 users
     assert chunk_users_for(1000, budget=1 << 20) == 262
+
+
+def test_only_rankers_scored_as_a_product_take_memory_sized_blocks():
+    """A block of a ranker scored by its forward on every pair holds its activations (kB per
+    pair), not just the scores: it keeps the fixed block of users."""
+    assert block_users(_bellkor(), 59_000) == chunk_users_for(59_000)
+    cls = RANKERS.get("mmoe")
+    mmoe = cls(cls.config_class(), CTX, TASKS).eval()
+    assert not hasattr(mmoe, "score_matrix") and not hasattr(mmoe, "catalog_scorer")
+    assert block_users(mmoe, 1_682) == FORWARD_BLOCK_USERS < chunk_users_for(1_682)
 
 
 def _reference_distinct_draw(users, rated, n_items, k, rng, max_rounds=100):
