@@ -72,6 +72,22 @@ def _local_keys(
     return np.cumsum(new) - 1, keys
 
 
+def _row_keys(
+    users: np.ndarray, rated_keys: np.ndarray, n_items: int, order: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """The rows grouped by user (``order``: a stable arg-sort of ``users`` by default), each
+    grouped row's user code and the sorted keys its membership tests read: the rows' own users'
+    ratings re-keyed by their rank when those users are a small part of the log
+    (:func:`_local_keys`; then True), else the users and the log's keys (False)."""
+    if order is None:
+        order = np.argsort(users, kind="stable")
+    grouped = users[order].astype(np.int64)
+    local = _local_keys(grouped, rated_keys, n_items)
+    if local is None:
+        return order, grouped, rated_keys, False
+    return order, local[0], local[1], True
+
+
 def draw_unrated(
     users: np.ndarray,
     rated_keys: np.ndarray,
@@ -96,17 +112,9 @@ def draw_unrated(
     if distinct and per_row > 1:
         return _draw_distinct(users, rated_keys, n_items, per_row, rng, order, max_rounds)
     n, k = users.size, per_row
-    if order is None:
-        order = np.argsort(users, kind="stable")
-    grouped = users[order].astype(np.int64)
-    local = _local_keys(grouped, rated_keys, n_items)
-    if local is None:
-        base = np.repeat(grouped * n_items, k)
-        member = _membership(rated_keys)
-    else:  # the rows' own users: their ratings alone, re-keyed by the users' rank
-        codes, keys = local
-        base = np.repeat(codes * n_items, k)
-        member = _membership(keys)
+    order, codes, keys, _ = _row_keys(users, rated_keys, n_items, order)
+    base = np.repeat(codes * n_items, k)
+    member = _membership(keys)
     item = rng.integers(0, n_items, n * k)
     bad = np.flatnonzero(member(base + item))
     for _ in range(max_rounds):
@@ -162,17 +170,12 @@ def _draw_distinct(
     positions are redrawn in row order, so a seed gives the NCF protocol's sampled negatives
     of earlier versions."""
     n, k = users.size, per_row
-    if order is None:
-        order = np.argsort(users, kind="stable")
-    grouped = users[order].astype(np.int64)
-    local = _local_keys(grouped, rated_keys, n_items)
-    if local is None:
-        codes, keys = grouped, rated_keys
-        span = max(int(grouped[-1]) + 1 if n else 0, int(rated_keys[-1]) // n_items + 1
-                   if rated_keys.size else 0) * n_items  # fmt: skip
-    else:  # the rows' own users: their ratings alone, re-keyed by the users' rank
-        codes, keys = local
+    order, codes, keys, local = _row_keys(users, rated_keys, n_items, order)
+    if local:
         span = (int(codes[-1]) + 1) * n_items
+    else:
+        span = max(int(codes[-1]) + 1 if n else 0, int(keys[-1]) // n_items + 1
+                   if keys.size else 0) * n_items  # fmt: skip
     base = np.repeat(codes * n_items, k)
     member = _bit_membership(keys, span)
     item = rng.integers(0, n_items, n * k)
