@@ -346,9 +346,9 @@ def sharded_model(
 
 def _torchrec_twin(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose embedding tables are TorchRec's (what DMP shards), with the
-    same weights (both backends name them alike). A ranker whose ``forward`` reads whole
-    tables offers ``lookup_forward`` (the same outputs through lookups alone), used here; a
-    ranker's ``prepare_sharding`` runs on the copy first."""
+    same weights (both backends name them alike), after the ranker's ``prepare_sharding``
+    if it has one. A ranker whose one-process ``forward`` reads whole tables switches to
+    lookups alone itself when its tables are sharded (``EmbeddingTables.sharded``)."""
     work = copy.deepcopy(model)
     for name, m in list(work.named_modules()):
         if isinstance(m, EmbeddingTables) and m.backend != "torchrec":
@@ -358,9 +358,6 @@ def _torchrec_twin(model: nn.Module) -> nn.Module:
     prepare = getattr(work, "prepare_sharding", None)
     if prepare is not None:  # e.g. tables that one lookup should read together
         prepare()
-    lookup = getattr(work, "lookup_forward", None)
-    if lookup is not None:  # a ranker's training forward without whole-table reads
-        work.forward = lookup
     return work
 
 
