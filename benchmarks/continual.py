@@ -248,6 +248,9 @@ TUNE_GRID_ALS = [
     *[("als_rows", {"epochs": 0, "reg": r, "cg_steps": 4}) for r in (10.0, 30.0, 100.0)],
     ("als_rows", {"epochs": 0, "reg": 30.0, "sides": "users"}),
     ("als_rows", {"epochs": 1, "lr": 0.001, "reg": 30.0}),
+    # the solves, then gradient epochs on the new rows with replayed past rows among them
+    *[("als_rows", {"epochs": e, "lr": 0.0025, "reg": 30.0, "cg_steps": 4, "share": sh})
+      for e, sh in ((1, 0.5), (1, 1.0), (2, 1.0))],
 ]  # fmt: skip
 GRIDS = {
     "first": TUNE_GRID,
@@ -299,7 +302,24 @@ def tune(strategies: list[str], seeds: list[int], quick: bool, work: Path) -> li
     return out
 
 
-PARTS = {"tune": tune, "weekly": weekly, "perrating": perrating, "positive": positive}
+def sides_part(strategies: list[str], seeds: list[int], quick: bool, work: Path,
+               settings: dict[str, dict] | None = None) -> list[dict]:  # fmt: skip
+    """The ``sides`` diagnostic (``benchmarks/continual_sides.py``) for each strategy."""
+    from continual_sides import sides
+
+    from pipelines.continual.protocol import FastPrior
+
+    out = []
+    for name in strategies:
+        cfg = _cfg([name], quick=quick)
+        frame, side, _ = _log_and_side(cfg, work / "data")
+        prior = FastPrior(*_chosen_prior(work))
+        out += sides(cfg, frame, side, name, (settings or {}).get(name, {}), seeds, prior)
+    return out
+
+
+PARTS = {"tune": tune, "weekly": weekly, "perrating": perrating, "positive": positive,
+         "sides": sides_part}  # fmt: skip
 
 
 def main() -> None:
@@ -312,6 +332,12 @@ def main() -> None:
     ap.add_argument("--work", help="work folder (default: a temporary one)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--grid", choices=sorted(GRIDS), default="all", help="tune: the grid")
+    ap.add_argument(
+        "--settings",
+        type=json.loads,
+        default=None,
+        help="weekly, sides: settings per strategy (JSON), labelled as given",
+    )
     args = ap.parse_args()
     global GRID
     GRID = args.grid
@@ -323,7 +349,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     strategy_sets = {"tune": args.strategies, "weekly": args.strategies, "perrating": args.perrating_strategies,
-                     "positive": args.positive_strategies}  # fmt: skip
+                     "positive": args.positive_strategies, "sides": args.strategies}  # fmt: skip
     tuned: dict[str, dict] = {}
     for part in args.parts.split(","):
         names = [s for s in strategy_sets[part].split(",") if s]
@@ -331,6 +357,11 @@ def main() -> None:
             got = weekly(list(tuned), seeds, args.quick, work, tuned)
             for r in got:
                 r["labels"]["settings"] = tuned.get(r["labels"].get("strategy"), {})
+        elif part in ("weekly", "sides") and args.settings:
+            got = PARTS[part](names, seeds, args.quick, work, args.settings)
+            for r in got:
+                r["labels"]["settings"] = args.settings.get(r["labels"].get("strategy"), {})
+                r["labels"]["given"] = True
         else:
             got = PARTS[part](names, seeds, args.quick, work)
         if part == "tune":

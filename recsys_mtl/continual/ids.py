@@ -14,6 +14,7 @@ class IdBook:
 
     def __init__(self, ids: pl.Series | None = None) -> None:
         self.ids = pl.Series("id", [], dtype=pl.Int64) if ids is None else ids.rename("id")
+        self._sorted: tuple[np.ndarray, np.ndarray] | None = None  # integer ids: (ids, rows)
 
     def __len__(self) -> int:
         return self.ids.len()
@@ -33,6 +34,7 @@ class IdBook:
         self.ids = (
             fresh.rename("id") if not len(self) else pl.concat([self.ids, fresh.rename("id")])
         )
+        self._sorted = None
         return fresh.len()
 
     def rows(self, ids: pl.Series) -> np.ndarray:
@@ -41,10 +43,23 @@ class IdBook:
             return np.full(ids.len(), -1, dtype=np.int64)
         if ids.dtype != self.ids.dtype:
             ids = ids.cast(self.ids.dtype, strict=False)
+        if self.ids.dtype.is_integer() and ids.null_count() == 0:
+            return self._search(ids.to_numpy())
         out = ids.replace_strict(
             self.ids, np.arange(len(self), dtype=np.int64), default=-1, return_dtype=pl.Int64
         )
         return out.fill_null(-1).to_numpy().copy()
+
+    def _search(self, ids: np.ndarray) -> np.ndarray:
+        """Integer ids' rows by a binary search in the sorted known ids (built once per
+        growth of the book; one vectorized search per call)."""
+        if self._sorted is None:
+            known = self.ids.to_numpy()
+            order = np.argsort(known, kind="stable")
+            self._sorted = (known[order], order.astype(np.int64))
+        known, rows = self._sorted
+        at = np.minimum(np.searchsorted(known, ids), known.size - 1)
+        return np.where(known[at] == ids, rows[at], -1).astype(np.int64)
 
     def frame(self, id_name: str, row_name: str) -> pl.DataFrame:
         """The map as a frame (``id_name``, ``row_name``), rows ascending."""

@@ -147,3 +147,52 @@ def test_the_full_retrains_closed_form_start_counts_as_rows_read() -> None:
     n = past.height + new.height  # rating-only: one training row per rating
     # each ALS sweep reads every rating twice (user side, item side), then 2 gradient epochs
     assert cost.rows_epochs == 2 * n * 3 + n * 2
+
+
+def test_the_item_solve_is_exact_given_the_users_solved_before_it() -> None:
+    """One forward serves both sides: the users' change must reach the items' targets and
+    features. With enough conjugate-gradient steps each touched item's rows satisfy the normal
+    equations of its ridge problem on the model as it ends (the solved users included)."""
+    cfg = small_config(["rating"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    new, past = plog.rows(4), plog.before(4)
+    reg = 3.0
+    make_strategy("als_rows", {"epochs": 0, "reg": reg, "cg_steps": 200}).update(
+        learner, new, past, seed=0
+    )
+    model = learner.model
+    seen = pl.concat([past, new])
+    rows = seen.filter(pl.col("item_id").is_in(new["item_id"].unique().implode()))
+    batch = learner.book.batch(rows)
+    with torch.no_grad():
+        model.eval()
+        resid = torch.from_numpy(rows["rating"].to_numpy()).float() - model(batch)["rating"]
+        state = model.user_state(batch["user"])
+    eff = (state["user"] + state["implicit"] if "implicit" in state else state["user"]).float()
+    k, d = model.rating_k, model.cfg.dim
+    c = slice(k * d, (k + 1) * d) if model.copies > 1 else slice(0, d)
+    feats = torch.cat([eff[:, c] * model.interaction_scale[k].float(),
+                       torch.ones(len(resid), 1)], 1).detach()  # fmt: skip
+    items, local = torch.unique(batch["item"], return_inverse=True)
+    grad = torch.zeros(items.numel(), d + 1).index_add_(0, local, resid[:, None] * feats)
+    x = torch.cat([model.emb.weight("item")[items, c], model.emb.weight("item_bias")[items, k, None]],
+                  1).detach()  # fmt: skip
+    penalty = torch.tensor([reg] * d + [float(learner.cfg.train.als_bias_reg)])
+    stationary = grad - penalty * x
+    assert float(stationary.abs().max()) < 1e-4 * max(1.0, float(grad.abs().max()))
+
+
+def test_replayed_rows_join_the_gradient_epochs() -> None:
+    cfg = small_config(["rating", "like"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    for share in (0.0, 1.0):
+        learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+        strategy = make_strategy("als_rows", {"epochs": 1, "share": share})
+        new, past = plog.rows(4), plog.before(4)
+        strategy.update(learner, new, past, seed=4)
+        trained = strategy.trained_rows
+        replayed = trained.height - new.height
+        assert replayed == (0 if share == 0 else min(new.height, past.height))
+        if replayed:  # the replayed rows are past rows
+            assert trained.head(replayed).join(past, on=list(past.columns), how="anti").height == 0

@@ -113,3 +113,17 @@ def test_weekly_stream_on_ml100k_records_costs(ml100k: Path, tmp_path: Path) -> 
     assert tuned < 0.2 * full  # an update's work follows the new rows, not the whole log
     # about 2,700 trainable rows a week, each weekly update trains on its own only
     assert costs["fine_tune"][0].rows == plog.rows(10).height
+
+
+def test_integer_and_string_ids_find_the_same_rows() -> None:
+    from recsys_mtl.continual import IdBook
+
+    ints, strs = IdBook(), IdBook()
+    for chunk in ([30, 10, 20, 10], [5, 30, 99]):
+        ints.add(pl.Series(chunk))
+        strs.add(pl.Series([str(v) for v in chunk]))
+    query = [99, 7, 10, 5, 30, 20, -1]
+    got = ints.rows(pl.Series(query))
+    assert got.tolist() == [4, -1, 1, 3, 0, 2, -1]
+    assert got.tolist() == strs.rows(pl.Series([str(v) for v in query])).tolist()
+    assert ints.rows(pl.Series([10, None])).tolist() == [1, -1]  # a missing id has no row
