@@ -195,19 +195,23 @@ def evaluate_items(
             vals.append(got["item_state"][1]["rating/rmse"])
         return float(np.mean(vals))
 
-    def _cold_ndcg(choice: Any) -> dict[str, float]:
-        """Cold-validation NDCG@10 of every method ranked by each task (``name@task``), the
-        mean over the new-item and new-new states at every K > 0."""
-        ndcg: dict[str, list[float]] = {}
+    def _cold_ndcg(choice: Any) -> dict[str, dict[str, float]]:
+        """Cold-validation NDCG@10 of every method ranked by each task (``name@task``), per
+        state (``new_item``, ``new_new``; the mean over every K > 0) and their mean (``both``)."""
+        ndcg: dict[str, dict[str, list[float]]] = {"new_item": {}, "new_new": {}}
         for k in ks or item_ks:
             rows = method_rows(model, valid, k, ridge, choice, shrinkage)
-            for s in (s_valid, valid.new_new(k)):
+            for stratum, s in (("new_item", s_valid), ("new_new", valid.new_new(k))):
                 got = measure_new(model, valid, k, s, rows, bias, data, rank_task, None,
                                   shrinkage, None, new_user_state)  # fmt: skip
                 for label, (_, m) in got.items():
                     if "@" in label and m.get("ranking/ndcg@10") is not None:
-                        ndcg.setdefault(label, []).append(m["ranking/ndcg@10"])
-        return {n: float(np.mean(v)) for n, v in ndcg.items()}
+                        ndcg[stratum].setdefault(label, []).append(m["ranking/ndcg@10"])
+        out = {st: {n: float(np.mean(v)) for n, v in per.items()} for st, per in ndcg.items()}
+        labels = out["new_item"].keys() | out["new_new"].keys()
+        out["both"] = {n: float(np.mean([out[st][n] for st in ("new_item", "new_new")
+                                         if n in out[st]])) for n in labels}  # fmt: skip
+        return out
 
     ridges = {p: fit_item_ridge(model, valid.old, valid.train_old, data, p) for p in PRECISIONS}
     for p, ridge in ridges.items():
@@ -223,21 +227,16 @@ def evaluate_items(
     for neg in (0, 1):  # the interaction loss on sampled non-raters, kept if it ranks better
         trial = Choice(precision=precision, penalty=penalty, negatives=neg)
         ndcg = _cold_ndcg(trial)
-        report["negatives"][str(neg)] = ndcg
-        mine = max(v for n, v in ndcg.items() if n.startswith("item_state@"))
+        report["negatives"][str(neg)] = ndcg["both"]
+        mine = max(v for n, v in ndcg["both"].items() if n.startswith("item_state@"))
         if best is None or mine > best[0]:
             best = (mine, trial, ndcg)
     choice, ndcg = best[1], best[2]
-    rank_by = {}
-    for label, value in ndcg.items():
-        name, task = label.split("@")
-        report["rank_by"][label] = value
-        if (
-            name not in rank_by
-            or report["rank_by"][label] > report["rank_by"][f"{name}@{rank_by[name]}"]
-        ):
-            rank_by[name] = task
-    choice.rank_by = rank_by
+    report["rank_by"] = ndcg["both"]
+    # what each method ranks by: chosen per state on its own cold validation users
+    report["rank_by_state"] = {st: ndcg[st] for st in ("new_item", "new_new")}
+    rank_by = {st: _best_task(ndcg[st]) for st in ("new_item", "new_new")}
+    choice.rank_by, choice.rank_by_new_new = rank_by["new_item"], rank_by["new_new"]
     # the test items, with the choice
     test_ridge = ridge  # fitted on the old items, the same for both roles
     rows_out: list[dict[str, Any]] = []
@@ -254,7 +253,8 @@ def evaluate_items(
         rows = method_rows(model, test, k, test_ridge, choice, shrinkage)
         for stratum, s in (("new_item", test.new_item()), ("new_new", test.new_new(k))):
             add(stratum, k, measure_new(model, test, k, s, rows, bias, data, rank_task,
-                                        rank_by, shrinkage, slot(stratum, k), new_user_state))  # fmt: skip
+                                        rank_by[stratum], shrinkage, slot(stratum, k),
+                                        new_user_state))  # fmt: skip
         add("new_user", k, measure_old(model, test, test.new_user(k), bias, data, rank_task,
                                        shrinkage, slot("new_user", k), new_user_state,
                                        user_method))  # fmt: skip
@@ -262,6 +262,17 @@ def evaluate_items(
                                    slot("warm", None)))  # fmt: skip
     counts = {r: int((roles["role"] == r).sum()) for r in ("old", "new", "cold_valid", "test")}
     return {"rows": rows_out, "choice": choice.as_dict(), "cold_valid": report, "counts": counts}
+
+
+def _best_task(ndcg: dict[str, float]) -> dict[str, str]:
+    """``{method: task}``: the task of each method's highest NDCG@10 in ``ndcg``
+    (``{"name@task": value}``; ties to the first in sorted order)."""
+    best: dict[str, str] = {}
+    for label in sorted(ndcg):
+        name, task = label.split("@")
+        if name not in best or ndcg[label] > ndcg[f"{name}@{best[name]}"]:
+            best[name] = task
+    return best
 
 
 def items_report(run: Any, data: Any, roles: pl.DataFrame | None, cfg: Any,

@@ -20,9 +20,8 @@ side-feature ridge with the rating bias calibrated, plus the fold-in on the item
 ``user_offset`` (``mu`` + the user's offset + the item's shrunk support residual) and
 ``ranker_item_ridge`` (the ranker with the item's rows at zero, the item-bias-free output,
 plus the item's shrunk support residual on the rating bias). A known user's state is the
-ranker's; a held-out user's the ``ranker_ridge`` state of their support. The item ridge's
-precision, the fold-in's penalty and what each method ranks by (the rating or the ranking
-task) are chosen on the cold validation items (and cold validation users for ``new_new``).
+ranker's; a held-out user's the ``ranker_ridge`` state of their support. The choices (the
+ridge's precision, the fold-in's penalty, what each method ranks by) read cold validation only.
 """
 
 from __future__ import annotations
@@ -251,21 +250,23 @@ class Choice:
     steps: int = 50
     lr: float = 0.05
     negatives: int = 0  # sampled non-raters per support rating (interaction loss); 0: none
-    rank_by: dict[str, str] | None = None
+    rank_by: dict[str, str] | None = None  # method -> task, new items (existing users)
+    rank_by_new_new: dict[str, str] | None = None  # the same for new users on new items
 
     def as_dict(self) -> dict[str, Any]:
         return {"precision": self.precision, "penalty": self.penalty, "steps": self.steps,
-                "lr": self.lr, "negatives": self.negatives,
-                "rank_by": self.rank_by or {}}  # fmt: skip
+                "lr": self.lr, "negatives": self.negatives, "rank_by": self.rank_by or {},
+                "rank_by_new_new": self.rank_by_new_new or {}}  # fmt: skip
 
 
 RANKER_METHODS = ("item_state", "item_side_only", "ranker_item_ridge")
+SUM_WEIGHTS = {"": 1.0, "0.5": 0.5, "2": 2.0}  # the ranking task's weight in a summed score
 
 
 def rank_options(rank_task: str) -> set[str]:
     """What a ranker-based method may rank new items by: the rating, the ranking task, or
-    their sum (the predicted rating plus the log-odds of a rating)."""
-    return {"rating", rank_task, f"rating+{rank_task}"}
+    their sums ``rating+Wtask`` (the predicted rating plus W times the log-odds of a rating)."""
+    return {"rating", rank_task, *(f"rating+{w}{rank_task}" for w in SUM_WEIGHTS)}
 
 
 def method_rows(model: nn.Module, proto: ItemProtocol, k: int, ridge: ItemSideRidge,
@@ -357,8 +358,8 @@ def measure_new(model: nn.Module, proto: ItemProtocol, k: int, s: Stratum, rows:
         with torch.no_grad():
             pred = score_grid(twin, states, q.items, q.days, q.time_bins)["rating"]
             full = score_grid(twin, states, *grid)
-        if rank_task != "rating":  # the rating plus the ranking task's logit
-            full[f"rating+{rank_task}"] = full["rating"] + full[rank_task]
+        for w, v in SUM_WEIGHTS.items() if rank_task != "rating" else ():  # rating + v logit
+            full[f"rating+{w}{rank_task}"] = full["rating"] + v * full[rank_task]
         tasks = [rank_by[name]] if rank_by else sorted(full.keys() & rank_options(rank_task))
         for t in tasks:
             label = name if rank_by else f"{name}@{t}"

@@ -13,6 +13,20 @@ SERVED = "coldstart-served.json"
 # the same benchmark before the shrunk variants were candidates (the learners as they adapt)
 # and before the demographic state's bias calibration (so its K = 0 rows are not compared)
 NO_SHRINK = "coldstart-served-noshrink.json"
+# the same benchmark before the state_mean learner (and its shrunk variants) were candidates
+NO_MEAN = "coldstart-served-nomean.json"
+EARLIER = (
+    (NO_MEAN, "Without `state_mean`",
+     "The same benchmark before the `state_mean` learner (and its shrunk variants) was among "
+     "the candidates, beside the figures above: the served method's relative margin over the "
+     "same floor and the 95% interval of the difference, K > 0.\n", "without it"),
+    (NO_SHRINK, "Without the shrunk variants",
+     "An earlier run of the benchmark, before the learners' shrunk variants (and `state_mean`) "
+     "were candidates (each run then served a learner as it adapts), beside the figures above: "
+     "the served method's relative margin over the same floor and the 95% interval of the "
+     "difference, K > 0 (that run's K = 0 state had no bias calibration yet).\n",
+     "without the variants"),
+)  # fmt: skip
 SERVED_CMD = "python benchmarks/coldstart.py --protocols first_k --bases bellkor --served --dir DIR"
 NAMES = {"rating/rmse": "RMSE", "ranking/ndcg@10": "NDCG@10", "ranking/hr@10": "HR@10"}
 # goals at K = 10 (relative margin over the best floor; HR@10 over ranker_ridge: above it)
@@ -88,16 +102,17 @@ def served_section(results: Path) -> str:
                    "relative", "users", "verdict"]  # fmt: skip
         parts.append(table(headers, body, align="lrlrrrrl"))
         parts.append(source_note(SERVED, command=SERVED_CMD))
-    if (results / NO_SHRINK).is_file():
-        parts.append(_no_shrink(results))
+    for name, title, text, column in EARLIER:
+        if (results / name).is_file():
+            parts.append(_earlier(results, name, title, text, column))
     return "\n".join(parts)
 
 
-def _no_shrink(results: Path) -> str:
-    """One line per (K, measure): the relative margin and interval before the shrunk variants
-    were candidates, beside the ones above."""
+def _earlier(results: Path, name: str, title: str, text: str, column: str) -> str:
+    """One line per (K > 0, measure): the relative margin and interval in an earlier output
+    (``name``), beside the ones above."""
     now = {(p["k"], p["measure"], p["floor"]): p for p in load(results, SERVED)[-1]["paired"]}
-    before = load(results, NO_SHRINK)[-1].get("paired", [])
+    before = load(results, name)[-1].get("paired", [])
     body = []
     for p in (p for p in before if p["k"] != "k0"):  # K = 0: before the bias calibration
         cur = now.get((p["k"], p["measure"], p["floor"]))
@@ -106,12 +121,8 @@ def _no_shrink(results: Path) -> str:
                      "–" if cur is None else f"{100 * (cur['relative'] or 0):+.1f}% "
                      f"[{cur['ci95'][0]:+.4f}, {cur['ci95'][1]:+.4f}]"])  # fmt: skip
     return "\n".join([
-        "### Without the shrunk variants\n",
-        "The same benchmark with the learners' shrunk variants not among the candidates "
-        "(each run then served a learner as it adapts), beside the figures above: the served "
-        "method's relative margin over the same floor and the 95% interval of the difference, "
-        "K > 0 (that run's K = 0 state had no bias calibration yet).\n",
-        table(["K", "measure", "floor", "without the variants", "with them (above)"], body,
-              align="rllrr"),
-        source_note(NO_SHRINK, SERVED, command=SERVED_CMD),
+        f"### {title}\n",
+        text,
+        table(["K", "measure", "floor", column, "now (above)"], body, align="rllrr"),
+        source_note(name, SERVED, command=SERVED_CMD),
     ])  # fmt: skip

@@ -16,6 +16,7 @@ from meta.learners.encoders import BlackBox, Metric
 from meta.learners.ensemble import ENSEMBLE, Ensemble, EnsembleParams
 from meta.learners.gradient import FOMAML, MAML, MetaSGD, Reptile
 from meta.learners.matching import Matching
+from meta.learners.mean import MeanParams, StateMean
 from meta.state import module_device
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path, load_tensors, write_json
@@ -32,12 +33,14 @@ __all__ = [
     "EnsembleParams",
     "LearnerParams",
     "Matching",
+    "MeanParams",
     "MetaLearner",
     "MetaLoss",
     "MetaSGD",
     "Metric",
     "Reptile",
     "Ridge",
+    "StateMean",
     "build_learner",
     "learner_names",
     "learner_params",

@@ -35,7 +35,7 @@ def _loss(learner, blocks, mode="vmap"):
     return learner.meta_loss(blocks.support, blocks.query, t.support, t.user_cats, **kw)
 
 
-def test_the_registry_holds_the_eight_learners():
+def test_the_registry_holds_the_nine_learners():
     assert set(NAMES) == {
         "maml",
         "fomaml",
@@ -45,6 +45,7 @@ def test_the_registry_holds_the_eight_learners():
         "blackbox",
         "ridge",
         "matching",
+        "state_mean",
     }
 
 

@@ -76,6 +76,12 @@ def test_the_four_states_are_counted_right(run_dir):
     ratings, items, users = _frames(run_dir)
     doc = json.loads((run_dir / "coldstart" / "items.json").read_text())
     assert doc["enabled"] and doc["item_ks"] == [0, 5, 10]
+    # what each method ranks by: chosen per state, the best cold-validation NDCG@10 of each
+    for state, key in (("new_item", "rank_by"), ("new_new", "rank_by_new_new")):
+        ndcg = doc["cold_valid"]["rank_by_state"][state]
+        for method, task in doc["choice"][key].items():
+            mine = {n: v for n, v in ndcg.items() if n.startswith(f"{method}@")}
+            assert ndcg[f"{method}@{task}"] == max(mine.values()) and len(mine) == 5
     served = json.loads((run_dir / "coldstart" / "served.json").read_text())["name"]
     got = {(r["labels"]["stratum"], r["labels"]["k"]): r["metrics"] for r in doc["rows"]
            if r["labels"]["learner"] in ("item_state", "ranker", served)}  # fmt: skip

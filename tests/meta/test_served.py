@@ -22,7 +22,10 @@ META = {
     "ks": [3, 5], "epochs": 2, "batch_users": 16, "max_query": 16, "fold_in_steps": [0, 2],
     "fold_in_lrs": [0.01],
     "learners": [{"name": "maml", "params": {"steps": 2}}, {"name": "metric", "params": {"hidden": 8}},
-                 {"name": "ridge", "label": "closed_form"}],
+                 {"name": "ridge", "label": "closed_form"},
+                 {"name": "state_mean", "params": {"members": [
+                     {"name": "maml", "params": {"steps": 2}},
+                     {"name": "metric", "params": {"hidden": 8}}]}}],
 }  # fmt: skip
 
 
@@ -109,8 +112,23 @@ def test_the_choice_reads_the_cold_validation_users_only(synthetic_run):
     # not eligible: the closed form (no user state for the run's model) and the MAE point rules
     assert "closed_form" not in before["eligible"] and "ridge" not in before["eligible"]
     assert {"ranker_ridge", "fold_in", "population", "maml", "metric"} <= set(before["eligible"])
+    assert {"maml_shrunk0.5", "state_mean", "state_mean_shrunk0.5"} <= set(before["eligible"])
     served = summary["coldstart"]["served"]
     assert {v["method"] for v in served.values()} == {before["name"]}
+
+
+def test_a_state_mean_serves_one_state_through_the_run_model(synthetic_run):
+    run_dir, _ = synthetic_run
+    run = load_run(run_dir)
+    items = run.item_ids.to_list()
+    support = pl.DataFrame({"user_id": ["x", "x", "y"], "item_id": items[:3],
+                            "rating": [5.0, 2.0, 4.0]})  # fmt: skip
+    users = adapt_users(run, support, learner_dir=run_dir / "meta_train" / "state_mean")
+    assert users.learner == "state_mean" and users.state["user"].shape[0] == 2
+    batch = {"item": torch.tensor([0, 1]), "day": torch.tensor([0, 0]),
+             "time_bin": torch.tensor([0, 0])}  # fmt: skip
+    out = run.model.score(users.state, batch)
+    assert torch.isfinite(out["rating"]).all()
 
 
 def test_the_bundle_carries_the_served_method(synthetic_run, tmp_path):
