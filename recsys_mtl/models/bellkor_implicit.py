@@ -17,6 +17,12 @@ the next refresh (so the table's optimizer steps ``y`` once per refresh, with th
 gradient of those steps). ``R`` is the smallest interval that keeps the two products at
 about ``implicit_work_per_row`` set entries per training row; the last step of an epoch
 always pushes, so validation, checkpoints and a resumed run see every gradient.
+
+On a large log the two products read rows of tables larger than a core's L2 cache (the ``y``
+table forward, the per-user accumulator backward) at random, several times slower per entry
+than on a small log; :class:`TiledBags` cuts them into tiles of about 1 MiB of table rows and
+1 MiB of output rows, so that each tile's gathers and sums stay in the cache (the same sums, in
+another order).
 """
 
 from __future__ import annotations
@@ -28,10 +34,14 @@ from typing import Any
 
 import torch
 
-from recsys_mtl.models.embeddings import bag_sum, functorch_active, gather_jagged
+from recsys_mtl.models.embeddings import Bags, bag_sum, functorch_active, gather_jagged
 
-__all__ = ["ImplicitCache", "SubsetBagProduct", "capped_bags", "implicit_vectors",
+__all__ = ["ImplicitCache", "SubsetBagProduct", "TiledBags", "capped_bags", "implicit_vectors",
            "refresh_interval"]  # fmt: skip
+
+# a tile of :class:`TiledBags`: about this many bytes of table rows, and of output rows; a
+# table of at most two tiles' rows is read whole (it stays in the cache as it is)
+_TILE_BYTES = 1 << 20
 
 
 def capped_bags(
@@ -79,6 +89,58 @@ class SubsetBagProduct(torch.autograd.Function):
         return torch.sparse.mm(at, grad.contiguous()), None, None, None
 
 
+class TiledBags:
+    """:func:`bag_sum` of constant weighted ``bags`` with a ``(n_rows, width)`` table, in tiles:
+    blocks of table rows times blocks of bags, each about ``_TILE_BYTES`` (``width`` floats of
+    ``elem`` bytes a row), the output rows of a block of bags summed over the blocks of table
+    rows. Each tile reads its table rows and writes its output rows within a core's cache
+    instead of the whole table at random. A table of at most two blocks is read in one call.
+    The same sums as one call, up to their order."""
+
+    def __init__(self, bags: Bags, n_rows: int, width: int, elem: int = 4) -> None:
+        index, starts, weights = bags
+        self.n_bags = starts.numel()
+        block = self.block = max(1, _TILE_BYTES // max(1, width * elem))
+        self.whole = bags if n_rows <= 2 * block else None
+        if self.whole is not None:
+            return
+        counts = torch.diff(starts, append=starts.new_tensor([index.numel()]))
+        bag = torch.repeat_interleave(torch.arange(self.n_bags, device=index.device), counts)
+        n_cols = -(-n_rows // block)
+        tile = (bag // block) * n_cols + index // block
+        order = torch.sort(tile, stable=True).indices  # tile by tile, each in the bags' order
+        tile, bag = tile[order], bag[order] % block
+        # 32-bit entries (embedding_bag takes them with 32-bit starts): half the memory
+        small = max(block, index.numel()) < 2**31
+        kind = torch.int32 if small else index.dtype
+        self.index, self.weights = (index[order] % block).to(kind), weights[order]
+        n_tiles = -(-self.n_bags // block) * n_cols
+        per_bag = torch.bincount(tile * block + bag, minlength=n_tiles * block)
+        per_bag = per_bag.view(n_tiles, block)
+        # each tile's bags, from the tile's first entry
+        self.starts = (torch.cumsum(per_bag, 1) - per_bag).to(kind)
+        sizes = per_bag.sum(1)
+        ends = torch.cumsum(sizes, 0).tolist()
+        # (block of bags, block of table rows, its entries lo:hi), the non-empty tiles
+        self.tiles = [(t // n_cols, t % n_cols, end - size, end)
+                      for t, (size, end) in enumerate(zip(sizes.tolist(), ends, strict=True))
+                      if size]  # fmt: skip
+        self.n_cols = n_cols
+
+    def __call__(self, table: torch.Tensor) -> torch.Tensor:
+        if self.whole is not None:
+            return bag_sum(*self.whole, table)
+        block, n_bags = self.block, self.n_bags
+        out = table.new_zeros(n_bags, table.shape[1])
+        for rows, cols, lo, hi in self.tiles:
+            b0, c0 = rows * block, cols * block
+            nb = min(block, n_bags - b0)
+            part = bag_sum(self.index[lo:hi], self.starts[rows * self.n_cols + cols, :nb],
+                           self.weights[lo:hi], table[c0 : c0 + block])  # fmt: skip
+            out[b0 : b0 + nb].add_(part)
+        return out
+
+
 def refresh_interval(entries: int, batch_size: int, work_per_row: int | None) -> int:
     """Steps between two refreshes of the SVD++ cache; 1: every step is exact.
 
@@ -107,6 +169,9 @@ class ImplicitCache:
         self.refreshes = 0  # products of every user's set (forward), for tests and benchmarks
         self.held = False  # inside :meth:`hold`: the weights do not change
         self.every_user: torch.Tensor | None = None  # the vectors of every user, while held
+        # the products' tiles (:class:`TiledBags`), forward and transposed, and their key
+        self.tiled: tuple[TiledBags, TiledBags] | None = None
+        self.tiled_key: Any = None
 
     def __deepcopy__(self, memo: dict) -> ImplicitCache:
         return ImplicitCache()
@@ -138,17 +203,28 @@ class ImplicitCache:
         every = refresh_interval(entries, batch_size, model.cfg.implicit_work_per_row)
         if every == 1:
             return None
-        a, at = model._product_bags()
         w = model.implicit.weight("implicit")
+        a, at = self._tiles(model, w)
         stale = self.z is None or self.z.dtype != w.dtype or self.z.device != w.device
         if step % every == 0 or stale:  # the first step after a push (or of the epoch)
             with torch.no_grad():
-                self.z = bag_sum(*a, w.detach())
+                self.z = a(w.detach())
             self.grad = torch.zeros_like(self.z)
             self.refreshes += 1
         last = step >= n_steps - 1  # the cache is let go after the epoch's last push
         push = (step + 1) % every == 0 or last
         return _CachedVectors.apply(w, users, self, at if push else None, last)
+
+    def _tiles(self, model: Any, w: torch.Tensor) -> tuple[TiledBags, TiledBags]:
+        """The model's product bags (forward and transposed) as :class:`TiledBags`, cached."""
+        a, at = model._product_bags()
+        key = (id(a[0]), id(at[0]), w.shape[1], w.element_size())
+        if self.tiled is None or self.tiled_key != key:
+            elem = w.element_size()
+            self.tiled = (TiledBags(a, w.shape[0], w.shape[1], elem),
+                          TiledBags(at, a[1].numel(), w.shape[1], elem))  # fmt: skip
+            self.tiled_key = key
+        return self.tiled
 
 
 class _CachedVectors(torch.autograd.Function):
@@ -169,7 +245,7 @@ class _CachedVectors(torch.autograd.Function):
         cache.grad.index_add_(0, users, grad)
         out = None
         if ctx.at is not None:
-            out = bag_sum(*ctx.at, cache.grad)
+            out = ctx.at(cache.grad)
             cache.grad.zero_()
         if ctx.last:
             cache.z = cache.grad = None

@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 _INDEX_SELECT = {torch.index_select, torch.Tensor.index_select}
+# an uncoalesced gradient of a table of at most this many times as many rows as entries is
+# summed through a presence mask over the table (else by sorting its entries)
+_MASK_ROWS = 16
 _EMBEDDING = {F.embedding}
 
 # model -> its lookups (one per model, whatever the number of optimizers built for it)
@@ -128,17 +131,23 @@ def sparse_rows(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A row-sparse (COO) gradient of a ``(rows, ...)`` table as ``(rows (R,), values (R, n))``:
     each looked-up row once, ascending, with its summed gradient; rows whose summed gradient is
     all zero are dropped (NaN counts as non-zero), as the dense path skips them."""
-    if not g.is_coalesced():
-        ids = g._indices()[0]
-        # ids already ascending and distinct (a lookup of distinct sorted ids, such as a
-        # batch's users): the gradient is coalesced as it is, no sort needed
-        if ids.device.type == "cpu" and bool((ids[1:] > ids[:-1]).all()):
-            g = torch.sparse_coo_tensor(
-                g._indices(), g._values(), g.shape, is_coalesced=True, check_invariants=False
-            )
-        else:
-            g = g.coalesce()
-    rows, values = g.indices()[0], g.values()
+    if g.is_coalesced():
+        return _nonzero_rows(g.indices()[0], g.values())
+    ids, values = g._indices()[0], g._values()
+    if ids.device.type != "cpu":
+        g = g.coalesce()
+        return _nonzero_rows(g.indices()[0], g.values())
+    # ids already ascending and distinct (a lookup of distinct sorted ids, such as a batch's
+    # users): the gradient is coalesced as it is, no sort needed
+    if bool((ids[1:] > ids[:-1]).all()):
+        return _nonzero_rows(ids, values)
+    if g.shape[0] <= _MASK_ROWS * ids.numel():  # a table not much larger than the lookups
+        return _nonzero_rows(*_summed_rows(ids, values, g.shape[0]))
+    g = g.coalesce()
+    return _nonzero_rows(g.indices()[0], g.values())
+
+
+def _nonzero_rows(rows: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     values = values.flatten(1) if values.dim() > 1 else values[:, None]
     # a row is touched when its summed gradient is non-zero anywhere (NaN counts: its abs max
     # is NaN, not 0); one reduction over the row instead of a boolean tensor of every value
@@ -146,6 +155,20 @@ def sparse_rows(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not bool(keep.all()):
         rows, values = rows[keep], values[keep]
     return rows, values
+
+
+def _summed_rows(
+    ids: torch.Tensor, values: torch.Tensor, n_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct ``ids`` ascending and their ``values`` summed (each row's entries in their
+    order), from a presence mask over the ``n_rows`` rows of the table: a few linear passes
+    over a table of at most ``_MASK_ROWS`` times as many rows as entries, instead of a sort."""
+    present = torch.zeros(n_rows, dtype=torch.bool, device=ids.device)
+    present[ids] = True
+    rows = present.nonzero().squeeze(1)
+    slot = torch.cumsum(present, 0).sub_(1).index_select(0, ids)
+    summed = values.new_zeros((rows.numel(), *values.shape[1:]))
+    return rows, summed.index_add_(0, slot, values)
 
 
 def adagrad_rows(
