@@ -190,7 +190,8 @@ def test_a_journal_that_is_not_a_journal_ends_in_one_line_naming_it(
 
 
 def test_a_killed_command_with_a_torn_tail_resumes(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, epochs=60, ratings=6000, patience=None)  # still running when killed
+    # a trial of about 3 s: the first epoch's report is seen and the kill lands well inside it
+    cfg = _config(tmp_path, epochs=200, ratings=6000, patience=None)
     study_dir = tmp_path / "study"
     journal = study_dir / "study.journal"
     cmd = [sys.executable, "-m", "pipelines.cli", "tune", str(cfg), "--out", str(study_dir)]
@@ -205,7 +206,7 @@ def test_a_killed_command_with_a_torn_tail_resumes(tmp_path: Path) -> None:
         assert proc.poll() is None and time.time() < deadline
         if journal.exists() and b'"intermediate_value' in journal.read_bytes():
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     _tear_last_line(journal)  # killed in the middle of writing its record
