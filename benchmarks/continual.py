@@ -313,7 +313,10 @@ def sides_part(strategies: list[str], seeds: list[int], quick: bool, work: Path,
     for name in strategies:
         cfg = _cfg([name], quick=quick)
         frame, side, _ = _log_and_side(cfg, work / "data")
-        prior = FastPrior(*_chosen_prior(work))
+        if (work / "prior.json").is_file():  # chosen by the weekly part of this run
+            prior = FastPrior(*_chosen_prior(work))
+        else:
+            prior, _ = choose_prior(cfg, frame, side)
         out += sides(cfg, frame, side, name, (settings or {}).get(name, {}), seeds, prior)
     return out
 
@@ -339,6 +342,8 @@ def main() -> None:
         help="weekly, sides: settings per strategy (JSON), labelled as given",
     )
     args = ap.parse_args()
+    if args.settings and "tune" in args.parts.split(","):
+        ap.error("--settings: the tune part chooses the settings; give one or the other")
     global GRID
     GRID = args.grid
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")

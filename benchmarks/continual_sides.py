@@ -43,6 +43,8 @@ def sides(cfg: Any, frame: Any, side: Any, strategy: str, settings: dict, seeds:
     from pipelines.continual.stream import Protocol
     from recsys_mtl.continual import ContinualRanker, cut_periods, make_strategy
 
+    if strategy == "full":
+        raise ValueError("sides: compare a strategy other than full with the full retrain")
     plog = cut_periods(frame, cfg.stream)
     proto = Protocol.of(cfg, plog.n_periods)
     out = []
@@ -54,7 +56,10 @@ def sides(cfg: Any, frame: Any, side: Any, strategy: str, settings: dict, seeds:
         for t in range(proto.base, proto.tested[-1]):
             new, past = plog.rows(t), plog.before(t)
             s_full.update(full, new, past, seed=seed)
-            s_cheap.update(cheap, new, past, seed=seed)
+            if proto.part(t + 1) == "validation":  # as the stream steps it (transfer learns)
+                s_cheap.update_validation(cheap, new, past, plog.rows(t + 1), seed=seed)
+            else:
+                s_cheap.update(cheap, new, past, seed=seed)
             if t + 1 not in proto.tested:
                 continue
             rows = plog.rows(t + 1, probe=None)

@@ -235,7 +235,9 @@ def evaluate_items(
     report["rank_by"] = ndcg["both"]
     # what each method ranks by: chosen per state on its own cold validation users
     report["rank_by_state"] = {st: ndcg[st] for st in ("new_item", "new_new")}
-    rank_by = {st: _best_task(ndcg[st]) for st in ("new_item", "new_new")}
+    # a method a state's cold validation users could not rank takes the choice over both states
+    pooled = _best_task(ndcg["both"])
+    rank_by = {st: {**pooled, **_best_task(ndcg[st])} for st in ("new_item", "new_new")}
     choice.rank_by, choice.rank_by_new_new = rank_by["new_item"], rank_by["new_new"]
     # the test items, with the choice
     test_ridge = ridge  # fitted on the old items, the same for both roles

@@ -43,7 +43,7 @@ class IdBook:
             return np.full(ids.len(), -1, dtype=np.int64)
         if ids.dtype != self.ids.dtype:
             ids = ids.cast(self.ids.dtype, strict=False)
-        if self.ids.dtype.is_integer() and ids.null_count() == 0:
+        if self.ids.dtype.is_integer() and ids.null_count() == 0 and self.ids.null_count() == 0:
             return self._search(ids.to_numpy())
         out = ids.replace_strict(
             self.ids, np.arange(len(self), dtype=np.int64), default=-1, return_dtype=pl.Int64

@@ -218,8 +218,12 @@ class ImplicitCache:
     def _tiles(self, model: Any, w: torch.Tensor) -> tuple[TiledBags, TiledBags]:
         """The model's product bags (forward and transposed) as :class:`TiledBags`, cached."""
         a, at = model._product_bags()
-        key = (id(a[0]), id(at[0]), w.shape[1], w.element_size())
-        if self.tiled is None or self.tiled_key != key:
+        # the bags themselves (held, compared by identity: a grown context's new bags never
+        # pass for the old ones, as a reused id() could), the width and element size
+        key = (a[0], at[0], w.shape[1], w.element_size())
+        old = self.tiled_key
+        same = old is not None and old[0] is key[0] and old[1] is key[1] and old[2:] == key[2:]
+        if self.tiled is None or not same:
             elem = w.element_size()
             self.tiled = (TiledBags(a, w.shape[0], w.shape[1], elem),
                           TiledBags(at, a[1].numel(), w.shape[1], elem))  # fmt: skip

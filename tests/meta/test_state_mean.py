@@ -56,6 +56,14 @@ def test_each_member_learns_from_its_own_loss(world):
     own = [m.meta_loss(blocks.support, blocks.query, t.support, t.user_cats).losses
            for m in learner.members]  # fmt: skip
     assert_close(loss.losses, (own[0] + own[1]) / 2)
+    # the inner loop's support losses reach the trainer's checks; the loop mode matches vmap
+    assert (
+        learner.inner_loop
+        and loss.inner is not None
+        and loss.inner.shape[0] == len(t.support.items)
+    )
+    looped = learner.meta_loss(blocks.support, blocks.query, t.support, t.user_cats, mode="loop")
+    assert_close(looped.losses, loss.losses, rtol=1e-4, atol=1e-5)
     learner.zero_grad()
     loss.losses.sum().backward()
     for m in learner.members:
