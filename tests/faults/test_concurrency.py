@@ -70,6 +70,13 @@ def _complete(run: Path) -> None:
     assert not list(run.glob(".tmp-*")) and not (run / LOCK_NAME).exists()
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
 @pytest.mark.slow
 def test_two_runs_into_one_folder_one_runs_the_other_stops_naming_it(tmp_path):
     cfg = tiny_config(tmp_path, TRAINING, model={"name": "bellkor", "params": {"dim": 8}})
@@ -104,7 +111,8 @@ def test_a_second_run_asked_to_wait_waits_then_reuses_every_stage(tmp_path):
     first = subprocess.Popen(
         _run_cmd(cfg, run), cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    _until(lambda: (run / LOCK_NAME).exists(), first, "it held the folder")
+    # held, and its owner's name written (a lock file can exist a moment before it is named)
+    _until(lambda: str(first.pid) in _read(run / LOCK_NAME), first, "it held the folder")
     first.send_signal(signal.SIGSTOP)
     second = subprocess.Popen(
         _run_cmd(cfg, run, "--wait", "120", "--json"),

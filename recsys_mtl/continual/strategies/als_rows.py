@@ -150,29 +150,18 @@ def _sweep(learner: ContinualRanker, rows: pl.DataFrame, s: AlsRowsSettings) -> 
     bias_u[user_ids, k] = x[:, d].to(bias_u.dtype)
     if s.sides != "both":
         return int(of_user.sum()), 0
-    # the solved users' change taken off their rows' residuals (the score is linear in them)
-    moved = x - x_now
-    where = torch.full((p_tab.shape[0],), -1, dtype=torch.long, device=dev)
-    where[user_ids] = torch.arange(user_ids.numel(), device=dev)
-    at = where[u]
-    hit = (at >= 0).nonzero().squeeze(1)
-    step = moved.index_select(0, at[hit])
-    q_hit = q_tab.index_select(0, i[hit])[:, c].float()
-    resid[hit] -= (step[:, :d] * q_hit).sum(1) * scale + step[:, d]
-    # the items' side: columns are the distinct users of their rows (their solved vectors)
-    user_cols, col_of = torch.unique(u, return_inverse=True)
+    # the solved users' change taken off their rows' residuals (the score is linear in them):
+    # each of their rows moves by its item's factors times the change, plus the bias change
+    step = (x - x_now).index_select(0, user_local)
+    q_rows = q_tab.index_select(0, ri)[:, c].float()
+    resid[of_user] -= (step[:, :d] * q_rows).sum(1) * scale + step[:, d]
+    # the items' side: columns are the distinct users of their rows (their solved vectors; every
+    # touched user rated a touched item, so these are every user of the rows)
+    user_cols, user_local = torch.unique(u[of_item], return_inverse=True)
     state = model.user_state(user_cols)  # the solved users' rows as written above
     eff = state["user"] + state["implicit"] if "implicit" in state else state["user"]
-    eff = eff[:, c].float()
-    # the columns: the users of the items' rows, numbered in order
-    used = torch.zeros(user_cols.numel(), dtype=torch.bool, device=dev)
-    used[col_of[of_item]] = True
-    cols = used.nonzero().squeeze(1)
-    renum = torch.full((user_cols.numel(),), -1, dtype=torch.long, device=dev)
-    renum[cols] = torch.arange(cols.numel(), device=dev)
+    feats = eff[:, c].float() * scale
     item_ids, item_local = torch.unique(i[of_item], return_inverse=True)
-    feats = eff[cols] * scale
-    user_local = renum[col_of[of_item]]
     x_now = torch.cat([q_tab[item_ids, c].float(), bias_i[item_ids, k, None].float()], 1)
     x = _solve(item_local, user_local, item_ids.numel(), feats, resid[of_item], x_now, penalty,
                s.cg_steps)  # fmt: skip
