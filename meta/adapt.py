@@ -37,7 +37,14 @@ from recsys_mtl.errors import UserError
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.runs.load import LoadedRun
 
-__all__ = ["ColdStartUsers", "adapt_users", "served_user_state", "support_rows"]
+__all__ = [
+    "ColdStartUsers",
+    "adapt_users",
+    "served_rank_state",
+    "served_user_state",
+    "served_user_states",
+    "support_rows",
+]
 
 log = logging.getLogger("recsys_mtl.meta")
 
@@ -53,6 +60,9 @@ class ColdStartUsers:
     learner: str  # "ridge" or the meta-learner's registry name
     rows_used: int
     unknown_items: int  # support rows whose item id the run never saw: skipped and reported
+    # the state the users are ranked by where it is not ``state`` (a split variant: rated by
+    # the adapted state, ranked by it shrunk toward the new-user state); None: ``state``
+    rank_state: dict[str, torch.Tensor] | None = None
 
 
 def _unix_seconds(dtype: pl.DataType) -> pl.Expr:
@@ -135,9 +145,24 @@ def _served_state(
         return ridge_state(run.model, padded, cats, shrinkage), name
     learner = load_learner(folder, copy.deepcopy(run.model), for_run=True)
     state = learner.adapt_state(padded, cats)
-    if record.get("shrink") is not None:
+    if record.get("shrink") is not None and not record.get("split"):
         state = shrink_state(run.model, state, padded, cats, float(record["shrink"]))
     return state, name
+
+
+def served_rank_state(
+    run: LoadedRun,
+    padded: Padded,
+    cats: torch.Tensor | None,
+    state: dict[str, torch.Tensor],
+    record: dict | None = None,
+) -> dict[str, torch.Tensor] | None:
+    """The state a served split variant ranks by (``state``, its adapted state, shrunk toward
+    the new-user state: ``split`` and ``shrink`` of the record); None for any other method."""
+    record = record if record is not None else read_served(run.run_dir)
+    if record is None or not record.get("split") or record.get("shrink") is None:
+        return None
+    return shrink_state(run.model, state, padded, cats, float(record["shrink"]))
 
 
 def served_user_state(
@@ -145,9 +170,22 @@ def served_user_state(
 ) -> tuple[dict, str]:
     """The served state of new users with support ``padded`` (users with none from the
     demographic state where the run serves one at K = 0) and the method's name; ``record``:
-    the served record (default: the run's ``coldstart/served.json``)."""
+    the served record (default: the run's ``coldstart/served.json``). A split variant's is the
+    state it rates by (:func:`served_rank_state` gives the one it ranks by)."""
     state, name = _served_state(run, padded, cats, record)
     return _no_rating_users(run, padded, cats, state, record), name
+
+
+def served_user_states(
+    run: LoadedRun, padded: Padded, cats: torch.Tensor | None, record: dict | None = None
+) -> tuple[dict, dict | None, str]:
+    """:func:`served_user_state` and the state the users are ranked by where it is another
+    (a split variant's, :func:`served_rank_state`; else None), as ``adapt_users`` serves them."""
+    state, name = _served_state(run, padded, cats, record)
+    ranking = served_rank_state(run, padded, cats, state, record)
+    if ranking is not None:
+        ranking = _no_rating_users(run, padded, cats, ranking, record)
+    return _no_rating_users(run, padded, cats, state, record), ranking, name
 
 
 def _no_rating_users(
@@ -250,11 +288,15 @@ def adapt_users(
         learner = load_learner(pathlib.Path(learner_dir), copy.deepcopy(run.model), for_run=True)
         state = learner.adapt_state(padded, cats)
         name = learner.name
+        ranking = None
     else:
         state, name = _served_state(run, padded, cats)
+        ranking = served_rank_state(run, padded, cats, state)
     state = _no_rating_users(run, padded, cats, state)
     state = {k: v.detach() for k, v in state.items()}
-    return ColdStartUsers(user_ids, state, name, rows_used, unknown)
+    if ranking is not None:
+        ranking = {k: v.detach() for k, v in _no_rating_users(run, padded, cats, ranking).items()}
+    return ColdStartUsers(user_ids, state, name, rows_used, unknown, ranking)
 
 
 def _grow(padded: Padded, n: int, ref: dict) -> Padded:

@@ -6,11 +6,16 @@ Beside each learner that serves a state, its **shrunk** variants ``NAME_shrunkA`
 the adapted user vectors (``user`` and ``*_user`` entries) moved to ``a * adapted + (1 - a) *
 new-user state``, ``a`` in :data:`SHRINK`, the biases kept. Adapting the vectors on the support
 ratings fits the rating task and loses part of the ranking quality the ranker's own new-user
-state has; the shrink trades one for the other, and the rule weighs both.
+state has; the shrink trades one for the other, and the rule weighs both. Its **split**
+variants ``NAME_splitA`` keep both sides: the ratings from the adapted state, the ranking from
+it shrunk by ``a`` in :data:`SPLIT_SHRINK` (served as two states:
+:func:`meta.adapt.adapt_users` returns both, and ``score`` ranks by one and rates by the
+other).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,11 +31,23 @@ from meta.select import DEMOGRAPHIC, eligible, select_served
 from meta.state import start_state
 from recsys_mtl.errors import UserError
 
-__all__ = ["SHRINK", "Shrunk", "choose_served", "serves", "shrink_state"]
+__all__ = [
+    "SHRINK",
+    "SPLIT_SHRINK",
+    "Shrunk",
+    "Split",
+    "SplitAdapted",
+    "choose_served",
+    "serves",
+    "shrink_state",
+    "variant",
+]
 
 K0_MEASURES = ("rating/rmse", "ranking/ndcg@10", "ranking/hr@10")
 SHRINK = (0.75, 0.5)
+SPLIT_SHRINK = (0.5, 0.25)  # the split variants' ranking states (their ratings are unshrunk)
 SUFFIX = "_shrunk"  # NAME_shrunk0.75 (MLflow metric names allow no "@")
+SPLIT = "_split"  # NAME_split0.75: ratings from NAME, ranking from NAME_shrunk0.75
 
 
 def shrink_state(
@@ -73,6 +90,38 @@ class Shrunk:
         return self.learner.rank_scores(adapted, *grid)
 
 
+@dataclass
+class SplitAdapted(Adapted):
+    """Adapted users with a second state for ranking (``rank_state``)."""
+
+    rank_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Split(Shrunk):
+    """A learner whose ratings come from its adapted state and whose ranking comes from that
+    state shrunk toward the new-user state (:class:`Shrunk`)."""
+
+    def adapt(self, support: Padded, user_cats: torch.Tensor, sup_rows: dict) -> Adapted:
+        a = self.learner.adapt(support, user_cats, sup_rows)
+        mixed = shrink_state(self.learner.base, a.state, support, user_cats, self.alpha)
+        return SplitAdapted(a.state, a.params, mixed)
+
+    def score_items(self, adapted: Adapted, *grid: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.learner.score_items(Adapted(adapted.state, adapted.params), *grid)
+
+    def rank_scores(self, adapted: Adapted, *grid: Any) -> torch.Tensor:
+        ranking = Adapted(getattr(adapted, "rank_state", adapted.state), adapted.params)
+        return self.learner.rank_scores(ranking, *grid)
+
+
+def variant(learner: MetaLearner, record: dict[str, Any]) -> Any:
+    """The learner a served record names: ``learner`` itself, or its shrunk or split variant
+    (``record["shrink"]``, ``record["split"]``)."""
+    if record.get("shrink") is None:
+        return learner
+    return (Split if record.get("split") else Shrunk)(learner, float(record["shrink"]))
+
+
 def serves(label: str, learner: MetaLearner, data: ColdData) -> bool:
     """Whether a learner's adaptation is a user state for the run's ranker (what
     ``adapt_users`` serves): a learner on the ranker base, tried on one cold validation user."""
@@ -105,8 +154,11 @@ def choose_served(
     population state) and what serving it needs (``learner_dir``, ``shrink``, the fold-in's
     settings)."""
     serving: dict[str, Any] = {n: lrn for n, lrn in learners.items() if serves(n, lrn, data)}
-    variants = {f"{n}{SUFFIX}{a:g}": (n, a) for n in serving for a in SHRINK}
-    serving.update({v: Shrunk(serving[n], a) for v, (n, a) in variants.items()})
+    variants = {f"{n}{suffix}{a:g}": (n, a) for n in serving
+                for suffix, alphas in ((SUFFIX, SHRINK), (SPLIT, SPLIT_SHRINK))
+                for a in alphas}  # fmt: skip
+    serving.update({v: (Split if SPLIT in v else Shrunk)(serving[n], a)
+                    for v, (n, a) in variants.items()})  # fmt: skip
     rows = evaluate_coldstart(model, data, serving, tasks, rank_task, fold_in_choice,
                               time_loop=False, role="cold_valid",
                               demographic=demographic)  # fmt: skip
@@ -126,6 +178,8 @@ def choose_served(
         record["learner_dir"] = f"meta_train/{base}"
         if alpha is not None:
             record["shrink"] = alpha
+            if SPLIT in name:
+                record["split"] = True
     record["shrinkage"] = data.cfg.shrinkage
     record["cold_valid_k0"] = {r["labels"]["learner"]: {m: r["metrics"].get(m) for m in K0_MEASURES}
                                for r in rows if r["labels"]["k"] == 0}  # fmt: skip

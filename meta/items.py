@@ -285,11 +285,12 @@ def items_report(run: Any, data: Any, roles: pl.DataFrame | None, cfg: Any,
     if roles is None:
         return {"enabled": False}, {}
     # deferred: the served state and the ranking task (torch), only for a run holding items out
-    from meta.adapt import served_user_state
+    from meta.adapt import served_user_states
     from recsys_mtl.train.evaluate import ranking_task
 
-    def new_user_state(support: Any, cats: Any) -> dict:
-        return served_user_state(run, support, cats, served)[0]
+    def new_user_state(support: Any, cats: Any) -> Any:
+        state, ranking, _ = served_user_states(run, support, cats, served)
+        return state if ranking is None else (state, ranking)  # a split variant: two states
 
     per_user: dict[str, Any] = {}
     out = evaluate_items(run.model, data, roles, cfg.meta.item_ks, ranking_task(run.tasks),

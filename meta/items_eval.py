@@ -20,7 +20,7 @@ side-feature ridge with the rating bias calibrated, plus the fold-in on the item
 ``user_offset`` (``mu`` + the user's offset + the item's shrunk support residual) and
 ``ranker_item_ridge`` (the ranker with the item's rows at zero, the item-bias-free output,
 plus the item's shrunk support residual on the rating bias). A known user's state is the
-ranker's; a held-out user's the ``ranker_ridge`` state of their support. The choices (the
+ranker's; a held-out user's the served method's state of their support. The choices (the
 ridge's precision, the fold-in's penalty, what each method ranks by) read cold validation only.
 """
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -157,21 +157,23 @@ class ItemProtocol:
                        _pad(self.train_old.filter(~seen), users), False)  # fmt: skip
 
 
-# the state of held-out users from their support: ``(support, user_cats) -> state``
-NewUserState = Callable[[Padded, torch.Tensor], dict]
+# held-out users' state from their support: ``(support, user_cats) -> state or (state, ranked)``
+NewUserState = Callable[[Padded, torch.Tensor], dict | tuple[dict, dict]]
 
 
 def _user_states(model: nn.Module, s: Stratum, data: ColdData, shrinkage: float,
-                 new_user_state: NewUserState | None = None) -> dict:  # fmt: skip
-    """Known users: the ranker's state; held-out users: ``new_user_state`` of their support
-    (the run's served method), else the ``ranker_ridge`` state."""
+                 new_user_state: NewUserState | None = None) -> tuple[dict, dict]:  # fmt: skip
+    """The states users are rated and ranked by: known users' the ranker's; held-out users'
+    ``new_user_state`` of their support (the served method's), else the ``ranker_ridge``'s."""
     users = torch.from_numpy(s.users)
     if s.new_user and new_user_state is not None:  # a fold-in takes gradient steps
-        return {n: v.detach() for n, v in new_user_state(s.support, data.user_cats[users]).items()}
+        got = new_user_state(s.support, data.user_cats[users])
+        pair = got if isinstance(got, tuple) else (got, got)
+        return tuple({n: v.detach() for n, v in st.items()} for st in pair)
     with torch.no_grad():
-        if s.new_user:
-            return ridge_state(model, s.support, data.user_cats[users], shrinkage)
-        return model.user_state(users)
+        state = (ridge_state(model, s.support, data.user_cats[users], shrinkage) if s.new_user
+                 else model.user_state(users))  # fmt: skip
+    return state, state
 
 
 def _grid(s: Stratum, candidates: np.ndarray) -> tuple[torch.Tensor, ...]:
@@ -254,8 +256,7 @@ class Choice:
     rank_by_new_new: dict[str, str] | None = None  # the same for new users on new items
 
     def as_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "penalty": self.penalty, "steps": self.steps,
-                "lr": self.lr, "negatives": self.negatives, "rank_by": self.rank_by or {},
+        return {**asdict(self), "rank_by": self.rank_by or {},
                 "rank_by_new_new": self.rank_by_new_new or {}}  # fmt: skip
 
 
@@ -348,7 +349,7 @@ def measure_new(model: nn.Module, proto: ItemProtocol, k: int, s: Stratum, rows:
                  shrinkage: float, per_user: dict | None,
                  new_user_state: NewUserState | None = None) -> dict[str, tuple[str, dict]]:  # fmt: skip
     """Every method and floor on a new-item stratum: ``{label: (kind, metrics)}``."""
-    states = _user_states(model, s, data, shrinkage, new_user_state)
+    states, ranked = _user_states(model, s, data, shrinkage, new_user_state)
     cand = proto.items
     q = s.query
     grid = _grid(s, cand)
@@ -357,7 +358,7 @@ def measure_new(model: nn.Module, proto: ItemProtocol, k: int, s: Stratum, rows:
         twin = _with_rows(model, proto.items, r)
         with torch.no_grad():
             pred = score_grid(twin, states, q.items, q.days, q.time_bins)["rating"]
-            full = score_grid(twin, states, *grid)
+            full = score_grid(twin, ranked, *grid)
         for w, v in SUM_WEIGHTS.items() if rank_task != "rating" else ():  # rating + v logit
             full[f"rating+{w}{rank_task}"] = full["rating"] + v * full[rank_task]
         tasks = [rank_by[name]] if rank_by else sorted(full.keys() & rank_options(rank_task))
@@ -380,17 +381,16 @@ def measure_old(model: nn.Module, proto: ItemProtocol, s: Stratum, bias: BiasPar
                  label: str = "ranker_ridge") -> dict[str, tuple[str, dict]]:  # fmt: skip
     """The ranker and the user-side floors on a stratum of old items (warm, new user; the
     held-out users' state is ``new_user_state``'s, named ``label``)."""
-    states = _user_states(model, s, data, shrinkage, new_user_state)
+    states, ranked = _user_states(model, s, data, shrinkage, new_user_state)
     cand = proto.old
     q = s.query
     with torch.no_grad():
         pred = score_grid(model, states, q.items, q.days, q.time_bins)["rating"]
-        full = score_grid(model, states, *_grid(s, cand))[rank_task]
+        full = score_grid(model, ranked, *_grid(s, cand))[rank_task]
     label = label if s.new_user else "ranker"
     out = {label: ("method", _metrics(pred, full, s, cand, data, per_user, label))}
     bi = bias.floor.item_bias.double()
-    user_off = _user_offset(bias, s, shrinkage) if s.new_user else torch.zeros(len(s.users),
-                                                                               dtype=torch.float64)  # fmt: skip
+    user_off = _user_offset(bias, s, shrinkage) if s.new_user else bi.new_zeros(len(s.users))
     full_b = bi[torch.from_numpy(cand)].expand(len(s.users), -1)
     for name, off in (("item_bias", torch.zeros_like(user_off)), ("ridge", user_off)):
         if name == "ridge" and not s.new_user:

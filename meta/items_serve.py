@@ -7,8 +7,10 @@ trained items, the rating bias calibrated on its training ratings) and, where th
 has ratings of them by users the run knows, the fold-in of their rows on those ratings (at the
 run's reference time). The ridge's precision and the fold-in's penalty are the run's choice on
 its cold validation items (``coldstart/items.json``) where it made one, else 10 and 10. The
-grown run scores them like any item; a known user's rating of a new item masks it out of
-their list. ``RUN`` is a run folder or a model (``models:/NAME/VERSION``): both are read through
+grown run scores them like any item, except that, where the run chose what ranks new items
+(:func:`rank_rules`) and no blend is given, the places the blend gives them in a list are
+filled by that rule (:func:`new_item_group`, :class:`recsys_mtl.runs.batch.GroupRule`); a known
+user's rating of a new item masks it out of their list. ``RUN`` is a run folder or a model (``models:/NAME/VERSION``): both are read through
 :func:`recsys_mtl.runs.bundle.item_side_reader` (a model's bundle carries the spec, the choice
 and the ridge as fitted at export).
 """
@@ -16,6 +18,7 @@ and the ridge as fitted at export).
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from meta.select import read_served
 from recsys_mtl.errors import UserError
 from recsys_mtl.models.item_state import (
     ItemSupport,
@@ -32,10 +36,21 @@ from recsys_mtl.models.item_state import (
     set_item_rows,
     side_features,
 )
-from recsys_mtl.runs.bundle import item_side_reader
+from recsys_mtl.runs.batch import GroupRule
+from recsys_mtl.runs.bundle import ITEMS_CHOICE, item_side_reader
 from recsys_mtl.runs.topk import items_csr
 
-__all__ = ["encode_items", "grow_run", "read_items_meta"]
+__all__ = [
+    "RANKED_BY",
+    "encode_items",
+    "grow_run",
+    "new_item_group",
+    "new_item_rules",
+    "rank_rules",
+    "read_items_meta",
+]
+
+RANKED_BY = "item_state"  # the method of items.json whose ranking choice serving follows
 
 
 def _where(path: Path, row: int) -> str:
@@ -109,14 +124,51 @@ def encode_items(items: pl.DataFrame, spec: dict[str, Any], path: str = "--items
     return torch.from_numpy(bucket.astype(np.int64)), offsets, values
 
 
+def new_item_rules(items_doc: dict[str, Any]) -> dict[str, str] | None:
+    """What a run's ``coldstart/items.json`` (``items_doc``) chose, on its cold validation
+    items, to rank new items by, per kind of user served: ``{"model": rule, "cold_start":
+    rule}`` (known users: the new-item state's ``choice.rank_by``; new users: the
+    new-user-on-new-item state's ``choice.rank_by_new_new``, the pooled choice where the run
+    has only that), each a :func:`recsys_mtl.runs.batch.parse_rule` rule; None without one."""
+    choice = items_doc.get("choice", {}) if items_doc.get("enabled") else {}
+    known = (choice.get("rank_by") or {}).get(RANKED_BY)
+    if known is None:
+        return None
+    return {
+        "model": known,
+        "cold_start": (choice.get("rank_by_new_new") or {}).get(RANKED_BY, known),
+    }
+
+
+def rank_rules(root: str | Path) -> dict[str, str] | None:
+    """The rules of :func:`new_item_rules` of the run or model at ``root`` (a run folder or a
+    bundle): ``new_items_rank_by`` of its served record (``coldstart/served.json``, which a
+    model carries), else, for a run folder from before the record had them, its
+    ``coldstart/items.json``; None where the run made no such choice."""
+    record = read_served(root) or {}
+    if record.get("new_items_rank_by"):
+        return dict(record["new_items_rank_by"])
+    path = Path(root) / "coldstart" / ITEMS_CHOICE
+    return new_item_rules(json.loads(path.read_text())) if path.is_file() else None
+
+
+def new_item_group(run: Any, items: torch.Tensor, blend: str | None) -> GroupRule | None:
+    """The new items ``items`` (indices of the grown run) ranked among themselves by the run's
+    choice (:func:`rank_rules`), unless the user gave a blend (``--blend``): then, or where the
+    run has no choice, they are ranked by the blend like every item (None)."""
+    rules = None if blend else rank_rules(run.run_dir)
+    return GroupRule(items, rules) if rules else None
+
+
 def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None,
-             source: str | None = None) -> tuple[Any, pl.DataFrame | None, int]:  # fmt: skip
+             source: str | None = None) -> tuple[Any, pl.DataFrame | None, torch.Tensor]:  # fmt: skip
     """``run`` (a run folder's or a bundle's) serving the items of ``items``
     (:func:`read_items_meta`) it has no trained rows for: unknown items are appended to its
     tables, known items without a training rating (a protocol's held-out items) get their rows
     replaced. Returns the run, the support rows left for the user-side adapter (known users'
-    rows on those items are the items' support and leave it) and the number of items served
-    this way. ``source`` names the run or model in errors (default: its folder)."""
+    rows on those items are the items' support and leave it) and the indices of the items
+    served this way in the grown run. ``source`` names the run or model in errors (default:
+    its folder)."""
     side = item_side_reader(run.run_dir, run.model)
     problem = side.problem(source or str(run.run_dir))
     if problem:
@@ -132,7 +184,7 @@ def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None,
     items = items.filter(pl.Series(serve.numpy()))
     idx, known = idx[serve], known[serve]
     if not items.height:
-        return run, support, 0
+        return run, support, torch.zeros(0, dtype=torch.long)
     bucket, offsets, values = encode_items(items, side.spec())
     c = side.choice()
     ridge = side.ridge()
@@ -168,7 +220,7 @@ def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None,
     new_ids = items.filter(pl.Series(unknown.numpy()))["item_id"]
     ids = pl.concat([run.item_ids, new_ids.cast(run.item_ids.dtype)])
     return (replace(run, model=grown, selected=grown, ctx=grown.ctx, item_ids=ids, seen=seen),
-            rest, items.height)  # fmt: skip
+            rest, target)  # fmt: skip
 
 
 def _take_csr(offsets: torch.Tensor, values: torch.Tensor, rows: torch.Tensor

@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 
 from meta.adapt import adapt_users
-from recsys_mtl.runs.batch import output_frame, output_schema
-from recsys_mtl.runs.scoring import CatalogScorer, score_states, take_state
+from recsys_mtl.runs.batch import GroupRule, output_frame, output_schema, two_states
+from recsys_mtl.runs.scoring import CatalogScorer, score_states
 from recsys_mtl.runs.topk import items_csr
 
 __all__ = ["chain_without_ratings", "score_demographics_only", "without_ratings"]
@@ -29,9 +29,11 @@ def score_demographics_only(
     weights: dict[str, float],
     chunk_users: int = 256,
     tile_items: int | str | None = "auto",
+    group: GroupRule | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Top-``k`` frames of the users of ``users`` (``user_id, age, gender, occupation``), none
-    of them known to the run, each from demographics alone."""
+    of them known to the run, each from demographics alone; ``group``: new items ranked among
+    themselves by their new users' rule (:class:`recsys_mtl.runs.batch.GroupRule`)."""
     empty = pl.DataFrame(
         {"user_id": pl.Series([], dtype=users["user_id"].dtype), "item_id": [], "rating": []},
         schema_overrides={"item_id": run.item_ids.dtype, "rating": pl.Float64},
@@ -41,12 +43,14 @@ def score_demographics_only(
                            tile_items=tile_items)  # fmt: skip
     dev = scorer.device
     n = len(adapted.user_ids)
-    state = {name: v.to(dev) for name, v in adapted.state.items()}
+    rank_of, values_of = two_states(adapted, dev)
     exclude = items_csr(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), n)
     ids = pl.Series("user", adapted.user_ids, dtype=users["user_id"].dtype)
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
-    for b in score_states(scorer, lambda r: take_state(state, r), n, min(k, scorer.n_items),
-                          exclude, chunk_users, False, "scoring users without ratings"):  # fmt: skip
+    for b in score_states(scorer, rank_of, n, min(k, scorer.n_items),
+                          exclude, chunk_users, False, "scoring users without ratings",
+                          group and group.reorder(scorer, "cold_start", exclude),
+                          values_of):  # fmt: skip
         yield output_frame(schema, ids, run.item_ids, b, "cold_start")
 
 
@@ -74,11 +78,12 @@ def chain_without_ratings(
     chunk_users: int,
     tile_items: int | str | None,
     report: Any,
+    group: GroupRule | None = None,
 ) -> Iterator[pl.DataFrame]:
     """``parts``, then the frames of the users of ``only`` (:func:`score_demographics_only`),
     counted in ``report`` (a :class:`recsys_mtl.runs.batch.ScoringReport`)."""
     yield from parts
-    for part in score_demographics_only(run, only, k, weights, chunk_users, tile_items):
+    for part in score_demographics_only(run, only, k, weights, chunk_users, tile_items, group):
         yield report.count(part)
     report.served_by["cold_start"] += only.height
     report.users += only.height

@@ -292,11 +292,12 @@ def _meta_train(ctx: StageContext) -> dict[str, Any]:
 
 def _coldstart(ctx: StageContext) -> dict[str, Any]:
     # deferred: the cold-start evaluation (torch, polars), when the stage runs
-    from meta.choose import Shrunk, choose_served
+    from meta.choose import choose_served, variant
     from meta.demographic import DemographicState
     from meta.evaluate import evaluate_coldstart
     from meta.evaluate import table as per_k_table
     from meta.items import items_report
+    from meta.items_serve import new_item_rules
     from meta.select import DEMOGRAPHIC
     from recsys_mtl.runs.load import load_run
     from recsys_mtl.train.evaluate import ranking_task
@@ -313,8 +314,8 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
     served = choose_served(run.model, data, learners, run.tasks, ranking_task(run.tasks), dem,
                            choice)  # fmt: skip
     measured = dict(learners)
-    if served.get("shrink") is not None:  # a shrunk variant won: measure it too
-        measured[served["name"]] = Shrunk(learners[served["learner"]], served["shrink"])
+    if served.get("shrink") is not None:  # a shrunk or split variant won: measure it too
+        measured[served["name"]] = variant(learners[served["learner"]], served)
     per_user: dict[str, Any] = {}
     rows = evaluate_coldstart(run.model, data, measured, run.tasks, ranking_task(run.tasks),
                               choice, demographic=dem, per_user=per_user)  # fmt: skip
@@ -322,9 +323,12 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
         if r["labels"]["learner"] in trained["learners"]:
             r["metrics"]["meta/seconds"] = trained["learners"][r["labels"]["learner"]]["seconds"]
     write_json({"protocol": cfg.meta.protocol, "rows": rows}, ctx.output("coldstart.json"))
+    items, items_flat = items_report(run, every, roles, cfg, served)
+    rules = new_item_rules(items)
+    if rules:  # what serving ranks new items by, carried with the served record (and model)
+        served["new_items_rank_by"] = rules
     write_json(served, ctx.output(RunLayout.SERVED))
     write_json({"served": served["name"], "per_user": per_user}, ctx.output(RunLayout.PAIRED))
-    items, items_flat = items_report(run, every, roles, cfg, served)
     write_json(items, ctx.output(ITEMS))
     plot = plot_mae_vs_k([r for r in rows if r["labels"]["k"] != 0], ctx.output("mae_vs_k.png"))
     ctx.tracker.log_artifacts([plot, ctx.output("coldstart.json"), ctx.output(RunLayout.SERVED),

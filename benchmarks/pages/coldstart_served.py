@@ -15,7 +15,14 @@ SERVED = "coldstart-served.json"
 NO_SHRINK = "coldstart-served-noshrink.json"
 # the same benchmark before the state_mean learner (and its shrunk variants) were candidates
 NO_MEAN = "coldstart-served-nomean.json"
+# the same benchmark before the split variants (ratings adapted, ranking shrunk) were candidates
+NO_SPLIT = "coldstart-served-nosplit.json"
 EARLIER = (
+    (NO_SPLIT, "Without the split variants",
+     "The same benchmark before the learners' split variants (ratings from the adapted state, "
+     "the ranking from it shrunk by 0.5 or 0.25) were among the candidates, beside the figures "
+     "above: the served method's relative margin over the same floor and the 95% interval of "
+     "the difference, K > 0.\n", "without them"),
     (NO_MEAN, "Without `state_mean`",
      "The same benchmark before the `state_mean` learner (and its shrunk variants) was among "
      "the candidates, beside the figures above: the served method's relative margin over the "

@@ -18,9 +18,11 @@ import polars as pl
 import torch
 
 from recsys_mtl.errors import UserError
+from recsys_mtl.models.embeddings import gather_jagged
 from recsys_mtl.runs.scoring import (
     SERVED_BY,
     CatalogScorer,
+    Reorder,
     ScoredBlock,
     common_scale,
     empty_state,
@@ -33,12 +35,15 @@ from recsys_mtl.runs.scoring import (
 from recsys_mtl.runs.topk import items_csr
 
 __all__ = [
+    "GroupRule",
     "ScoringReport",
     "iter_recommend",
     "output_frame",
     "output_schema",
+    "parse_rule",
     "recommend",
     "score_pairs",
+    "two_states",
 ]
 
 
@@ -62,6 +67,74 @@ class ScoringReport:
     def count(self, part: pl.DataFrame) -> pl.DataFrame:
         self.rows += part.height
         return part
+
+
+def parse_rule(rule: str, tasks: list[str]) -> list[tuple[float, str]]:
+    """``"rating+0.5interaction"`` as ``[(1.0, "rating"), (0.5, "interaction")]``: a sum of
+    tasks' raw outputs (the predicted rating, a binary task's logit), each with an optional
+    weight; an unknown task or a bad term is a :class:`UserError`."""
+    terms = []
+    for part in rule.split("+"):
+        part = part.strip()
+        task = next((t for t in sorted(tasks, key=len, reverse=True) if part.endswith(t)), None)
+        weight = part[: len(part) - len(task)] if task else ""
+        try:
+            terms.append((float(weight) if weight else 1.0, task))
+        except ValueError:
+            task = None
+        if task is None:
+            raise UserError(f"ranking rule {rule!r}: {part!r} is not [WEIGHT]TASK of the tasks "
+                            f"{', '.join(tasks)}")  # fmt: skip
+    return terms
+
+
+@dataclass
+class GroupRule:
+    """A group of the catalog's items (e.g. items served from their side features) ranked
+    among themselves by a rule of their own, per kind of user (``served_by``: ``model``,
+    ``cold_start``; a kind without a rule keeps the blend).
+
+    The blend still decides which places of a user's top-K the group's items take (the
+    group's best blended scores, the places they would have anyway); the rule decides which
+    of the group's items fill them, best first: the user's list restricted to the group is
+    the group's top by the rule, the user's excluded items left out.
+    """
+
+    items: torch.Tensor  # (N,) item indices of the group
+    rules: dict[str, str]  # served_by -> rule (:func:`parse_rule`)
+
+    def reorder(self, scorer: CatalogScorer, served_by: str,
+                exclude: tuple[torch.Tensor, torch.Tensor] | None) -> Reorder | None:  # fmt: skip
+        """The :func:`recsys_mtl.runs.scoring.score_states` hook for users ``served_by``."""
+        rule = self.rules.get(served_by)
+        if rule is None or not self.items.numel():
+            return None
+        terms = parse_rule(rule, scorer.tasks)
+        dev = scorer.device
+        group = self.items.to(dev)
+        where = torch.full((scorer.n_items,), -1, dtype=torch.long, device=dev)
+        where[group] = torch.arange(group.numel(), device=dev)
+
+        def reorder(users: torch.Tensor, state: dict, items: torch.Tensor,
+                    valid: torch.Tensor) -> torch.Tensor:  # fmt: skip
+            c = items.shape[0]
+            in_group = (where[items] >= 0) & valid
+            if not bool(in_group.any()):
+                return items
+            raw = scorer.raw_pairs(state, group[None, :].expand(c, -1))
+            value = sum(w * raw[t] for w, t in terms)
+            if exclude is not None:
+                seen, lengths = gather_jagged(exclude[0].to(dev), exclude[1].to(dev), users)
+                rows = torch.repeat_interleave(torch.arange(c, device=dev), lengths)
+                at = where[seen]
+                value[rows[at >= 0], at[at >= 0]] = float("-inf")
+            m = int(in_group.sum(1).max())
+            best = torch.topk(value, m, dim=1).indices  # (c, m) positions in the group
+            rank = (torch.cumsum(in_group.long(), 1) - 1).clamp(min=0)
+            fill = group[best.gather(1, rank.clamp(max=m - 1))]
+            return torch.where(in_group, fill, items)
+
+        return reorder
 
 
 def output_schema(tasks: list[str], user_dtype: Any, item_dtype: Any) -> dict[str, Any]:
@@ -108,13 +181,14 @@ def recommend(
     progress: bool = False,
     on_scores: Callable[[torch.Tensor], None] | None = None,
     tile_items: int | str | None = "auto",
+    group: GroupRule | None = None,
 ) -> tuple[pl.DataFrame, ScoringReport]:
     """Top-``k`` recommendations of a loaded run as one frame, and the report: the blocks of
     :func:`iter_recommend` (same arguments) concatenated."""
     report = ScoringReport()
     parts = list(
         iter_recommend(run, k, report, users, support, adapt, blend, chunk_users, progress,
-                       on_scores, tile_items)
+                       on_scores, tile_items, group)
     )  # fmt: skip
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
     frame = pl.concat(parts, rechunk=True) if parts else pl.DataFrame(schema=schema)
@@ -133,6 +207,7 @@ def iter_recommend(
     progress: bool = False,
     on_scores: Callable[[torch.Tensor], None] | None = None,
     tile_items: int | str | None = "auto",
+    group: GroupRule | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Top-``k`` recommendations of a loaded run (:class:`recsys_mtl.runs.load.LoadedRun`), one
     frame per block of users, so that a writer can stream them (memory flat in the number of
@@ -142,13 +217,15 @@ def iter_recommend(
     users). Known users are served by the model with every item they have in the log masked
     out; unknown users with rows in ``support`` (columns ``user, item, rating``, raw ids) by
     ``adapt(run, frame) -> ColdStartUsers`` (:func:`meta.adapt.adapt_users`; ``frame``: columns
-    ``user_id, item_id, rating``) (their support items masked out); the rest by
+    ``user_id, item_id, rating``) (their support items masked out; ranked by its
+    ``rank_state`` where it has one, rated by its ``state``); the rest by
     popularity (the log's most rated items). Returns the frame (columns ``user_id, item_id,
     rank, score, score_<task>..., served_by``; :func:`output_schema`). ``tile_items``
     fuses matmul and top-K over tiles of that many items for rankers with a product form
     (:func:`recsys_mtl.runs.topk.iter_topk_tiled`: memory ``chunk_users x tile_items``); ``None``
     or 0 scores whole blocks (memory ``chunk_users x n_items`` per task); ``"auto"`` (the
-    default) tiles catalogs of 16,384 items or more by 2,048.
+    default) tiles catalogs of 16,384 items or more by 2,048. ``group``: items ranked among
+    themselves by a rule of their own (:class:`GroupRule`).
     """
     if k < 1:
         raise UserError(f"--top-k must be >= 1, got {k}")
@@ -190,7 +267,7 @@ def iter_recommend(
     if known_rows.numel():
         for b in score_states(
             scorer, model.user_state, known_rows, k_eff, run.seen, chunk_users, progress,
-            "scoring known users",
+            "scoring known users", group and group.reorder(scorer, "model", run.seen),
         ):  # fmt: skip
             yield report.count(output_frame(schema, run.user_ids, run.item_ids, b, "model"))
         report.served_by["model"] = int(known_rows.numel())
@@ -212,10 +289,11 @@ def iter_recommend(
             sup = want.filter(pl.col("known_item")).join(pos, on="user", how="inner")
             s_items = run.item_index(sup["item"])[0]
             exclude = items_csr(sup["pos"].to_numpy(), s_items, cold_ids.len())
-            state = {n: v.to(dev) for n, v in adapted.state.items()}
+            rank_of, values_of = two_states(adapted, dev)
             for b in score_states(
-                scorer, lambda r: take_state(state, r), cold_ids.len(), k_eff, exclude, chunk_users,
+                scorer, rank_of, cold_ids.len(), k_eff, exclude, chunk_users,
                 progress, "scoring cold-start users",
+                group and group.reorder(scorer, "cold_start", exclude), values_of,
             ):  # fmt: skip
                 yield report.count(output_frame(schema, cold_ids, run.item_ids, b, "cold_start"))
             report.served_by["cold_start"] = cold_ids.len()
@@ -237,6 +315,17 @@ def iter_recommend(
         )
         report.served_by["popularity"] = n
         yield report.count(output_frame(schema, rest, run.item_ids, block, "popularity"))
+
+
+def two_states(adapted: Any, device: torch.device) -> tuple[Callable, Callable | None]:
+    """``(rank_of, values_of)`` for :func:`recsys_mtl.runs.scoring.score_states` from adapted
+    users (``state``, and ``rank_state`` where they are ranked by a state of its own)."""
+    state = {n: v.to(device) for n, v in adapted.state.items()}
+    ranking = getattr(adapted, "rank_state", None)
+    if not ranking:
+        return (lambda r: take_state(state, r)), None
+    ranking = {n: v.to(device) for n, v in ranking.items()}
+    return (lambda r: take_state(ranking, r)), (lambda r: take_state(state, r))
 
 
 def _cast_users(ids: pl.Series, dtype: pl.DataType, what: str) -> pl.Series:

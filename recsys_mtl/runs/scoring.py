@@ -51,6 +51,8 @@ SERVED_BY = ("model", "cold_start", "popularity")
 TILE_GROUP = 32  # items per group in the fused top-K (recsys_mtl.runs.topk.iter_topk_tiled)
 AUTO_TILE = 2048  # items per tile with tile_items="auto" on large catalogs
 UserState = dict[str, torch.Tensor]
+# (user ids of a block, their state, top-k items (c, k), valid (c, k)) -> items (c, k)
+Reorder = Callable[[torch.Tensor, UserState, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def parse_blend(spec: str | dict[str, float] | None, tasks: list[str]) -> dict[str, float]:
@@ -258,12 +260,16 @@ class CatalogScorer:
         return values
 
     @torch.no_grad()
-    def pairs(self, state: UserState, items: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{task: (c, k)}`` task values of each user's ``items (c, k)``."""
+    def raw_pairs(self, state: UserState, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{task: (c, k)}`` raw outputs (ratings, logits) of each user's ``items (c, k)``."""
         c, k = items.shape
         sub = repeat_state(state, k) if state else {}
         pred = self.model.score(sub, self._batch(items.reshape(-1)))
-        return {t: task_value(t, pred[t].float()).reshape(c, k) for t in self.tasks}
+        return {t: pred[t].float().reshape(c, k) for t in self.tasks}
+
+    def pairs(self, state: UserState, items: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{task: (c, k)}`` task values of each user's ``items (c, k)``."""
+        return {t: task_value(t, v) for t, v in self.raw_pairs(state, items).items()}
 
 
 @dataclass
@@ -284,12 +290,19 @@ def score_states(
     chunk_users: int = 256,
     progress: bool = False,
     desc: str = "scoring",
+    reorder: Reorder | None = None,
+    values_of: Callable[[torch.Tensor], UserState] | None = None,
 ) -> Iterator[ScoredBlock]:
     """Top-``k`` of ``users`` (``(U,)`` ids, or a count ``U`` for ``0..U-1``) whose states
     ``state_of(ids)`` gives, block by block; ``ScoredBlock.rows`` are those ids.
 
     ``exclude``: CSR indexed by the same ids of the items each must not get (e.g. the run's
-    seen items for user indices: nothing is copied per request).
+    seen items for user indices: nothing is copied per request). ``reorder(ids, state, items,
+    valid) -> items`` may change which items fill a block's top-``k`` places before their task
+    values are read (:class:`recsys_mtl.runs.batch.GroupRule`); the ``score`` column stays the
+    places' blended score. ``values_of(ids)``: the states the task values (``score_<task>``)
+    are read from, where they are not the ranking states (a user ranked by one state and rated
+    by another).
     """
     if isinstance(users, int):
         positions = torch.arange(users, device=scorer.device)
@@ -322,8 +335,11 @@ def score_states(
         for b in blocks:
             valid = torch.isfinite(b.values)
             items = torch.where(valid, b.items, 0)
+            if reorder is not None:
+                items = reorder(b.users, states[0], items, valid)
+            rated = states[0] if values_of is None else values_of(b.users)
             yield ScoredBlock(
-                b.users, items, scorer.finish(b.values), scorer.pairs(states[0], items), valid
+                b.users, items, scorer.finish(b.values), scorer.pairs(rated, items), valid
             )
             bar.update(b.users.numel())
     finally:

@@ -178,3 +178,151 @@ def test_a_bad_items_meta_file_exits_2_naming_the_file_and_line(cli, run_dir, tm
     code, _, err = cli("score", run_dir, "--top-k", 5, "--out", tmp_path / "o.parquet",
                        "--items-meta", genre)  # fmt: skip
     assert code == 2 and "Space Opera" in err and len(err.strip().splitlines()) == 1
+
+
+def _rank_files(run_dir: Path, tmp_path: Path) -> tuple[Path, Path, list]:
+    """Items meta of every held-out item, and support: the first 10 ratings of eight of them by
+    training users, and three new users (ids the log lacks) with a held-out user's first 5
+    ratings of old items each. Returns the files and the new users' ids."""
+    ratings, items, users = _frames(run_dir)
+    feats = pl.read_parquet(run_dir / "features" / "item_features.parquet")
+    names = json.loads((run_dir / "features" / "spec.json").read_text())["features"]["genres"]
+    held = items.filter(pl.col("role") != "old")["iidx"]
+    feats.filter(pl.col("iidx").is_in(held.implode())).select(
+        "item_id",
+        pl.col("genres").list.eval(pl.element().replace_strict(
+            list(range(len(names["values"]))), names["values"])).list.join("|").alias("genres"),
+        "year",
+    ).write_csv(tmp_path / "items.csv")  # fmt: skip
+    train_u = users.filter(pl.col("role") == "train")["uidx"].implode()
+    r = ratings.filter(pl.col("uidx").is_in(train_u) & pl.col("iidx").is_in(held.implode()))
+    pick = r.group_by("iidx").len().filter(pl.col("len") >= 10).sort("iidx")["iidx"].head(8)
+    first = (r.filter(pl.col("iidx").is_in(pick.implode())).sort("iidx", "ts", "row")
+             .group_by("iidx", maintain_order=True).head(10))  # fmt: skip
+    test_u = users.filter(pl.col("role") == "test")["uidx"].head(3).implode()
+    old = items.filter(pl.col("role") == "old")["iidx"].implode()
+    new_users = (ratings.filter(pl.col("uidx").is_in(test_u) & pl.col("iidx").is_in(old))
+                 .sort("uidx", "ts", "row").group_by("uidx", maintain_order=True).head(5)
+                 .with_columns((pl.col("uidx") + 90_000).alias("user_id")))  # fmt: skip
+    uid = pl.read_parquet(run_dir / "features" / "user_features.parquet").select("uidx", "user_id")
+    sup = first.select("uidx", "iidx", "rating").join(uid, on="uidx")
+    sup = pl.concat([sup, new_users.select(sup.columns).cast(sup.schema)])
+    sup = sup.join(feats.select("iidx", "item_id"), on="iidx")
+    sup.select(user="user_id", item="item_id", rating="rating").write_csv(tmp_path / "support.csv")
+    return tmp_path / "items.csv", tmp_path / "support.csv", new_users["user_id"].unique().to_list()
+
+
+def _rule(rule: str, raw: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A ranking rule of items.json (``rating``, ``interaction``, ``rating+Winteraction``)."""
+    if rule in raw:
+        return raw[rule]
+    weight = rule.removeprefix("rating+").removesuffix("interaction")
+    return raw["rating"] + float(weight or 1.0) * raw["interaction"]
+
+
+def _score(cli, run_dir: Path, out: Path, *extra: object) -> tuple[pl.DataFrame, dict]:
+    top = () if "--top-k" in extra else ("--top-k", 20)
+    code, stdout, err = cli("score", run_dir, *top, "--out", out, *extra)
+    assert code == 0, err
+    return pl.read_parquet(out), json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_score_ranks_new_items_by_the_rule_chosen_per_state(cli, run_dir, tmp_path):
+    from meta.adapt import adapt_users
+    from meta.items_serve import grow_run, read_items_meta
+    from pipelines.commands.score import read_support
+
+    meta_path, sup_path, new_users = _rank_files(run_dir, tmp_path)
+    files = ("--items-meta", meta_path, "--support", sup_path)
+    got, report = _score(cli, run_dir, tmp_path / "chosen.parquet", *files)
+    choice = json.loads((run_dir / "coldstart" / "items.json").read_text())["choice"]
+    rules = {"model": choice["rank_by"]["item_state"],
+             "cold_start": choice["rank_by_new_new"]["item_state"]}  # fmt: skip
+    assert report["new_items_rank_by"] == rules and report["served_by"]["cold_start"] == 3
+    # the blend, given: every item ranked by it (the places are the same, the known items too)
+    blend, b_report = _score(cli, run_dir, tmp_path / "blend.parquet", *files,
+                             "--blend", "rating=1,interaction=1,like=1")  # fmt: skip
+    assert b_report["new_items_rank_by"] == "blend"
+    # by hand: the grown run's model, each user's state, the chosen rule over every new item
+    base = load_run(run_dir)
+    sup = read_support(sup_path, base.ctx.rating_scale, base.user_ids.dtype, base.item_ids.dtype)
+    run, rest, new = grow_run(base, read_items_meta(meta_path, base.item_ids.dtype), sup)
+    new_ids = run.item_ids.gather(new.numpy())
+    pairs = got.join(blend, on=["user_id", "rank"], suffix="_blend")
+    is_new = pairs["item_id"].is_in(new_ids.implode())
+    assert is_new.to_list() == pairs["item_id_blend"].is_in(new_ids.implode()).to_list()
+    old = pairs.filter(~is_new)
+    assert (old["item_id"] == old["item_id_blend"]).all() and (
+        old["score"] == old["score_blend"]
+    ).all()
+    assert (pairs.filter(is_new)["item_id"] != pairs.filter(is_new)["item_id_blend"]).any()
+    cold = adapt_users(run, rest.rename({"user": "user_id", "item": "item_id"}))
+    offsets, seen = run.seen
+    ref = run.reference
+    checked = {"model": 0, "cold_start": 0}
+    # the top 20 of every user, then the whole catalog of a few known users and the new ones
+    listed = tmp_path / "users.txt"
+    some = got.filter(pl.col("item_id").is_in(new_ids.implode()))["user_id"].unique().head(4)
+    listed.write_text("\n".join(str(u) for u in [*some, *new_users]) + "\n")
+    whole, _ = _score(cli, run_dir, tmp_path / "whole.parquet", *files, "--users", listed,
+                      "--top-k", 5000)  # fmt: skip
+    on_new = whole.filter(pl.col("item_id").is_in(new_ids.implode()))
+    assert on_new.filter(pl.col("served_by") == "cold_start").height == 3 * new.numel()
+    frames = [got.filter(pl.col("item_id").is_in(new_ids.implode())),
+              whole.filter(pl.col("item_id").is_in(new_ids.implode()))]  # fmt: skip
+    for (user, _), mine in pl.concat(frames, how="vertical").with_columns(
+        pl.int_range(pl.len()).over("user_id", "rank").alias("_copy")).group_by(
+        "user_id", "_copy"):  # fmt: skip
+        kind = mine["served_by"][0]
+        if kind == "model":
+            u = int(run.user_index(pl.Series([user]))[0][0])
+            state = run.model.user_state(torch.tensor([u]))
+            rated = set(seen[offsets[u] : offsets[u + 1]].tolist())
+        else:
+            state = {n: v[[cold.user_ids.index(user)]] for n, v in cold.state.items()}
+            rated = set(run.item_index(sup.filter(pl.col("user") == user)["item"])[0].tolist())
+        cand = torch.tensor([i for i in new.tolist() if i not in rated])
+        n = cand.numel()
+        with torch.no_grad():
+            raw = run.model.score({k: v.expand(n, *v.shape[1:]) for k, v in state.items()},
+                                  {"item": cand, "day": torch.full((n,), ref["day"]),
+                                   "time_bin": torch.full((n,), ref["time_bin"])})  # fmt: skip
+        value = _rule(rules[kind], raw)
+        order = torch.argsort(value, descending=True)[: mine.height]
+        mine = mine.sort("rank")
+        # the top of the rule among the new items the user has not rated, best first (items
+        # with the same genres and year and no support have the same value: compared by value)
+        of = dict(zip(run.item_ids.gather(cand.numpy()).to_list(), value.tolist(), strict=True))
+        listed = torch.tensor([of[i] for i in mine["item_id"].to_list()])
+        assert torch.equal(listed, value[order])
+        # each new item's own values in the row, and the rule's value from them
+        p = torch.from_numpy(mine["score_interaction"].to_numpy().astype(np.float64))
+        from_row = _rule(rules[kind], {"rating": torch.from_numpy(mine["score_rating"].to_numpy()
+                                                                  .astype(np.float64)),
+                                       "interaction": torch.log(p / (1 - p))})  # fmt: skip
+        assert torch.allclose(from_row, value[order].double(), atol=1e-3)
+        checked[kind] += 1
+    assert checked["model"] >= 24 and checked["cold_start"] == 3, checked
+
+
+def test_a_run_without_the_choice_ranks_new_items_by_the_blend(cli, run_dir, tmp_path):
+    import shutil
+
+    meta_path, sup_path, _ = _rank_files(run_dir, tmp_path)
+    files = ("--items-meta", meta_path, "--support", sup_path)
+    plain = tmp_path / "plain-run"
+    shutil.copytree(run_dir, plain)
+    served = plain / "coldstart" / "served.json"  # the record serving reads
+    doc = json.loads(served.read_text())
+    assert doc.pop("new_items_rank_by")
+    served.write_text(json.dumps(doc))
+    path = plain / "coldstart" / "items.json"  # a run from before the record carried them
+    doc = json.loads(path.read_text())
+    for key in ("rank_by", "rank_by_new_new"):
+        doc["choice"].pop(key)
+    path.write_text(json.dumps(doc))
+    got, report = _score(cli, plain, tmp_path / "plain.parquet", *files)
+    assert report["new_items_rank_by"] == "blend"
+    want, _ = _score(cli, run_dir, tmp_path / "blend.parquet", *files,
+                     "--blend", "rating=1,interaction=1,like=1")  # fmt: skip
+    assert got.equals(want)

@@ -81,9 +81,11 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
         "ranker_ridge",
         "fold_in",
     }
-    served = {v["method"] for v in table["served"].values()}  # may be a shrunk variant
+    served = {v["method"] for v in table["served"].values()}  # may be a shrunk or split variant
     extra = {"item_bias_group", "demographic_ridge", "served"}
-    assert floors | LEARNERS | extra == set(table) - {n for n in served if "_shrunk" in n}
+    assert floors | LEARNERS | extra == set(table) - {
+        n for n in served if "_shrunk" in n or "_split" in n
+    }
     for name, row in table.items():
         if name in ("served", "item_bias_group"):
             continue
@@ -114,7 +116,8 @@ def test_the_printed_report_is_the_per_k_table_of_every_learner_and_the_best_flo
         by_mae = min(floors, key=lambda n: table[n][k]["rating/mae"])
         ranks = [n for n in floors if table[n][k].get("ranking/ndcg@10") is not None]
         by_ndcg = max(ranks, key=lambda n: table[n][k]["ranking/ndcg@10"])
-        served = {v["method"] for v in table["served"].values() if "_shrunk" in v["method"]}
+        served = {v["method"] for v in table["served"].values()
+                  if "_shrunk" in v["method"] or "_split" in v["method"]}  # fmt: skip
         assert shown == {*LEARNERS, *served, "demographic_ridge", by_mae, by_ndcg}
         assert "best learner" in block and "best floor" in block
     assert "coldstart/" not in text  # not the ~100 flat metrics
@@ -168,7 +171,10 @@ def test_adapt_users_adapts_through_a_learner_trained_in_the_run(finished):
     doc = json.loads((base / "run" / "coldstart" / "served.json").read_text())
     assert learned.learner == "metric" and served.learner == doc["name"]
     assert set(learned.state) == set(served.state)
-    if doc["name"] != "metric":
+    if doc.get("split") and doc["learner"] == "metric":  # rated by metric's state, ranked by
+        torch.testing.assert_close(learned.state["user"], served.state["user"])  # another
+        assert not torch.allclose(learned.state["user"], served.rank_state["user"])
+    elif doc["name"] != "metric":
         assert not torch.allclose(learned.state["user"], served.state["user"])
 
 

@@ -113,6 +113,7 @@ def test_the_choice_reads_the_cold_validation_users_only(synthetic_run):
     assert "closed_form" not in before["eligible"] and "ridge" not in before["eligible"]
     assert {"ranker_ridge", "fold_in", "population", "maml", "metric"} <= set(before["eligible"])
     assert {"maml_shrunk0.5", "state_mean", "state_mean_shrunk0.5"} <= set(before["eligible"])
+    assert {"maml_split0.5", "maml_split0.25", "state_mean_split0.5"} <= set(before["eligible"])
     served = summary["coldstart"]["served"]
     assert {v["method"] for v in served.values()} == {before["name"]}
 
@@ -160,3 +161,56 @@ def test_a_learner_may_not_take_a_name_of_the_report(label):
     })  # fmt: skip
     with pytest.raises(UserError, match=f"label: '{label}'"):
         validate_meta(cfg)
+
+
+def test_a_split_variant_is_ranked_by_the_shrunk_state_and_rated_by_the_adapted(synthetic_run,
+                                                                                tmp_path):  # fmt: skip
+    import shutil
+
+    from pipelines.commands.score import score_command
+
+    run_dir, _ = synthetic_run
+    served = {}
+    for kind in ("split", "shrunk", "adapted"):  # the same run serving each of maml's forms
+        served[kind] = tmp_path / kind
+        shutil.copytree(run_dir, served[kind])
+        path = served[kind] / "coldstart" / "served.json"
+        record = json.loads(path.read_text())
+        record.update(name=f"maml_{kind}0.5", kind="learner", learner="maml",
+                      learner_dir="meta_train/maml", shrink=0.5, split=kind == "split")  # fmt: skip
+        if kind == "adapted":
+            record.pop("shrink")
+        path.write_text(json.dumps(record))
+    run = load_run(served["split"])
+    items = run.item_ids.to_list()
+    support = pl.DataFrame({"user_id": [9001, 9001, 9001, 9002, 9002], "item_id": items[:5],
+                            "rating": [5.0, 2.0, 4.0, 1.0, 5.0]})  # fmt: skip
+    split = adapt_users(run, support)
+    shrunk = adapt_users(load_run(served["shrunk"]), support)
+    adapted = adapt_users(load_run(served["adapted"]), support)
+    assert split.rank_state is not None and shrunk.rank_state is None
+    for name, value in split.state.items():  # rated by the adapted state, ranked by the shrunk
+        torch.testing.assert_close(value, adapted.state[name])
+        torch.testing.assert_close(split.rank_state[name], shrunk.state[name])
+    assert not torch.equal(split.state["user"], split.rank_state["user"])
+    csv = tmp_path / "support.csv"
+    support.rename({"user_id": "user", "item_id": "item"}).write_csv(csv)
+    out = {}
+    for kind, folder in served.items():
+        score_command(str(folder), 10, str(tmp_path / f"{kind}.parquet"), support=str(csv))
+        out[kind] = pl.read_parquet(tmp_path / f"{kind}.parquet").filter(
+            pl.col("served_by") == "cold_start").sort("user_id", "rank")  # fmt: skip
+    assert out["split"]["item_id"].to_list() == out["shrunk"]["item_id"].to_list()
+    assert out["split"]["score"].to_list() == out["shrunk"]["score"].to_list()
+    # each listed item's predicted rating: the adapted state's
+    for user in (9001, 9002):
+        row = out["split"].filter(pl.col("user_id") == user)
+        at = torch.tensor(run.item_index(row["item_id"])[0].tolist())
+        one = {n: v[[split.user_ids.index(user)]].expand(at.numel(), *v.shape[1:])
+               for n, v in split.state.items()}  # fmt: skip
+        batch = {"item": at, "day": torch.full_like(at, run.reference["day"]),
+                 "time_bin": torch.full_like(at, run.reference["time_bin"])}  # fmt: skip
+        with torch.no_grad():
+            want = run.model.score(one, batch)["rating"]
+        got = torch.from_numpy(row["score_rating"].to_numpy().copy())
+        torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)

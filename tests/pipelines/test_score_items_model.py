@@ -92,6 +92,8 @@ def test_a_registered_model_serves_new_items_as_its_run_folder_does(tracked, sto
     got = _score(cli, version["model_uri"], tmp_path / "model.parquet", items, support)
     want = _score(cli, run_dir, tmp_path / "run.parquet", items, support)
     assert got["new_items"] == want["new_items"] == len(ids) == 7
+    # the model carries the run's choice of what ranks new items (its served record)
+    assert got["new_items_rank_by"] == want["new_items_rank_by"] != "blend"
     model = pl.read_parquet(tmp_path / "model.parquet")
     assert_frame_equal(model, pl.read_parquet(tmp_path / "run.parquet"))
     assert model.filter(pl.col("item_id").is_in(ids)).height > 0  # new items are recommended
