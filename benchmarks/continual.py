@@ -3,6 +3,8 @@
     python benchmarks/continual.py                       # every part
     python benchmarks/continual.py --parts weekly --seeds 0,1,2
     python benchmarks/continual.py --quick               # a smoke run (< 1 min)
+    python benchmarks/continual.py --parts tune --seeds 0 --strategies als_rows \
+        --grid-settings '[["als_rows", {"epochs": 1, "reg": 30.0, "item_reg": 100.0}]]'
 
 Parts (each a row group of the JSON line):
 
@@ -250,7 +252,7 @@ TUNE_GRID_ALS = [
     ("als_rows", {"epochs": 1, "lr": 0.001, "reg": 30.0}),
     # the solves, then gradient epochs on the new rows with replayed past rows among them
     *[("als_rows", {"epochs": e, "lr": 0.0025, "reg": 30.0, "cg_steps": 4, "share": sh})
-      for e, sh in ((1, 0.5), (1, 1.0), (2, 1.0))],
+      for e, sh in ((1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0))],
 ]  # fmt: skip
 GRIDS = {
     "first": TUNE_GRID,
@@ -336,6 +338,13 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--grid", choices=sorted(GRIDS), default="all", help="tune: the grid")
     ap.add_argument(
+        "--grid-settings",
+        type=json.loads,
+        default=None,
+        help='tune: this grid instead (JSON: a list of [strategy, settings] pairs; "full" is '
+        "measured first, as in every grid)",
+    )
+    ap.add_argument(
         "--settings",
         type=json.loads,
         default=None,
@@ -346,6 +355,9 @@ def main() -> None:
         ap.error("--settings: the tune part chooses the settings; give one or the other")
     global GRID
     GRID = args.grid
+    if args.grid_settings is not None:
+        GRIDS["given"] = [("full", {}), *[(n, dict(st)) for n, st in args.grid_settings]]
+        GRID = "given"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.quick:

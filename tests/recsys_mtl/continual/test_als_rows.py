@@ -130,7 +130,7 @@ def test_a_larger_penalty_shrinks_the_solved_rows() -> None:
             learner, new, plog.before(4), seed=0
         )
         rows = learner.users.rows(new["user_id"].unique())
-        norms.append(float(learner.model.emb.weight("user")[rows].norm()))
+        norms.append(float(learner.model.emb.weight("user")[rows].detach().norm()))
     assert norms[1] < 0.5 * norms[0]
 
 
@@ -196,3 +196,85 @@ def test_replayed_rows_join_the_gradient_epochs() -> None:
         assert replayed == (0 if share == 0 else min(new.height, past.height))
         if replayed:  # the replayed rows are past rows
             assert trained.head(replayed).join(past, on=list(past.columns), how="anti").height == 0
+
+
+def test_the_kept_log_is_the_log_so_far_and_is_rebuilt_for_another_past() -> None:
+    cfg = small_config(["rating"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    strategy = make_strategy("als_rows", {"epochs": 0})
+    for p in (4, 5, 6):
+        strategy.update(learner, plog.rows(p), plog.before(p), seed=p)
+        held = strategy.log
+        seen = plog.before(p + 1)
+        batch = learner.book.batch(seen)
+        assert held.n == seen.height
+        for f, v in batch.items():
+            assert torch.equal(held.fields[f], v), f
+        assert torch.equal(
+            held.fields["rating"], torch.tensor(seen["rating"].to_numpy(), dtype=torch.float32)
+        )
+    # a past that is not the kept log (another learner's, shorter): built again from it
+    other, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    strategy.update(other, plog.rows(4), plog.before(4), seed=4)
+    assert strategy.log.n == plog.before(5).height
+
+
+def test_a_kept_log_gives_the_rows_a_fresh_strategy_gives() -> None:
+    """The update from the kept log and the update built from the rows given are the same."""
+    cfg = small_config(["rating", "like"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    start, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    kept, fresh = start.copy(), start.copy()
+    strategy = make_strategy("als_rows", {"epochs": 0})
+    for p in (4, 5, 6):
+        strategy.update(kept, plog.rows(p), plog.before(p), seed=p)
+        make_strategy("als_rows", {"epochs": 0}).update(fresh, plog.rows(p), plog.before(p), p)
+    for name, w in kept.model.named_parameters():
+        assert torch.allclose(w, dict(fresh.model.named_parameters())[name], atol=1e-6), name
+
+
+def test_the_item_penalty_shrinks_the_item_rows_alone() -> None:
+    cfg = small_config(["rating"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    norms = {}
+    for item_reg in (None, 1000.0):
+        learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+        new = plog.rows(4)
+        make_strategy("als_rows", {"epochs": 0, "reg": 3.0, "item_reg": item_reg}).update(
+            learner, new, plog.before(4), seed=0
+        )
+        emb = learner.model.emb
+        items = learner.items.rows(new["item_id"].unique())
+        users = learner.users.rows(new["user_id"].unique())
+        norms[item_reg] = (float(emb.weight("item")[items].norm()),
+                           emb.weight("user")[users].detach().clone())  # fmt: skip
+    assert norms[1000.0][0] < 0.5 * norms[None][0]
+    assert torch.equal(norms[1000.0][1], norms[None][1])  # the users' solve comes first
+
+
+def test_the_item_pass_solves_the_items_on_the_model_the_epochs_leave() -> None:
+    cfg = small_config(["rating"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    new, past = plog.rows(4), plog.before(4)
+    settings = {"epochs": 1, "lr": 0.01, "reg": 3.0, "cg_steps": 200, "item_pass": True}
+    cost = make_strategy("als_rows", settings).update(learner, new, past, seed=0)
+    assert cost.epochs == 4  # user solve, item solve, one epoch, the item pass
+    model = learner.model
+    seen = pl.concat([past, new])
+    rows = seen.filter(pl.col("item_id").is_in(new["item_id"].unique().implode()))
+    batch = learner.book.batch(rows)
+    with torch.no_grad():
+        model.eval()
+        resid = torch.from_numpy(rows["rating"].to_numpy()).float() - model(batch)["rating"]
+        state = model.user_state(batch["user"])
+    d = model.cfg.dim
+    feats = torch.cat([(state["user"] + state["implicit"])[:, :d] * model.interaction_scale[0],
+                       torch.ones(len(resid), 1)], 1).detach()  # fmt: skip
+    items, local = torch.unique(batch["item"], return_inverse=True)
+    grad = torch.zeros(items.numel(), d + 1).index_add_(0, local, resid[:, None] * feats)
+    x = torch.cat([model.emb.weight("item")[items, :d], model.emb.weight("item_bias")[items, 0, None]],
+                  1).detach()  # fmt: skip
+    penalty = torch.tensor([3.0] * d + [float(learner.cfg.train.als_bias_reg)])
+    assert float((grad - penalty * x).abs().max()) < 1e-4 * max(1.0, float(grad.abs().max()))
