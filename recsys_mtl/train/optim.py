@@ -18,7 +18,8 @@ the schedule before every step).
 
 Row-sparse gradients (:mod:`recsys_mtl.train.row_sparse`): lazy Adam, the Adagrads and SGD
 step the looked-up rows alone (a step costs the batch, not the table), with the same rows and
-values as on a dense gradient; plain Adam, which moves every row, takes it dense.
+values as on a dense gradient; plain Adam, which moves every row, takes it dense. Lazy Adam
+steps touched rows in place in one pass where it can (``adam_rows``: the same values).
 
 :func:`lr_multiplier` is the schedule: a linear warm-up over the first ``warmup`` steps,
 then constant, cosine or linear decay to 0 at the last step.
@@ -31,7 +32,7 @@ from typing import Any
 
 import torch
 
-from recsys_mtl.train.row_sparse import adagrad_rows, sparse_rows
+from recsys_mtl.train.row_sparse import adagrad_rows, adam_rows, sparse_rows
 
 __all__ = [
     "SCHEDULES",
@@ -145,11 +146,8 @@ class _Optimizer:
     ) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
         """The parameters with a gradient (``dense_only``: a dense one), their data and their
         gradients (dense)."""
-        idx = [
-            k
-            for k, p in enumerate(self.params)
-            if p.grad is not None and not (dense_only and p.grad.is_sparse)
-        ]
+        live = [k for k, p in enumerate(self.params) if p.grad is not None]
+        idx = [k for k in live if not (dense_only and self.params[k].grad.is_sparse)]
         return idx, [self.params[k].data for k in idx], [_dense(self.params[k].grad) for k in idx]
 
     def state_dict(self) -> dict[str, Any]:
@@ -254,8 +252,7 @@ class LazyAdam(Adam):
     @torch.no_grad()
     def step(self) -> None:
         self.steps += 1
-        # one Adam call for the mostly-touched tables (whole) and the touched rows gathered
-        # from the others; then the gathered rows go back and the idle rows are restored
+        # touched rows in place, or with the mostly-touched tables in one Adam call, put back
         group: tuple[list[torch.Tensor], ...] = ([], [], [], [])
         group_t: list[int] = []
         put_back: list[tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]] = []
@@ -269,13 +266,13 @@ class LazyAdam(Adam):
                 if self.dense[k] is None and self.dense_above is not None:
                     self.dense[k] = rows.numel() >= self.dense_above * g.shape[0]
                 if not self.dense[k]:
-                    if rows.numel():
-                        w, m, v = (x.view(g.shape[0], -1) for x in
-                                   (p.data, self.state["m"][k], self.state["v"][k]))  # fmt: skip
+                    w, m, v = (x.view(g.shape[0], -1) for x in
+                               (p.data, self.state["m"][k], self.state["v"][k]))  # fmt: skip
+                    adam = (self.t[k], self.lr, self.betas, self.eps)  # in one pass if it can
+                    if rows.numel() and not adam_rows(w, m, v, rows, values, *adam):
                         parts = (*(x.index_select(0, rows) for x in (w, m, v)),)
                         put_back.append((rows, [w, m, v], list(parts)))
-                        for dst, x in zip(group, (parts[0], values, parts[1], parts[2]),
-                                          strict=True):  # fmt: skip
+                        for dst, x in zip(group, (parts[0], values, *parts[1:]), strict=True):
                             dst.append(x)
                         group_t.append(self.t[k])
                     continue
@@ -306,7 +303,10 @@ class LazyAdam(Adam):
                     idle = (~touched).nonzero().view(-1)
                     put_back.append((idle, [w, m, v], [x.index_select(0, idle) for x in (w, m, v)]))
                 parts = (w, g2, m, v)
-            elif rows.numel():  # a few rows: Adam on them, gathered and put back
+            elif rows.numel():  # a few rows: Adam on them, in place or gathered and put back
+                adam = (self.t[k], self.lr, self.betas, self.eps)
+                if adam_rows(w, m, v, rows, g2.index_select(0, rows), *adam):
+                    continue
                 parts = tuple(x.index_select(0, rows) for x in (w, g2, m, v))
                 put_back.append((rows, [w, m, v], [parts[0], parts[2], parts[3]]))
             else:
