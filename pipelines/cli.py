@@ -6,9 +6,10 @@ anything else. A user's mistake or the machine's state never prints a traceback.
 when it runs (torch, polars, mlflow, the stages), so that ``--help`` answers at once.
 
 Under ``torchrun`` (``run`` and ``score``) every process joins the job's process groups first
-(:mod:`recsys_mtl.train.distributed`); the entry point is wrapped in torchrun's ``@record``,
-so an unexpected error's traceback reaches torchrun's report naming the failed rank; SIGTERM
-(torchrun stopping the job) ends the MLflow run FAILED with the reason and exits 143.
+(:mod:`recsys_mtl.train.distributed`) and leaves them through its ``teardown`` on every exit;
+the entry point is wrapped in torchrun's ``@record``, so an unexpected error's traceback
+reaches torchrun's report naming the failed rank; SIGTERM (torchrun stopping the job) ends the
+MLflow run FAILED with the reason and exits 143.
 """
 
 from __future__ import annotations
@@ -127,7 +128,9 @@ def _in_job(args: argparse.Namespace) -> int:
             code = _handle(args, job=True)
         return code
     finally:
-        distributed.teardown(clean=code == 0 and args.command == "run")
+        # every exit (a result, a user's error, an exception, SIGTERM) leaves the job here
+        stopped = code in (130, 143)  # torchrun (or the user) stops every process
+        distributed.teardown(clean=code == 0, release=args.command == "run" and not stopped)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ __all__ = [
     "announce_stage",
     "dcp_checkpoints",
     "keep_plan",
+    "stage_ended",
     "torchrun_world",
     "with_world",
 ]
@@ -59,6 +60,14 @@ def announce_stage(stage: str, config: Any, run: Path, key: str) -> None:
     message = {"stage": stage, "config": config.model_dump(mode="json"), "run_dir": str(run),
                "key": key}  # fmt: skip
     distributed.announce(message)
+
+
+def stage_ended() -> None:
+    """Rank 0: the collective stage it announced ended well on it; the other processes finish
+    it on their own (no collective is left) and wait for the next announcement."""
+    from recsys_mtl.train import distributed  # deferred: torch.distributed, under torchrun
+
+    distributed.others_wait_again()
 
 
 def keep_plan(checkpoint_dir: Path, out_dir: Path, tracker: Any) -> None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.ranks import announce_stage, dcp_checkpoints, keep_plan, with_world
+from pipelines.ranks import announce_stage, dcp_checkpoints, keep_plan, stage_ended, with_world
 from recsys_mtl import __version__
 from recsys_mtl.config import RunConfig
 from recsys_mtl.io import file_digest
@@ -344,6 +344,7 @@ def _run_stages(
                 announce_stage(stage.name, config, run, plain)
             result = stage.func(ctx) or {}
             if key != plain:
+                stage_ended()  # the others, past its last collective, wait for rank 0 again
                 keep_plan(ctx.checkpoint_dir, ctx.out_dir, ctx.tracker)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -4,12 +4,9 @@
 pipelines.cli run CONFIG`` starts N processes per host; each reads its rank from the
 environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
 
-* **Two process groups.** The default group (gloo for objects on the host) has the long
-  timeout ``train.distributed.wait_timeout``: the other ranks wait on it while rank 0 alone
-  runs the data stages and the evaluation (:func:`announce` / :func:`receive`). Training
-  collectives (the sharded lookups, DDP's gradient all-reduce, the reductions of losses) use a
-  second group with the short ``train.distributed.collective_timeout``: a hung or stopped
-  process fails the job after that many seconds. gloo on CPU, NCCL on CUDA.
+* **Process groups** (:mod:`recsys_mtl.train.groups`, re-exported here): the default group
+  with the long ``train.distributed.wait_timeout`` for the wait on rank 0, a training group
+  with the short ``train.distributed.collective_timeout``; :func:`teardown` on every exit.
 * **The plan.** TorchRec's ``EmbeddingShardingPlanner`` chooses each table's sharding, rank 0
   plans and broadcasts (``collective_plan``). Tables whose dimension is not a multiple of 4
   (fbgemm's fused kernel refuses them: BellKor's biases, drift and day tables) and the tables
@@ -26,14 +23,8 @@ environment torchrun sets (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
-import sys
-import warnings
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import torch
@@ -41,6 +32,20 @@ from torch import nn
 
 from recsys_mtl.errors import UserError
 from recsys_mtl.models.embeddings import EmbeddingTables
+from recsys_mtl.train.groups import (
+    Dist,
+    Terminated,
+    all_max,
+    all_min,
+    all_sum,
+    announce,
+    current,
+    launched,
+    others_wait_again,
+    receive,
+    setup,
+    teardown,
+)
 
 __all__ = [
     "FUSED_ON_CPU",
@@ -54,6 +59,7 @@ __all__ = [
     "current",
     "launched",
     "load_full",
+    "others_wait_again",
     "receive",
     "setup",
     "shard",
@@ -65,152 +71,6 @@ log = logging.getLogger("recsys_mtl.train")
 FUSED_ON_CPU = ("sgd", "adagrad", "rowwise_adagrad")  # fbgemm's CPU kernels
 _SHARDED_TYPES = {"cpu": ("table_wise", "column_wise"), "cuda": ("table_wise", "column_wise",
                   "row_wise", "table_row_wise")}  # fmt: skip
-
-
-class Terminated(Exception):
-    """SIGTERM: torchrun stops every process when one of them failed (or the job is stopped)."""
-
-
-@dataclass
-class Dist:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-    backend: str
-    group: Any  # training collectives: the short timeout
-
-    @property
-    def leader(self) -> bool:
-        return self.rank == 0
-
-
-_current: Dist | None = None
-
-
-def launched() -> bool:
-    """Whether this process was started by torchrun (or an elastic launch)."""
-    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-
-
-def current() -> Dist | None:
-    """The process groups of this process, or None outside torchrun."""
-    return _current
-
-
-def setup(settings: Any) -> Dist:
-    """Join the job torchrun started (``settings``: ``train.distributed``); idempotent."""
-    global _current
-    if _current is not None:
-        return _current
-    import torch.distributed as dist  # deferred: only under torchrun
-
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local = int(os.environ["LOCAL_RANK"])
-    cuda = torch.cuda.is_available() and settings.backend != "gloo"
-    backend = settings.backend if settings.backend != "auto" else ("nccl" if cuda else "gloo")
-    device = torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    # objects (the wait for rank 0) always go through gloo on the host
-    default = "cpu:gloo,cuda:nccl" if backend == "nccl" else "gloo"
-    wait = timedelta(seconds=settings.wait_timeout)
-    # a restarted job (torchrun --max-restarts) shares the rendezvous store with the attempts
-    # before it: its keys get their own prefix, so no process reads a dead attempt's address
-    store, _, _ = next(dist.rendezvous("env://", timeout=wait))
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    store = dist.PrefixStore(f"recsys-mtl/attempt-{attempt}", store)
-    dist.init_process_group(default, store=store, rank=rank, world_size=world, timeout=wait)
-    group = dist.new_group(backend=backend, timeout=timedelta(seconds=settings.collective_timeout))
-    _current = Dist(rank, world, local, device, backend, group)
-    signal.signal(signal.SIGTERM, _on_sigterm)
-    # the engines' notes about their own deprecations, not about this run
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torchrec\.")
-    warnings.filterwarnings("ignore", message=r"torch.distributed is disabled")
-    # fbgemm's dense kernel (the data-parallel tables) has its backward in its own autograd
-    # function; the gradients equal the unsharded model's (tests/recsys_mtl/train)
-    warnings.filterwarnings("ignore", message=r"fbgemm::dense_embedding_codegen_lookup_function")
-    if rank != 0:  # one voice: the other ranks log warnings and errors only
-        logging.getLogger("recsys_mtl").setLevel(logging.WARNING)
-    return _current
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    """SIGTERM ends the run (its MLflow run FAILED with the reason) -- unless this process is
-    already handling an error, typically a collective that failed when another process died:
-    then the cleanup under way (ending the MLflow run FAILED with that error) finishes, within
-    torchrun's grace period, instead of being cut short and leaving the run RUNNING."""
-    if sys.exc_info()[0] is not None:
-        log.warning("SIGTERM while ending after an error: finishing that first")
-        return
-    raise Terminated("stopped by SIGTERM (torchrun stops every process when one fails)")
-
-
-def teardown(clean: bool = True) -> None:
-    """Leave the job; with ``clean`` (a run that ended well) rank 0 first tells the waiting
-    ranks that nothing more comes (after a failure it does not wait for them: torchrun stops
-    them)."""
-    global _current
-    if _current is None:
-        return
-    import torch.distributed as dist  # deferred: only under torchrun
-
-    try:
-        if _current.leader and clean:
-            announce(None)
-        dist.destroy_process_group()
-    finally:
-        _current = None
-        # the process only exits now: torchrun's SIGTERM (another process failed) must not cut
-        # the report of its own error short; torchrun's SIGKILL still ends one that hangs
-        with contextlib.suppress(ValueError):  # not the main thread: nothing to change
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def announce(message: Any) -> None:
-    """Rank 0: send ``message`` (a picklable object; None ends the wait) to the other ranks."""
-    import torch.distributed as dist  # deferred: only under torchrun
-
-    if _current is not None and _current.world > 1:
-        dist.broadcast_object_list([message], src=0)
-
-
-def receive() -> Any:
-    """The other ranks: rank 0's next message, waited for up to ``wait_timeout``."""
-    import torch.distributed as dist  # deferred: only under torchrun
-
-    box: list[Any] = [None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _reduce(x: torch.Tensor, op: str) -> torch.Tensor:
-    import torch.distributed as dist  # deferred: only under torchrun
-
-    d = _current
-    if d is None or d.world == 1:
-        return x
-    ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
-    if x.device != d.device and d.backend == "nccl":  # NCCL reduces device tensors only
-        on_device = x.to(d.device)
-        dist.all_reduce(on_device, op=ops[op], group=d.group)
-        return x.copy_(on_device)
-    dist.all_reduce(x, op=ops[op], group=d.group)
-    return x
-
-
-def all_sum(x: torch.Tensor) -> torch.Tensor:
-    """``x`` summed over the ranks, in place."""
-    return _reduce(x, "sum")
-
-
-def all_min(x: torch.Tensor) -> torch.Tensor:
-    return _reduce(x, "min")
-
-
-def all_max(x: torch.Tensor) -> torch.Tensor:
-    return _reduce(x, "max")
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -227,7 +87,8 @@ def check_settings(cfg: Any, device: torch.device) -> None:
             "train.embedding_optimizer: lazy_adam has no fused kernel for sharded tables; "
             "use adam, adagrad, rowwise_adagrad or sgd under torchrun"
         )
-    world = _current.world if _current else 1
+    d = current()
+    world = d.world if d is not None else 1
     if cfg.train.distributed.batch == "global" and cfg.train.batch_size < world:
         raise UserError(
             f"train.batch_size: {cfg.train.batch_size} rows is smaller than the {world} "
@@ -290,7 +151,7 @@ def shard(model: nn.Module, cfg: Any, lr: float) -> tuple[nn.Module, dict[str, A
     from torchrec.distributed.types import ShardingEnv
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
-    d = _current
+    d = current()
     assert d is not None, "shard() needs setup() first"
     initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if d.world > 1:  # rank 0's weights on every process (warm starts solved on each)

@@ -31,11 +31,11 @@ tracking: {enabled: false}
 """
 
 
-def _torchrun(tmp: Path, *args: str) -> list[str]:
+def _torchrun(tmp: Path, *args: str, module: str = "pipelines.cli") -> list[str]:
     return [
         sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
         "--rdzv-backend", "c10d", "--rdzv-endpoint", str(tmp / f"rdzv-{time.time_ns()}"),
-        "--rdzv-conf", "store_type=file", "--monitor-interval", "0.1", "-m", "pipelines.cli", *args,
+        "--rdzv-conf", "store_type=file", "--monitor-interval", "0.1", "-m", module, *args,
     ]  # fmt: skip
 
 
@@ -79,13 +79,51 @@ def test_a_killed_rank_ends_the_job_and_a_rerun_resumes(tmp_path):
     assert job.returncode != 0
     assert seconds < 10, seconds
     first = (tmp_path / "first.log").read_text()
-    assert "rank      : 1" in first or "local_rank: 1" in first  # torchrun names the lost rank
+    assert "rank      : 1" in first or "local_rank: 1" in first, first[-3000:]  # the lost rank
     again = subprocess.run(_run_command(tmp_path, run), cwd=tmp_path, env=env, text=True,
                            capture_output=True, timeout=120)  # fmt: skip
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "resuming at epoch" in again.stderr
+    assert "resuming at epoch" in again.stderr, again.stderr[-3000:]
+    assert "terminate called" not in again.stderr, again.stderr[-3000:]
     assert (run / "train" / "plan.json").exists() and (run / "train" / "model.pt").exists()
     assert (run / "train" / "dcp" / ".metadata").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "how", "rank", "code", "line"),
+    [
+        ("run", "ok", "0", 0, None),
+        ("run", "user", "0", 2, "recsys-mtl: error: a user's error on rank 0"),
+        ("run", "crash", "0", 1, "RuntimeError: an unexpected error on rank 0"),
+        ("score", "user", "1", 2, "recsys-mtl: error: a user's error on rank 1"),
+        ("score", "crash", "1", 1, "RuntimeError: an unexpected error on rank 1"),
+    ],
+)  # fmt: skip
+def test_every_exit_of_a_job_leaves_its_groups_and_torchrun_names_the_failed_rank(
+    tmp_path, command, how, rank, code, line
+):
+    """A job that ends well, or whose one process fails by a user's error or an exception
+    (``run``: rank 0 while the others wait for it; ``score``: another process while rank 0
+    ends well): the job's exit code, torchrun's root cause naming the failed process and its
+    code, and in every process no gloo thread left at its exit (a group destroyed only by
+    the interpreter's exit can abort it: "terminate called without an active exception")."""
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = _torchrun(tmp_path, command, str(tmp_path / "c.yaml"), how, rank,
+                    module="tests.faults.exits_job")  # fmt: skip
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, text=True, capture_output=True,
+                          timeout=180)  # fmt: skip
+    out = done.stdout + done.stderr
+    assert "terminate called" not in out, out[-3000:]
+    assert out.count("gloo threads at exit: 0") == 2, out[-3000:]
+    if code == 0:
+        assert done.returncode == 0, out[-3000:]
+        return
+    assert done.returncode != 0, out[-3000:]
+    cause = out[out.index("Root Cause (first observed failure)") :]
+    assert f"rank      : {rank} (local_rank: {rank})" in cause, cause
+    assert f"exitcode  : {code} " in cause, cause
+    assert line in out, out[-3000:]
 
 
 def _score(tmp: Path, run: Path, out: str, env: dict, nproc: int | None) -> None:

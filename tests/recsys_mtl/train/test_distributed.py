@@ -137,9 +137,7 @@ def _job(mode: str, ckpt: str, sharding: str, resume: str | None = None) -> dict
             read()
         except ShardedTableError:
             refused.append(True)
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
+    distributed.teardown(release=False)  # no process waits in receive()
     return {"rating": out["rating"], "plan": plan, "refused": len(refused) == 2, **seen}
 
 
@@ -224,9 +222,7 @@ def _bellkor_job() -> dict:
     res = fit_parallel(model.train(), _data(400, 0), _data(100, 1), TASKS,
                        cfg.model_copy(update={"train": cfg.train.model_copy(
                            update={"epochs": 1})}), weighting)  # fmt: skip
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
+    distributed.teardown(release=False)  # no process waits in receive()
     return {"sharded": {t: sharded[t] for t in TASKS}, "plain": {t: plain[t] for t in TASKS},
             "plan": plan, "loss": res.history[-1]["valid/rating/loss"], "grads": grads}  # fmt: skip
 
@@ -264,7 +260,7 @@ def _wait_job(delay: float) -> float:
         assert distributed.receive() == "go"
     total = distributed.all_sum(torch.ones(1))  # the short-timeout group still works
     waited = time.perf_counter() - t0
-    distributed.teardown(clean=False)
+    distributed.teardown(release=False)  # no process waits in receive()
     return waited if int(total[0]) == d.world else -1.0
 
 
@@ -276,7 +272,7 @@ def test_the_data_stage_wait_outlives_the_collective_timeout(tmp_path):
 def test_sigterm_stops_a_run_but_not_the_ending_of_one_that_already_failed():
     """torchrun's SIGTERM reaches the other processes while they end after a failed
     collective: that ending (the MLflow run marked FAILED) is not cut short."""
-    from recsys_mtl.train.distributed import Terminated, _on_sigterm
+    from recsys_mtl.train.groups import Terminated, _on_sigterm
 
     with pytest.raises(Terminated, match="SIGTERM"):
         _on_sigterm(15, None)
@@ -289,13 +285,10 @@ def test_sigterm_stops_a_run_but_not_the_ending_of_one_that_already_failed():
 def test_after_leaving_the_job_a_sigterm_no_longer_cuts_the_exit_short(monkeypatch):
     import signal
 
-    import torch.distributed as dist
+    from recsys_mtl.train import distributed, groups
 
-    from recsys_mtl.train import distributed
-
-    monkeypatch.setattr(dist, "destroy_process_group", lambda: None)
-    monkeypatch.setattr(distributed, "_current",
-                        distributed.Dist(1, 2, 1, torch.device("cpu"), "gloo", None))  # fmt: skip
+    monkeypatch.setattr(groups, "_current",
+                        groups.Dist(1, 2, 1, torch.device("cpu"), "gloo", None))  # fmt: skip
     before = signal.getsignal(signal.SIGTERM)
     try:
         distributed.teardown(clean=False)
@@ -354,10 +347,10 @@ def test_per_process_batches_multiply_the_global_batch_and_scale_the_rates(monke
     assert fused_lr(train("per_process"), 4) == pytest.approx(0.2)  # sqrt(4000 / 1000)
     # sgd: a sharded table's gradient sums the processes' means, so its rate is divided by N
     assert fused_lr(train("per_process", embedding_optimizer="sgd"), 4) == pytest.approx(0.05)
-    from recsys_mtl.train import distributed
+    from recsys_mtl.train import groups
 
-    monkeypatch.setattr(distributed, "_current",
-                        distributed.Dist(0, 4, 0, torch.device("cpu"), "gloo", None))  # fmt: skip
+    monkeypatch.setattr(groups, "_current",
+                        groups.Dist(0, 4, 0, torch.device("cpu"), "gloo", None))  # fmt: skip
     for batch in ("global", "per_process"):
         cfg = _config().model_copy(update={"train": train(batch, batch_size=2)})
         if batch == "global":  # 2 rows cannot be split among 4 processes
