@@ -10,7 +10,8 @@ its cold validation items (``coldstart/items.json``) where it made one, else 10 
 grown run scores them like any item, except that, where the run chose what ranks new items
 (:func:`rank_rules`) and no blend is given, the places the blend gives them in a list are
 filled by that rule (:func:`new_item_group`, :class:`recsys_mtl.runs.batch.GroupRule`); a known
-user's rating of a new item masks it out of their list. ``RUN`` is a run folder or a model (``models:/NAME/VERSION``): both are read through
+user's rating of a new item masks it out of their list. ``RUN`` is a run folder or a model
+(``models:/NAME/VERSION``): both are read through
 :func:`recsys_mtl.runs.bundle.item_side_reader` (a model's bundle carries the spec, the choice
 and the ridge as fitted at export).
 """

@@ -13,13 +13,12 @@ same formulas as torch's (checked against them in the tests), on ``torch._foreac
   did not touch (zero gradient) do not move;
 * :class:`SGD`: plain gradient steps (fbgemm's exact SGD for sharded tables).
 
-Each exposes ``zero_grad``, ``step``, ``state_dict``/``load_state_dict`` and ``lr`` (set by
-the schedule before every step).
+Each has ``zero_grad``, ``step``, ``state_dict``/``load_state_dict`` and ``lr`` (set per step).
 
 Row-sparse gradients (:mod:`recsys_mtl.train.row_sparse`): lazy Adam, the Adagrads and SGD
 step the looked-up rows alone (a step costs the batch, not the table), with the same rows and
-values as on a dense gradient; plain Adam, which moves every row, takes it dense. Lazy Adam
-steps touched rows in place in one pass where it can (``adam_rows``: the same values).
+values as on a dense gradient; plain Adam takes it dense; lazy Adam's rows go in one pass
+(:mod:`recsys_mtl.train.row_kernel`).
 
 :func:`lr_multiplier` is the schedule: a linear warm-up over the first ``warmup`` steps,
 then constant, cosine or linear decay to 0 at the last step.
@@ -32,7 +31,8 @@ from typing import Any
 
 import torch
 
-from recsys_mtl.train.row_sparse import adagrad_rows, adam_rows, sparse_rows
+from recsys_mtl.train.row_kernel import adam_rows
+from recsys_mtl.train.row_sparse import adagrad_rows, sparse_rows
 
 __all__ = [
     "SCHEDULES",

@@ -6,15 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from recsys_mtl.train import optim, row_sparse
-from recsys_mtl.train.row_sparse import adam_rows, row_sparse_lookups
+from recsys_mtl.train import optim, row_kernel
+from recsys_mtl.train.row_kernel import adam_rows
+from recsys_mtl.train.row_sparse import row_sparse_lookups
 
 BETAS = (0.9, 0.999)
 
 
 @pytest.fixture()
 def kernel():
-    fn, width = row_sparse._kernel()
+    fn, width = row_kernel._kernel()
     if fn is None:
         pytest.skip("no C compiler here: the fused row step is off (the fallback is tested)")
     return fn, width
@@ -22,8 +23,8 @@ def kernel():
 
 @pytest.fixture()
 def no_kernel(monkeypatch):
-    monkeypatch.setitem(row_sparse._KERNEL, "fn", None)
-    monkeypatch.setitem(row_sparse._KERNEL, "width", 0)
+    monkeypatch.setitem(row_kernel._KERNEL, "fn", None)
+    monkeypatch.setitem(row_kernel._KERNEL, "width", 0)
 
 
 def _tables(n: int, d: int, seed: int) -> list[torch.Tensor]:
@@ -41,7 +42,7 @@ def test_the_fused_row_step_equals_the_gathered_step_bit_for_bit(kernel, d):
         grad[0] = 0.0  # a zero row among the touched ones
         a, b = _tables(n, d, seed), _tables(n, d, seed)
         for t in (1, 2, 9, 1000):
-            row_sparse._reference_rows(*a, rows, grad, t, 0.003, BETAS, 1e-8)
+            row_kernel._reference_rows(*a, rows, grad, t, 0.003, BETAS, 1e-8)
             assert adam_rows(*b, rows, grad, t, 0.003, BETAS, 1e-8)
         for x, y in zip(a, b, strict=True):
             assert torch.equal(x, y)
@@ -82,7 +83,7 @@ def test_lazy_adam_takes_the_same_steps_with_and_without_the_fused_row_step(
     kernel, monkeypatch, sparse
 ):
     fused = _train(sparse)
-    monkeypatch.setitem(row_sparse._KERNEL, "fn", None)
+    monkeypatch.setitem(row_kernel._KERNEL, "fn", None)
     gathered = _train(sparse)
     for x, y in zip(fused, gathered, strict=True):
         assert torch.equal(x, y)
@@ -99,10 +100,10 @@ def test_without_the_kernel_the_row_step_declines_and_lazy_adam_still_steps(no_k
 def test_no_compiler_or_the_switch_turns_the_kernel_off(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
-    assert row_sparse._build() is None
+    assert row_kernel._build() is None
     monkeypatch.delenv("CC")
     monkeypatch.setenv("RECSYS_MTL_ROW_KERNEL", "0")
-    assert row_sparse._build() is None
+    assert row_kernel._build() is None
 
 
 def test_other_dtypes_and_layouts_take_the_gathered_step(kernel):
@@ -122,12 +123,40 @@ def test_a_row_outside_the_table_is_refused_before_the_kernel_writes(kernel):
 
 
 def test_a_library_folder_others_can_write_is_never_used(monkeypatch, tmp_path):
-    monkeypatch.setattr(row_sparse.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(row_kernel.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     for folder in (tmp_path / "cache" / "recsys-mtl", tmp_path / "tmp" / f"recsys-mtl-{0}"):
         folder.mkdir(parents=True)
         folder.chmod(0o777)
-    monkeypatch.setattr(row_sparse.os, "getuid", lambda: 0)
-    assert row_sparse._build() is None  # neither folder is private: nothing built or loaded
+    monkeypatch.setattr(row_kernel.os, "getuid", lambda: 0)
+    assert row_kernel._build() is None  # neither folder is private: nothing built or loaded
     assert not any((tmp_path / "cache" / "recsys-mtl").iterdir())
-    assert row_sparse._private(tmp_path) == (tmp_path.stat().st_uid == 0)
+    assert row_kernel._private(tmp_path) == (tmp_path.stat().st_uid == 0)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda w, m, v, rows, g: (w, m[:-1], v, rows, g),  # moments unlike the weights
+        lambda w, m, v, rows, g: (w, m, v, rows, g[:1]),  # fewer gradient rows than rows
+        lambda w, m, v, rows, g: (w, m, v, rows, torch.ones(2, 5)),  # wider than the table
+        lambda w, m, v, rows, g: (w, m, v, rows.view(2, 1), g),  # rows not a vector
+    ],
+)
+def test_arguments_that_do_not_match_are_refused_before_the_kernel_writes(kernel, change):
+    w, m, v = _tables(10, 4, 0)
+    before = [x.clone() for x in (w, m, v)]
+    args = change(w, m, v, torch.tensor([2, 5]), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="adam_rows"):
+        adam_rows(*args, 1, 0.1, BETAS, 1e-8)
+    assert all(torch.equal(x, y) for x, y in zip((w, m, v), before, strict=True))
+
+
+def test_a_step_counts_as_an_in_place_change_for_autograd(kernel):
+    w, m, v = _tables(10, 4, 0)
+    w.requires_grad_(True)
+    loss = (w * w).sum()  # saves w for its backward
+    with torch.no_grad():
+        assert adam_rows(w, m, v, torch.tensor([1]), torch.ones(1, 4), 1, 0.1, BETAS, 1e-8)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
