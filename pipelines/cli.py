@@ -15,6 +15,8 @@ MLflow run FAILED with the reason and exits 143.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import traceback
 
@@ -128,7 +130,10 @@ def _in_job(args: argparse.Namespace) -> int:
             code = _handle(args, job=True)
         return code
     finally:
-        # every exit (a result, a user's error, an exception, SIGTERM) leaves the job here
+        # every exit (a result, a user's error, an exception, SIGTERM) leaves the job here; a
+        # SIGTERM from now on must not cut the leaving short
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stopped = code in (130, 143)  # torchrun (or the user) stops every process
         distributed.teardown(clean=code == 0, release=args.command == "run" and not stopped)
 

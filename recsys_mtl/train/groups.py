@@ -171,20 +171,21 @@ def teardown(clean: bool = True, *, release: bool = True) -> None:
     agree = clean or (release and d.leader and _others_wait)
     try:
         if agree and d.world > 1 and dist.is_initialized():
-            if release and d.leader:
-                announce(None)
-            _agree()
+            _agree(release and d.leader)
     finally:
         _current = None
         _destroy(d, clean)
 
 
-def _agree() -> None:
-    """The barrier before the groups go: a process that ended well but whose partner failed
-    (its connection closed) leaves quietly, so that torchrun names the failed one."""
+def _agree(release: bool) -> None:
+    """The barrier before the groups go (``release``: rank 0 first tells the waiting processes
+    that nothing more comes): a process whose partner failed (its connection closed) leaves
+    quietly, so that torchrun names the failed one and this process's own error stays its."""
     import torch.distributed as dist  # deferred: only under torchrun
 
     try:
+        if release:
+            announce(None)
         dist.barrier()
     except RuntimeError as e:  # gloo: "Connection closed by peer", "Connection reset by peer"
         log.warning("another process of the job failed before the end (%s)", str(e)[:200])
