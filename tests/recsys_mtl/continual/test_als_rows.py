@@ -149,18 +149,11 @@ def test_the_full_retrains_closed_form_start_counts_as_rows_read() -> None:
     assert cost.rows_epochs == 2 * n * 3 + n * 2
 
 
-def test_the_item_solve_is_exact_given_the_users_solved_before_it() -> None:
-    """One forward serves both sides: the users' change must reach the items' targets and
-    features. With enough conjugate-gradient steps each touched item's rows satisfy the normal
-    equations of its ridge problem on the model as it ends (the solved users included)."""
-    cfg = small_config(["rating"])
-    plog = cut_periods(arriving_log(), cfg.stream)
-    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
-    new, past = plog.rows(4), plog.before(4)
-    reg = 3.0
-    make_strategy("als_rows", {"epochs": 0, "reg": reg, "cg_steps": 200}).update(
-        learner, new, past, seed=0
-    )
+def _item_stationarity(
+    learner: ContinualRanker, new: pl.DataFrame, past: pl.DataFrame, reg: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient of the touched items' ridge problems (their factor and bias rows, on the
+    model as it is) and its stationarity residual: zero where the rows solve them exactly."""
     model = learner.model
     seen = pl.concat([past, new])
     rows = seen.filter(pl.col("item_id").is_in(new["item_id"].unique().implode()))
@@ -179,7 +172,22 @@ def test_the_item_solve_is_exact_given_the_users_solved_before_it() -> None:
     x = torch.cat([model.emb.weight("item")[items, c], model.emb.weight("item_bias")[items, k, None]],
                   1).detach()  # fmt: skip
     penalty = torch.tensor([reg] * d + [float(learner.cfg.train.als_bias_reg)])
-    stationary = grad - penalty * x
+    return grad, grad - penalty * x
+
+
+def test_the_item_solve_is_exact_given_the_users_solved_before_it() -> None:
+    """One forward serves both sides: the users' change must reach the items' targets and
+    features. With enough conjugate-gradient steps each touched item's rows satisfy the normal
+    equations of its ridge problem on the model as it ends (the solved users included)."""
+    cfg = small_config(["rating"])
+    plog = cut_periods(arriving_log(), cfg.stream)
+    learner, _ = ContinualRanker.start(cfg, plog.rows(range(4)), seed=0)
+    new, past = plog.rows(4), plog.before(4)
+    reg = 3.0
+    make_strategy("als_rows", {"epochs": 0, "reg": reg, "cg_steps": 200}).update(
+        learner, new, past, seed=0
+    )
+    grad, stationary = _item_stationarity(learner, new, past, reg)
     assert float(stationary.abs().max()) < 1e-4 * max(1.0, float(grad.abs().max()))
 
 
@@ -261,20 +269,5 @@ def test_the_item_pass_solves_the_items_on_the_model_the_epochs_leave() -> None:
     settings = {"epochs": 1, "lr": 0.01, "reg": 3.0, "cg_steps": 200, "item_pass": True}
     cost = make_strategy("als_rows", settings).update(learner, new, past, seed=0)
     assert cost.epochs == 4  # user solve, item solve, one epoch, the item pass
-    model = learner.model
-    seen = pl.concat([past, new])
-    rows = seen.filter(pl.col("item_id").is_in(new["item_id"].unique().implode()))
-    batch = learner.book.batch(rows)
-    with torch.no_grad():
-        model.eval()
-        resid = torch.from_numpy(rows["rating"].to_numpy()).float() - model(batch)["rating"]
-        state = model.user_state(batch["user"])
-    d = model.cfg.dim
-    feats = torch.cat([(state["user"] + state["implicit"])[:, :d] * model.interaction_scale[0],
-                       torch.ones(len(resid), 1)], 1).detach()  # fmt: skip
-    items, local = torch.unique(batch["item"], return_inverse=True)
-    grad = torch.zeros(items.numel(), d + 1).index_add_(0, local, resid[:, None] * feats)
-    x = torch.cat([model.emb.weight("item")[items, :d], model.emb.weight("item_bias")[items, 0, None]],
-                  1).detach()  # fmt: skip
-    penalty = torch.tensor([3.0] * d + [float(learner.cfg.train.als_bias_reg)])
-    assert float((grad - penalty * x).abs().max()) < 1e-4 * max(1.0, float(grad.abs().max()))
+    grad, stationary = _item_stationarity(learner, new, past, 3.0)
+    assert float(stationary.abs().max()) < 1e-4 * max(1.0, float(grad.abs().max()))
