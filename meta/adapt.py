@@ -41,7 +41,6 @@ __all__ = [
     "ColdStartUsers",
     "adapt_users",
     "served_rank_state",
-    "served_user_state",
     "served_user_states",
     "support_rows",
 ]
@@ -165,22 +164,14 @@ def served_rank_state(
     return shrink_state(run.model, state, padded, cats, float(record["shrink"]))
 
 
-def served_user_state(
-    run: LoadedRun, padded: Padded, cats: torch.Tensor | None, record: dict | None = None
-) -> tuple[dict, str]:
-    """The served state of new users with support ``padded`` (users with none from the
-    demographic state where the run serves one at K = 0) and the method's name; ``record``:
-    the served record (default: the run's ``coldstart/served.json``). A split variant's is the
-    state it rates by (:func:`served_rank_state` gives the one it ranks by)."""
-    state, name = _served_state(run, padded, cats, record)
-    return _no_rating_users(run, padded, cats, state, record), name
-
-
 def served_user_states(
     run: LoadedRun, padded: Padded, cats: torch.Tensor | None, record: dict | None = None
 ) -> tuple[dict, dict | None, str]:
-    """:func:`served_user_state` and the state the users are ranked by where it is another
-    (a split variant's, :func:`served_rank_state`; else None), as ``adapt_users`` serves them."""
+    """The served state of new users with support ``padded`` (users with none from the
+    demographic state where the run serves one at K = 0), the state they are ranked by where
+    it is another (a split variant's, :func:`served_rank_state`; else None) and the method's
+    name, as ``adapt_users`` serves them; ``record``: the served record (default: the run's
+    ``coldstart/served.json``)."""
     state, name = _served_state(run, padded, cats, record)
     ranking = served_rank_state(run, padded, cats, state, record)
     if ranking is not None:
