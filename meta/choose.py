@@ -152,7 +152,7 @@ def choose_served(
     """The served method's record (``served.json``): chosen on the cold validation users only,
     with the K = 0 method (``demographic_ridge`` where the log has demographics, else the
     population state) and what serving it needs (``learner_dir``, ``shrink``, the fold-in's
-    settings)."""
+    settings, ``rank_task``: the task the users' full-catalog lists were ranked by)."""
     serving: dict[str, Any] = {n: lrn for n, lrn in learners.items() if serves(n, lrn, data)}
     variants = {f"{n}{suffix}{a:g}": (n, a) for n in serving
                 for suffix, alphas in ((SUFFIX, SHRINK), (SPLIT, SPLIT_SHRINK))
@@ -181,6 +181,7 @@ def choose_served(
             if SPLIT in name:
                 record["split"] = True
     record["shrinkage"] = data.cfg.shrinkage
+    record["rank_task"] = rank_task  # what ranked the users' lists: what serving ranks them by
     record["cold_valid_k0"] = {r["labels"]["learner"]: {m: r["metrics"].get(m) for m in K0_MEASURES}
                                for r in rows if r["labels"]["k"] == 0}  # fmt: skip
     return record

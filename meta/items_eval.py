@@ -39,6 +39,7 @@ from torch import nn
 from meta.data import ColdData
 from meta.floors import BiasFloor
 from meta.protocol import Padded, pad_rows, user_metrics
+from meta.rows import ITEM_NEGATIVES_SEED, draw_item_negatives
 from meta.select import per_user_metrics
 from meta.state import ridge_state, score_grid
 from recsys_mtl.models.item_state import (
@@ -116,16 +117,9 @@ class ItemProtocol:
     def negatives(self, sup: ItemSupport, per: int) -> ItemSupport:
         """``per`` training users per support rating drawn uniformly among those not in the
         item's support (seeded; some may rate it later, as in serving), at the support's
-        times."""
+        times (:func:`meta.rows.draw_item_negatives`, as serving draws them)."""
         train = torch.from_numpy(self.data.users("train"))
-        g = torch.Generator().manual_seed(self.data.cfg.seed + 30)
-        n, length = sup.mask.shape
-        width = length * per
-        draw = train[torch.randint(0, train.numel(), (n, width), generator=g)]
-        clash = (draw[:, :, None] == sup.users[:, None, :]) & sup.mask[:, None, :]
-        mask = sup.mask.repeat(1, per) & ~clash.any(-1)
-        return ItemSupport(draw, torch.zeros(n, width), sup.days.repeat(1, per),
-                           sup.time_bins.repeat(1, per), mask)  # fmt: skip
+        return draw_item_negatives(sup, train, per, self.data.cfg.seed + ITEM_NEGATIVES_SEED)
 
     def new_item(self) -> Stratum:
         q = self.item_rated.filter(pl.col("_r") >= self.max_k)

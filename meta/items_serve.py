@@ -5,8 +5,10 @@ genres, year`` or ``release_date``) the run does not know get rows from
 :func:`recsys_mtl.models.item_state.new_item_state` (the side-feature ridge fitted on the run's
 trained items, the rating bias calibrated on its training ratings) and, where the support file
 has ratings of them by users the run knows, the fold-in of their rows on those ratings (at the
-run's reference time). The ridge's precision and the fold-in's penalty are the run's choice on
-its cold validation items (``coldstart/items.json``) where it made one, else 10 and 10. The
+run's reference time). The ridge's precision, the fold-in's penalty and its negatives (sampled
+non-raters per support rating, drawn among the run's training users as the protocol draws
+them) are the run's choice on its cold validation items (``coldstart/items.json``) where it
+made one, else 10, 10 and none. The
 grown run scores them like any item, except that, where the run chose what ranks new items
 (:func:`rank_rules`) and no blend is given, the places the blend gives them in a list are
 filled by that rule (:func:`new_item_group`, :class:`recsys_mtl.runs.batch.GroupRule`); a known
@@ -28,6 +30,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from meta.rows import ITEM_NEGATIVES_SEED, draw_item_negatives
 from meta.select import read_served
 from recsys_mtl.errors import UserError
 from recsys_mtl.models.item_state import (
@@ -214,14 +217,28 @@ def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None,
             sup = _item_support(rows, target, run.reference)
             rest = support.filter(pl.Series(~take))
             seen = _with_pairs(run.seen, rows["uidx"].to_numpy(), rows["iidx"].to_numpy())
+    neg = _negatives(side, c, sup)
     state = new_item_state(grown, ridge, x, target, sup, steps=int(c["steps"]), lr=c["lr"],
-                           penalty=c["penalty"])  # fmt: skip
+                           penalty=c["penalty"], negatives=neg)  # fmt: skip
     set_item_rows(grown, target, state)
     grown.eval()
     new_ids = items.filter(pl.Series(unknown.numpy()))["item_id"]
     ids = pl.concat([run.item_ids, new_ids.cast(run.item_ids.dtype)])
     return (replace(run, model=grown, selected=grown, ctx=grown.ctx, item_ids=ids, seen=seen),
             rest, target)  # fmt: skip
+
+
+def _negatives(side: Any, choice: dict[str, Any], sup: ItemSupport | None
+               ) -> ItemSupport | None:  # fmt: skip
+    """The negatives of the new items' fit where the run chose them (``negatives`` per support
+    rating): drawn among its training users who did not rate the item in ``sup``, as the
+    protocol draws them (:func:`meta.rows.draw_item_negatives`, seed ``meta.seed`` + its
+    offset); None without the choice, support rows or training users."""
+    per = int(choice.get("negatives") or 0)
+    pool = side.train_users() if per and sup is not None else None
+    if pool is None or not pool.numel():
+        return None
+    return draw_item_negatives(sup, pool, per, int(choice.get("seed", 0)) + ITEM_NEGATIVES_SEED)
 
 
 def _take_csr(offsets: torch.Tensor, values: torch.Tensor, rows: torch.Tensor
@@ -239,7 +256,7 @@ def _item_support(rows: pl.DataFrame, target: torch.Tensor, ref: dict[str, int])
     n_new = int(target.numel())
     where = {int(t): j for j, t in enumerate(target.tolist())}
     r = rows.with_columns(pl.col("iidx").replace_strict(where, return_dtype=pl.Int64).alias("_i"))
-    r = r.sort("_i")
+    r = r.sort("_i", maintain_order=True)  # each item's rows in the support file's order
     r = r.with_columns(pl.int_range(pl.len()).over("_i").alias("_j"))
     width = int(r["_j"].max()) + 1
     i = torch.from_numpy(r["_i"].to_numpy().astype(np.int64))

@@ -16,8 +16,31 @@ import torch.nn.functional as F
 
 from meta.protocol import Padded
 from recsys_mtl.data.features import draw_unrated, pair_keys
+from recsys_mtl.models.item_state import ItemSupport
 
-__all__ = ["draw_negatives", "row_losses", "task_rows"]
+__all__ = ["ITEM_NEGATIVES_SEED", "draw_item_negatives", "draw_negatives", "row_losses",
+           "task_rows"]  # fmt: skip
+
+ITEM_NEGATIVES_SEED = 30  # new items' negatives are drawn with the seed meta.seed + this
+
+
+def draw_item_negatives(sup: ItemSupport, pool: torch.Tensor, per: int, seed: int
+                        ) -> ItemSupport:  # fmt: skip
+    """``per`` users of ``pool`` (user indices) per support rating of new items (``sup``,
+    padded ``(N, L)``), drawn uniformly (``torch`` generator seeded with ``seed``), masked out
+    where the drawn user is one of the item's raters in ``sup`` (some may rate it later), at
+    the support's times, ratings 0 (unused): the interaction loss's negatives of
+    :func:`recsys_mtl.models.item_state.new_item_state`. Slot ``j`` draws for rating ``j mod
+    L``. The protocol (:meth:`meta.items_eval.ItemProtocol.negatives`, among its training
+    users) and serving (:func:`meta.items_serve.grow_run`, among the same users) draw here."""
+    g = torch.Generator().manual_seed(int(seed))
+    n, length = sup.mask.shape
+    width = length * per
+    draw = pool[torch.randint(0, pool.numel(), (n, width), generator=g)]
+    clash = (draw[:, :, None] == sup.users[:, None, :]) & sup.mask[:, None, :]
+    mask = sup.mask.repeat(1, per) & ~clash.any(-1)
+    return ItemSupport(draw, torch.zeros(n, width), sup.days.repeat(1, per),
+                       sup.time_bins.repeat(1, per), mask)  # fmt: skip
 
 
 def draw_negatives(

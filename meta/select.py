@@ -26,12 +26,15 @@ import torch
 
 from meta.protocol import Padded, ranking_at
 from recsys_mtl.layout import RunLayout
+from recsys_mtl.train.evaluate import ranking_task
 
 __all__ = [
     "MEASURES",
     "RULE",
     "SERVING_FLOORS",
+    "cold_start_blend",
     "per_user_metrics",
+    "rank_task_of",
     "read_served",
     "select_served",
 ]
@@ -156,3 +159,19 @@ def learner_folder(root: str | Path, record: dict[str, Any]) -> Path | None:
 def demographic_folder(root: str | Path) -> Path:
     """The fitted demographic state of a run (or a bundle): ``meta_train/demographic_ridge``."""
     return Path(root) / "meta_train" / DEMOGRAPHIC
+
+
+def rank_task_of(root: str | Path, tasks: list[str]) -> str:
+    """The task the cold-start protocol ranked new users' full-catalog lists by, which serving
+    ranks them by: ``rank_task`` of the run's (or bundle's) served record, else the run's
+    ranking task (:func:`recsys_mtl.train.evaluate.ranking_task`, what the protocol uses)."""
+    record = read_served(root) or {}
+    task = record.get("rank_task")
+    return task if task in tasks else ranking_task(tasks)
+
+
+def cold_start_blend(root: str | Path, tasks: list[str]) -> dict[str, float]:
+    """The blend cold-start users (support rows, demographics) are ranked by when none is given:
+    weight 1 on :func:`rank_task_of`, 0 on the other tasks."""
+    task = rank_task_of(root, tasks)
+    return {t: float(t == task) for t in tasks}

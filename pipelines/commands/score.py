@@ -48,8 +48,9 @@ def add_parser(subparsers: Any) -> None:
     sc.add_argument("--support", help="ratings of new users (CSV/Parquet: user, item, rating)")
     sc.add_argument(
         "--blend",
-        help="task weights of the final score, e.g. rating=0.5,interaction=0.5; given, it also "
-        "ranks --items-meta items (default: the rule the run chose for them)",
+        help="task weights of the final score, e.g. rating=0.5,interaction=0.5, for every user; "
+        "given, it also ranks --items-meta items (default: equal weights for known users, the "
+        "task the cold-start protocol ranked by for new ones, the run's rule for new items)",
     )
     sc.add_argument("--chunk-users", type=int, default=256, help="users per block (memory)")
     sc.add_argument(
@@ -133,12 +134,19 @@ def score_command(
         n_new_items, group = int(new.numel()), new_item_group(run, new, blend)
     learners = _check_learner_dir(learner_dir) if learner_dir else None
     demo = read_users_meta(users_meta, udt) if users_meta else None
+    cold = weights
+    if not blend and (sup is not None or demo is not None):
+        # deferred: the served record's reader (meta), only when new users are scored
+        from meta.select import cold_start_blend
+
+        cold = cold_start_blend(run.run_dir, run.tasks)  # the rank task, as measured
     only = None
     if demo is not None:
         # deferred: the demographics-only scorer (torch), only for --users-meta
         from meta.serve import chain_without_ratings, without_ratings
 
         listed, only = without_ratings(run, listed, sup, demo)
+    rank_by = {"model": weights, "cold_start": cold}
     metadata = {
         "recsys_mtl.source": str(source),
         "recsys_mtl.run_id": str(info.get("run_id") or ""),
@@ -147,6 +155,7 @@ def score_command(
         "recsys_mtl.weights_digest": str(info.get("weights_digest") or ""),
         "recsys_mtl.top_k": str(top_k),
         "recsys_mtl.blend": json.dumps(weights),
+        "recsys_mtl.rank_by": json.dumps(rank_by),
         "recsys_mtl.reference": json.dumps(run.reference),
         **({"recsys_mtl.new_items_rank_by": json.dumps(group.rules)} if group else {}),
     }
@@ -155,9 +164,10 @@ def score_command(
         run, top_k, report, users=listed, support=sup, adapt=_adapter(learners, demo),
         blend=weights, chunk_users=chunk_users, tile_items=tile_items,
         progress=sys.stderr.isatty() if progress is None else progress, group=group,
+        cold_blend=cold,
     )  # fmt: skip
     if only is not None:
-        parts = chain_without_ratings(parts, run, only, top_k, weights, chunk_users, tile_items,
+        parts = chain_without_ratings(parts, run, only, top_k, cold, chunk_users, tile_items,
                                       report, group)  # fmt: skip
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
     with file_lock(out, this_command()), atomic_path(out) as tmp:
@@ -171,6 +181,7 @@ def score_command(
         "out": str(out),
         **report.as_dict(),
         "blend": weights,
+        "rank_by": rank_by,
         "seconds": round(time.perf_counter() - t0, 3),
         **(
             {"new_items": n_new_items, "new_items_rank_by": group.rules if group else "blend"}

@@ -6,6 +6,7 @@
 * :mod:`.bundle` — a run as a self-contained folder (what the MLflow model carries);
 * :mod:`.topk` — the one chunked top-K (blocks of users against all items, seen items masked);
 * :mod:`.scoring` — :class:`CatalogScorer`: task scores blended on one scale;
+* :mod:`.group` — items ranked among themselves by a rule of their own (new items);
 * :mod:`.batch` — batch jobs: :func:`recommend`, :func:`iter_recommend`, :func:`score_pairs`.
 
 ``from recsys_mtl.runs import load_run`` works as before; the names below are looked up in

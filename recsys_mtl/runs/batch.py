@@ -18,11 +18,10 @@ import polars as pl
 import torch
 
 from recsys_mtl.errors import UserError
-from recsys_mtl.models.embeddings import gather_jagged
+from recsys_mtl.runs.group import GroupRule, parse_rule
 from recsys_mtl.runs.scoring import (
     SERVED_BY,
     CatalogScorer,
-    Reorder,
     ScoredBlock,
     common_scale,
     empty_state,
@@ -67,74 +66,6 @@ class ScoringReport:
     def count(self, part: pl.DataFrame) -> pl.DataFrame:
         self.rows += part.height
         return part
-
-
-def parse_rule(rule: str, tasks: list[str]) -> list[tuple[float, str]]:
-    """``"rating+0.5interaction"`` as ``[(1.0, "rating"), (0.5, "interaction")]``: a sum of
-    tasks' raw outputs (the predicted rating, a binary task's logit), each with an optional
-    weight; an unknown task or a bad term is a :class:`UserError`."""
-    terms = []
-    for part in rule.split("+"):
-        part = part.strip()
-        task = next((t for t in sorted(tasks, key=len, reverse=True) if part.endswith(t)), None)
-        weight = part[: len(part) - len(task)] if task else ""
-        try:
-            terms.append((float(weight) if weight else 1.0, task))
-        except ValueError:
-            task = None
-        if task is None:
-            raise UserError(f"ranking rule {rule!r}: {part!r} is not [WEIGHT]TASK of the tasks "
-                            f"{', '.join(tasks)}")  # fmt: skip
-    return terms
-
-
-@dataclass
-class GroupRule:
-    """A group of the catalog's items (e.g. items served from their side features) ranked
-    among themselves by a rule of their own, per kind of user (``served_by``: ``model``,
-    ``cold_start``; a kind without a rule keeps the blend).
-
-    The blend still decides which places of a user's top-K the group's items take (the
-    group's best blended scores, the places they would have anyway); the rule decides which
-    of the group's items fill them, best first: the user's list restricted to the group is
-    the group's top by the rule, the user's excluded items left out.
-    """
-
-    items: torch.Tensor  # (N,) item indices of the group
-    rules: dict[str, str]  # served_by -> rule (:func:`parse_rule`)
-
-    def reorder(self, scorer: CatalogScorer, served_by: str,
-                exclude: tuple[torch.Tensor, torch.Tensor] | None) -> Reorder | None:  # fmt: skip
-        """The :func:`recsys_mtl.runs.scoring.score_states` hook for users ``served_by``."""
-        rule = self.rules.get(served_by)
-        if rule is None or not self.items.numel():
-            return None
-        terms = parse_rule(rule, scorer.tasks)
-        dev = scorer.device
-        group = self.items.to(dev)
-        where = torch.full((scorer.n_items,), -1, dtype=torch.long, device=dev)
-        where[group] = torch.arange(group.numel(), device=dev)
-
-        def reorder(users: torch.Tensor, state: dict, items: torch.Tensor,
-                    valid: torch.Tensor) -> torch.Tensor:  # fmt: skip
-            c = items.shape[0]
-            in_group = (where[items] >= 0) & valid
-            if not bool(in_group.any()):
-                return items
-            raw = scorer.raw_pairs(state, group[None, :].expand(c, -1))
-            value = sum(w * raw[t] for w, t in terms)
-            if exclude is not None:
-                seen, lengths = gather_jagged(exclude[0].to(dev), exclude[1].to(dev), users)
-                rows = torch.repeat_interleave(torch.arange(c, device=dev), lengths)
-                at = where[seen]
-                value[rows[at >= 0], at[at >= 0]] = float("-inf")
-            m = int(in_group.sum(1).max())
-            best = torch.topk(value, m, dim=1).indices  # (c, m) positions in the group
-            rank = (torch.cumsum(in_group.long(), 1) - 1).clamp(min=0)
-            fill = group[best.gather(1, rank.clamp(max=m - 1))]
-            return torch.where(in_group, fill, items)
-
-        return reorder
 
 
 def output_schema(tasks: list[str], user_dtype: Any, item_dtype: Any) -> dict[str, Any]:
@@ -182,13 +113,14 @@ def recommend(
     on_scores: Callable[[torch.Tensor], None] | None = None,
     tile_items: int | str | None = "auto",
     group: GroupRule | None = None,
+    cold_blend: str | dict[str, float] | None = None,
 ) -> tuple[pl.DataFrame, ScoringReport]:
     """Top-``k`` recommendations of a loaded run as one frame, and the report: the blocks of
     :func:`iter_recommend` (same arguments) concatenated."""
     report = ScoringReport()
     parts = list(
         iter_recommend(run, k, report, users, support, adapt, blend, chunk_users, progress,
-                       on_scores, tile_items, group)
+                       on_scores, tile_items, group, cold_blend)
     )  # fmt: skip
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
     frame = pl.concat(parts, rechunk=True) if parts else pl.DataFrame(schema=schema)
@@ -208,6 +140,7 @@ def iter_recommend(
     on_scores: Callable[[torch.Tensor], None] | None = None,
     tile_items: int | str | None = "auto",
     group: GroupRule | None = None,
+    cold_blend: str | dict[str, float] | None = None,
 ) -> Iterator[pl.DataFrame]:
     """Top-``k`` recommendations of a loaded run (:class:`recsys_mtl.runs.load.LoadedRun`), one
     frame per block of users, so that a writer can stream them (memory flat in the number of
@@ -225,7 +158,9 @@ def iter_recommend(
     (:func:`recsys_mtl.runs.topk.iter_topk_tiled`: memory ``chunk_users x tile_items``); ``None``
     or 0 scores whole blocks (memory ``chunk_users x n_items`` per task); ``"auto"`` (the
     default) tiles catalogs of 16,384 items or more by 2,048. ``group``: items ranked among
-    themselves by a rule of their own (:class:`GroupRule`).
+    themselves by a rule of their own (:class:`GroupRule`). ``cold_blend``: the weights the
+    cold-start users are ranked by (e.g. ``{"interaction": 1.0}``, the task the cold-start
+    protocol ranks by; their ``score`` column is then that blend's), default ``blend``.
     """
     if k < 1:
         raise UserError(f"--top-k must be >= 1, got {k}")
@@ -233,6 +168,11 @@ def iter_recommend(
     weights = parse_blend(blend, tasks)
     scorer = CatalogScorer(
         model, tasks, weights, run.reference, run.ctx.rating_scale, on_scores=on_scores,
+        tile_items=tile_items,
+    )  # fmt: skip
+    cold = parse_blend(cold_blend, tasks) if cold_blend is not None else weights
+    cold_scorer = scorer if cold == weights else CatalogScorer(
+        model, tasks, cold, run.reference, run.ctx.rating_scale, on_scores=on_scores,
         tile_items=tile_items,
     )  # fmt: skip
     dev = scorer.device
@@ -291,9 +231,9 @@ def iter_recommend(
             exclude = items_csr(sup["pos"].to_numpy(), s_items, cold_ids.len())
             rank_of, values_of = two_states(adapted, dev)
             for b in score_states(
-                scorer, rank_of, cold_ids.len(), k_eff, exclude, chunk_users,
+                cold_scorer, rank_of, cold_ids.len(), k_eff, exclude, chunk_users,
                 progress, "scoring cold-start users",
-                group and group.reorder(scorer, "cold_start", exclude), values_of,
+                group and group.reorder(cold_scorer, "cold_start", exclude), values_of,
             ):  # fmt: skip
                 yield report.count(output_frame(schema, cold_ids, run.item_ids, b, "cold_start"))
             report.served_by["cold_start"] = cold_ids.len()

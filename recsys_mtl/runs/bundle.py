@@ -11,7 +11,8 @@
 * what serving new items reads (``score --items-meta``): ``features/spec.json`` (the genres and
   year encoding), ``coldstart/item_side.json`` (the item-state choice of the run's cold
   validation, the ridge's shapes) and ``coldstart/item_side.pt`` (the side-feature ridge fitted
-  on the run's trained items, and which items those are: a few small tensors).
+  on the run's trained items, which items those are and, for a cold-start run, its training
+  users, among whom new items' negatives are drawn: a few small tensors).
 
 :func:`item_side_reader` reads the last from a run folder (the ridge fitted on its training
 ratings) or a bundle (the ridge as fitted at export) through one interface.
@@ -59,7 +60,10 @@ BUNDLE_FORMAT = 2  # 1: bundles without what new items need (before coldstart/it
 ITEMS_CHOICE = "items.json"  # coldstart/: the run's cold-validation choice for new items
 ITEM_SIDE = "item_side.pt"  # coldstart/ of a bundle: the fitted ridge and the trained items
 ITEM_SIDE_INFO = "item_side.json"  # coldstart/ of a bundle: the choice, the ridge's shapes
-ITEM_DEFAULTS = {"precision": 10.0, "penalty": 10.0, "steps": 50, "lr": 0.05}
+# the item-state settings where a run made no choice; negatives: sampled non-raters per support
+# rating (drawn among the training users with the seed meta.seed + an offset: meta.rows)
+ITEM_DEFAULTS = {"precision": 10.0, "penalty": 10.0, "steps": 50, "lr": 0.05, "negatives": 0,
+                 "seed": 0}  # fmt: skip
 
 
 def run_info(run_dir: str | Path) -> dict[str, Any]:
@@ -176,7 +180,8 @@ class ItemSideReader(Protocol):
         """The features spec (the genres and year encoding)."""
 
     def choice(self) -> dict[str, Any]:
-        """The item-state settings: ``precision``, ``penalty``, ``steps``, ``lr``."""
+        """The item-state settings: ``precision``, ``penalty``, ``steps``, ``lr``,
+        ``negatives`` (per support rating; 0: none) and ``seed`` (the run's ``meta.seed``)."""
 
     def trained(self) -> torch.Tensor:
         """Indices of the items the ranker trained on (sorted)."""
@@ -184,11 +189,16 @@ class ItemSideReader(Protocol):
     def ridge(self) -> ItemSideRidge:
         """The side-feature ridge fitted on those items at the chosen precision."""
 
+    def train_users(self) -> torch.Tensor | None:
+        """The cold-start run's training users (indices, in the order of its user roles), among
+        whom new items' negatives are drawn; None for a run without user roles."""
+
 
 class RunItemSide:
     """What serving new items reads from a run folder: its features spec, the choice of
     ``coldstart/items.json`` (where the run held items out, else :data:`ITEM_DEFAULTS`) and the
-    training ratings of ``split/train.parquet``, on which the side-feature ridge is fitted."""
+    training ratings of ``split/train.parquet``, on which the side-feature ridge is fitted (and
+    the training users of ``split/users.parquet``, the cold-start split's user roles)."""
 
     def __init__(self, run_dir: str | Path, model: nn.Module) -> None:
         self.root, self.model = Path(run_dir), model
@@ -207,7 +217,21 @@ class RunItemSide:
         path = RunLayout(self.root).stage(RunLayout.COLDSTART) / ITEMS_CHOICE
         doc = json.loads(path.read_text()) if path.is_file() else {}
         chosen = doc.get("choice", {}) if doc.get("enabled") else {}
-        return {**ITEM_DEFAULTS, **{k: v for k, v in chosen.items() if k in ITEM_DEFAULTS}}
+        out = {**ITEM_DEFAULTS, **{k: v for k, v in chosen.items() if k in ITEM_DEFAULTS}}
+        config = RunLayout(self.root).config
+        if "seed" not in chosen and config.is_file():  # the draws' seed: the run's meta.seed
+            out["seed"] = int((json.loads(config.read_text()).get("meta") or {}).get("seed", 0))
+        return out
+
+    def train_users(self) -> torch.Tensor | None:
+        path = RunLayout(self.root).split / "users.parquet"
+        if not path.is_file():
+            return None
+        roles = pl.read_parquet(path)
+        if "role" not in roles.columns:
+            return None
+        train = roles.filter(pl.col("role") == "train")["uidx"].to_numpy()
+        return torch.from_numpy(train.astype(np.int64))
 
     @functools.cached_property
     def _ratings(self) -> dict[str, torch.Tensor] | None:
@@ -269,7 +293,10 @@ class BundleItemSide:
         return json.loads((self.root / RunLayout.FEATURES / RunLayout.SPEC).read_text())
 
     def choice(self) -> dict[str, Any]:
-        return dict(self._info["choice"])
+        return {**ITEM_DEFAULTS, **self._info["choice"]}
+
+    def train_users(self) -> torch.Tensor | None:
+        return self._tensors.get("train_users")
 
     def trained(self) -> torch.Tensor:
         return self._tensors["trained"].nonzero().squeeze(1)
@@ -300,6 +327,9 @@ def _write_item_side(run_dir: Path, model: nn.Module, out: Path) -> None:
     trained[src.trained()] = True
     tensors = {"trained": trained, "mean_x": ridge.mean_x, "mean_y": ridge.mean_y,
                "weights": ridge.weights}  # fmt: skip
+    train_users = src.train_users()
+    if train_users is not None:
+        tensors["train_users"] = train_users
     if ridge.calibration is not None:
         tensors["calibration"] = ridge.calibration
     (out / RunLayout.COLDSTART).mkdir(exist_ok=True)

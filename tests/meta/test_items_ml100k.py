@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -153,7 +154,9 @@ def test_score_ranks_a_held_out_item_end_to_end(run_dir, tmp_path):
     lists = got.group_by("user_id").agg("item_id")
     good = lists.filter(pl.col("item_id").list.contains(ids["good"])).height
     bad = lists.filter(pl.col("item_id").list.contains(ids["bad"])).height
-    assert good >= 20 and good > 5 * max(bad, 1)  # the well-rated one is recommended widely
+    # the well-rated one is recommended widely, the other hardly (how widely depends on the
+    # run's choice of negatives: its fit on sampled non-raters lowers its interaction logit)
+    assert good > 5 * max(bad, 1)
     # a rater of it never gets it back (their support rating masks it)
     mine = got.filter(pl.col("user_id").is_in(raters) & (pl.col("item_id") == ids["good"]))
     assert mine.height == 0
@@ -248,7 +251,9 @@ def test_score_ranks_new_items_by_the_rule_chosen_per_state(cli, run_dir, tmp_pa
     sup = read_support(sup_path, base.ctx.rating_scale, base.user_ids.dtype, base.item_ids.dtype)
     run, rest, new = grow_run(base, read_items_meta(meta_path, base.item_ids.dtype), sup)
     new_ids = run.item_ids.gather(new.numpy())
-    pairs = got.join(blend, on=["user_id", "rank"], suffix="_blend")
+    # known users: ranked by the blend either way (new users: by the rank task without it)
+    known = pl.col("served_by") == "model"
+    pairs = got.filter(known).join(blend.filter(known), on=["user_id", "rank"], suffix="_blend")
     is_new = pairs["item_id"].is_in(new_ids.implode())
     assert is_new.to_list() == pairs["item_id_blend"].is_in(new_ids.implode()).to_list()
     old = pairs.filter(~is_new)
@@ -325,4 +330,133 @@ def test_a_run_without_the_choice_ranks_new_items_by_the_blend(cli, run_dir, tmp
     assert report["new_items_rank_by"] == "blend"
     want, _ = _score(cli, run_dir, tmp_path / "blend.parquet", *files,
                      "--blend", "rating=1,interaction=1,like=1")  # fmt: skip
-    assert got.equals(want)
+    known, new = pl.col("served_by") == "model", pl.col("served_by") == "cold_start"
+    assert got.filter(known).equals(want.filter(known))
+    # new users: ranked by the task the protocol ranked by, as that blend given ranks them
+    task, _ = _score(cli, run_dir, tmp_path / "task.parquet", *files, "--blend", "interaction=1")
+    assert got.filter(new).height == 60 and got.filter(new).equals(task.filter(new))
+
+
+def test_new_items_scored_in_tiles_give_the_lists_of_one_tile(cli, run_dir, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    import functools
+
+    import meta.items_serve as serve
+    from recsys_mtl.runs.group import GroupRule
+    from recsys_mtl.runs.scoring import CatalogScorer
+
+    meta_path, sup_path, _ = _rank_files(run_dir, tmp_path)
+    files = ("--items-meta", meta_path, "--support", sup_path)
+    widths: list[int] = []
+    pairs = CatalogScorer.raw_pairs
+
+    def spy(self, state, items):
+        widths.append(items.shape[1])
+        return pairs(self, state, items)
+
+    monkeypatch.setattr(CatalogScorer, "raw_pairs", spy)
+    frames, n_new = {}, None
+    for tile in (0, 16):
+        monkeypatch.setattr(serve, "GroupRule", functools.partial(GroupRule, tile=tile))
+        widths.clear()
+        frames[tile], report = _score(cli, run_dir, tmp_path / f"tile{tile}.parquet", *files)
+        n_new = report["new_items"]
+        assert (n_new in widths) == (tile == 0), (tile, max(widths))  # one tile, or tiles
+    assert n_new > 4 * 16 and max(widths) >= 16
+    new_ids = pl.read_csv(meta_path)["item_id"].cast(frames[0]["item_id"].dtype)
+    assert frames[0]["item_id"].is_in(new_ids.implode()).sum() > 100
+    assert frames[16].equals(frames[0])
+
+
+def _protocol_items(run_dir: Path, tmp_path: Path, k: int = 10) -> tuple[Any, Path, Path]:
+    """The protocol's test items (:class:`meta.items_eval.ItemProtocol`) and, as files, their
+    side features (by index) and their first ``k`` ratings by training users, in the order the
+    protocol pads them."""
+    from meta.data import load_cold_data
+    from meta.items import read_item_roles
+    from meta.items_eval import ItemProtocol
+    from recsys_mtl.config import MetaConfig
+
+    cfg = MetaConfig.model_validate(json.loads((run_dir / "config.resolved.json").read_text())
+                                    ["meta"])  # fmt: skip
+    data = load_cold_data(run_dir / "features", run_dir / "split", cfg)
+    proto = ItemProtocol(data, read_item_roles(run_dir / "split"), "test", max(cfg.item_ks))
+    feats = pl.read_parquet(run_dir / "features" / "item_features.parquet")
+    names = json.loads((run_dir / "features" / "spec.json").read_text())["features"]["genres"]
+    order = pl.DataFrame({"iidx": proto.items.astype(np.int64)})
+    order.join(feats, on="iidx", how="left", maintain_order="left").select(
+        "item_id",
+        pl.col("genres").list.eval(pl.element().replace_strict(
+            list(range(len(names["values"]))), names["values"])).list.join("|").alias("genres"),
+        "year",
+    ).write_csv(tmp_path / "items.csv")  # fmt: skip
+    uid = pl.read_parquet(run_dir / "features" / "user_features.parquet").select("uidx", "user_id")
+    rows = proto.item_rated.filter(pl.col("_r") < k)
+    rows = rows.join(uid, on="uidx", how="left", maintain_order="left").join(
+        feats.select("iidx", "item_id"), on="iidx", how="left", maintain_order="left")  # fmt: skip
+    rows.select(user="user_id", item="item_id", rating="rating").write_csv(tmp_path / "sup.csv")
+    return proto, tmp_path / "items.csv", tmp_path / "sup.csv"
+
+
+def test_new_items_states_use_the_chosen_negatives_as_the_protocol_draws_them(run_dir, tmp_path):
+    import shutil
+
+    from meta.items_serve import grow_run, read_items_meta
+    from pipelines.commands.score import read_support
+    from recsys_mtl.models.item_state import (
+        ItemSupport,
+        item_tables,
+        known_features,
+        new_item_state,
+    )
+    from recsys_mtl.runs.bundle import export_bundle, item_side_reader, load_bundle
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    proto, meta_path, sup_path = _protocol_items(copy, tmp_path)
+    base = load_run(copy)
+    sup = read_support(sup_path, base.ctx.rating_scale, base.user_ids.dtype, base.item_ids.dtype)
+    new = read_items_meta(meta_path, base.item_ids.dtype)
+    items = torch.from_numpy(proto.items.astype(np.int64))
+    doc_path = copy / "coldstart" / "items.json"
+    doc = json.loads(doc_path.read_text())
+
+    def served(per: int, run: Any = None) -> dict[str, torch.Tensor]:
+        doc["choice"]["negatives"] = per
+        doc_path.write_text(json.dumps(doc))
+        grown, _, target = grow_run(run or base, new, sup)
+        assert torch.equal(target, items)
+        out = {}
+        for name, t in item_tables(grown.model).items():
+            idx = (items[:, None] * t.per_item + torch.arange(t.per_item)).reshape(-1)
+            out[name] = t.weight.detach()[idx].reshape(items.numel(), t.per_item, -1)
+        return out
+
+    # the protocol's fit: its support (at the reference time, as serving places ratings), its
+    # negatives (drawn by ItemProtocol.negatives), the same ridge, prior and settings
+    p = proto.item_support(10)
+    ref = base.reference
+    p = ItemSupport(p.users, p.ratings, torch.full_like(p.days, ref["day"]),
+                    torch.full_like(p.time_bins, ref["time_bin"]), p.mask)  # fmt: skip
+    side = item_side_reader(copy, base.model)
+    c = side.choice()
+    assert c["seed"] == proto.data.cfg.seed
+
+    def protocol(neg: Any) -> dict[str, torch.Tensor]:
+        return new_item_state(base.model, side.ridge(), known_features(base.model, items), items,
+                              p, steps=int(c["steps"]), lr=c["lr"], penalty=c["penalty"],
+                              negatives=neg)  # fmt: skip
+
+    with_neg, want = served(1), protocol(proto.negatives(p, 1))
+    without, plain = served(0), protocol(None)
+    assert want.keys() == with_neg.keys() == without.keys()
+    for name in want:
+        torch.testing.assert_close(with_neg[name], want[name].reshape(with_neg[name].shape))
+        torch.testing.assert_close(without[name], plain[name].reshape(without[name].shape))
+    assert any(not torch.allclose(with_neg[n], without[n]) for n in want)  # negatives count
+    # a model of the run (its bundle) draws them among the same users with the same seed
+    doc["choice"]["negatives"] = 1
+    doc_path.write_text(json.dumps(doc))
+    bundle = load_bundle(export_bundle(copy, tmp_path / "bundle"))
+    for name, rows in served(1, bundle).items():
+        torch.testing.assert_close(rows, with_neg[name])

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -82,6 +83,68 @@ def test_score_with_support_serves_the_chosen_method_by_default(ml100k_run, tmp_
         assert mine["item_id"].to_list() == got["item_id"].to_list()
 
 
+def _catalog_scores(run, state: dict, task: str) -> torch.Tensor:
+    """``(U, n_items)`` raw outputs of ``task`` of each user of ``state`` at the reference time."""
+    n, ref = run.ctx.n_items, run.reference
+    rows = []
+    for j in range(next(iter(state.values())).shape[0]):
+        one = {name: v[[j]].expand(n, *v.shape[1:]) for name, v in state.items()}
+        batch = {"item": torch.arange(n), "day": torch.full((n,), ref["day"]),
+                 "time_bin": torch.full((n,), ref["time_bin"])}  # fmt: skip
+        with torch.no_grad():
+            rows.append(run.model.score(one, batch)[task])
+    return torch.stack(rows)
+
+
+def test_new_users_are_ranked_by_the_task_the_protocol_ranked_by(ml100k_run, tmp_path):
+    record = json.loads((ml100k_run / "coldstart" / "served.json").read_text())
+    assert record["rank_task"] == "interaction"  # what evaluate_coldstart ranked the lists by
+    support = tmp_path / "support.csv"
+    rated = _held_out_support(ml100k_run)
+    rated.write_csv(support)
+    run = load_run(ml100k_run)
+    known = run.user_ids.head(4).to_list()
+    users = tmp_path / "users.txt"
+    users.write_text("\n".join(str(u) for u in [*known, *rated["user"].unique()]) + "\n")
+    out = tmp_path / "out.parquet"
+    report = score_command(str(ml100k_run), 10, str(out), users=str(users), support=str(support))
+    even = {t: 1 / 3 for t in run.tasks}
+    cold = {"rating": 0.0, "interaction": 1.0, "like": 0.0}
+    assert report["rank_by"] == {"model": even, "cold_start": cold}
+    meta = pq.read_schema(out).metadata
+    assert json.loads(meta[b"recsys_mtl.rank_by"]) == report["rank_by"]
+    got = pl.read_parquet(out)
+    # a new user's list: the order of the interaction task's scores of the ranking state
+    frame = rated.rename({"user": "user_id", "item": "item_id"})
+    served = adapt_users(run, frame)
+    ranking = served.rank_state or served.state
+    logits = _catalog_scores(run, ranking, "interaction")
+    for j, user in enumerate(served.user_ids):
+        mine = got.filter(pl.col("user_id") == user).sort("rank")
+        assert set(mine["served_by"]) == {"cold_start"} and mine.height == 10
+        value = logits[j].clone()
+        value[run.item_index(frame.filter(pl.col("user_id") == user)["item_id"])[0]] = -torch.inf
+        listed = value[run.item_index(mine["item_id"])[0]]
+        torch.testing.assert_close(listed, torch.topk(value, 10).values)
+        score = torch.tensor(mine["score"].to_numpy(), dtype=torch.float64)
+        torch.testing.assert_close(score, torch.sigmoid(listed).double(), atol=1e-5, rtol=0)
+    # known users: the default blend, the rows of a run scored without --support
+    alone = tmp_path / "known.txt"
+    alone.write_text("\n".join(str(u) for u in known) + "\n")
+    plain = tmp_path / "plain.parquet"
+    score_command(str(ml100k_run), 10, str(plain), users=str(alone))
+    assert got.filter(pl.col("served_by") == "model").equals(pl.read_parquet(plain))
+    # --blend ranks everybody: the new users by it too
+    both = tmp_path / "blend.parquet"
+    given = score_command(str(ml100k_run), 10, str(both), users=str(users), support=str(support),
+                          blend="rating=1,interaction=1,like=1")  # fmt: skip
+    assert given["rank_by"] == {"model": even, "cold_start": even}
+    blended = pl.read_parquet(both)
+    assert blended.filter(pl.col("served_by") == "model").equals(pl.read_parquet(plain))
+    new = pl.col("served_by") == "cold_start"
+    assert not blended.filter(new)["item_id"].equals(got.filter(new)["item_id"])
+
+
 def test_users_without_ratings_are_served_from_their_demographics(ml100k_run, tmp_path):
     record = json.loads((ml100k_run / "coldstart" / "served.json").read_text())
     assert record["k0"] == "demographic_ridge"
@@ -117,6 +180,12 @@ def test_users_without_ratings_are_served_from_their_demographics(ml100k_run, tm
     assert adapted.rows_used == 0 and adapted.user_ids == [200_001, 200_002, 200_003]
     assert not torch.allclose(adapted.state["user"][0], adapted.state["user"][1])
     torch.testing.assert_close(adapted.state["user"][0], adapted.state["user"][2])
+    # ranked by the task the protocol ranked by (at K = 0 too), not by the blend
+    assert report["rank_by"]["cold_start"] == {"rating": 0.0, "interaction": 1.0, "like": 0.0}
+    logits = _catalog_scores(run, adapted.rank_state or adapted.state, "interaction")
+    for j, user in enumerate(adapted.user_ids):
+        listed = logits[j][run.item_index(pl.Series(lists[user]))[0]]
+        torch.testing.assert_close(listed, torch.topk(logits[j], 10).values)
 
 
 def test_k0_is_measured_with_its_floors(ml100k_run):

@@ -216,6 +216,77 @@ def test_cold_start_users_are_scored_from_the_adapters_state_without_their_suppo
     assert_close(torch.tensor(a["score_rating"].to_numpy()), want, atol=1e-4, rtol=0)
 
 
+def _new_users(run) -> pl.DataFrame:
+    items = run.item_ids.to_list()
+    return pl.DataFrame({"user": ["new-a", "new-a", "new-b", "new-c", "new-c"],
+                         "item": [str(items[0]), str(items[5]), str(items[2]), str(items[7]),
+                                  str(items[9])],
+                         "rating": [5.0, 2.0, 1.0, 4.0, 4.0]})  # fmt: skip
+
+
+def _adapt(r, frame):
+    from meta.adapt import adapt_users
+
+    return adapt_users(r, frame)
+
+
+def test_cold_start_users_are_ranked_by_their_own_blend_and_known_users_are_not(run):
+    support = _new_users(run)
+    plain, _ = recommend(run, 6, support=support, adapt=_adapt)
+    mine, _ = recommend(run, 6, support=support, adapt=_adapt, cold_blend={"interaction": 1.0})
+    known = pl.col("served_by") == "model"
+    assert_frame_equal(mine.filter(known), plain.filter(known))  # the blend, unchanged
+    cold = mine.filter(pl.col("served_by") == "cold_start").sort("user_id", "rank")
+    assert cold["user_id"].unique().sort().to_list() == ["new-a", "new-b", "new-c"]
+    adapted = _adapt(run, support.rename({"user": "user_id", "item": "item_id"}))
+    ref, n = run.reference, run.ctx.n_items
+    for j, user in enumerate(adapted.user_ids):
+        state = {name: v[[j]].expand(n, *v.shape[1:]) for name, v in adapted.state.items()}
+        batch = {"item": torch.arange(n), "time_bin": torch.full((n,), ref["time_bin"]),
+                 "day": torch.full((n,), ref["day"])}  # fmt: skip
+        with torch.no_grad():
+            logit = run.model.score(state, batch)["interaction"]
+        logit[run.item_index(support.filter(pl.col("user") == user)["item"])[0]] = float("-inf")
+        got = cold.filter(pl.col("user_id") == user)
+        want = torch.topk(logit, got.height).values
+        listed = logit[run.item_index(got["item_id"])[0]]
+        assert_close(listed, want, atol=1e-5, rtol=0)  # the interaction task's order
+        assert_close(torch.tensor(got["score"].to_numpy()), torch.sigmoid(want), atol=1e-5,
+                     rtol=0)  # fmt: skip
+    assert not cold.equals(
+        plain.filter(pl.col("served_by") == "cold_start").sort("user_id", "rank")
+    )
+
+
+def test_a_group_rule_in_tiles_gives_the_lists_and_scores_of_one_tile(run, monkeypatch):
+    from recsys_mtl.runs.group import GroupRule
+
+    group = torch.arange(3, run.ctx.n_items, 2)  # 29 of the 60 items
+    rules = {"model": "rating+0.5interaction", "cold_start": "interaction"}
+    widths: list[int] = []
+    pairs = CatalogScorer.raw_pairs
+
+    def spy(self, state, items):
+        widths.append(items.shape[1])
+        return pairs(self, state, items)
+
+    monkeypatch.setattr(CatalogScorer, "raw_pairs", spy)
+    frames = {}
+    for tile in (0, 5, 64):
+        widths.clear()
+        frames[tile], report = recommend(run, 3, support=_new_users(run), adapt=_adapt,
+                                         group=GroupRule(group, rules, tile=tile), chunk_users=16,
+                                         cold_blend={"interaction": 1.0})  # fmt: skip
+        assert report.served_by["cold_start"] == 3
+        if tile == 5:  # tiles of 5 group items (and the top-3's own pairs): never all 29
+            assert max(widths) == 5 and 29 not in widths
+        else:  # one tile
+            assert 29 in widths
+    assert frames[0]["item_id"].is_in(run.item_ids.gather(group.numpy()).implode()).any()
+    assert_frame_equal(frames[5], frames[0])
+    assert_frame_equal(frames[64], frames[0])
+
+
 def test_pairs_are_scored_like_the_model_and_unknown_items_get_null(run):
     users = pl.Series([run.user_ids[0], run.user_ids[3], "stranger"])
     items = pl.Series([run.item_ids[5], run.item_ids[7], run.item_ids[5]])
