@@ -10,7 +10,7 @@ PIP_ARGS ?=
 STAMP := $(VENV)/.installed-$(DEVICE)
 OUT ?= runs/quickstart
 
-.PHONY: setup demo test lint format bench docs clean
+.PHONY: setup demo test lint format bench reference docs clean
 
 setup: $(STAMP)
 
@@ -49,7 +49,19 @@ bench: setup
 clean:
 	rm -rf $(VENV) runs site .pytest_cache .ruff_cache
 
-docs: setup
+# The generated reference pages (a test fails when one is out of date); written through a
+# temporary file so that a failing generator leaves the page as it was.
+REFERENCES := recsys_mtl.config.reference:configuration pipelines.reference:components \
+	pipelines.cli_reference:cli
+
+reference: setup
+	@echo "==> [reference] docs/reference/{configuration,components,cli}.md from the config schema, the components' settings and the CLI parsers"
+	@set -e; for ref in $(REFERENCES); do \
+		page=docs/reference/$${ref#*:}.md; \
+		$(BIN)/python -m $${ref%%:*} > $$page.tmp && mv $$page.tmp $$page; \
+	done
+
+docs: reference
 	@echo "==> [docs] python benchmarks/report.py (results pages) + mkdocs build --strict -> site/"
 	@$(BIN)/python benchmarks/report.py
 	@$(BIN)/mkdocs build --strict --site-dir site

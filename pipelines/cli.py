@@ -44,8 +44,10 @@ examples:
   recsys-mtl data ingest ratings.csv --out checked/ --separator ";" --user-col customer
   recsys-mtl list                                          # rankers, weightings, tasks, splits
 
-exit codes: 0 ok; 2 bad input or config (one line naming the file, line or key); 1 the machine's
-state (a full disk, a read-only folder: one line naming the path) or anything else"""
+exit codes: 0 ok; 2 bad input or bad config, with one line naming the file, line or key and what
+is wrong (no traceback); 1 the machine's state (a full disk, a read-only folder, a tracking server
+or download that does not answer), also one line naming the path or address; 1 with a traceback
+only for a bug."""
 
 
 class _TopHelp(Help, argparse.RawDescriptionHelpFormatter):

@@ -1,5 +1,8 @@
 """Real servers for tests: a free loopback port, a process group that is always reaped, and a
-real ``mlflow server`` on 127.0.0.1 with its own SQLite store and artifacts."""
+real ``mlflow server`` on 127.0.0.1 with its own SQLite store and artifacts.
+
+A server is a throw-away: at the end it is killed, not stopped gracefully (a graceful stop
+waits for the test process's keep-alive connections to close, seconds for nothing)."""
 
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ def wait_until_up(url: str, proc: subprocess.Popen, what: str, timeout: float = 
 def process(
     cmd: list[str], cwd: Path, env: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen]:
-    """``cmd`` in its own process group, terminated (then killed) on exit."""
+    """``cmd`` in its own process group, killed (the whole group) on exit."""
     proc = subprocess.Popen(
         cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -54,12 +57,8 @@ def process(
         yield proc
     finally:
         with contextlib.suppress(ProcessLookupError):  # the group may be gone already
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+        proc.wait(timeout=10)
 
 
 @contextlib.contextmanager

@@ -17,9 +17,9 @@ class Help(argparse.HelpFormatter):
             return text
         if action.default is argparse.SUPPRESS:
             return text
-        if isinstance(action, argparse._StoreTrueAction):
+        if action.nargs == 0:  # a flag: --force, --no-header
             return f"{text} (default: off)"
-        if action.default is None or action.default == []:
+        if action.default is None or action.default in ([], ""):
             return f"{text} (default: none)"
         return f"{text} (default: %(default)s)"
 
@@ -32,5 +32,5 @@ def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help=f"override a config key (repeatable), e.g. --set {example}",
+        help=f"override a config key (repeatable); the value is YAML, e.g. --set {example}",
     )

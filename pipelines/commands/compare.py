@@ -219,37 +219,44 @@ def add_parser(subparsers: Any) -> None:
         "that differ, valid and test metrics (4 significant digits), duration and state. The "
         "table fits the terminal (COLUMNS): a column with the same value in every row is named "
         "once below it, and wide tables wrap into blocks; --out and --json give every column "
-        "at full precision.",
+        "at full precision. The store is MLFLOW_TRACKING_URI, else ./mlflow.db.",
     )
-    p.add_argument("--experiment", help="MLflow experiment (default: every experiment)")
-    p.add_argument("--study", help="only the trials of this tuning study")
+    p.add_argument(
+        "--experiment", metavar="NAME", help="MLflow experiment (default: every experiment)"
+    )
+    p.add_argument("--study", metavar="NAME", help="only the trials of this tuning study")
     p.add_argument(
         "--filter",
         default="",
+        metavar="EXPR",
         help="MLflow search filter, e.g. \"params.`model.name` = 'bellkor'\"",
     )
     p.add_argument(
         "--metrics",
+        metavar="M,...",
         help="comma-separated metric columns (default: per-task valid and test metrics)",
     )
     p.add_argument(
-        "--sort", help="sort by this metric (ascending for rmse/mae/logloss, else descending)"
+        "--sort",
+        metavar="METRIC",
+        help="sort by this metric, ascending for rmse/mae/logloss, else descending (default: "
+        "newest first)",
     )
     p.add_argument(
         "--kinds",
         default="pipeline,trial",
-        help="run kinds shown (default: pipeline,trial; also study, stage, single_task_baseline)",
+        metavar="K,...",
+        help="run kinds shown, comma-separated: pipeline, trial, study, stage, "
+        "single_task_baseline (default: pipeline,trial)",
     )
     p.add_argument(
-        "--limit", type=int, default=50, help="rows printed (default 50; --out writes all)"
+        "--limit", type=int, default=50, metavar="N", help="rows printed (--out writes all)"
     )
-    p.add_argument("--out", help="also write the table as CSV to this file")
+    p.add_argument("--out", metavar="FILE", help="also write the table as CSV to this file")
     p.add_argument(
         "--plot", metavar="X:Y", help="scatter of metric Y against metric X, written to --plot-out"
     )
-    p.add_argument(
-        "--plot-out", default="compare.png", help="PNG file of --plot (default: compare.png)"
-    )
+    p.add_argument("--plot-out", default="compare.png", metavar="FILE", help="PNG file of --plot")
     p.add_argument("--json", action="store_true", help="print the rows as JSON lines")
     p.set_defaults(handler=run)
 

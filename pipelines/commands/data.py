@@ -38,35 +38,48 @@ def add_parser(subparsers: Any) -> None:
     data.set_defaults(handler=run)
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     dl = dsub.add_parser(
-        "download", help="download a GroupLens MovieLens data set", formatter_class=Help
+        "download",
+        help="download a GroupLens MovieLens data set",
+        description="Download a GroupLens data set with a progress bar, check its MD5 (pinned "
+        "for the fixed releases, the published .md5 file for the others) and extract it to "
+        "DIR/NAME. Nothing is kept on a mismatch.",
+        formatter_class=Help,
     )
     dl.add_argument(
-        "name", help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small, ml-latest"
+        "name",
+        metavar="NAME",
+        help="ml-100k, ml-1m, ml-10m, ml-20m, ml-25m, ml-32m, ml-latest-small, ml-latest",
     )
-    dl.add_argument("--to", default="data", help="folder to put it in")
-    dl.add_argument("--base-url", default=None, help="mirror serving the GroupLens archives")
+    dl.add_argument("--to", default="data", metavar="DIR", help="folder to put it in")
+    dl.add_argument(
+        "--base-url", default=None, metavar="URL", help="mirror serving the GroupLens archives"
+    )
     dl.add_argument(
         "--timeout",
         type=float,
         default=60.0,
         metavar="SECONDS",
-        help="give up when the server sends nothing for this long",
+        help="give up (one line naming the URL, exit code 1) when the server sends nothing for "
+        "this long",
     )
     _add_ingest_parser(dsub)
     syn = dsub.add_parser(
-        "synth", help="write a synthetic MovieLens-shaped log", formatter_class=Help
+        "synth",
+        help="write a synthetic MovieLens-shaped log",
+        description="Write a synthetic MovieLens-shaped log in a GroupLens layout.",
+        formatter_class=Help,
     )
-    syn.add_argument("--out", required=True, help="output folder")
-    syn.add_argument("--users", type=int, default=943, help="number of users")
-    syn.add_argument("--items", type=int, default=1682, help="number of items")
-    syn.add_argument("--ratings", type=int, default=100_000, help="distinct ratings")
+    syn.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    syn.add_argument("--users", type=int, default=943, metavar="N", help="number of users")
+    syn.add_argument("--items", type=int, default=1682, metavar="N", help="number of items")
+    syn.add_argument("--ratings", type=int, default=100_000, metavar="N", help="distinct ratings")
     syn.add_argument(
         "--layout",
         default="ml-100k",
         choices=["ml-100k", "ml-1m", "ml-latest"],
         help="GroupLens layout of the files",
     )
-    syn.add_argument("--seed", type=int, default=0, help="generator seed")
+    syn.add_argument("--seed", type=int, default=0, metavar="S", help="generator seed")
 
 
 def _add_ingest_parser(dsub: Any) -> None:
@@ -75,17 +88,22 @@ def _add_ingest_parser(dsub: Any) -> None:
         help="check a log and ingest it into canonical Parquet tables",
         description="Read a log as a run would (the same data options, from flags or the data "
         "section of --config FILE; flags win), write the canonical tables and the quarantine "
-        "of rejected rows, and print what was kept and dropped.",
+        "of rejected rows to DIR, and print the rows read, kept and quarantined by reason. "
+        "Stops with exit code 2 above data.max_quarantine_share, like a run.",
         formatter_class=Help,
     )
     ing.add_argument(
-        "path", nargs="?", help="a MovieLens folder or a CSV/Parquet file (default: data.path)"
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help="a MovieLens folder or a CSV or Parquet file (default: data.path)",
     )
-    ing.add_argument("--out", required=True, help="output folder")
-    ing.add_argument("--config", help="a run config whose data section to use")
-    ing.add_argument("--format", help="data.format (default: the config's, else auto)")
+    ing.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    ing.add_argument("--config", metavar="FILE", help="a run config whose data section to use")
+    ing.add_argument("--format", metavar="F", help="data.format (default: the config's, else auto)")
     ing.add_argument(
         "--separator",
+        metavar="S",
         help="data.separator of a generic CSV: one character such as ';', or tab, space or "
         "whitespace (runs of spaces and tabs) (default: ,)",
     )
@@ -95,7 +113,7 @@ def _add_ingest_parser(dsub: Any) -> None:
         action="store_false",
         default=None,
         help="data.header: false: the file has no header line; columns are given by 0-based "
-        "position (default: user 0, item 1, rating 2, ts 3)",
+        "position (user 0, item 1, rating 2, ts 3)",
     )
     for field in ("user_id", "item_id", "rating", "ts"):
         ing.add_argument(
@@ -103,22 +121,26 @@ def _add_ingest_parser(dsub: Any) -> None:
             dest=f"col_{field}",
             metavar="COLUMN",
             help=f"data.columns.{field}: the file's {field} column, a name or a 0-based "
-            f"position (default: {field})"
-            + ("; none uses row order as time" if field == "ts" else ""),
+            "position"
+            + ("; none uses row order as time" if field == "ts" else "")
+            + f" (default: {field})",
         )
     ing.add_argument(
         "--rating-scale",
         nargs="+",
         metavar="SCALE",
-        help="data.rating_scale: LOW HIGH (e.g. 1 5), or auto to take it from the log "
-        "(default: per layout, 1-5 or 0.5-5)",
+        help="data.rating_scale: LOW HIGH (e.g. 1 5), or auto to take it from the log and say "
+        "what it found (default: per layout, 1-5 or 0.5-5)",
     )
     ing.add_argument(
-        "--timestamp-format", help="data.timestamp_format, strptime (default: epoch or ISO 8601)"
+        "--timestamp-format",
+        metavar="FMT",
+        help="data.timestamp_format, strptime (default: epoch or ISO 8601)",
     )
     ing.add_argument(
         "--max-quarantine-share",
         type=float,
+        metavar="X",
         help="data.max_quarantine_share: stop above this share of rejected rows (default: 0.05)",
     )
     ing.add_argument("--json", action="store_true", help="print the report's counts as JSON")

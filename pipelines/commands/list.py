@@ -16,6 +16,8 @@ def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         NAME,
         help="show the registered rankers, weightings, tasks and split strategies",
+        description="Print the names a config can use: the registered rankers (model.name), "
+        "weightings (weighting.name), tasks (tasks) and split strategies (split.strategy).",
         formatter_class=Help,
     )
     p.set_defaults(handler=run)

@@ -47,10 +47,11 @@ def add_parser(subparsers: Any) -> None:
         epilog=EPILOG,
         formatter_class=_RegisterHelp,
     )
-    p.add_argument("run_dir", help="a finished run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
     p.add_argument("--name", required=True, help="registered model name, e.g. movielens-recs")
     p.add_argument(
         "--description",
+        metavar="TEXT",
         help="the version's description (default: the run's command and headline metrics)",
     )
     p.add_argument(

@@ -24,15 +24,23 @@ NAME = "run"
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         NAME,
-        help="run a pipeline config (ingest, features, split, train, evaluate)",
+        help="run (or resume) a pipeline config: ingest, features, split, train, evaluate (or the "
+        "cold-start stages)",
         description="Run (or resume) the pipeline of a YAML config into a run folder; writes "
-        "summary.json and prints the metrics. `recsys-mtl list` shows the names a config can use.",
+        "summary.json and prints the metrics table. Unchanged stages are reused; a killed run "
+        "resumes. `recsys-mtl list` shows the names a config can use.",
+        epilog="With split.strategy: kfold one command runs every fold. With a meta: section "
+        "the stages are ingest -> features -> split -> train -> meta_train -> coldstart.",
         formatter_class=Help,
     )
-    p.add_argument("config", help="YAML config, e.g. configs/quickstart.yaml")
-    add_set_option(p, "split.seed=3")
-    p.add_argument("--out", help="run folder (default: runs/<config name>)")
-    p.add_argument("--force", action="store_true", help="rerun every stage, even unchanged ones")
+    p.add_argument("config", metavar="CONFIG", help="YAML config, e.g. configs/quickstart.yaml")
+    add_set_option(p, 'tasks=[rating] or --set "model.params={dim: 64}"')
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<config name>)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="rerun every stage, even unchanged ones (and log a new MLflow run)",
+    )
     p.add_argument(
         "--wait",
         type=float,
@@ -48,11 +56,14 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument(
         "--run-name",
-        help="MLflow run name (default: built from the config name, model, split, weighting "
-        "and seed, e.g. quickstart-bias-random-s0)",
+        metavar="NAME",
+        help="MLflow run name (default: built from the config name, model, split, tasks and "
+        "weighting when several, and seed, e.g. quickstart-bias-random-s0)",
     )
     p.add_argument(
-        "--json", action="store_true", help="print one JSON line (run_dir, metrics) for scripts"
+        "--json",
+        action="store_true",
+        help='print one JSON line {"run_dir": ..., "metrics": {...}} instead of the table',
     )
     p.set_defaults(handler=run)
 

@@ -36,40 +36,70 @@ NAME = "score"
 
 def add_parser(subparsers: Any) -> None:
     sc = subparsers.add_parser(
-        NAME, help="top-K items per user to Parquet (batch scoring)", formatter_class=Help
+        NAME,
+        help="top-K items per user to Parquet (batch scoring)",
+        description="Write the top-K items of every user (or the listed ones) to Parquet, seen "
+        "items excluded, new users served through the cold-start adapter or popularity; "
+        "prints a JSON report.",
+        formatter_class=Help,
     )
     sc.add_argument(
         "source",
-        help="a run directory, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS)",
+        metavar="SOURCE",
+        help="a run directory, or an MLflow model URI (models:/NAME/VERSION, models:/NAME@ALIAS, "
+        "runs:/RUN_ID/model, models:/MODEL_ID)",
     )
-    sc.add_argument("--top-k", type=int, required=True, help="items per user")
-    sc.add_argument("--out", required=True, help="output Parquet file")
-    sc.add_argument("--users", help="users to score: one id per line, or CSV/Parquet with user_id")
-    sc.add_argument("--support", help="ratings of new users (CSV/Parquet: user, item, rating)")
+    sc.add_argument("--top-k", type=int, required=True, metavar="K", help="items per user")
+    sc.add_argument("--out", required=True, metavar="FILE", help="output Parquet file")
+    sc.add_argument(
+        "--users",
+        metavar="FILE",
+        help="users to score: one id per line, or CSV or Parquet with user_id (default: every "
+        "known user)",
+    )
+    sc.add_argument(
+        "--support",
+        metavar="FILE",
+        help="ratings of new users (CSV or Parquet: user, item, rating)",
+    )
     sc.add_argument(
         "--blend",
+        metavar="TASK=W,...",
         help="task weights of the final score, e.g. rating=0.5,interaction=0.5, for every user; "
         "given, it also ranks --items-meta items (default: equal weights for known users, the "
         "task the cold-start protocol ranked by for new ones, the run's rule for new items)",
     )
-    sc.add_argument("--chunk-users", type=int, default=256, help="users per block (memory)")
+    sc.add_argument(
+        "--chunk-users", type=int, default=256, metavar="N", help="users per block (memory)"
+    )
     sc.add_argument(
         "--learner-dir",
-        help="a trained cold-start meta-learner (default: the method the run serves, "
-        "RUN/coldstart/served.json)",
+        metavar="DIR",
+        help="a trained cold-start meta-learner to serve instead (default: the method the run "
+        "serves, RUN/coldstart/served.json)",
     )
     sc.add_argument(
         "--users-meta",
-        help="demographics of new users (CSV/Parquet: user_id, age, gender, occupation); "
+        metavar="FILE",
+        help="demographics of new users (CSV or Parquet: user_id, age, gender, occupation); "
         "users in it with no support row are served from them alone",
     )
-    sc.add_argument("--items-meta", help="new items (CSV/Parquet: item_id, genres as in the "
-                    "log |-separated, year or release_date), also rated by known users in "
-                    "--support")  # fmt: skip
+    sc.add_argument(
+        "--items-meta",
+        metavar="FILE",
+        help="new items (CSV or Parquet: item_id, genres separated by | as in the log, year or "
+        "release_date), ranked from their side features and from their ratings by known users "
+        "in --support; SOURCE (a run or a model) carries the features spec and the fitted "
+        "side-feature ridge. Without --blend, the places the blend gives new items in a list "
+        "are filled by the rule the run chose on its cold validation items for the user's "
+        "state (known or new user), and the report names it (new_items_rank_by)",
+    )
     sc.add_argument(
         "--tile-items",
         default="auto",
-        help="fuse matmul and top-K over tiles of N items; 0: whole blocks (default: auto)",
+        metavar="N",
+        help="fuse matmul and top-K over tiles of N items; 0: whole blocks; auto: tiles of 2048 "
+        "items on catalogs of 16384 items or more, else whole blocks",
     )
     sc.set_defaults(handler=run)
 

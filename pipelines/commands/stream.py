@@ -21,20 +21,28 @@ NAME = "stream"
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         NAME,
-        help="continual training: every strategy of stream.strategies over the periods of a log",
+        help="continual training, research mode: every strategy of stream.strategies through "
+        "a log cut into periods",
         description="Cut a timestamped log into periods (split.strategy: stream, the stream "
-        "section), train the base model, then step each strategy through the later periods: "
-        "update on period t, evaluate on period t + 1 (per stratum: warm, new users, new items; "
-        "the fast path; the probe matrix; the cost against a full retrain). Writes "
-        "RUN/stream.json; a rerun reuses finished strategies.",
+        "section), train the base model, then step each strategy of stream.strategies through "
+        "the later periods: update on period t, evaluate on period t + 1, per stratum (warm "
+        "rows, new users, new items), with the fast path between updates, the probe matrix and "
+        "the cost against a full retrain. Writes DIR/stream.json; a rerun reuses finished "
+        "strategies and seeds.",
         formatter_class=Help,
     )
-    p.add_argument("config", help="YAML config with split.strategy: stream")
-    add_set_option(p, "stream.strategies=[full,fine_tune]")
-    p.add_argument("--out", help="stream folder (default: runs/<config name>-stream)")
-    p.add_argument("--seeds", default=None, help="seeds, e.g. 0,1,2 (default: train.seed)")
-    p.add_argument("--no-ranking", action="store_true", help="skip the interaction ranking metrics")
-    p.add_argument("--json", action="store_true", help="print one JSON line for scripts")
+    p.add_argument("config", metavar="CONFIG", help="YAML config with split.strategy: stream")
+    add_set_option(p, "'stream.strategies=[full,fine_tune]'")
+    p.add_argument(
+        "--out", metavar="DIR", help="stream folder (default: runs/<config name>-stream)"
+    )
+    p.add_argument(
+        "--seeds", default=None, metavar="S,...", help="seeds, e.g. 0,1,2 (default: train.seed)"
+    )
+    p.add_argument(
+        "--no-ranking", action="store_true", help="skip the interaction task's ranking metrics"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON line on stdout for scripts")
     p.set_defaults(handler=run)
 
 

@@ -21,33 +21,45 @@ def add_parser(subparsers: Any) -> None:
         help="run (or resume) an Optuna study over a config's tune: section",
         description="Run or resume an Optuna study: trials sample the tune.space keys, train and "
         "evaluate on the study's one data split, and are selected on a validation metric "
-        "(tune.objective). Rerunning the same command resumes the study up to --trials.",
+        "(tune.objective). Rerunning the same command resumes the study up to --trials. Writes "
+        "STUDY_DIR/tune.json, trials.csv, best.yaml (ready for `recsys-mtl run`) and plots/.",
     )
     p.add_argument(
-        "config", help="YAML config with a tune: section, e.g. configs/tune-quickstart.yaml"
+        "config",
+        metavar="CONFIG",
+        help="YAML config with a tune: section, e.g. configs/tune-quickstart.yaml",
     )
     p.add_argument(
         "--trials",
         type=int,
-        help="complete + pruned trials the study ends with (tune.trials, default 20)",
+        metavar="N",
+        help="complete + pruned trials the study ends with (default: tune.trials, 20 unless set)",
     )
     p.add_argument(
         "--timeout",
         type=float,
-        help="seconds after which no new trial starts (tune.timeout, default none)",
+        metavar="SECONDS",
+        help="seconds after which no new trial starts (default: tune.timeout, none unless set)",
     )
-    p.add_argument("--study", help="study name (tune.study, default: the config's name)")
+    p.add_argument(
+        "--study",
+        metavar="NAME",
+        help="study name (default: tune.study, the config's name unless set)",
+    )
     p.add_argument(
         "--storage",
+        metavar="URL",
         help="Optuna storage: sqlite:///FILE, postgresql://USER@HOST/DB, or a journal file path "
-        "(tune.storage, default: STUDY_DIR/study.journal)",
+        "(default: tune.storage, STUDY_DIR/study.journal unless set)",
     )
     p.add_argument(
         "--workers",
         type=int,
-        help="worker processes, each on its own share of the cores (tune.workers, default 1)",
+        metavar="N",
+        help="worker processes, each on its own share of the cores (default: tune.workers, 1 "
+        "unless set)",
     )
-    p.add_argument("--out", help="study folder (default: runs/tune/<study>)")
+    p.add_argument("--out", metavar="DIR", help="study folder (default: runs/tune/<study>)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument(
         "--register",

@@ -21,16 +21,22 @@ NAME = "update"
 def add_parser(subparsers: Any) -> None:
     p = subparsers.add_parser(
         NAME,
-        help="update a finished run with a new log (one continual step, a child run)",
+        help="continual training, production mode: one step on a finished run with a new log "
+        "(a child run)",
         description="Ingest NEW_LOG with the run's data settings (bad rows quarantined), drop "
         "rows the run already holds, hold the latest share out, update the model with a "
         "continual strategy and write a child run (lineage: parent run, data hash, strategy, "
-        "period). A rerun with the same inputs reuses the finished child.",
+        "period) that load_run and `recsys-mtl score` read. When the parent's config tracks, "
+        "the update is an MLflow run nested under the parent's, with the lineage as tags and "
+        "the child's model as its output. A rerun with the same inputs reuses the finished "
+        "child.",
         formatter_class=Help,
     )
     p.add_argument("run_dir", metavar="RUN", help="a finished run folder")
-    p.add_argument("--data", required=True, help="the new log (a file or a folder)")
-    p.add_argument("--strategy", default="fine_tune", help="continual strategy")
+    p.add_argument(
+        "--data", required=True, metavar="NEW_LOG", help="the new log (a file or a folder)"
+    )
+    p.add_argument("--strategy", default="fine_tune", metavar="S", help="continual strategy")
     p.add_argument(
         "--setting",
         dest="settings",
@@ -39,16 +45,23 @@ def add_parser(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="a strategy setting (repeatable), e.g. --setting epochs=2",
     )
-    p.add_argument("--out", help="child run folder (default: RUN-STRATEGY-KEY beside RUN)")
+    p.add_argument(
+        "--out", metavar="DIR", help="child run folder (default: RUN-STRATEGY-KEY beside RUN)"
+    )
     p.add_argument(
         "--register",
         metavar="NAME",
         help="register the child in the MLflow model registry, only if it is not worse than "
         "its parent on the held-out tail",
     )
-    p.add_argument("--holdout", type=float, default=0.1, help="latest share of the new rows "
-                   "held out to compare child and parent")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="seed of the update")
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.1,
+        metavar="SHARE",
+        help="latest share of the new rows held out to compare child and parent",
+    )
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the update")
     p.set_defaults(handler=run)
 
 

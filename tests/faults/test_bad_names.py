@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import write
 from tests.pipelines.test_register import tiny_run
+from tests.stores import fresh_store
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> Path:
     db = tmp_path / "registry.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(db))
     return db
 
 

@@ -24,7 +24,7 @@ data:
 split: {strategy: random, test_fraction: 0.2, valid_fraction: 0.1, seed: 0}
 model: {name: mmoe, params: {dim: 16, side_dim: 8}}
 tasks: [rating]
-train: {epochs: 12, batch_size: 64, lr: 0.005, embedding_optimizer: rowwise_adagrad,
+train: {epochs: 6, batch_size: 64, lr: 0.005, embedding_optimizer: rowwise_adagrad,
         patience: null}
 evaluate: {full_ranking: false}
 tracking: {enabled: false}
@@ -89,37 +89,52 @@ def test_a_killed_rank_ends_the_job_and_a_rerun_resumes(tmp_path):
     assert (run / "train" / "dcp" / ".metadata").exists()
 
 
-@pytest.mark.parametrize(
-    ("command", "how", "rank", "code", "line"),
-    [
-        ("run", "ok", "0", 0, None),
-        ("run", "user", "0", 2, "recsys-mtl: error: a user's error on rank 0"),
-        ("run", "crash", "0", 1, "RuntimeError: an unexpected error on rank 0"),
-        ("score", "user", "1", 2, "recsys-mtl: error: a user's error on rank 1"),
-        ("score", "crash", "1", 1, "RuntimeError: an unexpected error on rank 1"),
-    ],
-)  # fmt: skip
+EXITS = [
+    ("run", "ok", "0", 0, None),
+    ("run", "user", "0", 2, "recsys-mtl: error: a user's error on rank 0"),
+    ("run", "crash", "0", 1, "RuntimeError: an unexpected error on rank 0"),
+    ("score", "user", "1", 2, "recsys-mtl: error: a user's error on rank 1"),
+    ("score", "crash", "1", 1, "RuntimeError: an unexpected error on rank 1"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def exits(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, str], tuple]:
+    """Every job of :data:`EXITS`, started at once (each spends most of its time importing in
+    its processes): ``{(command, how, rank): (exit code, stdout + stderr)}``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    jobs = {}
+    for command, how, rank, _, _ in EXITS:
+        tmp = tmp_path_factory.mktemp(f"exit-{command}-{how}")
+        (tmp / "c.yaml").write_text(CONFIG)
+        cmd = _torchrun(tmp, command, str(tmp / "c.yaml"), how, rank,
+                        module="tests.faults.exits_job")  # fmt: skip
+        with (tmp / "out").open("w") as out, (tmp / "err").open("w") as err:  # no pipe fills
+            jobs[command, how, rank] = (tmp, subprocess.Popen(
+                cmd, cwd=tmp, env=env, text=True, stdout=out, stderr=err))  # fmt: skip
+    done = {}
+    for key, (tmp, job) in jobs.items():
+        job.wait(timeout=180)
+        done[key] = (job.returncode, (tmp / "out").read_text() + (tmp / "err").read_text())
+    return done
+
+
+@pytest.mark.parametrize(("command", "how", "rank", "code", "line"), EXITS)
 def test_every_exit_of_a_job_leaves_its_groups_and_torchrun_names_the_failed_rank(
-    tmp_path, command, how, rank, code, line
+    exits, command, how, rank, code, line
 ):
     """A job that ends well, or whose one process fails by a user's error or an exception
     (``run``: rank 0 while the others wait for it; ``score``: another process while rank 0
     ends well): the job's exit code, torchrun's root cause naming the failed process and its
     code, and in every process no gloo thread left at its exit (a group destroyed only by
     the interpreter's exit can abort it: "terminate called without an active exception")."""
-    (tmp_path / "c.yaml").write_text(CONFIG)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = _torchrun(tmp_path, command, str(tmp_path / "c.yaml"), how, rank,
-                    module="tests.faults.exits_job")  # fmt: skip
-    done = subprocess.run(cmd, cwd=tmp_path, env=env, text=True, capture_output=True,
-                          timeout=180)  # fmt: skip
-    out = done.stdout + done.stderr
+    returncode, out = exits[command, how, rank]
     assert "terminate called" not in out, out[-3000:]
     assert out.count("gloo threads at exit: 0") == 2, out[-3000:]
     if code == 0:
-        assert done.returncode == 0, out[-3000:]
+        assert returncode == 0, out[-3000:]
         return
-    assert done.returncode != 0, out[-3000:]
+    assert returncode != 0, out[-3000:]
     cause = out[out.index("Root Cause (first observed failure)") :]
     assert f"rank      : {rank} (local_rank: {rank})" in cause, cause
     assert f"exitcode  : {code} " in cause, cause
@@ -138,7 +153,7 @@ def test_sharded_scoring_writes_one_part_per_process_and_a_manifest(tmp_path):
 
     import polars as pl
 
-    (tmp_path / "c.yaml").write_text(CONFIG.replace("epochs: 12", "epochs: 1"))
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("epochs: 6", "epochs: 1"))
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [

@@ -202,7 +202,8 @@ def test_a_journal_that_is_not_a_journal_ends_in_one_line_naming_it(
 
 
 def test_a_killed_command_with_a_torn_tail_resumes(tmp_path: Path) -> None:
-    # a trial of about 3 s: the first epoch's report is seen and the kill lands well inside it
+    # a trial of about 3 s: the first epoch's report is seen (polled every 0.05 s) and the
+    # kill lands well inside it
     cfg = _config(tmp_path, epochs=200, ratings=6000, patience=None)
     study_dir = tmp_path / "study"
     journal = study_dir / "study.journal"

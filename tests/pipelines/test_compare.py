@@ -9,11 +9,13 @@ import polars as pl
 import pytest
 import yaml
 
+from tests.stores import fresh_store
+
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     """One MLflow SQLite store for the module (a new one costs seconds of migrations)."""
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    return fresh_store(tmp_path_factory.mktemp("mlflow") / "mlflow.db")
 
 
 def _config(tmp_path: Path, name: str, lr: float, experiment: str = "cmp") -> Path:

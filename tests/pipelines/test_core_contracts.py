@@ -16,6 +16,7 @@ from recsys_mtl.models import RANKERS, load_context
 from recsys_mtl.train.data import load_part
 from recsys_mtl.train.evaluate import pointwise_metrics
 from tests.conftest import tiny_config
+from tests.stores import fresh_store
 
 SYN = {"format": "synthetic", "synthetic": {"users": 60, "items": 80, "ratings": 2000}}
 TASKS = ["rating", "interaction"]
@@ -170,6 +171,7 @@ def test_a_run_failing_after_the_mlflow_run_started_leaves_it_failed(tmp_path, m
         raise RuntimeError("training exploded")
 
     monkeypatch.setattr(recsys_mtl.train.recipe, "train_ranker", broken)
+    fresh_store(tmp_path / "mlflow.db")  # the default store, migrated (the run creates none)
     cfg = tiny_config(
         tmp_path, SYN, **{**SECTIONS, "tracking": {"enabled": True, "experiment": "x"}}
     )

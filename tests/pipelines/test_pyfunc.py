@@ -1,6 +1,6 @@
 """The packaged model through real MLflow parts: a pipeline run against a real ``mlflow server``
 logs a pyfunc model; the registry versions it; a fresh process and ``mlflow models serve`` on
-127.0.0.1 answer like the run loaded in-process. One server for the module."""
+127.0.0.1 answer like the run loaded in-process. One server for the session."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pipelines.cli import run_command
 from recsys_mtl.runs.batch import recommend, score_pairs
 from recsys_mtl.runs.load import load_run
 from tests.conftest import REPO, tiny_config
-from tests.servers import MLFLOW, free_port, mlflow_server, process, wait_until_up
+from tests.servers import MLFLOW, free_port, process, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -29,9 +29,8 @@ SYN = {"format": "synthetic", "synthetic": {"users": 40, "items": 60, "ratings":
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as (uri, _):
-        yield uri
+def server(mlflow_server_uri: str) -> str:
+    return mlflow_server_uri
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from polars.testing import assert_frame_equal
 
 from pipelines.cli import run_command
 from tests.conftest import tiny_config
+from tests.stores import fresh_store
 
 SYN = {"format": "synthetic", "synthetic": {"users": 40, "items": 60, "ratings": 900}}
 
@@ -41,7 +42,7 @@ def run_dir(tmp_path_factory) -> Path:
 @pytest.fixture
 def store(tmp_path, monkeypatch) -> str:
     """A fresh MLflow SQLite store for the test (MLFLOW_TRACKING_URI)."""
-    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    uri = fresh_store(tmp_path / "registry.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     return uri
 
@@ -137,7 +138,7 @@ def test_description_tags_and_several_aliases_from_the_command_line(cli, run_dir
 
 @pytest.mark.slow
 def test_a_tracked_runs_version_names_its_command_and_data_hash(tmp_path, monkeypatch, cli):
-    uri = f"sqlite:///{tmp_path / 'tracked.db'}"
+    uri = fresh_store(tmp_path / "tracked.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     run = tiny_run(tmp_path, {"enabled": True, "experiment": "register"})
     code, _, err = cli("register", run, "--name", "tracked", "--alias", "champion")

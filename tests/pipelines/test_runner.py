@@ -216,7 +216,11 @@ def _kill_when(cfg: Path, run_dir: Path, ready, settle: float = 0.0) -> tuple[li
 @pytest.mark.slow
 def test_a_run_killed_mid_stage_resumes_from_the_last_complete_stage(tmp_path):
     big = {"format": "synthetic", "synthetic": {"users": 3000, "items": 2000, "ratings": 400_000}}
-    cfg = tiny_config(tmp_path, big, features={"negatives_per_positive": 4})
+    # killed in the features stage: training and evaluation only need to be short
+    cfg = tiny_config(
+        tmp_path, big, features={"negatives_per_positive": 4}, train={"epochs": 1},
+        evaluate={"full_ranking": False},
+    )  # fmt: skip
     run_dir = tmp_path / "run"
     cmd, env = _kill_when(cfg, run_dir, lambda: (run_dir / ".tmp-features").exists())
     assert not (run_dir / "summary.json").exists(), "the run finished before it could be killed"

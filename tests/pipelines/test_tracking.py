@@ -6,7 +6,6 @@ import pytest
 
 from pipelines.cli import run_command
 from tests.conftest import tiny_config
-from tests.servers import mlflow_server
 
 SYN = {"format": "synthetic", "synthetic": {"users": 60, "items": 80, "ratings": 1500}}
 
@@ -44,11 +43,13 @@ def test_default_store_is_sqlite_mlflow_db_in_the_working_directory(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_pipeline_run_lands_on_a_real_mlflow_server_with_nested_stage_runs(tmp_path, monkeypatch):
-    with mlflow_server(tmp_path) as (uri, _):
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-        cfg = tiny_config(tmp_path, SYN, tracking={"enabled": True, "experiment": "served"})
-        summary = run_command(str(cfg), [], str(tmp_path / "run"), False)
-        assert summary["mlflow"]["tracking_uri"] == uri
-        _check_nested(uri, summary, "served")
-        assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store
+def test_a_pipeline_run_lands_on_a_real_mlflow_server_with_nested_stage_runs(
+    tmp_path, monkeypatch, mlflow_server_uri
+):
+    uri = mlflow_server_uri
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = tiny_config(tmp_path, SYN, tracking={"enabled": True, "experiment": "served"})
+    summary = run_command(str(cfg), [], str(tmp_path / "run"), False)
+    assert summary["mlflow"]["tracking_uri"] == uri
+    _check_nested(uri, summary, "served")
+    assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default store

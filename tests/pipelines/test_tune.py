@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 
 from pipelines.tune import tune_command
 from recsys_mtl.tuning.study import make_storage
-from tests import servers
 from tests.servers import free_port
+from tests.stores import fresh_store
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = {"epochs": 3, "batch_size": 512, "lr": 0.01, "patience": 2, "seed": 0, "device": "cpu"}
@@ -275,15 +275,17 @@ def _tune_process(cfg: Path, study_dir: Path, *args: str) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("storage", ["journal", "sqlite", "postgresql"])
-def test_two_workers_finish_exactly_n_trials(tmp_path: Path, storage: str, request) -> None:
+def test_two_workers_finish_exactly_n_trials(
+    tmp_path: Path, storage: str, request, monkeypatch
+) -> None:
     url = {
         "journal": str(tmp_path / "shared.journal"),
         "sqlite": f"sqlite:///{tmp_path / 'optuna.db'}",
     }.get(storage) or request.getfixturevalue("postgres")
     cfg = study_config(tmp_path, trials=6, train={"epochs": 4})
-    proc = _tune_process(cfg, tmp_path / "study", "--workers", "2", "--storage", url)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the worker processes import this checkout
+    # the command in this process: its two workers are processes of their own
+    tune_command(str(cfg), [], out=str(tmp_path / "study"), workers=2, storage=url)
     study = load(tmp_path / "study", url)
     assert len(study.trials) == 6, [t.state for t in study.trials]  # none lost, none extra
     assert len(finished(study)) == 6
@@ -353,19 +355,12 @@ def test_an_interrupted_study_resumes(tmp_path: Path) -> None:
 # MLflow: a parent run per study, a child run per trial, on a real tracking server
 
 
-@pytest.fixture
-def mlflow_server(tmp_path: Path):
-    folder = tmp_path / "server"
-    folder.mkdir()
-    with servers.mlflow_server(folder) as (uri, _):
-        yield uri
-
-
 def test_trials_are_child_runs_on_a_tracking_server(
-    tmp_path: Path, mlflow_server: str, monkeypatch, cli
+    tmp_path: Path, mlflow_server_uri: str, monkeypatch, cli
 ) -> None:
     from mlflow import MlflowClient
 
+    mlflow_server = mlflow_server_uri  # the session's server (tests/pipelines/conftest.py)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     tune = {
         "pruner": "median", "startup_trials": 1, "warmup_epochs": 0, "sampler": "random",
@@ -497,13 +492,13 @@ def test_a_resumed_study_does_not_count_the_idle_time_between_its_commands(
 ) -> None:
     from mlflow import MlflowClient
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = fresh_store(tmp_path / "mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     cfg = study_config(tmp_path, trials=1, tracking=True, ratings=2000)
     t0 = time.monotonic()
     tune_command(str(cfg), [], out=str(tmp_path / "study"))
     first = time.monotonic() - t0
-    time.sleep(6)  # the study sits idle between two commands
+    time.sleep(3)  # the study sits idle between two commands (3 s: over the 1 s allowed)
     t1 = time.monotonic()
     tune_command(str(cfg), [], out=str(tmp_path / "study"), trials=2)
     second = time.monotonic() - t1

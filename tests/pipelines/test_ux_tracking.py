@@ -23,6 +23,7 @@ from recsys_mtl.tracking import (
     summary_metric_name,
 )
 from tests.conftest import REPO, tiny_config
+from tests.stores import fresh_store
 
 SYN = {"format": "synthetic", "synthetic": {"users": 40, "items": 50, "ratings": 800}}
 # Subprocesses: one thread each, and no MLflow telemetry (on a machine without internet access
@@ -38,7 +39,7 @@ GMF = {
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+    return fresh_store(tmp_path_factory.mktemp("store") / "mlflow.db")
 
 
 @pytest.fixture
@@ -209,7 +210,7 @@ def test_ctrl_c_ends_the_mlflow_run_killed(tmp_path, store, client, cli):
     data = {"format": "synthetic", "synthetic": {"users": 200, "items": 300, "ratings": 10_000}}
     cfg = tiny_config(
         tmp_path, data, model={"name": "gmf", "params": {"dim": 16}}, tasks=["rating"],
-        train={"epochs": 12, "patience": None, "batch_size": 16},
+        train={"epochs": 5, "patience": None, "batch_size": 16},
         tracking={"enabled": True, "experiment": "ux-sigint"},
     )  # fmt: skip
     env = {

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from tests.conftest import write
+from tests.stores import fresh_store
 
 SMALL = {
     "model": {"name": "bellkor", "params": {"dim": 8, "implicit": True, "time_effects": True,
@@ -35,7 +36,7 @@ def _stream_config(tmp_path: Path, ml100k: Path, tracking: bool = False) -> Path
 def test_stream_runs_every_strategy_tracks_it_and_a_rerun_reuses_it(
     cli, ml100k: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(tmp_path / "mlflow.db"))
     cfg = _stream_config(tmp_path, ml100k, tracking=True)
     code, out, err = cli("stream", cfg, "--out", tmp_path / "s")
     assert code == 0, err
@@ -204,7 +205,7 @@ def test_update_registers_only_a_child_not_worse_than_its_parent(
 ) -> None:
     from pipelines.continual.update import _register
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(tmp_path / "mlflow.db"))
     run, new = parent_run
     code, out, err = cli("update", run, "--data", new, "--strategy", "full", "--out",
                          tmp_path / "child", "--register", "continual-test")  # fmt: skip
@@ -231,7 +232,7 @@ def test_a_tracked_parents_update_is_an_mlflow_run_nested_under_it(
 
     from pipelines.cli import main
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(tmp_path / "mlflow.db"))
     run, new = parent_run
     doc = yaml.safe_load((run.parent / "p.yaml").read_text())
     doc["tracking"] = {"enabled": True, "experiment": "update-test"}

@@ -12,11 +12,12 @@ import pytest
 
 from recsys_mtl.tracking import BackgroundTracker
 from recsys_mtl.tracking import store as tracking
+from tests.stores import fresh_store
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('bg-store') / 'mlflow.db'}"
+    return fresh_store(tmp_path_factory.mktemp("bg-store") / "mlflow.db")
 
 
 def _client(store: str):
@@ -131,8 +132,8 @@ def test_times_are_those_of_the_work_not_of_the_store_calls(store, monkeypatch):
 
     slow_open = MlflowTracker._open
 
-    def late(self, experiment):  # the store opens two seconds after the work began
-        time.sleep(2.0)
+    def late(self, experiment):  # the store opens a second after the work began
+        time.sleep(1.0)
         slow_open(self, experiment)
 
     monkeypatch.setattr(MlflowTracker, "_open", late)
