@@ -7,6 +7,9 @@ Without a trained meta-learner the state is the ranker's ``new_user_state`` plus
 user offset fitted on the support residuals (:func:`meta.state.ridge_state`, the "ridge
 floor"); with one (``learner_dir``: a meta-training folder of that run), the learner adapts
 the users. Every user in the frame is treated as new: their state comes from these rows only.
+Where the run serves a cooc variant (:mod:`meta.cooc`) the users also carry its ranking bonus
+(``rank_bonus``: the weighted item-item evidence of their support items, from the saved
+neighbour table, computed per block of users by whoever ranks the catalog).
 Support rows whose item the run never saw are skipped and counted (``unknown_items``, with a
 logged warning). Vectorized over users: one padded support matrix with a mask.
 """
@@ -25,6 +28,7 @@ import polars as pl
 import torch
 
 from meta.choose import shrink_state
+from meta.cooc import RankBonus, served_bonus
 from meta.data import RowBlocks
 from meta.demographic import DemographicState, encode_users
 from meta.floors import fold_in
@@ -62,6 +66,9 @@ class ColdStartUsers:
     # the state the users are ranked by where it is not ``state`` (a split variant: rated by
     # the adapted state, ranked by it shrunk toward the new-user state); None: ``state``
     rank_state: dict[str, torch.Tensor] | None = None
+    # what a served cooc variant adds to the users' ranking scores (the rank task's raw
+    # output), per block of users: ``rank_bonus(rows) -> (c, trained items)``; None: nothing
+    rank_bonus: RankBonus | None = None
 
 
 def _unix_seconds(dtype: pl.DataType) -> pl.Expr:
@@ -279,15 +286,17 @@ def adapt_users(
         learner = load_learner(pathlib.Path(learner_dir), copy.deepcopy(run.model), for_run=True)
         state = learner.adapt_state(padded, cats)
         name = learner.name
-        ranking = None
+        ranking, bonus = None, None
     else:
-        state, name = _served_state(run, padded, cats)
-        ranking = served_rank_state(run, padded, cats, state)
+        record = read_served(run.run_dir)
+        state, name = _served_state(run, padded, cats, record)
+        ranking = served_rank_state(run, padded, cats, state, record)
+        bonus = served_bonus(run.run_dir, record, padded)  # a cooc variant's evidence term
     state = _no_rating_users(run, padded, cats, state)
     state = {k: v.detach() for k, v in state.items()}
     if ranking is not None:
         ranking = {k: v.detach() for k, v in _no_rating_users(run, padded, cats, ranking).items()}
-    return ColdStartUsers(user_ids, state, name, rows_used, unknown, ranking)
+    return ColdStartUsers(user_ids, state, name, rows_used, unknown, ranking, bonus)
 
 
 def _grow(padded: Padded, n: int, ref: dict) -> Padded:

@@ -10,17 +10,23 @@ state has; the shrink trades one for the other, and the rule weighs both. Its **
 variants ``NAME_splitA`` keep both sides: the ratings from the adapted state, the ranking from
 it shrunk by ``a`` in :data:`SPLIT_SHRINK` (served as two states:
 :func:`meta.adapt.adapt_users` returns both, and ``score`` ranks by one and rates by the
-other).
+other). Its **cooc** variants ``NAME_coocA`` rank by the adapted state shrunk by ``a`` in
+:data:`COOC_SHRINK` (1: unshrunk) plus the weighted item-item evidence of the user's support
+items (:mod:`meta.cooc`; each variant's weight chosen on the cold validation users), their
+ratings again the adapted state's; the neighbour table is saved beside ``served.json`` when
+one serves.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from meta.cooc import NEIGHBOURS, Cooc, NeighbourTable, choose_weight, item_neighbours
 from meta.data import ColdData
 from meta.demographic import DemographicState
 from meta.evaluate import evaluate_coldstart
@@ -32,6 +38,7 @@ from meta.state import start_state
 from recsys_mtl.errors import UserError
 
 __all__ = [
+    "COOC_SHRINK",
     "SHRINK",
     "SPLIT_SHRINK",
     "Shrunk",
@@ -48,6 +55,8 @@ SHRINK = (0.75, 0.5)
 SPLIT_SHRINK = (0.5, 0.25)  # the split variants' ranking states (their ratings are unshrunk)
 SUFFIX = "_shrunk"  # NAME_shrunk0.75 (MLflow metric names allow no "@")
 SPLIT = "_split"  # NAME_split0.75: ratings from NAME, ranking from NAME_shrunk0.75
+COOC_SHRINK = (1.0, 0.5, 0.25)  # the cooc variants' ranking states (before the evidence)
+COOC = "_cooc"  # NAME_cooc0.5: NAME_split0.5's ranking plus the item-item evidence
 
 
 def shrink_state(
@@ -114,12 +123,19 @@ class Split(Shrunk):
         return self.learner.rank_scores(ranking, *grid)
 
 
-def variant(learner: MetaLearner, record: dict[str, Any]) -> Any:
+def variant(learner: MetaLearner, record: dict[str, Any], folder: Path | None = None) -> Any:
     """The learner a served record names: ``learner`` itself, or its shrunk or split variant
-    (``record["shrink"]``, ``record["split"]``)."""
+    (``record["shrink"]``, ``record["split"]``), or its cooc variant (``record["cooc"]``: the
+    neighbour table read from ``folder``, the folder of ``served.json``)."""
     if record.get("shrink") is None:
         return learner
-    return (Split if record.get("split") else Shrunk)(learner, float(record["shrink"]))
+    method = (Split if record.get("split") else Shrunk)(learner, float(record["shrink"]))
+    cooc = record.get("cooc")
+    if cooc is None:
+        return method
+    if folder is None:
+        raise UserError(f"served method {record['name']!r} reads a neighbour table: no folder")
+    return Cooc(method, NeighbourTable.load(Path(folder) / cooc["file"]), float(cooc["weight"]))
 
 
 def serves(label: str, learner: MetaLearner, data: ColdData) -> bool:
@@ -148,17 +164,32 @@ def choose_served(
     rank_task: str,
     demographic: DemographicState | None,
     fold_in_choice: tuple[int, float],
+    folder: Path | None = None,
 ) -> dict[str, Any]:
     """The served method's record (``served.json``): chosen on the cold validation users only,
     with the K = 0 method (``demographic_ridge`` where the log has demographics, else the
     population state) and what serving it needs (``learner_dir``, ``shrink``, the fold-in's
-    settings, ``rank_task``: the task the users' full-catalog lists were ranked by)."""
+    settings, ``rank_task``: the task the users' full-catalog lists were ranked by, ``cooc``).
+    ``folder``: where ``served.json`` goes; the neighbour table is saved there when a cooc
+    variant is served."""
     serving: dict[str, Any] = {n: lrn for n, lrn in learners.items() if serves(n, lrn, data)}
     variants = {f"{n}{suffix}{a:g}": (n, a) for n in serving
                 for suffix, alphas in ((SUFFIX, SHRINK), (SPLIT, SPLIT_SHRINK))
                 for a in alphas}  # fmt: skip
+    table = item_neighbours(data.role_ratings("train"), data.n_items) if serving else None
+    cooc: dict[str, tuple[str, float]] = {}
+    weights: dict[str, tuple[float, dict[str, float]]] = {}
+    for n in serving if table is not None else ():
+        for a in COOC_SHRINK:  # each variant's own weight (0: not a candidate)
+            weights[f"{n}{COOC}{a:g}"] = choose_weight(model, data, table, rank_task,
+                                                       Split(serving[n], a))  # fmt: skip
+            if weights[f"{n}{COOC}{a:g}"][0]:
+                cooc[f"{n}{COOC}{a:g}"] = (n, a)
     serving.update({v: (Split if SPLIT in v else Shrunk)(serving[n], a)
                     for v, (n, a) in variants.items()})  # fmt: skip
+    serving.update({v: Cooc(Split(serving[n], a), table, weights[v][0])
+                    for v, (n, a) in cooc.items()})  # fmt: skip
+    variants.update(cooc)
     rows = evaluate_coldstart(model, data, serving, tasks, rank_task, fold_in_choice,
                               time_loop=False, role="cold_valid",
                               demographic=demographic)  # fmt: skip
@@ -178,8 +209,14 @@ def choose_served(
         record["learner_dir"] = f"meta_train/{base}"
         if alpha is not None:
             record["shrink"] = alpha
-            if SPLIT in name:
+            if SPLIT in name or name in cooc:
                 record["split"] = True
+        if name in cooc and table is not None:
+            if folder is not None:
+                table.save(Path(folder) / NEIGHBOURS)
+            record["cooc"] = {"weight": weights[name][0], "file": NEIGHBOURS,
+                              "top": int(table.items.shape[1]),
+                              "cold_valid_ndcg@10": weights[name][1]}  # fmt: skip
     record["shrinkage"] = data.cfg.shrinkage
     record["rank_task"] = rank_task  # what ranked the users' lists: what serving ranks them by
     record["cold_valid_k0"] = {r["labels"]["learner"]: {m: r["metrics"].get(m) for m in K0_MEASURES}

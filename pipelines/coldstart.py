@@ -312,10 +312,10 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
         folder / DEMOGRAPHIC) else None  # fmt: skip
     choice = (trained["fold_in"]["steps"], trained["fold_in"]["lr"])
     served = choose_served(run.model, data, learners, run.tasks, ranking_task(run.tasks), dem,
-                           choice)  # fmt: skip
+                           choice, ctx.out_dir)  # fmt: skip
     measured = dict(learners)
-    if served.get("shrink") is not None:  # a shrunk or split variant won: measure it too
-        measured[served["name"]] = variant(learners[served["learner"]], served)
+    if served.get("shrink") is not None:  # a shrunk, split or cooc variant won: measure it too
+        measured[served["name"]] = variant(learners[served["learner"]], served, ctx.out_dir)
     per_user: dict[str, Any] = {}
     rows = evaluate_coldstart(run.model, data, measured, run.tasks, ranking_task(run.tasks),
                               choice, demographic=dem, per_user=per_user)  # fmt: skip

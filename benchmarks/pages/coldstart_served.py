@@ -17,7 +17,15 @@ NO_SHRINK = "coldstart-served-noshrink.json"
 NO_MEAN = "coldstart-served-nomean.json"
 # the same benchmark before the split variants (ratings adapted, ranking shrunk) were candidates
 NO_SPLIT = "coldstart-served-nosplit.json"
+# the same benchmark before the co-occurrence variants (ranking plus the support items'
+# neighbours' evidence) were candidates
+NO_COOC = "coldstart-served-nocooc.json"
 EARLIER = (
+    (NO_COOC, "Without the co-occurrence variants",
+     "The same benchmark before the co-occurrence variants (the ranking state's scores plus w x "
+     "the support items' similarity to each item in the training log) were among the "
+     "candidates, beside the figures above: the served method's relative margin over the same "
+     "floor and the 95% interval of the difference, K > 0.\n", "without them"),
     (NO_SPLIT, "Without the split variants",
      "The same benchmark before the learners' split variants (ratings from the adapted state, "
      "the ranking from it shrunk by 0.5 or 0.25) were among the candidates, beside the figures "

@@ -21,6 +21,7 @@ from recsys_mtl.errors import UserError
 from recsys_mtl.runs.group import GroupRule, parse_rule
 from recsys_mtl.runs.scoring import (
     SERVED_BY,
+    TILE_GROUP,
     CatalogScorer,
     ScoredBlock,
     common_scale,
@@ -34,6 +35,7 @@ from recsys_mtl.runs.scoring import (
 from recsys_mtl.runs.topk import items_csr
 
 __all__ = [
+    "BonusScorer",
     "GroupRule",
     "ScoringReport",
     "iter_recommend",
@@ -43,6 +45,7 @@ __all__ = [
     "recommend",
     "score_pairs",
     "two_states",
+    "with_bonus",
 ]
 
 
@@ -151,8 +154,8 @@ def iter_recommend(
     out; unknown users with rows in ``support`` (columns ``user, item, rating``, raw ids) by
     ``adapt(run, frame) -> ColdStartUsers`` (:func:`meta.adapt.adapt_users`; ``frame``: columns
     ``user_id, item_id, rating``) (their support items masked out; ranked by its
-    ``rank_state`` where it has one, rated by its ``state``); the rest by
-    popularity (the log's most rated items). Returns the frame (columns ``user_id, item_id,
+    ``rank_state`` where it has one, rated by its ``state``; its ``rank_bonus``, where it has
+    one, added to their ranking scores: :func:`with_bonus`); the rest by popularity (the log's most rated items). Returns the frame (columns ``user_id, item_id,
     rank, score, score_<task>..., served_by``; :func:`output_schema`). ``tile_items``
     fuses matmul and top-K over tiles of that many items for rankers with a product form
     (:func:`recsys_mtl.runs.topk.iter_topk_tiled`: memory ``chunk_users x tile_items``); ``None``
@@ -230,8 +233,9 @@ def iter_recommend(
             s_items = run.item_index(sup["item"])[0]
             exclude = items_csr(sup["pos"].to_numpy(), s_items, cold_ids.len())
             rank_of, values_of = two_states(adapted, dev)
+            ranker, rank_of = with_bonus(cold_scorer, rank_of, getattr(adapted, "rank_bonus", None))
             for b in score_states(
-                cold_scorer, rank_of, cold_ids.len(), k_eff, exclude, chunk_users,
+                ranker, rank_of, cold_ids.len(), k_eff, exclude, chunk_users,
                 progress, "scoring cold-start users",
                 group and group.reorder(cold_scorer, "cold_start", exclude), values_of,
             ):  # fmt: skip
@@ -266,6 +270,50 @@ def two_states(adapted: Any, device: torch.device) -> tuple[Callable, Callable |
         return (lambda r: take_state(state, r)), None
     ranking = {n: v.to(device) for n, v in ranking.items()}
     return (lambda r: take_state(ranking, r)), (lambda r: take_state(state, r))
+
+
+class BonusScorer:
+    """A :class:`~recsys_mtl.runs.scoring.CatalogScorer` whose ranking scores (``block``,
+    ``tile``, ``groups``) of a block of users get that block's additive bonus ``(c, I)``: set
+    by ``state_of(rows)``, which :func:`~recsys_mtl.runs.scoring.score_states` calls once per
+    block before scoring it. Items past the bonus's ``I`` columns (grown into the catalog
+    later) get 0; the task values (``pairs``) are the scorer's own."""
+
+    def __init__(self, scorer: CatalogScorer, bonus: Callable[[torch.Tensor], torch.Tensor],
+                 rank_of: Callable[[torch.Tensor], dict]) -> None:  # fmt: skip
+        self.scorer, self.bonus, self.rank_of = scorer, bonus, rank_of
+        self.current = torch.zeros(0, scorer.n_items, device=scorer.device)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.scorer, name)
+
+    def state_of(self, rows: torch.Tensor) -> dict:
+        got = self.bonus(rows).to(self.scorer.device, torch.float32)
+        self.current = torch.nn.functional.pad(got, (0, self.scorer.n_items - got.shape[1]))
+        return self.rank_of(rows)
+
+    def block(self, state: dict) -> torch.Tensor:
+        return self.scorer.block(state) + self.current
+
+    def tile(self, users: dict, s0: int, s1: int) -> torch.Tensor:
+        return self.scorer.tile(users, s0, s1) + self.current[:, s0:s1]
+
+    def groups(self, users: dict, groups: torch.Tensor) -> torch.Tensor:
+        c = groups.shape[0]
+        at = groups[:, :, None] * TILE_GROUP + torch.arange(TILE_GROUP, device=groups.device)
+        return self.scorer.groups(users, groups) + self.current.gather(1, at.reshape(c, -1))
+
+
+def with_bonus(scorer: CatalogScorer, rank_of: Callable, bonus: Any) -> tuple[Any, Callable]:
+    """``(scorer, rank_of)`` for cold-start users whose adapter adds a ranking bonus
+    (``ColdStartUsers.rank_bonus``: ``bonus(rows) -> (c, I)`` with ``bonus.task``, the task
+    whose raw output it is on the scale of): a :class:`BonusScorer` where the users are ranked
+    by that task alone (the default for new users: the task the cold-start protocol ranked
+    by); else (no bonus, or another blend) the scorer unchanged."""
+    if bonus is None or scorer.active != [getattr(bonus, "task", None)]:
+        return scorer, rank_of
+    wrapped = BonusScorer(scorer, bonus, rank_of)
+    return wrapped, wrapped.state_of
 
 
 def _cast_users(ids: pl.Series, dtype: pl.DataType, what: str) -> pl.Series:

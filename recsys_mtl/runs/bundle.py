@@ -7,7 +7,8 @@
 * ``seen.npz``: every item each user has in the log (CSR), masked out of their top-K;
 * ``info.json``: reference time, run id, config hash, weights digest, package version;
 * a cold-start run's served method: ``coldstart/served.json`` and the folders it reads under
-  ``meta_train/`` (the served learner, the demographic state), at the paths of the run folder;
+  ``meta_train/`` (the served learner, the demographic state), and for a cooc variant its
+  item neighbour table (``coldstart/neighbours.pt``), at the paths of the run folder;
 * what serving new items reads (``score --items-meta``): ``features/spec.json`` (the genres and
   year encoding), ``coldstart/item_side.json`` (the item-state choice of the run's cold
   validation, the ridge's shapes) and ``coldstart/item_side.pt`` (the side-feature ridge fitted
@@ -129,14 +130,18 @@ def export_bundle(run_dir: str | Path, out_dir: str | Path) -> Path:
 
 
 def _copy_served(run_dir: Path, out: Path) -> None:
-    """The cold-start method the run serves (``coldstart/served.json``) and the saved folders it
-    reads (``meta_train/NAME``, ``meta_train/demographic_ridge``), copied at the same paths."""
+    """The cold-start method the run serves (``coldstart/served.json``) and the saved files it
+    reads (``meta_train/NAME``, ``meta_train/demographic_ridge``, a cooc variant's neighbour
+    table ``coldstart/neighbours.pt``), copied at the same paths."""
     served = RunLayout(run_dir).stage(RunLayout.COLDSTART) / RunLayout.SERVED
     if not served.is_file():
         return
     (out / RunLayout.COLDSTART).mkdir()
     shutil.copyfile(served, out / RunLayout.COLDSTART / RunLayout.SERVED)
     record = json.loads(served.read_text())
+    table = (record.get("cooc") or {}).get("file")  # a cooc variant's neighbour table
+    if table and (served.parent / table).is_file():
+        shutil.copyfile(served.parent / table, out / RunLayout.COLDSTART / table)
     folders = [record.get("learner_dir"), "meta_train/demographic_ridge"]
     for rel in filter(None, folders):
         src = run_dir / rel

@@ -13,10 +13,12 @@ import torch
 import yaml
 
 from meta.adapt import adapt_users
+from meta.choose import COOC, SPLIT, SUFFIX
 from pipelines.cli import run_command
 from recsys_mtl.runs.load import load_run
 from tests.conftest import tiny_config
 
+VARIANTS = (SUFFIX, SPLIT, COOC)  # a served variant's name: its learner's and one of these
 SYN = {"format": "synthetic", "synthetic": {"users": 80, "items": 60, "ratings": 3000}}
 META = {
     "ks": [3, 5], "epochs": 2, "batch_users": 16, "max_query": 16, "fold_in_steps": [0, 2], "fold_in_lrs": [0.01],
@@ -84,7 +86,7 @@ def test_the_pipeline_writes_the_per_k_table_for_every_floor_and_learner(finishe
     served = {v["method"] for v in table["served"].values()}  # may be a shrunk or split variant
     extra = {"item_bias_group", "demographic_ridge", "served"}
     assert floors | LEARNERS | extra == set(table) - {
-        n for n in served if "_shrunk" in n or "_split" in n
+        n for n in served if any(v in n for v in VARIANTS)
     }
     for name, row in table.items():
         if name in ("served", "item_bias_group"):
@@ -117,7 +119,7 @@ def test_the_printed_report_is_the_per_k_table_of_every_learner_and_the_best_flo
         ranks = [n for n in floors if table[n][k].get("ranking/ndcg@10") is not None]
         by_ndcg = max(ranks, key=lambda n: table[n][k]["ranking/ndcg@10"])
         served = {v["method"] for v in table["served"].values()
-                  if "_shrunk" in v["method"] or "_split" in v["method"]}  # fmt: skip
+                  if any(s in v["method"] for s in VARIANTS)}  # fmt: skip
         assert shown == {*LEARNERS, *served, "demographic_ridge", by_mae, by_ndcg}
         assert "best learner" in block and "best floor" in block
     assert "coldstart/" not in text  # not the ~100 flat metrics

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -15,9 +16,16 @@ import pytest
 import torch
 
 from meta.adapt import adapt_users
+from meta.cooc import NEIGHBOURS, NeighbourTable, evidence, item_neighbours
+from meta.data import load_cold_data
+from meta.protocol import Padded
 from pipelines.cli import run_command
 from pipelines.commands.score import score_command
+from recsys_mtl.config import RunConfig
+from recsys_mtl.runs.batch import with_bonus
+from recsys_mtl.runs.bundle import export_bundle
 from recsys_mtl.runs.load import load_run
+from recsys_mtl.runs.scoring import CatalogScorer, take_state
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "coldstart-ml100k.yaml"
 SETS = [
@@ -68,7 +76,8 @@ def test_score_with_support_serves_the_chosen_method_by_default(ml100k_run, tmp_
     frame = pl.read_csv(support).rename({"user": "user_id", "item": "item_id"})
     served = adapt_users(run, frame)
     assert served.learner == record["name"]
-    if record.get("shrink") is not None:  # the learner's vectors moved toward the new-user state
+    if record.get("shrink") not in (None, 1.0):  # the learner's vectors moved toward the new-user
+        # state (a cooc variant may rank by the unshrunk state: shrink 1)
         alone = adapt_users(run, frame, learner_dir=ml100k_run / record["learner_dir"])
         shrunk = served.rank_state if record.get("split") else served.state
         assert not torch.allclose(shrunk["user"], alone.state["user"])
@@ -96,6 +105,25 @@ def _catalog_scores(run, state: dict, task: str) -> torch.Tensor:
     return torch.stack(rows)
 
 
+def _ranking_values(run_dir: Path, run, served, frame: pl.DataFrame, task: str) -> torch.Tensor:
+    """``(U, n_items)`` by hand: what a served method ranks new users' catalogs by, the rank
+    state's raw ``task`` output, plus for a cooc variant ``w x`` the mean of the support items'
+    neighbour similarities (the saved table); support items at -inf."""
+    record = json.loads((run_dir / "coldstart" / "served.json").read_text())
+    values = _catalog_scores(run, served.rank_state or served.state, task)
+    cooc = record.get("cooc")
+    table = NeighbourTable.load(run_dir / "coldstart" / cooc["file"]) if cooc else None
+    for j, user in enumerate(served.user_ids):
+        seen = run.item_index(frame.filter(pl.col("user_id") == user)["item_id"])[0]
+        if table is not None:
+            bonus = torch.zeros(values.shape[1])
+            for s in seen.tolist():
+                bonus.index_add_(0, table.items[s], table.sims[s])
+            values[j] += cooc["weight"] * bonus / len(seen)
+        values[j, seen] = -torch.inf
+    return values
+
+
 def test_new_users_are_ranked_by_the_task_the_protocol_ranked_by(ml100k_run, tmp_path):
     record = json.loads((ml100k_run / "coldstart" / "served.json").read_text())
     assert record["rank_task"] == "interaction"  # what evaluate_coldstart ranked the lists by
@@ -117,13 +145,11 @@ def test_new_users_are_ranked_by_the_task_the_protocol_ranked_by(ml100k_run, tmp
     # a new user's list: the order of the interaction task's scores of the ranking state
     frame = rated.rename({"user": "user_id", "item": "item_id"})
     served = adapt_users(run, frame)
-    ranking = served.rank_state or served.state
-    logits = _catalog_scores(run, ranking, "interaction")
+    logits = _ranking_values(ml100k_run, run, served, frame, "interaction")
     for j, user in enumerate(served.user_ids):
         mine = got.filter(pl.col("user_id") == user).sort("rank")
         assert set(mine["served_by"]) == {"cold_start"} and mine.height == 10
-        value = logits[j].clone()
-        value[run.item_index(frame.filter(pl.col("user_id") == user)["item_id"])[0]] = -torch.inf
+        value = logits[j]
         listed = value[run.item_index(mine["item_id"])[0]]
         torch.testing.assert_close(listed, torch.topk(value, 10).values)
         score = torch.tensor(mine["score"].to_numpy(), dtype=torch.float64)
@@ -194,3 +220,109 @@ def test_k0_is_measured_with_its_floors(ml100k_run):
     assert {"item_bias", "item_bias_group", "population", "demographic_ridge"} <= set(k0)
     for m in k0.values():
         assert 0.5 < m["rating/rmse"] < 1.6 and m["users"] == 189
+
+
+class _Short:
+    """A ranking bonus of 1 on the first ``n`` items only."""
+
+    def __init__(self, n: int, task: str) -> None:
+        self.n, self.task = n, task
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        return torch.ones(rows.numel(), self.n)
+
+
+def _cooc_run(run_dir: Path, tmp_path: Path) -> Path:
+    """``run_dir`` where it serves a cooc variant, else a copy serving ``maml_cooc0.5``: its
+    neighbour table from the training users' log, a weight large enough to reorder lists."""
+    record = json.loads((run_dir / "coldstart" / "served.json").read_text())
+    if record.get("cooc"):
+        return run_dir
+    copy = tmp_path / "cooc-run"
+    shutil.copytree(run_dir, copy)
+    cfg = RunConfig.model_validate(json.loads((copy / "config.resolved.json").read_text()))
+    data = load_cold_data(copy / "features", copy / "split", cfg.meta)
+    table = item_neighbours(data.role_ratings("train"), data.n_items)
+    table.save(copy / "coldstart" / NEIGHBOURS)
+    record.update(name="maml_cooc0.5", kind="learner", learner="maml",
+                  learner_dir="meta_train/maml", shrink=0.5, split=True,
+                  cooc={"weight": 5.0, "file": NEIGHBOURS, "top": int(table.items.shape[1])})  # fmt: skip
+    (copy / "coldstart" / "served.json").write_text(json.dumps(record))
+    return copy
+
+
+def test_a_served_cooc_variant_ranks_new_users_with_its_evidence(ml100k_run, tmp_path):
+    run_dir = _cooc_run(ml100k_run, tmp_path)
+    record = json.loads((run_dir / "coldstart" / "served.json").read_text())
+    rated = _held_out_support(run_dir)
+    support = tmp_path / "support.csv"
+    rated.write_csv(support)
+    run = load_run(run_dir)
+    known = run.user_ids.head(4).to_list()
+    users = tmp_path / "users.txt"
+    users.write_text("\n".join(str(u) for u in [*known, *rated["user"].unique()]) + "\n")
+    out = tmp_path / "out.parquet"
+    report = score_command(str(run_dir), 10, str(out), users=str(users), support=str(support))
+    assert report["cold_start_learner"] == record["name"]
+    got = pl.read_parquet(out)
+    # by hand: the rank state's logits plus w x the evidence from the saved table
+    frame = rated.rename({"user": "user_id", "item": "item_id"})
+    served = adapt_users(run, frame)
+    assert served.rank_bonus is not None and served.rank_bonus.task == record["rank_task"]
+    values = _ranking_values(run_dir, run, served, frame, record["rank_task"])
+    plain = _catalog_scores(run, served.rank_state or served.state, record["rank_task"])
+    moved = 0
+    for j, user in enumerate(served.user_ids):
+        mine = got.filter(pl.col("user_id") == user).sort("rank")
+        assert set(mine["served_by"]) == {"cold_start"} and mine.height == 10
+        ids = run.item_index(mine["item_id"])[0]
+        listed = values[j][ids]
+        torch.testing.assert_close(listed, torch.topk(values[j], 10).values)
+        score = torch.tensor(mine["score"].to_numpy(), dtype=torch.float64)
+        torch.testing.assert_close(score, torch.sigmoid(listed).double(), atol=1e-5, rtol=0)
+        alone = torch.where(values[j].isinf(), values[j], plain[j])  # without the evidence
+        moved += torch.topk(alone, 10).indices.tolist() != ids.tolist()
+    assert moved  # the evidence reorders lists
+    # the task values written are the model's (the served state's), not the bonus
+    states = _catalog_scores(run, served.state, "rating")
+    first = got.filter(pl.col("user_id") == served.user_ids[0]).sort("rank")
+    want = states[0][run.item_index(first["item_id"])[0]]
+    torch.testing.assert_close(torch.tensor(first["score_rating"].to_numpy()), want)
+    # known users: as scored without --support
+    alone = tmp_path / "known.txt"
+    alone.write_text("\n".join(str(u) for u in known) + "\n")
+    plain_out = tmp_path / "plain.parquet"
+    score_command(str(run_dir), 10, str(plain_out), users=str(alone))
+    assert got.filter(pl.col("served_by") == "model").equals(pl.read_parquet(plain_out))
+    # the fused tiles (matmul and top-K by groups of items) give the same lists
+    tiled = tmp_path / "tiled.parquet"
+    score_command(str(run_dir), 10, str(tiled), users=str(users), support=str(support),
+                  tile_items=64)  # fmt: skip
+    assert pl.read_parquet(tiled)["item_id"].equals(got["item_id"])
+    # the bundle (and so the MLflow model) carries the table and serves the same lists
+    bundle = export_bundle(run_dir, tmp_path / "bundle")
+    assert (bundle / "coldstart" / record["cooc"]["file"]).is_file()
+    from_bundle = tmp_path / "bundle.parquet"
+    score_command(str(bundle), 10, str(from_bundle), users=str(users), support=str(support))
+    assert pl.read_parquet(from_bundle).equals(got)
+    # items past the table (grown into the catalog later) get no bonus; another blend, none
+    scorer = CatalogScorer(run.model, run.tasks, {"interaction": 1.0, "rating": 0.0, "like": 0.0},
+                           run.reference, run.ctx.rating_scale)  # fmt: skip
+    short = _Short(run.ctx.n_items - 2, record["rank_task"])
+    wrapped, state_of = with_bonus(scorer, lambda r: take_state(served.state, r), short)
+    rows = torch.arange(2)
+    base, got = scorer.block(take_state(served.state, rows)), wrapped.block(state_of(rows))
+    torch.testing.assert_close(
+        got, base + torch.cat([torch.ones(2, short.n), torch.zeros(2, 2)], 1)
+    )
+    blend = CatalogScorer(run.model, run.tasks, {"interaction": 1.0, "rating": 1.0, "like": 0.0},
+                          run.reference, run.ctx.rating_scale)  # fmt: skip
+    assert with_bonus(blend, state_of, short)[0] is blend
+    # a support item the table does not cover (grown into the catalog later) adds nothing
+    some, table = served.rank_bonus.support, served.rank_bonus.table
+    grown = Padded(torch.cat([some.items, torch.full_like(some.items[:, :1], table.n_items)], 1),
+                   *(torch.cat([x, x[:, :1]], 1) for x in (some.ratings, some.days,
+                                                           some.time_bins)),
+                   torch.cat([some.mask, torch.ones_like(some.mask[:, :1])], 1))  # fmt: skip
+    n = some.mask.sum(1, keepdim=True).float()
+    torch.testing.assert_close(evidence(table, grown) * (n + 1), evidence(table, some) * n)

@@ -1,0 +1,241 @@
+"""Item-item evidence for ranking new users' items: co-occurrence in the training users' log.
+
+Two items are neighbours when the same training users rated both: their similarity is the
+cosine of their binary rating columns, ``c_ij / sqrt(n_i n_j)`` (``c_ij`` users who rated
+both, ``n_i`` users who rated ``i``). Each item keeps its ``top`` most similar items only
+(:func:`item_neighbours`, a sparse table ``(I, top)`` of indices and similarities, computed in
+blocks of items so that it scales to large catalogs). A new user's evidence for item ``i`` is
+the mean similarity of ``i`` to the user's support items (:func:`evidence`; 0 with no
+support), and a **cooc** variant of a served method ranks by its own ranking score plus
+``weight x`` that evidence (:class:`Cooc`; its ratings are the method's own). The weight is
+chosen per variant on the cold validation users (:func:`choose_weight`: the highest mean
+NDCG@10 over ``meta.ks`` of the method's ranking plus the evidence).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import torch
+from torch import nn
+
+from meta.data import ColdData
+from meta.floors import catalog_grid, population_state
+from meta.learners.base import Adapted
+from meta.protocol import Padded, user_metrics
+from meta.state import score_grid
+from recsys_mtl.errors import UserError
+from recsys_mtl.io import load_tensors, save_tensors
+
+__all__ = [
+    "NEIGHBOURS",
+    "TOP",
+    "WEIGHTS",
+    "Cooc",
+    "CoocAdapted",
+    "NeighbourTable",
+    "RankBonus",
+    "choose_weight",
+    "evidence",
+    "item_neighbours",
+    "served_bonus",
+]
+
+NEIGHBOURS = "neighbours.pt"  # coldstart/ of a run (and of its bundle)
+TOP = 50  # neighbours kept per item
+WEIGHTS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0)  # the weights choose_weight tries
+BLOCK_ITEMS = 512  # items per block of the co-occurrence product
+
+
+@dataclass(frozen=True)
+class NeighbourTable:
+    """Each item's ``top`` neighbours: ``items (I, top)`` (long) and ``sims (I, top)``
+    (float32; 0 where an item has fewer neighbours, with the item itself as filler)."""
+
+    items: torch.Tensor
+    sims: torch.Tensor
+
+    @property
+    def n_items(self) -> int:
+        return int(self.items.shape[0])
+
+    def save(self, path: Path) -> None:
+        save_tensors({"items": self.items, "sims": self.sims}, path)
+
+    @classmethod
+    def load(cls, path: Path) -> NeighbourTable:
+        t = load_tensors(path, map_location="cpu")
+        return cls(t["items"].long(), t["sims"].float())
+
+
+def item_neighbours(ratings: pl.DataFrame, n_items: int, top: int = TOP) -> NeighbourTable:
+    """The ``top`` most similar items of every item (cosine of the binary rating columns of
+    ``ratings``: columns ``uidx, iidx``), from a sparse product over blocks of items."""
+    pairs = ratings.select("uidx", "iidx").unique()
+    u = torch.from_numpy(pairs["uidx"].to_numpy().astype("int64"))
+    i = torch.from_numpy(pairs["iidx"].to_numpy().astype("int64"))
+    n_users = int(u.max()) + 1 if len(u) else 1
+    ones = torch.ones(len(u))
+    shape = (n_users, n_items)
+    by_user = torch.sparse_coo_tensor(torch.stack([u, i]), ones, shape, check_invariants=True)
+    by_user = by_user.coalesce()
+    counts = torch.zeros(n_items).index_add_(0, i, ones)
+    norm = counts.clamp(min=1).rsqrt()
+    top = max(1, min(top, n_items - 1))
+    out_items = torch.empty(n_items, top, dtype=torch.long)
+    out_sims = torch.empty(n_items, top)
+    order = torch.argsort(i)
+    for s in range(0, n_items, BLOCK_ITEMS):
+        e = min(n_items, s + BLOCK_ITEMS)
+        lo, hi = torch.searchsorted(i[order], torch.tensor([s, e]))
+        sel = order[lo:hi]
+        block = torch.sparse_coo_tensor(torch.stack([i[sel] - s, u[sel]]), ones[sel],
+                                        (e - s, n_users), check_invariants=True)  # fmt: skip
+        with warnings.catch_warnings():  # the product goes through (beta) CSR tensors
+            warnings.simplefilter("ignore", UserWarning)
+            co = torch.sparse.mm(block, by_user).to_dense()  # (B, I) users who rated both
+        sims = co * norm[s:e, None] * norm[None, :]
+        rows = torch.arange(e - s)
+        sims[rows, rows + s] = -1.0  # never an item's own neighbour
+        v, j = sims.topk(top, 1)
+        empty = v <= 0
+        out_items[s:e] = torch.where(empty, (rows + s)[:, None], j)
+        out_sims[s:e] = torch.where(empty, torch.zeros_like(v), v)
+    return NeighbourTable(out_items, out_sims)
+
+
+def evidence(table: NeighbourTable, support: Padded) -> torch.Tensor:
+    """``(U, I)``: each user's mean similarity of every item to their support items (the
+    neighbour table's entries only; 0 for a user with no support item). A support item the
+    table does not cover (an item grown into the catalog after training) has no neighbour: it
+    counts in the mean with nothing to add."""
+    n_users = support.items.shape[0]
+    m = support.mask.to(table.items.device)
+    items = support.items.to(table.items.device)
+    covered = m & (items < table.n_items)
+    items = torch.where(covered, items, 0)
+    nb = table.items[items]  # (U, S, top)
+    sims = table.sims[items] * covered[..., None].to(table.sims.dtype)
+    out = torch.zeros(n_users, table.n_items, dtype=table.sims.dtype)
+    out.scatter_add_(1, nb.reshape(n_users, -1), sims.reshape(n_users, -1))
+    return out / m.sum(1, keepdim=True).clamp(min=1).to(out.dtype)
+
+
+@dataclass
+class CoocAdapted(Adapted):
+    """Adapted users with the inner method's adaptation and their evidence ``(U, I)``."""
+
+    inner: Adapted | None = None
+    evidence: torch.Tensor | None = None
+
+
+class Cooc:
+    """A served method (a learner or its shrunk / split variant) ranking by its own ranking
+    score plus ``weight x`` :func:`evidence`; the ratings are the method's own."""
+
+    inner_loop = False
+
+    def __init__(self, method: Any, table: NeighbourTable, weight: float) -> None:
+        self.method, self.table, self.weight = method, table, weight
+
+    def adapt(self, support: Padded, user_cats: torch.Tensor, sup_rows: dict) -> Adapted:
+        a = self.method.adapt(support, user_cats, sup_rows)
+        return CoocAdapted(a.state, a.params, inner=a, evidence=evidence(self.table, support))
+
+    def score_items(self, adapted: Adapted, *grid: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.method.score_items(_inner(adapted), *grid)
+
+    def rank_scores(self, adapted: Adapted, items: torch.Tensor, *grid: Any) -> torch.Tensor:
+        own = self.method.rank_scores(_inner(adapted), items, *grid)
+        ev = getattr(adapted, "evidence", None)
+        if ev is None:
+            return own
+        return own + self.weight * torch.gather(ev.to(own.dtype), 1, items)
+
+
+def _inner(adapted: Adapted) -> Adapted:
+    return getattr(adapted, "inner", None) or adapted
+
+
+def choose_weight(
+    model: nn.Module,
+    data: ColdData,
+    table: NeighbourTable,
+    rank_task: str,
+    method: Any = None,
+) -> tuple[float, dict[str, float]]:
+    """The evidence weight of :data:`WEIGHTS` (0 included) with the highest mean NDCG@10 over
+    ``meta.ks`` of ``method``'s ranking (a learner or its variant; None: the new-user state)
+    plus ``weight x`` :func:`evidence`, on the cold validation users, and the mean NDCG@10 of
+    every weight tried."""
+    weights = (0.0, *WEIGHTS)
+    got: dict[str, list[float]] = {f"{w:g}": [] for w in weights}
+    for k in data.eval_ks:
+        blocks = data.held_out_blocks("cold_valid", k, data.cfg.seed + 1)
+        t = blocks.tasks
+        if not len(t):
+            continue
+        grid = catalog_grid(blocks, data.n_items)
+        with torch.no_grad():
+            if method is None:
+                own = score_grid(model, population_state(model, blocks), *grid)[rank_task]
+            else:
+                adapted = method.adapt(t.support, t.user_cats, blocks.support)
+                own = method.rank_scores(adapted, *grid, rank_task)
+        ev = torch.gather(evidence(table, t.support), 1, grid[0]).to(own.dtype)
+        for w in weights:
+            m = user_metrics(torch.zeros_like(t.query.ratings), t.query, data.rating_scale,
+                             own + w * ev, t.support, data.like_threshold)  # fmt: skip
+            got[f"{w:g}"].append(m["ranking/ndcg@10"])
+    means = {w: sum(v) / len(v) for w, v in got.items() if v and all(x == x for x in v)}
+    if not means:
+        return 0.0, {}
+    best = max(means, key=lambda w: (means[w], -float(w)))
+    return float(best), means
+
+
+@dataclass(frozen=True)
+class RankBonus:
+    """What a served cooc variant adds to new users' ranking scores, computed per block of
+    users: ``bonus(rows) -> (c, I)``, ``weight x`` :func:`evidence` of the users ``rows``
+    (positions in ``support``); ``I`` the table's items (the trained catalog: items grown
+    into it later have no neighbours and get 0). ``task``: the task whose raw output (logit,
+    or predicted rating) the bonus is on the scale of, the one the variant was measured
+    ranking by (``rank_task`` of ``served.json``)."""
+
+    table: NeighbourTable
+    weight: float
+    support: Padded
+    task: str
+
+    @property
+    def n_items(self) -> int:
+        return self.table.n_items
+
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        picked = self.support.take(rows.to(self.support.items.device))
+        return self.weight * evidence(self.table, picked)
+
+
+def served_bonus(
+    root: str | Path, record: dict[str, Any] | None, support: Padded
+) -> RankBonus | None:
+    """What a served cooc variant adds to the ranking scores of new users with support
+    ``support`` (:class:`RankBonus`, evaluated per block of users: memory ``users x items``
+    per block, never all users at once; the table read from ``root``'s ``coldstart/`` folder,
+    a run's or a bundle's); None when the served method is no cooc variant."""
+    record = record or {}
+    cooc = record.get("cooc")
+    if cooc is None:
+        return None
+    path = Path(root) / "coldstart" / cooc["file"]
+    if not path.is_file():
+        raise UserError(f"{root}: the served method {record.get('name')!r} ranks with the item "
+                        f"neighbour table coldstart/{cooc['file']}, which is missing")  # fmt: skip
+    table = NeighbourTable.load(path)
+    task = str(record.get("rank_task", "interaction"))
+    return RankBonus(table, float(cooc["weight"]), support.to("cpu"), task)
