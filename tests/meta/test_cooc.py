@@ -3,7 +3,6 @@ the per-user evidence, the cooc variant's scores and its place in the served cho
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
@@ -15,7 +14,6 @@ import meta.cooc as cooc
 from meta.cooc import Cooc, NeighbourTable, evidence, item_neighbours
 from meta.learners.base import Adapted
 from meta.protocol import Padded
-from tests.conftest import tiny_config
 
 
 def _log(users: int, items: int, n: int, seed: int = 0) -> pl.DataFrame:
@@ -105,28 +103,14 @@ def test_the_cooc_variant_adds_the_weighted_evidence_to_the_ranking_only():
     assert not torch.equal(both.rank_scores(a, grid), method.rank_scores(plain, grid))
 
 
-SYN = {"format": "synthetic", "synthetic": {"users": 80, "items": 60, "ratings": 3000}}
-META = {"ks": [3, 5], "epochs": 2, "batch_users": 16, "max_query": 16, "fold_in_steps": [0, 2],
-        "fold_in_lrs": [0.01], "learners": [{"name": "maml", "params": {"steps": 2}}]}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def cold_run(tmp_path_factory):
-    from pipelines.cli import run_command
-
-    base = tmp_path_factory.mktemp("cooc")
-    cfg = tiny_config(
-        base, SYN, model={"name": "bellkor", "params": {"dim": 4}},
-        tasks=["rating", "interaction", "like"],
-        train={"epochs": 2, "patience": None, "batch_size": 256, "lr": 0.01}, meta=META,
-    )  # fmt: skip
-    with contextlib.chdir(base):
-        run_command(str(cfg), [], str(base / "run"), False)
-    return base / "run"
+@pytest.fixture
+def cold_run(synthetic_run):
+    """The shared synthetic cold-start run's folder (tests/meta/conftest.py)."""
+    return synthetic_run[0]
 
 
 def test_cooc_variants_are_candidates_and_a_served_one_is_rebuilt_from_its_record(
-    cold_run, monkeypatch
+    cold_run, monkeypatch, tmp_path
 ):
     from meta.choose import choose_served, variant
     from meta.data import load_cold_data
@@ -147,7 +131,7 @@ def test_cooc_variants_are_candidates_and_a_served_one_is_rebuilt_from_its_recor
     monkeypatch.setattr(
         "meta.choose.select_served", lambda rows, names: {**served, "eligible": names}
     )
-    folder = cold_run.parent / "served"
+    folder = tmp_path / "served"
     folder.mkdir()
     rec = choose_served(run.model, data, learners, run.tasks, "interaction", None, choice, folder)
     assert {"maml_cooc1", "maml_cooc0.5", "maml_cooc0.25"} <= set(rec["eligible"])

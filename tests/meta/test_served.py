@@ -4,7 +4,6 @@ users with demographics and no rating (K = 0)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import polars as pl
@@ -13,20 +12,7 @@ import torch
 
 from meta.adapt import adapt_users
 from meta.select import select_served
-from pipelines.cli import run_command
 from recsys_mtl.runs.load import load_run
-from tests.conftest import tiny_config
-
-SYN = {"format": "synthetic", "synthetic": {"users": 80, "items": 60, "ratings": 3000}}
-META = {
-    "ks": [3, 5], "epochs": 2, "batch_users": 16, "max_query": 16, "fold_in_steps": [0, 2],
-    "fold_in_lrs": [0.01],
-    "learners": [{"name": "maml", "params": {"steps": 2}}, {"name": "metric", "params": {"hidden": 8}},
-                 {"name": "ridge", "label": "closed_form"},
-                 {"name": "state_mean", "params": {"members": [
-                     {"name": "maml", "params": {"steps": 2}},
-                     {"name": "metric", "params": {"hidden": 8}}]}}],
-}  # fmt: skip
 
 
 def _rows(figures: dict[str, dict[str, tuple]]) -> list[dict]:
@@ -61,19 +47,6 @@ def test_ties_share_the_mean_rank_and_break_on_rmse():
     rec = select_served(rows, ["a", "b", "c"])
     assert rec["ranks"]["a"]["k5/ranking/ndcg@10"] == rec["ranks"]["b"]["k5/ranking/ndcg@10"] == 1.5
     assert rec["name"] == "a"  # a and b tie at 5 / 3; a has the lower RMSE rank
-
-
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("served")
-    cfg = tiny_config(
-        base, SYN, model={"name": "bellkor", "params": {"dim": 4}},
-        tasks=["rating", "interaction", "like"],
-        train={"epochs": 2, "patience": None, "batch_size": 256, "lr": 0.01}, meta=META,
-    )  # fmt: skip
-    with contextlib.chdir(base):
-        summary = run_command(str(cfg), [], str(base / "run"), False)
-    return base / "run", summary
 
 
 def test_the_choice_reads_the_cold_validation_users_only(synthetic_run):
