@@ -57,8 +57,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--run-name",
         metavar="NAME",
-        help="MLflow run name (default: built from the config name, model, split, tasks and "
-        "weighting when several, and seed, e.g. quickstart-bias-random-s0)",
+        help="MLflow run name (default: the model, the weighting of a multi-task run, the split, "
+        "the seed, then the config's name, e.g. bias-random-s0-quickstart)",
     )
     p.add_argument(
         "--json",

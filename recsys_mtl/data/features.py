@@ -286,21 +286,23 @@ def _interactions(
 
     columns = indexed.select("row", uidx, iidx, "ts")
     n_items = item_features.height
-    with ThreadPoolExecutor(max_workers=1) as drawer:
-        split = drawer.submit(_split_partitions, columns, parts, work)
-        drawn = [
-            drawer.submit(_draw_partition, split, columns, p, parts, n_items, cfg, work)
-            for p in range(parts)
-        ]
-        try:
-            rows = _write_table(tables(split, drawn), positives, out / "interactions.parquet")
-        finally:
-            for future in drawn:
-                future.cancel()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as drawer:
+            split = drawer.submit(_split_partitions, columns, parts, work)
+            drawn = [
+                drawer.submit(_draw_partition, split, columns, p, parts, n_items, cfg, work)
+                for p in range(parts)
+            ]
+            try:
+                rows = _write_table(tables(split, drawn), positives, out / "interactions.parquet")
+            finally:
+                for future in drawn:
+                    future.cancel()
+    finally:  # the partitions' files, on success and on failure alike
+        shutil.rmtree(work, ignore_errors=True)
     if rows[0] != stats["positives"]:  # the partitions' ratings are the log's
         raise RuntimeError(f"features: {stats['positives']} of {rows[0]} ratings partitioned")
     stats["negatives"] = sum(rows[1:])
-    shutil.rmtree(work, ignore_errors=True)
     return stats
 
 

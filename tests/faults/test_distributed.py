@@ -4,6 +4,7 @@ torchrun with a file-store rendezvous (no shared port)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ data:
 split: {strategy: random, test_fraction: 0.2, valid_fraction: 0.1, seed: 0}
 model: {name: mmoe, params: {dim: 16, side_dim: 8}}
 tasks: [rating]
-train: {epochs: 6, batch_size: 64, lr: 0.005, embedding_optimizer: rowwise_adagrad,
+train: {epochs: 12, batch_size: 64, lr: 0.005, embedding_optimizer: rowwise_adagrad,
         patience: null}
 evaluate: {full_ranking: false}
 tracking: {enabled: false}
@@ -111,11 +112,19 @@ def exits(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, str]
                         module="tests.faults.exits_job")  # fmt: skip
         with (tmp / "out").open("w") as out, (tmp / "err").open("w") as err:  # no pipe fills
             jobs[command, how, rank] = (tmp, subprocess.Popen(
-                cmd, cwd=tmp, env=env, text=True, stdout=out, stderr=err))  # fmt: skip
+                cmd, cwd=tmp, env=env, text=True, stdout=out, stderr=err,
+                start_new_session=True))  # fmt: skip
     done = {}
-    for key, (tmp, job) in jobs.items():
-        job.wait(timeout=180)
-        done[key] = (job.returncode, (tmp / "out").read_text() + (tmp / "err").read_text())
+    try:
+        for key, (tmp, job) in jobs.items():
+            job.wait(timeout=180)
+            done[key] = (job.returncode, (tmp / "out").read_text() + (tmp / "err").read_text())
+    finally:  # a job that outlived its wait (and its workers) ends here, not in later tests
+        for _, job in jobs.values():
+            if job.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.pid, signal.SIGKILL)
+                job.wait()
     return done
 
 
@@ -153,7 +162,7 @@ def test_sharded_scoring_writes_one_part_per_process_and_a_manifest(tmp_path):
 
     import polars as pl
 
-    (tmp_path / "c.yaml").write_text(CONFIG.replace("epochs: 6", "epochs: 1"))
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("epochs: 12", "epochs: 1"))
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [

@@ -210,7 +210,7 @@ def test_ctrl_c_ends_the_mlflow_run_killed(tmp_path, store, client, cli):
     data = {"format": "synthetic", "synthetic": {"users": 200, "items": 300, "ratings": 10_000}}
     cfg = tiny_config(
         tmp_path, data, model={"name": "gmf", "params": {"dim": 16}}, tasks=["rating"],
-        train={"epochs": 5, "patience": None, "batch_size": 16},
+        train={"epochs": 12, "patience": None, "batch_size": 16},
         tracking={"enabled": True, "experiment": "ux-sigint"},
     )  # fmt: skip
     env = {
