@@ -33,6 +33,7 @@ from meta.data import RowBlocks
 from meta.demographic import DemographicState, encode_users
 from meta.floors import fold_in
 from meta.learners import LEARNER_FILE, load_learner
+from meta.learners.base import support_among
 from meta.protocol import Padded, UserTasks, pad_rows
 from meta.rows import draw_negatives, support_keys, task_rows
 from meta.select import DEMOGRAPHIC, demographic_folder, learner_folder, read_served
@@ -145,7 +146,9 @@ def _served_state(
     if name == "fold_in":
         f = record["fold_in"]
         prior = {n: torch.tensor(v) for n, v in f.get("prior", {}).items()}
-        return fold_in_state(run.model, padded, cats, run.tasks, f["steps"], f["lr"], prior), name
+        state = fold_in_state(run.model, padded, cats, run.tasks, f["steps"], f["lr"], prior,
+                              n_items=run.trained_items)  # fmt: skip
+        return state, name
     folder = learner_folder(run.run_dir, record)
     if folder is None:  # ranker_ridge
         return ridge_state(run.model, padded, cats, shrinkage), name
@@ -223,12 +226,16 @@ def fold_in_state(
     steps: int,
     lr: float,
     prior: dict[str, torch.Tensor] | None = None,
+    n_items: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """The ``fold_in`` floor's state for new users (Adam on the user-state entries from the
-    new-user state, every task's support loss; sampled negatives as in evaluation)."""
+    new-user state, every task's support loss; sampled negatives as in evaluation, drawn
+    among the first ``n_items`` items: the run's trained catalog where it grew since, default
+    every item)."""
     users = torch.arange(padded.items.shape[0])
-    keys = support_keys(users, padded, model.ctx.n_items)
-    neg = draw_negatives(users, padded, keys, model.ctx.n_items, 1, np.random.default_rng(0))
+    n_items = n_items or int(model.ctx.n_items)
+    keys = support_keys(users, support_among(padded, n_items), n_items)
+    neg = draw_negatives(users, padded, keys, n_items, 1, np.random.default_rng(0))
     rows = task_rows(padded, *neg, 4.0)
     tasks_ = UserTasks(users, _cats(cats, padded), padded, padded)
     blocks = RowBlocks(tasks_, rows, rows)

@@ -224,8 +224,8 @@ def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None,
     grown.eval()
     new_ids = items.filter(pl.Series(unknown.numpy()))["item_id"]
     ids = pl.concat([run.item_ids, new_ids.cast(run.item_ids.dtype)])
-    return (replace(run, model=grown, selected=grown, ctx=grown.ctx, item_ids=ids, seen=seen),
-            rest, target)  # fmt: skip
+    return (replace(run, model=grown, selected=grown, ctx=grown.ctx, item_ids=ids, seen=seen,
+                    trained_items=run.trained_items or n_old), rest, target)  # fmt: skip
 
 
 def _negatives(side: Any, choice: dict[str, Any], sup: ItemSupport | None

@@ -1,4 +1,8 @@
-"""The meta-learner registry (``LEARNERS``) and saving / loading a trained learner."""
+"""The meta-learner registry (``LEARNERS``) and saving / loading a trained learner.
+
+A learner saved against a catalog of ``N`` items loads over a base grown to ``N + M`` items
+(``recsys-mtl score --items-meta``, :func:`meta.items_serve.grow_run`): see :func:`load_learner`.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from meta.learners.mean import MeanParams, StateMean
 from meta.state import module_device
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path, load_tensors, write_json
+from recsys_mtl.models.item_state import item_tables
 
 __all__ = [
     "ENSEMBLE",
@@ -42,10 +47,12 @@ __all__ = [
     "Ridge",
     "StateMean",
     "build_learner",
+    "fit_items",
     "learner_names",
     "learner_params",
     "load_learner",
     "save_learner",
+    "trained_items",
 ]
 
 LEARNER_FILE, WEIGHTS_FILE = "learner.json", "learner.pt"
@@ -125,5 +132,80 @@ def load_learner(folder: Path, base: nn.Module, for_run: bool = False) -> MetaLe
         )
     learner = build_learner(doc["name"], doc["params"], base, doc["tasks"])
     state = load_tensors(folder / WEIGHTS_FILE, map_location="cpu")
-    learner.load_state_dict(state)
+    learner.load_state_dict(fit_items(learner, state, base, for_run))
+    n_old = trained_items(learner, state, base)
+    if n_old is not None and n_old < int(base.ctx.n_items):
+        learner.trained_items = n_old
     return learner.to(module_device(base)).eval()  # its own weights where the base model is
+
+
+def fit_items(
+    learner: MetaLearner, state: dict[str, torch.Tensor], base: nn.Module, for_run: bool = False
+) -> dict[str, torch.Tensor]:
+    """The saved ``state`` of ``learner`` fitted to ``base``'s catalog, which may hold more
+    items than the one it was trained against (a run grown by new items) or other rows for
+    some (held-out items served from their side features and first ratings).
+
+    * The base model's item-indexed tensors: where their saved shape differs from ``base``'s,
+      and, ``for_run`` (``base`` is the run's own ranker, which the learner kept frozen), for
+      every item-side table, ``base``'s own values: its rows of the items it was trained on
+      are the saved ones, and its rows of new or replaced items are what serving grew them to.
+    * The learner's own per-item tables (e.g. ``metric``'s item embedding of support pairs):
+      the saved rows of the ``N`` trained-against items, and for each new item the mean of
+      those rows (the learner never saw the item; its random start would make serving
+      nondeterministic).
+
+    The adapted state of a user whose support rates only the ``N`` items is therefore the one
+    the ungrown run gives."""
+    live = learner.state_dict(keep_vars=True)
+    tables = _tables(base)
+    in_base = {id(v) for v in base.state_dict(keep_vars=True).values()}
+    n_old = trained_items(learner, state, base)
+    out = dict(state)
+    for key, value in live.items():
+        saved = state.get(key)
+        if saved is None:
+            continue
+        if id(value) in in_base:
+            if saved.shape != value.shape or (for_run and id(value) in tables):
+                out[key] = value.detach().to("cpu", copy=True)
+        elif saved.shape != value.shape and n_old:
+            out[key] = _grow_rows(saved, value.shape, n_old, int(base.ctx.n_items))
+    return out
+
+
+def _tables(base: nn.Module) -> dict[int, Any]:
+    """``base``'s item-side tables (:func:`recsys_mtl.models.item_state.item_tables`) by the id
+    of their weight; none for a base without a feature context."""
+    return {id(t.weight): t for t in item_tables(base).values()} if hasattr(base, "ctx") else {}
+
+
+def trained_items(
+    learner: MetaLearner, state: dict[str, torch.Tensor], base: nn.Module
+) -> int | None:
+    """The number of items of the catalog ``state`` (a saved ``learner``) was trained against:
+    the rows of its base's first item-side table over that table's rows per item; None
+    without one."""
+    tables = _tables(base)
+    for key, value in learner.state_dict(keep_vars=True).items():
+        if id(value) in tables and key in state:
+            return int(state[key].shape[0]) // tables[id(value)].per_item
+    return None
+
+
+def _grow_rows(saved: torch.Tensor, shape: torch.Size, n_old: int, n_now: int) -> torch.Tensor:
+    """``saved``, indexed by ``n_old`` items (``r`` consecutive entries each) along one
+    dimension, grown to ``n_now`` items there: each new item's entries the mean of the old
+    items'. A tensor that is not such a growth is returned as it is (loading then names it)."""
+    diff = [d for d in range(saved.dim()) if saved.shape[d] != shape[d]]
+    if saved.dim() != len(shape) or len(diff) != 1 or n_now <= n_old:
+        return saved
+    d = diff[0]
+    r, rest = divmod(saved.shape[d], n_old)
+    if rest or shape[d] != r * n_now:
+        return saved
+    rows = saved.movedim(d, 0)
+    per = rows.reshape(n_old, r, *rows.shape[1:])
+    new = per.mean(0, keepdim=True).expand(n_now - n_old, *per.shape[1:])
+    grown = torch.cat([per, new.to(per.dtype)]).reshape(r * n_now, *rows.shape[1:])
+    return grown.movedim(0, d).contiguous()

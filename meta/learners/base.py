@@ -18,7 +18,7 @@ user).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ __all__ = [
     "MetaLearner",
     "MetaLoss",
     "adapted_names",
+    "support_among",
 ]
 
 LEARNERS: Registry[type[MetaLearner]] = Registry("meta-learner")
@@ -102,6 +103,14 @@ class Adapted:
     params: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def support_among(support: Padded, n_items: int) -> Padded:
+    """``support`` with its rows of items ``>= n_items`` masked out (items a catalog grew by
+    after training: no negative is drawn among them, so none needs avoiding)."""
+    if not bool((support.items[support.mask] >= n_items).any()):
+        return support
+    return replace(support, mask=support.mask & (support.items < n_items))
+
+
 class _Scorer(nn.Module):
     """``forward(state, batch) = model.score(state, batch)``, for ``functional_call``."""
 
@@ -138,6 +147,10 @@ class MetaLearner(nn.Module):
     # capability flags (the conformance suite reads these, never names)
     inner_loop = False  # adapts by gradient steps on the support set
     adapts_weights = False  # may adapt network weights per user (not only the user state)
+    # the catalog it was trained against, where the base now holds more items (a run grown
+    # by new items, :func:`meta.learners.load_learner`): a new user's sampled negatives are
+    # drawn among those items, so their adapted state is the ungrown run's; None: every item
+    trained_items: int | None = None
 
     def __init__(self, base: nn.Module, tasks: list[str], params: LearnerParams) -> None:
         super().__init__()
@@ -290,10 +303,9 @@ class MetaLearner(nn.Module):
                 "its states do not serve the run's model"
             )
         users = torch.arange(support.items.shape[0], device=support.items.device)
-        keys = support_keys(users, support, self.base.ctx.n_items)
-        neg = draw_negatives(
-            users, support, keys, self.base.ctx.n_items, 1, np.random.default_rng(0)
-        )
+        n_items = self.trained_items or int(self.base.ctx.n_items)
+        keys = support_keys(users, support_among(support, n_items), n_items)
+        neg = draw_negatives(users, support, keys, n_items, 1, np.random.default_rng(0))
         adapted = self.adapt(support, user_cats, task_rows(support, *neg, self.like_threshold))
         if adapted.params:
             raise UserError(

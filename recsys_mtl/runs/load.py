@@ -43,6 +43,10 @@ class LoadedRun:
     item_ids: pl.Series  # raw item id of each item index
     seen: tuple[torch.Tensor, torch.Tensor]  # CSR per user index: every item in the log
     reference: dict[str, int]  # "now" for time features: last ts, day and time bin of the log
+    # the number of items of the catalog the run was trained against (indices 0..N-1), where
+    # it grew since (``score --items-meta`` appends new items); None: every item. New users'
+    # sampled negatives are drawn among those, so their states do not depend on the growth
+    trained_items: int | None = None
 
     @property
     def tasks(self) -> list[str]:

@@ -11,6 +11,7 @@ from torch.testing import assert_close
 
 from meta.learners import LEARNERS, Adapted, build_learner, load_learner, save_learner
 from meta.rows import row_losses
+from recsys_mtl.models.item_state import grow_items, item_rows, set_item_rows
 from tests.meta.helpers import TASKS, cold_data, ranker
 
 NAMES = LEARNERS.names()
@@ -131,3 +132,52 @@ def test_vmap_and_loop_give_the_same_meta_gradient_on_a_ranker(world, name):
     for (n, p), q in zip(learner.named_parameters(), other.parameters(), strict=True):
         if p.grad is not None:
             assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def _grown(model, n_new: int = 3):
+    """``model`` grown by ``n_new`` items (rows: copies of its first items' rows, shifted)."""
+    first = torch.arange(n_new)
+    rows = {n: v + 0.5 for n, v in item_rows(model, first).items()}
+    offsets = torch.tensor([0, 1, 1, 2][: n_new + 1])
+    return grow_items(model, rows, torch.ones(n_new, dtype=torch.long), offsets,
+                      torch.zeros(int(offsets[-1]), dtype=torch.long))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_saved_learner_loads_over_a_grown_catalog(world, name, tmp_path):
+    base, _, blocks = world
+    learner = _learner(base, name)
+    with torch.no_grad():
+        for p in learner.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_learner(learner, tmp_path / "l", {"base": "ranker"})
+    model = copy.deepcopy(learner.base)  # the run's ranker, which the learner kept frozen
+    n_old = int(model.ctx.n_items)
+    grown = _grown(model)
+    held = torch.tensor([n_old - 1])  # an item the run holds but serves with other rows
+    set_item_rows(grown, held, {n: v - 0.5 for n, v in item_rows(grown, held).items()})
+    want = {k: v.clone() for k, v in grown.state_dict().items()}
+    loaded = load_learner(tmp_path / "l", grown, for_run=True)
+    assert loaded.trained_items == n_old
+    # the base keeps the grown rows; the learner's own item tables get the old rows' mean
+    own = dict(learner.named_parameters())
+    for key, value in loaded.named_parameters():
+        if key.startswith(("base.", "scorer.")) or value.shape == own[key].shape:
+            continue
+        d = next(i for i in range(value.dim()) if value.shape[i] != own[key].shape[i])
+        old = own[key].detach().movedim(d, 0)
+        assert_close(value.detach().movedim(d, 0)[:n_old], old)
+        assert_close(value.detach().movedim(d, 0)[n_old:], old.mean(0, keepdim=True).expand(
+            3, *old.shape[1:]))  # fmt: skip
+    for key, value in want.items():  # the grown and replaced rows, not the saved ones
+        assert_close(loaded.base.state_dict()[key], value)
+    # support on the old items: the ungrown learner's users, negatives drawn among them too
+    t = blocks.tasks
+    with torch.no_grad():
+        a = learner.eval().adapt(t.support, t.user_cats, blocks.support).state
+        b = loaded.adapt(t.support, t.user_cats, blocks.support).state
+    assert_close(a, b)
+    if name in ("maml", "metric", "state_mean"):
+        with torch.no_grad():
+            assert_close(learner.adapt_state(t.support, t.user_cats),
+                         loaded.adapt_state(t.support, t.user_cats))  # fmt: skip

@@ -326,3 +326,82 @@ def test_a_served_cooc_variant_ranks_new_users_with_its_evidence(ml100k_run, tmp
                    torch.cat([some.mask, torch.ones_like(some.mask[:, :1])], 1))  # fmt: skip
     n = some.mask.sum(1, keepdim=True).float()
     torch.testing.assert_close(evidence(table, grown) * (n + 1), evidence(table, some) * n)
+
+
+NEW_ITEMS = ("item_id,genres,year\n5001,Comedy|Romance,1998\n5002,Action|Thriller,1998\n"
+             "5003,Drama,1997\n")  # fmt: skip
+
+
+def _learner_records(run_dir: Path) -> dict[str, dict]:
+    """The run's own served record where it names a learner, and a plain ``maml`` one; each
+    with new items ranked among themselves by the predicted rating (new users are ranked by
+    the interaction task otherwise, so the rule shows)."""
+    own = json.loads((run_dir / "coldstart" / "served.json").read_text())
+    plain = {k: v for k, v in own.items() if k not in ("cooc", "shrink", "split", "name",
+                                                       "learner", "learner_dir")}  # fmt: skip
+    plain.update(name="maml", kind="learner", learner="maml", learner_dir="meta_train/maml")
+    records = {"maml": plain}
+    if own.get("kind") == "learner" and own["name"] != "maml":
+        records[own["name"]] = own
+    rules = {"model": "rating", "cold_start": "rating"}
+    return {n: {**r, "new_items_rank_by": rules} for n, r in records.items()}
+
+
+def test_a_served_learner_scores_new_items_for_new_users(cli, ml100k_run, tmp_path):
+    """``score --support --items-meta`` on a run serving a learner: the learner, saved against
+    the run's catalog, serves the grown one; its states are those of the ungrown run."""
+    items = tmp_path / "items.csv"
+    items.write_text(NEW_ITEMS)
+    rated = _held_out_support(ml100k_run)
+    old_ids = rated["item"].unique(maintain_order=True).head(3).to_list()
+    mixed = pl.DataFrame({"user": [300_001] * 4, "item": [*old_ids, 5001],
+                          "rating": [4.0, 3.0, 5.0, 5.0]}).cast(rated.schema)  # fmt: skip
+    support = tmp_path / "support.csv"
+    pl.concat([rated, mixed]).write_csv(support)
+    new_users = rated["user"].unique(maintain_order=True).to_list()
+    run = load_run(ml100k_run)
+    known = run.user_ids.head(3).to_list()
+    users = tmp_path / "users.txt"
+    users.write_text("\n".join(str(u) for u in [*known, *new_users, 300_001]) + "\n")
+    n_items = run.ctx.n_items + 3
+    for name, record in _learner_records(ml100k_run).items():
+        run_dir = tmp_path / name
+        shutil.copytree(ml100k_run, run_dir)
+        (run_dir / "coldstart" / "served.json").write_text(json.dumps(record))
+
+        def score(out: str, *extra: object, tag: str = name) -> tuple[pl.DataFrame, dict]:
+            path = tmp_path / f"{tag}-{out}.parquet"
+            code, stdout, err = cli("score", tmp_path / tag, "--top-k", n_items, "--out", path,
+                                    "--users", users, *extra)  # fmt: skip
+            assert code == 0, err
+            return pl.read_parquet(path), json.loads(stdout.strip().splitlines()[-1])
+
+        got, report = score("grown", "--support", support, "--items-meta", items)
+        assert report["cold_start_learner"] == name and report["new_items"] == 3
+        assert report["served_by"] == {"model": 3, "cold_start": 4, "popularity": 0}
+        assert report["new_items_rank_by"] == record["new_items_rank_by"]
+        new = pl.col("served_by") == "cold_start"
+        is_new_item = pl.col("item_id").is_in([5001, 5002, 5003])
+        # every new user's list holds the new items they did not rate, ranked among
+        # themselves by the run's rule for new users (the predicted rating)
+        for user in [*new_users, 300_001]:
+            mine = got.filter(pl.col("user_id") == user).sort("rank")
+            rated_new = int(user == 300_001)  # rated 5001 and three old items
+            assert mine.height == n_items - (4 if rated_new else 5)
+            on_new = mine.filter(is_new_item)
+            assert on_new.height == 3 - rated_new
+            assert on_new["score_rating"].is_sorted(descending=True)
+        # known users: the rows of the grown run scored without --support
+        alone, _ = score("alone", "--items-meta", items)
+        assert got.filter(~new).equals(alone.filter(pl.col("served_by") == "model"))
+        # new users rating old items only: the states of the ungrown run (--support alone),
+        # so every old item keeps its values and its place among the old items
+        plain, p_report = score("plain", "--support", support)
+        assert p_report["cold_start_learner"] == name and p_report["support_unknown_items"] == 1
+        for user in new_users:
+            mine = got.filter((pl.col("user_id") == user) & ~is_new_item).sort("rank")
+            before = plain.filter(pl.col("user_id") == user).sort("rank")
+            assert mine["item_id"].equals(before["item_id"])
+            for col in (c for c in mine.columns if c.startswith("score_")):
+                torch.testing.assert_close(torch.tensor(mine[col].to_numpy()),
+                                           torch.tensor(before[col].to_numpy()))  # fmt: skip
