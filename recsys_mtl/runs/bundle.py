@@ -57,7 +57,9 @@ __all__ = [
     "run_info",
 ]
 
-BUNDLE_FORMAT = 2  # 1: bundles without what new items need (before coldstart/item_side.*)
+# 1: bundles without what new items need (before coldstart/item_side.*); 2: without the training
+# users new items' negatives are drawn among, and a cooc variant's neighbour table
+BUNDLE_FORMAT = 3
 ITEMS_CHOICE = "items.json"  # coldstart/: the run's cold-validation choice for new items
 ITEM_SIDE = "item_side.pt"  # coldstart/ of a bundle: the fitted ridge and the trained items
 ITEM_SIDE_INFO = "item_side.json"  # coldstart/ of a bundle: the choice, the ridge's shapes
@@ -140,7 +142,10 @@ def _copy_served(run_dir: Path, out: Path) -> None:
     shutil.copyfile(served, out / RunLayout.COLDSTART / RunLayout.SERVED)
     record = json.loads(served.read_text())
     table = (record.get("cooc") or {}).get("file")  # a cooc variant's neighbour table
-    if table and (served.parent / table).is_file():
+    if table:
+        if not (served.parent / table).is_file():  # never a bundle that cannot serve
+            raise FileNotFoundError(f"{served.parent / table}: the served method's neighbour "
+                                    "table is missing (rerun the run's coldstart stage)")  # fmt: skip
         shutil.copyfile(served.parent / table, out / RunLayout.COLDSTART / table)
     folders = [record.get("learner_dir"), "meta_train/demographic_ridge"]
     for rel in filter(None, folders):

@@ -187,3 +187,18 @@ def test_a_split_variant_is_ranked_by_the_shrunk_state_and_rated_by_the_adapted(
             want = run.model.score(one, batch)["rating"]
         got = torch.from_numpy(row["score_rating"].to_numpy().copy())
         torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_a_bundle_is_not_written_without_the_served_neighbour_table(synthetic_run, tmp_path):
+    import shutil
+
+    from recsys_mtl.runs.bundle import export_bundle
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(synthetic_run[0], run_dir)
+    served = run_dir / "coldstart" / "served.json"
+    record = json.loads(served.read_text())
+    served.write_text(json.dumps({**record, "cooc": {"file": "gone.pt", "weight": 1.0}}))
+    with pytest.raises(FileNotFoundError, match="neighbour table is missing"):
+        export_bundle(run_dir, tmp_path / "bundle")
+    assert not (tmp_path / "bundle").exists()  # nothing that looks like a bundle

@@ -14,6 +14,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from pipelines.cli import run_command
+from recsys_mtl.runs.bundle import BUNDLE_FORMAT
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "coldstart-ml100k.yaml"
 OLD_MODEL = Path(__file__).resolve().parents[1] / "fixtures" / "pyfunc-0.1.0-layout1"
@@ -156,8 +157,8 @@ def test_registering_a_run_whose_model_predates_the_format_logs_it_afresh(tracke
         again = json.loads(stdout)
         assert again["source"] != first["source"]
         tags = client.get_logged_model(again["source"].removeprefix("models:/")).tags
-        assert tags["bundle_format"] == "2"
+        assert tags["bundle_format"] == str(BUNDLE_FORMAT)
     finally:
-        client.set_logged_model_tags(model_id, {"bundle_format": "2"})
+        client.set_logged_model_tags(model_id, {"bundle_format": str(BUNDLE_FORMAT)})
     code, stdout, err = cli("register", run_dir, "--name", "recs")  # a current model is reused
     assert code == 0 and json.loads(stdout)["source"] == first["source"], err
