@@ -355,8 +355,9 @@ def _draw_partition(
 def _write_table(tables: Iterator[pl.LazyFrame], first: pl.LazyFrame, path: Path) -> list[int]:
     """The rows of ``tables`` (``first``'s schema), one after the other, to the Parquet file
     ``path`` (atomically) in row groups of :data:`ROW_GROUP` rows, each column encoded as
-    :data:`ENCODINGS` says; returns the rows written of each table. pyarrow's writer encodes a batch while
-    polars computes the next one (and releases the GIL for the thread drawing negatives)."""
+    :data:`ENCODINGS` says; returns the rows written of each table. pyarrow's writer encodes a
+    batch while polars computes the next one (and releases the GIL for the thread drawing
+    negatives)."""
     import pyarrow.parquet as pq  # deferred: pyarrow's writer is needed by this stage only
 
     schema = first.clear().collect().to_arrow().schema

@@ -155,8 +155,9 @@ def iter_recommend(
     ``adapt(run, frame) -> ColdStartUsers`` (:func:`meta.adapt.adapt_users`; ``frame``: columns
     ``user_id, item_id, rating``) (their support items masked out; ranked by its
     ``rank_state`` where it has one, rated by its ``state``; its ``rank_bonus``, where it has
-    one, added to their ranking scores: :func:`with_bonus`); the rest by popularity (the log's most rated items). Returns the frame (columns ``user_id, item_id,
-    rank, score, score_<task>..., served_by``; :func:`output_schema`). ``tile_items``
+    one, added to their ranking scores: :func:`with_bonus`); the rest by popularity (the
+    log's most rated items). Returns the frame (columns ``user_id, item_id, rank, score,
+    score_<task>..., served_by``; :func:`output_schema`). ``tile_items``
     fuses matmul and top-K over tiles of that many items for rankers with a product form
     (:func:`recsys_mtl.runs.topk.iter_topk_tiled`: memory ``chunk_users x tile_items``); ``None``
     or 0 scores whole blocks (memory ``chunk_users x n_items`` per task); ``"auto"`` (the
