@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import numpy as np
 import pytest
@@ -87,14 +88,21 @@ def test_the_same_seed_gives_the_same_learner_and_loss(world, name):
     assert_close(a, b)
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_a_saved_learner_loads_back_to_the_same_adapted_users(world, name, tmp_path):
-    base, _, blocks = world
+def _saved_learner(base: Any, name: str, folder: Any) -> Any:
+    """A learner of ``name`` on ``base``, its weights moved off their start, saved to
+    ``folder``."""
     learner = _learner(base, name)
     with torch.no_grad():
         for p in learner.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    save_learner(learner, tmp_path / "l", {"base": "ranker"})
+    save_learner(learner, folder, {"base": "ranker"})
+    return learner
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_saved_learner_loads_back_to_the_same_adapted_users(world, name, tmp_path):
+    base, _, blocks = world
+    learner = _saved_learner(base, name, tmp_path / "l")
     loaded = load_learner(tmp_path / "l", ranker(base, seed=9))
     t = blocks.tasks
     with torch.no_grad():
@@ -146,11 +154,7 @@ def _grown(model, n_new: int = 3):
 @pytest.mark.parametrize("name", NAMES)
 def test_a_saved_learner_loads_over_a_grown_catalog(world, name, tmp_path):
     base, _, blocks = world
-    learner = _learner(base, name)
-    with torch.no_grad():
-        for p in learner.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    save_learner(learner, tmp_path / "l", {"base": "ranker"})
+    learner = _saved_learner(base, name, tmp_path / "l")
     model = copy.deepcopy(learner.base)  # the run's ranker, which the learner kept frozen
     n_old = int(model.ctx.n_items)
     grown = _grown(model)
