@@ -176,7 +176,11 @@ def choose_served(
     variants = {f"{n}{suffix}{a:g}": (n, a) for n in serving
                 for suffix, alphas in ((SUFFIX, SHRINK), (SPLIT, SPLIT_SHRINK))
                 for a in alphas}  # fmt: skip
-    table = item_neighbours(data.role_ratings("train"), data.n_items) if serving else None
+    table = (
+        item_neighbours(data.role_ratings("train"), data.n_items, like=data.like_threshold)
+        if serving
+        else None
+    )
     cooc: dict[str, tuple[str, float]] = {}
     weights: dict[str, tuple[float, dict[str, float]]] = {}
     for n in serving if table is not None else ():

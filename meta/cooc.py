@@ -4,9 +4,11 @@ Two items are neighbours when the same training users rated both: their similari
 cosine of their binary rating columns, ``c_ij / sqrt(n_i n_j)`` (``c_ij`` users who rated
 both, ``n_i`` users who rated ``i``). Each item keeps its ``top`` most similar items only
 (:func:`item_neighbours`, a sparse table ``(I, top)`` of indices and similarities, computed in
-blocks of items so that it scales to large catalogs). A new user's evidence for item ``i`` is
-the mean similarity of ``i`` to the user's support items (:func:`evidence`; 0 with no
-support), and a **cooc** variant of a served method ranks by its own ranking score plus
+blocks of items so that it scales to large catalogs), and the table carries the rating at or
+above which a support item is a like (``like``). A new user's evidence for item ``i`` is the
+sum of the similarities of ``i`` to the user's liked support items over the number of support
+items (:func:`evidence`; 0 with no support; a table without ``like``: every support item
+counts), and a **cooc** variant of a served method ranks by its own ranking score plus
 ``weight x`` that evidence (:class:`Cooc`; its ratings are the method's own). The weight is
 chosen per variant on the cold validation users (:func:`choose_weight`: the highest mean
 NDCG@10 over ``meta.ks`` of the method's ranking plus the evidence).
@@ -46,35 +48,50 @@ __all__ = [
 ]
 
 NEIGHBOURS = "neighbours.pt"  # coldstart/ of a run (and of its bundle)
-TOP = 50  # neighbours kept per item
-WEIGHTS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0)  # the weights choose_weight tries
+TOP = 100  # neighbours kept per item
+LIKE = 4.0  # a support item rated at or above it adds its neighbours to the evidence
+WEIGHTS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)  # the weights choose_weight tries
 BLOCK_ITEMS = 512  # items per block of the co-occurrence product
 
 
 @dataclass(frozen=True)
 class NeighbourTable:
     """Each item's ``top`` neighbours: ``items (I, top)`` (long) and ``sims (I, top)``
-    (float32; 0 where an item has fewer neighbours, with the item itself as filler)."""
+    (float32; 0 where an item has fewer neighbours, with the item itself as filler); ``like``:
+    the rating at or above which a support item adds its neighbours to the evidence (None:
+    every support item does, as in tables saved without it)."""
 
     items: torch.Tensor
     sims: torch.Tensor
+    like: float | None = None
 
     @property
     def n_items(self) -> int:
         return int(self.items.shape[0])
 
     def save(self, path: Path) -> None:
-        save_tensors({"items": self.items, "sims": self.sims}, path)
+        t = {"items": self.items, "sims": self.sims}
+        if self.like is not None:
+            t["like"] = torch.tensor(float(self.like))
+        save_tensors(t, path)
 
     @classmethod
     def load(cls, path: Path) -> NeighbourTable:
         t = load_tensors(path, map_location="cpu")
-        return cls(t["items"].long(), t["sims"].float())
+        like = float(t["like"]) if "like" in t else None
+        return cls(t["items"].long(), t["sims"].float(), like)
 
 
-def item_neighbours(ratings: pl.DataFrame, n_items: int, top: int = TOP) -> NeighbourTable:
+def item_neighbours(
+    ratings: pl.DataFrame, n_items: int, top: int = TOP, like: float | None = LIKE
+) -> NeighbourTable:
     """The ``top`` most similar items of every item (cosine of the binary rating columns of
-    ``ratings``: columns ``uidx, iidx``), from a sparse product over blocks of items."""
+    ``ratings``: columns ``uidx, iidx``), from a sparse product over blocks of items; ``like``
+    the table's like threshold (None where no rating of ``ratings`` reaches it, a log of
+    implicit ratings say: then every support item counts)."""
+    rated = "rating" in ratings.columns and len(ratings)
+    if like is not None and rated and not (ratings["rating"] >= like).any():
+        like = None
     pairs = ratings.select("uidx", "iidx").unique()
     u = torch.from_numpy(pairs["uidx"].to_numpy().astype("int64"))
     i = torch.from_numpy(pairs["iidx"].to_numpy().astype("int64"))
@@ -105,18 +122,21 @@ def item_neighbours(ratings: pl.DataFrame, n_items: int, top: int = TOP) -> Neig
         empty = v <= 0
         out_items[s:e] = torch.where(empty, (rows + s)[:, None], j)
         out_sims[s:e] = torch.where(empty, torch.zeros_like(v), v)
-    return NeighbourTable(out_items, out_sims)
+    return NeighbourTable(out_items, out_sims, like)
 
 
 def evidence(table: NeighbourTable, support: Padded) -> torch.Tensor:
-    """``(U, I)``: each user's mean similarity of every item to their support items (the
-    neighbour table's entries only; 0 for a user with no support item). A support item the
-    table does not cover (an item grown into the catalog after training) has no neighbour: it
-    counts in the mean with nothing to add."""
+    """``(U, I)``: each user's summed similarity of every item to their liked support items
+    (rated at or above ``table.like``; all of them where it is None) over their number of
+    support items (the neighbour table's entries only; 0 for a user with no support item). A
+    support item the table does not cover (an item grown into the catalog after training) or
+    not liked has no neighbour: it counts in the number with nothing to add."""
     n_users = support.items.shape[0]
     m = support.mask.to(table.items.device)
     items = support.items.to(table.items.device)
     covered = m & (items < table.n_items)
+    if table.like is not None:
+        covered = covered & (support.ratings.to(items.device) >= table.like)
     items = torch.where(covered, items, 0)
     nb = table.items[items]  # (U, S, top)
     sims = table.sims[items] * covered[..., None].to(table.sims.dtype)

@@ -75,6 +75,37 @@ def test_the_evidence_is_the_mean_similarity_to_the_support_items_padding_ignore
     assert got[2].eq(0).all()  # no support item: no evidence
 
 
+def test_with_a_like_threshold_only_liked_support_items_add_over_every_support_item():
+    g = torch.Generator().manual_seed(1)
+    items, top = 10, 3
+    nb = torch.stack([torch.randperm(items, generator=g)[:top] for _ in range(items)])
+    table = NeighbourTable(nb, torch.rand(items, top, generator=g), like=4.0)
+    sup = Padded(items=torch.tensor([[1, 5, 8], [3, 2, 0]]),
+                 ratings=torch.tensor([[4.0, 2.0, 5.0], [3.0, 1.0, 0.0]]),
+                 mask=torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool),
+                 days=torch.zeros(2, 3, dtype=torch.long),
+                 time_bins=torch.zeros(2, 3, dtype=torch.long))  # fmt: skip
+    got = evidence(table, sup)
+    full = torch.zeros(items, items)
+    full.scatter_add_(1, nb, table.sims)
+    torch.testing.assert_close(got[0], (full[1] + full[8]) / 3)  # item 5 rated 2: no neighbours
+    assert got[1].eq(0).all()  # no liked support item
+    everything = evidence(NeighbourTable(nb, table.sims), sup)  # no threshold: the mean
+    torch.testing.assert_close(everything[0], (full[1] + full[5] + full[8]) / 3)
+
+
+def test_the_table_keeps_its_like_threshold_through_a_save_and_none_for_implicit_logs(tmp_path):
+    log = _log(40, 30, 400).with_columns(pl.lit(5.0).alias("rating"))
+    table = item_neighbours(log, 30, 5)
+    assert table.like == cooc.LIKE
+    table.save(tmp_path / "t.pt")
+    back = NeighbourTable.load(tmp_path / "t.pt")
+    assert back.like == cooc.LIKE and torch.equal(back.items, table.items)
+    assert item_neighbours(log.with_columns(pl.lit(1.0).alias("rating")), 30, 5).like is None
+    NeighbourTable(table.items, table.sims).save(tmp_path / "old.pt")  # a table without one
+    assert NeighbourTable.load(tmp_path / "old.pt").like is None
+
+
 class _Method:
     """A stand-in served method: ratings and ranking scores from the state's ``v``."""
 
@@ -90,7 +121,7 @@ class _Method:
 
 def test_the_cooc_variant_adds_the_weighted_evidence_to_the_ranking_only():
     table = item_neighbours(_log(40, 30, 400), 30, 5)
-    sup = Padded(items=torch.tensor([[2, 7]]), ratings=torch.ones(1, 2),
+    sup = Padded(items=torch.tensor([[2, 7]]), ratings=torch.full((1, 2), 5.0),
                  mask=torch.ones(1, 2, dtype=torch.bool), days=torch.zeros(1, 2, dtype=torch.long),
                  time_bins=torch.zeros(1, 2, dtype=torch.long))  # fmt: skip
     method, both = _Method(), Cooc(_Method(), table, 3.0)

@@ -107,18 +107,21 @@ def _catalog_scores(run, state: dict, task: str) -> torch.Tensor:
 
 def _ranking_values(run_dir: Path, run, served, frame: pl.DataFrame, task: str) -> torch.Tensor:
     """``(U, n_items)`` by hand: what a served method ranks new users' catalogs by, the rank
-    state's raw ``task`` output, plus for a cooc variant ``w x`` the mean of the support items'
-    neighbour similarities (the saved table); support items at -inf."""
+    state's raw ``task`` output, plus for a cooc variant ``w x`` the liked support items' summed
+    neighbour similarities (the saved table) over the number of support items; support items
+    at -inf."""
     record = json.loads((run_dir / "coldstart" / "served.json").read_text())
     values = _catalog_scores(run, served.rank_state or served.state, task)
     cooc = record.get("cooc")
     table = NeighbourTable.load(run_dir / "coldstart" / cooc["file"]) if cooc else None
     for j, user in enumerate(served.user_ids):
-        seen = run.item_index(frame.filter(pl.col("user_id") == user)["item_id"])[0]
+        mine = frame.filter(pl.col("user_id") == user)
+        seen = run.item_index(mine["item_id"])[0]
         if table is not None:
             bonus = torch.zeros(values.shape[1])
-            for s in seen.tolist():
-                bonus.index_add_(0, table.items[s], table.sims[s])
+            for s, r in zip(seen.tolist(), mine["rating"].to_list(), strict=True):
+                if table.like is None or r >= table.like:
+                    bonus.index_add_(0, table.items[s], table.sims[s])
             values[j] += cooc["weight"] * bonus / len(seen)
         values[j, seen] = -torch.inf
     return values
