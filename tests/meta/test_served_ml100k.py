@@ -127,18 +127,25 @@ def _ranking_values(run_dir: Path, run, served, frame: pl.DataFrame, task: str) 
     return values
 
 
-def test_new_users_are_ranked_by_the_task_the_protocol_ranked_by(ml100k_run, tmp_path):
-    record = json.loads((ml100k_run / "coldstart" / "served.json").read_text())
-    assert record["rank_task"] == "interaction"  # what evaluate_coldstart ranked the lists by
+def _score_known_and_new(run_dir: Path, tmp_path: Path) -> tuple:
+    """``score`` of 4 known users and the held-out users with their first ratings as support:
+    ``(support rows, loaded run, known ids, output file, report, (users file, support file))``."""
+    rated = _held_out_support(run_dir)
     support = tmp_path / "support.csv"
-    rated = _held_out_support(ml100k_run)
     rated.write_csv(support)
-    run = load_run(ml100k_run)
+    run = load_run(run_dir)
     known = run.user_ids.head(4).to_list()
     users = tmp_path / "users.txt"
     users.write_text("\n".join(str(u) for u in [*known, *rated["user"].unique()]) + "\n")
     out = tmp_path / "out.parquet"
-    report = score_command(str(ml100k_run), 10, str(out), users=str(users), support=str(support))
+    report = score_command(str(run_dir), 10, str(out), users=str(users), support=str(support))
+    return rated, run, known, out, report, (users, support)
+
+
+def test_new_users_are_ranked_by_the_task_the_protocol_ranked_by(ml100k_run, tmp_path):
+    record = json.loads((ml100k_run / "coldstart" / "served.json").read_text())
+    assert record["rank_task"] == "interaction"  # what evaluate_coldstart ranked the lists by
+    rated, run, known, out, report, (users, support) = _score_known_and_new(ml100k_run, tmp_path)
     even = {t: 1 / 3 for t in run.tasks}
     cold = {"rating": 0.0, "interaction": 1.0, "like": 0.0}
     assert report["rank_by"] == {"model": even, "cold_start": cold}
@@ -257,15 +264,7 @@ def _cooc_run(run_dir: Path, tmp_path: Path) -> Path:
 def test_a_served_cooc_variant_ranks_new_users_with_its_evidence(ml100k_run, tmp_path):
     run_dir = _cooc_run(ml100k_run, tmp_path)
     record = json.loads((run_dir / "coldstart" / "served.json").read_text())
-    rated = _held_out_support(run_dir)
-    support = tmp_path / "support.csv"
-    rated.write_csv(support)
-    run = load_run(run_dir)
-    known = run.user_ids.head(4).to_list()
-    users = tmp_path / "users.txt"
-    users.write_text("\n".join(str(u) for u in [*known, *rated["user"].unique()]) + "\n")
-    out = tmp_path / "out.parquet"
-    report = score_command(str(run_dir), 10, str(out), users=str(users), support=str(support))
+    rated, run, known, out, report, (users, support) = _score_known_and_new(run_dir, tmp_path)
     assert report["cold_start_learner"] == record["name"]
     got = pl.read_parquet(out)
     # by hand: the rank state's logits plus w x the evidence from the saved table
