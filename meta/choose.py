@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from meta.cooc import NEIGHBOURS, Cooc, NeighbourTable, choose_weight, item_neighbours
+from meta.cooc import NEIGHBOURS, Cooc, NeighbourTable, choose_weights, item_neighbours
 from meta.data import ColdData
 from meta.demographic import DemographicState
 from meta.evaluate import evaluate_coldstart
@@ -111,7 +111,11 @@ class Split(Shrunk):
     state shrunk toward the new-user state (:class:`Shrunk`)."""
 
     def adapt(self, support: Padded, user_cats: torch.Tensor, sup_rows: dict) -> Adapted:
-        a = self.learner.adapt(support, user_cats, sup_rows)
+        return self.split(self.learner.adapt(support, user_cats, sup_rows), support, user_cats)
+
+    def split(self, a: Adapted, support: Padded, user_cats: torch.Tensor) -> SplitAdapted:
+        """The learner's adaptation ``a`` of users with ``support`` with its ranking state
+        (variants of one learner share its adaptation)."""
         mixed = shrink_state(self.learner.base, a.state, support, user_cats, self.alpha)
         return SplitAdapted(a.state, a.params, mixed)
 
@@ -121,6 +125,23 @@ class Split(Shrunk):
     def rank_scores(self, adapted: Adapted, *grid: Any) -> torch.Tensor:
         ranking = Adapted(getattr(adapted, "rank_state", adapted.state), adapted.params)
         return self.learner.rank_scores(ranking, *grid)
+
+
+def _split_scores(learner: MetaLearner, rank_task: str) -> Any:
+    """:func:`meta.cooc.choose_weights`'s rankings of ``learner``'s split variants of
+    :data:`COOC_SHRINK`, from one adaptation of the users."""
+
+    def scores_of(blocks: Any, grid: tuple[torch.Tensor, ...]) -> dict[float, torch.Tensor]:
+        t = blocks.tasks
+        a = learner.adapt(t.support, t.user_cats, blocks.support)
+        out = {}
+        for alpha in COOC_SHRINK:
+            split = Split(learner, alpha)
+            out[alpha] = split.rank_scores(split.split(a, t.support, t.user_cats), *grid,
+                                           rank_task)  # fmt: skip
+        return out
+
+    return scores_of
 
 
 def variant(learner: MetaLearner, record: dict[str, Any], folder: Path | None = None) -> Any:
@@ -184,9 +205,10 @@ def choose_served(
     cooc: dict[str, tuple[str, float]] = {}
     weights: dict[str, tuple[float, dict[str, float]]] = {}
     for n in serving if table is not None else ():
-        for a in COOC_SHRINK:  # each variant's own weight (0: not a candidate)
-            weights[f"{n}{COOC}{a:g}"] = choose_weight(model, data, table, rank_task,
-                                                       Split(serving[n], a))  # fmt: skip
+        # each variant's own weight (0: not a candidate), the learner adapted once per K
+        chosen = choose_weights(data, table, _split_scores(serving[n], rank_task))
+        for a in COOC_SHRINK:
+            weights[f"{n}{COOC}{a:g}"] = chosen.get(a, (0.0, {}))
             if weights[f"{n}{COOC}{a:g}"][0]:
                 cooc[f"{n}{COOC}{a:g}"] = (n, a)
     serving.update({v: (Split if SPLIT in v else Shrunk)(serving[n], a)

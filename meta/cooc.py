@@ -10,13 +10,14 @@ sum of the similarities of ``i`` to the user's liked support items over the numb
 items (:func:`evidence`; 0 with no support; a table without ``like``: every support item
 counts), and a **cooc** variant of a served method ranks by its own ranking score plus
 ``weight x`` that evidence (:class:`Cooc`; its ratings are the method's own). The weight is
-chosen per variant on the cold validation users (:func:`choose_weight`: the highest mean
+chosen per variant on the cold validation users (:func:`choose_weights`: the highest mean
 NDCG@10 over ``meta.ks`` of the method's ranking plus the evidence).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from meta.protocol import Padded, user_metrics
 from meta.state import score_grid
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import load_tensors, save_tensors
+from recsys_mtl.layout import RunLayout
 
 __all__ = [
     "NEIGHBOURS",
@@ -42,6 +44,7 @@ __all__ = [
     "NeighbourTable",
     "RankBonus",
     "choose_weight",
+    "choose_weights",
     "evidence",
     "item_neighbours",
     "served_bonus",
@@ -106,9 +109,10 @@ def item_neighbours(
     out_items = torch.empty(n_items, top, dtype=torch.long)
     out_sims = torch.empty(n_items, top)
     order = torch.argsort(i)
+    sorted_i = i[order]
     for s in range(0, n_items, BLOCK_ITEMS):
         e = min(n_items, s + BLOCK_ITEMS)
-        lo, hi = torch.searchsorted(i[order], torch.tensor([s, e]))
+        lo, hi = torch.searchsorted(sorted_i, torch.tensor([s, e]))
         sel = order[lo:hi]
         block = torch.sparse_coo_tensor(torch.stack([i[sel] - s, u[sel]]), ones[sel],
                                         (e - s, n_users), check_invariants=True)  # fmt: skip
@@ -181,19 +185,18 @@ def _inner(adapted: Adapted) -> Adapted:
     return getattr(adapted, "inner", None) or adapted
 
 
-def choose_weight(
-    model: nn.Module,
+def choose_weights(
     data: ColdData,
     table: NeighbourTable,
-    rank_task: str,
-    method: Any = None,
-) -> tuple[float, dict[str, float]]:
-    """The evidence weight of :data:`WEIGHTS` (0 included) with the highest mean NDCG@10 over
-    ``meta.ks`` of ``method``'s ranking (a learner or its variant; None: the new-user state)
-    plus ``weight x`` :func:`evidence`, on the cold validation users, and the mean NDCG@10 of
-    every weight tried."""
+    scores_of: Callable[[Any, tuple[torch.Tensor, ...]], dict[Any, torch.Tensor]],
+) -> dict[Any, tuple[float, dict[str, float]]]:
+    """For each ranking ``scores_of(blocks, grid)`` gives on the cold validation users of every
+    K of ``meta.ks`` (``{key: (U, C) scores}``, one call per K: rankings that share an
+    adaptation compute it once), the weight of :data:`WEIGHTS` (0 included) whose ranking plus
+    ``weight x`` :func:`evidence` has the highest mean NDCG@10 over K, and the mean NDCG@10 of
+    every weight tried: ``{key: (weight, means)}``."""
     weights = (0.0, *WEIGHTS)
-    got: dict[str, list[float]] = {f"{w:g}": [] for w in weights}
+    got: dict[Any, dict[str, list[float]]] = {}
     for k in data.eval_ks:
         blocks = data.held_out_blocks("cold_valid", k, data.cfg.seed + 1)
         t = blocks.tasks
@@ -201,21 +204,41 @@ def choose_weight(
             continue
         grid = catalog_grid(blocks, data.n_items)
         with torch.no_grad():
-            if method is None:
-                own = score_grid(model, population_state(model, blocks), *grid)[rank_task]
-            else:
-                adapted = method.adapt(t.support, t.user_cats, blocks.support)
-                own = method.rank_scores(adapted, *grid, rank_task)
-        ev = torch.gather(evidence(table, t.support), 1, grid[0]).to(own.dtype)
-        for w in weights:
-            m = user_metrics(torch.zeros_like(t.query.ratings), t.query, data.rating_scale,
-                             own + w * ev, t.support, data.like_threshold)  # fmt: skip
-            got[f"{w:g}"].append(m["ranking/ndcg@10"])
-    means = {w: sum(v) / len(v) for w, v in got.items() if v and all(x == x for x in v)}
-    if not means:
-        return 0.0, {}
-    best = max(means, key=lambda w: (means[w], -float(w)))
-    return float(best), means
+            scores = scores_of(blocks, grid)
+        ev = torch.gather(evidence(table, t.support), 1, grid[0])
+        for key, own in scores.items():
+            tried = got.setdefault(key, {f"{w:g}": [] for w in weights})
+            for w in weights:
+                m = user_metrics(torch.zeros_like(t.query.ratings), t.query, data.rating_scale,
+                                 own + w * ev.to(own.dtype), t.support,
+                                 data.like_threshold)  # fmt: skip
+                tried[f"{w:g}"].append(m["ranking/ndcg@10"])
+    out = {}
+    for key, tried in got.items():
+        means = {w: sum(v) / len(v) for w, v in tried.items() if v and all(x == x for x in v)}
+        best = max(means, key=lambda w: (means[w], -float(w))) if means else "0"
+        out[key] = (float(best), means)
+    return out
+
+
+def choose_weight(
+    model: nn.Module,
+    data: ColdData,
+    table: NeighbourTable,
+    rank_task: str,
+    method: Any = None,
+) -> tuple[float, dict[str, float]]:
+    """:func:`choose_weights` of one ranking: ``method``'s (a learner or its variant; None:
+    the new-user state)."""
+
+    def scores_of(blocks: Any, grid: tuple[torch.Tensor, ...]) -> dict[Any, torch.Tensor]:
+        if method is None:
+            return {None: score_grid(model, population_state(model, blocks), *grid)[rank_task]}
+        t = blocks.tasks
+        adapted = method.adapt(t.support, t.user_cats, blocks.support)
+        return {None: method.rank_scores(adapted, *grid, rank_task)}
+
+    return choose_weights(data, table, scores_of).get(None, (0.0, {}))
 
 
 @dataclass(frozen=True)
@@ -252,7 +275,7 @@ def served_bonus(
     cooc = record.get("cooc")
     if cooc is None:
         return None
-    path = Path(root) / "coldstart" / cooc["file"]
+    path = RunLayout(root).stage(RunLayout.COLDSTART) / cooc["file"]
     if not path.is_file():
         raise UserError(f"{root}: the served method {record.get('name')!r} ranks with the item "
                         f"neighbour table coldstart/{cooc['file']}, which is missing")  # fmt: skip

@@ -74,3 +74,20 @@ def sparse_id_log(path: Path) -> Path:
         f"{u},{i},{r},{t}" for u, i, r, t in zip(users, items, ratings, ts, strict=True)
     ]
     return write(path, "\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def pair_widths(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The item count of every ``CatalogScorer.raw_pairs`` call (the widths a group of items is
+    scored in), recorded while the test runs; clear it between runs."""
+    from recsys_mtl.runs.scoring import CatalogScorer  # deferred: torch, for these tests only
+
+    widths: list[int] = []
+    pairs = CatalogScorer.raw_pairs
+
+    def spy(self, state, items):
+        widths.append(items.shape[1])
+        return pairs(self, state, items)
+
+    monkeypatch.setattr(CatalogScorer, "raw_pairs", spy)
+    return widths

@@ -157,7 +157,10 @@ def test_cooc_variants_are_candidates_and_a_served_one_is_rebuilt_from_its_recor
     trained = json.loads((cold_run / "meta_train" / "learners.json").read_text())
     choice = (trained["fold_in"]["steps"], trained["fold_in"]["lr"])
     # a weight however the tiny run's evidence fares, and the variant under test served
-    monkeypatch.setattr("meta.choose.choose_weight", lambda *a: (2.5, {"2.5": 0.5}))
+    from meta.choose import COOC_SHRINK
+
+    monkeypatch.setattr("meta.choose.choose_weights",
+                        lambda *a: {s: (2.5, {"2.5": 0.5}) for s in COOC_SHRINK})  # fmt: skip
     served = {"name": "maml_cooc0.5"}
     monkeypatch.setattr(
         "meta.choose.select_served", lambda rows, names: {**served, "eligible": names}
@@ -205,3 +208,23 @@ def test_the_weight_is_chosen_on_the_cold_validation_users(cold_run):
         pl.when(flip).then(6.0 - pl.col("rating")).otherwise(pl.col("rating")).alias("rating")
     )
     assert choose_weight(run.model, data, table, "interaction") == (weight, tried)
+
+
+def test_split_variants_sharing_one_adaptation_choose_the_weights_each_chooses_alone(cold_run):
+    from meta.choose import COOC_SHRINK, Split, _split_scores
+    from meta.cooc import choose_weight, choose_weights
+    from meta.data import load_cold_data
+    from pipelines.coldstart import load_learners
+    from recsys_mtl.config import RunConfig
+    from recsys_mtl.runs.load import load_run
+
+    cfg = RunConfig.model_validate(json.loads((cold_run / "config.resolved.json").read_text()))
+    run = load_run(cold_run)
+    data = load_cold_data(cold_run / "features", cold_run / "split", cfg.meta)
+    learner = load_learners(cold_run / "meta_train", cfg, run)["maml"]
+    table = item_neighbours(data.role_ratings("train"), data.n_items)
+    shared = choose_weights(data, table, _split_scores(learner, "interaction"))
+    assert set(shared) == set(COOC_SHRINK)
+    for alpha in COOC_SHRINK:
+        alone = choose_weight(run.model, data, table, "interaction", Split(learner, alpha))
+        assert shared[alpha] == alone

@@ -338,23 +338,15 @@ def test_a_run_without_the_choice_ranks_new_items_by_the_blend(cli, run_dir, tmp
 
 
 def test_new_items_scored_in_tiles_give_the_lists_of_one_tile(cli, run_dir, tmp_path,
-                                                             monkeypatch):  # fmt: skip
+                                                             monkeypatch, pair_widths):  # fmt: skip
     import functools
 
     import meta.items_serve as serve
     from recsys_mtl.runs.group import GroupRule
-    from recsys_mtl.runs.scoring import CatalogScorer
 
     meta_path, sup_path, _ = _rank_files(run_dir, tmp_path)
     files = ("--items-meta", meta_path, "--support", sup_path)
-    widths: list[int] = []
-    pairs = CatalogScorer.raw_pairs
-
-    def spy(self, state, items):
-        widths.append(items.shape[1])
-        return pairs(self, state, items)
-
-    monkeypatch.setattr(CatalogScorer, "raw_pairs", spy)
+    widths = pair_widths
     frames, n_new = {}, None
     for tile in (0, 16):
         monkeypatch.setattr(serve, "GroupRule", functools.partial(GroupRule, tile=tile))

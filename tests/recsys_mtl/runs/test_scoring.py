@@ -258,19 +258,12 @@ def test_cold_start_users_are_ranked_by_their_own_blend_and_known_users_are_not(
     )
 
 
-def test_a_group_rule_in_tiles_gives_the_lists_and_scores_of_one_tile(run, monkeypatch):
+def test_a_group_rule_in_tiles_gives_the_lists_and_scores_of_one_tile(run, pair_widths):
     from recsys_mtl.runs.group import GroupRule
 
     group = torch.arange(3, run.ctx.n_items, 2)  # 29 of the 60 items
     rules = {"model": "rating+0.5interaction", "cold_start": "interaction"}
-    widths: list[int] = []
-    pairs = CatalogScorer.raw_pairs
-
-    def spy(self, state, items):
-        widths.append(items.shape[1])
-        return pairs(self, state, items)
-
-    monkeypatch.setattr(CatalogScorer, "raw_pairs", spy)
+    widths = pair_widths
     frames = {}
     for tile in (0, 5, 64):
         widths.clear()
