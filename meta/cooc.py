@@ -5,13 +5,18 @@ cosine of their binary rating columns, ``c_ij / sqrt(n_i n_j)`` (``c_ij`` users 
 both, ``n_i`` users who rated ``i``). Each item keeps its ``top`` most similar items only
 (:func:`item_neighbours`, a sparse table ``(I, top)`` of indices and similarities, computed in
 blocks of items so that it scales to large catalogs), and the table carries the rating at or
-above which a support item is a like (``like``). A new user's evidence for item ``i`` is the
-sum of the similarities of ``i`` to the user's liked support items over the number of support
-items (:func:`evidence`; 0 with no support; a table without ``like``: every support item
-counts), and a **cooc** variant of a served method ranks by its own ranking score plus
-``weight x`` that evidence (:class:`Cooc`; its ratings are the method's own). The weight is
-chosen per variant on the cold validation users (:func:`choose_weights`: the highest mean
-NDCG@10 over ``meta.ks`` of the method's ranking plus the evidence).
+above which a support item is a like (``like``), how much more a liked item's neighbours weigh
+per star above it (``rating_weight``) and every item's like prior (``prior``). A new user's
+evidence for item ``i`` is the sum of the similarities of ``i`` to the user's liked support
+items, each weighted by ``1 + rating_weight x (rating - like)`` (at the default
+:data:`RATING_WEIGHT` a 5 counts twice as much as a 4), over the number of support items, plus
+the prior of ``i``: its count of liked training ratings over the largest count, times
+:data:`LIKE_PRIOR` (:func:`evidence`; 0 with no support; a table without ``like``: every
+support item counts, each with weight 1, and no prior). A **cooc** variant of a served method
+ranks by its own ranking score plus ``weight x`` that evidence (:class:`Cooc`; its ratings are
+the method's own). The weight is chosen per variant on the cold validation users
+(:func:`choose_weights`: the highest mean NDCG@10 over ``meta.ks`` of the method's ranking
+plus the evidence).
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ from recsys_mtl.io import load_tensors, save_tensors
 from recsys_mtl.layout import RunLayout
 
 __all__ = [
+    "LIKE_PRIOR",
     "NEIGHBOURS",
+    "RATING_WEIGHT",
     "TOP",
     "WEIGHTS",
     "Cooc",
@@ -53,7 +60,14 @@ __all__ = [
 NEIGHBOURS = "neighbours.pt"  # coldstart/ of a run (and of its bundle)
 TOP = 100  # neighbours kept per item
 LIKE = 4.0  # a support item rated at or above it adds its neighbours to the evidence
-WEIGHTS = (1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)  # the weights choose_weight tries
+# a liked support item's neighbours weigh 1 + RATING_WEIGHT x (rating - like); chosen on the
+# cold validation users of seeds 0-2 over 0 (every liked item alike), 0.5, 1 and 2
+RATING_WEIGHT = 1.0
+# every item's share of the training log's likes, over the most liked item's, times LIKE_PRIOR
+# is added to the evidence of a user with support; chosen on the same users over 0, 0.1, 0.2
+# and 0.4 (the learners' ranking scores under-weigh how often an item is liked)
+LIKE_PRIOR = 0.2
+WEIGHTS = (0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)  # the weights choose_weight tries
 BLOCK_ITEMS = 512  # items per block of the co-occurrence product
 
 
@@ -62,11 +76,17 @@ class NeighbourTable:
     """Each item's ``top`` neighbours: ``items (I, top)`` (long) and ``sims (I, top)``
     (float32; 0 where an item has fewer neighbours, with the item itself as filler); ``like``:
     the rating at or above which a support item adds its neighbours to the evidence (None:
-    every support item does, as in tables saved without it)."""
+    every support item does, as in tables saved without it); ``rating_weight``: a liked
+    support item's neighbours weigh ``1 + rating_weight x (rating - like)`` (0, as in tables
+    saved without it: every liked item alike; unused without ``like``); ``prior (I,)``: what
+    every item adds to the evidence of a user with support (None, as in tables saved without
+    it: nothing)."""
 
     items: torch.Tensor
     sims: torch.Tensor
     like: float | None = None
+    rating_weight: float = 0.0
+    prior: torch.Tensor | None = None
 
     @property
     def n_items(self) -> int:
@@ -76,22 +96,34 @@ class NeighbourTable:
         t = {"items": self.items, "sims": self.sims}
         if self.like is not None:
             t["like"] = torch.tensor(float(self.like))
+            t["rating_weight"] = torch.tensor(float(self.rating_weight))
+        if self.prior is not None:
+            t["prior"] = self.prior
         save_tensors(t, path)
 
     @classmethod
     def load(cls, path: Path) -> NeighbourTable:
         t = load_tensors(path, map_location="cpu")
         like = float(t["like"]) if "like" in t else None
-        return cls(t["items"].long(), t["sims"].float(), like)
+        weight = float(t["rating_weight"]) if like is not None and "rating_weight" in t else 0.0
+        prior = t["prior"].float() if "prior" in t else None
+        return cls(t["items"].long(), t["sims"].float(), like, weight, prior)
 
 
 def item_neighbours(
-    ratings: pl.DataFrame, n_items: int, top: int = TOP, like: float | None = LIKE
+    ratings: pl.DataFrame,
+    n_items: int,
+    top: int = TOP,
+    like: float | None = LIKE,
+    rating_weight: float = RATING_WEIGHT,
+    like_prior: float = LIKE_PRIOR,
 ) -> NeighbourTable:
     """The ``top`` most similar items of every item (cosine of the binary rating columns of
     ``ratings``: columns ``uidx, iidx``), from a sparse product over blocks of items; ``like``
     the table's like threshold (None where no rating of ``ratings`` reaches it, a log of
-    implicit ratings say: then every support item counts)."""
+    implicit ratings say: then every support item counts, each with weight 1, and no prior),
+    ``rating_weight`` the table's weight per star above it and ``like_prior`` its prior's
+    scale: every item's count of liked ratings over the largest count, times it (None at 0)."""
     rated = "rating" in ratings.columns and len(ratings)
     if like is not None and rated and not (ratings["rating"] >= like).any():
         like = None
@@ -126,27 +158,43 @@ def item_neighbours(
         empty = v <= 0
         out_items[s:e] = torch.where(empty, (rows + s)[:, None], j)
         out_sims[s:e] = torch.where(empty, torch.zeros_like(v), v)
-    return NeighbourTable(out_items, out_sims, like)
+    if like is None:
+        return NeighbourTable(out_items, out_sims)
+    prior = None
+    if like_prior and rated:
+        liked = ratings.filter(pl.col("rating") >= like)["iidx"].to_numpy().astype("int64")
+        likes = torch.zeros(n_items).index_add_(0, torch.from_numpy(liked), torch.ones(len(liked)))
+        prior = like_prior * likes / likes.max().clamp(min=1)
+    return NeighbourTable(out_items, out_sims, like, rating_weight, prior)
 
 
 def evidence(table: NeighbourTable, support: Padded) -> torch.Tensor:
     """``(U, I)``: each user's summed similarity of every item to their liked support items
-    (rated at or above ``table.like``; all of them where it is None) over their number of
-    support items (the neighbour table's entries only; 0 for a user with no support item). A
-    support item the table does not cover (an item grown into the catalog after training) or
-    not liked has no neighbour: it counts in the number with nothing to add."""
+    (rated at or above ``table.like``; all of them where it is None), each weighted by ``1 +
+    table.rating_weight x (rating - like)``, over their number of support items (the neighbour
+    table's entries only), plus ``table.prior`` where the table has one; 0 for a user with no
+    support item. A support item the table does not cover (an item grown into the catalog
+    after training) or not liked has no neighbour: it counts in the number with nothing to
+    add."""
     n_users = support.items.shape[0]
     m = support.mask.to(table.items.device)
     items = support.items.to(table.items.device)
     covered = m & (items < table.n_items)
+    weight = covered.to(table.sims.dtype)
     if table.like is not None:
-        covered = covered & (support.ratings.to(items.device) >= table.like)
+        ratings = support.ratings.to(items.device, table.sims.dtype)
+        covered = covered & (ratings >= table.like)
+        weight = covered * (1 + table.rating_weight * (ratings - table.like))
     items = torch.where(covered, items, 0)
     nb = table.items[items]  # (U, S, top)
-    sims = table.sims[items] * covered[..., None].to(table.sims.dtype)
+    sims = table.sims[items] * weight[..., None]
     out = torch.zeros(n_users, table.n_items, dtype=table.sims.dtype)
     out.scatter_add_(1, nb.reshape(n_users, -1), sims.reshape(n_users, -1))
-    return out / m.sum(1, keepdim=True).clamp(min=1).to(out.dtype)
+    n = m.sum(1, keepdim=True)
+    out = out / n.clamp(min=1).to(out.dtype)
+    if table.prior is not None:
+        out = out + table.prior.to(out)[None, :] * (n > 0).to(out.dtype)
+    return out
 
 
 @dataclass

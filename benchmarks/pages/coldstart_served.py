@@ -23,11 +23,21 @@ NO_COOC = "coldstart-served-nocooc.json"
 # the same benchmark with the first co-occurrence evidence (top 50 neighbours, every support
 # item adding its neighbours)
 COOC_FIRST = "coldstart-served-cooc50.json"
+# the same benchmark before the evidence's rating weight and like prior (every liked support
+# item alike, nothing added per item)
+COOC_ALIKE = "coldstart-served-alike.json"
 EARLIER = (
+    (COOC_ALIKE, "Before the rating weight and the like prior",
+     "The same benchmark before the co-occurrence evidence weighted each liked support item by "
+     "its stars above the like threshold and added every item's like prior (then every liked "
+     "support item alike and nothing per item), beside the figures above: the served method's "
+     "relative margin over the same floor and the 95% interval of the difference, K > 0.\n",
+     "before them"),
     (COOC_FIRST, "With the first co-occurrence evidence",
      "The same benchmark with the co-occurrence variants' first evidence (the top 50 neighbours "
-     "of each item, every support item adding its neighbours; now the top 100, and only the "
-     "support items the user liked add theirs), beside the figures above: the served method's "
+     "of each item, every support item adding its neighbours; now the top 100, only the "
+     "support items the user liked adding theirs, by their stars, and the like prior), beside "
+     "the figures above: the served method's "
      "relative margin over the same floor and the 95% interval of the difference, K > 0.\n",
      "first evidence"),
     (NO_COOC, "Without the co-occurrence variants",

@@ -97,13 +97,50 @@ def test_with_a_like_threshold_only_liked_support_items_add_over_every_support_i
 def test_the_table_keeps_its_like_threshold_through_a_save_and_none_for_implicit_logs(tmp_path):
     log = _log(40, 30, 400).with_columns(pl.lit(5.0).alias("rating"))
     table = item_neighbours(log, 30, 5)
-    assert table.like == cooc.LIKE
+    assert table.like == cooc.LIKE and table.rating_weight == cooc.RATING_WEIGHT
     table.save(tmp_path / "t.pt")
     back = NeighbourTable.load(tmp_path / "t.pt")
     assert back.like == cooc.LIKE and torch.equal(back.items, table.items)
-    assert item_neighbours(log.with_columns(pl.lit(1.0).alias("rating")), 30, 5).like is None
+    assert back.rating_weight == cooc.RATING_WEIGHT and torch.equal(back.prior, table.prior)
+    implicit = item_neighbours(log.with_columns(pl.lit(1.0).alias("rating")), 30, 5)
+    assert implicit.like is None and implicit.rating_weight == 0 and implicit.prior is None
     NeighbourTable(table.items, table.sims).save(tmp_path / "old.pt")  # a table without one
-    assert NeighbourTable.load(tmp_path / "old.pt").like is None
+    old = NeighbourTable.load(tmp_path / "old.pt")
+    assert old.like is None and old.rating_weight == 0 and old.prior is None
+    # a table saved with a threshold but before the rating weight and the prior: neither
+    NeighbourTable(table.items, table.sims, 4.0).save(tmp_path / "liked.pt")
+    liked = NeighbourTable.load(tmp_path / "liked.pt")
+    assert liked.like == 4.0 and liked.rating_weight == 0 and liked.prior is None
+
+
+def test_a_liked_item_weighs_more_per_star_above_the_threshold_and_the_like_prior_is_added():
+    g = torch.Generator().manual_seed(2)
+    items, top = 10, 3
+    nb = torch.stack([torch.randperm(items, generator=g)[:top] for _ in range(items)])
+    sims = torch.rand(items, top, generator=g)
+    prior = torch.rand(items, generator=g)
+    table = NeighbourTable(nb, sims, like=4.0, rating_weight=1.0, prior=prior)
+    sup = Padded(items=torch.tensor([[1, 5, 8], [3, 0, 0], [0, 0, 0]]),
+                 ratings=torch.tensor([[4.0, 2.0, 5.0], [4.5, 0.0, 0.0], [0.0, 0.0, 0.0]]),
+                 mask=torch.tensor([[1, 1, 1], [1, 0, 0], [0, 0, 0]], dtype=torch.bool),
+                 days=torch.zeros(3, 3, dtype=torch.long),
+                 time_bins=torch.zeros(3, 3, dtype=torch.long))  # fmt: skip
+    got = evidence(table, sup)
+    full = torch.zeros(items, items)
+    full.scatter_add_(1, nb, sims)
+    # the 5 twice the 4, the 2 nothing, over the three support items; the prior on top
+    torch.testing.assert_close(got[0], (full[1] + 2 * full[8]) / 3 + prior)
+    torch.testing.assert_close(got[1], 1.5 * full[3] + prior)
+    assert got[2].eq(0).all()  # no support item: neither evidence nor prior
+
+
+def test_the_like_prior_is_each_items_count_of_likes_over_the_largest():
+    log = pl.DataFrame({"uidx": [0, 1, 2, 0, 1, 2, 3], "iidx": [0, 0, 0, 1, 1, 2, 3],
+                        "rating": [5.0, 4.0, 3.0, 4.0, 1.0, 2.0, 4.0]})  # fmt: skip
+    table = item_neighbours(log, 5, 2)
+    likes = torch.tensor([2.0, 1.0, 0.0, 1.0, 0.0])  # ratings >= 4 per item
+    torch.testing.assert_close(table.prior, cooc.LIKE_PRIOR * likes / 2)
+    assert item_neighbours(log, 5, 2, like_prior=0.0).prior is None
 
 
 class _Method:

@@ -108,8 +108,9 @@ def _catalog_scores(run, state: dict, task: str) -> torch.Tensor:
 def _ranking_values(run_dir: Path, run, served, frame: pl.DataFrame, task: str) -> torch.Tensor:
     """``(U, n_items)`` by hand: what a served method ranks new users' catalogs by, the rank
     state's raw ``task`` output, plus for a cooc variant ``w x`` the liked support items' summed
-    neighbour similarities (the saved table) over the number of support items; support items
-    at -inf."""
+    neighbour similarities (the saved table), each times ``1 + rating_weight x (rating -
+    like)``, over the number of support items, plus the table's like prior; support items at
+    -inf."""
     record = json.loads((run_dir / "coldstart" / "served.json").read_text())
     values = _catalog_scores(run, served.rank_state or served.state, task)
     cooc = record.get("cooc")
@@ -121,8 +122,12 @@ def _ranking_values(run_dir: Path, run, served, frame: pl.DataFrame, task: str) 
             bonus = torch.zeros(values.shape[1])
             for s, r in zip(seen.tolist(), mine["rating"].to_list(), strict=True):
                 if table.like is None or r >= table.like:
-                    bonus.index_add_(0, table.items[s], table.sims[s])
-            values[j] += cooc["weight"] * bonus / len(seen)
+                    w = 1.0 if table.like is None else 1 + table.rating_weight * (r - table.like)
+                    bonus.index_add_(0, table.items[s], w * table.sims[s])
+            bonus /= len(seen)
+            if table.prior is not None:
+                bonus += table.prior
+            values[j] += cooc["weight"] * bonus
         values[j, seen] = -torch.inf
     return values
 
@@ -327,7 +332,9 @@ def test_a_served_cooc_variant_ranks_new_users_with_its_evidence(ml100k_run, tmp
                                                            some.time_bins)),
                    torch.cat([some.mask, torch.ones_like(some.mask[:, :1])], 1))  # fmt: skip
     n = some.mask.sum(1, keepdim=True).float()
-    torch.testing.assert_close(evidence(table, grown) * (n + 1), evidence(table, some) * n)
+    prior = table.prior if table.prior is not None else torch.zeros(table.n_items)
+    torch.testing.assert_close((evidence(table, grown) - prior) * (n + 1),
+                               (evidence(table, some) - prior) * n)  # fmt: skip
 
 
 NEW_ITEMS = ("item_id,genres,year\n5001,Comedy|Romance,1998\n5002,Action|Thriller,1998\n"
