@@ -15,7 +15,11 @@ MovieLens: 0.1M is ml-100k's shape, 1M ml-1m's, 25M ml-25m's (162,000 users, 59,
   with row-sparse table gradients, each in a fresh process: milliseconds per step (median).
 * Part 5: ingest, and ingest + features, each in a fresh process, beside polars' typed
   ``read_csv`` and ``scan_csv -> sink_parquet`` of the same file; ingest at the default
-  ``data.memory_mb`` and at ``--small-memory-mb``.
+  ``data.memory_mb`` and at ``--small-memory-mb``. Each tool runs ``--repeat`` times (3), the
+  tools alternating; a row's metrics are the medians (``vs_read_csv``: its seconds over
+  ``read_csv``'s; ``cpu_seconds``: the worker process's user + system time, imports included,
+  less sensitive than seconds to another job on the machine), ``repeats`` keeps every run's
+  values.
 
 Sizes run one at a time, smallest first. Progress goes to stderr; stdout gets one JSON line,
 also written to ``benchmarks/results/scale.json`` (``--out``).
@@ -26,6 +30,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -96,6 +102,8 @@ def _data_worker(kind: str, folder: Path, work: Path, memory_mb: int) -> dict:
             build_features(work / "ingest", FeaturesConfig(), work / "features", memory_mb)
             out["features_seconds"] = time.perf_counter() - t1
     out["seconds"] = time.perf_counter() - t0
+    used = resource.getrusage(resource.RUSAGE_SELF)  # the whole process, its imports included
+    out["cpu_seconds"] = used.ru_utime + used.ru_stime
     out["peak_rss_mb"] = _peak_mb()
     return out
 
@@ -224,8 +232,43 @@ def part0(
     return rows
 
 
-def part5(label: str, folder: Path, base: Path, small_mb: int) -> list:
-    rows = []
+def _median_row(labels: dict, runs: list[dict]) -> dict:
+    """One row of part 5: each metric the median of its repetitions (``metrics``), every
+    repetition's value in ``repeats``, the first failure in ``error``."""
+    done = [r for r in runs if "error" not in r]
+    row: dict = {"labels": labels, "metrics": {}}
+    if done:
+        digits = {k: 3 if k.endswith("seconds") else None for k in done[0]}
+        digits = {k: d for k, d in digits.items() if d or k == "peak_rss_mb"}
+        row["repeats"] = {k: [round(r[k], d) for r in done] for k, d in digits.items()}
+        row["metrics"] = {
+            k: round(statistics.median(row["repeats"][k]), d) for k, d in digits.items()
+        }
+    failed = [r["error"] for r in runs if "error" in r]
+    if failed:
+        row["error"] = failed[0]
+        row["failed_repeats"] = len(failed)
+    return row
+
+
+def _ratios(rows: list[dict]) -> None:
+    """Each row's median seconds (and ingest's share of ingest + features) over the median of
+    ``read_csv`` in the same run: ``vs_read_csv``, ``ingest_vs_read_csv``."""
+    read = next((r["metrics"].get("seconds") for r in rows if r["labels"]["tool"] == "read_csv"),
+                None)  # fmt: skip
+    if not read:
+        return
+    for r in rows:
+        m = r["metrics"]
+        if "seconds" in m:
+            m["vs_read_csv"] = round(m["seconds"] / read, 2)
+        if "features_seconds" in m:
+            m["ingest_vs_read_csv"] = round(m["ingest_seconds"] / read, 2)
+
+
+def part5(label: str, folder: Path, base: Path, small_mb: int, repeat: int = 3) -> list:
+    """Each tool ``repeat`` times in fresh processes, the tools alternating within each
+    repetition (a change in the machine's load falls on all of them alike)."""
     from recsys_mtl.config import DataConfig
 
     default_mb = DataConfig.model_fields["memory_mb"].default
@@ -237,21 +280,23 @@ def part5(label: str, folder: Path, base: Path, small_mb: int) -> list:
         ("ingest", small_mb),
         ("ingest+features", small_mb),
     ]
-    for kind, mb in runs:
-        work = base / f"work-{label}-{kind.replace('+', '-')}-{mb}"
-        work.mkdir(parents=True, exist_ok=True)
-        print(f"  part 5 {label} {kind} (memory_mb {mb}) ...", file=sys.stderr)
-        r = _spawn(["--data-worker", kind, "--data", str(folder), "--run", str(work),
-                    "--memory-mb", str(mb)])  # fmt: skip
-        labels = {"part": 5, "size": label, "tool": kind, "memory_mb": mb}
-        if "error" in r:
-            rows.append({"labels": labels, "metrics": {}, "error": r["error"]})
-            continue
-        metrics = {k: round(v, 3) for k, v in r.items() if k.endswith("seconds")}
-        metrics["peak_rss_mb"] = round(r["peak_rss_mb"])
-        rows.append({"labels": labels, "metrics": metrics})
-        print(f"    {metrics}", file=sys.stderr)
-        subprocess.run(["rm", "-rf", str(work)], check=False)
+    found: dict[tuple[str, int], list[dict]] = {run: [] for run in runs}
+    for k in range(repeat):
+        for kind, mb in runs:
+            work = base / f"work-{label}-{kind.replace('+', '-')}-{mb}"
+            work.mkdir(parents=True, exist_ok=True)
+            print(f"  part 5 {label} {kind} (memory_mb {mb}) {k + 1}/{repeat} ...", file=sys.stderr)
+            r = _spawn(["--data-worker", kind, "--data", str(folder), "--run", str(work),
+                        "--memory-mb", str(mb)])  # fmt: skip
+            found[(kind, mb)].append(r)
+            print(f"    {r}", file=sys.stderr)
+            subprocess.run(["rm", "-rf", str(work)], check=False)
+    labels = [{"part": 5, "size": label, "tool": kind, "memory_mb": mb} for kind, mb in runs]
+    rows = [_median_row(lab, found[run]) for lab, run in zip(labels, runs, strict=True)]
+    _ratios(rows)
+    for row in rows:
+        print(f"  {label} {row['labels']['tool']} {row['labels']['memory_mb']}: {row['metrics']}",
+              file=sys.stderr)  # fmt: skip
     return rows
 
 
@@ -272,6 +317,9 @@ def main() -> None:
         "--stage-timeout", type=float, default=None, help="part 0: stop a stage after SECONDS"
     )
     ap.add_argument("--small-memory-mb", type=int, default=256, help="part 5's smaller setting")
+    ap.add_argument(
+        "--repeat", type=int, default=3, help="part 5: runs of each tool (the median is reported)"
+    )
     ap.add_argument("--dir", default=None, help="logs and run folders (default: a temp dir)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scale.json"))
     ap.add_argument("--append", action="store_true", help="add the line to --out, not replace")
@@ -311,7 +359,7 @@ def main() -> None:
         if "0" in parts:
             rows += part0(label, folder, base, recipes, args.set, args.stage_timeout)
         if "5" in parts and SIZES[label][2] >= 1_000_000:
-            rows += part5(label, folder, base, args.small_memory_mb)
+            rows += part5(label, folder, base, args.small_memory_mb, max(1, args.repeat))
     import polars as pl
     import torch
 

@@ -173,8 +173,15 @@ def _data(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
     out += (
         "Each tool in a fresh process on the same `ratings.csv`: seconds, the ratio to "
         "polars' typed `read_csv` of the same file, and the peak RSS (VmHWM, MB); the "
-        "`recsys-mtl` rows at two `data.memory_mb` settings.\n\n"
+        "`recsys-mtl` rows at two `data.memory_mb` settings."
     )
+    runs = {len(next(iter(r["repeats"].values()))) for r in rows if r.get("repeats")}
+    if runs:
+        out += (
+            f" Each value is the median of {' or '.join(map(str, sorted(runs)))} runs, the "
+            "tools alternating (`--repeat`; every run's values are in the raw file)."
+        )
+    out += "\n\n"
     body = []
     peaks: dict[tuple[str, int], float] = {}
     for size in sizes:

@@ -260,8 +260,9 @@ def _draw_distinct(
 def _sort_keys(keys: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``keys`` (distinct, Int64) sorted, and the arg-sort that sorts them: one sort of
     ``key << b | position`` (the arg-sort in the low ``b`` bits) when that fits in 63 bits (3-4x
-    faster than an arg-sort and a gather), else an arg-sort. ``overwrite``: the sort may use
-    ``keys``' memory (one large allocation less)."""
+    faster than an arg-sort and a gather), else an arg-sort. The sort is polars' (2-3x faster
+    than numpy's on millions of keys). ``overwrite``: the packing may use ``keys``' memory
+    (one large allocation less)."""
     bits = max(1, int(keys.size - 1).bit_length())
     if keys.size == 0 or keys.min() < 0 or int(keys.max()).bit_length() + bits > 63:
         order = pl.Series(keys).arg_sort().to_numpy()
@@ -269,10 +270,9 @@ def _sort_keys(keys: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, n
     packed = keys if overwrite else keys.copy()
     packed <<= bits
     packed |= np.arange(keys.size, dtype=np.int64)
-    packed.sort()
+    packed = pl.Series(packed).sort().to_numpy()
     order = packed & ((1 << bits) - 1)
-    packed >>= bits
-    return packed, order
+    return packed >> bits, order
 
 
 def sample_negatives(

@@ -49,11 +49,18 @@ ROW_BYTES = 96
 ROW_GROUP = 1 << 18
 
 
-def partitions_for(rows: int, memory_mb: int, row_bytes: int = ROW_BYTES) -> int:
+def partitions_for(
+    rows: int, memory_mb: int, row_bytes: int = ROW_BYTES, max_rows: int | None = None
+) -> int:
     """Hash partitions of the users such that one partition's ratings take at most half of
-    ``memory_mb`` at ``row_bytes`` each (1 for a log that fits)."""
+    ``memory_mb`` at ``row_bytes`` each and, with ``max_rows``, are at most ``max_rows`` on
+    average (1 for a log within both). ``memory_mb`` bounds a partition's size; ``max_rows`` is
+    the size a stage works fastest at, which a larger budget does not raise."""
     budget = max(1, memory_mb) * 2**20 // 2
-    return max(1, math.ceil(rows * row_bytes / budget))
+    n = math.ceil(rows * row_bytes / budget)
+    if max_rows is not None:
+        n = max(n, math.ceil(rows / max(1, max_rows)))
+    return max(1, n)
 
 
 def user_partition(column: str, n: int, p: int) -> pl.Expr:

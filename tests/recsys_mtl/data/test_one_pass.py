@@ -145,7 +145,7 @@ def test_partitions_without_users_draw_nothing(tmp_path, monkeypatch):
     """More partitions than users: the empty ones write no file and no rows."""
     log = write_synthetic(SyntheticConfig(users=5, items=40, ratings=120), tmp_path / "log")
     ingest(DataConfig(path=str(log)), tmp_path / "ingest")
-    monkeypatch.setattr(features, "partitions_for", lambda rows, mb: 8)
+    monkeypatch.setattr(features, "partitions_for", lambda rows, mb, **kw: 8)
     cfg = FeaturesConfig(seed=3, negatives_per_positive=3)
     spec = build_features(tmp_path / "ingest", cfg, tmp_path / "f", memory_mb=16)
     table = pl.read_parquet(tmp_path / "f" / "interactions.parquet")
