@@ -280,6 +280,7 @@ def part5(label: str, folder: Path, base: Path, small_mb: int, repeat: int = 3) 
         ("ingest", small_mb),
         ("ingest+features", small_mb),
     ]
+    runs = list(dict.fromkeys(runs))  # --small-memory-mb at the default: its rows once
     found: dict[tuple[str, int], list[dict]] = {run: [] for run in runs}
     for k in range(repeat):
         for kind, mb in runs:

@@ -5,8 +5,9 @@ cosine of their binary rating columns, ``c_ij / sqrt(n_i n_j)`` (``c_ij`` users 
 both, ``n_i`` users who rated ``i``). Each item keeps its ``top`` most similar items only
 (:func:`item_neighbours`, a sparse table ``(I, top)`` of indices and similarities, computed in
 blocks of items so that it scales to large catalogs), and the table carries the rating at or
-above which a support item is a like (``like``), how much more a liked item's neighbours weigh
-per star above it (``rating_weight``) and every item's like prior (``prior``). A new user's
+above which a support item is a like (``like``: the run's ``features.like_threshold``), how
+much more a liked item's neighbours weigh per star above it (``rating_weight``) and every
+item's like prior (``prior``). A new user's
 evidence for item ``i`` is the sum of the similarities of ``i`` to the user's liked support
 items, each weighted by ``1 + rating_weight x (rating - like)`` (at the default
 :data:`RATING_WEIGHT` a 5 counts twice as much as a 4), over the number of support items, plus
@@ -69,6 +70,10 @@ RATING_WEIGHT = 1.0
 LIKE_PRIOR = 0.2
 WEIGHTS = (0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 15.0, 20.0)  # the weights choose_weight tries
 BLOCK_ITEMS = 512  # items per block of the co-occurrence product
+# the neighbour table's format: 1 (no entry) items, sims and like; 2 adds rating_weight and
+# prior. A table of a newer format, or with entries this code does not know, is refused on load
+TABLE_FORMAT = 2
+_TABLE_KEYS = ("items", "sims", "like", "rating_weight", "prior", "format")
 
 
 @dataclass(frozen=True)
@@ -93,7 +98,7 @@ class NeighbourTable:
         return int(self.items.shape[0])
 
     def save(self, path: Path) -> None:
-        t = {"items": self.items, "sims": self.sims}
+        t = {"items": self.items, "sims": self.sims, "format": torch.tensor(TABLE_FORMAT)}
         if self.like is not None:
             t["like"] = torch.tensor(float(self.like))
             t["rating_weight"] = torch.tensor(float(self.rating_weight))
@@ -104,6 +109,14 @@ class NeighbourTable:
     @classmethod
     def load(cls, path: Path) -> NeighbourTable:
         t = load_tensors(path, map_location="cpu")
+        found = int(t["format"]) if "format" in t else 1
+        unknown = sorted(set(t) - set(_TABLE_KEYS))
+        if found > TABLE_FORMAT or unknown:
+            raise UserError(
+                f"{path}: neighbour table format {found}"
+                + (f" with unknown entries {unknown}" if unknown else "")
+                + f"; this recsys-mtl reads format {TABLE_FORMAT} at most: upgrade it"
+            )
         like = float(t["like"]) if "like" in t else None
         weight = float(t["rating_weight"]) if like is not None and "rating_weight" in t else 0.0
         prior = t["prior"].float() if "prior" in t else None

@@ -155,7 +155,7 @@ class DataConfig(Frozen):
         description="memory the data stages aim to stay within, in MB: the work that needs a "
         "user's whole log (duplicate pairs, negatives that avoid every rated item) runs per "
         "hash partition of the users, as many partitions as keep one within half of it; the "
-        "negatives are also drawn in partitions of at most 2M ratings, which draw faster (a "
+        "negatives are also drawn in partitions of about 2M ratings on average, which draw faster (a "
         "log of up to 2M that fits stays one partition). Lower it on a small machine (more, "
         "smaller partitions: the same ingested tables; negatives drawn per partition, never a "
         "rated item)",

@@ -41,7 +41,6 @@ __all__ = [
     "build_features",
     "draw_unrated",
     "index_of",
-    "negative_rows",
     "pair_keys",
     "sample_negatives",
     "time_columns",
@@ -50,8 +49,8 @@ __all__ = [
 AGE_BOUNDS = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups
 # of the tables written from the interactions table: faster to write and to read than zstd
 COMPRESSION = "lz4"
-# ratings per partition of the negatives' draws at most (2M): at the default data.memory_mb a
-# partition would hold up to 5.6M; partitions of 2M drew 5M and 25M logs faster with a lower
+# ratings per partition of the negatives' draws, on average, at most (2M): at the default
+# data.memory_mb a partition would hold up to 5.6M; partitions of 2M drew 5M and 25M logs faster with a lower
 # peak (smaller temporaries: less fresh memory, whose page faults cost more than the draws'
 # arithmetic on it). A log up to this size (ml-1m) stays one partition, drawn as in memory.
 # A smaller data.memory_mb still makes partitions smaller.
@@ -211,17 +210,6 @@ def time_columns(cfg: FeaturesConfig, t_min: int, t_max: int) -> list[pl.Expr]:
         ((pl.col("ts") // 86_400 + 3) % 7).cast(pl.Int8).alias("dow"),  # Monday = 0
         ((pl.col("ts") - t_min) * cfg.time_bins // span).cast(pl.Int32).alias("time_bin"),
     ]
-
-
-def negative_rows(positives: pl.DataFrame, owner: np.ndarray, items: np.ndarray) -> pl.DataFrame:
-    """The negatives of the ratings ``positives[owner]``, with ``items``."""
-    """A negative shares its rating's user and time: those gathered, then item and labels."""
-    return positives[owner].with_columns(
-        pl.Series("iidx", items, dtype=pl.Int32),
-        pl.lit(None, pl.Float32).alias("rating"),
-        pl.lit(None, pl.Int8).alias("like"),
-        pl.lit(0, pl.Int8).alias("interaction"),
-    )
 
 
 def index_of(column: str, ids: pl.Series, index: pl.Series) -> pl.Expr:

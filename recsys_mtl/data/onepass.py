@@ -22,6 +22,7 @@ import polars as pl
 
 from recsys_mtl.data.raw import RATING_FIELDS, Layout
 from recsys_mtl.data.stream import (
+    KEPT_COMPRESSION,
     ROW_GROUP,
     UNPARSED,
     VALUE_REASONS,
@@ -42,9 +43,6 @@ Known = tuple[pl.Series | None, pl.Series | None]
 # bytes a kept rating takes in the duplicate check: its two ids, their pair key, a hash entry
 PAIR_BYTES = 40
 SEEN_LIMIT = 1 << 26  # ids below it are counted in a table of flags (at most 64 MB)
-# of the kept rows (the ingested table): uncompressed writes and reads back faster than lz4
-# (ingest 0.4 s faster at 25M ratings, features no slower) for a larger file (430 MB, not 250)
-KEPT_COMPRESSION = "uncompressed"
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,9 @@ STREAMED_KINDS = ("ml-100k", "ml-dat", "ml-csv")
 ROW_BYTES = 96
 # rows per Parquet row group of the files written: a streaming read holds a few groups at once
 ROW_GROUP = 1 << 18
+# of the kept rows (the ingested table): uncompressed writes and reads back faster than lz4
+# (ingest 0.4 s faster at 25M ratings, features no slower) for a larger file (430 MB, not 250)
+KEPT_COMPRESSION = "uncompressed"
 
 
 def partitions_for(
@@ -301,7 +304,7 @@ def stream_with_losers(
         valid = valid.filter(~pl.col("line").is_in(lost.implode()))
     kept_path = work / "kept.parquet"
     kept = valid.select(*RATING_FIELDS[:2], pl.col("rating").cast(pl.Float32), "ts")
-    kept.sink_parquet(kept_path, row_group_size=ROW_GROUP)
+    kept.sink_parquet(kept_path, compression=KEPT_COMPRESSION, row_group_size=ROW_GROUP)
     return StreamChecked(kept_path, n_valid - lost.len(), rejects, scale, observed, blank)
 
 

@@ -113,6 +113,22 @@ def test_the_table_keeps_its_like_threshold_through_a_save_and_none_for_implicit
     assert liked.like == 4.0 and liked.rating_weight == 0 and liked.prior is None
 
 
+def test_a_table_of_a_newer_format_or_with_unknown_entries_is_refused_naming_the_file(tmp_path):
+    from recsys_mtl.errors import UserError
+    from recsys_mtl.io import load_tensors, save_tensors
+
+    table = item_neighbours(_log(40, 30, 400), 30, 5)
+    table.save(tmp_path / "t.pt")
+    saved = load_tensors(tmp_path / "t.pt")
+    assert int(saved["format"]) == cooc.TABLE_FORMAT
+    save_tensors({**saved, "format": torch.tensor(cooc.TABLE_FORMAT + 1)}, tmp_path / "new.pt")
+    with pytest.raises(UserError, match=r"new\.pt: neighbour table format 3"):
+        NeighbourTable.load(tmp_path / "new.pt")
+    save_tensors({**saved, "damping": torch.tensor(0.5)}, tmp_path / "extra.pt")
+    with pytest.raises(UserError, match=r"extra\.pt: .*unknown entries \['damping'\]"):
+        NeighbourTable.load(tmp_path / "extra.pt")
+
+
 def test_a_liked_item_weighs_more_per_star_above_the_threshold_and_the_like_prior_is_added():
     g = torch.Generator().manual_seed(2)
     items, top = 10, 3

@@ -137,7 +137,11 @@ def test_partitioned_negatives_are_each_partitions_draws_in_log_order(ml100k, tm
     build_features(tmp_path / "ingest", cfg, tmp_path / "f", memory_mb=16)
     table = pl.read_parquet(tmp_path / "f" / "interactions.parquet")
     assert table.filter(pl.col("interaction") == 1)["row"].to_list() == list(range(100_000))
-    assert table.equals(_partitions_drawn(table, partitions_for(100_000, 16), 5, 2, 1682))
+    assert table.equals(
+        _partitions_drawn(
+            table, partitions_for(100_000, 16, max_rows=features.PARTITION_ROWS), 5, 2, 1682
+        )
+    )
     assert not (tmp_path / "f" / "_partitions").exists()
 
 

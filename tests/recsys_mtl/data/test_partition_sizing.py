@@ -44,9 +44,9 @@ def ingested(ml100k, tmp_path_factory):
 def test_the_features_draw_in_as_many_partitions_as_the_cap_gives(
     ingested, tmp_path, monkeypatch, cap, parts
 ):
-    """At the default memory, ml-100k in partitions of at most ``cap`` ratings: the positives
-    in log order, then each partition's own draws (seeded by the partition; one partition:
-    the in-memory draws)."""
+    """At the default memory, ml-100k in partitions of ``cap`` ratings at most on average: the
+    positives in log order, then each partition's own draws (seeded by the partition; one
+    partition: the in-memory draws)."""
     monkeypatch.setattr(features, "PARTITION_ROWS", cap)
     cfg = FeaturesConfig(seed=4, negatives_per_positive=2)
     spec = build_features(ingested, cfg, tmp_path / "f", memory_mb=1024)
