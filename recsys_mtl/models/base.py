@@ -99,8 +99,9 @@ class Ranker(nn.Module):
         self.register_buffer("user_mean_day", ctx.user_mean_day, persistent=False)
 
     def warm_start(self, train: dict[str, torch.Tensor], settings: Any) -> None:
-        """Set parameters from a closed-form solution on ``train`` before gradient training
-        (``settings``: the run's :class:`~recsys_mtl.config.TrainConfig`)."""
+        """Set parameters from a closed-form solution on ``train`` (the training part's
+        observed ratings) before gradient training (``settings``: the run's
+        :class:`~recsys_mtl.config.TrainConfig`)."""
         raise NotImplementedError(f"{type(self).__name__} offers no warm start")
 
     # -- parameter groups ---------------------------------------------------------------------

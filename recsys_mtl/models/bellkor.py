@@ -43,7 +43,9 @@ from recsys_mtl.models.bellkor_lookup import (
     day_index,
     day_rows,
     lookup_forward,
+    losses_scope,
     merge_implicit,
+    rated_day_rows,
 )
 from recsys_mtl.models.bellkor_scoring import FixedTimeScoring
 from recsys_mtl.models.context import FeatureContext
@@ -202,6 +204,10 @@ class BellKor(FixedTimeScoring, Ranker):
     def held_weights(self) -> Any:
         """A scope with fixed weights (validation): :meth:`ImplicitCache.hold`."""
         return self._svdpp.hold() if self.cfg.implicit else contextlib.nullcontext()
+
+    def losses_only(self) -> contextlib.AbstractContextManager:
+        """A scope of training forwards that feed the losses alone (:func:`losses_scope`)."""
+        return losses_scope(self)
 
     def plan_step(self, step: int, n_steps: int, batch_size: int) -> None:
         """The trainer's next step, the epoch's steps, the batch size (:class:`ImplicitCache`)."""
@@ -362,7 +368,7 @@ class BellKor(FixedTimeScoring, Ranker):
         distinct, inverse = self._distinct_users(u)
         item_feats = self._item_features(batch)
         if self.day_bias:
-            item_feats["user_day_bias"], day_seen = self._day_rows(u, batch["day"])
+            item_feats["user_day_bias"], day_seen = rated_day_rows(self, u, batch)
         eu = self.emb(self._user_features(distinct))
         ei = self.emb(item_feats)
         p = eu["user"]

@@ -26,6 +26,8 @@ rows in collective calls), with the keys in the tables' order.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -187,3 +189,35 @@ def day_index(
     offsets = torch.searchsorted(keys, users * int(ctx.day_span))
     most = int((offsets[1:] - offsets[:-1]).max()) if n else 0
     return offsets, most.bit_length()
+
+
+@contextlib.contextmanager
+def losses_scope(model: Any) -> Iterator[None]:
+    """BellKor's :meth:`losses_only`: a scope whose training forwards feed the task losses
+    alone (the trainer's steps without a penalty on the outputs), in which
+    :func:`rated_day_rows` finds the (user, day) rows of the observed ratings only."""
+    model._losses_only = True
+    try:
+        yield
+    finally:
+        model._losses_only = False
+
+
+def rated_day_rows(
+    model: Any, user: torch.Tensor, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """BellKor's ``_day_rows`` of a training batch's rows; inside :func:`losses_scope` (with
+    gradients on and an ``interaction`` label), of its observed ratings only, the others given
+    the spare row, unseen. The rating task is computed on the observed ratings, so a sampled
+    negative's rating score (no loss reads it) leaves out its day's bias while the losses,
+    gradients and touched table rows stay the same; the search, a bisection per row on a
+    large log, skips the negatives (four rows in five of the ranking recipe)."""
+    rated = batch.get("interaction")
+    if rated is None or not (getattr(model, "_losses_only", False) and torch.is_grad_enabled()):
+        return model._day_rows(user, batch["day"])
+    at = (rated > 0.5).nonzero().squeeze(1)
+    found, seen_at = model._day_rows(user.index_select(0, at), batch["day"].index_select(0, at))
+    spare = int(model.user_days.numel())  # the row of (user, day) pairs training never saw
+    rows = torch.full_like(user, spare).index_copy_(0, at, found)
+    seen = torch.zeros_like(user, dtype=torch.bool).index_copy_(0, at, seen_at)
+    return rows, seen

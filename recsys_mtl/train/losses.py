@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from recsys_mtl.models.base import TASK_KINDS
 
-__all__ = ["batch_losses", "task_losses", "task_mask"]
+__all__ = ["NonFiniteLossError", "batch_losses", "task_losses", "task_mask"]
 
 
 def task_mask(task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -61,3 +61,17 @@ def batch_losses(
         return own(batch, tasks)
     out = model(batch)
     return out, task_losses(out, batch, tasks)
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+def _check_finite(flags: torch.Tensor, names: list[str], epoch: int, what: str) -> None:
+    """``flags (steps, K)``: raise naming the first step and column that was not finite."""
+    if bool(flags.all()):
+        return
+    bad = (~flags).nonzero()[0].tolist()
+    raise NonFiniteLossError(
+        f"non-finite {what} in task {names[bad[1]]!r} at epoch {epoch}, step {bad[0]}"
+    )

@@ -30,9 +30,12 @@ class NegativeResampler:
         users = train["user"].cpu().numpy()
         self.n_items = n_items
         self.seed = seed
-        self.rows = np.flatnonzero(~positive)
+        rows = np.flatnonzero(~positive)
+        # 32-bit positions while they fit (indexes the size of the negatives, held all along)
+        self.rows = rows.astype(np.int32) if positive.size < 2**31 else rows
         self.users = users[self.rows]
-        self.order = np.argsort(self.users, kind="stable")
+        order = np.argsort(self.users, kind="stable")  # the rows grouped by user, 32-bit too
+        self.order = order.astype(np.int32) if order.size < 2**31 else order
         # ingest made (user, item) pairs distinct: a sort gives the keys draw_unrated searches
         self.rated = np.sort(
             pair_keys(users[positive], train["item"].cpu().numpy()[positive], n_items)
@@ -45,8 +48,10 @@ class NegativeResampler:
         rng = np.random.default_rng([self.seed, epoch])
         drawn = draw_unrated(self.users, self.rated, self.n_items, 1, rng, order=self.order)[:, 0]
         keep = drawn >= 0  # a user who rated every item keeps the stored negative
+        every = bool(keep.all())
         item = train["item"].clone()
         device = item.device
-        rows = torch.from_numpy(self.rows[keep]).to(device)
-        item[rows] = torch.from_numpy(drawn[keep]).to(device)
+        rows = torch.from_numpy(self.rows if every else self.rows[keep]).to(device)
+        # in the part's own type (int32 in a compact part)
+        item[rows] = torch.from_numpy(drawn if every else drawn[keep]).to(device, item.dtype)
         return {**train, "item": item}

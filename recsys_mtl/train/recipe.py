@@ -31,7 +31,7 @@ from recsys_mtl.models.context import load_context
 from recsys_mtl.models.ncf import GMF, MLP, NCFConfig
 from recsys_mtl.train import distributed
 from recsys_mtl.train.callbacks import Callback
-from recsys_mtl.train.data import concat, load_part, size, to_device
+from recsys_mtl.train.data import append, load_part, size, take, to_device, widen
 from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, fit
 
 __all__ = ["TrainedRanker", "train_ranker"]
@@ -71,8 +71,11 @@ def train_ranker(
         hist = [{"epoch": e, "train/fit": v} for e, v in enumerate(history)]
         return TrainedRanker(model, None, {"train/fit": history[-1]}, {}, hist)
     order = tuple(getattr(cls, "order_fields", ()))  # sequence rankers: ratings in time order
-    train = load_part(split_dir / "train.parquet", cfg.tasks, extra=order)
-    valid = load_part(split_dir / "valid.parquet", cfg.tasks, extra=order)
+    # one process's trainer takes parts with 32-bit ids and byte labels (half the memory), which
+    # it widens a block of batches at a time; sequence rankers and DMP take the usual types
+    compact = not order and distributed.current() is None
+    train = load_part(split_dir / "train.parquet", cfg.tasks, extra=order, compact=compact)
+    valid = load_part(split_dir / "valid.parquet", cfg.tasks, extra=order, compact=compact)
     if size(valid) == 0 and (cfg.train.refit or cfg.train.patience is not None):
         key = "train.refit" if cfg.train.refit else "train.patience"
         raise UserError(
@@ -91,7 +94,8 @@ def train_ranker(
             chosen = res.best_epoch + 1
             refit = min(chosen, cfg.train.refit_epochs or chosen)
             selected = model
-            model = _refit(model, chosen, refit, train, valid, cfg, ckpt, refit_callbacks)
+            append(train, valid)  # train + valid, in place of the training part's tensors
+            model = _refit(model, chosen, refit, train, cfg, ckpt, refit_callbacks)
     except NonFiniteLossError as e:
         raise UserError(f"training diverged: {e} (lower train.lr or check the data)") from e
     metrics = _train_metrics(res, refit)
@@ -113,7 +117,9 @@ def _warm_start(model: nn.Module, data: dict[str, torch.Tensor], cfg: RunConfig)
     if cfg.train.warm_start == "none":
         return None
     t0 = time.perf_counter()
-    model.warm_start(to_device(data, next(model.parameters()).device), cfg.train)
+    # the observed pairs, in the usual types (the closed forms solve those only)
+    observed = widen(take(data, (data["interaction"] > 0.5).nonzero().squeeze(1)))
+    model.warm_start(to_device(observed, next(model.parameters()).device), cfg.train)
     seconds = time.perf_counter() - t0
     log.info("    %s warm start in %.2f s", cfg.train.warm_start, seconds)
     return seconds
@@ -134,13 +140,13 @@ def _refit(
     model: nn.Module,
     chosen: int,
     epochs: int,
-    train: dict[str, torch.Tensor],
-    valid: dict[str, torch.Tensor],
+    full: dict[str, torch.Tensor],
     cfg: RunConfig,
     ckpt: Path | None,
     callbacks: Sequence[Callback],
 ) -> nn.Module:
-    """Train on train + valid for the last ``epochs`` of the ``chosen`` epochs of the schedule.
+    """Train on ``full`` (train + valid) for the last ``epochs`` of the ``chosen`` epochs of
+    the schedule.
 
     ``train.refit_from: scratch`` starts a fresh model (same seed) and replays the schedule's
     epochs ``chosen - epochs .. chosen - 1`` (all of them by default); ``selected`` starts from
@@ -161,12 +167,12 @@ def _refit(
     if cfg.train.refit_from == "selected":
         fresh.load_state_dict(model.state_dict())
     else:
-        _warm_start(fresh, concat(train, valid), cfg)
+        _warm_start(fresh, full, cfg)
     # the same schedule (it spans train.epochs), stopped after the chosen epochs
     settings = cfg.train.model_copy(update={"patience": None})
     _fit(
         fresh,
-        concat(train, valid),
+        full,
         None,
         cfg.model_copy(update={"train": settings}),
         build_weighting(cfg),

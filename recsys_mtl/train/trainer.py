@@ -53,9 +53,15 @@ from recsys_mtl.models.embeddings import EmbeddingTables, resolve_device
 from recsys_mtl.train import optim
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.checkpoint import CHECKPOINT, resume_from, save_checkpoint
-from recsys_mtl.train.data import size, take, to_device
+from recsys_mtl.train.data import epoch_order, size, take, to_device, widen
 from recsys_mtl.train.gradients import _replace_shared_grad, _task_gradients
-from recsys_mtl.train.losses import batch_losses, task_losses, task_mask
+from recsys_mtl.train.losses import (
+    NonFiniteLossError,
+    _check_finite,
+    batch_losses,
+    task_losses,
+    task_mask,
+)
 from recsys_mtl.train.negatives import NegativeResampler
 from recsys_mtl.train.optim import Adam, lr_multiplier, scaled_lr
 from recsys_mtl.train.row_sparse import row_sparse_lookups, sparse_tables
@@ -66,10 +72,6 @@ __all__ = ["CHECKPOINT", "NonFiniteLossError", "Penalty", "TrainResult", "build_
 
 log = logging.getLogger("recsys_mtl.train")
 _GATHER_ROWS = 1 << 20  # rows of an epoch gathered at once (a block of whole batches)
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -168,7 +170,7 @@ def validation_losses(
     # a ranker's scope for weights that do not change (BellKor: one SVD++ product per pass)
     with getattr(model, "held_weights", contextlib.nullcontext)():
         for s in range(0, n, batch_size):
-            batch = take(data, torch.arange(s, min(s + batch_size, n), device=device))
+            batch = widen(take(data, torch.arange(s, min(s + batch_size, n), device=device)))
             if own is not None:
                 losses, rows = own(batch, tasks)
             else:
@@ -180,16 +182,6 @@ def validation_losses(
     model.train(was)
     means = (sums / counts.clamp(min=1)).tolist()
     return dict(zip(tasks, means, strict=True))
-
-
-def _check_finite(flags: torch.Tensor, names: list[str], epoch: int, what: str) -> None:
-    """``flags (steps, K)``: raise naming the first step and column that was not finite."""
-    if bool(flags.all()):
-        return
-    bad = (~flags).nonzero()[0].tolist()
-    raise NonFiniteLossError(
-        f"non-finite {what} in task {names[bad[1]]!r} at epoch {epoch}, step {bad[0]}"
-    )
 
 
 def fit(
@@ -285,6 +277,10 @@ def fit(
     # a ranker that spreads work over an epoch (BellKor's SVD++ cache) is told each step's
     # place; not with per-task gradients (several backward passes a step)
     plan_step = None if weighting.needs_gradients else getattr(model, "plan_step", None)
+    # outputs that feed the losses alone (no penalty): a ranker may skip work no loss needs
+    only_losses = (getattr(model, "losses_only", None) if penalty is None else None) or (
+        contextlib.nullcontext
+    )
     t0 = time.perf_counter()
     seen = 0
     stopped = by_callback = False
@@ -294,13 +290,13 @@ def fit(
         if state["bad"] >= patience:
             stopped = True
             break
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g).to(device)
+        perm = part = None  # the last epoch's order and rows let go before this one's are made
+        chunk: dict[str, torch.Tensor] = {}
+        perm = epoch_order(n, cfg.seed * 1_000_003 + epoch, device)
         part = resample(train, epoch) if resample is not None else train
         # the rows in batch order, gathered a block of batches at a time (about a million
         # rows: one gather instead of one per batch, memory bounded): each batch is a slice
         block = cfg.batch_size * max(1, _GATHER_ROWS // cfg.batch_size)
-        chunk: dict[str, torch.Tensor] = {}
         sums = torch.zeros(n_t, device=device)
         weight_sums = torch.zeros(n_t, device=device)
         # per step: each task's loss finite, the total finite, each task's gradient finite
@@ -310,12 +306,13 @@ def fit(
         for s in range(0, n, cfg.batch_size):
             _set_lr(opts, lr_multiplier(epoch * n_steps + steps, total_steps, warmup, cfg.schedule))
             if s % block == 0:
-                chunk = take(part, perm[s : s + block])
+                chunk = widen(take(part, perm[s : s + block]))  # a compact part's types
             r = s % block
             batch = {k: v[r : r + cfg.batch_size] for k, v in chunk.items()}
             if plan_step is not None:
                 plan_step(steps, n_steps, cfg.batch_size)
-            out, losses = batch_losses(model, batch, tasks)
+            with only_losses():
+                out, losses = batch_losses(model, batch, tasks)
             stacked = torch.stack([losses[t] for t in tasks])
             if weighting.needs_gradients:
                 grads = _task_gradients(losses, tasks, shared)
