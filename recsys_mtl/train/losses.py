@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from recsys_mtl.models.base import TASK_KINDS
 
-__all__ = ["NonFiniteLossError", "batch_losses", "task_losses", "task_mask"]
+__all__ = ["NonFiniteLossError", "batch_losses", "check_finite", "task_losses", "task_mask"]
 
 
 def task_mask(task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -64,10 +64,10 @@ def batch_losses(
 
 
 class NonFiniteLossError(RuntimeError):
-    pass
+    """A loss or gradient of a training step was not finite (:func:`check_finite`)."""
 
 
-def _check_finite(flags: torch.Tensor, names: list[str], epoch: int, what: str) -> None:
+def check_finite(flags: torch.Tensor, names: list[str], epoch: int, what: str) -> None:
     """``flags (steps, K)``: raise naming the first step and column that was not finite."""
     if bool(flags.all()):
         return

@@ -47,10 +47,10 @@ from recsys_mtl.models.embeddings import EmbeddingTables, ShardedTableError
 from recsys_mtl.train import dcp, distributed
 from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import size, take, to_device
-from recsys_mtl.train.losses import task_losses, task_mask
+from recsys_mtl.train.losses import check_finite, task_losses, task_mask
 from recsys_mtl.train.negatives import NegativeResampler
 from recsys_mtl.train.optim import lr_multiplier, scaled_lr
-from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, _check_finite, _optimizers
+from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, _optimizers
 from recsys_mtl.weighting.base import Weighting
 
 __all__ = ["PLAN", "fit_parallel", "fused_lr", "global_train", "sharded_model", "step_rows"]
@@ -248,7 +248,7 @@ def fit_parallel(
                 cb.on_step_end(epoch, steps, n_steps)
         seen += local * d.world
         distributed.all_min(flags)
-        _check_finite(flags.bool(), [*tasks, "l2 penalty"], epoch, "loss")
+        check_finite(flags.bool(), [*tasks, "l2 penalty"], epoch, "loss")
         means = torch.cat([sums, weight_sums]) / max(steps, 1)
         means = (distributed.all_sum(means) / d.world).tolist()
         metrics = {f"train/{t}/loss": means[k] for k, t in enumerate(tasks)}

@@ -57,8 +57,8 @@ from recsys_mtl.train.data import epoch_order, size, take, to_device, widen
 from recsys_mtl.train.gradients import _replace_shared_grad, _task_gradients
 from recsys_mtl.train.losses import (
     NonFiniteLossError,
-    _check_finite,
     batch_losses,
+    check_finite,
     task_losses,
     task_mask,
 )
@@ -347,8 +347,8 @@ def fit(
             for cb in step_hooks:
                 cb.on_step_end(epoch, steps, n_steps)
         seen += n
-        _check_finite(loss_ok, [*tasks, "l2 penalty"], epoch, "loss")
-        _check_finite(grad_ok, tasks, epoch, "gradient")
+        check_finite(loss_ok, [*tasks, "l2 penalty"], epoch, "loss")
+        check_finite(grad_ok, tasks, epoch, "gradient")
         train_means = (sums / max(steps, 1)).tolist()
         weight_means = (weight_sums / max(steps, 1)).tolist()  # epoch means
         metrics = {f"train/{t}/loss": v for t, v in zip(tasks, train_means, strict=True)}

@@ -147,6 +147,20 @@ def _score_known_and_new(run_dir: Path, tmp_path: Path) -> tuple:
     return rated, run, known, out, report, (users, support)
 
 
+def _assert_known_as_without_support(
+    run_dir: Path, known: list, got: pl.DataFrame, tmp_path: Path
+) -> pl.DataFrame:
+    """The known users' rows of ``got`` equal the run's scores of them without ``--support``,
+    which it returns."""
+    alone = tmp_path / "known.txt"
+    alone.write_text("\n".join(str(u) for u in known) + "\n")
+    plain = tmp_path / "plain.parquet"
+    score_command(str(run_dir), 10, str(plain), users=str(alone))
+    rows = pl.read_parquet(plain)
+    assert got.filter(pl.col("served_by") == "model").equals(rows)
+    return rows
+
+
 def test_new_users_are_ranked_by_the_task_the_protocol_ranked_by(ml100k_run, tmp_path):
     record = json.loads((ml100k_run / "coldstart" / "served.json").read_text())
     assert record["rank_task"] == "interaction"  # what evaluate_coldstart ranked the lists by
@@ -170,18 +184,14 @@ def test_new_users_are_ranked_by_the_task_the_protocol_ranked_by(ml100k_run, tmp
         score = torch.tensor(mine["score"].to_numpy(), dtype=torch.float64)
         torch.testing.assert_close(score, torch.sigmoid(listed).double(), atol=1e-5, rtol=0)
     # known users: the default blend, the rows of a run scored without --support
-    alone = tmp_path / "known.txt"
-    alone.write_text("\n".join(str(u) for u in known) + "\n")
-    plain = tmp_path / "plain.parquet"
-    score_command(str(ml100k_run), 10, str(plain), users=str(alone))
-    assert got.filter(pl.col("served_by") == "model").equals(pl.read_parquet(plain))
+    plain = _assert_known_as_without_support(ml100k_run, known, got, tmp_path)
     # --blend ranks everybody: the new users by it too
     both = tmp_path / "blend.parquet"
     given = score_command(str(ml100k_run), 10, str(both), users=str(users), support=str(support),
                           blend="rating=1,interaction=1,like=1")  # fmt: skip
     assert given["rank_by"] == {"model": even, "cold_start": even}
     blended = pl.read_parquet(both)
-    assert blended.filter(pl.col("served_by") == "model").equals(pl.read_parquet(plain))
+    assert blended.filter(pl.col("served_by") == "model").equals(plain)
     new = pl.col("served_by") == "cold_start"
     assert not blended.filter(new)["item_id"].equals(got.filter(new)["item_id"])
 
@@ -296,11 +306,7 @@ def test_a_served_cooc_variant_ranks_new_users_with_its_evidence(ml100k_run, tmp
     want = states[0][run.item_index(first["item_id"])[0]]
     torch.testing.assert_close(torch.tensor(first["score_rating"].to_numpy()), want)
     # known users: as scored without --support
-    alone = tmp_path / "known.txt"
-    alone.write_text("\n".join(str(u) for u in known) + "\n")
-    plain_out = tmp_path / "plain.parquet"
-    score_command(str(run_dir), 10, str(plain_out), users=str(alone))
-    assert got.filter(pl.col("served_by") == "model").equals(pl.read_parquet(plain_out))
+    _assert_known_as_without_support(run_dir, known, got, tmp_path)
     # the fused tiles (matmul and top-K by groups of items) give the same lists
     tiled = tmp_path / "tiled.parquet"
     score_command(str(run_dir), 10, str(tiled), users=str(users), support=str(support),

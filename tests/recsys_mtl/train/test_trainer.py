@@ -198,7 +198,7 @@ def test_a_non_finite_gradient_stops_training_naming_task_and_step():
         "like": p.sqrt().sum(),
     }  # finite loss, infinite gradient at 0
     assert torch.isfinite(losses["like"])
-    from recsys_mtl.train.trainer import _check_finite
+    from recsys_mtl.train.losses import check_finite
 
     flags = torch.ones(10, 2, dtype=torch.bool)  # the trainer's per-step record of one epoch
     flags[7] = torch.isfinite(_task_gradients(losses, ["rating", "like"], [p])).all(1)
@@ -206,7 +206,7 @@ def test_a_non_finite_gradient_stops_training_naming_task_and_step():
     with pytest.raises(
         NonFiniteLossError, match=r"non-finite gradient in task 'like' at epoch 3, step 7"
     ):
-        _check_finite(flags, ["rating", "like"], 3, "gradient")
+        check_finite(flags, ["rating", "like"], 3, "gradient")
 
 
 @pytest.mark.parametrize("weighting", ["aligned_mtl", "mgda", "db_mtl"])
