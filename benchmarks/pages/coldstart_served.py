@@ -26,7 +26,15 @@ COOC_FIRST = "coldstart-served-cooc50.json"
 # the same benchmark before the evidence's rating weight and like prior (every liked support
 # item alike, nothing added per item)
 COOC_ALIKE = "coldstart-served-alike.json"
+# the same benchmark before state_mean2 (the mean of meta_sgd's and metric_solve's states) was
+# a candidate
+MEAN3 = "coldstart-served-mean3.json"
 EARLIER = (
+    (MEAN3, "Before `state_mean2`",
+     "The same benchmark before `state_mean2` (the mean of two learners' adapted states, "
+     "`meta_sgd` and `metric_solve`) and its variants were among the candidates, beside the "
+     "figures above: the served method's relative margin over the same floor and the 95% "
+     "interval of the difference, K > 0.\n", "before it"),
     (COOC_ALIKE, "Before the rating weight and the like prior",
      "The same benchmark before the co-occurrence evidence weighted each liked support item by "
      "its stars above the like threshold and added every item's like prior (then every liked "
