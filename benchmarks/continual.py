@@ -5,6 +5,8 @@
     python benchmarks/continual.py --quick               # a smoke run (< 1 min)
     python benchmarks/continual.py --parts tune --seeds 0 --strategies als_rows \
         --grid-settings '[["als_rows", {"epochs": 1, "reg": 30.0, "item_reg": 100.0}]]'
+    python benchmarks/continual.py --parts tune,weekly --seeds 0,1,2 --strategies als_rows \
+        --grid chain --tune-base 2 --tune-criterion both   # settings on a chain as long as test
 
 Parts (each a row group of the JSON line):
 
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from continual_tune import CRITERIA, GRIDS, chosen_settings, tune_grid
 from machine import machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,21 +97,6 @@ def choose_prior(cfg: Any, frame: Any, side: Any, seed: int = 0) -> tuple[Any, l
     best = min(table, key=lambda r: r["valid_rmse"])
     log.info("fast path penalties chosen on validation: %s", best)
     return FastPrior(best["bias"], best["factors"]), table
-
-
-def chosen_settings(rows: list[dict], cap: float = 0.2) -> dict[str, dict]:
-    """Per strategy, the tuned settings with the lowest validation warm-row RMSE (slow path)
-    among those costing at most ``cap`` of the weekly full retrain in rows x epochs and in CPU
-    time (one thread: the work itself, where wall time also holds whatever else ran on the
-    machine's cores)."""
-    best: dict[str, tuple[float, dict]] = {}
-    for r in rows:
-        name, m = r["labels"]["strategy"], r["metrics"]
-        if name == "full" or m["cost/rows_epochs_ratio"] > cap or m["cost/cpu_seconds_ratio"] > cap:
-            continue
-        if name not in best or m["valid/slow/warm/rmse"] < best[name][0]:
-            best[name] = (m["valid/slow/warm/rmse"], r["labels"]["settings"])
-    return {n: s for n, (_, s) in best.items()}
 
 
 def weekly(
@@ -223,85 +211,32 @@ def positive(strategies: list[str], seeds: list[int], quick: bool, work: Path) -
     return positive_stream(cfg, frame, side, strategies, seeds, quick)
 
 
-TUNE_GRID = [
-    ("full", {}),
-    *[("fine_tune", {"epochs": e, "lr": lr}) for e in (3, 6, 12) for lr in (0.01, 0.03, 0.1)],
-    *[("replay", {"epochs": e, "lr": lr, "share": sh, "sample": smp})
-      for e in (3,) for lr in (0.01, 0.03) for sh in (1.0, 3.0) for smp in ("reservoir", "recent")],
-    *[("transfer", {"epochs": e, "lr": lr}) for e in (6,) for lr in (0.03,)],
-    *[("distill", {"epochs": 3, "lr": 0.03, "weight": w}) for w in (0.3, 1.0)],
-    *[("ewc", {"epochs": 6, "lr": 0.03, "weight": w}) for w in (100.0, 1000.0)],
-]  # fmt: skip
-
-
-# the second grid: the recipe's own settings and rates at and below the recipe's (0.005 at the
-# reference batch: the first grid's rates were all above it)
-TUNE_GRID_LOW = [
-    ("full", {}),
-    *[(n, {}) for n in ("fine_tune", "ewc", "distill", "replay")],
-    *[("fine_tune", {"epochs": e, "lr": lr}) for e in (2, 3) for lr in (0.0025, 0.005)],
-    *[("ewc", {"epochs": 3, "lr": 0.0025, "weight": w}) for w in (1000.0, 10000.0)],
-    *[("distill", {"epochs": 3, "lr": 0.0025, "weight": w}) for w in (1.0, 3.0)],
-    ("replay", {"epochs": 2, "lr": 0.0025, "share": 1.0, "sample": "reservoir"}),
-]  # fmt: skip
-# closed-form row solves: the ridge penalty of the factor rows, gradient epochs after the solves
-TUNE_GRID_ALS = [
-    *[("als_rows", {"epochs": e, "reg": r}) for e in (0, 1) for r in (10.0, 30.0, 100.0)],
-    *[("als_rows", {"epochs": 0, "reg": r, "cg_steps": 4}) for r in (10.0, 30.0, 100.0)],
-    ("als_rows", {"epochs": 0, "reg": 30.0, "sides": "users"}),
-    ("als_rows", {"epochs": 1, "lr": 0.001, "reg": 30.0}),
-    # the solves, then gradient epochs on the new rows with replayed past rows among them
-    *[("als_rows", {"epochs": e, "lr": 0.0025, "reg": 30.0, "cg_steps": 4, "share": sh})
-      for e, sh in ((1, 0.5), (1, 1.0), (2, 0.5), (2, 1.0))],
-]  # fmt: skip
-GRIDS = {
-    "first": TUNE_GRID,
-    "low": TUNE_GRID_LOW,
-    "als": [("full", {}), *TUNE_GRID_ALS],
-    "all": [*TUNE_GRID_LOW, *TUNE_GRID_ALS],  # the recipe's rate and below, and the solves
-}
 GRID = "first"
 
 
+TUNE_BASE: int | None = None  # --tune-base: the tuning chain's base periods (None: stream.base)
+TUNE_CRITERION = "slow"  # --tune-criterion: what chosen_settings ranks by
+
+
 def tune(strategies: list[str], seeds: list[int], quick: bool, work: Path) -> list[dict]:
-    """Strategy settings on the validation weeks only (seed 0, no ranking): warm-row RMSE of
-    the slow and fast paths pooled over the validation weeks after the first update, and the
-    cost in rows x epochs relative to the weekly full retrain."""
+    """Strategy settings on the validation weeks only (:func:`continual_tune.tune_grid`, grid
+    ``GRID``, base ``TUNE_BASE``). The fast path takes the penalties the weekly part serves
+    (:func:`choose_prior`, on the validation weeks; kept in ``WORK/prior.json``)."""
     from pipelines.continual.protocol import FastPrior
-    from pipelines.continual.stream import Protocol, run_chain, strata_of
-    from recsys_mtl.continual import ContinualRanker, cut_periods
 
     grid = [g for g in GRIDS[GRID] if g[0] in strategies or g[0] == "full"]
-    out = []
-    full_cost = None
-    for name, settings in grid:
-        cfg = _cfg([name], [f"stream.settings={json.dumps({name: settings})}"] if settings else
-                   None)  # fmt: skip
+    if not (work / "prior.json").is_file():  # the fast path as the weekly part serves it
+        cfg = _cfg(["full"])
         frame, side, _ = _log_and_side(cfg, work / "data")
-        plog = cut_periods(frame, cfg.stream)
-        proto = Protocol(cfg.stream.base, cfg.stream.validation_periods, 0)
-        base, _ = ContinualRanker.start(cfg, plog.before(proto.base), side, 0, t0=plog.t0)
-        doc, err = run_chain(cfg, plog, proto, base, name, 0, FastPrior(*_chosen_prior(work)),
-                             ranking=False)  # fmt: skip
-        masks = strata_of(plog, proto, None)
-        after = err["period"] > proto.base  # the weeks after the first update
-        warm = masks["warm"] & after
-        cost = sum(p["cost"]["rows_epochs"] for p in doc["periods"] if p["cost"])
-        secs = sum(p["cost"]["seconds"] for p in doc["periods"] if p["cost"])
-        cpu = sum(p["cost"]["cpu_seconds"] for p in doc["periods"] if p["cost"])
-        if name == "full":
-            full_cost = (cost, secs, cpu)
-        m = {"valid/slow/warm/rmse": float(np.sqrt(np.mean(err["slow"][warm] ** 2))),
-             "valid/fast/warm/rmse": float(np.sqrt(np.mean(err["fast"][warm] ** 2))),
-             "valid/fast/all/rmse": float(np.sqrt(np.mean(err["fast"][after] ** 2))),
-             "cost/rows_epochs": cost, "cost/seconds": secs,
-             "cost/cpu_seconds": cpu, "cost/rows_epochs_ratio": cost / full_cost[0],
-             "cost/seconds_ratio": secs / full_cost[1],
-             "cost/cpu_seconds_ratio": cpu / full_cost[2]}  # fmt: skip
-        out.append({"labels": {"part": "tune", "strategy": name, "settings": settings,
-                               "seed": 0}, "metrics": m})  # fmt: skip
-        log.info("tune %s %s: %s", name, settings, {k: round(v, 4) for k, v in m.items()})
-    return out
+        chosen, _ = choose_prior(cfg, frame, side)
+        (work / "prior.json").write_text(json.dumps(chosen.__dict__))
+
+    def cfg_of(name: str, settings: dict) -> Any:
+        return _cfg([name], [f"stream.settings={json.dumps({name: settings})}"] if settings else
+                    None)  # fmt: skip
+
+    return tune_grid(grid, FastPrior(*_chosen_prior(work)), cfg_of,
+                     lambda cfg: _log_and_side(cfg, work / "data")[:2], TUNE_BASE)  # fmt: skip
 
 
 def sides_part(strategies: list[str], seeds: list[int], quick: bool, work: Path,
@@ -345,6 +280,20 @@ def main() -> None:
         "measured first, as in every grid)",
     )
     ap.add_argument(
+        "--tune-base",
+        type=int,
+        default=None,
+        help="tune: the tuning chain's base model on this many first periods, then chained "
+        "updates through the last validation period (default: stream.base)",
+    )
+    ap.add_argument(
+        "--tune-criterion",
+        choices=CRITERIA,
+        default="slow",
+        help="tune: rank settings by the validation warm RMSE of the slow path, the fast path, "
+        "or both (the larger of the two gaps to the full retrain's)",
+    )
+    ap.add_argument(
         "--settings",
         type=json.loads,
         default=None,
@@ -353,8 +302,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.settings and "tune" in args.parts.split(","):
         ap.error("--settings: the tune part chooses the settings; give one or the other")
-    global GRID
-    GRID = args.grid
+    global GRID, TUNE_BASE, TUNE_CRITERION
+    GRID, TUNE_BASE, TUNE_CRITERION = args.grid, args.tune_base, args.tune_criterion
     if args.grid_settings is not None:
         GRIDS["given"] = [("full", {}), *[(n, dict(st)) for n, st in args.grid_settings]]
         GRID = "given"
@@ -382,7 +331,7 @@ def main() -> None:
         else:
             got = PARTS[part](names, seeds, args.quick, work)
         if part == "tune":
-            tuned = chosen_settings(got)
+            tuned = chosen_settings(got, criterion=TUNE_CRITERION)
             log.info("chosen on validation: %s", tuned)
         if part == "weekly":
             chosen = next(r for r in got if r["labels"].get("what") == "fast path penalties")
