@@ -39,9 +39,13 @@ format: setup
 	@$(BIN)/ruff format .
 	@$(BIN)/ruff check --fix .
 
+# The suite runs in one process per core, at most 4 (pytest-xdist; each test file in one
+# process, so a file's shared fixtures are built once); TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+
 test: lint
-	@echo "==> [test] pytest"
-	@$(BIN)/python -m pytest -q
+	@echo "==> [test] pytest ($(TEST_WORKERS) workers)"
+	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 bench: setup
 	@$(BIN)/python benchmarks/ingest.py --quick

@@ -10,6 +10,13 @@ import pytest
 # MLflow's usage telemetry waits on a network timeout in every process on an offline machine
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+# `make test` runs the suite in several processes (pytest-xdist): each gets its share of the
+# cores (set before torch and polars are imported), as the project's own parallel jobs do
+if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
+    share = str(max(1, (os.cpu_count() or 1) // workers))
+    os.environ.setdefault("OMP_NUM_THREADS", share)
+    os.environ.setdefault("POLARS_MAX_THREADS", share)
+
 REPO = Path(__file__).resolve().parents[1]
 ML100K = Path(os.environ.get("RECSYS_MTL_ML100K", REPO.parent / "shared" / "data" / "ml-100k"))
 

@@ -7,12 +7,13 @@ a rated item are drawn again (rejection sampling).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import polars as pl
 
-__all__ = ["DENSE_MEMBERSHIP_LIMIT", "draw_unrated", "pair_keys", "sample_negatives"]
+__all__ = ["DENSE_MEMBERSHIP_LIMIT", "DRAW_BLOCK", "draw_unrated", "draw_unrated_blocks", "pair_keys",
+           "sample_negatives"]  # fmt: skip
 
 
 def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
@@ -155,6 +156,41 @@ def draw_unrated(
     out = np.empty((n, k), dtype=np.int64)
     out[order] = item.reshape(n, k)  # back to the callers' row order
     return out
+
+
+DRAW_BLOCK = 1 << 22  # rows drawn at once by draw_unrated_blocks (the 1M log's 4.0M negatives)
+
+
+def draw_unrated_blocks(
+    bounds: np.ndarray,
+    rated_keys: np.ndarray,
+    n_items: int,
+    rng: np.random.Generator,
+    block: int = DRAW_BLOCK,
+    max_rounds: int = 100,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """One item per row, drawn uniformly among those the row's user has not rated (-1: none
+    found after ``max_rounds``), for rows grouped by user: user ``u``'s rows are
+    ``bounds[u]:bounds[u + 1]`` (``bounds``: ``n_users + 1`` nondecreasing offsets from 0).
+
+    Yields ``(start, items)`` for the rows ``start:start + items.size``, at most ``block``
+    rows at a time, so that the 64-bit temporaries of a draw (keys, items, queries: about
+    40 bytes a row) stay bounded whatever the number of rows. The blocks draw one after
+    another from ``rng``: rows that fit in one block get :func:`draw_unrated`'s items (one
+    per row, ``order`` grouping the rows by user as ``bounds`` does); more rows, other draws
+    from the same distribution."""
+    total = int(bounds[-1]) if bounds.size else 0
+    step = max(1, int(block))
+    for s in range(0, total, step):
+        e = min(s + step, total)
+        lo = int(np.searchsorted(bounds, s, side="right")) - 1  # the user of row s
+        hi = int(np.searchsorted(bounds, e, side="left"))  # users lo..hi-1 cover s:e
+        cuts = np.clip(bounds[lo : hi + 1], s, e)
+        grouped = np.repeat(np.arange(lo, hi, dtype=np.int64), np.diff(cuts))
+        local = _local_keys(grouped, rated_keys, n_items)  # as draw_unrated's rows
+        codes, keys = (grouped, rated_keys) if local is None else local
+        member = _grouped_membership(keys, n_items)
+        yield s, _reject(codes * n_items, member, n_items, rng, max_rounds)
 
 
 def _reject(

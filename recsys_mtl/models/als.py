@@ -45,11 +45,21 @@ class AlsFactors:
 
 class _Pattern:
     """The observed (row, col) pairs of one side as CSR, rows sorted; ``order`` maps the
-    caller's ratings to CSR positions."""
+    caller's ratings to CSR positions (None unless ``keep_order``: values that are the same
+    on every pair need no mapping)."""
 
-    def __init__(self, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_cols: int) -> None:
-        self.order = torch.argsort(rows * n_cols + cols)
-        self.cols = cols[self.order]
+    def __init__(
+        self,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        n_rows: int,
+        n_cols: int,
+        keep_order: bool = True,
+    ) -> None:
+        order = torch.argsort(rows * n_cols + cols)
+        self.cols = cols[order]
+        self.order = order if keep_order else None
+        del order
         counts = torch.bincount(rows, minlength=n_rows)
         self.crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
         self.crow[1:] = counts.cumsum(0)
@@ -210,11 +220,11 @@ def implicit_als_factors(
     p, q = _random_start(n_users, n_items, dim, init_std, seed, dev)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        by_user = _Pattern(users, items, n_users, n_items)
-        by_item = _Pattern(items, users, n_items, n_users)
-        extra = torch.full((users.numel(),), float(alpha), device=dev)  # per observed pair
-        extra_u, extra_i = extra[by_user.order], extra[by_item.order]
+        by_user = _Pattern(users, items, n_users, n_items, keep_order=False)
+        by_item = _Pattern(items, users, n_items, n_users, keep_order=False)
+        # the confidence of every observed pair, the same in either side's order
+        extra = torch.full((users.numel(),), float(alpha), device=dev)
         for _ in range(sweeps):
-            p = _weighted_ridge_rows(by_user, extra_u, q, p, reg, cg_steps)
-            q = _weighted_ridge_rows(by_item, extra_i, p, q, reg, cg_steps)
+            p = _weighted_ridge_rows(by_user, extra, q, p, reg, cg_steps)
+            q = _weighted_ridge_rows(by_item, extra, p, q, reg, cg_steps)
     return p, q

@@ -72,6 +72,8 @@ class Ranker(nn.Module):
     adaptable_state: tuple[str, ...] = ()
     # closed-form starts the ranker offers (``train.warm_start``), and the task they solve
     warm_starts: tuple[str, ...] = ()
+    # the training part's fields ``warm_start`` reads (None: every field)
+    warm_start_fields: tuple[str, ...] | None = None
 
     def __init__(
         self,

@@ -75,6 +75,7 @@ class BellKor(FixedTimeScoring, Ranker):
     config_class = BellKorConfig
     adaptable_state = ("user", "user_bias", "user_drift")
     warm_starts = ("als", "implicit_als")
+    warm_start_fields = ("user", "item", "rating", "interaction")
 
     def __init__(
         self,

@@ -126,7 +126,14 @@ def load_context(features_dir: str | Path, split_dir: str | Path) -> FeatureCont
     users = pl.read_parquet(fdir / "user_features.parquet").sort("uidx")
     items = pl.read_parquet(fdir / "item_features.parquet").sort("iidx")
     n_users, n_items = spec["n_users"], spec["n_items"]
-    train = pl.read_parquet(sdir / "train.parquet").filter(pl.col("interaction") == 1)
+    # the observed ratings' columns the context reads, filtered while reading (a part of five
+    # rows a rating in the ranking recipe is not held whole)
+    train = (
+        pl.scan_parquet(sdir / "train.parquet")
+        .filter(pl.col("interaction") == 1)
+        .select("uidx", "day", "rating")
+        .collect()
+    )
     implicit = pl.read_parquet(sdir / "train_user_items.parquet")
     lists = pl.DataFrame({"uidx": np.arange(n_users, dtype=np.int32)}).join(
         implicit, on="uidx", how="left", maintain_order="left"

@@ -31,7 +31,7 @@ from recsys_mtl.models.context import load_context
 from recsys_mtl.models.ncf import GMF, MLP, NCFConfig
 from recsys_mtl.train import distributed
 from recsys_mtl.train.callbacks import Callback
-from recsys_mtl.train.data import append, load_part, size, take, to_device, widen
+from recsys_mtl.train.data import append, load_part, size, to_device, widen
 from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, fit
 
 __all__ = ["TrainedRanker", "train_ranker"]
@@ -94,6 +94,7 @@ def train_ranker(
             chosen = res.best_epoch + 1
             refit = min(chosen, cfg.train.refit_epochs or chosen)
             selected = model
+            res.optimizers = []  # the first fit's moments are not stepped again: let go
             append(train, valid)  # train + valid, in place of the training part's tensors
             model = _refit(model, chosen, refit, train, cfg, ckpt, refit_callbacks)
     except NonFiniteLossError as e:
@@ -117,9 +118,14 @@ def _warm_start(model: nn.Module, data: dict[str, torch.Tensor], cfg: RunConfig)
     if cfg.train.warm_start == "none":
         return None
     t0 = time.perf_counter()
-    # the observed pairs, in the usual types (the closed forms solve those only)
-    observed = widen(take(data, (data["interaction"] > 0.5).nonzero().squeeze(1)))
+    # the observed pairs, in the usual types (the closed forms solve those only): the fields
+    # the ranker's start reads, gathered and widened one at a time
+    index = (data["interaction"] > 0.5).nonzero().squeeze(1)
+    fields = getattr(model, "warm_start_fields", None) or tuple(data)
+    observed = {k: widen({k: data[k][index]})[k] for k in fields if k in data}
+    del index
     model.warm_start(to_device(observed, next(model.parameters()).device), cfg.train)
+    del observed
     seconds = time.perf_counter() - t0
     log.info("    %s warm start in %.2f s", cfg.train.warm_start, seconds)
     return seconds

@@ -211,7 +211,8 @@ def fit(
     training's EWC and distillation terms). ``optimizers`` (from :func:`build_optimizers` or
     an earlier result's ``optimizers``) are stepped instead of fresh ones, with ``cfg``'s
     learning rates and their own state (moments, step counts); the result carries the
-    optimizers either way."""
+    optimizers either way. ``cfg.resample_negatives`` writes each epoch's negatives into
+    ``train["item"]`` in place (:class:`~recsys_mtl.train.negatives.NegativeResampler`)."""
     device = resolve_device(cfg.device)
     has_valid = valid is not None and size(valid) > 0
     if not has_valid and cfg.patience is not None:
@@ -290,7 +291,7 @@ def fit(
         if state["bad"] >= patience:
             stopped = True
             break
-        perm = part = None  # the last epoch's order and rows let go before this one's are made
+        perm = part = None  # the last epoch's order let go before this one's is made
         chunk: dict[str, torch.Tensor] = {}
         perm = epoch_order(n, cfg.seed * 1_000_003 + epoch, device)
         part = resample(train, epoch) if resample is not None else train

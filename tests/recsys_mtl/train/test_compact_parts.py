@@ -8,7 +8,7 @@ import torch
 
 from recsys_mtl.config import TrainConfig
 from recsys_mtl.models import RANKERS, FeatureContext
-from recsys_mtl.train.data import FIELDS, append, concat, load_part, widen
+from recsys_mtl.train.data import FIELDS, append, concat, epoch_order, load_part, widen
 from recsys_mtl.train.negatives import NegativeResampler
 from recsys_mtl.train.trainer import fit
 from recsys_mtl.weighting import WEIGHTINGS
@@ -152,3 +152,11 @@ def test_skipping_the_day_rows_of_negatives_trains_the_same_bellkor(monkeypatch)
     for k, v in states[0].items():
         assert torch.equal(v, states[1][k]), k
     assert states[0]["emb.tables.user_day_bias.weight"].abs().sum() > 0
+
+
+def test_an_epoch_order_made_in_32_bits_is_the_64_bit_permutation():
+    for n, seed in ((1, 0), (1000, 3), (300_001, 7)):
+        order = epoch_order(n, seed, "cpu")
+        wide = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        assert order.dtype == torch.int32
+        assert torch.equal(order.long(), wide)
