@@ -23,8 +23,7 @@ SVD++ vector ``implicit`` (``|N(u)|^-1/2 sum_j y_j``), ``mean_day`` (``t_u``) an
 user's row, -1 for a new user, whose (user, day) biases are 0). A new user's state starts at
 zero factors and biases, with N(u) the support items and t_u their mean day.
 
-Scores at one fixed time for many users and items at once (full ranking, candidate lists,
-batch top-K) come from :class:`~recsys_mtl.models.bellkor_scoring.FixedTimeScoring`.
+Scores at one fixed time (full ranking, candidate lists, top-K): ``bellkor_scoring``.
 """
 
 from __future__ import annotations
