@@ -45,7 +45,7 @@ TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n :
 
 test: lint
 	@echo "==> [test] pytest ($(TEST_WORKERS) workers)"
-	@$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	@$(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 bench: setup
 	@$(BIN)/python benchmarks/ingest.py --quick

@@ -13,7 +13,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # `make test` runs the suite in several processes (pytest-xdist): each gets its share of the
 # cores (set before torch and polars are imported), as the project's own parallel jobs do
 if workers := int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0")):
-    share = str(max(1, (os.cpu_count() or 1) // workers))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = str(max(1, (cores or 1) // workers))
     os.environ.setdefault("OMP_NUM_THREADS", share)
     os.environ.setdefault("POLARS_MAX_THREADS", share)
 

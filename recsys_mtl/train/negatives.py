@@ -75,13 +75,24 @@ class NegativeResampler:
         # ingest made (user, item) pairs distinct: a sort gives the keys the draws search
         items = train["item"].cpu().numpy()
         self.rated = np.sort(pair_keys(users[positive], items[positive], n_items))
+        # a draw can fail (-1 after draw_unrated's rounds) only for a user who rated most of the
+        # catalog (more than half: a failure's chance is at most 2^-100 otherwise): the stored
+        # negatives of those users are kept, to be written back where a draw fails, since an
+        # earlier epoch's item is in the part's item column by then
+        rated = np.bincount(users[positive], minlength=self.bounds.size - 1)
+        dense = np.flatnonzero(2 * rated[: self.bounds.size - 1] > n_items)
+        lo, hi = self.bounds[dense], self.bounds[dense + 1]
+        self.saved_at = np.repeat(lo - np.cumsum(hi - lo) + (hi - lo), hi - lo) + np.arange(
+            int((hi - lo).sum())
+        )
+        self.saved_items = items[self.rows[self.saved_at]]
 
     def __call__(self, train: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:
         """``train`` with new negative items for ``epoch``, written into ``train["item"]`` in
         place (the dict returned is ``train``). Every draw depends on ``(seed, epoch)`` and the
         positives alone, never on the items an earlier epoch wrote: a resumed run, or a refit
         of the same rows, sees the same negatives. A user who rated every item keeps the
-        stored negative (that row is never written)."""
+        stored negative (written back where its draw fails)."""
         if self.rows.size == 0:
             return train
         rng = np.random.default_rng([self.seed, epoch])
@@ -92,7 +103,12 @@ class NegativeResampler:
             rows = self.rows[start : start + drawn.size]
             keep = drawn >= 0
             if not keep.all():
-                rows, drawn = rows[keep], drawn[keep]
+                failed = start + np.flatnonzero(~keep)
+                at = np.searchsorted(self.saved_at, failed)
+                back = at < self.saved_at.size
+                back[back] = self.saved_at[at[back]] == failed[back]
+                rows = np.concatenate([rows[keep], self.rows[failed[back]]])
+                drawn = np.concatenate([drawn[keep], self.saved_items[at[back]]])
             # in the part's own type (int32 in a compact part)
             item[torch.from_numpy(rows).to(device)] = torch.from_numpy(drawn).to(device, item.dtype)
         return train

@@ -211,8 +211,8 @@ def fit(
     training's EWC and distillation terms). ``optimizers`` (from :func:`build_optimizers` or
     an earlier result's ``optimizers``) are stepped instead of fresh ones, with ``cfg``'s
     learning rates and their own state (moments, step counts); the result carries the
-    optimizers either way. ``cfg.resample_negatives`` writes each epoch's negatives into
-    ``train["item"]`` in place (:class:`~recsys_mtl.train.negatives.NegativeResampler`)."""
+    optimizers either way. ``cfg.resample_negatives`` writes each epoch's negatives in place
+    into the item column of the part on ``cfg.device`` (``train`` itself on the host)."""
     device = resolve_device(cfg.device)
     has_valid = valid is not None and size(valid) > 0
     if not has_valid and cfg.patience is not None:

@@ -119,3 +119,29 @@ def test_blocks_cover_the_grouped_rows_and_honour_their_size():
         assert not np.isin(keys[taken], rated).any()
         assert np.array_equal(taken, row_users != 5)  # only user 5 finds none
     assert ends == rows.size
+
+
+def test_a_failed_draw_writes_back_the_stored_negative_whatever_an_earlier_epoch_wrote():
+    # user 0 rated 99 of 100 items: most draws of its negatives fail after the rounds; user 1
+    # rated 2, so its draws never fail
+    n_items = 100
+    pos_users = np.r_[np.zeros(99, np.int64), np.ones(2, np.int64)]
+    pos_items = np.r_[np.arange(99), [0, 1]]
+    neg_users = np.r_[np.zeros(20, np.int64), np.ones(20, np.int64)]
+    part = {
+        "user": torch.from_numpy(np.r_[pos_users, neg_users]),
+        "item": torch.from_numpy(np.r_[pos_items, np.full(40, 5)]),
+        "interaction": torch.from_numpy(np.r_[np.ones(101), np.zeros(40)]).float(),
+    }
+    stored = part["item"].clone()
+    run = NegativeResampler(part, n_items, seed=3)
+    for epoch in range(4):
+        run(part, epoch)
+    fresh = {**part, "item": stored.clone()}
+    NegativeResampler(fresh, n_items, seed=3)(fresh, 3)  # a resume at epoch 3
+    assert torch.equal(part["item"], fresh["item"])
+    user0 = part["item"][101:121]
+    assert set(user0.tolist()) <= {5, 99}  # the stored item or the one unrated item
+    assert (user0 == 5).any()  # some draws failed and got the stored negative back
+    keys = set(zip(pos_users.tolist(), pos_items.tolist(), strict=True))
+    assert not any((1, i) in keys for i in part["item"][121:].tolist())
