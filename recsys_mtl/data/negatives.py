@@ -13,7 +13,7 @@ import numpy as np
 import polars as pl
 
 __all__ = ["DENSE_MEMBERSHIP_LIMIT", "DRAW_BLOCK", "draw_unrated", "draw_unrated_blocks", "pair_keys",
-           "sample_negatives"]  # fmt: skip
+           "range_positions", "sample_negatives"]  # fmt: skip
 
 
 def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
@@ -23,6 +23,13 @@ def pair_keys(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
     keys *= n_items
     keys += np.asarray(items).astype(np.int64, copy=False)
     return keys
+
+
+def range_positions(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The positions ``lo[0]..hi[0]-1``, then ``lo[1]..hi[1]-1``, ... as one array (ranges
+    given as arrays of starts and ends; an empty range adds nothing)."""
+    lengths = hi - lo
+    return np.repeat(lo - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
 
 
 def _member(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -103,10 +110,10 @@ def _local_keys(
         return None
     lo = np.searchsorted(rated_keys, uniq * n_items)
     hi = np.searchsorted(rated_keys, (uniq + 1) * n_items)
-    lengths = hi - lo
-    rank = np.repeat(np.arange(uniq.size, dtype=np.int64), lengths)
-    at = np.repeat(lo - (np.cumsum(lengths) - lengths), lengths) + np.arange(int(lengths.sum()))
-    keys = rated_keys[at] - (uniq[rank] - rank) * n_items  # ascending, as the ranks are
+    rank = np.repeat(np.arange(uniq.size, dtype=np.int64), hi - lo)
+    keys = (
+        rated_keys[range_positions(lo, hi)] - (uniq[rank] - rank) * n_items
+    )  # ascending, as the ranks are
     return np.cumsum(new) - 1, keys
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from recsys_mtl.data.negatives import DRAW_BLOCK, draw_unrated_blocks, pair_keys
+from recsys_mtl.data.negatives import DRAW_BLOCK, draw_unrated_blocks, pair_keys, range_positions
 
 __all__ = ["NegativeResampler"]
 
@@ -79,12 +79,10 @@ class NegativeResampler:
         # catalog (more than half: a failure's chance is at most 2^-100 otherwise): the stored
         # negatives of those users are kept, to be written back where a draw fails, since an
         # earlier epoch's item is in the part's item column by then
-        rated = np.bincount(users[positive], minlength=self.bounds.size - 1)
-        dense = np.flatnonzero(2 * rated[: self.bounds.size - 1] > n_items)
-        lo, hi = self.bounds[dense], self.bounds[dense + 1]
-        self.saved_at = np.repeat(lo - np.cumsum(hi - lo) + (hi - lo), hi - lo) + np.arange(
-            int((hi - lo).sum())
+        dense = np.flatnonzero(
+            2 * np.bincount(users[positive], minlength=self.bounds.size - 1) > n_items
         )
+        self.saved_at = range_positions(self.bounds[dense], self.bounds[dense + 1])
         self.saved_items = items[self.rows[self.saved_at]]
 
     def __call__(self, train: dict[str, torch.Tensor], epoch: int) -> dict[str, torch.Tensor]:

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_mtl.data.negatives import draw_unrated, draw_unrated_blocks, pair_keys
+from recsys_mtl.data.negatives import (
+    draw_unrated,
+    draw_unrated_blocks,
+    pair_keys,
+    range_positions,
+)
 from recsys_mtl.train import negatives as resampling
 from recsys_mtl.train.negatives import NegativeResampler
 
@@ -145,3 +150,9 @@ def test_a_failed_draw_writes_back_the_stored_negative_whatever_an_earlier_epoch
     assert (user0 == 5).any()  # some draws failed and got the stored negative back
     keys = set(zip(pos_users.tolist(), pos_items.tolist(), strict=True))
     assert not any((1, i) in keys for i in part["item"][121:].tolist())
+
+
+def test_range_positions_concatenates_the_ranges_in_order_skipping_empty_ones():
+    lo, hi = np.array([3, 7, 7, 0]), np.array([5, 7, 9, 2])
+    assert range_positions(lo, hi).tolist() == [3, 4, 7, 8, 0, 1]
+    assert range_positions(lo[:0], hi[:0]).size == 0
