@@ -13,6 +13,7 @@ passes of :func:`~recsys_mtl.data.stream.stream_with_losers`. No step holds the 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,15 +71,21 @@ def stream_interactions(
     work.mkdir(parents=True, exist_ok=True)
     known: Known = (known_users, known_items)
     rows, skip = typed_rows(layout)
-    lines = _count_lines(layout.files["ratings"])
-    blank, found = 0, None
-    with suppress(pl.exceptions.PolarsError, UnicodeDecodeError):  # then line by line
-        found = _one_pass(rows, scale, layout.rating_scale, known, work)
-    if found is None or found.unparsed or found.rows + skip != lines:
+    blank, found, ids = 0, None, None
+    # the file's lines are counted beside the typed pass and the duplicate check, which read
+    # the kept rows only; a count that disagrees sends the file to the line reader
+    with ThreadPoolExecutor(max_workers=1) as counter:
+        lines = counter.submit(_count_lines, layout.files["ratings"])
+        with suppress(pl.exceptions.PolarsError, UnicodeDecodeError):  # then line by line
+            found = _one_pass(rows, scale, layout.rating_scale, known, work)
+        if found is not None and not found.unparsed:
+            ids = _distinct_pairs(work, partitions_for(found.valid, memory_mb, PAIR_BYTES))
+        typed = found is not None and not found.unparsed and found.rows + skip == lines.result()
+    if not typed:
         _clear(work)
         rows, blank = line_rows(layout)
         found = _one_pass(rows, scale, layout.rating_scale, known, work)
-    ids = _distinct_pairs(work, partitions_for(found.valid, memory_mb, PAIR_BYTES))
+        ids = _distinct_pairs(work, partitions_for(found.valid, memory_mb, PAIR_BYTES))
     _clear(work, keep="kept.parquet")
     if ids is None:
         return stream_with_losers(layout, scale, known, work, memory_mb)

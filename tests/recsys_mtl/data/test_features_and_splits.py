@@ -62,6 +62,26 @@ def test_labels_follow_the_task_definitions(featured):
     assert t["time_bin"].min() >= 0 and t["time_bin"].max() < 30
 
 
+def test_table_declares_its_null_free_columns_and_the_filters_statistics(featured):
+    import pyarrow.parquet as pq
+
+    root, _ = featured
+    meta = pq.ParquetFile(root / "features" / "interactions.parquet")
+    schema = meta.schema_arrow
+    assert {f.name for f in schema if f.nullable} == {"rating", "like"}
+    for g in range(meta.num_row_groups):
+        group = meta.metadata.row_group(g)
+        stats = {group.column(c).path_in_schema: group.column(c).statistics
+                 for c in range(group.num_columns)}  # fmt: skip
+        # a reader's filter on the label, the position or the time can skip a row group
+        assert all(
+            stats[c] is not None and stats[c].has_min_max for c in ("interaction", "row", "ts")
+        )
+        assert stats["uidx"] is None or not stats["uidx"].has_min_max
+        # positives, then negatives: each row group holds one label
+        assert stats["interaction"].min == stats["interaction"].max
+
+
 def test_negatives_never_include_a_positive(featured):
     root, _ = featured
     t = pl.read_parquet(root / "features" / "interactions.parquet")
