@@ -68,7 +68,8 @@ def read_items_meta(path: str | Path, dtype: pl.DataType | None = None) -> pl.Da
     :class:`UserError` naming the file and the line."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"--items-meta {p}: no such items file")
+        found = "is a folder, not an" if p.is_dir() else "no such"
+        raise UserError(f"--items-meta {p}: {found} items file")
     try:
         df = (pl.read_parquet(p) if p.suffix.lower() == ".parquet"
               else pl.read_csv(p, infer_schema_length=0))  # fmt: skip
@@ -90,6 +91,11 @@ def read_items_meta(path: str | Path, dtype: pl.DataType | None = None) -> pl.Da
         row = int(bad.arg_true()[0])
         raise UserError(f"--items-meta {_where(p, row)}: year {raw[row]!r} is not a year")
     ids = df[col]
+    empty = ids.cast(pl.String).is_null() | (ids.cast(pl.String).str.strip_chars() == "")
+    if empty.any():
+        row, n = int(empty.arg_true()[0]), int(empty.sum())
+        raise UserError(f"--items-meta {_where(p, row)}: the item id is empty; "
+                        f"{n} such row{'s' * (n != 1)}")  # fmt: skip
     if dtype is not None and ids.dtype != dtype:
         cast = ids.cast(pl.String).str.strip_chars().cast(dtype, strict=False)
         wrong = cast.is_null() & ids.is_not_null()

@@ -22,7 +22,8 @@ def _read_table(path: Path, option: str, what: str) -> pl.DataFrame:
     import polars as pl
 
     if not path.is_file():
-        raise UserError(f"{option} {path}: no such {what} file")
+        found = "is a folder, not a" if path.is_dir() else "no such"
+        raise UserError(f"{option} {path}: {found} {what} file")
     try:
         if path.suffix.lower() == ".parquet":
             return pl.read_parquet(path)
@@ -78,6 +79,23 @@ def _as_ids(
     return cast
 
 
+def _no_empty_ids(ids: pl.Series, option: str, path: Path, what: str) -> None:
+    """An empty id (a missing field, blanks) is a :class:`UserError` naming the option, the
+    file and the line: it names no user or item to serve."""
+    # deferred: polars, as in _read_table
+    import polars as pl
+
+    text = ids.cast(pl.String)
+    empty = text.is_null() | (text.str.strip_chars() == "")
+    if empty.any():
+        row = int(empty.arg_true()[0])
+        n = int(empty.sum())
+        raise UserError(
+            f"{option} {_where(path, row)}: the {what} id is empty; "
+            f"{'1 such row' if n == 1 else f'{n} such rows'}"
+        )
+
+
 def read_users(path: str | Path, dtype: pl.DataType | None = None) -> pl.Series:
     """User ids to score: a Parquet/CSV file with a ``user_id`` (or ``user``) column, or a text
     file with one id per line (a first line ``user_id`` or ``user`` is a header). With ``dtype``
@@ -98,7 +116,8 @@ def read_users(path: str | Path, dtype: pl.DataType | None = None) -> pl.Series:
         ids = df[col]
     else:
         if not p.is_file():
-            raise UserError(f"--users {p}: no such users file")
+            found = "is a folder, not a" if p.is_dir() else "no such"
+            raise UserError(f"--users {p}: {found} users file")
         numbered = [
             (n, s.strip()) for n, s in enumerate(p.read_text(errors="replace").splitlines(), 1)
         ]
@@ -142,6 +161,8 @@ def read_support(
         picked[name] = df[col]
     if not picked["user"].len():
         raise UserError(f"--support {p}: no support rows in the file")
+    _no_empty_ids(picked["user"], "--support", p, "user")
+    _no_empty_ids(picked["item"], "--support", p, "item")
     out = pl.DataFrame(picked).with_columns(
         _as_ids(picked["user"], user_dtype, "--support", p, "user").alias("user"),
         _as_ids(picked["item"], item_dtype, "--support", p, "item").alias("item"),
@@ -174,5 +195,6 @@ def read_users_meta(path: str | Path, dtype: pl.DataType | None = None) -> pl.Da
         raise UserError(f"--users-meta {p}: no user_id column (has {', '.join(df.columns)})")
     if not any(c in df.columns for c in ("age", "gender", "occupation")):
         raise UserError(f"--users-meta {p}: none of the columns age, gender, occupation")
+    _no_empty_ids(df[col], "--users-meta", p, "user")
     ids = _as_ids(df[col], dtype, "--users-meta", p, "user")
     return df.drop(col).with_columns(ids.alias("user_id")).select("user_id", pl.exclude("user_id"))

@@ -172,11 +172,21 @@ def _download(args: argparse.Namespace) -> None:
 
 def _ingest(args: argparse.Namespace) -> None:
     # deferred: ingest reads the log with polars
+    from pipelines.runner import remove_leftovers
     from recsys_mtl.data.ingest import ingest
+    from recsys_mtl.locks import folder_lock, this_command
 
     cfg = _ingest_config(args)
     out = Path(args.out)
-    report = ingest(cfg, out, max_share=cfg.max_quarantine_share).report
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == out else f"{path} is a file"
+            raise UserError(f"--out {out}: {where}; ingest writes a folder, name another")
+    # one command at a time writes the folder; the hidden files of a killed ingest are removed
+    # once it is held
+    with folder_lock(out, this_command()) as held:
+        remove_leftovers(held)
+        report = ingest(cfg, held, max_share=cfg.max_quarantine_share).report
     inter = report["interactions"]
     if args.json:
         print(json.dumps(inter))

@@ -27,17 +27,20 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from pydantic import ValidationError
 
 from pipelines.continual.child import write_child
 from pipelines.continual.metrics import pointwise
 from pipelines.continual.track import track_update
 from recsys_mtl import __version__
 from recsys_mtl.config import RunConfig
-from recsys_mtl.errors import UserError
+from recsys_mtl.errors import MachineError, UserError
 from recsys_mtl.io import paths_digest, write_json
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.locks import folder_lock, this_command
 from recsys_mtl.tracking import check_store, default_tracking_uri
+from recsys_mtl.tracking.names import UNTRACKED_HINT
+from recsys_mtl.tracking.versions import check_model_name
 
 __all__ = ["LINEAGE_TAGS", "update_run"]
 
@@ -131,15 +134,20 @@ def update_run(
                         f"{', '.join(sorted(STRATEGIES))})")  # fmt: skip
     if not log_path.exists():
         raise UserError(f"--data {log_path}: no such file or folder")
-    if not RunLayout(run_dir).config.is_file():
-        raise UserError(f"{run_dir}: not a finished run (no {RunLayout.CONFIG})")
-    make_strategy(strategy, settings)  # bad settings fail before any work
+    parent_doc, cfg = _finished_run(run_dir)
+    try:  # bad settings fail before any work, named under the flag that gives them
+        make_strategy(strategy, settings)
+    except UserError as e:
+        raise UserError(str(e).replace(f"stream.settings.{strategy}.", "--setting ", 1)) from e
+    if register is not None:
+        check_model_name(register, "--register")
     files = [log_path] if log_path.is_file() else [p for p in log_path.rglob("*") if p.is_file()]
     data_hash = paths_digest(files, log_path if log_path.is_dir() else log_path.parent)
     key = _key(run_dir, data_hash, strategy, settings or {}, holdout, seed)
     out_dir = Path(out) if out else run_dir.parent / f"{run_dir.name}-{strategy}-{key[:8]}"
-    if out_dir.resolve() == run_dir.resolve():
-        raise UserError(f"--out {out_dir}: is the parent run; name a new folder")
+    _check_out(out_dir, run_dir)
+    if cfg.tracking.enabled or register:  # a dead server: one line now, before any work
+        _check_store(cfg.tracking.enabled)
     with folder_lock(out_dir, this_command()) as child_dir:
         lay = RunLayout(child_dir)
         try:
@@ -149,17 +157,13 @@ def update_run(
         if done.get("update", {}).get("key") == key:
             log.info("update %s: finished earlier with the same inputs, reused", child_dir)
             return {**done, "reused": True}
-        parent_doc = json.loads(RunLayout(run_dir).config.read_text())
-        cfg = RunConfig.model_validate(parent_doc)
+        _remove_half_written(child_dir)
         started = time.time()
-        if cfg.tracking.enabled:  # a dead server: one line now, before any work
-            check_store(default_tracking_uri())
         fresh = _ingest(cfg, log_path, child_dir)
         loaded = load_run(run_dir)
         past = _raw_rows(run_dir, RunLayout(run_dir).split / "train.parquet")
         held = _raw_rows(run_dir, RunLayout(run_dir).features / "interactions.parquet")
-        ids = [c for c in ("user_id", "item_id") if fresh[c].dtype != held[c].dtype]
-        fresh = fresh.with_columns([pl.col(c).cast(held[c].dtype, strict=False) for c in ids])
+        fresh = _as_run_ids(fresh, held, log_path)
         seen = held.select("user_id", "item_id", "ts").unique()
         kept = fresh.join(seen, on=["user_id", "item_id", "ts"], how="anti",
                           maintain_order="left").sort("ts", maintain_order=True)  # fmt: skip
@@ -168,6 +172,9 @@ def update_run(
             raise UserError(f"--data {log_path}: every one of its {fresh.height} rows is already "
                             f"in the run {run_dir}; nothing to learn")  # fmt: skip
         n_tail = round(holdout * kept.height)
+        if n_tail == kept.height:
+            raise UserError(f"--holdout {holdout}: holds out all {kept.height} new rows of "
+                            f"--data {log_path}; none is left to train on")  # fmt: skip
         head, tail = kept.head(kept.height - n_tail), kept.tail(n_tail)
         learner = ContinualRanker.from_run(loaded, cfg)
         parent = ContinualRanker.from_run(load_run(run_dir), cfg)
@@ -207,6 +214,103 @@ def update_run(
         summary["registered"] = _register(child_dir, register, gate, lineage) if register else None
         write_json(summary, lay.summary)  # last: marks the child complete
     return summary
+
+
+def _finished_run(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
+    """The parent's resolved config (document and model) once every file the update reads is
+    there and its command finished (``summary.json`` is written last); else a one-line error."""
+    lay = RunLayout(run_dir)
+    if not run_dir.is_dir():
+        what = "is a file, not a run folder" if run_dir.exists() else "no such run folder"
+        raise UserError(f"{run_dir}: {what}")
+    needed = (lay.config, lay.features / RunLayout.SPEC, lay.features / "interactions.parquet",
+              lay.features / "user_features.parquet", lay.features / "item_features.parquet",
+              lay.split / "train.parquet", lay.model, lay.model_meta)  # fmt: skip
+    for need in needed:
+        if not need.is_file():
+            raise UserError(f"{run_dir}: not a finished run "
+                            f"({need.relative_to(lay.root)} missing)")  # fmt: skip
+    if not lay.summary.is_file():
+        raise UserError(f"{run_dir}: not a finished run (no {RunLayout.SUMMARY}: the command "
+                        "that wrote it did not finish; run it again)")  # fmt: skip
+    try:
+        doc = json.loads(lay.config.read_text())
+        return doc, RunConfig.model_validate(doc)
+    except ValidationError as e:  # a file edited by hand, or another program's
+        err = e.errors()[0]
+        where = ".".join(map(str, err["loc"])) or "the document"
+        raise UserError(f"{lay.config}: not a run's resolved config ({where}: {err['msg']})") from e
+    except ValueError as e:  # not JSON: torn or replaced
+        raise UserError(f"{lay.config}: not a run's resolved config ({e})") from e
+
+
+def _check_store(tracked: bool) -> None:
+    """The tracking server, checked before any work; its hint names what ``update`` offers
+    (it has no ``--set``: the parent's config decides whether it tracks)."""
+    try:
+        check_store(default_tracking_uri())
+    except MachineError as e:
+        other = "" if tracked else ", or leave out --register"
+        raise MachineError(str(e).replace(f", {UNTRACKED_HINT}", other)) from e
+
+
+def _check_out(out_dir: Path, run_dir: Path) -> None:
+    """``--out`` may be neither a file (nor under one), nor the parent run, nor inside it, nor a
+    folder holding it, nor a run that an update did not write (its files would be replaced)."""
+    for path in (out_dir, *out_dir.parents):
+        if path.exists() and not path.is_dir():
+            where = "is a file" if path == out_dir else f"{path} is a file"
+            raise UserError(f"--out {out_dir}: {where}; the child run is a folder, name another")
+    out_real, run_real = out_dir.resolve(), run_dir.resolve()
+    if out_real == run_real:
+        raise UserError(f"--out {out_dir}: is the parent run; name a new folder")
+    if run_real in out_real.parents:
+        raise UserError(f"--out {out_dir}: is inside the parent run {run_dir}; name a folder "
+                        "outside it")  # fmt: skip
+    if out_real in run_real.parents:
+        raise UserError(f"--out {out_dir}: holds the parent run {run_dir}; name a folder of "
+                        "the child's own")  # fmt: skip
+    done = _read(RunLayout(out_real).summary)
+    if done and "update" not in done:
+        raise UserError(f"--out {out_dir}: is a run that `recsys-mtl update` did not write; "
+                        "name a new folder")  # fmt: skip
+
+
+def _remove_half_written(child: Path) -> None:
+    """The hidden temporary files a killed update left in the child's folders (call while
+    holding the child's lock)."""
+    # deferred: the stage runner, as in _ingest
+    from pipelines.runner import remove_leftovers
+
+    remove_leftovers(child)
+    lay = RunLayout(child)
+    for folder in (lay.features, lay.split, lay.train):
+        for half in folder.glob(".*.tmp"):
+            if half.is_file():
+                half.unlink(missing_ok=True)
+
+
+def _as_run_ids(fresh: pl.DataFrame, held: pl.DataFrame, log_path: Path) -> pl.DataFrame:
+    """The new log's ids in the run's id types; an id that cannot be one is a one-line error
+    naming ``--data``, the id and the type."""
+    for col in ("user_id", "item_id"):
+        dtype = held[col].dtype
+        if fresh[col].dtype == dtype:
+            continue
+        raw = fresh[col].cast(pl.String).str.strip_chars() if dtype.is_numeric() else fresh[col]
+        cast = raw.cast(dtype, strict=False)
+        bad = cast.is_null() & fresh[col].is_not_null()
+        if bad.any():
+            what = col.removesuffix("_id")
+            kind = (
+                "an integer" if dtype.is_integer() else "a number" if dtype.is_numeric() else dtype
+            )
+            raise UserError(
+                f"--data {log_path}: {what} id {fresh[col][int(bad.arg_true()[0])]!r} is not "
+                f"{kind} like the run's {what} ids ({dtype}); {int(bad.sum())} such rows"
+            )
+        fresh = fresh.with_columns(cast.alias(col))
+    return fresh
 
 
 def _ingested(child: Path) -> dict[str, Any]:

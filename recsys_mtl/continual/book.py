@@ -130,6 +130,9 @@ class StreamBook:
         self.t0, self.t_bins_end = int(t0), int(t_bins_end)
         self.users, self.items = IdBook(), IdBook()
         self.pair_keys = np.zeros(0, dtype=np.int64)  # (uidx, iidx) rated, as sorted keys
+        # pairs rated but never trained on (a parent run's validation and test ratings), sorted
+        # keys: no negative is drawn among them, and they are no part of the history
+        self.held_keys = np.zeros(0, dtype=np.int64)
         self.day_keys = np.zeros(0, dtype=np.int64)  # (uidx, day) rated on, as sorted keys
         self.day_sum = np.zeros(0)  # per user: sum and count of training rating days
         self.day_count = np.zeros(0)
@@ -146,6 +149,15 @@ class StreamBook:
     @pairs.setter
     def pairs(self, value: np.ndarray) -> None:
         self.pair_keys = np.unique(_keys(value[:, 0], value[:, 1]))
+
+    @property
+    def held(self) -> np.ndarray:
+        """``(n, 2)``: the (uidx, iidx) pairs rated but never trained on, sorted."""
+        return _pairs(self.held_keys)
+
+    @held.setter
+    def held(self, value: np.ndarray) -> None:
+        self.held_keys = np.unique(_keys(value[:, 0], value[:, 1]))
 
     @property
     def user_days(self) -> np.ndarray:
@@ -202,7 +214,7 @@ class StreamBook:
     ) -> dict[str, torch.Tensor]:
         """Training tensors of ``rows`` (known ids): each rating, then with the interaction
         task ``features.negatives_per_positive`` negatives per rating drawn among the items
-        the user has not rated so far (the rows' own pairs included). ``extra``: numeric
+        the user has not rated so far (the rows' own pairs and the held pairs included). ``extra``: numeric
         columns of ``rows`` carried as float fields (a negative takes its rating's value)."""
         b = self.batch(rows)
         u, i, tb, day = b["user"], b["item"], b["time_bin"], b["day"]
@@ -218,7 +230,8 @@ class StreamBook:
         if "interaction" not in tasks or k == 0 or rows.height == 0:
             return out
         n_items = len(self.items)
-        rated = _insert_sorted(self.pair_keys, _keys(u.numpy(), i.numpy()))
+        own = _keys(u.numpy(), i.numpy())
+        rated = _insert_sorted(self.pair_keys, np.concatenate([self.held_keys, own]))
         keys = pair_keys(rated >> _SHIFT, rated & _LOW, n_items)  # same order: still sorted
         rng = np.random.default_rng([self.features.seed, seed, self.pair_keys.size])
         drawn = draw_unrated(u.numpy(), keys, n_items, k, rng).reshape(-1)

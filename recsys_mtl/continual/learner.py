@@ -110,9 +110,10 @@ class ContinualRanker:
         book = StreamBook(cfg.features, SideInfo.from_context(ctx, run.user_ids, run.item_ids),
                           t_min, t_max)  # fmt: skip
         book.users, book.items = IdBook(run.user_ids), IdBook(run.item_ids)
-        offsets, values = run.seen
-        owner = torch.repeat_interleave(torch.arange(ctx.n_users), offsets[1:] - offsets[:-1])
-        book.pairs = np.unique(np.stack([owner.numpy(), values.numpy()], 1), axis=0)
+        # the history is what the model trained on (its SVD++ sets are built from it); the
+        # run's other ratings (validation, test) are held: never a negative, never history
+        book.pairs = _csr_pairs(ctx.implicit_offsets, ctx.implicit_values)
+        book.held = _csr_pairs(*run.seen)
         keys = ctx.user_days.numpy()
         book.user_days = np.stack([keys // ctx.day_span, keys % ctx.day_span], 1)
         counts = (ctx.implicit_offsets[1:] - ctx.implicit_offsets[:-1]).numpy().astype(float)
@@ -290,6 +291,12 @@ class ContinualRanker:
             x = x.clamp(lo, hi) if t == "rating" else torch.sigmoid(x)
             result[t] = x.cpu().numpy()
         return result
+
+
+def _csr_pairs(offsets: torch.Tensor, values: torch.Tensor) -> np.ndarray:
+    """``(n, 2)`` (row, value) pairs of a CSR ``offsets, values``."""
+    owner = torch.repeat_interleave(torch.arange(offsets.numel() - 1), offsets[1:] - offsets[:-1])
+    return np.stack([owner.numpy(), values.numpy()], 1)
 
 
 def _lazy_tables(model: Any, optimizers: list[Any]) -> list[Any]:

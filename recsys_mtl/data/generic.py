@@ -96,9 +96,37 @@ def _split_line(line: str, separator: str) -> list[str]:
     return [p.strip().strip('"') for p in parts]
 
 
+# the first bytes of files that are not a text log, and what they are
+_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed data: decompress it first"),
+    (b"BZh", "bzip2-compressed data: decompress it first"),
+    (b"\xfd7zXZ\x00", "xz-compressed data: decompress it first"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data: decompress it first"),
+    (b"PK\x03\x04", "a zip archive: extract the log first"),
+    (b"PAR1", "a Parquet file: name it with the .parquet suffix"),
+)
+
+
+def _check_text(path: Path) -> None:
+    """A file that is not text (compressed, an archive, Parquet under another name, binary) is
+    a one-line :class:`UserError` saying what it looks like, not its bytes echoed as columns."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            raise UserError(f"{path.absolute()}: not a text log; it starts like {what}")
+    if b"\x00" in head:
+        at = head.index(b"\x00")
+        raise UserError(
+            f"{path.absolute()}: not a text log; binary data (a NUL byte at byte {at + 1}) "
+            "where lines of text were expected"
+        )
+
+
 def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str], int]:
     """Split the lines of a text log; returns (rows, {field: split column}, blank lines)."""
     sep = cfg.separator
+    _check_text(path)
     first = first_line(path)
     if cfg.header and not first:
         named = ", ".join(str(c) for c in _by_name(cfg.columns).values())

@@ -108,6 +108,19 @@ def test_a_good_name_with_every_allowed_character_registers_and_resolves(
         ({"s.csv": "user,item\n1,2\n"}, ["--support", "s.csv"], ["--support", "s.csv",
                                                                  "no rating column"]),
         ({}, ["--learner-dir", "nowhere"], ["--learner-dir", "nowhere", "no such folder"]),
+        # an empty id names no one to serve: the option, the file and the line
+        ({"s.csv": "user,item,rating\n9001,1,5\n  ,2,4\n,3,4\n"}, ["--support", "s.csv"],
+         ["--support", "s.csv:3", "the user id is empty", "2 such rows"]),
+        ({"s.csv": "user,item,rating\n9001,,5\n"}, ["--support", "s.csv"],
+         ["--support", "s.csv:2", "the item id is empty", "1 such row"]),
+        ({"m.csv": "user_id,age\n9001,30\n,40\n"}, ["--users-meta", "m.csv"],
+         ["--users-meta", "m.csv:3", "the user id is empty"]),
+        ({"i.csv": "item_id,genres,year\n,Drama,1999\n"}, ["--items-meta", "i.csv"],
+         ["--items-meta", "i.csv:2", "the item id is empty"]),
+        # a folder where a file is expected
+        ({"d/x.csv": "x"}, ["--support", "d"], ["--support", "is a folder, not a support file"]),
+        ({"d/x.csv": "x"}, ["--users", "d"], ["--users", "is a folder, not a users file"]),
+        ({"d/x.csv": "x"}, ["--items-meta", "d"], ["--items-meta", "is a folder, not an items"]),
         ({"ml/x.txt": "x"}, ["--learner-dir", "ml"], ["--learner-dir", "not a trained"]),
     ],
 )  # fmt: skip

@@ -203,6 +203,28 @@ def test_a_folder_held_by_a_live_process_stops_the_run_at_once_or_after_wait(tmp
     assert not (run / "summary.json").exists()
 
 
+def test_data_ingest_into_a_held_folder_stops_naming_the_holder_and_cleans_a_killed_one(
+    tmp_path, cli
+):
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,rating,ts\n1,2,4,100\n2,3,5,200\n")
+    out = tmp_path / "checked"
+    holder = _holder(out, 60)
+    try:
+        code, _, err = cli("data", "ingest", log, "--out", out)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"is in use by pid {holder.pid}" in err and "(holder)" in err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not (out / "interactions.parquet").exists()
+    half = out / ".interactions.parquet.x7k2m9.tmp"  # an ingest killed mid-write left it
+    half.write_text("partial")
+    code, _, err = cli("data", "ingest", log, "--out", out)
+    assert code == 0, err
+    assert not half.exists() and (out / "interactions.parquet").is_file()
+
+
 def test_a_run_asked_to_wait_starts_once_the_holder_ends(tmp_path, cli):
     cfg = tiny_config(tmp_path, SYN)
     run = tmp_path / "run"

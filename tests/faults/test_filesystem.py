@@ -65,6 +65,16 @@ def test_out_under_a_regular_file_is_one_line_exit_2(tmp_path, cli):
     assert f"{tmp_path / 'plain'} is a file, not a folder" in _one_line(err)
 
 
+def test_ingest_out_that_is_a_file_or_under_one_is_one_line_exit_2(tmp_path, cli):
+    log = tmp_path / "log.csv"
+    log.write_text("user_id,item_id,rating,ts\n1,2,4,100\n2,3,5,200\n")
+    for out, words in ((log, "is a file;"), (log / "checked", f"{log} is a file;")):
+        code, _, err = cli("data", "ingest", log, "--out", out)
+        assert code == 2
+        assert f"--out {out}: {words}" in _one_line(err)
+    assert log.read_text().startswith("user_id,")
+
+
 def test_writers_under_a_regular_file_name_it(tmp_path):
     (tmp_path / "plain").write_text("a file")
     with pytest.raises(UserError, match="plain is a file, not a folder"):

@@ -73,6 +73,41 @@ def test_a_header_in_another_separator_suggests_data_separator(tmp_path, cli, te
     assert hint in line
 
 
+def _gzip(text: bytes) -> bytes:
+    import gzip
+
+    return gzip.compress(text)
+
+
+def _parquet(text: bytes) -> bytes:
+    import io
+
+    import polars as pl
+
+    buf = io.BytesIO()
+    pl.DataFrame({"user_id": [1], "item_id": [2], "rating": [3.0], "ts": [4]}).write_parquet(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (_gzip, "it starts like gzip-compressed data: decompress it first"),
+        (_parquet, "it starts like a Parquet file: name it with the .parquet suffix"),
+        (lambda _: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)),
+         "binary data (a NUL byte at byte 9) where lines of text were expected"),
+    ],
+)  # fmt: skip
+def test_a_log_that_is_not_text_is_named_for_what_it_is_not_echoed(tmp_path, cli, make, said):
+    log = tmp_path / "log.csv"
+    log.write_bytes(make(b"user_id,item_id,rating,ts\n" + b"1,2,3,881250949\n" * 500))
+    for flags in ((), ("--no-header",)):
+        code, _, err = cli("data", "ingest", log, *flags, "--out", tmp_path / "out")
+        line = _one_error_line(err)
+        assert code == 2 and line == f"recsys-mtl: error: {log.resolve()}: not a text log; {said}"
+    assert not (tmp_path / "out" / "interactions.parquet").exists()
+
+
 def test_ingest_artifacts_and_the_summary_get_the_mode_of_any_new_file(tmp_path, cli):
     old = os.umask(0o022)
     try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 import polars as pl
@@ -161,13 +163,15 @@ def test_a_killed_update_is_resumed_and_seen_rows_are_dropped(
     out = tmp_path / "child"
     code, _, err = cli("update", run, "--data", new, "--out", out)
     assert code == 0, err
-    # a kill after the weights were written and before the summary: summary gone, a temporary
-    # file left behind
+    # a kill after the weights were written and before the summary: summary gone, the hidden
+    # files of interrupted atomic writes (recsys_mtl.io.atomic_path's names) left behind
     (out / "summary.json").unlink()
-    write(out / "train" / ".model.pt.tmp-123", "partial")
+    halves = [write(out / "train" / ".model.pt.k3x9q1.tmp", "partial"),
+              write(out / "features" / ".interactions.parquet.a8b7c6.tmp", "partial")]  # fmt: skip
     code, stdout, err = cli("update", run, "--data", new, "--out", out)
     assert code == 0, err
     assert json.loads(stdout)["reused"] is False and (out / "summary.json").is_file()
+    assert not any(h.exists() for h in halves)
     # a log holding rows the run already has: those are dropped
     parent_rows = pl.read_csv(run.parent / "early" / "u.data", separator="\t", has_header=False,
                               new_columns=["user_id", "item_id", "rating", "ts"]).tail(500)  # fmt: skip
@@ -198,6 +202,101 @@ def test_update_bad_input_is_one_line_exit_2(
                 new_columns=["user_id", "item_id", "rating", "ts"]).head(50).write_csv(seen)  # fmt: skip
     code, _, err = cli("update", run, "--data", seen, "--out", tmp_path / "c3")
     assert code == 2 and "already in the run" in err
+
+
+def _one_error_line(code: int, err: str) -> str:
+    """Exit 2, no traceback, and one error line, the last (stage log lines may precede it)."""
+    errors = [line for line in err.splitlines() if line.startswith("recsys-mtl: error:")]
+    assert code == 2 and "Traceback" not in err and len(errors) == 1, err
+    assert err.strip().splitlines()[-1] == errors[0], err
+    return errors[0]
+
+
+def _copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to, ignore=shutil.ignore_patterns(".lock"))
+    return to
+
+
+def test_update_refuses_a_parent_it_cannot_use_in_one_line_before_any_work(
+    cli, parent_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, new = parent_run
+    no_model = _copy_run(run, tmp_path / "no-model")
+    (no_model / "train" / "model.pt").unlink()  # a run killed before its train stage ended
+    no_summary = _copy_run(run, tmp_path / "no-summary")
+    (no_summary / "summary.json").unlink()  # a run or update killed before its last write
+    torn = _copy_run(run, tmp_path / "torn")
+    (torn / "config.resolved.json").write_text('{"data": {')
+    foreign = _copy_run(run, tmp_path / "foreign")
+    (foreign / "config.resolved.json").write_text('{"data": {"path": 3}}')
+    cases = [
+        (no_model, "not a finished run (train/model.pt missing)"),
+        (no_summary, "not a finished run (no summary.json"),
+        (torn, "config.resolved.json: not a run's resolved config"),
+        (foreign, "not a run's resolved config (data.path: "),
+        (new, "is a file, not a run folder"),
+        (tmp_path / "nowhere", "no such run folder"),
+    ]
+    for parent, words in cases:
+        out = tmp_path / f"child-of-{parent.name}"
+        code, _, err = cli("update", parent, "--data", new, "--out", out)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (parent, err)
+        assert words in err, err
+        assert not out.exists()  # nothing ingested, nothing written
+
+
+def test_update_refuses_bad_options_and_logs_in_one_line(
+    cli, parent_run: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, new = parent_run
+    other = _copy_run(run, tmp_path / "other")  # a finished run that update did not write
+    t = int(pl.read_csv(new)["ts"][0])
+    named = write(tmp_path / "named.csv", f"user_id,item_id,rating,ts\n7,1,4,{t}\n"
+                  f"alice,2,5,{t}\nbob,3,5,{t}\n")  # fmt: skip
+    cases = [
+        # --out: not the parent, nothing inside it, nothing holding it, no other run
+        (["--out", new], "is a file; the child run is a folder"),
+        (["--out", new / "child"], f"{new} is a file"),
+        (["--out", run / "train"], "is inside the parent run"),
+        (["--out", run / "child"], "is inside the parent run"),
+        (["--out", run.parent], "holds the parent run"),
+        (["--out", other], "is a run that `recsys-mtl update` did not write"),
+        # a setting is named under the flag that gave it
+        (["--setting", "epoch=2"], "--setting epoch: unknown key"),
+        (["--setting", "epochs=two"], "--setting epochs: Input should be a valid integer"),
+        (["--register", "a?b#c"], "--register 'a?b#c': not a model name"),
+    ]
+    for args, words in cases:
+        code, _, err = cli("update", run, "--data", new, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1, (args, err)
+        assert words in err, err
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in other.iterdir())
+    assert not (run.parent / "features").exists() and not (run.parent / "summary.json").exists()
+    # found once the log is read (after the ingest stage's own lines): ids the run's ids cannot
+    # be, and a holdout that leaves nothing to train on
+    code, _, err = cli("update", run, "--data", named, "--out", tmp_path / "c1")
+    last = _one_error_line(code, err)
+    assert f"--data {named}: user id 'alice' is not an integer" in last and "2 such rows" in last
+    code, _, err = cli("update", run, "--data", new, "--holdout", "0.9999",
+                       "--out", tmp_path / "c2")  # fmt: skip
+    assert "--holdout 0.9999: holds out all 3000 new rows" in _one_error_line(code, err)
+    assert not (tmp_path / "c2" / "summary.json").exists()
+
+
+def test_update_with_register_checks_a_dead_server_before_any_work(
+    cli, parent_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.servers import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    run, new = parent_run
+    out = tmp_path / "child"
+    t0 = time.monotonic()
+    code, _, err = cli("update", run, "--data", new, "--out", out, "--register", "recs")
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert "does not answer" in err and "leave out --register" in err
+    assert "--set" not in err  # update has no --set to offer
+    assert time.monotonic() - t0 < 20 and not out.exists()
 
 
 def test_update_registers_only_a_child_not_worse_than_its_parent(

@@ -80,6 +80,49 @@ def test_a_finished_run_is_updated_in_place(tmp_path: Path) -> None:
     assert learner.known(new)[0].all() and learner.known(new)[1].all()
 
 
+def test_a_run_taken_up_keeps_its_history_and_predictions(tmp_path: Path) -> None:
+    """The learner's history is what the run trained on: absorbing no rows leaves every
+    prediction as the run's model makes it (its SVD++ sets unchanged), and the run's
+    validation and test pairs are held: no negative is drawn among them."""
+    data = {
+        "format": "csv",
+        "path": str(sparse_id_log(tmp_path / "log.csv")),
+        "columns": {"user_id": "user", "item_id": "item", "rating": "stars", "ts": "when"},
+    }
+    cfg_path = tiny_config(tmp_path, data, model={"name": "bellkor", "params": {"dim": 8}},
+                           tasks=["rating", "interaction"], split={"test_fraction": 0.3},
+                           train={"epochs": 1, "patience": None, "batch_size": 256},
+                           evaluate={"sampled_negatives": 20, "full_ranking": False})  # fmt: skip
+    with contextlib.chdir(tmp_path):
+        run_command(str(cfg_path), [], str(tmp_path / "run"), False)
+    run = load_run(tmp_path / "run")
+    learner = ContinualRanker.from_run(run)
+    trained = set(map(tuple, learner.book.pairs.tolist()))
+    seen_only = set(map(tuple, learner.book.held.tolist())) - trained
+    assert seen_only, "the run's validation and test pairs are held apart from the history"
+    test = pl.read_parquet(tmp_path / "run" / "split" / "test.parquet")
+    batch = {f: torch.from_numpy(test[c].to_numpy().astype(np.int64))
+             for f, c in (("user", "uidx"), ("item", "iidx"), ("time_bin", "time_bin"),
+                          ("day", "day"))}  # fmt: skip
+    with torch.no_grad():
+        before = run.model.eval()(batch)["rating"].clone()
+    learner.absorb(pl.DataFrame(schema={"user_id": run.user_ids.dtype,
+                                        "item_id": run.item_ids.dtype,
+                                        "rating": pl.Float64, "ts": pl.Int64}))  # fmt: skip
+    with torch.no_grad():
+        after = learner.model.eval()(batch)["rating"]
+    assert torch.equal(before, after)
+    # negatives avoid the held pairs: a user's draws never hit an item they rated in test
+    rows = pl.DataFrame({"user_id": run.user_ids[:1].to_list() * 200,
+                         "item_id": [run.item_ids[0]] * 200, "rating": [4.0] * 200,
+                         "ts": [run.reference["ts"]] * 200},
+                        schema_overrides={"user_id": run.user_ids.dtype,
+                                          "item_id": run.item_ids.dtype})  # fmt: skip
+    drawn = learner.book.tensors(rows, ["rating", "interaction"])
+    negatives = set(zip(drawn["user"][200:].tolist(), drawn["item"][200:].tolist(), strict=True))
+    assert negatives and not negatives & (seen_only | trained)
+
+
 def test_weekly_stream_on_ml100k_records_costs(ml100k: Path, tmp_path: Path) -> None:
     # deferred: the ingest and features stages only for the real-data test
     from recsys_mtl.data.features import build_features
