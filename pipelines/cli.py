@@ -19,6 +19,7 @@ import contextlib
 import signal
 import sys
 import traceback
+from typing import NoReturn
 
 from pipelines.commands import COMMANDS
 from pipelines.commands.common import Help
@@ -54,11 +55,17 @@ class _TopHelp(Help, argparse.RawDescriptionHelpFormatter):
     """The top-level help keeps the description's line breaks."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """A parser whose usage errors are one line (exit 2), as every other mistake is: the
+    command, what is wrong and where the help is, not the usage block before it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``recsys-mtl`` and every command of :data:`pipelines.commands.COMMANDS`."""
-    p = argparse.ArgumentParser(
-        prog="recsys-mtl", description=DESCRIPTION, epilog=EPILOG, formatter_class=_TopHelp
-    )
+    p = _Parser(prog="recsys-mtl", description=DESCRIPTION, epilog=EPILOG, formatter_class=_TopHelp)
     p.add_argument("--version", action="version", version=f"recsys-mtl {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:

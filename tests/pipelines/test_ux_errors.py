@@ -124,3 +124,25 @@ def test_ingest_artifacts_and_the_summary_get_the_mode_of_any_new_file(tmp_path,
     for f in ("summary.json", "evaluate/metrics.json", "ingest/report.json", "train/model.pt"):
         assert stat.S_IMODE((run / f).stat().st_mode) == 0o644, f
     assert stat.S_IMODE(strict.stat().st_mode) == 0o640
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["update", "RUN", "--data", "x.csv", "--holdout", "abc"],
+         "recsys-mtl update: error: argument --holdout: invalid float value: 'abc'"),
+        (["frobnicate"], "recsys-mtl: error: argument COMMAND: invalid choice: 'frobnicate'"),
+        (["score"], "recsys-mtl score: error: the following arguments are required: SOURCE"),
+        (["data", "ingest", "log.csv"],
+         "recsys-mtl data ingest: error: the following arguments are required: --out"),
+    ],
+)  # fmt: skip
+def test_a_command_line_mistake_is_one_line_naming_the_command_and_its_help(args, said, capsys):
+    from pipelines.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert err.count("\n") == 1 and "usage:" not in err, err
+    assert err.startswith(said) and err.rstrip().endswith(f"(see {said.split(':')[0]} --help)")
