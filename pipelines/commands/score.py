@@ -170,6 +170,8 @@ def score_command(
         from meta.select import cold_start_blend
 
         cold = cold_start_blend(run.run_dir, run.tasks)  # the rank task, as measured
+        if sup is not None and learners is None:
+            _note_update_child(run.run_dir)
     only = None
     if demo is not None:
         # deferred: the demographics-only scorer (torch), only for --users-meta
@@ -271,6 +273,34 @@ def _write_stream(parts: Any, schema: dict[str, Any], metadata: dict[str, str], 
     with pq.ParquetWriter(path, arrow_schema, compression="zstd") as writer:
         for part in parts:
             writer.write_table(pa.Table.from_batches(part.to_arrow().to_batches(), arrow_schema))
+
+
+def _note_update_child(run_dir: Path | None) -> None:
+    """A run that ``recsys-mtl update`` wrote keeps none of its ancestors' cold-start learners:
+    when an ancestor serves one, say so (new users get the ridge state instead)."""
+    # deferred: the served record's reader (meta), only when new users are scored
+    from meta.select import read_served
+    from recsys_mtl.layout import RunLayout
+
+    if run_dir is None or read_served(run_dir) is not None:
+        return
+    at, visited = Path(run_dir), set()
+    while True:
+        summary = RunLayout(at).summary
+        doc = json.loads(summary.read_text()) if summary.is_file() else {}
+        parent = (doc.get("lineage") or {}).get("parent_run")
+        if not parent or parent in visited:
+            return
+        visited.add(parent)
+        at = Path(parent)
+        record = read_served(at) if at.is_dir() else None
+        if record is not None:
+            log.warning(
+                "%s is an update of %s and keeps none of its cold-start learners: new users "
+                "are served by the ridge state, not %s's served method %s",
+                run_dir, at, at.name, record["name"],
+            )  # fmt: skip
+            return
 
 
 def _check_learner_dir(learner_dir: str) -> Path:

@@ -118,6 +118,26 @@ def test_new_users_with_support_rows_are_served_cold_start(cli, run_dir, tmp_pat
     assert not set(frame["item_id"]) & {1, 2}
 
 
+def test_an_update_child_says_its_parents_cold_start_learner_is_not_served(cli, run_dir, tmp_path):
+    import shutil
+
+    child, parent = tmp_path / "child", tmp_path / "parent"
+    shutil.copytree(run_dir, child)
+    write(parent / "coldstart" / "served.json", json.dumps({"name": "meta_sgd", "kind": "learner"}))
+    summary = json.loads((child / "summary.json").read_text())
+    summary["lineage"] = {"parent_run": str(parent), "period": 1}
+    write(child / "summary.json", json.dumps(summary))
+    support = write(tmp_path / "support.csv", "user,item,rating\n9001,1,5\n9001,2,4\n")
+    args = ["score", child, "--top-k", 3, "--support", support, "--out", tmp_path / "r.parquet"]
+    code, stdout, err = cli(*args)
+    assert code == 0, err
+    assert json.loads(stdout)["cold_start_learner"] == "ridge"
+    assert f"is an update of {parent} and keeps none of its cold-start learners" in err
+    assert "served method meta_sgd" in err
+    code, _, err = cli("score", run_dir, *args[2:])  # a run of its own: nothing to say
+    assert code == 0 and "cold-start learners" not in err
+
+
 @pytest.mark.parametrize(
     ("files", "args", "needles"),
     [
