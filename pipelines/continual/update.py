@@ -211,7 +211,9 @@ def update_run(
             "version": __version__,
         }
         summary["mlflow"] = track_update(cfg, child_dir, summary, started)
-        summary["registered"] = _register(child_dir, register, gate, lineage) if register else None
+        summary["registered"] = (
+            _register(child_dir, register, gate, lineage, key) if register else None
+        )
         write_json(summary, lay.summary)  # last: marks the child complete
     return summary
 
@@ -326,7 +328,7 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _register(child: Path, name: str, gate: dict, lineage: dict) -> dict[str, Any]:
+def _register(child: Path, name: str, gate: dict, lineage: dict, key: str) -> dict[str, Any]:
     """Register the child as a version of ``name`` when the gate passed; else say why."""
     if not gate["passed"]:
         log.warning("not registered: %s", gate["why"])
@@ -335,5 +337,6 @@ def _register(child: Path, name: str, gate: dict, lineage: dict) -> dict[str, An
     from recsys_mtl.tracking.model import register
 
     tags = {f"recsys_mtl.{k}": str(v) for k, v in lineage.items() if v is not None}
-    reg = register(child, name, tags=tags)
+    tags["recsys_mtl.update_key"] = key  # a rerun after a kill registers nothing twice
+    reg = register(child, name, tags=tags, once_per="recsys_mtl.update_key")
     return {"registered": True, **reg}

@@ -257,8 +257,13 @@ def register(
     description: str | None = None,
     tags: dict[str, str] | None = None,
     aliases: list[str] | tuple[str, ...] = (),
+    once_per: str | None = None,
 ) -> dict[str, Any]:
     """Register the run's MLflow model as a new version of ``name`` in the model registry.
+
+    ``once_per``: a key of ``tags``; a version of ``name`` that already carries its value is
+    returned instead of a new one (``"reused": True``), so that a command killed after
+    registering registers nothing twice when run again.
 
     The model logged by the pipeline run is used; a run that logged none (tracking was off), or
     whose model predates this bundle format (:data:`recsys_mtl.runs.bundle.BUNDLE_FORMAT`:
@@ -290,6 +295,10 @@ def register(
     if source is not None and _older_format(client, source):
         source = None
     try:
+        if once_per is not None and (found := _version_with(client, name, once_per, tags)):
+            return {"name": name, "version": int(found.version), "reused": True,
+                    "model_uri": f"models:/{name}/{found.version}", "aliases": [],
+                    "source": found.source, "tracking_uri": uri}  # fmt: skip
         if source is None:
             exp_name = info["experiment"] or "recsys-mtl"
             exp = client.get_experiment_by_name(exp_name)
@@ -321,3 +330,14 @@ def register(
         "source": source,
         "tracking_uri": uri,
     }
+
+
+def _version_with(client: Any, name: str, key: str, tags: dict[str, str] | None) -> Any:
+    """The first version of ``name`` whose tag ``key`` is ``tags[key]``, or None."""
+    value = (tags or {}).get(key)
+    if value is None:
+        return None
+    for mv in client.search_model_versions(f"name='{name}'"):
+        if (mv.tags or {}).get(key) == value:
+            return mv
+    return None

@@ -319,8 +319,16 @@ def test_update_registers_only_a_child_not_worse_than_its_parent(
         version = client.get_model_version("continual-test", "1")
         assert version.tags["recsys_mtl.strategy"] == "full"
         assert version.tags["recsys_mtl.parent_run"] == str(run.resolve())
+        # killed after registering, before its summary: the rerun registers nothing twice
+        (tmp_path / "child" / "summary.json").unlink()
+        code, out, err = cli("update", run, "--data", new, "--strategy", "full", "--out",
+                             tmp_path / "child", "--register", "continual-test")  # fmt: skip
+        assert code == 0, err
+        again = json.loads(out)["registered"]
+        assert again["version"] == 1 and again["reused"] is True
+        assert len(client.search_model_versions("name='continual-test'")) == 1
     worse = {"passed": False, "why": "rating/rmse on the 3 held-out rows: child 1.2 vs parent 1.1"}
-    said = _register(tmp_path / "child", "continual-test", worse, {})
+    said = _register(tmp_path / "child", "continual-test", worse, {}, "k")
     assert said == {"registered": False, "why": worse["why"]}
 
 
