@@ -170,6 +170,30 @@ def _download(args: argparse.Namespace) -> None:
     print(path.absolute())
 
 
+# the data options a hint may name, as this command's flags
+FLAG_OF = {
+    "data.columns.*": "--user-col, --item-col, --rating-col and --ts-col",
+    "data.columns.user_id": "--user-col",
+    "data.columns.item_id": "--item-col",
+    "data.columns.rating": "--rating-col",
+    "data.columns.ts": "--ts-col",
+    "data.separator: ": "--separator ",
+    "data.separator": "--separator",
+    "data.header: false": "--no-header",
+    "data.rating_scale": "--rating-scale",
+    "data.timestamp_format": "--timestamp-format",
+    "data.max_quarantine_share": "--max-quarantine-share",
+    "data.format": "--format",
+}
+
+
+def as_flags(message: str) -> str:
+    """``message`` with each data option it names as the ``data ingest`` flag that sets it."""
+    for key, flag in FLAG_OF.items():
+        message = message.replace(key, flag)
+    return message
+
+
 def _ingest(args: argparse.Namespace) -> None:
     # deferred: ingest reads the log with polars
     from pipelines.runner import remove_leftovers
@@ -186,7 +210,10 @@ def _ingest(args: argparse.Namespace) -> None:
     # once it is held
     with folder_lock(out, this_command()) as held:
         remove_leftovers(held)
-        report = ingest(cfg, held, max_share=cfg.max_quarantine_share).report
+        try:
+            report = ingest(cfg, held, max_share=cfg.max_quarantine_share).report
+        except UserError as e:  # a hint names the flag that sets a data option
+            raise UserError(as_flags(str(e))) from e
     inter = report["interactions"]
     if args.json:
         print(json.dumps(inter))

@@ -70,7 +70,15 @@ def _ingest(cfg: RunConfig, new_log: Path, out: Path) -> pl.DataFrame:
     from pipelines.stages import INGEST
 
     data = cfg.data.model_copy(update={"path": str(new_log)})
-    run_pipeline(Pipeline([INGEST]), cfg.model_copy(update={"data": data}), out)
+    try:
+        run_pipeline(Pipeline([INGEST]), cfg.model_copy(update={"data": data}), out)
+    except UserError as e:
+        if "data." not in str(e):
+            raise
+        # a hint naming data options: update has none of its own, it reads with the run's
+        raise UserError(f"{e} (update reads --data with the parent run's data settings, the "
+                        f"data section of its {RunLayout.CONFIG}: write the new log as the "
+                        "run's log was written)") from e  # fmt: skip
     return pl.read_parquet(out / "ingest" / "interactions.parquet",
                            columns=["user_id", "item_id", "rating", "ts"])  # fmt: skip
 

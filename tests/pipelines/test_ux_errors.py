@@ -59,18 +59,27 @@ def test_one_task_may_be_written_without_a_list(tmp_path):
 @pytest.mark.parametrize(
     ("text", "hint"),
     [
-        ("customer;product;stars;when\n1;2;3;4\n", "the header looks ';'-separated: try data.separator: \";\" and data.columns.* to the file's names (customer, product, stars, when)"),
-        ("1\t2\t3\t881250949\n2\t3\t4\t881250950\n", 'the file looks tab-separated with no header line: set data.separator: "\\t"'),
-        ("user_id|item_id|rating|ts\n1|2|3|4\n", "the header looks '|'-separated: try data.separator: \"|\""),
+        ("customer;product;stars;when\n1;2;3;4\n", "the header looks ';'-separated: try --separator \";\" and --user-col, --item-col, --rating-col and --ts-col to the file's names (customer, product, stars, when)"),
+        ("1\t2\t3\t881250949\n2\t3\t4\t881250950\n", 'the file looks tab-separated with no header line: set --separator "\\t"'),
+        ("user_id|item_id|rating|ts\n1|2|3|4\n", "the header looks '|'-separated: try --separator \"|\""),
     ],
 )  # fmt: skip
-def test_a_header_in_another_separator_suggests_data_separator(tmp_path, cli, text, hint):
+def test_a_header_in_another_separator_suggests_the_separator_flag(tmp_path, cli, text, hint):
     log = write(tmp_path / "log.csv", text)
     code, _, err = cli("data", "ingest", log, "--out", tmp_path / "out")
     line = _one_error_line(err)
     assert code == 2
-    assert line.startswith(f"recsys-mtl: error: {log.resolve()}: column 'user_id'")
-    assert hint in line
+    assert line.startswith(f"recsys-mtl: error: {log.resolve()}: column 'user_id' (--user-col)")
+    assert hint in line and "data." not in line
+
+
+def test_a_runs_config_is_told_the_data_keys(tmp_path, cli):
+    log = write(tmp_path / "log.csv", "customer;product;stars;when\n1;2;3;4\n")
+    cfg = tiny_config(tmp_path, {"format": "csv", "path": str(log)})
+    code, _, err = cli("run", cfg, "--out", tmp_path / "run")
+    line = _one_error_line(err)
+    assert code == 2
+    assert 'try data.separator: ";" and data.columns.* to the file\'s names' in line
 
 
 def _gzip(text: bytes) -> bytes:

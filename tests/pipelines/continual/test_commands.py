@@ -281,6 +281,12 @@ def test_update_refuses_bad_options_and_logs_in_one_line(
                        "--out", tmp_path / "c2")  # fmt: skip
     assert "--holdout 0.9999: holds out all 3000 new rows" in _one_error_line(code, err)
     assert not (tmp_path / "c2" / "summary.json").exists()
+    # a log laid out otherwise: the hint's data options are the parent run's
+    semi = write(tmp_path / "semi.csv", f"user_id;item_id;rating;ts\n7;1;4;{t}\n")
+    code, _, err = cli("update", run, "--data", semi, "--out", tmp_path / "c3")
+    last = _one_error_line(code, err)
+    assert "looks ';'-separated" in last
+    assert "update reads --data with the parent run's data settings" in last
 
 
 def test_update_with_register_checks_a_dead_server_before_any_work(
