@@ -30,6 +30,8 @@ from pipelines.transfer import with_single_task_baselines
 from recsys_mtl import __version__
 from recsys_mtl.build import validate_run
 from recsys_mtl.config import RunConfig, load_config
+from recsys_mtl.data.splits import STREAM_IS_NOT_A_SPLIT
+from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path, write_json
 from recsys_mtl.layout import RunLayout
 from recsys_mtl.locks import folder_lock, this_command
@@ -51,6 +53,8 @@ def prepare(cfg: RunConfig) -> None:
     (the ranker, weighting, tasks, device, training options, the ``meta:`` section), once per
     run, and torch's thread count."""
     start_threads(cfg.train.threads)
+    if cfg.split.strategy == "stream":  # before ingest and features, not at the split
+        raise UserError(STREAM_IS_NOT_A_SPLIT)
     validate_run(cfg)
     validate_meta(cfg)
     if torchrun_world() is not None:  # what DistributedModelParallel cannot train, at once

@@ -94,8 +94,15 @@ def cut_periods(frame: pl.DataFrame, cfg: StreamConfig) -> PeriodLog:
     n_periods = int(frame["period"].max()) + 1
     needed = cfg.base + cfg.validation_periods + 1
     if n_periods < needed:
+        same = int(frame["ts"].max()) == t0 and not str(cfg.period).startswith("count:")
+        why = (
+            f"; every rating has the same time {t0} (a log without times?): cut it by count, "
+            "stream.period: count:N"
+            if same
+            else ""
+        )
         raise UserError(
             f"stream: the log has {n_periods} periods of {cfg.period}, fewer than stream.base "
-            f"+ stream.validation_periods + 1 = {needed}"
+            f"+ stream.validation_periods + 1 = {needed}{why}"
         )
     return PeriodLog(frame, n_periods, t0)

@@ -42,7 +42,7 @@ from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path, write_json, write_parquet
 from recsys_mtl.registry import Registry
 
-__all__ = ["SPLITTERS", "split_dataset"]
+__all__ = ["SPLITTERS", "STREAM_IS_NOT_A_SPLIT", "split_dataset"]
 
 Assign = dict[str, np.ndarray]  # part name -> rating rows (the ``row`` column)
 SPLITTERS: Registry[Callable[..., Assign]] = Registry("split strategy")
@@ -117,13 +117,16 @@ def _cold_start(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, *
     }
 
 
+STREAM_IS_NOT_A_SPLIT = (
+    "split.strategy: stream cuts the log into periods (the stream section); run it with "
+    "recsys-mtl stream CONFIG, or pick another split.strategy for recsys-mtl run"
+)
+
+
 @SPLITTERS.register("stream")
 def _stream(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, **_: Any) -> Assign:
     """The stream protocol is not one split: its commands cut the log into periods."""
-    raise UserError(
-        "split.strategy: stream cuts the log into periods (the stream section); run it with "
-        "recsys-mtl stream CONFIG, or pick another split.strategy for recsys-mtl run"
-    )
+    raise UserError(STREAM_IS_NOT_A_SPLIT)
 
 
 @SPLITTERS.register("predefined")

@@ -155,3 +155,11 @@ def test_a_command_line_mistake_is_one_line_naming_the_command_and_its_help(args
     assert stop.value.code == 2
     assert err.count("\n") == 1 and "usage:" not in err, err
     assert err.startswith(said) and err.rstrip().endswith(f"(see {said.split(':')[0]} --help)")
+
+
+def test_run_refuses_the_stream_protocol_before_any_stage(tmp_path, cli):
+    cfg = tiny_config(tmp_path, SYN, split={"strategy": "stream"})
+    code, _, err = cli("run", cfg, "--out", tmp_path / "run")
+    line = _one_error_line(err)
+    assert code == 2 and "run it with recsys-mtl stream CONFIG" in line
+    assert not (tmp_path / "run" / "ingest").exists()  # refused before the first stage

@@ -55,6 +55,15 @@ def test_too_few_periods_is_one_line_user_error(log: pl.DataFrame) -> None:
         cut_periods(log, StreamConfig(base=40))
 
 
+def test_a_log_whose_ratings_share_one_time_is_told_to_cut_by_count() -> None:
+    df = pl.DataFrame({"user_id": list(range(50)), "item_id": [1] * 50, "rating": [3.0] * 50,
+                       "ts": [0] * 50})  # fmt: skip
+    with pytest.raises(UserError, match=r"every rating has the same time 0.*count:N"):
+        cut_periods(df, StreamConfig(period="1w", base=2, validation_periods=1))
+    plog = cut_periods(df, StreamConfig(period="count:10", base=2, validation_periods=1))
+    assert plog.n_periods == 5
+
+
 def test_ids_get_rows_in_order_of_first_appearance() -> None:
     book = IdBook()
     assert book.add(pl.Series([5, 3, 5, 9])) == 3
