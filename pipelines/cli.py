@@ -19,7 +19,7 @@ import contextlib
 import signal
 import sys
 import traceback
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pipelines.commands import COMMANDS
 from pipelines.commands.common import Help
@@ -61,6 +61,24 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        """As argparse's, but arguments no parser knows are named by the command they follow."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self._innermost(parsed).error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+    def _innermost(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The (sub)command parser that ``parsed`` reached."""
+        parser: argparse.ArgumentParser = self
+        while True:
+            sub = next((a for a in parser._actions
+                        if isinstance(a, argparse._SubParsersAction)), None)  # fmt: skip
+            name = getattr(parsed, sub.dest, None) if sub is not None and sub.dest else None
+            if sub is None or name not in sub.choices:
+                return parser
+            parser = sub.choices[name]
 
 
 def build_parser() -> argparse.ArgumentParser:

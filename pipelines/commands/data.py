@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -170,33 +171,54 @@ def _download(args: argparse.Namespace) -> None:
     print(path.absolute())
 
 
-# the data options a hint may name, as this command's flags
+# the data options a hint may name, as this command's flags (the longer phrases first)
 FLAG_OF = {
     "data.columns.*": "--user-col, --item-col, --rating-col and --ts-col",
     "data.columns.user_id": "--user-col",
     "data.columns.item_id": "--item-col",
     "data.columns.rating": "--rating-col",
     "data.columns.ts": "--ts-col",
+    "data.columns": "--user-col, --item-col, --rating-col and --ts-col",
     "data.separator: ": "--separator ",
     "data.separator": "--separator",
+    "data.header is false": "--no-header is given",
     "data.header: false": "--no-header",
+    "data.header": "--no-header",
+    "data.rating_scale: [low, high]": "--rating-scale LOW HIGH",
+    "data.rating_scale is auto": "--rating-scale is auto",
     "data.rating_scale": "--rating-scale",
     "data.timestamp_format": "--timestamp-format",
     "data.max_quarantine_share": "--max-quarantine-share",
     "data.format": "--format",
 }
+# an option's name where it stands as a word (not inside a path such as /srv/data.format/)
+_OPTION = re.compile("(?<![\\w/.\\\\-])(" + "|".join(re.escape(k) for k in FLAG_OF) + ")")
 
 
 def as_flags(message: str) -> str:
-    """``message`` with each data option it names as the ``data ingest`` flag that sets it."""
-    for key, flag in FLAG_OF.items():
-        message = message.replace(key, flag)
-    return message
+    """``message`` with each data option it names as the ``data ingest`` flag that sets it
+    (a scale written as the flag takes it: ``--rating-scale LO HI``)."""
+    message = re.sub(r"\(\[([^,\]]+), ([^\]]+)\] or auto\)", r"(--rating-scale \1 \2, or auto)",
+                     message)  # fmt: skip
+    return _OPTION.sub(lambda m: FLAG_OF[m.group(1)], message)
+
+
+# what ingest writes in its folder (each file atomically, through a hidden temporary file)
+INGEST_FILES = ("interactions.parquet", "users.parquet", "items.parquet", "tags.parquet",
+                "quarantine.parquet", "report.json")  # fmt: skip
+
+
+def _remove_half_written(out: Path) -> None:
+    """The hidden temporary files of a killed ingest's writes in ``out`` (its own names only:
+    ``--out`` may be a folder holding other files)."""
+    for name in INGEST_FILES:
+        for half in out.glob(f".{name}.*.tmp"):
+            if half.is_file():
+                half.unlink(missing_ok=True)
 
 
 def _ingest(args: argparse.Namespace) -> None:
     # deferred: ingest reads the log with polars
-    from pipelines.runner import remove_leftovers
     from recsys_mtl.data.ingest import ingest
     from recsys_mtl.locks import folder_lock, this_command
 
@@ -209,7 +231,7 @@ def _ingest(args: argparse.Namespace) -> None:
     # one command at a time writes the folder; the hidden files of a killed ingest are removed
     # once it is held
     with folder_lock(out, this_command()) as held:
-        remove_leftovers(held)
+        _remove_half_written(held)
         try:
             report = ingest(cfg, held, max_share=cfg.max_quarantine_share).report
         except UserError as e:  # a hint names the flag that sets a data option

@@ -278,29 +278,39 @@ def _write_stream(parts: Any, schema: dict[str, Any], metadata: dict[str, str], 
 def _note_update_child(run_dir: Path | None) -> None:
     """A run that ``recsys-mtl update`` wrote keeps none of its ancestors' cold-start learners:
     when an ancestor serves one, say so (new users get the ridge state instead)."""
+    try:  # a note only: a torn or foreign file in the lineage says nothing, stops nothing
+        found = _serving_ancestor(run_dir)
+    except (OSError, ValueError, AttributeError, TypeError, KeyError):
+        return
+    if found is not None:
+        at, name = found
+        log.warning(
+            "%s is an update of %s and keeps none of its cold-start learners: new users are "
+            "served by the ridge state, not %s's served method %s", run_dir, at, at.name, name,
+        )  # fmt: skip
+
+
+def _serving_ancestor(run_dir: Path | None) -> tuple[Path, str] | None:
+    """The nearest ancestor of a run ``update`` wrote (``lineage.parent_run``, up the chain)
+    that serves a cold-start method, and the method; None for a run that serves one itself."""
     # deferred: the served record's reader (meta), only when new users are scored
     from meta.select import read_served
     from recsys_mtl.layout import RunLayout
 
     if run_dir is None or read_served(run_dir) is not None:
-        return
+        return None
     at, visited = Path(run_dir), set()
     while True:
         summary = RunLayout(at).summary
         doc = json.loads(summary.read_text()) if summary.is_file() else {}
         parent = (doc.get("lineage") or {}).get("parent_run")
         if not parent or parent in visited:
-            return
+            return None
         visited.add(parent)
         at = Path(parent)
         record = read_served(at) if at.is_dir() else None
         if record is not None:
-            log.warning(
-                "%s is an update of %s and keeps none of its cold-start learners: new users "
-                "are served by the ridge state, not %s's served method %s",
-                run_dir, at, at.name, record["name"],
-            )  # fmt: skip
-            return
+            return at, str(record["name"])
 
 
 def _check_learner_dir(learner_dir: str) -> Path:

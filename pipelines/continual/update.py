@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def _ingest(cfg: RunConfig, new_log: Path, out: Path) -> pl.DataFrame:
     try:
         run_pipeline(Pipeline([INGEST]), cfg.model_copy(update={"data": data}), out)
     except UserError as e:
-        if "data." not in str(e):
+        if not re.search(r"(?<![\w/.\\-])data\.\w", str(e)):  # a data option, not a path
             raise
         # a hint naming data options: update has none of its own, it reads with the run's
         raise UserError(f"{e} (update reads --data with the parent run's data settings, the "
@@ -164,7 +165,9 @@ def update_run(
             done = {}
         if done.get("update", {}).get("key") == key:
             log.info("update %s: finished earlier with the same inputs, reused", child_dir)
-            return {**done, "reused": True}
+            return _reused(done, child_dir, register, key)
+        # another update's child is replaced: no longer complete until its new summary
+        lay.summary.unlink(missing_ok=True)
         _remove_half_written(child_dir)
         started = time.time()
         fresh = _ingest(cfg, log_path, child_dir)
@@ -185,6 +188,7 @@ def update_run(
                             f"--data {log_path}; none is left to train on")  # fmt: skip
         head, tail = kept.head(kept.height - n_tail), kept.tail(n_tail)
         learner = ContinualRanker.from_run(loaded, cfg)
+        learner.book.hold_rows(tail)  # the held-out rows are never drawn as negatives
         parent = ContinualRanker.from_run(load_run(run_dir), cfg)
         cost = make_strategy(strategy, settings).update(learner, head, past, seed=seed)
         gate = _gate(parent, learner, tail)
@@ -235,7 +239,8 @@ def _finished_run(run_dir: Path) -> tuple[dict[str, Any], RunConfig]:
         raise UserError(f"{run_dir}: {what}")
     needed = (lay.config, lay.features / RunLayout.SPEC, lay.features / "interactions.parquet",
               lay.features / "user_features.parquet", lay.features / "item_features.parquet",
-              lay.split / "train.parquet", lay.model, lay.model_meta)  # fmt: skip
+              lay.split / "train.parquet", lay.split / "train_user_items.parquet", lay.model,
+              lay.model_meta)  # fmt: skip
     for need in needed:
         if not need.is_file():
             raise UserError(f"{run_dir}: not a finished run "
@@ -284,6 +289,10 @@ def _check_out(out_dir: Path, run_dir: Path) -> None:
     if done and "update" not in done:
         raise UserError(f"--out {out_dir}: is a run that `recsys-mtl update` did not write; "
                         "name a new folder")  # fmt: skip
+    other = (done.get("lineage") or {}).get("parent_run")
+    if other and other != str(run_real):
+        raise UserError(f"--out {out_dir}: is the update of another run ({other}); name a new "
+                        "folder")  # fmt: skip
 
 
 def _remove_half_written(child: Path) -> None:
@@ -336,6 +345,17 @@ def _read(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _reused(done: dict[str, Any], child: Path, register: str | None, key: str) -> dict[str, Any]:
+    """The summary of a child finished earlier with the same inputs; with ``register``, the
+    child registered now under that name when it was not yet (and the summary rewritten)."""
+    had = done.get("registered") or {}
+    if register is not None and had.get("name") != register:
+        gate = done["update"]["gate"]
+        done["registered"] = _register(child, register, gate, done["lineage"], key)
+        write_json(done, RunLayout(child).summary)
+    return {**done, "reused": True}
+
+
 def _register(child: Path, name: str, gate: dict, lineage: dict, key: str) -> dict[str, Any]:
     """Register the child as a version of ``name`` when the gate passed; else say why."""
     if not gate["passed"]:
@@ -345,6 +365,7 @@ def _register(child: Path, name: str, gate: dict, lineage: dict, key: str) -> di
     from recsys_mtl.tracking.model import register
 
     tags = {f"recsys_mtl.{k}": str(v) for k, v in lineage.items() if v is not None}
-    tags["recsys_mtl.update_key"] = key  # a rerun after a kill registers nothing twice
+    # a rerun after a kill registers nothing twice: the same inputs into the same folder
+    tags["recsys_mtl.update_key"] = f"{key}@{child.resolve()}"
     reg = register(child, name, tags=tags, once_per="recsys_mtl.update_key")
     return {"registered": True, **reg}

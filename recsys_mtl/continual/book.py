@@ -159,6 +159,24 @@ class StreamBook:
     def held(self, value: np.ndarray) -> None:
         self.held_keys = np.unique(_keys(value[:, 0], value[:, 1]))
 
+    def _avoided(self) -> np.ndarray:
+        """The sorted keys of every trained and held pair (the held ones are few and disjoint
+        from the history: merged once for each history, not at every call)."""
+        if self.held_keys.size == 0:
+            return self.pair_keys
+        cached = getattr(self, "_avoid", None)
+        if cached is None or cached[0] is not self.pair_keys or cached[1] is not self.held_keys:
+            cached = (self.pair_keys, self.held_keys, np.union1d(self.pair_keys, self.held_keys))
+            self._avoid = cached
+        return cached[2]
+
+    def hold_rows(self, rows: pl.DataFrame) -> None:
+        """Hold the pairs of ``rows`` whose user and item have rows (rated, never trained on:
+        no negative is drawn among them)."""
+        u, i = self.users.rows(rows["user_id"]), self.items.rows(rows["item_id"])
+        known = (u >= 0) & (i >= 0)
+        self.held_keys = _insert_sorted(self.held_keys, _keys(u[known], i[known]))
+
     @property
     def user_days(self) -> np.ndarray:
         """``(n, 2)``: every (uidx, day) with a rating so far, sorted."""
@@ -230,8 +248,7 @@ class StreamBook:
         if "interaction" not in tasks or k == 0 or rows.height == 0:
             return out
         n_items = len(self.items)
-        own = _keys(u.numpy(), i.numpy())
-        rated = _insert_sorted(self.pair_keys, np.concatenate([self.held_keys, own]))
+        rated = _insert_sorted(self._avoided(), _keys(u.numpy(), i.numpy()))
         keys = pair_keys(rated >> _SHIFT, rated & _LOW, n_items)  # same order: still sorted
         rng = np.random.default_rng([self.features.seed, seed, self.pair_keys.size])
         drawn = draw_unrated(u.numpy(), keys, n_items, k, rng).reshape(-1)

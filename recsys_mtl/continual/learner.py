@@ -114,6 +114,7 @@ class ContinualRanker:
         # run's other ratings (validation, test) are held: never a negative, never history
         book.pairs = _csr_pairs(ctx.implicit_offsets, ctx.implicit_values)
         book.held = _csr_pairs(*run.seen)
+        book.held_keys = np.setdiff1d(book.held_keys, book.pair_keys, assume_unique=True)
         keys = ctx.user_days.numpy()
         book.user_days = np.stack([keys // ctx.day_span, keys % ctx.day_span], 1)
         counts = (ctx.implicit_offsets[1:] - ctx.implicit_offsets[:-1]).numpy().astype(float)

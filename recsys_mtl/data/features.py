@@ -287,9 +287,7 @@ def _interactions(
     columns = indexed.select("row", uidx, iidx, "ts")
     n_items = item_features.height
     try:
-        # a second drawer once the split is done: the writer waits for the draws otherwise
-        workers = 2 if parts > 1 and pl.thread_pool_size() > 1 else 1
-        with ThreadPoolExecutor(max_workers=workers) as drawer:
+        with ThreadPoolExecutor(max_workers=_drawers(parts)) as drawer:
             split = drawer.submit(_split_partitions, columns, parts, work)
             drawn = [
                 drawer.submit(_draw_partition, split, columns, p, parts, n_items, cfg, work)
@@ -306,6 +304,12 @@ def _interactions(
         raise RuntimeError(f"features: {stats['positives']} of {rows[0]} ratings partitioned")
     stats["negatives"] = sum(rows[1:])
     return stats
+
+
+def _drawers(parts: int) -> int:
+    """Threads drawing negatives: a second once the split is done (the writer waits for the
+    draws otherwise), when there are partitions and polars may use more than one thread."""
+    return 2 if parts > 1 and pl.thread_pool_size() > 1 else 1
 
 
 def _split_partitions(columns: pl.LazyFrame, parts: int, work: Path) -> None:

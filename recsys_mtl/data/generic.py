@@ -104,6 +104,8 @@ _MAGIC = (
     (b"\x28\xb5\x2f\xfd", "zstd-compressed data: decompress it first"),
     (b"PK\x03\x04", "a zip archive: extract the log first"),
     (b"PAR1", "a Parquet file: name it with the .parquet suffix"),
+    (b"\xff\xfe", "UTF-16 text: save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text: save it as UTF-8"),
 )
 
 
@@ -119,7 +121,7 @@ def _check_text(path: Path) -> None:
         at = head.index(b"\x00")
         raise UserError(
             f"{path.absolute()}: not a text log; binary data (a NUL byte at byte {at + 1}) "
-            "where lines of text were expected"
+            "where lines of text were expected (text in UTF-16 or UTF-32: save it as UTF-8)"
         )
 
 

@@ -220,9 +220,13 @@ def test_data_ingest_into_a_held_folder_stops_naming_the_holder_and_cleans_a_kil
     assert not (out / "interactions.parquet").exists()
     half = out / ".interactions.parquet.x7k2m9.tmp"  # an ingest killed mid-write left it
     half.write_text("partial")
+    mine = [out / ".notes.txt.tmp", out / ".tmp-draft"]  # the user's own files: kept
+    mine[0].write_text("mine")
+    mine[1].mkdir()
     code, _, err = cli("data", "ingest", log, "--out", out)
     assert code == 0, err
     assert not half.exists() and (out / "interactions.parquet").is_file()
+    assert all(m.exists() for m in mine)
 
 
 def test_a_run_asked_to_wait_starts_once_the_holder_ends(tmp_path, cli):

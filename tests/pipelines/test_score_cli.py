@@ -136,6 +136,9 @@ def test_an_update_child_says_its_parents_cold_start_learner_is_not_served(cli, 
     assert "served method meta_sgd" in err
     code, _, err = cli("score", run_dir, *args[2:])  # a run of its own: nothing to say
     assert code == 0 and "cold-start learners" not in err
+    write(parent / "coldstart" / "served.json", "{torn")  # a torn record: no note, no failure
+    code, _, err = cli(*args)
+    assert code == 0 and "cold-start learners" not in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

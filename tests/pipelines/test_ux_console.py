@@ -89,7 +89,7 @@ def test_data_ingest_stops_above_the_threshold_and_keeps_the_quarantine(tmp_path
         "data", "ingest", log, "--out", tmp_path / "o", "--max-quarantine-share", "0.1"
     )
     line = _one_error_line(err)
-    assert code == 2 and "above data.max_quarantine_share=0.1" in line
+    assert code == 2 and "above --max-quarantine-share=0.1" in line
     assert line.endswith(f"{(tmp_path / 'o' / 'quarantine.parquet').resolve()}")
     code, _, err = cli(
         "data", "ingest", log, "--out", tmp_path / "o", "--max-quarantine-share", "2"
@@ -120,7 +120,7 @@ def test_data_ingest_reads_any_log_with_flags_or_a_run_config(tmp_path, cli):
     code, _, err = cli(
         "data", "ingest", "--config", cfg, "--out", tmp_path / "c", "--item-col", "sku"
     )
-    assert code == 2 and "column 'sku' (data.columns.item_id) not found" in _one_error_line(err)
+    assert code == 2 and "column 'sku' (--item-col) not found" in _one_error_line(err)
     code, _, err = cli("data", "ingest", "--out", tmp_path / "d")
     assert code == 2 and "give a PATH, or --config FILE" in err
 

@@ -104,7 +104,9 @@ def _parquet(text: bytes) -> bytes:
         (_gzip, "it starts like gzip-compressed data: decompress it first"),
         (_parquet, "it starts like a Parquet file: name it with the .parquet suffix"),
         (lambda _: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)),
-         "binary data (a NUL byte at byte 9) where lines of text were expected"),
+         "binary data (a NUL byte at byte 9) where lines of text were expected (text in UTF-16 "
+         "or UTF-32: save it as UTF-8)"),
+        (lambda text: text.decode().encode("utf-16"), "it starts like UTF-16 text: save it as UTF-8"),
     ],
 )  # fmt: skip
 def test_a_log_that_is_not_text_is_named_for_what_it_is_not_echoed(tmp_path, cli, make, said):
@@ -141,6 +143,10 @@ def test_ingest_artifacts_and_the_summary_get_the_mode_of_any_new_file(tmp_path,
         (["update", "RUN", "--data", "x.csv", "--holdout", "abc"],
          "recsys-mtl update: error: argument --holdout: invalid float value: 'abc'"),
         (["frobnicate"], "recsys-mtl: error: argument COMMAND: invalid choice: 'frobnicate'"),
+        (["update", "RUN", "--data", "x.csv", "--bogus"],
+         "recsys-mtl update: error: unrecognized arguments: --bogus"),
+        (["data", "ingest", "log.csv", "--out", "o", "--delimiter", ";"],
+         "recsys-mtl data ingest: error: unrecognized arguments: --delimiter ;"),
         (["score"], "recsys-mtl score: error: the following arguments are required: SOURCE"),
         (["data", "ingest", "log.csv"],
          "recsys-mtl data ingest: error: the following arguments are required: --out"),
@@ -163,3 +169,12 @@ def test_run_refuses_the_stream_protocol_before_any_stage(tmp_path, cli):
     line = _one_error_line(err)
     assert code == 2 and "run it with recsys-mtl stream CONFIG" in line
     assert not (tmp_path / "run" / "ingest").exists()  # refused before the first stage
+
+
+def test_data_ingest_hints_name_flags_but_leave_paths_alone():
+    from pipelines.commands.data import as_flags
+
+    said = as_flags("/srv/data.format/u.data.csv: column 'x' (data.columns.item_id) not found; "
+                    "set data.rating_scale: [low, high]")  # fmt: skip
+    assert said == ("/srv/data.format/u.data.csv: column 'x' (--item-col) not found; "
+                    "set --rating-scale LOW HIGH")  # fmt: skip

@@ -182,6 +182,30 @@ def test_a_killed_update_is_resumed_and_seen_rows_are_dropped(
     assert json.loads(stdout)["data"]["rows_already_seen"] == 500
 
 
+def test_an_update_killed_over_another_updates_child_is_redone_not_reused(
+    cli, parent_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.continual.update as update
+
+    run, new = parent_run
+    out = tmp_path / "child"
+    assert cli("update", run, "--data", new, "--out", out)[0] == 0
+    other = write(tmp_path / "other.csv", pl.read_csv(new).head(1500).write_csv())
+
+    def killed(*args, **kwargs):  # the other update dies while writing the child's tables
+        (out / "features" / "interactions.parquet").write_bytes(b"torn")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(update, "write_child", killed)
+    assert cli("update", run, "--data", other, "--out", out)[0] != 0  # interrupted
+    assert not (out / "summary.json").exists()  # the folder no longer looks finished
+    monkeypatch.undo()
+    code, stdout, err = cli("update", run, "--data", new, "--out", out)
+    assert code == 0, err
+    assert json.loads(stdout)["reused"] is False
+    assert pl.read_parquet(out / "features" / "interactions.parquet").height > 0
+
+
 def test_update_bad_input_is_one_line_exit_2(
     cli, parent_run: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -250,6 +274,10 @@ def test_update_refuses_bad_options_and_logs_in_one_line(
 ) -> None:
     run, new = parent_run
     other = _copy_run(run, tmp_path / "other")  # a finished run that update did not write
+    foreign = write(
+        tmp_path / "foreign" / "summary.json",  # the update of another run
+        json.dumps({"update": {"key": "k"}, "lineage": {"parent_run": "/elsewhere"}}),
+    )
     t = int(pl.read_csv(new)["ts"][0])
     named = write(tmp_path / "named.csv", f"user_id,item_id,rating,ts\n7,1,4,{t}\n"
                   f"alice,2,5,{t}\nbob,3,5,{t}\n")  # fmt: skip
@@ -261,6 +289,7 @@ def test_update_refuses_bad_options_and_logs_in_one_line(
         (["--out", run / "child"], "is inside the parent run"),
         (["--out", run.parent], "holds the parent run"),
         (["--out", other], "is a run that `recsys-mtl update` did not write"),
+        (["--out", foreign.parent], "is the update of another run (/elsewhere)"),
         # a setting is named under the flag that gave it
         (["--setting", "epoch=2"], "--setting epoch: unknown key"),
         (["--setting", "epochs=two"], "--setting epochs: Input should be a valid integer"),
@@ -333,6 +362,15 @@ def test_update_registers_only_a_child_not_worse_than_its_parent(
         again = json.loads(out)["registered"]
         assert again["version"] == 1 and again["reused"] is True
         assert len(client.search_model_versions("name='continual-test'")) == 1
+        # a child finished earlier without --register is registered by the rerun that asks
+        plain = tmp_path / "plain"
+        assert cli("update", run, "--data", new, "--strategy", "full", "--out", plain)[0] == 0
+        code, out, err = cli("update", run, "--data", new, "--strategy", "full", "--out", plain,
+                             "--register", "continual-test")  # fmt: skip
+        rep = json.loads(out)
+        assert code == 0 and rep["reused"] is True and rep["registered"]["version"] == 2
+        saved = json.loads((plain / "summary.json").read_text())
+        assert saved["registered"]["version"] == 2
     worse = {"passed": False, "why": "rating/rmse on the 3 held-out rows: child 1.2 vs parent 1.1"}
     said = _register(tmp_path / "child", "continual-test", worse, {}, "k")
     assert said == {"registered": False, "why": worse["why"]}

@@ -121,6 +121,14 @@ def test_a_run_taken_up_keeps_its_history_and_predictions(tmp_path: Path) -> Non
     drawn = learner.book.tensors(rows, ["rating", "interaction"])
     negatives = set(zip(drawn["user"][200:].tolist(), drawn["item"][200:].tolist(), strict=True))
     assert negatives and not negatives & (seen_only | trained)
+    # rows held out of an update (rated, not trained on) are held too
+    u0, own = int(drawn["user"][0]), int(drawn["item"][0])
+    taken = seen_only | trained | {(u0, own)}
+    free = next(i for i in range(len(learner.items)) if (u0, i) not in taken)
+    assert free in drawn["item"][200:].tolist()  # drawn while it is free
+    learner.book.hold_rows(rows.head(1).with_columns(pl.lit(run.item_ids[free]).alias("item_id")))
+    again = learner.book.tensors(rows, ["rating", "interaction"])
+    assert free not in again["item"][200:].tolist()
 
 
 def test_weekly_stream_on_ml100k_records_costs(ml100k: Path, tmp_path: Path) -> None:

@@ -55,6 +55,16 @@ def test_ml100k_features_table_is_unchanged(ml100k, tmp_path):
     assert _digests(tmp_path / "ingest", tmp_path, ML100K_RUNS) == ML100K_DIGESTS
 
 
+@pytest.mark.parametrize("drawers", [1, 2])
+def test_one_or_two_drawing_threads_write_the_same_table(ml100k, tmp_path, monkeypatch, drawers):
+    import recsys_mtl.data.features as features
+
+    monkeypatch.setattr(features, "_drawers", lambda parts: drawers if parts > 1 else 1)
+    ingest(DataConfig(path=str(ml100k)), tmp_path / "ingest")
+    runs = {k: ML100K_RUNS[k] for k in ("two_partitions", "three_per_rating")}
+    assert _digests(tmp_path / "ingest", tmp_path, runs) == {k: ML100K_DIGESTS[k] for k in runs}
+
+
 SYNTHETIC_1M_RUNS = {
     "in_memory": (FeaturesConfig(), None),
     "twelve_partitions": (FeaturesConfig(), 16),

@@ -102,14 +102,14 @@ def test_a_column_outside_the_lines_or_named_in_a_headerless_file_is_one_line(tm
     code, _, err = cli("data", "ingest", log, "--out", tmp_path / "o", "--no-header",
                        "--separator", "tab", "--ts-col", "3")  # fmt: skip
     assert code == 2
-    assert "data.columns.ts is position 3, but the file has 3 columns" in _one_line(err)
+    assert "--ts-col is position 3, but the file has 3 columns" in _one_line(err)
     code, _, err = cli("data", "ingest", log, "--out", tmp_path / "o", "--no-header",
                        "--separator", "tab", "--user-col", "customer")  # fmt: skip
     assert code == 2
-    assert "'customer', a name, but data.header is false" in _one_line(err)
+    assert "'customer', a name, but --no-header is given" in _one_line(err)
     code, _, err = cli("data", "ingest", log, "--out", tmp_path / "o", "--no-header")
     assert code == 2
-    assert 'looks tab-separated with no header line: set data.separator: "\\t"' in _one_line(err)
+    assert 'looks tab-separated with no header line: set --separator "\\t"' in _one_line(err)
     assert not (tmp_path / "o" / "interactions.parquet").exists()
 
 
@@ -117,7 +117,7 @@ def test_a_headerless_file_read_with_a_header_points_at_data_header_false(tmp_pa
     log = write(tmp_path / "log.tsv", "1\t10\t4\t100\n2\t10\t3\t200\n")
     code, _, err = cli("data", "ingest", log, "--out", tmp_path / "o", "--separator", "tab")
     assert code == 2
-    hint = "the first line looks like data, not a header naming the columns: set data.header: false"
+    hint = "the first line looks like data, not a header naming the columns: set --no-header"
     assert hint in _one_line(err)
 
 
@@ -193,9 +193,7 @@ def test_ratings_outside_the_configured_scale_name_the_range_found(tmp_path, cli
     assert code == 2
     line = _one_line(err)
     assert "top reason: rating_out_of_scale" in line
-    hint = (
-        "the scale is 1-5: set data.rating_scale to the log's, which spans 0.5-4 ([0.5, 4] or auto)"
-    )
+    hint = "the scale is 1-5: set --rating-scale to the log's, which spans 0.5-4 (--rating-scale 0.5 4, or auto)"
     assert hint in line
     code, out, err = cli("data", "ingest", log, "--out", tmp_path / "p", *flags,
                          "--rating-scale", "auto")  # fmt: skip

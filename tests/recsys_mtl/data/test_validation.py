@@ -108,7 +108,7 @@ def test_missing_generic_column_exits_2_naming_the_config_key(tmp_path, cli):
     path = write(tmp_path / "log.csv", "user_id,item_id,score\n1,2,3\n")
     code, _, err = cli("data", "ingest", path, "--out", tmp_path / "o")
     assert code == 2
-    assert "column 'rating' (data.columns.rating) not found" in err
+    assert "column 'rating' (--rating-col) not found" in err
 
 
 @pytest.mark.slow
