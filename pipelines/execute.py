@@ -139,6 +139,8 @@ def _run_one(
     cached = None if force else reusable_run(run_dir, key, status)
     if cached is None and not checked:  # something will run: check everything before a stage
         prepare(cfg)
+    if cached is None:  # the folder no longer holds a finished run until its new summary
+        RunLayout(run_dir).summary.unlink(missing_ok=True)
     _announce(status, abs_dir, force)
     tracker, reused = open_tracker(
         cfg, cached, store, name=name, key=key, config_path=config_path, overrides=overrides,
@@ -170,9 +172,9 @@ def _run_one(
             summary["transfer"] = _single_task_baselines(
                 cfg, config_path, overrides, run_dir, force, name, tracker, summary["metrics"]
             )
-        write_json(summary, RunLayout(run_dir).summary)
         with atomic_path(RunLayout(run_dir).config) as tmp:
             tmp.write_text(json.dumps(summary["config"], indent=2))
+        write_json(summary, RunLayout(run_dir).summary)  # last: marks the run finished
         if not reused:
             skipped = [s for s, o in outcome.items() if o["skipped"]]
             log_finished_run(tracker, cfg, run_dir, summary, skipped, len(outcome))

@@ -288,3 +288,27 @@ def test_an_output_file_is_held_and_a_killed_writers_hidden_file_is_cleaned(tmp_
     assert not list(out.parent.glob(".top.parquet.lock"))
     with pytest.raises(UserError, match="is a folder"), file_lock(out.parent, "score"):
         pass
+
+
+def test_a_rerun_that_dies_leaves_no_summary_and_the_next_rerun_restores_it(
+    tmp_path, cli, monkeypatch
+):
+    import pipelines.execute as execute
+
+    cfg = tiny_config(tmp_path, SYN)
+    run = tmp_path / "run"
+    assert cli("run", cfg, "--out", run)[0] == 0
+    finished = json.loads((run / "summary.json").read_text())
+
+    def dies(*args, **kwargs):  # the rerun is killed in its first stage
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(execute, "run_pipeline", dies)
+    assert cli("run", cfg, "--out", run, "--set", "train.epochs=2")[0] != 0
+    assert not (run / "summary.json").exists()  # stages half replaced: not a finished run
+    assert (run / "config.resolved.json").is_file()
+    monkeypatch.undo()
+    assert cli("run", cfg, "--out", run)[0] == 0  # the first config: every stage reused
+    again = json.loads((run / "summary.json").read_text())
+    assert again["metrics"] == finished["metrics"]
+    assert all(s["skipped"] for s in again["stages"].values())
