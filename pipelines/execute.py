@@ -139,9 +139,9 @@ def _run_one(
     cached = None if force else reusable_run(run_dir, key, status)
     if cached is None and not checked:  # something will run: check everything before a stage
         prepare(cfg)
+    _announce(status, abs_dir, force)  # (a summary there: a finished run, not a killed one)
     if cached is None:  # the folder no longer holds a finished run until its new summary
         RunLayout(run_dir).summary.unlink(missing_ok=True)
-    _announce(status, abs_dir, force)
     tracker, reused = open_tracker(
         cfg, cached, store, name=name, key=key, config_path=config_path, overrides=overrides,
         run_dir=abs_dir, tags=tags, parent_run_id=parent_run_id,
