@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -49,7 +50,8 @@ def test_the_penalty_joins_the_loss_and_optimizers_carry_on() -> None:
     assert [o.steps for o in again.optimizers] == [s + 5 for s in steps]
 
 
-def test_a_finished_run_is_updated_in_place(tmp_path: Path) -> None:
+def _finished_run(tmp_path: Path, epochs: int, **sections: Any) -> Any:
+    """A finished BellKor run (rating and interaction) on a generic log with sparse ids."""
     data = {
         "format": "csv",
         "path": str(sparse_id_log(tmp_path / "log.csv")),
@@ -57,11 +59,16 @@ def test_a_finished_run_is_updated_in_place(tmp_path: Path) -> None:
     }
     cfg_path = tiny_config(tmp_path, data, model={"name": "bellkor", "params": {"dim": 8}},
                            tasks=["rating", "interaction"],
-                           train={"epochs": 2, "patience": None, "batch_size": 256},
-                           evaluate={"sampled_negatives": 20, "full_ranking": False})  # fmt: skip
+                           train={"epochs": epochs, "patience": None, "batch_size": 256},
+                           evaluate={"sampled_negatives": 20, "full_ranking": False},
+                           **sections)  # fmt: skip
     with contextlib.chdir(tmp_path):
         run_command(str(cfg_path), [], str(tmp_path / "run"), False)
-    run = load_run(tmp_path / "run")
+    return load_run(tmp_path / "run")
+
+
+def test_a_finished_run_is_updated_in_place(tmp_path: Path) -> None:
+    run = _finished_run(tmp_path, epochs=2)
     learner = ContinualRanker.from_run(run)
     assert learner.users.ids.to_list() == run.user_ids.to_list()
     last = run.reference["ts"]
@@ -84,18 +91,7 @@ def test_a_run_taken_up_keeps_its_history_and_predictions(tmp_path: Path) -> Non
     """The learner's history is what the run trained on: absorbing no rows leaves every
     prediction as the run's model makes it (its SVD++ sets unchanged), and the run's
     validation and test pairs are held: no negative is drawn among them."""
-    data = {
-        "format": "csv",
-        "path": str(sparse_id_log(tmp_path / "log.csv")),
-        "columns": {"user_id": "user", "item_id": "item", "rating": "stars", "ts": "when"},
-    }
-    cfg_path = tiny_config(tmp_path, data, model={"name": "bellkor", "params": {"dim": 8}},
-                           tasks=["rating", "interaction"], split={"test_fraction": 0.3},
-                           train={"epochs": 1, "patience": None, "batch_size": 256},
-                           evaluate={"sampled_negatives": 20, "full_ranking": False})  # fmt: skip
-    with contextlib.chdir(tmp_path):
-        run_command(str(cfg_path), [], str(tmp_path / "run"), False)
-    run = load_run(tmp_path / "run")
+    run = _finished_run(tmp_path, epochs=1, split={"test_fraction": 0.3})
     learner = ContinualRanker.from_run(run)
     trained = set(map(tuple, learner.book.pairs.tolist()))
     seen_only = set(map(tuple, learner.book.held.tolist())) - trained
