@@ -334,10 +334,16 @@ def register(
 
 def _version_with(client: Any, name: str, key: str, tags: dict[str, str] | None) -> Any:
     """The first version of ``name`` whose tag ``key`` is ``tags[key]``, or None."""
+    from mlflow.exceptions import MlflowException
+
     value = (tags or {}).get(key)
     if value is None:
         return None
-    for mv in client.search_model_versions(f"name='{name}'"):
-        if (mv.tags or {}).get(key) == value:
-            return mv
-    return None
+    every = f"name='{name}'"
+    try:  # the store filters by the tag (SQL stores, the server) unless a quote is in the way
+        found = client.search_model_versions(
+            every if "'" in value else f"{every} and tags.`{key}` = '{value}'"
+        )
+    except MlflowException:  # a store that cannot: every version of the name, read here
+        found = client.search_model_versions(every)
+    return next((mv for mv in found if (mv.tags or {}).get(key) == value), None)
