@@ -334,7 +334,7 @@ def register(
 
 def _version_with(client: Any, name: str, key: str, tags: dict[str, str] | None) -> Any:
     """The first version of ``name`` whose tag ``key`` is ``tags[key]``, or None."""
-    from mlflow.exceptions import MlflowException
+    from mlflow.exceptions import MlflowException  # deferred: mlflow (over a second to import)
 
     value = (tags or {}).get(key)
     if value is None:
