@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,11 @@ import numpy as np
 import polars as pl
 
 from recsys_mtl.config import FeaturesConfig
+from recsys_mtl.data.interactions_file import write_tables
 from recsys_mtl.data.negatives import draw_unrated, pair_keys, sample_negatives
 from recsys_mtl.data.onepass import SEEN_LIMIT
 from recsys_mtl.data.stream import partitions_for
-from recsys_mtl.io import atomic_path, write_json, write_parquet
+from recsys_mtl.io import write_json, write_parquet
 from recsys_mtl.layout import RunLayout
 
 __all__ = [
@@ -55,29 +57,6 @@ COMPRESSION = "lz4"
 # arithmetic on it). A log up to this size (ml-1m) stays one partition, drawn as in memory.
 # A smaller data.memory_mb still makes partitions smaller.
 PARTITION_ROWS = 1 << 21
-# rows per row group of the interactions table (and per batch of its write: 10 MB; 1M-row
-# batches cost the writer ~100 MB more at the same speed)
-ROW_GROUP = 1 << 18
-# how each column of the interactions table is written (encoding, compression): the ascending
-# positions and times delta-packed (and the like label: 2x faster than lz4, smaller), ratings
-# and the interaction label as a dictionary, the small codes lz4, the ids plain (they hardly
-# compress); 2-3x faster to write than lz4 pages of every column, for a smaller file. Other
-# columns: plain, uncompressed.
-ENCODINGS: dict[str, tuple[str, str]] = {
-    "row": ("delta", "none"),
-    "ts": ("delta", "none"),
-    "rating": ("dict", "none"),
-    "interaction": ("dict", "none"),
-    "like": ("delta", "none"),
-    "day": ("plain", "lz4"),
-    "dow": ("plain", "lz4"),
-    "time_bin": ("plain", "lz4"),
-}
-# the columns that may hold nulls (the others are declared non-null: less to encode)
-NULLABLE = ("rating", "like")
-# the columns whose row groups carry min/max statistics (the readers' filters: the task label,
-# the log position and the time); statistics of every column cost the writer ~10% more
-STATISTICS = ("interaction", "row", "ts")
 TASK_SPECS: dict[str, dict[str, str]] = {
     "rating": {"kind": "regression", "label": "rating", "rows": "interaction == 1"},
     "interaction": {"kind": "binary", "label": "interaction", "rows": "all"},
@@ -244,8 +223,10 @@ def _interactions(
     :func:`sample_negatives` from a generator seeded by ``features.seed`` (one partition) or
     ``(features.seed, partition)``. A second thread splits the log by partition in one
     streaming pass (:func:`_split_partitions`; with several partitions) and draws each
-    partition's negatives (:func:`_draw_partition`) while the main thread writes the positives;
-    the writer reads each partition's negatives back once the positives are written."""
+    partition's negatives (:func:`_draw_partition`) while the main thread writes the positives
+    (a third thread draws beside it once the split is done, :func:`_drawers`); the writer takes
+    each partition's negatives from its drawer in partition order, at most one more drawn
+    partition than drawers held in memory (:class:`_Slots`)."""
     work = out / "_partitions"
     shutil.rmtree(work, ignore_errors=True)  # a killed run's files
     work.mkdir(parents=True)
@@ -265,37 +246,53 @@ def _interactions(
     )
     stats = {"positives": 0, "negatives": 0, "negatives_unavailable": 0}
 
-    def tables(drawn: list[Future[tuple[Path, int, int]]]) -> Iterator[pl.LazyFrame]:
+    # the split and the draws hold each rating's position and time in 32 bits where they fit
+    # (the time as an offset from the first; its columns widened back for the table): a third
+    # less to write and read back between them
+    t0, t1 = time_range
+    offset = (pl.col("ts") - t0).cast(pl.UInt32 if t1 - t0 < 2**32 else pl.Int64).alias("ts")
+    columns = scan.with_row_index("row").select("row", uidx, iidx, offset)
+    wide = [pl.col("row").cast(pl.Int64), (pl.col("ts").cast(pl.Int64) + t0).alias("ts")]
+
+    def tables(drawn: list[Future[tuple[pl.DataFrame, int, int]]]) -> Iterator[pl.LazyFrame]:
         # the positives are written while the other thread splits the log: at 25M ratings in
         # partitions of 2M, 0.1-0.3 s sooner done than after the split (for 40-60 MB more peak)
         yield positives
         for future in drawn:
-            path, n_pos, missing = future.result()
+            negatives, n_pos, missing = future.result()
             stats["positives"] += n_pos
             stats["negatives_unavailable"] += missing
-            yield pl.scan_ipc(path).select(
-                "row",
-                "uidx",
-                "iidx",
-                pl.lit(None, pl.Float32).alias("rating"),
-                pl.lit(None, pl.Int8).alias("like"),
-                pl.lit(0, pl.Int8).alias("interaction"),
-                "ts",
-                *times,
+            yield (
+                negatives.lazy()
+                .with_columns(wide)
+                .select(
+                    "row",
+                    "uidx",
+                    "iidx",
+                    pl.lit(None, pl.Float32).alias("rating"),
+                    pl.lit(None, pl.Int8).alias("like"),
+                    pl.lit(0, pl.Int8).alias("interaction"),
+                    "ts",
+                    *times,
+                )
             )
+            del negatives
+            slots.give()  # written: the next partition may be drawn
 
-    columns = indexed.select("row", uidx, iidx, "ts")
     n_items = item_features.height
+    workers = _drawers(parts)
+    slots = _Slots(workers + 1)  # drawn partitions not yet written: a bounded few
     try:
-        with ThreadPoolExecutor(max_workers=_drawers(parts)) as drawer:
+        with ThreadPoolExecutor(max_workers=workers) as drawer:
             split = drawer.submit(_split_partitions, columns, parts, work)
             drawn = [
-                drawer.submit(_draw_partition, split, columns, p, parts, n_items, cfg, work)
+                drawer.submit(_draw_partition, split, columns, p, parts, n_items, cfg, work, slots)
                 for p in range(parts)
             ]
             try:
-                rows = _write_table(tables(drawn), positives, out / "interactions.parquet")
+                rows = write_tables(tables(drawn), positives, out / "interactions.parquet")
             finally:
+                slots.close()  # a drawer waiting for a slot stops
                 for future in drawn:
                     future.cancel()
     finally:  # the partitions' files, on success and on failure alike
@@ -304,6 +301,25 @@ def _interactions(
         raise RuntimeError(f"features: {stats['positives']} of {rows[0]} ratings partitioned")
     stats["negatives"] = sum(rows[1:])
     return stats
+
+
+class _Slots:
+    """At most ``n`` drawn partitions held before the writer writes them; :meth:`close` stops
+    every drawer still waiting (the writer failed)."""
+
+    def __init__(self, n: int) -> None:
+        self.free, self.closed = threading.Semaphore(n), threading.Event()
+
+    def take(self) -> None:
+        while not self.free.acquire(timeout=0.1):
+            if self.closed.is_set():
+                raise CancelledError("features: the writer stopped")
+
+    def give(self) -> None:
+        self.free.release()
+
+    def close(self) -> None:
+        self.closed.set()
 
 
 def _drawers(parts: int) -> int:
@@ -330,12 +346,14 @@ def _draw_partition(
     n_items: int,
     cfg: FeaturesConfig,
     work: Path,
-) -> tuple[Path, int, int]:
+    slots: _Slots,
+) -> tuple[pl.DataFrame, int, int]:
     """Partition ``p``'s negatives (``row, uidx, ts, iidx``, in log order, each rating's
-    ``negatives_per_positive`` in a row) to an uncompressed Arrow file, once ``split`` wrote
-    its rows; returns its path, the partition's ratings and its draws that found no unrated
-    item."""
+    ``negatives_per_positive`` in a row), once ``split`` wrote its rows and one of ``slots``
+    is free (the writer frees it once it wrote them); returns them, the partition's ratings and
+    its draws that found no unrated item."""
     split.result()
+    slots.take()
     if parts == 1:
         part = columns.collect()
     else:
@@ -353,44 +371,4 @@ def _draw_partition(
     if owner.size != part.height or missing:  # not every rating once, in order
         negatives = negatives[owner]
     negatives = negatives.with_columns(pl.Series("iidx", items, dtype=pl.Int32))
-    path = work / f"negatives-{p:04d}.arrow"
-    negatives.write_ipc(path, compression="uncompressed")
-    return path, part.height, missing
-
-
-def _write_table(tables: Iterator[pl.LazyFrame], first: pl.LazyFrame, path: Path) -> list[int]:
-    """The rows of ``tables`` (``first``'s schema), one after the other, to the Parquet file
-    ``path`` (atomically) in row groups of :data:`ROW_GROUP` rows, each column encoded as
-    :data:`ENCODINGS` says; returns the rows written of each table. pyarrow's writer encodes a
-    batch while polars computes the next one (and releases the GIL for the thread drawing
-    negatives)."""
-    import pyarrow as pa  # deferred: pyarrow's writer is needed by this stage only
-    import pyarrow.parquet as pq
-
-    schema = first.clear().collect().to_arrow().schema
-    # the columns that are never null are declared so: no definition levels to encode
-    schema = pa.schema([f.with_nullable(f.name in NULLABLE) for f in schema])
-    rows: list[int] = []
-    with atomic_path(path) as tmp:
-        writer = pq.ParquetWriter(
-            tmp,
-            schema,
-            compression={c: ENCODINGS.get(c, ("", "none"))[1] for c in schema.names},
-            use_dictionary=[c for c in schema.names if ENCODINGS.get(c, ("",))[0] == "dict"],
-            column_encoding={
-                c: "DELTA_BINARY_PACKED"
-                for c in schema.names
-                if ENCODINGS.get(c, ("",))[0] == "delta"
-            },
-            write_statistics=[c for c in STATISTICS if c in schema.names],
-        )
-        try:
-            for table in tables:
-                rows.append(0)
-                for batch in table.collect_batches(chunk_size=ROW_GROUP):
-                    if batch.height:
-                        writer.write_table(batch.to_arrow().cast(schema), ROW_GROUP)
-                        rows[-1] += batch.height
-        finally:
-            writer.close()
-    return rows
+    return negatives, part.height, missing

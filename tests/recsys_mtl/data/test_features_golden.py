@@ -15,6 +15,7 @@ from recsys_mtl.config import DataConfig, FeaturesConfig, SyntheticConfig
 from recsys_mtl.data.features import build_features
 from recsys_mtl.data.ingest import ingest
 from recsys_mtl.data.synthetic import write_synthetic
+from recsys_mtl.errors import MachineError
 
 
 def table_digest(path: Path) -> str:
@@ -81,3 +82,42 @@ def test_synthetic_1m_features_table_is_unchanged(tmp_path):
     folder = write_synthetic(cfg, tmp_path / "log")
     ingest(DataConfig(path=str(folder)), tmp_path / "ingest")
     assert _digests(tmp_path / "ingest", tmp_path, SYNTHETIC_1M_RUNS) == SYNTHETIC_1M_DIGESTS
+
+
+def test_a_writer_that_fails_stops_the_drawers_and_leaves_no_table(ml100k, tmp_path, monkeypatch):
+    """19 partitions, two drawers, three drawn partitions held at most: when the writer fails
+    after two tables, every drawer stops (none waits for a slot forever), and neither the
+    table nor the partitions' files are left."""
+    import threading
+
+    import recsys_mtl.data.features as features
+
+    real = features.write_tables
+
+    def fails(tables, first, path):
+        def two():
+            for n, table in enumerate(tables):
+                if n == 2:
+                    raise OSError(28, "No space left on device")
+                yield table
+
+        return real(two(), first, path)
+
+    monkeypatch.setattr(features, "write_tables", fails)
+    monkeypatch.setattr(features, "_drawers", lambda parts: 2 if parts > 1 else 1)
+    ingest(DataConfig(path=str(ml100k)), tmp_path / "ingest")
+    raised: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            build_features(tmp_path / "ingest", FeaturesConfig(), tmp_path / "features", 1)
+        except BaseException as e:  # what the stage raised, checked below
+            raised.append(e)
+
+    worker = threading.Thread(target=build, daemon=True)  # a hang fails the test, not the run
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "a drawer still waits for a slot the writer will never free"
+    assert isinstance(raised[0], MachineError) and "No space left" in str(raised[0])
+    assert not (tmp_path / "features" / "interactions.parquet").exists()
+    assert not (tmp_path / "features" / "_partitions").exists()
