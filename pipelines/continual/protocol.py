@@ -131,8 +131,9 @@ def _ranking(
     n_items, n_users = len(book.items), len(book.users)
     pairs = book.pairs
     exclude = items_csr(pairs[:, 0], pairs[:, 1], n_users)
+    avoid = np.concatenate([pairs, book.held])  # sampled items the user never rated at all
     rated = np.union1d(
-        pair_keys(pairs[:, 0], pairs[:, 1], n_items),
+        pair_keys(avoid[:, 0], avoid[:, 1], n_items),
         pair_keys(held["user"].numpy(), held["item"].numpy(), n_items),
     )
     out = ranking_metrics(learner.model, held, exclude, rated, n_items, learner.tasks, k,
