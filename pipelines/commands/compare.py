@@ -21,12 +21,14 @@ from pipelines.table import fit_table
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path
 from recsys_mtl.tracking import KIND_TAG, STUDY_TAG, canonical_metric_name, default_tracking_uri
+from recsys_mtl.tracking.names import check_store
 
 __all__ = ["NAME", "add_parser", "compare_runs", "format_table", "run"]
 
 NAME = "compare"
 
 MINIMIZED = ("rmse", "mae", "logloss", "loss")
+KINDS = ("pipeline", "trial", "study", "stage", "single_task_baseline", "stream", "update")
 # The describing columns: (header, tag, param)
 DESCRIBE = (
     ("model", "recsys_mtl.model", "model.name"),
@@ -80,6 +82,7 @@ def compare_runs(
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri or default_tracking_uri()
+    check_store(uri)  # a server that does not answer: one line, exit 1
     client = MlflowClient(tracking_uri=uri)
     names = [experiment] if experiment else None
     if names is None:
@@ -125,6 +128,12 @@ def compare_runs(
         if kind == "trial" and tags.get("pruned") == "true":
             row["state"] = "pruned"
         rows.append(row)
+    if study and not rows and "trial" in kinds:
+        studies = client.search_runs(ids, f"tags.`{KIND_TAG}` = 'study'", max_results=max_results)
+        known = ", ".join(sorted({r.data.tags.get(STUDY_TAG, "") for r in studies} - {""}))
+        raise UserError(
+            f"--study: no tracked trial of study {study!r} in {uri} (known: {known or 'none'})"
+        )
     return rows
 
 
@@ -246,8 +255,7 @@ def add_parser(subparsers: Any) -> None:
         "--kinds",
         default="pipeline,trial",
         metavar="K,...",
-        help="run kinds shown, comma-separated: pipeline, trial, study, stage, "
-        "single_task_baseline (default: pipeline,trial)",
+        help=f"run kinds shown, comma-separated: {', '.join(KINDS)} (default: pipeline,trial)",
     )
     p.add_argument(
         "--limit", type=int, default=50, metavar="N", help="rows printed (--out writes all)"
@@ -261,14 +269,37 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
+def _check_options(args: argparse.Namespace, kinds: tuple[str, ...]) -> None:
+    """The options that need no store: one line naming the option."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise UserError(f"--kinds: unknown kind {', '.join(unknown)!r}; known: {', '.join(KINDS)}")
+    if args.limit < 1:
+        raise UserError(f"--limit: must be at least 1, got {args.limit}")
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a folder; name a CSV file")
+
+
+def _check_metrics(rows: list[dict[str, Any]], named: list[tuple[str, str]]) -> None:
+    """``--sort`` / ``--metrics`` naming a metric no run has: one line with the ones they have."""
+    present = {m for r in rows for m in r["metrics"]}
+    for option, metric in named:
+        if rows and metric not in present:
+            known = ", ".join(sorted(present)) or "none"
+            raise UserError(f"{option}: no run has the metric {metric!r} (they have: {known})")
+
+
 def run(args: argparse.Namespace) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    _check_options(args, kinds)
     rows = compare_runs(args.experiment, args.study, args.filter, kinds)
     metrics = (
         [_display(m.strip()) for m in args.metrics.split(",")]
         if args.metrics
         else _default_metrics(rows)
     )
+    named = [("--metrics", m) for m in metrics] if args.metrics else []
+    _check_metrics(rows, named + ([("--sort", _display(args.sort))] if args.sort else []))
     if args.sort:
         rows = _sort(rows, _display(args.sort))
     records = table(rows, metrics, _key_params(rows))

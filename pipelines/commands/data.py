@@ -161,6 +161,10 @@ def _download(args: argparse.Namespace) -> None:
     # deferred: the downloader (urllib, tqdm) is not for --help
     from recsys_mtl.data.download import BASE_URL, download
 
+    if args.base_url is not None and not args.base_url.startswith(("http://", "https://")):
+        raise UserError(f"--base-url {args.base_url!r}: expected an http:// or https:// URL")
+    if not args.timeout > 0:
+        raise UserError(f"--timeout: must be more than 0 seconds, got {args.timeout:g}")
     path = download(
         args.name,
         args.to,
@@ -256,8 +260,20 @@ def _synth(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
     from recsys_mtl.config import SyntheticConfig
-    from recsys_mtl.data.synthetic import write_synthetic
+    from recsys_mtl.data.synthetic import SYNTH_FILES, write_synthetic
 
+    out = Path(args.out)
+    for parent in (out, *out.parents):
+        if parent.exists() and not parent.is_dir():
+            raise UserError(f"--out {out}: {parent} is a file, not a folder")
+    other = (
+        sorted(p.name for p in out.iterdir() if p.name not in SYNTH_FILES) if out.is_dir() else []
+    )
+    if other:
+        raise UserError(
+            f"--out {out}: holds files data synth did not write ({other[0]}, ...), and it replaces "
+            "the folder: name a new or empty one"
+        )
     try:
         syn = SyntheticConfig(users=args.users, items=args.items, ratings=args.ratings,
                               layout=args.layout, seed=args.seed)  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 from pipelines.commands.common import Help
@@ -85,7 +86,25 @@ def parse_tags(pairs: list[str]) -> dict[str, str]:
     return tags
 
 
+def check_run_dir(run_dir: str) -> None:
+    """RUN_DIR that cannot be a run folder: a model URI, a missing path, a study folder."""
+    if run_dir.startswith(("models:/", "runs:/")) or "://" in run_dir:
+        raise UserError(
+            f"RUN_DIR {run_dir}: register takes a finished run folder, not a model URI (score "
+            "a registered version directly, or register the run folder it came from)"
+        )
+    path = Path(run_dir)
+    if not path.exists():
+        raise UserError(f"RUN_DIR {run_dir}: no such run folder")
+    if (path / "tune.json").exists() or (path / "study.journal").exists():
+        raise UserError(
+            f"RUN_DIR {run_dir}: a tuning study folder, not a run; register one of its trials "
+            f"({path / 'trials' / 'NNNN'}; `tune --register NAME` registers the best)"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
+    check_run_dir(args.run_dir)
     tags = parse_tags(args.tags)
     # deferred: registering talks to MLflow (mlflow, polars)
     from recsys_mtl.tracking.model import register

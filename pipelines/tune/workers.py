@@ -47,6 +47,9 @@ def spawn_workers(spec: dict[str, Any], n: int) -> None:
         cmd = [sys.executable, "-m", "pipelines.tune", "worker", str(path), str(w)]
         procs.append(subprocess.Popen(cmd, env=env, cwd=spec["cwd"], start_new_session=True))
     log.info("tune: started workers %s", ", ".join(str(p.pid) for p in procs))
+    # the workers run in sessions of their own: a SIGTERM (kill, timeout, a batch scheduler)
+    # stops them like a Ctrl-C instead of leaving them running without their command
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         while any(p.poll() is None for p in procs):  # reap each as it exits (no zombies)
             time.sleep(0.2)
@@ -58,6 +61,8 @@ def spawn_workers(spec: dict[str, Any], n: int) -> None:
         for p in procs:
             p.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     bad = [
         f"worker {w} (pid {p.pid}) exited {c}"
         for w, (p, c) in enumerate(zip(procs, codes, strict=True))

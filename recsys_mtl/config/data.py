@@ -54,7 +54,7 @@ class SyntheticConfig(Frozen):
     noise: float = Field(
         0.5, ge=0.0, description="standard deviation of the Gaussian rating noise, in stars"
     )
-    seed: int = Field(0, description="generator seed: the same seed writes the same files")
+    seed: int = Field(0, ge=0, description="generator seed: the same seed writes the same files")
 
 
 # the names data.separator accepts for separators that are awkward to type or to quote

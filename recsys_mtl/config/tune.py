@@ -22,16 +22,23 @@ class ParamSpace(Frozen):
         description="float or int (a range: low, high, log, step) or categorical (choices)"
     )
     low: float | None = Field(
-        None, description="float / int: the range's lower end (whole for int; > 0 with log)"
+        None,
+        allow_inf_nan=False,
+        description="float / int: the range's lower end (whole for int; > 0 with log)",
     )
     high: float | None = Field(
-        None, description="float / int: the range's upper end, not below low (whole for int)"
+        None,
+        allow_inf_nan=False,
+        description="float / int: the range's upper end, not below low (whole for int)",
     )
     log: bool = Field(
         False, description="float / int: sample on a log scale (needs low > 0, no step)"
     )
     step: float | None = Field(
-        None, gt=0.0, description="float / int: grid step from low (int: default 1)"
+        None,
+        gt=0.0,
+        allow_inf_nan=False,
+        description="float / int: grid step from low (int: default 1)",
     )
     choices: list[Any] | None = Field(
         None, min_length=1, description="categorical: the values tried (at least one)"

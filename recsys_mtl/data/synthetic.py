@@ -13,6 +13,7 @@ layout, so synthetic data goes through the same readers as real data.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import polars as pl
 from recsys_mtl.config import SyntheticConfig
 from recsys_mtl.data.side_tables import ML1M_OCCUPATIONS, ML100K_GENRES
 
-__all__ = ["SyntheticLog", "generate", "write_synthetic"]
+__all__ = ["SYNTH_FILES", "SyntheticLog", "generate", "write_synthetic"]
 
 GENRES = ML100K_GENRES[1:]  # 18 real genres; "unknown" only for items without one
 _AGES = np.array([1, 18, 25, 35, 45, 50, 56])
@@ -193,17 +194,33 @@ def generate(cfg: SyntheticConfig, half_stars: bool = False) -> SyntheticLog:
     return SyntheticLog(users, items, ratings_df)
 
 
-def write_synthetic(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
-    """Generate a log and write it in the GroupLens layout ``cfg.layout`` into ``out_dir``."""
-    out = Path(out_dir)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    log = generate(cfg, half_stars=cfg.layout == "ml-latest")
-    {"ml-100k": _write_ml100k, "ml-1m": _write_ml1m, "ml-latest": _write_ml_latest}[cfg.layout](
-        log, out
+# every file write_synthetic writes, in any layout: a folder holding only these is replaceable
+SYNTH_FILES = frozenset(
+    (
+        *("u.data", "u.user", "u.item", "u.genre", "u.occupation"),
+        *("ratings.dat", "users.dat", "movies.dat", "ratings.csv", "movies.csv"),
     )
-    return out
+)
+
+
+def write_synthetic(cfg: SyntheticConfig, out_dir: str | Path) -> Path:
+    """Generate a log and write it in the GroupLens layout ``cfg.layout`` into ``out_dir``,
+    replacing that folder; the files are written into a hidden folder beside it that takes its
+    place once complete, so a killed writer never leaves a folder that looks finished."""
+    out = Path(out_dir).resolve()  # "." has no name to put the hidden folder beside
+    log = generate(cfg, half_stars=cfg.layout == "ml-latest")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        writer = {"ml-100k": _write_ml100k, "ml-1m": _write_ml1m, "ml-latest": _write_ml_latest}
+        writer[cfg.layout](log, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Path(out_dir)
 
 
 def _write_lines(df: pl.DataFrame, path: Path, sep: str) -> None:

@@ -124,3 +124,37 @@ def test_compare_fits_the_terminal_and_names_the_data(
     assert {r["data"] for r in records} == {"synthetic", "ratings-log.csv"}
     assert {r["model"] for r in records} == {"bellkor"}
     assert any(str(r["train.lr"]) == "0.0123456789" for r in records)
+
+
+def test_compare_options_naming_nothing_are_one_line_exit_2(
+    tmp_path: Path, cli, store, monkeypatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    code, _, err = cli("run", _config(tmp_path, "opts", 0.01, "opts"), "--out", tmp_path / "r")
+    assert code == 0, err
+    for args, line in (
+        (["--kinds", "trial,runs"], "--kinds: unknown kind 'runs'; known: pipeline, trial, "),
+        (["--limit", "0"], "--limit: must be at least 1, got 0"),
+        (["--limit", "-1"], "--limit: must be at least 1, got -1"),
+        (["--out", tmp_path], f"--out {tmp_path}: is a folder; name a CSV file"),
+        (["--sort", "valid/rating/rmsee"], "--sort: no run has the metric 'valid/rating/rmsee'"),
+        (["--metrics", "rating/rmse,rmse"], "--metrics: no run has the metric 'rmse'"),
+        (["--study", "nope"], "--study: no tracked trial of study 'nope' in "),
+    ):
+        code, out, err = cli("compare", "--experiment", "opts", *args)
+        assert code == 2 and out == "" and err.count("\n") == 1, (args, err)
+        assert err.startswith(f"recsys-mtl: error: {line}"), (args, err)
+    code, out, err = cli("compare", "--experiment", "opts", "--sort", "valid/rating/rmse")
+    assert code == 0 and "opts" in out, err
+
+
+def test_compare_against_a_tracking_server_that_is_down_is_one_line_exit_1(
+    cli, monkeypatch
+) -> None:
+    from tests.servers import free_port
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    code, _, err = cli("compare")
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"recsys-mtl: error: the MLflow tracking server at {uri} does not answer")

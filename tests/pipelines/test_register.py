@@ -185,3 +185,17 @@ def test_a_cold_start_runs_description_names_its_best_learner_and_floor(tmp_path
         "bellkor on rating; cold start serves maml_shrunk0.5; "
         "cold start k10 rating/mae: best learner maml_shrunk0.5 0.5, best floor population 0.72"
     )
+
+
+def test_a_run_dir_that_cannot_be_a_run_is_one_line_naming_it(cli, store, tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "study.journal").write_text("")
+    for run_dir, line in (
+        ("models:/recs/1", "RUN_DIR models:/recs/1: register takes a finished run folder, not"),
+        (str(tmp_path / "nope"), f"RUN_DIR {tmp_path / 'nope'}: no such run folder"),
+        (str(study), f"RUN_DIR {study}: a tuning study folder, not a run; register one of"),
+    ):
+        code, out, err = cli("register", run_dir, "--name", "recs")
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith(f"recsys-mtl: error: {line}"), err

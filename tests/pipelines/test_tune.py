@@ -210,6 +210,30 @@ def test_a_flag_s_bad_value_is_reported_under_the_flag(tmp_path: Path, cli) -> N
     assert code == 2 and "--timeout: tune.timeout: " in err and "--set tune.trials: " in err
 
 
+@pytest.mark.parametrize(("end", "value"), [("high", float("inf")), ("low", float("nan"))])
+def test_a_range_end_that_is_not_a_finite_number_is_refused_before_any_trial(
+    tmp_path: Path, cli, end: str, value: float
+) -> None:
+    lr = {"type": "float", "low": 0.003, "high": 0.05, end: value}
+    cfg = study_config(tmp_path, tune={"space": {"train.lr": lr}})
+    code, _, err = cli("tune", cfg, "--out", tmp_path / "study")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"tune.space.train.lr.{end}: Input should be a finite number" in err
+    assert str(cfg) in err
+    assert not (tmp_path / "study" / "data").exists()  # refused before the data stages
+
+
+def test_an_rdb_storage_whose_server_refuses_is_the_machine_s_state_exit_1(
+    tmp_path: Path, cli
+) -> None:
+    url = f"postgresql://127.0.0.1:{free_port()}/x"
+    code, _, err = cli("tune", study_config(tmp_path), "--storage", url)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"recsys-mtl: error: tune.storage: cannot open {url} (")
+    code, _, err = cli("tune", study_config(tmp_path), "--storage", "nosuchdb://127.0.0.1/x")
+    assert code == 2 and "tune.storage: cannot open nosuchdb://" in err  # a bad URL: exit 2
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_a_bad_memory_setting_ends_tune_with_exit_2_before_any_work(
     tmp_path: Path, cli, monkeypatch, workers: str
@@ -332,6 +356,21 @@ def test_a_sigkilled_worker_s_trial_is_retried_and_the_study_completes(tmp_path:
     assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE
     assert retries[0].params == killed.params
     assert len(finished(study)) == 4 and len(study.trials) == 5
+
+
+def test_a_sigterm_to_the_command_stops_its_workers_too(tmp_path: Path) -> None:
+    cfg = study_config(tmp_path, trials=4, train={"epochs": 40, "batch_size": 64}, ratings=9000)
+    study_dir = tmp_path / "study"
+    proc = _tune_process(cfg, study_dir, "--workers", "2")
+    victim = _wait_running(study_dir, None, proc)
+    pid = int(victim.system_attrs["recsys_mtl:owner"].rpartition(":")[2])
+    os.kill(proc.pid, signal.SIGTERM)  # the command only, as `timeout` or `kill` sends it
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "recsys-mtl: interrupted" in err, err
+    deadline = time.time() + 10
+    while time.time() < deadline and Path(f"/proc/{pid}").exists():
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists(), "a worker kept running without its command"
 
 
 def test_an_interrupted_study_resumes(tmp_path: Path) -> None:

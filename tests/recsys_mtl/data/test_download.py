@@ -89,3 +89,11 @@ def test_cli_exit_codes_for_download(server, tmp_path, cli):
     assert code == 0 and out.strip().endswith("ml-latest-small")
     code, _, err = cli("data", "download", "ml-nope", "--to", tmp_path / "d")
     assert code == 2 and "unknown data set" in err
+    code, _, err = cli("data", "download", "ml-100k", "--to", tmp_path / "e", "--base-url", "srv")
+    assert (
+        code == 2
+        and err == "recsys-mtl: error: --base-url 'srv': expected an http:// or https:// URL\n"
+    )
+    code, _, err = cli("data", "download", "ml-100k", "--to", tmp_path / "e", "--timeout", "0")
+    assert code == 2 and err == "recsys-mtl: error: --timeout: must be more than 0 seconds, got 0\n"
+    assert not (tmp_path / "e").exists()

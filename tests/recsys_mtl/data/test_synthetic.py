@@ -60,3 +60,29 @@ def test_latest_layout_has_half_stars_and_reads_cleanly(tmp_path):
     assert report["dataset"] == "ml-latest" and report["interactions"]["rows_kept"] == 8000
     ratings = pl.read_parquet(tmp_path / "out" / "interactions.parquet")["rating"]
     assert (ratings * 2 % 1 == 0).all() and (ratings % 1 != 0).any()
+
+
+def test_data_synth_never_deletes_files_it_did_not_write_and_refuses_bad_out(tmp_path, cli):
+    kept = tmp_path / "mine" / "notes.txt"
+    kept.parent.mkdir()
+    kept.write_text("keep me")
+    args = ("--users", "10", "--items", "10", "--ratings", "30")
+    code, out, err = cli("data", "synth", "--out", kept.parent, *args)
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith(f"recsys-mtl: error: --out {kept.parent}: holds files data synth did")
+    assert kept.read_text() == "keep me"
+    for bad in (kept, kept / "sub"):  # a file, a path under a file
+        code, _, err = cli("data", "synth", "--out", bad, *args)
+        assert (
+            code == 2 and err == f"recsys-mtl: error: --out {bad}: {kept} is a file, not a folder\n"
+        )
+    code, _, err = cli("data", "synth", "--out", tmp_path / "s", "--seed", "-1", *args)
+    assert code == 2 and err.startswith("recsys-mtl: error: --seed: Input should be greater than")
+    # its own folder is replaced on a rerun, and nothing hidden is left beside it
+    for layout in ("ml-100k", "ml-1m"):
+        code, _, err = cli("data", "synth", "--out", tmp_path / "s", "--layout", layout, *args)
+        assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [
+        "movies.dat", "ratings.dat", "users.dat"
+    ]  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "s"]
