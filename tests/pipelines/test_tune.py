@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -338,12 +339,18 @@ def _wait_running(study_dir: Path, url: str | None, proc: subprocess.Popen, time
     raise AssertionError("no trial started")
 
 
-def test_a_sigkilled_worker_s_trial_is_retried_and_the_study_completes(tmp_path: Path) -> None:
-    cfg = study_config(tmp_path, trials=4, train={"epochs": 8, "batch_size": 128}, ratings=9000)
+def _two_workers_running(tmp_path: Path, train: dict) -> tuple[Any, Path, Any, int]:
+    """A 4-trial study run by two workers, once one of them runs a trial: the command's
+    process, the study folder, the running trial and its worker's pid."""
+    cfg = study_config(tmp_path, trials=4, train=train, ratings=9000)
     study_dir = tmp_path / "study"
     proc = _tune_process(cfg, study_dir, "--workers", "2")
     victim = _wait_running(study_dir, None, proc)
-    pid = int(victim.system_attrs["recsys_mtl:owner"].rpartition(":")[2])
+    return proc, study_dir, victim, int(victim.system_attrs["recsys_mtl:owner"].rpartition(":")[2])
+
+
+def test_a_sigkilled_worker_s_trial_is_retried_and_the_study_completes(tmp_path: Path) -> None:
+    proc, study_dir, victim, pid = _two_workers_running(tmp_path, {"epochs": 8, "batch_size": 128})
     assert pid != proc.pid  # a worker process, not the command
     os.kill(pid, signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
@@ -359,11 +366,7 @@ def test_a_sigkilled_worker_s_trial_is_retried_and_the_study_completes(tmp_path:
 
 
 def test_a_sigterm_to_the_command_stops_its_workers_too(tmp_path: Path) -> None:
-    cfg = study_config(tmp_path, trials=4, train={"epochs": 40, "batch_size": 64}, ratings=9000)
-    study_dir = tmp_path / "study"
-    proc = _tune_process(cfg, study_dir, "--workers", "2")
-    victim = _wait_running(study_dir, None, proc)
-    pid = int(victim.system_attrs["recsys_mtl:owner"].rpartition(":")[2])
+    proc, _, _, pid = _two_workers_running(tmp_path, {"epochs": 40, "batch_size": 64})
     os.kill(proc.pid, signal.SIGTERM)  # the command only, as `timeout` or `kill` sends it
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "recsys-mtl: interrupted" in err, err
