@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RunLayout"]
+__all__ = ["STUDY_FILES", "RunLayout", "is_study_folder"]
 
 
 @dataclass(frozen=True)
@@ -82,3 +82,12 @@ class RunLayout:
     def stage(self, name: str) -> Path:
         """The folder of stage ``name``."""
         return self.root / name
+
+
+# what marks a tuning study's folder (`recsys-mtl tune --out`): its report or its journal
+STUDY_FILES = ("tune.json", "study.journal")
+
+
+def is_study_folder(path: Path) -> bool:
+    """Whether ``path`` is a tuning study's folder (its trials are runs; it is not one)."""
+    return any((path / name).exists() for name in STUDY_FILES)

@@ -82,7 +82,7 @@ def compare_runs(
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri or default_tracking_uri()
-    check_store(uri)  # a server that does not answer: one line, exit 1
+    check_store(uri, hint="")  # a server that does not answer: one line, exit 1 (it only reads)
     client = MlflowClient(tracking_uri=uri)
     names = [experiment] if experiment else None
     if names is None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from pipelines.commands.common import Help
 from recsys_mtl.errors import UserError
+from recsys_mtl.layout import is_study_folder
 
 __all__ = ["NAME", "add_parser", "run"]
 
@@ -96,7 +97,7 @@ def check_run_dir(run_dir: str) -> None:
     path = Path(run_dir)
     if not path.exists():
         raise UserError(f"RUN_DIR {run_dir}: no such run folder")
-    if (path / "tune.json").exists() or (path / "study.journal").exists():
+    if is_study_folder(path):
         raise UserError(
             f"RUN_DIR {run_dir}: a tuning study folder, not a run; register one of its trials "
             f"({path / 'trials' / 'NNNN'}; `tune --register NAME` registers the best)"

@@ -25,6 +25,7 @@ import polars as pl
 from recsys_mtl import __version__
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path
+from recsys_mtl.layout import is_study_folder
 from recsys_mtl.runs.bundle import BUNDLE_FORMAT, export_bundle, is_bundle, load_bundle, run_info
 from recsys_mtl.runs.load import load_run
 from recsys_mtl.tracking.names import check_store, default_tracking_uri
@@ -62,6 +63,10 @@ def load_source(source: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
             return load_bundle(path, device), json.loads((path / "info.json").read_text())
         if not path.exists():
             raise UserError(f"{source}: no such run directory or model")
+        if is_study_folder(path):
+            raise UserError(f"{source}: a tuning study folder, not a run; score one of its "
+                            f"trials ({path / 'trials' / 'NNNN'}) or the version "
+                            "`tune --register NAME` registered")  # fmt: skip
         return load_run(path, device), run_info(path)
     check_store(default_tracking_uri())  # a dead server: one line now, not minutes of retries
     uri, model_version = _pin_version(source)

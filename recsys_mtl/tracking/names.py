@@ -103,10 +103,11 @@ def bound_http_retries() -> None:
         os.environ.setdefault(key, value)
 
 
-def check_store(uri: str, timeout: float = CHECK_TIMEOUT) -> None:
-    """Raise :class:`~recsys_mtl.errors.MachineError` (one line naming ``uri``) when the tracking
-    server at an ``http(s)://`` URI does not answer within ``timeout`` seconds. Any HTTP answer
-    counts (a server behind a login answers 401); other stores are opened by MLflow itself."""
+def check_store(uri: str, timeout: float = CHECK_TIMEOUT, hint: str = UNTRACKED_HINT) -> None:
+    """Raise :class:`~recsys_mtl.errors.MachineError` (one line naming ``uri``, ending with
+    ``hint``: what else the command can do) when the tracking server at an ``http(s)://`` URI
+    does not answer within ``timeout`` seconds. Any HTTP answer counts (a server behind a login
+    answers 401); other stores are opened by MLflow itself."""
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -118,7 +119,7 @@ def check_store(uri: str, timeout: float = CHECK_TIMEOUT) -> None:
         cause = getattr(e, "reason", e)
         raise MachineError(
             f"the MLflow tracking server at {uri} does not answer ({cause}): start it, set "
-            f"MLFLOW_TRACKING_URI to one that runs, {UNTRACKED_HINT}"
+            f"MLFLOW_TRACKING_URI to one that runs{', ' + hint if hint else ''}"
         ) from e
 
 

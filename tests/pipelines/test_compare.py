@@ -158,3 +158,4 @@ def test_compare_against_a_tracking_server_that_is_down_is_one_line_exit_1(
     code, _, err = cli("compare")
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"recsys-mtl: error: the MLflow tracking server at {uri} does not answer")
+    assert "tracking.enabled" not in err  # compare only reads: no run to make untracked

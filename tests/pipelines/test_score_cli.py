@@ -197,6 +197,9 @@ def test_a_missing_run_or_model_is_one_line_and_exit_2(cli, tmp_path, monkeypatc
         "score", run_dir_like(tmp_path), "--top-k", 3, "--out", tmp_path / "r.parquet"
     )
     _one_line_error(code, err, "not a finished run")
+    study = write(tmp_path / "study" / "tune.json", "{}").parent  # a tuning study's folder
+    code, _, err = cli("score", study, "--top-k", 3, "--out", tmp_path / "r.parquet")
+    _one_line_error(code, err, "a tuning study folder, not a run", str(study / "trials"))
     code, _, err = cli("score", "x", "--top-k", 3, "--out", tmp_path / "r.csv")
     _one_line_error(code, err, "*.parquet")
 
