@@ -22,9 +22,9 @@ from pipelines.tune.study import open_study, quiet_optuna
 from pipelines.tune.workers import run_worker, spawn_workers
 from recsys_mtl.build import validate_run
 from recsys_mtl.config import RunConfig, load_config
-from recsys_mtl.errors import MachineError, UserError
+from recsys_mtl.errors import UserError
 from recsys_mtl.locks import folder_lock, this_command
-from recsys_mtl.tracking.names import check_store, default_tracking_uri, store_unreachable
+from recsys_mtl.tracking.names import check_store, default_tracking_uri
 from recsys_mtl.tracking.versions import check_model_name
 from recsys_mtl.tuning.space import BASELINE_ATTR, baseline_values, validate_tune
 from recsys_mtl.tuning.study import (
@@ -97,7 +97,7 @@ def _run_study(
     t0 = time.perf_counter()
     quiet_optuna()
     # the storage is read (a journal checked, torn lines repaired) before any work or write
-    store = _open_storage(tune.storage, study_dir / "study.journal")
+    store = make_storage(tune.storage, study_dir / "study.journal")
     log.info("tune: study %r in %s, storage %s", name, study_dir, redact(url))
 
     if tune.workers == 1:  # trials run in this process
@@ -139,17 +139,6 @@ def _run_study(
         summary = summarize(study_obj, cfg, objectives, study_dir, url, time.perf_counter() - t0)
         tracker.finish(summary, study_dir, status)
     return summary
-
-
-def _open_storage(url: str | None, default: Path) -> Any:
-    """The study's storage (:func:`make_storage`); an RDB server that refuses the connection or
-    does not answer is the machine's state (exit 1), not a mistake in the URL (exit 2)."""
-    try:
-        return make_storage(url, default)
-    except UserError as e:
-        if type(e) is UserError and e.__cause__ is not None and store_unreachable(e.__cause__):
-            raise MachineError(str(e)) from e.__cause__
-        raise
 
 
 def plan_line(c: StudyCounts, trials: int, added: int, baseline: bool, workers: int) -> str:

@@ -133,6 +133,7 @@ class StreamBook:
         # pairs rated but never trained on (a parent run's validation and test ratings), sorted
         # keys: no negative is drawn among them, and they are no part of the history
         self.held_keys = np.zeros(0, dtype=np.int64)
+        self._avoid: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # their union, kept
         self.day_keys = np.zeros(0, dtype=np.int64)  # (uidx, day) rated on, as sorted keys
         self.day_sum = np.zeros(0)  # per user: sum and count of training rating days
         self.day_count = np.zeros(0)
@@ -164,7 +165,7 @@ class StreamBook:
         from the history: merged once for each history, not at every call)."""
         if self.held_keys.size == 0:
             return self.pair_keys
-        cached = getattr(self, "_avoid", None)
+        cached = self._avoid
         if cached is None or cached[0] is not self.pair_keys or cached[1] is not self.held_keys:
             cached = (self.pair_keys, self.held_keys, np.union1d(self.pair_keys, self.held_keys))
             self._avoid = cached
@@ -232,8 +233,9 @@ class StreamBook:
     ) -> dict[str, torch.Tensor]:
         """Training tensors of ``rows`` (known ids): each rating, then with the interaction
         task ``features.negatives_per_positive`` negatives per rating drawn among the items
-        the user has not rated so far (the rows' own pairs and the held pairs included). ``extra``: numeric
-        columns of ``rows`` carried as float fields (a negative takes its rating's value)."""
+        the user has not rated so far (the rows' own pairs and the held pairs included).
+        ``extra``: numeric columns of ``rows`` carried as float fields (a negative takes its
+        rating's value)."""
         b = self.batch(rows)
         u, i, tb, day = b["user"], b["item"], b["time_bin"], b["day"]
         if rows.height and (int(u.min()) < 0 or int(i.min()) < 0):

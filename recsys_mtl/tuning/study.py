@@ -36,22 +36,12 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from recsys_mtl.config import TuneConfig
-from recsys_mtl.errors import UserError
+from recsys_mtl.errors import MachineError, UserError
+from recsys_mtl.tracking.names import store_unreachable
 from recsys_mtl.tuning.journal import check_journal
 
-__all__ = [
-    "HEARTBEAT_ATTR",
-    "StudyCounts",
-    "claim",
-    "counts",
-    "fail_stale",
-    "make_pruner",
-    "make_sampler",
-    "make_storage",
-    "redact",
-    "top_up",
-    "work",
-]
+__all__ = ["HEARTBEAT_ATTR", "StudyCounts", "claim", "counts", "fail_stale", "make_pruner",
+           "make_sampler", "make_storage", "redact", "top_up", "work"]  # fmt: skip
 
 log = logging.getLogger("recsys_mtl.tune")
 
@@ -114,8 +104,9 @@ def make_storage(url: str | None, default: Path) -> Any:
         return JournalStorage(JournalFileBackend(str(path)))
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-    except Exception as e:  # a driver missing, a server down, a bad URL: the user's to fix
-        raise UserError(f"tune.storage: cannot open {redact(url)} ({type(e).__name__}: {e})") from e
+    except Exception as e:  # a driver or URL: the user's; a server that does not answer: exit 1
+        what = MachineError if store_unreachable(e) else UserError
+        raise what(f"tune.storage: cannot open {redact(url)} ({type(e).__name__}: {e})") from e
 
 
 def _engine_kwargs(url: str) -> dict[str, Any]:
