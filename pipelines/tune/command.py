@@ -1,6 +1,7 @@
-"""The tune command from start to summary: the config checked, the data stages run once, the
-study opened (or resumed) and topped up to ``tune.trials``, the trials run in this process or
-in workers, the study summarized and its MLflow parent run finished, the best model registered.
+"""The tune command from start to summary: the config checked, a resumed study checked against
+it (:func:`pipelines.tune.study.check_resume`), the data stages run once, the study opened (or
+resumed) and topped up to ``tune.trials``, the trials run in this process or in workers, the
+study summarized and its MLflow parent run finished, the best model registered.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pipelines.process import start_threads
 from pipelines.runner import run_pipeline
 from pipelines.tune.report import summarize
 from pipelines.tune.runs import StudyRun
-from pipelines.tune.study import open_study, quiet_optuna
+from pipelines.tune.study import check_resume, data_record, open_study, quiet_optuna
 from pipelines.tune.workers import run_worker, spawn_workers
 from recsys_mtl.build import validate_run
 from recsys_mtl.config import RunConfig, load_config
@@ -99,12 +100,16 @@ def _run_study(
     # the storage is read (a journal checked, torn lines repaired) before any work or write
     store = make_storage(tune.storage, study_dir / "study.journal")
     log.info("tune: study %r in %s, storage %s", name, study_dir, redact(url))
+    # a resumed study was run with these settings and data: checked before any data stage
+    # writes into the folder its trials link, and again when it is opened to be topped up
+    data = data_record(cfg)
+    check_resume(store, name, cfg, objectives, data)
 
     if tune.workers == 1:  # trials run in this process
         start_threads(cfg.train.threads)
     run_pipeline(study_data(cfg), cfg, study_dir / "data")  # once for every trial
     sampler = make_sampler(tune, len(objectives), 0)
-    study_obj = open_study(store, name, cfg, objectives, sampler, create=True)
+    study_obj = open_study(store, name, cfg, objectives, sampler, create=True, data=data)
     tracker = StudyRun(cfg, name, study_obj, url, objectives)
     spec = {
         "config": str(Path(config_path).resolve()),
