@@ -103,9 +103,12 @@ def worker_main(argv: list[str]) -> int:
     p.add_argument("spec")
     p.add_argument("index", type=int)
     args = p.parse_args(argv)
+    # the project's progress lines, and other libraries' warnings (not their INFO chatter,
+    # such as a new MLflow store's schema migration), each prefixed with the worker
     logging.basicConfig(
-        level=logging.INFO, format=f"[worker {args.index}] %(message)s", stream=sys.stderr
+        level=logging.WARNING, format=f"[worker {args.index}] %(message)s", stream=sys.stderr
     )
+    logging.getLogger("recsys_mtl").setLevel(logging.INFO)
     spec = json.loads(Path(args.spec).read_text())
     try:
         prepare_worker()

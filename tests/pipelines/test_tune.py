@@ -322,6 +322,20 @@ def test_two_workers_finish_exactly_n_trials(
     assert len(set(params)) == 6  # workers are seeded apart: no trial sampled twice
 
 
+def test_workers_show_trial_lines_and_not_other_libraries_chatter(tmp_path: Path) -> None:
+    """A worker's log is its trials' lines (prefixed with the worker) and other libraries'
+    warnings: not the INFO lines of MLflow's schema set-up on a fresh SQLite store."""
+    cfg = study_config(tmp_path, trials=2, train={"epochs": 1}, tracking=True)
+    env = {**env_one_thread(), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    cmd = [sys.executable, "-m", "pipelines.cli", "tune", str(cfg), "--workers", "2",
+           "--out", str(tmp_path / "study")]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    worker_lines = [line for line in done.stderr.splitlines() if line.startswith("[worker ")]
+    assert sum(": trial " in line for line in worker_lines) == 2, done.stderr
+    assert all(": trial " in line for line in worker_lines), worker_lines
+
+
 def _wait_running(study_dir: Path, url: str | None, proc: subprocess.Popen, timeout: float = 120):
     """Wait until some trial is running and has reported an epoch; returns it."""
     t0 = time.time()
