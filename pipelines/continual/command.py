@@ -107,10 +107,11 @@ def stream_command(
 ) -> tuple[StreamResult, Path]:
     """Run the stream of ``config_path`` into ``out`` (default ``runs/<name>-stream``);
     returns the result and the path of ``stream.json``."""
-    # deferred: the config schema and the plots load pydantic and matplotlib
+    # deferred: the config schema, the plots and the recipe load pydantic, matplotlib and torch
     from pipelines.plots import plot_stream
     from pipelines.process import prepare_process
     from recsys_mtl.config import load_config
+    from recsys_mtl.train.recipe import check_like_threshold
 
     cfg = load_config(config_path, overrides)
     if cfg.split.strategy != "stream":
@@ -126,6 +127,7 @@ def stream_command(
     seeds = seeds or [cfg.train.seed]
     with folder_lock(run_dir, this_command()) as run:
         frame, side, digest = load_log(cfg, run)
+        check_like_threshold(cfg.tasks, cfg.features.like_threshold, side.rating_scale)
         tracking = StreamTracking(cfg, config_path, run.resolve(), digest)
         tracking.start(cfg.name)
         try:

@@ -95,10 +95,10 @@ def fold_in_predictions(
     p0 = np.asarray(p0, np.float64)
     phi = np.asarray(phi, np.float64)
     n, d = phi.shape
+    if n == 0:  # a period without ratings (a gap in the log): nothing to predict
+        return p0.copy()
     e = np.asarray(rating, np.float64) - p0
     lam = np.broadcast_to(np.asarray(prior, np.float64), (d,))
-    if n == 0:
-        return p0.copy()
     out = np.empty(n)
     for rows in _whole_groups(run_starts(group), chunk):
         f, r = phi[rows], e[rows]

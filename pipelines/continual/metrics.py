@@ -123,8 +123,9 @@ def transfer_metrics(
       positive = what was learned before period ``j`` helped on it; ``reference``: the metric
       of a reference model (the model at initialization, or the base model) on each probe.
 
-    Returns the per-period values (``{probe period: value}``) and their means (NaN when no
-    period qualifies).
+    Returns the per-period values (``{probe period: value}``) and their means over the periods
+    with a value: a probe slice without rows (a period in a gap of the log) has none, and a mean
+    is NaN only when no period has one.
     """
     m = np.asarray(matrix, np.float64)
     rows, cols = list(trained_through), list(probes)
@@ -141,12 +142,19 @@ def transfer_metrics(
         if j in rows:
             d = rows.index(j)
             if d < last:
-                forgetting[j] = float(np.nanmax(o[d:last, c]) - o[last, c])
+                seen = o[d:last, c]  # all NaN for a probe slice without rows (a gap in the log)
+                best = np.nanmax(seen) if not np.isnan(seen).all() else np.nan
+                forgetting[j] = float(best - o[last, c])
                 bwt[j] = float(o[last, c] - o[d, c])
             if reference is not None and d > 0:
                 ref = _oriented(np.asarray([reference[c]], np.float64), metric)[0]
                 fwt[j] = float(o[d - 1, c] - ref)
-    mean = lambda d: float(np.mean(list(d.values()))) if d else float("nan")  # noqa: E731
+
+    def mean(values: dict[int, float]) -> float:
+        """The mean over the probe periods that have a value (NaN when none has)."""
+        finite = [v for v in values.values() if np.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+
     return {
         "forgetting": mean(forgetting),
         "bwt": mean(bwt),

@@ -175,8 +175,13 @@ def update_run(
         past = _raw_rows(run_dir, RunLayout(run_dir).split / "train.parquet")
         held = _raw_rows(run_dir, RunLayout(run_dir).features / "interactions.parquet")
         fresh = _as_run_ids(fresh, held, log_path)
-        seen = held.select("user_id", "item_id", "ts").unique()
-        kept = fresh.join(seen, on=["user_id", "item_id", "ts"], how="anti",
+        same = ["user_id", "item_id", "ts"]
+        if _ingested(child_dir).get("time") == "row_order":
+            # a log without times: its row order restarts at 1, after every row of the run
+            fresh = fresh.with_columns(pl.col("ts") + (held["ts"].max() or 0))
+            same = ["user_id", "item_id", "rating"]  # a row sent again, as its time cannot tell
+        seen = held.select(same).unique().cast({c: fresh.schema[c] for c in same})
+        kept = fresh.join(seen, on=same, how="anti",
                           maintain_order="left").sort("ts", maintain_order=True)  # fmt: skip
         dropped = fresh.height - kept.height
         if kept.height == 0:
@@ -335,7 +340,8 @@ def _as_run_ids(fresh: pl.DataFrame, held: pl.DataFrame, log_path: Path) -> pl.D
 def _ingested(child: Path) -> dict[str, Any]:
     """Rows read, kept and quarantined (per reason) by the ingest of the new log."""
     inter = _read(child / "ingest" / "report.json").get("interactions", {})
-    return {k: inter[k] for k in ("rows_read", "rows_kept", "rows_quarantined") if k in inter}
+    keys = ("rows_read", "rows_kept", "rows_quarantined", "time")
+    return {k: inter[k] for k in keys if k in inter}
 
 
 def _read(path: Path) -> dict[str, Any]:

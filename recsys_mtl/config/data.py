@@ -80,7 +80,7 @@ class ColumnsConfig(Frozen):
     )
     ts: str | int | None = Field(
         "ts",
-        description="the file's timestamp column (a name or a position; epoch seconds, ISO "
+        description="the file's timestamp column (a name or a position; epoch numbers, ISO "
         "8601, or data.timestamp_format); none or null: no timestamp, row order is used as time",
     )
 
@@ -132,8 +132,9 @@ class DataConfig(Frozen):
     separator: str = Field(
         ",",
         description="generic CSV logs: the one-character field separator (surrounding double "
-        "quotes are stripped from fields), or a name: tab, space, or whitespace (any run of "
-        "spaces and tabs, edge ones ignored); \\t (backslash, t) is a tab",
+        "quotes are stripped from fields, and a separator inside them belongs to the field), or "
+        "a name: tab, space, or whitespace (any run of spaces and tabs, edge ones ignored); \\t "
+        "(backslash, t) is a tab",
     )
     header: bool = Field(
         True,
@@ -144,7 +145,9 @@ class DataConfig(Frozen):
     timestamp_format: str | None = Field(
         None,
         description="generic logs: strptime format of string timestamps, e.g. %Y-%m-%d %H:%M:%S; "
-        "null: integers are epoch seconds, strings ISO 8601",
+        "null: numbers are epoch seconds (decimals floored; a log whose every positive time is "
+        "10^11 or more counts milliseconds, 10^14 microseconds, 10^17 nanoseconds), strings ISO "
+        "8601 (with a UTC offset, converted to UTC; without one, read as UTC)",
     )
     synthetic: SyntheticConfig = Field(
         SyntheticConfig(), description="the built-in generator's settings (data.format: synthetic)"

@@ -19,6 +19,7 @@ never rated anywhere in the log, so a negative is never a positive.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import threading
 from collections.abc import Iterator
@@ -47,6 +48,8 @@ __all__ = [
     "sample_negatives",
     "time_columns",
 ]
+
+log = logging.getLogger("recsys_mtl.features")
 
 AGE_BOUNDS = [18, 25, 35, 45, 50, 56]  # the MovieLens-1M age groups
 # of the tables written from the interactions table: faster to write and to read than zstd
@@ -152,6 +155,16 @@ def build_features(
 
     # Interactions: ids, labels, time.
     stats = _interactions(scan, user_features, item_features, cfg, (t_min, t_max), parts, out)
+    if stats["negatives_unavailable"]:
+        wanted = stats["positives"] * cfg.negatives_per_positive
+        log.warning(
+            "features: %s of %s negatives (features.negatives_per_positive=%d a rating) could "
+            "not be drawn: their users left fewer items of the log unrated%s",
+            f"{stats['negatives_unavailable']:,}",
+            f"{wanted:,}",
+            cfg.negatives_per_positive,
+            "; the interaction task has no negative" if stats["negatives"] == 0 else "",
+        )
 
     spec: dict[str, Any] = {
         "n_users": users.height,

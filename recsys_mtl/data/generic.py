@@ -13,6 +13,7 @@ fix.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import polars as pl
@@ -34,20 +35,25 @@ __all__ = ["read_generic"]
 log = logging.getLogger("recsys_mtl.ingest")
 
 
-def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int]:
-    """The rating rows of a generic log and its number of blank lines (a CSV's)."""
+def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bool]:
+    """The rating rows of a generic log, its number of blank lines (a CSV's) and whether its
+    times are its row order (no timestamp column: ``ts`` is the line number)."""
     path = layout.files["ratings"]
     if layout.kind == "parquet":
         (lf, wanted), blank = _read_parquet(path, cfg.columns), 0
     else:
         lf, wanted, blank = _read_text(path, cfg)
-    if "ts" not in wanted:
+    row_order = "ts" not in wanted
+    if row_order:
         lf = lf.with_columns(pl.col("line").cast(pl.String).alias("_row_order"))
         wanted["ts"] = "_row_order"
     lf = lf.select("line", "raw", "reason", *[pl.col(wanted[f]).alias(f) for f in RATING_FIELDS])
+    # a decimal comma (4,5 in a ;-separated or quoted field, as European spreadsheets write)
+    decimal = pl.col("rating").str.strip_chars().str.replace(r"^([-+]?\d+),(\d+)$", "$1.$2")
+    lf = lf.with_columns(decimal.alias("rating"))
     id_types = {c: _id_dtype(lf, c) for c in ("user_id", "item_id")}
     lf = cast_fields(lf, {**id_types, "rating": pl.Float64})
-    return _parse_ts(lf, cfg.timestamp_format), blank
+    return _parse_ts(lf, cfg.timestamp_format, path), blank, row_order
 
 
 def _by_name(cols: ColumnsConfig) -> dict[str, str | int]:
@@ -71,6 +77,11 @@ def _named(
     return out
 
 
+# Parquet column types read as ids, ratings or times (besides numbers); lists, structs,
+# durations and bytes are not
+_VALUE_TYPES = (pl.String, pl.Categorical, pl.Enum, pl.Boolean, pl.Date, pl.Datetime, pl.Null)
+
+
 def _read_parquet(path: Path, cols: ColumnsConfig) -> tuple[pl.LazyFrame, dict[str, str]]:
     """The mapped columns, named by their field; returns (rows, {field: column})."""
     try:
@@ -81,6 +92,13 @@ def _read_parquet(path: Path, cols: ColumnsConfig) -> tuple[pl.LazyFrame, dict[s
         ) from e
     wanted = _named(path, df.columns, _by_name(cols))
     _check_columns(path, df.columns, wanted)
+    for field, col in wanted.items():
+        dtype = df.schema[col]
+        if not (dtype.is_numeric() or isinstance(dtype, _VALUE_TYPES)):
+            raise UserError(
+                f"{path.absolute()}: column {col!r} (data.columns.{field}) holds {dtype} values; "
+                "expected numbers, text, dates or times"
+            )
     df = df.select(
         [pl.col(src).cast(pl.String).alias(dst) for dst, src in wanted.items()]
     ).with_row_index("line", offset=1)
@@ -116,6 +134,8 @@ def _check_text(path: Path) -> None:
         head = f.read(4096)
     for magic, what in _MAGIC:
         if head.startswith(magic):
+            if magic == b"PAR1" and path.suffix.lower() == ".parquet":  # read as CSV by format
+                what = "a Parquet file: read it with data.format parquet (or auto)"
             raise UserError(f"{path.absolute()}: not a text log; it starts like {what}")
     if b"\x00" in head:
         at = head.index(b"\x00")
@@ -136,10 +156,12 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
             f"{path.absolute()}: the first line is empty; expected a header naming the columns "
             f"{named} (or data.header: false for a file without one)"
         )
-    lines = read_lines(path, skip_header=cfg.header)
+    lines = read_lines(path, skip_header=cfg.header).with_columns(pl.col("raw").alias("_raw"))
     if sep == WHITESPACE:  # a line of spaces is blank, not a line of empty fields
         empty = pl.col("raw").str.strip_chars(" \t\r") == ""
         lines = lines.with_columns(pl.when(empty).then(None).otherwise("raw").alias("raw"))
+    else:
+        lines = _hide_quoted_separators(lines, sep)
     if cfg.header:
         header = _split_line(first, sep)
         wanted = _named(path, header, _by_name(cfg.columns))
@@ -150,7 +172,28 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
         header = [f"column {i}" for i in range(n_fields or max(positions.values()) + 1)]
         wanted = _named(path, header, positions, _separator_hint(first, sep))
     blank = lines["raw"].null_count()
-    return split_fields(lines, sep, header, strip_quotes=True), wanted, blank
+    fields = split_fields(lines, sep, header, strip_quotes=True)
+    shown = [pl.col(c).str.replace_all(_HIDDEN, sep, literal=True) for c in header]
+    shown = [] if sep == WHITESPACE else shown
+    return fields.with_columns(*shown, pl.col("_raw").alias("raw")).drop("_raw"), wanted, blank
+
+
+_HIDDEN = "\x1f"  # stands for a separator inside quotes; a log holding it is refused when read
+
+
+def _hide_quoted_separators(lines: pl.DataFrame, sep: str) -> pl.DataFrame:
+    """The lines with each separator inside a double-quoted field (``"Smith, J",5``) replaced by
+    :data:`_HIDDEN`, so that splitting on the separator keeps the field whole, as CSV readers
+    do (the caller keeps the line as written for the quarantine)."""
+    quoted = pl.col("raw").str.contains('"', literal=True)
+    if not lines.select(quoted.any()).item():
+        return lines
+    esc = re.escape(sep)
+    field = f'{esc}(?:"[^"]*"[^{esc}]*|[^{esc}]*)'  # a separator, then one field
+    hidden = pl.lit(sep) + pl.element().str.slice(1).str.replace_all(sep, _HIDDEN, literal=True)
+    fields = (pl.lit(sep) + pl.col("raw")).str.extract_all(field).list.eval(hidden)
+    text = fields.list.join("").str.slice(1)
+    return lines.with_columns(pl.when(quoted).then(text).otherwise("raw").alias("raw"))
 
 
 def _field_count(lines: pl.DataFrame, separator: str) -> int:
@@ -196,6 +239,13 @@ def _check_columns(
         if src not in have:
             shown = ", ".join(have[:20]).replace("\t", "\\t") if any(have) else "(none)"
             hint = _column_hint(have, first_line, separator, wanted)
+            if not hint and dst == "ts":
+                hint = "; for a log without times, set data.columns.ts to none (row order is time)"
+            elif not hint and dst == "rating":
+                hint = (
+                    "; a log without ratings (clicks, purchases) is read with a rating column of "
+                    "1s added, a rating scale of 0 to 1 and tasks: [interaction]"
+                )
             raise UserError(
                 f"{path.absolute()}: column {src!r} (data.columns.{dst}) not found; "
                 f"columns are: {shown}{hint}"
@@ -256,19 +306,63 @@ def _column_hint(
 
 
 def _id_dtype(lf: pl.LazyFrame, col: str) -> pl.DataType:
-    """Integer ids stay integers; anything else keeps string ids."""
+    """Ids that are all integers written plainly stay integers; anything else keeps string ids,
+    as written. An id the integer would not spell back (``007``, ``+7``, ``-0``) makes the column
+    strings: read as integers, ``007`` and ``7`` would be one id."""
     text = pl.col(col).str.strip_chars()
-    bad = lf.select(((text != "") & text.cast(pl.Int64, strict=False).is_null()).any()).collect()
-    return pl.String() if bad.item() else pl.Int64()
+    as_int = text.cast(pl.Int64, strict=False)
+    other = (text != "") & (as_int.is_null() | (as_int.cast(pl.String) != text))
+    return pl.String() if lf.select(other.any()).collect().item() else pl.Int64()
 
 
-def _parse_ts(lf: pl.LazyFrame, fmt: str | None) -> pl.LazyFrame:
+# a time of day ending in a UTC offset: 18:47:53Z, 18:47:53.25+02:00, 18:47-0500, 18:47:53+02
+_TIME_WITH_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+# epoch numbers at or above 10**power are not seconds (10**11 s is in the year 5138): the unit
+_EPOCH_UNITS = ((17, 10**9, "nanoseconds"), (14, 10**6, "microseconds"),
+                (11, 10**3, "milliseconds"))  # fmt: skip
+
+
+def _epoch_seconds(lf: pl.LazyFrame, text: pl.Expr, path: Path) -> pl.Expr:
+    """Numeric timestamps as whole epoch seconds: integers, or decimals floored
+    (``1600000000.5``). A log whose every positive one (0 is a common stand-in for "unknown")
+    is at or above 10**11 (the year 5138 in seconds) counts milliseconds, 10**14 microseconds,
+    10**17 nanoseconds, as exports from Java, JavaScript and pandas do; ingest says which."""
+    number = text.cast(pl.Float64, strict=False)
+    number = pl.when(number.is_finite()).then(number)
+    epoch = pl.coalesce(text.cast(pl.Int64, strict=False), number.floor().cast(pl.Int64))
+    low = lf.select(epoch.filter(epoch > 0).min()).collect().item()
+    for power, per_second, unit in _EPOCH_UNITS:
+        if low is not None and low >= 10**power:
+            log.info(
+                "ingest: %s: every positive timestamp is 10^%d or more (past the year 5138 in "
+                "seconds): read as %s since the epoch",
+                path.name,
+                power,
+                unit,
+            )
+            return epoch.floordiv(per_second)
+    return epoch
+
+
+def _iso_seconds(text: pl.Expr, wanted: pl.Expr) -> pl.Expr:
+    """ISO 8601 dates and times as epoch seconds, of the ``wanted`` rows (those that are not
+    numbers: parsing a date is a hundred times the work of a number): without an offset read as
+    UTC, with one (``Z``, ``+02:00``, ``-0500``) converted to UTC."""
+    offset = text.str.contains(_TIME_WITH_OFFSET)
+    naive = pl.when(wanted & ~offset).then(text).str.to_datetime(strict=False, time_unit="us")
+    aware = pl.when(wanted & offset).then(text)
+    aware = aware.str.to_datetime(strict=False, time_unit="us", time_zone="UTC")
+    return pl.coalesce(naive.dt.epoch("s"), aware.dt.epoch("s"))
+
+
+def _parse_ts(lf: pl.LazyFrame, fmt: str | None, path: Path) -> pl.LazyFrame:
     text = pl.col("ts")
     if fmt is not None:
         parsed = text.str.strptime(pl.Datetime("us"), fmt, strict=False).dt.epoch("s")
     else:
-        as_date = text.str.to_datetime(strict=False, time_unit="us").dt.epoch("s")
-        parsed = pl.coalesce(text.cast(pl.Int64, strict=False), as_date)
+        stripped = text.str.strip_chars()
+        epoch = _epoch_seconds(lf, stripped, path)
+        parsed = pl.coalesce(epoch, _iso_seconds(stripped, epoch.is_null()))
     reason = (
         pl.when(pl.col("reason").is_not_null())
         .then("reason")

@@ -133,7 +133,8 @@ def read_ratings_file(path: Path, kind: str) -> tuple[pl.LazyFrame, int]:
         if header != CSV_RATINGS_HEADER:
             raise UserError(
                 f"{path.absolute()}:1: header is {header!r}, expected {CSV_RATINGS_HEADER!r} "
-                "(a MovieLens ratings.csv)"
+                "(a MovieLens ratings.csv; for a log of its own, give the file itself as "
+                "data.path)"
             )
     sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
     fast = _typed_read(path, sep, skip_header)
@@ -210,8 +211,8 @@ def read_layout(layout: Layout, cfg: DataConfig, ratings: bool = True) -> RawTab
     if path.stat().st_size == 0:
         raise UserError(f"{path.absolute()}: the file is empty (0 bytes); it has no rating rows")
     if layout.kind in ("csv", "parquet"):
-        lf, blank = read_generic(layout, cfg)
-        return RawTables(lf, layout.files["ratings"].name, blank)
+        lf, blank, row_order = read_generic(layout, cfg)
+        return RawTables(lf, layout.files["ratings"].name, blank, row_order_time=row_order)
     if ratings:
         lf, blank = read_ratings_file(layout.files["ratings"], layout.kind)
     else:

@@ -26,6 +26,7 @@ import polars as pl
 
 from recsys_mtl.config import DataConfig
 from recsys_mtl.data.grouplens import detect_layout, read_layout
+from recsys_mtl.data.hints import stop_hint
 from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame, reason_counts
 from recsys_mtl.data.onepass import stream_interactions
 from recsys_mtl.data.raw import Layout, RawTables
@@ -275,7 +276,8 @@ def _ingest(
         f"{rejects.height:,}",
         f" ({', '.join(f'{r}: {n:,}' for r, n in _by_count(counts))})" if counts else "",
     )
-    hint = _hint(_by_count(counts)[0][0], scale, observed) if counts else ""
+    top = _by_count(counts)[0][0] if counts else ""
+    hint = stop_hint(top, scale, observed, layout, raw.side_reports) if counts else ""
     if counts.get("rating_out_of_scale") and observed is not None:
         log.warning(
             "ingest: %s rows outside data.rating_scale %g-%g quarantined; the log's ratings "
@@ -329,6 +331,7 @@ def _ingest(
             "rows_kept": n_kept,
             "rows_quarantined": counts,
             "blank_lines": raw.blank_lines,
+            "time": "row_order" if raw.row_order_time else "timestamps",
         },
         "side_tables": raw.side_reports,
         "users": users.height,
@@ -357,19 +360,3 @@ def _check_auto_scale(layout: Layout, observed: tuple[float, float] | None) -> N
             "set data.rating_scale: [low, high]"
         )
     log.info("ingest: data.rating_scale auto: the log's ratings span [%g, %g]", lo, hi)
-
-
-def _hint(
-    reason: str, scale: tuple[float, float], observed: tuple[float, float] | None = None
-) -> str:
-    if reason == "rating_out_of_scale":
-        found = ""
-        if observed is not None:
-            lo, hi = observed
-            found = f", which spans {lo:g}-{hi:g} ([{lo:g}, {hi:g}] or auto)"
-        return (
-            f"; the scale is {scale[0]:g}-{scale[1]:g}: set data.rating_scale to the log's{found}"
-        )
-    if reason.startswith(("malformed_line", "missing_")):
-        return "; check data.separator, data.header and data.columns"
-    return ""

@@ -41,4 +41,5 @@ class RawTables:
     tags: pl.DataFrame | None = None  # user_id, item_id, tag, ts
     genres: list[str] | None = None
     side_rejects: list[pl.DataFrame] = field(default_factory=list)
+    row_order_time: bool = False  # a generic log without times: ts is the line number
     side_reports: dict[str, dict] = field(default_factory=dict)

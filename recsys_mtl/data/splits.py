@@ -129,6 +129,17 @@ def _stream(pos: pl.DataFrame, cfg: SplitConfig, rng: np.random.Generator, **_: 
     raise UserError(STREAM_IS_NOT_A_SPLIT)
 
 
+def _as_written(ids: pl.DataFrame, table: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """``ids`` and the id map ``table`` with their shared id column of one type: a generic file
+    decides its id type from its own ids (integers written plainly, else strings), so a split
+    file of plain integers meets a log with string ids; then both are compared as written."""
+    col = next(c for c in ("user_id", "item_id") if c in table.columns)
+    if ids.schema[col] == table.schema[col]:
+        return ids, table
+    as_text = pl.col(col).cast(pl.String)
+    return ids.with_columns(as_text), table.with_columns(as_text)
+
+
 @SPLITTERS.register("predefined")
 def _predefined(
     pos: pl.DataFrame,
@@ -151,11 +162,12 @@ def _predefined(
         layout = Layout(path.name, layout_kind, path.parent, {"ratings": path}, (0.0, 0.0))
         parsed = read_layout(layout, data_cfg).interactions.collect()
         bad = parsed.filter(pl.col("reason").is_not_null())
+        ok = parsed.filter(pl.col("reason").is_null()).select("user_id", "item_id")
+        ok, user_ids = _as_written(ok, users)
+        ok, item_ids = _as_written(ok, items)
         pairs = (
-            parsed.filter(pl.col("reason").is_null())
-            .select("user_id", "item_id")
-            .join(users, on="user_id")
-            .join(items, on="item_id")
+            ok.join(user_ids, on="user_id")
+            .join(item_ids, on="item_id")
             .join(pos.select("uidx", "iidx", "row"), on=["uidx", "iidx"], how="left")
         )
         report[f"predefined_{part}"] = {
@@ -225,12 +237,30 @@ def split_dataset(
         layout_kind=layout_kind,
         report=report,
     )
+    if len(assign["test"]) == 0:
+        raise UserError(_empty_test(cfg, pos))
     assign.update(_carve_valid(pos, assign["train"], cfg, rng))
     n_ratings = pos.height
     del pos
     report["parts"] = _write_parts(table, assign, n_ratings, out)
     write_json(report, out / "report.json")
     return report
+
+
+def _empty_test(cfg: SplitConfig, pos: pl.DataFrame) -> str:
+    """Why the test part of a split is empty, and what to change: a run would train, then report
+    no metric at all."""
+    n, why = pos.height, ""
+    if cfg.strategy == "leave_last_out":
+        why = "; it holds out the latest rating of users with two or more, and no user has two"
+    elif cfg.strategy in ("random", "temporal"):
+        why = f"; split.test_fraction={cfg.test_fraction:g} of them rounds to none"
+    elif cfg.strategy == "predefined":
+        why = "; no pair of the split.test file is in the log"
+    return (
+        f"split.strategy {cfg.strategy}: the test part is empty ({n:,} rating"
+        f"{'s' * (n != 1)} in the log{why}), so nothing would be evaluated"
+    )
 
 
 def _write_parts(

@@ -227,7 +227,8 @@ def typed_rows(layout: Layout) -> tuple[pl.LazyFrame, int]:
     if skip and first_line(path) != CSV_RATINGS_HEADER:
         raise UserError(
             f"{path.absolute()}:1: header is {first_line(path)!r}, expected "
-            f"{CSV_RATINGS_HEADER!r} (a MovieLens ratings.csv)"
+            f"{CSV_RATINGS_HEADER!r} (a MovieLens ratings.csv; for a log of its own, give the "
+            "file itself as data.path)"
         )
     lf, gaps = _typed_scan(path, kind)
     bad = pl.any_horizontal(pl.col(RATING_FIELDS).is_null())

@@ -34,7 +34,7 @@ from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import append, load_part, size, to_device, widen
 from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, fit
 
-__all__ = ["TrainedRanker", "train_ranker"]
+__all__ = ["TrainedRanker", "check_like_threshold", "train_ranker"]
 
 log = logging.getLogger("recsys_mtl.train")
 
@@ -46,6 +46,24 @@ class TrainedRanker:
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+
+
+def check_like_threshold(
+    tasks: Sequence[str], like_threshold: float, scale: Sequence[float]
+) -> None:
+    """A ``like`` task whose threshold leaves every label the same (above the rating scale's
+    top: no rating is a like; at or below its bottom: every rating is one) is a
+    :class:`UserError` naming ``features.like_threshold``: it would learn nothing and have no
+    metric. Logs on a scale of their own (1-10, -1/+1) meet it with the default of 4."""
+    lo, hi = float(scale[0]), float(scale[1])
+    if "like" not in tasks or lo < like_threshold <= hi:
+        return
+    every = "no rating is a like" if like_threshold > hi else "every rating is a like"
+    raise UserError(
+        f"features.like_threshold is {like_threshold:g}, outside the log's rating scale "
+        f"{lo:g} to {hi:g}: {every}, so the like task has one label; set "
+        f"features.like_threshold above {lo:g} and at most {hi:g}, or leave like out of tasks"
+    )
 
 
 def train_ranker(
@@ -63,6 +81,7 @@ def train_ranker(
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     torch.manual_seed(cfg.train.seed)
     ctx = load_context(features_dir, split_dir)
+    check_like_threshold(cfg.tasks, cfg.features.like_threshold, ctx.rating_scale)
     model = build_model(cfg, ctx, device)
     if cls.closed_form:  # fitted on the observed ratings in closed form
         train = load_part(split_dir / "train.parquet", cfg.tasks, positives_only=True)
