@@ -22,15 +22,16 @@ from recsys_mtl.config import ColumnsConfig, DataConfig
 from recsys_mtl.data.lines import (
     WHITESPACE,
     cast_fields,
+    check_text,
     field_text,
     first_line,
     read_lines,
     split_fields,
 )
-from recsys_mtl.data.raw import RATING_FIELDS, Layout
+from recsys_mtl.data.raw import RATING_FIELDS, Layout, ScanPlan
 from recsys_mtl.errors import UserError
 
-__all__ = ["read_generic"]
+__all__ = ["SECONDS_BELOW", "read_generic", "scan_plan"]
 
 log = logging.getLogger("recsys_mtl.ingest")
 
@@ -54,6 +55,34 @@ def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bo
     id_types = {c: _id_dtype(lf, c) for c in ("user_id", "item_id")}
     lf = cast_fields(lf, {**id_types, "rating": pl.Float64})
     return _parse_ts(lf, cfg.timestamp_format, path), blank, row_order
+
+
+def scan_plan(layout: Layout, cfg: DataConfig) -> ScanPlan | None:
+    """How a typed scan reads the generic text log of ``layout``, or None where only the text
+    reader can (Parquet, the whitespace separator, data.timestamp_format, row order as time).
+    The file and its header are checked as the text reader checks them."""
+    path = layout.files["ratings"]
+    sep = cfg.separator
+    if layout.kind != "csv" or sep == WHITESPACE or cfg.timestamp_format is not None:
+        return None
+    check_text(path)
+    first = first_line(path)
+    if not first:  # the text reader says what is wrong with the file
+        return None
+    fields = _split_line(first, sep)
+    if cfg.header:
+        wanted = _named(path, fields, _by_name(cfg.columns))
+        _check_columns(path, fields, wanted, first, sep)
+    elif len(fields) < 4 and "ts" not in cfg.columns.model_fields_set:
+        return None  # no fourth field: row order is time (the text reader says so)
+    else:
+        fields = [f"column {i}" for i in range(len(fields))]
+        positions = _positions(path, cfg.columns, len(fields))
+        wanted = _named(path, fields, positions, _separator_hint(first, sep))
+    if "ts" not in wanted:
+        return None
+    positions = {f: fields.index(c) for f, c in wanted.items()}
+    return ScanPlan(sep, int(cfg.header), len(fields), positions, cfg)
 
 
 def _by_name(cols: ColumnsConfig) -> dict[str, str | int]:
@@ -114,41 +143,10 @@ def _split_line(line: str, separator: str) -> list[str]:
     return [p.strip().strip('"') for p in parts]
 
 
-# the first bytes of files that are not a text log, and what they are
-_MAGIC = (
-    (b"\x1f\x8b", "gzip-compressed data: decompress it first"),
-    (b"BZh", "bzip2-compressed data: decompress it first"),
-    (b"\xfd7zXZ\x00", "xz-compressed data: decompress it first"),
-    (b"\x28\xb5\x2f\xfd", "zstd-compressed data: decompress it first"),
-    (b"PK\x03\x04", "a zip archive: extract the log first"),
-    (b"PAR1", "a Parquet file: name it with the .parquet suffix"),
-    (b"\xff\xfe", "UTF-16 text: save it as UTF-8"),
-    (b"\xfe\xff", "UTF-16 text: save it as UTF-8"),
-)
-
-
-def _check_text(path: Path) -> None:
-    """A file that is not text (compressed, an archive, Parquet under another name, binary) is
-    a one-line :class:`UserError` saying what it looks like, not its bytes echoed as columns."""
-    with open(path, "rb") as f:
-        head = f.read(4096)
-    for magic, what in _MAGIC:
-        if head.startswith(magic):
-            if magic == b"PAR1" and path.suffix.lower() == ".parquet":  # read as CSV by format
-                what = "a Parquet file: read it with data.format parquet (or auto)"
-            raise UserError(f"{path.absolute()}: not a text log; it starts like {what}")
-    if b"\x00" in head:
-        at = head.index(b"\x00")
-        raise UserError(
-            f"{path.absolute()}: not a text log; binary data (a NUL byte at byte {at + 1}) "
-            "where lines of text were expected (text in UTF-16 or UTF-32: save it as UTF-8)"
-        )
-
-
 def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str], int]:
     """Split the lines of a text log; returns (rows, {field: split column}, blank lines)."""
     sep = cfg.separator
-    _check_text(path)
+    check_text(path)
     first = first_line(path)
     if cfg.header and not first:
         named = ", ".join(str(c) for c in _by_name(cfg.columns).values())
@@ -317,6 +315,7 @@ def _id_dtype(lf: pl.LazyFrame, col: str) -> pl.DataType:
 
 # a time of day ending in a UTC offset: 18:47:53Z, 18:47:53.25+02:00, 18:47-0500, 18:47:53+02
 _TIME_WITH_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)$"
+SECONDS_BELOW = 10**11  # an epoch number from here on is not seconds (the year 5138)
 # epoch numbers at or above 10**power are not seconds (10**11 s is in the year 5138): the unit
 _EPOCH_UNITS = ((17, 10**9, "nanoseconds"), (14, 10**6, "microseconds"),
                 (11, 10**3, "milliseconds"))  # fmt: skip

@@ -211,6 +211,9 @@ def read_layout(layout: Layout, cfg: DataConfig, ratings: bool = True) -> RawTab
     if path.stat().st_size == 0:
         raise UserError(f"{path.absolute()}: the file is empty (0 bytes); it has no rating rows")
     if layout.kind in ("csv", "parquet"):
+        if not ratings:  # a generic log that ingest streams: no side tables
+            return RawTables(pl.LazyFrame(schema={"line": pl.Int64, **RATING_TYPES}),
+                             layout.files["ratings"].name, 0)  # fmt: skip
         lf, blank, row_order = read_generic(layout, cfg)
         return RawTables(lf, layout.files["ratings"].name, blank, row_order_time=row_order)
     if ratings:

@@ -30,7 +30,7 @@ from recsys_mtl.data.hints import stop_hint
 from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame, reason_counts
 from recsys_mtl.data.onepass import stream_interactions
 from recsys_mtl.data.raw import Layout, RawTables
-from recsys_mtl.data.stream import STREAMED_KINDS, discard, pair_key
+from recsys_mtl.data.stream import STREAMED_KINDS, discard, pair_key, scan_generic
 from recsys_mtl.data.synthetic import write_synthetic
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
@@ -199,10 +199,11 @@ def ingest(
 ) -> IngestResult:
     """Read, validate and write the canonical tables of the log ``cfg`` describes.
 
-    ``streaming``: the GroupLens layouts (:data:`~recsys_mtl.data.stream.STREAMED_KINDS`) parse
+    ``streaming``: the GroupLens layouts (:data:`~recsys_mtl.data.stream.STREAMED_KINDS`) and
+    generic text logs a typed scan reads (:func:`~recsys_mtl.data.stream.scan_generic`) parse
     and validate their ratings in bounded memory (:mod:`recsys_mtl.data.onepass`, partitions by
-    ``data.memory_mb``) unless it is False; generic logs are read in memory. Both paths write
-    the same tables.
+    ``data.memory_mb``) unless it is False; other generic logs (Parquet, string ids, ISO times,
+    ...) are read in memory. Both paths write the same tables.
 
     ``max_share`` (the pipeline passes ``data.max_quarantine_share``): when a larger share of
     the rating rows is quarantined, stop with a :class:`UserError` naming the top reason, its
@@ -212,7 +213,9 @@ def ingest(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = resolve_layout(cfg, Path(work_dir) if work_dir is not None else out)
-    streamed = layout.kind in STREAMED_KINDS and streaming is not False
+    if streaming is not False and layout.kind == "csv":  # a clean generic text log streams
+        layout = scan_generic(layout, cfg)
+    streamed = streaming is not False and (layout.kind in STREAMED_KINDS or layout.scan is not None)
     raw: RawTables = read_layout(layout, cfg, ratings=not streamed)
     auto = cfg.rating_scale == "auto"
     fixed = None if auto else tuple(cfg.rating_scale or layout.rating_scale)
@@ -258,7 +261,7 @@ def _ingest(
         raise UserError(_no_rows_message(layout, raw.blank_lines, cfg.header))
     if auto:
         _check_auto_scale(layout, observed)
-    if layout.kind not in ("csv", "parquet"):
+    if streamed or layout.kind not in ("csv", "parquet"):  # the lines of the rejected rows
         rejects = fill_raw(rejects, layout.files["ratings"])
     quarantine = pl.concat(
         [

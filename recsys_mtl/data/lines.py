@@ -27,6 +27,7 @@ __all__ = [
     "QUARANTINE_SCHEMA",
     "WHITESPACE",
     "cast_fields",
+    "check_text",
     "decode_text",
     "field_text",
     "fill_raw",
@@ -257,3 +258,34 @@ def first_line(path: Path) -> str:
     with open(path, "rb") as f:
         first = f.readline(4096)
     return first.decode("utf-8", errors="replace").lstrip("\ufeff").strip()
+
+
+# the first bytes of files that are not a text log, and what they are
+_MAGIC = (
+    (b"\x1f\x8b", "gzip-compressed data: decompress it first"),
+    (b"BZh", "bzip2-compressed data: decompress it first"),
+    (b"\xfd7zXZ\x00", "xz-compressed data: decompress it first"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed data: decompress it first"),
+    (b"PK\x03\x04", "a zip archive: extract the log first"),
+    (b"PAR1", "a Parquet file: name it with the .parquet suffix"),
+    (b"\xff\xfe", "UTF-16 text: save it as UTF-8"),
+    (b"\xfe\xff", "UTF-16 text: save it as UTF-8"),
+)
+
+
+def check_text(path: Path) -> None:
+    """A file that is not text (compressed, an archive, Parquet under another name, binary) is
+    a one-line :class:`UserError` saying what it looks like, not its bytes echoed as columns."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            if magic == b"PAR1" and path.suffix.lower() == ".parquet":  # read as CSV by format
+                what = "a Parquet file: read it with data.format parquet (or auto)"
+            raise UserError(f"{path.absolute()}: not a text log; it starts like {what}")
+    if b"\x00" in head:
+        at = head.index(b"\x00")
+        raise UserError(
+            f"{path.absolute()}: not a text log; binary data (a NUL byte at byte {at + 1}) "
+            "where lines of text were expected (text in UTF-16 or UTF-32: save it as UTF-8)"
+        )

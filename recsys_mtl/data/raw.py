@@ -6,13 +6,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
-__all__ = ["RATING_FIELDS", "RATING_TYPES", "Layout", "RawTables"]
+__all__ = ["RATING_FIELDS", "RATING_TYPES", "Layout", "RawTables", "ScanPlan"]
 
 RATING_TYPES = {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "ts": pl.Int64}
 RATING_FIELDS = list(RATING_TYPES)
+
+
+@dataclass(frozen=True)
+class ScanPlan:
+    """How a typed scan reads a generic text log (:func:`recsys_mtl.data.generic.scan_plan`):
+    its one-character separator, the header lines it skips, the fields of a line, each rating
+    field's position, and the data settings (the text reader's, for a file that does not parse
+    cleanly)."""
+
+    separator: str
+    skip: int
+    fields: int
+    positions: dict[str, int]
+    data: Any  # the DataConfig
 
 
 @dataclass(frozen=True)
@@ -24,6 +39,7 @@ class Layout:
     root: Path
     files: dict[str, Path]  # role (ratings, users, items, genres, tags) -> file
     rating_scale: tuple[float, float]
+    scan: ScanPlan | None = None  # a generic text log that streams: how its fields are read
 
     def data_files(self) -> list[Path]:
         return list(self.files.values())

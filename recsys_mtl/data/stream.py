@@ -1,5 +1,6 @@
-"""Bounded-memory ingest of a GroupLens ratings file: the parts it is built from, and the passes
-a log with duplicate pairs takes. :func:`recsys_mtl.data.onepass.stream_interactions` is the
+"""Bounded-memory ingest of a GroupLens ratings file, or of a generic text log a typed scan reads
+(:func:`scan_generic`): the parts it is built from, and the passes a log with duplicate pairs
+takes. :func:`recsys_mtl.data.onepass.stream_interactions` is the
 entry point; it needs one pass unless a (user, item) pair repeats.
 
 The rows come from a typed scan (:func:`typed_rows`: polars ``scan_csv`` with a fixed schema,
@@ -15,14 +16,16 @@ from __future__ import annotations
 
 import math
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import polars as pl
 
+from recsys_mtl.config import DataConfig
+from recsys_mtl.data.generic import SECONDS_BELOW, read_generic, scan_plan
 from recsys_mtl.data.grouplens import CSV_RATINGS_HEADER, count_lines
 from recsys_mtl.data.lines import cast_fields, first_line, scan_lines, split_fields
-from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, Layout
+from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, Layout, ScanPlan
 from recsys_mtl.errors import UserError
 
 __all__ = [
@@ -35,6 +38,7 @@ __all__ = [
     "observed_span",
     "pair_key",
     "partitions_for",
+    "scan_generic",
     "stream_with_losers",
     "typed_rows",
     "user_partition",
@@ -158,6 +162,59 @@ def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
     return lf.with_columns(pl.col("line").cast(pl.Int64)), gaps
 
 
+def _generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
+    """The rows of a generic text log by a typed scan: every field read as text, then ids and
+    times as integers written plainly (``007``, ``7.0``, `` 7`` are not: the text reader keeps
+    such ids as written), ratings as numbers, times as epoch seconds (below
+    :data:`~recsys_mtl.data.generic.SECONDS_BELOW`: a larger one may be another unit, which
+    the text reader decides from the whole log). Any other field is :data:`UNPARSED`."""
+    names = [f"_{i}" for i in range(plan.fields)]
+    lf = pl.scan_csv(
+        path,
+        separator=plan.separator,
+        has_header=False,
+        skip_rows=plan.skip,
+        schema=dict.fromkeys(names, pl.String),
+        quote_char=None,
+        row_index_name="line",
+        row_index_offset=1 + plan.skip,
+    )
+
+    def text(field: str) -> pl.Expr:
+        return pl.col(names[plan.positions[field]])
+
+    def integer(field: str) -> pl.Expr:
+        value = text(field).cast(pl.Int64, strict=False)
+        return pl.when(value.cast(pl.String) == text(field)).then(value)
+
+    ts = integer("ts")
+    fields = [integer("user_id"), integer("item_id"),
+              text("rating").cast(pl.Float64, strict=False), pl.when(ts < SECONDS_BELOW).then(ts)]  # fmt: skip
+    fields = [f.alias(n) for f, n in zip(fields, RATING_FIELDS, strict=True)]
+    bad = pl.any_horizontal([f.is_null() for f in fields])
+    parse = pl.when(bad).then(pl.lit(UNPARSED)).otherwise(pl.lit(None, pl.String))
+    return lf.select(pl.col("line").cast(pl.Int64), parse.alias("reason"), *fields)
+
+
+def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
+    """``layout`` with its :class:`~recsys_mtl.data.raw.ScanPlan` when it is a generic text
+    log that streams: one the typed scan can read (:func:`~recsys_mtl.data.generic.scan_plan`)
+    whose first lines parse (a log of string ids, ISO times or another time unit goes to the
+    text reader at once, not after a whole pass)."""
+    plan = scan_plan(layout, cfg)
+    if plan is None:
+        return layout
+    head = _generic_rows(layout.files["ratings"], plan).head(_HEAD_ROWS)
+    try:
+        clean = not head.select((pl.col("reason") == UNPARSED).any()).collect().item()
+    except pl.exceptions.PolarsError:  # ragged lines, bytes that are not UTF-8, ...
+        clean = False
+    return replace(layout, scan=plan if clean else None)
+
+
+_HEAD_ROWS = 1000
+
+
 def observed_span(rows: pl.LazyFrame) -> tuple[float, float] | None:
     """Lowest and highest finite rating of the rows without a parse-level reason."""
     r = pl.col("rating")
@@ -222,6 +279,8 @@ def typed_rows(layout: Layout) -> tuple[pl.LazyFrame, int]:
     """``line, reason, user_id, item_id, rating, ts`` of the ratings file by a typed scan
     (``reason`` is :data:`UNPARSED` where a field did not parse: the file then needs
     :func:`line_rows`), and the number of header lines skipped."""
+    if layout.scan is not None:
+        return _generic_rows(layout.files["ratings"], layout.scan), layout.scan.skip
     path, kind = layout.files["ratings"], layout.kind
     skip = int(kind == "ml-csv")
     if skip and first_line(path) != CSV_RATINGS_HEADER:
@@ -241,6 +300,9 @@ def typed_rows(layout: Layout) -> tuple[pl.LazyFrame, int]:
 def line_rows(layout: Layout) -> tuple[pl.LazyFrame, int]:
     """The rows of :func:`typed_rows` read as lazy text lines, each bad line with its reason,
     and the number of blank lines."""
+    if layout.scan is not None:  # a generic log: its text reader (in memory)
+        rows, blank, _ = read_generic(layout, layout.scan.data)
+        return rows.select("line", "reason", *RATING_FIELDS), blank
     path, kind = layout.files["ratings"], layout.kind
     sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
     lines = scan_lines(path, skip_header=kind == "ml-csv")

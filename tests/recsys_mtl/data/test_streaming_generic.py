@@ -1,0 +1,108 @@
+"""A generic text log streams through the typed scan when it parses cleanly, and every other
+log (its first lines or a later one) gets exactly the tables of the in-memory text reader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import recsys_mtl.data.grouplens as grouplens
+import recsys_mtl.data.stream as stream
+from recsys_mtl.config import DataConfig
+from recsys_mtl.data.ingest import ingest, resolve_layout
+from recsys_mtl.data.stream import partitions_for, scan_generic
+from tests.conftest import write
+from tests.recsys_mtl.data.test_streaming import _both, _features_agree
+
+HEADER = "user,item,rating,ts"
+COLUMNS = {"user_id": "user", "item_id": "item", "rating": "rating", "ts": "ts"}
+
+
+def _lines(n: int = 3000, seed: int = 0) -> list[str]:
+    """``n`` ratings of 150 users on 120 items (some pairs repeat), times in epoch seconds."""
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(1, 151, n), rng.integers(1, 121, n)
+    ratings = rng.choice([1, 2, 3, 3.5, 4, 5], n)
+    return [f"{u},{i},{r:g},{1_000_000 + k}" for k, (u, i, r) in
+            enumerate(zip(users, items, ratings, strict=True))]  # fmt: skip
+
+
+def _log(tmp_path, lines: list[str], header: str | None = HEADER, name: str = "log.csv"):
+    text = "\n".join(([header] if header is not None else []) + lines) + "\n"
+    return write(tmp_path / "in" / name, text)
+
+
+BASE = _lines()
+LATE = 2000  # a line past the first ones the typed scan looks at before it streams
+CASES = {
+    "clean": BASE,
+    "a repeated pair, later": [*BASE, BASE[10].rsplit(",", 1)[0] + ",5000000"],
+    "a blank line": [*BASE[:100], "", *BASE[100:]],
+    "a rating that is not a number": [*BASE[:LATE], "5,6,abc,100", *BASE[LATE:]],
+    "a string id, late": [*BASE[:LATE], "u5,6,4,100", *BASE[LATE:]],
+    "a zero-padded id, late": [*BASE[:LATE], "007,6,4,100", *BASE[LATE:]],
+    "a quoted id, late": [*BASE[:LATE], '"5",6,4,100', *BASE[LATE:]],
+    "a decimal time, late": [*BASE[:LATE], "5,6,4,100.5", *BASE[LATE:]],
+    "a millisecond time, late": [*BASE[:LATE], "5,6,4,1600000000123", *BASE[LATE:]],
+    "out of scale, negative time": [*BASE[:LATE], "5,6,9,100", "5,7,4,-3", *BASE[LATE:]],
+    "a line with a field more": [*BASE[:LATE], "5,6,4,100,9", *BASE[LATE:]],
+    "a line with a field less": [*BASE[:LATE], "5,6,4", *BASE[LATE:]],
+    "line ends with CR": [line + "\r" for line in BASE],
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_generic_csv_streams_to_the_tables_of_the_text_reader(tmp_path, case):
+    path = _log(tmp_path, CASES[case], HEADER + "\r" * (case == "line ends with CR"))
+    _both(tmp_path, path, columns=COLUMNS, max_quarantine_share=1.0)
+
+
+def test_other_shapes_stream_alike(tmp_path):
+    moved = [",".join(["a", *line.split(","), "z"]) for line in BASE]  # columns found by name
+    _both(tmp_path / "a", _log(tmp_path / "a", moved, "x,user,item,rating,ts,y"),
+          columns=COLUMNS)  # fmt: skip
+    semi = [line.replace(",", ";") for line in BASE]
+    _both(tmp_path / "b", _log(tmp_path / "b", semi, HEADER.replace(",", ";")), separator=";",
+          columns=COLUMNS)  # fmt: skip
+    tabs = [line.replace(",", "\t") for line in BASE]  # no header: columns by position
+    _both(tmp_path / "c", _log(tmp_path / "c", tabs, None, "log.tsv"), separator="\t",
+          header=False)  # fmt: skip
+    millis = [f"{line.rsplit(',', 1)[0]},{int(line.rsplit(',', 1)[1]) * 1000 + 10**12}"
+              for line in BASE]  # fmt: skip
+    _both(tmp_path / "d", _log(tmp_path / "d", millis), columns=COLUMNS)
+
+
+def test_a_clean_generic_log_never_goes_through_the_in_memory_reader(tmp_path, monkeypatch):
+    """Bounded memory: the text reader holds the whole file; a log the typed scan reads never
+    reaches it."""
+    path = _log(tmp_path, BASE)
+
+    def whole_file(*_a, **_k):
+        raise AssertionError("the in-memory text reader was used")
+
+    monkeypatch.setattr(stream, "read_generic", whole_file)
+    monkeypatch.setattr(grouplens, "read_generic", whole_file)
+    report = ingest(DataConfig(path=str(path), columns=COLUMNS), tmp_path / "o").report
+    assert report["interactions"]["rows_read"] == len(BASE)
+    assert report["interactions"]["rows_kept"] + sum(
+        report["interactions"]["rows_quarantined"].values()
+    ) == len(BASE)
+
+
+@pytest.mark.parametrize(
+    ("first", "streams"),
+    [("7,6,4,100", True), ("u7,6,4,100", False), ("007,6,4,100", False),
+     ("7,6,4,2020-01-01", False), ("7,6,4,1600000000000", False)],
+)  # fmt: skip
+def test_a_log_whose_first_lines_need_the_text_reader_goes_there_at_once(tmp_path, first, streams):
+    path = _log(tmp_path, [first, *BASE])
+    cfg = DataConfig(path=str(path), columns=COLUMNS)
+    assert (scan_generic(resolve_layout(cfg, tmp_path), cfg).scan is not None) == streams
+    _both(tmp_path, path, columns=COLUMNS, max_quarantine_share=1.0)
+
+
+def test_features_of_a_streamed_generic_log_agree_in_partitions(tmp_path):
+    path = _log(tmp_path, _lines(20_000, seed=1))
+    _both(tmp_path, path, columns=COLUMNS, memory_mb=16)
+    assert partitions_for(20_000, 1) > 1  # the draws run per partition of the users
+    _features_agree(tmp_path, memory_mb=1)
