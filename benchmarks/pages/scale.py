@@ -23,6 +23,7 @@ TOOLS = {
     "sink_parquet": "polars `scan_csv` → `sink_parquet` (read, write)",
     "ingest": "`recsys-mtl` ingest",
     "ingest+features": "`recsys-mtl` ingest + features",
+    "ingest_generic": "`recsys-mtl` ingest, the same ratings as a generic CSV log",
 }
 
 
