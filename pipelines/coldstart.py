@@ -47,6 +47,8 @@ def validate_meta(cfg: RunConfig) -> None:
     # deferred: the learners' package (torch), only for a config with a meta: section
     from meta.learners import learner_params
 
+    if cfg.data.columns.rating is None:
+        raise UserError("meta: cold start adapts from ratings; data.columns.rating is none")
     if "rating" not in cfg.tasks:
         raise UserError("tasks: the cold-start protocol needs the 'rating' task")
     if build_weighting(cfg).needs_gradients:

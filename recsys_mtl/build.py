@@ -76,9 +76,15 @@ def check_device(device: str) -> str:
 
 
 def validate_run(cfg: RunConfig) -> tuple[type, Any]:
-    """Everything about a run that can be checked before any stage: the ranker and its params,
-    the weighting, the tasks, the device and the training options. Returns the ranker class
-    and params."""
+    """Everything about a run that can be checked before any stage: the tasks a log without
+    ratings allows, the ranker and its params, the weighting, the tasks, the device and the
+    training options. Returns the ranker class and params."""
+    rated = [t for t in cfg.tasks if t in ("rating", "like")]
+    if rated and cfg.data.columns.rating is None:
+        raise UserError(
+            f"tasks: {rated} learn from ratings, but data.columns.rating is none (a log "
+            "without ratings: every row an interaction); use tasks: [interaction]"
+        )
     cls, params = ranker_class(cfg.model.name, cfg.model.params)
     build_weighting(cfg)
     check_device(cfg.train.device)

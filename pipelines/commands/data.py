@@ -124,6 +124,7 @@ def _add_ingest_parser(dsub: Any) -> None:
             help=f"data.columns.{field}: the file's {field} column, a name or a 0-based "
             "position"
             + ("; none uses row order as time" if field == "ts" else "")
+            + ("; none: a log without ratings (clicks)" if field == "rating" else "")
             + f" (default: {field})",
         )
     ing.add_argument(
@@ -244,14 +245,22 @@ def _ingest(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(inter))
         return
-    dropped = ", ".join(f"{r}: {n:,}" for r, n in inter["rows_quarantined"].items())
+    merged = inter.get("repeats_merged", 0)
+    counts = dict(inter["rows_quarantined"])
+    if merged:  # a log without ratings: its repeated pairs are merged, not errors
+        counts["duplicate_pair"] -= merged
+    dropped = ", ".join(f"{r}: {n:,}" for r, n in counts.items() if n)
     lo, hi = report["rating_scale"]
+    scale = f"rating scale {lo:g}-{hi:g}" + (
+        " (found in the data)" if report.get("rating_scale_from") == "data" else ""
+    )
+    if inter.get("ratings") == "none":
+        scale = f"no ratings (every row an interaction; {merged:,} repeated pairs merged)"
     print(
         f"{out.absolute()}: {report['dataset']} log, {inter['rows_read']:,} rows read, "
-        f"{inter['rows_kept']:,} kept, {inter['rows_read'] - inter['rows_kept']:,} "
+        f"{inter['rows_kept']:,} kept, {inter['rows_read'] - inter['rows_kept'] - merged:,} "
         f"quarantined{f' ({dropped})' if dropped else ''}; {report['rated_users']:,} "
-        f"users, {report['rated_items']:,} items; rating scale {lo:g}-{hi:g}"
-        + (" (found in the data)" if report.get("rating_scale_from") == "data" else "")
+        f"users, {report['rated_items']:,} items; {scale}"
     )
 
 

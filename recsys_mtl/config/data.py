@@ -59,7 +59,8 @@ class SyntheticConfig(Frozen):
 
 # the names data.separator accepts for separators that are awkward to type or to quote
 SEPARATOR_NAMES = {"tab": "\t", "\\t": "\t", "space": " ", "whitespace": "whitespace"}
-# data.columns.ts values that mean "no timestamp column: row order is time"
+# data.columns.ts (and .rating) values that mean "no such column": row order is time (ts),
+# every row is a positive interaction (rating)
 NO_TS = ("none", "null")
 
 
@@ -75,8 +76,12 @@ class ColumnsConfig(Frozen):
     item_id: str | int = Field(
         "item_id", description="the file's column holding the item id (a name or a position)"
     )
-    rating: str | int = Field(
-        "rating", description="the file's column holding the rating (a name or a position)"
+    rating: str | int | None = Field(
+        "rating",
+        description="the file's column holding the rating (a name or a position); none or null: "
+        "a log without ratings (clicks, views, purchases), every row a positive interaction "
+        "read as rating 1 on the scale [0, 1], repeated (user, item) pairs merged, tasks: "
+        "[interaction] only",
     )
     ts: str | int | None = Field(
         "ts",
@@ -93,9 +98,9 @@ class ColumnsConfig(Frozen):
             raise ValueError("a column position counts from 0")
         return v
 
-    @field_validator("ts")
+    @field_validator("ts", "rating")
     @classmethod
-    def _no_ts(cls, v: str | int | None) -> str | int | None:
+    def _no_column(cls, v: str | int | None) -> str | int | None:
         return None if isinstance(v, str) and v.strip().lower() in NO_TS else v
 
 
@@ -122,7 +127,8 @@ class DataConfig(Frozen):
         description="[low, high] of valid ratings, in stars, low below high; rows outside it "
         "are quarantined (rating_out_of_scale); null: per layout, 1-5 (ml-100k, ml-1m, generic) "
         "or 0.5-5 (ml-10m and later, half stars); auto: the lowest and highest rating in the "
-        "log (ingest logs what it found)",
+        "log (ingest logs what it found); a log without ratings (data.columns.rating: none) is "
+        "on [0, 1] (null or auto)",
     )
     columns: ColumnsConfig = Field(
         ColumnsConfig(),
@@ -212,6 +218,11 @@ class DataConfig(Frozen):
     def _path_needed(self) -> DataConfig:
         if self.format != "synthetic" and self.path is None:
             raise ValueError("data.path is required unless data.format is 'synthetic'")
+        if self.columns.rating is None and isinstance(self.rating_scale, tuple):
+            raise ValueError(
+                "data.rating_scale: a log without ratings (data.columns.rating: none) is read "
+                "on the scale [0, 1]; leave data.rating_scale null"
+            )
         return self
 
 

@@ -44,7 +44,8 @@ class RunConfig(Frozen):
         description="tasks trained, distinct, each one of rating (regression on the rating "
         "scale), interaction (rated vs sampled unrated item) and like (rating >= "
         "features.like_threshold); one task may be written without brackets (tasks: rating); a "
-        "ranker refuses tasks it cannot serve",
+        "ranker refuses tasks it cannot serve; a log without ratings (data.columns.rating: "
+        "none) has interaction only",
     )
     train: TrainConfig = Field(TrainConfig(), description="gradient training of the ranker")
     weighting: WeightingConfig = Field(WeightingConfig(), description="how the task losses combine")

@@ -38,7 +38,8 @@ log = logging.getLogger("recsys_mtl.ingest")
 
 def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bool]:
     """The rating rows of a generic log, its number of blank lines (a CSV's) and whether its
-    times are its row order (no timestamp column: ``ts`` is the line number)."""
+    times are its row order (no timestamp column: ``ts`` is the line number). A log without
+    ratings (``data.columns.rating`` None) has rating 1 on every row."""
     path = layout.files["ratings"]
     if layout.kind == "parquet":
         (lf, wanted), blank = _read_parquet(path, cfg.columns), 0
@@ -48,6 +49,9 @@ def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bo
     if row_order:
         lf = lf.with_columns(pl.col("line").cast(pl.String).alias("_row_order"))
         wanted["ts"] = "_row_order"
+    if "rating" not in wanted:  # a log without ratings: every row is a positive interaction
+        lf = lf.with_columns(pl.lit("1").alias("_no_rating"))
+        wanted["rating"] = "_no_rating"
     lf = lf.select("line", "raw", "reason", *[pl.col(wanted[f]).alias(f) for f in RATING_FIELDS])
     # a decimal comma (4,5 in a ;-separated or quoted field, as European spreadsheets write)
     decimal = pl.col("rating").str.strip_chars().str.replace(r"^([-+]?\d+),(\d+)$", "$1.$2")
@@ -73,8 +77,8 @@ def scan_plan(layout: Layout, cfg: DataConfig) -> ScanPlan | None:
     if cfg.header:
         wanted = _named(path, fields, _by_name(cfg.columns))
         _check_columns(path, fields, wanted, first, sep)
-    elif len(fields) < 4 and "ts" not in cfg.columns.model_fields_set:
-        return None  # no fourth field: row order is time (the text reader says so)
+    elif len(fields) < len(_by_name(cfg.columns)) and "ts" not in cfg.columns.model_fields_set:
+        return None  # no field for the time: row order is time (the text reader says so)
     else:
         fields = [f"column {i}" for i in range(len(fields))]
         positions = _positions(path, cfg.columns, len(fields))
@@ -86,7 +90,8 @@ def scan_plan(layout: Layout, cfg: DataConfig) -> ScanPlan | None:
 
 
 def _by_name(cols: ColumnsConfig) -> dict[str, str | int]:
-    """``{field: the file's column}`` of the mapping; no ``ts`` when row order is time."""
+    """``{field: the file's column}`` of the mapping; no ``ts`` when row order is time, no
+    ``rating`` in a log without ratings."""
     wanted: dict[str, str | int | None] = {f: getattr(cols, f) for f in RATING_FIELDS}
     return {f: c for f, c in wanted.items() if c is not None}
 
@@ -207,22 +212,28 @@ def _field_count(lines: pl.DataFrame, separator: str) -> int:
 
 
 def _positions(path: Path, cols: ColumnsConfig, n_fields: int) -> dict[str, str | int]:
-    """The mapping of a file without a header: every column by position."""
+    """The mapping of a file without a header: every column by position (by default the
+    fields in order, user 0, item 1, rating 2, ts 3; ts 2 in a log without ratings)."""
     out: dict[str, str | int] = {}
-    for field, col in _by_name(cols).items():
+    mapped = _by_name(cols)
+    for field, col in mapped.items():
         if isinstance(col, str) and col.isdigit():
             col = int(col)
         elif col == field:  # the default name: the default position
-            col = RATING_FIELDS.index(field)
+            col = list(mapped).index(field)
         elif isinstance(col, str):
             raise UserError(
                 f"{path.absolute()}: data.columns.{field} is {col!r}, a name, but data.header is "
                 "false: give the column's 0-based position"
             )
         out[field] = col
-    if out.get("ts") == 3 and n_fields == 3 and "ts" not in cols.model_fields_set:
+    if out.get("ts") == n_fields == len(out) - 1 and "ts" not in cols.model_fields_set:
         del out["ts"]
-        log.info("ingest: %s has 3 fields a line and no timestamp: row order is time", path.name)
+        log.info(
+            "ingest: %s has %d fields a line and no timestamp: row order is time",
+            path.name,
+            n_fields,
+        )
     return out
 
 
@@ -241,8 +252,9 @@ def _check_columns(
                 hint = "; for a log without times, set data.columns.ts to none (row order is time)"
             elif not hint and dst == "rating":
                 hint = (
-                    "; a log without ratings (clicks, purchases) is read with a rating column of "
-                    "1s added, a rating scale of 0 to 1 and tasks: [interaction]"
+                    "; for a log without ratings (clicks, views, purchases), set "
+                    "data.columns.rating to none (every row a positive interaction) and "
+                    "tasks: [interaction]"
                 )
             raise UserError(
                 f"{path.absolute()}: column {src!r} (data.columns.{dst}) not found; "

@@ -210,6 +210,13 @@ def read_layout(layout: Layout, cfg: DataConfig, ratings: bool = True) -> RawTab
     path = layout.files["ratings"]
     if path.stat().st_size == 0:
         raise UserError(f"{path.absolute()}: the file is empty (0 bytes); it has no rating rows")
+    if cfg.columns.rating is None and layout.kind not in ("csv", "parquet"):
+        raise UserError(
+            f"{layout.root.absolute()}: data.columns.rating is none (a log without ratings), "
+            f"but this is a GroupLens {layout.name} release, whose ratings are read as they are; "
+            "data.columns.* map the columns of a CSV or Parquet log file (give its path as "
+            "data.path)"
+        )
     if layout.kind in ("csv", "parquet"):
         if not ratings:  # a generic log that ingest streams: no side tables
             return RawTables(pl.LazyFrame(schema={"line": pl.Int64, **RATING_TYPES}),

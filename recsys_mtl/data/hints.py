@@ -46,9 +46,11 @@ def stop_hint(
             "none to use row order as time"
         )
     if reason == "duplicate_pair":
+        clicks = layout is None or layout.kind in ("csv", "parquet")
         return (
             "; the latest rating of each (user, item) is kept: raise data.max_quarantine_share "
             "to accept a log that repeats pairs"
+            + ("; for clicks without ratings, set data.columns.rating to none" if clicks else "")
         )
     return ""
 

@@ -13,6 +13,11 @@ Outputs (in ``out_dir``):
 Duplicate (user, item) pairs: the latest rating is kept (by timestamp, then by position in the
 log); the others are quarantined as ``duplicate_pair``. ``data.rating_scale: auto`` takes the
 scale from the log (its lowest and highest parsed rating) and logs what it found.
+
+A log without ratings (``data.columns.rating: none``: clicks, views, purchases) has rating 1 on
+every row, on the scale :data:`NO_RATING_SCALE`; a repeated pair is a repeat, not an error: the
+latest is kept as above and the others, still quarantined as ``duplicate_pair`` (rows read =
+kept + quarantined), are "merged", not counted against ``data.max_quarantine_share``.
 """
 
 from __future__ import annotations
@@ -35,9 +40,19 @@ from recsys_mtl.data.synthetic import write_synthetic
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import write_json, write_parquet
 
-__all__ = ["Checked", "IngestResult", "ingest", "resolve_layout", "validate_interactions"]
+__all__ = [
+    "NO_RATING_SCALE",
+    "Checked",
+    "IngestResult",
+    "ingest",
+    "resolve_layout",
+    "validate_interactions",
+]
 
 DUPLICATE_POLICY = "keep_latest"
+# the rating scale of a log without ratings: every row is an interaction (1), an item never
+# interacted with is 0 (the negatives of the interaction task); a range that divides
+NO_RATING_SCALE = (0.0, 1.0)
 log = logging.getLogger("recsys_mtl.ingest")
 
 
@@ -219,6 +234,8 @@ def ingest(
     raw: RawTables = read_layout(layout, cfg, ratings=not streamed)
     auto = cfg.rating_scale == "auto"
     fixed = None if auto else tuple(cfg.rating_scale or layout.rating_scale)
+    if cfg.columns.rating is None:  # every row is rating 1 (a configured scale is refused)
+        fixed = NO_RATING_SCALE
     known_users = raw.users["user_id"] if raw.users is not None else None
     known_items = raw.items["item_id"] if raw.items is not None else None
     work = out / "_stream"
@@ -243,7 +260,8 @@ def _ingest(
     max_share: float | None,
     keep_rejected: str | Path | None,
 ) -> IngestResult:
-    auto = cfg.rating_scale == "auto"
+    implicit = cfg.columns.rating is None
+    auto = cfg.rating_scale == "auto" and not implicit
     kept: pl.DataFrame | pl.LazyFrame
     ids: tuple[pl.Series | None, pl.Series | None] = (None, None)
     if streamed:
@@ -272,15 +290,22 @@ def _ingest(
     )
     counts = reason_counts(rejects)
     rows_read = n_kept + rejects.height
+    # a log without ratings: repeated pairs are merged (the latest kept), not errors
+    merged = counts.get("duplicate_pair", 0) if implicit else 0
+    errors = {r: n for r, n in counts.items() if not (merged and r == "duplicate_pair")}
+    n_bad = rejects.height - merged
+    repeats = f"{merged:,} repeat{'s' * (merged != 1)} of a (user, item) pair merged (the "
+    repeats += "latest kept; a log without ratings), "
     log.info(
-        "ingest: %s rows read, %s kept, %s quarantined%s",
+        "ingest: %s rows read, %s kept, %s%s quarantined%s",
         f"{rows_read:,}",
         f"{n_kept:,}",
-        f"{rejects.height:,}",
-        f" ({', '.join(f'{r}: {n:,}' for r, n in _by_count(counts))})" if counts else "",
+        repeats if implicit else "",
+        f"{n_bad:,}",
+        f" ({', '.join(f'{r}: {n:,}' for r, n in _by_count(errors))})" if errors else "",
     )
-    top = _by_count(counts)[0][0] if counts else ""
-    hint = stop_hint(top, scale, observed, layout, raw.side_reports) if counts else ""
+    top = _by_count(errors)[0][0] if errors else ""
+    hint = stop_hint(top, scale, observed, layout, raw.side_reports) if errors else ""
     if counts.get("rating_out_of_scale") and observed is not None:
         log.warning(
             "ingest: %s rows outside data.rating_scale %g-%g quarantined; the log's ratings "
@@ -289,11 +314,11 @@ def _ingest(
             *scale,
             *observed,
         )
-    too_many = max_share is not None and rejects.height > max_share * rows_read
+    too_many = max_share is not None and n_bad > max_share * rows_read
     if n_kept == 0 or too_many:
         kept_at = Path(keep_rejected) if keep_rejected is not None else out / "quarantine.parquet"
         write_parquet(quarantine, kept_at)
-        top, n_top = _by_count(counts)[0]
+        top, n_top = _by_count(errors)[0]
         ratings = layout.files["ratings"].absolute()
         if n_kept == 0:
             raise UserError(
@@ -302,8 +327,8 @@ def _ingest(
                 f"{kept_at.absolute()}"
             )
         raise UserError(
-            f"{ratings}: {rejects.height:,} of {rows_read:,} rating rows "
-            f"({rejects.height / rows_read:.1%}) quarantined, above data.max_quarantine_share="
+            f"{ratings}: {n_bad:,} of {rows_read:,} rating rows "
+            f"({n_bad / rows_read:.1%}) quarantined, above data.max_quarantine_share="
             f"{max_share:g}; top reason: {top} ({n_top:,} rows{hint}); the rejected "
             f"rows are in {kept_at.absolute()}"
         )
@@ -326,7 +351,7 @@ def _ingest(
         "layout": layout.kind,
         "files": {role: p.name for role, p in layout.files.items()},
         "rating_scale": list(scale),
-        "rating_scale_from": "data" if auto else "config" if cfg.rating_scale else "layout",
+        "rating_scale_from": _scale_from(cfg),
         "duplicate_policy": DUPLICATE_POLICY,
         "interactions": {
             "source": raw.ratings_source,
@@ -335,6 +360,8 @@ def _ingest(
             "rows_quarantined": counts,
             "blank_lines": raw.blank_lines,
             "time": "row_order" if raw.row_order_time else "timestamps",
+            "ratings": "none" if implicit else "given",
+            "repeats_merged": merged,
         },
         "side_tables": raw.side_reports,
         "users": users.height,
@@ -344,6 +371,13 @@ def _ingest(
     }
     write_json(report, out / "report.json")
     return IngestResult(report, out)
+
+
+def _scale_from(cfg: DataConfig) -> str:
+    """Where the report's rating scale came from."""
+    if cfg.columns.rating is None:
+        return "no_ratings"
+    return "data" if cfg.rating_scale == "auto" else "config" if cfg.rating_scale else "layout"
 
 
 def _by_count(counts: dict[str, int]) -> list[tuple[str, int]]:

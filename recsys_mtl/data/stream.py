@@ -165,7 +165,7 @@ def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
 def _generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
     """The rows of a generic text log by a typed scan: every field read as text, then ids and
     times as integers written plainly (``007``, ``7.0``, `` 7`` are not: the text reader keeps
-    such ids as written), ratings as numbers, times as epoch seconds (below
+    such ids as written), ratings as numbers (1 in a log without ratings), times as epoch seconds (below
     :data:`~recsys_mtl.data.generic.SECONDS_BELOW`: a larger one may be another unit, which
     the text reader decides from the whole log). Any other field is :data:`UNPARSED`."""
     names = [f"_{i}" for i in range(plan.fields)]
@@ -188,8 +188,9 @@ def _generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
         return pl.when(value.cast(pl.String) == text(field)).then(value)
 
     ts = integer("ts")
-    fields = [integer("user_id"), integer("item_id"),
-              text("rating").cast(pl.Float64, strict=False), pl.when(ts < SECONDS_BELOW).then(ts)]  # fmt: skip
+    rating = text("rating").cast(pl.Float64, strict=False) if "rating" in plan.positions else None
+    rating = pl.lit(1.0) if rating is None else rating  # a log without ratings: every row is 1
+    fields = [integer("user_id"), integer("item_id"), rating, pl.when(ts < SECONDS_BELOW).then(ts)]
     fields = [f.alias(n) for f, n in zip(fields, RATING_FIELDS, strict=True)]
     bad = pl.any_horizontal([f.is_null() for f in fields])
     parse = pl.when(bad).then(pl.lit(UNPARSED)).otherwise(pl.lit(None, pl.String))

@@ -125,13 +125,14 @@ def test_ingest_stops_name_what_to_set_for_missing_times_and_repeated_pairs(tmp_
 
     clicks = write(tmp_path / "clicks.csv", "user_id,item_id,ts\n1,1,100\n")
     code, _, err = cli("data", "ingest", clicks, "--out", tmp_path / "d")
-    assert "a rating column of 1s added, a rating scale of 0 to 1" in _one_line(code, err)
+    assert "set --rating-col to none (every row a positive interaction)" in _one_line(code, err)
 
     twice = write(tmp_path / "twice.csv", HEADER + "1,1,4,100\n1,1,5,200\n2,1,3,300\n")
     code, _, err = cli("data", "ingest", twice, "--out", tmp_path / "b")
     line = _one_line(code, err)
     assert "duplicate_pair (1 rows; the latest rating of each (user, item) is kept" in line
     assert "raise --max-quarantine-share" in line
+    assert "for clicks without ratings, set --rating-col to none" in line
 
     old = write(tmp_path / "old.csv", HEADER + "1,1,4,-100\n1,2,5,-200\n")
     code, _, err = cli("data", "ingest", old, "--out", tmp_path / "c")

@@ -106,3 +106,17 @@ def test_features_of_a_streamed_generic_log_agree_in_partitions(tmp_path):
     _both(tmp_path, path, columns=COLUMNS, memory_mb=16)
     assert partitions_for(20_000, 1) > 1  # the draws run per partition of the users
     _features_agree(tmp_path, memory_mb=1)
+
+
+def test_a_click_log_streams_to_the_tables_of_the_text_reader(tmp_path):
+    """A log without ratings (clicks) streams too: every row rating 1, repeats merged alike."""
+    clicks = [",".join(line.split(",")[:2] + line.split(",")[3:]) for line in BASE]
+    path = _log(tmp_path, clicks, "user,item,ts")
+    columns = {"user_id": "user", "item_id": "item", "rating": None, "ts": "ts"}
+    cfg = DataConfig(path=str(path), columns=columns)
+    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan is not None
+    report = _both(tmp_path, path, columns=columns)
+    assert report["interactions"]["ratings"] == "none"
+    assert report["interactions"]["repeats_merged"] > 0
+    headerless = tmp_path / "h"  # user, item, time by position
+    _both(headerless, _log(headerless, clicks, None), columns={"rating": None}, header=False)
