@@ -31,7 +31,15 @@ from recsys_mtl.data.lines import (
 from recsys_mtl.data.raw import RATING_FIELDS, Layout, ScanPlan
 from recsys_mtl.errors import UserError
 
-__all__ = ["SECONDS_BELOW", "read_generic", "scan_plan"]
+__all__ = [
+    "SECONDS_BELOW",
+    "VALUE_TYPES",
+    "check_columns",
+    "mapped_columns",
+    "named_columns",
+    "read_generic",
+    "scan_plan",
+]
 
 log = logging.getLogger("recsys_mtl.ingest")
 
@@ -63,7 +71,8 @@ def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bo
 
 def scan_plan(layout: Layout, cfg: DataConfig) -> ScanPlan | None:
     """How a typed scan reads the generic text log of ``layout``, or None where only the text
-    reader can (Parquet, the whitespace separator, data.timestamp_format, row order as time).
+    reader can (the whitespace separator, data.timestamp_format, row order as time; Parquet
+    logs: :func:`recsys_mtl.data.parquet_scan.parquet_plan`).
     The file and its header are checked as the text reader checks them."""
     path = layout.files["ratings"]
     sep = cfg.separator
@@ -75,28 +84,30 @@ def scan_plan(layout: Layout, cfg: DataConfig) -> ScanPlan | None:
         return None
     fields = _split_line(first, sep)
     if cfg.header:
-        wanted = _named(path, fields, _by_name(cfg.columns))
-        _check_columns(path, fields, wanted, first, sep)
-    elif len(fields) < len(_by_name(cfg.columns)) and "ts" not in cfg.columns.model_fields_set:
+        wanted = named_columns(path, fields, mapped_columns(cfg.columns))
+        check_columns(path, fields, wanted, first, sep)
+    elif (
+        len(fields) < len(mapped_columns(cfg.columns)) and "ts" not in cfg.columns.model_fields_set
+    ):
         return None  # no field for the time: row order is time (the text reader says so)
     else:
         fields = [f"column {i}" for i in range(len(fields))]
         positions = _positions(path, cfg.columns, len(fields))
-        wanted = _named(path, fields, positions, _separator_hint(first, sep))
+        wanted = named_columns(path, fields, positions, _separator_hint(first, sep))
     if "ts" not in wanted:
         return None
     positions = {f: fields.index(c) for f, c in wanted.items()}
     return ScanPlan(sep, int(cfg.header), len(fields), positions, cfg)
 
 
-def _by_name(cols: ColumnsConfig) -> dict[str, str | int]:
+def mapped_columns(cols: ColumnsConfig) -> dict[str, str | int]:
     """``{field: the file's column}`` of the mapping; no ``ts`` when row order is time, no
     ``rating`` in a log without ratings."""
     wanted: dict[str, str | int | None] = {f: getattr(cols, f) for f in RATING_FIELDS}
     return {f: c for f, c in wanted.items() if c is not None}
 
 
-def _named(
+def named_columns(
     path: Path, have: list[str], wanted: dict[str, str | int], hint: str = ""
 ) -> dict[str, str]:
     """Positions in ``wanted`` replaced by the names ``have`` gives them."""
@@ -113,7 +124,7 @@ def _named(
 
 # Parquet column types read as ids, ratings or times (besides numbers); lists, structs,
 # durations and bytes are not
-_VALUE_TYPES = (pl.String, pl.Categorical, pl.Enum, pl.Boolean, pl.Date, pl.Datetime, pl.Null)
+VALUE_TYPES = (pl.String, pl.Categorical, pl.Enum, pl.Boolean, pl.Date, pl.Datetime, pl.Null)
 
 
 def _read_parquet(path: Path, cols: ColumnsConfig) -> tuple[pl.LazyFrame, dict[str, str]]:
@@ -124,11 +135,11 @@ def _read_parquet(path: Path, cols: ColumnsConfig) -> tuple[pl.LazyFrame, dict[s
         raise UserError(
             f"{path.absolute()}: not a readable Parquet file ({str(e).splitlines()[0]})"
         ) from e
-    wanted = _named(path, df.columns, _by_name(cols))
-    _check_columns(path, df.columns, wanted)
+    wanted = named_columns(path, df.columns, mapped_columns(cols))
+    check_columns(path, df.columns, wanted)
     for field, col in wanted.items():
         dtype = df.schema[col]
-        if not (dtype.is_numeric() or isinstance(dtype, _VALUE_TYPES)):
+        if not (dtype.is_numeric() or isinstance(dtype, VALUE_TYPES)):
             raise UserError(
                 f"{path.absolute()}: column {col!r} (data.columns.{field}) holds {dtype} values; "
                 "expected numbers, text, dates or times"
@@ -154,7 +165,7 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
     check_text(path)
     first = first_line(path)
     if cfg.header and not first:
-        named = ", ".join(str(c) for c in _by_name(cfg.columns).values())
+        named = ", ".join(str(c) for c in mapped_columns(cfg.columns).values())
         raise UserError(
             f"{path.absolute()}: the first line is empty; expected a header naming the columns "
             f"{named} (or data.header: false for a file without one)"
@@ -167,13 +178,13 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
         lines = _hide_quoted_separators(lines, sep)
     if cfg.header:
         header = _split_line(first, sep)
-        wanted = _named(path, header, _by_name(cfg.columns))
-        _check_columns(path, header, wanted, first, sep)
+        wanted = named_columns(path, header, mapped_columns(cfg.columns))
+        check_columns(path, header, wanted, first, sep)
     else:
         n_fields = _field_count(lines, sep)
         positions = _positions(path, cfg.columns, n_fields)
         header = [f"column {i}" for i in range(n_fields or max(positions.values()) + 1)]
-        wanted = _named(path, header, positions, _separator_hint(first, sep))
+        wanted = named_columns(path, header, positions, _separator_hint(first, sep))
     blank = lines["raw"].null_count()
     fields = split_fields(lines, sep, header, strip_quotes=True)
     shown = [pl.col(c).str.replace_all(_HIDDEN, sep, literal=True) for c in header]
@@ -215,7 +226,7 @@ def _positions(path: Path, cols: ColumnsConfig, n_fields: int) -> dict[str, str 
     """The mapping of a file without a header: every column by position (by default the
     fields in order, user 0, item 1, rating 2, ts 3; ts 2 in a log without ratings)."""
     out: dict[str, str | int] = {}
-    mapped = _by_name(cols)
+    mapped = mapped_columns(cols)
     for field, col in mapped.items():
         if isinstance(col, str) and col.isdigit():
             col = int(col)
@@ -237,7 +248,7 @@ def _positions(path: Path, cols: ColumnsConfig, n_fields: int) -> dict[str, str 
     return out
 
 
-def _check_columns(
+def check_columns(
     path: Path,
     have: list[str],
     wanted: dict[str, str],

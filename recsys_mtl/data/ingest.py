@@ -228,7 +228,7 @@ def ingest(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = resolve_layout(cfg, Path(work_dir) if work_dir is not None else out)
-    if streaming is not False and layout.kind == "csv":  # a clean generic text log streams
+    if streaming is not False and layout.kind in ("csv", "parquet"):  # a clean generic log
         layout = scan_generic(layout, cfg)
     streamed = streaming is not False and (layout.kind in STREAMED_KINDS or layout.scan is not None)
     raw: RawTables = read_layout(layout, cfg, ratings=not streamed)

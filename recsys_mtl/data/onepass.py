@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
+from recsys_mtl.data.parquet_scan import parquet_raw, parquet_row_count
 from recsys_mtl.data.raw import RATING_FIELDS, Layout
 from recsys_mtl.data.stream import (
     KEPT_COMPRESSION,
@@ -67,7 +68,23 @@ def stream_interactions(
     memory_mb: int,
 ) -> StreamChecked:
     """Parse and validate the ratings file of ``layout`` in bounded memory (the rules of
-    :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``."""
+    :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``.
+    The rejected rows of a Parquet log carry their text (a text file's are read by line)."""
+    found = _stream(layout, scale, known_users, known_items, work, memory_mb)
+    if layout.kind == "parquet" and layout.scan is not None:
+        found = replace(found, rejects=parquet_raw(found.rejects, layout.files["ratings"],
+                                                   layout.scan))  # fmt: skip
+    return found
+
+
+def _stream(
+    layout: Layout,
+    scale: tuple[float, float] | None,
+    known_users: pl.Series | None,
+    known_items: pl.Series | None,
+    work: Path,
+    memory_mb: int,
+) -> StreamChecked:
     work.mkdir(parents=True, exist_ok=True)
     known: Known = (known_users, known_items)
     rows, skip = typed_rows(layout)
@@ -75,7 +92,8 @@ def stream_interactions(
     # the file's lines are counted beside the typed pass and the duplicate check, which read
     # the kept rows only; a count that disagrees sends the file to the line reader
     with ThreadPoolExecutor(max_workers=1) as counter:
-        lines = counter.submit(_count_lines, layout.files["ratings"])
+        count = parquet_row_count if layout.kind == "parquet" else _count_lines
+        lines = counter.submit(count, layout.files["ratings"])
         with suppress(pl.exceptions.PolarsError, UnicodeDecodeError):  # then line by line
             found = _one_pass(rows, scale, layout.rating_scale, known, work)
         if found is not None and not found.unparsed:

@@ -10,10 +10,11 @@ from typing import Any
 
 import polars as pl
 
-__all__ = ["RATING_FIELDS", "RATING_TYPES", "Layout", "RawTables", "ScanPlan"]
+__all__ = ["RATING_FIELDS", "RATING_TYPES", "UNPARSED", "Layout", "RawTables", "ScanPlan"]
 
 RATING_TYPES = {"user_id": pl.Int64, "item_id": pl.Int64, "rating": pl.Float64, "ts": pl.Int64}
 RATING_FIELDS = list(RATING_TYPES)
+UNPARSED = "_unparsed"  # a typed-scan row with a null field: the file needs the text reader
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from recsys_mtl.config import DataConfig
 from recsys_mtl.data.generic import SECONDS_BELOW, read_generic, scan_plan
 from recsys_mtl.data.grouplens import CSV_RATINGS_HEADER, count_lines
 from recsys_mtl.data.lines import cast_fields, first_line, scan_lines, split_fields
-from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, Layout, ScanPlan
+from recsys_mtl.data.parquet_scan import parquet_plan, parquet_row_count, parquet_rows
+from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, UNPARSED, Layout, ScanPlan
 from recsys_mtl.errors import UserError
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "observed_span",
     "pair_key",
     "partitions_for",
+    "row_count",
     "scan_generic",
     "stream_with_losers",
     "typed_rows",
@@ -202,10 +204,11 @@ def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
     log that streams: one the typed scan can read (:func:`~recsys_mtl.data.generic.scan_plan`)
     whose first lines parse (a log of string ids, ISO times or another time unit goes to the
     text reader at once, not after a whole pass)."""
-    plan = scan_plan(layout, cfg)
+    path = layout.files["ratings"]
+    plan = parquet_plan(path, cfg) if layout.kind == "parquet" else scan_plan(layout, cfg)
     if plan is None:
         return layout
-    head = _generic_rows(layout.files["ratings"], plan).head(_HEAD_ROWS)
+    head = _scanned(layout, plan).head(_HEAD_ROWS)
     try:
         clean = not head.select((pl.col("reason") == UNPARSED).any()).collect().item()
     except pl.exceptions.PolarsError:  # ragged lines, bytes that are not UTF-8, ...
@@ -216,15 +219,25 @@ def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
 _HEAD_ROWS = 1000
 
 
+def _scanned(layout: Layout, plan: ScanPlan) -> pl.LazyFrame:
+    """The typed rows of a generic log, Parquet or text."""
+    path = layout.files["ratings"]
+    return parquet_rows(path, plan) if layout.kind == "parquet" else _generic_rows(path, plan)
+
+
+def row_count(layout: Layout) -> int:
+    """The lines of the ratings file (a last line without a newline counts), or the rows of a
+    Parquet log: what a clean typed scan reads, with the header lines it skips."""
+    path = layout.files["ratings"]
+    return parquet_row_count(path) if layout.kind == "parquet" else count_lines(path)
+
+
 def observed_span(rows: pl.LazyFrame) -> tuple[float, float] | None:
     """Lowest and highest finite rating of the rows without a parse-level reason."""
     r = pl.col("rating")
     ok = r.filter(pl.col("reason").is_null() & r.is_finite())
     lo, hi = rows.select(ok.min().alias("lo"), ok.max().alias("hi")).collect().row(0)
     return None if lo is None else (float(lo), float(hi))
-
-
-UNPARSED = "_unparsed"  # a typed-scan row with a null field: the file needs line mode
 
 
 VALUE_REASONS = ["rating_out_of_scale", "invalid_ts", "unknown_user", "unknown_item"]
@@ -281,7 +294,7 @@ def typed_rows(layout: Layout) -> tuple[pl.LazyFrame, int]:
     (``reason`` is :data:`UNPARSED` where a field did not parse: the file then needs
     :func:`line_rows`), and the number of header lines skipped."""
     if layout.scan is not None:
-        return _generic_rows(layout.files["ratings"], layout.scan), layout.scan.skip
+        return _scanned(layout, layout.scan), layout.scan.skip
     path, kind = layout.files["ratings"], layout.kind
     skip = int(kind == "ml-csv")
     if skip and first_line(path) != CSV_RATINGS_HEADER:
@@ -325,7 +338,7 @@ def _check_file(
     rows, skip = typed_rows(layout)
     try:
         found = _check(rows, scale, layout.rating_scale, known, work)
-        if found[1].unparsed == 0 and found[1].rows + skip == count_lines(layout.files["ratings"]):
+        if found[1].unparsed == 0 and found[1].rows + skip == row_count(layout):
             return (*found, 0)
     except (pl.exceptions.PolarsError, UnicodeDecodeError):
         pass

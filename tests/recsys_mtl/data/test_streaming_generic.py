@@ -4,6 +4,7 @@ log (its first lines or a later one) gets exactly the tables of the in-memory te
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 import recsys_mtl.data.grouplens as grouplens
@@ -120,3 +121,63 @@ def test_a_click_log_streams_to_the_tables_of_the_text_reader(tmp_path):
     assert report["interactions"]["repeats_merged"] > 0
     headerless = tmp_path / "h"  # user, item, time by position
     _both(headerless, _log(headerless, clicks, None), columns={"rating": None}, header=False)
+
+
+def _parquet(tmp_path, frame: pl.DataFrame):
+    path = tmp_path / "in" / "log.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.write_parquet(path)
+    return path
+
+
+def _frame(lines: list[str]) -> pl.DataFrame:
+    rows = [line.split(",") for line in lines]
+    return pl.DataFrame(
+        {"user": [int(r[0]) for r in rows], "item": [int(r[1]) for r in rows],
+         "rating": [float(r[2]) for r in rows], "ts": [int(r[3]) for r in rows]}
+    )  # fmt: skip
+
+
+def test_a_parquet_log_streams_to_the_tables_of_the_in_memory_reader(tmp_path, monkeypatch):
+    frame = _frame(BASE)
+    path = _parquet(tmp_path / "a", frame)
+    cfg = DataConfig(path=str(path), columns=COLUMNS)
+    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan is not None
+    _both(tmp_path / "a", path, columns=COLUMNS, max_quarantine_share=1.0)
+    # rejected rows (a null id, out of scale, a negative time, a millisecond time late) alike,
+    # each with its fields as text in the quarantine
+    dirty = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == LATE).then(None).otherwise("user").alias("user"),
+        pl.when(pl.int_range(pl.len()) == LATE + 1).then(9.0).otherwise("rating").alias("rating"),
+        pl.when(pl.int_range(pl.len()) == LATE + 2).then(-3).otherwise("ts").alias("ts"),
+    )
+    path = _parquet(tmp_path / "b", dirty)
+    report = _both(tmp_path / "b", path, columns=COLUMNS, max_quarantine_share=1.0)
+    assert report["interactions"]["rows_quarantined"]["rating_out_of_scale"] == 1
+    quarantine = pl.read_parquet(tmp_path / "b" / "streamed" / "quarantine.parquet")
+    assert quarantine["raw"].null_count() == 0
+    millis = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) == LATE).then(10**12).otherwise("ts").alias("ts")
+    )
+    _both(tmp_path / "c", _parquet(tmp_path / "c", millis), columns=COLUMNS)
+    # string ids, float times: the in-memory reader at once, the same tables
+    strings = frame.with_columns(pl.col("user").cast(pl.String), pl.col("ts").cast(pl.Float64))
+    path = _parquet(tmp_path / "d", strings)
+    cfg = DataConfig(path=str(path), columns=COLUMNS)
+    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan is None
+    _both(tmp_path / "d", path, columns=COLUMNS)
+    clicks = frame.drop("rating")  # a log without ratings
+    columns = {**COLUMNS, "rating": None}
+    _both(tmp_path / "e", _parquet(tmp_path / "e", clicks), columns=columns)
+
+
+def test_a_clean_parquet_log_never_goes_through_the_in_memory_reader(tmp_path, monkeypatch):
+    path = _parquet(tmp_path, _frame(BASE))
+
+    def whole_file(*_a, **_k):
+        raise AssertionError("the in-memory reader was used")
+
+    monkeypatch.setattr(stream, "read_generic", whole_file)
+    monkeypatch.setattr(grouplens, "read_generic", whole_file)
+    report = ingest(DataConfig(path=str(path), columns=COLUMNS), tmp_path / "o").report
+    assert report["interactions"]["rows_read"] == len(BASE)

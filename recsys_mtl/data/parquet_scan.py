@@ -1,0 +1,103 @@
+"""A generic Parquet log streamed: the plan that says a typed scan can read it, its rows, the
+row count that stands for a text file's line count, and the text of its rejected rows.
+
+The in-memory reader (:func:`recsys_mtl.data.generic.read_generic`) reads the whole file and
+parses every mapped column as text; a log whose ids and times are integer columns and whose
+ratings are numbers (or absent: a log without ratings) is read by ``scan_parquet`` instead,
+row by row as the text reader would parse them: ``line`` is the 1-based row number, a row
+with a null field, an id beyond Int64 or a time of another unit than seconds (at or above
+:data:`~recsys_mtl.data.generic.SECONDS_BELOW`) is unparsed and sends the file back to the
+text reader, which writes the same tables.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from recsys_mtl.config import DataConfig
+from recsys_mtl.data.generic import (
+    SECONDS_BELOW,
+    VALUE_TYPES,
+    check_columns,
+    mapped_columns,
+    named_columns,
+)
+from recsys_mtl.data.raw import RATING_FIELDS, UNPARSED, ScanPlan
+from recsys_mtl.errors import UserError
+
+__all__ = ["parquet_plan", "parquet_raw", "parquet_row_count", "parquet_rows"]
+
+
+def parquet_plan(path: Path, cfg: DataConfig) -> ScanPlan | None:
+    """The plan of a Parquet log a typed scan reads: integer id and time columns, a numeric
+    rating column or none; None for any other (the in-memory reader's), or a file whose schema
+    cannot be read (the in-memory reader names the error). The columns are checked as the
+    in-memory reader checks them."""
+    try:
+        schema = pl.scan_parquet(path).collect_schema()
+    except Exception:  # polars raises several error types for a file that is not Parquet
+        return None
+    names = list(schema)
+    wanted = named_columns(path, names, mapped_columns(cfg.columns))
+    check_columns(path, names, wanted)
+    for field, col in wanted.items():
+        dtype = schema[col]
+        if not (dtype.is_numeric() or isinstance(dtype, VALUE_TYPES)):
+            raise UserError(
+                f"{path.absolute()}: column {col!r} (data.columns.{field}) holds {dtype} values; "
+                "expected numbers, text, dates or times"
+            )
+    integer = [f for f in ("user_id", "item_id", "ts") if f in wanted]
+    if len(integer) < 3 or not all(schema[wanted[f]].is_integer() for f in integer):
+        return None
+    if "rating" in wanted and not schema[wanted["rating"]].is_numeric():
+        return None
+    positions = {f: names.index(c) for f, c in wanted.items()}
+    return ScanPlan("", 0, len(names), positions, cfg)
+
+
+def parquet_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
+    """``line, reason, user_id, item_id, rating, ts`` of the Parquet log by a typed scan."""
+    lf = pl.scan_parquet(path)
+    names = list(lf.collect_schema())
+
+    def col(field: str) -> pl.Expr:
+        return pl.col(names[plan.positions[field]])
+
+    ts = col("ts").cast(pl.Int64, strict=False)
+    rating = col("rating").cast(pl.Float64) if "rating" in plan.positions else pl.lit(1.0)
+    fields = [col("user_id").cast(pl.Int64, strict=False), col("item_id").cast(pl.Int64, strict=False),
+              rating, pl.when(ts < SECONDS_BELOW).then(ts)]  # fmt: skip
+    fields = [f.alias(n) for f, n in zip(fields, RATING_FIELDS, strict=True)]
+    bad = pl.any_horizontal([f.is_null() for f in fields])
+    parse = pl.when(bad).then(pl.lit(UNPARSED)).otherwise(pl.lit(None, pl.String))
+    lf = lf.with_row_index("line", offset=1)
+    return lf.select(pl.col("line").cast(pl.Int64), parse.alias("reason"), *fields)
+
+
+def parquet_row_count(path: Path) -> int:
+    """The rows of the Parquet file (from its footer)."""
+    return int(pl.scan_parquet(path).select(pl.len()).collect().item())
+
+
+def parquet_raw(rejects: pl.DataFrame, path: Path, plan: ScanPlan) -> pl.DataFrame:
+    """The rejected rows with ``raw`` as the in-memory reader writes it: the mapped fields in
+    field order, as text, joined by commas (an empty field for a null)."""
+    if rejects.height == 0:
+        return rejects
+    lf = pl.scan_parquet(path)
+    names = list(lf.collect_schema())
+    fields = [names[plan.positions[f]] for f in RATING_FIELDS if f in plan.positions]
+    text = pl.concat_str([pl.col(c).cast(pl.String).fill_null("") for c in fields], separator=",")
+    wanted = rejects["line"].implode()
+    found = (
+        lf.with_row_index("line", offset=1)
+        .select(pl.col("line").cast(pl.Int64), text.alias("_text"))
+        .filter(pl.col("line").is_in(wanted))
+        .collect()
+    )
+    return rejects.join(found, on="line", how="left", maintain_order="left").select(
+        pl.exclude("raw", "_text"), pl.coalesce("raw", "_text").alias("raw")
+    )
