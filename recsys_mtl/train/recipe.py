@@ -101,6 +101,7 @@ def train_ranker(
             f"{key}: needs a validation part, but the split's validation part is empty "
             "(raise split.valid_fraction, or set train.refit: false and train.patience: null)"
         )
+    _warn_one_like_label(train, cfg)
     weighting = build_weighting(cfg)
     try:
         pretrained = None
@@ -130,6 +131,25 @@ def train_ranker(
     if warm is not None:
         metrics["train/warm_start_seconds"] = warm
     return TrainedRanker(model, selected, metrics, details, res.history)
+
+
+def _warn_one_like_label(train: dict[str, torch.Tensor], cfg: RunConfig) -> None:
+    """A ``like`` task whose training ratings are all likes, or none is (a log whose ratings
+    are all equal, or all on one side of ``features.like_threshold``), learns one label and
+    has no AUC: said once, before training."""
+    if "like" not in cfg.tasks or size(train) == 0:
+        return
+    likes = train["like"][train["interaction"] > 0]
+    if likes.numel() == 0 or bool(likes.min() != likes.max()):
+        return
+    every = "every training rating is" if bool(likes[0] > 0) else "no training rating is"
+    log.warning(
+        "train: %s a like (rating >= features.like_threshold=%g): the like task learns one label "
+        "and its AUC is undefined; set features.like_threshold inside the ratings, or leave like "
+        "out of tasks",
+        every,
+        cfg.features.like_threshold,
+    )
 
 
 def _warm_start(model: nn.Module, data: dict[str, torch.Tensor], cfg: RunConfig) -> float | None:
