@@ -145,10 +145,10 @@ def _in_job(args: argparse.Namespace) -> int:
             load_config(args.config, args.overrides).train.distributed
             if args.command == "run" else DistributedConfig()
         )  # fmt: skip
+        job = distributed.setup(settings)  # a backend this machine lacks: the user's error
     except UserError as e:
         print(f"recsys-mtl: error: {e}", file=sys.stderr)
         return e.exit_code
-    job = distributed.setup(settings)
     code = 1
     try:
         if args.command == "run" and not job.leader:

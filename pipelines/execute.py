@@ -22,7 +22,7 @@ from typing import Any
 from pipelines.coldstart import coldstart_pipeline, validate_meta
 from pipelines.naming import default_run_name, run_key
 from pipelines.process import start_threads
-from pipelines.ranks import torchrun_world
+from pipelines.ranks import torchrun_world, unread_checkpoint_note
 from pipelines.runner import Pipeline, Stage, StageContext, run_pipeline, stage_status
 from pipelines.stages import build_pipeline
 from pipelines.tracked import ending, log_finished_run, open_tracker, reusable_run
@@ -230,6 +230,9 @@ def _announce(status: dict[str, dict[str, Any]], run_dir: Path, force: bool) -> 
         log.info("run folder: %s (every stage unchanged)", run_dir)
         return
     ckpt = status[todo[0]]["checkpoints"]
+    unread = status[todo[0]].get("unread_checkpoints")
+    if unread and not ckpt:
+        log.warning(unread_checkpoint_note(todo[0], unread))
     if ckpt:
         log.info(
             "resuming %s: %s complete; stage %s continues from its checkpoint %s",

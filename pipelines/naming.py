@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.ranks import torchrun_world
 from pipelines.stages import data_content
 from recsys_mtl import __version__
 from recsys_mtl.config import RunConfig, flatten
@@ -121,8 +122,10 @@ def data_digest(cfg: RunConfig) -> str:
 def run_description(cfg: RunConfig, config_path: str, overrides: list[str], run_dir: Path) -> str:
     """The MLflow run's description: the command that made it and what it trains."""
     sets = "".join(f" --set {o}" for o in overrides)
+    world = torchrun_world()
+    job = f" under torchrun ({world} processes)" if world is not None else ""
     return (
-        f"`recsys-mtl run {config_path}{sets}`: {cfg.model.name} on {', '.join(cfg.tasks)}, "
+        f"`recsys-mtl run {config_path}{sets}`{job}: {cfg.model.name} on {', '.join(cfg.tasks)}, "
         f"{_split_text(cfg)}, {cfg.weighting.name} weighting, "
         f"train seed {cfg.train.seed}. Run folder: {run_dir}"
     )
@@ -154,13 +157,15 @@ def run_tags(cfg: RunConfig, config_path: str, run_dir: Path, digest: str) -> di
 
 
 def config_tags(cfg: RunConfig) -> dict[str, str]:
-    """What a run trains, as tags: model, tasks, split, weighting; a cold-start run says so
-    (``recsys_mtl.pipeline: coldstart``, and its split is the users it holds out)."""
+    """What a run trains, as tags: model, tasks, split, weighting, the number of processes
+    that trained it (``recsys_mtl.processes``: torchrun's world size, else 1); a cold-start run
+    says so (``recsys_mtl.pipeline: coldstart``, and its split is the users it holds out)."""
     tags = {
         "recsys_mtl.model": cfg.model.name,
         "recsys_mtl.tasks": ",".join(cfg.tasks),
         "recsys_mtl.split": cfg.split.strategy,
         "recsys_mtl.weighting": cfg.weighting.name,
+        "recsys_mtl.processes": str(torchrun_world() or 1),
     }
     if cfg.meta is not None:
         tags["recsys_mtl.pipeline"] = "coldstart"

@@ -24,8 +24,10 @@ __all__ = [
     "announce_stage",
     "dcp_checkpoints",
     "keep_plan",
+    "stage_checkpoints",
     "stage_ended",
     "torchrun_world",
+    "unread_checkpoint_note",
     "with_world",
 ]
 
@@ -51,6 +53,32 @@ def dcp_checkpoints(folder: Path) -> list[Path]:
     """The distributed checkpoint (its rank-0 state file) a killed torchrun job left."""
     state = folder / "dcp" / "state.json"
     return [state] if state.exists() else []
+
+
+def stage_checkpoints(stage: str, folder: Path) -> tuple[list[Path], list[Path]]:
+    """The checkpoints a killed command left in ``folder`` for ``stage``: those this process
+    resumes from, and those of the other trainer, which it does not read (a collective stage
+    under torchrun reads the distributed checkpoint, any number of processes; one process
+    without torchrun reads the one-process ``*.pt``)."""
+    plain, dcp = sorted(folder.glob("*.pt")), dcp_checkpoints(folder)
+    if torchrun_world() is not None and stage in COLLECTIVE:
+        return dcp, plain
+    return plain, dcp
+
+
+def unread_checkpoint_note(stage: str, found: list[Path]) -> str:
+    """Why ``stage`` starts from its first epoch beside a checkpoint of the other trainer."""
+    if torchrun_world() is not None:
+        return (
+            f"stage {stage}: {found[-1]} is a one-process checkpoint, which a torchrun job does "
+            "not read: training starts at its first epoch (the same command without torchrun "
+            "resumes it)"
+        )
+    return (
+        f"stage {stage}: {found[-1]} is a torchrun job's distributed checkpoint, which one "
+        "process without torchrun does not read: training starts at its first epoch "
+        "(torchrun --nproc_per_node N -m pipelines.cli run ..., any N, resumes it)"
+    )
 
 
 def announce_stage(stage: str, config: Any, run: Path, key: str) -> None:

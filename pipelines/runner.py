@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.ranks import announce_stage, dcp_checkpoints, keep_plan, stage_ended, with_world
+from pipelines.ranks import announce_stage, keep_plan, stage_checkpoints, stage_ended, with_world
 from recsys_mtl import __version__
 from recsys_mtl.config import RunConfig
 from recsys_mtl.io import file_digest
@@ -381,7 +381,8 @@ def stage_status(
 ) -> dict[str, dict[str, Any]]:
     """What :func:`run_pipeline` would do, without running anything: for each stage its
     fingerprint, whether its completed folder matches it (``complete``: it would be skipped
-    unless forced) and the checkpoint folders a killed run left for it."""
+    unless forced), the checkpoints a killed run left for it that this process resumes from and
+    (``unread_checkpoints``) those of the other trainer (:func:`pipelines.ranks.stage_checkpoints`)."""
     run = Path(run_dir)
     keys: dict[str, str] = {}
     status: dict[str, dict[str, Any]] = {}
@@ -393,6 +394,7 @@ def stage_status(
         marker = _read_marker(final)
         complete = _complete(stage, final, marker, key)
         folder = run / ".checkpoints" / f"{stage.name}-{plain[:16]}"
-        checkpoints = sorted([*folder.glob("*.pt"), *dcp_checkpoints(folder)])
-        status[stage.name] = {"fingerprint": key, "complete": complete, "checkpoints": checkpoints}
+        checkpoints, unread = stage_checkpoints(stage.name, folder)
+        status[stage.name] = {"fingerprint": key, "complete": complete,
+                              "checkpoints": checkpoints, "unread_checkpoints": unread}  # fmt: skip
     return status

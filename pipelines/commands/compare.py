@@ -35,6 +35,7 @@ DESCRIBE = (
     ("weighting", "recsys_mtl.weighting", "weighting.name"),
     ("tasks", "recsys_mtl.tasks", "tasks"),
     ("split", "recsys_mtl.split", "split.strategy"),
+    ("processes", "recsys_mtl.processes", "recsys_mtl.processes"),  # a tag: torchrun world size
 )
 
 

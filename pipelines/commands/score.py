@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.commands.common import Help
+from pipelines.ranks import torchrun_world
 from pipelines.score_files import read_support, read_users, read_users_meta
-from pipelines.score_parts import my_part, my_users, write_manifest
+from pipelines.score_parts import clear_manifest, my_part, my_users, none_known, write_manifest
 from recsys_mtl.errors import UserError
 from recsys_mtl.io import atomic_path
 from recsys_mtl.locks import file_lock, this_command
@@ -153,7 +154,7 @@ def score_command(
     run, info = load_source(source)
     weights = parse_blend(blend, run.tasks)  # a bad --blend fails before any work
     udt, idt = run.user_ids.dtype, run.item_ids.dtype
-    listed = my_users(run, read_users(users, udt) if users else None)  # torchrun: a block
+    listed = my_users(run, read_users(users, udt) if users else None, users)  # torchrun: a block
     sup = read_support(support, run.ctx.rating_scale, udt, idt) if support else None
     n_new_items, group = 0, None
     if items_meta:
@@ -203,12 +204,11 @@ def score_command(
                                       report, group)  # fmt: skip
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
     with file_lock(out, this_command()), atomic_path(out) as tmp:
+        clear_manifest(out)  # torchrun: no manifest beside a part being rewritten
         _write_stream(parts, schema, metadata, tmp)  # block by block: memory flat in users
-        if listed is not None and not (report.served_by["model"] or report.served_by["cold_start"]):
-            raise UserError(
-                f"--users {users}: none of its {report.users} user ids is a user of this model or has "
-                f"support rows (first: {listed[0]!r}); nothing written"
-            )
+        any_served = report.served_by["model"] or report.served_by["cold_start"]
+        if listed is not None and not any_served and torchrun_world() is None:  # see my_users
+            raise UserError(none_known(users, listed, report.users))
     result = {
         "out": str(out),
         **report.as_dict(),

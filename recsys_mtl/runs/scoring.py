@@ -314,7 +314,10 @@ def score_states(
 
     def score_block(rows: torch.Tensor) -> torch.Tensor:
         states[0] = state_of(rows)
-        return scorer.block(states[0])
+        scores = scorer.block(states[0])
+        if scores.shape[0] != rows.numel():  # a ranker with no user state (popularity): one
+            scores = scores.expand(rows.numel(), -1).clone()  # row, every user's (masked apart)
+        return scores
 
     def users_of(rows: torch.Tensor) -> dict[str, torch.Tensor]:
         if cache["block"] is not rows:  # once per block, not once per tile

@@ -10,6 +10,9 @@
   columns (``user_id, item_id, rank, score, score_<task>..., served_by``); a user the model
   never saw gets the log's most popular items.
 
+A request with no rows gets no rows, with the columns of its kind (pairs when it has an
+``item_id`` column).
+
 The parameter ``blend`` (``"rating=0.5,interaction=0.5"``) sets the blend's weights. Importing
 this module imports MLflow; nothing else in the package does at import time.
 """
@@ -47,6 +50,9 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
                 raise UserError("the request has no user_id column")
             has_k = "k" in frame.columns and frame["k"].null_count() < frame.height
             has_item = "item_id" in frame.columns and frame["item_id"].null_count() < frame.height
+            if frame.height == 0:  # an empty batch: no rows, of the kind its columns name
+                has_item = "item_id" in frame.columns
+                has_k = not has_item and "k" in frame.columns
             if has_k == has_item:
                 raise UserError(
                     "a request has columns user_id and item_id (pairs), or user_id and k (top-K)"
@@ -66,7 +72,7 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
         if want["k"].null_count() or (want["k"] < 1).any():
             raise UserError("every top-K request needs k >= 1")
         want = want.group_by("user_id", maintain_order=True).agg(pl.col("k").max())
-        k = int(want["k"].max())
+        k = int(want["k"].max() or 1)  # an empty request: one item for no user
         users = want["user_id"].cast(self.run.user_ids.dtype, strict=False)
         recs, _ = recommend(self.run, k, users=users, blend=blend)
         want = want.with_columns(users.alias("user_id"))

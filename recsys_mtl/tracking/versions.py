@@ -118,9 +118,9 @@ def default_description(run_dir: str | Path, run_tags: dict[str, str] | None = N
     summary = _summary(run_dir)
     config = summary.get("config") or {}
     note = (run_tags or {}).get("mlflow.note.content", "")
-    command = re.search(r"`(recsys-mtl [^`]+)`", note)
+    command = re.search(r"`(recsys-mtl [^`]+)`( under torchrun \(\d+ processes\))?", note)
     parts = [
-        command.group(1)
+        command.group(1) + (command.group(2) or "")
         if command
         else f"run folder {Path(run_dir).resolve()} (config {config.get('name', '?')!r})"
     ]

@@ -56,6 +56,7 @@ __all__ = [
     "all_sum",
     "announce",
     "check_settings",
+    "check_trainable",
     "current",
     "launched",
     "load_full",
@@ -63,6 +64,7 @@ __all__ = [
     "receive",
     "setup",
     "shard",
+    "sharding_types",
     "teardown",
 ]
 
@@ -75,7 +77,14 @@ _SHARDED_TYPES = {"cpu": ("table_wise", "column_wise"), "cuda": ("table_wise", "
 
 # -- settings --------------------------------------------------------------------------------
 def check_settings(cfg: Any, device: torch.device) -> None:
-    """What DistributedModelParallel cannot train, as one-line errors (``cfg``: the run)."""
+    """What DistributedModelParallel cannot train, as one-line errors naming the key (``cfg``:
+    the run), before any stage: the ranker, the weighting, the sharding type, the optimizer."""
+    from recsys_mtl.models import RANKERS  # deferred: the registries (torch)
+    from recsys_mtl.weighting import WEIGHTINGS
+
+    check_trainable(RANKERS.get(cfg.model.name), WEIGHTINGS.get(cfg.weighting.name),
+                    cfg.model.name, cfg.weighting.name)  # fmt: skip
+    sharding_types(cfg.train.distributed, device)
     opt = cfg.train.embedding_optimizer
     if device.type == "cpu" and opt not in FUSED_ON_CPU:
         raise UserError(
@@ -94,6 +103,42 @@ def check_settings(cfg: Any, device: torch.device) -> None:
             f"train.batch_size: {cfg.train.batch_size} rows is smaller than the {world} "
             "processes of the job (train.distributed.batch: global splits it among them)"
         )
+
+
+def check_trainable(
+    ranker: type, weighting: type, ranker_name: str | None = None, weighting_name: str | None = None
+) -> None:
+    """A ranker or weighting class DistributedModelParallel cannot train is a one-line
+    :class:`UserError` naming its key (``model.name``, ``weighting.name``) and the name
+    configured there (default: the class's). A closed-form ranker (``bias``, ``popularity``)
+    trains without the sharded trainer, whatever the weighting."""
+    if getattr(weighting, "needs_gradients", False) and not getattr(ranker, "closed_form", False):
+        raise UserError(
+            f"weighting.name: {weighting_name or weighting.__name__} combines "
+            "per-task gradients of the shared parameters, which DistributedModelParallel does "
+            "not give for sharded tables (torch.autograd.grad sees no gradient of a fused "
+            "table); under torchrun use a loss-based weighting (static, uw, dwa, famo, ...)"
+        )
+    if getattr(ranker, "sequence_table", None) is not None:
+        raise UserError(
+            f"model.name: {ranker_name or ranker.__name__} is a sequence ranker: it "
+            "reads the whole item table (a softmax over the catalog) and does not train under "
+            "torchrun; run it in one process"
+        )
+
+
+def sharding_types(settings: Any, device: torch.device) -> tuple[str, ...]:
+    """The sharding types a table may get on ``device`` (``settings``:
+    ``train.distributed``); one that is not available there is a :class:`UserError`."""
+    allowed = _SHARDED_TYPES["cuda" if device.type == "cuda" else "cpu"]
+    if settings.sharding == "auto":
+        return allowed
+    if settings.sharding not in allowed:
+        raise UserError(
+            f"train.distributed.sharding: {settings.sharding} is not available on "
+            f"{device.type}; available: auto, {', '.join(allowed)}"
+        )
+    return (settings.sharding,)
 
 
 def _fused_class(name: str) -> type:
@@ -119,14 +164,7 @@ def _constraints(model: nn.Module, settings: Any, device: torch.device) -> tuple
     """The planner's constraints per table, and the names of the tables to shard."""
     from torchrec.distributed.planner import ParameterConstraints  # deferred: torchrec
 
-    allowed = _SHARDED_TYPES["cuda" if device.type == "cuda" else "cpu"]
-    if settings.sharding != "auto":
-        if settings.sharding not in allowed:
-            raise UserError(
-                f"train.distributed.sharding: {settings.sharding} is not available on "
-                f"{device.type}; available: auto, {', '.join(allowed)}"
-            )
-        allowed = (settings.sharding,)
+    allowed = sharding_types(settings, device)
     out, sharded = {}, set()
     for _, m in _tables(model):
         for spec in m.specs.values():
@@ -135,6 +173,12 @@ def _constraints(model: nn.Module, settings: Any, device: torch.device) -> tuple
             out[spec.name] = ParameterConstraints(sharding_types=types)
             if not whole:
                 sharded.add(spec.name)
+    unknown = [t for t in settings.data_parallel if t not in out]
+    if unknown:  # a misspelt table would be sharded without a word
+        raise UserError(
+            f"train.distributed.data_parallel: {', '.join(map(repr, unknown))} is not a table of "
+            f"this model; its tables: {', '.join(sorted(out))}"
+        )
     return out, sharded
 
 

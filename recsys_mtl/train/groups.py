@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from recsys_mtl.errors import UserError
+
 __all__ = [
     "Dist",
     "Terminated",
@@ -90,6 +92,13 @@ def setup(settings: Any) -> Dist:
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local = int(os.environ["LOCAL_RANK"])
+    if settings.backend == "nccl" and not (torch.cuda.is_available() and dist.is_nccl_available()):
+        raise UserError(
+            "train.distributed.backend: nccl needs CUDA devices and a torch built with NCCL, "
+            "and this machine has "
+            + ("no CUDA device" if not torch.cuda.is_available() else "no NCCL")
+            + "; use auto or gloo"
+        )
     cuda = torch.cuda.is_available() and settings.backend != "gloo"
     backend = settings.backend if settings.backend != "auto" else ("nccl" if cuda else "gloo")
     device = torch.device("cpu")

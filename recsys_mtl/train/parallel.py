@@ -6,8 +6,8 @@ in holds the weights of its best validation epoch at the end, on every process).
   rank ``r`` of ``N`` takes the ``r``-th of ``N`` equal, disjoint slices of it (the last
   ``n mod N`` rows of the permutation are left out of that epoch): every process takes the
   same number of steps. How many rows a step takes follows ``train.distributed.batch``
-  (:func:`step_rows`): ``global``, each process ``train.batch_size / N`` rows, so a step sees
-  ``train.batch_size`` rows in all, as in one process; ``per_process``, each process
+  (:func:`step_rows`): ``global``, each process ``train.batch_size / N`` rows (rounded down,
+  with a warning), so a step sees ``train.batch_size`` rows in all, as in one process; ``per_process``, each process
   ``train.batch_size`` rows, so a step sees ``N x train.batch_size`` rows and an epoch takes N
   times fewer steps. The learning rates are scaled to the global batch (``train.lr_scaling``,
   as in one process): resumed by another number of processes, a ``per_process`` run's global
@@ -64,7 +64,8 @@ def step_rows(tc: TrainConfig, world: int) -> tuple[int, int]:
     them (the global batch the learning rates are scaled to), by ``train.distributed.batch``."""
     if tc.distributed.batch == "per_process":
         return tc.batch_size, tc.batch_size * world
-    return max(1, tc.batch_size // world), tc.batch_size
+    per = max(1, tc.batch_size // world)
+    return per, per * world  # a batch_size not a multiple of world: the rows a step takes
 
 
 def global_train(tc: TrainConfig, world: int) -> TrainConfig:
@@ -82,21 +83,6 @@ def fused_lr(tc: TrainConfig, world: int) -> float:
     g = global_train(tc, world)
     lr = scaled_lr(g.embedding_lr or g.lr, g.batch_size, g.lr_reference_batch, g.lr_scaling)
     return lr / world if tc.embedding_optimizer == "sgd" else lr
-
-
-def _refuse(model: nn.Module, weighting: Weighting) -> None:
-    if weighting.needs_gradients:
-        raise UserError(
-            f"weighting {type(weighting).__name__}: combines per-task gradients of the shared "
-            "parameters, which DistributedModelParallel does not give for sharded tables "
-            "(torch.autograd.grad sees no gradient of a fused table); under torchrun use a "
-            "loss-based weighting (static, uw, dwa, famo, ...)"
-        )
-    if getattr(model, "sequence_table", None) is not None:
-        raise UserError(
-            f"{type(model).__name__}: sequence rankers read the whole item table (a softmax "
-            "over the catalog) and do not train under torchrun; run them in one process"
-        )
 
 
 @torch.no_grad()
@@ -147,7 +133,7 @@ def fit_parallel(
     d = distributed.current()
     assert d is not None, "fit_parallel runs under torchrun"
     tc: TrainConfig = cfg.train
-    _refuse(model, weighting)
+    distributed.check_trainable(type(model), type(weighting))
     distributed.check_settings(cfg, d.device)
     has_valid = valid is not None and size(valid) > 0
     if not has_valid and tc.patience is not None:
@@ -164,6 +150,11 @@ def fit_parallel(
                  "process, %d per step):\n%s", d.world, tc.distributed.batch, batch, rows_per_step,
                  printed)  # fmt: skip
         write_json(plan, ckpt / PLAN)
+        if tc.distributed.batch == "global" and rows_per_step != tc.batch_size:
+            log.warning("    train.batch_size: %d rows do not split evenly over %d processes: "
+                        "each takes %d a step, %d in all (the learning rates are scaled to "
+                        "%d); a multiple of %d keeps one process's steps", tc.batch_size,
+                        d.world, batch, rows_per_step, rows_per_step, d.world)  # fmt: skip
     fused = getattr(dmp, "fused_optimizer", None)
     learnable = list(weighting.parameters())
     state: dict[str, Any] = {"epoch": start_epoch, "best": float("inf"), "best_epoch": -1,

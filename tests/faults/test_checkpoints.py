@@ -14,6 +14,7 @@ import torch
 
 from pipelines.cli import run_command
 from pipelines.execute import pipeline_for
+from pipelines.ranks import unread_checkpoint_note
 from pipelines.runner import stage_status
 from recsys_mtl.config import load_config
 from recsys_mtl.errors import UserError
@@ -122,3 +123,43 @@ def test_a_corrupt_epoch_checkpoint_restarts_training_with_a_warning(tmp_path, c
     restarted = torch.load(run / "train" / "model.pt", weights_only=True)
     whole = torch.load(finished / "train" / "model.pt", weights_only=True)
     assert all(torch.equal(restarted[k], v) for k, v in whole.items())  # as if never killed
+
+
+def test_a_checkpoint_of_the_other_trainer_is_named_not_claimed(tmp_path, cli, finished,
+                                                                monkeypatch):  # fmt: skip
+    """A torchrun job's distributed checkpoint is not read by one process without torchrun,
+    nor a one-process checkpoint by a torchrun job: the rerun says so in one warning naming the
+    file and the command that resumes it, instead of claiming to continue from it."""
+    cfg_path = tiny_config(
+        tmp_path, SYN, model={"name": "bellkor", "params": {"dim": 4}}, train=TRAIN
+    )
+    run = tmp_path / "run"
+    shutil.copytree(finished, run)
+    shutil.rmtree(run / "train")
+    shutil.rmtree(run / "evaluate")
+    (run / "summary.json").unlink()
+    cfg = load_config(cfg_path)
+    key = stage_status(pipeline_for(cfg), cfg, run)["train"]["fingerprint"]
+    folder = run / ".checkpoints" / f"train-{key[:16]}"
+    state = folder / "dcp" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text('{"epoch": 2, "best": "epoch-0001"}')
+    code, _, err = cli("run", cfg_path, "--out", run)
+    assert code == 0, err
+    assert "continues from its checkpoint" not in err
+    assert (
+        f"stage train: {state} is a torchrun job's distributed checkpoint, which one process "
+        "without torchrun does not read: training starts at its first epoch" in err
+    ), err
+    marker = json.loads((run / "train" / "_stage.json").read_text())
+    assert marker["result"]["metrics"]["train/epochs"] == TRAIN["epochs"]
+
+    last = folder / "last.pt"  # a killed one-process run's, seen from a torchrun job
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    status = stage_status(pipeline_for(cfg), cfg, run)["train"]
+    assert status["checkpoints"] == [] and status["unread_checkpoints"] == [last]
+    note = unread_checkpoint_note("train", status["unread_checkpoints"])
+    assert f"{last} is a one-process checkpoint, which a torchrun job does not read" in note

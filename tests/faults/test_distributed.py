@@ -214,3 +214,92 @@ def test_the_train_stage_fingerprint_names_the_batch_of_each_process(monkeypatch
 
     keys = {key(b, w) for b in ("global", "per_process") for w in (1, 2)}
     assert len(keys) == 4
+
+
+def test_a_setting_torchrun_cannot_train_is_one_line_before_any_stage(tmp_path):
+    """A gradient-based weighting (or a sequence ranker, a sharding type the device lacks)
+    stops the job before rank 0 runs any data stage: one line naming the key, exit 2 in the
+    failed process, no run folder."""
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("tasks: [rating]", "tasks: [rating, like]"))
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [*_run_command(tmp_path, run), "--set", "weighting.name=pcgrad"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, text=True, capture_output=True, timeout=120)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("recsys-mtl: error")]
+    assert errors == [
+        "recsys-mtl: error: weighting.name: pcgrad combines per-task gradients of the shared "
+        "parameters, which DistributedModelParallel does not give for sharded tables "
+        "(torch.autograd.grad sees no gradient of a fused table); under torchrun use a "
+        "loss-based weighting (static, uw, dwa, famo, ...)"
+    ], done.stderr[-3000:]
+    assert "exitcode  : 2 " in done.stderr
+    assert "]: Traceback" not in done.stderr  # no process's own traceback ([rankN]: ...)
+    assert not run.exists()  # no data stage ran
+
+
+def test_sharded_scoring_of_fewer_or_unknown_users_and_over_an_older_output(tmp_path):
+    """A ``--users`` list shorter than the job (a process with no user writes an empty part),
+    one whose block on a process holds only users the model never saw (served by popularity
+    there, as in one process) and whose repeated id would straddle two blocks, and an output
+    folder a job of more processes wrote before (its extra part and its manifest are not left
+    beside the new parts)."""
+    import json
+
+    import polars as pl
+
+    from pipelines.score_parts import MANIFEST
+    from recsys_mtl.runs import load_run
+
+    (tmp_path / "c.yaml").write_text(CONFIG.replace("epochs: 12", "epochs: 1"))
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "pipelines.cli", "run", str(tmp_path / "c.yaml"), "--out",
+           str(run)]  # fmt: skip
+    assert subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True).returncode == 0
+    known = load_run(run).user_ids.sort()
+    (tmp_path / "one.txt").write_text(f"user_id\n{known[0]}\n")
+    (tmp_path / "half.txt").write_text(f"user_id\n{known[0]}\n{known[1]}\n{known[1]}\n999999\n")
+    out = tmp_path / "recs"
+    out.mkdir()
+    (out / "part-2.parquet").write_bytes(b"a part of an older job of 3 processes")
+    (out / MANIFEST).write_text('{"parts": "an older job"}')
+
+    def score(users: str) -> dict:
+        args = ["score", str(run), "--top-k", "5", "--users", str(tmp_path / users),
+                "--out", f"{out}/"]  # fmt: skip
+        done = subprocess.run(_torchrun(tmp_path, *args), cwd=tmp_path, env=env, text=True,
+                              capture_output=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "part-0.parquet",
+                                                         "part-1.parquet"]  # fmt: skip
+        return json.loads((out / MANIFEST).read_text())
+
+    manifest = score("one.txt")
+    assert [p["users"] for p in manifest["parts"]] == [1, 0]
+    parts = pl.read_parquet(str(out / "part-*.parquet"))
+    assert parts["user_id"].unique().to_list() == [known[0]] and parts.height == 5
+    manifest = score("half.txt")  # a repeated id is one user, in one block, as in one process
+    assert manifest["served_by"] == {"model": 2, "cold_start": 0, "popularity": 1}
+    parts = pl.read_parquet(str(out / "part-*.parquet"))
+    assert parts.height == 15 and manifest["users"] == 3
+    assert parts.filter(pl.col("user_id") == 999999)["served_by"].unique().to_list() == [
+        "popularity"
+    ]
+
+
+def test_a_sharded_scoring_out_that_is_a_file_or_under_one_is_one_line(tmp_path, monkeypatch):
+    """``score --out DIR/`` under torchrun names a ``DIR`` that is a file, or lies under one,
+    as one process names such an ``--out`` (not a FileExistsError's traceback per process)."""
+    from pipelines.score_parts import my_part
+    from recsys_mtl.errors import UserError
+
+    for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    file = tmp_path / "recs"
+    file.write_text("not a folder")
+    with pytest.raises(UserError, match="under torchrun --out is a folder"):
+        my_part(f"{file}/")
+    with pytest.raises(UserError, match=f"{file} is a file, not a folder"):
+        my_part(f"{file}/parts/")
+    assert my_part(f"{tmp_path}/parts/") == str(tmp_path / "parts" / "part-0.parquet")

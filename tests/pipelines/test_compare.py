@@ -159,3 +159,44 @@ def test_compare_against_a_tracking_server_that_is_down_is_one_line_exit_1(
     assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith(f"recsys-mtl: error: the MLflow tracking server at {uri} does not answer")
     assert "tracking.enabled" not in err  # compare only reads: no run to make untracked
+
+
+def test_compare_tells_a_torchrun_run_from_a_one_process_run(
+    tmp_path: Path, cli, store, monkeypatch
+) -> None:
+    """A run records how many processes trained it (``recsys_mtl.processes``: torchrun's world
+    size, else 1) and its description says torchrun: ``compare`` shows the column when the
+    runs differ in it, and ``register``'s default description keeps it."""
+    from mlflow import MlflowClient
+
+    from pipelines.naming import config_tags, run_description
+    from recsys_mtl.config import load_config
+    from recsys_mtl.tracking.versions import default_description
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("COLUMNS", "250")
+    ids = []
+    for name in ("one", "two"):
+        code, _, err = cli("run", _config(tmp_path, name, 0.01, "cmp-procs"), "--out",
+                           tmp_path / name)  # fmt: skip
+        assert code == 0, err
+        ids.append(json.loads((tmp_path / name / "summary.json").read_text())["mlflow"]["run_id"])
+    client = MlflowClient(store)
+    assert client.get_run(ids[0]).data.tags["recsys_mtl.processes"] == "1"
+    code, out, _ = cli("compare", "--experiment", "cmp-procs")
+    assert code == 0 and "processes 1" in out[out.index("same in every row:") :]
+    # what a torchrun job of two processes tags and describes (its environment, not its job)
+    cfg = load_config(_config(tmp_path, "two", 0.01, "cmp-procs"))
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    client.set_tag(ids[1], "recsys_mtl.processes", config_tags(cfg)["recsys_mtl.processes"])
+    note = run_description(cfg, "c.yaml", [], tmp_path / "two")
+    assert note.startswith("`recsys-mtl run c.yaml` under torchrun (2 processes): bellkor")
+    assert default_description(tmp_path / "two", {"mlflow.note.content": note}).startswith(
+        "recsys-mtl run c.yaml under torchrun (2 processes); bellkor on rating"
+    )
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k)
+    code, out, _ = cli("compare", "--experiment", "cmp-procs", "--json")
+    assert code == 0
+    assert sorted(json.loads(line)["processes"] for line in out.splitlines()) == ["1", "2"]

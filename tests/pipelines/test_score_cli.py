@@ -233,3 +233,31 @@ def test_scoring_real_movielens_100k_excludes_every_logged_rating(ml100k, cli, t
     assert log.height == 100_000
     assert recs.join(log, on=["user_id", "item_id"], how="inner").height == 0
     assert recs["item_id"].is_in(log["item_id"].unique().implode()).all()
+
+
+def test_a_popularity_run_scores_every_user_and_new_ones(cli, tmp_path):
+    """The ranking floor ships like any ranker: its one ranking (no user state) is every
+    user's, each list without the user's own items (known users' log, new users' support)."""
+    from recsys_mtl.runs import load_run
+
+    cfg = tiny_config(tmp_path, SYN, model={"name": "popularity"}, tasks=["interaction"],
+                      evaluate={"sampled_negatives": 20, "full_ranking": False})  # fmt: skip
+    with contextlib.chdir(tmp_path):
+        run_command(str(cfg), [], str(tmp_path / "run"), False)
+    support = write(tmp_path / "support.csv", "user,item,rating\n9001,1,5\n9002,2,4\n")
+    out = tmp_path / "recs.parquet"
+    code, stdout, err = cli("score", tmp_path / "run", "--top-k", 3, "--support", support,
+                            "--chunk-users", 16, "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(stdout)["served_by"] == {"model": 50, "cold_start": 2, "popularity": 0}
+    frame = pl.read_parquet(out)
+    assert frame.height == 52 * 3 and frame["score"].is_finite().all()
+    run = load_run(tmp_path / "run")
+    log = pl.read_parquet(tmp_path / "run" / "features" / "interactions.parquet")
+    log = log.filter(pl.col("interaction") == 1)
+    rated = pl.DataFrame({"user_id": run.user_ids.gather(log["uidx"]),
+                          "item_id": run.item_ids.gather(log["iidx"])})  # fmt: skip
+    assert frame.join(rated, on=["user_id", "item_id"]).height == 0
+    assert frame.filter(pl.col("served_by") == "model")["item_id"].n_unique() > 3  # masked apart
+    assert frame.filter(pl.col("user_id") == 9001)["item_id"].to_list().count(1) == 0
+    assert frame.filter(pl.col("user_id") == 9002)["item_id"].to_list().count(2) == 0

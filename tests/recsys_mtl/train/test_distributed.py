@@ -4,6 +4,7 @@ rendezvous: no port is shared between test workers), and the one-line refusals."
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import time
 import uuid
@@ -305,11 +306,77 @@ def test_adam_on_cpu_is_refused_naming_the_fused_optimizers():
         check_settings(cfg, torch.device("cpu"))
 
 
-def test_gradient_weightings_are_refused_under_model_parallel():
-    from recsys_mtl.train.parallel import _refuse
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"weighting.name": "pcgrad"}, "weighting.name: pcgrad combines per-task gradients"),
+        ({"weighting.name": "mgda"}, "weighting.name: mgda combines per-task gradients"),
+        ({"weighting.name": "gradnorm"}, "weighting.name: gradnorm combines"),
+        ({"model.name": "sasrec", "model.params": {}, "tasks": ["interaction"]},
+         "model.name: sasrec is a sequence ranker"),
+        ({"model.name": "bert4rec", "model.params": {}, "tasks": ["interaction"]},
+         "model.name: bert4rec is a sequence ranker"),
+        ({"train.distributed.sharding": "row_wise"},
+         "train.distributed.sharding: row_wise is not available on cpu"),
+    ],
+)  # fmt: skip
+def test_what_model_parallel_cannot_train_is_refused_before_any_stage(overrides, message):
+    """Every setting the sharded trainer refuses is refused by the check a run makes before
+    its first stage (``prepare``), in one line naming the key, not at the train stage."""
+    from recsys_mtl.train.distributed import check_settings
+
+    doc = _config().model_dump(mode="json")
+    for dotted, value in overrides.items():
+        *path, last = dotted.split(".")
+        node = doc
+        for part in path:
+            node = node[part]
+        node[last] = value
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_settings(RunConfig.model_validate(doc), torch.device("cpu"))
+    check_settings(_config(), torch.device("cpu"))  # the base config passes
+    closed = _config().model_dump(mode="json")  # a closed-form ranker: no sharded trainer
+    closed.update(model={"name": "bias", "params": {}}, tasks=["rating"],
+                  weighting={"name": "pcgrad"})  # fmt: skip
+    check_settings(RunConfig.model_validate(closed), torch.device("cpu"))
+
+
+def test_the_sharded_trainer_refuses_a_gradient_weighting_too():
+    """Called from Python (``fit_parallel``) the same check stands."""
+    from recsys_mtl.train.distributed import check_trainable
 
     with pytest.raises(UserError, match="loss-based weighting"):
-        _refuse(_model(), WEIGHTINGS.get("pcgrad")(TASKS))
+        check_trainable(type(_model()), WEIGHTINGS.get("pcgrad"))
+
+
+def test_a_data_parallel_table_the_model_lacks_is_named_with_the_tables_it_has():
+    """A misspelt ``train.distributed.data_parallel`` entry would otherwise leave the table the
+    user meant sharded, without a word."""
+    from recsys_mtl.train.distributed import _constraints
+    from recsys_mtl.train.parallel import _torchrec_twin
+
+    twin = _torchrec_twin(_model())
+    settings = DistributedConfig(data_parallel=["user", "itme"])
+    with pytest.raises(UserError, match=r"data_parallel: 'itme' is not a table .*: .*item"):
+        _constraints(twin, settings, torch.device("cpu"))
+    _, sharded = _constraints(twin, DistributedConfig(data_parallel=["user"]),
+                              torch.device("cpu"))  # fmt: skip
+    assert "user" not in sharded and "item" in sharded
+
+
+def test_nccl_on_a_machine_without_it_is_one_line_naming_the_backend(monkeypatch):
+    """``train.distributed.backend: nccl`` where there is no CUDA (or no NCCL): the user's
+    error, before the process joins any group (not torch's RuntimeError)."""
+    from recsys_mtl.train import groups
+
+    if torch.cuda.is_available() and torch.distributed.is_nccl_available():
+        pytest.skip("this machine has CUDA and NCCL")
+    for k, v in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(groups, "_current", None)
+    with pytest.raises(UserError, match=r"train\.distributed\.backend: nccl needs CUDA"):
+        groups.setup(DistributedConfig(backend="nccl"))
+    assert groups.current() is None
 
 
 def test_tables_keep_their_order_in_every_lookup():
@@ -340,6 +407,9 @@ def test_per_process_batches_multiply_the_global_batch_and_scale_the_rates(monke
                                                                         (1000, 2000),
                                                                         (1000, 4000)]  # fmt: skip
     assert global_train(train("global"), 4).batch_size == 1000
+    # a batch that does not split evenly: the rows a step takes, and the rates scaled to them
+    assert step_rows(train("global"), 3) == (333, 999)
+    assert global_train(train("global"), 3).batch_size == 999
     assert global_train(train("per_process"), 4).batch_size == 4000
     assert fused_lr(train("global"), 4) == pytest.approx(0.1)
     assert fused_lr(train("per_process"), 4) == pytest.approx(0.2)  # sqrt(4000 / 1000)
