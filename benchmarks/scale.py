@@ -115,7 +115,12 @@ def _data_worker(kind: str, folder: Path, work: Path, memory_mb: int) -> dict:
     elif kind == "sink_parquet":
         pl.scan_csv(ratings, schema=schema).sink_parquet(work / "ratings.parquet")
     elif kind == "ingest_generic":  # the same ratings as a log of its own (a generic CSV)
-        data = DataConfig(path=str(_generic_copy(folder)), memory_mb=memory_mb, columns=GENERIC)
+        data = DataConfig(
+            path=str(_generic_copy(folder)),
+            memory_mb=memory_mb,
+            columns=GENERIC,
+            rating_scale=(0.5, 5.0),
+        )  # the half stars the layout declares
         out["rows"] = ingest(data, work / "ingest").report["interactions"]["rows_read"]
     else:
         report = ingest(DataConfig(path=str(folder), memory_mb=memory_mb), work / "ingest").report

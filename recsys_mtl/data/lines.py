@@ -19,6 +19,7 @@ import io
 import re
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 
 from recsys_mtl.errors import UserError
@@ -234,15 +235,37 @@ def fill_raw(rejects: pl.DataFrame, path: Path) -> pl.DataFrame:
     missing = rejects["raw"].is_null()
     if rejects.height == 0 or not missing.any():
         return rejects
-    wanted = rejects.filter(missing)["line"].implode()
-    try:  # a streaming scan keeps only the wanted lines
-        text = scan_lines(path).filter(pl.col("line").is_in(wanted)).collect()
-    except pl.exceptions.PolarsError:
-        text = read_lines(path).filter(pl.col("line").is_in(wanted))
-    text = text.rename({"raw": "_text"})
+    wanted = np.unique(rejects.filter(missing)["line"].to_numpy())
+    text = _lines_at(path, wanted).rename({"raw": "_text"})
     return rejects.join(text, on="line", how="left", maintain_order="left").select(
         pl.exclude("raw", "_text"), pl.coalesce("raw", "_text").alias("raw")
     )
+
+
+def _lines_at(path: Path, wanted: np.ndarray, block: int = 1 << 24) -> pl.DataFrame:
+    """``line, raw`` of the lines of ``path`` numbered ``wanted`` (1-based, ascending), as
+    :func:`scan_lines` reads them (UTF-8, undecodable bytes as U+FFFD, no line end, an empty
+    line null), found in blocks of ``block`` bytes: memory bounded by a block, not the file."""
+    found: list[bytes] = []
+    line, k, carry = 1, 0, b""
+    with open(path, "rb") as f:
+        while k < wanted.size:
+            chunk = f.read(block)
+            data = carry + chunk
+            ends = np.flatnonzero(np.frombuffer(data, np.uint8) == 10)  # b"\n"
+            if not chunk:  # the last line, without a newline
+                ends = np.append(ends, len(data)) if data else ends
+            hi = int(np.searchsorted(wanted, line + ends.size))
+            at = wanted[k:hi] - line
+            starts = np.where(at > 0, ends[np.maximum(at - 1, 0)] + 1, 0)
+            found += [data[a:b] for a, b in zip(starts.tolist(), ends[at].tolist(), strict=True)]
+            k, line = hi, line + ends.size
+            if not chunk:
+                break
+            carry = data[ends[-1] + 1 :] if ends.size else data
+    text = [t.removesuffix(b"\r").decode("utf-8", errors="replace") or None for t in found]
+    return pl.DataFrame({"line": wanted[: len(text)].astype(np.int64), "raw": text},
+                        schema={"line": pl.Int64, "raw": pl.String})  # fmt: skip
 
 
 def reason_counts(rejects: pl.DataFrame) -> dict[str, int]:

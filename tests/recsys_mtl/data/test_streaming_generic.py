@@ -181,3 +181,17 @@ def test_a_clean_parquet_log_never_goes_through_the_in_memory_reader(tmp_path, m
     monkeypatch.setattr(grouplens, "read_generic", whole_file)
     report = ingest(DataConfig(path=str(path), columns=COLUMNS), tmp_path / "o").report
     assert report["interactions"]["rows_read"] == len(BASE)
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64, 1 << 20])
+def test_the_text_of_rejected_lines_is_found_in_blocks_as_the_line_scan_reads_it(tmp_path, block):
+    """The quarantine's text of a streamed log's rejected rows: read a block at a time (not
+    the whole file), the same lines as the lazy line scan gives, at any block size."""
+    from recsys_mtl.data.lines import _lines_at, scan_lines
+
+    path = write(tmp_path / "log.csv", b"a,b\r\nc\xff\xfed\r\n\r\nx,y\n\nlast")
+    every = scan_lines(path).collect()
+    found = _lines_at(path, np.arange(1, 7), block)
+    assert found.equals(every) and every.height == 6
+    some = _lines_at(path, np.array([2, 3, 6, 9]), block)  # 9: past the end
+    assert some.equals(every.filter(pl.col("line").is_in([2, 3, 6])))
