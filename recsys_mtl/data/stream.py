@@ -165,33 +165,38 @@ def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
 
 
 def _generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
-    """The rows of a generic text log by a typed scan: every field read as text, then ids and
-    times as integers written plainly (``007``, ``7.0``, `` 7`` are not: the text reader keeps
-    such ids as written), ratings as numbers (1 in a log without ratings), times as epoch seconds (below
+    """The rows of a generic text log by a typed scan: ratings read as numbers (1 in a log
+    without ratings), times as integers, then as epoch seconds (below
     :data:`~recsys_mtl.data.generic.SECONDS_BELOW`: a larger one may be another unit, which
-    the text reader decides from the whole log). Any other field is :data:`UNPARSED`."""
+    the text reader decides from the whole log); ids read as text, then as integers written
+    plainly (``007``, ``+7``, `` 7`` are not: the text reader keeps such ids as written). Any
+    other field is :data:`UNPARSED`, and a field the scan cannot parse raises (either sends the
+    file to the text reader)."""
     names = [f"_{i}" for i in range(plan.fields)]
+    schema = dict.fromkeys(names, pl.String)
+    for field, dtype in (("rating", pl.Float64), ("ts", pl.Int64)):
+        if field in plan.positions:
+            schema[names[plan.positions[field]]] = dtype
     lf = pl.scan_csv(
         path,
         separator=plan.separator,
         has_header=False,
         skip_rows=plan.skip,
-        schema=dict.fromkeys(names, pl.String),
+        schema=schema,
         quote_char=None,
         row_index_name="line",
         row_index_offset=1 + plan.skip,
     )
 
-    def text(field: str) -> pl.Expr:
+    def column(field: str) -> pl.Expr:
         return pl.col(names[plan.positions[field]])
 
     def integer(field: str) -> pl.Expr:
-        value = text(field).cast(pl.Int64, strict=False)
-        return pl.when(value.cast(pl.String) == text(field)).then(value)
+        value = column(field).cast(pl.Int64, strict=False)
+        return pl.when(value.cast(pl.String) == column(field)).then(value)
 
-    ts = integer("ts")
-    rating = text("rating").cast(pl.Float64, strict=False) if "rating" in plan.positions else None
-    rating = pl.lit(1.0) if rating is None else rating  # a log without ratings: every row is 1
+    ts = column("ts")
+    rating = column("rating") if "rating" in plan.positions else pl.lit(1.0)  # 1: no ratings
     fields = [integer("user_id"), integer("item_id"), rating, pl.when(ts < SECONDS_BELOW).then(ts)]
     fields = [f.alias(n) for f, n in zip(fields, RATING_FIELDS, strict=True)]
     bad = pl.any_horizontal([f.is_null() for f in fields])
