@@ -73,23 +73,6 @@ def test_other_shapes_stream_alike(tmp_path):
     _both(tmp_path / "d", _log(tmp_path / "d", millis), columns=COLUMNS)
 
 
-def test_a_clean_generic_log_never_goes_through_the_in_memory_reader(tmp_path, monkeypatch):
-    """Bounded memory: the text reader holds the whole file; a log the typed scan reads never
-    reaches it."""
-    path = _log(tmp_path, BASE)
-
-    def whole_file(*_a, **_k):
-        raise AssertionError("the in-memory text reader was used")
-
-    monkeypatch.setattr(stream, "read_generic", whole_file)
-    monkeypatch.setattr(grouplens, "read_generic", whole_file)
-    report = ingest(DataConfig(path=str(path), columns=COLUMNS), tmp_path / "o").report
-    assert report["interactions"]["rows_read"] == len(BASE)
-    assert report["interactions"]["rows_kept"] + sum(
-        report["interactions"]["rows_quarantined"].values()
-    ) == len(BASE)
-
-
 @pytest.mark.parametrize(
     ("first", "streams"),
     [("7,6,4,100", True), ("u7,6,4,100", False), ("007,6,4,100", False),
@@ -171,8 +154,11 @@ def test_a_parquet_log_streams_to_the_tables_of_the_in_memory_reader(tmp_path, m
     _both(tmp_path / "e", _parquet(tmp_path / "e", clicks), columns=columns)
 
 
-def test_a_clean_parquet_log_never_goes_through_the_in_memory_reader(tmp_path, monkeypatch):
-    path = _parquet(tmp_path, _frame(BASE))
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_a_clean_generic_log_never_goes_through_the_in_memory_reader(tmp_path, monkeypatch, kind):
+    """Bounded memory: the in-memory reader holds the whole file; a log the typed scan reads
+    never reaches it."""
+    path = _log(tmp_path, BASE) if kind == "csv" else _parquet(tmp_path, _frame(BASE))
 
     def whole_file(*_a, **_k):
         raise AssertionError("the in-memory reader was used")
@@ -181,6 +167,9 @@ def test_a_clean_parquet_log_never_goes_through_the_in_memory_reader(tmp_path, m
     monkeypatch.setattr(grouplens, "read_generic", whole_file)
     report = ingest(DataConfig(path=str(path), columns=COLUMNS), tmp_path / "o").report
     assert report["interactions"]["rows_read"] == len(BASE)
+    assert report["interactions"]["rows_kept"] + sum(
+        report["interactions"]["rows_quarantined"].values()
+    ) == len(BASE)
 
 
 @pytest.mark.parametrize("block", [1, 3, 7, 64, 1 << 20])
