@@ -68,12 +68,14 @@ def _peak_mb() -> float:
 
 def _stage_worker(config: str, data: Path, run: Path, stage: int, sets: list[str]) -> dict:
     """Run the pipeline up to stage ``stage`` (the earlier ones are cached in ``run``)."""
+    from pipelines.process import start_threads
     from pipelines.runner import Pipeline, run_pipeline
     from pipelines.stages import build_pipeline
     from recsys_mtl.config import load_config
 
     overrides = [f"data.path={data}", "tracking.enabled=false", *sets]
     cfg = load_config(ROOT / config, overrides)
+    start_threads(cfg.train.threads)  # as `recsys-mtl run` does: one, unless train.threads
     stages = build_pipeline().stages[: stage + 1]
     outcome = run_pipeline(Pipeline(stages), cfg, run)
     name = stages[-1].name
@@ -248,6 +250,8 @@ def part0(
                 labels["earlier_stages_reran"] = r["reran"]
             if stage == "train":
                 summary = json.loads((run / "train" / "_stage.json").read_text())["result"]
+                if summary.get("resumed_from_epoch") is not None:  # not a whole stage's cost
+                    labels["resumed_from_epoch"] = summary["resumed_from_epoch"]
                 for key in ("train/seconds", "train/samples_per_s", "train/epochs"):
                     if key in summary.get("metrics", {}):
                         metrics[key] = summary["metrics"][key]

@@ -18,6 +18,7 @@ RECIPES = {
     "ranking": "`configs/ml100k_ranking.yaml` (the ranking recipe; its train stage fits twice, "
     "on train to choose the epochs, then on train + valid, each after its ALS start)",
 }
+BOTH_CORES = "train.threads=2"  # part 0's variant with the machine's two cores
 TOOLS = {
     "read_csv": "polars `read_csv`, typed (read only)",
     "sink_parquet": "polars `scan_csv` → `sink_parquet` (read, write)",
@@ -231,8 +232,28 @@ def _verdict(ok: bool | None) -> str:
 def _goals(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
     """Each goal at the largest log against what the rows above measured."""
     body = []
-    pipe = [r for r in _rows(docs, 0) if "recipe" in r["labels"] and not r["labels"].get("sets")]
+    every = [r for r in _rows(docs, 0) if "recipe" in r["labels"]]
+    pipe = [r for r in every if not r["labels"].get("sets")]
     for recipe in RECIPES:
+        # the pipeline with both cores (train.threads 2): the goal as a user with the machine
+        # to itself would run it, beside the one-thread rows the other goals are measured on
+        both = {r["labels"]["stage"]: r for r in every if r["labels"]["recipe"] == recipe
+                and r["labels"]["size"] == "25M" and r["labels"].get("sets") == BOTH_CORES}  # fmt: skip
+        one = {r["labels"]["stage"]: r for r in pipe
+               if r["labels"]["recipe"] == recipe and r["labels"]["size"] == "25M"}  # fmt: skip
+        both_row = None
+        whole = not any("resumed_from_epoch" in r["labels"] for r in both.values())
+        if whole and all("seconds" in both.get(s, {"metrics": {}})["metrics"] for s in STAGES):
+            # a data stage kept from an earlier run of the variant (0 s: its folder was reused)
+            # takes the one-thread run's seconds: train.threads sets torch's threads alone
+            kept = [s for s in STAGES if both[s]["metrics"]["seconds"] == 0 and s in one]
+            total = sum(one[s]["metrics"]["seconds"] if s in kept else both[s]["metrics"]["seconds"]
+                        for s in STAGES)  # fmt: skip
+            peaks = [(one if s in kept else both)[s]["metrics"]["peak_rss_mb"] for s in STAGES]
+            note = f" ({', '.join(kept)}: the one-thread run's)" if kept else ""
+            both_row = [f"{recipe} with `--set {BOTH_CORES}`: 25M pipeline < 20 min and < 8 GB",
+                        f"{total:,.0f} s, {max(peaks):,.0f} MB{note}",
+                        _verdict(total < 1200 and max(peaks) < 8192)]  # fmt: skip
         got = {(r["labels"]["size"], r["labels"]["stage"]): r for r in pipe
                if r["labels"]["recipe"] == recipe}  # fmt: skip
         per_m = {
@@ -263,6 +284,8 @@ def _goals(docs: list[dict[str, Any]], sizes: dict[str, dict[str, int]]) -> str:
             value = "did not finish" if any(cells) else "–"
             ok = False if any(cells) else None
         body.append([f"{recipe}: 25M pipeline < 20 min and < 8 GB", value, _verdict(ok)])
+        if both_row is not None:
+            body.append(both_row)
     data = {(r["labels"]["size"], r["labels"]["tool"], r["labels"]["memory_mb"]): r["metrics"]
             for r in _rows(docs, 5) if "seconds" in r["metrics"]}  # fmt: skip
     read = data.get(("25M", "read_csv", 1024), {}).get("seconds")
