@@ -224,6 +224,14 @@ def score_command(
     write_manifest(result, metadata)  # torchrun: rank 0's manifest.json beside the parts
     served = ", ".join(f"{n} {c}" for n, c in report.served_by.items())
     log.info("scored %d users (%s) -> %s", report.users, served, out)
+    if report.rows < report.users * top_k:  # too few items a user has not rated
+        log.warning(
+            "%d rows, not %d users x --top-k %d: a user gets only the items not rated yet "
+            "(none once every item is rated)",
+            report.rows,
+            report.users,
+            top_k,
+        )
     if report.unknown_users:
         log.warning(
             "%d users the model never saw, without usable support rows: served by popularity",

@@ -84,6 +84,17 @@ def test_a_job_killed_mid_write_leaves_the_previous_output_untouched(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".recs")] == []
 
 
+def test_fewer_rows_than_users_times_k_are_said(cli, run_dir, tmp_path):
+    """A --top-k beyond the items a user has not rated gives fewer rows: said, not silent."""
+    code, stdout, err = cli("score", run_dir, "--top-k", 10_000, "--out", tmp_path / "all.parquet")
+    assert code == 0
+    report = json.loads(stdout)
+    assert 0 < report["rows"] < report["users"] * 10_000
+    assert f"{report['rows']} rows, not {report['users']} users x --top-k 10000" in err
+    _, _, err = cli("score", run_dir, "--top-k", 4, "--out", tmp_path / "four.parquet")
+    assert "rows, not" not in err
+
+
 def test_listed_users_are_scored_and_unknown_ones_fall_back_to_popularity(cli, run_dir, tmp_path):
     users = write(tmp_path / "users.txt", "user_id\n3\n7\n424242\n")
     out = tmp_path / "recs.parquet"
