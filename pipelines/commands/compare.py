@@ -139,12 +139,14 @@ def compare_runs(
 
 
 def _default_metrics(rows: list[dict[str, Any]]) -> list[str]:
-    """Per-task valid and test metrics present in the rows, in a stable readable order."""
+    """Per-task valid and test metrics present in the rows, in a stable readable order: the
+    sampled ranking metrics, and the full-catalog NDCG (the headline of the sequence rankers)."""
     order = ("rating/rmse", "rating/mae", "interaction/auc", "like/auc")
     present = {m for r in rows for m in r["metrics"]}
     ranking = sorted(m for m in present if m.startswith("ranking/") and "@" in m)
+    full = sorted(m for m in present if m.startswith("ranking_full/ndcg@"))
     chosen = []
-    for base in (*order, *ranking):
+    for base in (*order, *ranking, *full):
         for name in (f"valid/{base}", base):
             if name in present and name not in chosen:
                 chosen.append(name)

@@ -200,3 +200,16 @@ def test_compare_tells_a_torchrun_run_from_a_one_process_run(
     code, out, _ = cli("compare", "--experiment", "cmp-procs", "--json")
     assert code == 0
     assert sorted(json.loads(line)["processes"] for line in out.splitlines()) == ["1", "2"]
+
+
+def test_the_default_columns_include_the_full_catalog_ndcg_when_runs_have_it():
+    from pipelines.commands.compare import _default_metrics
+
+    rows = [{"metrics": {"valid/rating/rmse": 1.0, "rating/rmse": 1.0, "ranking/hr@10": 0.5,
+                         "ranking_full/hr@10": 0.1, "ranking_full/ndcg@10": 0.05,
+                         "valid/ranking_full/ndcg@10": 0.06}}]  # fmt: skip
+    assert _default_metrics(rows) == [
+        "valid/rating/rmse", "rating/rmse", "ranking/hr@10",
+        "valid/ranking_full/ndcg@10", "ranking_full/ndcg@10",
+    ]  # fmt: skip
+    assert "ranking_full/ndcg@10" not in _default_metrics([{"metrics": {"rating/rmse": 1.0}}])
