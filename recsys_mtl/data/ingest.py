@@ -32,8 +32,9 @@ import polars as pl
 from recsys_mtl.config import DataConfig
 from recsys_mtl.data.grouplens import detect_layout, read_layout
 from recsys_mtl.data.hints import stop_hint
-from recsys_mtl.data.lines import QUARANTINE_SCHEMA, fill_raw, quarantine_frame, reason_counts
+from recsys_mtl.data.lines import QUARANTINE_SCHEMA, quarantine_frame, reason_counts
 from recsys_mtl.data.onepass import stream_interactions
+from recsys_mtl.data.parquet_scan import rejected_text
 from recsys_mtl.data.raw import Layout, RawTables
 from recsys_mtl.data.stream import STREAMED_KINDS, discard, pair_key, scan_generic
 from recsys_mtl.data.synthetic import write_synthetic
@@ -279,8 +280,8 @@ def _ingest(
         raise UserError(_no_rows_message(layout, raw.blank_lines, cfg.header))
     if auto:
         _check_auto_scale(layout, observed)
-    if streamed or layout.kind not in ("csv", "parquet"):  # the lines of the rejected rows
-        rejects = fill_raw(rejects, layout.files["ratings"])
+    if streamed or layout.kind not in ("csv", "parquet"):  # the text of the rejected rows
+        rejects = rejected_text(rejects, layout)
     quarantine = pl.concat(
         [
             pl.DataFrame(schema=QUARANTINE_SCHEMA),

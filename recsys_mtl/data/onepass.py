@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from recsys_mtl.data.parquet_scan import parquet_raw, parquet_row_count
+from recsys_mtl.data.parquet_scan import parquet_row_count
 from recsys_mtl.data.raw import RATING_FIELDS, Layout
 from recsys_mtl.data.stream import (
     KEPT_COMPRESSION,
@@ -68,23 +68,7 @@ def stream_interactions(
     memory_mb: int,
 ) -> StreamChecked:
     """Parse and validate the ratings file of ``layout`` in bounded memory (the rules of
-    :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``.
-    The rejected rows of a Parquet log carry their text (a text file's are read by line)."""
-    found = _stream(layout, scale, known_users, known_items, work, memory_mb)
-    if layout.kind == "parquet" and layout.scan is not None:
-        found = replace(found, rejects=parquet_raw(found.rejects, layout.files["ratings"],
-                                                   layout.scan))  # fmt: skip
-    return found
-
-
-def _stream(
-    layout: Layout,
-    scale: tuple[float, float] | None,
-    known_users: pl.Series | None,
-    known_items: pl.Series | None,
-    work: Path,
-    memory_mb: int,
-) -> StreamChecked:
+    :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
     known: Known = (known_users, known_items)
     rows, skip = typed_rows(layout)

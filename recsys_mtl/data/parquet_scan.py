@@ -1,5 +1,6 @@
 """A generic Parquet log streamed: the plan that says a typed scan can read it, its rows, the
-row count that stands for a text file's line count, and the text of its rejected rows.
+row count that stands for a text file's line count, and the text of its rejected rows
+(:func:`rejected_text`, for any streamed log).
 
 The in-memory reader (:func:`recsys_mtl.data.generic.read_generic`) reads the whole file and
 parses every mapped column as text; a log whose ids and times are integer columns and whose
@@ -24,10 +25,17 @@ from recsys_mtl.data.generic import (
     mapped_columns,
     named_columns,
 )
-from recsys_mtl.data.raw import RATING_FIELDS, UNPARSED, ScanPlan
+from recsys_mtl.data.lines import fill_raw
+from recsys_mtl.data.raw import RATING_FIELDS, UNPARSED, Layout, ScanPlan
 from recsys_mtl.errors import UserError
 
-__all__ = ["parquet_plan", "parquet_raw", "parquet_row_count", "parquet_rows"]
+__all__ = [
+    "parquet_plan",
+    "parquet_raw",
+    "parquet_row_count",
+    "parquet_rows",
+    "rejected_text",
+]
 
 
 def parquet_plan(path: Path, cfg: DataConfig) -> ScanPlan | None:
@@ -101,3 +109,13 @@ def parquet_raw(rejects: pl.DataFrame, path: Path, plan: ScanPlan) -> pl.DataFra
     return rejects.join(found, on="line", how="left", maintain_order="left").select(
         pl.exclude("raw", "_text"), pl.coalesce("raw", "_text").alias("raw")
     )
+
+
+def rejected_text(rejects: pl.DataFrame, layout: Layout) -> pl.DataFrame:
+    """The rejected rows with the text of their lines where ``raw`` is null: a text file's
+    lines (:func:`~recsys_mtl.data.lines.fill_raw`), or a streamed Parquet log's fields as the
+    in-memory reader writes them (:func:`parquet_raw`)."""
+    path = layout.files["ratings"]
+    if layout.kind == "parquet" and layout.scan is not None:
+        return parquet_raw(rejects, path, layout.scan)
+    return fill_raw(rejects, path)

@@ -101,7 +101,9 @@ def test_the_safe_loader_reads_what_the_writer_wrote(tmp_path):
         load_tensors(tmp_path / "none.pt")
 
 
-def test_a_corrupt_epoch_checkpoint_restarts_training_with_a_warning(tmp_path, cli, finished):
+def _killed_in_train(tmp_path, finished):
+    """A copy of the finished run as a command killed in its train stage leaves it: the
+    config, the run folder and the train stage's checkpoint folder (not made)."""
     cfg_path = tiny_config(
         tmp_path, SYN, model={"name": "bellkor", "params": {"dim": 4}}, train=TRAIN
     )
@@ -111,7 +113,12 @@ def test_a_corrupt_epoch_checkpoint_restarts_training_with_a_warning(tmp_path, c
     shutil.rmtree(run / "evaluate")
     cfg = load_config(cfg_path)
     key = stage_status(pipeline_for(cfg), cfg, run)["train"]["fingerprint"]
-    ckpt = run / ".checkpoints" / f"train-{key[:16]}" / "last.pt"
+    return cfg_path, run, run / ".checkpoints" / f"train-{key[:16]}"
+
+
+def test_a_corrupt_epoch_checkpoint_restarts_training_with_a_warning(tmp_path, cli, finished):
+    cfg_path, run, folder = _killed_in_train(tmp_path, finished)
+    ckpt = folder / "last.pt"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"\x80\x02truncated")
     code, _, err = cli("run", cfg_path, "--out", run)
@@ -130,17 +137,8 @@ def test_a_checkpoint_of_the_other_trainer_is_named_not_claimed(tmp_path, cli, f
     """A torchrun job's distributed checkpoint is not read by one process without torchrun,
     nor a one-process checkpoint by a torchrun job: the rerun says so in one warning naming the
     file and the command that resumes it, instead of claiming to continue from it."""
-    cfg_path = tiny_config(
-        tmp_path, SYN, model={"name": "bellkor", "params": {"dim": 4}}, train=TRAIN
-    )
-    run = tmp_path / "run"
-    shutil.copytree(finished, run)
-    shutil.rmtree(run / "train")
-    shutil.rmtree(run / "evaluate")
+    cfg_path, run, folder = _killed_in_train(tmp_path, finished)
     (run / "summary.json").unlink()
-    cfg = load_config(cfg_path)
-    key = stage_status(pipeline_for(cfg), cfg, run)["train"]["fingerprint"]
-    folder = run / ".checkpoints" / f"train-{key[:16]}"
     state = folder / "dcp" / "state.json"
     state.parent.mkdir(parents=True)
     state.write_text('{"epoch": 2, "best": "epoch-0001"}')
@@ -159,6 +157,7 @@ def test_a_checkpoint_of_the_other_trainer_is_named_not_claimed(tmp_path, cli, f
     last.write_bytes(b"")
     for name, value in {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}.items():
         monkeypatch.setenv(name, value)
+    cfg = load_config(cfg_path)
     status = stage_status(pipeline_for(cfg), cfg, run)["train"]
     assert status["checkpoints"] == [] and status["unread_checkpoints"] == [last]
     note = unread_checkpoint_note("train", status["unread_checkpoints"])
