@@ -25,6 +25,7 @@ TOOLS = {
     "ingest": "`recsys-mtl` ingest",
     "ingest+features": "`recsys-mtl` ingest + features",
     "ingest_generic": "`recsys-mtl` ingest, the same ratings as a generic CSV log",
+    "ingest_text_ids": "`recsys-mtl` ingest, that log with text ids (`u12`, `B000000012`)",
 }
 
 

@@ -28,17 +28,23 @@ from recsys_mtl.data.lines import (
     read_lines,
     split_fields,
 )
-from recsys_mtl.data.raw import RATING_FIELDS, Layout, ScanPlan
+from recsys_mtl.data.raw import RATING_FIELDS, Layout
 from recsys_mtl.errors import UserError
 
 __all__ = [
     "SECONDS_BELOW",
     "VALUE_TYPES",
     "check_columns",
+    "column_positions",
+    "epoch_unit",
+    "iso_seconds",
     "mapped_columns",
     "named_columns",
+    "non_plain_id",
     "read_generic",
-    "scan_plan",
+    "say_epoch_unit",
+    "separator_hint",
+    "split_line",
 ]
 
 log = logging.getLogger("recsys_mtl.ingest")
@@ -67,37 +73,6 @@ def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bo
     id_types = {c: _id_dtype(lf, c) for c in ("user_id", "item_id")}
     lf = cast_fields(lf, {**id_types, "rating": pl.Float64})
     return _parse_ts(lf, cfg.timestamp_format, path), blank, row_order
-
-
-def scan_plan(layout: Layout, cfg: DataConfig) -> ScanPlan | None:
-    """How a typed scan reads the generic text log of ``layout``, or None where only the text
-    reader can (the whitespace separator, data.timestamp_format, row order as time; Parquet
-    logs: :func:`recsys_mtl.data.parquet_scan.parquet_plan`).
-    The file and its header are checked as the text reader checks them."""
-    path = layout.files["ratings"]
-    sep = cfg.separator
-    if layout.kind != "csv" or sep == WHITESPACE or cfg.timestamp_format is not None:
-        return None
-    check_text(path)
-    first = first_line(path)
-    if not first:  # the text reader says what is wrong with the file
-        return None
-    fields = _split_line(first, sep)
-    if cfg.header:
-        wanted = named_columns(path, fields, mapped_columns(cfg.columns))
-        check_columns(path, fields, wanted, first, sep)
-    elif (
-        len(fields) < len(mapped_columns(cfg.columns)) and "ts" not in cfg.columns.model_fields_set
-    ):
-        return None  # no field for the time: row order is time (the text reader says so)
-    else:
-        fields = [f"column {i}" for i in range(len(fields))]
-        positions = _positions(path, cfg.columns, len(fields))
-        wanted = named_columns(path, fields, positions, _separator_hint(first, sep))
-    if "ts" not in wanted:
-        return None
-    positions = {f: fields.index(c) for f, c in wanted.items()}
-    return ScanPlan(sep, int(cfg.header), len(fields), positions, cfg)
 
 
 def mapped_columns(cols: ColumnsConfig) -> dict[str, str | int]:
@@ -154,7 +129,7 @@ def _read_parquet(path: Path, cols: ColumnsConfig) -> tuple[pl.LazyFrame, dict[s
     return lf, {field: field for field in wanted}
 
 
-def _split_line(line: str, separator: str) -> list[str]:
+def split_line(line: str, separator: str) -> list[str]:
     parts = line.split() if separator == WHITESPACE else line.split(separator)
     return [p.strip().strip('"') for p in parts]
 
@@ -177,14 +152,14 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
     else:
         lines = _hide_quoted_separators(lines, sep)
     if cfg.header:
-        header = _split_line(first, sep)
+        header = split_line(first, sep)
         wanted = named_columns(path, header, mapped_columns(cfg.columns))
         check_columns(path, header, wanted, first, sep)
     else:
         n_fields = _field_count(lines, sep)
-        positions = _positions(path, cfg.columns, n_fields)
+        positions = column_positions(path, cfg.columns, n_fields)
         header = [f"column {i}" for i in range(n_fields or max(positions.values()) + 1)]
-        wanted = named_columns(path, header, positions, _separator_hint(first, sep))
+        wanted = named_columns(path, header, positions, separator_hint(first, sep))
     blank = lines["raw"].null_count()
     fields = split_fields(lines, sep, header, strip_quotes=True)
     shown = [pl.col(c).str.replace_all(_HIDDEN, sep, literal=True) for c in header]
@@ -222,7 +197,7 @@ def _field_count(lines: pl.DataFrame, separator: str) -> int:
     return int(top["n"][0])
 
 
-def _positions(path: Path, cols: ColumnsConfig, n_fields: int) -> dict[str, str | int]:
+def column_positions(path: Path, cols: ColumnsConfig, n_fields: int) -> dict[str, str | int]:
     """The mapping of a file without a header: every column by position (by default the
     fields in order, user 0, item 1, rating 2, ts 3; ts 2 in a log without ratings)."""
     out: dict[str, str | int] = {}
@@ -281,13 +256,13 @@ def _looks_numeric(fields: list[str]) -> bool:
     return all(f.strip().lstrip("-").replace(".", "", 1).isdigit() for f in fields if f.strip())
 
 
-def _separator_hint(first_line: str, separator: str) -> str:
+def separator_hint(first_line: str, separator: str) -> str:
     """``; the file looks X-separated ...`` when another separator splits a line of numbers."""
     for sep in _OTHER_SEPARATORS:
         present = " " in first_line if sep == WHITESPACE else sep in first_line
         if sep == separator or not present:
             continue
-        fields = _split_line(first_line, sep)
+        fields = split_line(first_line, sep)
         if len(fields) >= 3 and _looks_numeric(fields):
             name = {"\t": "tab", WHITESPACE: "whitespace"}.get(sep, repr(sep))
             shown = {"\t": '"\\t"', WHITESPACE: "whitespace"}.get(sep, f'"{sep}"')
@@ -304,13 +279,13 @@ def _column_hint(
     """What to try when the header does not name the configured columns."""
     if first_line is None:
         return ""
-    numeric = _separator_hint(first_line, separator)
+    numeric = separator_hint(first_line, separator)
     if numeric:
         return numeric
     for sep in _OTHER_SEPARATORS[:-1]:  # a header with spaces in its names is not a hint
         if sep == separator or sep not in first_line:
             continue
-        fields = _split_line(first_line, sep)
+        fields = split_line(first_line, sep)
         if len(fields) < 3:
             continue
         missing = [c for c in wanted.values() if c not in fields]
@@ -330,10 +305,15 @@ def _id_dtype(lf: pl.LazyFrame, col: str) -> pl.DataType:
     """Ids that are all integers written plainly stay integers; anything else keeps string ids,
     as written. An id the integer would not spell back (``007``, ``+7``, ``-0``) makes the column
     strings: read as integers, ``007`` and ``7`` would be one id."""
-    text = pl.col(col).str.strip_chars()
-    as_int = text.cast(pl.Int64, strict=False)
-    other = (text != "") & (as_int.is_null() | (as_int.cast(pl.String) != text))
+    other = non_plain_id(pl.col(col).str.strip_chars())
     return pl.String() if lf.select(other.any()).collect().item() else pl.Int64()
+
+
+def non_plain_id(text: pl.Expr) -> pl.Expr:
+    """Whether an id's ``text`` (edge spaces stripped) makes its column text: not empty, and not
+    an integer the integer itself spells back."""
+    as_int = text.cast(pl.Int64, strict=False)
+    return (text != "") & (as_int.is_null() | (as_int.cast(pl.String) != text))
 
 
 # a time of day ending in a UTC offset: 18:47:53Z, 18:47:53.25+02:00, 18:47-0500, 18:47:53+02
@@ -353,20 +333,34 @@ def _epoch_seconds(lf: pl.LazyFrame, text: pl.Expr, path: Path) -> pl.Expr:
     number = pl.when(number.is_finite()).then(number)
     epoch = pl.coalesce(text.cast(pl.Int64, strict=False), number.floor().cast(pl.Int64))
     low = lf.select(epoch.filter(epoch > 0).min()).collect().item()
-    for power, per_second, unit in _EPOCH_UNITS:
+    per_second = epoch_unit(low, path)
+    return epoch if per_second == 1 else epoch.floordiv(per_second)
+
+
+def epoch_unit(low: int | None, path: Path, say: bool = True) -> int:
+    """Epoch numbers a second in a log whose lowest positive time is ``low``: 1 (seconds) below
+    10**11, else 10**3, 10**6 or 10**9; with ``say``, a unit other than seconds is logged."""
+    for power, per_second, _ in _EPOCH_UNITS:
         if low is not None and low >= 10**power:
-            log.info(
-                "ingest: %s: every positive timestamp is 10^%d or more (past the year 5138 in "
-                "seconds): read as %s since the epoch",
-                path.name,
-                power,
-                unit,
-            )
-            return epoch.floordiv(per_second)
-    return epoch
+            if say:
+                say_epoch_unit(path, per_second)
+            return per_second
+    return 1
 
 
-def _iso_seconds(text: pl.Expr, wanted: pl.Expr) -> pl.Expr:
+def say_epoch_unit(path: Path, per_second: int) -> None:
+    """Log the unit of a log's epoch numbers (``per_second`` of them a second, not 1)."""
+    power, unit = next((p, u) for p, n, u in _EPOCH_UNITS if n == per_second)
+    log.info(
+        "ingest: %s: every positive timestamp is 10^%d or more (past the year 5138 in seconds): "
+        "read as %s since the epoch",
+        path.name,
+        power,
+        unit,
+    )
+
+
+def iso_seconds(text: pl.Expr, wanted: pl.Expr) -> pl.Expr:
     """ISO 8601 dates and times as epoch seconds, of the ``wanted`` rows (those that are not
     numbers: parsing a date is a hundred times the work of a number): without an offset read as
     UTC, with one (``Z``, ``+02:00``, ``-0500``) converted to UTC."""
@@ -384,7 +378,7 @@ def _parse_ts(lf: pl.LazyFrame, fmt: str | None, path: Path) -> pl.LazyFrame:
     else:
         stripped = text.str.strip_chars()
         epoch = _epoch_seconds(lf, stripped, path)
-        parsed = pl.coalesce(epoch, _iso_seconds(stripped, epoch.is_null()))
+        parsed = pl.coalesce(epoch, iso_seconds(stripped, epoch.is_null()))
     reason = (
         pl.when(pl.col("reason").is_not_null())
         .then("reason")

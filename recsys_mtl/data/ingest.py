@@ -218,8 +218,8 @@ def ingest(
     ``streaming``: the GroupLens layouts (:data:`~recsys_mtl.data.stream.STREAMED_KINDS`) and
     generic text logs a typed scan reads (:func:`~recsys_mtl.data.stream.scan_generic`) parse
     and validate their ratings in bounded memory (:mod:`recsys_mtl.data.onepass`, partitions by
-    ``data.memory_mb``) unless it is False; other generic logs (Parquet, string ids, ISO times,
-    ...) are read in memory. Both paths write the same tables.
+    ``data.memory_mb``) unless it is False; other generic logs (millisecond times, a timestamp
+    format, ...) are read in memory. Both paths write the same tables.
 
     ``max_share`` (the pipeline passes ``data.max_quarantine_share``): when a larger share of
     the rating rows is quarantined, stop with a :class:`UserError` naming the top reason, its

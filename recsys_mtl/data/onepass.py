@@ -14,7 +14,6 @@ passes of :func:`~recsys_mtl.data.stream.stream_with_losers`. No step holds the 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from recsys_mtl.data.stream import (
     typed_rows,
     user_partition,
     value_rules,
+    widen,
 )
 
 __all__ = ["stream_interactions"]
@@ -71,17 +71,18 @@ def stream_interactions(
     :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
     known: Known = (known_users, known_items)
-    rows, skip = typed_rows(layout)
-    blank, found, ids = 0, None, None
+    blank, typed = 0, False
     # the file's lines are counted beside the typed pass and the duplicate check, which read
     # the kept rows only; a count that disagrees sends the file to the line reader
     with ThreadPoolExecutor(max_workers=1) as counter:
         count = parquet_row_count if layout.kind == "parquet" else _count_lines
         lines = counter.submit(count, layout.files["ratings"])
-        with suppress(pl.exceptions.PolarsError, UnicodeDecodeError):  # then line by line
-            found = _one_pass(rows, scale, layout.rating_scale, known, work)
-        if found is not None and not found.unparsed:
-            ids = _distinct_pairs(work, partitions_for(found.valid, memory_mb, PAIR_BYTES))
+        found, ids, skip = _typed_pass(layout, scale, known, work, memory_mb)
+        # a string id or an ISO time past the first rows: once more with those fields as text
+        if (found is None or found.unparsed) and (wider := widen(layout)) is not None:
+            _clear(work)
+            layout = wider
+            found, ids, skip = _typed_pass(layout, scale, known, work, memory_mb)
         typed = found is not None and not found.unparsed and found.rows + skip == lines.result()
     if not typed:
         _clear(work)
@@ -93,6 +94,21 @@ def stream_interactions(
         return stream_with_losers(layout, scale, known, work, memory_mb)
     return StreamChecked(work / "kept.parquet", found.valid, found.rejects, found.scale,
                          found.observed, blank, *ids)  # fmt: skip
+
+
+def _typed_pass(
+    layout: Layout, scale: tuple[float, float] | None, known: Known, work: Path, memory_mb: int
+) -> tuple[_Pass | None, tuple[pl.Series, pl.Series] | None, int]:
+    """The typed scan's pass (None where a field did not parse), the distinct ids of its kept
+    rows (None where a pair repeats or a field did not parse) and the header lines skipped."""
+    rows, skip = typed_rows(layout)
+    try:
+        found = _one_pass(rows, scale, layout.rating_scale, known, work)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError):  # then line by line
+        return None, None, skip
+    if found.unparsed:
+        return found, None, skip
+    return found, _distinct_pairs(work, partitions_for(found.valid, memory_mb, PAIR_BYTES)), skip
 
 
 def _one_pass(
@@ -180,9 +196,9 @@ def _distinct(pairs: pl.DataFrame) -> bool:
 
 
 class _Seen:
-    """Distinct integer ids, added a column at a time: a table of flags indexed by the id
-    while the ids are non-negative and below :data:`SEEN_LIMIT` (no hashing), else a set of
-    unique values."""
+    """Distinct ids, added a column at a time: a table of flags indexed by the id while the
+    ids are non-negative integers below :data:`SEEN_LIMIT` (no hashing), else (text ids
+    too) a set of unique values."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -203,7 +219,9 @@ class _Seen:
     def values(self) -> pl.Series:
         """The distinct ids (sorted when all are flags)."""
         found = pl.Series(self.name, np.flatnonzero(self.flags), pl.Int64)
-        return pl.concat([found, *self.other]).unique() if self.other else found
+        if not self.other:
+            return found
+        return pl.concat([found, *self.other] if found.len() else self.other).unique()
 
 
 def _count_lines(path: Path, block: int = 1 << 24) -> int:

@@ -3,12 +3,14 @@ row count that stands for a text file's line count, and the text of its rejected
 (:func:`rejected_text`, for any streamed log).
 
 The in-memory reader (:func:`recsys_mtl.data.generic.read_generic`) reads the whole file and
-parses every mapped column as text; a log whose ids and times are integer columns and whose
-ratings are numbers (or absent: a log without ratings) is read by ``scan_parquet`` instead,
-row by row as the text reader would parse them: ``line`` is the 1-based row number, a row
-with a null field, an id beyond Int64 or a time of another unit than seconds (at or above
-:data:`~recsys_mtl.data.generic.SECONDS_BELOW`) is unparsed and sends the file back to the
-text reader, which writes the same tables.
+parses every mapped column as text; a log whose times are integers, whose ids are integers or
+text and whose ratings are numbers (or absent: a log without ratings) is read by
+``scan_parquet`` instead, row by row as the text reader would parse them: ``line`` is the
+1-based row number; times are epoch seconds, or milliseconds (or finer) when every positive
+one is 10**11 or more, the in-memory reader's rule; a row with a null or empty field, an id
+beyond Int64 or, in a log of seconds, a time at or above
+:data:`~recsys_mtl.data.generic.SECONDS_BELOW` is unparsed and sends the file back to the
+in-memory reader, which writes the same tables.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from recsys_mtl.data.generic import (
     SECONDS_BELOW,
     VALUE_TYPES,
     check_columns,
+    epoch_unit,
     mapped_columns,
     named_columns,
+    non_plain_id,
 )
 from recsys_mtl.data.lines import fill_raw
 from recsys_mtl.data.raw import RATING_FIELDS, UNPARSED, Layout, ScanPlan
@@ -39,8 +43,9 @@ __all__ = [
 
 
 def parquet_plan(path: Path, cfg: DataConfig) -> ScanPlan | None:
-    """The plan of a Parquet log a typed scan reads: integer id and time columns, a numeric
-    rating column or none; None for any other (the in-memory reader's), or a file whose schema
+    """The plan of a Parquet log a typed scan reads: an integer time column, id columns of
+    integers or text (kept as text where the in-memory reader keeps them so), a numeric rating
+    column or none; None for any other (the in-memory reader's), or a file whose schema
     cannot be read (the in-memory reader names the error). The columns are checked as the
     in-memory reader checks them."""
     try:
@@ -57,27 +62,61 @@ def parquet_plan(path: Path, cfg: DataConfig) -> ScanPlan | None:
                 f"{path.absolute()}: column {col!r} (data.columns.{field}) holds {dtype} values; "
                 "expected numbers, text, dates or times"
             )
-    integer = [f for f in ("user_id", "item_id", "ts") if f in wanted]
-    if len(integer) < 3 or not all(schema[wanted[f]].is_integer() for f in integer):
+    if "ts" not in wanted or not schema[wanted["ts"]].is_integer():
         return None
     if "rating" in wanted and not schema[wanted["rating"]].is_numeric():
         return None
+    ids = {f: schema[wanted[f]] for f in ("user_id", "item_id")}
+    if not all(t.is_integer() or isinstance(t, _TEXT) for t in ids.values()):
+        return None
     positions = {f: names.index(c) for f, c in wanted.items()}
-    return ScanPlan("", 0, len(names), positions, cfg)
+    text = [f for f, t in ids.items() if isinstance(t, _TEXT)]
+    ts = pl.col(wanted["ts"]).cast(pl.Int64, strict=False)
+    low = pl.scan_parquet(path).select(ts.filter(ts > 0).min()).collect(engine="streaming").item()
+    per_second = epoch_unit(low, path, say=False)
+    return ScanPlan("", 0, len(names), positions, cfg, text_ids=_text_ids(path, wanted, text),
+                    ts_per_second=per_second)  # fmt: skip
+
+
+_TEXT = (pl.String, pl.Categorical, pl.Enum)  # id columns of text: kept as text unless plain
+
+
+def _text_ids(path: Path, wanted: dict[str, str], fields: list[str]) -> frozenset[str]:
+    """The id fields among ``fields`` (columns of text) the in-memory reader keeps as text:
+    those with an id that is not an integer written plainly (one streaming read of them)."""
+    if not fields:
+        return frozenset()
+    text = [pl.col(wanted[f]).cast(pl.String).str.strip_chars() for f in fields]
+    checks = [non_plain_id(t).any().alias(f) for t, f in zip(text, fields, strict=True)]
+    found = pl.scan_parquet(path).select(checks).collect(engine="streaming").row(0)
+    return frozenset(f for f, yes in zip(fields, found, strict=True) if yes)
 
 
 def parquet_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
     """``line, reason, user_id, item_id, rating, ts`` of the Parquet log by a typed scan."""
     lf = pl.scan_parquet(path)
-    names = list(lf.collect_schema())
+    schema = lf.collect_schema()
+    names = list(schema)
 
     def col(field: str) -> pl.Expr:
         return pl.col(names[plan.positions[field]])
 
+    def ident(field: str) -> pl.Expr:
+        if schema[names[plan.positions[field]]].is_integer():
+            return col(field).cast(pl.Int64, strict=False)  # null beyond Int64
+        text = col(field).cast(pl.String)
+        if field in plan.text_ids:
+            return pl.when(text != "").then(text)
+        value = text.cast(pl.Int64, strict=False)  # integers written plainly
+        return pl.when(value.cast(pl.String) == text).then(value)
+
     ts = col("ts").cast(pl.Int64, strict=False)
+    if plan.ts_per_second > 1:  # every positive time is milliseconds or finer
+        ts = ts.floordiv(plan.ts_per_second)
+    else:
+        ts = pl.when(ts < SECONDS_BELOW).then(ts)
     rating = col("rating").cast(pl.Float64) if "rating" in plan.positions else pl.lit(1.0)
-    fields = [col("user_id").cast(pl.Int64, strict=False), col("item_id").cast(pl.Int64, strict=False),
-              rating, pl.when(ts < SECONDS_BELOW).then(ts)]  # fmt: skip
+    fields = [ident("user_id"), ident("item_id"), rating, ts]
     fields = [f.alias(n) for f, n in zip(fields, RATING_FIELDS, strict=True)]
     bad = pl.any_horizontal([f.is_null() for f in fields])
     parse = pl.when(bad).then(pl.lit(UNPARSED)).otherwise(pl.lit(None, pl.String))

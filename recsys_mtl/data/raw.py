@@ -21,14 +21,18 @@ UNPARSED = "_unparsed"  # a typed-scan row with a null field: the file needs the
 class ScanPlan:
     """How a typed scan reads a generic text log (:func:`recsys_mtl.data.generic.scan_plan`):
     its one-character separator, the header lines it skips, the fields of a line, each rating
-    field's position, and the data settings (the text reader's, for a file that does not parse
-    cleanly)."""
+    field's position, the data settings (the text reader's, for a file that does not parse
+    cleanly), and how ids and times are read (:func:`recsys_mtl.data.text_scan.text_fields`;
+    Parquet: :func:`recsys_mtl.data.parquet_scan.parquet_plan`)."""
 
     separator: str
     skip: int
     fields: int
     positions: dict[str, int]
     data: Any  # the DataConfig
+    text_ids: frozenset[str] = frozenset()  # id fields kept as text (the others are integers)
+    iso_ts: bool = False  # times may be ISO dates and times (else epoch numbers only)
+    ts_per_second: int = 1  # epoch numbers a second: 1, or 10**3, 10**6, 10**9 (ms, us, ns)
 
 
 @dataclass(frozen=True)

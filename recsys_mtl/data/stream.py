@@ -22,11 +22,12 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
-from recsys_mtl.data.generic import SECONDS_BELOW, read_generic, scan_plan
+from recsys_mtl.data.generic import read_generic, say_epoch_unit
 from recsys_mtl.data.grouplens import CSV_RATINGS_HEADER, count_lines
 from recsys_mtl.data.lines import cast_fields, first_line, scan_lines, split_fields
 from recsys_mtl.data.parquet_scan import parquet_plan, parquet_row_count, parquet_rows
 from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, UNPARSED, Layout, ScanPlan
+from recsys_mtl.data.text_scan import generic_rows, scan_plan, text_fields, widened
 from recsys_mtl.errors import UserError
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "typed_rows",
     "user_partition",
     "value_rules",
+    "widen",
 ]
 
 # the layouts whose ratings file is streamed (generic logs take the in-memory path)
@@ -164,61 +166,36 @@ def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
     return lf.with_columns(pl.col("line").cast(pl.Int64)), gaps
 
 
-def _generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
-    """The rows of a generic text log by a typed scan: ratings read as numbers (1 in a log
-    without ratings), times as integers, then as epoch seconds (below
-    :data:`~recsys_mtl.data.generic.SECONDS_BELOW`: a larger one may be another unit, which
-    the text reader decides from the whole log); ids read as text, then as integers written
-    plainly (``007``, ``+7``, `` 7`` are not: the text reader keeps such ids as written). Any
-    other field is :data:`UNPARSED`, and a field the scan cannot parse raises (either sends the
-    file to the text reader)."""
-    names = [f"_{i}" for i in range(plan.fields)]
-    schema = dict.fromkeys(names, pl.String)
-    for field, dtype in (("rating", pl.Float64), ("ts", pl.Int64)):
-        if field in plan.positions:
-            schema[names[plan.positions[field]]] = dtype
-    lf = pl.scan_csv(
-        path,
-        separator=plan.separator,
-        has_header=False,
-        skip_rows=plan.skip,
-        schema=schema,
-        quote_char=None,
-        row_index_name="line",
-        row_index_offset=1 + plan.skip,
-    )
-
-    def column(field: str) -> pl.Expr:
-        return pl.col(names[plan.positions[field]])
-
-    def integer(field: str) -> pl.Expr:
-        value = column(field).cast(pl.Int64, strict=False)
-        return pl.when(value.cast(pl.String) == column(field)).then(value)
-
-    ts = column("ts")
-    rating = column("rating") if "rating" in plan.positions else pl.lit(1.0)  # 1: no ratings
-    fields = [integer("user_id"), integer("item_id"), rating, pl.when(ts < SECONDS_BELOW).then(ts)]
-    fields = [f.alias(n) for f, n in zip(fields, RATING_FIELDS, strict=True)]
-    bad = pl.any_horizontal([f.is_null() for f in fields])
-    parse = pl.when(bad).then(pl.lit(UNPARSED)).otherwise(pl.lit(None, pl.String))
-    return lf.select(pl.col("line").cast(pl.Int64), parse.alias("reason"), *fields)
-
-
 def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
-    """``layout`` with its :class:`~recsys_mtl.data.raw.ScanPlan` when it is a generic text
-    log that streams: one the typed scan can read (:func:`~recsys_mtl.data.generic.scan_plan`)
-    whose first lines parse (a log of string ids, ISO times or another time unit goes to the
-    text reader at once, not after a whole pass)."""
+    """``layout`` with its :class:`~recsys_mtl.data.raw.ScanPlan` when it is a generic log that
+    streams: one a typed scan can read (:func:`~recsys_mtl.data.text_scan.scan_plan`,
+    :func:`~recsys_mtl.data.parquet_scan.parquet_plan`) whose first rows parse, string ids and
+    ISO times read as the first rows ask (a log of another time unit, decimal times or empty
+    fields goes to the text reader at once, not after a whole pass)."""
     path = layout.files["ratings"]
     plan = parquet_plan(path, cfg) if layout.kind == "parquet" else scan_plan(layout, cfg)
     if plan is None:
         return layout
-    head = _scanned(layout, plan).head(_HEAD_ROWS)
     try:
+        if layout.kind != "parquet":
+            plan = text_fields(path, plan, _HEAD_ROWS)
+        head = _scanned(layout, plan).head(_HEAD_ROWS)
         clean = not head.select((pl.col("reason") == UNPARSED).any()).collect().item()
     except pl.exceptions.PolarsError:  # ragged lines, bytes that are not UTF-8, ...
         clean = False
+    if clean and plan.ts_per_second > 1:
+        say_epoch_unit(path, plan.ts_per_second)
     return replace(layout, scan=plan if clean else None)
+
+
+def widen(layout: Layout) -> Layout | None:
+    """``layout`` with a plan that reads more fields as text, for a second typed pass after a
+    first found rows it did not read (a string id or an ISO time past the first rows), or None
+    (the text reader then reads the log)."""
+    if layout.scan is None or layout.kind == "parquet":
+        return None
+    plan = widened(layout.files["ratings"], layout.scan)
+    return None if plan is None else replace(layout, scan=plan)
 
 
 _HEAD_ROWS = 1000
@@ -227,7 +204,7 @@ _HEAD_ROWS = 1000
 def _scanned(layout: Layout, plan: ScanPlan) -> pl.LazyFrame:
     """The typed rows of a generic log, Parquet or text."""
     path = layout.files["ratings"]
-    return parquet_rows(path, plan) if layout.kind == "parquet" else _generic_rows(path, plan)
+    return parquet_rows(path, plan) if layout.kind == "parquet" else generic_rows(path, plan)
 
 
 def row_count(layout: Layout) -> int:

@@ -75,10 +75,13 @@ def test_other_shapes_stream_alike(tmp_path):
 
 @pytest.mark.parametrize(
     ("first", "streams"),
-    [("7,6,4,100", True), ("u7,6,4,100", False), ("007,6,4,100", False),
-     ("7,6,4,2020-01-01", False), ("7,6,4,1600000000000", False)],
+    [("7,6,4,100", True), ("u7,6,4,100", True), ("007,6,4,100", True),
+     ("7,6,4,2020-01-01", True), ("7,6,4,1600000000000", False), ("7,6,4,100.5", False),
+     (",6,4,100", False)],
 )  # fmt: skip
 def test_a_log_whose_first_lines_need_the_text_reader_goes_there_at_once(tmp_path, first, streams):
+    """String ids and ISO times stream (read as text); another time unit, a decimal time or an
+    empty field send the log to the text reader before any pass."""
     path = _log(tmp_path, [first, *BASE])
     cfg = DataConfig(path=str(path), columns=COLUMNS)
     assert (scan_generic(resolve_layout(cfg, tmp_path), cfg).scan is not None) == streams
@@ -143,7 +146,7 @@ def test_a_parquet_log_streams_to_the_tables_of_the_in_memory_reader(tmp_path, m
         pl.when(pl.int_range(pl.len()) == LATE).then(10**12).otherwise("ts").alias("ts")
     )
     _both(tmp_path / "c", _parquet(tmp_path / "c", millis), columns=COLUMNS)
-    # string ids, float times: the in-memory reader at once, the same tables
+    # float times: the in-memory reader at once, the same tables
     strings = frame.with_columns(pl.col("user").cast(pl.String), pl.col("ts").cast(pl.Float64))
     path = _parquet(tmp_path / "d", strings)
     cfg = DataConfig(path=str(path), columns=COLUMNS)

@@ -1,0 +1,182 @@
+"""The typed scan of a generic text log: its rows as the in-memory text reader
+(:func:`recsys_mtl.data.generic.read_generic`) would parse them, in one streaming pass.
+
+How each field is read is part of the :class:`~recsys_mtl.data.raw.ScanPlan`. Ratings are read
+as numbers; an id column as integers while every id is an integer written plainly, else as the
+text itself (``u12``, ``007``, an Amazon ASIN), the rule of the text reader, which decides per
+column over the whole log; times as epoch seconds, or as ISO dates and times where the log
+writes them so, or as milliseconds (or finer) when every positive time is 10**11 or more
+(:func:`text_fields` finds how from the text of the log). Every field is cleaned as
+the text reader cleans it (edge spaces, then edge quotes). A row whose field the scan would read
+otherwise than the text reader (an empty field, a time past the year 5138 in seconds, a decimal
+time, a date that does not parse) is :data:`~recsys_mtl.data.raw.UNPARSED`, which sends the
+file to :func:`widened` once and then, if that is not enough, to the text reader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+
+from recsys_mtl.config import DataConfig
+from recsys_mtl.data.generic import (
+    SECONDS_BELOW,
+    check_columns,
+    column_positions,
+    epoch_unit,
+    iso_seconds,
+    mapped_columns,
+    named_columns,
+    non_plain_id,
+    separator_hint,
+    split_line,
+)
+from recsys_mtl.data.lines import WHITESPACE, check_text, first_line
+from recsys_mtl.data.raw import RATING_FIELDS, UNPARSED, Layout, ScanPlan
+
+__all__ = ["generic_rows", "scan_plan", "text_fields", "widened"]
+
+IDS = ("user_id", "item_id")
+
+
+def scan_plan(layout: Layout, cfg: DataConfig) -> ScanPlan | None:
+    """How a typed scan reads the generic text log of ``layout``, or None where only the text
+    reader can (the whitespace separator, data.timestamp_format, row order as time; Parquet
+    logs: :func:`recsys_mtl.data.parquet_scan.parquet_plan`).
+    The file and its header are checked as the text reader checks them."""
+    path = layout.files["ratings"]
+    sep = cfg.separator
+    if layout.kind != "csv" or sep == WHITESPACE or cfg.timestamp_format is not None:
+        return None
+    check_text(path)
+    first = first_line(path)
+    if not first:  # the text reader says what is wrong with the file
+        return None
+    fields = split_line(first, sep)
+    if cfg.header:
+        wanted = named_columns(path, fields, mapped_columns(cfg.columns))
+        check_columns(path, fields, wanted, first, sep)
+    elif (
+        len(fields) < len(mapped_columns(cfg.columns)) and "ts" not in cfg.columns.model_fields_set
+    ):
+        return None  # no field for the time: row order is time (the text reader says so)
+    else:
+        fields = [f"column {i}" for i in range(len(fields))]
+        positions = column_positions(path, cfg.columns, len(fields))
+        wanted = named_columns(path, fields, positions, separator_hint(first, sep))
+    if "ts" not in wanted:
+        return None
+    positions = {f: fields.index(c) for f, c in wanted.items()}
+    return ScanPlan(sep, int(cfg.header), len(fields), positions, cfg)
+
+
+def _scan(path: Path, plan: ScanPlan, text: bool = False) -> tuple[pl.LazyFrame, list[str]]:
+    """The file with a column per field (all text with ``text``) and ``line``."""
+    names = [f"_{i}" for i in range(plan.fields)]
+    schema = dict.fromkeys(names, pl.String)
+    typed = {} if text else {"rating": pl.Float64, **({} if plan.iso_ts else {"ts": pl.Int64})}
+    for field, dtype in typed.items():
+        if field in plan.positions:
+            schema[names[plan.positions[field]]] = dtype
+    lf = pl.scan_csv(
+        path,
+        separator=plan.separator,
+        has_header=False,
+        skip_rows=plan.skip,
+        schema=schema,
+        quote_char=None,
+        row_index_name="line",
+        row_index_offset=1 + plan.skip,
+    )
+    return lf, names
+
+
+def _clean(column: pl.Expr) -> pl.Expr:
+    """A field as the text reader reads it: without edge spaces, then without the quotes around
+    it; null for a field with any other quote (one of a quoted field the separator split,
+    ``"a ""b"" c"``), which the text reader reads otherwise."""
+    text = column.str.strip_chars()
+    inner = text.str.strip_prefix('"').str.strip_suffix('"')
+    whole = ~inner.str.contains('"', literal=True) & (
+        text.str.starts_with('"') == text.str.ends_with('"')
+    )
+    return pl.when(whole & (text != '"')).then(inner)
+
+
+def _epoch(text: pl.Expr) -> pl.Expr:
+    """Whole epoch seconds written as an integer below :data:`SECONDS_BELOW`, else null."""
+    value = text.cast(pl.Int64, strict=False)
+    return pl.when(value < SECONDS_BELOW).then(value)
+
+
+def generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
+    """``line, reason, user_id, item_id, rating, ts`` of a generic text log by a typed scan:
+    ratings read as numbers (1 in a log without ratings), times as integers below
+    :data:`SECONDS_BELOW` (or ISO dates and times, with ``plan.iso_ts``), ids as integers
+    written plainly, or as text for the columns in ``plan.text_ids``. A field read otherwise
+    than the text reader would read it is :data:`UNPARSED`, and a field the scan cannot parse
+    raises (either sends the file to :func:`widened`, then to the text reader)."""
+    lf, names = _scan(path, plan)
+
+    def column(field: str) -> pl.Expr:
+        return pl.col(names[plan.positions[field]])
+
+    def ident(field: str) -> pl.Expr:
+        text = _clean(column(field))
+        if field in plan.text_ids:
+            return pl.when(text != "").then(text)
+        value = text.cast(pl.Int64, strict=False)
+        return pl.when(value.cast(pl.String) == text).then(value)
+
+    if plan.iso_ts:
+        text = _clean(column("ts"))
+        epoch = _epoch(text)
+        ts = pl.coalesce(epoch, iso_seconds(text, epoch.is_null()))
+    elif plan.ts_per_second > 1:  # every positive time is milliseconds or finer
+        ts = column("ts").floordiv(plan.ts_per_second)
+    else:
+        ts = pl.when(column("ts") < SECONDS_BELOW).then(column("ts"))
+    rating = column("rating") if "rating" in plan.positions else pl.lit(1.0)  # 1: no ratings
+    fields = [ident("user_id"), ident("item_id"), rating, ts]
+    fields = [f.alias(n) for f, n in zip(fields, RATING_FIELDS, strict=True)]
+    bad = pl.any_horizontal([f.is_null() for f in fields])
+    parse = pl.when(bad).then(pl.lit(UNPARSED)).otherwise(pl.lit(None, pl.String))
+    return lf.select(pl.col("line").cast(pl.Int64), parse.alias("reason"), *fields)
+
+
+def text_fields(path: Path, plan: ScanPlan, rows: int | None = None) -> ScanPlan:
+    """``plan`` with the id columns the text reader keeps as text and the ISO reading of times
+    where the first ``rows`` lines (all with None) need them: an id column with an id that is
+    not an integer written plainly; a time column with a time that is not an integer. A log
+    whose first times are all 10**11 or more gets the unit of the text reader, which the
+    lowest positive time of the whole log decides (one more streaming read of the times)."""
+    lf, names = _scan(path, plan, text=True)
+    ids = [f for f in IDS if f not in plan.text_ids]
+    ts = _clean(pl.col(names[plan.positions["ts"]]))
+    number = ts.cast(pl.Int64, strict=False)
+    checks = [non_plain_id(_clean(pl.col(names[plan.positions[f]]))).any().alias(f) for f in ids]
+    checks.append(((ts != "") & number.is_null()).any().alias("iso"))
+    checks.append(number.filter(number > 0).min().alias("low"))
+    head = lf if rows is None else lf.head(rows)
+    *text_ids, iso, low = head.select(checks).collect(engine="streaming").row(0)
+    found = {f for f, yes in zip(ids, text_ids, strict=True) if yes}
+    per_second = plan.ts_per_second
+    if not iso and low is not None and low >= SECONDS_BELOW:
+        if rows is not None:
+            low = lf.select(checks[-1]).collect(engine="streaming").item()
+        per_second = epoch_unit(low, path, say=False)
+    return replace(plan, text_ids=plan.text_ids | found, iso_ts=plan.iso_ts or bool(iso),
+                   ts_per_second=per_second)  # fmt: skip
+
+
+def widened(path: Path, plan: ScanPlan) -> ScanPlan | None:
+    """The plan of a second typed pass over a text log whose first pass found a row it did
+    not read (a string id or an ISO time past the lines the plan was made from), or None when
+    reading more fields as text would not help (the text reader then reads the file)."""
+    try:
+        wider = text_fields(path, plan)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError):  # ragged lines, bytes not UTF-8
+        return None
+    return wider if wider != plan else None
