@@ -24,6 +24,8 @@ def _read_table(path: Path, option: str, what: str) -> pl.DataFrame:
     if not path.is_file():
         found = "is a folder, not a" if path.is_dir() else "no such"
         raise UserError(f"{option} {path}: {found} {what} file")
+    if path.suffix.lower() != ".parquet":
+        _check_fields(path, option, what)
     try:
         if path.suffix.lower() == ".parquet":
             return pl.read_parquet(path)
@@ -31,6 +33,40 @@ def _read_table(path: Path, option: str, what: str) -> pl.DataFrame:
     except pl.exceptions.PolarsError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{option} {path}: cannot read the {what} file ({first})") from e
+
+
+def _check_fields(path: Path, option: str, what: str) -> None:
+    """A CSV whose lines do not all have the header's number of fields (an unquoted comma in
+    an id, a field missing), a stray or unclosed quote, or no header is a :class:`UserError`
+    naming the option, ``FILE:LINE`` of the first such line and what is wrong."""
+    # deferred: polars, as in _read_table
+    import polars as pl
+
+    from recsys_mtl.data.lines import read_lines
+
+    lines = read_lines(path).filter(pl.col("raw").is_not_null())  # a blank line is no row
+    if lines.height == 0:
+        raise UserError(f"{option} {path}:1: the file is empty; expected a header line naming "
+                        f"the {what} file's columns")  # fmt: skip
+    # a field in quotes (its commas are no separator) as an empty one
+    text = pl.col("raw").str.replace_all(r'(^|,)[ \t]*"(?:[^"]|"")*"', "$1")
+    found = lines.select(
+        "line",
+        (text.str.count_matches(",", literal=True) + 1).alias("n"),
+        text.str.contains('"', literal=True).alias("quote"),
+    )
+    header = int(found["n"][0])
+    bad = found.filter((pl.col("n") != header) | pl.col("quote")).head(1)
+    if bad.height:
+        line, n, quote = bad.row(0)
+        what_is_wrong = (
+            "a quote outside a quoted field, or one not closed on its line (a field holding "
+            'quotes is quoted whole, its quotes doubled: "a ""b"" c")'
+            if quote
+            else f"{n} field{'s' * (n != 1)}, the header {header} (an id holding a comma must be "
+            'quoted: "a,b")'
+        )
+        raise UserError(f"{option} {path}:{line}: {what_is_wrong}")
 
 
 def _where(path: Path, row: int, lines: list[int] | None = None) -> str:
@@ -60,12 +96,17 @@ def _as_ids(
     lines: list[int] | None = None,
 ) -> pl.Series:
     """``ids`` in the model's id type ``dtype``; an id that cannot be one is a :class:`UserError`
-    naming the option, the file, the line, the id and the expected type."""
+    naming the option, the file, the line, the id and the expected type. For integer ids, a
+    whole decimal (``12.0``, a float column) is the integer; ``12.5`` is an error."""
     # deferred: polars, as in _read_table
     import polars as pl
 
+    if dtype is not None and dtype.is_integer() and ids.dtype.is_float():
+        ids = ids.cast(pl.String)  # 12.5 is no integer id (a cast would truncate it to 12)
     if ids.dtype == pl.String:
         ids = ids.str.strip_chars()
+        if dtype is not None and dtype.is_integer():  # 12.0: an integer as pandas may write it
+            ids = ids.str.replace(r"^(0|-?[1-9]\d*)\.0+$", "$1")
     if dtype is None or ids.dtype == dtype:
         return ids
     cast = ids.cast(dtype, strict=False)
@@ -80,18 +121,23 @@ def _as_ids(
 
 
 def _no_empty_ids(ids: pl.Series, option: str, path: Path, what: str) -> None:
-    """An empty id (a missing field, blanks) is a :class:`UserError` naming the option, the
+    """An empty id (a missing field, blanks, or a missing value spelled out: ``nan``, ``NA``,
+    ``null``, ``None``, as ingest reads them) is a :class:`UserError` naming the option, the
     file and the line: it names no user or item to serve."""
     # deferred: polars, as in _read_table
     import polars as pl
 
-    text = ids.cast(pl.String)
-    empty = text.is_null() | (text.str.strip_chars() == "")
+    from recsys_mtl.data.exports import is_missing
+
+    text = ids.cast(pl.String).str.strip_chars()
+    empty = text.is_null() | is_missing(text)
     if empty.any():
         row = int(empty.arg_true()[0])
         n = int(empty.sum())
+        value = text[row]
+        shown = "is empty" if not value else f"{value!r} is a missing value"
         raise UserError(
-            f"{option} {_where(path, row)}: the {what} id is empty; "
+            f"{option} {_where(path, row)}: the {what} id {shown}; "
             f"{'1 such row' if n == 1 else f'{n} such rows'}"
         )
 
@@ -155,8 +201,8 @@ def read_support(
         col = next((c for c in options if c in df.columns), None)
         if col is None:
             raise UserError(
-                f"--support {p}: no {name} column (needs user, item, rating; "
-                f"has {', '.join(df.columns)})"
+                f"--support {p}{':1' * (p.suffix.lower() != '.parquet')}: no {name} column "
+                f"(needs user, item, rating; has {', '.join(df.columns)})"
             )
         picked[name] = df[col]
     if not picked["user"].len():

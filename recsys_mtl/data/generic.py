@@ -4,7 +4,8 @@ Columns are named by the header, or by 0-based position: always possible, and th
 file without a header row (``data.header: false``, the shape of MovieLens-100K's ``u.data`` and
 of most published rating dumps), where the default positions are user 0, item 1, rating 2 and,
 when the lines have a fourth field, timestamp 3. ``data.separator: whitespace`` splits on runs of
-spaces and tabs. Ids that are all integers stay integers (else strings); timestamps are Unix
+spaces and tabs. Ids that are all integers (``12`` or ``12.0``) stay integers (else strings as
+written; :mod:`recsys_mtl.data.exports` reads what other tools write); timestamps are Unix
 seconds or parsed with ``data.timestamp_format`` (ISO dates without one). A header that does not
 name the configured columns is a :class:`~recsys_mtl.errors.UserError` with a hint at the likely
 fix.
@@ -19,6 +20,12 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import ColumnsConfig, DataConfig
+from recsys_mtl.data.exports import (
+    drop_trailing_separator,
+    join_date_time,
+    missing_as_null,
+    read_ids,
+)
 from recsys_mtl.data.lines import (
     WHITESPACE,
     cast_fields,
@@ -40,7 +47,6 @@ __all__ = [
     "iso_seconds",
     "mapped_columns",
     "named_columns",
-    "non_plain_id",
     "read_generic",
     "say_epoch_unit",
     "separator_hint",
@@ -67,10 +73,11 @@ def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bo
         lf = lf.with_columns(pl.lit("1").alias("_no_rating"))
         wanted["rating"] = "_no_rating"
     lf = lf.select("line", "raw", "reason", *[pl.col(wanted[f]).alias(f) for f in RATING_FIELDS])
+    lf = lf.with_columns(missing_as_null(RATING_FIELDS))  # nan, NA, null, None: missing_<field>
     # a decimal comma (4,5 in a ;-separated or quoted field, as European spreadsheets write)
     decimal = pl.col("rating").str.strip_chars().str.replace(r"^([-+]?\d+),(\d+)$", "$1.$2")
     lf = lf.with_columns(decimal.alias("rating"))
-    id_types = {c: _id_dtype(lf, c) for c in ("user_id", "item_id")}
+    lf, id_types = read_ids(lf, path.name)
     lf = cast_fields(lf, {**id_types, "rating": pl.Float64})
     return _parse_ts(lf, cfg.timestamp_format, path), blank, row_order
 
@@ -151,6 +158,8 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
         lines = lines.with_columns(pl.when(empty).then(None).otherwise("raw").alias("raw"))
     else:
         lines = _hide_quoted_separators(lines, sep)
+    lines = drop_trailing_separator(lines, sep, first if cfg.header else None, path)
+    lines = join_date_time(lines, sep, path, _HIDDEN)  # 2020-01-01 12:00:00, a space apart
     if cfg.header:
         header = split_line(first, sep)
         wanted = named_columns(path, header, mapped_columns(cfg.columns))
@@ -162,12 +171,12 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
         wanted = named_columns(path, header, positions, separator_hint(first, sep))
     blank = lines["raw"].null_count()
     fields = split_fields(lines, sep, header, strip_quotes=True)
-    shown = [pl.col(c).str.replace_all(_HIDDEN, sep, literal=True) for c in header]
-    shown = [] if sep == WHITESPACE else shown
+    put = " " if sep == WHITESPACE else sep  # a hidden separator, or a date's space
+    shown = [pl.col(c).str.replace_all(_HIDDEN, put, literal=True) for c in header]
     return fields.with_columns(*shown, pl.col("_raw").alias("raw")).drop("_raw"), wanted, blank
 
 
-_HIDDEN = "\x1f"  # stands for a separator inside quotes; a log holding it is refused when read
+_HIDDEN = "\x1f"  # a separator inside quotes or a date; a log holding it is refused when read
 
 
 def _hide_quoted_separators(lines: pl.DataFrame, sep: str) -> pl.DataFrame:
@@ -178,7 +187,7 @@ def _hide_quoted_separators(lines: pl.DataFrame, sep: str) -> pl.DataFrame:
     if not lines.select(quoted.any()).item():
         return lines
     esc = re.escape(sep)
-    field = f'{esc}(?:"[^"]*"[^{esc}]*|[^{esc}]*)'  # a separator, then one field
+    field = f'{esc}(?:"(?:[^"]|"")*"[^{esc}]*|[^{esc}]*)'  # a separator, then one field
     hidden = pl.lit(sep) + pl.element().str.slice(1).str.replace_all(sep, _HIDDEN, literal=True)
     fields = (pl.lit(sep) + pl.col("raw")).str.extract_all(field).list.eval(hidden)
     text = fields.list.join("").str.slice(1)
@@ -299,21 +308,6 @@ def _column_hint(
             f"; the first line looks like data, not a header naming the columns: set {_NO_HEADER}"
         )
     return ""
-
-
-def _id_dtype(lf: pl.LazyFrame, col: str) -> pl.DataType:
-    """Ids that are all integers written plainly stay integers; anything else keeps string ids,
-    as written. An id the integer would not spell back (``007``, ``+7``, ``-0``) makes the column
-    strings: read as integers, ``007`` and ``7`` would be one id."""
-    other = non_plain_id(pl.col(col).str.strip_chars())
-    return pl.String() if lf.select(other.any()).collect().item() else pl.Int64()
-
-
-def non_plain_id(text: pl.Expr) -> pl.Expr:
-    """Whether an id's ``text`` (edge spaces stripped) makes its column text: not empty, and not
-    an integer the integer itself spells back."""
-    as_int = text.cast(pl.Int64, strict=False)
-    return (text != "") & (as_int.is_null() | (as_int.cast(pl.String) != text))
 
 
 # a time of day ending in a UTC offset: 18:47:53Z, 18:47:53.25+02:00, 18:47-0500, 18:47:53+02

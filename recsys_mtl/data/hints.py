@@ -29,6 +29,12 @@ def stop_hint(
         return (
             f"; the scale is {scale[0]:g}-{scale[1]:g}: set data.rating_scale to the log's{found}"
         )
+    if reason in ("missing_user_id", "missing_item_id"):
+        return (
+            "; an empty id, or one spelled as a missing value (nan, NA, null, None), names no "
+            "one: check data.separator, data.header and data.columns, or raise "
+            "data.max_quarantine_share to drop such rows"
+        )
     if reason.startswith(("malformed_line", "missing_")):
         return "; check data.separator, data.header and data.columns"
     ids = reason in ("invalid_user_id", "invalid_item_id")
@@ -67,5 +73,5 @@ def _side_hint(report: dict[str, Any] | None) -> str:
     reasons = ", ".join(f"{r}: {n:,}" for r, n in sorted(rejected.items(), key=lambda rn: -rn[1]))
     return (
         f"; {source} itself kept {kept:,} of its {read:,} lines ({reasons}): its lines must "
-        "have the layout's fields, no more and no fewer"
+        "have the layout's fields (more are ignored, fewer are not)"
     )

@@ -187,8 +187,16 @@ def split_fields(
     ).unnest("_parts")
     cleaned = [pl.col(c).str.strip_chars() for c in names]
     if strip_quotes:
-        cleaned = [c.str.strip_chars('"') for c in cleaned]
+        cleaned = [_unquote(c) for c in cleaned]
     return lf.with_columns(cleaned)
+
+
+def _unquote(field: pl.Expr) -> pl.Expr:
+    """A double-quoted field's text, as RFC 4180 writes it: ``"a ""b"" c"`` is ``a "b" c``;
+    other quotes at the edges of a field (an unbalanced one) are stripped."""
+    quoted = field.str.starts_with('"') & field.str.ends_with('"') & (field.str.len_chars() > 1)
+    inner = field.str.slice(1, field.str.len_chars() - 2).str.replace_all('""', '"', literal=True)
+    return pl.when(quoted).then(inner).otherwise(field.str.strip_chars('"')).name.keep()
 
 
 def field_text(separator: str) -> tuple[pl.Expr, str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
+from recsys_mtl.data.exports import id_integer, is_missing, text_id
 from recsys_mtl.data.generic import (
     SECONDS_BELOW,
     VALUE_TYPES,
@@ -27,7 +28,6 @@ from recsys_mtl.data.generic import (
     epoch_unit,
     mapped_columns,
     named_columns,
-    non_plain_id,
 )
 from recsys_mtl.data.lines import fill_raw
 from recsys_mtl.data.raw import RATING_FIELDS, UNPARSED, Layout, ScanPlan
@@ -86,8 +86,11 @@ def _text_ids(path: Path, wanted: dict[str, str], fields: list[str]) -> frozense
     those with an id that is not an integer written plainly (one streaming read of them)."""
     if not fields:
         return frozenset()
-    text = [pl.col(wanted[f]).cast(pl.String).str.strip_chars() for f in fields]
-    checks = [non_plain_id(t).any().alias(f) for t, f in zip(text, fields, strict=True)]
+    text = [pl.col(wanted[f]).cast(pl.String) for f in fields]
+    checks = [
+        (text_id(t.str.strip_chars()) & ~is_missing(t)).any().alias(f)
+        for t, f in zip(text, fields, strict=True)
+    ]
     found = pl.scan_parquet(path).select(checks).collect(engine="streaming").row(0)
     return frozenset(f for f, yes in zip(fields, found, strict=True) if yes)
 
@@ -105,10 +108,9 @@ def parquet_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
         if schema[names[plan.positions[field]]].is_integer():
             return col(field).cast(pl.Int64, strict=False)  # null beyond Int64
         text = col(field).cast(pl.String)
-        if field in plan.text_ids:
-            return pl.when(text != "").then(text)
-        value = text.cast(pl.Int64, strict=False)  # integers written plainly
-        return pl.when(value.cast(pl.String) == text).then(value)
+        if field in plan.text_ids:  # as written; a missing value (empty, NA, ...): not read
+            return pl.when(~is_missing(text)).then(text)
+        return id_integer(text.str.strip_chars())  # 12, or 12.0
 
     ts = col("ts").cast(pl.Int64, strict=False)
     if plan.ts_per_second > 1:  # every positive time is milliseconds or finer

@@ -33,6 +33,7 @@ class ScanPlan:
     text_ids: frozenset[str] = frozenset()  # id fields kept as text (the others are integers)
     iso_ts: bool = False  # times may be ISO dates and times (else epoch numbers only)
     ts_per_second: int = 1  # epoch numbers a second: 1, or 10**3, 10**6, 10**9 (ms, us, ns)
+    decimal_ids: frozenset[str] = frozenset()  # integer id fields seen written as 12.0
 
 
 @dataclass(frozen=True)

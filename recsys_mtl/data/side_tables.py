@@ -4,11 +4,14 @@ Side-table text is UTF-8, and a line of it that is not valid UTF-8 is read as Wi
 Latin-1 (:func:`recsys_mtl.data.lines.decode_text`), counted in the table's report as
 ``rows_decoded_as_latin1``: no item is lost over the encoding of its title. Rows that cannot be
 used, and repeated ids (the first is kept), are quarantined here, with a report per table.
+A side table with more columns than its layout (a column added at the end of ``u.user``, a
+fourth column in ``movies.csv``) keeps the layout's and ignores the others, in one log line.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import polars as pl
@@ -16,6 +19,7 @@ import polars as pl
 from recsys_mtl.data.lines import (
     cast_fields,
     decode_text,
+    field_text,
     quarantine_frame,
     read_side_lines,
     reason_counts,
@@ -38,6 +42,7 @@ ML1M_OCCUPATIONS = [
     "self-employed", "technician/engineer", "tradesman/craftsman", "unemployed", "writer",
 ]  # fmt: skip
 NO_GENRES = "(no genres listed)"
+log = logging.getLogger("recsys_mtl.ingest")
 
 
 def read_side_tables(layout: Layout, rt: RawTables) -> None:
@@ -62,9 +67,38 @@ def _side_table(
 ) -> pl.DataFrame:
     """Parse a side table; bad rows and repeated ids go to quarantine, the first id is kept."""
     lines, legacy = read_side_lines(path)
+    allow_extra = allow_extra or _extra_fields(lines, sep, names, path)
     lf = split_fields(lines, sep, names, allow_extra=allow_extra, check_encoding=False)
     df = cast_fields(lf, dtypes).collect()
     return _keep_first_id(df, path, table, rt, blank=lines["raw"].null_count(), legacy=legacy)
+
+
+def _extra_fields(lines: pl.DataFrame, sep: str, names: list[str], path: Path) -> bool:
+    """Whether most lines of a side table have more fields than its layout's ``names`` (a
+    column added): then the extra fields are ignored, and one log line says which."""
+    text, literal = field_text(sep)
+    counts = lines.filter(pl.col("raw").is_not_null()).select(
+        (text.str.count_matches(literal, literal=True) + 1).alias("n")
+    )
+    if counts.height == 0:
+        return False
+    top = int(counts.group_by("n").len().sort(["len", "n"], descending=True)["n"][0])
+    if top <= len(names):
+        return False
+    _say_ignored(path, [f"field {k + 1}" for k in range(len(names), top)], names)
+    return True
+
+
+def _say_ignored(path: Path, extra: list[str], known: list[str]) -> None:
+    log.info(
+        "ingest: %s has %d column%s more than its layout's %d (%s): %s ignored",
+        path.name,
+        len(extra),
+        "s" * (len(extra) != 1),
+        len(known),
+        ", ".join(known) if len(known) <= 6 else ", ".join(known[:5]) + ", ...",
+        ", ".join(extra),
+    )
 
 
 def _keep_first_id(
@@ -165,11 +199,14 @@ def _read_quoted_csv(path: Path, expected: list[str]) -> tuple[pl.DataFrame, int
         ) from e
     except pl.exceptions.ComputeError as e:
         raise UserError(f"{path.absolute()}: not a readable CSV ({str(e).splitlines()[0]})") from e
-    if df.columns != expected:
+    if not set(expected) <= set(df.columns):
         raise UserError(
-            f"{path.absolute()}:1: header is {','.join(df.columns)!r}, expected {','.join(expected)!r}"
+            f"{path.absolute()}:1: header is {','.join(df.columns)!r}, expected the columns "
+            f"{','.join(expected)!r} (others are ignored)"
         )
-    raw = pl.concat_str([pl.col(c).fill_null("") for c in expected], separator=",")
+    if extra := [c for c in df.columns if c not in expected]:
+        _say_ignored(path, extra, expected)
+    raw = pl.concat_str([pl.col(c).fill_null("") for c in df.columns], separator=",")
     rows = df.with_row_index("line", offset=2).select(
         pl.col("line").cast(pl.Int64), raw.alias("raw"), *expected
     )

@@ -5,7 +5,8 @@ it was drawn for, so no pair is split across parts:
 
 * ``random``: a seeded share ``test_fraction`` of the ratings;
 * ``temporal``: one global cut in time; the latest ``test_fraction`` of ratings are the test
-  part (equal timestamps are ordered by position in the log);
+  part (equal timestamps are ordered by position in the log, so a cut inside a run of them
+  trains on its earlier rows and tests its later ones);
 * ``leave_last_out``: each user's latest rating (ties at the latest timestamp broken by the
   order of rows in the log: the last row wins); users with a single rating stay in train;
 * ``predefined``: a train file and a test file in the log's own format (``u1.base``/``u1.test``);

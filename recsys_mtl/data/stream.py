@@ -22,6 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
+from recsys_mtl.data.exports import say_decimals
 from recsys_mtl.data.generic import read_generic, say_epoch_unit
 from recsys_mtl.data.grouplens import CSV_RATINGS_HEADER, count_lines
 from recsys_mtl.data.lines import cast_fields, first_line, scan_lines, split_fields
@@ -185,6 +186,8 @@ def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
         clean = False
     if clean and plan.ts_per_second > 1:
         say_epoch_unit(path, plan.ts_per_second)
+    if clean:
+        say_decimals(path.name, [f for f in ("user_id", "item_id") if f in plan.decimal_ids])
     return replace(layout, scan=plan if clean else None)
 
 
@@ -194,8 +197,15 @@ def widen(layout: Layout) -> Layout | None:
     (the text reader then reads the log)."""
     if layout.scan is None or layout.kind == "parquet":
         return None
-    plan = widened(layout.files["ratings"], layout.scan)
-    return None if plan is None else replace(layout, scan=plan)
+    path = layout.files["ratings"]
+    plan = widened(path, layout.scan)
+    if plan is None:
+        return None
+    say_decimals(
+        path.name,
+        [f for f in ("user_id", "item_id") if f in plan.decimal_ids - layout.scan.decimal_ids],
+    )
+    return replace(layout, scan=plan)
 
 
 _HEAD_ROWS = 1000

@@ -21,6 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
+from recsys_mtl.data.exports import id_integer, is_missing, text_id, whole_decimal
 from recsys_mtl.data.generic import (
     SECONDS_BELOW,
     check_columns,
@@ -29,7 +30,6 @@ from recsys_mtl.data.generic import (
     iso_seconds,
     mapped_columns,
     named_columns,
-    non_plain_id,
     separator_hint,
     split_line,
 )
@@ -125,10 +125,9 @@ def generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
 
     def ident(field: str) -> pl.Expr:
         text = _clean(column(field))
-        if field in plan.text_ids:
-            return pl.when(text != "").then(text)
-        value = text.cast(pl.Int64, strict=False)
-        return pl.when(value.cast(pl.String) == text).then(value)
+        if field in plan.text_ids:  # a missing value (empty, nan, NA, ...): the text reader's
+            return pl.when(~is_missing(text)).then(text)
+        return id_integer(text)  # 12, or 12.0 as pandas writes it
 
     if plan.iso_ts:
         text = _clean(column("ts"))
@@ -156,19 +155,24 @@ def text_fields(path: Path, plan: ScanPlan, rows: int | None = None) -> ScanPlan
     ids = [f for f in IDS if f not in plan.text_ids]
     ts = _clean(pl.col(names[plan.positions["ts"]]))
     number = ts.cast(pl.Int64, strict=False)
-    checks = [non_plain_id(_clean(pl.col(names[plan.positions[f]]))).any().alias(f) for f in ids]
+    id_text = {f: _clean(pl.col(names[plan.positions[f]])) for f in ids}
+    checks = [(text_id(t) & ~is_missing(t)).any().alias(f) for f, t in id_text.items()]
+    checks += [whole_decimal(t).any().alias(f"{f}:whole") for f, t in id_text.items()]
     checks.append(((ts != "") & number.is_null()).any().alias("iso"))
     checks.append(number.filter(number > 0).min().alias("low"))
     head = lf if rows is None else lf.head(rows)
-    *text_ids, iso, low = head.select(checks).collect(engine="streaming").row(0)
-    found = {f for f, yes in zip(ids, text_ids, strict=True) if yes}
-    per_second = plan.ts_per_second
+    found = head.select(checks).collect(engine="streaming").row(0, named=True)
+    text_ids = plan.text_ids | {f for f in ids if found[f]}
+    decimal_ids = plan.decimal_ids | {f for f in ids if found[f"{f}:whole"]}
+    # a space apart from its date, a time of day is a field of its own: the text reader's
+    iso = found["iso"] and plan.separator != " "
+    per_second, low = plan.ts_per_second, found["low"]
     if not iso and low is not None and low >= SECONDS_BELOW:
         if rows is not None:
             low = lf.select(checks[-1]).collect(engine="streaming").item()
         per_second = epoch_unit(low, path, say=False)
-    return replace(plan, text_ids=plan.text_ids | found, iso_ts=plan.iso_ts or bool(iso),
-                   ts_per_second=per_second)  # fmt: skip
+    return replace(plan, text_ids=text_ids, iso_ts=plan.iso_ts or iso, ts_per_second=per_second,
+                   decimal_ids=decimal_ids - text_ids)  # fmt: skip
 
 
 def widened(path: Path, plan: ScanPlan) -> ScanPlan | None:

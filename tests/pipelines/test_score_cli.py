@@ -175,7 +175,34 @@ def test_an_update_child_says_its_parents_cold_start_learner_is_not_served(cli, 
         (
             {"s.csv": "user,item\n1,2\n"},
             ["--support", "s.csv"],
-            ["--support", "s.csv", "no rating column"],
+            ["--support", "s.csv:1", "no rating column"],
+        ),
+        # malformed support lines: FILE:LINE and what is wrong, never polars' own message
+        (
+            {"s.csv": "user,item,rating\n9001,1,5\n9001,Smith, J,4\n"},  # an unquoted comma
+            ["--support", "s.csv"],
+            ["--support", "s.csv:3", "4 fields, the header 3", "must be quoted"],
+        ),
+        (
+            {"s.csv": 'user,item,rating\n9001,"Smith, J",4\n9001,1\n'},
+            ["--support", "s.csv"],
+            ["--support", "s.csv:3", "2 fields, the header 3"],
+        ),
+        (
+            {"s.csv": 'user,item,rating\n9001,ab"c,4\n'},
+            ["--support", "s.csv"],
+            ["--support", "s.csv:2", "a quote outside a quoted field"],
+        ),
+        ({"s.csv": ""}, ["--support", "s.csv"], ["--support", "s.csv:1", "the file is empty"]),
+        (  # a missing value spelled out names no user
+            {"s.csv": "user,item,rating\n9001,1,5\nNaN,2,4\nnull,3,4\n"},
+            ["--support", "s.csv"],
+            ["--support", "s.csv:3", "the user id 'NaN' is a missing value", "2 such rows"],
+        ),
+        (  # 9001.0 and 1.0 are integer ids as pandas writes them; 1.5 is none
+            {"s.csv": "user,item,rating\n9001.0,1.0,5\n9001,1.5,4\n"},
+            ["--support", "s.csv"],
+            ["--support", "s.csv:3", "item id '1.5'", "an integer"],
         ),
         (
             {"s.csv": "user,item,rating\n1,2,4\n1,3,9\n"},

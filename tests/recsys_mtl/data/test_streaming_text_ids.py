@@ -69,6 +69,9 @@ CLEAN = {
     "a string id late": [*BASE[:LATE], "u5,6,4,100", *BASE[LATE:]],
     "a zero-padded id late": [*BASE[:LATE], "5,006,4,100", *BASE[LATE:]],
     "an ISO time late": [*BASE[:LATE], "5,6,4,2001-09-09T01:46:40", *BASE[LATE:]],
+    "integer ids as pandas writes them": _ids(DISTINCT, "{}.0", "{}.00"),
+    "a whole-decimal id late": [*BASE[:LATE], "5.0,6,4,100", *BASE[LATE:]],
+    "a fraction among whole decimals": [*_ids(BASE, "{}.0"), "12.5,6,4,100"],
     "milliseconds": [
         f"{line.rsplit(',', 1)[0]},{int(line.rsplit(',', 1)[1]) * 1000 + 10**12}"
         for line in _ids(DISTINCT)
@@ -122,14 +125,17 @@ def test_each_id_column_is_read_as_the_text_reader_reads_it(tmp_path):
         "u5,6,4,100.5",
         "u5,6,abc,100",
         "u5,6,4,1600000000123",
+        "NA,6,4,100",
+        "u5,nan,4,100",
+        "u5,6,4,NULL",
     ],
 )
 def test_a_string_id_log_with_a_row_the_scan_does_not_read_gets_the_text_readers_tables(
     tmp_path, bad
 ):
     """An empty field, a time that is neither an integer nor ISO, a decimal time, a rating that
-    is not a number, a millisecond time among seconds: the text reader decides, with the same
-    quarantine as in memory."""
+    is not a number, a millisecond time among seconds, a missing value spelled out: the text
+    reader decides, with the same quarantine as in memory."""
     lines = _ids(BASE)
     path = _log(tmp_path, [*lines[:LATE], bad, *lines[LATE:]])
     report = _both(tmp_path, path, columns=COLUMNS, max_quarantine_share=1.0)
