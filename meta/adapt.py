@@ -10,8 +10,12 @@ the users. Every user in the frame is treated as new: their state comes from the
 Where the run serves a cooc variant (:mod:`meta.cooc`) the users also carry its ranking bonus
 (``rank_bonus``: the weighted item-item evidence of their support items, from the saved
 neighbour table, computed per block of users by whoever ranks the catalog).
-Support rows whose item the run never saw are skipped and counted (``unknown_items``, with a
-logged warning). Vectorized over users: one padded support matrix with a mask.
+A run trained on a log without ratings (clicks: ``clicks=True``), which has no rating head for
+the ridge to fit and no cold-start choice (the cold-start protocol adapts from ratings), folds
+its new users in instead: :data:`CLICK_FOLD_IN` Adam steps on the user-side state, the
+interaction loss of their support items against sampled unseen items
+(:func:`fold_in_state`). Support rows whose item the run never saw are skipped and counted
+(``unknown_items``, with a logged warning). Vectorized over users: one padded support matrix with a mask.
 """
 
 from __future__ import annotations
@@ -53,6 +57,9 @@ __all__ = [
 log = logging.getLogger("recsys_mtl.meta")
 
 RIDGE_SHRINKAGE = 15.0
+# (steps, lr) of a click run's fold-in: the middle of the fold-in floor's grid
+# (meta.fold_in_steps, meta.fold_in_lrs), which a click run has no cold validation to choose in
+CLICK_FOLD_IN = (20, 0.01)
 
 
 @dataclass(frozen=True)
@@ -266,6 +273,7 @@ def adapt_users(
     *,
     learner_dir: pathlib.Path | None = None,
     users: pl.DataFrame | None = None,
+    clicks: bool = False,
 ) -> ColdStartUsers:
     """States of the users of ``support`` (columns ``user_id, item_id, rating``, raw ids) for
     ``run.model.score``: through the meta-learner saved in ``learner_dir`` (a UserError if it
@@ -273,7 +281,8 @@ def adapt_users(
     the cold validation users), else the ranker's new-user state plus the ridge user offset
     (shrinkage 15). ``users``: demographics (``user_id, age, gender, occupation``), read by
     the demographic state; a user of ``users`` with no support row is served from them alone
-    (K = 0)."""
+    (K = 0). ``clicks``: the run was trained on a log without ratings (its new users are
+    folded in: :data:`CLICK_FOLD_IN`)."""
     user_ids, padded, unknown = support_rows(run, support)
     if users is not None:  # K = 0: users with demographics and no support row
         extra = [u for u in users["user_id"].unique(maintain_order=True).to_list()
@@ -294,6 +303,11 @@ def adapt_users(
         state = learner.adapt_state(padded, cats)
         name = learner.name
         ranking, bonus = None, None
+    elif clicks and read_served(run.run_dir) is None:
+        steps, lr = CLICK_FOLD_IN
+        state = fold_in_state(run.model, padded, cats, run.tasks, steps, lr,
+                              n_items=run.trained_items)  # fmt: skip
+        name, ranking, bonus = "fold_in", None, None
     else:
         record = read_served(run.run_dir)
         state, name = _served_state(run, padded, cats, record)

@@ -9,7 +9,9 @@ Under ``torchrun`` (``run`` and ``score``) every process joins the job's process
 (:mod:`recsys_mtl.train.distributed`) and leaves them through its ``teardown`` on every exit;
 the entry point is wrapped in torchrun's ``@record``, so an unexpected error's traceback
 reaches torchrun's report naming the failed rank; SIGTERM (torchrun stopping the job) ends the
-MLflow run FAILED with the reason and exits 143.
+MLflow run FAILED with the reason and exits 143. An error every process ends with (a config
+key, an option, a file they all read) is printed once, by rank 0; an error one process alone
+sees is printed by that process (:mod:`recsys_mtl.train.endings`).
 """
 
 from __future__ import annotations
@@ -109,36 +111,44 @@ def _handle(args: argparse.Namespace, job: bool = False) -> int:
     try:
         return args.handler(args)
     except UserError as e:
-        print(f"recsys-mtl: error: {e}", file=sys.stderr)
-        return e.exit_code
+        return _say(f"recsys-mtl: error: {e}", e.exit_code, job)
     except KeyboardInterrupt:
-        print("recsys-mtl: interrupted", file=sys.stderr)
-        return 130
+        return _say("recsys-mtl: interrupted", 130, job)
     except Exception as e:
         machine = machine_error(e)  # a refused write no writer translated: still one line
         if machine is not None:
-            print(f"recsys-mtl: error: {machine}", file=sys.stderr)
-            return machine.exit_code
+            return _say(f"recsys-mtl: error: {machine}", machine.exit_code, job)
         if type(e).__name__ == "Terminated":
-            print(f"recsys-mtl: {e}", file=sys.stderr)
-            return 143
+            return _say(f"recsys-mtl: {e}", 143, job)
         if job:
             raise
         traceback.print_exc()
         return 1
 
 
+def _say(line: str, code: int, job: bool = False) -> int:
+    """Print ``line`` (to stderr) and return ``code``; in a torchrun job (``job``) only once
+    for an error every process ended with (:func:`recsys_mtl.train.endings.first_to_say`)."""
+    if job:
+        # deferred: the job's store (torch.distributed), under torchrun only
+        from recsys_mtl.train.endings import first_to_say
+
+        if not first_to_say(line, code):
+            return code
+    print(line, file=sys.stderr)
+    return code
+
+
 def _in_job(args: argparse.Namespace) -> int:
     """One process of a torchrun job: join it, run (rank 0) or follow (the others), leave."""
     if args.command not in ("run", "score"):
-        print(f"recsys-mtl: error: {args.command}: not a command for torchrun (run, score)",
-              file=sys.stderr)  # fmt: skip
-        return 2
+        return _say(f"recsys-mtl: error: {args.command}: not a command for torchrun (run, score)",
+                    2, job=True)  # fmt: skip
     # deferred: torch.distributed and the config, under torchrun only
     from pipelines.execute import follow
     from recsys_mtl.config import load_config
     from recsys_mtl.config.train import DistributedConfig
-    from recsys_mtl.train import distributed
+    from recsys_mtl.train import distributed, endings
 
     try:
         settings = (
@@ -146,10 +156,9 @@ def _in_job(args: argparse.Namespace) -> int:
             if args.command == "run" else DistributedConfig()
         )  # fmt: skip
         job = distributed.setup(settings)  # a backend this machine lacks: the user's error
-    except UserError as e:
-        print(f"recsys-mtl: error: {e}", file=sys.stderr)
-        return e.exit_code
-    code = 1
+    except UserError as e:  # the same config in every process: printed once (rank 0)
+        return _say(f"recsys-mtl: error: {e}", e.exit_code, job=True)
+    code: int | None = None
     try:
         if args.command == "run" and not job.leader:
             code = _handle(argparse.Namespace(handler=lambda _: follow()), job=True)
@@ -161,6 +170,9 @@ def _in_job(args: argparse.Namespace) -> int:
         # SIGTERM from now on must not cut the leaving short
         with contextlib.suppress(ValueError):  # not the main thread: nothing to change
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if code is None:  # an unexpected error (to @record): the others' SIGTERM names this rank
+            code = 1
+            endings.record(code, "an unexpected error")
         stopped = code in (130, 143)  # torchrun (or the user) stops every process
         distributed.teardown(clean=code == 0, release=args.command == "run" and not stopped)
 

@@ -186,11 +186,14 @@ def read_support(
     rating_scale: tuple[float, float],
     user_dtype: pl.DataType | None = None,
     item_dtype: pl.DataType | None = None,
+    rated: bool = True,
 ) -> pl.DataFrame:
     """Support ratings of new users: columns ``user, item, rating`` (or ``user_id, item_id``),
     CSV or Parquet. A missing column, an id not of the model's id type (``user_dtype``,
     ``item_dtype``) or a rating that is not a number on the scale is an error naming
-    ``--support``, the file and the line."""
+    ``--support``, the file and the line. A run trained on a log without ratings (``rated``
+    false) takes ``user, item`` alone: every row is an interaction (rating 1, as ingest reads
+    such a log); a ``rating`` column, if there is one, is still checked against the scale."""
     # deferred: polars, as in _read_table
     import polars as pl
 
@@ -199,10 +202,14 @@ def read_support(
     picked = {}
     for name, options in SUPPORT_COLUMNS.items():
         col = next((c for c in options if c in df.columns), None)
+        if col is None and name == "rating" and not rated:
+            picked[name] = pl.repeat("1", df.height, dtype=pl.String, eager=True)
+            continue
         if col is None:
+            needs = "user, item, rating" if rated else "user, item"
             raise UserError(
                 f"--support {p}{':1' * (p.suffix.lower() != '.parquet')}: no {name} column "
-                f"(needs user, item, rating; has {', '.join(df.columns)})"
+                f"(needs {needs}; has {', '.join(df.columns)})"
             )
         picked[name] = df[col]
     if not picked["user"].len():

@@ -28,6 +28,7 @@ __all__ = ["NAME", "add_parser", "compare_runs", "format_table", "run"]
 NAME = "compare"
 
 MINIMIZED = ("rmse", "mae", "logloss", "loss")
+STORAGE_TAG = "recsys_mtl.tune.storage"  # a study run's Optuna storage (its password hidden)
 KINDS = ("pipeline", "trial", "study", "stage", "single_task_baseline", "stream", "update")
 # The describing columns: (header, tag, param)
 DESCRIBE = (
@@ -75,9 +76,12 @@ def compare_runs(
     kinds: tuple[str, ...] = ("pipeline", "trial"),
     tracking_uri: str | None = None,
     max_results: int = 5000,
+    storage: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rows (one per run, newest first): name, kind, data set, describing columns, params,
-    metrics."""
+    metrics. ``study``: the trials (and the study run) of that study; studies of one name
+    with different Optuna storages (two study folders, two databases) are told apart by
+    ``storage`` (:func:`_study_runs`)."""
     # deferred: mlflow (about a second) loads only to read the store
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -97,6 +101,7 @@ def compare_runs(
         ids = [exp.experiment_id]
     if not ids:
         return []
+    parents = _study_runs(client, ids, study, storage, uri, max_results) if study else None
     clauses = [f"({filter_string})"] if filter_string else []
     if study:
         clauses.append(f"tags.`{STUDY_TAG}` = '{study}'")
@@ -113,6 +118,9 @@ def compare_runs(
         if kind not in kinds:
             continue
         tags, params = run.data.tags, run.data.params
+        mine = run.info.run_id if kind == "study" else tags.get("mlflow.parentRunId")
+        if parents is not None and mine not in parents:
+            continue  # a study of the same name in another storage
         row: dict[str, Any] = {
             "run": run.info.run_name or run.info.run_id[:8],
             "run_id": run.info.run_id,
@@ -136,6 +144,44 @@ def compare_runs(
             f"--study: no tracked trial of study {study!r} in {uri} (known: {known or 'none'})"
         )
     return rows
+
+
+def _study_runs(
+    client: Any, ids: list[str], study: str, storage: str | None, uri: str, max_results: int
+) -> set[str] | None:
+    """The MLflow runs of study ``study`` (one per storage; a resumed study reuses its run),
+    or None when no study run names it (its trials are then matched by the name alone).
+    Studies of that name in several storages are refused unless ``storage`` names one."""
+    query = f"tags.`{KIND_TAG}` = 'study' and tags.`{STUDY_TAG}` = '{study}'"
+    found = client.search_runs(ids, query, max_results=max_results)
+    by_storage: dict[str, set[str]] = {}
+    for r in found:
+        by_storage.setdefault(r.data.tags.get(STORAGE_TAG, ""), set()).add(r.info.run_id)
+    if storage is not None:
+        if storage not in by_storage:
+            known = ", ".join(sorted(by_storage)) or "none"
+            raise UserError(
+                f"--storage: no study {study!r} in storage {storage!r} in {uri} "
+                f"(its storages: {known})"
+            )
+        return by_storage[storage]
+    if len(by_storage) > 1:
+        where = "; ".join(
+            f"{s or '(unrecorded)'} (experiment {_experiments(client, found, s)})"
+            for s in sorted(by_storage)
+        )
+        raise UserError(
+            f"--study: {len(by_storage)} studies are named {study!r} in {uri}, in different "
+            f"storages: {where}; pick one with --storage STORAGE"
+        )
+    return set().union(*by_storage.values()) if by_storage else None
+
+
+def _experiments(client: Any, runs: list[Any], storage: str) -> str:
+    """The experiment names of the study runs of ``storage``."""
+    exp_ids = sorted({r.info.experiment_id for r in runs
+                      if r.data.tags.get(STORAGE_TAG, "") == storage})  # fmt: skip
+    return ", ".join(client.get_experiment(i).name for i in exp_ids)
 
 
 def _default_metrics(rows: list[dict[str, Any]]) -> list[str]:
@@ -238,6 +284,12 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--study", metavar="NAME", help="only the trials of this tuning study")
     p.add_argument(
+        "--storage",
+        metavar="URL",
+        help="with --study: the study's Optuna storage (as tune printed it), when studies of "
+        "that name live in several (two study folders, two databases)",
+    )
+    p.add_argument(
         "--filter",
         default="",
         metavar="EXPR",
@@ -279,6 +331,8 @@ def _check_options(args: argparse.Namespace, kinds: tuple[str, ...]) -> None:
         raise UserError(f"--kinds: unknown kind {', '.join(unknown)!r}; known: {', '.join(KINDS)}")
     if args.limit < 1:
         raise UserError(f"--limit: must be at least 1, got {args.limit}")
+    if args.storage and not args.study:
+        raise UserError("--storage: picks among studies of one name; give --study NAME too")
     if args.out and Path(args.out).is_dir():
         raise UserError(f"--out {args.out}: is a folder; name a CSV file")
 
@@ -295,7 +349,7 @@ def _check_metrics(rows: list[dict[str, Any]], named: list[tuple[str, str]]) -> 
 def run(args: argparse.Namespace) -> int:
     kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
     _check_options(args, kinds)
-    rows = compare_runs(args.experiment, args.study, args.filter, kinds)
+    rows = compare_runs(args.experiment, args.study, args.filter, kinds, storage=args.storage)
     metrics = (
         [_display(m.strip()) for m in args.metrics.split(",")]
         if args.metrics

@@ -152,10 +152,11 @@ def score_command(
 
     t0 = time.perf_counter()
     run, info = load_source(source)
-    weights = parse_blend(blend, run.tasks)  # a bad --blend fails before any work
+    weights = parse_blend(blend, run.tasks, "--blend")  # a bad --blend fails before any work
     udt, idt = run.user_ids.dtype, run.item_ids.dtype
     listed = my_users(run, read_users(users, udt) if users else None, users)  # torchrun: a block
-    sup = read_support(support, run.ctx.rating_scale, udt, idt) if support else None
+    rated = info.get("ratings") != "none"  # a click log's run: support rows are interactions
+    sup = read_support(support, run.ctx.rating_scale, udt, idt, rated) if support else None
     n_new_items, group = 0, None
     if items_meta:
         # deferred: torch, only for --items-meta
@@ -194,7 +195,7 @@ def score_command(
     }
     report = ScoringReport()
     parts = iter_recommend(
-        run, top_k, report, users=listed, support=sup, adapt=_adapter(learners, demo),
+        run, top_k, report, users=listed, support=sup, adapt=_adapter(learners, demo, rated),
         blend=weights, chunk_users=chunk_users, tile_items=tile_items,
         progress=sys.stderr.isatty() if progress is None else progress, group=group,
         cold_blend=cold,
@@ -255,7 +256,9 @@ def _check_out(out: Path) -> None:
         raise UserError(f"--out {out}: {blocker} is a file, not a folder")
 
 
-def _adapter(learner_dir: Path | None, demographics: pl.DataFrame | None = None) -> Any:
+def _adapter(
+    learner_dir: Path | None, demographics: pl.DataFrame | None = None, rated: bool = True
+) -> Any:
     def adapt(run: Any, support: pl.DataFrame) -> Any:
         # deferred: the cold-start adapter (torch), only when support rows are scored
         from meta.adapt import adapt_users
@@ -263,7 +266,7 @@ def _adapter(learner_dir: Path | None, demographics: pl.DataFrame | None = None)
         users = None
         if demographics is not None:
             users = demographics.filter(demographics["user_id"].is_in(support["user_id"].implode()))
-        return adapt_users(run, support, learner_dir=learner_dir, users=users)
+        return adapt_users(run, support, learner_dir=learner_dir, users=users, clicks=not rated)
 
     return adapt
 

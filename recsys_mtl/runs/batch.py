@@ -174,7 +174,7 @@ def iter_recommend(
         model, tasks, weights, run.reference, run.ctx.rating_scale, on_scores=on_scores,
         tile_items=tile_items,
     )  # fmt: skip
-    cold = parse_blend(cold_blend, tasks) if cold_blend is not None else weights
+    cold = parse_blend(cold_blend, tasks, "cold_blend") if cold_blend is not None else weights
     cold_scorer = scorer if cold == weights else CatalogScorer(
         model, tasks, cold, run.reference, run.ctx.rating_scale, on_scores=on_scores,
         tile_items=tile_items,

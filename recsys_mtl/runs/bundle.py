@@ -5,7 +5,8 @@
 * ``context.json`` + ``context.npz``: the feature context (sizes, side features, implicit sets);
 * ``users.parquet`` / ``items.parquet``: the id maps (index -> raw id, original types);
 * ``seen.npz``: every item each user has in the log (CSR), masked out of their top-K;
-* ``info.json``: reference time, run id, config hash, weights digest, package version;
+* ``info.json``: reference time, run id, config hash, weights digest, package version, whether
+  the log had ratings (``ratings``: ``given`` or ``none``);
 * a cold-start run's served method: ``coldstart/served.json`` and the folders it reads under
   ``meta_train/`` (the served learner, the demographic state), and for a cooc variant its
   item neighbour table (``coldstart/neighbours.pt``), at the paths of the run folder;
@@ -87,7 +88,15 @@ def run_info(run_dir: str | Path) -> dict[str, Any]:
         "weights_digest": file_digest(layout.model),
         "package_version": __version__,
         "model_version": None,
+        "ratings": "none" if _without_ratings(config) else "given",
     }
+
+
+def _without_ratings(config: dict[str, Any] | None) -> bool:
+    """Whether the run was trained on a log without ratings (``data.columns.rating: none``):
+    every row of its log is an interaction."""
+    columns = ((config or {}).get("data") or {}).get("columns") or {}
+    return "rating" in columns and columns["rating"] is None
 
 
 def _config_hash(config: dict[str, Any]) -> str:

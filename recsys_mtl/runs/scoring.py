@@ -55,11 +55,15 @@ UserState = dict[str, torch.Tensor]
 Reorder = Callable[[torch.Tensor, UserState, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def parse_blend(spec: str | dict[str, float] | None, tasks: list[str]) -> dict[str, float]:
+def parse_blend(
+    spec: str | dict[str, float] | None, tasks: list[str], name: str = "blend"
+) -> dict[str, float]:
     """``"rating=0.5,interaction=0.5"`` (or a dict) as weights over ``tasks`` summing to 1.
 
     ``None`` weighs every task equally; a task left out gets 0. Unknown tasks, negative or
-    non-numeric weights and an all-zero blend are :class:`UserError`.
+    non-numeric weights and an all-zero blend are :class:`UserError` naming ``name``, where
+    the caller gave the blend: the argument of a Python function (``blend``), the command
+    line's ``--blend`` or the pyfunc's parameter ``params['blend']``.
     """
     if spec is None or spec == "":
         return {t: 1.0 / len(tasks) for t in tasks}
@@ -68,26 +72,24 @@ def parse_blend(spec: str | dict[str, float] | None, tasks: list[str]) -> dict[s
     if items is None:
         pairs = []
         for part in str(spec).split(","):
-            name, sep, value = part.partition("=")
+            task, sep, value = part.partition("=")
             if not sep:
-                raise UserError(f"--blend: {part.strip()!r} is not TASK=WEIGHT")
-            pairs.append((name.strip(), value.strip()))
+                raise UserError(f"{name}: {part.strip()!r} is not TASK=WEIGHT")
+            pairs.append((task.strip(), value.strip()))
         items = pairs
-    for name, value in items:
-        if name not in tasks:
-            raise UserError(
-                f"--blend: unknown task {name!r} (this run's tasks: {', '.join(tasks)})"
-            )
+    for task, value in items:
+        if task not in tasks:
+            raise UserError(f"{name}: unknown task {task!r} (this run's tasks: {', '.join(tasks)})")
         try:
             w = float(value)
         except (TypeError, ValueError):
-            raise UserError(f"--blend: weight of {name!r} is not a number: {value!r}") from None
+            raise UserError(f"{name}: weight of {task!r} is not a number: {value!r}") from None
         if not np.isfinite(w) or w < 0:
-            raise UserError(f"--blend: weight of {name!r} must be finite and >= 0, got {value}")
-        raw[name] = w
+            raise UserError(f"{name}: weight of {task!r} must be finite and >= 0, got {value}")
+        raw[task] = w
     total = sum(raw.values())
     if total <= 0:
-        raise UserError("--blend: every weight is 0; give at least one task a positive weight")
+        raise UserError(f"{name}: every weight is 0; give at least one task a positive weight")
     return {t: raw.get(t, 0.0) / total for t in tasks}
 
 

@@ -13,7 +13,8 @@
 A request with no rows gets no rows, with the columns of its kind (pairs when it has an
 ``item_id`` column).
 
-The parameter ``blend`` (``"rating=0.5,interaction=0.5"``) sets the blend's weights. Importing
+The parameter ``blend`` (``"rating=0.5,interaction=0.5"``) sets the blend's weights; a bad one
+is an ``MlflowException`` naming ``params['blend']``. Importing
 this module imports MLflow; nothing else in the package does at import time.
 """
 
@@ -27,6 +28,7 @@ from mlflow.exceptions import INVALID_PARAMETER_VALUE, MlflowException
 from recsys_mtl.errors import UserError
 from recsys_mtl.runs.batch import recommend, score_pairs
 from recsys_mtl.runs.bundle import load_bundle
+from recsys_mtl.runs.scoring import parse_blend
 from recsys_mtl.tracking.model import BUNDLE_DIR
 
 __all__ = ["RecsysModel"]
@@ -57,17 +59,18 @@ class RecsysModel(mlflow.pyfunc.PythonModel):
                 raise UserError(
                     "a request has columns user_id and item_id (pairs), or user_id and k (top-K)"
                 )
-            out = self._topk(frame, blend) if has_k else self._pairs(frame, blend)
+            weights = parse_blend(blend, self.run.tasks, "params['blend']")
+            out = self._topk(frame, weights) if has_k else self._pairs(frame, weights)
         except UserError as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from e
         return out.to_pandas()
 
-    def _pairs(self, frame: pl.DataFrame, blend: str | None) -> pl.DataFrame:
+    def _pairs(self, frame: pl.DataFrame, blend: dict[str, float]) -> pl.DataFrame:
         users = frame["user_id"].cast(self.run.user_ids.dtype, strict=False)
         items = frame["item_id"].cast(self.run.item_ids.dtype, strict=False)
         return score_pairs(self.run, users, items, blend)
 
-    def _topk(self, frame: pl.DataFrame, blend: str | None) -> pl.DataFrame:
+    def _topk(self, frame: pl.DataFrame, blend: dict[str, float]) -> pl.DataFrame:
         want = frame.select("user_id", pl.col("k").cast(pl.Int64))
         if want["k"].null_count() or (want["k"] < 1).any():
             raise UserError("every top-K request needs k >= 1")

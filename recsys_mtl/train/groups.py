@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from recsys_mtl.errors import UserError
+from recsys_mtl.train import endings
 
 __all__ = [
     "Dist",
@@ -52,7 +53,9 @@ log = logging.getLogger("recsys_mtl.train")
 
 
 class Terminated(Exception):
-    """SIGTERM: torchrun stops every process when one of them failed (or the job is stopped)."""
+    """SIGTERM: torchrun stops every process when one of them failed, and when it is stopped
+    itself; the message says which, as far as this process can know
+    (:func:`recsys_mtl.train.endings.stop_reason`)."""
 
 
 @dataclass
@@ -111,6 +114,7 @@ def setup(settings: Any) -> Dist:
     # a restarted job (torchrun --max-restarts) shares the rendezvous store with the attempts
     # before it: its keys get their own prefix, so no process reads a dead attempt's address
     store, _, _ = next(dist.rendezvous("env://", timeout=wait))
+    endings.remember(store)  # how each process ends, told to the others (errors, SIGTERM)
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     store = dist.PrefixStore(f"recsys-mtl/attempt-{attempt}", store)
     _import_before_the_groups()
@@ -137,7 +141,7 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     if sys.exc_info()[0] is not None:
         log.warning("SIGTERM while ending after an error: finishing that first")
         return
-    raise Terminated("stopped by SIGTERM (torchrun stops every process when one fails)")
+    raise Terminated(endings.stop_reason())  # another rank's failure, or the job stopped
 
 
 def _import_before_the_groups() -> None:

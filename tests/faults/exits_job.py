@@ -4,7 +4,9 @@ tests/faults/test_distributed.py: ``python -m tests.faults.exits_job COMMAND CON
 The command's handler (``run``: rank 0's, the others wait for its announcements; ``score``:
 every process's, which first use the training group together) is replaced by one that on
 process ``RANK`` returns (``ok``), raises a user's error (``user``) or another exception
-(``crash``); everything else is the command line's own path (:func:`pipelines.cli.main`). At
+(``crash``); with ``stopped`` process ``RANK`` raises a user's error while the others wait
+until torchrun stops them; with ``everyone`` every process raises the same user's error.
+Everything else is the command line's own path (:func:`pipelines.cli.main`). At
 its exit each process prints how many gloo threads it still has: leaving the job must have
 ended them all."""
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import time
 from pathlib import Path
 
 
@@ -42,9 +45,13 @@ def main() -> int:
     def handler(_: object) -> int:
         if command == "score":  # every process: the training group in use
             distributed.all_sum(torch.ones(1))
+        if how == "everyone":
+            raise UserError("a user's error on every rank")
         if os.environ["RANK"] != rank or how == "ok":
+            if how == "stopped":  # until torchrun's SIGTERM
+                time.sleep(120)
             return 0
-        if how == "user":
+        if how in ("user", "stopped"):
             raise UserError(f"a user's error on rank {rank}")
         raise RuntimeError(f"an unexpected error on rank {rank}")
 

@@ -88,3 +88,58 @@ def test_a_click_log_runs_scores_and_updates_with_the_interaction_task(tmp_path,
                               "--ts-col", "when")  # fmt: skip
     assert code == 0, err
     assert "no ratings (every row an interaction;" in out_text
+
+
+def _taste_match(recs: pl.DataFrame, first_taste: pl.Expr) -> float:
+    """The share of recommended items of the user's taste (items 0-39 or 40-79)."""
+    return float(recs.select((first_taste == (pl.col("item_id") < 40)).mean()).item())
+
+
+def test_new_users_of_a_click_run_are_folded_in_from_a_support_file_without_ratings(tmp_path, cli):
+    """``score --support`` on a run trained on clicks reads ``user, item[, time]`` (every row an
+    interaction) from the run folder and from its bundle, and folds the new users in with the
+    ranker's interaction task: a ranker without implicit feedback (GMF), whose new-user state
+    alone is the same for everybody, ranks each new user's taste first. A rated run still
+    refuses such a file in one line naming it and the missing column."""
+    from recsys_mtl.runs.bundle import export_bundle
+
+    log = _clicks(tmp_path / "clicks.csv", range(60))
+    cfg = _config(tmp_path, log, ["interaction"])
+    code, _, err = cli("run", cfg, "--set", "model={name: gmf, params: {dim: 8}}",
+                       "--out", tmp_path / "run")  # fmt: skip
+    assert code == 0, err
+    rng = np.random.default_rng(5)
+    rows = [(u, int(i), 3_000_000 + k) for u in range(1000, 1020)
+            for k, i in enumerate(rng.choice(range(0, 40) if u < 1010 else range(40, 80), 6,
+                                             replace=False))]  # fmt: skip
+    support = tmp_path / "support.csv"
+    pl.DataFrame(rows, schema=["user", "item", "when"], orient="row").write_csv(support)
+    bundle = export_bundle(tmp_path / "run", tmp_path / "bundle")
+    assert json.loads((bundle / "info.json").read_text())["ratings"] == "none"
+    for source in (tmp_path / "run", bundle):
+        out = tmp_path / f"{source.name}.parquet"
+        code, text, err = cli("score", source, "--support", support, "--top-k", "10",
+                              "--out", out)  # fmt: skip
+        assert code == 0, err
+        report = json.loads(text.splitlines()[-1])
+        assert report["served_by"]["cold_start"] == 20, report
+        assert report["cold_start_learner"] == "fold_in", report
+        new = pl.read_parquet(out).filter(pl.col("user_id") >= 1000)
+        assert new.height == 200 and (new["served_by"] == "cold_start").all()
+        assert _taste_match(new, pl.col("user_id") < 1010) > 0.9, source  # chance: 0.5
+    rated = tmp_path / "rated.csv"
+    pl.read_csv(log).unique(["user", "item"]).with_columns(stars=pl.lit(4)).write_csv(rated)
+    cfg = tiny_config(
+        tmp_path, {"path": str(rated), "columns": {**COLUMNS, "rating": "stars"}},
+        model={"name": "gmf", "params": {"dim": 8}}, tasks=["interaction"],
+        split={"strategy": "leave_last_out"}, train={"epochs": 1, "monitor": "interaction"},
+    )  # fmt: skip
+    code, _, err = cli("run", cfg, "--out", tmp_path / "rated-run")
+    assert code == 0, err
+    code, _, err = cli("score", tmp_path / "rated-run", "--support", support, "--top-k", "10",
+                       "--out", tmp_path / "r.parquet")  # fmt: skip
+    assert code == 2
+    assert _one_line(err) == (
+        f"recsys-mtl: error: --support {support}:1: no rating column (needs user, item, rating; "
+        "has user, item, when)"
+    )

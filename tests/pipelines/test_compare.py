@@ -213,3 +213,34 @@ def test_the_default_columns_include_the_full_catalog_ndcg_when_runs_have_it():
         "valid/ranking_full/ndcg@10", "ranking_full/ndcg@10",
     ]  # fmt: skip
     assert "ranking_full/ndcg@10" not in _default_metrics([{"metrics": {"rating/rmse": 1.0}}])
+
+
+def test_studies_of_one_name_in_two_storages_are_told_apart(
+    tmp_path: Path, cli, store, monkeypatch
+) -> None:
+    """Two study folders (two Optuna journals) holding a study of the same name, tracked in
+    one MLflow store: ``--study NAME`` refuses in one line naming both storages, and
+    ``--storage`` picks one study's trials (not the other's)."""
+    from tests.pipelines.test_tune import study_config
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    storages = []
+    for folder, trials in (("a", 1), ("b", 2)):
+        (tmp_path / folder).mkdir()
+        cfg = study_config(tmp_path / folder, trials=trials, train={"epochs": 1}, tracking=True)
+        code, _, err = cli("tune", cfg, "--out", tmp_path / folder / "study")
+        assert code == 0, err
+        storages.append(str(tmp_path / folder / "study" / "study.journal"))
+    code, out, err = cli("compare", "--study", "tt")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("recsys-mtl: error: --study: 2 studies are named 'tt' in "), err
+    assert all(s in err for s in storages) and "--storage" in err, err
+    for storage, trials in zip(storages, (1, 2), strict=True):
+        code, out, err = cli("compare", "--study", "tt", "--storage", storage, "--json")
+        assert code == 0, err
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert len(rows) == trials and {r["kind"] for r in rows} == {"trial"}, rows
+    code, _, err = cli("compare", "--study", "tt", "--storage", str(tmp_path / "nowhere"))
+    assert code == 2 and err.startswith("recsys-mtl: error: --storage: no study 'tt' in "), err
+    code, _, err = cli("compare", "--storage", storages[0])
+    assert code == 2 and "give --study NAME too" in err, err

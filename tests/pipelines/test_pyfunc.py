@@ -110,6 +110,10 @@ def test_a_tracked_run_logs_a_pickle_free_pyfunc_model_that_predicts_like_the_ru
     assert "weights.pt" in files and not [f for f in files if f.endswith((".pkl", ".pickle"))]
     with pytest.raises(mlflow.exceptions.MlflowException, match="user_id and k"):
         model.predict(pd.DataFrame({"user_id": [1]}))
+    for request in (pairs, topk):  # a bad blend names the pyfunc's parameter, not a CLI flag
+        with pytest.raises(mlflow.exceptions.MlflowException) as bad:
+            model.predict(request, params={"blend": "like=1"})
+        assert str(bad.value).startswith("params['blend']: unknown task 'like'"), bad.value
     # an empty batch (a serving client's): no rows, the columns of its kind
     empty = model.predict(pairs.head(0))
     assert empty.empty and list(empty.columns) == list(model.predict(pairs).columns)

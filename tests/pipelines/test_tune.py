@@ -566,3 +566,24 @@ def test_a_resumed_study_does_not_count_the_idle_time_between_its_commands(
     recorded = (info.end_time - info.start_time) / 1000
     assert recorded <= first + second + 1.0, (recorded, first, second)  # not the idle 3 s
     assert runs[0].data.metrics["study/seconds"] == pytest.approx(recorded, abs=1.0)
+
+
+def test_a_pruning_study_prints_no_optuna_warning(tmp_path: Path) -> None:
+    """A study that prunes (and one without a pruner) as the command line runs it: stderr has
+    the stage and trial lines, no warning from Optuna (no ``...Warning:`` line, no Optuna
+    ``[W ...]`` log line, such as a value reported twice for one step)."""
+    tune = {"pruner": "median", "startup_trials": 1, "warmup_epochs": 0, "sampler": "random"}
+    for pruner in ("median", "none"):
+        (tmp_path / pruner).mkdir()
+        cfg = study_config(tmp_path / pruner, trials=5, train={"epochs": 4, "refit": True},
+                           tune={**tune, "pruner": pruner})  # fmt: skip
+        cmd = [sys.executable, "-m", "pipelines.cli", "tune", str(cfg), "--out",
+               str(tmp_path / pruner / "study"), "--json"]  # fmt: skip
+        done = subprocess.run(cmd, env=env_one_thread(), capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        warned = [line for line in done.stderr.splitlines()
+                  if "Warning" in line or line.startswith("[W ")]  # fmt: skip
+        assert warned == [], done.stderr[-3000:]
+        counts = json.loads(done.stdout.splitlines()[-1])["counts"]
+        assert counts["pruned"] > 0 if pruner == "median" else counts["pruned"] == 0, counts

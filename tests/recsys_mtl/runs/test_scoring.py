@@ -345,6 +345,18 @@ def test_bad_blends_are_user_errors_naming_the_problem():
     assert parse_blend(None, TASKS) == {"rating": 0.5, "interaction": 0.5}
 
 
+def test_a_bad_blend_names_where_the_caller_gave_it():
+    """A Python call names its argument, the command line its flag: never a flag the caller
+    did not type."""
+    with pytest.raises(UserError, match=r"^blend: unknown task 'like'") as e:
+        parse_blend("like=1", TASKS)
+    assert "--blend" not in str(e.value)
+    with pytest.raises(UserError, match=r"^--blend: weight of 'rating' is not a number"):
+        parse_blend("rating=x", TASKS, "--blend")
+    with pytest.raises(UserError, match=r"^cold_blend: every weight is 0"):
+        parse_blend({"rating": 0}, TASKS, "cold_blend")
+
+
 def test_the_fused_tiled_path_gives_the_full_matrix_answer_in_chunk_and_tile_sized_pieces():
     from recsys_mtl.runs.scoring import score_states
     from recsys_mtl.runs.topk import items_csr

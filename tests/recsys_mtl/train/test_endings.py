@@ -1,0 +1,57 @@
+"""The records the processes of a torchrun job leave for each other (one process playing two
+ranks on a real file store; the torchrun jobs are in tests/faults/test_job_messages.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch.distributed as dist
+
+from recsys_mtl.train import endings
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    shared = dist.FileStore(str(tmp_path / "store"), 2)
+    monkeypatch.setattr(endings, "_store", None)
+    endings.remember(shared)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(endings, "SAY_WAIT", 0.2)
+    return shared
+
+
+def _as_rank(monkeypatch, rank: int) -> None:
+    monkeypatch.setenv("RANK", str(rank))
+
+
+def test_rank_0_prints_and_another_rank_only_what_rank_0_did_not(store, monkeypatch):
+    _as_rank(monkeypatch, 1)
+    assert endings.first_to_say("recsys-mtl: error: x", 2)  # rank 0 recorded nothing
+    _as_rank(monkeypatch, 0)
+    assert endings.first_to_say("recsys-mtl: error: x", 2)  # rank 0 always prints
+    _as_rank(monkeypatch, 1)
+    assert not endings.first_to_say("recsys-mtl: error: x", 2)  # the same error: once
+    assert endings.first_to_say("recsys-mtl: error: y", 2)  # its own error
+    assert endings.first_to_say("recsys-mtl: error: x", 1)  # another code
+
+
+def test_a_sigterm_names_the_ranks_that_failed_not_those_stopped(store, monkeypatch):
+    _as_rank(monkeypatch, 0)
+    assert endings.failed_ranks() == []
+    assert "the job was stopped" in endings.stop_reason()
+    _as_rank(monkeypatch, 1)
+    endings.record(143, "recsys-mtl: stopped by SIGTERM")  # stopped too: not a failure
+    _as_rank(monkeypatch, 0)
+    assert endings.failed_ranks() == []
+    _as_rank(monkeypatch, 1)
+    endings.record(1, "an unexpected error")
+    _as_rank(monkeypatch, 0)
+    assert endings.failed_ranks() == [1]
+    assert endings.stop_reason().startswith("stopped by SIGTERM: rank 1 failed")
+
+
+def test_without_a_shared_store_every_process_prints(monkeypatch):
+    monkeypatch.setattr(endings, "_store", None)
+    monkeypatch.delenv("TORCHELASTIC_USE_AGENT_STORE", raising=False)
+    _as_rank(monkeypatch, 1)
+    assert endings.first_to_say("recsys-mtl: error: x", 2)
+    assert endings.failed_ranks() == []
