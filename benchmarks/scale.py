@@ -17,7 +17,8 @@ MovieLens: 0.1M is ml-100k's shape, 1M ml-1m's, 25M ml-25m's (162,000 users, 59,
   ``read_csv`` and ``scan_csv -> sink_parquet`` of the same file; ingest at the default
   ``data.memory_mb`` and at ``--small-memory-mb``; and ingest of the same ratings as a generic
   CSV log (a header of its own, ``data.columns`` naming it), the reader of logs not shaped
-  like MovieLens, and of that log with text ids (``u12``, ``B000000012``). Each tool runs ``--repeat`` times (3), the
+  like MovieLens, of that log with text ids (``u12``, ``B000000012``), and of that log with
+  a last line whose rating is not a number (read by the text reader's rules). Each tool runs ``--repeat`` times (3), the
   tools alternating; a row's metrics are the medians (``vs_read_csv``: its seconds over
   ``read_csv``'s; ``cpu_seconds``: the worker process's user + system time, imports included,
   less sensitive than seconds to another job on the machine), ``repeats`` keeps every run's
@@ -119,6 +120,19 @@ def _text_ids_copy(folder: Path) -> Path:
     return path
 
 
+def _dirty_copy(folder: Path) -> Path:
+    """The generic copy with one line more at its end whose rating is not a number: a generic
+    log that the typed scan reads up to its last line, then the text reader's rules (lazily)."""
+    path = folder / "generic" / "dirty.csv"
+    if not path.is_file():
+        tmp = path.with_suffix(".tmp")
+        with open(_generic_copy(folder), "rb") as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 24)
+            dst.write(b"5,6,abc,100\n")
+        tmp.replace(path)
+    return path
+
+
 def _data_worker(kind: str, folder: Path, work: Path, memory_mb: int) -> dict:
     import polars as pl
 
@@ -142,9 +156,11 @@ def _data_worker(kind: str, folder: Path, work: Path, memory_mb: int) -> dict:
             rating_scale=(0.5, 5.0),
         )  # the half stars the layout declares
         out["rows"] = ingest(data, work / "ingest").report["interactions"]["rows_read"]
-    elif kind == "ingest_text_ids":  # the generic log with text ids
+    elif kind in ("ingest_text_ids", "ingest_dirty"):  # the generic log, other shapes
+        copy = _text_ids_copy if kind == "ingest_text_ids" else _dirty_copy
         data = DataConfig(
-            path=str(_text_ids_copy(folder)),
+            path=str(copy(folder)),
+            max_quarantine_share=1.0,
             memory_mb=memory_mb,
             columns=GENERIC,
             rating_scale=(0.5, 5.0),
@@ -338,11 +354,13 @@ def part5(label: str, folder: Path, base: Path, small_mb: int, repeat: int = 3) 
         ("ingest+features", default_mb),
         ("ingest_generic", default_mb),
         ("ingest_text_ids", default_mb),
+        ("ingest_dirty", default_mb),
         ("ingest", small_mb),
         ("ingest+features", small_mb),
     ]
     runs = list(dict.fromkeys(runs))  # --small-memory-mb at the default: its rows once
     _text_ids_copy(folder)  # written before the timed runs (with the generic copy)
+    _dirty_copy(folder)
     found: dict[tuple[str, int], list[dict]] = {run: [] for run in runs}
     for k in range(repeat):
         for kind, mb in runs:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsys_mtl.data.lines import WHITESPACE
+from recsys_mtl.data.lines import WHITESPACE, first_value
 
 __all__ = [
     "MISSING_SPELLINGS",
@@ -78,7 +78,11 @@ def read_ids(lf: pl.LazyFrame, source: str) -> tuple[pl.LazyFrame, dict[str, pl.
     second pass check the whole column. One log line when decimals were read as integers."""
     text = {f: pl.col(f).str.strip_chars() for f in _ID_FIELDS}
     odd = {f: (t != "") & _not_plain(t) for f, t in text.items()}
-    found = lf.select([o.any().alias(f) for f, o in odd.items()]).collect().row(0, named=True)
+    found = (
+        lf.select([o.any().alias(f) for f, o in odd.items()])
+        .collect(engine="streaming")
+        .row(0, named=True)
+    )
     types: dict[str, pl.DataType] = {f: pl.Int64() for f in _ID_FIELDS}
     decimals = []
     for f, t in text.items():
@@ -86,7 +90,7 @@ def read_ids(lf: pl.LazyFrame, source: str) -> tuple[pl.LazyFrame, dict[str, pl.
             continue
         whole = (t.str.contains(_WHOLE_DECIMAL) & _integer(t).is_not_null()).all()
         if not all(
-            part.select(t.filter(odd[f]).alias(f)).select(whole).collect().item()
+            part.select(t.filter(odd[f]).alias(f)).select(whole).collect(engine="streaming").item()
             for part in (lf.head(_PROBE), lf)
         ):
             types[f] = pl.String()
@@ -144,18 +148,19 @@ def _integer(text: pl.Expr) -> pl.Expr:
 
 
 def drop_trailing_separator(
-    lines: pl.DataFrame, sep: str, header: str | None, path: Path
-) -> pl.DataFrame:
+    lines: pl.LazyFrame, sep: str, header: str | None, path: Path
+) -> pl.LazyFrame:
     """``lines`` without the separator that ends every data line, when the header line (if any)
     does not end with one: the empty field it opens is no column (``1,2,5,88,`` under
     ``user,item,rating,ts``). A file where only some lines end so keeps them as written (those
     lines have a field too many)."""
     if sep == WHITESPACE or sep == " ":  # edge spaces are no fields (or are the separator's)
         return lines
-    data = lines.filter(pl.col("raw").is_not_null())
-    if data.height == 0 or (header is not None and header.endswith(sep)):
+    if header is not None and header.endswith(sep):
         return lines
-    if not data.select(pl.col("raw").str.ends_with(sep).all()).item():
+    data = pl.col("raw").drop_nulls()
+    ends = data.str.ends_with(sep)
+    if not first_value(lines.select((data.len() > 0) & ends.all())):
         return lines
     log.info(
         "ingest: %s: every data line ends with the separator %r%s: the empty last field is ignored",
@@ -173,7 +178,7 @@ _DATE_TIME = (
 )
 
 
-def join_date_time(lines: pl.DataFrame, sep: str, path: Path, mark: str) -> pl.DataFrame:
+def join_date_time(lines: pl.LazyFrame, sep: str, path: Path, mark: str) -> pl.LazyFrame:
     """Under a space or whitespace separator, each date followed by a time of day
     (``2020-01-01 12:00:00``) made one field: the space between them is ``mark`` (which the
     caller makes a space again once the fields are split), so a line keeps one field per column
@@ -181,7 +186,7 @@ def join_date_time(lines: pl.DataFrame, sep: str, path: Path, mark: str) -> pl.D
     if sep not in (WHITESPACE, " "):
         return lines
     pair = pl.col("raw").str.contains(_DATE_TIME)
-    n = lines.select(pair.sum()).item()
+    n = first_value(lines.select(pair.sum()))
     if not n:
         return lines
     log.info(

@@ -32,7 +32,8 @@ from recsys_mtl.data.lines import (
     check_text,
     field_text,
     first_line,
-    read_lines,
+    first_value,
+    scan_lines,
     split_fields,
 )
 from recsys_mtl.data.raw import RATING_FIELDS, Layout
@@ -110,27 +111,30 @@ VALUE_TYPES = (pl.String, pl.Categorical, pl.Enum, pl.Boolean, pl.Date, pl.Datet
 
 
 def _read_parquet(path: Path, cols: ColumnsConfig) -> tuple[pl.LazyFrame, dict[str, str]]:
-    """The mapped columns, named by their field; returns (rows, {field: column})."""
+    """The mapped columns, named by their field, as a lazy scan (read when the query runs);
+    returns (rows, {field: column})."""
     try:
-        df = pl.read_parquet(path)
+        scan = pl.scan_parquet(path)
+        schema = scan.collect_schema()
     except Exception as e:  # polars raises several error types for a non-Parquet file
         raise UserError(
             f"{path.absolute()}: not a readable Parquet file ({str(e).splitlines()[0]})"
         ) from e
-    wanted = named_columns(path, df.columns, mapped_columns(cols))
-    check_columns(path, df.columns, wanted)
+    names = list(schema)
+    wanted = named_columns(path, names, mapped_columns(cols))
+    check_columns(path, names, wanted)
     for field, col in wanted.items():
-        dtype = df.schema[col]
+        dtype = schema[col]
         if not (dtype.is_numeric() or isinstance(dtype, VALUE_TYPES)):
             raise UserError(
                 f"{path.absolute()}: column {col!r} (data.columns.{field}) holds {dtype} values; "
                 "expected numbers, text, dates or times"
             )
-    df = df.select(
+    lf = scan.select(
         [pl.col(src).cast(pl.String).alias(dst) for dst, src in wanted.items()]
     ).with_row_index("line", offset=1)
     raw = pl.concat_str([pl.col(c).fill_null("") for c in wanted], separator=",")
-    lf = df.lazy().with_columns(
+    lf = lf.with_columns(
         pl.col("line").cast(pl.Int64), raw.alias("raw"), pl.lit(None, pl.String).alias("reason")
     )
     return lf, {field: field for field in wanted}
@@ -152,7 +156,7 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
             f"{path.absolute()}: the first line is empty; expected a header naming the columns "
             f"{named} (or data.header: false for a file without one)"
         )
-    lines = read_lines(path, skip_header=cfg.header).with_columns(pl.col("raw").alias("_raw"))
+    lines = scan_lines(path, skip_header=cfg.header).with_columns(pl.col("raw").alias("_raw"))
     if sep == WHITESPACE:  # a line of spaces is blank, not a line of empty fields
         empty = pl.col("raw").str.strip_chars(" \t\r") == ""
         lines = lines.with_columns(pl.when(empty).then(None).otherwise("raw").alias("raw"))
@@ -169,7 +173,7 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
         positions = column_positions(path, cfg.columns, n_fields)
         header = [f"column {i}" for i in range(n_fields or max(positions.values()) + 1)]
         wanted = named_columns(path, header, positions, separator_hint(first, sep))
-    blank = lines["raw"].null_count()
+    blank = first_value(lines.select(pl.col("raw").null_count()))
     fields = split_fields(lines, sep, header, strip_quotes=True)
     put = " " if sep == WHITESPACE else sep  # a hidden separator, or a date's space
     shown = [pl.col(c).str.replace_all(_HIDDEN, put, literal=True) for c in header]
@@ -179,12 +183,12 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
 _HIDDEN = "\x1f"  # a separator inside quotes or a date; a log holding it is refused when read
 
 
-def _hide_quoted_separators(lines: pl.DataFrame, sep: str) -> pl.DataFrame:
+def _hide_quoted_separators(lines: pl.LazyFrame, sep: str) -> pl.LazyFrame:
     """The lines with each separator inside a double-quoted field (``"Smith, J",5``) replaced by
     :data:`_HIDDEN`, so that splitting on the separator keeps the field whole, as CSV readers
     do (the caller keeps the line as written for the quarantine)."""
     quoted = pl.col("raw").str.contains('"', literal=True)
-    if not lines.select(quoted.any()).item():
+    if not first_value(lines.select(quoted.any())):
         return lines
     esc = re.escape(sep)
     field = f'{esc}(?:"(?:[^"]|"")*"[^{esc}]*|[^{esc}]*)'  # a separator, then one field
@@ -194,16 +198,15 @@ def _hide_quoted_separators(lines: pl.DataFrame, sep: str) -> pl.DataFrame:
     return lines.with_columns(pl.when(quoted).then(text).otherwise("raw").alias("raw"))
 
 
-def _field_count(lines: pl.DataFrame, separator: str) -> int:
+def _field_count(lines: pl.LazyFrame, separator: str) -> int:
     """The most common number of fields of the non-blank lines (0 when there is none)."""
     text, sep = field_text(separator)
     counts = lines.filter(pl.col("raw").is_not_null()).select(
         (text.str.count_matches(sep, literal=True) + 1).alias("n")
     )
-    if counts.height == 0:
-        return 0
-    top = counts.group_by("n").len().sort(["len", "n"], descending=True)
-    return int(top["n"][0])
+    top = counts.group_by("n").len().sort(["len", "n"], descending=True).head(1)
+    top = top.collect(engine="streaming")
+    return int(top["n"][0]) if top.height else 0
 
 
 def column_positions(path: Path, cols: ColumnsConfig, n_fields: int) -> dict[str, str | int]:
@@ -326,7 +329,7 @@ def _epoch_seconds(lf: pl.LazyFrame, text: pl.Expr, path: Path) -> pl.Expr:
     number = text.cast(pl.Float64, strict=False)
     number = pl.when(number.is_finite()).then(number)
     epoch = pl.coalesce(text.cast(pl.Int64, strict=False), number.floor().cast(pl.Int64))
-    low = lf.select(epoch.filter(epoch > 0).min()).collect().item()
+    low = first_value(lf.select(epoch.filter(epoch > 0).min()))
     per_second = epoch_unit(low, path)
     return epoch if per_second == 1 else epoch.floordiv(per_second)
 

@@ -218,8 +218,8 @@ def ingest(
     ``streaming``: the GroupLens layouts (:data:`~recsys_mtl.data.stream.STREAMED_KINDS`) and
     generic text logs a typed scan reads (:func:`~recsys_mtl.data.stream.scan_generic`) parse
     and validate their ratings in bounded memory (:mod:`recsys_mtl.data.onepass`, partitions by
-    ``data.memory_mb``) unless it is False; other generic logs (millisecond times, a timestamp
-    format, ...) are read in memory. Both paths write the same tables.
+    ``data.memory_mb``) unless it is False, as do other generic logs, by the text reader's rules
+    from a lazy scan of their lines. Both paths write the same tables.
 
     ``max_share`` (the pipeline passes ``data.max_quarantine_share``): when a larger share of
     the rating rows is quarantined, stop with a :class:`UserError` naming the top reason, its
@@ -269,7 +269,7 @@ def _ingest(
         found = stream_interactions(layout, fixed, known_users, known_items, work, cfg.memory_mb)
         kept, n_kept = pl.scan_parquet(found.kept_path), found.kept_rows
         rejects, scale, observed = found.rejects, found.scale, found.observed
-        raw.blank_lines = found.blank_lines
+        raw.blank_lines, raw.row_order_time = found.blank_lines, found.row_order_time
         ids = (found.users, found.items)
     else:
         kept, rejects, scale, observed = validate_interactions(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -33,6 +34,7 @@ __all__ = [
     "field_text",
     "fill_raw",
     "first_line",
+    "first_value",
     "quarantine_frame",
     "read_lines",
     "read_side_lines",
@@ -282,6 +284,12 @@ def reason_counts(rejects: pl.DataFrame) -> dict[str, int]:
         return {}
     vc = rejects.group_by("reason").len().sort("reason")
     return dict(zip(vc["reason"].to_list(), vc["len"].to_list(), strict=True))
+
+
+def first_value(query: pl.LazyFrame) -> Any:
+    """The one value a lazy query of one row and column gives, run by the streaming engine (a
+    pass over a lazily read file that never holds it whole)."""
+    return query.collect(engine="streaming").item()
 
 
 def first_line(path: Path) -> str:

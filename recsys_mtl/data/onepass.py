@@ -44,6 +44,9 @@ __all__ = ["stream_interactions"]
 Known = tuple[pl.Series | None, pl.Series | None]
 # bytes a kept rating takes in the duplicate check: its two ids, their pair key, a hash entry
 PAIR_BYTES = 40
+# the same for text ids: two strings (views of 16 bytes, longer ones with their text), the
+# pair's 64-bit hash, its sort
+TEXT_PAIR_BYTES = 120
 SEEN_LIMIT = 1 << 26  # ids below it are counted in a table of flags (at most 64 MB)
 
 
@@ -71,7 +74,8 @@ def stream_interactions(
     :func:`recsys_mtl.data.ingest.validate_interactions`); intermediate files go in ``work``."""
     work.mkdir(parents=True, exist_ok=True)
     known: Known = (known_users, known_items)
-    blank, typed = 0, False
+    if layout.scan is not None and not layout.scan.typed:  # no typed scan reads it
+        return _text_pass(layout, scale, known, work, memory_mb)
     # the file's lines are counted beside the typed pass and the duplicate check, which read
     # the kept rows only; a count that disagrees sends the file to the line reader
     with ThreadPoolExecutor(max_workers=1) as counter:
@@ -85,15 +89,40 @@ def stream_interactions(
             found, ids, skip = _typed_pass(layout, scale, known, work, memory_mb)
         typed = found is not None and not found.unparsed and found.rows + skip == lines.result()
     if not typed:
-        _clear(work)
-        rows, blank = line_rows(layout)
-        found = _one_pass(rows, scale, layout.rating_scale, known, work)
-        ids = _distinct_pairs(work, partitions_for(found.valid, memory_mb, PAIR_BYTES))
+        return _text_pass(layout, scale, known, work, memory_mb)
+    return _checked(layout, found, ids, (0, False), scale, known, work, memory_mb)
+
+
+def _checked(
+    layout: Layout,
+    found: _Pass,
+    ids: tuple[pl.Series, pl.Series] | None,
+    lines: tuple[int, bool],
+    scale: tuple[float, float] | None,
+    known: Known,
+    work: Path,
+    memory_mb: int,
+) -> StreamChecked:
+    """What a pass found: its kept rows, or with a repeated pair (``ids`` None) the passes of
+    :func:`~recsys_mtl.data.stream.stream_with_losers`; ``lines``: the blank lines and whether
+    row order is time."""
     _clear(work, keep="kept.parquet")
     if ids is None:
         return stream_with_losers(layout, scale, known, work, memory_mb)
     return StreamChecked(work / "kept.parquet", found.valid, found.rejects, found.scale,
-                         found.observed, blank, *ids)  # fmt: skip
+                         found.observed, lines[0], *ids, row_order_time=lines[1])  # fmt: skip
+
+
+def _text_pass(
+    layout: Layout, scale: tuple[float, float] | None, known: Known, work: Path, memory_mb: int
+) -> StreamChecked:
+    """The pass of the lazy line reader, for a file whose lines a typed scan does not read: a
+    GroupLens file's lines, or a generic log's text reader."""
+    _clear(work)
+    rows, blank, row_order = line_rows(layout)
+    found = _one_pass(rows, scale, layout.rating_scale, known, work)
+    ids = _distinct_pairs(work, found.valid, memory_mb)
+    return _checked(layout, found, ids, (blank, row_order), scale, known, work, memory_mb)
 
 
 def _typed_pass(
@@ -108,7 +137,7 @@ def _typed_pass(
         return None, None, skip
     if found.unparsed:
         return found, None, skip
-    return found, _distinct_pairs(work, partitions_for(found.valid, memory_mb, PAIR_BYTES)), skip
+    return found, _distinct_pairs(work, found.valid, memory_mb), skip
 
 
 def _one_pass(
@@ -158,12 +187,14 @@ def _one_pass(
     )
 
 
-def _distinct_pairs(work: Path, parts: int) -> tuple[pl.Series, pl.Series] | None:
-    """The distinct user and item ids of the kept rows, or None when a (user, item) pair
-    repeats: a duplicate lies within one user partition, the pairs of ``parts`` partitions
-    are read one at a time."""
-    users, items = _Seen("user_id"), _Seen("item_id")
+def _distinct_pairs(work: Path, rows: int, memory_mb: int) -> tuple[pl.Series, pl.Series] | None:
+    """The distinct user and item ids of the ``rows`` kept rows, or None when a (user, item)
+    pair repeats: a duplicate lies within one user partition, the pairs of as many partitions
+    as ``memory_mb`` asks for are read one at a time."""
     kept = pl.scan_parquet(work / "kept.parquet").select(RATING_FIELDS[:2])
+    integer = all(t.is_integer() for t in kept.collect_schema().values())
+    parts = partitions_for(rows, memory_mb, PAIR_BYTES if integer else TEXT_PAIR_BYTES)
+    users, items = _Seen("user_id"), _Seen("item_id")
     for p in range(parts):
         pairs = kept.filter(user_partition("user_id", parts, p)).collect()
         if not _distinct(pairs):
@@ -177,8 +208,8 @@ def _distinct(pairs: pl.DataFrame) -> bool:
     """Whether no (user, item) pair of ``pairs`` repeats: one sort of their Int64 keys
     ``user * (max item + 1) + item`` when the ids are non-negative integers whose keys fit
     (polars' sort: 2-3x faster than numpy's at 12M keys, as fast as counting the distinct
-    keys by hashing), else a count of distinct :func:`~recsys_mtl.data.stream.pair_key`
-    values."""
+    keys by hashing), else one sort of the pairs' 64-bit hashes, the pairs of an equal hash
+    (if any) compared whole."""
     if pairs.height < 2:
         return True
     users, items = pairs["user_id"], pairs["item_id"]
@@ -190,9 +221,18 @@ def _distinct(pairs: pl.DataFrame) -> bool:
             keys = users.to_numpy().astype(np.int64)  # a copy, updated in place
             keys *= width
             keys += items.to_numpy().astype(np.int64, copy=False)
-            keys = pl.Series(keys).sort().to_numpy()
-            return not bool(np.any(keys[1:] == keys[:-1]))
-    return pairs.select(pair_key(pairs).n_unique()).item() == pairs.height
+            return _no_repeat(keys)
+    hashes = pairs.select(pl.struct("user_id", "item_id").hash(seed=0)).to_series()
+    if _no_repeat(hashes.to_numpy()):
+        return True
+    same = pairs.filter(hashes.is_duplicated())  # a repeated pair, or two with one hash
+    return same.select(pair_key(same).n_unique()).item() == same.height
+
+
+def _no_repeat(keys: np.ndarray) -> bool:
+    """Whether no two of ``keys`` (integers) are equal: one sort (polars')."""
+    keys = pl.Series(keys).sort().to_numpy()
+    return not bool(np.any(keys[1:] == keys[:-1]))
 
 
 class _Seen:

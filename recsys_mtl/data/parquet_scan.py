@@ -43,11 +43,11 @@ __all__ = [
 
 
 def parquet_plan(path: Path, cfg: DataConfig) -> ScanPlan | None:
-    """The plan of a Parquet log a typed scan reads: an integer time column, id columns of
-    integers or text (kept as text where the in-memory reader keeps them so), a numeric rating
-    column or none; None for any other (the in-memory reader's), or a file whose schema
-    cannot be read (the in-memory reader names the error). The columns are checked as the
-    in-memory reader checks them."""
+    """The plan of a Parquet log: read by a typed scan when its time column holds integers, its
+    id columns integers or text (kept as text where the in-memory reader keeps them so) and its
+    rating column numbers (or there is none); else by the in-memory reader's rules, lazily
+    (``typed`` False); None for a file whose schema cannot be read (the in-memory reader names
+    the error). The columns are checked as the in-memory reader checks them."""
     try:
         schema = pl.scan_parquet(path).collect_schema()
     except Exception:  # polars raises several error types for a file that is not Parquet
@@ -62,14 +62,16 @@ def parquet_plan(path: Path, cfg: DataConfig) -> ScanPlan | None:
                 f"{path.absolute()}: column {col!r} (data.columns.{field}) holds {dtype} values; "
                 "expected numbers, text, dates or times"
             )
-    if "ts" not in wanted or not schema[wanted["ts"]].is_integer():
-        return None
-    if "rating" in wanted and not schema[wanted["rating"]].is_numeric():
-        return None
-    ids = {f: schema[wanted[f]] for f in ("user_id", "item_id")}
-    if not all(t.is_integer() or isinstance(t, _TEXT) for t in ids.values()):
-        return None
     positions = {f: names.index(c) for f, c in wanted.items()}
+    ids = {f: schema[wanted[f]] for f in ("user_id", "item_id")}
+    typed = (
+        "ts" in wanted
+        and schema[wanted["ts"]].is_integer()
+        and ("rating" not in wanted or schema[wanted["rating"]].is_numeric())
+        and all(t.is_integer() or isinstance(t, _TEXT) for t in ids.values())
+    )
+    if not typed:  # read by the in-memory reader's rules, lazily
+        return ScanPlan("", 0, len(names), positions, cfg, typed=False)
     text = [f for f, t in ids.items() if isinstance(t, _TEXT)]
     ts = pl.col(wanted["ts"]).cast(pl.Int64, strict=False)
     low = pl.scan_parquet(path).select(ts.filter(ts > 0).min()).collect(engine="streaming").item()

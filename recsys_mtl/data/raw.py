@@ -31,9 +31,11 @@ class ScanPlan:
     positions: dict[str, int]
     data: Any  # the DataConfig
     text_ids: frozenset[str] = frozenset()  # id fields kept as text (the others are integers)
-    iso_ts: bool = False  # times may be ISO dates and times (else epoch numbers only)
+    text_ts: bool = False  # times read by the text reader's rules (ISO dates and times, ...)
+    loose_ids: frozenset[str] = frozenset()  # id fields cleaned of spaces and quotes, 12.0 read
     ts_per_second: int = 1  # epoch numbers a second: 1, or 10**3, 10**6, 10**9 (ms, us, ns)
     decimal_ids: frozenset[str] = frozenset()  # integer id fields seen written as 12.0
+    typed: bool = True  # False: only the text reader reads the log (lazily, in several passes)
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,7 @@ class StreamChecked:
     blank_lines: int
     users: pl.Series | None = None  # the distinct user ids kept, when the pass collected them
     items: pl.Series | None = None  # the same for items
+    row_order_time: bool = False  # a generic log without times: ts is the line number
 
 
 def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
@@ -168,15 +169,20 @@ def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
 
 
 def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
-    """``layout`` with its :class:`~recsys_mtl.data.raw.ScanPlan` when it is a generic log that
-    streams: one a typed scan can read (:func:`~recsys_mtl.data.text_scan.scan_plan`,
-    :func:`~recsys_mtl.data.parquet_scan.parquet_plan`) whose first rows parse, string ids and
-    ISO times read as the first rows ask (a log of another time unit, decimal times or empty
-    fields goes to the text reader at once, not after a whole pass)."""
+    """``layout`` with its :class:`~recsys_mtl.data.raw.ScanPlan`, a generic log streamed:
+    by a typed scan where one reads it (:func:`~recsys_mtl.data.text_scan.scan_plan`,
+    :func:`~recsys_mtl.data.parquet_scan.parquet_plan`) and its first rows parse, string ids
+    and ISO times read as the first rows ask; else (``typed`` False: another time unit, decimal
+    times, empty fields, the whitespace separator, a timestamp format, row order as time...)
+    by the text reader at once, lazily, not after a whole pass. A file the readers refuse keeps
+    no plan (the in-memory reader says what is wrong with it)."""
     path = layout.files["ratings"]
     plan = parquet_plan(path, cfg) if layout.kind == "parquet" else scan_plan(layout, cfg)
-    if plan is None:
+    if plan is None and layout.kind == "parquet":
         return layout
+    if plan is None or not plan.typed:
+        text = plan or ScanPlan(cfg.separator, int(cfg.header), 0, {}, cfg)
+        return replace(layout, scan=replace(text, typed=False))
     try:
         if layout.kind != "parquet":
             plan = text_fields(path, plan, _HEAD_ROWS)
@@ -188,14 +194,14 @@ def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
         say_epoch_unit(path, plan.ts_per_second)
     if clean:
         say_decimals(path.name, [f for f in ("user_id", "item_id") if f in plan.decimal_ids])
-    return replace(layout, scan=plan if clean else None)
+    return replace(layout, scan=replace(plan, typed=clean))
 
 
 def widen(layout: Layout) -> Layout | None:
     """``layout`` with a plan that reads more fields as text, for a second typed pass after a
     first found rows it did not read (a string id or an ISO time past the first rows), or None
     (the text reader then reads the log)."""
-    if layout.scan is None or layout.kind == "parquet":
+    if layout.scan is None or not layout.scan.typed or layout.kind == "parquet":
         return None
     path = layout.files["ratings"]
     plan = widened(path, layout.scan)
@@ -303,18 +309,18 @@ def typed_rows(layout: Layout) -> tuple[pl.LazyFrame, int]:
     return lf.select("line", parse.alias("reason"), *RATING_FIELDS), skip
 
 
-def line_rows(layout: Layout) -> tuple[pl.LazyFrame, int]:
+def line_rows(layout: Layout) -> tuple[pl.LazyFrame, int, bool]:
     """The rows of :func:`typed_rows` read as lazy text lines, each bad line with its reason,
-    and the number of blank lines."""
-    if layout.scan is not None:  # a generic log: its text reader (in memory)
-        rows, blank, _ = read_generic(layout, layout.scan.data)
-        return rows.select("line", "reason", *RATING_FIELDS), blank
+    the number of blank lines, and whether row order is time (a generic log without times)."""
+    if layout.scan is not None:  # a generic log: its text reader (lazily, in passes)
+        rows, blank, row_order = read_generic(layout, layout.scan.data)
+        return rows.select("line", "reason", *RATING_FIELDS), blank, row_order
     path, kind = layout.files["ratings"], layout.kind
     sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
     lines = scan_lines(path, skip_header=kind == "ml-csv")
     blank = lines.select(pl.col("raw").null_count()).collect().item()
     rows = cast_fields(split_fields(lines, sep, RATING_FIELDS), RATING_TYPES)
-    return rows.select("line", "reason", *RATING_FIELDS), int(blank)
+    return rows.select("line", "reason", *RATING_FIELDS), int(blank), False
 
 
 def _check_file(
@@ -322,20 +328,22 @@ def _check_file(
     scale: tuple[float, float] | None,
     known: tuple[pl.Series | None, pl.Series | None],
     work: Path,
-) -> tuple[tuple[float, float], _Counts, int]:
+) -> tuple[tuple[float, float], _Counts, int, bool]:
     """Parse and check the ratings file into ``work`` (see :func:`_check`); returns the scale,
-    the counts (with the observed span) and the blank line count. The typed scan first; the
+    the counts (with the observed span), the blank line count and whether row order is time.
+    The typed scan first; the
     lazy line reader when a line does not parse cleanly (or blank lines would shift the line
     numbers)."""
-    rows, skip = typed_rows(layout)
-    try:
-        found = _check(rows, scale, layout.rating_scale, known, work)
-        if found[1].unparsed == 0 and found[1].rows + skip == row_count(layout):
-            return (*found, 0)
-    except (pl.exceptions.PolarsError, UnicodeDecodeError):
-        pass
-    rows, blank = line_rows(layout)
-    return (*_check(rows, scale, layout.rating_scale, known, work), blank)
+    if layout.scan is None or layout.scan.typed:
+        rows, skip = typed_rows(layout)
+        try:
+            found = _check(rows, scale, layout.rating_scale, known, work)
+            if found[1].unparsed == 0 and found[1].rows + skip == row_count(layout):
+                return (*found, 0, False)
+        except (pl.exceptions.PolarsError, UnicodeDecodeError):
+            pass
+    rows, blank, row_order = line_rows(layout)
+    return (*_check(rows, scale, layout.rating_scale, known, work), blank, row_order)
 
 
 def stream_with_losers(
@@ -352,7 +360,7 @@ def stream_with_losers(
     last streaming pass). :func:`recsys_mtl.data.onepass.stream_interactions` comes here only
     for a log with a duplicate pair."""
     work.mkdir(parents=True, exist_ok=True)
-    scale, counts, blank = _check_file(layout, scale, known, work)
+    scale, counts, blank, row_order = _check_file(layout, scale, known, work)
     observed, n_valid = counts.observed, counts.valid
     checked = pl.scan_parquet(work / "checked.parquet")
     ok = pl.col("reason").is_null()
@@ -374,7 +382,8 @@ def stream_with_losers(
     kept_path = work / "kept.parquet"
     kept = valid.select(*RATING_FIELDS[:2], pl.col("rating").cast(pl.Float32), "ts")
     kept.sink_parquet(kept_path, compression=KEPT_COMPRESSION, row_group_size=ROW_GROUP)
-    return StreamChecked(kept_path, n_valid - lost.len(), rejects, scale, observed, blank)
+    return StreamChecked(kept_path, n_valid - lost.len(), rejects, scale, observed, blank,
+                         row_order_time=row_order)  # fmt: skip
 
 
 def discard(work: Path) -> None:

@@ -4,8 +4,8 @@
 How each field is read is part of the :class:`~recsys_mtl.data.raw.ScanPlan`. Ratings are read
 as numbers; an id column as integers while every id is an integer written plainly, else as the
 text itself (``u12``, ``007``, an Amazon ASIN), the rule of the text reader, which decides per
-column over the whole log; times as epoch seconds, or as ISO dates and times where the log
-writes them so, or as milliseconds (or finer) when every positive time is 10**11 or more
+column over the whole log; times as epoch seconds, or by the text reader's rules (ISO dates and times) where the
+log writes them so, or as milliseconds (or finer) when every positive time is 10**11 or more
 (:func:`text_fields` finds how from the text of the log). Every field is cleaned as
 the text reader cleans it (edge spaces, then edge quotes). A row whose field the scan would read
 otherwise than the text reader (an empty field, a time past the year 5138 in seconds, a decimal
@@ -76,7 +76,7 @@ def _scan(path: Path, plan: ScanPlan, text: bool = False) -> tuple[pl.LazyFrame,
     """The file with a column per field (all text with ``text``) and ``line``."""
     names = [f"_{i}" for i in range(plan.fields)]
     schema = dict.fromkeys(names, pl.String)
-    typed = {} if text else {"rating": pl.Float64, **({} if plan.iso_ts else {"ts": pl.Int64})}
+    typed = {} if text else {"rating": pl.Float64, **({} if plan.text_ts else {"ts": pl.Int64})}
     for field, dtype in typed.items():
         if field in plan.positions:
             schema[names[plan.positions[field]]] = dtype
@@ -114,22 +114,29 @@ def _epoch(text: pl.Expr) -> pl.Expr:
 def generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
     """``line, reason, user_id, item_id, rating, ts`` of a generic text log by a typed scan:
     ratings read as numbers (1 in a log without ratings), times as integers below
-    :data:`SECONDS_BELOW` (or ISO dates and times, with ``plan.iso_ts``), ids as integers
-    written plainly, or as text for the columns in ``plan.text_ids``. A field read otherwise
-    than the text reader would read it is :data:`UNPARSED`, and a field the scan cannot parse
-    raises (either sends the file to :func:`widened`, then to the text reader)."""
+    :data:`SECONDS_BELOW` (or by the text reader's rules, ISO dates and times included, with
+    ``plan.text_ts``), ids as integers written plainly, or as text for the columns in
+    ``plan.text_ids``; an id column in ``plan.loose_ids`` is cleaned as the text reader cleans
+    it (spaces, quotes; ``12.0`` read as 12), which costs more a row, so only where needed. A
+    field read otherwise than the text reader would read it is :data:`UNPARSED`, and a field
+    the scan cannot parse raises (either sends the file to :func:`widened`, then to the text
+    reader)."""
     lf, names = _scan(path, plan)
 
     def column(field: str) -> pl.Expr:
         return pl.col(names[plan.positions[field]])
 
     def ident(field: str) -> pl.Expr:
-        text = _clean(column(field))
+        raw, loose = column(field), field in plan.loose_ids
         if field in plan.text_ids:  # a missing value (empty, nan, NA, ...): the text reader's
+            text = _clean(raw) if loose else pl.when(_bare(raw)).then(raw)
             return pl.when(~is_missing(text)).then(text)
-        return id_integer(text)  # 12, or 12.0 as pandas writes it
+        if loose:
+            return id_integer(_clean(raw))  # 12, or 12.0 as pandas writes it
+        value = raw.cast(pl.Int64, strict=False)
+        return pl.when(value.cast(pl.String) == raw).then(value)
 
-    if plan.iso_ts:
+    if plan.text_ts:
         text = _clean(column("ts"))
         epoch = _epoch(text)
         ts = pl.coalesce(epoch, iso_seconds(text, epoch.is_null()))
@@ -145,34 +152,52 @@ def generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
     return lf.select(pl.col("line").cast(pl.Int64), parse.alias("reason"), *fields)
 
 
+def _bare(raw: pl.Expr) -> pl.Expr:
+    """Whether a field is as the text reader reads it: no quote, no edge space."""
+    return ~raw.str.contains('"', literal=True) & (raw.str.strip_chars() == raw)
+
+
 def text_fields(path: Path, plan: ScanPlan, rows: int | None = None) -> ScanPlan:
-    """``plan`` with the id columns the text reader keeps as text and the ISO reading of times
-    where the first ``rows`` lines (all with None) need them: an id column with an id that is
-    not an integer written plainly; a time column with a time that is not an integer. A log
-    whose first times are all 10**11 or more gets the unit of the text reader, which the
-    lowest positive time of the whole log decides (one more streaming read of the times)."""
+    """``plan`` with what the first ``rows`` lines (all with None) ask of the columns: an id
+    column with an id that is not an integer written plainly is read as text, and cleaned where
+    an id has spaces or quotes around it (or ``12.0`` in an integer column); a time column with
+    a time that is not an integer, by the text reader's rules (ISO dates and times). Only the
+    fields that are not plain integers get the text reader's tests (a plain log costs a cast
+    a field). A log whose first times are all 10**11 or more gets the unit of the text reader,
+    which the lowest positive time of the whole log decides (one more read of the times)."""
     lf, names = _scan(path, plan, text=True)
-    ids = [f for f in IDS if f not in plan.text_ids]
-    ts = _clean(pl.col(names[plan.positions["ts"]]))
-    number = ts.cast(pl.Int64, strict=False)
-    id_text = {f: _clean(pl.col(names[plan.positions[f]])) for f in ids}
-    checks = [(text_id(t) & ~is_missing(t)).any().alias(f) for f, t in id_text.items()]
-    checks += [whole_decimal(t).any().alias(f"{f}:whole") for f, t in id_text.items()]
-    checks.append(((ts != "") & number.is_null()).any().alias("iso"))
+    lf = lf if rows is None else lf.head(rows)
+    raw = {f: pl.col(names[plan.positions[f]]) for f in IDS}
+    odd = {f: (r.cast(pl.Int64, strict=False).cast(pl.String) != r).fill_null(True)
+           for f, r in raw.items()}  # fmt: skip
+    raw_ts = pl.col(names[plan.positions["ts"]])
+    number = raw_ts.cast(pl.Int64, strict=False)
+    checks = [o.any().alias(f) for f, o in odd.items()]
+    checks.append((raw_ts.is_not_null() & number.is_null()).any().alias("text_ts"))
     checks.append(number.filter(number > 0).min().alias("low"))
-    head = lf if rows is None else lf.head(rows)
-    found = head.select(checks).collect(engine="streaming").row(0, named=True)
-    text_ids = plan.text_ids | {f for f in ids if found[f]}
-    decimal_ids = plan.decimal_ids | {f for f in ids if found[f"{f}:whole"]}
+    found = lf.select(checks).collect(engine="streaming").row(0, named=True)
+    text_ids, loose, decimal_ids = set(plan.text_ids), set(), set(plan.decimal_ids)
+    for f in (f for f in IDS if found[f]):  # the text reader's tests, on those ids alone
+        t = _clean(raw[f])
+        kinds = [(text_id(t) & ~is_missing(t)).any(), (~_bare(raw[f])).any(),
+                 whole_decimal(t).any()]  # fmt: skip
+        query = lf.filter(odd[f]).select(k.alias(str(i)) for i, k in enumerate(kinds))
+        text, quoted, whole = query.collect(engine="streaming").row(0)
+        text_ids |= {f} if text else set()
+        # ids of text with spaces or quotes around them; integers with any other spelling
+        loose |= {f} if quoted or f not in text_ids else set()
+        decimal_ids |= {f} if whole else set()
     # a space apart from its date, a time of day is a field of its own: the text reader's
-    iso = found["iso"] and plan.separator != " "
+    text_ts = found["text_ts"] and plan.separator != " "
     per_second, low = plan.ts_per_second, found["low"]
-    if not iso and low is not None and low >= SECONDS_BELOW:
-        if rows is not None:
-            low = lf.select(checks[-1]).collect(engine="streaming").item()
+    if not text_ts and low is not None and low >= SECONDS_BELOW:
+        if rows is not None:  # the whole log's lowest positive time
+            low = _scan(path, plan, text=True)[0].select(checks[-1])
+            low = low.collect(engine="streaming").item()
         per_second = epoch_unit(low, path, say=False)
-    return replace(plan, text_ids=text_ids, iso_ts=plan.iso_ts or iso, ts_per_second=per_second,
-                   decimal_ids=decimal_ids - text_ids)  # fmt: skip
+    return replace(plan, text_ids=frozenset(text_ids), text_ts=plan.text_ts or text_ts,
+                   ts_per_second=per_second, loose_ids=plan.loose_ids | loose,
+                   decimal_ids=frozenset(decimal_ids - text_ids))  # fmt: skip
 
 
 def widened(path: Path, plan: ScanPlan) -> ScanPlan | None:

@@ -84,7 +84,7 @@ def test_a_log_whose_first_lines_need_the_text_reader_goes_there_at_once(tmp_pat
     empty field send the log to the text reader before any pass."""
     path = _log(tmp_path, [first, *BASE])
     cfg = DataConfig(path=str(path), columns=COLUMNS)
-    assert (scan_generic(resolve_layout(cfg, tmp_path), cfg).scan is not None) == streams
+    assert (scan_generic(resolve_layout(cfg, tmp_path), cfg).scan.typed) == streams
     _both(tmp_path, path, columns=COLUMNS, max_quarantine_share=1.0)
 
 
@@ -101,7 +101,7 @@ def test_a_click_log_streams_to_the_tables_of_the_text_reader(tmp_path):
     path = _log(tmp_path, clicks, "user,item,ts")
     columns = {"user_id": "user", "item_id": "item", "rating": None, "ts": "ts"}
     cfg = DataConfig(path=str(path), columns=columns)
-    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan is not None
+    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan.typed
     report = _both(tmp_path, path, columns=columns)
     assert report["interactions"]["ratings"] == "none"
     assert report["interactions"]["repeats_merged"] > 0
@@ -128,7 +128,7 @@ def test_a_parquet_log_streams_to_the_tables_of_the_in_memory_reader(tmp_path, m
     frame = _frame(BASE)
     path = _parquet(tmp_path / "a", frame)
     cfg = DataConfig(path=str(path), columns=COLUMNS)
-    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan is not None
+    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan.typed
     _both(tmp_path / "a", path, columns=COLUMNS, max_quarantine_share=1.0)
     # rejected rows (a null id, out of scale, a negative time, a millisecond time late) alike,
     # each with its fields as text in the quarantine
@@ -150,7 +150,7 @@ def test_a_parquet_log_streams_to_the_tables_of_the_in_memory_reader(tmp_path, m
     strings = frame.with_columns(pl.col("user").cast(pl.String), pl.col("ts").cast(pl.Float64))
     path = _parquet(tmp_path / "d", strings)
     cfg = DataConfig(path=str(path), columns=COLUMNS)
-    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan is None
+    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan.typed is False
     _both(tmp_path / "d", path, columns=COLUMNS)
     clicks = frame.drop("rating")  # a log without ratings
     columns = {**COLUMNS, "rating": None}

@@ -146,7 +146,7 @@ def test_the_plan_reads_text_where_the_first_rows_ask(tmp_path):
     path = _log(tmp_path / "a", _iso(_ids(BASE, "{}", "i{}")))
     cfg = DataConfig(path=str(path), columns=COLUMNS)
     plan = scan_generic(resolve_layout(cfg, tmp_path), cfg).scan
-    assert plan is not None and plan.text_ids == {"item_id"} and plan.iso_ts
+    assert plan.typed and plan.text_ids == {"item_id"} and plan.text_ts
     assert plan.ts_per_second == 1
     # milliseconds in the first lines: the whole log decides the unit; with a time in seconds
     # later, every time is seconds, so the first lines' are past the year 5138: the text reader
@@ -156,7 +156,7 @@ def test_the_plan_reads_text_where_the_first_rows_ask(tmp_path):
         path = _log(tmp_path / str(unit), lines)
         cfg = DataConfig(path=str(path), columns=COLUMNS)
         plan = scan_generic(resolve_layout(cfg, tmp_path), cfg).scan
-        assert (plan and plan.ts_per_second) == unit
+        assert (plan.ts_per_second if plan.typed else None) == unit
         _both(tmp_path / str(unit), path, columns=COLUMNS, max_quarantine_share=1.0)
 
 
@@ -194,7 +194,7 @@ def test_a_parquet_log_of_text_ids_streams_to_the_tables_of_the_in_memory_reader
     path = _parquet(tmp_path / "a", frame)
     cfg = DataConfig(path=str(path), columns=COLUMNS)
     plan = scan_generic(resolve_layout(cfg, tmp_path), cfg).scan
-    assert plan is not None and plan.text_ids == text_ids
+    assert plan.typed and plan.text_ids == text_ids
     _both(tmp_path / "a", path, columns=COLUMNS)
     path = _parquet(tmp_path / "b", frame.with_columns(pl.col("item").cast(pl.Categorical)))
     _both(tmp_path / "b", path, columns=COLUMNS)
@@ -212,3 +212,38 @@ def test_a_parquet_log_of_text_ids_streams_to_the_tables_of_the_in_memory_reader
     _no_in_memory_reader(monkeypatch)
     ingest(DataConfig(path=str(path), columns=COLUMNS), tmp_path / "d", streaming=True)
     ingest(DataConfig(path=str(path_ms), columns=COLUMNS), tmp_path / "f", streaming=True)
+
+
+@pytest.mark.parametrize(
+    ("lines", "data"),
+    [
+        ([line.replace(",", "  ") for line in _ids(BASE)], {"separator": "whitespace"}),
+        (_iso(BASE, "%d/%m/%Y %H:%M"), {"timestamp_format": "%d/%m/%Y %H:%M"}),
+        ([line.rsplit(",", 1)[0] for line in BASE], {"columns": {**COLUMNS, "ts": None}}),
+        ([*_ids(BASE)[:LATE], "u5,6,4,100.5", "u6,,4,1", *_ids(BASE)[LATE:]], {}),
+    ],
+    ids=["whitespace", "timestamp format", "row order as time", "dirty lines"],
+)
+def test_a_log_no_typed_scan_reads_streams_through_the_lazy_text_reader(
+    tmp_path, monkeypatch, request, lines, data
+):
+    """Bounded memory for every generic text log: one the typed scan cannot read is read by
+    the text reader's rules from a lazy scan of its lines (a few streaming passes), never by
+    the in-memory validation of a whole table, and gives the in-memory path's tables."""
+    import recsys_mtl.data.ingest as ingest_module
+
+    header = HEADER.replace(",", " ") if data.get("separator") else HEADER
+    if data.get("columns"):
+        header = "user,item,rating"
+    data = {"columns": COLUMNS, **data, "max_quarantine_share": 1.0}
+    path = _log(tmp_path, lines, header)
+    cfg = DataConfig(path=str(path), **data)
+    typed = scan_generic(resolve_layout(cfg, tmp_path), cfg).scan.typed
+    assert typed is (request.node.callspec.id == "dirty lines")  # clean first lines: typed
+    report = _both(tmp_path, path, **data)
+
+    def whole_table(*_a, **_k):
+        raise AssertionError("the in-memory validation was used")
+
+    monkeypatch.setattr(ingest_module, "validate_interactions", whole_table)
+    assert ingest(cfg, tmp_path / "again", streaming=True).report == report
