@@ -27,11 +27,12 @@ import os
 import re
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from recsys_mtl.errors import MachineError
+from recsys_mtl.errors import MachineError, UserError
 
 __all__ = [
     "ERROR_TAG",
@@ -107,7 +108,10 @@ def check_store(uri: str, timeout: float = CHECK_TIMEOUT, hint: str = UNTRACKED_
     """Raise :class:`~recsys_mtl.errors.MachineError` (one line naming ``uri``, ending with
     ``hint``: what else the command can do) when the tracking server at an ``http(s)://`` URI
     does not answer within ``timeout`` seconds. Any HTTP answer counts (a server behind a login
-    answers 401); other stores are opened by MLflow itself."""
+    answers 401); other stores are opened by MLflow itself, but a file store MLflow would refuse
+    (``file:`` or a plain path, without ``MLFLOW_ALLOW_FILE_STORE=true``) is a
+    :class:`~recsys_mtl.errors.UserError` here, in one line, not MLflow's traceback later."""
+    _check_file_store(uri)
     if not uri.startswith(("http://", "https://")):
         return
     try:
@@ -121,6 +125,19 @@ def check_store(uri: str, timeout: float = CHECK_TIMEOUT, hint: str = UNTRACKED_
             f"the MLflow tracking server at {uri} does not answer ({cause}): start it, set "
             f"MLFLOW_TRACKING_URI to one that runs{', ' + hint if hint else ''}"
         ) from e
+
+
+def _check_file_store(uri: str) -> None:
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme != "file" and len(scheme) > 1:  # a store of its own (c:\\... is a path)
+        return
+    if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").strip().lower() in ("true", "1"):
+        return
+    raise UserError(
+        f"the MLflow tracking store {uri} is a file store, which MLflow 3 no longer opens by "
+        "default: use a database store (MLFLOW_TRACKING_URI=sqlite:///mlflow.db; "
+        "`mlflow migrate-filestore` moves existing runs) or set MLFLOW_ALLOW_FILE_STORE=true"
+    )
 
 
 def store_unreachable(error: BaseException) -> bool:

@@ -129,3 +129,33 @@ def test_register_and_score_by_name_against_a_dead_server_fail_in_seconds(tmp_pa
         assert len(errors) == 1 and uri in errors[0] and "Traceback" not in err, err
         assert time.monotonic() - t0 < 30
     assert not (tmp_path / "recs.parquet").exists()
+
+
+@pytest.mark.parametrize(("command", "scheme"), [("run", "file://"), ("tune", ""), ("compare", "")])
+def test_a_file_store_mlflow_refuses_is_one_line_and_exit_2(tmp_path, command, scheme):
+    """MLflow 3 refuses file stores (``file:`` or a plain path) unless told otherwise: one line
+    naming the store and both ways out, before any stage, not MLflow's traceback."""
+    uri = f"{scheme}{tmp_path / 'mlruns'}"
+    cfg = _config(tmp_path, tune=TUNE)
+    args = [command] if command == "compare" else [command, cfg, "--out", tmp_path / "out"]
+    proc = _cli(args, uri, tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("recsys-mtl: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert uri in errors[0] and "sqlite:///" in errors[0]
+    assert "MLFLOW_ALLOW_FILE_STORE=true" in errors[0]
+    assert not (tmp_path / "out" / "ingest").exists()
+
+
+def test_a_file_store_is_checked_only_where_mlflow_would_refuse_it(tmp_path, monkeypatch):
+    from recsys_mtl.errors import UserError
+    from recsys_mtl.tracking.names import check_store
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    for uri in (f"file://{tmp_path}", str(tmp_path), "mlruns", r"c:\mlruns"):
+        with pytest.raises(UserError, match="file store"):
+            check_store(uri)
+    check_store(f"sqlite:///{tmp_path}/mlflow.db")  # a database store: nothing to say
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the user opted in: MLflow opens it
+    check_store(f"file://{tmp_path}")
