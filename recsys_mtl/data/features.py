@@ -43,10 +43,10 @@ __all__ = [
     "TASK_SPECS",
     "build_features",
     "draw_unrated",
-    "index_of",
     "pair_keys",
     "sample_negatives",
     "time_columns",
+    "with_index",
 ]
 
 log = logging.getLogger("recsys_mtl.features")
@@ -210,15 +210,21 @@ def time_columns(cfg: FeaturesConfig, t_min: int, t_max: int) -> list[pl.Expr]:
     ]
 
 
-def index_of(column: str, ids: pl.Series, index: pl.Series) -> pl.Expr:
-    """``column`` mapped from the ids ``ids`` to ``index`` (every value of ``column`` is one of
-    ``ids``): a gather from a table indexed by the id while the ids are non-negative and below
-    :data:`~recsys_mtl.data.onepass.SEEN_LIMIT` (no hashing), else a hashed replace."""
+def with_index(
+    lf: pl.LazyFrame, column: str, ids: pl.Series, index: pl.Series, name: str
+) -> pl.LazyFrame:
+    """``lf`` with ``name``: ``column`` mapped from the ids ``ids`` to ``index`` (every value of
+    ``column`` is one of ``ids``): a gather from a table indexed by the id while the ids are
+    non-negative and below :data:`~recsys_mtl.data.onepass.SEEN_LIMIT` (no hashing), else a
+    join on the id in the rows' order (text ids: a hashed replace would hold the whole column,
+    4.8 GB at 25M ratings; the join streams)."""
     if ids.dtype.is_integer() and ids.len() and ids.min() >= 0 and ids.max() < SEEN_LIMIT:
         table = np.zeros(int(ids.max()) + 1, dtype=np.int64)
         table[ids.to_numpy()] = index.to_numpy()
-        return pl.lit(pl.Series(table).cast(index.dtype)).gather(pl.col(column)).alias(column)
-    return pl.col(column).replace_strict(ids, index, return_dtype=index.dtype)
+        gathered = pl.lit(pl.Series(table).cast(index.dtype)).gather(pl.col(column))
+        return lf.with_columns(gathered.alias(name))
+    mapping = pl.DataFrame({column: ids, name: index}).lazy()
+    return lf.join(mapping, on=column, how="left", maintain_order="left")
 
 
 def _interactions(
@@ -243,12 +249,14 @@ def _interactions(
     work = out / "_partitions"
     shutil.rmtree(work, ignore_errors=True)  # a killed run's files
     work.mkdir(parents=True)
-    uidx = index_of("user_id", user_features["user_id"], user_features["uidx"]).alias("uidx")
-    iidx = index_of("item_id", item_features["item_id"], item_features["iidx"]).alias("iidx")
-    indexed = scan.with_row_index("row").with_columns(pl.col("row").cast(pl.Int64))
+    indexed = with_index(
+        scan.with_row_index("row"), "user_id", *user_features["user_id", "uidx"], "uidx"
+    )
+    indexed = with_index(indexed, "item_id", *item_features["item_id", "iidx"], "iidx")
+    uidx, iidx = pl.col("uidx"), pl.col("iidx")
     times = time_columns(cfg, *time_range)
     positives = indexed.select(
-        "row",
+        pl.col("row").cast(pl.Int64),
         uidx,
         iidx,
         "rating",
@@ -264,7 +272,7 @@ def _interactions(
     # less to write and read back between them
     t0, t1 = time_range
     offset = (pl.col("ts") - t0).cast(pl.UInt32 if t1 - t0 < 2**32 else pl.Int64).alias("ts")
-    columns = scan.with_row_index("row").select("row", uidx, iidx, offset)
+    columns = indexed.select("row", uidx, iidx, offset)
     wide = [pl.col("row").cast(pl.Int64), (pl.col("ts").cast(pl.Int64) + t0).alias("ts")]
 
     def tables(drawn: list[Future[tuple[pl.DataFrame, int, int]]]) -> Iterator[pl.LazyFrame]:

@@ -10,7 +10,7 @@ import pytest
 import recsys_mtl.data.features as features
 import recsys_mtl.data.onepass as onepass
 from recsys_mtl.config import DataConfig, FeaturesConfig, SplitConfig, SyntheticConfig
-from recsys_mtl.data.features import build_features, index_of, sample_negatives
+from recsys_mtl.data.features import build_features, sample_negatives, with_index
 from recsys_mtl.data.grouplens import count_lines
 from recsys_mtl.data.ingest import ingest
 from recsys_mtl.data.splits import _write_parts, split_dataset
@@ -95,18 +95,22 @@ def test_the_line_count_in_blocks_equals_the_reader_count(tmp_path, text):
         assert onepass._count_lines(path, block) == count_lines(path)
 
 
-def test_ids_map_to_indices_by_table_or_by_hash_alike():
+def test_ids_map_to_indices_by_table_or_by_join_alike():
+    """Integer ids by a table indexed by the id; others (negative, huge, text) by a join that
+    keeps the rows' order."""
+
+    def mapped(frame: pl.DataFrame, ids: pl.Series) -> pl.Series:
+        return with_index(frame.lazy(), "user_id", ids, index, "uidx").collect()["uidx"]
+
     index = pl.Series("uidx", [0, 1, 2], pl.Int32)
-    frame = pl.DataFrame({"user_id": [7, 3, 7, 100]})
-    ids = pl.Series("user_id", [3, 7, 100])
-    by_table = frame.select(index_of("user_id", ids, index))["user_id"]
+    by_table = mapped(pl.DataFrame({"user_id": [7, 3, 7, 100]}), pl.Series([3, 7, 100]))
     assert by_table.to_list() == [1, 0, 1, 2] and by_table.dtype == pl.Int32
     big = pl.Series("user_id", [-5, 7, onepass.SEEN_LIMIT + 1])
     frame = pl.DataFrame({"user_id": [7, -5, onepass.SEEN_LIMIT + 1]})
-    assert frame.select(index_of("user_id", big, index))["user_id"].to_list() == [1, 0, 2]
+    assert mapped(frame, big).to_list() == [1, 0, 2]
     names = pl.Series("user_id", ["a", "b", "c"])
-    frame = pl.DataFrame({"user_id": ["c", "a"]})
-    assert frame.select(index_of("user_id", names, index))["user_id"].to_list() == [2, 0]
+    many = pl.DataFrame({"user_id": ["c", "a", "b"] * 50_000})  # the order of a long column
+    assert mapped(many, names).to_list() == [2, 0, 1] * 50_000
 
 
 def _partitions_drawn(table: pl.DataFrame, parts: int, seed: int, k: int, n_items: int):
