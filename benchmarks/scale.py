@@ -156,8 +156,8 @@ def _data_worker(kind: str, folder: Path, work: Path, memory_mb: int) -> dict:
             rating_scale=(0.5, 5.0),
         )  # the half stars the layout declares
         out["rows"] = ingest(data, work / "ingest").report["interactions"]["rows_read"]
-    elif kind in ("ingest_text_ids", "ingest_dirty"):  # the generic log, other shapes
-        copy = _text_ids_copy if kind == "ingest_text_ids" else _dirty_copy
+    elif kind in ("ingest_text_ids", "ingest+features_text_ids", "ingest_dirty"):
+        copy = _dirty_copy if kind == "ingest_dirty" else _text_ids_copy  # other shapes
         data = DataConfig(
             path=str(copy(folder)),
             max_quarantine_share=1.0,
@@ -166,6 +166,11 @@ def _data_worker(kind: str, folder: Path, work: Path, memory_mb: int) -> dict:
             rating_scale=(0.5, 5.0),
         )
         out["rows"] = ingest(data, work / "ingest").report["interactions"]["rows_read"]
+        if kind == "ingest+features_text_ids":
+            out["ingest_seconds"] = time.perf_counter() - t0
+            t1 = time.perf_counter()
+            build_features(work / "ingest", FeaturesConfig(), work / "features", memory_mb)
+            out["features_seconds"] = time.perf_counter() - t1
     else:
         report = ingest(DataConfig(path=str(folder), memory_mb=memory_mb), work / "ingest").report
         out["ingest_seconds"] = time.perf_counter() - t0
@@ -354,6 +359,7 @@ def part5(label: str, folder: Path, base: Path, small_mb: int, repeat: int = 3) 
         ("ingest+features", default_mb),
         ("ingest_generic", default_mb),
         ("ingest_text_ids", default_mb),
+        ("ingest+features_text_ids", default_mb),
         ("ingest_dirty", default_mb),
         ("ingest", small_mb),
         ("ingest+features", small_mb),
