@@ -114,6 +114,12 @@ def exits(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str, str]
             jobs[command, how, rank] = (tmp, subprocess.Popen(
                 cmd, cwd=tmp, env=env, text=True, stdout=out, stderr=err,
                 start_new_session=True))  # fmt: skip
+    return ended_jobs(jobs)
+
+
+def ended_jobs(jobs: dict) -> dict:
+    """``{key: (exit code, stdout + stderr)}`` of ``jobs`` (``{key: (folder, process)}``, each
+    writing ``out`` and ``err`` in its folder), each waited for."""
     done = {}
     try:
         for key, (tmp, job) in jobs.items():

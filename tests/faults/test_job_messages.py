@@ -4,7 +4,6 @@ or the job was stopped). Real 2-process gloo jobs started by torchrun (file-stor
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import time
 
 import pytest
 
-from tests.faults.test_distributed import CONFIG, ROOT, _torchrun
+from tests.faults.test_distributed import CONFIG, ROOT, _torchrun, ended_jobs
 
 pytest.importorskip("torchrec")
 
@@ -52,18 +51,7 @@ def ended(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, str]
         with (tmp / "out").open("w") as out, (tmp / "err").open("w") as err:
             jobs[name] = (tmp, subprocess.Popen(cmd, cwd=tmp, env=env, text=True, stdout=out,
                                                 stderr=err, start_new_session=True))  # fmt: skip
-    done = {}
-    try:
-        for name, (tmp, job) in jobs.items():
-            job.wait(timeout=180)
-            done[name] = (job.returncode, (tmp / "out").read_text() + (tmp / "err").read_text())
-    finally:
-        for _, job in jobs.values():
-            if job.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(job.pid, signal.SIGKILL)
-                job.wait()
-    return done
+    return ended_jobs(jobs)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,14 @@ from recsys_mtl.config import DataConfig
 from recsys_mtl.data.ingest import ingest, resolve_layout
 from recsys_mtl.data.stream import scan_generic
 from tests.recsys_mtl.data.test_streaming import _both, _features_agree
-from tests.recsys_mtl.data.test_streaming_generic import BASE, COLUMNS, LATE, _lines, _log
+from tests.recsys_mtl.data.test_streaming_generic import (
+    BASE,
+    COLUMNS,
+    LATE,
+    _lines,
+    _log,
+    _parquet,
+)
 
 HEADER = "user,item,rating,ts"
 
@@ -166,14 +173,8 @@ def test_features_of_a_string_id_log_agree_in_partitions(tmp_path):
     _features_agree(tmp_path, memory_mb=1)
 
 
-def _parquet(tmp_path, frame: pl.DataFrame):
-    path = tmp_path / "in" / "log.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.write_parquet(path)
-    return path
-
-
-def _frame(lines: list[str]) -> pl.DataFrame:
+def _text_frame(lines: list[str]) -> pl.DataFrame:
+    """The lines as a table whose ids are text."""
     rows = [line.split(",") for line in lines]
     return pl.DataFrame(
         {"user": [r[0] for r in rows], "item": [r[1] for r in rows],
@@ -190,7 +191,7 @@ def test_a_parquet_log_of_text_ids_streams_to_the_tables_of_the_in_memory_reader
 ):
     """Text columns of ids: kept as text, or as integers where every id is one written plainly
     (as the in-memory reader does); a categorical column alike."""
-    frame = _frame(_ids(BASE, users, items))
+    frame = _text_frame(_ids(BASE, users, items))
     path = _parquet(tmp_path / "a", frame)
     cfg = DataConfig(path=str(path), columns=COLUMNS)
     plan = scan_generic(resolve_layout(cfg, tmp_path), cfg).scan
