@@ -10,9 +10,9 @@ the users. Every user in the frame is treated as new: their state comes from the
 Where the run serves a cooc variant (:mod:`meta.cooc`) the users also carry its ranking bonus
 (``rank_bonus``: the weighted item-item evidence of their support items, from the saved
 neighbour table, computed per block of users by whoever ranks the catalog).
-A run trained on a log without ratings (clicks: ``clicks=True``), which has no rating head for
-the ridge to fit and no cold-start choice (the cold-start protocol adapts from ratings), folds
-its new users in instead: :data:`CLICK_FOLD_IN` Adam steps on the user-side state, the
+A run without a rating head for the ridge to fit (one trained on a log without ratings,
+``clicks=True``, or on the interaction task alone) and without a cold-start choice folds its
+new users in instead: :data:`CLICK_FOLD_IN` Adam steps on the user-side state, the
 interaction loss of their support items against sampled unseen items
 (:func:`fold_in_state`). Support rows whose item the run never saw are skipped and counted
 (``unknown_items``, with a logged warning). Vectorized over users: one padded support matrix with a mask.
@@ -281,8 +281,8 @@ def adapt_users(
     the cold validation users), else the ranker's new-user state plus the ridge user offset
     (shrinkage 15). ``users``: demographics (``user_id, age, gender, occupation``), read by
     the demographic state; a user of ``users`` with no support row is served from them alone
-    (K = 0). ``clicks``: the run was trained on a log without ratings (its new users are
-    folded in: :data:`CLICK_FOLD_IN`)."""
+    (K = 0). ``clicks``: the run was trained on a log without ratings; its new users, as
+    those of a run without a rating task, are folded in (:data:`CLICK_FOLD_IN`)."""
     user_ids, padded, unknown = support_rows(run, support)
     if users is not None:  # K = 0: users with demographics and no support row
         extra = [u for u in users["user_id"].unique(maintain_order=True).to_list()
@@ -303,7 +303,7 @@ def adapt_users(
         state = learner.adapt_state(padded, cats)
         name = learner.name
         ranking, bonus = None, None
-    elif clicks and read_served(run.run_dir) is None:
+    elif (clicks or "rating" not in run.tasks) and read_served(run.run_dir) is None:
         steps, lr = CLICK_FOLD_IN
         state = fold_in_state(run.model, padded, cats, run.tasks, steps, lr,
                               n_items=run.trained_items)  # fmt: skip

@@ -99,8 +99,9 @@ def test_new_users_of_a_click_run_are_folded_in_from_a_support_file_without_rati
     """``score --support`` on a run trained on clicks reads ``user, item[, time]`` (every row an
     interaction) from the run folder and from its bundle, and folds the new users in with the
     ranker's interaction task: a ranker without implicit feedback (GMF), whose new-user state
-    alone is the same for everybody, ranks each new user's taste first. A rated run still
-    refuses such a file in one line naming it and the missing column."""
+    alone is the same for everybody, ranks each new user's taste first; so does a rated run of
+    the interaction task alone (no rating head either), from a support file with ratings. A
+    rated run still refuses a file without them in one line naming it and the column."""
     from recsys_mtl.runs.bundle import export_bundle
 
     log = _clicks(tmp_path / "clicks.csv", range(60))
@@ -129,13 +130,20 @@ def test_new_users_of_a_click_run_are_folded_in_from_a_support_file_without_rati
         assert _taste_match(new, pl.col("user_id") < 1010) > 0.9, source  # chance: 0.5
     rated = tmp_path / "rated.csv"
     pl.read_csv(log).unique(["user", "item"]).with_columns(stars=pl.lit(4)).write_csv(rated)
-    cfg = tiny_config(
-        tmp_path, {"path": str(rated), "columns": {**COLUMNS, "rating": "stars"}},
-        model={"name": "gmf", "params": {"dim": 8}}, tasks=["interaction"],
-        split={"strategy": "leave_last_out"}, train={"epochs": 1, "monitor": "interaction"},
-    )  # fmt: skip
-    code, _, err = cli("run", cfg, "--out", tmp_path / "rated-run")
+    cfg = _config(tmp_path, rated, ["interaction"])
+    code, _, err = cli("run", cfg, "--set", "model={name: gmf, params: {dim: 8}}",
+                       "--set", "data.columns.rating=stars", "--out", tmp_path / "rated-run")  # fmt: skip
     assert code == 0, err
+    # a rated run of the interaction task alone has no rating head either: folded in alike
+    stars = tmp_path / "stars.csv"
+    pl.read_csv(support).with_columns(rating=pl.lit(4)).write_csv(stars)
+    out = tmp_path / "rated.parquet"
+    code, text, err = cli("score", tmp_path / "rated-run", "--support", stars, "--top-k", "10",
+                          "--out", out)  # fmt: skip
+    assert code == 0, err
+    assert json.loads(text.splitlines()[-1])["cold_start_learner"] == "fold_in"
+    new = pl.read_parquet(out).filter(pl.col("user_id") >= 1000)
+    assert _taste_match(new, pl.col("user_id") < 1010) > 0.9  # chance: 0.5
     code, _, err = cli("score", tmp_path / "rated-run", "--support", support, "--top-k", "10",
                        "--out", tmp_path / "r.parquet")  # fmt: skip
     assert code == 2
