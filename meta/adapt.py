@@ -225,6 +225,15 @@ def _cats(cats: torch.Tensor | None, padded: Padded) -> torch.Tensor:
     return cats if cats is not None else torch.zeros(padded.items.shape[0], 4, dtype=torch.long)
 
 
+def _folds_in(run: Any, clicks: bool) -> bool:
+    """Whether the run's new users are folded in: no rating head for the ridge (clicks, or no
+    rating task), no cold-start choice, and a user-side state to fold (a sequence ranker
+    reads each new user's support as the history it encodes)."""
+    sequence = callable(getattr(run.model, "use_history", None))
+    no_ridge = clicks or "rating" not in run.tasks
+    return no_ridge and not sequence and read_served(run.run_dir) is None
+
+
 def fold_in_state(
     model: Any,
     padded: Padded,
@@ -303,7 +312,7 @@ def adapt_users(
         state = learner.adapt_state(padded, cats)
         name = learner.name
         ranking, bonus = None, None
-    elif (clicks or "rating" not in run.tasks) and read_served(run.run_dir) is None:
+    elif _folds_in(run, clicks):
         steps, lr = CLICK_FOLD_IN
         state = fold_in_state(run.model, padded, cats, run.tasks, steps, lr,
                               n_items=run.trained_items)  # fmt: skip
