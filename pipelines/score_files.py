@@ -172,6 +172,7 @@ def read_users(path: str | Path, dtype: pl.DataType | None = None) -> pl.Series:
         numbered = [(n, s) for n, s in numbered if s]
         lines = [n for n, _ in numbered]
         ids = pl.Series("user", [s for _, s in numbered], dtype=pl.String)
+    _no_missing_users(ids, p, lines)
     keep = ids.is_not_null()
     if lines is not None:
         lines = [n for n, k in zip(lines, keep.to_list(), strict=True) if k]
@@ -179,6 +180,26 @@ def read_users(path: str | Path, dtype: pl.DataType | None = None) -> pl.Series:
     if ids.len() == 0:
         raise UserError(f"--users {p}: no user ids in the file")
     return _as_ids(ids, dtype, "--users", p, "user", lines).rename("user")
+
+
+def _no_missing_users(ids: pl.Series, path: Path, lines: list[int] | None) -> None:
+    """A user id that spells a missing value (``NA``, ``nan``, ``null``, as ingest reads them)
+    is a :class:`UserError` naming ``--users``, the file and the line, not a user to serve."""
+    # deferred: polars, as in _read_table
+    import polars as pl
+
+    from recsys_mtl.data.exports import is_missing
+
+    text = ids.cast(pl.String).str.strip_chars()
+    missing = (text != "") & is_missing(text)
+    if missing.any():
+        row = int(missing.arg_true()[0])
+        where = f"{path}:{lines[row]}" if lines is not None else _where(path, row)
+        n = int(missing.sum())
+        raise UserError(
+            f"--users {where}: the user id {text[row]!r} is a missing value; "
+            f"{'1 such row' if n == 1 else f'{n} such rows'}"
+        )
 
 
 def read_support(

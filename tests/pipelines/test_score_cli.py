@@ -194,6 +194,16 @@ def test_an_update_child_says_its_parents_cold_start_learner_is_not_served(cli, 
             ["--support", "s.csv:2", "a quote outside a quoted field"],
         ),
         ({"s.csv": ""}, ["--support", "s.csv"], ["--support", "s.csv:1", "the file is empty"]),
+        (  # a user to score spelled as a missing value: in a text file and in a CSV
+            {"u.txt": "user_id\n1\n\nNA\n"},
+            ["--users", "u.txt"],
+            ["--users", "u.txt:4", "the user id 'NA' is a missing value", "1 such row"],
+        ),
+        (
+            {"u.csv": "user_id\n1\nnull\n"},
+            ["--users", "u.csv"],
+            ["--users", "u.csv:3", "the user id 'null' is a missing value"],
+        ),
         (  # a missing value spelled out names no user
             {"s.csv": "user,item,rating\n9001,1,5\nNaN,2,4\nnull,3,4\n"},
             ["--support", "s.csv"],
