@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -31,6 +32,7 @@ from recsys_mtl.data.lines import WHITESPACE, first_value
 __all__ = [
     "MISSING_SPELLINGS",
     "drop_trailing_separator",
+    "id_checks",
     "id_integer",
     "is_missing",
     "join_date_time",
@@ -69,20 +71,31 @@ def missing_as_null(fields: list[str], numbers: tuple[str, ...] = ("rating",)) -
     ]
 
 
-def read_ids(lf: pl.LazyFrame, source: str) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
+def id_checks() -> list[pl.Expr]:
+    """Per id field, whether it has an id that is not an integer written plainly (the first
+    step of :func:`read_ids`, which a caller may run in one pass with its own checks)."""
+    odd = {f: (t != "") & _not_plain(t) for f, t in _texts().items()}
+    return [o.any().alias(f) for f, o in odd.items()]
+
+
+def _texts() -> dict[str, pl.Expr]:
+    return {f: pl.col(f).str.strip_chars() for f in _ID_FIELDS}
+
+
+def read_ids(
+    lf: pl.LazyFrame, source: str, found: dict[str, Any] | None = None
+) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
     """``lf`` with integer ids written as whole decimals (``12.0``) spelled as integers, and each
     id field's type: Int64 when every id is an integer written plainly (``12``, not ``007``,
     ``+7``, ``-0``: read as integers ``007`` and ``7`` would be one id) or as a whole decimal,
     else String, every id as written. One pass finds the columns with ids that are not plain
     integers; only where the first :data:`_PROBE` rows' such ids are all whole decimals does a
-    second pass check the whole column. One log line when decimals were read as integers."""
-    text = {f: pl.col(f).str.strip_chars() for f in _ID_FIELDS}
+    second pass check the whole column (``found``: the result of :func:`id_checks` on ``lf``,
+    when the caller ran that pass). One log line when decimals were read as integers."""
+    text = _texts()
     odd = {f: (t != "") & _not_plain(t) for f, t in text.items()}
-    found = (
-        lf.select([o.any().alias(f) for f, o in odd.items()])
-        .collect(engine="streaming")
-        .row(0, named=True)
-    )
+    if found is None:
+        found = lf.select(id_checks()).collect(engine="streaming").row(0, named=True)
     types: dict[str, pl.DataType] = {f: pl.Int64() for f in _ID_FIELDS}
     decimals = []
     for f, t in text.items():

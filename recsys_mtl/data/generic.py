@@ -22,6 +22,7 @@ import polars as pl
 from recsys_mtl.config import ColumnsConfig, DataConfig
 from recsys_mtl.data.exports import (
     drop_trailing_separator,
+    id_checks,
     join_date_time,
     missing_as_null,
     read_ids,
@@ -32,24 +33,20 @@ from recsys_mtl.data.lines import (
     check_text,
     field_text,
     first_line,
-    first_value,
     scan_lines,
     split_fields,
 )
 from recsys_mtl.data.raw import RATING_FIELDS, Layout
+from recsys_mtl.data.times import lowest_time, parse_ts
 from recsys_mtl.errors import UserError
 
 __all__ = [
-    "SECONDS_BELOW",
     "VALUE_TYPES",
     "check_columns",
     "column_positions",
-    "epoch_unit",
-    "iso_seconds",
     "mapped_columns",
     "named_columns",
     "read_generic",
-    "say_epoch_unit",
     "separator_hint",
     "split_line",
 ]
@@ -78,9 +75,13 @@ def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bo
     # a decimal comma (4,5 in a ;-separated or quoted field, as European spreadsheets write)
     decimal = pl.col("rating").str.strip_chars().str.replace(r"^([-+]?\d+),(\d+)$", "$1.$2")
     lf = lf.with_columns(decimal.alias("rating"))
-    lf, id_types = read_ids(lf, path.name)
+    # one pass finds which id columns are not plain integers and the times' lowest number
+    checks = [*id_checks(), *([lowest_time()] if cfg.timestamp_format is None else [])]
+    found = lf.select(checks).collect(engine="streaming").row(0, named=True)
+    lf, id_types = read_ids(lf, path.name, found)
     lf = cast_fields(lf, {**id_types, "rating": pl.Float64})
-    return _parse_ts(lf, cfg.timestamp_format, path), blank, row_order
+    low = found.get("_lowest_time")
+    return parse_ts(lf, cfg.timestamp_format, path, low), blank, row_order
 
 
 def mapped_columns(cols: ColumnsConfig) -> dict[str, str | int]:
@@ -160,7 +161,10 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
     if sep == WHITESPACE:  # a line of spaces is blank, not a line of empty fields
         empty = pl.col("raw").str.strip_chars(" \t\r") == ""
         lines = lines.with_columns(pl.when(empty).then(None).otherwise("raw").alias("raw"))
-    else:
+    quoted = pl.col("raw").str.contains('"', literal=True).any().alias("quoted")  # one pass
+    facts = lines.select(pl.col("raw").null_count().alias("blank"), quoted)
+    blank, quoted = facts.collect(engine="streaming").row(0)
+    if quoted and sep != WHITESPACE:
         lines = _hide_quoted_separators(lines, sep)
     lines = drop_trailing_separator(lines, sep, first if cfg.header else None, path)
     lines = join_date_time(lines, sep, path, _HIDDEN)  # 2020-01-01 12:00:00, a space apart
@@ -173,7 +177,6 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
         positions = column_positions(path, cfg.columns, n_fields)
         header = [f"column {i}" for i in range(n_fields or max(positions.values()) + 1)]
         wanted = named_columns(path, header, positions, separator_hint(first, sep))
-    blank = first_value(lines.select(pl.col("raw").null_count()))
     fields = split_fields(lines, sep, header, strip_quotes=True)
     put = " " if sep == WHITESPACE else sep  # a hidden separator, or a date's space
     shown = [pl.col(c).str.replace_all(_HIDDEN, put, literal=True) for c in header]
@@ -188,8 +191,6 @@ def _hide_quoted_separators(lines: pl.LazyFrame, sep: str) -> pl.LazyFrame:
     :data:`_HIDDEN`, so that splitting on the separator keeps the field whole, as CSV readers
     do (the caller keeps the line as written for the quarantine)."""
     quoted = pl.col("raw").str.contains('"', literal=True)
-    if not first_value(lines.select(quoted.any())):
-        return lines
     esc = re.escape(sep)
     field = f'{esc}(?:"(?:[^"]|"")*"[^{esc}]*|[^{esc}]*)'  # a separator, then one field
     hidden = pl.lit(sep) + pl.element().str.slice(1).str.replace_all(sep, _HIDDEN, literal=True)
@@ -311,78 +312,3 @@ def _column_hint(
             f"; the first line looks like data, not a header naming the columns: set {_NO_HEADER}"
         )
     return ""
-
-
-# a time of day ending in a UTC offset: 18:47:53Z, 18:47:53.25+02:00, 18:47-0500, 18:47:53+02
-_TIME_WITH_OFFSET = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?(?:Z|[+-]\d{2}(?::?\d{2})?)$"
-SECONDS_BELOW = 10**11  # an epoch number from here on is not seconds (the year 5138)
-# epoch numbers at or above 10**power are not seconds (10**11 s is in the year 5138): the unit
-_EPOCH_UNITS = ((17, 10**9, "nanoseconds"), (14, 10**6, "microseconds"),
-                (11, 10**3, "milliseconds"))  # fmt: skip
-
-
-def _epoch_seconds(lf: pl.LazyFrame, text: pl.Expr, path: Path) -> pl.Expr:
-    """Numeric timestamps as whole epoch seconds: integers, or decimals floored
-    (``1600000000.5``). A log whose every positive one (0 is a common stand-in for "unknown")
-    is at or above 10**11 (the year 5138 in seconds) counts milliseconds, 10**14 microseconds,
-    10**17 nanoseconds, as exports from Java, JavaScript and pandas do; ingest says which."""
-    number = text.cast(pl.Float64, strict=False)
-    number = pl.when(number.is_finite()).then(number)
-    epoch = pl.coalesce(text.cast(pl.Int64, strict=False), number.floor().cast(pl.Int64))
-    low = first_value(lf.select(epoch.filter(epoch > 0).min()))
-    per_second = epoch_unit(low, path)
-    return epoch if per_second == 1 else epoch.floordiv(per_second)
-
-
-def epoch_unit(low: int | None, path: Path, say: bool = True) -> int:
-    """Epoch numbers a second in a log whose lowest positive time is ``low``: 1 (seconds) below
-    10**11, else 10**3, 10**6 or 10**9; with ``say``, a unit other than seconds is logged."""
-    for power, per_second, _ in _EPOCH_UNITS:
-        if low is not None and low >= 10**power:
-            if say:
-                say_epoch_unit(path, per_second)
-            return per_second
-    return 1
-
-
-def say_epoch_unit(path: Path, per_second: int) -> None:
-    """Log the unit of a log's epoch numbers (``per_second`` of them a second, not 1)."""
-    power, unit = next((p, u) for p, n, u in _EPOCH_UNITS if n == per_second)
-    log.info(
-        "ingest: %s: every positive timestamp is 10^%d or more (past the year 5138 in seconds): "
-        "read as %s since the epoch",
-        path.name,
-        power,
-        unit,
-    )
-
-
-def iso_seconds(text: pl.Expr, wanted: pl.Expr) -> pl.Expr:
-    """ISO 8601 dates and times as epoch seconds, of the ``wanted`` rows (those that are not
-    numbers: parsing a date is a hundred times the work of a number): without an offset read as
-    UTC, with one (``Z``, ``+02:00``, ``-0500``) converted to UTC."""
-    offset = text.str.contains(_TIME_WITH_OFFSET)
-    naive = pl.when(wanted & ~offset).then(text).str.to_datetime(strict=False, time_unit="us")
-    aware = pl.when(wanted & offset).then(text)
-    aware = aware.str.to_datetime(strict=False, time_unit="us", time_zone="UTC")
-    return pl.coalesce(naive.dt.epoch("s"), aware.dt.epoch("s"))
-
-
-def _parse_ts(lf: pl.LazyFrame, fmt: str | None, path: Path) -> pl.LazyFrame:
-    text = pl.col("ts")
-    if fmt is not None:
-        parsed = text.str.strptime(pl.Datetime("us"), fmt, strict=False).dt.epoch("s")
-    else:
-        stripped = text.str.strip_chars()
-        epoch = _epoch_seconds(lf, stripped, path)
-        parsed = pl.coalesce(epoch, iso_seconds(stripped, epoch.is_null()))
-    reason = (
-        pl.when(pl.col("reason").is_not_null())
-        .then("reason")
-        .when(text.is_null() | (text == ""))
-        .then(pl.lit("missing_ts"))
-        .when(parsed.is_null())
-        .then(pl.lit("invalid_ts"))
-        .otherwise(pl.lit(None, pl.String))
-    )
-    return lf.with_columns(reason.alias("reason"), parsed.alias("ts"))

@@ -22,15 +22,14 @@ import polars as pl
 from recsys_mtl.config import DataConfig
 from recsys_mtl.data.exports import id_integer, is_missing, text_id
 from recsys_mtl.data.generic import (
-    SECONDS_BELOW,
     VALUE_TYPES,
     check_columns,
-    epoch_unit,
     mapped_columns,
     named_columns,
 )
 from recsys_mtl.data.lines import fill_raw
 from recsys_mtl.data.raw import RATING_FIELDS, UNPARSED, Layout, ScanPlan
+from recsys_mtl.data.times import SECONDS_BELOW, epoch_unit
 from recsys_mtl.errors import UserError
 
 __all__ = [

@@ -23,12 +23,13 @@ import polars as pl
 
 from recsys_mtl.config import DataConfig
 from recsys_mtl.data.exports import say_decimals
-from recsys_mtl.data.generic import read_generic, say_epoch_unit
+from recsys_mtl.data.generic import read_generic
 from recsys_mtl.data.grouplens import CSV_RATINGS_HEADER, count_lines
 from recsys_mtl.data.lines import cast_fields, first_line, scan_lines, split_fields
 from recsys_mtl.data.parquet_scan import parquet_plan, parquet_row_count, parquet_rows
 from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, UNPARSED, Layout, ScanPlan
 from recsys_mtl.data.text_scan import generic_rows, scan_plan, text_fields, widened
+from recsys_mtl.data.times import say_epoch_unit
 from recsys_mtl.errors import UserError
 
 __all__ = [

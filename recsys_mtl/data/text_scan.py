@@ -23,11 +23,8 @@ import polars as pl
 from recsys_mtl.config import DataConfig
 from recsys_mtl.data.exports import id_integer, is_missing, text_id, whole_decimal
 from recsys_mtl.data.generic import (
-    SECONDS_BELOW,
     check_columns,
     column_positions,
-    epoch_unit,
-    iso_seconds,
     mapped_columns,
     named_columns,
     separator_hint,
@@ -35,6 +32,7 @@ from recsys_mtl.data.generic import (
 )
 from recsys_mtl.data.lines import WHITESPACE, check_text, first_line
 from recsys_mtl.data.raw import RATING_FIELDS, UNPARSED, Layout, ScanPlan
+from recsys_mtl.data.times import SECONDS_BELOW, epoch_unit, iso_seconds
 
 __all__ = ["generic_rows", "scan_plan", "text_fields", "widened"]
 
