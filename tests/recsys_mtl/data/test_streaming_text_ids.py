@@ -248,3 +248,35 @@ def test_a_log_no_typed_scan_reads_streams_through_the_lazy_text_reader(
 
     monkeypatch.setattr(ingest_module, "validate_interactions", whole_table)
     assert ingest(cfg, tmp_path / "again", streaming=True).report == report
+
+
+@pytest.mark.parametrize(
+    "ts",
+    [
+        pl.col("ts").cast(pl.Datetime("ms")),  # pandas' datetime64 columns
+        pl.col("ts").cast(pl.Datetime("us", "Europe/Paris")),
+        (pl.col("ts") * 1000).cast(pl.Datetime("ms")).cast(pl.Date),
+        pl.when(pl.int_range(pl.len()) == LATE).then(None).otherwise(pl.col("ts")).cast(pl.Float64),
+    ],
+    ids=["datetime", "datetime with a zone", "date", "floats with a null"],
+)
+def test_a_parquet_log_of_other_time_types_streams_through_the_lazy_reader(
+    tmp_path, monkeypatch, ts
+):
+    """Times a typed scan does not read (dates, datetimes, floats) go through the in-memory
+    reader's rules from a lazy scan of the Parquet file: the same tables, in bounded memory."""
+    import recsys_mtl.data.ingest as ingest_module
+
+    frame = _text_frame(_ids(BASE)).with_columns(ts.alias("ts"))
+    path = _parquet(tmp_path, frame)
+    cfg = DataConfig(path=str(path), columns=COLUMNS, max_quarantine_share=1.0)
+    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan.typed is False
+    report = _both(tmp_path, path, columns=COLUMNS, max_quarantine_share=1.0)
+    bad = report["interactions"]["rows_quarantined"]
+    assert set(bad) <= {"duplicate_pair", "missing_ts"} and bad.get("missing_ts", 0) <= 1
+
+    def whole_table(*_a, **_k):
+        raise AssertionError("the in-memory validation was used")
+
+    monkeypatch.setattr(ingest_module, "validate_interactions", whole_table)
+    assert ingest(cfg, tmp_path / "again", streaming=True).report == report
