@@ -9,7 +9,7 @@ text and whose ratings are numbers (or absent: a log without ratings) is read by
 1-based row number; times are epoch seconds, or milliseconds (or finer) when every positive
 one is 10**11 or more, the in-memory reader's rule; a row with a null or empty field, an id
 beyond Int64 or, in a log of seconds, a time at or above
-:data:`~recsys_mtl.data.generic.SECONDS_BELOW` is unparsed and sends the file back to the
+:data:`~recsys_mtl.data.times.SECONDS_BELOW` is unparsed and sends the file back to the
 in-memory reader, which writes the same tables.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
-from recsys_mtl.data.exports import id_integer, is_missing, text_id
+from recsys_mtl.data.exports import id_integer, is_missing, text_id, whole_decimal
 from recsys_mtl.data.generic import (
     VALUE_TYPES,
     check_columns,
@@ -75,25 +75,31 @@ def parquet_plan(path: Path, cfg: DataConfig) -> ScanPlan | None:
     ts = pl.col(wanted["ts"]).cast(pl.Int64, strict=False)
     low = pl.scan_parquet(path).select(ts.filter(ts > 0).min()).collect(engine="streaming").item()
     per_second = epoch_unit(low, path, say=False)
-    return ScanPlan("", 0, len(names), positions, cfg, text_ids=_text_ids(path, wanted, text),
-                    ts_per_second=per_second)  # fmt: skip
+    text_ids, decimal_ids = _text_ids(path, wanted, text)
+    return ScanPlan("", 0, len(names), positions, cfg, text_ids=text_ids,
+                    ts_per_second=per_second, decimal_ids=decimal_ids)  # fmt: skip
 
 
 _TEXT = (pl.String, pl.Categorical, pl.Enum)  # id columns of text: kept as text unless plain
 
 
-def _text_ids(path: Path, wanted: dict[str, str], fields: list[str]) -> frozenset[str]:
+def _text_ids(
+    path: Path, wanted: dict[str, str], fields: list[str]
+) -> tuple[frozenset[str], frozenset[str]]:
     """The id fields among ``fields`` (columns of text) the in-memory reader keeps as text:
-    those with an id that is not an integer written plainly (one streaming read of them)."""
+    those with an id that is neither an integer written plainly nor a whole decimal; and the
+    others with a whole decimal (``12.0``) among them (one streaming read of the columns)."""
     if not fields:
-        return frozenset()
-    text = [pl.col(wanted[f]).cast(pl.String) for f in fields]
-    checks = [
-        (text_id(t.str.strip_chars()) & ~is_missing(t)).any().alias(f)
-        for t, f in zip(text, fields, strict=True)
+        return frozenset(), frozenset()
+    text = {f: pl.col(wanted[f]).cast(pl.String) for f in fields}
+    checks = [(text_id(t.str.strip_chars()) & ~is_missing(t)).any().alias(f)
+              for f, t in text.items()]  # fmt: skip
+    checks += [
+        whole_decimal(t.str.strip_chars()).any().alias(f"{f}:whole") for f, t in text.items()
     ]
-    found = pl.scan_parquet(path).select(checks).collect(engine="streaming").row(0)
-    return frozenset(f for f, yes in zip(fields, found, strict=True) if yes)
+    found = pl.scan_parquet(path).select(checks).collect(engine="streaming").row(0, named=True)
+    kept = frozenset(f for f in fields if found[f])
+    return kept, frozenset(f for f in fields if found[f"{f}:whole"]) - kept
 
 
 def parquet_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:

@@ -280,3 +280,18 @@ def test_a_parquet_log_of_other_time_types_streams_through_the_lazy_reader(
 
     monkeypatch.setattr(ingest_module, "validate_interactions", whole_table)
     assert ingest(cfg, tmp_path / "again", streaming=True).report == report
+
+
+def test_a_parquet_text_column_of_whole_decimals_streams_as_integers(tmp_path, caplog):
+    """``12.0`` in a text column of ids (as a CSV read by pandas and saved as Parquet gives):
+    integers, as the in-memory reader reads them, and ingest says so once."""
+    frame = _text_frame(_ids(BASE, "{}.0"))
+    path = _parquet(tmp_path, frame)
+    cfg = DataConfig(path=str(path), columns=COLUMNS)
+    plan = scan_generic(resolve_layout(cfg, tmp_path), cfg).scan
+    assert plan.typed and plan.decimal_ids == {"user_id"} and not plan.text_ids
+    with caplog.at_level("INFO", logger="recsys_mtl.ingest"):
+        _both(tmp_path, path, columns=COLUMNS)
+    said = [r.message for r in caplog.records if "whole decimals" in r.message]
+    assert len(said) == 2 and "user_id is written" in said[0]  # the streamed and eager ingest
+    assert _kept(tmp_path).schema["user_id"] == pl.Int64
