@@ -290,6 +290,7 @@ def test_a_parquet_text_column_of_whole_decimals_streams_as_integers(tmp_path, c
     cfg = DataConfig(path=str(path), columns=COLUMNS)
     plan = scan_generic(resolve_layout(cfg, tmp_path), cfg).scan
     assert plan.typed and plan.decimal_ids == {"user_id"} and not plan.text_ids
+    caplog.clear()
     with caplog.at_level("INFO", logger="recsys_mtl.ingest"):
         _both(tmp_path, path, columns=COLUMNS)
     said = [r.message for r in caplog.records if "whole decimals" in r.message]
