@@ -146,6 +146,10 @@ def generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
     fields = [ident("user_id"), ident("item_id"), rating, ts]
     fields = [f.alias(n) for f, n in zip(fields, RATING_FIELDS, strict=True)]
     bad = pl.any_horizontal([f.is_null() for f in fields])
+    if plan.fields - 1 > max(plan.positions.values()):
+        # a line short of a trailing column no field is read from (or with it empty: the scan
+        # cannot tell them apart) is the text reader's, which counts a line's fields
+        bad = bad | pl.col(names[-1]).is_null()
     parse = pl.when(bad).then(pl.lit(UNPARSED)).otherwise(pl.lit(None, pl.String))
     return lf.select(pl.col("line").cast(pl.Int64), parse.alias("reason"), *fields)
 

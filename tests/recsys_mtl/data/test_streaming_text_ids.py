@@ -296,3 +296,23 @@ def test_a_parquet_text_column_of_whole_decimals_streams_as_integers(tmp_path, c
     said = [r.message for r in caplog.records if "whole decimals" in r.message]
     assert len(said) == 2 and "user_id is written" in said[0]  # the streamed and eager ingest
     assert _kept(tmp_path).schema["user_id"] == pl.Int64
+
+
+def test_a_line_short_of_a_trailing_column_no_field_is_read_from_is_the_text_readers(tmp_path):
+    """A column after the last one read (a note) that a line lacks: the text reader counts the
+    line's fields (``malformed_line``); the typed scan cannot, so such a log is the text
+    reader's, with the same tables. Every line with the column still streams typed."""
+    noted = [f"{line},n{k}" for k, line in enumerate(BASE)]
+    path = _log(tmp_path / "a", noted, HEADER + ",note")
+    cfg = DataConfig(path=str(path), columns=COLUMNS)
+    assert scan_generic(resolve_layout(cfg, tmp_path), cfg).scan.typed
+    _both(tmp_path / "a", path, columns=COLUMNS)
+    short = [*noted[:LATE], BASE[LATE], *noted[LATE + 1 :]]
+    report = _both(tmp_path / "b", _log(tmp_path / "b", short, HEADER + ",note"),
+                   columns=COLUMNS, max_quarantine_share=1.0)  # fmt: skip
+    assert report["interactions"]["rows_quarantined"]["malformed_line"] == 1
+    # no header: a separator ending the first lines, not every line
+    ragged = [f"{line}," for line in BASE[:LATE]] + BASE[LATE:]
+    report = _both(tmp_path / "c", _log(tmp_path / "c", ragged, None), header=False,
+                   max_quarantine_share=1.0)  # fmt: skip
+    assert report["interactions"]["rows_quarantined"]["malformed_line"] == len(BASE) - LATE
