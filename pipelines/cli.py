@@ -121,6 +121,12 @@ def _handle(args: argparse.Namespace, job: bool = False) -> int:
         if type(e).__name__ == "Terminated":
             return _say(f"recsys-mtl: {e}", 143, job)
         if job:
+            # deferred: the process groups, under torchrun only
+            from recsys_mtl.train.groups import stopped_during
+
+            stopped = stopped_during(e, wait=0.0)  # a peer gone because the job was stopped
+            if stopped is not None:
+                return _say(f"recsys-mtl: {stopped}", 143, job)
             raise
         traceback.print_exc()
         return 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -98,6 +99,17 @@ def _reason(e: BaseException) -> str:
     return " ".join(text.split())
 
 
+def _stopped_during(error: BaseException) -> BaseException | None:
+    """Under torchrun, the job's stop that ``error`` (a peer gone from a collective) stands
+    for (:func:`recsys_mtl.train.groups.stopped_during`)."""
+    if not isinstance(error, RuntimeError) or "RANK" not in os.environ:
+        return None
+    # deferred: torch.distributed's process groups, under torchrun only
+    from recsys_mtl.train.groups import stopped_during
+
+    return stopped_during(error)
+
+
 def _drop_if_empty(run_dir: Path, existed: bool) -> None:
     """A run that failed before writing any file leaves no run folder it made."""
     if not existed and run_dir.is_dir() and not any(p.is_file() for p in run_dir.rglob("*")):
@@ -116,7 +128,7 @@ def ending(tracker: Any, run_dir: Path, existed: bool, finish: bool = True) -> I
         _drop_if_empty(run_dir, existed)
         raise
     except BaseException as e:  # the MLflow run never stays open after a failure
-        tracker.finish("FAILED", _reason(e))
+        tracker.finish("FAILED", _reason(_stopped_during(e) or e))
         _drop_if_empty(run_dir, existed)
         raise
     if finish:  # the run ends when its work did, before the model was packaged and uploaded

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import traceback
 import warnings
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ __all__ = [
     "others_wait_again",
     "receive",
     "setup",
+    "stopped_during",
     "teardown",
 ]
 
@@ -138,10 +140,33 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     already handling an error, typically a collective that failed when another process died:
     then the cleanup under way (ending the MLflow run FAILED with that error) finishes, within
     torchrun's grace period, instead of being cut short and leaving the run RUNNING."""
+    global _stopped
     if sys.exc_info()[0] is not None:
+        _stopped = endings.stop_reason()  # the reason the error's report gives (stopped_during)
         log.warning("SIGTERM while ending after an error: finishing that first")
         return
     raise Terminated(endings.stop_reason())  # another rank's failure, or the job stopped
+
+
+_stopped: str | None = None  # a SIGTERM's reason, when it came while an error was handled
+# what a collective raises when torchrun stopped the process at the other end first
+_PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe")
+
+
+def stopped_during(error: BaseException, wait: float = 1.0) -> Terminated | None:
+    """The :class:`Terminated` a SIGTERM meant when ``error`` is a collective that failed
+    because torchrun stopped the other processes of the job, and this process's own SIGTERM
+    came (or comes within ``wait`` seconds) while the error was handled; else None. Stopping a
+    job sends SIGTERM to every process at once, so a process in a collective often sees its
+    peer gone just before its own signal: the job was stopped, not broken."""
+    if not launched() or isinstance(error, Terminated):
+        return None
+    if not any(words in str(error).lower() for words in _PEER_GONE):
+        return None
+    deadline = time.monotonic() + wait
+    while _stopped is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return None if _stopped is None else Terminated(_stopped)
 
 
 def _import_before_the_groups() -> None:

@@ -55,3 +55,31 @@ def test_without_a_shared_store_every_process_prints(monkeypatch):
     _as_rank(monkeypatch, 1)
     assert endings.first_to_say("recsys-mtl: error: x", 2)
     assert endings.failed_ranks() == []
+
+
+def test_a_peer_gone_while_the_job_is_stopped_is_reported_as_the_stop(store, monkeypatch):
+    """torchrun stops a job by SIGTERM to every process at once: one in a collective often sees
+    its peer gone just before its own signal. That error is the stop (exit 143, the stop's
+    reason), not a crash; any other error, or one without a SIGTERM, stays itself."""
+    import os
+    import signal
+
+    from recsys_mtl.train import groups
+
+    _as_rank(monkeypatch, 0)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(groups, "_stopped", None)
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [::1]:2")
+    assert groups.stopped_during(gone, wait=0.05) is None  # no SIGTERM came
+    previous = signal.signal(signal.SIGTERM, groups._on_sigterm)
+    try:
+        try:
+            raise gone
+        except RuntimeError as e:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled while the error is: remembered
+            stopped = groups.stopped_during(e)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert isinstance(stopped, groups.Terminated)
+    assert str(stopped).startswith("stopped by SIGTERM: the job was stopped")
+    assert groups.stopped_during(RuntimeError("CUDA out of memory"), wait=0.05) is None
