@@ -102,7 +102,7 @@ def _reason(e: BaseException) -> str:
 def _stopped_during(error: BaseException) -> BaseException | None:
     """Under torchrun, the job's stop that ``error`` (a peer gone from a collective) stands
     for (:func:`recsys_mtl.train.groups.stopped_during`)."""
-    if not isinstance(error, RuntimeError) or "RANK" not in os.environ:
+    if "RANK" not in os.environ:  # not under torchrun: torch.distributed is not needed
         return None
     # deferred: torch.distributed's process groups, under torchrun only
     from recsys_mtl.train.groups import stopped_during

@@ -22,6 +22,7 @@ Each says what it did in one log line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,36 +75,37 @@ def missing_as_null(fields: list[str], numbers: tuple[str, ...] = ("rating",)) -
 def id_checks() -> list[pl.Expr]:
     """Per id field, whether it has an id that is not an integer written plainly (the first
     step of :func:`read_ids`, which a caller may run in one pass with its own checks)."""
-    odd = {f: (t != "") & _not_plain(t) for f, t in _texts().items()}
-    return [o.any().alias(f) for f, o in odd.items()]
+    return [_odd(t).any().alias(f) for f, t in _texts().items()]
 
 
 def _texts() -> dict[str, pl.Expr]:
     return {f: pl.col(f).str.strip_chars() for f in _ID_FIELDS}
 
 
+def _odd(text: pl.Expr) -> pl.Expr:
+    """Whether an id (stripped) is present and not an integer written plainly."""
+    return (text != "") & _not_plain(text)
+
+
 def read_ids(
-    lf: pl.LazyFrame, source: str, found: dict[str, Any] | None = None
+    lf: pl.LazyFrame, source: str, found: dict[str, Any]
 ) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
     """``lf`` with integer ids written as whole decimals (``12.0``) spelled as integers, and each
     id field's type: Int64 when every id is an integer written plainly (``12``, not ``007``,
     ``+7``, ``-0``: read as integers ``007`` and ``7`` would be one id) or as a whole decimal,
     else String, every id as written. One pass finds the columns with ids that are not plain
-    integers; only where the first :data:`_PROBE` rows' such ids are all whole decimals does a
-    second pass check the whole column (``found``: the result of :func:`id_checks` on ``lf``,
-    when the caller ran that pass). One log line when decimals were read as integers."""
-    text = _texts()
-    odd = {f: (t != "") & _not_plain(t) for f, t in text.items()}
-    if found is None:
-        found = lf.select(id_checks()).collect(engine="streaming").row(0, named=True)
+    integers (``found``: the result of :func:`id_checks` on ``lf``, which the caller runs in
+    a pass of its own); only where the first :data:`_PROBE` rows' such ids are all whole
+    decimals does a second pass check the whole column. One log line when decimals were read
+    as integers."""
     types: dict[str, pl.DataType] = {f: pl.Int64() for f in _ID_FIELDS}
     decimals = []
-    for f, t in text.items():
+    for f, t in _texts().items():
         if not found[f]:
             continue
-        whole = (t.str.contains(_WHOLE_DECIMAL) & _integer(t).is_not_null()).all()
+        whole = whole_decimal(t).all()
         if not all(
-            part.select(t.filter(odd[f]).alias(f)).select(whole).collect(engine="streaming").item()
+            part.select(t.filter(_odd(t)).alias(f)).select(whole).collect(engine="streaming").item()
             for part in (lf.head(_PROBE), lf)
         ):
             types[f] = pl.String()
@@ -116,8 +118,9 @@ def read_ids(
     return lf, types
 
 
-def say_decimals(source: str, fields: list[str]) -> None:
+def say_decimals(source: str, fields: Iterable[str]) -> None:
     """Log that the id ``fields`` of ``source`` were read from whole decimals (none: nothing)."""
+    fields = [f for f in _ID_FIELDS if f in set(fields)]
     if fields:
         log.info(
             "ingest: %s: %s written as whole decimals (12.0, as pandas writes an integer column "

@@ -51,7 +51,7 @@ __all__ = [
     "widen",
 ]
 
-# the layouts whose ratings file is streamed (generic logs take the in-memory path)
+# the GroupLens layouts, whose ratings file is streamed (generic logs stream by their plan)
 STREAMED_KINDS = ("ml-100k", "ml-dat", "ml-csv")
 # bytes a rating takes at the widest per-partition step (ids, time, line, hash tables)
 ROW_BYTES = 96
@@ -194,7 +194,7 @@ def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
     if clean and plan.ts_per_second > 1:
         say_epoch_unit(path, plan.ts_per_second)
     if clean:
-        say_decimals(path.name, [f for f in ("user_id", "item_id") if f in plan.decimal_ids])
+        say_decimals(path.name, plan.decimal_ids)
     return replace(layout, scan=replace(plan, typed=clean))
 
 
@@ -208,10 +208,7 @@ def widen(layout: Layout) -> Layout | None:
     plan = widened(path, layout.scan)
     if plan is None:
         return None
-    say_decimals(
-        path.name,
-        [f for f in ("user_id", "item_id") if f in plan.decimal_ids - layout.scan.decimal_ids],
-    )
+    say_decimals(path.name, plan.decimal_ids - layout.scan.decimal_ids)
     return replace(layout, scan=plan)
 
 
@@ -332,9 +329,8 @@ def _check_file(
 ) -> tuple[tuple[float, float], _Counts, int, bool]:
     """Parse and check the ratings file into ``work`` (see :func:`_check`); returns the scale,
     the counts (with the observed span), the blank line count and whether row order is time.
-    The typed scan first; the
-    lazy line reader when a line does not parse cleanly (or blank lines would shift the line
-    numbers)."""
+    The typed scan first; the lazy line reader when a line does not parse cleanly (or blank
+    lines would shift the line numbers)."""
     if layout.scan is None or layout.scan.typed:
         rows, skip = typed_rows(layout)
         try:

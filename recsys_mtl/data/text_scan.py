@@ -103,7 +103,7 @@ def _clean(column: pl.Expr) -> pl.Expr:
     return pl.when(whole & (text != '"')).then(inner)
 
 
-def _epoch(text: pl.Expr) -> pl.Expr:
+def _seconds(text: pl.Expr) -> pl.Expr:
     """Whole epoch seconds written as an integer below :data:`SECONDS_BELOW`, else null."""
     value = text.cast(pl.Int64, strict=False)
     return pl.when(value < SECONDS_BELOW).then(value)
@@ -136,7 +136,7 @@ def generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
 
     if plan.text_ts:
         text = _clean(column("ts"))
-        epoch = _epoch(text)
+        epoch = _seconds(text)
         ts = pl.coalesce(epoch, iso_seconds(text, epoch.is_null()))
     elif plan.ts_per_second > 1:  # every positive time is milliseconds or finer
         ts = column("ts").floordiv(plan.ts_per_second)
