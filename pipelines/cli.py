@@ -118,18 +118,19 @@ def _handle(args: argparse.Namespace, job: bool = False) -> int:
         machine = machine_error(e)  # a refused write no writer translated: still one line
         if machine is not None:
             return _say(f"recsys-mtl: error: {machine}", machine.exit_code, job)
-        if type(e).__name__ == "Terminated":
-            return _say(f"recsys-mtl: {e}", 143, job)
-        if job:
-            # deferred: the process groups, under torchrun only
-            from recsys_mtl.train.groups import stopped_during
+        if not job:
+            traceback.print_exc()
+            return 1
+        # deferred: the process groups, under torchrun only
+        from recsys_mtl.train.endings import stop_line
+        from recsys_mtl.train.groups import stopped_during
 
-            stopped = stopped_during(e, wait=0.0)  # a peer gone because the job was stopped
-            if stopped is not None:
-                return _say(f"recsys-mtl: {stopped}", 143, job)
-            raise
-        traceback.print_exc()
-        return 1
+        if type(e).__name__ == "Terminated":
+            return _say(stop_line(str(e)), 143, job)
+        stopped = stopped_during(e, wait=0.0)  # a peer gone because the job was stopped
+        if stopped is not None:
+            return _say(stop_line(str(stopped)), 143, job)
+        raise
 
 
 def _say(line: str, code: int, job: bool = False) -> int:
@@ -137,8 +138,14 @@ def _say(line: str, code: int, job: bool = False) -> int:
     for an error every process ended with (:func:`recsys_mtl.train.endings.first_to_say`)."""
     if job:
         # deferred: the job's store (torch.distributed), under torchrun only
-        from recsys_mtl.train.endings import first_to_say
+        from recsys_mtl.train.distributed import teardown
+        from recsys_mtl.train.endings import STOPPED, first_to_say
 
+        if code in STOPPED:
+            # a stopped process leaves its groups before it waits for rank 0's line: rank 0
+            # may be in a collective with it, where its own SIGTERM waits until the collective
+            # fails
+            teardown(clean=False, release=False)
         if not first_to_say(line, code):
             return code
     print(line, file=sys.stderr)
@@ -179,7 +186,7 @@ def _in_job(args: argparse.Namespace) -> int:
         if code is None:  # an unexpected error (to @record): the others' SIGTERM names this rank
             code = 1
             endings.record(code, "an unexpected error")
-        stopped = code in (130, 143)  # torchrun (or the user) stops every process
+        stopped = code in endings.STOPPED  # torchrun (or the user) stops every process
         distributed.teardown(clean=code == 0, release=args.command == "run" and not stopped)
 
 

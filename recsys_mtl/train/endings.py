@@ -26,7 +26,16 @@ import os
 from datetime import timedelta
 from typing import Any
 
-__all__ = ["SAY_WAIT", "failed_ranks", "first_to_say", "record", "remember", "stop_reason"]
+__all__ = [
+    "SAY_WAIT",
+    "STOPPED",
+    "failed_ranks",
+    "first_to_say",
+    "record",
+    "remember",
+    "stop_line",
+    "stop_reason",
+]
 
 log = logging.getLogger("recsys_mtl.train")
 
@@ -112,6 +121,11 @@ def failed_ranks() -> list[int]:
         if code not in STOPPED:
             failed.append(r)
     return failed
+
+
+def stop_line(reason: str) -> str:
+    """The line a process stopped by SIGTERM prints (the same in every process)."""
+    return f"recsys-mtl: {reason}"
 
 
 def stop_reason() -> str:

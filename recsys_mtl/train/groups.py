@@ -141,14 +141,20 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     then the cleanup under way (ending the MLflow run FAILED with that error) finishes, within
     torchrun's grace period, instead of being cut short and leaving the run RUNNING."""
     global _stopped
+    reason = endings.stop_reason()  # another rank's failure, or the job stopped
+    # told to the others now, not after this process's cleanup (an MLflow run to end): the
+    # other ranks wait a few seconds for rank 0's line before printing the same one
+    endings.record(143, endings.stop_line(reason))
+    # the reason a peer-gone error reports (stopped_during), also when the Terminated below
+    # is lost: raised inside a collective's C++ wait, its error replaces it
+    _stopped = reason
     if sys.exc_info()[0] is not None:
-        _stopped = endings.stop_reason()  # the reason the error's report gives (stopped_during)
         log.warning("SIGTERM while ending after an error: finishing that first")
         return
-    raise Terminated(endings.stop_reason())  # another rank's failure, or the job stopped
+    raise Terminated(reason)
 
 
-_stopped: str | None = None  # a SIGTERM's reason, when it came while an error was handled
+_stopped: str | None = None  # the reason of the SIGTERM this process got, if it got one
 # what a collective raises when torchrun stopped the process at the other end first
 _PEER_GONE = ("connection closed by peer", "connection reset by peer", "broken pipe")
 

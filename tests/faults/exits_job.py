@@ -5,7 +5,9 @@ The command's handler (``run``: rank 0's, the others wait for its announcements;
 every process's, which first use the training group together) is replaced by one that on
 process ``RANK`` returns (``ok``), raises a user's error (``user``) or another exception
 (``crash``); with ``stopped`` process ``RANK`` raises a user's error while the others wait
-until torchrun stops them; with ``everyone`` every process raises the same user's error.
+until torchrun stops them; with ``everyone`` every process raises the same user's error;
+with ``blocked`` rank 0 waits in a collective that process ``RANK`` never joins, while
+``RANK`` writes ``ready`` and sleeps, both until torchrun is stopped.
 Everything else is the command line's own path (:func:`pipelines.cli.main`). At
 its exit each process prints how many gloo threads it still has: leaving the job must have
 ended them all."""
@@ -45,6 +47,12 @@ def main() -> int:
     def handler(_: object) -> int:
         if command == "score":  # every process: the training group in use
             distributed.all_sum(torch.ones(1))
+        if how == "blocked":  # rank 0 in a collective, RANK in Python: until the SIGTERM
+            if os.environ["RANK"] == rank:
+                Path("ready").touch()
+                time.sleep(120)
+            distributed.all_sum(torch.ones(1))
+            return 0
         if how == "everyone":
             raise UserError("a user's error on every rank")
         if os.environ["RANK"] != rank or how == "ok":

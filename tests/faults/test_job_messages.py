@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from recsys_mtl.train.endings import SAY_WAIT
 from tests.faults.test_distributed import CONFIG, ROOT, _torchrun, ended_jobs
 
 pytest.importorskip("torchrec")
@@ -124,3 +125,35 @@ def test_a_sigterm_to_torchrun_ends_the_run_failed_saying_the_job_was_stopped(tm
     assert pipeline.info.status == "FAILED"
     reason = STOPPED_JOB.removeprefix("recsys-mtl: ")
     assert pipeline.data.tags[ERROR_TAG] == f"Terminated: {reason}"
+
+
+def test_a_stop_while_rank_0_waits_in_a_collective_is_said_once(tmp_path):
+    """torchrun is stopped while rank 0 waits in a collective rank 1 has not joined: rank 0's
+    SIGTERM handler runs only once that collective fails, so rank 1 leaves its groups before
+    it waits for rank 0's line, and the stop is said once, by rank 0, without the seconds of
+    that wait."""
+    (tmp_path / "c.yaml").write_text(CONFIG)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = _torchrun(tmp_path, "score", str(tmp_path / "c.yaml"), "blocked", "1",
+                    module="tests.faults.exits_job")  # fmt: skip
+    with (tmp_path / "log").open("w") as log:
+        job = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "ready").exists():
+            assert job.poll() is None and time.monotonic() < deadline, "rank 1 never got ready"
+            time.sleep(0.05)
+        time.sleep(1.0)  # rank 0 in its collective
+        os.kill(job.pid, signal.SIGTERM)
+        stopped = time.monotonic()
+        job.wait(timeout=60)
+        took = time.monotonic() - stopped
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    out = (tmp_path / "log").read_text()
+    assert job.returncode != 0, out[-3000:]
+    assert _errors(out) == [STOPPED_JOB], out[-3000:]
+    assert took < SAY_WAIT, out[-3000:]  # nobody waited out rank 0's silence

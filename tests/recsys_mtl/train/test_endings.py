@@ -83,3 +83,32 @@ def test_a_peer_gone_while_the_job_is_stopped_is_reported_as_the_stop(store, mon
     assert isinstance(stopped, groups.Terminated)
     assert str(stopped).startswith("stopped by SIGTERM: the job was stopped")
     assert groups.stopped_during(RuntimeError("CUDA out of memory"), wait=0.05) is None
+
+
+def test_a_stop_lost_in_a_collectives_error_is_still_the_stop(store, monkeypatch):
+    """A SIGTERM handled inside a collective's wait raises its Terminated there, and the
+    collective's own error (the peer gone) can replace it on the way out: that error still
+    reports the stop, and the stop was told to the other processes at once."""
+    import os
+    import signal
+
+    from recsys_mtl.train import groups
+
+    _as_rank(monkeypatch, 0)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setattr(groups, "_stopped", None)
+    previous = signal.signal(signal.SIGTERM, groups._on_sigterm)
+    try:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)  # no error under way: raised at once
+            raise AssertionError("no Terminated")
+        except groups.Terminated:
+            pass  # lost: a collective's C++ wait raised its own error instead
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [::1]:2")
+    stopped = groups.stopped_during(gone, wait=0.0)
+    assert isinstance(stopped, groups.Terminated)
+    assert str(stopped).startswith("stopped by SIGTERM: the job was stopped")
+    _as_rank(monkeypatch, 1)  # the others see rank 0's stop line already, before it ends
+    assert not endings.first_to_say(endings.stop_line(str(stopped)), 143)
