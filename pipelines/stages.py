@@ -64,10 +64,15 @@ def _ingest(ctx: StageContext) -> dict[str, Any]:
 
 def _features(ctx: StageContext) -> dict[str, Any]:
     # deferred: the features (polars), when the stage runs
+    from recsys_mtl.build import check_like_threshold
     from recsys_mtl.data.features import build_features
 
+    cfg = ctx.config
+    report = ctx.input(INGEST.out("report.json"))
+    scale = json.loads(report.read_text())["rating_scale"]  # the log's (auto, or its layout's)
+    check_like_threshold(cfg.tasks, cfg.features.like_threshold, scale, cfg.meta is not None)
     spec = build_features(
-        ctx.input(INGEST.out("report.json")).parent,
+        report.parent,
         ctx.config.features,
         ctx.out_dir,
         memory_mb=ctx.config.data.memory_mb,

@@ -7,6 +7,7 @@ names the dotted key.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -19,6 +20,7 @@ __all__ = [
     "build_ranker",
     "build_weighting",
     "check_device",
+    "check_like_threshold",
     "ranker_class",
     "validate_run",
 ]
@@ -85,6 +87,9 @@ def validate_run(cfg: RunConfig) -> tuple[type, Any]:
             f"tasks: {rated} learn from ratings, but data.columns.rating is none (a log "
             "without ratings: every row an interaction); use tasks: [interaction]"
         )
+    if isinstance(cfg.data.rating_scale, tuple):  # else known once the log is read
+        check_like_threshold(cfg.tasks, cfg.features.like_threshold, cfg.data.rating_scale,
+                             cold_start=cfg.meta is not None)  # fmt: skip
     cls, params = ranker_class(cfg.model.name, cfg.model.params)
     build_weighting(cfg)
     check_device(cfg.train.device)
@@ -119,6 +124,36 @@ def validate_run(cfg: RunConfig) -> tuple[type, Any]:
                 "split.valid_fraction is 0 (set train.patience: null to train every epoch)"
             )
     return cls, params
+
+
+def check_like_threshold(
+    tasks: Sequence[str], like_threshold: float, scale: Sequence[float], cold_start: bool = False
+) -> None:
+    """A ``features.like_threshold`` that leaves every rating on one side of it (above the
+    rating scale's top: no rating is a like; at or below its bottom: every rating is one) is a
+    :class:`UserError` naming it and the scale, where a label or a metric depends on it: a
+    ``like`` task (one label: it would learn nothing and have no AUC) or, with ``cold_start``
+    (a ``meta:`` section), the cold-start ranking metrics, whose relevant items are the query
+    items rated at or above it. Logs on a scale of their own (1-10, -1/+1) meet it with the
+    default of 4. The threshold is the config's: whether a user set it is not known to every
+    process that reads the config, so it does not follow the scale."""
+    lo, hi = float(scale[0]), float(scale[1])
+    uses = ["the like task has one label"] if "like" in tasks else []
+    if cold_start:
+        uses.append(
+            "the cold-start ranking metrics (HR@K, NDCG@K) have no relevant item"
+            if like_threshold > hi
+            else "the cold-start ranking metrics count every query item relevant"
+        )
+    if not uses or lo < like_threshold <= hi:
+        return
+    every = "no rating is a like" if like_threshold > hi else "every rating is a like"
+    leave = ", or leave like out of tasks" if "like" in tasks and not cold_start else ""
+    raise UserError(
+        f"features.like_threshold is {like_threshold:g}, outside the log's rating scale "
+        f"{lo:g} to {hi:g}: {every}, so {' and '.join(uses)}; set features.like_threshold "
+        f"above {lo:g} and at most {hi:g}{leave}"
+    )
 
 
 def _rankers_with_warm_start(name: str) -> list[tuple[str, type]]:

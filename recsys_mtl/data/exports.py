@@ -5,7 +5,8 @@ reader, :func:`recsys_mtl.data.generic.read_generic`, applies these to its field
   write a missing field as ``nan``, ``NA``, ``null``, ``None``, ``#N/A``, ... (the spellings
   pandas reads as missing, also in lower, upper or title case). In an id, rating or time column
   such a field is missing: its row is quarantined as ``missing_<field>``, never a user or item
-  named ``nan`` (a rating ``nan`` is a number that is not finite: ``rating_out_of_scale``).
+  named ``nan`` (a rating ``nan`` is a number that is not finite: ``rating_out_of_scale``),
+  with spaces around it or not (``" NA "``). GroupLens rating files read them alike.
 * **Integer ids written as decimals** (:func:`read_ids`): pandas writes an integer column that
   held a missing value as floats (``12.0``), R and spreadsheets too, and a Parquet file may
   hold ids as a float column. An id column whose every value is an integer, written plainly or
@@ -33,6 +34,7 @@ from recsys_mtl.data.lines import WHITESPACE, first_value
 __all__ = [
     "MISSING_SPELLINGS",
     "drop_trailing_separator",
+    "every_line_ends",
     "id_checks",
     "id_integer",
     "is_missing",
@@ -40,6 +42,7 @@ __all__ = [
     "missing_as_null",
     "read_ids",
     "say_decimals",
+    "spelled_missing",
     "text_id",
     "whole_decimal",
 ]
@@ -56,8 +59,11 @@ _WHOLE_DECIMAL = r"^(?:0|-?[1-9]\d*)\.0+$"  # 12.0, 12.00, -3.0 (not 007.0, -0.0
 _PROBE = 100_000  # rows whose ids are looked at first: most logs of string ids end the check
 
 
-def is_missing(text: pl.Expr, nan: bool = True) -> pl.Expr:
-    """Whether a (stripped) text field spells a missing value; ``nan`` False leaves ``nan``."""
+def is_missing(text: pl.Expr, nan: bool = True, bare: bool = False) -> pl.Expr:
+    """Whether a text field spells a missing value, spaces around it or not (``" NA "``, as a
+    quoted field or a Parquet cell may hold it); ``nan`` False leaves ``nan``. ``bare``: the
+    caller's fields have no edge spaces (one strip a row less)."""
+    text = text if bare else text.str.strip_chars()
     return text.is_in([s for s in _SPELLED if nan or "nan" not in s.lower()])
 
 
@@ -70,6 +76,12 @@ def missing_as_null(fields: list[str], numbers: tuple[str, ...] = ("rating",)) -
         pl.when(is_missing(pl.col(f), nan=f not in numbers)).then(None).otherwise(f).alias(f)
         for f in fields
     ]
+
+
+def spelled_missing(rows: pl.LazyFrame) -> pl.LazyFrame:
+    """The split rating fields of a GroupLens file with each spelling of a missing value made
+    null (:func:`missing_as_null`): ``missing_<field>``, as in generic logs, not ``invalid_``."""
+    return rows.with_columns(missing_as_null(["user_id", "item_id", "rating", "ts"]))
 
 
 def id_checks() -> list[pl.Expr]:
@@ -163,20 +175,37 @@ def _integer(text: pl.Expr) -> pl.Expr:
     return pl.when(digits.cast(pl.Int64, strict=False).is_not_null()).then(digits)
 
 
+def every_line_ends(sep: str) -> pl.Expr:
+    """Whether every data line (``raw``, null for a blank line) ends with ``sep``: a fact of
+    :func:`drop_trailing_separator`, which a caller may compute in one pass with its own."""
+    data = pl.col("raw").drop_nulls()
+    return ((data.len() > 0) & data.str.ends_with(sep).all()).alias("every_line_ends")
+
+
 def drop_trailing_separator(
-    lines: pl.LazyFrame, sep: str, header: str | None, path: Path
+    lines: pl.LazyFrame,
+    sep: str,
+    header: str | None,
+    path: Path,
+    columns: int | None = None,
+    ends: bool | None = None,
 ) -> pl.LazyFrame:
     """``lines`` without the separator that ends every data line, when the header line (if any)
     does not end with one: the empty field it opens is no column (``1,2,5,88,`` under
     ``user,item,rating,ts``). A file where only some lines end so keeps them as written (those
-    lines have a field too many)."""
+    lines have a field too many). ``columns``: the header ends with the separator and has
+    that many columns before it, so a line may end with it or not: each line of a field more
+    that ends with it loses it (the caller said so once). ``ends``: :func:`every_line_ends`,
+    when the caller computed it (else one pass over the lines here)."""
     if sep == WHITESPACE or sep == " ":  # edge spaces are no fields (or are the separator's)
         return lines
+    if columns is not None:
+        raw = pl.col("raw")
+        longer = raw.str.ends_with(sep) & (raw.str.count_matches(sep, literal=True) == columns)
+        return lines.with_columns(pl.when(longer).then(raw.str.strip_suffix(sep)).otherwise(raw))
     if header is not None and header.endswith(sep):
         return lines
-    data = pl.col("raw").drop_nulls()
-    ends = data.str.ends_with(sep)
-    if not first_value(lines.select((data.len() > 0) & ends.all())):
+    if not (first_value(lines.select(every_line_ends(sep))) if ends is None else ends):
         return lines
     log.info(
         "ingest: %s: every data line ends with the separator %r%s: the empty last field is ignored",

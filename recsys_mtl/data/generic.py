@@ -22,6 +22,7 @@ import polars as pl
 from recsys_mtl.config import ColumnsConfig, DataConfig
 from recsys_mtl.data.exports import (
     drop_trailing_separator,
+    every_line_ends,
     id_checks,
     join_date_time,
     missing_as_null,
@@ -62,7 +63,8 @@ def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bo
     if layout.kind == "parquet":
         (lf, wanted), blank = _read_parquet(path, cfg.columns), 0
     else:
-        lf, wanted, blank = _read_text(path, cfg)
+        said = layout.scan is not None and layout.scan.fields > 0  # its plan read the header
+        lf, wanted, blank = _read_text(path, cfg, said)
     row_order = "ts" not in wanted
     if row_order:
         lf = lf.with_columns(pl.col("line").cast(pl.String).alias("_row_order"))
@@ -94,9 +96,18 @@ def mapped_columns(cols: ColumnsConfig) -> dict[str, str | int]:
 def named_columns(
     path: Path, have: list[str], wanted: dict[str, str | int], hint: str = ""
 ) -> dict[str, str]:
-    """Positions in ``wanted`` replaced by the names ``have`` gives them."""
+    """Positions in ``wanted`` replaced by the names ``have`` gives them; a name ``have`` holds
+    more than once is a :class:`UserError` (which column is meant is not for the reader to
+    guess)."""
     out = {}
     for field, col in wanted.items():
+        at = [i for i, name in enumerate(have) if name == col]
+        if len(at) > 1:
+            raise UserError(
+                f"{path.absolute()}:1: the header names {len(at)} columns {col!r} (positions "
+                f"{', '.join(map(str, at))}, from 0), which data.columns.{field} reads: rename "
+                f"them in the header, or set data.columns.{field} to a position"
+            )
         if isinstance(col, int) and col >= len(have):
             raise UserError(
                 f"{path.absolute()}: data.columns.{field} is position {col}, but the file has "
@@ -146,8 +157,35 @@ def split_line(line: str, separator: str) -> list[str]:
     return [p.strip().strip('"') for p in parts]
 
 
-def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str], int]:
-    """Split the lines of a text log; returns (rows, {field: split column}, blank lines)."""
+def header_fields(first: str, separator: str) -> tuple[list[str], bool]:
+    """The column names of a header line, and whether it ends with the separator (spreadsheets
+    and some exports write ``user,item,rating,ts,``): the empty field that opens is no column."""
+    fields = split_line(first, separator)
+    trailing = len(fields) > 1 and fields[-1] == "" and separator not in (WHITESPACE, " ")
+    return (fields[:-1] if trailing else fields), trailing
+
+
+def say_trailing_header(path: Path, separator: str) -> None:
+    """Log that the header of ``path`` ends with ``separator`` (:func:`header_fields`)."""
+    log.info(
+        "ingest: %s: the header ends with the separator %r: its empty last field is no column "
+        "(ignored; a data line may end with the separator or not)",
+        path.name,
+        separator,
+    )
+
+
+def field_positions(header: list[str], mapped: dict[str, str | int]) -> dict[str, int]:
+    """``{field: 0-based position}`` of columns checked by :func:`check_columns` (a name is its
+    first column of that name)."""
+    return {f: c if isinstance(c, int) else header.index(c) for f, c in mapped.items()}
+
+
+def _read_text(
+    path: Path, cfg: DataConfig, said: bool = False
+) -> tuple[pl.LazyFrame, dict[str, str], int]:
+    """Split the lines of a text log; returns (rows, {field: split column}, blank lines).
+    ``said``: the streamed ingest's plan already logged what it found in the header."""
     sep = cfg.separator
     check_text(path)
     first = first_line(path)
@@ -162,24 +200,31 @@ def _read_text(path: Path, cfg: DataConfig) -> tuple[pl.LazyFrame, dict[str, str
         empty = pl.col("raw").str.strip_chars(" \t\r") == ""
         lines = lines.with_columns(pl.when(empty).then(None).otherwise("raw").alias("raw"))
     quoted = pl.col("raw").str.contains('"', literal=True).any().alias("quoted")  # one pass
-    facts = lines.select(pl.col("raw").null_count().alias("blank"), quoted)
-    blank, quoted = facts.collect(engine="streaming").row(0)
+    facts = lines.select(pl.col("raw").null_count().alias("blank"), quoted, every_line_ends(sep))
+    blank, quoted, ends = facts.collect(engine="streaming").row(0)
     if quoted and sep != WHITESPACE:
         lines = _hide_quoted_separators(lines, sep)
-    lines = drop_trailing_separator(lines, sep, first if cfg.header else None, path)
-    lines = join_date_time(lines, sep, path, _HIDDEN)  # 2020-01-01 12:00:00, a space apart
+    header, trailing = header_fields(first, sep) if cfg.header else ([], False)
     if cfg.header:
-        header = split_line(first, sep)
-        wanted = named_columns(path, header, mapped_columns(cfg.columns))
-        check_columns(path, header, wanted, first, sep)
-    else:
+        mapped = mapped_columns(cfg.columns)
+        check_columns(path, header, named_columns(path, header, mapped), first, sep)
+        positions = field_positions(header, mapped)
+        if trailing and not said:
+            say_trailing_header(path, sep)
+    columns = len(header) if trailing else None  # data lines of a field more lose their last
+    head = first if cfg.header else None
+    lines = drop_trailing_separator(lines, sep, head, path, columns, ends)
+    lines = join_date_time(lines, sep, path, _HIDDEN)  # 2020-01-01 12:00:00, a space apart
+    if not cfg.header:
         n_fields = _field_count(lines, sep)
         positions = column_positions(path, cfg.columns, n_fields)
         header = [f"column {i}" for i in range(n_fields or max(positions.values()) + 1)]
-        wanted = named_columns(path, header, positions, separator_hint(first, sep))
-    fields = split_fields(lines, sep, header, strip_quotes=True)
+        named_columns(path, header, positions, separator_hint(first, sep))
+    names = [f"_{i}" for i in range(len(header))]  # a header's names may be empty or repeat
+    fields = split_fields(lines, sep, names, strip_quotes=True)
     put = " " if sep == WHITESPACE else sep  # a hidden separator, or a date's space
-    shown = [pl.col(c).str.replace_all(_HIDDEN, put, literal=True) for c in header]
+    shown = [pl.col(c).str.replace_all(_HIDDEN, put, literal=True) for c in names]
+    wanted = {f: names[i] for f, i in positions.items()}
     return fields.with_columns(*shown, pl.col("_raw").alias("raw")).drop("_raw"), wanted, blank
 
 
@@ -243,10 +288,19 @@ def check_columns(
     first_line: str | None = None,
     separator: str = ",",
 ) -> None:
+    """Every column of ``wanted`` (``{field: column name}``) is in ``have``, else a
+    :class:`UserError` naming the field's key and what the header holds."""
     for dst, src in wanted.items():
         if src not in have:
             shown = ", ".join(have[:20]).replace("\t", "\\t") if any(have) else "(none)"
             hint = _column_hint(have, first_line, separator, wanted)
+            if not hint and first_line is not None and "" in have:  # a column of no name
+                raise UserError(
+                    f"{path.absolute()}:1: the header's column {have.index('')} (0-based) has "
+                    f"no name ({first_line!r}), and no column is named {src!r} "
+                    f"(data.columns.{dst}): name it in the header, or set data.columns.{dst} to "
+                    "its position"
+                )
             if not hint and dst == "ts":
                 hint = "; for a log without times, set data.columns.ts to none (row order is time)"
             elif not hint and dst == "rating":

@@ -26,6 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
+from recsys_mtl.data.exports import spelled_missing
 from recsys_mtl.data.generic import read_generic
 from recsys_mtl.data.lines import cast_fields, first_line, read_lines, split_fields
 from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, Layout, RawTables
@@ -125,7 +126,8 @@ def read_ratings_file(path: Path, kind: str) -> tuple[pl.LazyFrame, int]:
     Clean files take a typed fast path (one ``read_csv`` with a fixed schema, about 5x faster
     than line mode); ``raw`` is then null and filled in later for the few rejected rows. Any
     sign of trouble (a parse error, a null, a line count that does not match) falls back to
-    line mode, which attributes a reason to every bad line.
+    line mode, which attributes a reason to every bad line: a field that is empty or spells a
+    missing value (``NA``, ``nan``, ``null``, ...) is ``missing_<field>``, as in generic logs.
     """
     skip_header = kind == "ml-csv"
     if skip_header:
@@ -142,7 +144,7 @@ def read_ratings_file(path: Path, kind: str) -> tuple[pl.LazyFrame, int]:
         return fast.lazy(), 0
     lines = read_lines(path, skip_header=skip_header)
     blank = lines["raw"].null_count()
-    lf = cast_fields(split_fields(lines, sep, RATING_FIELDS), RATING_TYPES)
+    lf = cast_fields(spelled_missing(split_fields(lines, sep, RATING_FIELDS)), RATING_TYPES)
     return lf, blank
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
-from recsys_mtl.data.exports import say_decimals
+from recsys_mtl.data.exports import say_decimals, spelled_missing
 from recsys_mtl.data.generic import read_generic
 from recsys_mtl.data.grouplens import CSV_RATINGS_HEADER, count_lines
 from recsys_mtl.data.lines import cast_fields, first_line, scan_lines, split_fields
@@ -317,7 +317,7 @@ def line_rows(layout: Layout) -> tuple[pl.LazyFrame, int, bool]:
     sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
     lines = scan_lines(path, skip_header=kind == "ml-csv")
     blank = lines.select(pl.col("raw").null_count()).collect().item()
-    rows = cast_fields(split_fields(lines, sep, RATING_FIELDS), RATING_TYPES)
+    rows = cast_fields(spelled_missing(split_fields(lines, sep, RATING_FIELDS)), RATING_TYPES)
     return rows.select("line", "reason", *RATING_FIELDS), int(blank), False
 
 

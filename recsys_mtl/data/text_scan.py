@@ -25,8 +25,11 @@ from recsys_mtl.data.exports import id_integer, is_missing, text_id, whole_decim
 from recsys_mtl.data.generic import (
     check_columns,
     column_positions,
+    field_positions,
+    header_fields,
     mapped_columns,
     named_columns,
+    say_trailing_header,
     separator_hint,
     split_line,
 )
@@ -52,21 +55,22 @@ def scan_plan(layout: Layout, cfg: DataConfig) -> ScanPlan | None:
     first = first_line(path)
     if not first:  # the text reader says what is wrong with the file
         return None
-    fields = split_line(first, sep)
+    mapped = mapped_columns(cfg.columns)
     if cfg.header:
-        wanted = named_columns(path, fields, mapped_columns(cfg.columns))
-        check_columns(path, fields, wanted, first, sep)
-    elif (
-        len(fields) < len(mapped_columns(cfg.columns)) and "ts" not in cfg.columns.model_fields_set
-    ):
-        return None  # no field for the time: row order is time (the text reader says so)
+        fields, trailing = header_fields(first, sep)
+        check_columns(path, fields, named_columns(path, fields, mapped), first, sep)
+        positions = field_positions(fields, mapped)
     else:
-        fields = [f"column {i}" for i in range(len(fields))]
-        positions = column_positions(path, cfg.columns, len(fields))
-        wanted = named_columns(path, fields, positions, separator_hint(first, sep))
-    if "ts" not in wanted:
+        fields, trailing = split_line(first, sep), False
+        if len(fields) < len(mapped) and "ts" not in cfg.columns.model_fields_set:
+            return None  # no field for the time: row order is time (the text reader says so)
+        named = column_positions(path, cfg.columns, len(fields))
+        named_columns(path, [""] * len(fields), named, separator_hint(first, sep))
+        positions = {f: int(c) for f, c in named.items()}
+    if "ts" not in positions:
         return None
-    positions = {f: fields.index(c) for f, c in wanted.items()}
+    if trailing:  # once: the text reader, if it reads the log, knows the plan said it
+        say_trailing_header(path, sep)
     return ScanPlan(sep, int(cfg.header), len(fields), positions, cfg)
 
 
@@ -128,7 +132,7 @@ def generic_rows(path: Path, plan: ScanPlan) -> pl.LazyFrame:
         raw, loose = column(field), field in plan.loose_ids
         if field in plan.text_ids:  # a missing value (empty, nan, NA, ...): the text reader's
             text = _clean(raw) if loose else pl.when(_bare(raw)).then(raw)
-            return pl.when(~is_missing(text)).then(text)
+            return pl.when(~is_missing(text, bare=not loose)).then(text)
         if loose:
             return id_integer(_clean(raw))  # 12, or 12.0 as pandas writes it
         value = raw.cast(pl.Int64, strict=False)

@@ -24,7 +24,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from recsys_mtl.build import build_model, build_weighting, check_device, validate_run
+from recsys_mtl.build import (
+    build_model,
+    build_weighting,
+    check_device,
+    check_like_threshold,
+    validate_run,
+)
 from recsys_mtl.config import RunConfig
 from recsys_mtl.errors import UserError
 from recsys_mtl.models.context import load_context
@@ -46,24 +52,6 @@ class TrainedRanker:
     metrics: dict[str, float] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-def check_like_threshold(
-    tasks: Sequence[str], like_threshold: float, scale: Sequence[float]
-) -> None:
-    """A ``like`` task whose threshold leaves every label the same (above the rating scale's
-    top: no rating is a like; at or below its bottom: every rating is one) is a
-    :class:`UserError` naming ``features.like_threshold``: it would learn nothing and have no
-    metric. Logs on a scale of their own (1-10, -1/+1) meet it with the default of 4."""
-    lo, hi = float(scale[0]), float(scale[1])
-    if "like" not in tasks or lo < like_threshold <= hi:
-        return
-    every = "no rating is a like" if like_threshold > hi else "every rating is a like"
-    raise UserError(
-        f"features.like_threshold is {like_threshold:g}, outside the log's rating scale "
-        f"{lo:g} to {hi:g}: {every}, so the like task has one label; set "
-        f"features.like_threshold above {lo:g} and at most {hi:g}, or leave like out of tasks"
-    )
 
 
 def train_ranker(

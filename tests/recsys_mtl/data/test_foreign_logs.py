@@ -167,6 +167,35 @@ def test_a_like_threshold_outside_the_log_s_scale_is_one_line_not_a_silent_task(
     assert "like/auc" in json.loads(out)["metrics"]
 
 
+def test_a_like_threshold_outside_the_scale_stops_a_cold_start_run_not_its_metrics(tmp_path, cli):
+    # the cold-start ranking metrics count a query item relevant at or above the threshold:
+    # with the default of 4 on a -1/+1 log none was, and HR@10 and NDCG@10 were NaN, exit 0
+    log = _plus_minus_log(tmp_path / "votes.csv")
+    meta = {"protocol": "first_k", "holdout": 0.2, "ks": [5], "epochs": 1,
+            "learners": [{"name": "ridge", "label": "closed_form"}]}  # fmt: skip
+    cfg = tiny_config(
+        tmp_path, {"path": str(log), "rating_scale": [-1, 1]}, meta=meta,
+        model={"name": "bellkor", "params": {"dim": 4}}, train={"epochs": 1},
+        tasks=["rating", "interaction"], split={"valid_fraction": 0.2},
+    )  # fmt: skip
+    code, _, err = cli("run", cfg, "--out", tmp_path / "run")  # the scale given: no stage runs
+    line = _one_line(code, err)
+    assert "features.like_threshold is 4, outside the log's rating scale -1 to 1" in line
+    assert "cold-start ranking metrics (HR@K, NDCG@K) have no relevant item" in line
+    assert not (tmp_path / "run" / "ingest").exists()
+    # the scale the log has (auto): known once ingest ran, the features stage stops
+    code, _, err = cli("run", cfg, "--set", "data.rating_scale=auto", "--out", tmp_path / "auto")
+    assert "outside the log's rating scale -1 to 1" in _one_line(code, err)
+    assert [p.name for p in (tmp_path / "auto").iterdir() if p.is_dir()] == ["ingest"]
+    # so does a like task's, before any training (it stopped at the train stage)
+    like = ["--set", "tasks=[rating, like]", "--set", "meta=null"]
+    code, _, err = cli(
+        "run", cfg, *like, "--set", "data.rating_scale=auto", "--out", tmp_path / "l"
+    )
+    assert "so the like task has one label" in _one_line(code, err)
+    assert [p.name for p in (tmp_path / "l").iterdir() if p.is_dir()] == ["ingest"]
+
+
 def test_users_who_rated_every_item_leave_the_negatives_short_with_a_warning(tmp_path, cli):
     rows = [f"{u},{i},{1 + (u * i) % 5},{1000 + 10 * u + i}" for u in range(6) for i in range(5)]
     log = write(tmp_path / "full.csv", HEADER + "\n".join(rows) + "\n")
