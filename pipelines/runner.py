@@ -360,8 +360,8 @@ def _run_stages(
             "result": result,
         }
         (tmp / MARKER).write_text(json.dumps(marker_doc, indent=2, default=str))
-        if final.exists():
-            shutil.rmtree(final)
+        if final.exists() or final.is_symlink():  # a link (a study's shared data) is unlinked
+            final.unlink() if final.is_symlink() else shutil.rmtree(final)
         os.replace(tmp, final)
         for done in (run / ".checkpoints").glob(f"{stage.name}-*"):
             shutil.rmtree(done, ignore_errors=True)

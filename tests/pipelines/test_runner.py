@@ -97,6 +97,28 @@ def test_data_fingerprint_follows_file_contents_not_paths(tmp_path):
     assert not _skipped(changed)["ingest"] and changed["data"]["rows_read"] == 29 * 19 + 1
 
 
+def test_a_stale_stage_linked_from_another_run_is_replaced_and_the_shared_one_kept(tmp_path):
+    """A run folder whose data stages are links to folders it shares (a study's trials link
+    the study's) reruns a linked stage whose fingerprint no longer matches into a folder of
+    its own, replacing the link: the shared folder is left as it was (it used to stop with
+    "Cannot call rmtree on a symbolic link")."""
+    cfg = tiny_config(tmp_path, SYN)
+    run_command(str(cfg), [], str(tmp_path / "shared"), False)
+    run = tmp_path / "run"
+    run.mkdir()
+    for stage in ("ingest", "features", "split"):
+        os.symlink(os.path.relpath(tmp_path / "shared" / stage, run), run / stage)
+    linked = run_command(str(cfg), [], str(run), False)
+    assert _skipped(linked) == {"ingest": True, "features": True, "split": True,
+                                "train": False, "evaluate": False}  # fmt: skip
+    before = (tmp_path / "shared" / "split" / "_stage.json").read_bytes()
+    again = run_command(str(cfg), ["split.seed=5"], str(run), False)
+    assert not _skipped(again)["split"] and _skipped(again)["features"]
+    assert not (run / "split").is_symlink() and (run / "split").is_dir()
+    assert (run / "features").is_symlink()
+    assert (tmp_path / "shared" / "split" / "_stage.json").read_bytes() == before
+
+
 def test_a_failing_stage_leaves_no_stage_directory(tmp_path):
     def ok(ctx):
         ctx.output("x.txt").write_text("done")
