@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 import torch
+from torch import nn
 
-from recsys_mtl.io import write_parquet
+from recsys_mtl.io import save_tensors, write_parquet
 from recsys_mtl.models.item_state import ItemSideRidge
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "evaluate_items",
     "hold_out_items",
     "item_roles",
+    "rater_offsets",
     "read_item_roles",
     "without_new_items",
 ]
@@ -175,6 +177,7 @@ def evaluate_items(
         measure_old,
         method_rows,
     )
+    from meta.items_rank import is_support_rule
 
     max_k = max(item_ks)
     valid = ItemProtocol(data, roles, "cold_valid", max_k)
@@ -208,7 +211,9 @@ def evaluate_items(
                     if "@" in label and m.get("ranking/ndcg@10") is not None:
                         ndcg[stratum].setdefault(label, []).append(m["ranking/ndcg@10"])
         out = {st: {n: float(np.mean(v)) for n, v in per.items()} for st, per in ndcg.items()}
-        labels = out["new_item"].keys() | out["new_new"].keys()
+        # pooled over both states: the plain rules (the support rules rank new users only)
+        labels = {n for n in out["new_item"].keys() | out["new_new"].keys()
+                  if not is_support_rule(n.split("@")[1])}  # fmt: skip
         out["both"] = {n: float(np.mean([out[st][n] for st in ("new_item", "new_new")
                                          if n in out[st]])) for n in labels}  # fmt: skip
         return out
@@ -237,8 +242,15 @@ def evaluate_items(
     report["rank_by_state"] = {st: ndcg[st] for st in ("new_item", "new_new")}
     # a method a state's cold validation users could not rank takes the choice over both states
     pooled = _best_task(ndcg["both"])
-    rank_by = {st: {**pooled, **_best_task(ndcg[st])} for st in ("new_item", "new_new")}
+    plain = {st: {n: v for n, v in ndcg[st].items() if not is_support_rule(n.split("@")[1])}
+             for st in ("new_item", "new_new")}  # fmt: skip
+    rank_by = {st: {**pooled, **_best_task(plain[st])} for st in ("new_item", "new_new")}
     choice.rank_by, choice.rank_by_new_new = rank_by["new_item"], rank_by["new_new"]
+    # new users on new items: a support rule where one beats every plain rule (served too)
+    mine = _best_task(ndcg["new_new"]).get("item_state", "")
+    if is_support_rule(mine):
+        choice.new_new_rule = mine
+        rank_by["new_new"] = {**rank_by["new_new"], "item_state": mine}
     # the test items, with the choice
     test_ridge = ridge  # fitted on the old items, the same for both roles
     rows_out: list[dict[str, Any]] = []
@@ -254,8 +266,11 @@ def evaluate_items(
     for k in item_ks:
         rows = method_rows(model, test, k, test_ridge, choice, shrinkage)
         for stratum, s in (("new_item", test.new_item()), ("new_new", test.new_new(k))):
+            rule = rank_by[stratum]
+            if stratum == "new_new" and not k:  # no item support: the plain rule
+                rule = {**rule, **choice.rank_by_new_new}
             add(stratum, k, measure_new(model, test, k, s, rows, bias, data, rank_task,
-                                        rank_by[stratum], shrinkage, slot(stratum, k),
+                                        rule, shrinkage, slot(stratum, k),
                                         new_user_state))  # fmt: skip
         add("new_user", k, measure_old(model, test, test.new_user(k), bias, data, rank_task,
                                        shrinkage, slot("new_user", k), new_user_state,
@@ -277,13 +292,35 @@ def _best_task(ndcg: dict[str, float]) -> dict[str, str]:
     return best
 
 
+def rater_offsets(model: nn.Module, data: Any, roles: pl.DataFrame, shrinkage: float
+                  ) -> dict[str, torch.Tensor]:  # fmt: skip
+    """What serving a support rule needs of the training ratings: ``mu`` (0-dim), ``user`` (one
+    ``b_u`` per user index, 0 for users without a training rating of an old item) and
+    ``shrinkage`` (0-dim), all float64, as :class:`meta.items_eval.BiasParts` fits them on the
+    training users' ratings of the old items (``roles``: :func:`meta.items.item_roles`)."""
+    from meta.items_eval import BiasParts  # deferred: the protocol's torch code
+
+    old = roles.filter(pl.col("role") == "old")["iidx"].implode()
+    train = pl.Series(np.asarray(data.users("train"))).implode()
+    r = data.ratings.sort("uidx", "ts", "row")  # the rows in the protocol's order
+    bias = BiasParts(data, r.filter(pl.col("uidx").is_in(train) & pl.col("iidx").is_in(old)), model)
+    f64 = torch.float64
+    return {"mu": torch.tensor(bias.mu, dtype=f64), "user": bias.bu.to(f64),
+            "shrinkage": torch.tensor(float(shrinkage), dtype=f64)}  # fmt: skip
+
+
 def items_report(run: Any, data: Any, roles: pl.DataFrame | None, cfg: Any,
-                 served: dict[str, Any]) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
+                 served: dict[str, Any], offsets: Path | None = None
+                 ) -> tuple[dict[str, Any], dict[str, float]]:  # fmt: skip
     """The cold-start stage's ``coldstart/items.json`` (``{"enabled": false}`` where the run
     holds no item out) and its flat metrics (``coldstart_items/STRATUM/METHOD/kK/METRIC``, RMSE
-    and NDCG@10). Held-out users get the state of the method the run serves (``served``)."""
+    and NDCG@10). Held-out users get the state of the method the run serves (``served``).
+    ``offsets``: where the raters' offsets a support rule is served from go
+    (:func:`rater_offsets`), where the run holds items out."""
     if roles is None:
         return {"enabled": False}, {}
+    if offsets is not None:
+        save_tensors(rater_offsets(run.model, data, roles, cfg.meta.shrinkage), offsets)
     # deferred: the served state and the ranking task (torch), only for a run holding items out
     from meta.adapt import served_user_states
     from recsys_mtl.train.evaluate import ranking_task

@@ -38,6 +38,7 @@ from torch import nn
 
 from meta.data import ColdData
 from meta.floors import BiasFloor
+from meta.items_rank import SUM_WEIGHTS, is_support_rule, rank_options, support_rules
 from meta.protocol import Padded, pad_rows, user_metrics
 from meta.rows import ITEM_NEGATIVES_SEED, draw_item_negatives
 from meta.select import per_user_metrics
@@ -248,6 +249,7 @@ class Choice:
     negatives: int = 0  # sampled non-raters per support rating (interaction loss); 0: none
     rank_by: dict[str, str] | None = None  # method -> task, new items (existing users)
     rank_by_new_new: dict[str, str] | None = None  # the same for new users on new items
+    new_new_rule: str | None = None  # item_state's support rule on new users (K > 0)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "rank_by": self.rank_by or {},
@@ -255,13 +257,6 @@ class Choice:
 
 
 RANKER_METHODS = ("item_state", "item_side_only", "ranker_item_ridge")
-SUM_WEIGHTS = {"": 1.0, "0.5": 0.5, "2": 2.0}  # the ranking task's weight in a summed score
-
-
-def rank_options(rank_task: str) -> set[str]:
-    """What a ranker-based method may rank new items by: the rating, the ranking task, or
-    their sums ``rating+Wtask`` (the predicted rating plus W times the log-odds of a rating)."""
-    return {"rating", rank_task, *(f"rating+{w}{rank_task}" for w in SUM_WEIGHTS)}
 
 
 def method_rows(model: nn.Module, proto: ItemProtocol, k: int, ridge: ItemSideRidge,
@@ -342,11 +337,17 @@ def measure_new(model: nn.Module, proto: ItemProtocol, k: int, s: Stratum, rows:
                  bias: BiasParts, data: ColdData, rank_task: str, rank_by: dict[str, str] | None,
                  shrinkage: float, per_user: dict | None,
                  new_user_state: NewUserState | None = None) -> dict[str, tuple[str, dict]]:  # fmt: skip
-    """Every method and floor on a new-item stratum: ``{label: (kind, metrics)}``."""
+    """Every method and floor on a new-item stratum: ``{label: (kind, metrics)}``. On new
+    users ``item_state`` may also rank by the support rules (:mod:`meta.items_rank`)."""
     states, ranked = _user_states(model, s, data, shrinkage, new_user_state)
     cand = proto.items
     q = s.query
     grid = _grid(s, cand)
+    user_off = _user_offset(bias, s, shrinkage)
+    floors = _floor_scores(bias, proto, k, s, user_off, shrinkage)
+    item_part = floors["user_offset"][0]  # the item's support residual (none at K = 0)
+    item_part = (torch.zeros(cand.size) if item_part is None
+                 else item_part[torch.from_numpy(cand.astype(np.int64))])  # fmt: skip
     out = {}
     for name, r in rows.items():
         twin = _with_rows(model, proto.items, r)
@@ -355,13 +356,17 @@ def measure_new(model: nn.Module, proto: ItemProtocol, k: int, s: Stratum, rows:
             full = score_grid(twin, ranked, *grid)
         for w, v in SUM_WEIGHTS.items() if rank_task != "rating" else ():  # rating + v logit
             full[f"rating+{w}{rank_task}"] = full["rating"] + v * full[rank_task]
-        tasks = [rank_by[name]] if rank_by else sorted(full.keys() & rank_options(rank_task))
+        support = name == "item_state" and s.new_user
+        wanted = rank_by is None or is_support_rule(rank_by.get(name, ""))
+        if support and wanted:
+            full.update(support_rules(twin, ranked, full["rating"], grid, item_part))
+        options = rank_options(rank_task) | {t for t in full if support and is_support_rule(t)}
+        tasks = [rank_by[name]] if rank_by else sorted(full.keys() & options)
         for t in tasks:
             label = name if rank_by else f"{name}@{t}"
             kind = "floor" if name == "ranker_item_ridge" else "method"
             out[label] = (kind, _metrics(pred, full[t], s, cand, data, per_user, label))
-    user_off = _user_offset(bias, s, shrinkage)
-    for name, (score, per) in _floor_scores(bias, proto, k, s, user_off, shrinkage).items():
+    for name, (score, per) in floors.items():
         item = score if score is not None else torch.zeros_like(bias.genre)
         pred = per[:, None] + item[q.items]
         full = None if score is None else score[torch.from_numpy(cand)].expand(len(s.users), -1)

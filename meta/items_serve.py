@@ -12,7 +12,10 @@ made one, else 10, 10 and none. The
 grown run scores them like any item, except that, where the run chose what ranks new items
 (:func:`rank_rules`) and no blend is given, the places the blend gives them in a list are
 filled by that rule (:func:`new_item_group`, :class:`recsys_mtl.runs.batch.GroupRule`); a known
-user's rating of a new item masks it out of their list. ``RUN`` is a run folder or a model
+user's rating of a new item masks it out of their list. A new user's rule may be a support rule
+(:mod:`meta.items_rank`): each new item's support residual over its rows of the support file,
+from the run's raters' offsets, plus W times the user's part of the rating, as the protocol
+ranks new users' new items. ``RUN`` is a run folder or a model
 (``models:/NAME/VERSION``): both are read through
 :func:`recsys_mtl.runs.bundle.item_side_reader` (a model's bundle carries the spec, the choice
 and the ridge as fitted at export).
@@ -30,6 +33,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from meta.items_rank import is_support_rule, support_residuals
 from meta.rows import ITEM_NEGATIVES_SEED, draw_item_negatives
 from meta.select import read_served
 from recsys_mtl.errors import UserError
@@ -41,7 +45,8 @@ from recsys_mtl.models.item_state import (
     side_features,
 )
 from recsys_mtl.runs.batch import GroupRule
-from recsys_mtl.runs.bundle import ITEMS_CHOICE, item_side_reader
+from recsys_mtl.runs.bundle import ITEMS_CHOICE, RATER_OFFSETS, item_side_reader
+from recsys_mtl.runs.group import DEMOGRAPHICS_ONLY
 from recsys_mtl.runs.topk import items_csr
 
 __all__ = [
@@ -139,15 +144,20 @@ def new_item_rules(items_doc: dict[str, Any]) -> dict[str, str] | None:
     items, to rank new items by, per kind of user served: ``{"model": rule, "cold_start":
     rule}`` (known users: the new-item state's ``choice.rank_by``; new users: the
     new-user-on-new-item state's ``choice.rank_by_new_new``, the pooled choice where the run
-    has only that), each a :func:`recsys_mtl.runs.batch.parse_rule` rule; None without one."""
+    has only that), each a :func:`recsys_mtl.runs.group.parse_rule` rule; None without one.
+    Where the run chose a support rule for new users (``choice.new_new_rule``,
+    :mod:`meta.items_rank`) it is ``cold_start``'s, and users with no support rating (served
+    from demographics alone, K = 0, where the protocol has no support rule) get the plain rule
+    as ``demographics_only``."""
     choice = items_doc.get("choice", {}) if items_doc.get("enabled") else {}
     known = (choice.get("rank_by") or {}).get(RANKED_BY)
     if known is None:
         return None
-    return {
-        "model": known,
-        "cold_start": (choice.get("rank_by_new_new") or {}).get(RANKED_BY, known),
-    }
+    plain = (choice.get("rank_by_new_new") or {}).get(RANKED_BY, known)
+    support = choice.get("new_new_rule")
+    if not support:
+        return {"model": known, "cold_start": plain}
+    return {"model": known, "cold_start": support, DEMOGRAPHICS_ONLY: plain}
 
 
 def rank_rules(root: str | Path) -> dict[str, str] | None:
@@ -162,12 +172,48 @@ def rank_rules(root: str | Path) -> dict[str, str] | None:
     return new_item_rules(json.loads(path.read_text())) if path.is_file() else None
 
 
-def new_item_group(run: Any, items: torch.Tensor, blend: str | None) -> GroupRule | None:
-    """The new items ``items`` (indices of the grown run) ranked among themselves by the run's
-    choice (:func:`rank_rules`), unless the user gave a blend (``--blend``): then, or where the
-    run has no choice, they are ranked by the blend like every item (None)."""
+def new_item_group(run: Any, items: torch.Tensor, blend: str | None,
+                   support: pl.DataFrame | None = None, source: str | None = None
+                   ) -> GroupRule | None:  # fmt: skip
+    """The new items ``items`` (indices of the grown run, :func:`grow_run`) ranked among
+    themselves by the run's choice (:func:`rank_rules`), unless the user gave a blend
+    (``--blend``): then, or where the run has no choice, they are ranked by the blend like
+    every item (None). A support rule (:mod:`meta.items_rank`) adds each item's support
+    residual over its rows of ``support`` (``user, item, rating``, the support file as given to
+    :func:`grow_run`) by users the run knows, from the run's raters' offsets; a run or model
+    without them (``coldstart/rater_offsets.pt``) is a :class:`UserError` (``source`` names it)."""
     rules = None if blend else rank_rules(run.run_dir)
-    return GroupRule(items, rules) if rules else None
+    if not rules:
+        return None
+    if not any(is_support_rule(r) for r in rules.values()):
+        return GroupRule(items, rules)
+    offsets = item_side_reader(run.run_dir, run.model).rater_offsets()
+    if offsets is None:
+        raise UserError(f"--items-meta: {source or run.run_dir} ranks new users' new items by "
+                        f"{rules['cold_start']!r}, which needs the raters' offsets "
+                        f"(coldstart/{RATER_OFFSETS}), and has none; register its run again "
+                        "(`recsys-mtl register RUN_DIR --name NAME`) or score the run directory")  # fmt: skip
+    return GroupRule(items, rules, prior=_residuals(run, items, support, offsets))
+
+
+def _residuals(run: Any, items: torch.Tensor, support: pl.DataFrame | None,
+               offsets: dict[str, torch.Tensor]) -> torch.Tensor:  # fmt: skip
+    """``(N,)`` float64: each of ``items``' support residual over the rows of ``support`` by
+    users the run knows (0 without any), padded in the support file's order as the fold-in's
+    support is (:func:`_item_support`) and summed as the protocol sums it."""
+    if support is None or not support.height:
+        return torch.zeros(items.numel(), dtype=torch.float64)
+    u_idx, u_known = run.user_index(support["user"])
+    i_idx, i_known = run.item_index(support["item"])
+    in_group = torch.zeros(int(run.model.ctx.n_items) + 1, dtype=torch.bool)
+    in_group[items] = True
+    take = (u_known & i_known & in_group[i_idx.clamp(min=0)]).numpy()
+    if not take.any():
+        return torch.zeros(items.numel(), dtype=torch.float64)
+    rows = support.filter(pl.Series(take)).with_columns(
+        pl.Series("uidx", u_idx.numpy()[take]), pl.Series("iidx", i_idx.numpy()[take]))  # fmt: skip
+    sup = _item_support(rows, items, run.reference)
+    return support_residuals(offsets, sup.users, sup.ratings, sup.mask)
 
 
 def grow_run(run: Any, items: pl.DataFrame, support: pl.DataFrame | None,

@@ -16,6 +16,7 @@ import polars as pl
 
 from meta.adapt import adapt_users
 from recsys_mtl.runs.batch import GroupRule, output_frame, output_schema, two_states
+from recsys_mtl.runs.group import DEMOGRAPHICS_ONLY
 from recsys_mtl.runs.scoring import CatalogScorer, score_states
 from recsys_mtl.runs.topk import items_csr
 
@@ -33,7 +34,8 @@ def score_demographics_only(
 ) -> Iterator[pl.DataFrame]:
     """Top-``k`` frames of the users of ``users`` (``user_id, age, gender, occupation``), none
     of them known to the run, each from demographics alone; ``group``: new items ranked among
-    themselves by their new users' rule (:class:`recsys_mtl.runs.batch.GroupRule`)."""
+    themselves by the rule of users without a support rating (``demographics_only``, else
+    the new users'; :class:`recsys_mtl.runs.batch.GroupRule`)."""
     empty = pl.DataFrame(
         {"user_id": pl.Series([], dtype=users["user_id"].dtype), "item_id": [], "rating": []},
         schema_overrides={"item_id": run.item_ids.dtype, "rating": pl.Float64},
@@ -49,7 +51,7 @@ def score_demographics_only(
     schema = output_schema(run.tasks, run.user_ids.dtype, run.item_ids.dtype)
     for b in score_states(scorer, rank_of, n, min(k, scorer.n_items),
                           exclude, chunk_users, False, "scoring users without ratings",
-                          group and group.reorder(scorer, "cold_start", exclude),
+                          group and group.reorder(scorer, DEMOGRAPHICS_ONLY, exclude),
                           values_of):  # fmt: skip
         yield output_frame(schema, ids, run.item_ids, b, "cold_start")
 

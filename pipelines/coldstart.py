@@ -37,6 +37,7 @@ FLOORS = ("global_mean", "item_bias", "item_bias_group", "support_mean", "ridge"
           "ridge_median", "population", "ranker_ridge", "fold_in")  # fmt: skip
 RESERVED = ("served", "demographic_ridge")  # names of the report that are not floors
 ITEMS = "items.json"  # the four MeLU states with items held out (coldstart/)
+OFFSETS = "rater_offsets.pt"  # recsys_mtl.runs.bundle.RATER_OFFSETS: a support rule's raters
 
 
 def validate_meta(cfg: RunConfig) -> None:
@@ -325,7 +326,7 @@ def _coldstart(ctx: StageContext) -> dict[str, Any]:
         if r["labels"]["learner"] in trained["learners"]:
             r["metrics"]["meta/seconds"] = trained["learners"][r["labels"]["learner"]]["seconds"]
     write_json({"protocol": cfg.meta.protocol, "rows": rows}, ctx.output("coldstart.json"))
-    items, items_flat = items_report(run, every, roles, cfg, served)
+    items, items_flat = items_report(run, every, roles, cfg, served, ctx.output(OFFSETS))
     rules = new_item_rules(items)
     if rules:  # what serving ranks new items by, carried with the served record (and model)
         served["new_items_rank_by"] = rules
@@ -390,6 +391,7 @@ COLDSTART = Stage(
     reads=("meta", "tasks"),
     inputs=(*FEATURES.outs(), *COLD_SPLIT.outs(), *TRAIN.outs(), *META_TRAIN.outs()),
     outputs=("coldstart.json", "mae_vs_k.png", RunLayout.SERVED, RunLayout.PAIRED, ITEMS),
+    optional=(OFFSETS,),
     code=META_CODE,
 )
 

@@ -13,6 +13,8 @@ from .common import fmt, load, pm, source_note, table
 ITEMS = "coldstart-items.json"
 # the same benchmark before the sum of the rating and the ranking logit was a ranking candidate
 NO_SUM = "coldstart-items-nosum.json"
+# the same benchmark before the support rules ranked new items for new users
+NO_SUPPORT = "coldstart-items-nosupport.json"
 ITEMS_CMD = "python benchmarks/coldstart.py --protocols new_items --bases bellkor --dir DIR"
 NAMES = {"rating/rmse": "RMSE", "ranking/ndcg@10": "NDCG@10"}
 STATES = (
@@ -84,8 +86,9 @@ def items_section(results: Path) -> str:
         "item's first rating) is held out: its ratings never reach the population ranker or the "
         "user-side protocol. A third of the evaluated new items (those with more than 10 "
         "ratings by training users) choose the item ridge's precision, the fold-in's penalty, "
-        "the interaction loss on sampled non-raters and what each method ranks by; the other "
-        "two thirds are reported here. A new item's support is its first K ratings by training "
+        "the interaction loss on sampled non-raters and what each method ranks by (for new "
+        "users, `item_state` also by the support rules); the other two thirds are reported "
+        "here. A new item's support is its first K ratings by training "
         "users, its query their later ratings after the first 10 (the same set at every K) "
         "and every rating of it by a held-out user (new user on new item, their own support "
         "their first K old-item ratings and their state the method the run serves). NDCG@10 "
@@ -103,8 +106,38 @@ def items_section(results: Path) -> str:
         _paired(doc),
         source_note(ITEMS, command=ITEMS_CMD),
     ]
+    if (results / NO_SUPPORT).is_file():
+        parts.append(
+            _before(
+                results,
+                doc,
+                NO_SUPPORT,
+                "Before the support rules",
+                (
+                    "The same benchmark when `item_state` ranked new items for new users by a plain "
+                    "rule only (the rating, the logit or their sums), not by a support rule (the "
+                    "item's support residual plus W times the new user's part of the rating, "
+                    "[the guide](../coldstart.md#new-items)), beside the figures above; only the "
+                    "`new_new` NDCG@10 and HR@10 at K > 0 differ:\n"
+                ),
+                "plain rules only",
+            )
+        )
     if (results / NO_SUM).is_file():
-        parts.append(_no_sum(results, doc))
+        parts.append(
+            _before(
+                results,
+                doc,
+                NO_SUM,
+                "Before the summed ranking score",
+                (
+                    "The same benchmark when new items could be ranked by the rating or the ranking "
+                    "task's logit only, not their sum, beside the figures above (relative margin over "
+                    "the best item-side floor and the 95% interval of the difference):\n"
+                ),
+                "rating or logit only",
+            )
+        )
     for stratum, title in STATES:
         for k in [None] if stratum == "warm" else ks:
             head = title if k is None else f"{title}, K = {k}"
@@ -113,11 +146,12 @@ def items_section(results: Path) -> str:
     return "\n".join(parts)
 
 
-def _no_sum(results: Path, doc: dict[str, Any]) -> str:
-    """The paired margins before the rating + ranking-logit sum was a ranking candidate."""
+def _before(results: Path, doc: dict[str, Any], raw: str, title: str, intro: str,
+            label: str) -> str:  # fmt: skip
+    """The paired margins of an earlier benchmark (``raw``) beside the current ones."""
     now = {(p["stratum"], p["k"], p["measure"]): p for p in doc.get("paired_items", [])}
     body = []
-    for p in load(results, NO_SUM)[-1].get("paired_items", []):
+    for p in load(results, raw)[-1].get("paired_items", []):
         cur = now.get((p["stratum"], p["k"], p["measure"]))
 
         def show(x: dict[str, Any] | None) -> str:
@@ -128,11 +162,8 @@ def _no_sum(results: Path, doc: dict[str, Any]) -> str:
 
         body.append([p["stratum"], p["k"][1:], NAMES[p["measure"]], show(p), show(cur)])
     return "\n".join([
-        "### Before the summed ranking score\n",
-        "The same benchmark when new items could be ranked by the rating or the ranking task's "
-        "logit only, not their sum, beside the figures above (relative margin over the best "
-        "item-side floor and the 95% interval of the difference):\n",
-        table(["state", "K", "measure", "rating or logit only", "with the sum (above)"], body,
-              align="lrlrr"),
-        source_note(NO_SUM, ITEMS, command=ITEMS_CMD),
+        f"### {title}\n",
+        intro,
+        table(["state", "K", "measure", label, "now (above)"], body, align="lrlrr"),
+        source_note(raw, ITEMS, command=ITEMS_CMD),
     ])  # fmt: skip

@@ -162,8 +162,9 @@ def score_command(
         # deferred: torch, only for --items-meta
         from meta.items_serve import grow_run, new_item_group, read_items_meta
 
-        run, sup, new = grow_run(run, read_items_meta(items_meta, idt), sup, source)
-        n_new_items, group = int(new.numel()), new_item_group(run, new, blend)
+        given = sup
+        run, sup, new = grow_run(run, read_items_meta(items_meta, idt), given, source)
+        n_new_items, group = int(new.numel()), new_item_group(run, new, blend, given, source)
     learners = _check_learner_dir(learner_dir) if learner_dir else None
     demo = read_users_meta(users_meta, udt) if users_meta else None
     cold = weights

@@ -14,7 +14,9 @@
   year encoding), ``coldstart/item_side.json`` (the item-state choice of the run's cold
   validation, the ridge's shapes) and ``coldstart/item_side.pt`` (the side-feature ridge fitted
   on the run's trained items, which items those are and, for a cold-start run, its training
-  users, among whom new items' negatives are drawn: a few small tensors).
+  users, among whom new items' negatives are drawn: a few small tensors) and, where the run
+  held items out, ``coldstart/rater_offsets.pt`` (the training users' rating offsets a support
+  rule ranks new users' new items by: one float per user, copied from the run folder).
 
 :func:`item_side_reader` reads the last from a run folder (the ridge fitted on its training
 ratings) or a bundle (the ridge as fitted at export) through one interface.
@@ -48,6 +50,7 @@ from recsys_mtl.runs.load import LoadedRun, load_ranker, load_run
 __all__ = [
     "BUNDLE_FORMAT",
     "ITEM_DEFAULTS",
+    "RATER_OFFSETS",
     "BundleItemSide",
     "ItemSideReader",
     "RunItemSide",
@@ -59,11 +62,13 @@ __all__ = [
 ]
 
 # 1: bundles without what new items need (before coldstart/item_side.*); 2: without the training
-# users new items' negatives are drawn among, and a cooc variant's neighbour table
-BUNDLE_FORMAT = 3
+# users new items' negatives are drawn among, and a cooc variant's neighbour table; 3: without
+# the raters' offsets a support rule ranks new users' new items by (coldstart/rater_offsets.pt)
+BUNDLE_FORMAT = 4
 ITEMS_CHOICE = "items.json"  # coldstart/: the run's cold-validation choice for new items
 ITEM_SIDE = "item_side.pt"  # coldstart/ of a bundle: the fitted ridge and the trained items
 ITEM_SIDE_INFO = "item_side.json"  # coldstart/ of a bundle: the choice, the ridge's shapes
+RATER_OFFSETS = "rater_offsets.pt"  # coldstart/ of a run and a bundle: mu, b_u, shrinkage
 # the item-state settings where a run made no choice; negatives: sampled non-raters per support
 # rating (drawn among the training users with the seed meta.seed + an offset: meta.rows)
 ITEM_DEFAULTS = {"precision": 10.0, "penalty": 10.0, "steps": 50, "lr": 0.05, "negatives": 0,
@@ -212,6 +217,10 @@ class ItemSideReader(Protocol):
         """The cold-start run's training users (indices, in the order of its user roles), among
         whom new items' negatives are drawn; None for a run without user roles."""
 
+    def rater_offsets(self) -> dict[str, torch.Tensor] | None:
+        """The training users' rating offsets a support rule ranks new items by (``mu``,
+        ``user``, ``shrinkage``; ``coldstart/rater_offsets.pt``); None where absent."""
+
 
 class RunItemSide:
     """What serving new items reads from a run folder: its features spec, the choice of
@@ -251,6 +260,9 @@ class RunItemSide:
             return None
         train = roles.filter(pl.col("role") == "train")["uidx"].to_numpy()
         return torch.from_numpy(train.astype(np.int64))
+
+    def rater_offsets(self) -> dict[str, torch.Tensor] | None:
+        return _offsets(RunLayout(self.root).stage(RunLayout.COLDSTART) / RATER_OFFSETS)
 
     @functools.cached_property
     def _ratings(self) -> dict[str, torch.Tensor] | None:
@@ -317,6 +329,9 @@ class BundleItemSide:
     def train_users(self) -> torch.Tensor | None:
         return self._tensors.get("train_users")
 
+    def rater_offsets(self) -> dict[str, torch.Tensor] | None:
+        return _offsets(self.root / RunLayout.COLDSTART / RATER_OFFSETS)
+
     def trained(self) -> torch.Tensor:
         return self._tensors["trained"].nonzero().squeeze(1)
 
@@ -328,6 +343,11 @@ class BundleItemSide:
         ridge.calibration = t.get("calibration")
         ridge.bias = tuple(info["bias"]) if info["bias"] is not None else None
         return ridge
+
+
+def _offsets(path: Path) -> dict[str, torch.Tensor] | None:
+    """The raters' offsets at ``path`` (read with ``weights_only=True``), None where absent."""
+    return load_tensors(path) if path.is_file() else None
 
 
 def item_side_reader(path: str | Path, model: nn.Module) -> ItemSideReader:
@@ -353,6 +373,9 @@ def _write_item_side(run_dir: Path, model: nn.Module, out: Path) -> None:
         tensors["calibration"] = ridge.calibration
     (out / RunLayout.COLDSTART).mkdir(exist_ok=True)
     save_tensors(tensors, out / RunLayout.COLDSTART / ITEM_SIDE)
+    offsets = RunLayout(run_dir).stage(RunLayout.COLDSTART) / RATER_OFFSETS
+    if offsets.is_file():
+        shutil.copyfile(offsets, out / RunLayout.COLDSTART / RATER_OFFSETS)
     write_json({"choice": src.choice(), "precision": ridge.precision,
                 "shapes": {n: list(s) for n, s in ridge.shapes.items()},
                 "bias": list(ridge.bias) if ridge.bias is not None else None},

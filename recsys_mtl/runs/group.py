@@ -13,9 +13,16 @@ from recsys_mtl.errors import UserError
 from recsys_mtl.models.embeddings import gather_jagged
 from recsys_mtl.runs.scoring import CatalogScorer, Reorder
 
-__all__ = ["MIN_GROUP_TILE", "GroupRule", "parse_rule"]
+__all__ = ["DEMOGRAPHICS_ONLY", "ITEM_TERM", "MIN_GROUP_TILE", "USER_TERM", "GroupRule",
+           "parse_rule", "zeroed_state"]  # fmt: skip
 
 MIN_GROUP_TILE = 256  # items per tile of a GroupRule at the least (a pair budget's share)
+# a rule's terms besides the tasks, where the group carries per-item values (GroupRule.prior):
+ITEM_TERM = "support"  # the group's own value of each item
+USER_TERM = "user"  # the user's part of the rating: less the rating of the state at zero
+# the kind of user served from demographics alone (no support rating): its own rule where the
+# group has one for it, else the cold-start users'
+DEMOGRAPHICS_ONLY = "demographics_only"
 
 
 def parse_rule(rule: str, tasks: list[str]) -> list[tuple[float, str]]:
@@ -53,21 +60,36 @@ class GroupRule:
     is ``users per block x tile`` whatever the group's size; ``tile`` 0 (the default): as many
     items as the scorer's pair budget allows per block of users (at least
     :data:`MIN_GROUP_TILE`). Any tile gives the same lists and scores.
+
+    With ``prior`` (a value per item of the group) a rule may also sum :data:`ITEM_TERM` (that
+    value) and :data:`USER_TERM` (the user's part of the rating task's raw output: the rating
+    of the user's state less the rating of the same state with its float values at zero), e.g.
+    ``support+0.25user``.
     """
 
     items: torch.Tensor  # (N,) item indices of the group
     rules: dict[str, str]  # served_by -> rule (:func:`parse_rule`)
     tile: int = 0  # items per tile; 0: from the scorer's pair budget
+    prior: torch.Tensor | None = None  # (N,) the group's own value of each item (ITEM_TERM)
+
+    def kind(self, served_by: str) -> str:
+        """The kind whose rule ranks users ``served_by`` (:data:`DEMOGRAPHICS_ONLY` falls back
+        to ``cold_start`` where the group has no rule of its own for it)."""
+        if served_by == DEMOGRAPHICS_ONLY and served_by not in self.rules:
+            return "cold_start"
+        return served_by
 
     def reorder(self, scorer: CatalogScorer, served_by: str,
                 exclude: tuple[torch.Tensor, torch.Tensor] | None) -> Reorder | None:  # fmt: skip
         """The :func:`recsys_mtl.runs.scoring.score_states` hook for users ``served_by``."""
-        rule = self.rules.get(served_by)
+        rule = self.rules.get(self.kind(served_by))
         if rule is None or not self.items.numel():
             return None
-        terms = parse_rule(rule, scorer.tasks)
+        extra = [ITEM_TERM, USER_TERM] if self.prior is not None else []
+        terms = parse_rule(rule, [*scorer.tasks, *extra])
         dev = scorer.device
         group = self.items.to(dev)
+        prior = None if self.prior is None else self.prior.to(dev).float()
         n = group.numel()
         where = torch.full((scorer.n_items,), -1, dtype=torch.long, device=dev)
         where[group] = torch.arange(n, device=dev)
@@ -90,7 +112,13 @@ class GroupRule:
             top_p = torch.empty(c, 0, dtype=torch.long, device=dev)
             for s0 in range(0, n, tile):
                 s1 = min(s0 + tile, n)
-                raw = scorer.raw_pairs(state, group[None, s0:s1].expand(c, -1))
+                tile_items = group[None, s0:s1].expand(c, -1)
+                raw = scorer.raw_pairs(state, tile_items)
+                if prior is not None:
+                    raw[ITEM_TERM] = prior[None, s0:s1].expand(c, -1)
+                if any(t == USER_TERM for _, t in terms):
+                    at_zero = scorer.raw_pairs(zeroed_state(state), tile_items)["rating"]
+                    raw[USER_TERM] = raw["rating"] - at_zero
                 value = sum(w * raw[t] for w, t in terms)
                 if at is not None:
                     hit = (at >= s0) & (at < s1)
@@ -105,3 +133,8 @@ class GroupRule:
             return torch.where(in_group, fill, items)
 
         return reorder
+
+
+def zeroed_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with its float values at zero (indices, e.g. a day-bias row, kept)."""
+    return {n: torch.zeros_like(v) if v.is_floating_point() else v for n, v in state.items()}

@@ -81,8 +81,16 @@ def test_the_four_states_are_counted_right(run_dir):
     for state, key in (("new_item", "rank_by"), ("new_new", "rank_by_new_new")):
         ndcg = doc["cold_valid"]["rank_by_state"][state]
         for method, task in doc["choice"][key].items():
-            mine = {n: v for n, v in ndcg.items() if n.startswith(f"{method}@")}
+            mine = {n: v for n, v in ndcg.items()
+                    if n.startswith(f"{method}@") and "@support+" not in n}  # fmt: skip
             assert ndcg[f"{method}@{task}"] == max(mine.values()) and len(mine) == 5
+    # new users on new items: item_state's support rules too, kept where one beats the rest
+    ndcg = doc["cold_valid"]["rank_by_state"]["new_new"]
+    support = {n: v for n, v in ndcg.items() if n.startswith("item_state@support+")}
+    assert len(support) == 5 and not any("@support+" in n for n in doc["cold_valid"]["rank_by"])
+    rule = doc["choice"]["new_new_rule"]
+    best = max((n for n in ndcg if n.startswith("item_state@")), key=ndcg.get)
+    assert rule == (best.split("@")[1] if best in support else None)
     served = json.loads((run_dir / "coldstart" / "served.json").read_text())["name"]
     got = {(r["labels"]["stratum"], r["labels"]["k"]): r["metrics"] for r in doc["rows"]
            if r["labels"]["learner"] in ("item_state", "ranker", served)}  # fmt: skip
@@ -232,7 +240,8 @@ def _score(cli, run_dir: Path, out: Path, *extra: object) -> tuple[pl.DataFrame,
 
 def test_score_ranks_new_items_by_the_rule_chosen_per_state(cli, run_dir, tmp_path):
     from meta.adapt import adapt_users
-    from meta.items_serve import grow_run, read_items_meta
+    from meta.items_rank import support_rules
+    from meta.items_serve import grow_run, new_item_group, read_items_meta
     from pipelines.commands.score import read_support
 
     meta_path, sup_path, new_users = _rank_files(run_dir, tmp_path)
@@ -240,7 +249,9 @@ def test_score_ranks_new_items_by_the_rule_chosen_per_state(cli, run_dir, tmp_pa
     got, report = _score(cli, run_dir, tmp_path / "chosen.parquet", *files)
     choice = json.loads((run_dir / "coldstart" / "items.json").read_text())["choice"]
     rules = {"model": choice["rank_by"]["item_state"],
-             "cold_start": choice["rank_by_new_new"]["item_state"]}  # fmt: skip
+             "cold_start": choice["new_new_rule"] or choice["rank_by_new_new"]["item_state"]}  # fmt: skip
+    if choice["new_new_rule"]:  # no support rating: the plain rule (the protocol's K = 0)
+        rules["demographics_only"] = choice["rank_by_new_new"]["item_state"]
     assert report["new_items_rank_by"] == rules and report["served_by"]["cold_start"] == 3
     # the blend, given: every item ranked by it (the places are the same, the known items too)
     blend, b_report = _score(cli, run_dir, tmp_path / "blend.parquet", *files,
@@ -262,6 +273,9 @@ def test_score_ranks_new_items_by_the_rule_chosen_per_state(cli, run_dir, tmp_pa
     ).all()
     assert (pairs.filter(is_new)["item_id"] != pairs.filter(is_new)["item_id_blend"]).any()
     cold = adapt_users(run, rest.rename({"user": "user_id", "item": "item_id"}))
+    cold_state = getattr(cold, "rank_state", None) or cold.state
+    prior = new_item_group(run, new, None, sup).prior  # a support rule's item part
+    where = {int(i): j for j, i in enumerate(new.tolist())}
     offsets, seen = run.seen
     ref = run.reference
     checked = {"model": 0, "cold_start": 0}
@@ -284,7 +298,7 @@ def test_score_ranks_new_items_by_the_rule_chosen_per_state(cli, run_dir, tmp_pa
             state = run.model.user_state(torch.tensor([u]))
             rated = set(seen[offsets[u] : offsets[u + 1]].tolist())
         else:
-            state = {n: v[[cold.user_ids.index(user)]] for n, v in cold.state.items()}
+            state = {n: v[[cold.user_ids.index(user)]] for n, v in cold_state.items()}
             rated = set(run.item_index(sup.filter(pl.col("user") == user)["item"])[0].tolist())
         cand = torch.tensor([i for i in new.tolist() if i not in rated])
         n = cand.numel()
@@ -292,7 +306,13 @@ def test_score_ranks_new_items_by_the_rule_chosen_per_state(cli, run_dir, tmp_pa
             raw = run.model.score({k: v.expand(n, *v.shape[1:]) for k, v in state.items()},
                                   {"item": cand, "day": torch.full((n,), ref["day"]),
                                    "time_bin": torch.full((n,), ref["time_bin"])})  # fmt: skip
-        value = _rule(rules[kind], raw)
+        support = rules[kind].startswith("support+")
+        if support:  # the item's support residual plus W times the user's part
+            grid = (cand[None], torch.full((1, n), ref["day"]), torch.full((1, n), ref["time_bin"]))
+            part = prior[[where[i] for i in cand.tolist()]]
+            value = support_rules(run.model, state, raw["rating"][None], grid, part)[rules[kind]][0]
+        else:
+            value = _rule(rules[kind], raw)
         order = torch.argsort(value, descending=True)[: mine.height]
         mine = mine.sort("rank")
         # the top of the rule among the new items the user has not rated, best first (items
@@ -300,13 +320,15 @@ def test_score_ranks_new_items_by_the_rule_chosen_per_state(cli, run_dir, tmp_pa
         of = dict(zip(run.item_ids.gather(cand.numpy()).to_list(), value.tolist(), strict=True))
         listed = torch.tensor([of[i] for i in mine["item_id"].to_list()])
         assert torch.equal(listed, value[order])
-        # each new item's own values in the row, and the rule's value from them
+        checked[kind] += 1
+        if support:
+            continue
+        # each new item's own values in the row, and the plain rule's value from them
         p = torch.from_numpy(mine["score_interaction"].to_numpy().astype(np.float64))
         from_row = _rule(rules[kind], {"rating": torch.from_numpy(mine["score_rating"].to_numpy()
                                                                   .astype(np.float64)),
                                        "interaction": torch.log(p / (1 - p))})  # fmt: skip
         assert torch.allclose(from_row, value[order].double(), atol=1e-3)
-        checked[kind] += 1
     assert checked["model"] >= 24 and checked["cold_start"] == 3, checked
 
 
@@ -452,3 +474,143 @@ def test_new_items_states_use_the_chosen_negatives_as_the_protocol_draws_them(ru
     bundle = load_bundle(export_bundle(copy, tmp_path / "bundle"))
     for name, rows in served(1, bundle).items():
         torch.testing.assert_close(rows, with_neg[name])
+
+
+def _support_run(run_dir: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the run serving new users' new items by a support rule: its own choice where it
+    made one, else ``support+0.25user`` written into its served record (the plain rule kept for
+    users without a support rating)."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    served = copy / "coldstart" / "served.json"
+    doc = json.loads(served.read_text())
+    rules = doc["new_items_rank_by"]
+    if not rules["cold_start"].startswith("support+"):
+        plain = rules["cold_start"]
+        rules.update(cold_start="support+0.25user", demographics_only=plain)
+        served.write_text(json.dumps(doc))
+    return copy, rules["cold_start"]
+
+
+def test_score_ranks_new_users_new_items_by_the_support_rule_as_the_protocol(cli, run_dir,
+                                                                            tmp_path):  # fmt: skip
+    from meta.adapt import adapt_users
+    from meta.items_eval import BiasParts, _floor_scores
+    from meta.items_rank import support_rules
+    from meta.items_serve import grow_run, new_item_group, read_items_meta
+    from meta.state import score_grid
+    from pipelines.commands.score import read_support
+    from recsys_mtl.io import load_tensors
+
+    doc = json.loads((run_dir / "coldstart" / "items.json").read_text())
+    rules = json.loads((run_dir / "coldstart" / "served.json").read_text())["new_items_rank_by"]
+    support_rule = doc["choice"]["new_new_rule"]  # what the run chose is what it serves
+    assert rules["cold_start"] == (support_rule or doc["choice"]["rank_by_new_new"]["item_state"])
+    assert ("demographics_only" in rules) == bool(support_rule)
+    copy, rule = _support_run(run_dir, tmp_path)
+    proto, meta_path, sup_path = _protocol_items(copy, tmp_path)  # the items' first 10 raters
+    # three new users (ids the log lacks): a held-out user's first 5 ratings of old items each
+    ratings, items, users = _frames(copy)
+    test_u = users.filter(pl.col("role") == "test")["uidx"].head(3).implode()
+    old = items.filter(pl.col("role") == "old")["iidx"].implode()
+    feats = pl.read_parquet(copy / "features" / "item_features.parquet")
+    mine = (ratings.filter(pl.col("uidx").is_in(test_u) & pl.col("iidx").is_in(old))
+            .sort("uidx", "ts", "row").group_by("uidx", maintain_order=True).head(5)
+            .join(feats.select("iidx", "item_id"), on="iidx"))  # fmt: skip
+    item_sup = pl.read_csv(sup_path)
+    mine = mine.select(user=pl.col("uidx") + 90_000, item="item_id", rating="rating")
+    pl.concat([item_sup, mine.cast(item_sup.schema)]).write_csv(sup_path)
+    new_users = mine["user"].unique().sort().to_list()
+    listed = tmp_path / "users.txt"
+    listed.write_text("\n".join(str(u) for u in new_users) + "\n")
+    files = ("--items-meta", meta_path, "--support", sup_path, "--users", listed)
+    got, report = _score(cli, copy, tmp_path / "out.parquet", *files, "--top-k", 5000)
+    assert report["new_items_rank_by"]["cold_start"] == rule
+    assert report["served_by"]["cold_start"] == 3
+    # the protocol's parts: the raters' offsets, and the items' support residual (the item
+    # score of its user_offset floor) on the same first 10 raters
+    bias = BiasParts(proto.data, proto.train_old, load_run(copy).model)
+    saved = load_tensors(copy / "coldstart" / "rater_offsets.pt")
+    assert saved["mu"].item() == bias.mu and torch.equal(saved["user"], bias.bu)
+    s = proto.new_item()
+    floor = _floor_scores(bias, proto, 10, s, torch.zeros(len(s.users)), float(saved["shrinkage"]))
+    item_part = floor["user_offset"][0][torch.from_numpy(proto.items.astype(np.int64))]
+    assert (item_part != 0).all()
+    base = load_run(copy)
+    sup = read_support(sup_path, base.ctx.rating_scale, base.user_ids.dtype, base.item_ids.dtype)
+    run, rest, new = grow_run(base, read_items_meta(meta_path, base.item_ids.dtype), sup)
+    assert torch.equal(new, torch.from_numpy(proto.items.astype(np.int64)))
+    group = new_item_group(run, new, None, sup)
+    assert torch.equal(group.prior, item_part)  # served residuals: the protocol's, bit for bit
+    # each new user's new items: the protocol's support rule (meta.items_rank) on the grown
+    # run's item rows and the user's served state, at the reference time, best first
+    cold = adapt_users(run, rest.rename({"user": "user_id", "item": "item_id"}))
+    ranked = getattr(cold, "rank_state", None) or cold.state
+    n, ref = new.numel(), run.reference
+    new_ids = run.item_ids.gather(new.numpy())
+    differs = 0
+    for user in new_users:
+        row = cold.user_ids.index(user)
+        state = {k: v[[row]] for k, v in ranked.items()}
+        grid = (new[None, :], torch.full((1, n), ref["day"]), torch.full((1, n), ref["time_bin"]))
+        with torch.no_grad():
+            rating = score_grid(run.model, state, *grid)["rating"]
+        value = support_rules(run.model, state, rating, grid, item_part)[rule][0]
+        of = dict(zip(new_ids.to_list(), value.tolist(), strict=True))
+        listed_new = got.filter((pl.col("user_id") == user) & pl.col("item_id").is_in(
+            new_ids.implode())).sort("rank")  # fmt: skip
+        assert listed_new.height == n  # no new item is in a new user's support
+        served = torch.tensor([of[i] for i in listed_new["item_id"].to_list()])
+        assert torch.equal(served, value.sort(descending=True).values), user
+        with torch.no_grad():
+            raw = score_grid(run.model, state, *grid)
+        plain = _rule(doc["choice"]["rank_by_new_new"]["item_state"], raw)[0]
+        differs += not torch.equal(plain.argsort(descending=True), value.argsort(descending=True))
+    assert differs == 3  # the plain rule would rank them otherwise
+
+
+def test_a_model_serves_the_support_rule_as_its_run_and_one_from_before_says_so(cli, run_dir,
+                                                                                tmp_path):  # fmt: skip
+    from recsys_mtl.runs.bundle import export_bundle
+
+    copy, rule = _support_run(run_dir, tmp_path)
+    meta_path, sup_path, new_users = _rank_files(copy, tmp_path)
+    files = ("--items-meta", meta_path, "--support", sup_path)
+    want, w_report = _score(cli, copy, tmp_path / "run.parquet", *files)
+    bundle = export_bundle(copy, tmp_path / "bundle")
+    assert (bundle / "coldstart" / "rater_offsets.pt").stat().st_size < 20_000  # one float a user
+    got, report = _score(cli, bundle, tmp_path / "model.parquet", *files)
+    assert report["new_items_rank_by"] == w_report["new_items_rank_by"]
+    assert report["new_items_rank_by"]["cold_start"] == rule and got.equals(want)
+    # a model from before the offsets: its record names the plain rule, which it serves
+    (bundle / "coldstart" / "rater_offsets.pt").unlink()
+    code, _, err = cli("score", bundle, "--top-k", 20, "--out", tmp_path / "o.parquet", *files)
+    lines = [line for line in err.strip().splitlines() if line]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("recsys-mtl: error: "), err
+    for needle in (str(bundle), rule, "coldstart/rater_offsets.pt", "recsys-mtl register"):
+        assert needle in lines[0], lines[0]
+    assert not (tmp_path / "o.parquet").exists()
+    served = bundle / "coldstart" / "served.json"
+    doc = json.loads(served.read_text())
+    plain = doc["new_items_rank_by"].pop("demographics_only")
+    doc["new_items_rank_by"]["cold_start"] = plain
+    served.write_text(json.dumps(doc))
+    old, o_report = _score(cli, bundle, tmp_path / "old.parquet", *files)
+    assert o_report["new_items_rank_by"] == {"model": doc["new_items_rank_by"]["model"],
+                                             "cold_start": plain}  # fmt: skip
+    known = pl.col("served_by") == "model"
+    assert old.filter(known).equals(want.filter(known))
+    # the new users' whole lists: the same places for new items, filled in another order
+    listed = tmp_path / "users.txt"
+    listed.write_text("\n".join(str(u) for u in new_users) + "\n")
+    whole = ("--users", listed, "--top-k", 5000)
+    by_rule, _ = _score(cli, copy, tmp_path / "rule-all.parquet", *files, *whole)
+    by_plain, _ = _score(cli, bundle, tmp_path / "plain-all.parquet", *files, *whole)
+    assert by_rule.height == by_plain.height and set(by_rule["user_id"]) == set(new_users)
+    new_ids = pl.read_csv(meta_path)["item_id"].cast(by_rule["item_id"].dtype).implode()
+    is_new = by_rule["item_id"].is_in(new_ids)
+    assert is_new.to_list() == by_plain["item_id"].is_in(new_ids).to_list()
+    assert (by_rule.filter(~is_new)["item_id"] == by_plain.filter(~is_new)["item_id"]).all()
+    assert (by_rule.filter(is_new)["item_id"] != by_plain.filter(is_new)["item_id"]).any()

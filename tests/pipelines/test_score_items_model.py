@@ -23,6 +23,7 @@ SETS = ["tracking.enabled=true", "tracking.experiment=items", "train.epochs=3",
         "meta.fold_in_lrs=[0.01]", "meta.holdout=0.1", "meta.cold_valid=0.05",
         "meta.new_items=0.1", "meta.item_ks=[5]"]  # fmt: skip
 NEW_ID = 99_001  # an item the log has never had
+NEW_USER = 99_002  # a user the log has never had
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,21 @@ def tracked(ml100k, tmp_path_factory) -> tuple[Path, str, dict]:
     uri = f"sqlite:///{base / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as mp, contextlib.chdir(base):
         mp.setenv("MLFLOW_TRACKING_URI", uri)
+        # new users' new items ranked by a support rule (the run's choice, else one put into
+        # its served record as it is written, before the model is logged), which reads the
+        # raters' offsets the model carries
+        from meta import items_serve
+
+        chosen = items_serve.new_item_rules
+
+        def support_rule(doc: dict) -> dict | None:
+            rules = chosen(doc)
+            if rules and not rules["cold_start"].startswith("support+"):
+                rules = {**rules, "cold_start": "support+0.25user",
+                         "demographics_only": rules["cold_start"]}  # fmt: skip
+            return rules
+
+        mp.setattr(items_serve, "new_item_rules", support_rule)
         run_command(str(CONFIG), [f"data.path={ml100k}", *SETS], str(base / "run"), False)
         from recsys_mtl.tracking.model import register
 
@@ -75,7 +91,14 @@ def _item_files(run_dir: Path, tmp_path: Path) -> tuple[Path, Path, list]:
              .group_by("iidx", maintain_order=True).head(10))  # fmt: skip
     uid = pl.read_parquet(run_dir / "features" / "user_features.parquet").select("uidx", "user_id")
     sup = first.join(uid, on="uidx").join(feats.select("iidx", "item_id"), on="iidx")
-    sup.select(user="user_id", item="item_id", rating="rating").write_csv(tmp_path / "support.csv")
+    sup = sup.select(user="user_id", item="item_id", rating="rating")
+    # a new user (an id the log lacks): a held-out user's first 5 ratings of old items
+    old = items.filter(pl.col("role") == "old")["iidx"].implode()
+    held_u = users.filter(pl.col("role") == "test")["uidx"].head(1).implode()
+    mine = (ratings.filter(pl.col("uidx").is_in(held_u) & pl.col("iidx").is_in(old))
+            .sort("ts", "row").head(5).join(feats.select("iidx", "item_id"), on="iidx"))  # fmt: skip
+    mine = mine.select(user=pl.lit(NEW_USER), item="item_id", rating="rating")
+    pl.concat([sup, mine.cast(sup.schema)]).write_csv(tmp_path / "support.csv")
     return tmp_path / "items.csv", tmp_path / "support.csv", meta["item_id"].to_list()
 
 
@@ -93,14 +116,18 @@ def test_a_registered_model_serves_new_items_as_its_run_folder_does(tracked, sto
     got = _score(cli, version["model_uri"], tmp_path / "model.parquet", items, support)
     want = _score(cli, run_dir, tmp_path / "run.parquet", items, support)
     assert got["new_items"] == want["new_items"] == len(ids) == 7
-    # the model carries the run's choice of what ranks new items (its served record)
+    # the model carries the run's choice of what ranks new items (its served record), a new
+    # user's support rule with the raters' offsets it reads
     assert got["new_items_rank_by"] == want["new_items_rank_by"] != "blend"
+    assert got["new_items_rank_by"]["cold_start"].startswith("support+")
+    assert got["served_by"]["cold_start"] == 1
     model = pl.read_parquet(tmp_path / "model.parquet")
     assert_frame_equal(model, pl.read_parquet(tmp_path / "run.parquet"))
     assert model.filter(pl.col("item_id").is_in(ids)).height > 0  # new items are recommended
     # every item's score, new ones included, for a few users: the whole grown catalog
     users = tmp_path / "users.txt"
-    users.write_text("\n".join(str(u) for u in model["user_id"].unique().sort().head(8)) + "\n")
+    some = [*model["user_id"].unique().sort().head(8).to_list(), NEW_USER]
+    users.write_text("\n".join(str(u) for u in some) + "\n")
     for source, name in ((version["model_uri"], "model-all"), (run_dir, "run-all")):
         out = tmp_path / f"{name}.parquet"
         code, _, err = cli("score", source, "--top-k", 5000, "--out", out, "--items-meta", items,
@@ -128,6 +155,11 @@ def test_the_model_carries_no_training_ratings_and_nothing_pickled(tracked, stor
     assert (bundle / "coldstart" / "item_side.pt").stat().st_size < 200_000
     side = load_tensors(bundle / "coldstart" / "item_side.pt")  # weights_only: nothing runs
     assert side["trained"].dtype == torch.bool and side["weights"]
+    # the raters' offsets: aggregates, one float per user (no rating, no item)
+    offsets = load_tensors(bundle / "coldstart" / "rater_offsets.pt")
+    assert set(offsets) == {"mu", "user", "shrinkage"} and offsets["mu"].dim() == 0
+    n_users = pl.read_parquet(bundle / "users.parquet").height
+    assert offsets["user"].shape == (n_users,) and offsets["user"].dtype == torch.float64
 
 
 def test_a_model_logged_before_new_items_exits_2_saying_how_to_log_it_again(cli, tmp_path):

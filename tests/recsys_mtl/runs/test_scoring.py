@@ -280,6 +280,43 @@ def test_a_group_rule_in_tiles_gives_the_lists_and_scores_of_one_tile(run, pair_
     assert_frame_equal(frames[64], frames[0])
 
 
+def test_a_group_with_item_values_ranks_by_them_plus_the_users_part(run):
+    from recsys_mtl.runs.group import DEMOGRAPHICS_ONLY, GroupRule, zeroed_state
+
+    group = torch.arange(3, run.ctx.n_items, 2)
+    prior = torch.linspace(-1.0, 1.0, group.numel(), dtype=torch.float64).flip(0)
+    rules = {"model": "rating", "cold_start": "support+0.5user"}
+    support = _new_users(run)
+    got, _ = recommend(run, run.ctx.n_items, support=support, adapt=_adapt,
+                       group=GroupRule(group, rules, prior=prior),
+                       cold_blend={"interaction": 1.0})  # fmt: skip
+    adapted = _adapt(run, support.rename({"user": "user_id", "item": "item_id"}))
+    ref, n = run.reference, group.numel()
+    batch = {"item": group, "time_bin": torch.full((n,), ref["time_bin"]),
+             "day": torch.full((n,), ref["day"])}  # fmt: skip
+    ids = run.item_ids.gather(group.numpy())
+    for j, user in enumerate(adapted.user_ids):
+        state = {name: v[[j]].expand(n, *v.shape[1:]) for name, v in adapted.state.items()}
+        with torch.no_grad():
+            rating = run.model.score(state, batch)["rating"]
+            at_zero = run.model.score(zeroed_state(state), batch)["rating"]
+        value = prior.float() + 0.5 * (rating - at_zero)
+        rated = run.item_index(support.filter(pl.col("user") == user)["item"])[0]
+        value[torch.isin(group, rated)] = float("-inf")
+        mine = got.filter((pl.col("user_id") == user) & pl.col("item_id").is_in(ids.implode()))
+        of = dict(zip(ids.to_list(), value.tolist(), strict=True))
+        listed = torch.tensor([of[i] for i in mine.sort("rank")["item_id"].to_list()])
+        assert torch.equal(listed, value.sort(descending=True).values[: listed.numel()])
+        # the user's part is not the rating: the item's own terms are left out
+        assert not torch.equal((rating - at_zero).argsort(), rating.argsort())
+    # users with no support rating: their own rule where the group has one, else the new users'
+    assert GroupRule(group, rules, prior=prior).kind(DEMOGRAPHICS_ONLY) == "cold_start"
+    own = {**rules, DEMOGRAPHICS_ONLY: "rating"}
+    assert GroupRule(group, own, prior=prior).kind(DEMOGRAPHICS_ONLY) == DEMOGRAPHICS_ONLY
+    with pytest.raises(UserError, match="support"):  # no item values: not a term
+        recommend(run, 3, support=support, adapt=_adapt, group=GroupRule(group, rules))
+
+
 def test_pairs_are_scored_like_the_model_and_unknown_items_get_null(run):
     users = pl.Series([run.user_ids[0], run.user_ids[3], "stranger"])
     items = pl.Series([run.item_ids[5], run.item_ids[7], run.item_ids[5]])
