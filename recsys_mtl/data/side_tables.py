@@ -16,6 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
+from recsys_mtl.data.exports import missing_as_null
 from recsys_mtl.data.lines import (
     cast_fields,
     decode_text,
@@ -69,7 +70,7 @@ def _side_table(
     lines, legacy = read_side_lines(path)
     allow_extra = allow_extra or _extra_fields(lines, sep, names, path)
     lf = split_fields(lines, sep, names, allow_extra=allow_extra, check_encoding=False)
-    df = cast_fields(lf, dtypes).collect()
+    df = _cast(lf, dtypes).collect()
     return _keep_first_id(df, path, table, rt, blank=lines["raw"].null_count(), legacy=legacy)
 
 
@@ -99,6 +100,12 @@ def _say_ignored(path: Path, extra: list[str], known: list[str]) -> None:
         ", ".join(known) if len(known) <= 6 else ", ".join(known[:5]) + ", ...",
         ", ".join(extra),
     )
+
+
+def _cast(lf: pl.LazyFrame, types: dict[str, pl.DataType]) -> pl.LazyFrame:
+    """The typed fields cast (:func:`cast_fields`), a spelled-out missing value (``NA``,
+    ``null``, ...) first made null: ``missing_<field>``, as in rating files and generic logs."""
+    return cast_fields(lf.with_columns(missing_as_null(list(types), numbers=())), types)
 
 
 def _keep_first_id(
@@ -180,7 +187,7 @@ def _read_dat_side(layout: Layout, rt: RawTables) -> None:
         names = ["user_id", "item_id", "tag", "ts"]
         types = {"user_id": pl.Int64, "item_id": pl.Int64, "ts": pl.Int64}
         lines, legacy = read_side_lines(path)
-        lf = cast_fields(split_fields(lines, "::", names, check_encoding=False), types)
+        lf = _cast(split_fields(lines, "::", names, check_encoding=False), types)
         rt.tags = _rows_only(lf.collect(), path, "tags", rt, legacy=legacy)
 
 
@@ -217,7 +224,7 @@ def _csv_side(df: pl.DataFrame, names: list[str], types: dict[str, pl.DataType])
     renamed = df.rename(dict(zip(df.columns[2:], names, strict=True)))
     # decode_text leaves no undecodable bytes: a side row has no bad_encoding reason.
     lf = renamed.lazy().with_columns(pl.lit(None, pl.String).alias("reason"))
-    return cast_fields(lf.select("line", "raw", "reason", *names), types).collect()
+    return _cast(lf.select("line", "raw", "reason", *names), types).collect()
 
 
 def _read_csv_side(layout: Layout, rt: RawTables) -> None:

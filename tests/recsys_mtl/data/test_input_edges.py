@@ -178,3 +178,21 @@ def test_grouplens_files_say_missing_for_missing_values_as_generic_logs_do(
         (8, "missing_ts"),
     ]  # fmt: skip
     assert not any(r.startswith("invalid_") for r in report["interactions"]["rows_quarantined"])
+
+
+def test_grouplens_side_tables_say_missing_for_missing_ids(tmp_path):
+    """u.user and u.item lines whose id (or age) spells a missing value are ``missing_<field>``
+    in the quarantine, as in the rating files (they were ``invalid_<field>``)."""
+    folder = tmp_path / "ml-100k"
+    write(folder / "u.data", "1\t1\t4\t100\n2\t2\t5\t101\n")
+    write(
+        folder / "u.user", "1|24|M|technician|85711\nNA|53|F|other|94043\n2|null|M|writer|32067\n"
+    )
+    item = "|01-Jan-1995||http://x|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+    write(folder / "u.item", "1|A (1995)" + item + "NaN|B (1995)" + item + "2|C (1995)" + item)
+    _both(tmp_path, folder)
+    q = pl.read_parquet(tmp_path / "eager" / "quarantine.parquet")
+    reasons = q.filter(pl.col("table") != "interactions").sort("table", "line")
+    assert reasons.select("table", "line", "reason").rows() == [
+        ("items", 2, "missing_item_id"), ("users", 2, "missing_user_id"), ("users", 3, "missing_age"),
+    ]  # fmt: skip
