@@ -35,6 +35,7 @@ class ScanPlan:
     loose_ids: frozenset[str] = frozenset()  # id fields cleaned of spaces and quotes, 12.0 read
     ts_per_second: int = 1  # epoch numbers a second: 1, or 10**3, 10**6, 10**9 (ms, us, ns)
     decimal_ids: frozenset[str] = frozenset()  # integer id fields seen written as 12.0
+    text_rating: bool = False  # ratings read by the text reader's rules (a bad one quarantined)
     typed: bool = True  # False: only the text reader reads the log (lazily, in several passes)
 
 

@@ -200,8 +200,9 @@ def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
 
 def widen(layout: Layout) -> Layout | None:
     """``layout`` with a plan that reads more fields as text, for a second typed pass after a
-    first found rows it did not read (a string id or an ISO time past the first rows), or None
-    (the text reader then reads the log)."""
+    first found rows it did not read or stopped at a field it could not parse (a string id or
+    an ISO time past the first rows, a rating that is no number), or None (the text reader then
+    reads the log)."""
     if layout.scan is None or not layout.scan.typed or layout.kind == "parquet":
         return None
     path = layout.files["ratings"]

@@ -35,11 +35,15 @@ def _log(tmp_path, lines: list[str], header: str | None = HEADER, name: str = "l
 
 BASE = _lines()
 LATE = 2000  # a line past the first ones the typed scan looks at before it streams
+# ratings the typed scan cannot parse: quoted, spaced, missing, nan, a quote inside, no number
+LATE_RATINGS = ['5,6," 4 ",100', "5,7, NA ,101", "5,8,,102", "5,9,nan,103", '5,10,"4""",104',
+                "5,11,4.5 ,105", '5,12,"  ",106', "5,13,abc,107"]  # fmt: skip
 CASES = {
     "clean": BASE,
     "a repeated pair, later": [*BASE, BASE[10].rsplit(",", 1)[0] + ",5000000"],
     "a blank line": [*BASE[:100], "", *BASE[100:]],
     "a rating that is not a number": [*BASE[:LATE], "5,6,abc,100", *BASE[LATE:]],
+    "ratings the text reader cleans or refuses, late": [*BASE[:LATE], *LATE_RATINGS, *BASE[LATE:]],
     "a string id, late": [*BASE[:LATE], "u5,6,4,100", *BASE[LATE:]],
     "a zero-padded id, late": [*BASE[:LATE], "007,6,4,100", *BASE[LATE:]],
     "a quoted id, late": [*BASE[:LATE], '"5",6,4,100', *BASE[LATE:]],
@@ -187,3 +191,32 @@ def test_the_text_of_rejected_lines_is_found_in_blocks_as_the_line_scan_reads_it
     assert found.equals(every) and every.height == 6
     some = _lines_at(path, np.array([2, 3, 6, 9]), block)  # 9: past the end
     assert some.equals(every.filter(pl.col("line").is_in([2, 3, 6])))
+
+
+def test_a_rating_the_typed_scan_cannot_parse_keeps_the_log_on_it(tmp_path, monkeypatch):
+    """A late rating that is no number (or spelled missing, empty, quoted) is quarantined by a
+    second typed pass that reads ratings by the text reader's rules: the log never goes to the
+    text reader (about 9x slower at 25M ratings), and its tables are that reader's."""
+    import recsys_mtl.data.onepass as onepass
+
+    lines = [*BASE[:LATE], "5,6,abc,100", "5,7, NA ,101", "5,8,,102", '5,9," 4 ",103',
+             "5,10,nan,104", *BASE[LATE:]]  # fmt: skip
+    path = _log(tmp_path, lines)
+    _both(tmp_path / "both", path, columns=COLUMNS, max_quarantine_share=1.0)
+
+    def text_reader(*args, **kwargs):
+        raise AssertionError("the log went to the text reader")
+
+    monkeypatch.setattr(onepass, "_text_pass", text_reader)
+    cfg = DataConfig(path=str(path), columns=COLUMNS, max_quarantine_share=1.0)
+    report = ingest(cfg, tmp_path / "typed", streaming=True).report["interactions"]
+    q = pl.read_parquet(tmp_path / "typed" / "quarantine.parquet").sort("line")
+    q = q.filter(pl.col("reason") != "duplicate_pair")  # the pairs BASE repeats
+    first = LATE + 2  # the header is line 1
+    assert q.select("line", "reason").rows() == [
+        (first, "invalid_rating"), (first + 1, "missing_rating"), (first + 2, "missing_rating"),
+        (first + 4, "rating_out_of_scale"),
+    ]  # fmt: skip
+    kept = pl.read_parquet(tmp_path / "typed" / "interactions.parquet")
+    assert kept.filter(pl.col("ts") == 103).rows() == [(5, 9, 4.0, 103)]  # ' "4" ' is 4
+    assert report["rows_quarantined"]["invalid_rating"] == 1
