@@ -27,7 +27,7 @@ TOOLS = {
     "ingest_generic": "`recsys-mtl` ingest, the same ratings as a generic CSV log",
     "ingest_text_ids": "`recsys-mtl` ingest, that log with text ids (`u12`, `B000000012`)",
     "ingest+features_text_ids": "`recsys-mtl` ingest + features, that log with text ids",
-    "ingest_dirty": "`recsys-mtl` ingest, the generic log with a bad last line (text reader)",
+    "ingest_dirty": "`recsys-mtl` ingest, the generic log with a rating that is no number on its last line",
 }
 
 
