@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -102,22 +103,9 @@ def test_a_sigterm_to_torchrun_ends_the_run_failed_saying_the_job_was_stopped(tm
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
            "MLFLOW_TRACKING_URI": store}  # fmt: skip
     cmd = _torchrun(tmp_path, "run", str(tmp_path / "c.yaml"), "--out", str(run))
-    with (tmp_path / "log").open("w") as log:
-        job = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while not list(run.glob(".checkpoints/train-*/dcp/state.json")):  # training under way
-            assert job.poll() is None and time.monotonic() < deadline, "no epoch ended"
-            time.sleep(0.05)
-        os.kill(job.pid, signal.SIGTERM)  # torchrun itself, not a worker
-        job.wait(timeout=60)
-    finally:
-        if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
-            job.wait()
-    out = (tmp_path / "log").read_text()
-    assert job.returncode != 0, out[-3000:]
+    training = lambda: bool(list(run.glob(".checkpoints/train-*/dcp/state.json")))  # noqa: E731
+    returncode, out, _ = _stopped(tmp_path, cmd, env, training)
+    assert returncode != 0, out[-3000:]
     assert _errors(out) == [STOPPED_JOB], out[-3000:]
     client = MlflowClient(tracking_uri=store)
     runs = client.search_runs([client.get_experiment_by_name("stopped").experiment_id])
@@ -136,16 +124,28 @@ def test_a_stop_while_rank_0_waits_in_a_collective_is_said_once(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = _torchrun(tmp_path, "score", str(tmp_path / "c.yaml"), "blocked", "1",
                     module="tests.faults.exits_job")  # fmt: skip
+    returncode, out, took = _stopped(tmp_path, cmd, env, (tmp_path / "ready").exists, 1.0)
+    assert returncode != 0, out[-3000:]
+    assert _errors(out) == [STOPPED_JOB], out[-3000:]
+    assert took < SAY_WAIT, out[-3000:]  # nobody waited out rank 0's silence
+
+
+def _stopped(
+    tmp_path, cmd: list[str], env: dict, ready: Callable[[], bool], settle: float = 0.0
+) -> tuple[int, str, float]:
+    """Start the torchrun job ``cmd``, wait until ``ready()`` (then ``settle`` seconds), send
+    torchrun itself SIGTERM (as ``kill`` or a scheduler does); returns its exit code, its
+    output and the seconds from the signal to its end."""
     with (tmp_path / "log").open("w") as log:
         job = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                                start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while not (tmp_path / "ready").exists():
-            assert job.poll() is None and time.monotonic() < deadline, "rank 1 never got ready"
+        while not ready():
+            assert job.poll() is None and time.monotonic() < deadline, "the job never got ready"
             time.sleep(0.05)
-        time.sleep(1.0)  # rank 0 in its collective
-        os.kill(job.pid, signal.SIGTERM)
+        time.sleep(settle)
+        os.kill(job.pid, signal.SIGTERM)  # torchrun itself, not a worker
         stopped = time.monotonic()
         job.wait(timeout=60)
         took = time.monotonic() - stopped
@@ -153,7 +153,4 @@ def test_a_stop_while_rank_0_waits_in_a_collective_is_said_once(tmp_path):
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
             job.wait()
-    out = (tmp_path / "log").read_text()
-    assert job.returncode != 0, out[-3000:]
-    assert _errors(out) == [STOPPED_JOB], out[-3000:]
-    assert took < SAY_WAIT, out[-3000:]  # nobody waited out rank 0's silence
+    return job.returncode, (tmp_path / "log").read_text(), took
