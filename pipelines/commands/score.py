@@ -93,7 +93,9 @@ def add_parser(subparsers: Any) -> None:
         "in --support; SOURCE (a run or a model) carries the features spec and the fitted "
         "side-feature ridge. Without --blend, the places the blend gives new items in a list "
         "are filled by the rule the run chose on its cold validation items for the user's "
-        "state (known or new user), and the report names it (new_items_rank_by)",
+        "state (known or new user; for a new user, the rating, the logit, their sum, or the "
+        "item's support residual plus W times the user's part of the rating), and the report "
+        "names it (new_items_rank_by)",
     )
     sc.add_argument(
         "--tile-items",
