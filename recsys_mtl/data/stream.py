@@ -187,13 +187,15 @@ def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
     try:
         if layout.kind != "parquet":
             plan = text_fields(path, plan, _HEAD_ROWS)
-        head = _scanned(layout, plan).head(_HEAD_ROWS)
-        clean = not head.select((pl.col("reason") == UNPARSED).any()).collect().item()
+        clean = _head_reads(layout, plan)
     except pl.exceptions.PolarsError:  # ragged lines, bytes that are not UTF-8, ...
         clean = False
-    if clean and plan.ts_per_second > 1:
-        say_epoch_unit(path, plan.ts_per_second)
+    if not clean and layout.kind != "parquet" and "rating" in plan.positions:
+        rated = replace(plan, text_rating=True)  # a first rating that is no number, or empty
+        plan, clean = (rated, True) if _head_reads(layout, rated) else (plan, False)
     if clean:
+        if plan.ts_per_second > 1:
+            say_epoch_unit(path, plan.ts_per_second)
         say_decimals(path.name, plan.decimal_ids)
     return replace(layout, scan=replace(plan, typed=clean))
 
@@ -214,6 +216,15 @@ def widen(layout: Layout) -> Layout | None:
 
 
 _HEAD_ROWS = 1000
+
+
+def _head_reads(layout: Layout, plan: ScanPlan) -> bool:
+    """Whether the typed scan of ``plan`` reads the first rows as the text reader would."""
+    head = _scanned(layout, plan).head(_HEAD_ROWS).select((pl.col("reason") == UNPARSED).any())
+    try:
+        return not head.collect().item()
+    except pl.exceptions.PolarsError:  # ragged lines, bytes that are not UTF-8, ...
+        return False
 
 
 def _scanned(layout: Layout, plan: ScanPlan) -> pl.LazyFrame:

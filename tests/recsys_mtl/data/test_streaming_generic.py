@@ -81,11 +81,12 @@ def test_other_shapes_stream_alike(tmp_path):
     ("first", "streams"),
     [("7,6,4,100", True), ("u7,6,4,100", True), ("007,6,4,100", True),
      ("7,6,4,2020-01-01", True), ("7,6,4,1600000000000", False), ("7,6,4,100.5", False),
-     (",6,4,100", False)],
+     (",6,4,100", False), ("7,6,abc,100", True), ("7,6,,100", True), ('7,6," NA ",100', True)],
 )  # fmt: skip
 def test_a_log_whose_first_lines_need_the_text_reader_goes_there_at_once(tmp_path, first, streams):
-    """String ids and ISO times stream (read as text); another time unit, a decimal time or an
-    empty field send the log to the text reader before any pass."""
+    """String ids and ISO times stream (read as text), and so do ratings that are no number,
+    empty or spelled missing (read by the text reader's rules, quarantined); another time unit,
+    a decimal time or an empty id send the log to the text reader before any pass."""
     path = _log(tmp_path, [first, *BASE])
     cfg = DataConfig(path=str(path), columns=COLUMNS)
     assert (scan_generic(resolve_layout(cfg, tmp_path), cfg).scan.typed) == streams
