@@ -174,7 +174,7 @@ def scan_generic(layout: Layout, cfg: DataConfig) -> Layout:
     by a typed scan where one reads it (:func:`~recsys_mtl.data.text_scan.scan_plan`,
     :func:`~recsys_mtl.data.parquet_scan.parquet_plan`) and its first rows parse, string ids
     and ISO times read as the first rows ask; else (``typed`` False: another time unit, decimal
-    times, empty fields, the whitespace separator, a timestamp format, row order as time...)
+    times, empty ids or times, the whitespace separator, a timestamp format, row order as time...)
     by the text reader at once, lazily, not after a whole pass. A file the readers refuse keeps
     no plan (the in-memory reader says what is wrong with it)."""
     path = layout.files["ratings"]
