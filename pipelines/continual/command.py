@@ -110,8 +110,8 @@ def stream_command(
     # deferred: the config schema, the plots and the recipe load pydantic, matplotlib and torch
     from pipelines.plots import plot_stream
     from pipelines.process import prepare_process
+    from recsys_mtl.build import check_like_threshold
     from recsys_mtl.config import load_config
-    from recsys_mtl.train.recipe import check_like_threshold
 
     cfg = load_config(config_path, overrides)
     if cfg.split.strategy != "stream":

@@ -33,6 +33,7 @@ from recsys_mtl.data.lines import WHITESPACE, first_value
 
 __all__ = [
     "MISSING_SPELLINGS",
+    "decimal_comma",
     "drop_trailing_separator",
     "every_line_ends",
     "id_checks",
@@ -42,7 +43,6 @@ __all__ = [
     "missing_as_null",
     "read_ids",
     "say_decimals",
-    "spelled_missing",
     "text_id",
     "whole_decimal",
 ]
@@ -76,12 +76,6 @@ def missing_as_null(fields: list[str], numbers: tuple[str, ...] = ("rating",)) -
         pl.when(is_missing(pl.col(f), nan=f not in numbers)).then(None).otherwise(f).alias(f)
         for f in fields
     ]
-
-
-def spelled_missing(rows: pl.LazyFrame) -> pl.LazyFrame:
-    """The split rating fields of a GroupLens file with each spelling of a missing value made
-    null (:func:`missing_as_null`): ``missing_<field>``, as in generic logs, not ``invalid_``."""
-    return rows.with_columns(missing_as_null(["user_id", "item_id", "rating", "ts"]))
 
 
 def id_checks() -> list[pl.Expr]:
@@ -173,6 +167,12 @@ def _integer(text: pl.Expr) -> pl.Expr:
     """The integer part of a whole decimal as text, when it fits in an Int64 (else null)."""
     digits = text.str.replace(r"\.0+$", "")
     return pl.when(digits.cast(pl.Int64, strict=False).is_not_null()).then(digits)
+
+
+def decimal_comma(text: pl.Expr) -> pl.Expr:
+    """A rating field stripped, a decimal comma made a point (``4,5`` in a ``;``-separated or
+    quoted field, as European spreadsheets write)."""
+    return text.str.strip_chars().str.replace(r"^([-+]?\d+),(\d+)$", "$1.$2")
 
 
 def every_line_ends(sep: str) -> pl.Expr:

@@ -21,6 +21,7 @@ import polars as pl
 
 from recsys_mtl.config import ColumnsConfig, DataConfig
 from recsys_mtl.data.exports import (
+    decimal_comma,
     drop_trailing_separator,
     every_line_ends,
     id_checks,
@@ -74,9 +75,7 @@ def read_generic(layout: Layout, cfg: DataConfig) -> tuple[pl.LazyFrame, int, bo
         wanted["rating"] = "_no_rating"
     lf = lf.select("line", "raw", "reason", *[pl.col(wanted[f]).alias(f) for f in RATING_FIELDS])
     lf = lf.with_columns(missing_as_null(RATING_FIELDS))  # nan, NA, null, None: missing_<field>
-    # a decimal comma (4,5 in a ;-separated or quoted field, as European spreadsheets write)
-    decimal = pl.col("rating").str.strip_chars().str.replace(r"^([-+]?\d+),(\d+)$", "$1.$2")
-    lf = lf.with_columns(decimal.alias("rating"))
+    lf = lf.with_columns(decimal_comma(pl.col("rating")).alias("rating"))
     # one pass finds which id columns are not plain integers and the times' lowest number
     checks = [*id_checks(), *([lowest_time()] if cfg.timestamp_format is None else [])]
     found = lf.select(checks).collect(engine="streaming").row(0, named=True)

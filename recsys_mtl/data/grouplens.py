@@ -26,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
-from recsys_mtl.data.exports import spelled_missing
+from recsys_mtl.data.exports import missing_as_null
 from recsys_mtl.data.generic import read_generic
 from recsys_mtl.data.lines import cast_fields, first_line, read_lines, split_fields
 from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, Layout, RawTables
@@ -138,14 +138,25 @@ def read_ratings_file(path: Path, kind: str) -> tuple[pl.LazyFrame, int]:
                 "(a MovieLens ratings.csv; for a log of its own, give the file itself as "
                 "data.path)"
             )
-    sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
-    fast = _typed_read(path, sep, skip_header)
+    fast = _typed_read(path, separator(kind), skip_header)
     if fast is not None:
         return fast.lazy(), 0
     lines = read_lines(path, skip_header=skip_header)
-    blank = lines["raw"].null_count()
-    lf = cast_fields(spelled_missing(split_fields(lines, sep, RATING_FIELDS)), RATING_TYPES)
-    return lf, blank
+    return rating_fields(lines, kind), lines["raw"].null_count()
+
+
+def separator(kind: str) -> str:
+    """The field separator of a GroupLens ratings file of layout ``kind``."""
+    return {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
+
+
+def rating_fields(lines: pl.DataFrame | pl.LazyFrame, kind: str) -> pl.LazyFrame:
+    """The rating fields of a GroupLens file's lines (layout ``kind``), each line with the
+    reason it is rejected for: a field that is empty or spells a missing value (``NA``,
+    ``null``, ...) is ``missing_<field>``, as in generic logs; one that does not parse is
+    ``invalid_<field>``."""
+    fields = split_fields(lines, separator(kind), RATING_FIELDS)
+    return cast_fields(fields.lazy().with_columns(missing_as_null(RATING_FIELDS)), RATING_TYPES)
 
 
 def count_lines(path: Path) -> int:

@@ -22,10 +22,10 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
-from recsys_mtl.data.exports import say_decimals, spelled_missing
+from recsys_mtl.data.exports import say_decimals
 from recsys_mtl.data.generic import read_generic
-from recsys_mtl.data.grouplens import CSV_RATINGS_HEADER, count_lines
-from recsys_mtl.data.lines import cast_fields, first_line, scan_lines, split_fields
+from recsys_mtl.data.grouplens import CSV_RATINGS_HEADER, count_lines, rating_fields, separator
+from recsys_mtl.data.lines import first_line, scan_lines
 from recsys_mtl.data.parquet_scan import parquet_plan, parquet_row_count, parquet_rows
 from recsys_mtl.data.raw import RATING_FIELDS, RATING_TYPES, UNPARSED, Layout, ScanPlan
 from recsys_mtl.data.text_scan import generic_rows, scan_plan, text_fields, widened
@@ -151,7 +151,7 @@ class StreamChecked:
 def _typed_scan(path: Path, kind: str) -> tuple[pl.LazyFrame, list[str]]:
     """The file with a fixed schema, the line number as ``line`` ("::" read as ":" with empty
     fields in between: exact for all-numeric lines)."""
-    sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
+    sep = separator(kind)
     parts = RATING_FIELDS if sep != "::" else [f for n in RATING_FIELDS for f in (n, f"_{n}")][:-1]
     schema = {n: RATING_TYPES.get(n, pl.String) for n in parts}
     skip = int(kind == "ml-csv")
@@ -326,10 +326,9 @@ def line_rows(layout: Layout) -> tuple[pl.LazyFrame, int, bool]:
         rows, blank, row_order = read_generic(layout, layout.scan.data)
         return rows.select("line", "reason", *RATING_FIELDS), blank, row_order
     path, kind = layout.files["ratings"], layout.kind
-    sep = {"ml-csv": ",", "ml-100k": "\t"}.get(kind, "::")
     lines = scan_lines(path, skip_header=kind == "ml-csv")
     blank = lines.select(pl.col("raw").null_count()).collect().item()
-    rows = cast_fields(spelled_missing(split_fields(lines, sep, RATING_FIELDS)), RATING_TYPES)
+    rows = rating_fields(lines, kind)
     return rows.select("line", "reason", *RATING_FIELDS), int(blank), False
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 
 from recsys_mtl.config import DataConfig
-from recsys_mtl.data.exports import id_integer, is_missing, text_id, whole_decimal
+from recsys_mtl.data.exports import decimal_comma, id_integer, is_missing, text_id, whole_decimal
 from recsys_mtl.data.generic import (
     check_columns,
     column_positions,
@@ -177,9 +177,8 @@ def _text_rating(raw: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
     fast = raw.cast(pl.Float64, strict=False)  # a plain number: the text reader's value too
     odd = pl.when(fast.is_null()).then(raw)  # the few others (null elsewhere: cheap to test)
     text = _clean(odd)
-    bare = text.str.strip_chars()  # spaces inside the quotes too, as the text reader reads it
-    comma = bare.str.replace(r"^([-+]?\d+),(\d+)$", "$1.$2")  # a decimal comma
-    value = pl.coalesce(fast, comma.cast(pl.Float64, strict=False))
+    bare = decimal_comma(text)  # spaces inside the quotes too, as the text reader reads it
+    value = pl.coalesce(fast, bare.cast(pl.Float64, strict=False))
     missing = raw.is_null() | (bare == "") | is_missing(bare, nan=False, bare=True)
     reason = (
         pl.when(odd.is_not_null() & text.is_null())
@@ -246,7 +245,8 @@ def widened(path: Path, plan: ScanPlan) -> ScanPlan | None:
     lines the plan was made from, a rating that is no number: ``abc``, `` NA``, empty), or None
     when reading more fields as text would not help (the text reader then reads the file). The
     second pass reads ratings by the text reader's rules, quarantining such a rating as that
-    reader does instead of leaving the whole file to it (at 5M ratings, 0.1 s more a pass)."""
+    reader does instead of leaving the whole file to it (a plain cast first: a log with a late
+    string id took as long at 5M ratings)."""
     try:
         wider = text_fields(path, plan)
     except (pl.exceptions.PolarsError, UnicodeDecodeError):  # ragged lines, bytes not UTF-8

@@ -40,7 +40,7 @@ from recsys_mtl.train.callbacks import Callback
 from recsys_mtl.train.data import append, load_part, size, to_device, widen
 from recsys_mtl.train.trainer import NonFiniteLossError, TrainResult, fit
 
-__all__ = ["TrainedRanker", "check_like_threshold", "train_ranker"]
+__all__ = ["TrainedRanker", "train_ranker"]
 
 log = logging.getLogger("recsys_mtl.train")
 

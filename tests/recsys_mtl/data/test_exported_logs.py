@@ -18,6 +18,7 @@ from recsys_mtl.data.features import build_features
 from recsys_mtl.data.ingest import ingest
 from recsys_mtl.data.splits import split_dataset
 from tests.conftest import write
+from tests.recsys_mtl.data.test_foreign_logs import synth_ml100k
 
 HEADER = "user_id,item_id,rating,ts\n"
 
@@ -171,10 +172,7 @@ def test_side_tables_keep_their_layout_columns_and_ignore_added_ones(tmp_path, c
     assert "movies.csv has 1 column more than its layout's 3" in err and "imdbId ignored" in err
 
     ml = tmp_path / "ml"
-    code, _, err = cli("data", "synth", "--out", ml, "--users", "40", "--items", "30",
-                       "--ratings", "600", "--layout", "ml-100k")  # fmt: skip
-    assert code == 0, err
-    users = (ml / "u.user").read_text().splitlines()
+    users = synth_ml100k(cli, ml)
     (ml / "u.user").write_text("".join(f"{line}|extra|more\n" for line in users))
     _, err = _ingest(cli, ml, tmp_path / "out-ml")  # every rating was an unknown_user
     report = json.loads((tmp_path / "out-ml" / "report.json").read_text())

@@ -284,12 +284,17 @@ def test_ratings_with_a_decimal_comma_are_read_as_numbers(tmp_path, cli):
     assert kept["rating"].to_list() == [0.5, 1.5]
 
 
-def test_ratings_of_users_absent_from_a_broken_side_table_name_the_table(tmp_path, cli):
-    folder = tmp_path / "ml"
+def synth_ml100k(cli, folder) -> list[str]:
+    """A small synthetic ml-100k folder written by ``recsys-mtl data synth``; its u.user lines."""
     code, _, err = cli("data", "synth", "--out", folder, "--users", "40", "--items", "30",
                        "--ratings", "600", "--layout", "ml-100k")  # fmt: skip
     assert code == 0, err
-    users = (folder / "u.user").read_text().splitlines()
+    return (folder / "u.user").read_text().splitlines()
+
+
+def test_ratings_of_users_absent_from_a_broken_side_table_name_the_table(tmp_path, cli):
+    folder = tmp_path / "ml"
+    users = synth_ml100k(cli, folder)
     # a column missing (a column added is ignored: test_exported_logs)
     (folder / "u.user").write_text("".join(f"{line.rsplit('|', 1)[0]}\n" for line in users))
     code, _, err = cli("data", "ingest", folder, "--out", tmp_path / "out")
